@@ -1,0 +1,24 @@
+import os
+import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+
+from hypothesis import settings  # noqa: E402
+
+# CI boxes have 2 cores: keep the default profile moderate; WB_HYPOTHESIS=thorough for more.
+settings.register_profile("default", max_examples=150, deadline=None)
+settings.register_profile("thorough", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("WB_HYPOTHESIS", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _no_pyplot_leaks():
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        import matplotlib.pyplot as plt
+
+        leaked = plt.get_fignums()
+        plt.close("all")
+        assert leaked == [], f"test left pyplot figures open: {leaked}"

@@ -1,0 +1,66 @@
+"""Errors of the workbench: one base class, subclasses by what the user fixes.
+
+Every message follows the house form
+``<fqn>: <what is wrong, naming the item> <the values> (<the expectation>). <what to do>``
+and the facts are also kept as attributes. Imports nothing but the standard library.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "WorkbenchError",
+    "ChunkError",
+    "PlacementError",
+    "LayoutError",
+    "PlanError",
+    "MetadataError",
+    "UnsafeCheckpointError",
+    "DtypeError",
+]
+
+
+class WorkbenchError(ValueError):
+    """Bad input to the workbench. ``fqn`` names the tensor (or ``"<input>"``)."""
+
+    def __init__(self, fqn: str | None, what: str, expectation: str = "", fix: str = "", **facts):
+        self.fqn = fqn if fqn is not None else "<input>"
+        self.what = what
+        self.expectation = expectation
+        self.fix = fix
+        self.facts = facts
+        for k, v in facts.items():
+            setattr(self, k, v)
+        msg = f"{self.fqn}: {what}"
+        if expectation:
+            msg += f" ({expectation})"
+        msg += "."
+        if fix:
+            msg += f" {fix}"
+        super().__init__(msg)
+
+
+class ChunkError(WorkbenchError):
+    """A chunk (offsets / sizes) is malformed."""
+
+
+class PlacementError(WorkbenchError):
+    """A placement, a placement list or a mesh is malformed or does not fit the tensor."""
+
+
+class LayoutError(WorkbenchError):
+    """A layout (who holds which chunk) is malformed."""
+
+
+class PlanError(WorkbenchError):
+    """A plan or a state dict cannot be planned."""
+
+
+class MetadataError(WorkbenchError):
+    """A checkpoint's metadata is missing, truncated or corrupt."""
+
+
+class UnsafeCheckpointError(MetadataError):
+    """A ``.metadata`` pickle asked for a global outside the allow-list; nothing was executed."""
+
+
+class DtypeError(WorkbenchError):
+    """An unknown dtype name."""

@@ -1,0 +1,281 @@
+"""DCP-shaped records with torch's field names and equality rules, without torch.
+
+Mirrors ``torch.distributed.checkpoint.metadata`` and ``.planner`` (2.13): ``MetadataIndex``
+(``index`` excluded from equality and hash), ``TensorProperties`` (dtype by name),
+``TensorStorageMetadata``, ``BytesStorageMetadata``, ``Metadata``, ``StorageInfo``,
+``TensorWriteData``, ``WriteItem``, ``ReadItem``, ``SavePlan``, ``LoadPlan`` and the item-type
+enums (same ``auto()`` values as torch). Offsets are tuples instead of ``torch.Size``; a chunk is
+a `Chunk`. Must not import torch.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .errors import DtypeError
+from .geometry import Chunk, as_chunk
+
+__all__ = [
+    "DTYPE_SIZES",
+    "canonical_dtype",
+    "element_size",
+    "MetadataIndex",
+    "TensorProperties",
+    "ChunkStorageMetadata",
+    "TensorStorageMetadata",
+    "BytesStorageMetadata",
+    "StorageMeta",
+    "StorageInfo",
+    "Metadata",
+    "WriteItemType",
+    "LoadItemType",
+    "BytesIOWriteData",
+    "TensorWriteData",
+    "WriteItem",
+    "ReadItem",
+    "SavePlan",
+    "LoadPlan",
+]
+
+# Element sizes of torch's dtypes by canonical name (torch._utils._element_size).
+DTYPE_SIZES: dict[str, int] = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
+    "complex128": 16, "complex64": 8, "complex32": 4,
+    "int64": 8, "int32": 4, "int16": 2, "int8": 1,
+    "uint64": 8, "uint32": 4, "uint16": 2, "uint8": 1, "bool": 1,
+    "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1,
+    "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
+}
+_ALIASES = {
+    "float": "float32", "double": "float64", "half": "float16", "cfloat": "complex64",
+    "cdouble": "complex128", "chalf": "complex32", "long": "int64", "int": "int32",
+    "short": "int16", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64",
+}
+
+
+def canonical_dtype(dtype, fqn: str | None = None) -> str:
+    """``"float32"`` from ``"float32"``, ``"torch.float32"``, ``"float"`` or ``torch.float32``."""
+    name = dtype if isinstance(dtype, str) else str(dtype)
+    if name.startswith("torch."):
+        name = name[6:]
+    name = _ALIASES.get(name, name)
+    if name not in DTYPE_SIZES:
+        raise DtypeError(fqn, f"unknown dtype {dtype!r}",
+                         "one of " + ", ".join(sorted(DTYPE_SIZES)),
+                         "Name the dtype as torch prints it without 'torch.', e.g. 'bfloat16'.",
+                         dtype=dtype)
+    return name
+
+
+def element_size(dtype) -> int:
+    return DTYPE_SIZES[canonical_dtype(dtype)]
+
+
+def _size(v) -> tuple[int, ...]:
+    return v if type(v) is tuple else tuple(int(x) for x in v)
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class MetadataIndex:
+    """torch's ``MetadataIndex(fqn, offset=None, index=None)``; ``index`` is a hint excluded from
+    ``==`` and ``hash``. ``MetadataIndex(f)`` (bytes) differs from ``MetadataIndex(f, [])`` (0-d)."""
+
+    fqn: str
+    offset: tuple[int, ...] | None = None
+    index: int | None = field(default=None, compare=False, hash=False)
+
+    def __init__(self, fqn: str, offset: Sequence[int] | None = None, index: int | None = None):
+        object.__setattr__(self, "fqn", fqn)
+        object.__setattr__(self, "offset", None if offset is None else _size(offset))
+        object.__setattr__(self, "index", index)
+
+    def __repr__(self) -> str:
+        off = "None" if self.offset is None else f"torch.Size({list(self.offset)})"
+        return f"MetadataIndex(fqn='{self.fqn}', offset={off}, index={self.index})"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorProperties:
+    """torch's ``TensorProperties``; ``dtype`` is a canonical name such as ``"bfloat16"``."""
+
+    dtype: str = "float32"
+    layout: str = "strided"
+    requires_grad: bool = False
+    memory_format: str = "contiguous_format"
+    pin_memory: bool = False
+
+    def __post_init__(self):
+        if self.dtype not in DTYPE_SIZES:
+            object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+        for name in ("layout", "memory_format"):
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                v = str(v)
+            if v.startswith("torch."):
+                object.__setattr__(self, name, v[6:])
+
+    @property
+    def element_size(self) -> int:
+        return DTYPE_SIZES[self.dtype]
+
+
+ChunkStorageMetadata = Chunk
+
+
+@dataclass
+class TensorStorageMetadata:
+    """torch's ``TensorStorageMetadata(properties, size, chunks)``; ``size`` is the global shape."""
+
+    properties: TensorProperties
+    size: tuple[int, ...]
+    chunks: list[Chunk] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.size = _size(self.size)
+        if isinstance(self.properties, str):
+            self.properties = TensorProperties(self.properties)
+        self.chunks = [as_chunk(c) for c in self.chunks]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.size)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.properties.element_size
+
+
+@dataclass
+class BytesStorageMetadata:
+    """torch's ``BytesStorageMetadata``: a non-tensor entry, pickled whole."""
+
+
+@dataclass
+class StorageMeta:
+    checkpoint_id: Any = None
+    save_id: str | None = None
+    load_id: str | None = None
+    modules: list = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageInfo:
+    """torch's ``filesystem._StorageInfo``: where a saved item's bytes live."""
+
+    relative_path: str
+    offset: int
+    length: int
+    transform_descriptors: tuple | None = None
+
+
+@dataclass
+class Metadata:
+    """torch's ``Metadata``: ``state_dict_metadata`` maps fqn -> storage metadata, chunk order as
+    saved; ``storage_data`` maps `MetadataIndex` -> `StorageInfo` for real checkpoints."""
+
+    state_dict_metadata: dict[str, TensorStorageMetadata | BytesStorageMetadata]
+    planner_data: Any = None
+    storage_data: Any = None
+    storage_meta: StorageMeta | None = None
+    version: str | None = None
+
+
+class WriteItemType(enum.Enum):
+    TENSOR = enum.auto()
+    SHARD = enum.auto()
+    BYTE_IO = enum.auto()
+
+
+class LoadItemType(enum.Enum):
+    TENSOR = enum.auto()
+    BYTE_IO = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class BytesIOWriteData:
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class TensorWriteData:
+    """torch's ``TensorWriteData``: ``size`` is the GLOBAL tensor size, not the chunk's."""
+
+    chunk: Chunk
+    properties: TensorProperties
+    size: tuple[int, ...]
+
+    def __post_init__(self):
+        if type(self.chunk) is not Chunk:
+            object.__setattr__(self, "chunk", as_chunk(self.chunk))
+        if type(self.size) is not tuple:
+            object.__setattr__(self, "size", _size(self.size))
+
+
+@dataclass(frozen=True, slots=True)
+class WriteItem:
+    """torch's ``WriteItem``."""
+
+    index: MetadataIndex
+    type: WriteItemType
+    bytes_io_data: BytesIOWriteData | None = None
+    tensor_data: TensorWriteData | None = None
+
+    def tensor_storage_size(self) -> int | None:
+        """Bytes of the GLOBAL tensor (``prod(tensor_data.size) * element size``), as torch
+        computes it; None for BYTE_IO."""
+        if self.tensor_data is None:
+            return None
+        return math.prod(self.tensor_data.size) * DTYPE_SIZES[self.tensor_data.properties.dtype]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadItem:
+    """torch's ``ReadItem``: ``dest_offsets`` are relative to the local chunk, ``storage_offsets``
+    to the saved chunk."""
+
+    type: LoadItemType
+    dest_index: MetadataIndex
+    dest_offsets: tuple[int, ...]
+    storage_index: MetadataIndex
+    storage_offsets: tuple[int, ...]
+    lengths: tuple[int, ...]
+
+    def __post_init__(self):
+        for name in ("dest_offsets", "storage_offsets", "lengths"):
+            v = getattr(self, name)
+            if type(v) is not tuple:
+                object.__setattr__(self, name, _size(v))
+
+    @property
+    def dest_chunk(self) -> Chunk:
+        """The box written, in global coordinates (needs the destination's offsets)."""
+        base = self.dest_index.offset or ()
+        return Chunk(tuple(b + o for b, o in zip(base, self.dest_offsets)), self.lengths)
+
+    @property
+    def storage_chunk(self) -> Chunk:
+        """The box read, in global coordinates."""
+        base = self.storage_index.offset or ()
+        return Chunk(tuple(b + o for b, o in zip(base, self.storage_offsets)), self.lengths)
+
+
+@dataclass(frozen=True, slots=True)
+class SavePlan:
+    """torch's ``SavePlan`` (frozen)."""
+
+    items: list[WriteItem]
+    storage_data: Any = None
+    planner_data: Any = None
+    usable: bool = True
+
+
+@dataclass
+class LoadPlan:
+    """torch's ``LoadPlan``."""
+
+    items: list[ReadItem]
+    storage_data: Any = None
+    planner_data: Any = None

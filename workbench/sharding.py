@@ -1,0 +1,461 @@
+"""Sharding: placements, DTensor's local-shape / global-offset math for every rank, the indices a
+rank really holds, and layouts (every rank's chunks of one tensor at once).
+
+Mirrors ``torch.distributed.tensor._utils._compute_local_shape_and_global_offset`` and the
+``Shard`` / ``_StridedShard`` split rules of torch 2.13 without torch. A `Layout` is the neutral
+record the planners consume: it can describe a DTensor on a mesh, a plain tensor on every rank,
+ShardedTensor-style explicit chunks, or a non-tensor (bytes) entry. Imports geometry only.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import LayoutError, PlacementError
+from .geometry import Chunk, as_chunk
+from .records import canonical_dtype, DTYPE_SIZES
+
+__all__ = [
+    "Placement", "Shard", "Replicate", "StridedShard", "Partial", "parse_placement",
+    "parse_placements", "format_placements", "as_placement",
+    "local_shape_and_offset", "held_indices", "box_matches_data", "mesh_coordinate",
+    "Layout", "dtensor_layout", "tensor_layout", "sharded_layout", "bytes_layout",
+]
+
+
+# ----------------------------------------------------------------------------- placements
+class Placement:
+    """Base of the workbench's placements (plain frozen records, no torch)."""
+
+    __slots__ = ()
+
+    def is_shard_like(self) -> bool:
+        return isinstance(self, (Shard, StridedShard))
+
+
+@dataclass(frozen=True, slots=True)
+class Shard(Placement):
+    """``Shard(dim)``: torch.chunk the tensor dim ``dim`` over the mesh dim."""
+
+    dim: int
+
+    def __str__(self) -> str:
+        return f"S({self.dim})"
+
+    def __repr__(self) -> str:
+        return f"Shard(dim={self.dim})"
+
+
+@dataclass(frozen=True, slots=True)
+class Replicate(Placement):
+    """``Replicate()``: every rank of the mesh dim holds the whole (remaining) tensor."""
+
+    def __str__(self) -> str:
+        return "R"
+
+    def __repr__(self) -> str:
+        return "Replicate()"
+
+
+@dataclass(frozen=True, slots=True)
+class StridedShard(Placement):
+    """torch's ``_StridedShard(dim, split_factor)``: split ``dim`` into ``split_factor`` pieces,
+    each piece torch.chunked over the mesh dim; a rank takes its sub-chunk of every piece."""
+
+    dim: int
+    split_factor: int
+
+    def __str__(self) -> str:
+        return f"SS({self.dim},{self.split_factor})"
+
+    def __repr__(self) -> str:
+        return f"_StridedShard(dim={self.dim}, sf={self.split_factor})"
+
+
+@dataclass(frozen=True, slots=True)
+class Partial(Placement):
+    """``Partial(reduce_op)``: pending reduction. DCP refuses it (save raises, load misreports)."""
+
+    reduce_op: str = "sum"
+
+    def __str__(self) -> str:
+        return "P"
+
+    def __repr__(self) -> str:
+        return f"Partial({self.reduce_op})"
+
+
+_SPEC = [
+    (re.compile(r"^(?:S|Shard)\((?:dim=)?(-?\d+)\)$"), lambda m: Shard(int(m[1]))),
+    (re.compile(r"^(?:R|Replicate\(\))$"), lambda m: Replicate()),
+    (re.compile(r"^(?:SS|_S|_StridedShard|StridedShard)\((?:dim=)?(-?\d+),\s*(?:sf=|split_factor=)?(-?\d+)\)$"),
+     lambda m: StridedShard(int(m[1]), int(m[2]))),
+    (re.compile(r"^(?:P|Partial)(?:\((?:reduce_op=)?['\"]?(\w*)['\"]?\))?$"),
+     lambda m: Partial(m[1] or "sum")),
+]
+
+
+def parse_placement(spec: str) -> Placement:
+    """``"S(0)"`` -> Shard(0), ``"R"`` -> Replicate(), ``"SS(0,2)"`` -> StridedShard(0, 2),
+    ``"P"`` -> Partial(). Also accepts torch's printed forms (``Shard(dim=0)``, ``_S(0, 2)``)."""
+    if isinstance(spec, Placement):
+        return spec
+    s = str(spec).strip()
+    for rx, make in _SPEC:
+        m = rx.match(s)
+        if m:
+            return make(m)
+    raise PlacementError(None, f"placement spec {spec!r} is not understood",
+                         "one of S(d), R, SS(d,k), P",
+                         "Write e.g. 'S(0)', 'R', 'SS(0,2)' or 'P'.", spec=spec)
+
+
+def parse_placements(specs) -> tuple[Placement, ...]:
+    """A placement tuple from ``"S(0), R"``, a list of specs, or placement objects (workbench or
+    torch)."""
+    if isinstance(specs, str):
+        parts = [p for p in re.split(r",\s*(?![^()]*\))", specs) if p.strip()]
+        if not parts:
+            raise PlacementError(None, f"placement list {specs!r} is empty",
+                                 "one placement per mesh dim", "Write e.g. 'S(0), R'.", spec=specs)
+        return tuple(parse_placement(p) for p in parts)
+    return tuple(as_placement(p) for p in specs)
+
+
+def as_placement(p) -> Placement:
+    """A workbench placement from a workbench placement, a spec string or a torch placement."""
+    if isinstance(p, Placement):
+        return p
+    if isinstance(p, str):
+        return parse_placement(p)
+    name = type(p).__name__
+    if name == "_StridedShard":
+        return StridedShard(int(p.dim), int(p.split_factor))
+    if name == "Shard":
+        return Shard(int(p.dim))
+    if name == "Replicate":
+        return Replicate()
+    if name in ("Partial", "_Partial", "_NormPartial", "MaskPartial"):
+        return Partial(str(getattr(p, "reduce_op", "sum")))
+    raise PlacementError(None, f"placement {p!r} of type {name} is not understood",
+                         "Shard, Replicate, _StridedShard or Partial")
+
+
+def format_placements(placements: Sequence[Placement]) -> str:
+    return ", ".join(str(p) for p in placements)
+
+
+# ----------------------------------------------------------------------------- shard math
+def _chunk_bounds(length: int, n: int, r: int) -> tuple[int, int]:
+    """torch.chunk(length, n) padded with empty pieces: piece r is [start, end)."""
+    full = -(-length // n) if length else 0
+    start = min(full * r, length)
+    end = min(full * (r + 1), length)
+    return start, max(start, end)
+
+
+def _positions(length: int, n: int, r: int, p: Placement) -> list[int] | range:
+    """Local positions (0..length-1) that mesh index r of n keeps under placement p."""
+    if isinstance(p, Shard):
+        s, e = _chunk_bounds(length, n, r)
+        return range(s, e)
+    # _StridedShard: torch.chunk into split_factor pieces, each torch.chunked over n.
+    out: list[int] = []
+    k = p.split_factor
+    for j in range(k):
+        ps, pe = _chunk_bounds(length, k, j)
+        s, e = _chunk_bounds(pe - ps, n, r)
+        out.extend(range(ps + s, ps + e))
+    return out
+
+
+def _check(global_shape, mesh_shape, coordinate, placements, fqn):
+    shape = tuple(int(s) for s in global_shape)
+    mesh = tuple(int(m) for m in mesh_shape)
+    pl = parse_placements(placements)
+    if len(pl) != len(mesh):
+        raise PlacementError(fqn, f"placements [{format_placements(pl)}] have {len(pl)} entries for a "
+                             f"mesh of shape {mesh}", "one placement per mesh dim",
+                             "Give exactly one placement per mesh dim.",
+                             placements=pl, mesh_shape=mesh)
+    if any(m < 1 for m in mesh):
+        raise PlacementError(fqn, f"mesh shape {mesh} has a dim below 1", "every mesh dim >= 1",
+                             mesh_shape=mesh)
+    if any(s < 0 for s in shape):
+        raise PlacementError(fqn, f"global shape {shape} has a negative size", "sizes >= 0",
+                             shape=shape)
+    for p in pl:
+        if isinstance(p, (Shard, StridedShard)):
+            if not -len(shape) <= p.dim < len(shape):
+                raise PlacementError(fqn, f"placement {p} shards dim {p.dim} of a {len(shape)}-d "
+                                     f"tensor of shape {shape}",
+                                     f"dim in [{-len(shape)}, {len(shape)})" if shape else
+                                     "a 0-d tensor can only be replicated",
+                                     "Shard a dim the tensor has.", placement=p, shape=shape)
+        if isinstance(p, StridedShard) and p.split_factor < 1:
+            raise PlacementError(fqn, f"placement {p} has split factor {p.split_factor}",
+                                 "split_factor >= 1", placement=p)
+    if coordinate is not None:
+        coord = tuple(int(c) for c in coordinate)
+        if len(coord) != len(mesh) or any(not 0 <= c < m for c, m in zip(coord, mesh)):
+            raise PlacementError(fqn, f"coordinate {coord} is not in a mesh of shape {mesh}",
+                                 "0 <= coordinate[i] < mesh_shape[i]", coordinate=coord,
+                                 mesh_shape=mesh)
+    else:
+        coord = None
+    return shape, mesh, coord, pl
+
+
+def _walk(shape, mesh, coord, pl):
+    """torch's left-to-right walk; returns (local_shape, torch's held map keyed by raw dim,
+    the real held indices keyed by normalised dim)."""
+    local = list(shape)
+    torch_held: dict[int, list[int] | range] = {}
+    real: dict[int, list[int] | range] = {}
+    for m, p in enumerate(pl):
+        if not isinstance(p, (Shard, StridedShard)):
+            continue
+        d = p.dim
+        pos = _positions(local[d], mesh[m], coord[m], p)
+        prev = torch_held.get(d)
+        nd = d % len(shape)
+        prev_real = real.get(nd)
+        if len(pos) == 0:
+            local[d] = 0
+            torch_held[d] = [shape[d]]
+            real[nd] = []
+            continue
+        torch_held[d] = pos if prev is None else [prev[i] for i in pos]
+        real[nd] = pos if prev_real is None else [prev_real[i] for i in pos]
+        local[d] = len(pos)
+    return local, torch_held, real
+
+
+def local_shape_and_offset(global_shape: Sequence[int], mesh_shape: Sequence[int],
+                           coordinate: Sequence[int], placements, *, fqn: str | None = None
+                           ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """torch's ``_compute_local_shape_and_global_offset(global_shape, mesh_shape, coordinate,
+    placements)``: the local shape and the global offset DCP records for that mesh coordinate.
+
+    Uneven splits follow torch.chunk; an empty shard has offset == the dim's size; nested
+    placements on one dim compose left to right; ``_StridedShard`` records only its first index.
+    """
+    shape, mesh, coord, pl = _check(global_shape, mesh_shape, coordinate, placements, fqn)
+    return _local_shape_and_offset(shape, mesh, coord, pl)
+
+
+def _local_shape_and_offset(shape, mesh, coord, pl):
+    local, torch_held, _ = _walk(shape, mesh, coord, pl)
+    offset = [0] * len(shape)
+    for d, idx in torch_held.items():
+        offset[d] = idx[0]
+    return tuple(local), tuple(offset)
+
+
+def held_indices(global_shape: Sequence[int], mesh_shape: Sequence[int], coordinate: Sequence[int],
+                 placements, *, fqn: str | None = None) -> dict[int, list[int]]:
+    """For each sharded tensor dim (normalised, >= 0), the global indices that mesh coordinate
+    really holds, in local order (empty for an empty shard)."""
+    shape, mesh, coord, pl = _check(global_shape, mesh_shape, coordinate, placements, fqn)
+    _, _, real = _walk(shape, mesh, coord, pl)
+    return {d: list(v) for d, v in sorted(real.items())}
+
+
+def box_matches_data(global_shape, mesh_shape, coordinate, placements, *, fqn=None) -> bool:
+    """Whether DCP's box ``[offset, offset+size)`` describes the data that coordinate holds
+    (False is the ``_StridedShard`` hazard: the box names other rows)."""
+    shape, mesh, coord, pl = _check(global_shape, mesh_shape, coordinate, placements, fqn)
+    return _matches(shape, mesh, coord, pl)
+
+
+def _matches(shape, mesh, coord, pl) -> bool:
+    local, torch_held, real = _walk(shape, mesh, coord, pl)
+    if any(s == 0 for s in local):
+        return True
+    _, offset = _local_shape_and_offset(shape, mesh, coord, pl)
+    for d, idx in real.items():
+        if list(idx) != list(range(offset[d], offset[d] + local[d])):
+            return False
+    return True
+
+
+def mesh_coordinate(rank: int, mesh_shape: Sequence[int]) -> tuple[int, ...] | None:
+    """Row-major mesh coordinate of ``rank``; None when the rank is not in the mesh."""
+    if rank >= math.prod(mesh_shape) or rank < 0:
+        return None
+    return tuple(int(c) for c in np.unravel_index(rank, tuple(mesh_shape)))
+
+
+# ----------------------------------------------------------------------------- layouts
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """Every rank's local chunks of one state-dict entry.
+
+    ``kind``: ``"dtensor"`` (one chunk per rank in the mesh, none outside it), ``"tensor"`` (a plain
+    tensor: the whole tensor on every holding rank), ``"sharded"`` (ShardedTensor: explicit chunks
+    per rank) or ``"bytes"`` (a non-tensor entry; shape ``()``). ``rank_chunks[r]`` is rank r's
+    tuple of chunks. ``per_rank_values`` marks plain tensors / bytes whose values differ per rank
+    (save-time dedup keeps one rank's copy).
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    world_size: int
+    rank_chunks: tuple[tuple[Chunk, ...], ...]
+    mesh_shape: tuple[int, ...] | None = None
+    placements: tuple[Placement, ...] | None = None
+    per_rank_values: bool = False
+    _misdescribed: tuple[int, ...] = field(default=(), repr=False)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_SIZES[self.dtype] if self.kind != "bytes" else 0
+
+    @property
+    def is_bytes(self) -> bool:
+        return self.kind == "bytes"
+
+    def chunks(self, rank: int) -> tuple[Chunk, ...]:
+        return self.rank_chunks[rank]
+
+    def holders(self) -> list[int]:
+        """Ranks that hold the entry at all."""
+        return [r for r, c in enumerate(self.rank_chunks) if c]
+
+    def coordinate(self, rank: int) -> tuple[int, ...] | None:
+        return mesh_coordinate(rank, self.mesh_shape) if self.mesh_shape is not None else None
+
+    def held_indices(self, rank: int) -> dict[int, list[int]]:
+        """What ``rank`` really holds per sharded dim (DTensor only; {} otherwise)."""
+        coord = self.coordinate(rank)
+        if self.kind != "dtensor" or coord is None:
+            return {}
+        return held_indices(self.shape, self.mesh_shape, coord, self.placements)
+
+    @property
+    def misdescribed_ranks(self) -> tuple[int, ...]:
+        """Ranks whose DCP box does not describe the data they hold (``_StridedShard``)."""
+        return self._misdescribed
+
+    @property
+    def has_partial(self) -> bool:
+        return bool(self.placements) and any(isinstance(p, Partial) for p in self.placements)
+
+    def describe(self) -> str:
+        if self.kind == "dtensor":
+            return (f"DTensor {self.shape} {self.dtype} on mesh {self.mesh_shape} "
+                    f"[{format_placements(self.placements)}]")
+        if self.kind == "bytes":
+            return f"bytes on {len(self.holders())} of {self.world_size} ranks"
+        return f"{self.kind} {self.shape} {self.dtype} on {len(self.holders())} of {self.world_size} ranks"
+
+    def __repr__(self) -> str:
+        return f"Layout({self.describe()})"
+
+
+def _world(world_size, default, fqn):
+    if world_size is None:
+        return default
+    ws = int(world_size)
+    if ws < default:
+        raise LayoutError(fqn, f"world size {ws} is smaller than the mesh's {default} ranks",
+                          "world_size >= prod(mesh_shape)", world_size=ws)
+    return ws
+
+
+@lru_cache(maxsize=4096)
+def _dtensor_layout(shape, mesh, pl, dtype, world_size):
+    n = math.prod(mesh)
+    chunks: list[tuple[Chunk, ...]] = []
+    bad = []
+    # Shard-only placements factorise per mesh dim; still one walk per rank keeps torch's order
+    # of composition exact and costs ~10 us a rank, cached per (shape, mesh, placements).
+    for r in range(n):
+        coord = tuple(int(c) for c in np.unravel_index(r, mesh)) if mesh else ()
+        local, offset = _local_shape_and_offset(shape, mesh, coord, pl)
+        chunks.append((Chunk(offset, local),))
+        if any(isinstance(p, StridedShard) for p in pl) and not _matches(shape, mesh, coord, pl):
+            bad.append(r)
+    chunks.extend(() for _ in range(world_size - n))
+    return Layout("dtensor", shape, dtype, world_size, tuple(chunks), mesh, pl, False, tuple(bad))
+
+
+def dtensor_layout(shape: Sequence[int], mesh_shape: Sequence[int], placements, dtype="float32",
+                   world_size: int | None = None, *, fqn: str | None = None) -> Layout:
+    """A DTensor of global ``shape`` on a row-major mesh of ranks ``0..prod(mesh_shape)-1``;
+    ranks up to ``world_size`` outside the mesh hold nothing. ``placements`` may be a string
+    (``"S(0), R"``), specs or placement objects."""
+    mesh_shape = tuple(int(m) for m in mesh_shape)
+    shape, mesh, _, pl = _check(shape, mesh_shape, None, placements, fqn)
+    if not shape and any(isinstance(p, (Shard, StridedShard)) for p in pl):
+        raise PlacementError(fqn, "a 0-d tensor cannot be sharded", "only R or P on a 0-d tensor")
+    dt = canonical_dtype(dtype, fqn)
+    return _dtensor_layout(shape, mesh, pl, dt, _world(world_size, math.prod(mesh), fqn))
+
+
+def tensor_layout(shape: Sequence[int], world_size: int, dtype="float32", *,
+                  ranks: Iterable[int] | None = None, per_rank_values: bool = False,
+                  fqn: str | None = None) -> Layout:
+    """A plain ``torch.Tensor`` of ``shape`` held whole by every rank (or by ``ranks``)."""
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise LayoutError(fqn, f"shape {shape} has a negative size", "sizes >= 0", shape=shape)
+    ws = int(world_size)
+    if ws < 1:
+        raise LayoutError(fqn, f"world size {ws} is below 1", "world_size >= 1", world_size=ws)
+    holders = set(range(ws)) if ranks is None else set(int(r) for r in ranks)
+    if any(not 0 <= r < ws for r in holders):
+        raise LayoutError(fqn, f"ranks {sorted(holders)} are not all in a world of {ws}",
+                          f"0 <= rank < {ws}")
+    full = (Chunk((0,) * len(shape), shape),)
+    rc = tuple(full if r in holders else () for r in range(ws))
+    return Layout("tensor", shape, canonical_dtype(dtype, fqn), ws, rc,
+                  per_rank_values=per_rank_values)
+
+
+def sharded_layout(shape: Sequence[int], rank_chunks, dtype="float32",
+                   world_size: int | None = None, *, fqn: str | None = None) -> Layout:
+    """ShardedTensor-style explicit chunks: ``rank_chunks`` is a list (one entry per rank) or a
+    dict ``{rank: [chunk, ...]}``; a chunk is a `Chunk` or an ``(offsets, sizes)`` pair."""
+    shape = tuple(int(s) for s in shape)
+    if isinstance(rank_chunks, dict):
+        ws = world_size if world_size is not None else (max(rank_chunks) + 1 if rank_chunks else 1)
+        per = [rank_chunks.get(r, ()) for r in range(ws)]
+    else:
+        per = list(rank_chunks)
+        ws = world_size if world_size is not None else len(per)
+        per += [()] * (ws - len(per))
+    out = []
+    for r, cs in enumerate(per):
+        row = []
+        for c in cs:
+            c = as_chunk(c)
+            if c.ndim != len(shape):
+                raise LayoutError(fqn, f"rank {r}'s chunk {c} has {c.ndim} dims for a tensor of shape "
+                                  f"{shape}", "chunks of the tensor's rank", chunk=c, shape=shape)
+            row.append(c)
+        out.append(tuple(row))
+    return Layout("sharded", shape, canonical_dtype(dtype, fqn), int(ws), tuple(out))
+
+
+def bytes_layout(world_size: int, *, ranks: Iterable[int] | None = None,
+                 per_rank_values: bool = False) -> Layout:
+    """A non-tensor entry (int, dict, BytesIO...) saved as BYTE_IO by every rank (or ``ranks``)."""
+    ws = int(world_size)
+    holders = set(range(ws)) if ranks is None else set(int(r) for r in ranks)
+    rc = tuple((Chunk((), ()),) if r in holders else () for r in range(ws))
+    return Layout("bytes", (), "uint8", ws, rc, per_rank_values=per_rank_values)

@@ -1,0 +1,24 @@
+"""Torch bridge: everything that touches real torch objects or real checkpoints.
+
+Modules here import torch **inside functions only** (except where noted), so importing this package
+stays cheap: ``convert`` (workbench records <-> torch records and objects), ``safe_metadata``
+(allow-list ``.metadata`` reader, needs no torch), ``fake_pg`` (torch's own planners for every rank
+under the ``fake`` process group), ``runs`` (real multi-process ``dcp.save`` / ``dcp.load`` over gloo).
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "load_metadata": "safe_metadata",
+    "verify_with_torch": "fake_pg",
+}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'workbench.torch_bridge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,93 @@
+"""Benchmark: tables and pictures of a tensor with 4096 chunks (target: a widget round trip, a new
+picture and table, under 100 ms; a 4096-chunk picture drawn well under a second).
+
+Each case is timed as the best of a few runs (these machines are noisy and shared): the
+``*_data`` / ``*_table`` step alone, then the picture drawn to pixels with Agg
+(``canvas.draw()``), and, for reference, the same rectangles drawn the naive way (one
+``Rectangle`` patch each) to show what the collections buy. Run:
+
+    .venv/bin/python benchmarks/bench_plots.py
+"""
+from __future__ import annotations
+
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+import workbench as wb  # noqa: E402
+from workbench import plots, tables  # noqa: E402
+from workbench.planning import plan_load, plan_save  # noqa: E402
+
+
+def best(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def drawn(make):
+    def run():
+        out = make()
+        fig = out if isinstance(out, Figure) else out.figure
+        fig.canvas.draw()
+    return run
+
+
+def naive_layout(layout):
+    """The same tiles as one Rectangle patch each (what a plain loop over ax.add_patch costs)."""
+    def run():
+        pic = plots.layout_data(layout)
+        ax = Figure().add_subplot()
+        for t in pic.tiles:
+            ax.add_patch(Rectangle((t.x, t.y), t.w, t.h, facecolor=t.face, edgecolor=t.edge))
+        ax.set_xlim(0, pic.width)
+        ax.set_ylim(pic.height, 0)
+        ax.figure.canvas.draw()
+    return run
+
+
+def main() -> None:
+    shape = (4096, 4096)
+    layout = wb.dtensor_layout(shape, (64, 64), "S(0), S(1)")
+    save = plan_save({"w": wb.dtensor_layout(shape, (4096,), "S(0)")})
+    load = plan_load(save.metadata, {"w": layout})
+    rows = [
+        ("layout_chunks_table (4096 chunks)", best(lambda: tables.layout_chunks_table(layout))),
+        ("checkpoint_chunks_table (4096 chunks)",
+         best(lambda: tables.checkpoint_chunks_table(save.metadata, "w"))),
+        ("read_items_table, one rank (64 items)",
+         best(lambda: tables.read_items_table(load, "w", rank=0))),
+        ("io_table (4096 ranks)", best(lambda: tables.io_table(load))),
+        ("layout_data (4096 tiles)", best(lambda: plots.layout_data(layout))),
+        ("plot_layout + Agg draw (4096 tiles)", best(drawn(lambda: plots.plot_layout(layout)))),
+        ("same tiles as 4096 Rectangle patches", best(naive_layout(layout), repeat=1)),
+        ("reshard_data (4096 saved + 4096 wanted)",
+         best(lambda: plots.reshard_data(save, load, "w", rank=0))),
+        ("plot_reshard + Agg draw", best(drawn(lambda: plots.plot_reshard(save, load, "w", 0)))),
+        ("plot_mesh + Agg draw (64x64 mesh)", best(drawn(lambda: plots.plot_mesh(layout)))),
+        ("plot_bytes_per_rank + Agg draw (4096 ranks)",
+         best(drawn(lambda: plots.plot_bytes_per_rank(load)))),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, t in rows:
+        print(f"{name:<{width}}  {t * 1000:8.1f} ms")
+    by_name = dict(rows)
+    ratio = by_name["same tiles as 4096 Rectangle patches"] / by_name[
+        "plot_layout + Agg draw (4096 tiles)"]
+    print(f"collections vs one patch per tile: {ratio:.1f}x faster")
+    round_trip = (by_name["read_items_table, one rank (64 items)"]
+                  + by_name["plot_reshard + Agg draw"])
+    print(f"reshard widget round trip (table + picture, plans cached): {round_trip * 1000:.0f} ms "
+          "(target 100 ms)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""find_problems / find_save_problems on plans built by workbench.planning from hand-made
+metadata and layouts. Expected regions are worked out by hand (intervals in the comments) or by
+painting boolean grids with numpy; torch's messages are the ones planning records (checked
+against torch in test_planning) and the real runs in test_diagnosis_real."""
+import time
+
+import numpy as np
+import pytest
+
+import workbench as wb
+from workbench import diagnosis
+from workbench.diagnosis import KINDS, Problem, find_problems, find_save_problems
+from workbench.models import apply_recipe, model_state_dict
+
+
+def _md(**tensors):
+    """Metadata from ``name=(size, [(offsets, sizes), ...])`` or ``name=None`` (bytes)."""
+    sdm = {}
+    for k, v in tensors.items():
+        if v is None:
+            sdm[k] = wb.BytesStorageMetadata()
+        else:
+            size, chunks, *dtype = v
+            sdm[k] = wb.TensorStorageMetadata(dtype[0] if dtype else "float32", size,
+                                              [wb.Chunk(o, s) for o, s in chunks])
+    return wb.Metadata(sdm)
+
+
+def _kinds(problems):
+    return [(p.fqn, p.kind, p.severity) for p in problems]
+
+
+def test_problem_record_is_checked_and_normalised():
+    p = Problem("w", "overlap", [3, 1], wb.Chunk((0,), (2,)), "silent", "m", "f")
+    assert p.ranks == (3, 1) and str(p) == "[silent] overlap: m f"
+    with pytest.raises(ValueError, match="kind 'holes' is unknown"):
+        Problem("w", "holes", (), None, "silent", "m", "f")
+    with pytest.raises(ValueError, match="severity 'fatal' is unknown"):
+        Problem("w", "overlap", (), None, "fatal", "m", "f")
+    assert len(KINDS) == 10
+
+
+def test_clean_reshard_has_no_problems():
+    save = wb.plan_save({"w": wb.dtensor_layout((8, 6), (2,), "S(0)"), "step": wb.bytes_layout(2)})
+    res = wb.plan_load(save.metadata, {"w": wb.dtensor_layout((8, 6), (2, 2), "S(1), S(0)",
+                                                              world_size=4),
+                                       "step": wb.bytes_layout(4)})
+    assert find_problems(res) == [] and res.problems == []
+
+
+def test_missing_unexpected_shape_and_dtype():
+    md = _md(a=((4,), [((0,), (4,))]), b=((2, 2), [((0, 0), (2, 2))]),
+             c=((3,), [((0,), (3,))], "float32"), old=None)
+    lay = {"a": wb.tensor_layout((4,), 2), "b": wb.tensor_layout((2, 3), 2),
+           "c": wb.tensor_layout((3,), 2, "int32"), "new": wb.tensor_layout((1,), 2)}
+    probs = find_problems(wb.plan_load(md, lay))
+    assert _kinds(probs) == [("b", "shape_mismatch", "error"), ("c", "dtype_mismatch", "silent"),
+                             ("new", "missing_key", "error"), ("old", "unexpected_key", "warning")]
+    b, c, new, old = probs
+    assert b.message.endswith("torch raises: Size mismatch between saved torch.Size([2, 2]) and "
+                              "current: torch.Size([2, 3]) for b")
+    assert "float32 -> int32" in c.message and c.ranks == (0, 1)
+    assert "torch raises: Missing key in checkpoint state_dict: new." in new.message
+    assert new.ranks == (0, 1)
+    # allow_partial_load: the missing key is skipped, kept at its value
+    partial = find_problems(wb.plan_load(md, lay, allow_partial_load=True))
+    assert ("new", "missing_key", "warning") in _kinds(partial)
+
+
+def test_missing_key_names_the_closest_saved_key():
+    md = _md(**{"model.w": ((4,), [((0,), (4,))])})
+    (p, q) = find_problems(wb.plan_load(md, {"model.W": wb.tensor_layout((4,), 1)}))
+    assert p.kind == "missing_key" and "closest saved key is 'model.w'" in p.fix
+    assert q.kind == "unexpected_key"
+
+
+def test_uncovered_per_rank_with_exact_holes():
+    # t (8, 4): saved rows [0:2] and [4:6] only; targets: S(0) on 4 ranks -> rows [0:2], [2:4],
+    # [4:6], [6:8]: ranks 1 and 3 get nothing; S(1) on 2 ranks -> both miss rows 2:4 and 6:8.
+    md = _md(t=((8, 4), [((0, 0), (2, 4)), ((4, 0), (2, 4))]))
+    probs = find_problems(wb.plan_load(md, {"t": wb.dtensor_layout((8, 4), (4,), "S(0)")}))
+    assert [(p.kind, p.ranks, str(p.region)) for p in probs] == [
+        ("uncovered", (1,), "[2:4, 0:4]"), ("uncovered", (3,), "[6:8, 0:4]")]
+    assert "the checkpoint covers 16 of 32" in probs[0].message
+    probs = find_problems(wb.plan_load(md, {"t": wb.dtensor_layout((8, 4), (2,), "S(1)")}))
+    assert [(p.ranks, str(p.region)) for p in probs] == [((0,), "[2:4, 0:2]"), ((0,), "[6:8, 0:2]"),
+                                                         ((1,), "[2:4, 2:4]"), ((1,), "[6:8, 2:4]")]
+    assert all(p.severity == "silent" for p in probs)
+
+
+def test_overlap_and_hole_with_equal_volumes_found_geometrically():
+    # dcp-semantics 8: rows [0:4] and [2:6] of (8, 3): 12 + 12 = 24 elements = the tensor's 24,
+    # yet rows [2:4] are saved twice and rows [6:8] not at all.
+    md = _md(t=((8, 3), [((0, 0), (4, 3)), ((2, 0), (4, 3))]))
+    probs = find_problems(wb.plan_load(md, {"t": wb.tensor_layout((8, 3), 2)}))
+    assert [(p.kind, p.ranks, str(p.region), p.severity) for p in probs] == [
+        ("uncovered", (0, 1), "[6:8, 0:3]", "silent"), ("overlap", (0, 1), "[2:4, 0:3]", "silent")]
+    assert "#0 [0:4, 0:3] and #1 [2:6, 0:3]" in probs[1].message
+    # a target that never reads rows 2:4 is only warned
+    probs = find_problems(wb.plan_load(md, {"t": wb.sharded_layout((8, 3), [[((0, 0), (2, 3))]])}))
+    assert [(p.kind, p.severity) for p in probs] == [("overlap", "warning")]
+
+
+def test_zero_size_chunks_are_neither_holes_nor_overlaps():
+    # saved [0:10] + a zero-size [5:5] (torch's predicate calls it overlapping; it holds no data)
+    md = _md(t=((10,), [((0,), (10,)), ((5,), (0,))]))
+    assert find_problems(wb.plan_load(md, {"t": wb.tensor_layout((10,), 1)})) == []
+    md = _md(t=((10,), []))
+    (p,) = find_problems(wb.plan_load(md, {"t": wb.tensor_layout((10,), 1)}))
+    assert (p.kind, str(p.region)) == ("uncovered", "[0:10]")
+
+
+def test_strided_destination_says_which_rows_land_wrong():
+    # dcp-semantics 3: arange(8) loaded into SS(0,2) on 2 ranks: rank 0 holds 0,1,4,5 but its box
+    # [0:4] reads 0..3; rank 1 holds 2,3,6,7 but reads 2..5.
+    save = wb.plan_save({"w": wb.tensor_layout((8,), 2)})
+    probs = find_problems(wb.plan_load(save.metadata, {"w": wb.dtensor_layout((8,), (2,), "SS(0,2)")}))
+    assert [(p.kind, p.ranks, str(p.region), p.severity) for p in probs] == [
+        ("strided_misdescribed", (0,), "[0:4]", "silent"),
+        ("strided_misdescribed", (1,), "[2:6]", "silent")]
+    assert ("holds indices [0, 1, 4, 5] but its box [0:4] names [0, 1, 2, 3], so local positions "
+            "[2, 3] get indices [2, 3] instead of [4, 5]") in probs[0].message
+    assert "get indices [4, 5] instead of [6, 7]" in probs[1].message
+
+
+def test_strided_fsdp2_tp_uneven_rank():
+    # (13,) on mesh (3, 2) with [SS(0,2), S(0)]: rank 4 = coordinate (2, 0) holds 6, 11; box [6:8]
+    lay = wb.dtensor_layout((13,), (3, 2), "SS(0,2), S(0)")
+    save = wb.plan_save({"w": wb.tensor_layout((13,), 6)})
+    (p,) = find_problems(wb.plan_load(save.metadata, {"w": lay}))
+    assert p.ranks == (4,) and str(p.region) == "[6:8]"
+    assert "coordinate (2, 0)" in p.message and "get indices [7] instead of [11]" in p.message
+
+
+def test_save_side_strided_partial_dedup():
+    sv = wb.plan_save({"w": wb.dtensor_layout((8,), (2,), "SS(0,2)"),
+                       "p": wb.tensor_layout((3,), 2, per_rank_values=True),
+                       "b": wb.bytes_layout(2, per_rank_values=True),
+                       "q": wb.dtensor_layout((4,), (2,), "P"),
+                       "ok": wb.dtensor_layout((8,), (2,), "S(0)")})
+    probs = find_save_problems(sv)
+    assert _kinds(probs) == [("w", "strided_misdescribed", "error"),
+                             ("w", "strided_misdescribed", "error"),
+                             ("p", "dedup_loss", "silent"), ("b", "dedup_loss", "silent"),
+                             ("q", "partial", "error")]
+    assert sv.errors[0] in probs[0].message  # torch's validation text, quoted
+    kept = sv.writers["p"][0]
+    assert probs[2].ranks == (1 - kept,) and f"writes only rank {kept}'s copy" in probs[2].message
+    assert "Any checkpointing related operations are not supported for DTensor with partial " \
+           "placements!" in probs[4].message and probs[4].ranks == (0, 1)
+
+
+def test_save_side_holes_and_overlaps_of_explicit_chunks():
+    # ShardedTensor-style chunks: rank 0 rows [0:4], rank 1 rows [2:6] of 8 -> validation reports
+    # the overlap (and no fill error: 24 = 24); rows [6:8] are a silent hole.
+    sv = wb.plan_save({"t": wb.sharded_layout((8, 3), [[((0, 0), (4, 3))], [((2, 0), (4, 3))]])})
+    probs = find_save_problems(sv)
+    assert [(p.kind, str(p.region), p.severity) for p in probs] == [
+        ("uncovered", "[6:8, 0:3]", "silent"), ("overlap", "[2:4, 0:3]", "error")]
+    # rank 1 missing rows [4:8] -> invalid fill (an error with more than one rank)
+    sv = wb.plan_save({"t": wb.sharded_layout((8, 3), [[((0, 0), (4, 3))], []])})
+    (p,) = find_save_problems(sv)
+    assert (p.kind, str(p.region), p.severity) == ("uncovered", "[4:8, 0:3]", "error")
+    assert "invalid fill tensor-volume: 24 chunks-volume: 12" in p.message
+
+
+def test_per_rank_bytes_both_directions():
+    four = {f"dataloader.dp_rank_{r}": wb.bytes_layout(4, ranks=[r]) for r in range(4)}
+    two = {f"dataloader.dp_rank_{r}": wb.bytes_layout(2, ranks=[r]) for r in range(2)}
+    # 4 -> 2: ranks 2, 3's state is dropped without a word
+    probs = find_problems(wb.plan_load(wb.plan_save(four).metadata, two))
+    assert [(p.fqn, p.kind, p.severity) for p in probs] == [
+        ("dataloader.dp_rank_2", "per_rank_bytes", "silent"),
+        ("dataloader.dp_rank_3", "per_rank_bytes", "silent")]
+    assert "from 4 ranks but the target requests only 2" in probs[0].message
+    # 2 -> 4: torch raises Missing key on the new ranks
+    res = wb.plan_load(wb.plan_save(two).metadata, four)
+    probs = find_problems(res)
+    assert [(p.fqn, p.severity, p.ranks) for p in probs] == [
+        ("dataloader.dp_rank_2", "error", (2,)), ("dataloader.dp_rank_3", "error", (3,))]
+    assert "Missing key in checkpoint state_dict: dataloader.dp_rank_2." in probs[0].message
+    # rank-numbered tensors of a model are not per-rank families
+    md = _md(**{"layers.0": ((2,), [((0,), (2,))]), "layers.1": ((2,), [((0,), (2,))])})
+    probs = find_problems(wb.plan_load(md, {"layers.0": wb.tensor_layout((2,), 1)}))
+    assert _kinds(probs) == [("layers.1", "unexpected_key", "warning")]
+
+
+def test_partial_target_and_non_tensor_target():
+    save = wb.plan_save({"w": wb.dtensor_layout((4,), (2,), "S(0)"), "s": wb.bytes_layout(2)})
+    probs = find_problems(wb.plan_load(save.metadata, {"w": wb.dtensor_layout((4,), (2,), "P"),
+                                                       "s": wb.tensor_layout((1,), 2)}))
+    assert _kinds(probs) == [("w", "partial", "error"), ("s", "shape_mismatch", "silent")]
+    assert ("Invalid checkpoint metadata for w, expected BytesStorageMetadata but found <class "
+            "'torch.distributed.checkpoint.metadata.TensorStorageMetadata'>") in probs[0].message
+    probs = find_problems(wb.plan_load(save.metadata, {"w": wb.bytes_layout(2)}))
+    assert _kinds(probs)[0] == ("w", "shape_mismatch", "error")
+    assert "expected BytesStorageMetadata" in probs[0].message
+
+
+def test_order_is_fqn_then_kind():
+    md = _md(z=((4,), [((0,), (2,))], "int32"), a=((4,), [((0,), (4,))]))
+    lay = {"z": wb.tensor_layout((4,), 1), "a": wb.tensor_layout((4,), 1, "float16")}
+    assert _kinds(find_problems(wb.plan_load(md, lay))) == [
+        ("z", "dtype_mismatch", "silent"), ("z", "uncovered", "silent"),
+        ("a", "dtype_mismatch", "silent")]
+
+
+def test_reference_model_at_1024_ranks_takes_the_cheap_path(monkeypatch):
+    sd = model_state_dict("llama", "70b")
+    save = wb.plan_save(apply_recipe(sd, "fsdp", 1024))
+    target = {k: wb.dtensor_layout(s, (32, 32), "S(0), S(1)" if len(s) == 2 else "S(0), R", d)
+              for k, (s, d) in sd.items()}
+    res = wb.plan_load(save.metadata, target)
+
+    def no_exact(*a, **k):
+        raise AssertionError("exact holes computed for a tensor whose chunks tile it")
+
+    monkeypatch.setattr(diagnosis, "uncovered", no_exact)
+    t = time.perf_counter()
+    assert find_problems(res) == []
+    elapsed = time.perf_counter() - t
+    print(f"find_problems on 723 tensors x 1024 ranks: {elapsed:.2f} s")
+    assert elapsed < 5  # ~0.3 s here; generous for a shared 2-core box
+
+
+def test_cheap_path_agrees_with_painting():
+    # grid-aligned chunks that tile, tile with a duplicate cell, or leave a cell out
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        rows = sorted(set(rng.integers(1, 6, size=2).tolist()) | {0, 6})
+        cols = sorted(set(rng.integers(1, 5, size=1).tolist()) | {0, 5})
+        cells = [((r0, c0), (r1 - r0, c1 - c0)) for r0, r1 in zip(rows, rows[1:])
+                 for c0, c1 in zip(cols, cols[1:])]
+        if rng.random() < 0.3:
+            cells.pop(int(rng.integers(len(cells))))
+        if rng.random() < 0.3:
+            cells.append(cells[int(rng.integers(len(cells)))])
+        paint = np.zeros((6, 5), int)
+        for (o0, o1), (s0, s1) in cells:
+            paint[o0:o0 + s0, o1:o1 + s1] += 1
+        cov = diagnosis._coverage((6, 5), [wb.Chunk(o, s) for o, s in cells])
+        assert cov.tiles == bool((paint == 1).all())
+        assert sum(h.volume for h in cov.holes) == int((paint == 0).sum())

@@ -1,0 +1,409 @@
+"""Whole-state-dict plans (workbench.planning): worked examples, invariants, and parity with the
+scalar mirrors in workbench.planner_helpers run rank by rank. Parity with torch itself is in
+test_planning_vs_torch.py, which reuses the strategies defined here."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workbench import planner_helpers as ph
+from workbench.errors import MetadataError, PlanError
+from workbench.geometry import Chunk, uncovered
+from workbench.planner_helpers import LocalTensor
+from workbench.planning import plan_load, plan_save, writer_of_file
+from workbench.records import (BytesStorageMetadata, LoadItemType, Metadata, MetadataIndex,
+                               StorageInfo, TensorProperties, TensorStorageMetadata)
+from workbench.sharding import (Partial, Replicate, Shard, StridedShard, bytes_layout,
+                                dtensor_layout, sharded_layout, tensor_layout)
+
+DTYPES = ["float32", "bfloat16", "int64"]
+
+
+# ----------------------------------------------------------------------------- strategies
+# mostly non-empty dims (so that reshards read something), zero-size ones now and then
+shapes = st.lists(st.one_of(st.integers(1, 8), st.integers(0, 8)), min_size=0, max_size=4).map(tuple)
+
+
+@st.composite
+def meshes(draw, world):
+    ndim = draw(st.integers(1, 3))
+    while True:
+        mesh = tuple(draw(st.integers(1, 4)) for _ in range(ndim))
+        if math.prod(mesh) <= world:
+            return mesh
+        ndim = max(1, ndim - 1)
+
+
+@st.composite
+def placements_for(draw, shape, mesh, partial=False):
+    out = []
+    for _ in mesh:
+        opts = ["R"]
+        if shape:
+            opts += ["S", "S", "SS"]
+        if partial:
+            opts.append("P")
+        kind = draw(st.sampled_from(opts))
+        if kind == "R":
+            out.append(Replicate())
+        elif kind == "P":
+            out.append(Partial())
+        elif kind == "S":
+            out.append(Shard(draw(st.integers(0, len(shape) - 1))))
+        else:
+            out.append(StridedShard(draw(st.integers(0, len(shape) - 1)), draw(st.integers(1, 3))))
+    return tuple(out)
+
+
+@st.composite
+def boxes_in(draw, shape, max_n=2, outside=False):
+    """Up to max_n boxes inside ``shape`` (zero-size ones included); with ``outside`` a box may
+    poke out of the tensor (malformed ShardedTensor metadata)."""
+    out = []
+    for _ in range(draw(st.integers(0, max_n))):
+        offs, sizes = [], []
+        for d in shape:
+            o = draw(st.integers(0, d))
+            s = draw(st.integers(0, d - o + (1 if outside else 0)))
+            offs.append(o)
+            sizes.append(s)
+        out.append(Chunk(tuple(offs), tuple(sizes)))
+    return out
+
+
+@st.composite
+def layouts(draw, shape, world, kinds=("dtensor", "dtensor", "dtensor", "tensor", "bytes", "sharded"),
+            partial=False):
+    kind = draw(st.sampled_from(kinds))
+    dtype = draw(st.sampled_from(DTYPES))
+    if kind == "dtensor":
+        mesh = draw(meshes(world))
+        return dtensor_layout(shape, mesh, draw(placements_for(shape, mesh, partial)), dtype,
+                              world_size=world)
+    if kind == "tensor":
+        ranks = draw(st.one_of(st.none(), st.sets(st.integers(0, world - 1), min_size=1)))
+        return tensor_layout(shape, world, dtype, ranks=ranks)
+    if kind == "bytes":
+        ranks = draw(st.one_of(st.none(), st.sets(st.integers(0, world - 1), min_size=1)))
+        return bytes_layout(world, ranks=ranks)
+    per_rank = [draw(boxes_in(shape)) for _ in range(world)]
+    return sharded_layout(shape, per_rank, dtype, world)
+
+
+@st.composite
+def state_dicts(draw, max_world=12, partial=False):
+    world = draw(st.integers(1, max_world))
+    n = draw(st.integers(1, 4))
+    out = {}
+    for i in range(n):
+        out[f"m{i}.w"] = draw(layouts(draw(shapes), world, partial=partial))
+    return out
+
+
+@st.composite
+def save_and_load(draw, max_world=12):
+    """A state dict to save and one to load on another world size: same fqns mostly with new
+    layouts; sometimes a new shape, a new kind, a dropped key or an extra key."""
+    saved = draw(state_dicts(max_world))
+    world = draw(st.integers(1, max_world))
+    load = {}
+    for fqn, lay in saved.items():
+        action = draw(st.sampled_from(["same"] * 12 + ["reshape", "drop", "kind"]))
+        if action == "drop":
+            continue
+        shape = lay.shape if lay.kind != "bytes" else draw(shapes)
+        if action == "reshape":
+            shape = draw(shapes)
+        kinds = ("dtensor", "dtensor", "tensor", "sharded") if lay.kind != "bytes" else ("bytes",)
+        if action == "kind":
+            kinds = ("dtensor", "tensor", "bytes", "sharded")
+        load[fqn] = draw(layouts(shape, world, kinds=kinds, partial=True))
+    if draw(st.integers(0, 4)) == 0:
+        load["extra.w"] = draw(layouts(draw(shapes), world))
+    if not load:
+        load["extra.w"] = draw(layouts(draw(shapes), world))
+    return saved, load, draw(st.booleans()), draw(st.booleans())
+
+
+# ----------------------------------------------------------------------------- canonical forms
+def write_key(item):
+    """A write item as plain data (workbench or torch record)."""
+    td = item.tensor_data
+    off = None if item.index.offset is None else tuple(item.index.offset)
+    chunk = None if td is None else (tuple(td.chunk.offsets), tuple(td.chunk.sizes))
+    size = None if td is None else tuple(td.size)
+    dtype = None if td is None else str(td.properties.dtype).replace("torch.", "")
+    return (item.type.name, item.index.fqn, off, item.index.index, chunk, size, dtype)
+
+
+def read_key(item):
+    def idx(i):
+        return (i.fqn, None if i.offset is None else tuple(i.offset), i.index)
+    return (item.type.name, idx(item.dest_index), tuple(item.dest_offsets), idx(item.storage_index),
+            tuple(item.storage_offsets), tuple(item.lengths))
+
+
+def metadata_key(md):
+    out = []
+    for fqn, m in md.state_dict_metadata.items():
+        if type(m).__name__ == "BytesStorageMetadata":
+            out.append((fqn, "bytes"))
+        else:
+            out.append((fqn, tuple(m.size), str(m.properties.dtype).replace("torch.", ""),
+                        [(tuple(c.offsets), tuple(c.sizes)) for c in m.chunks]))
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers' reference
+def helpers_save(sd, save_to_lowest_rank=False):
+    """plan_save recomputed with the scalar mirrors, rank by rank."""
+    world = next(iter(sd.values())).world_size
+    local = [ph.create_default_local_save_plan({f: LocalTensor(l, r) for f, l in sd.items()}, r == 0)
+             for r in range(world)]
+    plans, md = ph.create_default_global_save_plan(ph.dedup_save_plans(local, save_to_lowest_rank))
+    return local, plans, md, ph.validate_global_plan(plans, md)
+
+
+def helpers_load(md, sd, strict):
+    """Per rank: the scalar mirror's read items, or its error message."""
+    world = next(iter(sd.values())).world_size
+    out = []
+    for r in range(world):
+        try:
+            out.append([read_key(i) for i in ph.create_default_local_load_plan(
+                {f: LocalTensor(l, r) for f, l in sd.items()}, md, strict).items])
+        except PlanError as e:
+            out.append(e.torch_message)
+    return out
+
+
+def expected_per_rank(res):
+    """What a torch rank would report: its items, or the first failure that names it."""
+    out = []
+    for r in range(res.world_size):
+        fail = next((msg for _, ranks, msg in res.failures if r in ranks), None)
+        out.append(fail if fail is not None else [read_key(i) for i in res.plans[r].items])
+    return out
+
+
+# ----------------------------------------------------------------------------- worked examples
+def test_dedup_tie_break_is_cpython_set_order():
+    # (16,) on mesh (2,8) [R, S(0)]: chunk k lives on ranks {k, 8+k}; torch picks these writers
+    lay = {"w": dtensor_layout((16,), (2, 8), "R, S(0)")}
+    assert plan_save(lay).writers == {"w": [0, 1, 2, 4, 6, 11, 13, 15]}
+    assert plan_save(lay, save_to_lowest_rank=True).writers == {"w": list(range(8))}
+
+
+def test_global_tensor_bytes_are_charged():
+    # every rank holds a plain 10-float tensor (40 bytes) and a bytes value: rank 0 writes the
+    # tensor first, so the bytes value goes to the first zero-load rank in set order, rank 1
+    res = plan_save({"tensor": tensor_layout((10,), 2), "value": bytes_layout(2)})
+    assert res.writers == {"tensor": [0], "value": [1]}
+    assert res.bytes_written.tolist() == [40, 0]
+    assert [write_key(i)[1] for i in res.plans[1].items] == ["value"]
+
+
+def test_metadata_order_follows_first_writer():
+    # "a" is written by rank 1 only: torch's metadata lists "b" (rank 0) first
+    a = sharded_layout((4,), [[], [Chunk((0,), (4,))]], world_size=2)
+    b = sharded_layout((4,), [[Chunk((0,), (4,))], []], world_size=2)
+    res = plan_save({"a": a, "b": b})
+    assert list(res.metadata.state_dict_metadata) == ["b", "a"]
+    assert res.errors == []
+
+
+def test_storage_data_names_writer_files():
+    res = plan_save({"w": dtensor_layout((8, 4), (4,), "S(0)"), "b": bytes_layout(4)})
+    sd = res.metadata.storage_data
+    assert sd[MetadataIndex("w", (4, 0))] == StorageInfo("__2_0.distcp", None, None)
+    assert sd[MetadataIndex("b")].relative_path == "__" + str(res.writers["b"][0]) + "_0.distcp"
+    keys = list(sd)
+    assert [k.index for k in keys[:4]] == [0, 1, 2, 3] and len(sd) == 5
+    with pytest.raises(KeyError):
+        sd[MetadataIndex("w", (1, 0))]
+    assert dict(sd.items())[MetadataIndex("w", (6, 0))].relative_path == "__3_0.distcp"
+    assert writer_of_file("__12_3.distcp") == 12 and writer_of_file("data.bin") is None
+
+
+def test_validation_errors_and_single_rank_fill():
+    # rows [0:4] and [2:6] of 8: overlap + wrong fill (torch's strings, current chunk first)
+    lay = sharded_layout((8, 3), [[Chunk((0, 0), (4, 3))], [Chunk((2, 0), (4, 3))]])
+    res = plan_save({"w": lay})
+    assert res.errors == [
+        "key:w has overlapping chunks: ChunkStorageMetadata(offsets=torch.Size([2, 0]), "
+        "sizes=torch.Size([4, 3])) ChunkStorageMetadata(offsets=torch.Size([0, 0]), "
+        "sizes=torch.Size([4, 3]))"]  # 12 + 12 elements = 24: the fill check passes
+    one = sharded_layout((8,), [[Chunk((0,), (4,))]])
+    assert plan_save({"w": one}).errors == []  # one plan: never fill-checked
+    two = sharded_layout((8,), [[Chunk((0,), (4,))], []])
+    assert plan_save({"w": two}).errors == ["key:w invalid fill tensor-volume: 8 chunks-volume: 4"]
+
+
+def test_misdescribed_strided_save_fails_validation():
+    res = plan_save({"w": dtensor_layout((8,), (2,), "SS(0,2)")})
+    assert res.errors == ["key:w has overlapping chunks: ChunkStorageMetadata(offsets=torch.Size([2]), "
+                          "sizes=torch.Size([4])) ChunkStorageMetadata(offsets=torch.Size([0]), "
+                          "sizes=torch.Size([4]))"]
+
+
+def test_read_items_worked_examples():
+    # (4,8) saved [cols 4:8 (#0), cols 0:4 (#1)], local full: saved #1 first (ends 4 < 8)
+    md = Metadata({"w": TensorStorageMetadata("float32", (4, 8),
+                                              [Chunk((0, 4), (4, 4)), Chunk((0, 0), (4, 4))])})
+    res = plan_load(md, {"w": tensor_layout((4, 8), 1)})
+    assert res.reads("w").saved_idx.tolist() == [1, 0]
+    assert res.reads("w").dest_offsets.tolist() == [[0, 0], [0, 4]]
+    # saved row halves, local [cols 4:8 (#0), cols 0:4 (#1)]: sweep dim 1, local #1 first
+    md = Metadata({"w": TensorStorageMetadata("float32", (4, 8),
+                                              [Chunk((0, 0), (2, 8)), Chunk((2, 0), (2, 8))])})
+    lay = sharded_layout((4, 8), [[Chunk((0, 4), (4, 4)), Chunk((0, 0), (4, 4))]])
+    block = plan_load(md, {"w": lay}).reads("w")
+    assert list(zip(block.local_idx.tolist(), block.saved_idx.tolist())) == [(1, 0), (1, 1), (0, 0), (0, 1)]
+    # zero-size saved [5,5) strictly inside [0,10): a zero-length item, first (its end is 5)
+    md = Metadata({"w": TensorStorageMetadata("float32", (10,), [Chunk((0,), (10,)), Chunk((5,), (0,))])})
+    items = plan_load(md, {"w": tensor_layout((10,), 1)}).plans[0].items
+    assert [(i.dest_offsets, i.lengths, i.storage_index.index) for i in items] == [
+        ((5,), (0,), 1), ((0,), (10,), 0)]
+
+
+def test_failures_are_recorded_not_raised():
+    saved = plan_save({"w": dtensor_layout((4, 4), (2,), "S(0)"), "b": bytes_layout(2)}).metadata
+    res = plan_load(saved, {
+        "w": dtensor_layout((4, 5), (2,), "S(0)"),
+        "b": tensor_layout((3,), 2),
+        "x": tensor_layout((2,), 2, ranks=[1]),
+    })
+    assert res.failures == [
+        ("w", (0, 1), "Size mismatch between saved torch.Size([4, 4]) and current: "
+                      "torch.Size([4, 5]) for w"),
+        ("x", (1,), "Missing key in checkpoint state_dict: x."),
+    ]
+    assert len(res.reads("w")) == 0
+    assert [i.type for i in res.plans[0].items] == [LoadItemType.BYTE_IO]
+    assert plan_load(saved, {"x": tensor_layout((2,), 2)}, allow_partial_load=True).failures == []
+    tsm = "<class 'torch.distributed.checkpoint.metadata.TensorStorageMetadata'>"
+    res = plan_load(saved, {"w": bytes_layout(2),
+                            "b": dtensor_layout((2,), (1,), "P", world_size=2)})
+    assert res.failures == [("w", (0, 1), "Invalid checkpoint metadata for w, expected "
+                                         f"BytesStorageMetadata but found {tsm}")]
+    # bytes metadata: a Partial DTensor still reads it on the ranks of its mesh
+    assert res.reads("b").rank.tolist() == [0]
+    res = plan_load(saved, {"w": dtensor_layout((4, 4), (2,), "P", world_size=3)})
+    assert res.failures == [("w", (0, 1), "Invalid checkpoint metadata for w, expected "
+                                         f"BytesStorageMetadata but found {tsm}")]
+
+
+def test_partial_save_is_a_failure():
+    res = plan_save({"w": dtensor_layout((4,), (2,), "P"), "t": tensor_layout((2,), 2)})
+    assert res.failures == [("w", (0, 1), ph.PARTIAL_MESSAGE)]
+    assert list(res.metadata.state_dict_metadata) == ["t"]
+
+
+def test_bad_input_raises():
+    with pytest.raises(PlanError, match="one world size"):
+        plan_save({"a": tensor_layout((2,), 2), "b": tensor_layout((2,), 3)})
+    with pytest.raises(PlanError, match="state dict is empty"):
+        plan_save({})
+    with pytest.raises(PlanError, match="Layout"):
+        plan_load(Metadata({}), {"a": (2, 2)})
+    with pytest.raises(MetadataError):
+        plan_load(object(), {"a": tensor_layout((2,), 2)})
+    bad = Metadata({"w": TensorStorageMetadata("float32", (4,), [Chunk((0, 0), (4, 1))])})
+    with pytest.raises(MetadataError, match="2 dims"):
+        plan_load(bad, {"w": tensor_layout((4,), 1)})
+    res = plan_load(Metadata({}), {"a": tensor_layout((2,), 2)}, allow_partial_load=True)
+    with pytest.raises(PlanError, match="not in the planned state dict"):
+        res.reads("nope")
+
+
+def test_plans_are_lazy_and_cached():
+    res = plan_save({"w": dtensor_layout((64, 8), (8,), "S(0)")})
+    assert repr(res.plans) == "<8 plans, 0 built>"
+    assert res.plans[3] is res.plans[3] and res.plans[-1] is res.plans[7]
+    with pytest.raises(IndexError):
+        res.plans[8]
+    load = plan_load(res.metadata, {"w": dtensor_layout((64, 8), (2, 2), "S(0), S(1)")})
+    assert load.plans[1] is load.plans[1] and len(load.plans[0:2]) == 2
+
+
+def test_io_numbers_of_a_reshard():
+    # (8, 4) float32 saved S(0) on 4 ranks (8 rows -> 2 rows each, 32 bytes a file), loaded S(1)
+    # on 2 ranks: every load rank needs half of every row: 4 files, 4 reads of 32 bytes each
+    res = plan_save({"w": dtensor_layout((8, 4), (4,), "S(0)")})
+    io = plan_load(res.metadata, {"w": dtensor_layout((8, 4), (2,), "S(1)")}).io
+    assert io.files == tuple(f"__{r}_0.distcp" for r in range(4))
+    assert io.files_opened.tolist() == [4, 4] and io.reads.tolist() == [4, 4]
+    assert io.bytes_needed.tolist() == [64, 64] and io.bytes_read.tolist() == [128, 128]
+    assert io.amplification.tolist() == [2.0, 2.0]
+    assert io.traffic.tolist() == [[32] * 4] * 2 and io.readers["__0_0.distcp"] == (0, 1)
+    assert io.bytes_written.tolist() == [32] * 4 and io.file_writers.tolist() == [0, 1, 2, 3]
+
+
+def test_io_uses_storage_lengths_when_known():
+    md = Metadata({"w": TensorStorageMetadata("float32", (4,), [Chunk((0,), (4,))]),
+                   "b": BytesStorageMetadata()},
+                  storage_data={MetadataIndex("w", (0,)): StorageInfo("__0_0.distcp", 0, 1000),
+                                MetadataIndex("b"): StorageInfo("__1_0.distcp", 1000, 77)})
+    io = plan_load(md, {"w": dtensor_layout((4,), (2,), "S(0)"), "b": bytes_layout(2)}).io
+    assert io.bytes_read.tolist() == [1077, 1077] and io.bytes_needed.tolist() == [8, 8]
+    assert io.bytes_written.tolist() == [1000, 77]
+    none = plan_load(Metadata(md.state_dict_metadata), {"w": tensor_layout((4,), 1)}).io
+    assert none.files == () and none.bytes_read.tolist() == [16] and none.bytes_written is None
+
+
+# ----------------------------------------------------------------------------- properties
+@given(state_dicts(), st.booleans())
+def test_save_matches_scalar_helpers(sd, lowest):
+    res = plan_save(sd, save_to_lowest_rank=lowest)
+    local, plans, md, errors = helpers_save(sd, lowest)
+    for r in range(res.world_size):
+        assert [write_key(i) for i in res.local_plans[r].items] == [write_key(i) for i in local[r].items]
+        assert [write_key(i) for i in res.plans[r].items] == [write_key(i) for i in plans[r].items]
+    assert metadata_key(res.metadata) == metadata_key(md)
+    assert res.errors == errors
+    for fqn, w in res.writers.items():
+        assert res.metadata.storage_data[MetadataIndex(fqn, None if isinstance(
+            md.state_dict_metadata[fqn], BytesStorageMetadata) else md.state_dict_metadata[fqn].chunks[-1].offsets
+        )].relative_path.startswith("__")
+        assert all(any(write_key(i)[1] == fqn for i in plans[r].items) for r in w)
+
+
+@given(save_and_load())
+def test_load_matches_scalar_helpers(case):
+    saved, load, strict, lowest = case
+    md = plan_save(saved, lowest).metadata
+    res = plan_load(md, load, allow_partial_load=not strict)
+    assert expected_per_rank(res) == helpers_load(md, load, strict)
+
+
+@given(save_and_load(max_world=6))
+def test_reads_stay_inside_both_chunks_and_tile_covered_chunks(case):
+    saved, load, strict, lowest = case
+    md = plan_save(saved, lowest).metadata
+    res = plan_load(md, load, allow_partial_load=True)
+    io = res.io
+    assert io.reads.sum() == sum(len(res.plans[r].items) for r in range(res.world_size))
+    assert io.traffic.sum() <= io.bytes_read.sum() and io.read_counts.sum() <= io.reads.sum()
+    for fqn, lay in load.items():
+        block = res.reads(fqn)
+        if block.kind != "tensor" or len(block) == 0:
+            continue
+        saved_chunks = md.state_dict_metadata[fqn].chunks
+        for r in range(res.world_size):
+            sl = block.of_rank(r)
+            for li in set(block.local_idx[sl].tolist()):
+                local = lay.rank_chunks[r][li]
+                rows = np.flatnonzero(block.local_idx[sl] == li) + sl.start
+                got = [Chunk(tuple(np.add(local.offsets, block.dest_offsets[i]).tolist()),
+                             tuple(block.lengths[i].tolist())) for i in rows]
+                for i, g in zip(rows, got):
+                    s = saved_chunks[block.saved_idx[i]]
+                    assert s.contains(g) and local.contains(g)
+                    assert tuple(np.add(s.offsets, block.storage_offsets[i]).tolist()) == g.offsets
+                # what the reads miss is exactly what the saved chunks miss
+                assert sum(c.volume for c in uncovered(local, got)) == \
+                    sum(c.volume for c in uncovered(local, saved_chunks))

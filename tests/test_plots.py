@@ -1,0 +1,290 @@
+"""Pictures: assert on the picture data first, then on the Axes' artists (Agg backend; the
+conftest fails any test that leaves pyplot figures open; the plots never touch pyplot)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+
+import workbench as wb
+from workbench.colors import (BASE_PALETTE, UNKNOWN_COLOR, format_ranks, rank_color, rank_colors,
+                              text_color)
+from workbench.errors import LayoutError, MetadataError, PlanError
+from workbench.geometry import Chunk
+from workbench.planning import plan_load, plan_save
+from workbench.plots import (bytes_per_rank_data, layout_data, layout_slabs, mesh_data,
+                             plot_bytes_per_rank, plot_layout, plot_mesh, plot_reshard,
+                             plot_traffic, reshard_data, traffic_data)
+from workbench.records import (BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo,
+                               TensorProperties, TensorStorageMetadata)
+
+
+def rects(tiles):
+    return [(t.x, t.y, t.w, t.h) for t in tiles]
+
+
+def drawn_paths(ax) -> int:
+    return sum(len(c.get_paths()) for c in ax.collections if isinstance(c, PolyCollection))
+
+
+def tsm(size, chunks, dtype="float32"):
+    return TensorStorageMetadata(TensorProperties(dtype), size, [Chunk(o, s) for o, s in chunks])
+
+
+# ----------------------------------------------------------------------------- colours
+def test_rank_colours_are_deterministic_distinct_and_hex():
+    first = rank_colors(4096)
+    assert first == rank_colors(4096)
+    assert first[:9] == list(BASE_PALETTE[:9]) and first[0] == "#1f77b4"  # tab10 blue
+    assert len(set(first)) == 4096
+    assert all(len(c) == 7 and c.startswith("#") and int(c[1:], 16) >= 0 for c in first)
+    # neighbours never share a base hue (they differ by more than a lightness step)
+    assert all(first[r] != first[r + 1] for r in range(4095))
+    assert UNKNOWN_COLOR not in first
+    assert rank_color(None) == rank_color(-1) == UNKNOWN_COLOR
+
+
+def test_text_colour_and_rank_ranges():
+    assert text_color("#000000") == "#ffffff" and text_color("#ffffff") == "#000000"
+    assert text_color("#1f77b4") == "#ffffff" and text_color("#ffbb78") == "#000000"
+    assert format_ranks([8, 0, 1, 2, 3]) == "r0-3,8"
+    assert format_ranks([3, 5, 4, 9]) == "r3-5,9"
+    assert format_ranks(()) == ""
+
+
+# ----------------------------------------------------------------------------- layouts
+def test_layout_picture_of_an_uneven_dtensor_lists_the_empty_shard():
+    # (13,2), mesh (4,2), [S(0),S(0)]: rows 2,2,2,2,2,2,1,0 (dcp-semantics s.2: rank 7 is empty
+    # at offset 13)
+    pic = layout_data(wb.dtensor_layout((13, 2), (4, 2), "S(0), S(0)"))
+    assert rects(pic.tiles) == [(0, 0, 2, 2), (0, 2, 2, 2), (0, 4, 2, 2), (0, 6, 2, 2),
+                                (0, 8, 2, 2), (0, 10, 2, 2), (0, 12, 2, 1)]
+    assert [t.face for t in pic.tiles] == rank_colors(7)
+    assert pic.tiles[6].label == "r6\n[12:13, 0:2]"
+    assert pic.notes == ("empty shards: r7 [13:13, 0:2]",)
+    assert (pic.width, pic.height, pic.xlabel, pic.ylabel) == (2, 13, "dim 1", "dim 0")
+    ax = plot_layout(wb.dtensor_layout((13, 2), (4, 2), "S(0), S(0)"))
+    assert drawn_paths(ax) == 7
+    assert [t.get_text() for t in ax.texts][:1] == ["r0\n[0:2, 0:2]"]
+    assert "empty shards: r7 [13:13, 0:2]" in [t.get_text() for t in ax.texts]
+    assert ax.get_ylim() == (13, 0)  # row 0 at the top
+    assert len(ax.get_legend().get_texts()) == 8  # every rank, the empty one included
+
+
+def test_replicas_are_one_tile_listing_their_ranks_and_idle_ranks_are_noted():
+    pic = layout_data(wb.dtensor_layout((8, 4), (2, 2), "R, S(1)", world_size=6))
+    assert rects(pic.tiles) == [(0, 0, 2, 8), (2, 0, 2, 8)]
+    assert [t.ranks for t in pic.tiles] == [(0, 2), (1, 3)]
+    assert [t.label for t in pic.tiles] == ["r0,2\n[0:8, 0:2]", "r1,3\n[0:8, 2:4]"]
+    assert pic.notes == ("no chunk: r4-5",)
+
+
+def test_strip_cell_and_labels_limit():
+    pic = layout_data(wb.dtensor_layout((10,), (4,), "S(0)"))  # 3,3,3,1
+    assert rects(pic.tiles) == [(0, 0, 3, 1), (3, 0, 3, 1), (6, 0, 3, 1), (9, 0, 1, 1)]
+    assert (pic.height, pic.ylabel) == (1, "")
+    cell = layout_data(wb.dtensor_layout((), (4,), "R"))
+    assert rects(cell.tiles) == [(0, 0, 1, 1)] and cell.tiles[0].label == "r0-3\n[]"
+    many = layout_data(wb.dtensor_layout((64, 64), (8, 8), "S(0), S(1)"), max_labels=10)
+    assert len(many.tiles) == 64 and all(t.label is None for t in many.tiles)
+
+
+def test_strided_shard_tiles_are_hatched_and_explained():
+    pic = layout_data(wb.dtensor_layout((8,), (2,), "SS(0,2)"))
+    assert [t.hatch for t in pic.tiles] == ["//", "//"]
+    assert "r0-1: DCP's box is not the data held (_StridedShard)" in pic.notes
+    ax = plot_layout(wb.dtensor_layout((8,), (2,), "SS(0,2)"))
+    assert [c.get_hatch() for c in ax.collections] == ["//"]
+
+
+def test_n_d_layout_draws_small_multiples_per_slab():
+    layout = wb.dtensor_layout((8, 6, 4), (2, 2), "S(0), S(2)")
+    assert layout_slabs(layout) == [{2: 0}, {2: 2}]
+    fig = plot_layout(layout)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    assert [drawn_paths(a) for a in fig.axes] == [2, 2]
+    assert [a.get_title() for a in fig.axes] == ["dim 2 = 0", "dim 2 = 2"]
+    one = layout_data(layout, at={2: 3})
+    assert [t.ranks for t in one.tiles] == [(1,), (3,)]
+    # dims (2, 1) with dim 0 fixed: x runs along dim 1, y along dim 2
+    side = layout_data(layout, dims=(2, 1), at={0: 5})
+    assert rects(side.tiles) == [(0, 0, 6, 2), (0, 2, 6, 2)] and side.xlabel == "dim 1"
+    assert len(plot_layout(wb.dtensor_layout((2, 2, 40), (40,), "S(2)"), max_panels=4).axes) == 4
+
+
+def test_checkpoint_entry_is_coloured_by_writer():
+    md = Metadata({"w": tsm((4, 4), [((0, 0), (2, 4)), ((2, 0), (2, 4))])},
+                  storage_data={MetadataIndex("w", (0, 0)): StorageInfo("__3_0.distcp", 0, 1),
+                                MetadataIndex("w", (2, 0)): StorageInfo("odd.bin", 0, 1)})
+    pic = layout_data(md, fqn="w")
+    assert [t.face for t in pic.tiles] == [rank_color(3), UNKNOWN_COLOR]
+    assert [t.label for t in pic.tiles] == ["#0 r3\n[0:2, 0:4]", "#1\n[2:4, 0:4]"]
+    assert [e[0] for e in pic.legend] == ["writer r3", "writer unknown"]
+    pic = layout_data(tsm((4,), [((0,), (4,))]))
+    assert pic.tiles[0].face == UNKNOWN_COLOR
+
+
+def test_layout_bad_input_is_refused_in_house_form():
+    layout = wb.dtensor_layout((8, 6, 4), (2, 2), "S(0), S(2)")
+    with pytest.raises(LayoutError, match=r"^<input>: dims to draw \(0, 3\) do not fit a 3-d"):
+        layout_data(layout, dims=(0, 3))
+    with pytest.raises(LayoutError, match="dims to draw \\(1, 1\\)"):
+        layout_data(layout, dims=(1, 1))
+    with pytest.raises(LayoutError, match="slab index 9 of dim 2"):
+        layout_data(layout, at={2: 9})
+    with pytest.raises(LayoutError, match="small multiples"):
+        plot_layout(layout, ax=Figure().add_subplot())
+    md = Metadata({"b": BytesStorageMetadata()})
+    with pytest.raises(MetadataError, match="^b: is a bytes entry"):
+        layout_data(md, fqn="b")
+    with pytest.raises(MetadataError, match="^x: key 'x' is not in the checkpoint"):
+        layout_data(md, fqn="x")
+
+
+# ----------------------------------------------------------------------------- reshard
+def _reshard():
+    save = plan_save({"w": wb.dtensor_layout((8, 6), (4,), "S(0)")})
+    load = plan_load(save.metadata, {"w": wb.dtensor_layout((8, 6), (2, 2), "S(1), S(0)")})
+    return save, load
+
+
+def test_reshard_picture_lights_the_ranks_reads_in_dcp_order():
+    save, load = _reshard()
+    # rank 1 = mesh (0, 1): cols 0:3, rows 4:8 <- saved #2 (rows 4:6, rank 2) and #3 (rank 3)
+    pic = reshard_data(save, load, "w", rank=1)
+    reads = pic.of_kind("read")
+    assert rects(reads) == [(0, 4, 3, 2), (0, 6, 3, 2)]
+    assert [t.label for t in reads] == ["1\u2190#2\n__2_0.distcp", "2\u2190#3\n__3_0.distcp"]
+    assert [t.face for t in reads] == [rank_color(2), rank_color(3)]
+    assert rects(pic.of_kind("saved")) == [(0, 2 * i, 6, 2) for i in range(4)]
+    assert [t.label for t in pic.of_kind("saved")] == [f"#{i} r{i}" for i in range(4)]
+    assert rects(pic.of_kind("target")) == [(0, 4, 3, 4)]
+    assert sorted(rects(pic.of_kind("wanted"))) == [(0, 0, 3, 4), (3, 0, 3, 4), (3, 4, 3, 4)]
+    assert pic.of_kind("uncovered") == [] and pic.of_kind("held") == []
+    assert pic.notes == ("rank 1 wants [4:8, 0:3]", "2 read items from 2 saved chunks in 2 files")
+    ax = plot_reshard(save, load, "w", rank=1)
+    assert drawn_paths(ax) == len(pic.tiles) == 4 + 3 + 2 + 1
+    assert ax.get_title() == "w: rank 1's reads"
+    # the same reads when the destination is given as a Layout (read items computed directly)
+    again = reshard_data(save.metadata, load.layouts["w"], "w", rank=1)
+    assert again.tiles == pic.tiles
+
+
+def test_reshard_picture_hatches_uncovered_regions():
+    # dcp-semantics s.5.4: t (10 elements) saved as one chunk [0,5): loading leaves 5..9 stale
+    md = Metadata({"t": tsm((10,), [((0,), (5,))])})
+    load = plan_load(md, {"t": wb.dtensor_layout((10,), (2,), "S(0)")})
+    pic = reshard_data(md, load, "t", rank=1)  # rank 1 wants [5:10]: nothing covers it
+    assert rects(pic.of_kind("uncovered")) == [(5, 0, 5, 1)]
+    assert pic.of_kind("read") == []
+    assert "uncovered, stale after load: [5:10]" in pic.notes
+    ax = plot_reshard(md, load, "t", rank=1)
+    assert "xx" in [c.get_hatch() for c in ax.collections]
+    rank0 = reshard_data(md, load, "t", rank=0)
+    assert rank0.of_kind("uncovered") == [] and len(rank0.of_kind("read")) == 1
+    # the uncovered region matches the diagnosis
+    assert [p.region for p in load.problems if p.kind == "uncovered"] == [Chunk((5,), (5,))]
+
+
+def test_reshard_picture_shows_a_strided_destinations_real_rows():
+    # dcp-semantics s.3 [run]: arange(8) saved plain, loaded into SS(0,2) on mesh 2: rank 0 should
+    # hold [0,1,4,5] but DCP reads its box [0:4].
+    save = plan_save({"x": wb.tensor_layout((8,), 1)})
+    load = plan_load(save.metadata, {"x": wb.dtensor_layout((8,), (2,), "SS(0,2)")})
+    pic = reshard_data(save, load, "x", rank=0)
+    assert rects(pic.of_kind("target")) == [(0, 0, 4, 1)]
+    assert pic.of_kind("target")[0].linestyle == "dashed"
+    assert rects(pic.of_kind("held")) == [(0, 0, 2, 1), (4, 0, 2, 1)]
+    assert rects(pic.of_kind("read")) == [(0, 0, 4, 1)]
+    assert any(n.startswith("DCP reads the box [0:4] but rank 0 holds dim 0: 0:2, 4:6")
+               for n in pic.notes)
+    ax = plot_reshard(save, load, "x", rank=0)
+    assert [c.get_hatch() for c in ax.collections].count("//") == 1
+
+
+def test_reshard_of_a_3d_tensor_draws_the_ranks_slab_and_notes_torch_errors():
+    save = plan_save({"w": wb.dtensor_layout((4, 4, 6), (3,), "S(2)")})
+    load = plan_load(save.metadata, {"w": wb.dtensor_layout((4, 4, 6), (2,), "S(2)")})
+    pic = reshard_data(save, load, "w", rank=1)  # rank 1 wants dim 2 in 3:6 -> slab dim 2 = 3
+    assert pic.title == "w: rank 1's reads (dim 2 = 3)"
+    assert rects(pic.of_kind("read")) == [(0, 0, 4, 4)]  # only saved #1 ([2:4] of dim 2) holds 3
+    bad = plan_load(save.metadata, {"w": wb.dtensor_layout((4, 4, 8), (2,), "S(2)")})
+    pic = reshard_data(save, bad, "w", rank=0)
+    assert pic.of_kind("read") == []
+    assert "torch raises: Size mismatch between saved torch.Size([4, 4, 6]) and current: " \
+           "torch.Size([4, 4, 8]) for w" in pic.notes
+
+
+def test_reshard_bad_input():
+    save, load = _reshard()
+    with pytest.raises(PlanError, match=r"^w: rank 4 is not in the load world of 4 ranks"):
+        reshard_data(save, load, "w", rank=4)
+    with pytest.raises(MetadataError, match="^v: key 'v' is not in the checkpoint"):
+        reshard_data(save, load, "v")
+    with pytest.raises(MetadataError, match="is not checkpoint metadata"):
+        reshard_data(object(), load, "w")
+
+
+# ----------------------------------------------------------------------------- mesh
+def test_mesh_picture_places_ranks_row_major():
+    pic = mesh_data((2, 4))
+    assert rects(pic.tiles)[5] == (1, 1, 1, 1)
+    assert [t.label for t in pic.tiles][5] == "r5\n(1, 1)"
+    assert [t.face for t in pic.tiles] == rank_colors(8)
+    three = mesh_data((2, 2, 3))
+    assert (three.width, three.height) == (3, 4) and three.tiles[7].label == "r7\n(1, 0, 1)"
+    layout = wb.dtensor_layout((8, 6), (2, 4), "S(0), S(1)", world_size=10)  # cols 2,2,2,0
+    pic = mesh_data(layout)
+    assert [t.hatch for t in pic.tiles] == [None, None, None, ".."] * 2
+    assert pic.tiles[1].label == "r1\n(0, 1)\n[0:4, 2:4]"
+    assert pic.notes == ("empty shards: r3,7", "outside the mesh (no chunk): r8-9")
+    ax = plot_mesh(layout)
+    assert drawn_paths(ax) == 8 and [c.get_hatch() for c in ax.collections] == [None, "..",
+                                                                                  None, ".."]
+    with pytest.raises(LayoutError, match=r"mesh shape \(2, 0\) has a dim below 1"):
+        mesh_data((2, 0))
+
+
+# ----------------------------------------------------------------------------- I/O charts
+def test_traffic_and_bytes_per_rank_come_from_the_plans_io():
+    save, load = _reshard()
+    data = traffic_data(load)
+    # rank (a, b) reads rows 4b:4b+4 -> saved chunks 2b, 2b+1, whole chunks of 48 bytes
+    want = np.array([[48, 48, 0, 0], [0, 0, 48, 48], [48, 48, 0, 0], [0, 0, 48, 48]])
+    np.testing.assert_array_equal(data.matrix, want)
+    assert data.files == tuple(f"__{i}_0.distcp" for i in range(4)) and data.writers == (0, 1, 2, 3)
+    ax = plot_traffic(load)
+    images = [a for a in ax.get_images() if isinstance(a, AxesImage)]
+    assert len(images) == 1 and images[0].get_array().mask.sum() == 8  # blank where nothing read
+    assert len(ax.figure.axes) == 2  # the heatmap and its colour bar
+
+    bars = bytes_per_rank_data(load)
+    np.testing.assert_array_equal(bars.values, [96, 96, 96, 96])
+    np.testing.assert_array_equal(bars.reference, [48, 48, 48, 48])
+    ax = plot_bytes_per_rank(load)
+    assert drawn_paths(ax) == 4
+    assert sum(len(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection)) == 4
+    bars = bytes_per_rank_data(save)
+    np.testing.assert_array_equal(bars.values, save.bytes_written)
+    assert bars.reference is None and bars.colors == tuple(rank_colors(4))
+    with pytest.raises(PlanError, match="neither a save nor a load result"):
+        bytes_per_rank_data(object())
+
+
+# ----------------------------------------------------------------------------- hygiene
+def test_plots_never_import_pyplot():
+    code = ("import sys, workbench.plots as p, workbench as wb; "
+            "p.plot_layout(wb.dtensor_layout((4, 4), (2,), 'S(0)')).figure.canvas.draw(); "
+            "sys.exit('matplotlib.pyplot' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_4096_chunks_draw_as_a_few_collections():
+    layout = wb.dtensor_layout((4096, 4096), (64, 64), "S(0), S(1)")
+    ax = plot_layout(layout)
+    assert drawn_paths(ax) == 4096 and len(ax.collections) == 1 and len(ax.texts) == 0
+    ax.figure.canvas.draw()

@@ -1,0 +1,147 @@
+"""The HTML report: one self-contained file (no external src / href, no script, pictures as PNG
+data URIs) that shows the checkpoint and, given a target, the reshard's problems. Checkpoints are
+written by real multi-process gloo ``dcp.save`` runs (``torch_bridge.runs``)."""
+from __future__ import annotations
+
+import base64
+import html
+from html.parser import HTMLParser
+
+import pytest
+
+from workbench.cli import main
+from workbench.planning import plan_load
+from workbench.report import build_report, describe_checkpoint, human_bytes, write_report
+from workbench.torch_bridge import load_metadata
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory):
+    from workbench.torch_bridge.runs import make_checkpoints
+
+    return make_checkpoints(["fsdp", "hole", "strided"], tmp_path_factory.mktemp("ckpts"))
+
+
+class _Refs(HTMLParser):
+    """Every tag and every URL-carrying attribute of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.urls = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href", "srcset", "action", "data", "poster", "background"):
+                self.urls.append((tag, name, value))
+
+
+def _assert_self_contained(text: str) -> list[bytes]:
+    refs = _Refs()
+    refs.feed(text)
+    assert not {"script", "link", "iframe", "object", "embed"} & set(refs.tags)
+    assert "url(" not in text and "@import" not in text  # no CSS fetches either
+    pngs = []
+    for tag, name, value in refs.urls:
+        assert (tag, name) == ("img", "src"), (tag, name, value[:60])
+        assert value.startswith("data:image/png;base64,")
+        pngs.append(base64.b64decode(value.split(",", 1)[1], validate=True))
+    assert all(p.startswith(b"\x89PNG\r\n\x1a\n") and len(p) > 1000 for p in pngs)
+    return pngs
+
+
+def test_report_with_target_is_self_contained_and_lists_every_problem(scenarios, tmp_path):
+    sc = scenarios["strided"]
+    md = load_metadata(sc.path)
+    problems = plan_load(md, sc.load_layouts).problems
+    assert {p.kind for p in problems} == {"strided_misdescribed"} and len(problems) == 2
+    out = write_report(tmp_path / "r.html", md, sc.load_layouts, checkpoint=sc.path,
+                       target="strided.json")
+    text = out.read_text(encoding="utf-8")
+    pngs = _assert_self_contained(text)
+    # one reshard picture of w, the bytes-per-rank bars and the traffic map
+    assert len(pngs) == 3
+    assert "BLOCKED" in text and "strided_misdescribed" in text
+    shown = html.unescape(text)
+    for p in problems:
+        assert p.message in shown and p.fix in shown
+    assert text.count("<h2>") == 5  # problems, checkpoint, pictures, I/O, read items
+
+
+def test_report_on_a_hole_names_the_missing_region(scenarios):
+    sc = scenarios["hole"]
+    md = load_metadata(sc.path)
+    text = build_report(md, sc.load_layouts, checkpoint=sc.path)
+    _assert_self_contained(text)
+    (hole,) = [p for p in plan_load(md, sc.load_layouts).problems if p.kind == "uncovered"]
+    assert str(hole.region) == "[4:8, 0:6]"  # the chunk runs._drop_chunk removed
+    assert "[4:8, 0:6]" in text and "BLOCKED" in text
+
+
+def test_report_of_a_clean_reshard_says_ok(scenarios):
+    sc = scenarios["fsdp"]
+    text = build_report(load_metadata(sc.path), sc.load_layouts)
+    _assert_self_contained(text)
+    assert 'class="verdict ok"' in text and "BLOCKED" not in text
+
+
+def test_report_without_target_shows_the_checkpoint_only(scenarios):
+    sc = scenarios["fsdp"]
+    md = load_metadata(sc.path)
+    text = build_report(md, checkpoint=sc.path)
+    pngs = _assert_self_contained(text)
+    assert "No target given" in text and "<h2>Problems</h2>" not in text
+    assert len(pngs) == 2  # w and b drawn from the checkpoint (step is bytes)
+    for fqn in ("w", "b", "step"):
+        assert f"<td>{fqn}</td>" in text or f">{fqn}</td>" in text
+    for f in ("__0_0.distcp", "__1_0.distcp"):
+        assert f in text
+
+
+def test_describe_checkpoint_matches_the_metadata(scenarios):
+    sc = scenarios["fsdp"]
+    md = load_metadata(sc.path)
+    info = describe_checkpoint(md)
+    entries = {e["fqn"]: e for e in info["entries"]}
+    assert entries["w"]["shape"] == [8, 6] and entries["w"]["nbytes"] == 8 * 6 * 4
+    # FSDP on 2 ranks: rank r wrote rows [4r:4r+4] into its own file
+    assert [(c["region"], c["writer"], c["file"]) for c in entries["w"]["chunks"]] == \
+        [("[0:4, 0:6]", 0, "__0_0.distcp"), ("[4:8, 0:6]", 1, "__1_0.distcp")]
+    on_disk = {p.name: p.stat().st_size for p in __import__("pathlib").Path(sc.path).glob("*.distcp")}
+    assert {f["file"]: f["bytes"] for f in info["files"]} == on_disk
+
+
+def test_human_bytes():
+    assert [human_bytes(n) for n in (0, 1023, 1536, 3 * 2**30, None)] == \
+        ["0 B", "1023 B", "1.5 KiB", "3.0 GiB", "unknown"]
+
+
+def test_cli_report_writes_one_file(scenarios, tmp_path, capsys):
+    sc = scenarios["strided"]
+    out = tmp_path / "report.html"
+    assert main(["report", sc.path, "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert list(tmp_path.iterdir()) == [out]
+    _assert_self_contained(out.read_text(encoding="utf-8"))
+
+
+def test_cli_report_to_a_missing_directory_is_exit_2(scenarios, tmp_path, capsys):
+    rc = main(["report", scenarios["fsdp"].path, "-o", str(tmp_path / "no" / "r.html")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("workbench report: error: ") and "Traceback" not in err
+
+
+def test_hostile_key_names_are_escaped():
+    """Keys come from a stranger's .metadata: a key that is markup must stay text."""
+    from workbench import Chunk, Metadata, TensorProperties, TensorStorageMetadata
+
+    evil = '<img src=x onerror="alert(1)">'
+    md = Metadata({evil: TensorStorageMetadata(TensorProperties("float32"), (4,),
+                                               [Chunk((0,), (4,))])}, version="1.0.0")
+    text = build_report(md, checkpoint="<script>alert(2)</script>")
+    _assert_self_contained(text)
+    assert evil not in text and "<script>" not in text
+    assert html.escape(evil) in text or html.escape(evil, quote=False) in text \
+        or "&lt;img src=x" in text

@@ -1,0 +1,441 @@
+"""The ``workbench`` command: inspect a DCP checkpoint, plan a reshard onto a target and gate a
+training job on it, explain a torch error string, write an HTML report, open the tour notebook.
+
+Exit status: 0 fine; 1 ``plan`` found a problem that makes torch raise or load wrong values;
+2 bad input (a missing checkpoint, an unreadable ``.metadata``, a bad target spec), reported as
+one line on stderr, never a traceback. A checkpoint is read only through
+`workbench.torch_bridge.load_metadata` (allow-list unpickler), so inspecting a stranger's
+checkpoint runs none of its code. Target specs (see ``workbench plan --help``)::
+
+    PRESET:RECIPE[:DIM=N,...]    e.g. llama-tiny:fsdp2+tp:dp=2,tp=2
+    PATH.json                    {fqn: {"shape": [...], "dtype": "float32",
+                                        "mesh": [2, 2], "placements": "S(0), R"}, ...}
+
+This module sits at the top layer: it may import everything, but imports its helpers inside the
+commands so that ``workbench --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from .colors import format_ranks
+from .errors import PlanError, WorkbenchError
+
+__all__ = ["main", "build_parser", "parse_target", "TARGET_HELP"]
+
+TARGET_HELP = """\
+A target is what the checkpoint will be loaded into, in one of two forms:
+
+  PRESET[-SIZE][+optim]:RECIPE:DIM=N[,DIM=N...]
+      a model preset (workbench.models) parallelised by a recipe on a mesh, e.g.
+        llama-tiny:fsdp:dp=8
+        llama-tiny:fsdp2+tp:dp=2,tp=2
+        llama-70b:hsdp:replicate=2,dp=32
+        gpt2-small+optim:tp:tp=4          (+optim: with AdamW state, as get_state_dict saves it)
+      recipes and their mesh dims, in mesh order: fsdp:dp  hsdp:replicate,dp  tp:tp
+      fsdp2+tp:dp,tp  hsdp+tp:replicate,dp,tp  replicate:world
+      (`workbench plan --list-presets` prints every preset and recipe)
+
+  PATH.json
+      a JSON object {fqn: entry}; an entry is one of
+        {"shape": [64, 32], "dtype": "bfloat16", "mesh": [2, 2], "placements": "S(0), S(1)"}
+            a DTensor on a row-major mesh of ranks 0..prod(mesh)-1 (placements: S(d), R,
+            SS(d,k) for _StridedShard, P for Partial)
+        {"shape": [64], "dtype": "float32"}
+            a plain tensor held whole by every rank
+        {"bytes": true}
+            a non-tensor entry (an int, a dict, a BytesIO...)
+      Plain tensors and bytes may add "ranks": [0, 2] (held by those ranks only) and
+      "per_rank_values": true (each rank holds its own values, e.g. an RNG state).
+      The world size is the largest mesh (or an entry's "world_size", or its largest rank + 1)."""
+
+# exit status
+OK, FOUND_PROBLEMS, BAD_INPUT = 0, 1, 2
+# severities that make a load raise or load wrong values: a job guarded by `plan` must stop
+BLOCKING = ("error", "silent")
+
+_SPEC = re.compile(r"^(?P<preset>[\w.\-]+?)(?P<optim>\+optim)?:(?P<recipe>[\w.+\-]+)"
+                   r"(?::(?P<dims>.*))?$")
+_ENTRY_KEYS = {"shape", "dtype", "mesh", "placements", "world_size", "bytes", "ranks",
+               "per_rank_values"}
+# The CLI's names of each recipe's mesh dims, in models.apply_recipe's mesh order.
+MESH_DIMS = {"replicate": ("world",), "fsdp": ("dp",), "hsdp": ("replicate", "dp"), "tp": ("tp",),
+             "fsdp_tp": ("dp", "tp"), "hsdp_tp": ("replicate", "dp", "tp")}
+
+
+def _recipe_name(text: str) -> str:
+    """``fsdp2+tp`` -> ``fsdp_tp``: the spelling users write -> models.RECIPES' key."""
+    return text.lower().replace("fsdp2", "fsdp").replace("hsdp2", "hsdp").replace("+", "_")
+
+
+# ----------------------------------------------------------------------------- targets
+def parse_target(spec: str) -> dict:
+    """``{fqn: Layout}`` for a target spec: ``PRESET[-SIZE][+optim]:RECIPE:DIM=N,...`` (a
+    `workbench.models` preset parallelised by a recipe) or a JSON layout file (`TARGET_HELP`)."""
+    from . import models
+
+    if spec.endswith(".json") or Path(spec).is_file():
+        return _json_target(Path(spec))
+    m = _SPEC.match(spec.strip())
+    if m is None:
+        raise PlanError("<target>", f"target spec {spec!r} is neither PRESET:RECIPE:DIM=N,... "
+                        "nor a JSON file", "e.g. llama-tiny:fsdp2+tp:dp=2,tp=2 or layout.json",
+                        "Run `workbench plan --help` for the target syntax.", spec=spec)
+    preset, _, size = m["preset"].partition("-")
+    recipe = _recipe_name(m["recipe"])
+    if recipe not in MESH_DIMS:
+        raise PlanError("<target>", f"recipe {m['recipe']!r} in {spec!r} is unknown",
+                        "one of fsdp, hsdp, tp, fsdp2+tp, hsdp+tp, replicate",
+                        "Run `workbench plan --list-presets`.", spec=spec)
+    dims = {}
+    for part in filter(None, (p.strip() for p in (m["dims"] or "").split(","))):
+        name, eq, value = (x.strip() for x in part.partition("="))
+        if not eq or not value.isdigit() or int(value) < 1:
+            raise PlanError("<target>", f"mesh dim {part!r} in {spec!r} is not NAME=N",
+                            "e.g. dp=2,tp=2", "Write each mesh dim as name=positive integer.",
+                            spec=spec)
+        dims[name] = int(value)
+    want = MESH_DIMS[recipe]
+    if sorted(dims) != sorted(want):
+        raise PlanError("<target>", f"recipe {m['recipe']} got mesh dims {sorted(dims)} in {spec!r}",
+                        f"exactly {', '.join(want)}",
+                        f"Write e.g. {m['recipe']}:" + ",".join(f"{d}=2" for d in want) + ".",
+                        spec=spec)
+    sd = models.model_state_dict(preset, size or "tiny",
+                                 optimizer=bool(m["optim"]))
+    return models.apply_recipe(sd, recipe, tuple(dims[d] for d in want))
+
+
+def _list_presets() -> str:
+    from . import models
+
+    lines = ["presets (PRESET-SIZE):"]
+    lines += [f"  {p}-{size}" for p in models.PRESETS for size in models.SIZES[p]]
+    lines += ["  (append +optim for AdamW state as saved by get_state_dict)", "recipes (mesh dims):"]
+    lines += [f"  {r.replace('_', '+')}:{','.join(d + '=N' for d in MESH_DIMS[r])}  "
+              f"{models.RECIPES[r]}" for r in MESH_DIMS]
+    return "\n".join(lines)
+
+
+def _json_target(path: Path) -> dict:
+    from .sharding import bytes_layout, dtensor_layout, tensor_layout
+
+    if not path.is_file():
+        raise PlanError("<target>", f"target file {str(path)!r} does not exist", "a readable JSON "
+                        "file", "Check the path.", path=str(path))
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PlanError("<target>", f"target file {str(path)!r} is not valid JSON ({e})",
+                        "a JSON object {fqn: entry}", "Fix the file.", path=str(path)) from None
+    if not isinstance(doc, dict) or not doc:
+        raise PlanError("<target>", f"target file {str(path)!r} holds {type(doc).__name__} "
+                        f"{str(doc)[:40]}", "a non-empty JSON object {fqn: entry}",
+                        "See `workbench plan --help`.", path=str(path))
+    for fqn, e in doc.items():
+        bad = sorted(set(e) - _ENTRY_KEYS) if isinstance(e, dict) else None
+        if bad is None or bad or not (e.get("bytes") or "shape" in e):
+            raise PlanError(fqn, f"target entry {json.dumps(e)[:80]} is not understood"
+                            + (f" (unknown keys {bad})" if bad else ""),
+                            "{shape, dtype, mesh, placements} or {bytes: true}",
+                            "See `workbench plan --help`.", path=str(path))
+        if ("mesh" in e) != ("placements" in e):
+            raise PlanError(fqn, "target entry gives one of mesh and placements",
+                            "both or neither", "Add the missing one.", path=str(path))
+    try:
+        world = max(max(math.prod(e.get("mesh", [1])), int(e.get("world_size", 1)),
+                        max(e.get("ranks") or [0]) + 1) for e in doc.values())
+        out = {}
+        for fqn, e in doc.items():
+            holders = dict(ranks=e.get("ranks"), per_rank_values=bool(e.get("per_rank_values")))
+            if e.get("bytes"):
+                out[fqn] = bytes_layout(world, **holders)
+            elif "mesh" in e:
+                out[fqn] = dtensor_layout(e["shape"], e["mesh"], e["placements"],
+                                          e.get("dtype", "float32"), world, fqn=fqn)
+            else:
+                out[fqn] = tensor_layout(e["shape"], world, e.get("dtype", "float32"), fqn=fqn,
+                                         **holders)
+    except WorkbenchError:
+        raise
+    except (TypeError, ValueError) as e:  # a string where a list of ints belongs, and the like
+        raise PlanError("<target>", f"target file {str(path)!r} has a malformed value ({e})",
+                        "shape, mesh, ranks: lists of ints; world_size: an int",
+                        "See `workbench plan --help`.", path=str(path)) from None
+    return out
+
+
+# ----------------------------------------------------------------------------- output helpers
+def _load(path: str):
+    """The checkpoint's Metadata, read with the allow-list unpickler (never torch's pickle.load)."""
+    from .torch_bridge import load_metadata
+
+    return load_metadata(path)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(file=sys.stdout, width=max(100, Console().width), highlight=False)
+
+
+def _table(title: str, columns: list[str], rows: list[list]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*(str(v) for v in r))
+    _console().print(t)
+
+
+def _json_out(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def problem_dict(p) -> dict:
+    """A `Problem` as plain JSON-able data."""
+    return {"fqn": p.fqn, "kind": p.kind, "severity": p.severity, "ranks": list(p.ranks),
+            "region": None if p.region is None else str(p.region), "message": p.message,
+            "fix": p.fix}
+
+
+# ----------------------------------------------------------------------------- commands
+def _cmd_inspect(args) -> int:
+    from .report import describe_checkpoint, human_bytes
+
+    info = describe_checkpoint(_load(args.checkpoint))
+    if args.json:
+        _json_out({"checkpoint": args.checkpoint, **info})
+        return OK
+    rows = [[e["fqn"], e["kind"], "x".join(map(str, e["shape"] or ())) or "()", e["dtype"] or "",
+             len(e["chunks"]), format_ranks(c["writer"] for c in e["chunks"]
+                                            if c["writer"] is not None),
+             "" if e["nbytes"] is None else human_bytes(e["nbytes"])] for e in info["entries"]]
+    _table(f"{args.checkpoint}: {len(rows)} entries", ["fqn", "kind", "shape", "dtype", "chunks",
+                                                        "writers", "bytes"], rows)
+    if args.chunks:
+        rows = [[e["fqn"], c["region"] or "", c["writer"], c["file"], c["offset"], c["length"]]
+                for e in info["entries"] for c in e["chunks"]]
+        _table("chunks", ["fqn", "chunk", "writer", "file", "byte offset", "bytes"], rows)
+    _table("files", ["file", "writer", "items", "bytes"],
+           [[f["file"], f["writer"], f["items"], human_bytes(f["bytes"])] for f in info["files"]])
+    return OK
+
+
+def _plan(args):
+    from .planning import plan_load
+
+    metadata = _load(args.checkpoint)
+    layouts = parse_target(args.target)
+    return plan_load(metadata, layouts, allow_partial_load=args.allow_partial_load)
+
+
+def _cmd_plan(args) -> int:
+    result = _plan(args)
+    problems = list(result.problems)
+    blocking = [p for p in problems if p.severity in BLOCKING]
+    io = io_summary(result)
+    if args.json:
+        _json_out({"checkpoint": args.checkpoint, "target": args.target, "ok": not blocking,
+                   "world_size": result.world_size, "problems": [problem_dict(p) for p in problems],
+                   "io": io})
+    else:
+        if problems:
+            _table(f"{len(problems)} problems ({len(blocking)} blocking)",
+                   ["severity", "kind", "fqn", "ranks", "region", "message"],
+                   [[p.severity, p.kind, p.fqn, format_ranks(p.ranks), p.region or "", p.message]
+                    for p in problems])
+        else:
+            print("no problems found")
+        _table(f"I/O on {result.world_size} ranks", ["", "value"], [[k, v] for k, v in
+                                                                     _io_lines(io)])
+        print("BLOCKED: this load would raise or load wrong values" if blocking else "OK")
+    return FOUND_PROBLEMS if blocking else OK
+
+
+def io_summary(result) -> dict:
+    """The plan's I/O as a few numbers a script can compare (from `tables.io_table`)."""
+    from .tables import file_io_table, io_table
+
+    per_rank = io_table(result)
+    read = per_rank["bytes_read"]
+    return {"reads": int(per_rank["reads"].sum()),
+            "max_reads_per_rank": int(per_rank["reads"].max()),
+            "bytes_needed": int(per_rank["bytes_needed"].sum()),
+            "bytes_read": None if read.isna().any() else int(read.sum()),
+            "max_bytes_read_per_rank": None if read.isna().any() else int(read.max()),
+            "max_files_per_rank": int(per_rank["files"].max()),
+            "files_read": len(file_io_table(result))}
+
+
+def _io_lines(io: dict):
+    from .report import human_bytes
+
+    for k, v in io.items():
+        yield k.replace("_", " "), human_bytes(v) if "bytes" in k else v
+
+
+def _cmd_explain(args) -> int:
+    from .diagnosis import explain
+
+    metadata = _load(args.checkpoint) if args.checkpoint else None
+    target = parse_target(args.target) if args.target else None
+    exp = explain(args.text, metadata=metadata, target=target)
+    if args.json:
+        _json_out(explanation_dict(exp))
+    else:
+        print(exp)
+    return OK
+
+
+def explanation_dict(exp) -> dict:
+    import dataclasses
+
+    if dataclasses.is_dataclass(exp):
+        return {f.name: _plain(getattr(exp, f.name)) for f in dataclasses.fields(exp)}
+    return {"explanation": str(exp)}
+
+
+def _plain(v):
+    import dataclasses
+
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return explanation_dict(v) if not hasattr(v, "severity") else problem_dict(v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v if isinstance(v, (str, int, float, bool, type(None), dict)) else str(v)
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    metadata = _load(args.checkpoint)
+    layouts = parse_target(args.target) if args.target else None
+    out = write_report(args.output, metadata, layouts, checkpoint=args.checkpoint,
+                       target=args.target)
+    print(f"wrote {out}")
+    return OK
+
+
+def _cmd_lab(args) -> int:
+    tour = Path(__file__).resolve().parent.parent / "notebooks" / "00_tour.ipynb"
+    if not tour.is_file():
+        raise WorkbenchError("<lab>", f"the tour notebook {str(tour)!r} is missing",
+                             "a source checkout with notebooks/", "Run from the repository.")
+    cmd = [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", str(tour),
+           *args.lab_args]
+    return subprocess.call(cmd)
+
+
+# ----------------------------------------------------------------------------- parser
+class _ListPresets(argparse.Action):
+    """``--list-presets``: print and exit, like ``--help`` (needs no checkpoint)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_list_presets())
+        parser.exit()
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps descriptions to the terminal but keeps the target syntax (epilogs) as written."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return textwrap.fill(text, min(width, 100), initial_indent=indent,
+                             subsequent_indent=indent)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = _Formatter
+    p = argparse.ArgumentParser(
+        prog="workbench", formatter_class=fmt,
+        description="See and debug how PyTorch Distributed Checkpoint (torch 2.13) reshards a "
+                    "checkpoint, for every rank at once, without a process group.",
+        epilog="exit status: 0 ok, 1 `plan` found a blocking problem, 2 bad input\n\n" + TARGET_HELP)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("inspect", formatter_class=fmt, help="what a checkpoint holds",
+                       description="Every entry of a DCP checkpoint: shape, dtype, chunks, the file "
+                                   "and byte range of each chunk and its writer rank. Reads only "
+                                   ".metadata, with an allow-list unpickler: safe on a stranger's "
+                                   "checkpoint.")
+    s.add_argument("checkpoint", help="checkpoint directory (.metadata + __<rank>_<n>.distcp)")
+    s.add_argument("--chunks", action="store_true", help="also list every chunk")
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    s.set_defaults(run=_cmd_inspect)
+
+    s = sub.add_parser("plan", formatter_class=fmt, help="problems and I/O of loading into a target",
+                       description="Plan every rank's reads for loading CHECKPOINT into TARGET, list "
+                                   "the problems and the I/O. Exit status 1 when the load would "
+                                   "raise or load wrong values (guard a training job with it), 0 "
+                                   "otherwise, 2 on bad input.",
+                       epilog=TARGET_HELP)
+    s.add_argument("checkpoint", help="checkpoint directory")
+    s.add_argument("--target", "-t", required=True, metavar="SPEC", help="the target (see below)")
+    s.add_argument("--allow-partial-load", action="store_true",
+                   help="as dcp.load(planner=DefaultLoadPlanner(allow_partial_load=True))")
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    s.add_argument("--list-presets", action=_ListPresets, help="list presets and recipes, exit")
+    s.set_defaults(run=_cmd_plan)
+
+    s = sub.add_parser("explain", formatter_class=fmt, help="explain a torch DCP error string",
+                       description="Explain an error message from dcp.save / dcp.load (paste it "
+                                   "quoted); with a checkpoint and a target, tie it to their data.")
+    s.add_argument("text", help="the error text, quoted")
+    s.add_argument("--checkpoint", "-c", help="checkpoint directory the error came from")
+    s.add_argument("--target", "-t", metavar="SPEC", help="the target being loaded into")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(run=_cmd_explain)
+
+    s = sub.add_parser("report", formatter_class=fmt, help="one self-contained HTML report",
+                       description="Write one HTML file (pictures embedded, no external links) with "
+                                   "the checkpoint's contents and, given a target, the reshard's "
+                                   "problems, reads and I/O. Attach it to a bug report.",
+                       epilog=TARGET_HELP)
+    s.add_argument("checkpoint", help="checkpoint directory")
+    s.add_argument("--target", "-t", metavar="SPEC", help="optional target (see below)")
+    s.add_argument("--output", "-o", default="report.html", help="output file (report.html)")
+    s.set_defaults(run=_cmd_report)
+
+    s = sub.add_parser("lab", help="JupyterLab on the tour notebook",
+                       usage="workbench lab [-h] [JUPYTERLAB-ARGUMENT ...]",
+                       description="Start JupyterLab (on 127.0.0.1) with notebooks/00_tour.ipynb; "
+                                   "other arguments go to JupyterLab (e.g. --no-browser).")
+    s.set_defaults(run=_cmd_lab)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``workbench`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "lab":  # only `lab` passes arguments on (to JupyterLab)
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:  # --help (0) and usage errors (2) without leaving the caller
+        return int(e.code or 0)
+    args.lab_args = extra
+    try:
+        return args.run(args)
+    except (WorkbenchError, OSError) as e:  # bad input, unreadable or unwritable paths
+        print(f"workbench {args.command}: error: {e}", file=sys.stderr)
+        return BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,799 @@
+"""Diagnosis: everything that makes a reshard fail or load wrong values, as data (`Problem`), and
+explanations of torch 2.13's error strings (`explain`).
+
+`find_problems` reads a load plan (``planning.plan_load``'s result: metadata, target layouts,
+torch's failures) and `find_save_problems` a save plan; both return `Problem` records in a stable
+order (state-dict order of fqns, then kind). Severity ``error`` means torch raises, ``silent``
+means torch loads wrong or stale values without a word, ``warning`` is worth knowing. Coverage is
+checked cheaply first (saved chunks that tile their tensor cover every request) and exact holes
+(`geometry.uncovered`) are computed only for tensors that do not tile. Must not import torch.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from .geometry import Chunk, intersect, uncovered
+from .planner_helpers import PARTIAL_MESSAGE
+from .planning import _TSM_CLASS
+from .records import BytesStorageMetadata, TensorStorageMetadata
+
+__all__ = ["Problem", "KINDS", "SEVERITIES", "find_problems", "find_save_problems", "explain",
+           "Explanation"]
+
+KINDS = ("missing_key", "unexpected_key", "shape_mismatch", "dtype_mismatch", "uncovered",
+         "overlap", "strided_misdescribed", "dedup_loss", "per_rank_bytes", "partial")
+SEVERITIES = ("error", "silent", "warning")
+_KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
+
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a save or a load, for one state-dict entry.
+
+    ``ranks``: the ranks affected (that raise, that read wrong values, whose copy is lost);
+    ``region``: the box concerned (a hole, an overlap, a misdescribed rank's box) or None;
+    ``message``: house form with the numbers (torch's own text quoted where torch raises);
+    ``fix``: what to do.
+    """
+
+    fqn: str
+    kind: str
+    ranks: tuple[int, ...]
+    region: Chunk | None
+    severity: str
+    message: str
+    fix: str
+
+    def __post_init__(self):
+        if self.kind not in _KIND_ORDER:
+            raise ValueError(f"{self.fqn}: problem kind {self.kind!r} is unknown (one of {KINDS})")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"{self.fqn}: severity {self.severity!r} is unknown (one of {SEVERITIES})")
+        if type(self.ranks) is not tuple:
+            object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.kind}: {self.message} {self.fix}"
+
+
+# ----------------------------------------------------------------------------- formatting
+def _torch_size(shape) -> str:
+    return f"torch.Size({list(shape)})"
+
+
+def _ranks_text(ranks: Iterable[int], limit: int = 8) -> str:
+    """``rank 3`` / ``ranks 0, 1, 2`` / ``ranks 0-1023`` / ``ranks 0, 1, ... (12 ranks)``."""
+    rs = sorted(set(ranks))
+    if not rs:
+        return "no rank"
+    if len(rs) == 1:
+        return f"rank {rs[0]}"
+    if rs == list(range(rs[0], rs[-1] + 1)) and len(rs) > 3:
+        return f"ranks {rs[0]}-{rs[-1]}"
+    if len(rs) > limit:
+        return "ranks " + ", ".join(map(str, rs[:limit])) + f", ... ({len(rs)} ranks)"
+    return "ranks " + ", ".join(map(str, rs))
+
+
+def _list_text(values, limit: int = 8) -> str:
+    vs = list(values)
+    if len(vs) > limit:
+        return "[" + ", ".join(map(str, vs[:limit])) + f", ... ({len(vs)} in all)]"
+    return "[" + ", ".join(map(str, vs)) + "]"
+
+
+def _entry_ranks(layout) -> tuple[int, ...]:
+    """Ranks whose state dict carries the entry: every rank for a DTensor or a ShardedTensor (ranks
+    without a chunk still have the key), the holders otherwise."""
+    if layout.kind in ("dtensor", "sharded"):
+        return tuple(range(layout.world_size))
+    return tuple(layout.holders())
+
+
+# ----------------------------------------------------------------------------- saved chunks
+@dataclass(frozen=True)
+class _Coverage:
+    """How a tensor's saved chunks relate to the tensor: ``tiles`` (disjoint, inside, complete),
+    the global ``holes`` and the overlapping pairs ``(i, j, region)`` (indices in saved order)."""
+
+    tiles: bool
+    holes: tuple[Chunk, ...] = ()
+    overlaps: tuple[tuple[int, int, Chunk], ...] = ()
+
+
+def _coverage(size: tuple[int, ...], chunks: list[Chunk]) -> _Coverage:
+    """Coverage of a tensor of ``size`` by saved ``chunks``.
+
+    Fast path (the common case, vectorised): every non-empty chunk is inside the tensor, is
+    exactly one cell of the grid of all chunk edges, no two share a cell, and the volumes add up to
+    the tensor's: then the chunks tile it. Anything else gets exact holes and exact pairwise
+    overlaps (zero-size chunks hold no data and are ignored, unlike torch's validation predicate).
+    """
+    numel = math.prod(size)
+    if not size:  # a 0-d tensor: any saved chunk covers it
+        return _Coverage(True) if chunks else _Coverage(False, (Chunk((), ()),))
+    if not chunks:
+        return _Coverage(numel == 0, () if numel == 0 else (Chunk((0,) * len(size), size),))
+    off = np.array([c.offsets for c in chunks], dtype=np.int64)
+    siz = np.array([c.sizes for c in chunks], dtype=np.int64)
+    keep = (siz > 0).all(axis=1)
+    off, siz, idx = off[keep], siz[keep], np.flatnonzero(keep)
+    end = off + siz
+    shape = np.array(size, dtype=np.int64)
+    inside = bool(((off >= 0) & (end <= shape)).all())
+    if inside and int(np.prod(siz, axis=1).sum()) == numel:
+        cell_ids = np.zeros(len(off), dtype=np.int64)
+        one_cell = True
+        for d in range(len(size)):
+            edges = np.unique(np.concatenate([off[:, d], end[:, d]]))
+            a = np.searchsorted(edges, off[:, d])
+            b = np.searchsorted(edges, end[:, d])
+            one_cell &= bool((b - a == 1).all())
+            cell_ids = cell_ids * len(edges) + a
+        if one_cell and len(np.unique(cell_ids)) == len(cell_ids):
+            return _Coverage(True)
+    full = Chunk((0,) * len(size), size)
+    holes = tuple(uncovered(full, [chunks[i] for i in idx]))
+    lo = np.maximum(off[:, None, :], off[None, :, :])
+    hi = np.minimum(end[:, None, :], end[None, :, :])
+    hit = (hi > lo).all(axis=2)
+    pairs = []
+    for a, b in zip(*np.nonzero(np.triu(hit, k=1))):
+        region = Chunk(tuple(int(x) for x in lo[a, b]), tuple(int(x) for x in hi[a, b] - lo[a, b]))
+        pairs.append((int(idx[a]), int(idx[b]), region))
+    return _Coverage(not holes and not pairs and inside, holes, tuple(pairs))
+
+
+def _requests(layout) -> dict[Chunk, list[int]]:
+    """Each distinct requested chunk and the ranks requesting it."""
+    out: dict[Chunk, list[int]] = defaultdict(list)
+    for r, cs in enumerate(layout.rank_chunks):
+        for c in cs:
+            out[c].append(r)
+    return out
+
+
+def _hole_problems(fqn, layout, saved: list[Chunk], cov: _Coverage, severity: str,
+                   torch_text: str = "") -> list[Problem]:
+    """One `uncovered` problem per distinct hole of a requested chunk, with the ranks that request
+    it (or, with no target layout, one per global hole)."""
+    total = sum(c.volume for c in cov.holes)
+    numel = math.prod(layout.shape) if layout is not None else None
+    fix = ("Save the missing region (every element must belong to a saved chunk), or load with a "
+           "layout that does not request it.")
+    said = f" torch: {torch_text}" if torch_text else ""
+    if layout is None:
+        return [Problem(fqn, "uncovered", (), h, severity,
+                        f"{fqn}: no saved chunk covers {h} ({h.volume} elements; {total} uncovered in "
+                        f"all) (saved chunks {_list_text(saved, 6)} must tile the tensor).{said}", fix)
+                for h in cov.holes]
+    by_region: dict[Chunk, list[int]] = defaultdict(list)
+    for want, ranks in _requests(layout).items():
+        if want.is_empty or not any(_hits(want, h) for h in cov.holes):
+            continue
+        for region in uncovered(want, saved):
+            by_region[region].extend(ranks)
+    out = []
+    for region, ranks in by_region.items():
+        out.append(Problem(
+            fqn, "uncovered", tuple(sorted(ranks)), region, severity,
+            f"{fqn}: no saved chunk covers {region}, requested by {_ranks_text(ranks)} "
+            f"({region.volume} elements; the checkpoint covers {numel - total} of {numel}) "
+            "(uncovered elements keep their previous values, uninitialised memory for meta-device "
+            "targets, and torch says nothing).", fix))
+    return out
+
+
+def _hits(a: Chunk, b: Chunk) -> bool:
+    c = intersect(a, b)
+    return c is not None and not c.is_empty
+
+
+def _overlap_problems(fqn, layout, saved, cov: _Coverage, severity: str | None) -> list[Problem]:
+    out = []
+    reqs = _requests(layout) if layout is not None else {}
+    for i, j, region in cov.overlaps:
+        readers = sorted(r for want, ranks in reqs.items() if _hits(want, region) for r in ranks)
+        sev = severity or ("silent" if readers else "warning")
+        who = (f"readers ({_ranks_text(readers)}) get whichever chunk torch applies last "
+               "(read-item and file order), without an error" if layout is not None and readers else
+               "nobody in this target reads it" if layout is not None else
+               "a load gets whichever is applied last")
+        out.append(Problem(
+            fqn, "overlap", tuple(readers), region, sev,
+            f"{fqn}: saved chunks #{i} {saved[i]} and #{j} {saved[j]} overlap on {region} "
+            f"({region.volume} elements) (every element saved once); {who}.",
+            "Rewrite the checkpoint so every element is saved by exactly one chunk (torch's save "
+            "validation rejects overlaps; they come from custom planners, edited metadata or "
+            "per-rank shards of different sizes at one offset)."))
+    return out
+
+
+# ----------------------------------------------------------------------------- strided shards
+def _misdescribed_problems(fqn, layout, severity: str, side: str, torch_text: str = ""
+                           ) -> list[Problem]:
+    """One problem per rank whose DCP box is not its data: which positions get which indices."""
+    out = []
+    said = f" torch raises: {torch_text}" if torch_text else ""
+    for r in layout.misdescribed_ranks:
+        box = layout.chunks(r)[0]
+        held = layout.held_indices(r)
+        parts = []
+        for d, should in held.items():
+            gets = list(range(box.offsets[d], box.offsets[d] + box.sizes[d]))
+            wrong = [k for k, (g, s) in enumerate(zip(gets, should)) if g != s]
+            if wrong:
+                parts.append(
+                    f"dim {d}: it holds indices {_list_text(should)} but its box {box} names "
+                    f"{_list_text(gets)}, so local positions {_list_text(wrong)} get indices "
+                    f"{_list_text(gets[k] for k in wrong)} instead of {_list_text(should[k] for k in wrong)}")
+        if side == "load":
+            what = "loading into it reads the box's indices, not the held ones, without an error"
+        elif severity == "error":
+            what = "a save from this layout fails validation (the boxes overlap or leave holes)"
+        else:
+            what = "the checkpoint would record boxes that are not the saved data"
+        out.append(Problem(
+            fqn, "strided_misdescribed", (r,), box, severity,
+            f"{fqn}: rank {r} (coordinate {layout.coordinate(r)}, placements "
+            f"[{', '.join(map(str, layout.placements))}]) {'; '.join(parts)} (a DCP box must "
+            f"describe the data); {what}.{said}",
+            "Use sizes that the _StridedShard mesh dims divide evenly, or "
+            + ("load into a layout without _StridedShard (e.g. FSDP only) and redistribute."
+               if side == "load" else "save from a layout without _StridedShard (redistribute "
+               "first, or get_state_dict with full_state_dict).")))
+    return out
+
+
+# ----------------------------------------------------------------------------- per-rank keys
+_RANK_SUFFIX = re.compile(r"^(?P<stem>.*?)(?P<rank>\d+)$")
+
+
+def _rank_families(saved_keys: Iterable[str], target_keys: Iterable[str]):
+    """Rank-suffixed key families present on both sides: ``{stem: (saved ranks, target ranks)}``.
+
+    A family is a stem (``dataloader.dp_rank_``) whose keys end in a rank number, with at least
+    two ranks on one side; only families whose rank sets differ are returned.
+    """
+    fam: dict[str, tuple[set, set]] = defaultdict(lambda: (set(), set()))
+    for side, keys in ((0, saved_keys), (1, target_keys)):
+        for k in keys:
+            m = _RANK_SUFFIX.match(k)
+            if m:
+                fam[m["stem"]][side].add(int(m["rank"]))
+    return {stem: (s, t) for stem, (s, t) in fam.items()
+            if s and t and s != t and max(len(s), len(t)) >= 2}
+
+
+def _per_rank_problems(families, md_items, layouts, failures, strict: bool):
+    out, handled = [], set()
+    for stem, (saved, wanted) in families.items():
+        saved_n, want_n = len(saved), len(wanted)
+        family = f"{stem}{{0..{max(saved)}}}" if saved == set(range(saved_n)) else f"{stem}<r>"
+        for r in sorted(saved - wanted):
+            fqn = f"{stem}{r}"
+            if not isinstance(md_items.get(fqn), BytesStorageMetadata):
+                continue
+            handled.add(fqn)
+            out.append(Problem(
+                fqn, "per_rank_bytes", (), None, "silent",
+                f"{fqn}: the checkpoint holds per-rank entries {family} from {saved_n} ranks but the "
+                f"target requests only {want_n} of them (one per rank of the new world); rank {r}'s "
+                "state is loaded by nobody and torch says nothing.",
+                "Re-split the per-rank state for the new world size before loading (or load the old "
+                "keys explicitly and merge them); save such state under rank-independent keys."))
+        for r in sorted(wanted - saved):
+            fqn = f"{stem}{r}"
+            if fqn not in layouts:
+                continue
+            handled.add(fqn)
+            text = failures.get(fqn, (None, None))[1] or f"Missing key in checkpoint state_dict: {fqn}."
+            out.append(Problem(
+                fqn, "per_rank_bytes", _entry_ranks(layouts[fqn]), None,
+                "error" if strict else "warning",
+                f"{fqn}: the target asks for per-rank entry {fqn} but the checkpoint was saved by "
+                f"{saved_n} ranks and has only {family} (rank {r} did not exist at save time)"
+                + (f"; torch raises: {text}" if strict else "; allow_partial_load skips it."),
+                "Give the new ranks state derived from the saved ranks (re-split it), or load the "
+                "per-rank entries with allow_partial_load=True and initialise the new ranks' state."))
+    return out, handled
+
+
+# ----------------------------------------------------------------------------- load side
+def _failures(result) -> dict[str, tuple[tuple[int, ...], str]]:
+    out = {}
+    for fqn, ranks, text in getattr(result, "failures", ()) or ():
+        out.setdefault(fqn, (tuple(ranks), str(text)))
+    return out
+
+
+def find_problems(load_result) -> list[Problem]:
+    """Problems of a whole load plan (``planning.plan_load``'s result), sorted by fqn (target order,
+    then checkpoint-only keys) and kind.
+
+    Reads ``.metadata``, ``.layouts`` (the target) and ``.failures`` (torch's messages for entries
+    torch raises on); mirrors ``create_default_local_load_plan`` and the reader's silent paths
+    (dcp-semantics sections 3-5, 8).
+    """
+    md = load_result.metadata
+    layouts: Mapping[str, Any] = load_result.layouts
+    items = md.state_dict_metadata
+    failures = _failures(load_result)
+    families = _rank_families([k for k, v in items.items() if isinstance(v, BytesStorageMetadata)],
+                              list(layouts))
+    out, handled = _per_rank_problems(families, items, layouts, failures,
+                                      not getattr(load_result, "allow_partial_load", False))
+    for fqn, layout in layouts.items():
+        if fqn in handled:
+            continue
+        saved = items.get(fqn)
+        ranks = _entry_ranks(layout)
+        text = failures.get(fqn, (None, None))[1]
+        # torch's order of checks: missing key, size (tensor metadata only), then the chunk list
+        # (a non-tensor value or a Partial DTensor raise there).
+        if saved is None:
+            out.append(_missing(fqn, ranks, text, items, load_result))
+        elif isinstance(saved, TensorStorageMetadata):
+            out.extend(_tensor_problems(fqn, layout, saved, ranks, text))
+        elif not layout.is_bytes:
+            out.append(Problem(
+                fqn, "shape_mismatch", ranks, None, "silent",
+                f"{fqn}: the checkpoint saved a non-tensor (BytesStorageMetadata) but the target holds "
+                f"a {layout.kind} of shape {layout.shape} (a tensor in place); torch replaces the state "
+                "dict entry with the unpickled object and never writes the tensor.",
+                "Check that the key names the same thing on both sides."))
+    for fqn in items:
+        if fqn not in layouts and fqn not in handled:
+            out.append(Problem(
+                fqn, "unexpected_key", (), None, "warning",
+                f"{fqn}: the checkpoint holds {_describe_saved(items[fqn])} that no rank requests "
+                "(loads ignore unrequested keys); it is not loaded.",
+                "Add it to the state dict passed to dcp.load if it is needed (or rename a key that "
+                "changed)."))
+    order = {f: i for i, f in enumerate(list(layouts) + [k for k in items if k not in layouts])}
+    out.sort(key=lambda p: _sort_key(p, order))
+    return out
+
+
+def _sort_key(p: Problem, order: dict):
+    """fqn (state-dict order), kind, then ranks and region: a stable order for tables and tests."""
+    return (order.get(p.fqn, len(order)), p.fqn, _KIND_ORDER[p.kind], p.ranks,
+            p.region.offsets if p.region is not None else ())
+
+
+def _describe_saved(saved) -> str:
+    if isinstance(saved, TensorStorageMetadata):
+        return f"a {saved.properties.dtype} tensor of size {list(saved.size)} in {len(saved.chunks)} chunks"
+    return "a non-tensor (bytes) entry"
+
+
+def _missing(fqn, ranks, text, items, result) -> Problem:
+    close = difflib.get_close_matches(fqn, list(items), n=1, cutoff=0.8)
+    hint = f" The closest saved key is {close[0]!r}." if close else ""
+    if not getattr(result, "allow_partial_load", False):
+        text = text or f"Missing key in checkpoint state_dict: {fqn}."
+        return Problem(fqn, "missing_key", ranks, None, "error",
+                       f"{fqn}: the checkpoint lacks this key, requested by {_ranks_text(ranks)} "
+                       f"(every requested key must be saved); torch raises: {text}",
+                       "Rename the key to the saved name (prefixes such as 'model.' or '_orig_mod.' "
+                       "differ often), drop it from the state dict, or load with "
+                       f"allow_partial_load=True.{hint}")
+    return Problem(fqn, "missing_key", ranks, None, "warning",
+                   f"{fqn}: the checkpoint lacks this key, requested by {_ranks_text(ranks)} "
+                   "(allow_partial_load skips it); it keeps its current value.",
+                   f"Initialise it yourself or rename it to the saved key.{hint}")
+
+
+def _tensor_problems(fqn, layout, saved: TensorStorageMetadata, ranks, text) -> list[Problem]:
+    if layout.is_bytes:
+        return [Problem(
+            fqn, "shape_mismatch", ranks, None, "error",
+            f"{fqn}: the checkpoint saved a tensor of {_torch_size(saved.size)} but the target holds "
+            f"a non-tensor value (a Tensor, DTensor or ShardedTensor); torch raises: "
+            + (text or f"Invalid checkpoint metadata for {fqn}, expected BytesStorageMetadata but "
+                       f"found {_TSM_CLASS}"),
+            "Pass a tensor of the saved size (a value that _init_state_dict turned into None is a "
+            "common cause), or drop the key.")]
+    if tuple(saved.size) != tuple(layout.shape):
+        return [Problem(
+            fqn, "shape_mismatch", ranks, None, "error",
+            f"{fqn}: saved size {list(saved.size)} differs from the target's {list(layout.shape)} "
+            "(global sizes must match; DCP reshards chunks, not shapes); torch raises: "
+            + (text or f"Size mismatch between saved {_torch_size(saved.size)} and current: "
+                       f"{_torch_size(layout.shape)} for {fqn}"),
+            "Build the target with the checkpoint's config (vocab padding, hidden sizes), pass the "
+            "global DTensor rather than a local shard, or convert the checkpoint.")]
+    if layout.has_partial:
+        return [Problem(
+            fqn, "partial", ranks, None, "error",
+            f"{fqn}: the target DTensor has a Partial placement [{', '.join(map(str, layout.placements))}]"
+            f" (DCP loads only Shard / Replicate); torch raises the unrelated message: "
+            + (text or f"Invalid checkpoint metadata for {fqn}, expected BytesStorageMetadata but "
+                       f"found {_TSM_CLASS}")
+            + " (_create_read_items swallows the Partial error and re-raises this).",
+            "Redistribute the target to Replicate() / Shard() placements before dcp.load.")]
+    out = []
+    if saved.properties.dtype != layout.dtype:
+        out.append(Problem(
+            fqn, "dtype_mismatch", tuple(r for r in ranks if layout.chunks(r)), None, "silent",
+            f"{fqn}: saved dtype {saved.properties.dtype} differs from the target's {layout.dtype} "
+            f"(torch copy_()s without a check, so values are cast {saved.properties.dtype} -> "
+            f"{layout.dtype} silently).",
+            "Load into the saved dtype and convert explicitly if the cast is intended."))
+    cov = _coverage(tuple(saved.size), saved.chunks)
+    if not cov.tiles:
+        live = [c for c in saved.chunks if not c.is_empty]
+        out.extend(_hole_problems(fqn, layout, live, cov, "silent"))
+        out.extend(_overlap_problems(fqn, layout, saved.chunks, cov, None))
+    if layout.misdescribed_ranks:
+        out.extend(_misdescribed_problems(fqn, layout, "silent", "load"))
+    return out
+
+
+# ----------------------------------------------------------------------------- save side
+_VALIDATION = re.compile(r"key:(?P<fqn>\S+) (?:has )?(?P<what>overlapping chunks|out of bounds chunk|"
+                         r"invalid fill)")
+
+
+def find_save_problems(save_result) -> list[Problem]:
+    """Problems of a whole save plan (``planning.plan_save``'s result): Partial placements (save
+    raises), ``_StridedShard`` layouts whose boxes are not their data (validation fails: such a
+    checkpoint cannot exist), chunks that overlap or leave holes (validation raises when more than
+    one rank saves; a single-rank save is not fill-checked), and per-rank plain values that
+    ``dedup_save_plans`` reduces to one rank's copy. Sorted like `find_problems`.
+    """
+    layouts = save_result.layouts
+    md = getattr(save_result, "metadata", None)
+    items = md.state_dict_metadata if md is not None else {}
+    writers = getattr(save_result, "writers", {}) or {}
+    errors: dict[str, list[str]] = defaultdict(list)
+    for e in getattr(save_result, "errors", ()) or ():
+        m = _VALIDATION.search(e)
+        if m:
+            errors[m["fqn"]].append(e)
+    failed = {f: tuple(r) for f, r, _ in getattr(save_result, "failures", ()) or ()}
+    out = []
+    for fqn, layout in layouts.items():
+        ranks = tuple(layout.holders())
+        if layout.has_partial:
+            out.append(Problem(
+                fqn, "partial", failed.get(fqn, ranks), None, "error",
+                f"{fqn}: placements [{', '.join(map(str, layout.placements))}] include Partial (a "
+                f"pending reduction DCP cannot save); torch raises ValueError: {PARTIAL_MESSAGE}",
+                "Redistribute to Replicate() or Shard() (e.g. dtensor.redistribute(mesh, "
+                "[Replicate()])) before saving."))
+            continue
+        errs = errors.get(fqn, [])
+        if layout.misdescribed_ranks:
+            # Validation rejects these boxes (dcp-semantics 3); without an error the checkpoint
+            # would record boxes that are not the data.
+            out.extend(_misdescribed_problems(
+                fqn, layout, "error" if errs else "silent", "save",
+                ("Failed to validate global plan: " + "; ".join(errs)) if errs else ""))
+            continue
+        if layout.per_rank_values and len(ranks) > 1:
+            kept = writers.get(fqn, [None])[0]
+            lost = tuple(r for r in ranks if r != kept)
+            out.append(Problem(
+                fqn, "dedup_loss", lost, None, "silent",
+                f"{fqn}: {_ranks_text(ranks)} each hold their own value of this "
+                f"{'non-tensor entry' if layout.is_bytes else 'plain tensor'} but DCP dedups by "
+                f"(fqn, offset) and writes only rank {kept}'s copy (dedup_save_plans); "
+                f"the values of {_ranks_text(lost)} are lost and every rank loads rank {kept}'s.",
+                "Give each rank's value its own key (e.g. f'{fqn}.rank{r}') or make it a DTensor "
+                "sharded over the ranks."))
+        saved = items.get(fqn)
+        if isinstance(saved, TensorStorageMetadata) and saved.size:
+            cov = _coverage(tuple(saved.size), saved.chunks)
+            if not cov.tiles:
+                fill = [e for e in errs if "invalid fill" in e]
+                over = [e for e in errs if "overlapping" in e]
+                live = [c for c in saved.chunks if not c.is_empty]
+                out.extend(_hole_problems(fqn, None, live, cov, "error" if fill else "silent",
+                                          "; ".join(fill)))
+                out.extend(_overlap_problems(fqn, None, saved.chunks, cov,
+                                             "error" if over else "silent"))
+    order = {f: i for i, f in enumerate(layouts)}
+    out.sort(key=lambda p: _sort_key(p, order))
+    return out
+
+
+# ----------------------------------------------------------------------------- explain
+@dataclass(frozen=True)
+class Explanation:
+    """What a torch DCP error string means: ``pattern`` (which message was recognised), ``cause``,
+    ``what_to_check`` (steps), the ``fqn`` named, the parsed ``numbers``, and for a
+    ``CheckpointException`` dump the failing ``ranks`` and the ``inner`` explanations."""
+
+    pattern: str
+    cause: str
+    what_to_check: tuple[str, ...] = ()
+    fqn: str | None = None
+    numbers: dict = field(default_factory=dict)
+    ranks: tuple[int, ...] = ()
+    inner: tuple["Explanation", ...] = ()
+    text: str = ""
+
+    def __str__(self) -> str:
+        head = f"{self.fqn}: " if self.fqn else ""
+        lines = [f"{head}{self.cause} [{self.pattern}]"]
+        lines += [f"  - {w}" for w in self.what_to_check]
+        for e in self.inner:
+            lines += ["  " + ln for ln in str(e).splitlines()]
+        return "\n".join(lines)
+
+
+_SIZE = r"torch\.Size\(\[(?P<{}>[^\]]*)\]\)"
+_MDI = (r"MetadataIndex\(fqn='(?P<fqn>[^']*)', offset=(?:torch\.Size\(\[(?P<offset>[^\]]*)\]\)|"
+        r"None), index=(?P<index>\w+)\)")
+_PATTERNS = [
+    ("checkpoint_exception", re.compile(r"CheckpointException ranks:dict_keys\(\[(?P<ranks>[^\]]*)\]\)")),
+    ("validate_global_plan", re.compile(r"Failed to validate global plan: (?P<body>.*)", re.S)),
+    ("missing_key", re.compile(r"Missing key in checkpoint state_dict: (?P<fqn>.+?)\.?$", re.M)),
+    ("size_mismatch", re.compile(r"Size mismatch between saved " + _SIZE.format("saved")
+                                 + r" and current: " + _SIZE.format("current") + r" for (?P<fqn>\S+)")),
+    ("read_size_mismatch", re.compile(r"req " + _MDI + r" mismatch sizes,? " + _SIZE.format("dst")
+                                      + r" vs " + _SIZE.format("src"))),
+    ("partial", re.compile(re.escape(PARTIAL_MESSAGE))),
+    ("invalid_metadata", re.compile(r"Invalid checkpoint metadata for (?P<fqn>\S+), expected "
+                                    r"BytesStorageMetadata but found (?P<found>.+)")),
+    ("unsupported_type", re.compile(r"Unsupported Type, expecting one of \[Tensor, DTensor, "
+                                    r"ShardedTensor\] ?,but got (?P<type>.+)")),
+    ("missing_storage", re.compile(r"KeyError:? *\(?" + _MDI)),
+]
+
+
+def _ints_of(text: str | None) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"-?\d+", text or ""))
+
+
+def explain(text: str, metadata=None, target: Mapping[str, Any] | None = None) -> Explanation:
+    """Explain a torch 2.13 DCP error string (or a whole ``CheckpointException`` dump).
+
+    With the checkpoint's ``metadata`` and the ``target`` (``{fqn: Layout}``), point at the tensor
+    and the numbers: a current size that is the saved size divided by the world size (a local
+    shard was passed), a transposed shape, a vocabulary padding, per-rank keys, Partial targets.
+    Unknown text gives pattern ``"unknown"``.
+    """
+    text = str(text)
+    for name, rx in _PATTERNS:
+        m = rx.search(text)
+        if m:
+            return _EXPLAINERS[name](m, text, metadata, target or {})
+    return Explanation("unknown", "This is not one of the DCP error messages the workbench knows.",
+                       ("Paste the last line of the traceback (the exception message).",),
+                       text=text)
+
+
+def _x_checkpoint_exception(m, text, md, target):
+    ranks = _ints_of(m["ranks"])
+    blocks = re.split(r"Traceback \(most recent call last\): \(RANK (\d+)\)\n", text)
+    seen: dict[str, Explanation] = {}
+    by_rank: dict[str, list[int]] = defaultdict(list)
+    for r, body in zip(blocks[1::2], blocks[2::2]):
+        # Frame lines are indented ("  File ...", "    code"); the exception's own lines are not.
+        # Skipping the code lines matters: they quote torch's f-strings ("...state_dict: {fqn}.").
+        msg = "\n".join(ln for ln in body.splitlines() if ln and not ln[0].isspace())
+        inner = explain(msg, md, target)
+        key = f"{inner.pattern}:{inner.fqn}"
+        seen.setdefault(key, inner)
+        by_rank[key].append(int(r))
+    inner = tuple(seen.values())
+    parts = "; ".join(f"{_ranks_text(by_rank[k])}: {e.pattern}" + (f" ({e.fqn})" if e.fqn else "")
+                      for k, e in seen.items())
+    return Explanation(
+        "checkpoint_exception",
+        f"dcp.save / dcp.load failed on {_ranks_text(ranks)} ({parts or 'no traceback given'}). "
+        "CheckpointException derives from BaseException, so 'except Exception' does not catch it; "
+        "errors of the global step are reported by rank 0 and re-raised on every rank.",
+        ("Read the inner error of the lowest failing rank first; the others usually repeat it.",),
+        inner[0].fqn if len(inner) == 1 else None, {"ranks": ranks}, ranks, inner, text)
+
+
+def _x_validate(m, text, md, target):
+    body = m["body"]
+    found = [(k.group("fqn"), k.group("what")) for k in _VALIDATION.finditer(body)]
+    truncated = body.rstrip().endswith("(truncated)")
+    fqns = list(dict.fromkeys(f for f, _ in found))
+    checks = []
+    for fqn in fqns:
+        lay = target.get(fqn)
+        if lay is not None and lay.misdescribed_ranks:
+            checks.append(f"{fqn}: the save layout [{', '.join(map(str, lay.placements))}] on mesh "
+                          f"{lay.mesh_shape} is a _StridedShard whose ranks {_list_text(lay.misdescribed_ranks)}"
+                          " hold rows their DCP boxes do not describe; the boxes cannot tile the tensor.")
+    whats = {w for _, w in found}
+    if "overlapping chunks" in whats:
+        checks.append("Overlapping chunks: a _StridedShard placement with an uneven size (FSDP2 + TP: "
+                      "[_StridedShard(0, tp), Shard(0)] with rows not divisible by dp*tp), ShardedTensor "
+                      "shards that overlap, or ranks saving different-size chunks at one offset.")
+    if "invalid fill" in whats:
+        checks.append("Invalid fill: the saved chunks do not add up to the tensor (a rank missing "
+                      "from the save, ShardedTensor shards missing, a mesh smaller than the world).")
+    if "out of bounds chunk" in whats:
+        checks.append("Out of bounds: a chunk extends past the tensor's size (a local shape "
+                      "inconsistent with the global one).")
+    if truncated:
+        checks.append("The message is truncated at 500 characters: plan the save with "
+                      "workbench.plan_save to list every error.")
+    return Explanation(
+        "validate_global_plan",
+        f"The coordinator's _validate_global_plan rejected the save plan ({len(found)} error(s) on "
+        f"{_list_text(fqns, 4)}): every tensor's saved chunks must lie inside it, not overlap, and "
+        "(with more than one rank) fill it exactly. Nothing was written.",
+        tuple(checks), fqns[0] if len(fqns) == 1 else None,
+        {"errors": found, "truncated": truncated}, text=text)
+
+
+def _x_missing(m, text, md, target):
+    fqn = m["fqn"]
+    checks, numbers = [], {}
+    saved = list(md.state_dict_metadata) if md is not None else []
+    if saved:
+        close = difflib.get_close_matches(fqn, saved, n=3, cutoff=0.6)
+        stripped = [k for k in saved if k.endswith(fqn) or fqn.endswith(k)]
+        if stripped:
+            checks.append(f"A saved key differs only by a prefix: {stripped[0]!r} (wrappers such as "
+                          "DDP 'module.', torch.compile '_orig_mod.' or a {'model': ...} nesting).")
+        elif close:
+            checks.append(f"Closest saved keys: {', '.join(map(repr, close))}.")
+        rm = _RANK_SUFFIX.match(fqn)
+        if rm:
+            fam = sorted(int(x["rank"]) for x in map(_RANK_SUFFIX.match, saved)
+                         if x and x["stem"] == rm["stem"])
+            if fam:
+                numbers["saved_ranks"] = fam
+                checks.insert(0, f"Per-rank key: the checkpoint has {rm['stem']}<r> for ranks "
+                              f"{_list_text(fam)} only; it was saved by {len(fam)} ranks and this "
+                              f"world is larger (rank {rm['rank']} did not exist). Re-split the per-rank "
+                              "state for the new world size.")
+    checks.append("Load with allow_partial_load=True to skip keys the checkpoint lacks (they keep "
+                  "their current values).")
+    return Explanation("missing_key", "A key of the state dict passed to dcp.load is not in the "
+                       "checkpoint (strict loading requires every requested key).",
+                       tuple(checks), fqn, numbers, text=text)
+
+
+def _x_size(m, text, md, target):
+    fqn = m["fqn"]
+    saved, current = _ints_of(m["saved"]), _ints_of(m["current"])
+    ns, nc = math.prod(saved), math.prod(current)
+    numbers = {"saved": saved, "current": current, "saved_numel": ns, "current_numel": nc}
+    checks = []
+    lay = target.get(fqn)
+    ws = lay.world_size if lay is not None else None
+    if nc and ns % nc == 0 and ns != nc:
+        k = ns // nc
+        numbers["ratio"] = k
+        which = f" = the world size {ws}" if ws == k else ""
+        if len(current) == 1 and len(saved) > 1:
+            checks.append(f"The current tensor is 1-d with numel {nc} = {ns} / {k}{which}: a flattened "
+                          "local shard (FSDP1 flat parameter or to_local().flatten()) was passed instead "
+                          "of the full / DTensor value.")
+        else:
+            dims = [d for d, (a, b) in enumerate(zip(saved, current)) if a != b] if len(saved) == len(current) else []
+            checks.append(f"The current size is the saved size divided by {k}{which}"
+                          + (f" on dim {dims[0]}" if len(dims) == 1 else "")
+                          + ": a local shard (dtensor.to_local() or a per-rank slice) was passed where "
+                          "DCP needs the global DTensor; pass the DTensor itself.")
+    elif len(saved) == 2 and tuple(reversed(saved)) == current:
+        checks.append(f"The shapes are transposed ({saved[0]}x{saved[1]} vs {current[0]}x{current[1]}): "
+                      "Conv1D (HF GPT-2) weights are stored (in, out), nn.Linear weights (out, in); "
+                      "transpose when converting.")
+    elif len(saved) == len(current) and sum(a != b for a, b in zip(saved, current)) == 1:
+        d = next(d for d, (a, b) in enumerate(zip(saved, current)) if a != b)
+        a, b = saved[d], current[d]
+        big = max(a, b)
+        pad = next((p for p in (256, 128, 64, 32, 8) if big % p == 0 and abs(a - b) < p), None)
+        numbers["dim"], numbers["difference"] = d, b - a
+        if pad:
+            checks.append(f"Dim {d} differs by {abs(a - b)} ({a} saved vs {b} current) and {big} is a "
+                          f"multiple of {pad}: a vocabulary padded to a multiple of {pad} on one side "
+                          "(e.g. GPT-2's 50257 vs nanoGPT's 50304). Pad or slice the embedding rows.")
+        else:
+            checks.append(f"Only dim {d} differs ({a} saved vs {b} current): a config difference "
+                          "(hidden / intermediate size, heads, vocab) between the saving and the "
+                          "loading model.")
+    elif ns == nc:
+        checks.append(f"Same number of elements ({ns}), different shape: the tensor was reshaped or "
+                      "fused (e.g. separate q/k/v vs fused qkv, or a flattened parameter).")
+    else:
+        checks.append("The models differ (architecture or config): compare the configs.")
+    if md is not None and fqn in md.state_dict_metadata:
+        sm = md.state_dict_metadata[fqn]
+        if isinstance(sm, TensorStorageMetadata) and tuple(sm.size) != saved:
+            checks.append(f"The given metadata says {list(sm.size)}, not {list(saved)}: this error came "
+                          "from another checkpoint.")
+    return Explanation("size_mismatch", f"The checkpoint's global size {list(saved)} differs from the "
+                       f"size {list(current)} of the value passed to dcp.load (DCP reshards chunks of "
+                       "one global shape; it cannot change the shape).", tuple(checks), fqn, numbers,
+                       text=text)
+
+
+def _x_read_size(m, text, md, target):
+    fqn = m["fqn"]
+    dst, src = _ints_of(m["dst"]), _ints_of(m["src"])
+    offset = _ints_of(m["offset"]) if m["offset"] is not None else None
+    checks = [
+        "The destination's local tensor is smaller than the chunk DCP computed for it: a DTensor whose "
+        "real local shape differs from compute_local_shape_and_global_offset (FSDP2 + TP with "
+        "uneven sizes: FSDP2 chunks right to left, DCP computes left to right), or a local tensor "
+        "resized after planning.",
+        "Or the saved file holds less data than .metadata claims (an edited or merged .metadata).",
+    ]
+    lay = target.get(fqn)
+    if lay is not None and lay.misdescribed_ranks:
+        checks.insert(0, f"The target layout [{', '.join(map(str, lay.placements))}] is a _StridedShard "
+                      f"whose ranks {_list_text(lay.misdescribed_ranks)} are misdescribed.")
+    return Explanation("read_size_mismatch",
+                       f"While reading saved chunk at offset {list(offset or ())}, the narrowed destination "
+                       f"has size {list(dst)} but the saved slice has size {list(src)} (the reader "
+                       "asserts they match before copy_).",
+                       tuple(checks), fqn, {"dst": dst, "src": src, "offset": offset}, text=text)
+
+
+def _x_partial(m, text, md, target):
+    fqns = [f for f, lay in target.items() if lay.has_partial]
+    return Explanation("partial", "A DTensor with a Partial placement (a pending sum / reduction) "
+                       "was saved; DCP saves only Shard / Replicate placements.",
+                       ("Redistribute it to Replicate() or Shard() before dcp.save.",)
+                       + ((f"Partial entries in the target: {_list_text(fqns, 5)}.",) if fqns else ()),
+                       fqns[0] if len(fqns) == 1 else None, text=text)
+
+
+def _x_invalid(m, text, md, target):
+    fqn = m["fqn"]
+    lay = target.get(fqn)
+    checks = []
+    if lay is not None and lay.has_partial:
+        checks.append(f"The target DTensor has placements [{', '.join(map(str, lay.placements))}]: a "
+                      "Partial placement. _create_read_items catches the Partial error and re-raises "
+                      "this unrelated message; redistribute the target to Replicate / Shard.")
+    elif lay is not None and lay.is_bytes:
+        checks.append("The target value is not a tensor although the checkpoint saved a tensor.")
+    else:
+        checks += ["The value passed for this key is not a Tensor / DTensor / ShardedTensor (an int, "
+                   "a list, or None: _init_state_dict turns unknown types into None).",
+                   "Or it is a DTensor with a Partial placement: this message hides the Partial "
+                   "error; redistribute it to Replicate / Shard."]
+    return Explanation("invalid_metadata", "The checkpoint has a tensor under this key, but the value "
+                       "to load into cannot take tensor chunks.", tuple(checks), fqn,
+                       {"found": m["found"].strip()}, text=text)
+
+
+def _x_unsupported(m, text, md, target):
+    return Explanation("unsupported_type", f"_create_chunk_list got a {m['type'].strip()} where it needs "
+                       "a Tensor, DTensor or ShardedTensor.",
+                       ("Pass tensors for tensor keys of the checkpoint; wrap other state in a "
+                        "Stateful object or save it under another key.",), None,
+                       {"type": m["type"].strip()}, text=text)
+
+
+def _x_storage(m, text, md, target):
+    fqn = m["fqn"]
+    offset = _ints_of(m["offset"]) if m["offset"] is not None else None
+    checks = ["The .metadata lists this chunk but its storage_data has no entry for it: the "
+              ".metadata was edited, merged from two saves, or comes from another checkpoint."]
+    if md is not None and md.storage_data is not None:
+        have = [k for k in md.storage_data if getattr(k, "fqn", None) == fqn]
+        checks.append(f"storage_data holds {len(have)} entries for {fqn}, at offsets "
+                      f"{_list_text([list(k.offset) if k.offset is not None else None for k in have], 6)}.")
+    return Explanation("missing_storage", f"The reader looked up the saved chunk of {fqn} at offset "
+                       f"{list(offset) if offset is not None else None} in storage_data and found "
+                       "nothing (KeyError).", tuple(checks), fqn, {"offset": offset}, text=text)
+
+
+_EXPLAINERS = {
+    "checkpoint_exception": _x_checkpoint_exception, "validate_global_plan": _x_validate,
+    "missing_key": _x_missing, "size_mismatch": _x_size, "read_size_mismatch": _x_read_size,
+    "partial": _x_partial, "invalid_metadata": _x_invalid, "unsupported_type": _x_unsupported,
+    "missing_storage": _x_storage,
+}

@@ -1,0 +1,243 @@
+"""The HTML report: ONE self-contained file to attach to a bug report.
+
+What a checkpoint holds (every entry, its chunks, files, byte ranges and writer ranks) and, given
+a target, the reshard's verdict, its problems, pictures of the worst tensors, each rank's I/O and
+its read items. Self-contained means: inline CSS, pictures as ``data:image/png;base64`` URIs, no
+script, no external ``src`` or ``href``, so it opens the same offline, in a mail client or
+attached to an issue. Built from the same tables (`workbench.tables`) and pictures
+(`workbench.plots`) as the notebooks; top layer, may import everything (pandas and matplotlib
+inside the functions).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+__all__ = ["build_report", "write_report", "figure_data_uri", "describe_checkpoint"]
+
+# Tensors drawn one picture each: the ones with problems first, then the largest.
+MAX_PICTURES = 8
+# Read items listed in full; a whole-model plan has far more, they are summarised per rank.
+MAX_READ_ROWS = 200
+BLOCKING = ("error", "silent")
+
+_CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+       max-width: 1180px; color: #1d1d1f; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+.meta { color: #555; } .meta code { background: #f3f3f3; padding: 0 .3em; }
+.verdict { padding: .7em 1em; border-radius: 6px; font-weight: 600; margin: 1em 0; }
+.verdict.ok { background: #e6f4ea; color: #1e6b34; } .verdict.blocked { background: #fdecea; color: #9b1c1c; }
+.verdict.none { background: #eef2f7; color: #334; }
+table { border-collapse: collapse; font-size: 12.5px; margin: .6em 0; }
+th, td { border: 1px solid #ddd; padding: 2px 7px; text-align: left; vertical-align: top; }
+th { background: #f5f5f7; } .sev-error { background: #fdecea; } .sev-silent { background: #fff4e5; }
+.sev-warning { background: #fffbe6; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: .92em; } .note { color: #666; font-size: .92em; }
+"""
+
+
+def figure_data_uri(picture) -> str:
+    """A matplotlib Figure (or an Axes: its Figure) as a ``data:image/png;base64,...`` URI.
+    `workbench.plots` draws on pyplot-free Figures, so nothing is left open."""
+    fig = getattr(picture, "figure", picture)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def describe_checkpoint(metadata) -> dict:
+    """JSON-able summary of a checkpoint's `Metadata`: every entry with its chunks (region, file,
+    byte range, writer rank) and every data file, from `tables.checkpoint_chunks_table`."""
+    import pandas as pd
+
+    from .records import TensorStorageMetadata
+    from .tables import checkpoint_chunks_table
+
+    df = checkpoint_chunks_table(metadata)
+    rows = [{k: (None if not isinstance(v, tuple) and pd.isna(v) else
+                 int(v) if k in ("offset", "length", "writer", "chunk", "numel", "bytes") else v)
+             for k, v in r.items()} for r in df.to_dict(orient="records")]
+    by_fqn: dict[str, list] = {}
+    for r in rows:
+        by_fqn.setdefault(r["fqn"], []).append(r)
+    entries = []
+    for fqn, md in metadata.state_dict_metadata.items():
+        chunks = [{k: r[k] for k in ("region", "offsets", "sizes", "file", "offset", "length",
+                                     "writer")} for r in by_fqn.get(fqn, [])]
+        tensor = isinstance(md, TensorStorageMetadata)
+        entries.append({"fqn": fqn, "kind": "tensor" if tensor else "bytes",
+                        "shape": list(md.size) if tensor else None,
+                        "dtype": md.properties.dtype if tensor else None,
+                        "nbytes": md.nbytes if tensor else (chunks[0]["length"] if chunks else None),
+                        "chunks": chunks})
+    files: dict = {}
+    for r in rows:
+        f = files.setdefault(r["file"], {"file": r["file"], "writer": r["writer"], "items": 0,
+                                         "bytes": 0})
+        f["items"] += 1
+        f["bytes"] += r["length"] or 0
+    order = sorted(files.values(), key=lambda f: (f["writer"] is None, f["writer"] or 0,
+                                                  str(f["file"])))
+    return {"version": metadata.version, "entries": entries, "files": order}
+
+
+def human_bytes(n) -> str:
+    """``1536`` -> ``"1.5 KiB"``; None -> ``"unknown"``."""
+    if n is None:
+        return "unknown"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _e(text) -> str:
+    return html.escape(str(text))
+
+
+def _frame_html(df, *, max_rows: int | None = None) -> str:
+    """A DataFrame as an HTML table, coloured by rank like every picture."""
+    from .tables import style_by_rank
+
+    if max_rows is not None and len(df) > max_rows:
+        note = f'<p class="note">first {max_rows} of {len(df)} rows</p>'
+        df = df.head(max_rows)
+    else:
+        note = ""
+    # escape: keys and paths come from a stranger's checkpoint
+    return style_by_rank(df).format(escape="html").hide(axis="index").to_html() + note
+
+
+def _problems_html(problems) -> str:
+    from .tables import problems_table
+
+    if not problems:
+        return "<p>No problems: every rank's wanted chunks are covered by saved chunks, keys, " \
+               "shapes and dtypes agree.</p>"
+    df = problems_table(problems).drop(columns=["ranks"])
+    sev = df["severity"].tolist()
+    styler = df.style.format(escape="html").hide(axis="index").apply(
+        lambda col: [f"background-color: {_SEV_BG.get(s, '')}" for s in sev], axis=0,
+        subset=["severity"])
+    return styler.to_html()
+
+
+_SEV_BG = {"error": "#fdecea", "silent": "#fff4e5", "warning": "#fffbe6"}
+
+
+def _figure(uri: str, caption: str) -> str:
+    return f'<figure><img alt="{_e(caption)}" src="{uri}"><figcaption>{_e(caption)}</figcaption></figure>'
+
+
+def _pick_tensors(metadata, problems, limit: int) -> list[str]:
+    """Tensors worth a picture: those with problems (in problem order), then the largest."""
+    from .records import TensorStorageMetadata
+
+    sdm = metadata.state_dict_metadata
+    tensors = [k for k, md in sdm.items() if isinstance(md, TensorStorageMetadata) and md.size]
+    out = list(dict.fromkeys(p.fqn for p in problems if p.fqn in tensors))
+    out += sorted((k for k in tensors if k not in out), key=lambda k: -math.prod(sdm[k].size))
+    return out[:limit]
+
+
+def build_report(metadata, layouts=None, *, checkpoint: str | None = None,
+                 target: str | None = None, max_pictures: int = MAX_PICTURES) -> str:
+    """The report as one HTML string. ``layouts`` (``{fqn: Layout}``, the target) is optional:
+    without it the report shows only what the checkpoint holds."""
+    from . import plots
+    from .tables import checkpoint_chunks_table, io_table, read_items_table
+
+    info = describe_checkpoint(metadata)
+    body = [f"<h1>DCP reshard report</h1>",
+            '<p class="meta">checkpoint <code>' + _e(checkpoint or "(metadata)") + "</code>"
+            + (" &middot; target <code>" + _e(target) + "</code>" if target else "")
+            + f" &middot; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+            + f" &middot; DCP metadata version {_e(metadata.version)}</p>"]
+
+    result = problems = None
+    if layouts is not None:
+        from .planning import plan_load
+
+        result = plan_load(metadata, layouts)
+        problems = list(result.problems)
+        blocking = [p for p in problems if p.severity in BLOCKING]
+        if blocking:
+            kinds = sorted({p.kind for p in blocking})
+            body.append(f'<div class="verdict blocked">BLOCKED: {len(blocking)} problem(s) make '
+                        f'this load raise or load wrong values ({_e(", ".join(kinds))}).</div>')
+        else:
+            body.append('<div class="verdict ok">OK: this load raises nothing and loads every '
+                        f'element from the checkpoint ({len(problems)} warning(s)).</div>')
+        body += ["<h2>Problems</h2>", _problems_html(problems)]
+    else:
+        body.append('<div class="verdict none">No target given: this report shows what the '
+                    "checkpoint holds. Add <code>--target</code> to check a reshard.</div>")
+
+    tensors = [e for e in info["entries"] if e["kind"] == "tensor"]
+    total = sum(e["nbytes"] for e in tensors)
+    writers = sorted({f["writer"] for f in info["files"] if f["writer"] is not None})
+    body += ["<h2>Checkpoint</h2>",
+             f"<p>{len(info['entries'])} entries ({len(tensors)} tensors, "
+             f"{len(info['entries']) - len(tensors)} other), "
+             f"{sum(len(e['chunks']) for e in tensors)} saved chunks, {human_bytes(total)} of "
+             f"tensor data in {len(info['files'])} file(s) written by {len(writers)} rank(s).</p>"]
+    import pandas as pd
+
+    summary = pd.DataFrame([{"fqn": e["fqn"], "kind": e["kind"],
+                             "shape": "x".join(map(str, e["shape"] or ())) or "()",
+                             "dtype": e["dtype"] or "", "chunks": len(e["chunks"]),
+                             "bytes": human_bytes(e["nbytes"])} for e in info["entries"]])
+    body.append(_frame_html(summary, max_rows=400))
+    body += ["<h3>Saved chunks</h3>",
+             _frame_html(checkpoint_chunks_table(metadata).drop(columns=["offsets", "sizes"]),
+                         max_rows=MAX_READ_ROWS)]
+    body += ["<h3>Files</h3>", _frame_html(pd.DataFrame(info["files"]))]
+
+    body.append("<h2>Pictures</h2>")
+    for fqn in _pick_tensors(metadata, problems or [], max_pictures):
+        if result is not None and fqn in result.layouts:
+            # the first rank a problem names, else rank 0: its wanted chunk and read items lit
+            rank = next((p.ranks[0] for p in problems if p.fqn == fqn and p.ranks), 0)
+            pic = plots.plot_reshard(metadata, result, fqn, rank)
+            caption = (f"{fqn}: saved chunks by writer; rank {rank}'s wanted chunk and its read "
+                       "items, numbered in DCP's order")
+        else:
+            pic = plots.plot_layout(metadata, fqn=fqn)
+            caption = f"{fqn}: saved chunks, coloured by writer rank"
+        body.append(_figure(figure_data_uri(pic), caption))
+
+    if result is not None:
+        body += ["<h2>I/O per rank</h2>",
+                 _figure(figure_data_uri(plots.plot_bytes_per_rank(result)),
+                         "bytes each rank reads (whole saved chunks) against what it needs"),
+                 _figure(figure_data_uri(plots.plot_traffic(result)),
+                         "traffic: which rank reads from which file"),
+                 _frame_html(io_table(result), max_rows=1024),
+                 "<h2>Read items</h2>",
+                 "<p>Every rank's read items in DCP's order (state-dict order of keys, then "
+                 "torch 2.13's sweep order).</p>",
+                 _frame_html(read_items_table(result).drop(
+                     columns=["dest_offsets", "storage_offsets", "lengths"]),
+                     max_rows=MAX_READ_ROWS)]
+
+    title = "DCP reshard report" + (f": {checkpoint}" if checkpoint else "")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(path, metadata, layouts=None, **kw) -> Path:
+    """`build_report` written to ``path`` (one file); returns the path. Nothing is written when
+    building fails."""
+    text = build_report(metadata, layouts, **kw)
+    path = Path(path)
+    path.write_text(text, encoding="utf-8")
+    return path

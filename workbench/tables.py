@@ -1,0 +1,446 @@
+"""Tables: pandas DataFrames of layouts, checkpoints, save and load plans, problems and I/O.
+
+Every ``*_table`` function returns a DataFrame with the documented columns, in the documented
+order and with fixed dtypes whatever the input (an empty input gives an empty frame with the same
+columns), so widgets, reports and tests can rely on them. Conventions shared by all tables:
+
+- a region is a `Chunk` in slice notation, ``"[4:8, 0:6]"`` (global coordinates);
+- ``offsets`` / ``sizes`` / ``lengths`` and rank sets are tuples (object columns);
+- counts that can be unknown (bytes of a pickled entry, a byte range before a real save, a writer
+  that no file name tells) are pandas nullable ``Int64`` and ``<NA>`` when unknown, never a fake 0;
+- text columns are pandas ``str`` columns, missing text is NaN;
+- the writer rank of a saved item is parsed from its file name ``__<rank>_<n>.distcp`` (torch's
+  ``FileSystemWriter`` naming), the only place a checkpoint records it.
+
+`style_by_rank` colours rank columns with `workbench.colors`, like every picture. This module is a
+presentation layer: it imports pandas at the top and must not be imported by ``workbench``'s
+``__init__``; it never imports torch or matplotlib.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from .colors import format_ranks, rank_color, text_color
+from .errors import MetadataError, PlanError
+from .geometry import Chunk
+from .planning import writer_of_file
+from .records import DTYPE_SIZES, BytesStorageMetadata, LoadItemType, MetadataIndex, TensorStorageMetadata
+from .sharding import Layout, StridedShard
+
+__all__ = [
+    "layout_chunks_table", "checkpoint_chunks_table", "write_items_table",
+    "read_items_table", "problems_table", "io_table", "file_io_table", "style_by_rank",
+]
+
+def _frame(columns: dict[str, list], schema: dict[str, str]) -> pd.DataFrame:
+    """A DataFrame with exactly ``schema``'s columns and dtypes (``Int64``, ``str``, ``bool``,
+    ``int64``, ``object``), empty or not."""
+    data = {}
+    for name, dtype in schema.items():
+        values = columns.get(name, [])
+        if dtype == "object":
+            arr = np.empty(len(values), dtype=object)
+            arr[:] = values  # tuples stay tuples (np.array would make a 2-d array of them)
+            data[name] = pd.Series(arr, dtype=object)
+        else:
+            data[name] = pd.Series(values, dtype=dtype)
+    return pd.DataFrame(data)
+
+
+def _metadata_of(source):
+    """The `Metadata` of a save result or a `checkpoint.Checkpoint` (their ``.metadata``), else
+    ``source`` itself."""
+    return getattr(source, "metadata", source)
+
+
+def _storage_data(metadata) -> Mapping:
+    """``storage_data`` of a Metadata (a dict, or plan_save's lazy mapping), {} when absent."""
+    sd = getattr(metadata, "storage_data", None)
+    return sd if isinstance(sd, Mapping) else {}
+
+
+def _writer(path: str | None) -> int | None:
+    return None if path is None else writer_of_file(path)
+
+
+def _coerce_tensor(metadata, fqn: str | None) -> dict[str, Any]:
+    """``{fqn: storage metadata}`` from a `Metadata` (all entries or one) or one
+    `TensorStorageMetadata` (labelled ``fqn`` or ``"<tensor>"``)."""
+    metadata = _metadata_of(metadata)
+    if isinstance(metadata, TensorStorageMetadata):
+        return {fqn or "<tensor>": metadata}
+    sdm = getattr(metadata, "state_dict_metadata", None)
+    if not isinstance(sdm, dict):
+        raise MetadataError(fqn, f"checkpoint metadata of type {type(metadata).__name__} has no "
+                            "state_dict_metadata", "a workbench Metadata or TensorStorageMetadata",
+                            "Read the checkpoint with workbench.load_metadata(path).")
+    if fqn is None:
+        return sdm
+    if fqn not in sdm:
+        keys = ", ".join(list(sdm)[:8]) + (", ..." if len(sdm) > 8 else "")
+        raise MetadataError(fqn, f"key {fqn!r} is not in the checkpoint (keys: {keys})",
+                            "a key of metadata.state_dict_metadata", "Pick one of the saved keys.",
+                            keys=tuple(sdm))
+    return {fqn: sdm[fqn]}
+
+
+# ----------------------------------------------------------------------------- layouts
+_LAYOUT_SCHEMA = {
+    "rank": "int64", "coordinate": "object", "chunk": "int64", "region": "str",
+    "offsets": "object", "sizes": "object", "numel": "Int64", "bytes": "Int64",
+    "replicas": "object", "is_empty": "bool", "misdescribed": "bool", "held": "str",
+}
+
+
+def _runs(indices: Iterable[int]) -> str:
+    """Sorted-as-given indices as slice runs: [0, 1, 4, 5] -> ``"0:2, 4:6"``."""
+    parts = []
+    start = prev = None
+    for i in indices:
+        if prev is not None and i == prev + 1:
+            prev = i
+            continue
+        if start is not None:
+            parts.append(f"{start}:{prev + 1}")
+        start = prev = i
+    if start is not None:
+        parts.append(f"{start}:{prev + 1}")
+    return ", ".join(parts)
+
+
+def layout_chunks_table(layout: Layout) -> pd.DataFrame:
+    """One row per (rank, chunk) of a `Layout`, ranks ascending; ranks holding nothing (outside the
+    mesh, or not among a plain tensor's holders) have no row.
+
+    Columns:
+      ``rank`` (int64); ``coordinate`` (mesh coordinate tuple, None without a mesh);
+      ``chunk`` (int64, position among the rank's chunks); ``region`` (str, slice notation;
+      ``"[]"`` for 0-d; NaN for a bytes entry); ``offsets``, ``sizes`` (tuples, DCP's box);
+      ``numel``, ``bytes`` (Int64, of the box; <NA> for a bytes entry, whose pickled size is not
+      known before a save); ``replicas`` (tuple of every rank holding the same box, this one
+      included); ``is_empty`` (bool, a zero-size box, e.g. an uneven DTensor's last shards);
+      ``misdescribed`` (bool, the box DCP records is not the data the rank holds, the
+      ``_StridedShard`` hazard); ``held`` (str, for DTensors with a ``_StridedShard`` placement
+      the global indices the rank really holds per sharded dim, ``"dim 0: 0:2, 4:6"``; NaN
+      otherwise).
+    """
+    esize = DTYPE_SIZES[layout.dtype]
+    is_bytes = layout.is_bytes
+    holders: dict[Chunk, list[int]] = defaultdict(list)
+    for r, chunks in enumerate(layout.rank_chunks):
+        for c in chunks:
+            holders[c].append(r)
+    mis = set(layout.misdescribed_ranks)
+    strided = layout.kind == "dtensor" and any(isinstance(p, StridedShard)
+                                               for p in layout.placements)
+    cols: dict[str, list] = defaultdict(list)
+    for r, chunks in enumerate(layout.rank_chunks):
+        if not chunks:
+            continue
+        coord = layout.coordinate(r)
+        held = (("; ".join(f"dim {d}: {_runs(ix)}" for d, ix in layout.held_indices(r).items()))
+                if strided else None)
+        for i, c in enumerate(chunks):
+            n = None if is_bytes else c.volume
+            cols["rank"].append(r)
+            cols["coordinate"].append(coord)
+            cols["chunk"].append(i)
+            cols["region"].append(None if is_bytes else str(c))
+            cols["offsets"].append(c.offsets)
+            cols["sizes"].append(c.sizes)
+            cols["numel"].append(n)
+            cols["bytes"].append(None if n is None else n * esize)
+            cols["replicas"].append(tuple(holders[c]))
+            cols["is_empty"].append(c.is_empty and not is_bytes)
+            cols["misdescribed"].append(r in mis)
+            cols["held"].append(held)
+    return _frame(cols, _LAYOUT_SCHEMA)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+_CHECKPOINT_SCHEMA = {
+    "fqn": "str", "kind": "str", "chunk": "Int64", "region": "str", "offsets": "object",
+    "sizes": "object", "numel": "Int64", "bytes": "Int64", "dtype": "str", "file": "str",
+    "offset": "Int64", "length": "Int64", "writer": "Int64",
+}
+
+
+def checkpoint_chunks_table(metadata, fqn: str | None = None) -> pd.DataFrame:
+    """One row per saved chunk of a checkpoint's `Metadata` (every entry in metadata order, or
+    only ``fqn``), chunks in metadata order; a bytes entry is one row. Also accepts anything with
+    a ``.metadata`` (a save result, a `checkpoint.Checkpoint`) or one `TensorStorageMetadata`
+    (labelled ``fqn``).
+
+    Columns:
+      ``fqn`` (str); ``kind`` (str, ``"tensor"`` or ``"bytes"``); ``chunk`` (Int64, index in the
+      entry's chunk list, DCP's ``MetadataIndex.index``; <NA> for bytes); ``region`` (str, slice
+      notation; NaN for bytes); ``offsets``, ``sizes`` (tuples; None for bytes); ``numel``,
+      ``bytes`` (Int64; for bytes entries ``bytes`` is the stored length when known);
+      ``dtype`` (str; NaN for bytes); ``file`` (str, ``storage_data``'s relative path);
+      ``offset``, ``length`` (Int64, the byte range in that file; <NA> until a real save);
+      ``writer`` (Int64, rank parsed from the file name). Storage columns are NaN / <NA> when
+      ``storage_data`` has no entry for the chunk (e.g. a bare `TensorStorageMetadata`).
+
+    Raises `MetadataError` when ``fqn`` is not in the checkpoint.
+    """
+    entries = _coerce_tensor(metadata, fqn)
+    storage = _storage_data(_metadata_of(metadata))
+    cols: dict[str, list] = defaultdict(list)
+
+    def where(index):
+        info = storage.get(index)
+        path = getattr(info, "relative_path", None)
+        cols["file"].append(path)
+        cols["offset"].append(getattr(info, "offset", None))
+        cols["length"].append(getattr(info, "length", None))
+        cols["writer"].append(_writer(path))
+        return info
+
+    for name, md in entries.items():
+        if isinstance(md, BytesStorageMetadata):
+            info = where(MetadataIndex(name))
+            for k, v in (("fqn", name), ("kind", "bytes"), ("chunk", None), ("region", None),
+                         ("offsets", None), ("sizes", None), ("numel", None),
+                         ("bytes", getattr(info, "length", None)), ("dtype", None)):
+                cols[k].append(v)
+            continue
+        dtype = md.properties.dtype
+        esize = DTYPE_SIZES[dtype]
+        for i, c in enumerate(md.chunks):
+            where(MetadataIndex(name, c.offsets))
+            n = c.volume
+            cols["fqn"].append(name)
+            cols["kind"].append("tensor")
+            cols["chunk"].append(i)
+            cols["region"].append(str(c))
+            cols["offsets"].append(c.offsets)
+            cols["sizes"].append(c.sizes)
+            cols["numel"].append(n)
+            cols["bytes"].append(n * esize)
+            cols["dtype"].append(dtype)
+    return _frame(cols, _CHECKPOINT_SCHEMA)
+
+
+# ----------------------------------------------------------------------------- save plans
+_WRITE_SCHEMA = {
+    "rank": "int64", "order": "int64", "fqn": "str", "type": "str", "region": "str",
+    "numel": "Int64", "bytes": "Int64", "kept": "bool", "writer": "Int64", "file": "str",
+}
+
+
+def _written_by(plans) -> dict[MetadataIndex, int]:
+    """``MetadataIndex`` (fqn, offset) -> the rank whose final plan writes it."""
+    return {item.index: r for r, plan in enumerate(plans) for item in plan.items}
+
+
+def write_items_table(save_result) -> pd.DataFrame:
+    """One row per write item of every rank's local save plan (``save_result.local_plans``, torch's
+    ``create_default_local_save_plan`` before dedup), ranks ascending, items in plan order.
+
+    Columns:
+      ``rank`` (int64); ``order`` (int64, position in the rank's local plan); ``fqn`` (str);
+      ``type`` (str, ``WriteItemType`` name: ``TENSOR``, ``SHARD``, ``BYTE_IO``); ``region`` (str,
+      the chunk in slice notation; NaN for BYTE_IO); ``numel``, ``bytes`` (Int64, of the chunk;
+      <NA> for BYTE_IO); ``kept`` (bool, the item survived ``dedup_save_plans`` on this rank);
+      ``writer`` (Int64, the rank that writes this ``(fqn, offset)`` after dedup); ``file`` (str,
+      ``metadata.storage_data``'s path for it, NaN when unknown).
+    """
+    final = [{item.index for item in plan.items} for plan in save_result.plans]
+    writer = _written_by(save_result.plans)
+    storage = _storage_data(getattr(save_result, "metadata", None))
+    cols: dict[str, list] = defaultdict(list)
+    for r, plan in enumerate(save_result.local_plans):
+        for i, item in enumerate(plan.items):
+            td = item.tensor_data
+            n = None if td is None else td.chunk.volume
+            cols["rank"].append(r)
+            cols["order"].append(i)
+            cols["fqn"].append(item.index.fqn)
+            cols["type"].append(item.type.name)
+            cols["region"].append(None if td is None else str(td.chunk))
+            cols["numel"].append(n)
+            cols["bytes"].append(None if n is None else n * DTYPE_SIZES[td.properties.dtype])
+            cols["kept"].append(item.index in final[r])
+            cols["writer"].append(writer.get(item.index))
+            cols["file"].append(getattr(storage.get(item.index), "relative_path", None))
+    return _frame(cols, _WRITE_SCHEMA)
+
+
+# ----------------------------------------------------------------------------- load plans
+_READ_SCHEMA = {
+    "rank": "int64", "order": "int64", "fqn": "str", "type": "str", "dest_region": "str",
+    "storage_region": "str", "dest_offsets": "object", "storage_offsets": "object",
+    "lengths": "object", "numel": "Int64", "bytes": "Int64", "bytes_read": "Int64",
+    "dest_chunk": "Int64", "source_chunk": "Int64", "source_file": "str", "writer": "Int64",
+}
+
+
+def read_items_table(load_result, fqn: str | None = None, *, rank: int | None = None
+                     ) -> pd.DataFrame:
+    """One row per read item of the load plans in ``load_result.plans`` (every entry, or ``fqn``;
+    every rank, or ``rank``), ranks ascending, each rank's items in torch's order (state-dict
+    order of fqns, then ``create_read_items_for_chunk_list`` order).
+
+    Columns:
+      ``rank`` (int64); ``order`` (int64, position in the rank's ``LoadPlan.items``, counted over
+      all its fqns, so it is DCP's visiting order even when filtered); ``fqn`` (str); ``type``
+      (str, ``LoadItemType`` name); ``dest_region`` (str, the box written, global slice notation);
+      ``storage_region`` (str, the box read, global); ``dest_offsets`` (tuple, relative to the
+      destination chunk), ``storage_offsets`` (tuple, relative to the saved chunk), ``lengths``
+      (tuple) as in torch's ``ReadItem``; ``numel``, ``bytes`` (Int64, of the box copied,
+      checkpoint dtype; <NA> for BYTE_IO); ``bytes_read`` (Int64, bytes loaded from the file for
+      this item: torch's ``FileSystemReader.read_data`` ``torch.load``s the whole stored item and
+      then narrows it, so this is the stored item's ``StorageInfo.length``, or the saved chunk's
+      bytes before a real save (as ``LoadPlanResult.io`` counts); a BYTE_IO item's stored
+      length, <NA> when unknown); ``dest_chunk`` (Int64, ``dest_index.index``, the rank's local chunk
+      number); ``source_chunk`` (Int64, ``storage_index.index``, the saved chunk number in the
+      metadata); ``source_file`` (str, from ``metadata.storage_data``); ``writer`` (Int64, rank
+      parsed from the file name). Regions of BYTE_IO items are NaN.
+
+    Raises `PlanError` for a rank outside the load world.
+    """
+    plans = load_result.plans
+    if fqn is not None and not isinstance(fqn, str):
+        raise PlanError(None, f"fqn {fqn!r} is not a string", "a state-dict key",
+                        "Pass the rank as rank=...", value=fqn)
+    if rank is not None and not 0 <= rank < len(plans):
+        raise PlanError(fqn, f"rank {rank} is not in a load plan of {len(plans)} ranks",
+                        f"0 <= rank < {len(plans)}", "Pick a rank of the load world.", rank=rank)
+    sdm = load_result.metadata.state_dict_metadata
+    storage = _storage_data(load_result.metadata)
+    cols: dict[str, list] = defaultdict(list)
+    for r in range(len(plans)) if rank is None else (rank,):
+        for i, item in enumerate(plans[r].items):
+            name = item.dest_index.fqn
+            if fqn is not None and name != fqn:
+                continue
+            info = storage.get(item.storage_index)
+            path = getattr(info, "relative_path", None)
+            if item.type == LoadItemType.TENSOR:
+                md = sdm[item.storage_index.fqn]
+                esize = DTYPE_SIZES[md.properties.dtype]
+                n = math.prod(item.lengths)
+                nbytes = n * esize
+                whole = getattr(info, "length", None)
+                if whole is None:  # planned, not saved yet: the chunk's bytes
+                    whole = md.chunks[item.storage_index.index].volume * esize
+                dest, src = str(item.dest_chunk), str(item.storage_chunk)
+            else:
+                n = nbytes = dest = src = None
+                whole = getattr(info, "length", None)
+            cols["rank"].append(r)
+            cols["order"].append(i)
+            cols["fqn"].append(name)
+            cols["type"].append(item.type.name)
+            cols["dest_region"].append(dest)
+            cols["storage_region"].append(src)
+            cols["dest_offsets"].append(item.dest_offsets)
+            cols["storage_offsets"].append(item.storage_offsets)
+            cols["lengths"].append(item.lengths)
+            cols["numel"].append(n)
+            cols["bytes"].append(nbytes)
+            cols["bytes_read"].append(whole)
+            cols["dest_chunk"].append(item.dest_index.index)
+            cols["source_chunk"].append(item.storage_index.index)
+            cols["source_file"].append(path)
+            cols["writer"].append(_writer(path))
+    return _frame(cols, _READ_SCHEMA)
+
+
+# ----------------------------------------------------------------------------- problems
+_PROBLEM_SCHEMA = {
+    "fqn": "str", "kind": "str", "severity": "str", "ranks": "object", "rank_list": "str",
+    "region": "str", "message": "str", "fix": "str",
+}
+
+
+def problems_table(problems) -> pd.DataFrame:
+    """One row per `Problem` (``diagnosis.Problem`` or anything with its fields), in the given
+    order.
+
+    Columns:
+      ``fqn`` (str); ``kind`` (str, e.g. ``uncovered``); ``severity`` (str: ``error`` = torch
+      raises, ``silent`` = torch loads wrong or stale values, ``warning``); ``ranks`` (tuple of
+      ints); ``rank_list`` (str, the ranks compactly, ``"r0-3,8"``); ``region`` (str, slice
+      notation; NaN when the problem has no region); ``message`` (str); ``fix`` (str).
+    """
+    cols: dict[str, list] = defaultdict(list)
+    for p in problems:
+        ranks = tuple(p.ranks or ())
+        cols["fqn"].append(p.fqn)
+        cols["kind"].append(p.kind)
+        cols["severity"].append(p.severity)
+        cols["ranks"].append(ranks)
+        cols["rank_list"].append(format_ranks(ranks))
+        cols["region"].append(None if p.region is None else str(p.region))
+        cols["message"].append(p.message)
+        cols["fix"].append(p.fix)
+    return _frame(cols, _PROBLEM_SCHEMA)
+
+
+# ----------------------------------------------------------------------------- I/O
+_IO_SCHEMA = {
+    "rank": "int64", "files": "int64", "reads": "int64", "bytes_needed": "int64",
+    "bytes_read": "int64", "amplification": "float64",
+}
+_FILE_IO_SCHEMA = {
+    "file": "str", "writer": "Int64", "readers": "object", "n_readers": "int64",
+    "reads": "int64", "bytes_read": "int64",
+}
+
+
+def io_table(load_result) -> pd.DataFrame:
+    """Per rank of the load world (readers or not), what its load plan costs with torch's
+    ``FileSystemReader``: the numbers of ``load_result.io`` (``planning.LoadIO``) as a table.
+
+    Columns:
+      ``rank`` (int64); ``files`` (int64, distinct data files the rank opens); ``reads`` (int64,
+      read items); ``bytes_needed`` (int64, bytes its read items copy into its chunks);
+      ``bytes_read`` (int64, bytes loaded from files: the whole stored item per read item);
+      ``amplification`` (float64, ``bytes_read / bytes_needed``; NaN when nothing is needed).
+    """
+    io = load_result.io
+    return _frame({"rank": list(range(len(io.reads))), "files": io.files_opened.tolist(),
+                   "reads": io.reads.tolist(), "bytes_needed": io.bytes_needed.tolist(),
+                   "bytes_read": io.bytes_read.tolist(),
+                   "amplification": io.amplification.tolist()}, _IO_SCHEMA)
+
+
+def file_io_table(load_result) -> pd.DataFrame:
+    """Per data file of the checkpoint (files nobody reads included), sorted by writer rank then
+    name as in ``load_result.io``.
+
+    Columns:
+      ``file`` (str); ``writer`` (Int64, rank parsed from ``__<rank>_<n>.distcp``, <NA> for other
+      names); ``readers`` (tuple of the load ranks reading it, ascending); ``n_readers``
+      (int64); ``reads`` (int64, read items it serves); ``bytes_read`` (int64, bytes loaded from
+      it, the whole stored item per read item).
+    """
+    io = load_result.io
+    readers = [tuple(io.readers[f]) for f in io.files]
+    return _frame({"file": list(io.files),
+                   "writer": [None if w < 0 else w for w in io.file_writers.tolist()],
+                   "readers": readers, "n_readers": [len(r) for r in readers],
+                   "reads": io.read_counts.sum(axis=0).tolist(),
+                   "bytes_read": io.traffic.sum(axis=0).tolist()}, _FILE_IO_SCHEMA)
+
+
+# ----------------------------------------------------------------------------- styling
+def _rank_css(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    bg = rank_color(int(value))
+    return f"background-color: {bg}; color: {text_color(bg)}"
+
+
+def style_by_rank(df: pd.DataFrame, columns: Iterable[str] = ("rank", "writer")):
+    """A pandas ``Styler`` of ``df`` whose rank columns (those of ``columns`` present) are
+    coloured with each rank's colour from `workbench.colors`, as in every picture."""
+    subset = [c for c in columns if c in df.columns]
+    return df.style.map(_rank_css, subset=subset)

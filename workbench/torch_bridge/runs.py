@@ -1,0 +1,528 @@
+"""Real multi-process ``dcp.save`` / ``dcp.load`` runs over gloo on 127.0.0.1, and makers of the
+(broken) checkpoints the tests, notebooks and demos use.
+
+A run spawns ``world_size`` processes (``multiprocessing`` spawn), each builds its state dict from
+workbench `Layout`s and executes a list of steps (`SaveStep`, `LoadStep`). Every element of every
+tensor encodes its global index (``value = flat index``, plus 0.25 for floating dtypes so a cast
+to an integer dtype shows, plus ``rank * numel`` for ``per_rank_values``), so a load is checked
+element by element against what the checkpoint holds at the indices the rank really holds
+(``held_indices``: the real data of a ``_StridedShard`` rank, not DCP's box).
+
+The process rules of dcp-semantics section 8 are followed: the parent binds the store's socket to
+``("127.0.0.1", port)`` and hands it to rank 0 (``TCPStore(master_listen_fd=...)``, which would
+otherwise listen on every interface), ``GLOO_SOCKET_IFNAME=lo``, ``OMP_NUM_THREADS=1``,
+collectives have a timeout, the launcher a time limit after which stragglers are killed, and every
+rank destroys its process group before it exits. torch is imported inside functions only.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..sharding import Layout, bytes_layout, dtensor_layout, tensor_layout
+
+__all__ = ["SaveStep", "LoadStep", "SaveRun", "LoadRun", "RankLoad", "Scenario", "run_steps",
+           "run_save", "run_load", "make_checkpoint", "make_checkpoints", "load_scenarios",
+           "SCENARIO_KINDS", "global_values", "MAX_WORLD_SIZE"]
+
+MAX_WORLD_SIZE = 8
+_FLOATS = {"float64", "float32", "float16", "bfloat16"}
+
+
+# ----------------------------------------------------------------------------- steps and results
+@dataclass(frozen=True)
+class SaveStep:
+    """``dcp.save`` of the state dict the layouts describe (rank r holds the entries whose layout
+    has chunks on r) to ``path``."""
+
+    path: str
+    layouts: Mapping[str, Layout]
+
+
+@dataclass(frozen=True)
+class LoadStep:
+    """``dcp.load`` from ``path`` into a state dict built from ``layouts``, every destination
+    element first set to ``fill`` (so stale elements show)."""
+
+    path: str
+    layouts: Mapping[str, Layout]
+    allow_partial_load: bool = False
+    fill: float = -1.0
+
+
+@dataclass(frozen=True)
+class SaveRun:
+    """A real save: ``errors[r]`` is rank r's exception text (None when it succeeded)."""
+
+    path: str
+    world_size: int
+    errors: tuple[str | None, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(e is None for e in self.errors)
+
+
+@dataclass(frozen=True)
+class RankLoad:
+    """One rank's load: per fqn the loaded local values and the expected ones (float64 arrays in
+    local order; the object itself for bytes entries), or the exception text."""
+
+    rank: int
+    values: dict[str, Any] = field(default_factory=dict)
+    expected: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadRun:
+    """A real load over every rank."""
+
+    path: str
+    world_size: int
+    ranks: tuple[RankLoad, ...]
+    fill: float = -1.0
+
+    @property
+    def errors(self) -> dict[int, str]:
+        return {r.rank: r.error for r in self.ranks if r.error is not None}
+
+    @property
+    def ok(self) -> bool:
+        """No rank raised and every loaded element equals the expected one."""
+        return not self.errors and not self.mismatches()
+
+    def mismatches(self) -> list[tuple[int, str, int, int]]:
+        """``(rank, fqn, wrong elements, stale elements)`` for every rank and entry whose loaded
+        values differ from what the checkpoint holds (stale = still the fill value)."""
+        out = []
+        for r in self.ranks:
+            for fqn, got in r.values.items():
+                want = r.expected[fqn]
+                if isinstance(got, np.ndarray):
+                    bad = got != want
+                    if bad.any():
+                        out.append((r.rank, fqn, int(bad.sum()), int((got[bad] == self.fill).sum())))
+                elif got != want:
+                    out.append((r.rank, fqn, 1, 0))
+        return out
+
+
+# ----------------------------------------------------------------------------- values
+def global_values(layout: Layout, rank: int = 0, dtype: str | None = None):
+    """The global tensor a rank saves for ``layout`` (torch tensor): element ``i`` (flat, row-major)
+    is ``i`` (+ 0.25 for floating dtypes, + ``rank * numel`` when ``per_rank_values``), cast to
+    ``dtype`` (the layout's by default)."""
+    import torch
+
+    dtype = dtype or layout.dtype
+    v = torch.arange(layout.numel, dtype=torch.float64).reshape(layout.shape)
+    if dtype in _FLOATS:
+        v += 0.25
+    if layout.per_rank_values:
+        v += rank * max(layout.numel, 1)
+    return v.to(getattr(torch, dtype))
+
+
+def _bytes_value(fqn: str, layout: Layout, rank: int) -> str:
+    return f"{fqn}@rank{rank}" if layout.per_rank_values else fqn
+
+
+def _local_values(layout: Layout, rank: int, g):
+    """What ``rank`` really holds of global tensor ``g``: a DTensor's held indices (the real data
+    of a ``_StridedShard``, not DCP's box); a ShardedTensor's chunks; the whole plain tensor."""
+    import torch
+
+    if layout.kind == "dtensor":
+        for d, idx in layout.held_indices(rank).items():
+            g = g.index_select(d, torch.tensor(idx, dtype=torch.long))
+        return g.contiguous()
+    if layout.kind == "sharded":
+        out = []
+        for c in layout.chunks(rank):
+            t = g
+            for d, (o, s) in enumerate(zip(c.offsets, c.sizes)):
+                t = t.narrow(d, o, s)
+            out.append(t.contiguous())
+        return out
+    return g
+
+
+class _Meshes:
+    """One DeviceMesh per mesh shape, built on every rank (new_group is collective)."""
+
+    def __init__(self):
+        self.cache = {}
+
+    def get(self, mesh_shape):
+        import torch
+        from torch.distributed.device_mesh import DeviceMesh
+
+        if mesh_shape not in self.cache:
+            n = math.prod(mesh_shape)
+            self.cache[mesh_shape] = DeviceMesh("cpu", torch.arange(n).reshape(mesh_shape))
+        return self.cache[mesh_shape]
+
+
+def _sharded_tensor(layout: Layout, rank: int, local):
+    """A ShardedTensor from every rank's chunks (the global metadata is known on every rank, so
+    no collective is needed: ``_init_from_local_shards_and_global_metadata``)."""
+    import torch
+    from torch.distributed._shard.metadata import ShardMetadata
+    from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
+    from torch.distributed._shard.sharded_tensor.metadata import (ShardedTensorMetadata,
+                                                                  TensorProperties)
+
+    device = local[0].device.type if local else "cpu"
+
+    def md(r, c):
+        return ShardMetadata(list(c.offsets), list(c.sizes), f"rank:{r}/{device}")
+
+    everyone = [md(r, c) for r in range(layout.world_size) for c in layout.chunks(r)]
+    props = TensorProperties(dtype=getattr(torch, layout.dtype))
+    shards = [Shard(t, md(rank, c)) for t, c in zip(local, layout.chunks(rank))]
+    return ShardedTensor._init_from_local_shards_and_global_metadata(
+        shards, ShardedTensorMetadata(everyone, torch.Size(layout.shape), props))
+
+
+def _build(fqn: str, layout: Layout, rank: int, meshes: _Meshes, fill: float | None = None,
+           empty: str | None = None):
+    """The state-dict value of ``rank`` for one entry: the encoded values; ``fill`` everywhere
+    (a load destination); or, with ``empty`` (a device, e.g. ``"meta"``), uninitialised local
+    tensors (planning only)."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    from .convert import placement_to_torch
+
+    if layout.kind == "bytes":
+        return "<not loaded>" if fill is not None else _bytes_value(fqn, layout, rank)
+    dt = getattr(torch, layout.dtype)
+    if empty:
+        local = [torch.empty(c.sizes, dtype=dt, device=empty) for c in layout.chunks(rank)]
+        local = local if layout.kind == "sharded" else local[0]
+    else:
+        g = (global_values(layout, rank) if fill is None
+             else torch.full(layout.shape, fill, dtype=torch.float64).to(dt))
+        local = _local_values(layout, rank, g)
+    if layout.kind == "dtensor":
+        mesh = meshes.get(layout.mesh_shape)
+        stride = tuple(math.prod(layout.shape[d + 1:]) for d in range(layout.ndim))
+        return DTensor.from_local(local, mesh, [placement_to_torch(p) for p in layout.placements],
+                                  run_check=False, shape=torch.Size(layout.shape), stride=stride)
+    if layout.kind == "sharded":
+        return _sharded_tensor(layout, rank, local)
+    return local
+
+
+def _state_dict(layouts, rank, meshes, fill=None, empty=None):
+    # Every rank takes part in every mesh (DeviceMesh creation is collective), even for entries
+    # it does not hold.
+    for lay in layouts.values():
+        if lay.kind == "dtensor":
+            meshes.get(lay.mesh_shape)
+    return {fqn: _build(fqn, lay, rank, meshes, fill, empty) for fqn, lay in layouts.items()
+            if lay.chunks(rank)}
+
+
+def _saved_dtypes(path) -> dict[str, str]:
+    from .safe_metadata import load_metadata
+
+    md = load_metadata(path)
+    return {k: v.properties.dtype for k, v in md.state_dict_metadata.items()
+            if hasattr(v, "properties")}
+
+
+def _loaded(fqn, layout, rank, value, saved_dtype):
+    """(loaded, expected) for one entry: expected = what the checkpoint holds (the saved dtype's
+    encoding) at the indices this rank really holds, as float64."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    if layout.kind == "bytes":
+        return value, _bytes_value(fqn, layout, rank)
+    want = _local_values(layout, rank, global_values(layout, rank, saved_dtype or layout.dtype))
+    if layout.kind == "sharded":
+        got = [s.tensor for s in value.local_shards()]
+        return ([t.to(torch.float64).numpy() for t in got],
+                [t.to(torch.float64).numpy() for t in want])
+    if isinstance(value, DTensor):
+        value = value.to_local()
+    return value.to(torch.float64).numpy().copy(), want.to(torch.float64).numpy()
+
+
+def _exc_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _run_step(step, rank, meshes):
+    import torch.distributed.checkpoint as dcp
+
+    if isinstance(step, SaveStep):
+        sd = _state_dict(step.layouts, rank, meshes)
+        try:
+            dcp.save(sd, checkpoint_id=step.path)
+            return None
+        except BaseException as e:  # CheckpointException is a BaseException
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            return _exc_text(e)
+    sd = _state_dict(step.layouts, rank, meshes, step.fill)
+    try:
+        dcp.load(sd, checkpoint_id=step.path,
+                 planner=dcp.DefaultLoadPlanner(allow_partial_load=step.allow_partial_load))
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        return RankLoad(rank, error=_exc_text(e))
+    saved = _saved_dtypes(step.path)
+    vals, exp = {}, {}
+    for fqn, lay in step.layouts.items():
+        if fqn in sd:
+            vals[fqn], exp[fqn] = _loaded(fqn, lay, rank, sd[fqn], saved.get(fqn))
+    return RankLoad(rank, vals, exp)
+
+
+def _worker(rank, world_size, port, sock, steps, out_dir, timeout):
+    os.environ.update(GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      OMP_NUM_THREADS="1")
+    out = Path(out_dir) / f"rank{rank}.pkl"
+    results: list = []
+    try:
+        from datetime import timedelta
+
+        import torch
+        import torch.distributed as dist
+
+        warnings.filterwarnings("ignore")
+        torch.set_num_threads(1)
+        td = timedelta(seconds=timeout)
+        store = dist.TCPStore("127.0.0.1", port, world_size, is_master=rank == 0, timeout=td,
+                              master_listen_fd=sock.fileno() if rank == 0 else None)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=td)
+        try:
+            meshes = _Meshes()
+            for step in steps:
+                results.append(_run_step(step, rank, meshes))
+                out.write_bytes(pickle.dumps(("ok", results)))
+            dist.barrier()  # an ordered shutdown: nobody leaves while others still talk
+        finally:
+            dist.destroy_process_group()
+    except BaseException:  # report, never hang the launcher
+        out.write_bytes(pickle.dumps(("crash", traceback.format_exc())))
+
+
+def run_steps(steps: Sequence[SaveStep | LoadStep], world_size: int, *, time_limit: float = 90.0,
+              timeout: float = 30.0) -> list:
+    """Run ``steps`` in order on ``world_size`` fresh processes over gloo; returns one result per
+    step (`SaveRun` / `LoadRun`). Raises RuntimeError when a rank crashes or the launch exceeds
+    ``time_limit`` seconds (stragglers are killed first: no process outlives the call)."""
+    import multiprocessing as mp
+
+    from ..errors import PlanError
+
+    if not 1 <= world_size <= MAX_WORLD_SIZE:
+        raise PlanError(None, f"world size {world_size} for a real run",
+                        f"1 <= world_size <= {MAX_WORLD_SIZE}",
+                        "Real runs are small by design; plan larger worlds with plan_save.")
+    for s in steps:
+        for fqn, lay in s.layouts.items():
+            if lay.world_size != world_size:
+                raise PlanError(fqn, f"layout for world size {lay.world_size} in a run of "
+                                f"{world_size} processes", "one world size per run",
+                                "Build the layouts with world_size equal to the run's.")
+    steps = [replace(s, path=str(Path(s.path).resolve())) for s in steps]
+    ctx = mp.get_context("spawn")
+    out_dir = tempfile.mkdtemp(prefix="wb_run_")
+    procs = []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(world_size * 4)
+            port = sock.getsockname()[1]
+            for r in range(world_size):
+                p = ctx.Process(target=_worker, args=(r, world_size, port, sock if r == 0 else None,
+                                                      steps, out_dir, timeout), daemon=True)
+                p.start()
+                procs.append(p)
+        deadline = time.monotonic() + time_limit
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        late = [r for r, p in enumerate(procs) if p.is_alive()]
+        reports = []
+        for r in range(world_size):
+            f = Path(out_dir) / f"rank{r}.pkl"
+            reports.append(pickle.loads(f.read_bytes()) if f.exists() else ("missing", None))
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join()
+        shutil.rmtree(out_dir, ignore_errors=True)
+    for r, (status, payload) in enumerate(reports):
+        if status == "crash":
+            raise RuntimeError(f"rank {r} of the real run crashed:\n{payload}")
+    if late:
+        raise RuntimeError(f"real run of {world_size} processes exceeded {time_limit} s; ranks "
+                           f"{late} were killed")
+    per_rank = [payload for _, payload in reports]
+    if any(p is None or len(p) != len(steps) for p in per_rank):
+        raise RuntimeError("a rank of the real run exited without reporting every step")
+    out = []
+    for i, s in enumerate(steps):
+        got = [per_rank[r][i] for r in range(world_size)]
+        if isinstance(s, SaveStep):
+            out.append(SaveRun(s.path, world_size, tuple(got)))
+        else:
+            out.append(LoadRun(s.path, world_size, tuple(got), s.fill))
+    return out
+
+
+def run_save(path, layouts: Mapping[str, Layout], world_size: int | None = None, **kw) -> SaveRun:
+    """A real ``dcp.save`` of ``layouts`` by ``world_size`` processes (default: the layouts')."""
+    ws = world_size or next(iter(layouts.values())).world_size
+    return run_steps([SaveStep(str(path), dict(layouts))], ws, **kw)[0]
+
+
+def run_load(path, layouts: Mapping[str, Layout], world_size: int | None = None, *,
+             allow_partial_load: bool = False, **kw) -> LoadRun:
+    """A real ``dcp.load`` into ``layouts``; returns every rank's loaded and expected values or
+    its exception text (`LoadRun.mismatches`, `LoadRun.errors`)."""
+    ws = world_size or next(iter(layouts.values())).world_size
+    return run_steps([LoadStep(str(path), dict(layouts), allow_partial_load)], ws, **kw)[0]
+
+
+# ----------------------------------------------------------------------------- scenarios
+@dataclass(frozen=True)
+class Scenario:
+    """A checkpoint made for a demo: what was saved, what to load it into, what goes wrong."""
+
+    kind: str
+    path: str
+    save_layouts: dict
+    load_layouts: dict
+    effect: str
+
+    @property
+    def save_world_size(self) -> int:
+        return next(iter(self.save_layouts.values())).world_size
+
+    @property
+    def load_world_size(self) -> int:
+        return next(iter(self.load_layouts.values())).world_size
+
+
+def _fsdp(ws=2):
+    return {"w": dtensor_layout((8, 6), (ws,), "S(0)", world_size=ws),
+            "b": dtensor_layout((6,), (ws,), "S(0)", world_size=ws),
+            "step": bytes_layout(ws)}
+
+
+def _specs():
+    w = lambda pl, dtype="float32", shape=(8, 6): dtensor_layout(shape, (2,), pl, dtype)  # noqa: E731
+    per_rank = {f"dataloader.dp_rank_{r}": bytes_layout(2, ranks=[r], per_rank_values=True)
+                for r in range(2)}
+    return {
+        "fsdp": (_fsdp(), {"w": w("S(1)"), "b": dtensor_layout((6,), (2,), "R"),
+                           "step": bytes_layout(2)},
+                 "a clean FSDP-style checkpoint; resharded to S(1) / R it loads exactly"),
+        "hole": (_fsdp(), _fsdp(),
+                 "metadata edited to drop w's chunk [4:8, 0:6]: rank 1 keeps its stale values, "
+                 "no error"),
+        "strided": ({"w": w("S(0)")}, {"w": w("SS(0,2)")},
+                    "a _StridedShard destination reads the rows of its box, not the rows it "
+                    "holds: wrong values, no error"),
+        "dtype": ({"w": w("S(0)")}, {"w": w("S(0)", "int32")},
+                  "float32 saved, int32 loaded: silently cast (x.25 -> x)"),
+        "size": ({"w": w("S(0)")}, {"w": w("S(0)", shape=(8, 4))},
+                 "Size mismatch between saved torch.Size([8, 6]) and current: "
+                 "torch.Size([8, 4]) for w"),
+        "dedup": ({"t": tensor_layout((4,), 2, per_rank_values=True)},
+                  {"t": tensor_layout((4,), 2, per_rank_values=True)},
+                  "each rank saved its own plain tensor under one key; dedup kept one copy and "
+                  "the other rank loads it"),
+        "missing_key": ({"w": w("S(0)")}, {"w": w("S(0)"), "extra": w("S(0)")},
+                        "Missing key in checkpoint state_dict: extra."),
+        "bytes_world": (per_rank, {f"dataloader.dp_rank_{r}": bytes_layout(4, ranks=[r],
+                                                                            per_rank_values=True)
+                                   for r in range(4)},
+                        "per-rank bytes saved by 2 ranks, loaded by 4: Missing key in checkpoint "
+                        "state_dict: dataloader.dp_rank_2."),
+    }
+
+
+SCENARIO_KINDS = tuple(_specs())
+
+
+def _drop_chunk(path, fqn, position):
+    """Rewrite ``.metadata`` without chunk ``position`` of ``fqn`` (and its storage entry), with
+    torch's own pickle, as a hand-edited checkpoint would be."""
+    import torch.distributed.checkpoint as dcp
+
+    md = dcp.FileSystemReader(path).read_metadata()  # our own file: trusted
+    chunk = md.state_dict_metadata[fqn].chunks.pop(position)
+    md.storage_data = {k: v for k, v in md.storage_data.items()
+                       if not (k.fqn == fqn and tuple(k.offset) == tuple(chunk.offsets))}
+    md.storage_meta.load_id = None
+    with open(Path(path) / ".metadata", "wb") as f:
+        pickle.dump(md, f)
+
+
+def _make(scenarios: Mapping[str, Scenario], **kw) -> dict[str, Scenario]:
+    by_ws: dict[int, list[Scenario]] = {}
+    for sc in scenarios.values():
+        by_ws.setdefault(sc.save_world_size, []).append(sc)
+    for ws, scs in by_ws.items():
+        runs = run_steps([SaveStep(sc.path, sc.save_layouts) for sc in scs], ws, **kw)
+        for sc, run in zip(scs, runs):
+            if not run.ok:
+                raise RuntimeError(f"saving the {sc.kind!r} checkpoint failed: {run.errors}")
+    if "hole" in scenarios:
+        _drop_chunk(scenarios["hole"].path, "w", 1)
+    return dict(scenarios)
+
+
+def _scenario(kind: str, path) -> Scenario:
+    from ..errors import PlanError
+
+    specs = _specs()
+    if kind not in specs:
+        raise PlanError(None, f"unknown checkpoint kind {kind!r}", "one of "
+                        + ", ".join(SCENARIO_KINDS), "Pick a kind from SCENARIO_KINDS.")
+    return Scenario(kind, str(Path(path).resolve()), *specs[kind])
+
+
+def make_checkpoints(kinds: Sequence[str], root, **kw) -> dict[str, Scenario]:
+    """Make one checkpoint per kind under ``root/<kind>`` with real saves (one launch per save
+    world size) and return the `Scenario`s. Kinds: see `SCENARIO_KINDS`."""
+    return _make({k: _scenario(k, Path(root) / k) for k in kinds}, **kw)
+
+
+def make_checkpoint(kind: str, path, **kw) -> Scenario:
+    """Make one checkpoint of ``kind`` at ``path`` (see `SCENARIO_KINDS`)."""
+    return _make({kind: _scenario(kind, path)}, **kw)[kind]
+
+
+def load_scenarios(scenarios: Mapping[str, Scenario], **kw) -> dict[str, LoadRun]:
+    """Load every scenario into its ``load_layouts`` (one launch per load world size)."""
+    by_ws: dict[int, list[Scenario]] = {}
+    for sc in scenarios.values():
+        by_ws.setdefault(sc.load_world_size, []).append(sc)
+    out = {}
+    for ws, scs in by_ws.items():
+        for sc, run in zip(scs, run_steps([LoadStep(sc.path, sc.load_layouts) for sc in scs], ws,
+                                          **kw)):
+            out[sc.kind] = run
+    return out

@@ -208,7 +208,7 @@ def main():
         if best is None or total < best[0]:
             best = (total, times, res)
     total, times, res = best
-    n = sum(len(b) for b in res._blocks.values())
+    n = sum(len(res.reads(f)) for f in res.layouts)
     print(f"  workbench: {total:7.3f} s  (" + ", ".join(
         f"{k} {v:.3f} s" if isinstance(v, float) else f"{k} {v}" for k, v in times.items())
           + f"), {n} read items  (target < 2 s)")

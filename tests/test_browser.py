@@ -54,6 +54,7 @@ PICTURE = f"{EXPLORER} .wb-picture img"
 READS = f"{EXPLORER} .wb-reads table"
 PROBLEMS = f"{EXPLORER} .wb-problems table"
 MESSAGE = f"{EXPLORER} .wb-message"
+NEXT_CLASSIC = "FSDP -> FSDP+TP"
 
 
 @contextmanager
@@ -125,6 +126,11 @@ def lab(tmp_path_factory):
     notif = tmp / "lab-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notif.parent.mkdir(parents=True)
     notif.write_text('{"fetchNews": "false", "checkForUpdates": false}')
+    # render every cell: with Lab's default windowing, cells scrolled away after Run All are
+    # detached and their text reads as empty
+    tracker = tmp / "lab-settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text('{"windowingMode": "none"}')
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser",
            f"--IdentityProvider.token={token}",
            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
@@ -222,15 +228,18 @@ def test_tour_runs_and_explorer_reacts_to_the_page(lab, page):
         assert tracebacks.count() == 0 and errors.count() == 0, "a tour cell raised"
 
         # the explorer rendered: picture, read-item table for the rank, a problem found
+        page.locator(".jp-Cell").first.scroll_into_view_if_needed()  # the first screen
         page.wait_for_selector(PICTURE, state="visible")
         page.wait_for_selector(READS)
         page.wait_for_selector(PROBLEMS)
         src0 = page.locator(PICTURE).first.get_attribute("src")
         assert src0 and src0.startswith("data:image/png;base64,")
         reads0 = page.locator(READS).first.inner_text()
-        assert "dest_offsets" in reads0 or "dest" in reads0
-        assert page.locator(PROBLEMS).first.inner_text().strip()
+        assert "dest_offsets" in reads0 and "[0:4, 0:4]" in reads0
+        assert "strided_misdescribed" in page.locator(PROBLEMS).first.inner_text()
         assert page.locator(MESSAGE).first.inner_text().strip() == ""
+        SHOT_DIR.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOT_DIR / "tour-first-screen.png"))
 
         # 1. load rank through the page: browser -> kernel -> Output widget -> browser
         rank = page.locator(RANK).first
@@ -246,22 +255,21 @@ def test_tour_runs_and_explorer_reacts_to_the_page(lab, page):
         reads1 = page.locator(READS).first.inner_text()
         assert src1 != src0 and reads1 != reads0
 
-        # 2. another classic reshard from the dropdown
+        # 2. another classic reshard from the dropdown (the tour opens on the strided one)
         classic = page.locator(CLASSIC).first
-        old_classic = classic.input_value()
-        labels = classic.locator("option").all_inner_texts()
-        new_classic = next(o for o in labels if o not in (old_classic, "")
-                           and classic.locator("option", has_text=o).get_attribute("value")
-                           != old_classic)
+        assert classic.input_value() != NEXT_CLASSIC
         with timed("classic reshard change round trip"):
-            classic.select_option(label=new_classic)
+            classic.select_option(label=NEXT_CLASSIC)
             _changed(page, PICTURE, "src", src1)
             _changed(page, READS, "innerText", reads1)
+        # FSDP -> FSDP+TP has no problem: the strided problem rows are gone from the page
+        page.wait_for_function(
+            "sel => !document.querySelector(sel).innerText.includes('strided_misdescribed')",
+            arg=f"{EXPLORER} .wb-problems")
         assert page.locator(MESSAGE).first.inner_text().strip() == ""
 
-        SHOT_DIR.mkdir(parents=True, exist_ok=True)
         page.locator(EXPLORER).first.scroll_into_view_if_needed()
-        page.screenshot(path=str(SHOT_DIR / "tour-explorer.png"))
+        page.screenshot(path=str(SHOT_DIR / "tour-explorer-changed.png"))
         widget_errors = [e for e in page.console_errors
                          if "widget" in e.lower() or "model" in e.lower()]
         assert not widget_errors, widget_errors

@@ -33,9 +33,9 @@ def _kinds(problems):
 def test_problem_record_is_checked_and_normalised():
     p = Problem("w", "overlap", [3, 1], wb.Chunk((0,), (2,)), "silent", "m", "f")
     assert p.ranks == (3, 1) and str(p) == "[silent] overlap: m f"
-    with pytest.raises(ValueError, match="kind 'holes' is unknown"):
+    with pytest.raises(wb.WorkbenchError, match="w: problem kind .holes. is unknown .one of missing_key"):
         Problem("w", "holes", (), None, "silent", "m", "f")
-    with pytest.raises(ValueError, match="severity 'fatal' is unknown"):
+    with pytest.raises(wb.WorkbenchError, match="severity .fatal. is unknown"):
         Problem("w", "overlap", (), None, "fatal", "m", "f")
     assert len(KINDS) == 10
 
@@ -95,7 +95,7 @@ def test_overlap_and_hole_with_equal_volumes_found_geometrically():
     probs = find_problems(wb.plan_load(md, {"t": wb.tensor_layout((8, 3), 2)}))
     assert [(p.kind, p.ranks, str(p.region), p.severity) for p in probs] == [
         ("uncovered", (0, 1), "[6:8, 0:3]", "silent"), ("overlap", (0, 1), "[2:4, 0:3]", "silent")]
-    assert "#0 [0:4, 0:3] and #1 [2:6, 0:3]" in probs[1].message
+    assert "saved chunks #0 [0:4, 0:3], #1 [2:6, 0:3] overlap on [2:4, 0:3]" in probs[1].message
     # a target that never reads rows 2:4 is only warned
     probs = find_problems(wb.plan_load(md, {"t": wb.sharded_layout((8, 3), [[((0, 0), (2, 3))]])}))
     assert [(p.kind, p.severity) for p in probs] == [("overlap", "warning")]
@@ -241,3 +241,44 @@ def test_cheap_path_agrees_with_painting():
         cov = diagnosis._coverage((6, 5), [wb.Chunk(o, s) for o, s in cells])
         assert cov.tiles == bool((paint == 1).all())
         assert sum(h.volume for h in cov.holes) == int((paint == 0).sum())
+
+
+def test_copies_of_one_box_make_one_overlap_clipped_to_the_tensor():
+    # three copies of [0:4] and an edited chunk [2:6] reaching past the (4,) tensor
+    md = _md(t=((4,), [((0,), (4,))] * 3 + [((2,), (4,))]))
+    probs = find_problems(wb.plan_load(md, {"t": wb.tensor_layout((4,), 2)}))
+    assert [(p.kind, str(p.region), p.ranks) for p in probs] == [
+        ("overlap", "[0:4]", (0, 1)), ("overlap", "[2:4]", (0, 1))]
+    assert "saved chunks #0 [0:4], #1 [0:4], #2 [0:4] overlap on [0:4]" in probs[0].message
+    assert "#3 [2:6] overlap on [2:4]" in probs[1].message
+
+
+def test_entry_held_by_no_rank_is_not_requested():
+    md = _md(s=None)
+    lay = {"s": wb.bytes_layout(2, ranks=[]), "t": wb.tensor_layout((2,), 2, ranks=[])}
+    res = wb.plan_load(md, lay)
+    assert res.failures == []  # torch: nobody's state dict has t, nobody raises
+    assert _kinds(find_problems(res)) == [("s", "unexpected_key", "warning")]
+
+
+def test_save_side_out_of_bounds_chunk():
+    # rank 0 saves [0:2], rank 1 claims [2:6] of a (4,) tensor: torch's bounds message, and a
+    # fill error (2 + 4 != 4) although the part inside the tensor tiles it
+    sv = wb.plan_save({"t": wb.sharded_layout((4,), [[((0,), (2,))], [((2,), (4,))]])})
+    assert len(sv.errors) == 2
+    p, q = find_save_problems(sv)
+    assert (q.kind, q.region, q.severity) == ("uncovered", None, "error")
+    assert "key:t invalid fill tensor-volume: 4 chunks-volume: 6" in q.message
+    assert (p.kind, p.severity, p.ranks) == ("shape_mismatch", "error", (1,))
+    assert "saved chunks [[2:6]] reach past the tensor's size [4]" in p.message
+    assert ("key:t has out of bounds chunk: tensor-size:torch.Size([4]) chunk: "
+            "ChunkStorageMetadata(offsets=torch.Size([2]), sizes=torch.Size([4]))") in p.message
+
+
+def test_save_side_zero_size_chunk_inside_another_fails_validation():
+    # torch's predicate: [5:5] strictly inside [0:10] "overlaps"; no data overlaps
+    sv = wb.plan_save({"t": wb.sharded_layout((10,), [[((0,), (10,))], [((5,), (0,))]])})
+    assert len(sv.errors) == 1 and "has overlapping chunks" in sv.errors[0]
+    (p,) = find_save_problems(sv)
+    assert (p.kind, p.region, p.severity) == ("overlap", None, "error")
+    assert sv.errors[0] in p.message and "zero-size chunk strictly inside" in p.message

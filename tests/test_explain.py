@@ -172,3 +172,13 @@ def test_checkpoint_exception_dump_from_torch():
 def test_unknown_text():
     e = explain("RuntimeError: CUDA out of memory")
     assert isinstance(e, Explanation) and e.pattern == "unknown" and e.fqn is None
+
+
+def test_missing_storage_key_as_repr_or_bare_key():
+    import torch
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    idx = MetadataIndex("w", torch.Size([4, 0]), 1)
+    for text in (repr(KeyError(idx)), str(KeyError(idx))):
+        e = explain(text)
+        assert (e.pattern, e.fqn, e.numbers["offset"]) == ("missing_storage", "w", (4, 0)), text

@@ -207,3 +207,35 @@ def test_recipes_match_real_dtensors(recipe, mesh_shape, vocab):
     if (recipe, vocab) == ("fsdp_tp", 13):
         # 13 rows on dp=3, tp=2 with [SS(0,2), S(0)]: the non-contiguous case of dcp-semantics 3
         assert got["embed_tokens.weight"].misdescribed_ranks == (4,)
+
+
+def test_gpt2_preset_matches_a_nanogpt_style_module():
+    import torch
+    import torch.nn as nn
+
+    h, vocab, ctx = 16, 50, 32
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(h)
+            self.attn = nn.Module()
+            self.attn.c_attn = nn.Linear(h, 3 * h)
+            self.attn.c_proj = nn.Linear(h, h)
+            self.ln_2 = nn.LayerNorm(h)
+            self.mlp = nn.Module()
+            self.mlp.c_fc = nn.Linear(h, 4 * h)
+            self.mlp.c_proj = nn.Linear(4 * h, h)
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = nn.ModuleDict(dict(
+                wte=nn.Embedding(vocab, h), wpe=nn.Embedding(ctx, h),
+                h=nn.ModuleList(Block() for _ in range(2)), ln_f=nn.LayerNorm(h)))
+            self.lm_head = nn.Linear(h, vocab, bias=False)
+            self.transformer.wte.weight = self.lm_head.weight  # tied, both keys in state_dict
+
+    with torch.device("meta"):
+        m = GPT()
+    assert list(state_dict_from_module(m).items()) == list(model_state_dict("gpt2", "tiny").items())

@@ -494,3 +494,58 @@ def test_one_rank_cases_reach_every_torch_outcome():
         assert "Invalid checkpoint metadata" in same_outcome(
             lambda: H.create_default_local_load_plan({"w": part}, md),
             lambda: TD.create_default_local_load_plan({"w": torch_value(part)}, to_torch(md)), None)
+
+
+def torch_sharded_tensor(rank, world_size, shards_per_rank, shard_size):
+    """PyTorch's test_planner.create_sharded_tensor: shard idx [idx*size, (idx+1)*size) on rank
+    idx // shards_per_rank."""
+    from torch.distributed._shard.sharded_tensor import (Shard as STShard, ShardedTensor,
+                                                         ShardedTensorMetadata, ShardMetadata)
+    from torch.distributed._shard.sharded_tensor.metadata import TensorProperties as STProps
+
+    mds, local = [], []
+    for idx in range(world_size * shards_per_rank):
+        md = ShardMetadata([idx * shard_size], [shard_size], f"rank:{idx // shards_per_rank}/cpu")
+        mds.append(md)
+        if idx // shards_per_rank == rank:
+            local.append(STShard.from_tensor_and_offsets(torch.zeros(shard_size), md.shard_offsets, rank))
+    st_md = ShardedTensorMetadata(mds, torch.Size([shard_size * len(mds)]),
+                                  STProps.create_from_tensor(torch.zeros(1)))
+    return ShardedTensor._init_from_local_shards_and_global_metadata(local, st_md)
+
+
+def sharded_local(rank, world_size, shards_per_rank, shard_size):
+    from workbench.sharding import sharded_layout
+
+    per = {r: [Chunk((i * shard_size,), (shard_size,)) for i in range(world_size * shards_per_rank)
+               if i // shards_per_rank == r] for r in range(world_size)}
+    return H.LocalTensor(sharded_layout((shard_size * world_size * shards_per_rank,), per,
+                                        "float32", world_size), rank)
+
+
+@pytest.mark.filterwarnings("ignore:Please use DTensor instead:FutureWarning")
+@given(st.integers(1, 5), st.integers(1, 3), st.integers(0, 6), st.integers(1, 5), st.integers(1, 3),
+       st.integers(0, 6), st.data())
+def test_sharded_tensor_plans_match_torch(ws, spr, size, ws2, spr2, size2, data):
+    """ShardedTensor entries (world ws, spr shards per rank) loaded from a checkpoint saved by
+    another ShardedTensor layout: local save, metadata-only and load plans as torch's."""
+    rank = data.draw(st.integers(0, ws - 1))
+    # the checkpoint: every shard of the saved layout (its metadata-only plan)
+    saved = sharded_local(0, ws2, spr2, size2)
+    md = H.create_default_local_metadata({"st": saved, "v": [1, 2]})
+    wkeys = lambda plan: [write_key(i) for i in plan.items]  # noqa: E731
+    with fake_rank(0, ws2):
+        t_saved_md = TD._create_default_local_metadata(
+            {"st": torch_sharded_tensor(0, ws2, spr2, size2), "v": [1, 2]})
+    assert md_key(md) == md_key(t_saved_md)
+    with fake_rank(rank, ws):
+        ours = {"st": sharded_local(rank, ws, spr, size), "v": [1, 2]}
+        theirs = {"st": torch_sharded_tensor(rank, ws, spr, size), "v": [1, 2]}
+        for sd in (ours, theirs):
+            assert wkeys(H.create_default_local_save_plan(sd, rank == 0)) == wkeys(
+                TD.create_default_local_save_plan(theirs, rank == 0))
+            assert wkeys(H.create_default_metadata_only_plan(sd)) == wkeys(
+                TH._create_default_metadata_only_plan(theirs))
+            same_outcome(lambda: H.create_default_local_load_plan(sd, md),
+                         lambda: TD.create_default_local_load_plan(theirs, t_saved_md),
+                         lambda p: [read_key(i) for i in p.items])

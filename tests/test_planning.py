@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from workbench import planner_helpers as ph
@@ -16,7 +16,7 @@ from workbench.geometry import Chunk, uncovered
 from workbench.planner_helpers import LocalTensor
 from workbench.planning import plan_load, plan_save, writer_of_file
 from workbench.records import (BytesStorageMetadata, LoadItemType, Metadata, MetadataIndex,
-                               StorageInfo, TensorProperties, TensorStorageMetadata)
+                               StorageInfo, TensorStorageMetadata)
 from workbench.sharding import (Partial, Replicate, Shard, StridedShard, bytes_layout,
                                 dtensor_layout, sharded_layout, tensor_layout)
 
@@ -90,7 +90,8 @@ def layouts(draw, shape, world, kinds=("dtensor", "dtensor", "dtensor", "tensor"
     if kind == "bytes":
         ranks = draw(st.one_of(st.none(), st.sets(st.integers(0, world - 1), min_size=1)))
         return bytes_layout(world, ranks=ranks)
-    per_rank = [draw(boxes_in(shape)) for _ in range(world)]
+    outside = draw(st.integers(0, 3)) == 0  # now and then malformed: out-of-bounds chunks
+    per_rank = [draw(boxes_in(shape, outside=outside)) for _ in range(world)]
     return sharded_layout(shape, per_rank, dtype, world)
 
 
@@ -101,6 +102,26 @@ def state_dicts(draw, max_world=12, partial=False):
     out = {}
     for i in range(n):
         out[f"m{i}.w"] = draw(layouts(draw(shapes), world, partial=partial))
+    return out
+
+
+@st.composite
+def crowded_state_dicts(draw, max_world=20):
+    """Many shared dedup keys mixed with one-holder keys: ShardedTensor-like entries whose ranks
+    pick up to 3 chunks from a pool of 4 offsets, plus plain tensors and bytes on some ranks."""
+    world = draw(st.integers(2, max_world))
+    out = {}
+    for i in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["sharded", "sharded", "sharded", "tensor", "bytes"]))
+        if kind == "sharded":
+            pool = [Chunk((o,), (s,)) for o, s in zip(draw(st.lists(st.integers(0, 9), min_size=4,
+                                                                   max_size=4, unique=True)),
+                                                      draw(st.lists(st.integers(0, 3), min_size=4,
+                                                                    max_size=4)))]
+            per_rank = [draw(st.lists(st.sampled_from(pool), max_size=3)) for _ in range(world)]
+            out[f"s{i}"] = sharded_layout((12,), per_rank, draw(st.sampled_from(DTYPES)), world)
+        else:
+            out[f"s{i}"] = draw(layouts((3,), world, kinds=(kind,)))
     return out
 
 
@@ -297,6 +318,12 @@ def test_failures_are_recorded_not_raised():
                                          f"BytesStorageMetadata but found {tsm}")]
 
 
+def test_problems_come_from_diagnosis():
+    saved = plan_save({"w": dtensor_layout((4, 4), (2,), "S(0)")}).metadata
+    res = plan_load(saved, {"w": dtensor_layout((4, 4), (2,), "S(1)"), "x": tensor_layout((2,), 2)})
+    assert [(p.fqn, p.kind) for p in res.problems if p.kind == "missing_key"] == [("x", "missing_key")]
+
+
 def test_partial_save_is_a_failure():
     res = plan_save({"w": dtensor_layout((4,), (2,), "P"), "t": tensor_layout((2,), 2)})
     assert res.failures == [("w", (0, 1), ph.PARTIAL_MESSAGE)]
@@ -370,6 +397,15 @@ def test_save_matches_scalar_helpers(sd, lowest):
             md.state_dict_metadata[fqn], BytesStorageMetadata) else md.state_dict_metadata[fqn].chunks[-1].offsets
         )].relative_path.startswith("__")
         assert all(any(write_key(i)[1] == fqn for i in plans[r].items) for r in w)
+
+
+@given(crowded_state_dicts(), st.booleans())
+def test_crowded_dedup_matches_scalar_helpers(sd, lowest):
+    res = plan_save(sd, save_to_lowest_rank=lowest)
+    _, plans, md, errors = helpers_save(sd, lowest)
+    assert [[write_key(i) for i in p.items] for p in res.plans] == \
+        [[write_key(i) for i in p.items] for p in plans]
+    assert metadata_key(res.metadata) == metadata_key(md) and res.errors == errors
 
 
 @given(save_and_load())

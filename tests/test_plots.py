@@ -288,3 +288,45 @@ def test_4096_chunks_draw_as_a_few_collections():
     ax = plot_layout(layout)
     assert drawn_paths(ax) == 4096 and len(ax.collections) == 1 and len(ax.texts) == 0
     ax.figure.canvas.draw()
+
+
+def test_zero_size_tensors_and_bytes_entries():
+    pic = layout_data(wb.dtensor_layout((0, 4), (2,), "S(1)"))
+    assert pic.tiles == () and pic.notes == ("empty shards: r0 [0:0, 0:2], r1 [0:0, 2:4]",)
+    ax = plot_layout(wb.dtensor_layout((0, 4), (2,), "S(1)"))
+    assert ax.get_ylim() == (1, 0) and drawn_paths(ax) == 0
+    with pytest.raises(LayoutError, match="^<input>: is a bytes entry"):
+        layout_data(wb.bytes_layout(2))
+
+
+def test_reshard_that_torch_refuses_draws_no_holes():
+    # saved (4,4) but wanted (4,6): torch raises Size mismatch, so nothing is read and no region
+    # is "stale": the picture notes the error instead of hatching the whole chunk
+    save = plan_save({"w": wb.tensor_layout((4, 4), 1)})
+    load = plan_load(save.metadata, {"w": wb.tensor_layout((4, 6), 1)})
+    pic = reshard_data(save, load, "w")
+    assert pic.of_kind("uncovered") == [] and pic.of_kind("read") == []
+    assert rects(pic.of_kind("target")) == [(0, 0, 6, 4)] and pic.width == 6
+    assert pic.notes[-1].startswith("torch raises: Size mismatch between saved torch.Size([4, 4])")
+
+
+def test_zoom_keeps_the_ranks_neighbourhood_only():
+    save, load = _reshard()
+    # rank 1 wants rows 4:8, cols 0:3 -> window grown by half: cols 0:4 (clipped at 0), rows 2:8
+    pic = reshard_data(save, load, "w", rank=1, zoom=True)
+    assert pic.window == (0, 2, 4, 8)
+    assert [t.label for t in pic.of_kind("saved")] == ["#1 r1", "#2 r2", "#3 r3"]
+    assert rects(pic.of_kind("read")) == [(0, 4, 3, 2), (0, 6, 3, 2)]
+    # tiles are clipped to the window (their visible part): labels sit where they are seen
+    assert rects(pic.of_kind("saved")) == [(0, 2, 4, 2), (0, 4, 4, 2), (0, 6, 4, 2)]
+    assert sorted(rects(pic.of_kind("wanted"))) == [(0, 2, 3, 2), (3, 2, 1, 2), (3, 4, 1, 4)]
+    ax = plot_reshard(save, load, "w", rank=1, zoom=True, ax=Figure().add_subplot())
+    assert ax.get_xlim() == (0, 4) and ax.get_ylim() == (8, 2)
+    # 4096 saved chunks and 4096 destination chunks: the zoomed picture keeps ~1/32 of them
+    big_save = plan_save({"w": wb.dtensor_layout((4096, 4096), (4096,), "S(0)")})
+    big_load = plan_load(big_save.metadata,
+                         {"w": wb.dtensor_layout((4096, 4096), (64, 64), "S(0), S(1)")})
+    pic = reshard_data(big_save, big_load, "w", rank=65, zoom=True)
+    assert pic.window == (32, 32, 160, 160)
+    assert len(pic.of_kind("saved")) == 128 and len(pic.of_kind("read")) == 64
+    assert len(pic.of_kind("wanted")) == 3 * 3 - 1  # the 64-wide cells meeting [32:160)^2

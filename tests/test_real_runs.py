@@ -23,11 +23,13 @@ SAVE4 = {"w": dtensor_layout((8, 6), (2, 2), "S(0), S(1)"),
          "v": dtensor_layout((10,), (4,), "S(0)"),                       # 3, 3, 3, 1 rows
          "st": sharded_layout((4, 3), [[((0, 0), (1, 3))], [((1, 0), (3, 3))], [], []]),
          "t": tensor_layout((3,), 4, "int32"),
+         "sh": sharded_layout((6,), [[((0,), (2,))], [((2,), (4,))], [], []]),
          "step": bytes_layout(4)}
 LOAD4 = {"w": dtensor_layout((8, 6), (4,), "S(1)"),                      # 2 columns each
-         "v": dtensor_layout((10,), (2, 2), "SS(0,2), S(0)", "float64"),  # FSDP2+TP, contiguous here
+         "v": dtensor_layout((10,), (2, 2), "SS(0,2), S(0)", "float64"),  # FSDP2+TP; contiguous
          "st": dtensor_layout((4, 3), (2, 2), "R, S(0)"),
          "t": tensor_layout((3,), 4, "int32"),
+         "sh": sharded_layout((6,), [[], [((0,), (1,)), ((4,), (2,))], [((1,), (3,))], []]),
          "step": bytes_layout(4)}
 
 
@@ -37,16 +39,20 @@ def scenarios(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def loaded(scenarios):
-    return load_scenarios(scenarios)
+def four(tmp_path_factory, scenarios):
+    """One 4-process launch: a save, a load with new layouts, and the 4-rank scenario loads."""
+    path = tmp_path_factory.mktemp("four") / "ck"
+    at4 = [sc for sc in scenarios.values() if sc.load_world_size == 4]
+    save, load, *rest = run_steps([SaveStep(str(path), SAVE4), LoadStep(str(path), LOAD4)]
+                                  + [LoadStep(sc.path, sc.load_layouts) for sc in at4], 4)
+    return path, save, load, {sc.kind: run for sc, run in zip(at4, rest)}
 
 
 @pytest.fixture(scope="module")
-def four(tmp_path_factory):
-    """A 4-process save then a load with new layouts, in one launch."""
-    path = tmp_path_factory.mktemp("four") / "ck"
-    save, load = run_steps([SaveStep(str(path), SAVE4), LoadStep(str(path), LOAD4)], 4)
-    return path, save, load
+def loaded(scenarios, four):
+    """Every scenario loaded: the 2-rank ones in one launch, the 4-rank ones from `four`."""
+    return {**load_scenarios({k: sc for k, sc in scenarios.items() if sc.load_world_size == 2}),
+            **four[3]}
 
 
 def _global(shape, dtype="float32"):
@@ -71,13 +77,13 @@ def test_two_process_reshard_loads_every_element(loaded):
 
 
 def test_four_process_save_and_reshard(four):
-    path, save, load = four
+    path, save, load, _ = four
     assert save.ok, save.errors
     assert load.ok, (load.errors, load.mismatches())
     g = _global((8, 6))
     for r in range(4):
         vals = load.ranks[r].values
-        np.testing.assert_array_equal(vals["w"], g[:, [2 * r, 2 * r + 1]])
+        np.testing.assert_array_equal(vals["w"], g[:, 2 * r:2 * r + 2])  # rank 3: [6:6], empty
         np.testing.assert_array_equal(vals["t"], [0, 1, 2])
         assert vals["step"] == "step"
     # [SS(0,2), S(0)] on 2x2, 10 rows: pieces [0:5], [5:10] split 3+2 over dim 0 -> rows
@@ -86,11 +92,15 @@ def test_four_process_save_and_reshard(four):
     assert {r: (load.ranks[r].values["v"] - 0.25).astype(int).tolist() for r in range(4)} == rows
     # R, S(0) on 2x2 for the ShardedTensor saved as rows [0:1] + [1:4]
     np.testing.assert_array_equal(load.ranks[1].values["st"], _global((4, 3))[2:4])
+    # ShardedTensor to ShardedTensor: rank 1 holds [0:1] and [4:6], rank 2 [1:4]
+    assert [a.tolist() for a in load.ranks[1].values["sh"]] == [[0.25], [4.25, 5.25]]
+    assert [a.tolist() for a in load.ranks[2].values["sh"]] == [[1.25, 2.25, 3.25]]
+    assert "sh" not in load.ranks[0].values
 
 
 def test_real_metadata_matches_plan_save(four, scenarios):
     """The planner's metadata and writers equal what real saves wrote."""
-    path, _, _ = four
+    path, _, _, _ = four
     real = open_checkpoint(path)
     planned = plan_save(SAVE4)
     assert {k: v for k, v in real.metadata.state_dict_metadata.items()} == \
@@ -113,19 +123,19 @@ def test_hole_leaves_stale_values(loaded):
 def test_hole_is_predicted_by_plan_load(scenarios):
     sc = scenarios["hole"]
     res = plan_load(load_metadata(sc.path), sc.load_layouts)
-    assert len(res.plans[1].items) == 0 or all(i.dest_index.fqn != "w" for i in res.plans[1].items)
-    assert any(i.dest_index.fqn == "w" for i in res.plans[0].items)
+    reads_w = [[i for i in res.plans[r].items if i.dest_index.fqn == "w"] for r in range(2)]
+    assert [len(x) for x in reads_w] == [1, 0]  # rank 1 reads nothing for w: stale, as observed
 
 
 def test_strided_destination_gets_wrong_values(loaded):
     run = loaded["strided"]
     assert not run.errors
-    g = _global((8, 3))
+    g = _global((8, 6))
     # SS(0,2) on 2 ranks: rank 0 holds rows 0,1,4,5 but DCP fills its box [0:4]
     np.testing.assert_array_equal(run.ranks[0].expected["w"], g[[0, 1, 4, 5]])
     np.testing.assert_array_equal(run.ranks[0].values["w"], g[0:4])
     np.testing.assert_array_equal(run.ranks[1].values["w"], g[2:6])
-    assert run.mismatches() == [(0, "w", 6, 0), (1, "w", 6, 0)]
+    assert run.mismatches() == [(0, "w", 12, 0), (1, "w", 12, 0)]  # 2 of 4 rows wrong each
 
 
 def test_dtype_change_is_silently_cast(loaded):
@@ -177,7 +187,7 @@ def test_scenarios_are_planned_the_same_way(scenarios):
 
 # ----------------------------------------------------------------------------- open_checkpoint
 def test_open_checkpoint_locates_every_chunk(four):
-    path, _, _ = four
+    path, _, _, _ = four
     ck = open_checkpoint(path)
     assert ck.problems() == [] and ck.missing_files == []
     assert set(ck.file_sizes) == {f"__{r}_0.distcp" for r in range(4)}
@@ -196,7 +206,7 @@ def test_open_checkpoint_locates_every_chunk(four):
 
 
 def test_open_checkpoint_reports_missing_and_short_files(four, tmp_path):
-    path, _, _ = four
+    path, _, _, _ = four
     d = tmp_path / "ck"
     shutil.copytree(path, d)
     (d / "__2_0.distcp").unlink()

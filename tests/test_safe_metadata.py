@@ -3,7 +3,6 @@ files give a MetadataError naming the path, and real checkpoints (written by rea
 exactly as torch's ``FileSystemReader.read_metadata`` reads them."""
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import shutil
@@ -242,7 +241,7 @@ def test_corrupt_records_are_metadata_errors(tmp_path, local_checkpoint):
     import torch.distributed.checkpoint as dcp
 
     md = dcp.FileSystemReader(str(local_checkpoint)).read_metadata()
-    md.state_dict_metadata["w"].chunks[0].sizes = torch.Size([3, 4, 5])  # rank of 3 for a 2-d tensor
+    md.state_dict_metadata["w"].chunks[0].sizes = torch.Size([3, 4, 5])  # 3 dims for a 2-d tensor
     with pytest.raises(MetadataError, match=r"w: chunk #0 offsets \[0, 0\] sizes \[3, 4, 5\]"):
         load_metadata(_write(tmp_path, pickle.dumps(md)))
     md = dcp.FileSystemReader(str(local_checkpoint)).read_metadata()
@@ -312,3 +311,33 @@ def test_reading_needs_no_torch(real_checkpoints):
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert "['model.b', 'model.e', 'model.w', 'opt.step', 'scalar', 'st'] (5, 3)" in out.stdout
+
+
+def test_shared_and_cyclic_plain_data_stay_small(tmp_path, local_checkpoint):
+    """A memoised list referenced many times is rebuilt once (no blow-up); cycles survive."""
+    import torch.distributed.checkpoint as dcp
+
+    md = dcp.FileSystemReader(str(local_checkpoint)).read_metadata()
+    big = list(range(10_000))
+    cyc = []
+    cyc.append(cyc)
+    md.planner_data = {f"k{i}": big for i in range(10_000)}
+    md.planner_data["cycle"] = cyc
+    ours = load_metadata(_write(tmp_path, pickle.dumps(md)))
+    assert ours.planner_data["k0"] is ours.planner_data["k9999"]
+    assert ours.planner_data["k5"] == big
+    assert ours.planner_data["cycle"][0] is ours.planner_data["cycle"]
+
+
+def test_deep_nesting_is_a_clear_error(local_checkpoint):
+    import torch.distributed.checkpoint as dcp
+
+    md = dcp.FileSystemReader(str(local_checkpoint)).read_metadata()
+    md.planner_data = "SENTINEL"
+    data = pickle.dumps(md, protocol=2)  # no frames: the payload can be spliced in
+    string = b"X\x08\x00\x00\x00SENTINEL"
+    assert data.count(string) == 1
+    # None wrapped in 100,000 one-tuples (TUPLE1): cheap to unpickle, too deep to convert
+    data = data.replace(string, b"N" + b"\x85" * 100_000)
+    with pytest.raises(MetadataError, match="the metadata is corrupt"):
+        read_metadata_bytes(data)

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -84,7 +84,13 @@ def torch_held(shape, mesh, pl):
         dm = DeviceMesh("cpu", torch.arange(n).reshape(mesh))
         x = torch.arange(math.prod(shape)).reshape(shape)
         # src_data_rank=None: local splits, no scatter (the scatter path rejects uneven strides)
-        dt = distribute_tensor(x, dm, [placement_to_torch(p) for p in pl], src_data_rank=None)
+        try:
+            dt = distribute_tensor(x, dm, [placement_to_torch(p) for p in pl], src_data_rank=None)
+        except RuntimeError as e:
+            # torch 2.13 cannot place some strided layouts with an empty rank on another dim
+            # ("Sizes of tensors must match" in _StridedShard._split_tensor): no oracle there
+            assert "Sizes of tensors must match" in str(e)
+            return None
         local = dt.to_local()
         # a one-rank mesh gives a plain tensor
         per_rank = getattr(local, "_local_tensors", None) or {0: local}
@@ -108,7 +114,11 @@ def torch_held(shape, mesh, pl):
 def test_held_indices_match_the_data_torch_places(fake_group, case):
     shape, mesh, pl = case
     real = torch_held(shape, mesh, pl)
+    assume(real is not None)
     L = dtensor_layout(shape, mesh, pl)
+    # misdescribed_ranks is only computed for strided layouts (see the xfail below)
+    aliased = len({p.dim % len(shape) for p in pl if hasattr(p, "dim")}) < len(
+        {p.dim for p in pl if hasattr(p, "dim")})
     for r, coord in enumerate(itertools.product(*map(range, mesh))):
         ours = held_indices(shape, mesh, coord, pl)
         local, offset = local_shape_and_offset(shape, mesh, coord, pl)
@@ -119,7 +129,8 @@ def test_held_indices_match_the_data_torch_places(fake_group, case):
             box_ok = all(real[r][d] == list(range(offset[d], offset[d] + local[d]))
                          for d in range(len(shape)))
             assert box_matches_data(shape, mesh, coord, pl) == box_ok
-            assert (r in L.misdescribed_ranks) == (not box_ok)
+            if not aliased:
+                assert (r in L.misdescribed_ranks) == (not box_ok)
         for d, idx in ours.items():
             assert len(idx) == local[d]
 
@@ -170,3 +181,15 @@ def test_strided_shard_negative_dim_below_minus_one():
         torch_local((4, 3), (2,), (0,), [StridedShard(-2, 2)])
     with pytest.raises(PlacementError):
         local_shape_and_offset((4, 3), (2,), (0,), [StridedShard(-2, 2)])
+
+
+@pytest.mark.xfail(strict=True, reason="Layout.misdescribed_ranks only checks strided layouts; "
+                   "reported to the lead (sharding.py is not H1's file)")
+def test_negative_dim_alias_misdescribes_the_box(fake_group):
+    # [S(0), S(-2)] on (2, 1) over mesh (2, 1): torch keys its held map by the raw dim, so the
+    # S(-2) step overwrites offset[0] with 0: rank 1 holds row 1 but DCP records [0:1, 0:1]
+    shape, mesh, pl = (2, 1), (2, 1), [Shard(0), Shard(-2)]
+    assert torch_local(shape, mesh, (1, 0), pl) == ((1, 1), (0, 0))
+    assert torch_held(shape, mesh, pl)[1] == {0: [1], 1: [0]}
+    assert not box_matches_data(shape, mesh, (1, 0), pl)
+    assert dtensor_layout(shape, mesh, pl).misdescribed_ranks == (1,)

@@ -18,9 +18,9 @@ from workbench.geometry import Chunk
 from workbench.planning import plan_load, plan_save
 from workbench.records import (BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo,
                                TensorProperties, TensorStorageMetadata)
-from workbench.tables import (checkpoint_chunks_table, file_io_table, io_table,
-                              layout_chunks_table, problems_table, read_items_table,
-                              style_by_rank, write_items_table)
+from workbench.tables import (checkpoint_chunks_table, chunk_holders, chunk_storage,
+                              file_io_table, io_table, layout_chunks_table, problems_table,
+                              read_items_table, style_by_rank, write_items_table)
 
 
 def frame(schema: dict, rows: list[tuple]) -> pd.DataFrame:
@@ -362,3 +362,22 @@ def test_style_by_rank_colours_rank_columns_like_the_pictures():
     for r in (0, 1, 3):
         assert f"background-color: {rank_color(r)}" in html
     assert html.count("background-color") == 3  # not the <NA> writer, not numel
+
+
+def test_checkpoint_table_accepts_an_opened_checkpoint():
+    from workbench.checkpoint import Checkpoint
+
+    ckpt = Checkpoint("/nowhere", _metadata(), (), {"__0_0.distcp": 1200, "__1_0.distcp": 1680})
+    pd.testing.assert_frame_equal(checkpoint_chunks_table(ckpt),
+                                  checkpoint_chunks_table(_metadata()))
+
+
+def test_chunk_holders_and_chunk_storage():
+    layout = wb.dtensor_layout((8, 4), (2, 2), "R, S(1)")
+    assert chunk_holders(layout) == {Chunk((0, 0), (8, 2)): (0, 2), Chunk((0, 2), (8, 2)): (1, 3)}
+    md = _metadata()
+    infos = chunk_storage(md.storage_data, "w", md.state_dict_metadata["w"])
+    assert [i.relative_path for i in infos] == ["__0_0.distcp", "__1_0.distcp"]
+    assert chunk_storage(md.storage_data, "step", BytesStorageMetadata()) == [
+        StorageInfo("__1_0.distcp", 1200, 480)]
+    assert chunk_storage({}, "w", md.state_dict_metadata["w"]) == [None, None]

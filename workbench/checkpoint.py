@@ -9,7 +9,6 @@ reader fails on it mid-load).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from .geometry import Chunk
 from .planning import writer_of_file
@@ -84,7 +83,8 @@ class Checkpoint:
         out = [f"{f}: data file is missing from {self.path} (an existing file named by .metadata). "
                "Copy every __<rank>_<n>.distcp of the checkpoint." for f in self.missing_files]
         out += [f"{c.fqn}: chunk #{c.position} {c.chunk} has no storage entry (every chunk listed "
-                "in storage_data). torch's reader raises KeyError on it." for c in self.unlisted_chunks]
+                "in storage_data). torch's reader raises KeyError on it."
+                for c in self.unlisted_chunks]
         out += [f"{c.fqn}: chunk #{c.position} reads bytes {c.storage.offset}:"
                 f"{c.storage.offset + c.storage.length} of {c.file} ({c.file_size} bytes on disk) "
                 "(a range inside the file). Re-copy the file." for c in self.truncated_chunks]

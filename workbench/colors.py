@@ -5,8 +5,9 @@ session (or of two sessions) agree without sharing state. The first 18 ranks get
 ``tab20`` colours without its two greys (the dark ``tab10`` hues first, then their light partners,
 so neighbouring ranks differ in hue); every further block of 18 ranks reuses the hues with a
 lightness step, a small hue turn and (past six blocks) a saturation step: ranks 0..4095 get 4096
-different colours, and neighbouring ranks always differ in hue. Grey is kept for "writer unknown". `format_ranks` is the one compact spelling of a rank set
-(``r0-3,8``) shared by tables and pictures. Pure standard library (``colorsys``): no matplotlib.
+different colours, and neighbouring ranks always differ in hue. Grey is kept for "writer
+unknown". `format_ranks` is the one compact spelling of a rank set (``r0-3,8``) shared by tables
+and pictures. Pure standard library (``colorsys``): no matplotlib.
 """
 from __future__ import annotations
 

@@ -14,14 +14,15 @@ import difflib
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from .errors import WorkbenchError
 from .geometry import Chunk, intersect, uncovered
 from .planner_helpers import PARTIAL_MESSAGE
-from .planning import _TSM_CLASS
+from .planning import _TSM_CLASS, _torch_size
 from .records import BytesStorageMetadata, TensorStorageMetadata
 
 __all__ = ["Problem", "KINDS", "SEVERITIES", "find_problems", "find_save_problems", "explain",
@@ -31,7 +32,6 @@ KINDS = ("missing_key", "unexpected_key", "shape_mismatch", "dtype_mismatch", "u
          "overlap", "strided_misdescribed", "dedup_loss", "per_rank_bytes", "partial")
 SEVERITIES = ("error", "silent", "warning")
 _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +54,11 @@ class Problem:
 
     def __post_init__(self):
         if self.kind not in _KIND_ORDER:
-            raise ValueError(f"{self.fqn}: problem kind {self.kind!r} is unknown (one of {KINDS})")
+            raise WorkbenchError(self.fqn, f"problem kind {self.kind!r} is unknown",
+                                 "one of " + ", ".join(KINDS), kind=self.kind)
         if self.severity not in SEVERITIES:
-            raise ValueError(f"{self.fqn}: severity {self.severity!r} is unknown (one of {SEVERITIES})")
+            raise WorkbenchError(self.fqn, f"severity {self.severity!r} is unknown",
+                                 "one of " + ", ".join(SEVERITIES), severity=self.severity)
         if type(self.ranks) is not tuple:
             object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
 
@@ -65,10 +67,6 @@ class Problem:
 
 
 # ----------------------------------------------------------------------------- formatting
-def _torch_size(shape) -> str:
-    return f"torch.Size({list(shape)})"
-
-
 def _ranks_text(ranks: Iterable[int], limit: int = 8) -> str:
     """``rank 3`` / ``ranks 0, 1, 2`` / ``ranks 0-1023`` / ``ranks 0, 1, ... (12 ranks)``."""
     rs = sorted(set(ranks))
@@ -102,11 +100,12 @@ def _entry_ranks(layout) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class _Coverage:
     """How a tensor's saved chunks relate to the tensor: ``tiles`` (disjoint, inside, complete),
-    the global ``holes`` and the overlapping pairs ``(i, j, region)`` (indices in saved order)."""
+    the global ``holes`` and the ``overlaps`` as ``(region, indices of the saved chunks that
+    overlap there)``."""
 
     tiles: bool
     holes: tuple[Chunk, ...] = ()
-    overlaps: tuple[tuple[int, int, Chunk], ...] = ()
+    overlaps: tuple[tuple[Chunk, tuple[int, ...]], ...] = ()
 
 
 def _coverage(size: tuple[int, ...], chunks: list[Chunk]) -> _Coverage:
@@ -142,14 +141,21 @@ def _coverage(size: tuple[int, ...], chunks: list[Chunk]) -> _Coverage:
             return _Coverage(True)
     full = Chunk((0,) * len(size), size)
     holes = tuple(uncovered(full, [chunks[i] for i in idx]))
-    lo = np.maximum(off[:, None, :], off[None, :, :])
-    hi = np.minimum(end[:, None, :], end[None, :, :])
+    # Clipped to the tensor (an edited chunk may reach past it), the chunks' volumes add up to
+    # the covered volume exactly when no two overlap: only then is the pairwise search skipped.
+    clipped = np.clip(np.minimum(end, shape) - np.maximum(off, 0), 0, None)
+    if int(np.prod(clipped, axis=1).sum()) == numel - sum(h.volume for h in holes):
+        return _Coverage(not holes and inside, holes)
+    # Pairs sharing one region (many copies of one box) become one finding.
+    lo = np.maximum(np.maximum(off[:, None, :], off[None, :, :]), 0)
+    hi = np.minimum(np.minimum(end[:, None, :], end[None, :, :]), shape)
     hit = (hi > lo).all(axis=2)
-    pairs = []
+    regions: dict[Chunk, set[int]] = {}
     for a, b in zip(*np.nonzero(np.triu(hit, k=1))):
         region = Chunk(tuple(int(x) for x in lo[a, b]), tuple(int(x) for x in hi[a, b] - lo[a, b]))
-        pairs.append((int(idx[a]), int(idx[b]), region))
-    return _Coverage(not holes and not pairs and inside, holes, tuple(pairs))
+        regions.setdefault(region, set()).update((int(idx[a]), int(idx[b])))
+    overlaps = tuple((region, tuple(sorted(ix))) for region, ix in regions.items())
+    return _Coverage(not holes and not overlaps and inside, holes, overlaps)
 
 
 def _requests(layout) -> dict[Chunk, list[int]]:
@@ -169,17 +175,21 @@ def _hole_problems(fqn, layout, saved: list[Chunk], cov: _Coverage, severity: st
     numel = math.prod(layout.shape) if layout is not None else None
     fix = ("Save the missing region (every element must belong to a saved chunk), or load with a "
            "layout that does not request it.")
-    said = f" torch: {torch_text}" if torch_text else ""
+    said = f" torch raises: {torch_text}" if torch_text else ""
     if layout is None:
         return [Problem(fqn, "uncovered", (), h, severity,
                         f"{fqn}: no saved chunk covers {h} ({h.volume} elements; {total} uncovered in "
                         f"all) (saved chunks {_list_text(saved, 6)} must tile the tensor).{said}", fix)
                 for h in cov.holes]
     by_region: dict[Chunk, list[int]] = defaultdict(list)
+    off = np.array([c.offsets for c in saved], dtype=np.int64).reshape(len(saved), layout.ndim)
+    end = off + np.array([c.sizes for c in saved], dtype=np.int64).reshape(off.shape)
     for want, ranks in _requests(layout).items():
         if want.is_empty or not any(_hits(want, h) for h in cov.holes):
             continue
-        for region in uncovered(want, saved):
+        # only the saved chunks that meet the request matter to its exact holes
+        near = ((off < np.array(want.ends)) & (end > np.array(want.offsets))).all(axis=1)
+        for region in uncovered(want, [saved[i] for i in np.flatnonzero(near)]):
             by_region[region].extend(ranks)
     out = []
     for region, ranks in by_region.items():
@@ -200,7 +210,7 @@ def _hits(a: Chunk, b: Chunk) -> bool:
 def _overlap_problems(fqn, layout, saved, cov: _Coverage, severity: str | None) -> list[Problem]:
     out = []
     reqs = _requests(layout) if layout is not None else {}
-    for i, j, region in cov.overlaps:
+    for region, ix in cov.overlaps:
         readers = sorted(r for want, ranks in reqs.items() if _hits(want, region) for r in ranks)
         sev = severity or ("silent" if readers else "warning")
         who = (f"readers ({_ranks_text(readers)}) get whichever chunk torch applies last "
@@ -209,8 +219,9 @@ def _overlap_problems(fqn, layout, saved, cov: _Coverage, severity: str | None) 
                "a load gets whichever is applied last")
         out.append(Problem(
             fqn, "overlap", tuple(readers), region, sev,
-            f"{fqn}: saved chunks #{i} {saved[i]} and #{j} {saved[j]} overlap on {region} "
-            f"({region.volume} elements) (every element saved once); {who}.",
+            f"{fqn}: saved chunks " + ", ".join(f"#{i} {saved[i]}" for i in ix[:4])
+            + (f" and {len(ix) - 4} more" if len(ix) > 4 else "")
+            + f" overlap on {region} ({region.volume} elements) (every element saved once); {who}.",
             "Rewrite the checkpoint so every element is saved by exactly one chunk (torch's save "
             "validation rejects overlaps; they come from custom planners, edited metadata or "
             "per-rank shards of different sizes at one offset)."))
@@ -234,7 +245,8 @@ def _misdescribed_problems(fqn, layout, severity: str, side: str, torch_text: st
                 parts.append(
                     f"dim {d}: it holds indices {_list_text(should)} but its box {box} names "
                     f"{_list_text(gets)}, so local positions {_list_text(wrong)} get indices "
-                    f"{_list_text(gets[k] for k in wrong)} instead of {_list_text(should[k] for k in wrong)}")
+                    f"{_list_text(gets[k] for k in wrong)} instead of "
+                    f"{_list_text(should[k] for k in wrong)}")
         if side == "load":
             what = "loading into it reads the box's indices, not the held ones, without an error"
         elif severity == "error":
@@ -327,6 +339,8 @@ def find_problems(load_result) -> list[Problem]:
     layouts: Mapping[str, Any] = load_result.layouts
     items = md.state_dict_metadata
     failures = _failures(load_result)
+    # an entry no rank's state dict holds is not requested at all (torch never sees it)
+    layouts = {f: lay for f, lay in layouts.items() if _entry_ranks(lay)}
     families = _rank_families([k for k, v in items.items() if isinstance(v, BytesStorageMetadata)],
                               list(layouts))
     out, handled = _per_rank_problems(families, items, layouts, failures,
@@ -335,8 +349,8 @@ def find_problems(load_result) -> list[Problem]:
         if fqn in handled:
             continue
         saved = items.get(fqn)
-        ranks = _entry_ranks(layout)
-        text = failures.get(fqn, (None, None))[1]
+        # where torch raises, the ranks it raises on; otherwise every rank holding the key
+        ranks, text = failures.get(fqn, (_entry_ranks(layout), None))
         # torch's order of checks: missing key, size (tensor metadata only), then the chunk list
         # (a non-tensor value or a Partial DTensor raise there).
         if saved is None:
@@ -397,7 +411,7 @@ def _tensor_problems(fqn, layout, saved: TensorStorageMetadata, ranks, text) -> 
         return [Problem(
             fqn, "shape_mismatch", ranks, None, "error",
             f"{fqn}: the checkpoint saved a tensor of {_torch_size(saved.size)} but the target holds "
-            f"a non-tensor value (a Tensor, DTensor or ShardedTensor); torch raises: "
+            f"a non-tensor value (not a Tensor, DTensor or ShardedTensor); torch raises: "
             + (text or f"Invalid checkpoint metadata for {fqn}, expected BytesStorageMetadata but "
                        f"found {_TSM_CLASS}"),
             "Pass a tensor of the saved size (a value that _init_state_dict turned into None is a "
@@ -492,18 +506,55 @@ def find_save_problems(save_result) -> list[Problem]:
                 "sharded over the ranks."))
         saved = items.get(fqn)
         if isinstance(saved, TensorStorageMetadata) and saved.size:
-            cov = _coverage(tuple(saved.size), saved.chunks)
-            if not cov.tiles:
-                fill = [e for e in errs if "invalid fill" in e]
-                over = [e for e in errs if "overlapping" in e]
-                live = [c for c in saved.chunks if not c.is_empty]
-                out.extend(_hole_problems(fqn, None, live, cov, "error" if fill else "silent",
-                                          "; ".join(fill)))
-                out.extend(_overlap_problems(fqn, None, saved.chunks, cov,
-                                             "error" if over else "silent"))
+            out.extend(_saved_chunk_problems(fqn, saved, errs, writers.get(fqn, [])))
     order = {f: i for i, f in enumerate(layouts)}
     out.sort(key=lambda p: _sort_key(p, order))
     return out
+
+
+def _saved_chunk_problems(fqn, saved: TensorStorageMetadata, errs: list[str], writers: list[int]
+                          ) -> list[Problem]:
+    """Holes, overlaps and out-of-bounds chunks of a planned checkpoint; ``error`` where torch's
+    validation (``errs``, its strings for this key) raises. Every validation string is quoted by
+    some problem, also when the geometry finds nothing of its kind (torch's overlap predicate
+    counts a zero-size chunk inside another; the fill check counts chunks past the end)."""
+    by_kind = {k: [e for e in errs if k in e]
+               for k in ("out of bounds chunk", "invalid fill", "overlapping chunks")}
+    out = []
+    said = "Failed to validate global plan: "
+    if by_kind["out of bounds chunk"]:
+        outside = [i for i, c in enumerate(saved.chunks) if not c.within(saved.size)]
+        out.append(Problem(
+            fqn, "shape_mismatch", tuple(sorted({writers[i] for i in outside if i < len(writers)})),
+            None, "error",
+            f"{fqn}: saved chunks {_list_text([str(saved.chunks[i]) for i in outside], 4)} reach past "
+            f"the tensor's size {list(saved.size)} (every chunk inside the tensor); torch raises: "
+            + said + "; ".join(by_kind["out of bounds chunk"]),
+            "Check the local shapes against the global one (a ShardedTensor's shard metadata, a "
+            "DTensor built with from_local and a wrong shape)."))
+    cov = _coverage(tuple(saved.size), saved.chunks)
+    fill, over = by_kind["invalid fill"], by_kind["overlapping chunks"]
+    live = [c for c in saved.chunks if not c.is_empty]
+    holes = _hole_problems(fqn, None, live, cov, "error" if fill else "silent",
+                           said + "; ".join(fill) if fill else "")
+    overlaps = _overlap_problems(fqn, None, saved.chunks, cov, "error" if over else "silent")
+    if fill and not holes:
+        holes = [Problem(fqn, "uncovered", (), None, "error",
+                         f"{fqn}: the saved chunks' volumes do not add up to the tensor's "
+                         f"{math.prod(saved.size)} elements although they leave no hole (chunks past "
+                         f"the end or overlapping count twice); torch raises: {said}{'; '.join(fill)}",
+                         "Make every element belong to exactly one chunk inside the tensor.")]
+    if over and not overlaps:
+        overlaps = [Problem(fqn, "overlap", (), None, "error",
+                            f"{fqn}: torch's overlap predicate counts a zero-size chunk strictly "
+                            "inside another as overlapping (no data overlaps); torch raises: "
+                            f"{said}{'; '.join(over)}",
+                            "Drop the zero-size chunk or move it to the end of the dim (DTensor "
+                            "puts empty shards at offset = dim size).")]
+    elif over:
+        overlaps = [replace(p, message=f"{p.message} torch raises: {said}{'; '.join(over)}")
+                    for p in overlaps]
+    return out + holes + overlaps
 
 
 # ----------------------------------------------------------------------------- explain
@@ -547,7 +598,8 @@ _PATTERNS = [
                                     r"BytesStorageMetadata but found (?P<found>.+)")),
     ("unsupported_type", re.compile(r"Unsupported Type, expecting one of \[Tensor, DTensor, "
                                     r"ShardedTensor\] ?,but got (?P<type>.+)")),
-    ("missing_storage", re.compile(r"KeyError:? *\(?" + _MDI)),
+    # KeyError(MetadataIndex(...)) as printed in a traceback, as repr, or the bare key (str(e))
+    ("missing_storage", re.compile(r"(?:KeyError:? *\(?)?" + _MDI)),
 ]
 
 
@@ -608,7 +660,8 @@ def _x_validate(m, text, md, target):
         lay = target.get(fqn)
         if lay is not None and lay.misdescribed_ranks:
             checks.append(f"{fqn}: the save layout [{', '.join(map(str, lay.placements))}] on mesh "
-                          f"{lay.mesh_shape} is a _StridedShard whose ranks {_list_text(lay.misdescribed_ranks)}"
+                          f"{lay.mesh_shape} is a _StridedShard whose ranks "
+                          f"{_list_text(lay.misdescribed_ranks)}"
                           " hold rows their DCP boxes do not describe; the boxes cannot tile the tensor.")
     whats = {w for _, w in found}
     if "overlapping chunks" in whats:
@@ -679,7 +732,8 @@ def _x_size(m, text, md, target):
                           "local shard (FSDP1 flat parameter or to_local().flatten()) was passed instead "
                           "of the full / DTensor value.")
         else:
-            dims = [d for d, (a, b) in enumerate(zip(saved, current)) if a != b] if len(saved) == len(current) else []
+            dims = ([d for d, (a, b) in enumerate(zip(saved, current)) if a != b]
+                    if len(saved) == len(current) else [])
             checks.append(f"The current size is the saved size divided by {k}{which}"
                           + (f" on dim {dims[0]}" if len(dims) == 1 else "")
                           + ": a local shard (dtensor.to_local() or a per-rank slice) was passed where "
@@ -734,7 +788,8 @@ def _x_read_size(m, text, md, target):
         checks.insert(0, f"The target layout [{', '.join(map(str, lay.placements))}] is a _StridedShard "
                       f"whose ranks {_list_text(lay.misdescribed_ranks)} are misdescribed.")
     return Explanation("read_size_mismatch",
-                       f"While reading saved chunk at offset {list(offset or ())}, the narrowed destination "
+                       f"While reading saved chunk at offset {list(offset or ())}, the narrowed "
+                       "destination "
                        f"has size {list(dst)} but the saved slice has size {list(src)} (the reader "
                        "asserts they match before copy_).",
                        tuple(checks), fqn, {"dst": dst, "src": src, "offset": offset}, text=text)

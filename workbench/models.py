@@ -218,8 +218,8 @@ RECIPES: dict[str, str] = {
 _MESH_DIMS = {"replicate": 1, "fsdp": 1, "hsdp": 2, "tp": 1, "fsdp_tp": 2, "hsdp_tp": 3}
 
 
-def _placements(recipe, mesh, ndim, tp_dim):
-    """The DTensor placements of a parameter of ``ndim`` dims under ``recipe``."""
+def _placements(recipe, mesh, tp_dim):
+    """The DTensor placements of a parameter under ``recipe`` (``tp_dim``: the dim TP shards)."""
     if recipe == "fsdp":
         return (Shard(0),)
     if recipe == "hsdp":
@@ -285,7 +285,7 @@ def apply_recipe(state_dict: dict[str, Entry], recipe: str, mesh_shape, *,
             # parallelize_module leaves parameters outside the plan as plain tensors
             out[fqn] = tensor_layout(shape, ws, dtype, fqn=fqn)
             continue
-        out[fqn] = dtensor_layout(shape, mesh, _placements(recipe, mesh, len(shape), tp_dim), dtype,
+        out[fqn] = dtensor_layout(shape, mesh, _placements(recipe, mesh, tp_dim), dtype,
                                   ws, fqn=fqn)
     return out
 

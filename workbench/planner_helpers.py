@@ -154,15 +154,18 @@ def _torch_size(shape) -> str:
     return f"torch.Size({list(shape)})"
 
 
-def _check_dtensor(fqn: str, t: LocalTensor) -> None:
-    """torch's ``DTensor._raise_if_contains_partial_placements`` plus the workbench's refusal of a
-    rank outside the mesh (torch would record a malformed ``offsets=(), sizes=(0,)`` chunk there;
-    its planners skip such ranks)."""
+def _check_partial(fqn: str, t: LocalTensor) -> None:
+    """torch's ``DTensor._raise_if_contains_partial_placements``."""
     if t.layout.has_partial:
         raise _torch_error(PlanError, fqn, PARTIAL_MESSAGE, "ValueError",
                            f"placements [{format_placements(t.layout.placements)}] contain Partial",
                            "Reduce the DTensor (e.g. redistribute to Replicate) before saving or "
                            "loading it.", placements=t.layout.placements)
+
+
+def _check_in_mesh(fqn: str, t: LocalTensor) -> None:
+    """The workbench refuses a rank outside the DTensor's mesh where torch would record a
+    malformed ``offsets=(), sizes=(0,)`` chunk (torch's local planners skip such ranks)."""
     if not t.in_mesh:
         raise PlanError(fqn, f"rank {t.rank} is not in the DTensor's mesh of shape {t.layout.mesh_shape}",
                         "a rank with a mesh coordinate", "torch's local plans skip such ranks; do "
@@ -229,8 +232,7 @@ def sharded_tensor_metadata(sharded_tensor, shard_md) -> TensorWriteData:
 def create_chunk_from_dtensor(tensor) -> Chunk:
     """torch's ``_create_chunk_from_dtensor``: ``(offset, local_shape)`` of the rank's coordinate."""
     t = _value(tensor)
-    if not t.in_mesh:
-        _check_dtensor("<input>", t)
+    _check_in_mesh(None, t)
     return t.chunks()[0]
 
 
@@ -238,8 +240,7 @@ def create_write_items_for_dtensor(fqn: str, tensor) -> WriteItem:
     """torch's ``_create_write_items_for_dtensor``: one SHARD item, ``index=(fqn, offset)``,
     ``size`` the global shape. Like torch it does not check for Partial (its callers do)."""
     t = _value(tensor)
-    if not t.in_mesh:
-        _check_dtensor(fqn, t)
+    _check_in_mesh(fqn, t)
     chunk = t.chunks()[0]
     return WriteItem(index=MetadataIndex(fqn, chunk.offsets), type=WriteItemType.SHARD,
                      tensor_data=TensorWriteData(chunk, t.tensor_properties(), t.size()))
@@ -369,7 +370,7 @@ def create_write_items(fqn: str, object: Any) -> list[WriteItem]:  # noqa: A002 
         raise PlanError(fqn, f"rank {obj.rank} does not hold this {kind}", "a rank that holds it",
                         "Leave the key out of that rank's state dict.", rank=obj.rank)
     if kind == "dtensor":
-        _check_dtensor(fqn, obj)
+        _check_partial(fqn, obj)
         return [create_write_items_for_dtensor(fqn, obj)]
     if kind == "sharded":
         return [create_write_item_for_shard(fqn, obj, c) for c in obj.chunks()]
@@ -387,7 +388,7 @@ def create_chunk_list(tensor) -> list[Chunk]:
         raise _torch_error(PlanError, None, text, "ValueError", "a tensor value",
                            "Only tensors have chunks.", value_type=type(obj))
     if kind == "dtensor":
-        _check_dtensor("<input>", obj)
+        _check_partial(None, obj)
         return [create_chunk_from_dtensor(obj)]
     if kind == "sharded":
         return list(obj.chunks())

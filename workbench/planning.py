@@ -30,8 +30,8 @@ from functools import cached_property
 import numpy as np
 
 from .errors import MetadataError, PlanError
-from .geometry import Chunk
-from .planner_helpers import PARTIAL_MESSAGE, _record, validate_global_plan
+from .planner_helpers import (_TSM_CLASS, PARTIAL_MESSAGE, _record, _torch_size,
+                              validate_global_plan)
 from .records import (DTYPE_SIZES, BytesStorageMetadata, LoadItemType, LoadPlan, Metadata,
                       MetadataIndex, ReadItem, SavePlan, StorageInfo, TensorProperties,
                       TensorStorageMetadata, TensorWriteData, WriteItem, WriteItemType)
@@ -40,7 +40,6 @@ from .sharding import Layout
 __all__ = ["plan_save", "plan_load", "SavePlanResult", "LoadPlanResult", "ReadBlock", "LoadIO",
            "file_name", "writer_of_file"]
 
-_TSM_CLASS = "<class 'torch.distributed.checkpoint.metadata.TensorStorageMetadata'>"
 _FILE_RE = re.compile(r"^__(\d+)_(\d+)\.distcp$")
 
 
@@ -87,8 +86,13 @@ def _check_layouts(layouts) -> tuple[list[str], list[Layout], int]:
 @dataclass(frozen=True, eq=False)
 class _Pattern:
     """Every rank's chunks of one layout as arrays, ordered by (rank, position in the rank's
-    chunk tuple); ``starts[r]:starts[r+1]`` are rank r's entries. ``key`` numbers the distinct
-    offsets (dedup keys) in first-appearance order; ``key_first`` is each key's first entry."""
+    chunk tuple); ``starts[r]:starts[r+1]`` are rank r's entries.
+
+    Dedup keys (distinct offsets) are numbered in first-appearance order: ``key[i]`` is entry i's
+    key, ``key_first[k]`` its first entry and ``key_rank[k]`` its first holder (nondecreasing).
+    ``key_holders`` lists the holders of the keys held by several ranks (``key_shared``);
+    ``unshared_cnt[r]`` counts the one-holder keys of rank r and ``unshared_before[k]`` the
+    one-holder keys numbered below k."""
 
     rank: np.ndarray
     pos: np.ndarray
@@ -96,10 +100,14 @@ class _Pattern:
     sizes: np.ndarray
     chunks: tuple
     starts: np.ndarray
+    holder_ranks: np.ndarray
     key: np.ndarray
     key_first: np.ndarray
-    key_holders: dict  # shared key -> the ranks holding it, ascending
-    key_shared: np.ndarray  # per key: held by more than one rank
+    key_rank: np.ndarray
+    key_shared: np.ndarray
+    key_holders: dict
+    unshared_cnt: np.ndarray
+    unshared_before: np.ndarray
 
 
 _PATTERNS: "weakref.WeakKeyDictionary[Layout, _Pattern]" = weakref.WeakKeyDictionary()
@@ -109,6 +117,7 @@ def _pattern(layout: Layout) -> _Pattern:
     pat = _PATTERNS.get(layout)
     if pat is not None:
         return pat
+    ws = layout.world_size
     nd = layout.ndim if layout.kind != "bytes" else 0
     ranks, pos, chunks = [], [], []
     for r, cs in enumerate(layout.rank_chunks):
@@ -120,13 +129,10 @@ def _pattern(layout: Layout) -> _Pattern:
     rank = np.array(ranks, dtype=np.int64)
     offsets = np.array([c.offsets for c in chunks], dtype=np.int64).reshape(n, nd)
     sizes = np.array([c.sizes for c in chunks], dtype=np.int64).reshape(n, nd)
-    starts = np.searchsorted(rank, np.arange(layout.world_size + 1))
     if n == 0:
-        key = np.zeros(0, np.int64)
-        first = np.zeros(0, np.int64)
+        key, first = np.zeros(0, np.int64), np.zeros(0, np.int64)
     elif nd == 0:
-        key = np.zeros(n, np.int64)
-        first = np.zeros(1, np.int64)
+        key, first = np.zeros(n, np.int64), np.zeros(1, np.int64)
     else:
         _, first, inv = np.unique(offsets, axis=0, return_index=True, return_inverse=True)
         order = np.argsort(first, kind="stable")  # renumber keys by first appearance
@@ -134,19 +140,24 @@ def _pattern(layout: Layout) -> _Pattern:
         renum[order] = np.arange(len(order))
         key, first = renum[inv.reshape(-1)], first[order]
     nkeys = len(first)
-    n_holders = np.zeros(nkeys, np.int64)
-    # distinct (key, rank) pairs: entries are rank-sorted, so a pair repeats only within a rank
-    kr = np.unique(key * (layout.world_size + 1) + rank) if n else np.zeros(0, np.int64)
-    np.add.at(n_holders, kr // (layout.world_size + 1), 1)
+    # distinct (key, rank) pairs: a key repeats on one rank only for repeated ShardedTensor offsets
+    pairs = np.unique(key * (ws + 1) + rank)
+    n_holders = np.bincount(pairs // (ws + 1), minlength=nkeys)
     shared = n_holders > 1
     holders = {}
-    for k in np.flatnonzero(shared).tolist():
-        holders[k] = np.unique(rank[key == k]).tolist()
-    pat = _Pattern(rank, np.array(pos, dtype=np.int64), offsets, sizes, tuple(chunks), starts,
-                   key, first, holders, shared)
-    for a in (pat.rank, pat.pos, pat.offsets, pat.sizes, pat.starts, pat.key, pat.key_first,
-              pat.key_shared):
-        a.setflags(write=False)
+    if shared.any():
+        pr, pk = pairs % (ws + 1), pairs // (ws + 1)
+        for k in np.flatnonzero(shared).tolist():
+            holders[k] = pr[pk == k].tolist()
+    key_rank = rank[first]
+    unshared = ~shared
+    pat = _Pattern(rank, np.array(pos, dtype=np.int64), offsets, sizes, tuple(chunks),
+                   np.searchsorted(rank, np.arange(ws + 1)), np.unique(rank), key, first, key_rank,
+                   shared, holders, np.bincount(key_rank[unshared], minlength=ws),
+                   np.concatenate([[0], np.cumsum(unshared)]))
+    for a in vars(pat).values():
+        if isinstance(a, np.ndarray):
+            a.setflags(write=False)
     _PATTERNS[layout] = pat
     return pat
 
@@ -269,7 +280,7 @@ def plan_save(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False) 
         pat = _pattern(lay)
         if lay.kind == "dtensor" and lay.has_partial and len(pat.rank):
             # every rank in the mesh raises in __create_write_items__; plan without the entry
-            failures.append((fqn, tuple(np.unique(pat.rank).tolist()), PARTIAL_MESSAGE))
+            failures.append((fqn, tuple(pat.holder_ranks.tolist()), PARTIAL_MESSAGE))
             pat = None
         pats.append(pat)
 
@@ -280,10 +291,8 @@ def plan_save(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False) 
             sel_per_fqn.append(None)
             continue
         # a key held by one rank has no choice; a shared key starts at its lowest holder
-        sel_per_fqn.append(pat.rank[pat.key_first].copy())
-    shared = [(f, k) for f, pat in enumerate(pats) if pat is not None
-              for k in np.flatnonzero(pat.key_shared).tolist()]
-    if shared and not save_to_lowest_rank:
+        sel_per_fqn.append(pat.key_rank.copy())
+    if not save_to_lowest_rank and any(pat is not None and pat.key_holders for pat in pats):
         _balance(pats, lays, sel_per_fqn, ws)
 
     # -- global plan: metadata in (rank, item) order after dedup ----------------------------
@@ -313,8 +322,9 @@ def plan_save(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False) 
         if lay.kind == "bytes":
             sdm[fqn] = BytesStorageMetadata()
             continue
-        sdm[fqn] = TensorStorageMetadata(_props(lay.dtype), lay.shape,
-                                         [pat.chunks[i] for i in idx.tolist()])
+        tsm = sdm[fqn] = TensorStorageMetadata(_props(lay.dtype), lay.shape)
+        # set after construction: __post_init__ would re-normalise every (already Chunk) chunk
+        tsm.chunks = list(pat.chunks) if len(idx) == len(kept) else [pat.chunks[i] for i in idx.tolist()]
         vol = np.prod(pat.sizes[idx], axis=1) * DTYPE_SIZES[lay.dtype]
         np.add.at(bytes_written, w, vol)
     metadata = Metadata(sdm, storage_data=_PlannedStorage(sdm, writer_arrays), version="1.0.0")
@@ -326,48 +336,43 @@ def plan_save(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False) 
         return SavePlan(_write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn))
 
     plans = _LazyPlans(ws, final_plan)
-    errors = _validate(sdm, pats, lays, fqns, kept_per_fqn, plans)
+    errors = _validate(sdm, pats, fqns, kept_per_fqn, plans)
     return SavePlanResult(dict(layouts), ws, _LazyPlans(ws, local_plan), plans, metadata, errors,
                           writers, bytes_written, failures)
 
 
 def _balance(pats, lays, sel_per_fqn, ws) -> None:
-    """torch's load-balanced ``dedup_save_plans`` choice for shared keys, in place.
+    """torch's load-balanced ``dedup_save_plans`` choice for the shared keys, in place.
 
-    Keys are visited in global first-appearance order, (first rank, fqn position, key number);
-    every key, shared or not, charges its writer the GLOBAL tensor's bytes (1 for bytes entries
-    and empty tensors). Only shared keys need a choice, so the keys held by one rank between two
-    shared keys are charged in bulk; each shared key builds the same Python ``set`` torch builds
-    (holders added in plan order) so that ``min`` breaks ties in CPython's set order."""
-    fr, fi, kn, size, shared = [], [], [], [], []
+    torch visits keys in global first-appearance order, (first holder rank r0, fqn position, key
+    number), and charges every key, shared or not, the GLOBAL tensor's bytes (1 for bytes entries
+    and empty tensors) to its writer. All holders of a key are >= r0 and the one-holder keys of a
+    rank > r0 come later, so when a shared key is visited a holder's load is the shared keys it
+    already won, plus, for r0 itself, its one-holder keys visited so far (a prefix sum over fqns).
+    Only the shared keys are looped over; each builds the Python ``set`` torch builds (holders
+    added in plan order) so that ``min`` breaks ties in CPython's set order."""
+    charge = [lay.nbytes or 1 for lay in lays]
+    rows = sorted((int(pat.key_rank[k]), f, k) for f, pat in enumerate(pats) if pat is not None
+                  for k in pat.key_holders)
+    r0s = sorted({r for r, _, _ in rows})
+    col = {r: j for j, r in enumerate(r0s)}
+    r0a = np.array(r0s, dtype=np.int64)
+    before = np.zeros((len(pats) + 1, len(r0s)), dtype=np.int64)
     for f, pat in enumerate(pats):
-        if pat is None or len(pat.key_first) == 0:
-            continue
-        nk = len(pat.key_first)
-        fr.append(pat.rank[pat.key_first])
-        fi.append(np.full(nk, f, np.int64))
-        kn.append(np.arange(nk, dtype=np.int64))
-        charge = lays[f].nbytes if lays[f].kind != "bytes" else 0
-        size.append(np.full(nk, charge or 1, np.int64))
-        shared.append(pat.key_shared)
-    fr, fi, kn = np.concatenate(fr), np.concatenate(fi), np.concatenate(kn)
-    size, shared = np.concatenate(size), np.concatenate(shared)
-    order = np.lexsort((kn, fi, fr))
-    fr, fi, kn, size, shared = fr[order], fi[order], kn[order], size[order], shared[order]
-    sel = fr.copy()  # unshared keys: their only holder
-    load = np.zeros(ws, dtype=np.int64)
-    prev = 0
-    for p in np.flatnonzero(shared).tolist():
-        np.add.at(load, sel[prev:p], size[prev:p])
+        if pat is not None:
+            before[f + 1] = pat.unshared_cnt[r0a] * charge[f]
+    before = np.cumsum(before, axis=0).tolist()
+    won = [0] * ws
+    for r0, f, k in rows:
+        pat = pats[f]
+        first_of_r0 = int(np.searchsorted(pat.key_rank, r0))
+        own = before[f][col[r0]] + int(pat.unshared_before[k] - pat.unshared_before[first_of_r0]) * charge[f]
         holders = set()
-        for r in pats[fi[p]].key_holders[int(kn[p])]:
-            holders.add(r)
-        loads = load.tolist()
-        w = min(holders, key=lambda r: loads[r])
-        sel[p] = w
-        load[w] += size[p]
-        sel_per_fqn[fi[p]][kn[p]] = w
-        prev = p + 1
+        for h in pat.key_holders[k]:
+            holders.add(h)
+        w = min(holders, key=lambda h: won[h] + (own if h == r0 else 0))
+        won[w] += charge[f]
+        sel_per_fqn[f][k] = w
 
 
 def _write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn) -> list[WriteItem]:
@@ -398,7 +403,7 @@ def _write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn) -> list[WriteI
     return items
 
 
-def _validate(sdm, pats, lays, fqns, kept_per_fqn, plans) -> list[str]:
+def _validate(sdm, pats, fqns, kept_per_fqn, plans) -> list[str]:
     """``_validate_global_plan`` strings: vectorised checks find the tensors with any error (cached
     per chunk geometry); the scalar mirror writes their exact strings, in metadata order."""
     pos = {f: i for i, f in enumerate(fqns)}
@@ -557,16 +562,25 @@ def _read_columns(s_off, s_size, pat: _Pattern, ws: int):
     return _ro(rank, local_idx, si, dest, storage, lengths, starts)
 
 
-def _saved_arrays(md: TensorStorageMetadata, fqn: str):
+def _saved_arrays(md: TensorStorageMetadata, fqn: str, cache: dict):
+    """The saved chunks' offsets and sizes as (n, ndim) arrays. Chunks are immutable, so arrays
+    are shared by every fqn whose chunk list holds the same chunk objects (a planned save reuses
+    one layout's chunks for all fqns with that layout): converted once per call, not per fqn."""
+    sig = tuple(map(id, md.chunks))
+    hit = cache.get(sig)
+    if hit is not None and len(md.size) == hit[0].shape[1]:
+        return hit[0], hit[1]
     nd = len(md.size)
     n = len(md.chunks)
     for c in md.chunks:
-        if len(c.offsets) != nd:
+        if len(c.offsets) != nd or len(c.sizes) != nd:
             raise MetadataError(fqn, f"saved chunk {c} has {len(c.offsets)} dims for a tensor of "
                                 f"size {tuple(md.size)}", "chunks of the tensor's rank",
                                 "The checkpoint's metadata is corrupt; re-save it.", chunk=c)
     offs = np.array([c.offsets for c in md.chunks], dtype=np.int64).reshape(n, nd)
     sizes = np.array([c.sizes for c in md.chunks], dtype=np.int64).reshape(n, nd)
+    _ro(offs, sizes)
+    cache[sig] = (offs, sizes, list(md.chunks))  # the list keeps the ids alive and unique
     return offs, sizes
 
 
@@ -576,11 +590,7 @@ def _key_ranks(lay: Layout, pat: _Pattern) -> np.ndarray:
     plain tensor or a bytes value."""
     if lay.kind in ("dtensor", "sharded"):
         return np.arange(lay.world_size, dtype=np.int64)
-    return np.unique(pat.rank)
-
-
-def _torch_size(shape) -> str:
-    return f"torch.Size({list(shape)})"
+    return pat.holder_ranks
 
 
 @dataclass(frozen=True)
@@ -626,6 +636,7 @@ class LoadPlanResult:
     failures: list
     allow_partial_load: bool = False
     _blocks: dict = field(default_factory=dict, repr=False)
+    _saved: dict = field(default_factory=dict, repr=False)  # fqn -> saved chunks' arrays
 
     def reads(self, fqn: str) -> ReadBlock:
         """The read items of ``fqn`` over all ranks (empty when it reads nothing)."""
@@ -639,8 +650,9 @@ class LoadPlanResult:
                                  1 if lay.kind == "bytes" else lay.ndim, self.world_size)
         return block
 
-    @property
+    @cached_property
     def problems(self):
+        """`diagnosis.find_problems` of this plan, computed on first access."""
         from .diagnosis import find_problems
         return find_problems(self)
 
@@ -666,8 +678,10 @@ def plan_load(metadata: Metadata, layouts: Mapping[str, Layout], *,
                             "state_dict_metadata mapping", "a DCP Metadata",
                             "Read it with workbench.load_metadata(path) or plan it with plan_save.")
     blocks: dict[str, ReadBlock] = {}
+    saved: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     failures = []
     cache: dict = {}
+    chunk_cache: dict = {}
     for fqn, lay in zip(fqns, lays):
         pat = _pattern(lay)
         key_ranks = _key_ranks(lay, pat)
@@ -679,7 +693,7 @@ def plan_load(metadata: Metadata, layouts: Mapping[str, Layout], *,
                 failures.append((fqn, tuple(key_ranks.tolist()),
                                  f"Missing key in checkpoint state_dict: {fqn}."))
             continue
-        in_mesh = np.unique(pat.rank) if lay.kind == "dtensor" else key_ranks
+        in_mesh = pat.holder_ranks if lay.kind == "dtensor" else key_ranks
         if isinstance(md, BytesStorageMetadata):
             blocks[fqn] = _bytes_block(fqn, in_mesh, ws)
             continue
@@ -704,14 +718,15 @@ def plan_load(metadata: Metadata, layouts: Mapping[str, Layout], *,
                                  f"Invalid checkpoint metadata for {fqn}, expected "
                                  f"BytesStorageMetadata but found {_TSM_CLASS}"))
             continue
-        s_off, s_size = _saved_arrays(md, fqn)
+        s_off, s_size = saved[fqn] = _saved_arrays(md, fqn, chunk_cache)
         sig = (id(pat), s_off.tobytes(), s_size.tobytes(), s_off.shape)
         cols = cache.get(sig)
         if sig not in cache:
             cols = cache[sig] = _read_columns(s_off, s_size, pat, ws)
         if cols is not None:
             blocks[fqn] = ReadBlock(fqn, "tensor", *cols)
-    result = LoadPlanResult(metadata, dict(layouts), ws, None, failures, allow_partial_load, blocks)
+    result = LoadPlanResult(metadata, dict(layouts), ws, None, failures, allow_partial_load, blocks,
+                            saved)
     object.__setattr__(result, "plans", _LazyPlans(ws, lambda r: _load_plan(result, r)))
     return result
 
@@ -739,90 +754,142 @@ def _load_plan(res: LoadPlanResult, r: int) -> LoadPlan:
     return LoadPlan(items)
 
 
-def _storage_columns(metadata: Metadata, fqn: str, md, file_ids: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Per saved chunk of ``fqn``: the id of its file (-1 when storage_data has no entry) and the
-    bytes a read of it loads (``StorageInfo.length`` when known, else the chunk's bytes)."""
-    sd = metadata.storage_data
-    if isinstance(md, BytesStorageMetadata):
-        chunk_bytes = np.zeros(1, np.int64)
-        keys = [MetadataIndex(fqn)]
-    else:
-        esize = md.properties.element_size
-        chunk_bytes = np.array([math.prod(c.sizes) * esize for c in md.chunks], np.int64)
-        keys = None
-    if isinstance(sd, _PlannedStorage) and fqn in sd._writers:
-        w = sd.writer_array(fqn)
-        fid = np.array([file_ids.setdefault(file_name(x), len(file_ids)) for x in w.tolist()],
-                       np.int64)
-        return fid, chunk_bytes
-    if not sd:
-        return np.full(len(chunk_bytes), -1, np.int64), chunk_bytes
-    if keys is None:
-        keys = [MetadataIndex(fqn, c.offsets) for c in md.chunks]
-    fid = np.full(len(keys), -1, np.int64)
-    nbytes = chunk_bytes.copy()
-    for i, k in enumerate(keys):
-        info = sd.get(k)
-        if info is None:
-            continue
-        fid[i] = file_ids.setdefault(str(info.relative_path), len(file_ids))
-        if getattr(info, "length", None) is not None:
-            nbytes[i] = int(info.length)
-    return fid, nbytes
+class _Files:
+    """File names of a checkpoint numbered in order of first sight, and each fqn's saved chunks
+    as (file id, bytes a read of the chunk loads) columns; planned storage is answered from its
+    writer arrays, a real ``storage_data`` by one lookup per chunk."""
+
+    def __init__(self, res: LoadPlanResult):
+        self.res = res
+        self.ids: dict[str, int] = {}
+        self._by_writers: dict = {}
+        self._chunk_cache: dict = {}
+
+    def _id(self, name: str) -> int:
+        return self.ids.setdefault(name, len(self.ids))
+
+    def columns(self, fqn: str, md) -> tuple[np.ndarray, np.ndarray]:
+        sd = self.res.metadata.storage_data
+        if isinstance(md, BytesStorageMetadata):
+            nbytes = np.zeros(1, np.int64)
+            keys = [MetadataIndex(fqn)]
+        else:
+            saved = self.res._saved.get(fqn)
+            offs, sizes = saved if saved is not None else _saved_arrays(md, fqn, self._chunk_cache)
+            nbytes = np.prod(sizes, axis=1) * md.properties.element_size
+            keys = None
+        if isinstance(sd, _PlannedStorage) and fqn in sd._writers:
+            w = sd.writer_array(fqn)
+            sig = w.tobytes()
+            fid = self._by_writers.get(sig)
+            if fid is None:
+                uniq, inv = np.unique(w, return_inverse=True)
+                lut = np.array([self._id(file_name(u)) for u in uniq.tolist()], np.int64)
+                fid = self._by_writers[sig] = lut[inv.reshape(-1)]
+            return fid, nbytes
+        fid = np.full(len(nbytes), -1, np.int64)
+        if not sd:
+            return fid, nbytes
+        if keys is None:
+            keys = [MetadataIndex(fqn, c.offsets) for c in md.chunks]
+        nbytes = nbytes.copy()
+        for i, k in enumerate(keys):
+            info = sd.get(k)
+            if info is None:
+                continue
+            fid[i] = self._id(str(info.relative_path))
+            if getattr(info, "length", None) is not None:
+                nbytes[i] = int(info.length)
+        return fid, nbytes
 
 
 def _load_io(res: LoadPlanResult) -> LoadIO:
+    """The `LoadIO` of a load result. Sums are taken once per distinct (read pattern, files,
+    chunk bytes) group and multiplied by the number of fqns in the group, so a 1000-rank model
+    costs a few group computations, not one per fqn and item."""
     ws = res.world_size
     sdm = res.metadata.state_dict_metadata
-    file_ids: dict[str, int] = {}
-    ranks, fids, needed, read = [], [], [], []
+    files = _Files(res)
+    groups: dict = {}
     for fqn, block in res._blocks.items():
         md = sdm[fqn]
-        fid, item_bytes = _storage_columns(res.metadata, fqn, md, file_ids)
-        si = np.maximum(block.saved_idx, 0)
-        ranks.append(block.rank)
-        fids.append(fid[si])
-        read.append(item_bytes[si])
-        if block.kind == "bytes":
-            needed.append(np.zeros(len(block), np.int64))
+        fid, item_bytes = files.columns(fqn, md)
+        esize = 0 if block.kind == "bytes" else md.properties.element_size
+        g = (id(block.rank), fid.tobytes(), item_bytes.tobytes(), esize)
+        if g in groups:
+            groups[g][1] += 1
         else:
-            needed.append(np.prod(block.lengths, axis=1) * md.properties.element_size)
-    # files that nobody reads still belong to the checkpoint (their writers wrote them)
-    written_by_file: dict[int, int] = {}
+            groups[g] = [(block, fid, item_bytes, esize), 1]
+    n_reads = np.zeros(ws, np.int64)
+    needed = np.zeros(ws, np.int64)
+    read = np.zeros(ws, np.int64)
+    pair_keys, pair_bytes, pair_counts = [], [], []
+    stride = ws + 1
+    for (block, fid, item_bytes, esize), mult in groups.values():
+        si = np.maximum(block.saved_idx, 0)  # a bytes entry's one "chunk"
+        rb = item_bytes[si]
+        n_reads += mult * np.bincount(block.rank, minlength=ws)
+        if esize:
+            nb = np.prod(block.lengths, axis=1) * esize
+            needed += mult * _sum_by(block.rank, nb, ws)
+        read += mult * _sum_by(block.rank, rb, ws)
+        f = fid[si]
+        known = f >= 0
+        flat = f[known] * stride + block.rank[known]
+        uniq, inv = np.unique(flat, return_inverse=True)
+        pair_keys.append(uniq)
+        pair_bytes.append(mult * _sum_by(inv.reshape(-1), rb[known], len(uniq)))
+        pair_counts.append(mult * np.bincount(inv.reshape(-1), minlength=len(uniq)))
+    # every file of the checkpoint, read or not, with what was written to it
+    written: dict = {}
     for fqn, md in sdm.items():
-        fid, item_bytes = _storage_columns(res.metadata, fqn, md, file_ids)
-        for f, b in zip(fid.tolist(), item_bytes.tolist()):
-            if f >= 0:
-                written_by_file[f] = written_by_file.get(f, 0) + b
-    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64))
-    rank, fid, need, rd = cat(ranks), cat(fids), cat(needed), cat(read)
-    names = list(file_ids)
-    writers = [writer_of_file(n) for n in names]
-    order = sorted(range(len(names)), key=lambda i: (writers[i] is None, writers[i] or 0, names[i]))
-    remap = np.empty(len(names), np.int64)
-    remap[order] = np.arange(len(names))
+        fid, item_bytes = files.columns(fqn, md)
+        g = (fid.tobytes(), item_bytes.tobytes())
+        if g in written:
+            written[g][2] += 1
+        else:
+            written[g] = [fid, item_bytes, 1]
+    names = list(files.ids)
     nf = len(names)
-    known = fid >= 0
-    col = remap[fid[known]] if nf else fid[known]
-    flat = rank[known] * nf + col
-    traffic = np.bincount(flat, weights=rd[known], minlength=ws * nf).astype(np.int64).reshape(ws, nf)
-    counts = np.bincount(flat, minlength=ws * nf).astype(np.int64).reshape(ws, nf)
-    files = tuple(names[i] for i in order)
+    per_file = np.zeros(nf, np.int64)
+    for fid, item_bytes, mult in written.values():
+        known = fid >= 0
+        per_file += mult * _sum_by(fid[known], item_bytes[known], nf)
+    writers = [writer_of_file(n) for n in names]
+    order = sorted(range(nf), key=lambda i: (writers[i] is None, writers[i] or 0, names[i]))
+    remap = np.empty(nf, np.int64)
+    remap[order] = np.arange(nf)
+    # merge the groups' (file, rank) pairs; the dense matrices are filled from the merged pairs
+    # and the readers come from the pairs, never from scanning ranks x files
+    keys = np.concatenate(pair_keys) if pair_keys else np.zeros(0, np.int64)
+    uniq, inv = np.unique(keys, return_inverse=True)
+    inv = inv.reshape(-1)
+    pb = _sum_by(inv, np.concatenate(pair_bytes) if pair_bytes else keys, len(uniq))
+    pc = _sum_by(inv, np.concatenate(pair_counts) if pair_counts else keys, len(uniq))
+    pr, pf = uniq % stride, remap[uniq // stride] if nf else uniq
+    traffic = np.zeros((ws, nf), np.int64)
+    counts = np.zeros((ws, nf), np.int64)
+    traffic[pr, pf] = pb
+    counts[pr, pf] = pc
+    files_t = tuple(names[i] for i in order)
     file_writers = np.array([-1 if writers[i] is None else writers[i] for i in order], np.int64)
-    readers = {files[j]: tuple(np.flatnonzero(counts[:, j]).tolist()) for j in range(nf)}
-    n_reads = np.bincount(rank, minlength=ws).astype(np.int64)
-    bytes_needed = np.zeros(ws, np.int64)
-    np.add.at(bytes_needed, rank, need)
-    bytes_read = np.zeros(ws, np.int64)
-    np.add.at(bytes_read, rank, rd)
+    by_file = np.lexsort((pr, pf))
+    cuts = np.searchsorted(pf[by_file], np.arange(nf + 1))
+    ranks_by_file = pr[by_file].tolist()
+    readers = {files_t[j]: tuple(ranks_by_file[cuts[j]:cuts[j + 1]]) for j in range(nf)}
     with np.errstate(divide="ignore", invalid="ignore"):
-        amp = np.where(bytes_needed > 0, bytes_read / np.maximum(bytes_needed, 1), np.nan)
+        amp = np.where(needed > 0, read / np.maximum(needed, 1), np.nan)
     bytes_written = None
     if (file_writers >= 0).any():
         bytes_written = np.zeros(int(file_writers.max()) + 1, np.int64)
-        for f, b in written_by_file.items():
-            w = writers[f]
-            if w is not None:
-                bytes_written[w] += b
-    return LoadIO((counts > 0).sum(axis=1), n_reads, bytes_needed, bytes_read, amp, files,
-                  file_writers, readers, traffic, counts, bytes_written)
+        known = file_writers >= 0
+        np.add.at(bytes_written, file_writers[known], per_file[order][known])
+    return LoadIO(np.bincount(pr, minlength=ws), n_reads, needed, read, amp, files_t, file_writers,
+                  readers, traffic, counts, bytes_written)
+
+
+def _sum_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Exact int64 per-bin sums (``np.bincount`` weights are float64 and round above 2**53)."""
+    out = np.zeros(n, np.int64)
+    np.add.at(out, index, values)
+    return out

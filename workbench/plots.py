@@ -20,14 +20,15 @@ multi-panel pictures). Never imported by ``workbench``'s ``__init__``; imports n
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import product
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 from matplotlib.collections import PolyCollection
-from matplotlib.colors import to_rgba, to_rgba_array
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
@@ -35,9 +36,10 @@ from matplotlib.ticker import MaxNLocator
 from .colors import HIGHLIGHT_COLOR, UNKNOWN_COLOR, format_ranks, rank_color, text_color
 from .errors import LayoutError, MetadataError, PlanError
 from .geometry import Chunk, uncovered
+from .planning import writer_of_file
 from .records import BytesStorageMetadata, TensorStorageMetadata
 from .sharding import Layout
-from .tables import checkpoint_chunks_table, layout_chunks_table
+from .tables import chunk_holders, chunk_storage, format_held, index_runs
 
 __all__ = [
     "Tile", "Picture", "BarsData", "TrafficData",
@@ -73,6 +75,7 @@ class Tile:
     linewidth: float = 0.8
     label: str | None = None
     ranks: tuple[int, ...] = ()
+    label_at: str = "center"  # or "corner" (top left), so two labelled layers do not collide
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,7 @@ class Picture:
     ylabel: str = ""
     notes: tuple[str, ...] = ()
     legend: tuple[tuple[str, str | None, str, str | None], ...] = ()
+    window: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) shown; None: everything
 
     def of_kind(self, kind: str) -> list[Tile]:
         return [t for t in self.tiles if t.kind == kind]
@@ -129,6 +133,7 @@ class _View:
                                   at=at)
         self.width = shape[self.col] if self.col is not None else 1
         self.height = shape[self.row] if self.row is not None else 1
+        self.window: tuple[int, int, int, int] | None = None  # rects outside it are dropped
 
     def rect(self, c: Chunk) -> tuple[int, int, int, int] | None:
         """The chunk's rectangle, or None when it misses the slab."""
@@ -138,7 +143,25 @@ class _View:
                     return None
         x, w = (c.offsets[self.col], c.sizes[self.col]) if self.col is not None else (0, 1)
         y, h = (c.offsets[self.row], c.sizes[self.row]) if self.row is not None else (0, 1)
+        if self.window is not None:  # the visible part only, so labels sit where they are seen
+            x0, y0, x1, y1 = self.window
+            if x >= x1 or x + w <= x0 or y >= y1 or y + h <= y0:
+                return None
+            cx, cy = max(x, x0), max(y, y0)
+            return cx, cy, min(x + w, x1) - cx, min(y + h, y1) - cy
         return x, y, w, h
+
+    def zoom_to(self, chunks: Sequence[Chunk]) -> None:
+        """Show only the neighbourhood of ``chunks``: their bounding rectangle grown by half its
+        size on every side, inside the tensor."""
+        rs = [r for r in (self.rect(c) for c in chunks if not c.is_empty) if r]
+        if not rs:
+            return
+        x0, y0 = min(r[0] for r in rs), min(r[1] for r in rs)
+        x1, y1 = max(r[0] + r[2] for r in rs), max(r[1] + r[3] for r in rs)
+        px, py = max((x1 - x0) // 2, 1), max((y1 - y0) // 2, 1)
+        self.window = (max(x0 - px, 0), max(y0 - py, 0), min(x1 + px, self.width),
+                       min(y1 + py, self.height))
 
     @property
     def xlabel(self) -> str:
@@ -172,9 +195,11 @@ class _Boxes:
 
 
 def _layout_boxes(layout: Layout, fqn: str | None) -> _Boxes:
-    df = layout_chunks_table(layout).drop_duplicates(subset=["offsets", "sizes"])
-    chunks = [Chunk(o, s) for o, s in zip(df["offsets"], df["sizes"])]
-    ranks = list(df["replicas"])
+    if layout.is_bytes:
+        raise LayoutError(fqn, "is a bytes entry (pickled object), it has no chunks to draw",
+                          "a tensor layout", "Pick a tensor entry.")
+    holders = chunk_holders(layout)  # what layout_chunks_table's replicas column lists
+    chunks, ranks = list(holders), list(holders.values())
     notes = []
     empty = [f"{format_ranks(r)} {c}" for c, r in zip(chunks, ranks) if c.is_empty]
     if empty:
@@ -182,12 +207,13 @@ def _layout_boxes(layout: Layout, fqn: str | None) -> _Boxes:
     idle = [r for r, cs in enumerate(layout.rank_chunks) if not cs]
     if idle:
         notes.append(f"no chunk: {format_ranks(idle)}")
-    mis = layout.misdescribed_ranks
+    mis = set(layout.misdescribed_ranks)
     if mis:
         notes.append(f"{format_ranks(mis)}: DCP's box is not the data held (_StridedShard)")
     name = f"{fqn}: " if fqn else ""
     return _Boxes(layout.shape, chunks, ranks, [format_ranks(r) for r in ranks],
-                  [m for m in df["misdescribed"]], tuple(notes), name + layout.describe())
+                  [bool(mis.intersection(r)) for r in ranks], tuple(notes),
+                  name + layout.describe())
 
 
 def _saved_entry(source, fqn: str | None):
@@ -197,7 +223,7 @@ def _saved_entry(source, fqn: str | None):
         return source, None
     md = getattr(source, "metadata", source)
     sdm = getattr(md, "state_dict_metadata", None)
-    if not isinstance(sdm, dict):
+    if not isinstance(sdm, Mapping):
         raise MetadataError(fqn, f"{type(source).__name__} is not checkpoint metadata",
                             "a Metadata, a save result or a TensorStorageMetadata",
                             "Pass workbench.load_metadata(path) or plan_save(...).")
@@ -212,14 +238,16 @@ def _saved_entry(source, fqn: str | None):
 
 
 def _checkpoint_boxes(tsm: TensorStorageMetadata, md, fqn: str | None) -> _Boxes:
-    df = checkpoint_chunks_table(md if md is not None else tsm, fqn)
-    chunks = [Chunk(o, s) for o, s in zip(df["offsets"], df["sizes"])]
-    writers = [() if w is pd.NA else (int(w),) for w in df["writer"].astype(object)]
+    # the facts of checkpoint_chunks_table's file / writer columns, without its text columns
+    chunks = tsm.chunks
+    files = [getattr(i, "relative_path", None)
+             for i in chunk_storage(getattr(md, "storage_data", None) or {}, fqn, tsm)]
+    writers = [() if w is None else (w,)
+               for w in (None if f is None else writer_of_file(f) for f in files)]
     labels = [f"#{i}" + (f" r{w[0]}" if w else "") for i, w in enumerate(writers)]
     empty = [f"#{i} {c}" for i, c in enumerate(chunks) if c.is_empty]
     notes = (_listing("empty chunks", empty),) if empty else ()
     title = f"{fqn or 'checkpoint'}: {len(chunks)} saved chunks {tsm.size} {tsm.properties.dtype}"
-    files = [f if isinstance(f, str) else None for f in df["file"].astype(object)]
     return _Boxes(tsm.size, chunks, writers, labels, [False] * len(chunks), notes, title, files)
 
 
@@ -238,11 +266,7 @@ def _rank_legend(ranks, prefix: str = "r") -> tuple:
 
 
 # ----------------------------------------------------------------------------- layouts
-def layout_slabs(source, dims=(0, 1), *, fqn: str | None = None) -> list[dict[int, int]]:
-    """The slabs (one ``at`` dict each) of the dims not drawn: one per interval between chunk
-    edges along every other dim, so every slab's picture differs; ``[{}]`` for 1-D / 2-D."""
-    b = _boxes(source, fqn)
-    view = _View(b.shape, dims, None, fqn)
+def _slabs(b: _Boxes, view: _View) -> list[dict[int, int]]:
     starts = []
     for d in view.others:
         edges = {0}
@@ -252,8 +276,38 @@ def layout_slabs(source, dims=(0, 1), *, fqn: str | None = None) -> list[dict[in
     return [dict(zip(view.others, s)) for s in product(*starts)]
 
 
+def layout_slabs(source, dims=(0, 1), *, fqn: str | None = None) -> list[dict[int, int]]:
+    """The slabs (one ``at`` dict each) of the dims not drawn: one per interval between chunk
+    edges along every other dim, so every slab's picture differs; ``[{}]`` for 1-D / 2-D."""
+    b = _boxes(source, fqn)
+    return _slabs(b, _View(b.shape, dims, None, fqn))
+
+
+def _layout_picture(b: _Boxes, view: _View, max_labels: int, writers: bool) -> Picture:
+    rects = [(view.rect(c), c, r, lab, m) for c, r, lab, m in
+             zip(b.chunks, b.ranks, b.labels, b.misdescribed) if not c.is_empty]
+    rects = [x for x in rects if x[0] is not None]
+    label = len(rects) <= max_labels
+    long = len(rects) <= 16
+    # past 256 tiles, seams would hide the tiles (and strokes double Agg's cost); hues differ
+    width = 0.8 if len(rects) <= 256 else 0.0
+    tiles = []
+    for (x, y, w, h), c, ranks, lab, mis in rects:
+        color = rank_color(ranks[0]) if ranks else UNKNOWN_COLOR
+        text = (f"{lab}\n{c}" if long else lab) if label else None
+        tiles.append(Tile(x, y, w, h, "chunk", color, "#ffffff", 1.0, "//" if mis else None,
+                          "solid", width, text, tuple(ranks)))
+    slab = view.slab_name()
+    legend = _rank_legend(b.ranks, "writer r" if writers else "r")
+    if writers and any(not r for r in b.ranks):
+        legend += (("writer unknown", UNKNOWN_COLOR, UNKNOWN_COLOR, None),)
+    return Picture(tuple(tiles), view.width, view.height,
+                   b.title + (f" ({slab})" if slab else ""), view.xlabel, view.ylabel, b.notes,
+                   legend)
+
+
 def layout_data(source, dims=(0, 1), *, at: dict[int, int] | None = None, fqn: str | None = None,
-                max_labels: int = 64) -> Picture:
+                max_labels: int = 32) -> Picture:
     """Picture data of one tensor's chunks: a `Layout` (coloured by the lowest rank holding each
     box, replicas as one tile listing all their ranks) or a checkpoint entry (a `Metadata` with
     ``fqn``, a save result, or a `TensorStorageMetadata`; coloured by writer rank when the files
@@ -265,30 +319,12 @@ def layout_data(source, dims=(0, 1), *, at: dict[int, int] | None = None, fqn: s
     ``max_labels`` tiles. ``at`` fixes the dims not drawn (default index 0).
     """
     b = _boxes(source, fqn)
-    view = _View(b.shape, dims, at, fqn)
-    rects = [(view.rect(c), c, r, lab, m) for c, r, lab, m in
-             zip(b.chunks, b.ranks, b.labels, b.misdescribed) if not c.is_empty]
-    rects = [x for x in rects if x[0] is not None]
-    label = len(rects) <= max_labels
-    long = len(rects) <= 16
-    width = 0.8 if len(rects) <= 256 else 0.2  # thick white seams would hide thousands of tiles
-    tiles = []
-    for (x, y, w, h), c, ranks, lab, mis in rects:
-        color = rank_color(ranks[0]) if ranks else UNKNOWN_COLOR
-        text = (f"{lab}\n{c}" if long else lab) if label else None
-        tiles.append(Tile(x, y, w, h, "chunk", color, "#ffffff", 1.0, "//" if mis else None,
-                          "solid", width, text, tuple(ranks)))
-    slab = view.slab_name()
-    legend = _rank_legend(b.ranks, "writer r" if not isinstance(source, Layout) else "r")
-    if not isinstance(source, Layout) and any(not r for r in b.ranks):
-        legend += (("writer unknown", UNKNOWN_COLOR, UNKNOWN_COLOR, None),)
-    return Picture(tuple(tiles), view.width, view.height,
-                   b.title + (f" ({slab})" if slab else ""), view.xlabel, view.ylabel, b.notes,
-                   legend)
+    return _layout_picture(b, _View(b.shape, dims, at, fqn), max_labels,
+                           not isinstance(source, Layout))
 
 
 def plot_layout(source, ax=None, dims=(0, 1), *, fqn: str | None = None, at=None,
-                max_labels: int = 64, max_panels: int = MAX_PANELS):
+                max_labels: int = 32, max_panels: int = MAX_PANELS):
     """Draw every rank's chunk of a `Layout` (or a checkpoint entry, see `layout_data`).
 
     1-D and 2-D tensors (and N-D with ``at`` given) draw into one Axes, which is returned. For an
@@ -297,20 +333,21 @@ def plot_layout(source, ax=None, dims=(0, 1), *, fqn: str | None = None, at=None
     note says when more exist.
     """
     b = _boxes(source, fqn)
+    writers = not isinstance(source, Layout)
     view = _View(b.shape, dims, at, fqn)
     if not view.others or at is not None:
-        return draw_picture(layout_data(source, dims, at=at, fqn=fqn, max_labels=max_labels), ax)
+        return draw_picture(_layout_picture(b, view, max_labels, writers), ax)
     if ax is not None:
         raise LayoutError(fqn, f"a {len(b.shape)}-d tensor draws as small multiples, one panel per "
                           "slab, which need a Figure, but an Axes was given",
                           "ax=None, or at={dim: index} for one slab", "Pass at= to draw one slab.")
-    slabs = layout_slabs(source, dims, fqn=fqn)
+    slabs = _slabs(b, view)
     shown = slabs[:max_panels]
     ncols = min(4, len(shown))
     nrows = math.ceil(len(shown) / ncols)
     fig = Figure(figsize=(3.2 * ncols + 1.6, 2.8 * nrows + 0.6), layout="constrained")
     for i, slab in enumerate(shown):
-        pic = layout_data(source, dims, at=slab, fqn=fqn, max_labels=max_labels)
+        pic = _layout_picture(b, _View(b.shape, dims, slab, fqn), max_labels, writers)
         ax_i = fig.add_subplot(nrows, ncols, i + 1)
         draw_picture(pic, ax_i, notes=False, legend=False)
         ax_i.set_title(_slab_name(slab), fontsize=9)
@@ -332,7 +369,7 @@ def _wanted(target, fqn: str, tsm: TensorStorageMetadata, rank: int):
         _check_rank(rank, layout.world_size, fqn)
         return layout, create_read_items_for_chunk_list(fqn, tsm, layout.chunks(rank)), ()
     layouts = getattr(target, "layouts", None)
-    if not isinstance(layouts, dict) or fqn not in layouts:
+    if not isinstance(layouts, Mapping) or fqn not in layouts:
         raise PlanError(fqn, f"the load target has no layout for {fqn!r}",
                         "a Layout or a load result planned for this key",
                         "Pass plan_load(...)'s result or the key's Layout.")
@@ -351,19 +388,9 @@ def _check_rank(rank: int, world: int, fqn: str) -> None:
                         f"0 <= rank < {world}", "Pick a rank of the load world.", rank=rank)
 
 
-def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
-    """[0, 1, 4, 5] -> [(0, 2), (4, 2)]: (start, length) runs in the given order."""
-    out: list[list[int]] = []
-    for i in indices:
-        if out and i == out[-1][0] + out[-1][1]:
-            out[-1][1] += 1
-        else:
-            out.append([i, 1])
-    return [(s, n) for s, n in out]
-
-
 def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
-                 at: dict[int, int] | None = None, max_labels: int = 64) -> Picture:
+                 at: dict[int, int] | None = None, zoom: bool = False,
+                 max_labels: int = 32) -> Picture:
     """Picture data of a reshard of ``fqn`` seen from load rank ``rank``.
 
     ``source``: the checkpoint (a `Metadata`, a save result or a `TensorStorageMetadata`);
@@ -371,13 +398,16 @@ def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
     computed with `create_read_items_for_chunk_list`, torch's order).
 
     Tiles in drawing order: ``saved`` (every saved chunk, pale, in its writer's colour, labelled
-    ``#i`` and writer), ``wanted`` (other ranks' destination chunks, dashed outlines), ``read``
+    ``#i`` and writer), ``wanted`` (other ranks' destination chunks, grey outlines), ``read``
     (the rank's read items in their source writer's colour, labelled ``k<-#i`` in DCP's order,
     1-based, with the file when known), ``uncovered`` (parts of the rank's chunks no saved chunk
     covers, hatched ``xx``: they keep stale values on load), ``held`` (for a ``_StridedShard``
     destination whose box misdescribes its data, the rows it really holds, hatched ``//``) and
     ``target`` (the rank's own chunk boxes, thick outline: for a misdescribed rank, DCP's box).
-    ``at`` fixes the dims not drawn; it defaults to the rank's chunk's first index.
+    ``at`` fixes the dims not drawn; it defaults to the rank's chunk's first index. ``zoom``
+    shows only the rank's chunks and their surroundings (half their extent on every side), with
+    the tiles outside left out: on a tensor of thousands of chunks, the rank's reads get room
+    and labels.
     """
     tsm, md = _saved_entry(source, fqn)
     layout, items, problem_notes = _wanted(target, fqn, tsm, rank)
@@ -391,23 +421,28 @@ def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
     view = _View(shape, dims, None, fqn)
     if at is not None:
         view = _View(shape, dims, {d: at[d] for d in view.others if d in at}, fqn)
+    if zoom and same_rank:
+        view.zoom_to(mine)
     saved = _checkpoint_boxes(tsm, md, fqn)
     files = saved.files
     tiles: list[Tile] = []
-    label_saved = len(saved.chunks) <= max_labels
-    for i, (c, w, lab) in enumerate(zip(saved.chunks, saved.ranks, saved.labels)):
-        rect = None if c.is_empty else view.rect(c)
-        if rect:
-            color = rank_color(w[0]) if w else UNKNOWN_COLOR
-            tiles.append(Tile(*rect, "saved", color, color, 0.22, None, "solid", 1.0,
-                              lab if label_saved else None, w))
+    shown = [(view.rect(c), w, lab) for c, w, lab in zip(saved.chunks, saved.ranks, saved.labels)
+             if not c.is_empty]
+    shown = [s for s in shown if s[0]]
+    label_saved = len(shown) <= max_labels
+    saved_edge = 1.0 if len(shown) <= 256 else 0.0  # as in layout_data
+    for rect, w, lab in shown:
+        color = rank_color(w[0]) if w else UNKNOWN_COLOR
+        tiles.append(Tile(*rect, "saved", color, color, 0.22, None, "solid", saved_edge,
+                          lab if label_saved else None, w, "corner"))
     for r, cs in enumerate(layout.rank_chunks if same_rank else ()):
         if r == rank:
             continue
         for c in cs:
             rect = None if c.is_empty else view.rect(c)
             if rect:
-                tiles.append(Tile(*rect, "wanted", None, WANTED_COLOR, 1.0, None, "dashed", 0.6,
+                # solid hairlines: dashes cost Agg several times more for thousands of boxes
+                tiles.append(Tile(*rect, "wanted", None, WANTED_COLOR, 1.0, None, "solid", 0.5,
                                   None, (r,)))
     label_reads = len(items) <= max_labels
     with_file = len(items) <= 16
@@ -425,7 +460,9 @@ def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
             tiles.append(Tile(*rect, "read", color, "#000000", 0.85, None, "solid", 1.0,
                               text if label_reads else None, (rank,)))
     drawn = mine if same_rank else []
-    holes = [h for c in drawn if not c.is_empty for h in uncovered(c, tsm.chunks)]
+    # holes matter only for a load that happens: where torch raises, nothing is loaded at all
+    loads = not problem_notes and layout.shape == tuple(tsm.size)
+    holes = [h for c in drawn if loads and not c.is_empty for h in uncovered(c, tsm.chunks)]
     for h in holes:
         rect = view.rect(h)
         if rect:
@@ -439,14 +476,14 @@ def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
         per_dim = []
         for d in (view.row, view.col):
             if d is None:
-                per_dim.append([(0, 1)])
+                per_dim.append([(0, 1)])  # a strip's one row
             else:
-                per_dim.append(_runs(held[d]) if d in held else [(box.offsets[d], box.sizes[d])])
-        for (y, h), (x, w) in product(*per_dim):
-            tiles.append(Tile(x, y, w, h, "held", None, HELD_COLOR, 1.0, "//", "solid", 1.5,
-                              None, (rank,)))
-        held_text = "; ".join(f"dim {d}: " + ", ".join(f"{s}:{s + n}" for s, n in _runs(ix))
-                              for d, ix in held.items())
+                per_dim.append(index_runs(held[d]) if d in held
+                               else [(box.offsets[d], box.ends[d])])
+        for (y0, y1), (x0, x1) in product(*per_dim):
+            tiles.append(Tile(x0, y0, x1 - x0, y1 - y0, "held", None, HELD_COLOR, 1.0, "//",
+                              "solid", 1.5, None, (rank,)))
+        held_text = format_held(held)
     for c in drawn:
         rect = None if c.is_empty else view.rect(c)
         if rect:
@@ -478,15 +515,15 @@ def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
     slab = view.slab_name()
     title = f"{fqn}: rank {rank}'s reads" + (f" ({slab})" if slab else "")
     return Picture(tuple(tiles), view.width, view.height, title, view.xlabel, view.ylabel,
-                   tuple(notes), legend)
+                   tuple(notes), legend, view.window)
 
 
 def plot_reshard(metadata_or_save_result, load_result_or_layout, fqn: str, rank: int = 0,
-                 ax=None, *, dims=(0, 1), at=None, max_labels: int = 64):
+                 ax=None, *, dims=(0, 1), at=None, zoom: bool = False, max_labels: int = 32):
     """Draw the saved chunks and the destination chunks of ``fqn`` on one grid, ``rank``'s read
     items lit and numbered in DCP's order (see `reshard_data`); returns the Axes."""
     return draw_picture(reshard_data(metadata_or_save_result, load_result_or_layout, fqn, rank,
-                                     dims=dims, at=at, max_labels=max_labels), ax)
+                                     dims=dims, at=at, zoom=zoom, max_labels=max_labels), ax)
 
 
 # ----------------------------------------------------------------------------- mesh
@@ -524,9 +561,9 @@ def mesh_data(source, *, max_labels: int = 256) -> Picture:
                 label += "\n" + ", ".join(str(c) for c in chunks)
         color = rank_color(r)
         # an empty shard's cell is pale and dotted in its colour: the rank exists, holds nothing
+        hatch = ".." if is_empty else "//" if r in mis else None
         tiles.append(Tile(x, y, 1, 1, "cell", color, color if is_empty else "#ffffff",
-                          0.3 if is_empty else 1.0, ".." if is_empty else "//" if r in mis else None,
-                          "solid", 1.0, label, (r,)))
+                          0.3 if is_empty else 1.0, hatch, "solid", 1.0, label, (r,)))
     notes = []
     if empty:
         notes.append(f"empty shards: {format_ranks(empty)}")
@@ -644,6 +681,18 @@ def plot_bytes_per_rank(result, ax=None):
 
 
 # ----------------------------------------------------------------------------- drawing
+@lru_cache(maxsize=4096)
+def _rgba(color: str | None, alpha: float) -> tuple[float, float, float, float]:
+    """RGBA of a hex colour with ``alpha``; transparent for None. Cached: thousands of tiles
+    share a few colours."""
+    if not color:
+        return (0.0, 0.0, 0.0, 0.0)
+    if len(color) == 7 and color[0] == "#":  # our hex colours: 10x faster than to_rgba
+        v = int(color[1:], 16)
+        return ((v >> 16) / 255, ((v >> 8) & 255) / 255, (v & 255) / 255, alpha)
+    return to_rgba(color, alpha)
+
+
 def _new_axes(ax):
     if ax is not None:
         return ax
@@ -653,46 +702,61 @@ def _new_axes(ax):
 def draw_picture(picture: Picture, ax=None, *, notes: bool = True, legend: bool = True,
                  aspect: str | None = None, edge_ticks: bool = True):
     """Draw a `Picture` into ``ax`` (a new Figure's Axes when None) and return the Axes: one
-    ``PolyCollection`` per run of consecutive tiles with the same hatch (drawing order kept),
-    one text per labelled tile, notes and legend beside the Axes."""
+    ``PolyCollection`` per run of consecutive tiles with the same hatch and line (drawing order
+    kept), one text per labelled tile, the legend beside the Axes and the notes under it."""
     ax = _new_axes(ax)
     tiles = picture.tiles
     start = 0
     while start < len(tiles):
-        hatch = tiles[start].hatch
+        # one collection per run of tiles sharing hatch, line width and style: per-element widths
+        # or styles make matplotlib rescale dashes per tile (slow for thousands)
+        key = (tiles[start].hatch, tiles[start].linewidth, tiles[start].linestyle)
         end = start
-        while end < len(tiles) and tiles[end].hatch == hatch:
+        while end < len(tiles) and (tiles[end].hatch, tiles[end].linewidth,
+                                    tiles[end].linestyle) == key:
             end += 1
         run = tiles[start:end]
         xy = np.array([(t.x, t.y, t.w, t.h) for t in run], dtype=np.float64).reshape(-1, 4)
         x0, y0, x1, y1 = xy[:, 0], xy[:, 1], xy[:, 0] + xy[:, 2], xy[:, 1] + xy[:, 3]
         verts = np.stack([np.column_stack([x0, y0]), np.column_stack([x1, y0]),
                           np.column_stack([x1, y1]), np.column_stack([x0, y1])], axis=1)
-        faces = to_rgba_array([(t.face, t.alpha) if t.face else (0, 0, 0, 0) for t in run])
-        ax.add_collection(PolyCollection(
-            verts, facecolors=faces, edgecolors=[t.edge for t in run],
-            linewidths=[t.linewidth for t in run], linestyles=[t.linestyle for t in run],
-            hatch=hatch, zorder=1 + start / max(len(tiles), 1)))
+        faces = np.array([_rgba(t.face, t.alpha) for t in run]).reshape(-1, 4)
+        edges = np.array([_rgba(t.edge, 1.0) for t in run]).reshape(-1, 4)
+        ax.add_collection(PolyCollection(verts, facecolors=faces, edgecolors=edges,
+                                         linewidths=key[1], linestyles=key[2], hatch=key[0],
+                                         zorder=1 + start / max(len(tiles), 1)),
+                          autolim=False)  # the limits are the tensor's, set below
         start = end
     labelled = [t for t in tiles if t.label]
     size = 8 if len(labelled) <= 16 else 6
     for t in labelled:
         bg = t.face if t.face and t.alpha >= 0.5 else "#ffffff"
-        ax.text(t.x + t.w / 2, t.y + t.h / 2, t.label, ha="center", va="center", fontsize=size,
-                color=text_color(bg), clip_on=True, zorder=3)
-    ax.set_xlim(0, picture.width)
-    ax.set_ylim(picture.height, 0)
-    ratio = max(picture.width, 1) / max(picture.height, 1)
+        if t.label_at == "corner":
+            ax.annotate(t.label, (t.x, t.y), xytext=(2, -2), textcoords="offset points",
+                        ha="left", va="top", fontsize=size, color=text_color(bg),
+                        annotation_clip=True, clip_on=True, zorder=3)
+        else:
+            ax.text(t.x + t.w / 2, t.y + t.h / 2, t.label, ha="center", va="center",
+                    fontsize=size, color=text_color(bg), clip_on=True, zorder=3)
+    x0, y0, x1, y1 = picture.window or (0, 0, picture.width, picture.height)
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)  # a zero-size dim still gets a (blank) frame
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y1, y0)
+    ratio = (x1 - x0) / (y1 - y0)
     ax.set_aspect(aspect or ("equal" if 1 / 8 <= ratio <= 8 else "auto"))
-    if edge_ticks:
-        for axis, lo, span in ((ax.set_xticks, "x", "w"), (ax.set_yticks, "y", "h")):
-            edges = sorted({getattr(t, lo) for t in tiles} | {getattr(t, lo) + getattr(t, span)
-                                                               for t in tiles})
+    if edge_ticks:  # ticks at the chunk edges when there are few (set_ticks widens the limits)
+        for axis, lo, span, (a, b) in ((ax.set_xticks, "x", "w", (x0, x1)),
+                                       (ax.set_yticks, "y", "h", (y0, y1))):
+            edges = sorted(e for e in {getattr(t, lo) for t in tiles}
+                           | {getattr(t, lo) + getattr(t, span) for t in tiles} if a <= e <= b)
             if 0 < len(edges) <= 12:
                 axis(edges)
-    else:  # cells: integer ticks at their centres
-        ax.set_xticks(np.arange(picture.width) + 0.5, [str(i) for i in range(picture.width)])
-        ax.set_yticks(np.arange(picture.height) + 0.5, [str(i) for i in range(picture.height)])
+    else:  # cells: integer ticks at their centres (left edges on big meshes: fewer labels)
+        for axis, n in ((ax.xaxis, picture.width), (ax.yaxis, picture.height)):
+            if n <= 32:
+                axis.set_ticks(np.arange(n) + 0.5, [str(i) for i in range(n)])
+            else:
+                axis.set_major_locator(MaxNLocator(integer=True))
     if not picture.ylabel:
         ax.set_yticks([])
     ax.set_xlabel(picture.xlabel)

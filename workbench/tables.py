@@ -30,13 +30,16 @@ from .colors import format_ranks, rank_color, text_color
 from .errors import MetadataError, PlanError
 from .geometry import Chunk
 from .planning import writer_of_file
-from .records import DTYPE_SIZES, BytesStorageMetadata, LoadItemType, MetadataIndex, TensorStorageMetadata
+from .records import (DTYPE_SIZES, BytesStorageMetadata, LoadItemType, MetadataIndex,
+                      TensorStorageMetadata)
 from .sharding import Layout, StridedShard
 
 __all__ = [
-    "layout_chunks_table", "checkpoint_chunks_table", "write_items_table",
-    "read_items_table", "problems_table", "io_table", "file_io_table", "style_by_rank",
+    "chunk_holders", "chunk_storage", "index_runs", "format_held", "layout_chunks_table",
+    "checkpoint_chunks_table", "write_items_table", "read_items_table", "problems_table",
+    "io_table", "file_io_table", "style_by_rank",
 ]
+
 
 def _frame(columns: dict[str, list], schema: dict[str, str]) -> pd.DataFrame:
     """A DataFrame with exactly ``schema``'s columns and dtypes (``Int64``, ``str``, ``bool``,
@@ -76,7 +79,7 @@ def _coerce_tensor(metadata, fqn: str | None) -> dict[str, Any]:
     if isinstance(metadata, TensorStorageMetadata):
         return {fqn or "<tensor>": metadata}
     sdm = getattr(metadata, "state_dict_metadata", None)
-    if not isinstance(sdm, dict):
+    if not isinstance(sdm, Mapping):
         raise MetadataError(fqn, f"checkpoint metadata of type {type(metadata).__name__} has no "
                             "state_dict_metadata", "a workbench Metadata or TensorStorageMetadata",
                             "Read the checkpoint with workbench.load_metadata(path).")
@@ -98,20 +101,33 @@ _LAYOUT_SCHEMA = {
 }
 
 
-def _runs(indices: Iterable[int]) -> str:
-    """Sorted-as-given indices as slice runs: [0, 1, 4, 5] -> ``"0:2, 4:6"``."""
-    parts = []
-    start = prev = None
+def index_runs(indices: Iterable[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of indices, in the given order, as ``(start, stop)``:
+    ``[0, 1, 4, 5]`` -> ``[(0, 2), (4, 6)]``."""
+    runs: list[list[int]] = []
     for i in indices:
-        if prev is not None and i == prev + 1:
-            prev = i
-            continue
-        if start is not None:
-            parts.append(f"{start}:{prev + 1}")
-        start = prev = i
-    if start is not None:
-        parts.append(f"{start}:{prev + 1}")
-    return ", ".join(parts)
+        if runs and i == runs[-1][1]:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, i + 1])
+    return [(a, b) for a, b in runs]
+
+
+def format_held(held: dict[int, Iterable[int]]) -> str:
+    """What a rank really holds (`Layout.held_indices`) in slice runs:
+    ``{0: [0, 1, 4, 5]}`` -> ``"dim 0: 0:2, 4:6"``."""
+    return "; ".join(f"dim {d}: " + ", ".join(f"{a}:{b}" for a, b in index_runs(ix))
+                     for d, ix in held.items())
+
+
+def chunk_holders(layout: Layout) -> dict[Chunk, tuple[int, ...]]:
+    """Every distinct box of a layout -> the ranks holding it, ascending; boxes in order of first
+    appearance (rank, then chunk). Replicas are the boxes with more than one holder."""
+    holders: dict[Chunk, list[int]] = defaultdict(list)
+    for r, chunks in enumerate(layout.rank_chunks):
+        for c in chunks:
+            holders[c].append(r)
+    return {c: tuple(rs) for c, rs in holders.items()}
 
 
 def layout_chunks_table(layout: Layout) -> pd.DataFrame:
@@ -132,10 +148,7 @@ def layout_chunks_table(layout: Layout) -> pd.DataFrame:
     """
     esize = DTYPE_SIZES[layout.dtype]
     is_bytes = layout.is_bytes
-    holders: dict[Chunk, list[int]] = defaultdict(list)
-    for r, chunks in enumerate(layout.rank_chunks):
-        for c in chunks:
-            holders[c].append(r)
+    holders = chunk_holders(layout)
     mis = set(layout.misdescribed_ranks)
     strided = layout.kind == "dtensor" and any(isinstance(p, StridedShard)
                                                for p in layout.placements)
@@ -144,8 +157,7 @@ def layout_chunks_table(layout: Layout) -> pd.DataFrame:
         if not chunks:
             continue
         coord = layout.coordinate(r)
-        held = (("; ".join(f"dim {d}: {_runs(ix)}" for d, ix in layout.held_indices(r).items()))
-                if strided else None)
+        held = format_held(layout.held_indices(r)) if strided else None
         for i, c in enumerate(chunks):
             n = None if is_bytes else c.volume
             cols["rank"].append(r)
@@ -156,7 +168,7 @@ def layout_chunks_table(layout: Layout) -> pd.DataFrame:
             cols["sizes"].append(c.sizes)
             cols["numel"].append(n)
             cols["bytes"].append(None if n is None else n * esize)
-            cols["replicas"].append(tuple(holders[c]))
+            cols["replicas"].append(holders[c])
             cols["is_empty"].append(c.is_empty and not is_bytes)
             cols["misdescribed"].append(r in mis)
             cols["held"].append(held)
@@ -164,6 +176,16 @@ def layout_chunks_table(layout: Layout) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+def chunk_storage(storage_data: Mapping, fqn: str, entry) -> list:
+    """Each saved item's ``StorageInfo`` (None where ``storage_data`` has none) for one entry, in
+    chunk order (one item for a bytes entry), looked up as ``FileSystemReader`` does: by
+    ``MetadataIndex(fqn, offsets)`` (``MetadataIndex(fqn)`` for bytes)."""
+    if isinstance(entry, BytesStorageMetadata):
+        return [storage_data.get(MetadataIndex(fqn))]
+    return [storage_data.get(MetadataIndex(fqn, c.offsets)) for c in entry.chunks]
+
+
+
 _CHECKPOINT_SCHEMA = {
     "fqn": "str", "kind": "str", "chunk": "Int64", "region": "str", "offsets": "object",
     "sizes": "object", "numel": "Int64", "bytes": "Int64", "dtype": "str", "file": "str",
@@ -192,28 +214,23 @@ def checkpoint_chunks_table(metadata, fqn: str | None = None) -> pd.DataFrame:
     entries = _coerce_tensor(metadata, fqn)
     storage = _storage_data(_metadata_of(metadata))
     cols: dict[str, list] = defaultdict(list)
-
-    def where(index):
-        info = storage.get(index)
-        path = getattr(info, "relative_path", None)
-        cols["file"].append(path)
-        cols["offset"].append(getattr(info, "offset", None))
-        cols["length"].append(getattr(info, "length", None))
-        cols["writer"].append(_writer(path))
-        return info
-
     for name, md in entries.items():
+        infos = chunk_storage(storage, name, md)
+        for info in infos:
+            path = getattr(info, "relative_path", None)
+            cols["file"].append(path)
+            cols["offset"].append(getattr(info, "offset", None))
+            cols["length"].append(getattr(info, "length", None))
+            cols["writer"].append(_writer(path))
         if isinstance(md, BytesStorageMetadata):
-            info = where(MetadataIndex(name))
             for k, v in (("fqn", name), ("kind", "bytes"), ("chunk", None), ("region", None),
                          ("offsets", None), ("sizes", None), ("numel", None),
-                         ("bytes", getattr(info, "length", None)), ("dtype", None)):
+                         ("bytes", getattr(infos[0], "length", None)), ("dtype", None)):
                 cols[k].append(v)
             continue
         dtype = md.properties.dtype
         esize = DTYPE_SIZES[dtype]
         for i, c in enumerate(md.chunks):
-            where(MetadataIndex(name, c.offsets))
             n = c.volume
             cols["fqn"].append(name)
             cols["kind"].append("tensor")
@@ -298,8 +315,8 @@ def read_items_table(load_result, fqn: str | None = None, *, rank: int | None = 
       this item: torch's ``FileSystemReader.read_data`` ``torch.load``s the whole stored item and
       then narrows it, so this is the stored item's ``StorageInfo.length``, or the saved chunk's
       bytes before a real save (as ``LoadPlanResult.io`` counts); a BYTE_IO item's stored
-      length, <NA> when unknown); ``dest_chunk`` (Int64, ``dest_index.index``, the rank's local chunk
-      number); ``source_chunk`` (Int64, ``storage_index.index``, the saved chunk number in the
+      length, <NA> when unknown); ``dest_chunk`` (Int64, ``dest_index.index``, the rank's local
+      chunk number); ``source_chunk`` (Int64, ``storage_index.index``, the saved chunk number in the
       metadata); ``source_file`` (str, from ``metadata.storage_data``); ``writer`` (Int64, rank
       parsed from the file name). Regions of BYTE_IO items are NaN.
 

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import ipywidgets as W
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.display import Image
+from IPython.display import HTML, Image
 
 from .colors import HIGHLIGHT_COLOR
 from .errors import LayoutError, PlacementError, PlanError, WorkbenchError
@@ -45,21 +45,24 @@ FQN = "weight"  # the one tensor of the reshard explorer's state dict
 DTYPES = ("float32", "bfloat16", "float16", "float64", "int64", "int32", "int8", "uint8")
 # Small pictures at screen resolution, fixed margins (legend right, notes below): a layout
 # engine would draw every picture twice, and drawing + PNG encoding are most of a redraw's cost.
-FIGSIZE, DPI, MARGINS = (6.6, 4.4), 72, dict(left=0.1, right=0.7, top=0.92, bottom=0.27)
+FIGSIZE, DPI, MARGINS = (6.4, 4.2), 90, dict(left=0.1, right=0.7, top=0.92, bottom=0.27)
 READ_COLUMNS = ["order", "dest_region", "storage_region", "dest_offsets", "storage_offsets",
                 "lengths", "source_chunk", "source_file", "writer"]
 PROBLEM_COLUMNS = ["fqn", "kind", "severity", "rank_list", "region", "message"]
+# Every rank is planned on each spec change: beyond this a typo (a mesh of "1000000") would
+# freeze the kernel for minutes instead of answering.
+MAX_RANKS = 16384
 
 
 # ----------------------------------------------------------------------------- parsing
 def parse_ints(text, what: str, *, error=LayoutError, example: str = "16, 12") -> tuple[int, ...]:
-    """``"16, 12"`` (or ``"16x12"``, ``"(16, 12)"``, a sequence of ints) -> ``(16, 12)``.
+    """``"16, 12"`` (or ``"16 12"``, ``"(16, 12)"``, a sequence of ints) -> ``(16, 12)``.
 
     ``error`` is the `WorkbenchError` subclass raised on bad text (by what the user fixes)."""
     if not isinstance(text, str):
         return tuple(int(v) for v in text)
     body = text.strip().strip("()[]").strip()
-    parts = [p for p in re.split(r"[,x\s]+", body) if p] if body else []
+    parts = [p for p in re.split(r"[,\s]+", body) if p] if body else []
     if not all(re.fullmatch(r"-?\d+", p) for p in parts):
         raise error(None, f"{what} {text!r} is not a list of integers",
                     f"comma-separated integers like {example!r}",
@@ -72,6 +75,11 @@ def _mime(obj) -> dict:
     """An output record for ``Output.outputs`` from any displayable object (no kernel needed)."""
     data, md = InteractiveShell.instance().display_formatter.format(obj)
     return {"output_type": "display_data", "data": data, "metadata": md}
+
+
+def _note(text: str) -> dict:
+    """An output record of a short italic note (instead of a table with no rows)."""
+    return _mime(HTML(f"<i>{html.escape(text)}</i>"))
 
 
 def _draw(picture) -> tuple[Any, bytes]:
@@ -97,7 +105,7 @@ def _styled(df, columns, highlight_row: int | None = None):
         styler = styler.apply(lambda row: [f"background-color: {HIGHLIGHT_COLOR}"
                                            if row.name == highlight_row else "" for _ in row],
                               axis=1)
-    return styler.hide(axis="index")
+    return styler.hide(axis="index").set_properties(**{"text-align": "left"})
 
 
 # ----------------------------------------------------------------------------- reshard
@@ -185,6 +193,15 @@ def explore_reshard(shape, save_mesh, save_placements, load_mesh, load_placement
                        parse_ints(load_mesh, "load mesh", error=PlacementError, example="4, 2"),
                        parse_placements(load_placements), dtype)
     dims = parse_ints(dims, "dims to draw", example="0, 1")
+    for what, mesh in (("save", spec.save_mesh), ("load", spec.load_mesh)):
+        n = 1
+        for m in mesh:
+            n *= max(m, 1)
+        if n > MAX_RANKS:
+            raise PlacementError(FQN, f"{what} mesh {mesh} has {n} ranks",
+                                 f"at most {MAX_RANKS} in the explorer",
+                                 "Plan larger worlds with workbench.planning.plan_save / plan_load.",
+                                 mesh_shape=mesh)
     save, load, problems = _reshard_plans(spec)
     reads = read_items_table(load, FQN, rank=int(rank))  # raises for a rank outside the world
     picture = reshard_data(save, load, FQN, int(rank), dims=dims)
@@ -280,7 +297,8 @@ class ReshardExplorer(_Explorer):
         if classic not in CLASSIC_RESHARDS:
             raise LayoutError(None, f"classic reshard {classic!r} is not known",
                               f"one of {list(CLASSIC_RESHARDS)}", "Pick a listed classic.")
-        self.classic = _dropdown(list(CLASSIC_RESHARDS), classic, "start from", "wb-classic")
+        self.classic = _dropdown(list(CLASSIC_RESHARDS), classic, "start from", "wb-classic",
+                                 width="24em")
         self.shape = _text("", "shape", "wb-shape")
         self.dtype = _dropdown(DTYPES, "float32", "dtype", "wb-dtype")
         self.save_mesh = _text("", "save mesh", "wb-save-mesh")
@@ -316,7 +334,7 @@ class ReshardExplorer(_Explorer):
         self.refresh()
 
     def _fit_rank_options(self, rank: int) -> None:
-        """Offer the load mesh's ranks (unchanged when the mesh text is bad: refresh says so)."""
+        """Offer the load mesh's ranks (unchanged when the mesh is bad: refresh says why)."""
         try:
             mesh = parse_ints(self.load_mesh.value, "load mesh", error=PlacementError)
         except WorkbenchError:
@@ -324,7 +342,8 @@ class ReshardExplorer(_Explorer):
         world = 1
         for m in mesh:
             world *= max(m, 0)
-        _set_options(self.rank, list(range(max(world, 1))), rank)
+        if 1 <= world <= MAX_RANKS:
+            _set_options(self.rank, list(range(world)), rank)
 
     def _on_change(self, change=None) -> None:
         if change is not None and change["owner"] is self.load_mesh and not self._muted:
@@ -343,8 +362,8 @@ class ReshardExplorer(_Explorer):
     def _show(self, r: ReshardResult) -> None:
         self.picture.outputs = (_mime(Image(data=r.png, format="png")),)
         self.reads.outputs = (_mime(_styled(r.reads, READ_COLUMNS)),)
-        self.problems.outputs = (_mime(_styled(r.problems_table, PROBLEM_COLUMNS)
-                                       if r.problems else "no problems found"),)
+        self.problems.outputs = ((_mime(_styled(r.problems_table, PROBLEM_COLUMNS)),)
+                                 if r.problems else (_note("no problems found"),))
 
 
 # ----------------------------------------------------------------------------- checkpoint
@@ -429,6 +448,10 @@ class CheckpointResult:
     png: bytes = field(repr=False)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def _problem_counts(plan: CheckpointPlan) -> dict[str, int]:
     counts: dict[str, int] = {}
     for p in plan.problems:
@@ -504,10 +527,9 @@ class CheckpointExplorer(_Explorer):
         self.reads = _css(W.Output(), "wb-reads")
         self.problems = _css(W.Output(), "wb-problems")
         self.io = _css(W.Output(), "wb-io")
-        n_problems = len(self.plan.problems)
         header = W.HTML(f"<b>{html.escape(self.plan.source)}</b>: "
-                        f"{len(self.plan.metadata.state_dict_metadata)} saved keys, "
-                        f"{n_problems} problem{'s' * (n_problems != 1)}")
+                        f"{_count(len(self.plan.metadata.state_dict_metadata), 'saved key')}, "
+                        f"{_count(len(self.plan.problems), 'problem')}")
         self.widget = _css(W.VBox([
             header,
             W.HBox([W.VBox([self.filter, self.only_problems, self.tensor, self.rank, self.dims]),
@@ -520,7 +542,7 @@ class CheckpointExplorer(_Explorer):
         if self.plan.io is not None:
             self.io.outputs = (_mime(_styled(self.plan.io, self.plan.io.columns)),)
         else:
-            self.io.outputs = (_mime("no target: nothing is loaded"),)
+            self.io.outputs = (_note("no target: nothing is loaded"),)
         self._observe(self.filter, self.only_problems, self.tensor, self.rank, self.dims)
         self.refresh()
 
@@ -531,7 +553,7 @@ class CheckpointExplorer(_Explorer):
 
     def _show(self, r: CheckpointResult) -> None:
         counts = _problem_counts(self.plan)
-        options = [(f"{k}  ({counts[k]} problem{'s' * (counts[k] != 1)})" if counts.get(k) else k, k)
+        options = [(f"{k}  ({_count(counts[k], 'problem')})" if counts.get(k) else k, k)
                    for k in r.fqns]
         self._muted = True
         try:
@@ -541,13 +563,13 @@ class CheckpointExplorer(_Explorer):
         finally:
             self._muted = False
         self.picture.outputs = ((_mime(Image(data=r.png, format="png")),) if r.png
-                                else (_mime("nothing to draw (not a saved tensor)"),))
+                                else (_note("nothing to draw (not a saved tensor)"),))
         self.chunks.outputs = ((_mime(_styled(r.chunks, r.chunks.columns)),)
-                               if r.chunks is not None else (_mime("not in the checkpoint"),))
+                               if r.chunks is not None else (_note("not in the checkpoint"),))
         self.reads.outputs = ((_mime(_styled(r.reads, READ_COLUMNS)),) if r.reads is not None
-                              else (_mime("no target for this key"),))
+                              else (_note("no target for this key"),))
         self.problems.outputs = ((_mime(_styled(r.problems_table, PROBLEM_COLUMNS)),)
-                                 if len(r.problems_table) else (_mime("no problems found"),))
+                                 if len(r.problems_table) else (_note("no problems found"),))
 
 
 # ----------------------------------------------------------------------------- read order

@@ -215,14 +215,14 @@ def layout_from_torch(obj) -> Layout:
     from torch.distributed._shard.sharded_tensor import ShardedTensor
     from torch.distributed.tensor import DTensor
 
-    dtype = str(obj.dtype)
     if isinstance(obj, DTensor):
+        dtype = str(obj.dtype)
         mesh = tuple(obj.device_mesh.shape)
         n = math.prod(mesh)
         # one extra rank stands for "outside the mesh" when this rank has no coordinate
         ws = n + (obj.device_mesh.get_coordinate() is None)
         return dtensor_layout(tuple(obj.shape), mesh, [as_placement(p) for p in obj.placements],
-                              dtype, max(ws, n))
+                              dtype, ws)
     if isinstance(obj, ShardedTensor):
         md = obj.metadata()
         per: dict[int, list] = {}
@@ -230,8 +230,9 @@ def layout_from_torch(obj) -> Layout:
             per.setdefault(s.placement.rank(), []).append(Chunk(tuple(s.shard_offsets),
                                                                 tuple(s.shard_sizes)))
         ws = max(_world_size(1), max(per, default=0) + 1)
-        return sharded_layout(tuple(md.size), per, dtype, ws)
-    return tensor_layout(tuple(obj.shape), _world_size(1), dtype)
+        # (md's dtype: ShardedTensor.dtype warns that ShardedTensor is deprecated)
+        return sharded_layout(tuple(md.size), per, str(md.tensor_properties.dtype), ws)
+    return tensor_layout(tuple(obj.shape), _world_size(1), str(obj.dtype))
 
 
 def local_tensor_from_torch(obj):

@@ -143,7 +143,8 @@ def torch_save_plans(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = 
         return TorchSavePlans([from_torch(p) for p in local], [], None, [], rank_errors)
     # DefaultSavePlanner._create_global_plan, step by step so the validation strings are kept
     global_plan, md = create_default_global_save_plan(dedup_save_plans(local, save_to_lowest_rank))
-    md = dataclasses.replace(md, planner_data=dict(ChainMap(*[p.planner_data for p in global_plan])))
+    merged = dict(ChainMap(*[p.planner_data for p in global_plan]))
+    md = dataclasses.replace(md, planner_data=merged)
     with _quiet():
         errors = _validate_global_plan(global_plan, md)
     return TorchSavePlans(from_torch(local), from_torch(global_plan), from_torch(md), errors,

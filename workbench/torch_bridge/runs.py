@@ -111,12 +111,16 @@ class LoadRun:
         for r in self.ranks:
             for fqn, got in r.values.items():
                 want = r.expected[fqn]
-                if isinstance(got, np.ndarray):
-                    bad = got != want
-                    if bad.any():
-                        out.append((r.rank, fqn, int(bad.sum()), int((got[bad] == self.fill).sum())))
-                elif got != want:
-                    out.append((r.rank, fqn, 1, 0))
+                if isinstance(got, str) or not isinstance(got, (np.ndarray, list)):
+                    if got != want:
+                        out.append((r.rank, fqn, 1, 0))
+                    continue
+                if isinstance(got, list):  # a ShardedTensor's local shards
+                    got, want = (np.concatenate([a.ravel() for a in x] or [np.zeros(0)])
+                                 for x in (got, want))
+                bad = got != want
+                if bad.any():
+                    out.append((r.rank, fqn, int(bad.sum()), int((got[bad] == self.fill).sum())))
         return out
 
 
@@ -269,23 +273,20 @@ def _exc_text(e: BaseException) -> str:
 
 def _run_step(step, rank, meshes):
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
+    failed = (Exception, CheckpointException)  # CheckpointException is a BaseException
     if isinstance(step, SaveStep):
-        sd = _state_dict(step.layouts, rank, meshes)
         try:
-            dcp.save(sd, checkpoint_id=step.path)
+            dcp.save(_state_dict(step.layouts, rank, meshes), checkpoint_id=step.path)
             return None
-        except BaseException as e:  # CheckpointException is a BaseException
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
+        except failed as e:
             return _exc_text(e)
     sd = _state_dict(step.layouts, rank, meshes, step.fill)
     try:
         dcp.load(sd, checkpoint_id=step.path,
                  planner=dcp.DefaultLoadPlanner(allow_partial_load=step.allow_partial_load))
-    except BaseException as e:
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
+    except failed as e:
         return RankLoad(rank, error=_exc_text(e))
     saved = _saved_dtypes(step.path)
     vals, exp = {}, {}
@@ -431,7 +432,9 @@ def _fsdp(ws=2):
 
 
 def _specs():
-    w = lambda pl, dtype="float32", shape=(8, 6): dtensor_layout(shape, (2,), pl, dtype)  # noqa: E731
+    def w(pl, dtype="float32", shape=(8, 6)):
+        return dtensor_layout(shape, (2,), pl, dtype)
+
     per_rank = {f"dataloader.dp_rank_{r}": bytes_layout(2, ranks=[r], per_rank_values=True)
                 for r in range(2)}
     return {
@@ -459,7 +462,7 @@ def _specs():
                                                                             per_rank_values=True)
                                    for r in range(4)},
                         "per-rank bytes saved by 2 ranks, loaded by 4: Missing key in checkpoint "
-                        "state_dict: dataloader.dp_rank_2."),
+                        "state_dict: dataloader.dp_rank_2. (rank 2; rank 3: dp_rank_3)"),
     }
 
 

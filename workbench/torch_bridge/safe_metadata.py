@@ -47,7 +47,8 @@ class _StandInMeta(type):
 
     def __call__(cls, *args, **kwargs):
         raise UnsafeCheckpointError(None, f"the pickle calls {cls.torch_name} with arguments "
-                                    f"{args!r:.80}", "torch pickles DCP records with NEWOBJ + BUILD",
+                                    f"{args!r:.80}",
+                                    "torch pickles DCP records with NEWOBJ + BUILD",
                                     "Nothing was executed. Do not load this checkpoint; it was not "
                                     "written by torch's FileSystemWriter.",
                                     global_name=cls.torch_name)
@@ -239,7 +240,8 @@ def _is(obj, module, name):
 
 
 def _properties(p, fqn):
-    _expect(_is(p, _DCP, "TensorProperties"), f"{fqn}: properties {p!r:.60} are not TensorProperties")
+    _expect(_is(p, _DCP, "TensorProperties"),
+            f"{fqn}: properties {p!r:.60} are not TensorProperties")
     dtype = p.field("dtype", 0)
     _expect(isinstance(dtype, _Named) and dtype.kind == "dtype", f"{fqn}: dtype {dtype!r:.60} "
             "is not a torch dtype")
@@ -288,21 +290,33 @@ def _storage_info(v):
     return StorageInfo(path, off, length, None if td is None else tuple(td))
 
 
-def _plain(obj):
-    """Plain data of planner_data / checkpoint ids: containers recursed, constants by name."""
+def _plain(obj, memo: dict):
+    """Plain data of planner_data / checkpoint ids: containers rebuilt, torch constants by name.
+    ``memo`` keeps the pickle's sharing (a memoised list referenced a million times stays one
+    list, so a small file cannot blow up) and its cycles."""
     if isinstance(obj, _Named):
         return obj.name
-    if isinstance(obj, dict):
-        return {_plain(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj)
-    _expect(not isinstance(obj, _StandIn), f"unexpected {obj.torch_name if isinstance(obj, _StandIn) else ''} "
-            "record inside plain data")
-    return obj
+    if isinstance(obj, _StandIn):
+        raise _Corrupt(f"a {obj.torch_name} record inside plain data")
+    if type(obj) not in (dict, list, tuple, set, frozenset):
+        return obj
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if type(obj) is dict:
+        out = memo[id(obj)] = {}
+        for k, v in obj.items():
+            out[_plain(k, memo)] = _plain(v, memo)
+    elif type(obj) is list:
+        out = memo[id(obj)] = []
+        out.extend(_plain(v, memo) for v in obj)
+    else:
+        out = memo[id(obj)] = type(obj)(_plain(v, memo) for v in obj)
+    return out
 
 
 def _convert(raw) -> Metadata:
-    _expect(_is(raw, _DCP, "Metadata"), f"the pickle holds {type(raw).__name__}, not a DCP Metadata")
+    _expect(_is(raw, _DCP, "Metadata"),
+            f"the pickle holds {type(raw).__name__}, not a DCP Metadata")
     sdm = raw.field("state_dict_metadata")
     _expect(isinstance(sdm, dict), "state_dict_metadata is not a dict")
     state = {}
@@ -319,9 +333,10 @@ def _convert(raw) -> Metadata:
         meta = StorageMeta()
     else:
         _expect(_is(sm, _DCP, "StorageMeta"), f"storage_meta {sm!r:.60} is not a StorageMeta")
-        meta = StorageMeta(_plain(sm.field("checkpoint_id")), sm.field("save_id"),
-                           sm.field("load_id"), _plain(sm.field("modules") or []))
-    return Metadata(state, _plain(raw.field("planner_data")), storage, meta, raw.field("version"))
+        meta = StorageMeta(_plain(sm.field("checkpoint_id"), {}), sm.field("save_id"),
+                           sm.field("load_id"), _plain(sm.field("modules") or [], {}))
+    return Metadata(state, _plain(raw.field("planner_data"), {}), storage, meta,
+                    raw.field("version"))
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -346,17 +361,17 @@ def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Metadata:
         raise type(e)(source, e.what, e.expectation, e.fix, **e.facts) from None
     except WorkbenchError as e:
         raise MetadataError(source, e.what, e.expectation, e.fix) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError,
-            IndexError, MemoryError, OverflowError, RecursionError, UnicodeDecodeError) as e:
-        kind = "truncated" if isinstance(e, EOFError) or "ran out" in str(e).lower() \
-            else "not a valid pickle"
+    except Exception as e:  # noqa: BLE001 - whatever a damaged pickle makes the unpickler raise
+        msg = str(e).lower()
+        kind = ("truncated" if isinstance(e, EOFError) or "ran out" in msg or "truncated" in msg
+                else "not a valid pickle")
         raise MetadataError(source, f"the metadata file ({len(data)} bytes) is {kind}: "
                             f"{type(e).__name__}: {e}", "a complete pickled torch Metadata",
                             "Re-copy the checkpoint; the file is damaged or is not a DCP "
                             ".metadata.", reason=kind) from None
     try:
         return _convert(raw)
-    except (_Corrupt, WorkbenchError) as e:
+    except (_Corrupt, WorkbenchError, RecursionError) as e:
         raise MetadataError(source, f"the metadata is corrupt: {e}",
                             "torch 2.13 DCP Metadata records",
                             "Re-copy the checkpoint or re-save it.") from None
@@ -365,7 +380,8 @@ def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Metadata:
 def load_metadata(path, rank: int | None = None) -> Metadata:
     """The checkpoint's `Metadata` as ``FileSystemReader(path).read_metadata(rank=rank)`` would
     return it, in workbench records, but read with an allow-list unpickler: nothing in the file is
-    executed (torch's reader is a bare ``pickle.load``). ``storage_meta.load_id`` stays None."""
+    executed (torch's reader is a bare ``pickle.load``). ``storage_meta.load_id`` is the file's
+    (None for files torch wrote) where torch's reader stamps a fresh one."""
     p = metadata_path(path, rank)
     try:
         data = p.read_bytes()

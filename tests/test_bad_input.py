@@ -103,7 +103,6 @@ def assert_torch_text(ei, torch_exc: BaseException, fqn: str | None):
 
 
 def test_partial_dtensor_in_a_checkpoint():
-    from torch.distributed.tensor import DTensor  # noqa: F401  (torch's message source)
     lt = LocalTensor(dtensor_layout((4,), (2,), "P"), 0)
     with pytest.raises(PlanError) as ei:
         H.create_write_items("w", lt)

@@ -155,3 +155,17 @@ def _retarget(lay, like):
     """Mesh and placements of ``lay`` applied to ``like``'s shape (placements on dims it has)."""
     pl = [p if not hasattr(p, "dim") or p.dim < len(like.shape) else "R" for p in lay.placements]
     return lay.mesh_shape, pl
+
+
+def test_a_load_difference_names_the_real_rank(monkeypatch):
+    """Rank 0 raises in torch (missing key); the planted difference on rank 1 is named rank 1."""
+    import workbench.planning as planning
+
+    save = {"w": dtensor_layout((8, 6), (2,), "S(0)")}
+    load = {"w": dtensor_layout((8, 6), (2,), "S(0)"), "extra": tensor_layout((2,), 2, ranks=[0])}
+    assert verify_with_torch(save, load_layouts=load).equal
+    real = planning.plan_load
+    wrong = {**load, "w": dtensor_layout((8, 6), (2,), "S(1)")}
+    monkeypatch.setattr(planning, "plan_load", lambda md, lay, **kw: real(md, wrong, **kw))
+    v = verify_with_torch(save, load_layouts=load)
+    assert not v.equal and v.difference.startswith("load plan rank 1 item #0: ours ReadItem(")

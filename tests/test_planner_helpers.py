@@ -549,3 +549,45 @@ def test_sharded_tensor_plans_match_torch(ws, spr, size, ws2, spr2, size2, data)
             same_outcome(lambda: H.create_default_local_load_plan(sd, md),
                          lambda: TD.create_default_local_load_plan(theirs, t_saved_md),
                          lambda p: [read_key(i) for i in p.items])
+
+
+# ----------------------------------------------------------------------------- small constructors
+@given(st.lists(st.integers(0, 5), max_size=3), st.integers(0, 4), st.integers(0, 4), st.integers(0, 4))
+def test_item_constructors_match_torch(shape, a, b, c):
+    shape = tuple(shape)
+    t = torch.zeros(shape)
+    lt = H.LocalTensor(tensor_layout(shape, 1), 0)
+    assert H.create_chunk_from_tensor(lt) == from_torch(TH._create_chunk_from_tensor(t))
+    assert H.create_chunk_from_tensor(t) == from_torch(TH._create_chunk_from_tensor(t))
+    assert write_key(H.create_write_item_for_tensor("w", lt)) == write_key(
+        TH._create_write_item_for_tensor("w", t))
+    assert write_key(H.create_write_item_for_bytesio("w", 3)) == write_key(
+        TH._create_write_item_for_bytesio("w", 3))
+    d, s = MetadataIndex("w", shape, 1), MetadataIndex("w", shape[::-1], 2)
+    n = len(shape)
+    assert read_key(H.create_read_item_for_tensor(d, [a] * n, s, [b] * n, [c] * n)) == read_key(
+        TH._create_read_item_for_tensor(to_torch(d), [a] * n, to_torch(s), [b] * n, [c] * n))
+    assert read_key(H.create_read_item_for_byteio(d, a, s, b, c)) == read_key(
+        TH._create_read_item_for_byteio(to_torch(d), a, to_torch(s), b, c))
+    assert H.check_box_bounds((5, 5, 5)[:n], Chunk((a,) * n, (c,) * n)) == TD._check_box_bounds(
+        torch.Size((5, 5, 5)[:n]), to_torch(Chunk((a,) * n, (c,) * n)))
+
+
+def test_iterate_state_dict_dispatches_like_torch():
+    def run(fn, sd):
+        def tag(kind):
+            return lambda v: kind
+        return fn(sd, tag("dtensor"), tag("sharded"), tag("tensor"))
+
+    with fake_rank(0, 2):
+        L = dtensor_layout((4,), (2,), "S(0)")
+        torch_sd = {"d": torch_value(H.LocalTensor(L, 0)), "s": torch_sharded_tensor(0, 2, 1, 2),
+                    "t": torch.zeros(1), "n": [1, (2.0, None)], "x": {3}}
+        ours_sd = {"d": H.LocalTensor(L, 0), "s": sharded_local(0, 2, 1, 2),
+                   "t": H.LocalTensor(tensor_layout((1,), 2), 0), "n": [1, (2.0, None)], "x": {3}}
+        theirs = run(TH._iterate_state_dict, dict(torch_sd))
+        assert theirs == {"d": "dtensor", "s": "sharded", "t": "tensor", "n": [1, (2.0, None)], "x": None}
+        for sd in (ours_sd, dict(torch_sd)):
+            ours = run(H.iterate_state_dict, sd)
+            assert ours == theirs
+            assert ours is sd     # dicts are rewritten in place

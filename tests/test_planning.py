@@ -368,6 +368,9 @@ def test_io_numbers_of_a_reshard():
     assert io.amplification.tolist() == [2.0, 2.0]
     assert io.traffic.tolist() == [[32] * 4] * 2 and io.readers["__0_0.distcp"] == (0, 1)
     assert io.bytes_written.tolist() == [32] * 4 and io.file_writers.tolist() == [0, 1, 2, 3]
+    assert io.file_reads.tolist() == [2] * 4 and io.file_bytes_read.tolist() == [64] * 4
+    assert sorted(zip(io.pair_rank.tolist(), io.pair_file.tolist())) == \
+        [(r, f) for r in range(2) for f in range(4)]
 
 
 def test_io_uses_storage_lengths_when_known():
@@ -422,8 +425,13 @@ def test_reads_stay_inside_both_chunks_and_tile_covered_chunks(case):
     md = plan_save(saved, lowest).metadata
     res = plan_load(md, load, allow_partial_load=True)
     io = res.io
-    assert io.reads.sum() == sum(len(res.plans[r].items) for r in range(res.world_size))
+    assert io.reads.tolist() == [len(res.plans[r].items) for r in range(res.world_size)]
     assert io.traffic.sum() <= io.bytes_read.sum() and io.read_counts.sum() <= io.reads.sum()
+    assert io.traffic.sum(axis=0).tolist() == io.file_bytes_read.tolist()
+    assert io.read_counts.sum(axis=0).tolist() == io.file_reads.tolist()
+    assert io.files_opened.tolist() == (io.read_counts > 0).sum(axis=1).tolist()
+    assert {f: tuple(np.flatnonzero(io.read_counts[:, j]).tolist()) for j, f in enumerate(io.files)} \
+        == io.readers
     for fqn, lay in load.items():
         block = res.reads(fqn)
         if block.kind != "tensor" or len(block) == 0:

@@ -5,6 +5,9 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
@@ -277,7 +280,8 @@ def test_traffic_and_bytes_per_rank_come_from_the_plans_io():
 # ----------------------------------------------------------------------------- hygiene
 def test_plots_never_import_pyplot():
     code = ("import sys, workbench.plots as p, workbench as wb; "
-            "p.plot_layout(wb.dtensor_layout((4, 4), (2,), 'S(0)')).figure.canvas.draw(); "
+            "import io; p.plot_layout(wb.dtensor_layout((4, 4), (2,), 'S(0)')).figure.savefig("
+            "io.BytesIO(), format='png'); "
             "sys.exit('matplotlib.pyplot' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -287,7 +291,9 @@ def test_4096_chunks_draw_as_a_few_collections():
     layout = wb.dtensor_layout((4096, 4096), (64, 64), "S(0), S(1)")
     ax = plot_layout(layout)
     assert drawn_paths(ax) == 4096 and len(ax.collections) == 1 and len(ax.texts) == 0
-    ax.figure.canvas.draw()
+    FigureCanvasAgg(ax.figure).draw()  # really rendered (a bare Figure's canvas draws nothing)
+    pixels = np.asarray(ax.figure.canvas.buffer_rgba())
+    assert len(np.unique(pixels.reshape(-1, 4), axis=0)) > 1000  # thousands of rank colours
 
 
 def test_zero_size_tensors_and_bytes_entries():
@@ -330,3 +336,19 @@ def test_zoom_keeps_the_ranks_neighbourhood_only():
     assert pic.window == (32, 32, 160, 160)
     assert len(pic.of_kind("saved")) == 128 and len(pic.of_kind("read")) == 64
     assert len(pic.of_kind("wanted")) == 3 * 3 - 1  # the 64-wide cells meeting [32:160)^2
+
+
+@settings(max_examples=50)
+@given(st.lists(st.integers(1, 12), min_size=2, max_size=2),
+       st.lists(st.integers(1, 4), min_size=1, max_size=2), st.data())
+def test_layout_tiles_cover_the_tensor_once(shape, mesh, data):
+    placements = [data.draw(st.sampled_from(["R", "S(0)", "S(1)"])) for _ in mesh]
+    layout = wb.dtensor_layout(shape, mesh, placements)
+    pic = layout_data(layout)
+    grid = np.zeros(shape, dtype=int)
+    for t in pic.tiles:
+        grid[t.y:t.y + t.h, t.x:t.x + t.w] += 1
+    assert (grid == 1).all()  # replicas are one tile; every element in exactly one tile
+    holders = sorted(r for t in pic.tiles for r in t.ranks)
+    empties = [r for r in range(layout.world_size) if layout.chunks(r)[0].is_empty]
+    assert sorted(holders + empties) == list(range(layout.world_size))

@@ -18,7 +18,7 @@ from workbench.geometry import Chunk
 from workbench.planner_helpers import LocalTensor
 from workbench.records import (BytesStorageMetadata, LoadItemType, Metadata, MetadataIndex,
                                SavePlan, TensorProperties, TensorStorageMetadata, WriteItemType)
-from workbench.sharding import (Shard, StridedShard, bytes_layout, dtensor_layout, held_indices,
+from workbench.sharding import (Shard, StridedShard, dtensor_layout, held_indices,
                                 local_shape_and_offset, sharded_layout, tensor_layout)
 
 torch = pytest.importorskip("torch")

@@ -151,6 +151,8 @@ BAD_INPUTS = [
     ("save_mesh", "0", "mesh shape (0,) has a dim below 1"),
     ("dims", "0, 7", "dims to draw (0, 7) do not fit a 2-d tensor"),
     ("load_mesh", "1000, 1000", "load mesh (1000, 1000) has 1000000 ranks (at most 16384"),
+    ("shape", "10**12, 10**12", "shape '10**12, 10**12' is not a list of integers"),
+    ("shape", "1000000000000, 1000000000000", "holds 4000000000000000000000000 bytes"),
     ("dtype", "int8", None),  # valid: no message
 ]
 
@@ -193,9 +195,15 @@ def test_load_mesh_change_refits_the_rank_options():
     assert list(ex.rank.options) == [0, 1] and ex.rank.value == 0 and ex.result.rank == 0
 
 
-def test_unknown_classic_raises():
+def test_bad_constructor_arguments_raise_house_form_errors(llama_save):
     with pytest.raises(LayoutError, match="classic reshard 'nope' is not known"):
         ReshardExplorer("nope")
+    with pytest.raises(WorkbenchError, match=r"load rank 8 is not in the load world of 8 ranks"):
+        ReshardExplorer("FSDP -> FSDP+TP", rank=8)
+    with pytest.raises(WorkbenchError, match=r"load rank 4 is not in the load world of 4 ranks"):
+        CheckpointExplorer(llama_save, rank=4)
+    with pytest.raises(WorkbenchError, match=r"load rank 9 is not in the load world of 4 ranks"):
+        ReadOrderStepper("FSDP 8 -> 4", rank=9)
 
 
 # ----------------------------------------------------------------------------- CheckpointExplorer

@@ -39,10 +39,11 @@ _LAZY = {
     # planning.py: whole state dicts for every rank
     **{n: "planning" for n in ("plan_save", "plan_load", "SavePlanResult", "LoadPlanResult")},
     # diagnosis.py
-    **{n: "diagnosis" for n in ("Problem", "find_problems", "explain", "Explanation")},
+    **{n: "diagnosis" for n in ("Problem", "find_problems", "find_save_problems", "explain",
+                                "Explanation", "KINDS", "SEVERITIES")},
     # models.py: presets and parallelism recipes
     **{n: "models" for n in ("model_state_dict", "apply_recipe", "state_dict_from_module",
-                             "PRESETS", "RECIPES")},
+                             "PRESETS", "RECIPES", "SIZES", "TP_PLANS")},
     # torch_bridge (imports torch inside functions only)
     **{n: "torch_bridge" for n in ("load_metadata", "verify_with_torch")},
 }

@@ -227,7 +227,9 @@ def _placements(recipe, mesh, tp_dim):
     tp = Replicate() if tp_dim is None else Shard(tp_dim)
     if recipe == "tp":
         return (tp,)
-    # _fsdp_param._init_sharding_spec_dtensor: split_factor = TP shards on FSDP's dim 0.
+    # _fsdp_param._init_sharding_spec_dtensor: split_factor = TP shards on FSDP's dim 0. A
+    # TP-replicated parameter is really a DTensor on the DP sub-mesh only ([Shard(0)]); on the full
+    # mesh [Shard(0), Replicate()] gives every rank the same chunk, so DCP plans are identical.
     tp_size = mesh[-1]
     dp = StridedShard(0, tp_size) if tp_dim == 0 and tp_size > 1 else Shard(0)
     return (dp, tp) if recipe == "fsdp_tp" else (Replicate(), dp, tp)
@@ -280,7 +282,8 @@ def apply_recipe(state_dict: dict[str, Entry], recipe: str, mesh_shape, *,
             out[fqn] = tensor_layout(shape, ws, dtype, fqn=fqn)
             continue
         param = _param_name(fqn)
-        tp_dim = _tp_shard_dim(param, len(shape), plan) if recipe in ("tp", "fsdp_tp", "hsdp_tp") else None
+        tp_dim = (_tp_shard_dim(param, len(shape), plan)
+                  if recipe in ("tp", "fsdp_tp", "hsdp_tp") else None)
         if recipe == "tp" and tp_dim is None:
             # parallelize_module leaves parameters outside the plan as plain tensors
             out[fqn] = tensor_layout(shape, ws, dtype, fqn=fqn)

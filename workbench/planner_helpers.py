@@ -30,7 +30,7 @@ from .geometry import Chunk, as_chunk, boxes_overlap
 from .records import (BytesStorageMetadata, LoadItemType, LoadPlan, Metadata, MetadataIndex,
                       ReadItem, SavePlan, TensorProperties, TensorStorageMetadata, TensorWriteData,
                       WriteItem, WriteItemType)
-from .sharding import Layout, Partial, format_placements
+from .sharding import Layout, format_placements
 
 __all__ = [
     "LocalTensor",

@@ -536,23 +536,31 @@ def _read_columns(s_off, s_size, pat: _Pattern, ws: int):
     if nd:
         ok = _overlap_mask(l_off[li], l_size[li], s_off[si], s_size[si])
         li, si = li[ok], si[ok]
-    rank = pat.rank[li]
+    # sweep dim per rank (torch: the first dim of largest max(offset+size) over the rank's local
+    # chunks and all saved chunks; 1-d: dim 0; 0-d: bounds (0, 1) everywhere, i.e. no reordering)
+    sw_rank = np.zeros(ws, np.int64)
     if nd > 1:
-        ext = np.maximum.reduceat(l_off + l_size, pat.starts[:-1][np.diff(pat.starts) > 0], axis=0)
+        present = np.diff(pat.starts) > 0
+        ext = np.maximum.reduceat(l_off + l_size, pat.starts[:-1][present], axis=0)
         ext = np.maximum(ext, (s_off + s_size).max(axis=0))
-        sw_present = np.where(ext.max(axis=1) > 0, np.argmax(ext, axis=1), 0)
-        sw_rank = np.zeros(ws, np.int64)
-        sw_rank[np.flatnonzero(np.diff(pat.starts) > 0)] = sw_present
-        sw = sw_rank[rank]
-        k_local = l_off[li, sw]
-        k_saved = s_off[si, sw] + s_size[si, sw]
+        sw_rank[present] = np.where(ext.max(axis=1) > 0, np.argmax(ext, axis=1), 0)
+    zero = np.zeros(len(l_off), np.int64)
+    sw_local = sw_rank[pat.rank]
+    k_local = l_off[np.arange(len(l_off)), sw_local] if nd else zero
+    # rank of each local chunk in its rank's visiting order: (local start on sw, local index)
+    lpos = np.empty(len(l_off), np.int64)
+    lpos[np.lexsort((pat.pos, k_local, pat.rank))] = np.arange(len(l_off))
+    sw = sw_local[li]
+    k_saved = (s_off[si, sw] + s_size[si, sw]) if nd else np.zeros(len(li), np.int64)
+    # one int64 key (local visit position, saved end on sw, saved index) when it cannot overflow
+    k_saved = k_saved - (k_saved.min() if len(k_saved) else 0)
+    span = int(k_saved.max()) + 1 if len(k_saved) else 1
+    if len(l_off) * span * len(s_off) < 2 ** 62:
+        order = np.argsort((lpos[li] * span + k_saved) * len(s_off) + si, kind="stable")
     else:
-        # 1-d: dim 0; 0-d: torch uses bounds (0, 1) for every chunk, i.e. no reordering
-        k_local = l_off[li, 0] if nd else np.zeros(len(li), np.int64)
-        k_saved = (s_off[si, 0] + s_size[si, 0]) if nd else np.zeros(len(li), np.int64)
-    local_idx = pat.pos[li]
-    order = np.lexsort((si, k_saved, local_idx, k_local, rank))
-    li, si, rank, local_idx = li[order], si[order], rank[order], local_idx[order]
+        order = np.lexsort((si, k_saved, lpos[li]))
+    li, si = li[order], si[order]
+    rank, local_idx = pat.rank[li], pat.pos[li]
     lo, ls, so, ss = l_off[li], l_size[li], s_off[si], s_size[si]
     lengths = np.minimum(so + ss, lo + ls) - np.maximum(lo, so)
     after = so > lo
@@ -593,18 +601,21 @@ def _key_ranks(lay: Layout, pat: _Pattern) -> np.ndarray:
     return pat.holder_ranks
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoadIO:
     """What a load costs, per load rank and per file (see ``LoadPlanResult.io``).
 
     Per load rank (arrays of ``world_size``): ``files_opened``, ``reads`` (read items),
-    ``bytes_needed`` (elements the rank receives x element size), ``bytes_read`` (what
+    ``bytes_needed`` (elements the rank receives x the saved element size), ``bytes_read`` (what
     ``FileSystemReader.read_data`` reads: the whole stored item for every read item, its
     ``StorageInfo.length`` when known, else the saved chunk's bytes), ``amplification``
     (bytes_read / bytes_needed, nan when nothing is needed). Per file (``files``, sorted by writer
     rank then name): ``file_writers`` (rank parsed from ``__<rank>_<n>.distcp``, -1 otherwise),
-    ``readers[file]`` (load ranks opening it), ``traffic`` (ranks x files bytes read),
-    ``read_counts`` (ranks x files read items). ``bytes_written``: per save rank, from
+    ``readers[file]`` (load ranks opening it), ``file_reads`` / ``file_bytes_read`` (read items
+    served, bytes loaded). Rank-to-file traffic as pairs (``pair_rank``, ``pair_file`` index into
+    ``files``, ``pair_reads``, ``pair_bytes``; one row per rank that reads a file) and as dense
+    ranks x files matrices ``traffic`` (bytes) and ``read_counts`` (items), built on first access
+    (4096 x 4096 ranks and files is 128 MB each). ``bytes_written``: per save rank, from
     ``StorageInfo.length`` or the chunks' bytes, or None when no file names a rank. Reads whose
     chunk has no storage entry count in the per-rank numbers but in no file."""
 
@@ -616,9 +627,26 @@ class LoadIO:
     files: tuple[str, ...]
     file_writers: np.ndarray
     readers: dict
-    traffic: np.ndarray
-    read_counts: np.ndarray
+    file_reads: np.ndarray
+    file_bytes_read: np.ndarray
+    pair_rank: np.ndarray
+    pair_file: np.ndarray
+    pair_reads: np.ndarray
+    pair_bytes: np.ndarray
     bytes_written: np.ndarray | None
+
+    def _dense(self, values: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(self.reads), len(self.files)), np.int64)
+        out[self.pair_rank, self.pair_file] = values
+        return out
+
+    @cached_property
+    def traffic(self) -> np.ndarray:
+        return self._dense(self.pair_bytes)
+
+    @cached_property
+    def read_counts(self) -> np.ndarray:
+        return self._dense(self.pair_reads)
 
 
 @dataclass(frozen=True, eq=False)
@@ -867,10 +895,6 @@ def _load_io(res: LoadPlanResult) -> LoadIO:
     pb = _sum_by(inv, np.concatenate(pair_bytes) if pair_bytes else keys, len(uniq))
     pc = _sum_by(inv, np.concatenate(pair_counts) if pair_counts else keys, len(uniq))
     pr, pf = uniq % stride, remap[uniq // stride] if nf else uniq
-    traffic = np.zeros((ws, nf), np.int64)
-    counts = np.zeros((ws, nf), np.int64)
-    traffic[pr, pf] = pb
-    counts[pr, pf] = pc
     files_t = tuple(names[i] for i in order)
     file_writers = np.array([-1 if writers[i] is None else writers[i] for i in order], np.int64)
     by_file = np.lexsort((pr, pf))
@@ -885,7 +909,7 @@ def _load_io(res: LoadPlanResult) -> LoadIO:
         known = file_writers >= 0
         np.add.at(bytes_written, file_writers[known], per_file[order][known])
     return LoadIO(np.bincount(pr, minlength=ws), n_reads, needed, read, amp, files_t, file_writers,
-                  readers, traffic, counts, bytes_written)
+                  readers, _sum_by(pf, pc, nf), _sum_by(pf, pb, nf), pr, pf, pc, pb, bytes_written)
 
 
 def _sum_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

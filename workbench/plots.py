@@ -588,8 +588,9 @@ def plot_mesh(source, ax=None, *, max_labels: int = 256):
 @dataclass(frozen=True)
 class TrafficData:
     """Bytes each load rank loads from each file (``matrix[rank, file]``, whole saved chunks per
-    read item as torch's reader does); ``files`` in order of first use, ``writers`` their writer
-    rank (None when unknown)."""
+    read item as torch's reader does); ``files`` sorted by writer rank then name as in
+    ``LoadPlanResult.io`` (unread files included), ``writers`` their writer rank (None when the
+    name tells none)."""
 
     ranks: tuple[int, ...]
     files: tuple[str, ...]

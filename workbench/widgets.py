@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import io
+import math
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -33,7 +34,7 @@ from IPython.display import HTML, Image
 
 from .colors import HIGHLIGHT_COLOR
 from .errors import LayoutError, PlacementError, PlanError, WorkbenchError
-from .records import Metadata
+from .records import DTYPE_SIZES, Metadata, canonical_dtype
 from .sharding import Layout, Placement, dtensor_layout, format_placements, parse_placements
 
 __all__ = ["CLASSIC_RESHARDS", "DEFAULT_CLASSIC", "ReshardSpec", "ReshardResult",
@@ -47,7 +48,7 @@ DTYPES = ("float32", "bfloat16", "float16", "float64", "int64", "int32", "int8",
 # engine would draw every picture twice, and drawing + PNG encoding are most of a redraw's cost.
 FIGSIZE, DPI, MARGINS = (6.4, 4.2), 90, dict(left=0.1, right=0.7, top=0.92, bottom=0.27)
 READ_COLUMNS = ["order", "dest_region", "storage_region", "dest_offsets", "storage_offsets",
-                "lengths", "source_chunk", "source_file", "writer"]
+                "lengths", "bytes", "source_chunk", "source_file", "writer"]
 PROBLEM_COLUMNS = ["fqn", "kind", "severity", "rank_list", "region", "message"]
 # Every rank is planned on each spec change: beyond this a typo (a mesh of "1000000") would
 # freeze the kernel for minutes instead of answering.
@@ -194,14 +195,16 @@ def explore_reshard(shape, save_mesh, save_placements, load_mesh, load_placement
                        parse_placements(load_placements), dtype)
     dims = parse_ints(dims, "dims to draw", example="0, 1")
     for what, mesh in (("save", spec.save_mesh), ("load", spec.load_mesh)):
-        n = 1
-        for m in mesh:
-            n *= max(m, 1)
+        n = math.prod(mesh)
         if n > MAX_RANKS:
             raise PlacementError(FQN, f"{what} mesh {mesh} has {n} ranks",
                                  f"at most {MAX_RANKS} in the explorer",
                                  "Plan larger worlds with workbench.planning.plan_save / plan_load.",
                                  mesh_shape=mesh)
+    nbytes = math.prod(spec.shape) * DTYPE_SIZES[canonical_dtype(dtype)]
+    if nbytes >= 2 ** 63:  # byte counts are int64 in plans and tables
+        raise LayoutError(FQN, f"shape {spec.shape} holds {nbytes} bytes of {dtype}",
+                          "below 2**63 bytes", "Use a real tensor size.", shape=spec.shape)
     save, load, problems = _reshard_plans(spec)
     reads = read_items_table(load, FQN, rank=int(rank))  # raises for a rank outside the world
     picture = reshard_data(save, load, FQN, int(rank), dims=dims)
@@ -275,6 +278,14 @@ class _Explorer:
         return self.widget._repr_mimebundle_(**kw)
 
 
+def _check_rank(rank: int, world: int) -> int:
+    """A constructor's ``rank`` argument, checked against the load world."""
+    if not 0 <= rank < world:
+        raise PlanError(None, f"load rank {rank} is not in the load world of {world} ranks",
+                        f"0 <= rank < {world}", "Pick a rank of the load world.", rank=rank)
+    return rank
+
+
 def _set_options(dropdown: W.Dropdown, options: list, value) -> None:
     """New options for a dropdown, keeping ``value`` when it is still offered."""
     if list(dropdown.options) != options:
@@ -321,6 +332,7 @@ class ReshardExplorer(_Explorer):
         self._observe(self.shape, self.dtype, self.save_mesh, self.save_placements,
                       self.load_mesh, self.load_placements, self.rank, self.dims)
         self._apply_classic(classic, rank)
+        _check_rank(rank, len(self.rank.options))
 
     def _apply_classic(self, label: str, rank: int) -> None:
         """Fill every control from a classic reshard, then redraw once."""
@@ -339,10 +351,8 @@ class ReshardExplorer(_Explorer):
             mesh = parse_ints(self.load_mesh.value, "load mesh", error=PlacementError)
         except WorkbenchError:
             return
-        world = 1
-        for m in mesh:
-            world *= max(m, 0)
-        if 1 <= world <= MAX_RANKS:
+        world = math.prod(mesh)
+        if 1 <= world <= MAX_RANKS and min(mesh, default=1) >= 1:
             _set_options(self.rank, list(range(world)), rank)
 
     def _on_change(self, change=None) -> None:
@@ -519,7 +529,7 @@ class CheckpointExplorer(_Explorer):
         self.tensor = _css(W.Select(options=[], rows=12, description="tensor",
                                     layout=W.Layout(width="30em"),
                                     style={"description_width": "4em"}), "wb-tensor")
-        self.rank = _dropdown(list(range(world)), rank if 0 <= rank < world else 0, "load rank",
+        self.rank = _dropdown(list(range(world)), _check_rank(rank, world), "load rank",
                               "wb-rank")
         self.dims = _text("0, 1", "dims to draw", "wb-dims")
         self.picture = _css(W.Output(), "wb-picture")
@@ -651,7 +661,8 @@ class ReadOrderStepper(_Explorer):
         self.load = getattr(source, "load", source)
         self.fqn = fqn if fqn is not None else next(iter(self.load.layouts))
         self._dims = dims
-        self.rank = _dropdown(list(range(self.load.world_size)), rank, "load rank", "wb-rank")
+        self.rank = _dropdown(list(range(self.load.world_size)),
+                              _check_rank(rank, self.load.world_size), "load rank", "wb-rank")
         self.step = _css(W.IntSlider(value=0, min=0, max=0, description="item",
                                      continuous_update=False), "wb-step")
         self.prev = _css(W.Button(description="prev", icon="arrow-left"), "wb-prev")

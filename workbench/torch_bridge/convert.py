@@ -16,7 +16,7 @@ import math
 
 from .. import records as R
 from ..geometry import Chunk
-from ..sharding import (Layout, Partial, Placement, Replicate, Shard, StridedShard, as_placement,
+from ..sharding import (Layout, Placement, Replicate, Shard, StridedShard, as_placement,
                         dtensor_layout, sharded_layout, tensor_layout)
 
 __all__ = ["to_torch", "from_torch", "placement_to_torch", "placement_from_torch",

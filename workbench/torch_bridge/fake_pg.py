@@ -109,10 +109,6 @@ def _rank_state_dict(layouts, rank, device):
     return _state_dict(layouts, rank, _Meshes(), empty=device)
 
 
-def _exc_text(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"
-
-
 def torch_save_plans(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False
                      ) -> TorchSavePlans:
     """Every rank's ``DefaultSavePlanner.create_local_plan`` under the fake process group, then
@@ -126,6 +122,7 @@ def torch_save_plans(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = 
                                                               create_default_global_save_plan)
 
     from .convert import from_torch
+    from .runs import _exc_text
 
     ws = _check(layouts)
     local, rank_errors = [], []
@@ -158,6 +155,7 @@ def torch_load_plans(metadata, layouts: Mapping[str, Layout], *, allow_partial_l
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
     from .convert import from_torch, to_torch
+    from .runs import _exc_text
 
     ws = _check(layouts)
     tmd = to_torch(metadata) if isinstance(metadata, Metadata) else metadata
@@ -187,8 +185,9 @@ def _item_key(item):
     return (item.type, item.index, item.index.index, item.tensor_data)
 
 
-def _first_item_difference(what, ours, theirs) -> str | None:
-    for r, (a, b) in enumerate(zip(ours, theirs)):
+def _first_item_difference(what, ours, theirs, ranks=None) -> str | None:
+    """The first rank / item where two lists of per-rank plans differ (``ranks`` names them)."""
+    for r, a, b in zip(ranks if ranks is not None else range(len(ours)), ours, theirs):
         for i, (x, y) in enumerate(zip(a.items, b.items)):
             if _item_key(x) != _item_key(y):
                 return f"{what} rank {r} item #{i}: ours {x} vs torch {y}"
@@ -248,7 +247,7 @@ def _compare_load(metadata, layouts, allow_partial_load) -> str | None:
             return f"load rank {r}: torch raised {err!r}, ours {want!r}"
     ok = [r for r, e in enumerate(theirs.rank_errors) if e is None]
     return _first_item_difference("load plan", [ours.plans[r] for r in ok],
-                                  [theirs.plans[r] for r in ok])
+                                  [theirs.plans[r] for r in ok], ok)
 
 
 def verify_with_torch(layouts: Mapping[str, Layout], metadata=None, *,

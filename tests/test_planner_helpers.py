@@ -6,7 +6,7 @@ import logging
 import random
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -591,3 +591,45 @@ def test_iterate_state_dict_dispatches_like_torch():
             ours = run(H.iterate_state_dict, sd)
             assert ours == theirs
             assert ours is sd     # dicts are rewritten in place
+
+
+# ----------------------------------------------------------------------------- whole saves
+@st.composite
+def whole_state_dicts(draw):
+    """Layouts of a few entries over one world: DTensors on meshes that may leave ranks out,
+    plain tensors (held by every rank) and bytes values."""
+    mesh = tuple(draw(st.integers(1, 3)) for _ in range(draw(st.integers(1, 2))))
+    ws = math.prod(mesh) + draw(st.integers(0, 2))
+    layouts = {}
+    for k in range(draw(st.integers(1, 3))):
+        ndim = draw(st.integers(0, 2))
+        shape = tuple(draw(st.integers(0, 7)) for _ in range(ndim))
+        m = mesh if draw(st.booleans()) else (draw(st.integers(1, ws)),)
+        layouts[f"w{k}"] = dtensor_layout(shape, m, draw(placements_for(ndim, len(m), partial_ok=False)),
+                                          draw(st.sampled_from(DTYPES)), ws)
+    if draw(st.booleans()):
+        layouts["plain"] = tensor_layout((draw(st.integers(0, 5)),), ws, "float32")
+    if draw(st.booleans()):
+        layouts["step"] = bytes_layout(ws)
+    return layouts
+
+
+@settings(max_examples=60)
+@given(whole_state_dicts(), st.booleans())
+def test_whole_save_matches_torch(layouts, lowest):
+    """Every rank's local plan from real DTensors under the fake group, then torch's dedup,
+    global plan and validation, against the same steps on LocalTensors."""
+    ws = next(iter(layouts.values())).world_size
+    ours = [H.create_default_local_save_plan({k: H.LocalTensor(L, r) for k, L in layouts.items()},
+                                             r == 0) for r in range(ws)]
+    theirs = []
+    for r in range(ws):
+        with fake_rank(r, ws):
+            theirs.append(TD.create_default_local_save_plan(
+                {k: torch_value(H.LocalTensor(L, r)) for k, L in layouts.items()}, r == 0))
+    assert plans_key(ours) == plans_key(theirs)
+    o_final, o_md = H.create_default_global_save_plan(H.dedup_save_plans(ours, lowest))
+    t_final, t_md = TD.create_default_global_save_plan(torch_dedup(theirs, lowest))
+    assert plans_key(o_final) == plans_key(t_final)
+    assert md_key(o_md) == md_key(t_md)
+    assert H.validate_global_plan(o_final, o_md) == TD._validate_global_plan(t_final, t_md)

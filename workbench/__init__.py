@@ -44,6 +44,8 @@ _LAZY = {
     # models.py: presets and parallelism recipes
     **{n: "models" for n in ("model_state_dict", "apply_recipe", "state_dict_from_module",
                              "PRESETS", "RECIPES", "SIZES", "TP_PLANS")},
+    # checkpoint.py: a real checkpoint directory (no torch)
+    **{n: "checkpoint" for n in ("open_checkpoint", "Checkpoint", "SavedChunk")},
     # torch_bridge (imports torch inside functions only)
     **{n: "torch_bridge" for n in ("load_metadata", "verify_with_torch")},
 }

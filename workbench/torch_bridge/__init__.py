@@ -12,6 +12,10 @@ import importlib
 _LAZY = {
     "load_metadata": "safe_metadata",
     "verify_with_torch": "fake_pg",
+    "torch_save_plans": "fake_pg",
+    "torch_load_plans": "fake_pg",
+    **{n: "runs" for n in ("run_save", "run_load", "run_steps", "make_checkpoint",
+                           "make_checkpoints", "load_scenarios", "SCENARIO_KINDS")},
 }
 
 

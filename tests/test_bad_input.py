@@ -171,3 +171,12 @@ def test_validate_chunk_of_the_wrong_rank_names_the_key():
     md = Metadata({"w": TensorStorageMetadata(TensorProperties(), (4, 4), [Chunk((0,), (4,))])})
     with pytest.raises(ChunkError, match=r"^w: chunk \[0:4\] has 1 dims for a tensor of size \(4, 4\)"):
         H.validate_global_plan([SavePlan([])], md)
+
+
+def test_malformed_chunk_in_a_chunk_list_names_fqn_and_position():
+    md = TensorStorageMetadata(TensorProperties(), (4,), [Chunk((0,), (4,))])
+    with pytest.raises(ChunkError) as ei:
+        H.create_read_items_for_chunk_list("w", md, [Chunk((0,), (2,)), ((2, 0), (2,))])
+    assert str(ei.value).startswith("w: chunk #1: chunk offsets [2, 0] and sizes [2] have different "
+                                    "lengths 2 and 1 (one offset and one size per tensor dim).")
+    assert ei.value.offsets == (2, 0)

@@ -182,6 +182,19 @@ def test_bad_input_goes_to_the_message_panel_and_keeps_the_last_result(control, 
     assert ex.message.value == "" and ex.result is not good
 
 
+def test_a_bug_is_reported_in_the_panel_and_raised(monkeypatch):
+    ex = ReshardExplorer("FSDP 8 -> 4")
+    good = ex.result
+
+    def broken(*args, **kwargs):
+        raise KeyError("boom")
+    monkeypatch.setattr("workbench.widgets.explore_reshard", broken)
+    with pytest.raises(KeyError):
+        ex.rank.value = 1
+    assert "internal error, please report: KeyError: &#x27;boom&#x27;" in ex.message.value
+    assert ex.result is good
+
+
 def test_load_mesh_change_refits_the_rank_options():
     ex = ReshardExplorer("FSDP 8 -> 4")  # load mesh (4,) [S(0)]
     ex.rank.value = 3

@@ -146,6 +146,18 @@ def _value(obj):
     return obj
 
 
+def _chunks(fqn: str, chunks) -> list[Chunk]:
+    """`Chunk`s from chunks, torch records or (offsets, sizes) pairs; a malformed one is reported
+    under ``fqn`` with its position."""
+    out = []
+    for i, c in enumerate(chunks):
+        try:
+            out.append(as_chunk(c))
+        except ChunkError as e:
+            raise ChunkError(fqn, f"chunk #{i}: {e.what}", e.expectation, e.fix, **e.facts) from None
+    return out
+
+
 def _tensor_kind(obj) -> str | None:
     return obj.kind if isinstance(obj, LocalTensor) and obj.kind != "bytes" else None
 
@@ -310,8 +322,8 @@ def create_read_items_for_chunk_list(fqn: str, checkpoint_md, local_chunks) -> l
     chunks (not the tensor's size); 0-d chunks sweep as ``[0, 1)``. Written as torch's loop, not
     as a sort, so that the order is torch's by construction.
     """
-    saved = [as_chunk(c) for c in checkpoint_md.chunks]
-    local = [as_chunk(c) for c in local_chunks]
+    saved = _chunks(fqn, checkpoint_md.chunks)
+    local = _chunks(fqn, local_chunks)
     items: list[ReadItem] = []
     if not local or not saved:
         return items

@@ -760,7 +760,8 @@ def plan_load(metadata: Metadata, layouts: Mapping[str, Layout], *,
 
 
 def _load_plan(res: LoadPlanResult, r: int) -> LoadPlan:
-    """Rank r's ``LoadPlan`` from the columns, ReadItem records in torch's order."""
+    """Rank r's ``LoadPlan`` from the columns, ReadItem records in torch's order. Indices are
+    frozen records, so one ``MetadataIndex`` per chunk is shared by all the items naming it."""
     items = []
     sdm = res.metadata.state_dict_metadata
     for fqn, block in res._blocks.items():
@@ -773,12 +774,18 @@ def _load_plan(res: LoadPlanResult, r: int) -> LoadPlan:
             continue
         local = res.layouts[fqn].rank_chunks[r]
         saved = sdm[fqn].chunks
+        dest: dict[int, MetadataIndex] = {}
+        storage: dict[int, MetadataIndex] = {}
         for li, si, do, so, ln in zip(block.local_idx[sl].tolist(), block.saved_idx[sl].tolist(),
                                       block.dest_offsets[sl].tolist(),
                                       block.storage_offsets[sl].tolist(), block.lengths[sl].tolist()):
-            items.append(ReadItem(LoadItemType.TENSOR, MetadataIndex(fqn, local[li].offsets, li),
-                                  tuple(do), MetadataIndex(fqn, saved[si].offsets, si), tuple(so),
-                                  tuple(ln)))
+            d = dest.get(li)
+            if d is None:
+                d = dest[li] = MetadataIndex(fqn, local[li].offsets, li)
+            t = storage.get(si)
+            if t is None:
+                t = storage[si] = MetadataIndex(fqn, saved[si].offsets, si)
+            items.append(ReadItem(LoadItemType.TENSOR, d, tuple(do), t, tuple(so), tuple(ln)))
     return LoadPlan(items)
 
 

@@ -214,7 +214,7 @@ def explore_reshard(shape, save_mesh, save_placements, load_mesh, load_placement
 
 
 # ----------------------------------------------------------------------------- widget plumbing
-def _message(panel: W.HTML, err: WorkbenchError | None) -> None:
+def _message(panel: W.HTML, err: Exception | str | None) -> None:
     panel.value = "" if err is None else (
         f"<div style='color:#b00020;white-space:pre-wrap'>{html.escape(str(err))}</div>")
 
@@ -263,6 +263,11 @@ class _Explorer:
         except WorkbenchError as err:
             _message(self.message, err)
             return self.result
+        except Exception as err:
+            # a bug, not bad input: say so where the user looks (a browser shows callback
+            # exceptions only in the log console), then let it propagate to the log and to tests
+            _message(self.message, f"internal error, please report: {type(err).__name__}: {err}")
+            raise
         _message(self.message, None)
         self.result = result
         self._show(result)

@@ -53,7 +53,7 @@ RANK = f"{EXPLORER} .wb-rank select"
 PICTURE = f"{EXPLORER} .wb-picture img"
 READS = f"{EXPLORER} .wb-reads table"
 PROBLEMS = f"{EXPLORER} .wb-problems table"
-MESSAGE = f"{EXPLORER} .wb-message"
+MESSAGE = f"{EXPLORER} .wb-message"  # the ReshardExplorer's message panel
 NEXT_CLASSIC = "FSDP -> FSDP+TP"
 
 
@@ -270,6 +270,25 @@ def test_tour_runs_and_explorer_reacts_to_the_page(lab, page):
 
         page.locator(EXPLORER).first.scroll_into_view_if_needed()
         page.screenshot(path=str(SHOT_DIR / "tour-explorer-changed.png"))
+
+        # 3. bad input typed into the page: the message panel says why, the picture stays
+        src2 = page.locator(PICTURE).first.get_attribute("src")
+        placements = page.locator(f"{EXPLORER} .wb-load-placements input").first
+        placements.fill("S(5), R")
+        placements.press("Enter")
+        message = page.locator(MESSAGE).first
+        message.locator("text=shards dim 5").wait_for()
+        assert "Traceback" not in message.inner_text()
+        assert page.locator(PICTURE).first.get_attribute("src") == src2
+        page.screenshot(path=str(SHOT_DIR / "tour-explorer-bad-input.png"))
+
+        # 4. the read-order stepper: "next" lights the next item
+        stepper = page.locator(".wb-stepper").first
+        stepper.scroll_into_view_if_needed()
+        caption = stepper.locator(".wb-caption")
+        assert caption.inner_text().startswith("item 1 of 2")
+        stepper.locator(".wb-next").click()
+        caption.locator("text=item 2 of 2").wait_for()
         widget_errors = [e for e in page.console_errors
                          if "widget" in e.lower() or "model" in e.lower()]
         assert not widget_errors, widget_errors

@@ -2,7 +2,6 @@
 inside the cells are the checks. Outputs must be committed cleared."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -32,18 +31,11 @@ def test_notebook_is_committed_clean(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
-    # Run in a scratch copy of the folder's cwd so checkpoints written by a notebook stay out of
-    # the repo; MPLBACKEND=Agg keeps matplotlib headless in the kernel.
-    env_backup = os.environ.get("MPLBACKEND")
-    os.environ["MPLBACKEND"] = "Agg"
-    try:
-        NotebookClient(nb, kernel_name="python3", timeout=300,
-                       resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        if env_backup is None:
-            os.environ.pop("MPLBACKEND", None)
-        else:
-            os.environ["MPLBACKEND"] = env_backup
+    # The kernel runs in a scratch directory, so nothing a notebook writes lands in the repo; it
+    # inherits MPLBACKEND=Agg from conftest. execute() raises CellExecutionError on the first
+    # failing cell (a failed assert included).
+    NotebookClient(nb, kernel_name="python3", timeout=300,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
     assert errors == []

@@ -373,6 +373,18 @@ def test_io_numbers_of_a_reshard():
         [(r, f) for r in range(2) for f in range(4)]
 
 
+def test_storage_data_survives_edited_chunk_lists():
+    # drop the second saved chunk of a planned checkpoint (a hole): the files stay the writers'
+    res = plan_save({"w": dtensor_layout((8, 4), (4,), "S(0)")})
+    res.metadata.state_dict_metadata["w"].chunks.pop(1)
+    assert res.metadata.storage_data[MetadataIndex("w", (4, 0))].relative_path == "__2_0.distcp"
+    assert len(res.metadata.storage_data) == 4  # what was written is unchanged
+    load = plan_load(res.metadata, {"w": tensor_layout((8, 4), 1)})
+    assert load.reads("w").saved_idx.tolist() == [0, 1, 2]
+    assert load.io.files == ("__0_0.distcp", "__2_0.distcp", "__3_0.distcp")
+    assert load.io.bytes_read.tolist() == [96] and load.io.bytes_needed.tolist() == [96]
+
+
 def test_io_uses_storage_lengths_when_known():
     md = Metadata({"w": TensorStorageMetadata("float32", (4,), [Chunk((0,), (4,))]),
                    "b": BytesStorageMetadata()},

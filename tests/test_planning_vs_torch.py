@@ -218,6 +218,25 @@ def test_partial_save_message_matches_torch():
     assert plan_save(lay).failures == [("w", (0, 1), str(e.value))]
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_storage_data_matches_a_real_save(tmp_path):
+    # a real single-process dcp.save (FileSystemWriter defaults): same metadata, same files
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+
+    dcp.save({"a": torch.zeros(4, 3), "step": torch.tensor(7), "cfg": io.BytesIO(b"x")},
+             checkpoint_id=str(tmp_path))
+    real = FileSystemReader(str(tmp_path)).read_metadata()
+    res = plan_save({"a": tensor_layout((4, 3), 1), "step": tensor_layout((), 1, "int64"),
+                     "cfg": bytes_layout(1)})
+    assert metadata_key(res.metadata) == metadata_key(real)
+
+    def files(sd):
+        return {(k.fqn, None if k.offset is None else tuple(k.offset), k.index): v.relative_path
+                for k, v in sd.items()}
+    assert files(res.metadata.storage_data) == files(real.storage_data)
+
+
 # ----------------------------------------------------------------------------- random layouts
 @given(state_dicts(max_world=16), st.booleans())
 def test_save_matches_torch(layouts, lowest):

@@ -116,9 +116,6 @@ def test_held_indices_match_the_data_torch_places(fake_group, case):
     real = torch_held(shape, mesh, pl)
     assume(real is not None)
     L = dtensor_layout(shape, mesh, pl)
-    # misdescribed_ranks is only computed for strided layouts (see the xfail below)
-    aliased = len({p.dim % len(shape) for p in pl if hasattr(p, "dim")}) < len(
-        {p.dim for p in pl if hasattr(p, "dim")})
     for r, coord in enumerate(itertools.product(*map(range, mesh))):
         ours = held_indices(shape, mesh, coord, pl)
         local, offset = local_shape_and_offset(shape, mesh, coord, pl)
@@ -129,8 +126,7 @@ def test_held_indices_match_the_data_torch_places(fake_group, case):
             box_ok = all(real[r][d] == list(range(offset[d], offset[d] + local[d]))
                          for d in range(len(shape)))
             assert box_matches_data(shape, mesh, coord, pl) == box_ok
-            if not aliased:
-                assert (r in L.misdescribed_ranks) == (not box_ok)
+            assert (r in L.misdescribed_ranks) == (not box_ok)
         for d, idx in ours.items():
             assert len(idx) == local[d]
 
@@ -173,8 +169,6 @@ def test_stricter_than_torch_where_torch_answers_garbage(shape, mesh, coord, pl)
         local_shape_and_offset(shape, mesh, coord, pl)
 
 
-@pytest.mark.xfail(strict=True, reason="sharding.py answers _StridedShard(dim < -1) where torch "
-                   "raises IndexError; reported to the lead (sharding.py is not H1's file)")
 def test_strided_shard_negative_dim_below_minus_one():
     # torch splits arange(L) (1-D) along dim -2: "Dimension out of range"
     with pytest.raises(IndexError, match="Dimension out of range"):
@@ -183,8 +177,6 @@ def test_strided_shard_negative_dim_below_minus_one():
         local_shape_and_offset((4, 3), (2,), (0,), [StridedShard(-2, 2)])
 
 
-@pytest.mark.xfail(strict=True, reason="Layout.misdescribed_ranks only checks strided layouts; "
-                   "reported to the lead (sharding.py is not H1's file)")
 def test_negative_dim_alias_misdescribes_the_box(fake_group):
     # [S(0), S(-2)] on (2, 1) over mesh (2, 1): torch keys its held map by the raw dim, so the
     # S(-2) step overwrites offset[0] with 0: rank 1 holds row 1 but DCP records [0:1, 0:1]

@@ -5,6 +5,9 @@ torch.chunk's split rule, not taken from the code under test."""
 from __future__ import annotations
 
 import html
+import math
+import subprocess
+import sys
 
 import pytest
 
@@ -97,18 +100,16 @@ def test_rank_change_redraws_picture_and_table_without_replanning():
 
 @pytest.mark.parametrize("label", list(CLASSIC_RESHARDS))
 def test_every_classic_fills_the_controls_and_draws(label):
-    ex = ReshardExplorer()
-    ex.classic.value = label if label != DEFAULT_CLASSIC else "FSDP 8 -> 4"
-    ex.classic.value = label
+    ex = ReshardExplorer("_StridedShard destination" if label == DEFAULT_CLASSIC else DEFAULT_CLASSIC)
+    ex.rank.value = 1
+    ex.classic.value = label  # a change, through the dropdown
     texts = CLASSIC_RESHARDS[label]
     for name, value in texts.items():
         assert getattr(ex, name).value == value
     r = ex.result
     assert r.spec == explore_reshard(**texts).spec
-    world = 1
-    for m in parse_ints(texts["load_mesh"], "load mesh"):
-        world *= m
-    assert list(ex.rank.options) == list(range(world)) and ex.rank.value == 0
+    world = math.prod(parse_ints(texts["load_mesh"], "load mesh"))
+    assert list(ex.rank.options) == list(range(world)) and ex.rank.value == 0 == r.rank
     assert ex.message.value == "" and r.png.startswith(PNG)
 
 
@@ -337,3 +338,11 @@ def test_stepper_on_a_load_result_and_bad_step():
     assert st.result.n == 2 and str(st.result.item.dest_chunk) == "[10:12, 0:8]"
     with pytest.raises(WorkbenchError, match="step 5 is not one of rank 2's 2 read items"):
         step_read_order(r.load, "weight", 2, 5)
+
+
+def test_widgets_never_touch_pyplot():
+    # OO Figures only: nothing registers with pyplot, so nothing is left open in a kernel
+    code = ("import sys; from workbench.widgets import ReshardExplorer, ReadOrderStepper; "
+            "ReshardExplorer(); ReadOrderStepper(); "
+            "sys.exit(1 if 'matplotlib.pyplot' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

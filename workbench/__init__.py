@@ -35,7 +35,8 @@ _LAZY = {
         "init_state_dict", "iterate_state_dict", "compare_save_plans", "merge_delta_local_plans",
         "contains_usable_plan", "dedup_save_plans", "create_default_global_save_plan",
         "validate_global_plan", "create_default_local_save_plan",
-        "create_default_local_load_plan", "flatten_state_dict")},
+        "create_default_local_load_plan", "flatten_state_dict", "LocalTensor",
+        "create_default_global_load_plan", "create_default_local_metadata")},
     # planning.py: whole state dicts for every rank
     **{n: "planning" for n in ("plan_save", "plan_load", "SavePlanResult", "LoadPlanResult")},
     # diagnosis.py

@@ -56,7 +56,8 @@ class Chunk:
 
     def __post_init__(self):
         off, siz = self.offsets, self.sizes
-        if type(off) is not tuple or type(siz) is not tuple:
+        if (type(off) is not tuple or type(siz) is not tuple
+                or not all(type(v) is int for v in off) or not all(type(v) is int for v in siz)):
             off = _ints(off, "offsets", None)
             siz = _ints(siz, "sizes", None)
             object.__setattr__(self, "offsets", off)

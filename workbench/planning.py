@@ -203,25 +203,31 @@ class _PlannedStorage(Mapping):
     """``Metadata.storage_data`` of a planned save: ``MetadataIndex -> StorageInfo(file, None,
     None)`` for every metadata chunk, answered from the writer arrays instead of building hundreds
     of thousands of keys up front. Iterates in metadata order with index hints set, as torch's
-    dict does; read-only."""
+    dict does; read-only. Like a real ``storage_data`` it describes what was written: it keeps
+    its own copy of the chunk lists, so editing the metadata's chunks afterwards does not move it."""
 
     def __init__(self, sdm: dict, writers: dict[str, np.ndarray]):
-        self._sdm, self._writers = sdm, writers
+        self._writers = writers
+        self._chunks = {f: None if isinstance(md, BytesStorageMetadata) else tuple(md.chunks)
+                        for f, md in sdm.items()}
         self._pos: dict[str, dict] = {}
 
-    def writer_array(self, fqn: str) -> np.ndarray:
+    def writer_array(self, fqn: str, chunks) -> np.ndarray | None:
+        """The writer rank of each of ``chunks`` (a tensor's metadata chunk list), or None when
+        the list is no longer the one planned."""
+        planned = self._chunks.get(fqn)
+        if planned is None or len(planned) != len(chunks) or \
+                not all(a is b for a, b in zip(planned, chunks)):
+            return None
         return self._writers[fqn]
 
     def _positions(self, fqn: str) -> dict:
         pos = self._pos.get(fqn)
         if pos is None:
-            md = self._sdm[fqn]
-            if isinstance(md, BytesStorageMetadata):
-                pos = {None: 0}
-            else:
-                pos = {}
-                for i, c in enumerate(md.chunks):
-                    pos.setdefault(c.offsets, i)
+            chunks = self._chunks[fqn]
+            pos = {None: 0} if chunks is None else {}
+            for i, c in enumerate(chunks or ()):
+                pos.setdefault(c.offsets, i)
             self._pos[fqn] = pos
         return pos
 
@@ -813,8 +819,9 @@ class _Files:
             offs, sizes = saved if saved is not None else _saved_arrays(md, fqn, self._chunk_cache)
             nbytes = np.prod(sizes, axis=1) * md.properties.element_size
             keys = None
-        if isinstance(sd, _PlannedStorage) and fqn in sd._writers:
-            w = sd.writer_array(fqn)
+        w = sd.writer_array(fqn, md.chunks) if isinstance(sd, _PlannedStorage) and keys is None \
+            else None
+        if w is not None:
             sig = w.tobytes()
             fid = self._by_writers.get(sig)
             if fid is None:
@@ -823,7 +830,7 @@ class _Files:
                 fid = self._by_writers[sig] = lut[inv.reshape(-1)]
             return fid, nbytes
         fid = np.full(len(nbytes), -1, np.int64)
-        if not sd:
+        if sd is None or (not isinstance(sd, _PlannedStorage) and not sd):
             return fid, nbytes
         if keys is None:
             keys = [MetadataIndex(fqn, c.offsets) for c in md.chunks]

@@ -197,6 +197,11 @@ def _check(global_shape, mesh_shape, coordinate, placements, fqn):
                                      f"dim in [{-len(shape)}, {len(shape)})" if shape else
                                      "a 0-d tensor can only be replicated",
                                      "Shard a dim the tensor has.", placement=p, shape=shape)
+        if isinstance(p, StridedShard) and p.dim < -1:
+            # torch splits a 1-D arange along p.dim: only -1 is in range ("Dimension out of range")
+            raise PlacementError(fqn, f"placement {p} has negative dim {p.dim}",
+                                 "a _StridedShard dim >= -1, as torch 2.13 accepts",
+                                 "Use the non-negative dim.", placement=p)
         if isinstance(p, StridedShard) and p.split_factor < 1:
             raise PlacementError(fqn, f"placement {p} has split factor {p.split_factor}",
                                  "split_factor >= 1", placement=p)
@@ -382,13 +387,18 @@ def _dtensor_layout(shape, mesh, pl, dtype, world_size):
     n = math.prod(mesh)
     chunks: list[tuple[Chunk, ...]] = []
     bad = []
+    # Only _StridedShard or one tensor dim named twice (e.g. S(0) and S(-2)) can make DCP's box
+    # differ from the data; skip the second walk otherwise.
+    dims = [p.dim for p in pl if isinstance(p, (Shard, StridedShard))]
+    check = (any(isinstance(p, StridedShard) for p in pl)
+             or len(set(dims)) != len({d % len(shape) for d in dims}))
     # Shard-only placements factorise per mesh dim; still one walk per rank keeps torch's order
     # of composition exact and costs ~10 us a rank, cached per (shape, mesh, placements).
     for r in range(n):
         coord = tuple(int(c) for c in np.unravel_index(r, mesh)) if mesh else ()
         local, offset = _local_shape_and_offset(shape, mesh, coord, pl)
         chunks.append((Chunk(offset, local),))
-        if any(isinstance(p, StridedShard) for p in pl) and not _matches(shape, mesh, coord, pl):
+        if check and not _matches(shape, mesh, coord, pl):
             bad.append(r)
     chunks.extend(() for _ in range(world_size - n))
     return Layout("dtensor", shape, dtype, world_size, tuple(chunks), mesh, pl, False, tuple(bad))

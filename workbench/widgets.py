@@ -192,7 +192,7 @@ def explore_reshard(shape, save_mesh, save_placements, load_mesh, load_placement
                        parse_ints(save_mesh, "save mesh", error=PlacementError, example="4, 2"),
                        parse_placements(save_placements),
                        parse_ints(load_mesh, "load mesh", error=PlacementError, example="4, 2"),
-                       parse_placements(load_placements), dtype)
+                       parse_placements(load_placements), canonical_dtype(dtype, FQN))
     dims = parse_ints(dims, "dims to draw", example="0, 1")
     for what, mesh in (("save", spec.save_mesh), ("load", spec.load_mesh)):
         n = math.prod(mesh)
@@ -201,9 +201,9 @@ def explore_reshard(shape, save_mesh, save_placements, load_mesh, load_placement
                                  f"at most {MAX_RANKS} in the explorer",
                                  "Plan larger worlds with workbench.planning.plan_save / plan_load.",
                                  mesh_shape=mesh)
-    nbytes = math.prod(spec.shape) * DTYPE_SIZES[canonical_dtype(dtype)]
+    nbytes = math.prod(spec.shape) * DTYPE_SIZES[spec.dtype]
     if nbytes >= 2 ** 63:  # byte counts are int64 in plans and tables
-        raise LayoutError(FQN, f"shape {spec.shape} holds {nbytes} bytes of {dtype}",
+        raise LayoutError(FQN, f"shape {spec.shape} holds {nbytes} bytes of {spec.dtype}",
                           "below 2**63 bytes", "Use a real tensor size.", shape=spec.shape)
     save, load, problems = _reshard_plans(spec)
     reads = read_items_table(load, FQN, rank=int(rank))  # raises for a rank outside the world

@@ -13,6 +13,8 @@ _LAZY = {
     "load_metadata": "safe_metadata",
     "verify_with_torch": "fake_pg",
     "torch_save_plans": "fake_pg",
+    **{n: "convert" for n in ("to_torch", "from_torch", "layout_from_torch",
+                              "local_tensor_from_torch")},
     "torch_load_plans": "fake_pg",
     **{n: "runs" for n in ("run_save", "run_load", "run_steps", "make_checkpoint",
                            "make_checkpoints", "load_scenarios", "SCENARIO_KINDS")},

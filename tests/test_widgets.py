@@ -300,9 +300,38 @@ def test_checkpoint_explorer_reads_a_real_checkpoint_directory(tmp_path):
     assert "no target: nothing is loaded" in _html(bare.io)
 
 
-def test_plan_checkpoint_rejects_other_sources():
+@pytest.mark.real
+def test_checkpoint_explorer_on_a_real_checkpoint_with_a_hole(tmp_path):
+    # two gloo ranks save w (8, 6) as S(0); the metadata is then edited to drop w's chunk
+    # [4:8, 0:6] (runs.make_checkpoint("hole")): rank 1's chunk is not covered at all
+    from workbench.torch_bridge.runs import make_checkpoint
+
+    sc = make_checkpoint("hole", tmp_path / "hole")
+    ex = CheckpointExplorer(sc.path, sc.load_layouts, only_problems=True)
+    assert ex.result.fqns == ("w",)
+    (p,) = ex.plan.problems
+    assert (p.kind, p.severity, p.ranks, p.region) == ("uncovered", "silent", (1,),
+                                                       Chunk((4, 0), (4, 6)))
+    ex.rank.value = 1
+    r = ex.result
+    assert len(r.reads) == 0 and len(r.chunks) == 1
+    (hole,) = r.picture.of_kind("uncovered")
+    assert (hole.x, hole.y, hole.w, hole.h) == (0, 4, 6, 4)
+    assert "uncovered" in _html(ex.problems)
+
+
+def test_plan_checkpoint_targets(llama_save):
+    from workbench.models import apply_recipe, model_state_dict
+
+    by_name = plan_checkpoint(llama_save, ("llama", "fsdp_tp", (2, 2)))
+    layouts = apply_recipe(model_state_dict("llama"), "fsdp_tp", (2, 2))
+    assert list(by_name.layouts) == list(layouts)
+    assert all(by_name.layouts[k].rank_chunks == v.rank_chunks for k, v in layouts.items())
+    assert by_name.problems == () and by_name.load.world_size == 4
     with pytest.raises(WorkbenchError, match="source is a int"):
         plan_checkpoint(3)
+    with pytest.raises(WorkbenchError, match=r"target \['llama'\] is not understood"):
+        plan_checkpoint(llama_save, ["llama"])
 
 
 # ----------------------------------------------------------------------------- ReadOrderStepper

@@ -38,7 +38,8 @@ _LAZY = {
         "create_default_local_load_plan", "flatten_state_dict", "LocalTensor",
         "create_default_global_load_plan", "create_default_local_metadata")},
     # planning.py: whole state dicts for every rank
-    **{n: "planning" for n in ("plan_save", "plan_load", "SavePlanResult", "LoadPlanResult")},
+    **{n: "planning" for n in ("plan_save", "plan_load", "SavePlanResult", "LoadPlanResult",
+                               "ReadBlock", "LoadIO", "file_name", "writer_of_file")},
     # diagnosis.py
     **{n: "diagnosis" for n in ("Problem", "find_problems", "find_save_problems", "explain",
                                 "Explanation", "KINDS", "SEVERITIES")},

@@ -21,7 +21,8 @@ __all__ = ["build_report", "write_report", "figure_data_uri", "describe_checkpoi
 
 # Tensors drawn one picture each: the ones with problems first, then the largest.
 MAX_PICTURES = 8
-# Read items listed in full; a whole-model plan has far more, they are summarised per rank.
+# Rows of the read-item and saved-chunk tables; a whole-model plan has 100k+ (the I/O table and
+# pictures summarise them).
 MAX_READ_ROWS = 200
 BLOCKING = ("error", "silent")
 
@@ -35,8 +36,7 @@ h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bot
 .verdict.none { background: #eef2f7; color: #334; }
 table { border-collapse: collapse; font-size: 12.5px; margin: .6em 0; }
 th, td { border: 1px solid #ddd; padding: 2px 7px; text-align: left; vertical-align: top; }
-th { background: #f5f5f7; } .sev-error { background: #fdecea; } .sev-silent { background: #fff4e5; }
-.sev-warning { background: #fffbe6; }
+th { background: #f5f5f7; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .92em; } .note { color: #666; font-size: .92em; }
 """
@@ -51,15 +51,16 @@ def figure_data_uri(picture) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def describe_checkpoint(metadata) -> dict:
+def describe_checkpoint(metadata, chunks=None) -> dict:
     """JSON-able summary of a checkpoint's `Metadata`: every entry with its chunks (region, file,
-    byte range, writer rank) and every data file, from `tables.checkpoint_chunks_table`."""
+    byte range, writer rank) and every data file, from `tables.checkpoint_chunks_table` (pass it
+    as ``chunks`` when already computed)."""
     import pandas as pd
 
     from .records import TensorStorageMetadata
     from .tables import checkpoint_chunks_table
 
-    df = checkpoint_chunks_table(metadata)
+    df = checkpoint_chunks_table(metadata) if chunks is None else chunks
     rows = [{k: (None if not isinstance(v, tuple) and pd.isna(v) else
                  int(v) if k in ("offset", "length", "writer", "chunk", "numel", "bytes") else v)
              for k, v in r.items()} for r in df.to_dict(orient="records")]
@@ -68,14 +69,14 @@ def describe_checkpoint(metadata) -> dict:
         by_fqn.setdefault(r["fqn"], []).append(r)
     entries = []
     for fqn, md in metadata.state_dict_metadata.items():
-        chunks = [{k: r[k] for k in ("region", "offsets", "sizes", "file", "offset", "length",
-                                     "writer")} for r in by_fqn.get(fqn, [])]
+        saved = [{k: r[k] for k in ("region", "offsets", "sizes", "file", "offset", "length",
+                                    "writer")} for r in by_fqn.get(fqn, [])]
         tensor = isinstance(md, TensorStorageMetadata)
         entries.append({"fqn": fqn, "kind": "tensor" if tensor else "bytes",
                         "shape": list(md.size) if tensor else None,
                         "dtype": md.properties.dtype if tensor else None,
-                        "nbytes": md.nbytes if tensor else (chunks[0]["length"] if chunks else None),
-                        "chunks": chunks})
+                        "nbytes": md.nbytes if tensor else (saved[0]["length"] if saved else None),
+                        "chunks": saved})
     files: dict = {}
     for r in rows:
         f = files.setdefault(r["file"], {"file": r["file"], "writer": r["writer"], "items": 0,
@@ -123,18 +124,17 @@ def _problems_html(problems) -> str:
         return "<p>No problems: every rank's wanted chunks are covered by saved chunks, keys, " \
                "shapes and dtypes agree.</p>"
     df = problems_table(problems).drop(columns=["ranks"])
-    sev = df["severity"].tolist()
-    styler = df.style.format(escape="html").hide(axis="index").apply(
-        lambda col: [f"background-color: {_SEV_BG.get(s, '')}" for s in sev], axis=0,
-        subset=["severity"])
-    return styler.to_html()
+    return (df.style.format(escape="html").hide(axis="index")
+            .map(lambda s: f"background-color: {_SEV_BG.get(s, '')}", subset=["severity"])
+            .to_html())
 
 
 _SEV_BG = {"error": "#fdecea", "silent": "#fff4e5", "warning": "#fffbe6"}
 
 
 def _figure(uri: str, caption: str) -> str:
-    return f'<figure><img alt="{_e(caption)}" src="{uri}"><figcaption>{_e(caption)}</figcaption></figure>'
+    return (f'<figure><img alt="{_e(caption)}" src="{uri}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
 
 
 def _pick_tensors(metadata, problems, limit: int) -> list[str]:
@@ -143,66 +143,51 @@ def _pick_tensors(metadata, problems, limit: int) -> list[str]:
 
     sdm = metadata.state_dict_metadata
     tensors = [k for k, md in sdm.items() if isinstance(md, TensorStorageMetadata) and md.size]
-    out = list(dict.fromkeys(p.fqn for p in problems if p.fqn in tensors))
-    out += sorted((k for k in tensors if k not in out), key=lambda k: -math.prod(sdm[k].size))
-    return out[:limit]
+    names = set(tensors)
+    first = dict.fromkeys(p.fqn for p in problems if p.fqn in names)
+    rest = sorted((k for k in tensors if k not in first), key=lambda k: -math.prod(sdm[k].size))
+    return [*first, *rest][:limit]
 
 
-def build_report(metadata, layouts=None, *, checkpoint: str | None = None,
-                 target: str | None = None, max_pictures: int = MAX_PICTURES) -> str:
-    """The report as one HTML string. ``layouts`` (``{fqn: Layout}``, the target) is optional:
-    without it the report shows only what the checkpoint holds."""
-    from . import plots
-    from .tables import checkpoint_chunks_table, io_table, read_items_table
-
-    info = describe_checkpoint(metadata)
-    body = [f"<h1>DCP reshard report</h1>",
-            '<p class="meta">checkpoint <code>' + _e(checkpoint or "(metadata)") + "</code>"
-            + (" &middot; target <code>" + _e(target) + "</code>" if target else "")
-            + f" &middot; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
-            + f" &middot; DCP metadata version {_e(metadata.version)}</p>"]
-
-    result = problems = None
-    if layouts is not None:
-        from .planning import plan_load
-
-        result = plan_load(metadata, layouts)
-        problems = list(result.problems)
-        blocking = [p for p in problems if p.severity in BLOCKING]
-        if blocking:
-            kinds = sorted({p.kind for p in blocking})
-            body.append(f'<div class="verdict blocked">BLOCKED: {len(blocking)} problem(s) make '
-                        f'this load raise or load wrong values ({_e(", ".join(kinds))}).</div>')
-        else:
-            body.append('<div class="verdict ok">OK: this load raises nothing and loads every '
-                        f'element from the checkpoint ({len(problems)} warning(s)).</div>')
-        body += ["<h2>Problems</h2>", _problems_html(problems)]
-    else:
-        body.append('<div class="verdict none">No target given: this report shows what the '
-                    "checkpoint holds. Add <code>--target</code> to check a reshard.</div>")
-
-    tensors = [e for e in info["entries"] if e["kind"] == "tensor"]
-    total = sum(e["nbytes"] for e in tensors)
-    writers = sorted({f["writer"] for f in info["files"] if f["writer"] is not None})
-    body += ["<h2>Checkpoint</h2>",
-             f"<p>{len(info['entries'])} entries ({len(tensors)} tensors, "
-             f"{len(info['entries']) - len(tensors)} other), "
-             f"{sum(len(e['chunks']) for e in tensors)} saved chunks, {human_bytes(total)} of "
-             f"tensor data in {len(info['files'])} file(s) written by {len(writers)} rank(s).</p>"]
+def _read_items_html(result) -> str:
+    """The first `MAX_READ_ROWS` read items, rank by rank: tabulating all of a whole-model plan
+    (hundreds of thousands of items) would take seconds and nobody reads it."""
     import pandas as pd
 
-    summary = pd.DataFrame([{"fqn": e["fqn"], "kind": e["kind"],
-                             "shape": "x".join(map(str, e["shape"] or ())) or "()",
-                             "dtype": e["dtype"] or "", "chunks": len(e["chunks"]),
-                             "bytes": human_bytes(e["nbytes"])} for e in info["entries"]])
-    body.append(_frame_html(summary, max_rows=400))
-    body += ["<h3>Saved chunks</h3>",
-             _frame_html(checkpoint_chunks_table(metadata).drop(columns=["offsets", "sizes"]),
-                         max_rows=MAX_READ_ROWS)]
-    body += ["<h3>Files</h3>", _frame_html(pd.DataFrame(info["files"]))]
+    from .tables import io_table, read_items_table
 
-    body.append("<h2>Pictures</h2>")
-    for fqn in _pick_tensors(metadata, problems or [], max_pictures):
+    parts, n = [], 0
+    total = int(io_table(result)["reads"].sum())
+    for r in range(result.world_size):
+        if n >= MAX_READ_ROWS:
+            break
+        df = read_items_table(result, rank=r).head(MAX_READ_ROWS - n)
+        parts.append(df)
+        n += len(df)
+    df = pd.concat(parts, ignore_index=True).drop(columns=["dest_offsets", "storage_offsets",
+                                                          "lengths"])
+    note = f'<p class="note">first {n} of {total} read items</p>' if n < total else ""
+    return _frame_html(df) + note
+
+
+def _verdict_html(problems) -> str:
+    if problems is None:
+        return ('<div class="verdict none">No target given: this report shows what the '
+                "checkpoint holds. Add <code>--target</code> to check a reshard.</div>")
+    blocking = [p for p in problems if p.severity in BLOCKING]
+    if blocking:
+        kinds = ", ".join(sorted({p.kind for p in blocking}))
+        return (f'<div class="verdict blocked">BLOCKED: {len(blocking)} problem(s) make this '
+                f"load raise or load wrong values ({_e(kinds)}).</div>")
+    return ('<div class="verdict ok">OK: this load raises nothing and loads every element from '
+            f"the checkpoint ({len(problems)} warning(s)).</div>")
+
+
+def _pictures_html(metadata, result, problems, limit: int) -> list[str]:
+    from . import plots
+
+    out = ["<h2>Pictures</h2>"]
+    for fqn in _pick_tensors(metadata, problems or [], limit):
         if result is not None and fqn in result.layouts:
             # the first rank a problem names, else rank 0: its wanted chunk and read items lit
             rank = next((p.ranks[0] for p in problems if p.fqn == fqn and p.ranks), 0)
@@ -212,22 +197,78 @@ def build_report(metadata, layouts=None, *, checkpoint: str | None = None,
         else:
             pic = plots.plot_layout(metadata, fqn=fqn)
             caption = f"{fqn}: saved chunks, coloured by writer rank"
-        body.append(_figure(figure_data_uri(pic), caption))
+        out.append(_figure(figure_data_uri(pic), caption))
+    return out
 
+
+def _io_html(result) -> list[str]:
+    from . import plots
+    from .tables import io_table
+
+    return ["<h2>I/O per rank</h2>",
+            _figure(figure_data_uri(plots.plot_bytes_per_rank(result)),
+                    "bytes each rank loads (whole saved chunks) against the bytes it needs"),
+            _figure(figure_data_uri(plots.plot_traffic(result)),
+                    "traffic: which rank reads from which file"),
+            _frame_html(io_table(result), max_rows=1024)]
+
+
+def _checkpoint_html(metadata, layouts, chunks, info) -> list[str]:
+    import pandas as pd
+
+    tensors = [e for e in info["entries"] if e["kind"] == "tensor"]
+    writers = {f["writer"] for f in info["files"] if f["writer"] is not None}
+    summary = pd.DataFrame([{"fqn": e["fqn"], "kind": e["kind"],
+                             "shape": "x".join(map(str, e["shape"] or ())) or "()",
+                             "dtype": e["dtype"] or "", "chunks": len(e["chunks"]),
+                             "bytes": human_bytes(e["nbytes"]),
+                             **({} if layouts is None else {"target": (
+                                 layouts[e["fqn"]].describe() if e["fqn"] in layouts
+                                 else "not requested")})}
+                            for e in info["entries"]])
+    return ["<h2>Checkpoint</h2>",
+            f"<p>{len(info['entries'])} entries ({len(tensors)} tensors, "
+            f"{len(info['entries']) - len(tensors)} other), "
+            f"{sum(len(e['chunks']) for e in tensors)} saved chunks, "
+            f"{human_bytes(sum(e['nbytes'] for e in tensors))} of tensor data in "
+            f"{len(info['files'])} file(s) written by {len(writers)} rank(s).</p>",
+            _frame_html(summary, max_rows=400),
+            "<h3>Saved chunks</h3>",
+            _frame_html(chunks.drop(columns=["offsets", "sizes"]), max_rows=MAX_READ_ROWS),
+            "<h3>Files</h3>", _frame_html(pd.DataFrame(info["files"]))]
+
+
+def build_report(metadata, layouts=None, *, checkpoint: str | None = None,
+                 target: str | None = None, max_pictures: int = MAX_PICTURES) -> str:
+    """The report as one HTML string: verdict, problems, pictures, I/O, the checkpoint's
+    contents, read items. ``layouts`` (``{fqn: Layout}``, the target) is optional: without it the
+    report shows what the checkpoint holds."""
+    from .tables import checkpoint_chunks_table
+
+    chunks = checkpoint_chunks_table(metadata)
+    info = describe_checkpoint(metadata, chunks)
+    result = problems = None
+    if layouts is not None:
+        from .planning import plan_load
+
+        result = plan_load(metadata, layouts)
+        problems = list(result.problems)
+    body = ["<h1>DCP reshard report</h1>",
+            '<p class="meta">checkpoint <code>' + _e(checkpoint or "(metadata)") + "</code>"
+            + (" &middot; target <code>" + _e(target) + "</code>" if target else "")
+            + f" &middot; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+            + f" &middot; DCP metadata version {_e(metadata.version)}</p>",
+            _verdict_html(problems)]
     if result is not None:
-        body += ["<h2>I/O per rank</h2>",
-                 _figure(figure_data_uri(plots.plot_bytes_per_rank(result)),
-                         "bytes each rank reads (whole saved chunks) against what it needs"),
-                 _figure(figure_data_uri(plots.plot_traffic(result)),
-                         "traffic: which rank reads from which file"),
-                 _frame_html(io_table(result), max_rows=1024),
-                 "<h2>Read items</h2>",
-                 "<p>Every rank's read items in DCP's order (state-dict order of keys, then "
-                 "torch 2.13's sweep order).</p>",
-                 _frame_html(read_items_table(result).drop(
-                     columns=["dest_offsets", "storage_offsets", "lengths"]),
-                     max_rows=MAX_READ_ROWS)]
-
+        body += ["<h2>Problems</h2>", _problems_html(problems)]
+    body += _pictures_html(metadata, result, problems, max_pictures)
+    if result is not None:
+        body += _io_html(result)
+    body += _checkpoint_html(metadata, layouts, chunks, info)
+    if result is not None:
+        body += ["<h2>Read items</h2>",
+                 "<p>Each rank's read items in DCP's order (state-dict order of keys, then "
+                 "torch 2.13's sweep order).</p>", _read_items_html(result)]
     title = "DCP reshard report" + (f": {checkpoint}" if checkpoint else "")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"

@@ -7,9 +7,9 @@ one line on stderr, never a traceback. A checkpoint is read only through
 `workbench.torch_bridge.load_metadata` (allow-list unpickler), so inspecting a stranger's
 checkpoint runs none of its code. Target specs (see ``workbench plan --help``)::
 
-    PRESET:RECIPE[:DIM=N,...]    e.g. llama-tiny:fsdp2+tp:dp=2,tp=2
-    PATH.json                    {fqn: {"shape": [...], "dtype": "float32",
-                                        "mesh": [2, 2], "placements": "S(0), R"}, ...}
+    PRESET[-SIZE][+optim]:RECIPE:DIM=N,...    e.g. llama-tiny:fsdp2+tp:dp=2,tp=2
+    PATH.json                                 {fqn: {"shape": [...], "dtype": "float32",
+                                                     "mesh": [2, 2], "placements": "S(0), R"}}
 
 This module sits at the top layer: it may import everything, but imports its helpers inside the
 commands so that ``workbench --help`` stays fast.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -34,7 +35,8 @@ TARGET_HELP = """\
 A target is what the checkpoint will be loaded into, in one of two forms:
 
   PRESET[-SIZE][+optim]:RECIPE:DIM=N[,DIM=N...]
-      a model preset (workbench.models) parallelised by a recipe on a mesh, e.g.
+      a model preset (workbench.models; SIZE defaults to tiny) parallelised by a recipe on a
+      mesh, e.g.
         llama-tiny:fsdp:dp=8
         llama-tiny:fsdp2+tp:dp=2,tp=2
         llama-70b:hsdp:replicate=2,dp=32
@@ -58,6 +60,7 @@ A target is what the checkpoint will be loaded into, in one of two forms:
 
 # exit status
 OK, FOUND_PROBLEMS, BAD_INPUT = 0, 1, 2
+MAX_ROWS = 40  # problems printed as a table; --json gives all
 # severities that make a load raise or load wrong values: a job guarded by `plan` must stop
 BLOCKING = ("error", "silent")
 
@@ -175,9 +178,27 @@ def _json_target(path: Path) -> dict:
 # ----------------------------------------------------------------------------- output helpers
 def _load(path: str):
     """The checkpoint's Metadata, read with the allow-list unpickler (never torch's pickle.load)."""
-    from .torch_bridge import load_metadata
+    return _open(path).metadata
 
-    return load_metadata(path)
+
+def _open(path: str):
+    """The checkpoint (`checkpoint.Checkpoint`): metadata plus the data files' sizes on disk."""
+    from .checkpoint import open_checkpoint
+
+    return open_checkpoint(path)
+
+
+def _damaged(ckpt) -> list:
+    """Saved chunks torch's reader would fail on: data file missing, byte range past its end, no
+    storage entry."""
+    return [c for c in ckpt.chunks if c.file_missing or c.truncated or c.storage is None]
+
+
+def _print_damage(messages: list[str]) -> None:
+    if messages:
+        print(f"damaged checkpoint ({len(messages)}):")
+        for m in messages:
+            print("  " + m)
 
 
 def _console():
@@ -212,9 +233,10 @@ def problem_dict(p) -> dict:
 def _cmd_inspect(args) -> int:
     from .report import describe_checkpoint, human_bytes
 
-    info = describe_checkpoint(_load(args.checkpoint))
+    ckpt = _open(args.checkpoint)
+    info = describe_checkpoint(ckpt.metadata)
     if args.json:
-        _json_out({"checkpoint": args.checkpoint, **info})
+        _json_out({"checkpoint": args.checkpoint, **info, "damage": ckpt.problems()})
         return OK
     rows = [[e["fqn"], e["kind"], "x".join(map(str, e["shape"] or ())) or "()", e["dtype"] or "",
              len(e["chunks"]), format_ranks(c["writer"] for c in e["chunks"]
@@ -228,38 +250,44 @@ def _cmd_inspect(args) -> int:
         _table("chunks", ["fqn", "chunk", "writer", "file", "byte offset", "bytes"], rows)
     _table("files", ["file", "writer", "items", "bytes"],
            [[f["file"], f["writer"], f["items"], human_bytes(f["bytes"])] for f in info["files"]])
+    _print_damage(ckpt.problems())
     return OK
 
 
-def _plan(args):
+def _cmd_plan(args) -> int:
     from .planning import plan_load
 
-    metadata = _load(args.checkpoint)
+    ckpt = _open(args.checkpoint)
     layouts = parse_target(args.target)
-    return plan_load(metadata, layouts, allow_partial_load=args.allow_partial_load)
-
-
-def _cmd_plan(args) -> int:
-    result = _plan(args)
+    result = plan_load(ckpt.metadata, layouts, allow_partial_load=args.allow_partial_load)
     problems = list(result.problems)
     blocking = [p for p in problems if p.severity in BLOCKING]
+    # a missing or short data file makes torch's reader raise mid-load, for the keys it holds
+    damage = ckpt.problems()
+    broken = sorted({c.fqn for c in _damaged(ckpt) if c.fqn in layouts})
+    ok = not blocking and not broken
     io = io_summary(result)
     if args.json:
-        _json_out({"checkpoint": args.checkpoint, "target": args.target, "ok": not blocking,
+        _json_out({"checkpoint": args.checkpoint, "target": args.target, "ok": ok,
                    "world_size": result.world_size, "problems": [problem_dict(p) for p in problems],
-                   "io": io})
+                   "damage": damage, "damaged_keys": broken, "io": io})
     else:
         if problems:
+            # blocking problems first; a wrong preset can give one problem per key
+            shown = sorted(problems, key=lambda p: p.severity not in BLOCKING)[:MAX_ROWS]
             _table(f"{len(problems)} problems ({len(blocking)} blocking)",
                    ["severity", "kind", "fqn", "ranks", "region", "message"],
                    [[p.severity, p.kind, p.fqn, format_ranks(p.ranks), p.region or "", p.message]
-                    for p in problems])
+                    for p in shown])
+            if len(problems) > len(shown):
+                print(f"... {len(problems) - len(shown)} more problems (--json lists all)")
         else:
             print("no problems found")
+        _print_damage(damage)
         _table(f"I/O on {result.world_size} ranks", ["", "value"], [[k, v] for k, v in
                                                                      _io_lines(io)])
-        print("BLOCKED: this load would raise or load wrong values" if blocking else "OK")
-    return FOUND_PROBLEMS if blocking else OK
+        print("OK" if ok else "BLOCKED: this load would raise or load wrong values")
+    return OK if ok else FOUND_PROBLEMS
 
 
 def io_summary(result) -> dict:
@@ -274,7 +302,7 @@ def io_summary(result) -> dict:
             "bytes_read": None if read.isna().any() else int(read.sum()),
             "max_bytes_read_per_rank": None if read.isna().any() else int(read.max()),
             "max_files_per_rank": int(per_rank["files"].max()),
-            "files_read": len(file_io_table(result))}
+            "files_read": int((file_io_table(result)["n_readers"] > 0).sum())}
 
 
 def _io_lines(io: dict):
@@ -333,6 +361,8 @@ def _cmd_lab(args) -> int:
                              "a source checkout with notebooks/", "Run from the repository.")
     cmd = [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", str(tour),
            *args.lab_args]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # Jupyter refuses root without it (containers)
+        cmd.insert(3, "--ServerApp.allow_root=True")
     return subprocess.call(cmd)
 
 

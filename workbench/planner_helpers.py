@@ -322,12 +322,23 @@ def create_read_items_for_chunk_list(fqn: str, checkpoint_md, local_chunks) -> l
     chunks (not the tensor's size); 0-d chunks sweep as ``[0, 1)``. Written as torch's loop, not
     as a sort, so that the order is torch's by construction.
     """
+    if not hasattr(checkpoint_md, "chunks"):
+        raise PlanError(fqn, f"checkpoint metadata of type {type(checkpoint_md).__name__} has no "
+                        "chunks", "a TensorStorageMetadata", "Pass the checkpoint's entry for "
+                        "this fqn: metadata.state_dict_metadata[fqn].", md_type=type(checkpoint_md))
     saved = _chunks(fqn, checkpoint_md.chunks)
     local = _chunks(fqn, local_chunks)
     items: list[ReadItem] = []
     if not local or not saved:
         return items
     ndim = local[0].ndim
+    # torch zips per dim and would silently read garbage boxes from chunks of another rank
+    odd = next((c for c in (*local, *saved) if c.ndim != ndim), None)
+    if odd is not None:
+        raise ChunkError(fqn, f"chunk {odd} has {odd.ndim} dims but local chunk {local[0]} has "
+                         f"{ndim}", "local and saved chunks of one tensor rank",
+                         "Describe the wanted chunks in the checkpoint's tensor rank.",
+                         chunk=odd, ndim=ndim)
     sweep = 0
     if ndim > 1:
         best = 0
@@ -415,6 +426,10 @@ def create_read_items(fqn: str, md, obj: Any) -> list[ReadItem]:
     md = _record(md)
     if isinstance(md, BytesStorageMetadata):
         return [create_read_item_for_byteio(MetadataIndex(fqn), 0, MetadataIndex(fqn), 0, 0)]
+    if not isinstance(md, TensorStorageMetadata):
+        raise PlanError(fqn, f"checkpoint metadata {md!r} of type {type(md).__name__} is not "
+                        "storage metadata", "a TensorStorageMetadata or BytesStorageMetadata",
+                        "Pass metadata.state_dict_metadata[fqn].", md_type=type(md))
     try:
         local_chunks = create_chunk_list(obj)
     except WorkbenchError as ex:

@@ -24,6 +24,7 @@ MAX_PICTURES = 8
 # Rows of the read-item and saved-chunk tables; a whole-model plan has 100k+ (the I/O table and
 # pictures summarise them).
 MAX_READ_ROWS = 200
+MAX_PROBLEM_ROWS = 500
 BLOCKING = ("error", "silent")
 
 _CSS = """
@@ -124,9 +125,11 @@ def _problems_html(problems) -> str:
         return "<p>No problems: every rank's wanted chunks are covered by saved chunks, keys, " \
                "shapes and dtypes agree.</p>"
     df = problems_table(problems).drop(columns=["ranks"])
-    return (df.style.format(escape="html").hide(axis="index")
+    note = (f'<p class="note">first {MAX_PROBLEM_ROWS} of {len(df)} problems</p>'
+            if len(df) > MAX_PROBLEM_ROWS else "")
+    return (df.head(MAX_PROBLEM_ROWS).style.format(escape="html").hide(axis="index")
             .map(lambda s: f"background-color: {_SEV_BG.get(s, '')}", subset=["severity"])
-            .to_html())
+            .to_html()) + note
 
 
 _SEV_BG = {"error": "#fdecea", "silent": "#fff4e5", "warning": "#fffbe6"}

@@ -19,6 +19,7 @@ presentation layer: it imports pandas at the top and must not be imported by ``w
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, Iterable
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .colors import format_ranks, rank_color, text_color
-from .errors import MetadataError, PlanError
+from .errors import LayoutError, MetadataError, PlanError
 from .geometry import Chunk
 from .planning import writer_of_file
 from .records import (DTYPE_SIZES, BytesStorageMetadata, LoadItemType, MetadataIndex,
@@ -130,6 +131,19 @@ def chunk_holders(layout: Layout) -> dict[Chunk, tuple[int, ...]]:
     return {c: tuple(rs) for c, rs in holders.items()}
 
 
+def _as_layout(obj) -> Layout:
+    """A `Layout` as is; a real Tensor / DTensor / ShardedTensor described as one."""
+    if isinstance(obj, Layout):
+        return obj
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        from .torch_bridge.convert import layout_from_torch
+        return layout_from_torch(obj)
+    raise LayoutError(None, f"{type(obj).__name__} is not a layout", "a workbench Layout or a "
+                      "torch Tensor / DTensor / ShardedTensor", "Build one with dtensor_layout / "
+                      "tensor_layout / sharded_layout / bytes_layout.", value_type=type(obj))
+
+
 def layout_chunks_table(layout: Layout) -> pd.DataFrame:
     """One row per (rank, chunk) of a `Layout`, ranks ascending; ranks holding nothing (outside the
     mesh, or not among a plain tensor's holders) have no row.
@@ -146,6 +160,7 @@ def layout_chunks_table(layout: Layout) -> pd.DataFrame:
       the global indices the rank really holds per sharded dim, ``"dim 0: 0:2, 4:6"``; NaN
       otherwise).
     """
+    layout = _as_layout(layout)
     esize = DTYPE_SIZES[layout.dtype]
     is_bytes = layout.is_bytes
     holders = chunk_holders(layout)

@@ -343,7 +343,12 @@ def _convert(raw) -> Metadata:
 def metadata_path(path, rank: int | None = None) -> pathlib.Path:
     """torch's ``FileSystemReader._get_metadata_path``: ``<dir>/.metadata`` or, with ``rank``,
     ``<dir>/__<rank>.metadata``; a file path is taken as is."""
-    p = pathlib.Path(os.fspath(path))
+    try:
+        p = pathlib.Path(os.fspath(path))
+    except TypeError:
+        raise MetadataError(None, f"checkpoint path {path!r} of type {type(path).__name__} is not a "
+                            "path", "a str or os.PathLike naming a checkpoint directory or its "
+                            ".metadata", "Pass the directory dcp.save wrote.", path=path) from None
     if p.is_dir():
         return p / (".metadata" if rank is None else f"__{rank}.metadata")
     return p

@@ -371,3 +371,35 @@ def test_help_imports_no_heavy_library():
             "print([m for m in ('torch', 'pandas', 'matplotlib', 'ipywidgets') if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr
+
+
+@pytest.mark.real
+def test_damaged_checkpoint_blocks_plan_as_a_real_load_fails(real, tmp_path, capsys):
+    """A data file missing or cut short: `inspect` reports it, `plan` exits 1, and a real dcp.load
+    into the same (otherwise fine) target raises."""
+    import shutil
+
+    from workbench.torch_bridge.runs import LoadStep, run_steps
+
+    root, scenarios, _ = real
+    sc = scenarios["fsdp"]
+    missing, short = tmp_path / "missing", tmp_path / "short"
+    shutil.copytree(sc.path, missing)
+    shutil.copytree(sc.path, short)
+    (missing / "__1_0.distcp").unlink()
+    data = (short / "__0_0.distcp").read_bytes()
+    (short / "__0_0.distcp").write_bytes(data[: len(data) // 2])
+
+    rc, out, _ = run(capsys, "inspect", missing)
+    assert rc == 0 and "damaged checkpoint (1)" in out and "__1_0.distcp: data file is missing" in out
+    rc, out, _ = run(capsys, "inspect", short, "--json")
+    damage = json.loads(out)["damage"]
+    assert rc == 0 and damage and all("__0_0.distcp" in d for d in damage)
+
+    for path in (missing, short):
+        rc, out, _ = run(capsys, "plan", path, "--target", root / "fsdp.json", "--json")
+        doc = json.loads(out)
+        assert rc == 1 and doc["ok"] is False and doc["problems"] == [] and doc["damaged_keys"]
+    loads = run_steps([LoadStep(str(missing), sc.load_layouts),
+                       LoadStep(str(short), sc.load_layouts)], world_size=2)
+    assert all(run.errors for run in loads), [run.errors for run in loads]

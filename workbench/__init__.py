@@ -39,7 +39,8 @@ _LAZY = {
         "create_default_global_load_plan", "create_default_local_metadata")},
     # planning.py: whole state dicts for every rank
     **{n: "planning" for n in ("plan_save", "plan_load", "SavePlanResult", "LoadPlanResult",
-                               "ReadBlock", "LoadIO", "file_name", "writer_of_file")},
+                               "ReadBlock", "LoadIO", "file_name", "writer_of_file",
+                               "compare_targets", "TargetCost")},
     # diagnosis.py
     **{n: "diagnosis" for n in ("Problem", "find_problems", "find_save_problems", "explain",
                                 "Explanation", "KINDS", "SEVERITIES")},

@@ -19,11 +19,12 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .errors import WorkbenchError
+from .errors import MetadataError, PlanError, WorkbenchError
 from .geometry import Chunk, intersect, uncovered
-from .planner_helpers import PARTIAL_MESSAGE
+from .planner_helpers import PARTIAL_MESSAGE, LocalTensor, _record, _value
 from .planning import _TSM_CLASS, _torch_size
 from .records import BytesStorageMetadata, TensorStorageMetadata
+from .sharding import Layout, bytes_layout
 
 __all__ = ["Problem", "KINDS", "SEVERITIES", "find_problems", "find_save_problems", "explain",
            "Explanation"]
@@ -607,15 +608,41 @@ def _ints_of(text: str | None) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"-?\d+", text or ""))
 
 
+def _explain_inputs(metadata, target) -> tuple[Any, dict[str, Layout]]:
+    """`explain`'s metadata (torch's converted) and target as ``{fqn: Layout}``: real tensors
+    described by their layout, other values as bytes entries; anything else refused."""
+    metadata = _record(metadata)
+    if metadata is not None and not hasattr(metadata, "state_dict_metadata"):
+        raise MetadataError(None, f"metadata is a {type(metadata).__name__}",
+                            "a DCP Metadata or None", "Read it with workbench.load_metadata(path).",
+                            value_type=type(metadata))
+    if target is None:
+        return metadata, {}
+    if not isinstance(target, Mapping):
+        raise PlanError(None, f"target is a {type(target).__name__}",
+                        "a dict {fqn: Layout} or a state dict", "Pass the layouts (or the state "
+                        "dict) dcp.load was given.", value_type=type(target))
+    layouts: dict[str, Layout | None] = {}
+    for fqn, v in target.items():
+        if not isinstance(v, Layout):
+            v = _value(v)
+            v = v.layout if isinstance(v, LocalTensor) else None
+        layouts[fqn] = v
+    ws = next((lay.world_size for lay in layouts.values() if lay is not None), 1)
+    return metadata, {f: lay if lay is not None else bytes_layout(ws) for f, lay in layouts.items()}
+
+
 def explain(text: str, metadata=None, target: Mapping[str, Any] | None = None) -> Explanation:
     """Explain a torch 2.13 DCP error string (or a whole ``CheckpointException`` dump).
 
     With the checkpoint's ``metadata`` and the ``target`` (``{fqn: Layout}``), point at the tensor
     and the numbers: a current size that is the saved size divided by the world size (a local
     shard was passed), a transposed shape, a vocabulary padding, per-rank keys, Partial targets.
-    Unknown text gives pattern ``"unknown"``.
+    Unknown text gives pattern ``"unknown"``. torch's own ``Metadata`` and a real state dict
+    (Tensors, DTensors, ShardedTensors, other values as bytes) are accepted too.
     """
     text = str(text)
+    metadata, target = _explain_inputs(metadata, target)
     for name, rx in _PATTERNS:
         m = rx.search(text)
         if m:

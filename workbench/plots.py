@@ -391,6 +391,50 @@ def _check_rank(rank: int, world: int, fqn: str) -> None:
                         f"0 <= rank < {world}", "Pick a rank of the load world.", rank=rank)
 
 
+_LAYERS: dict = {}  # key -> (the objects whose ids are in the key, value); see _layer
+_LAYERS_KEPT = 8
+
+
+def _layer(objs: tuple, params: tuple, make):
+    """``make()``, cached on the identity of ``objs`` and the hashable ``params``. Each entry
+    keeps its ``objs`` alive, so their ids cannot be reused while it is cached; records are not
+    modified once made (a metadata's chunk list is passed chunk by chunk, and its storage map's
+    size is in ``params``). The last `_LAYERS_KEPT` entries are kept."""
+    key = (tuple(map(id, objs)), params)
+    hit = _LAYERS.get(key)
+    if hit is None:
+        if len(_LAYERS) >= _LAYERS_KEPT:
+            del _LAYERS[next(iter(_LAYERS))]
+        hit = _LAYERS[key] = (objs, make())
+    return hit[1]
+
+
+def _saved_layer(tsm: TensorStorageMetadata, md, fqn: str, view: _View,
+                 max_labels: int) -> tuple[_Boxes, tuple[Tile, ...]]:
+    """The saved chunks' `_Boxes` and their ``saved`` tiles (see `reshard_data`)."""
+    saved = _checkpoint_boxes(tsm, md, fqn)
+    shown = [(view.rect(c), w, lab) for c, w, lab in zip(saved.chunks, saved.ranks, saved.labels)
+             if not c.is_empty]
+    shown = [s for s in shown if s[0]]
+    label = len(shown) <= max_labels
+    edge = 1.0 if len(shown) <= 256 else 0.0  # as in layout_data
+    tiles = []
+    for rect, w, lab in shown:
+        color = rank_color(w[0]) if w else UNKNOWN_COLOR
+        tiles.append(Tile(*rect, "saved", color, color, 0.22, None, "solid", edge,
+                          lab if label else None, w, "corner"))
+    return saved, tuple(tiles)
+
+
+def _wanted_layer(layout: Layout, view: _View) -> tuple[tuple[Tile, ...], ...]:
+    """Each rank's ``wanted`` tiles (grey outlines of its destination chunks)."""
+    # solid hairlines: dashes cost Agg several times more for thousands of boxes
+    return tuple(tuple(Tile(*rect, "wanted", None, WANTED_COLOR, 1.0, None, "solid", 0.5, None,
+                            (r,))
+                       for rect in (view.rect(c) for c in cs if not c.is_empty) if rect)
+                 for r, cs in enumerate(layout.rank_chunks))
+
+
 def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
                  at: dict[int, int] | None = None, zoom: bool = False,
                  max_labels: int = 32) -> Picture:
@@ -426,27 +470,20 @@ def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
         view = _View(shape, dims, {d: at[d] for d in view.others if d in at}, fqn)
     if zoom and same_rank:
         view.zoom_to(mine)
-    saved = _checkpoint_boxes(tsm, md, fqn)
+    # the saved chunks and the other ranks' chunks do not depend on the rank: computed once for
+    # a widget stepping through the ranks of one checkpoint and layout
+    seen = (view.shape, view.row, view.col, tuple(view.at.items()), view.window)
+    storage = getattr(md, "storage_data", None)
+    saved, saved_tiles = _layer((tsm, md, storage, *tsm.chunks),
+                                ("saved", fqn, len(storage or ()), seen, max_labels),
+                                lambda: _saved_layer(tsm, md, fqn, view, max_labels))
     files = saved.files
-    tiles: list[Tile] = []
-    shown = [(view.rect(c), w, lab) for c, w, lab in zip(saved.chunks, saved.ranks, saved.labels)
-             if not c.is_empty]
-    shown = [s for s in shown if s[0]]
-    label_saved = len(shown) <= max_labels
-    saved_edge = 1.0 if len(shown) <= 256 else 0.0  # as in layout_data
-    for rect, w, lab in shown:
-        color = rank_color(w[0]) if w else UNKNOWN_COLOR
-        tiles.append(Tile(*rect, "saved", color, color, 0.22, None, "solid", saved_edge,
-                          lab if label_saved else None, w, "corner"))
-    for r, cs in enumerate(layout.rank_chunks if same_rank else ()):
-        if r == rank:
-            continue
-        for c in cs:
-            rect = None if c.is_empty else view.rect(c)
-            if rect:
-                # solid hairlines: dashes cost Agg several times more for thousands of boxes
-                tiles.append(Tile(*rect, "wanted", None, WANTED_COLOR, 1.0, None, "solid", 0.5,
-                                  None, (r,)))
+    tiles = list(saved_tiles)
+    if same_rank:
+        for r, ts in enumerate(_layer((layout,), ("wanted", seen),
+                                      lambda: _wanted_layer(layout, view))):
+            if r != rank:
+                tiles.extend(ts)
     label_reads = len(items) <= max_labels
     with_file = len(items) <= 16
     sources = set()

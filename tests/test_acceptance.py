@@ -77,6 +77,8 @@ def test_placements_parse_print_and_match_torch(spec, obj, torch_obj):
     assert wb.parse_placement(str(obj)) == obj
     # torch's own printed forms parse too, and a torch placement converts to the same record
     assert wb.parse_placement(repr(torch_obj)) == obj
+    assert wb.parse_placement(str(torch_obj)) == obj
+    assert repr(obj) == repr(torch_obj)
     assert from_torch(torch_obj) == obj
     assert to_torch(obj) == torch_obj
 
@@ -363,6 +365,9 @@ def test_helpers_with_dtensors_under_fake_process_group(specs):
                 from_torch(TH._create_default_metadata_only_plan(sd))
             got = wb.create_default_local_save_plan(sd, rank == 0)
             assert got == from_torch(TDP.create_default_local_save_plan(sd, rank == 0))
+            tmd = TM.Metadata({"w": saved, "step": TM.BytesStorageMetadata()})
+            want = TDP.create_default_local_load_plan(sd, tmd, True)
+            assert wb.create_default_local_load_plan(sd, tmd, True) == from_torch(want)
 
 
 def test_partial_dtensor_raises_workbench_error_with_torch_text():
@@ -419,9 +424,11 @@ def test_plan_load_problems_are_records():
                             "x": wb.tensor_layout((2,), 2)})
     kinds = {p.kind for p in res.problems}
     assert {"shape_mismatch", "missing_key"} <= kinds
+    import dataclasses
+    assert [f.name for f in dataclasses.fields(wb.Problem)] == \
+        ["fqn", "kind", "ranks", "region", "severity", "message", "fix"]
     for p in res.problems:
         assert isinstance(p, wb.Problem)
-        assert (p.fqn, p.kind, p.ranks, p.region, p.severity, p.message, p.fix) is not None
         assert p.kind in wb.KINDS and p.severity in wb.SEVERITIES and type(p.ranks) is tuple
     size = next(p for p in res.problems if p.kind == "shape_mismatch")
     assert size.fqn == "w" and size.ranks == (0, 1) and size.severity == "error"
@@ -445,14 +452,18 @@ class _Evil:
         return (print, ("pwned",))
 
 
-@pytest.mark.parametrize("payload", [pickle.dumps(_Evil()), b"\x80\x04trunc", b""])
-def test_load_metadata_hostile_or_broken(tmp_path, payload):
+@pytest.mark.parametrize("payload,cls", [
+    (pickle.dumps(_Evil()), wb.UnsafeCheckpointError),
+    (pickle.dumps(_Evil(), protocol=0), wb.UnsafeCheckpointError),
+    (pickle.dumps(TM.Metadata({}))[:-5], wb.MetadataError),      # truncated
+    (b"", wb.MetadataError),
+])
+def test_load_metadata_hostile_or_broken(tmp_path, capfd, payload, cls):
     (tmp_path / ".metadata").write_bytes(payload)
-    with pytest.raises(wb.MetadataError) as e:
+    with pytest.raises(cls) as e:
         wb.load_metadata(tmp_path)
-    house_form(e.value, str(e.value).split(": ")[0])
-    if payload.startswith(b"\x80\x04\x95"):
-        assert isinstance(e.value, wb.UnsafeCheckpointError)
+    assert "pwned" not in capfd.readouterr().out
+    house_form(e.value, str(tmp_path / ".metadata"))
 
 
 def test_explain_and_verify_with_torch():
@@ -467,6 +478,26 @@ def test_explain_and_verify_with_torch():
 
 
 # ----------------------------------------------------------------------------- pictures, tables, widgets
+def test_checkpoint_explorer_on_a_directory(tmp_path):
+    from workbench import widgets
+
+    tmd = TM.Metadata({"w": _torch_md((8, 6), [((0, 0), (4, 6)), ((4, 0), (4, 6))]),
+                       "step": TM.BytesStorageMetadata()})
+    with open(tmp_path / ".metadata", "wb") as f:
+        pickle.dump(tmd, f)
+    c = widgets.CheckpointExplorer(tmp_path, {"w": wb.dtensor_layout((8, 6), (4,), "S(1)"),
+                                              "step": wb.bytes_layout(4)})
+    assert c.result is not None and c.message.value == ""
+    # rank 2 of S(1) on 4 ranks wants [0:8, 4:6]; state-dict order: w's reads, then step's
+    assert c.plan.load.plans[2].items == [from_torch(x) for x in TH.create_read_items_for_chunk_list(
+        "w", tmd.state_dict_metadata["w"],
+        [TM.ChunkStorageMetadata(torch.Size([0, 4]), torch.Size([8, 2]))])] + \
+        [wb.ReadItem(wb.LoadItemType.BYTE_IO, wb.MetadataIndex("step"), (0,),
+                     wb.MetadataIndex("step"), (0,), (0,))]
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
 def test_plots_tables_widgets_headless():
     import matplotlib
     matplotlib.use("Agg")
@@ -491,7 +522,10 @@ def test_plots_tables_widgets_headless():
     assert len(tables.checkpoint_chunks_table(save.metadata)) == 4
     assert tables.problems_table(load.problems).shape[0] == 0
     r = widgets.ReshardExplorer()
-    assert r.result is not None
+    good = r.result
+    assert good is not None and r.message.value == ""
+    r.load_placements.value = "S(5)"          # bad input: message in the panel, result kept
+    assert r.result is good and "S(5)" in r.message.value
     c = widgets.CheckpointExplorer(save.metadata, {"w": wb.dtensor_layout((8, 6), (4,), "S(1)")})
     assert c.result is not None
     plt.close("all")
@@ -553,3 +587,147 @@ def test_partial_in_a_checkpoint_is_reported():
     with pytest.raises(wb.WorkbenchError) as e:
         wb.create_write_items("w", wb.LocalTensor(save["w"], 0))
     assert "partial placements" in house_form(e.value, "w")
+
+
+def _sharded_tensor(rank, world_size, shard=3):
+    """PyTorch's test_planner.create_sharded_tensor, one shard of ``shard`` rows per rank."""
+    from torch.distributed._shard.sharded_tensor import (Shard as STShard, ShardedTensor,
+                                                         ShardedTensorMetadata, ShardMetadata)
+    from torch.distributed._shard.sharded_tensor.metadata import TensorProperties as STProps
+
+    mds = [ShardMetadata([i * shard], [shard], f"rank:{i}/cpu") for i in range(world_size)]
+    local = [STShard.from_tensor_and_offsets(torch.zeros(shard), mds[rank].shard_offsets, rank)]
+    st_md = ShardedTensorMetadata(mds, torch.Size([shard * world_size]),
+                                  STProps.create_from_tensor(torch.zeros(1)))
+    return ShardedTensor._init_from_local_shards_and_global_metadata(local, st_md)
+
+
+def test_helpers_with_sharded_tensor_under_fake_process_group():
+    saved = _torch_md((6,), [((0,), (2,)), ((2,), (4,))])
+    with fake_rank(1, 2):
+        st = _sharded_tensor(1, 2)
+        assert wb.create_write_items("st", st) == \
+            [from_torch(x) for x in TH._create_write_items("st", st)]
+        assert wb.create_chunk_list(st) == [from_torch(c) for c in TH._create_chunk_list(st)]
+        assert wb.create_read_items("st", saved, st) == \
+            [from_torch(x) for x in TH._create_read_items("st", saved, st)]
+        sd = {"st": st}
+        assert wb.create_default_metadata_only_plan(sd) == \
+            from_torch(TH._create_default_metadata_only_plan(sd))
+
+
+def test_explain_takes_torch_metadata_and_a_real_state_dict():
+    md = wb.plan_save({"w": wb.dtensor_layout((8, 6), (2,), "S(0)")}).metadata
+    text = "Size mismatch between saved torch.Size([8, 6]) and current: torch.Size([8, 4]) for w"
+    want = wb.explain(text, md, {"w": wb.tensor_layout((8, 4), 1), "step": wb.bytes_layout(1)})
+    got = wb.explain(text, to_torch(md), {"w": torch.empty(8, 4, device="meta"), "step": 3})
+    assert got == want and got.fqn == "w"
+    with pytest.raises(wb.MetadataError) as e:
+        wb.explain(text, metadata="/some/checkpoint")
+    assert "load_metadata" in house_form(e.value)
+    with pytest.raises(wb.PlanError) as e:
+        wb.explain(text, md, target=5)
+    house_form(e.value)
+
+
+def test_layout_table_of_a_real_dtensor_and_bad_paths():
+    from workbench import tables
+
+    with fake_rank(0, 4):
+        dt = real_dtensor((7, 6), (2, 2), [TPL.Shard(0), TPL.Shard(1)])
+        got = tables.layout_chunks_table(dt)
+    want = tables.layout_chunks_table(wb.dtensor_layout((7, 6), (2, 2), "S(0), S(1)"))
+    import pandas as pd
+    pd.testing.assert_frame_equal(got, want)
+    with pytest.raises(wb.LayoutError) as e:
+        tables.layout_chunks_table("S(0)")
+    house_form(e.value)
+    with pytest.raises(wb.MetadataError) as e:
+        wb.load_metadata(123)
+    assert "123" in house_form(e.value)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@st.composite
+def sharding_case(draw):
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.integers(0, 12)) for _ in range(ndim))
+    mesh = tuple(draw(st.integers(1, 4)) for _ in range(draw(st.integers(1, 3))))
+    pl = []
+    for _ in mesh:
+        kind = draw(st.sampled_from(["S", "SS", "R", "P"]))
+        d = draw(st.integers(0, ndim - 1))
+        pl.append({"S": TPL.Shard(d), "R": TPL.Replicate(), "P": TPL.Partial(),
+                   "SS": TPL._StridedShard(d, split_factor=draw(st.integers(1, 3)))}[kind])
+    return shape, mesh, pl
+
+
+@settings(max_examples=80)
+@given(sharding_case())
+def test_random_torch_placements_local_shape_offset_and_held(case):
+    shape, mesh, torch_pl = case
+    for coord in _coords(mesh):
+        want = _compute_local_shape_and_global_offset(shape, mesh, list(coord), torch_pl)
+        assert wb.local_shape_and_offset(shape, mesh, coord, torch_pl) == \
+            (tuple(want[0]), tuple(want[1]))
+        assert wb.held_indices(shape, mesh, coord, torch_pl) == \
+            _torch_held(shape, mesh, coord, torch_pl)
+
+
+def test_checkpoint_table_takes_torch_metadata():
+    import pandas as pd
+
+    from workbench import tables
+
+    md = wb.plan_save({"w": wb.dtensor_layout((8, 6), (2,), "S(0)"), "s": wb.bytes_layout(2)}).metadata
+    pd.testing.assert_frame_equal(tables.checkpoint_chunks_table(to_torch(md)),
+                                  tables.checkpoint_chunks_table(md))
+    pd.testing.assert_frame_equal(tables.checkpoint_chunks_table(to_torch(md), "w"),
+                                  tables.checkpoint_chunks_table(md, "w"))
+
+
+@st.composite
+def reshard_case(draw):
+    """Saved chunks of one DTensor layout, wanted chunks of another (same global shape)."""
+    ndim = draw(st.integers(0, 3))
+    shape = tuple(draw(st.integers(0, 9)) for _ in range(ndim))
+
+    def layout():
+        mesh = tuple(draw(st.integers(1, 3)) for _ in range(draw(st.integers(1, 2))))
+        specs = [draw(st.sampled_from(["R", "S", "SS"] if ndim else ["R"])) for _ in mesh]
+        specs = [s if s == "R" else f"S({draw(st.integers(0, ndim - 1))})" if s == "S"
+                 else f"SS({draw(st.integers(0, ndim - 1))},{draw(st.integers(1, 3))})"
+                 for s in specs]
+        return wb.dtensor_layout(shape, mesh, specs)
+
+    saved, want = layout(), layout()
+    saved_chunks = [c for r in range(saved.world_size) for c in saved.chunks(r)]
+    rank = draw(st.integers(0, want.world_size - 1))
+    return shape, saved_chunks, list(want.chunks(rank))
+
+
+@settings(max_examples=80)
+@given(reshard_case())
+def test_random_read_items_equal_torch_with_torch_records(case):
+    shape, saved, local = case
+    tmd = _torch_md(shape, [(c.offsets, c.sizes) for c in saved])
+    tlocal = [to_torch(c) for c in local]
+    want = [from_torch(x) for x in TH.create_read_items_for_chunk_list("w", tmd, tlocal)]
+    got = wb.create_read_items_for_chunk_list("w", tmd, tlocal)
+    assert got == want
+    assert [(r.dest_index.index, r.storage_index.index) for r in got] == \
+        [(r.dest_index.index, r.storage_index.index) for r in want]
+
+
+def test_state_dict_from_module_takes_a_module_or_its_state_dict():
+    with torch.device("meta"):
+        m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    want = {"0.weight": ((4, 3), "float32"), "0.bias": ((4,), "float32"),
+            "1.weight": ((4,), "float32"), "1.bias": ((4,), "float32")}
+    assert wb.state_dict_from_module(m) == want
+    assert wb.state_dict_from_module(m.state_dict()) == want
+    with pytest.raises(wb.PlanError) as e:
+        wb.state_dict_from_module(5)
+    house_form(e.value)

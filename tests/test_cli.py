@@ -105,6 +105,7 @@ def test_inspect_json_matches_the_files_on_disk(capsys, ckpt):
     (f,) = doc["files"]
     assert f == {"file": "__0_0.distcp", "writer": 0, "items": 3,
                  "bytes": (ckpt / "__0_0.distcp").stat().st_size}
+    assert doc["damage"] == []
 
 
 @pytest.mark.parametrize("bad", ["/no/such/dir", "empty-dir", "truncated", "not-a-pickle"])
@@ -184,6 +185,7 @@ def test_json_target(tmp_path):
     ("llama-tiny:fsdp2+tp:dp=2", "exactly dp, tp"),
     ("llama-tiny:fsdp:dp=two", "is not NAME=N"),
     ("llama-tiny:fsdp:dp=0", "is not NAME=N"),
+    ("llama-tiny:fsdp:dp=2,dp=4", "is not NAME=N"),
     ("/no/such/target.json", "does not exist"),
 ])
 def test_bad_target_is_one_line_exit_2(capsys, ckpt, spec, words):

@@ -1,5 +1,8 @@
 """Pictures: assert on the picture data first, then on the Axes' artists (Agg backend; the
-conftest fails any test that leaves pyplot figures open; the plots never touch pyplot)."""
+conftest fails any test that leaves pyplot figures open; the plots never touch pyplot). The fast
+widget path (`picture_png`: dense runs painted as images) is checked pixel by pixel against the
+paths Agg draws for the same picture."""
+import io
 import subprocess
 import sys
 
@@ -10,7 +13,7 @@ from hypothesis import strategies as st
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
-from matplotlib.image import AxesImage
+from matplotlib.image import AxesImage, imread
 
 import workbench as wb
 from workbench.colors import (BASE_PALETTE, UNKNOWN_COLOR, format_ranks, rank_color, rank_colors,
@@ -18,9 +21,11 @@ from workbench.colors import (BASE_PALETTE, UNKNOWN_COLOR, format_ranks, rank_co
 from workbench.errors import LayoutError, MetadataError, PlanError
 from workbench.geometry import Chunk
 from workbench.planning import plan_load, plan_save
-from workbench.plots import (bytes_per_rank_data, layout_data, layout_slabs, mesh_data,
-                             plot_bytes_per_rank, plot_layout, plot_mesh, plot_reshard,
-                             plot_traffic, reshard_data, traffic_data)
+from workbench import plots
+from workbench.plots import (RASTER_MIN, Picture, bytes_per_rank_data, draw_picture, layout_data,
+                             layout_slabs, mesh_data, picture_png, plot_bytes_per_rank,
+                             plot_layout, plot_mesh, plot_reshard, plot_traffic, reshard_data,
+                             traffic_data)
 from workbench.records import (BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo,
                                TensorProperties, TensorStorageMetadata)
 
@@ -352,3 +357,120 @@ def test_layout_tiles_cover_the_tensor_once(shape, mesh, data):
     holders = sorted(r for t in pic.tiles for r in t.ranks)
     empties = [r for r in range(layout.world_size) if layout.chunks(r)[0].is_empty]
     assert sorted(holders + empties) == list(range(layout.world_size))
+
+
+# ----------------------------------------------------------------------------- fast widget path
+WIDGET = dict(figsize=(6.4, 4.2), dpi=90, margins=dict(left=0.1, right=0.7, top=0.92, bottom=0.27))
+
+
+def _pixels(picture, raster: bool):
+    """(Axes, RGB pixels) of ``picture`` drawn as the widget draws it, paths or rasters."""
+    fig = Figure(figsize=WIDGET["figsize"], dpi=WIDGET["dpi"])
+    fig.subplots_adjust(**WIDGET["margins"])
+    ax = draw_picture(picture, fig.add_subplot(), raster=raster)
+    FigureCanvasAgg(fig).draw()
+    return ax, np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+
+
+def _big_reshard():
+    save = plan_save({"w": wb.dtensor_layout((4096, 4096), (4096,), "S(0)")})
+    load = plan_load(save.metadata, {"w": wb.dtensor_layout((4096, 4096), (64, 64),
+                                                            "S(0), S(1)")})
+    return save, load
+
+
+def _rastered(ax) -> int:
+    return sum(len(a.boxes) for a in ax.artists if isinstance(a, plots._TileRaster))
+
+
+def test_raster_paints_the_pixels_the_paths_paint():
+    save, load = _big_reshard()
+    uneven = plan_save({"w": wb.dtensor_layout((1000, 3000), (32, 16), "S(1), S(0)")})
+    cases = [  # (picture, share of identical pixels at least)
+        # 4096 distinct rank colours, no outlines: a flipped or shifted raster would not match
+        (layout_data(wb.dtensor_layout((4096, 4096), (64, 64), "S(0), S(1)")), 0.999),
+        # 600 tiles of several pixels each
+        (layout_data(wb.dtensor_layout((40, 60), (20, 30), "S(0), S(1)")), 0.999),
+        # pale saved rows under 4095 hairline outlines, the rank's reads and chunk as paths:
+        # only the outlines' anti-aliasing differs
+        (reshard_data(save, load, "w", rank=70), 0.85),
+        (reshard_data(uneven, plan_load(uneven.metadata, {"w": wb.dtensor_layout(
+            (1000, 3000), (24, 24), "S(0), S(1)")}), "w", rank=30), 0.9),
+    ]
+    for pic, share in cases:
+        vector_ax, vector = _pixels(pic, raster=False)
+        raster_ax, raster = _pixels(pic, raster=True)
+        assert drawn_paths(vector_ax) == len(pic.tiles) and _rastered(vector_ax) == 0
+        dense = sum(len(t) for t in _runs(pic.tiles) if len(t) > RASTER_MIN)
+        assert dense > 0 and _rastered(raster_ax) == dense
+        assert drawn_paths(raster_ax) == len(pic.tiles) - dense
+        diff = np.abs(vector - raster).max(axis=2)
+        assert (diff <= 8).mean() >= share
+        assert (diff <= 64).mean() >= 0.995  # the rest: faint hairline shades
+        # thousands of elements per axis: a few round ticks, not one per chunk edge
+        assert list(raster_ax.get_xticks()) == list(vector_ax.get_xticks())
+
+
+def _runs(tiles):
+    runs, key = [], None
+    for t in tiles:
+        if (t.hatch, t.linewidth, t.linestyle) != key:
+            runs.append([])
+            key = (t.hatch, t.linewidth, t.linestyle)
+        runs[-1].append(t)
+    return runs
+
+
+def test_picture_png_gives_the_widget_its_figure_and_png():
+    save, load = _big_reshard()
+    pic = reshard_data(save, load, "w", rank=4095)
+    fig, png = picture_png(pic, **WIDGET)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and fig.axes[0].get_title() == pic.title
+    shown = (imread(io.BytesIO(png))[..., :3] * 255).round().astype(int)
+    assert shown.shape == (378, 576, 3)  # 6.4 x 4.2 inches at 90 dpi
+    _, vector = _pixels(pic, raster=False)
+    assert (np.abs(shown - vector).max(axis=2) <= 8).mean() >= 0.85
+    # rank 4095's chunk is the bottom right cell: the top of its thick black outline is there,
+    # where rank 0's picture has only a grey hairline
+    (x0, y0), (x1, _) = fig.axes[0].transData.transform([(4032, 4032), (4096, 4096)])
+    edge = np.s_[378 - round(y0) - 1:378 - round(y0) + 2, round(x0) + 1:round(x1) - 1]
+    other = (imread(io.BytesIO(picture_png(reshard_data(save, load, "w", rank=0), **WIDGET)[1]))
+             [..., :3] * 255).round().astype(int)
+    assert (shown[edge].sum(axis=2) < 100).mean() > 0.5
+    assert (other[edge].sum(axis=2) < 100).mean() == 0
+    # a small picture has no dense run: paths only, still a PNG
+    small = reshard_data(*_reshard(), "w", rank=1)
+    fig, png = picture_png(small)
+    assert png.startswith(b"\x89PNG") and drawn_paths(fig.axes[0]) == len(small.tiles)
+    assert _rastered(fig.axes[0]) == 0
+    empty = picture_png(Picture((), 4, 0))[1]
+    assert empty.startswith(b"\x89PNG")
+
+
+def test_reshard_layers_are_computed_once_and_never_stale():
+    save, load = _big_reshard()
+    plots._LAYERS.clear()
+    five = reshard_data(save, load, "w", rank=5)
+    six = reshard_data(save, load, "w", rank=6)
+    # the saved tiles are the very same objects: computed once for every rank
+    assert all(a is b for a, b in zip(five.of_kind("saved"), six.of_kind("saved")))
+    # each rank's own chunk is its target, not among the wanted outlines
+    assert len(six.of_kind("wanted")) == 4095 and rects(six.of_kind("target")) == [
+        (384, 0, 64, 64)]
+    assert (384, 0, 64, 64) in rects(five.of_kind("wanted"))
+    assert (384, 0, 64, 64) not in rects(six.of_kind("wanted"))
+    plots._LAYERS.clear()
+    assert reshard_data(save, load, "w", rank=6) == six  # cold == warm
+    assert reshard_data(save, load, "w", rank=5) == five
+    # another checkpoint of the same shape (new objects): its own saved tiles
+    other = plan_save({"w": wb.dtensor_layout((4096, 4096), (64,), "S(1)")})
+    cols = reshard_data(other, load, "w", rank=5).of_kind("saved")
+    assert rects(cols) == [(64 * i, 0, 64, 4096) for i in range(64)]
+    # other views of the same sources: their own entries, the cache stays bounded
+    for dims in [(1, 0), (0, 1)]:
+        for zoom in (False, True):
+            flipped = reshard_data(save, load, "w", rank=5, dims=dims, zoom=zoom)
+            assert flipped.xlabel == f"dim {dims[1]}"
+    assert rects(reshard_data(save, load, "w", rank=5, dims=(1, 0)).of_kind("saved"))[:1] == [
+        (0, 0, 1, 4096)]
+    assert len(plots._LAYERS) <= plots._LAYERS_KEPT

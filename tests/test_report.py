@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -13,9 +14,6 @@ from workbench.cli import main
 from workbench.planning import plan_load
 from workbench.report import build_report, describe_checkpoint, human_bytes, write_report
 from workbench.torch_bridge import load_metadata
-
-pytestmark = pytest.mark.real
-
 
 @pytest.fixture(scope="module")
 def scenarios(tmp_path_factory):
@@ -52,6 +50,7 @@ def _assert_self_contained(text: str) -> list[bytes]:
     return pngs
 
 
+@pytest.mark.real
 def test_report_with_target_is_self_contained_and_lists_every_problem(scenarios, tmp_path):
     sc = scenarios["strided"]
     md = load_metadata(sc.path)
@@ -70,6 +69,7 @@ def test_report_with_target_is_self_contained_and_lists_every_problem(scenarios,
     assert text.count("<h2>") == 5  # problems, checkpoint, pictures, I/O, read items
 
 
+@pytest.mark.real
 def test_report_on_a_hole_names_the_missing_region(scenarios):
     sc = scenarios["hole"]
     md = load_metadata(sc.path)
@@ -80,6 +80,7 @@ def test_report_on_a_hole_names_the_missing_region(scenarios):
     assert "[4:8, 0:6]" in text and "BLOCKED" in text
 
 
+@pytest.mark.real
 def test_report_of_a_clean_reshard_says_ok(scenarios):
     sc = scenarios["fsdp"]
     text = build_report(load_metadata(sc.path), sc.load_layouts)
@@ -87,6 +88,7 @@ def test_report_of_a_clean_reshard_says_ok(scenarios):
     assert 'class="verdict ok"' in text and "BLOCKED" not in text
 
 
+@pytest.mark.real
 def test_report_without_target_shows_the_checkpoint_only(scenarios):
     sc = scenarios["fsdp"]
     md = load_metadata(sc.path)
@@ -100,6 +102,7 @@ def test_report_without_target_shows_the_checkpoint_only(scenarios):
         assert f in text
 
 
+@pytest.mark.real
 def test_describe_checkpoint_matches_the_metadata(scenarios):
     sc = scenarios["fsdp"]
     md = load_metadata(sc.path)
@@ -109,7 +112,7 @@ def test_describe_checkpoint_matches_the_metadata(scenarios):
     # FSDP on 2 ranks: rank r wrote rows [4r:4r+4] into its own file
     assert [(c["region"], c["writer"], c["file"]) for c in entries["w"]["chunks"]] == \
         [("[0:4, 0:6]", 0, "__0_0.distcp"), ("[4:8, 0:6]", 1, "__1_0.distcp")]
-    on_disk = {p.name: p.stat().st_size for p in __import__("pathlib").Path(sc.path).glob("*.distcp")}
+    on_disk = {p.name: p.stat().st_size for p in Path(sc.path).glob("*.distcp")}
     assert {f["file"]: f["bytes"] for f in info["files"]} == on_disk
 
 
@@ -118,6 +121,7 @@ def test_human_bytes():
         ["0 B", "1023 B", "1.5 KiB", "3.0 GiB", "unknown"]
 
 
+@pytest.mark.real
 def test_cli_report_writes_one_file(scenarios, tmp_path, capsys):
     sc = scenarios["strided"]
     out = tmp_path / "report.html"
@@ -127,6 +131,7 @@ def test_cli_report_writes_one_file(scenarios, tmp_path, capsys):
     _assert_self_contained(out.read_text(encoding="utf-8"))
 
 
+@pytest.mark.real
 def test_cli_report_to_a_missing_directory_is_exit_2(scenarios, tmp_path, capsys):
     rc = main(["report", scenarios["fsdp"].path, "-o", str(tmp_path / "no" / "r.html")])
     err = capsys.readouterr().err
@@ -143,5 +148,18 @@ def test_hostile_key_names_are_escaped():
     text = build_report(md, checkpoint="<script>alert(2)</script>")
     _assert_self_contained(text)
     assert evil not in text and "<script>" not in text
-    assert html.escape(evil) in text or html.escape(evil, quote=False) in text \
-        or "&lt;img src=x" in text
+    assert "&lt;img src=x onerror=" in text and "&lt;script&gt;alert(2)" in text
+
+
+@pytest.mark.real
+def test_cli_report_shows_a_missing_data_file(scenarios, tmp_path, capsys):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(scenarios["fsdp"].path, ckpt)
+    (ckpt / "__1_0.distcp").unlink()
+    out = tmp_path / "r.html"
+    assert main(["report", str(ckpt), "-o", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    _assert_self_contained(text)
+    assert "Damaged checkpoint" in text and "__1_0.distcp: data file is missing" in text

@@ -82,8 +82,6 @@ def _recipe_name(text: str) -> str:
 def parse_target(spec: str) -> dict:
     """``{fqn: Layout}`` for a target spec: ``PRESET[-SIZE][+optim]:RECIPE:DIM=N,...`` (a
     `workbench.models` preset parallelised by a recipe) or a JSON layout file (`TARGET_HELP`)."""
-    from . import models
-
     if spec.endswith(".json") or Path(spec).is_file():
         return _json_target(Path(spec))
     m = _SPEC.match(spec.strip())
@@ -100,9 +98,9 @@ def parse_target(spec: str) -> dict:
     dims = {}
     for part in filter(None, (p.strip() for p in (m["dims"] or "").split(","))):
         name, eq, value = (x.strip() for x in part.partition("="))
-        if not eq or not value.isdigit() or int(value) < 1:
+        if not eq or not value.isdigit() or int(value) < 1 or name in dims:
             raise PlanError("<target>", f"mesh dim {part!r} in {spec!r} is not NAME=N",
-                            "e.g. dp=2,tp=2", "Write each mesh dim as name=positive integer.",
+                            "e.g. dp=2,tp=2", "Write each mesh dim once, as name=positive integer.",
                             spec=spec)
         dims[name] = int(value)
     want = MESH_DIMS[recipe]
@@ -111,8 +109,9 @@ def parse_target(spec: str) -> dict:
                         f"exactly {', '.join(want)}",
                         f"Write e.g. {m['recipe']}:" + ",".join(f"{d}=2" for d in want) + ".",
                         spec=spec)
-    sd = models.model_state_dict(preset, size or "tiny",
-                                 optimizer=bool(m["optim"]))
+    from . import models
+
+    sd = models.model_state_dict(preset, size or "tiny", optimizer=bool(m["optim"]))
     return models.apply_recipe(sd, recipe, tuple(dims[d] for d in want))
 
 
@@ -346,10 +345,10 @@ def _plain(v):
 def _cmd_report(args) -> int:
     from .report import write_report
 
-    metadata = _load(args.checkpoint)
+    ckpt = _open(args.checkpoint)
     layouts = parse_target(args.target) if args.target else None
-    out = write_report(args.output, metadata, layouts, checkpoint=args.checkpoint,
-                       target=args.target)
+    out = write_report(args.output, ckpt.metadata, layouts, checkpoint=args.checkpoint,
+                       target=args.target, damage=ckpt.problems())
     print(f"wrote {out}")
     return OK
 

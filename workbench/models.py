@@ -15,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from collections.abc import Mapping
 from typing import Callable
 
 from .errors import LayoutError, PlanError
@@ -156,9 +157,17 @@ def model_state_dict(preset: str = "llama", size: str | None = "tiny", *, optimi
 def state_dict_from_module(module) -> dict[str, Entry]:
     """``{fqn: (shape, dtype)}`` of a real ``torch.nn.Module`` (build it on the meta device:
     ``with torch.device("meta"): model = Model()``); follows ``module.state_dict()`` order,
-    DTensor entries give their global shape."""
+    DTensor entries give their global shape. A state dict (a mapping) is taken as is."""
+    if isinstance(module, Mapping):
+        sd = module
+    elif callable(getattr(module, "state_dict", None)):
+        sd = module.state_dict()
+    else:
+        raise PlanError(None, f"{type(module).__name__} is neither a module nor a state dict",
+                        "a torch.nn.Module or its state_dict()", "Build the model on the meta "
+                        "device and pass it.", value_type=type(module))
     out: dict[str, Entry] = {}
-    for k, v in module.state_dict().items():
+    for k, v in sd.items():
         if hasattr(v, "shape") and hasattr(v, "dtype"):
             out[k] = (tuple(int(s) for s in v.shape), canonical_dtype(v.dtype, k))
         else:

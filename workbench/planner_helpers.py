@@ -320,7 +320,8 @@ def create_read_items_for_chunk_list(fqn: str, checkpoint_md, local_chunks) -> l
 
     The sweep dim is the first dim with the largest ``offset + size`` over all local and saved
     chunks (not the tensor's size); 0-d chunks sweep as ``[0, 1)``. Written as torch's loop, not
-    as a sort, so that the order is torch's by construction.
+    as a sort, so that the order is torch's by construction. Chunks of different ranks (torch
+    zips them into garbage reads) raise a `ChunkError`.
     """
     if not hasattr(checkpoint_md, "chunks"):
         raise PlanError(fqn, f"checkpoint metadata of type {type(checkpoint_md).__name__} has no "

@@ -4,8 +4,12 @@ Every picture is first computed as plain data by a ``*_data`` function (a `Pictu
 rectangles with colours, hatches and labels, or a small record for the I/O charts) that tests
 assert on; the ``plot_*`` function then draws it in a short loop with one ``PolyCollection`` per
 run of tiles sharing a hatch, so a tensor with 4096 chunks draws in a few tens of milliseconds
-(``benchmarks/bench_plots.py``). Chunk facts come from `workbench.tables` (the picture shows what
-the table lists) and colours from `workbench.colors` (a rank has the same colour everywhere).
+(``benchmarks/bench_plots.py``). Widgets call `picture_png`, which paints dense runs of tiles as
+one image each on the output's pixel grid (the same pixels up to the outlines' anti-aliasing, at
+about half the cost), and `reshard_data` reuses the tiles that do not depend on the load rank
+(saved chunks, other ranks' chunks) while the rank changes. Chunk facts come from
+`workbench.tables` (the picture shows what the table lists) and colours from `workbench.colors`
+(a rank has the same colour everywhere).
 
 Coordinates: a picture shows two tensor dims ``dims = (row_dim, col_dim)``; x runs along the
 column dim, y along the row dim, row 0 at the top, everything in element units, so chunks are in
@@ -24,7 +28,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import product
+from itertools import product, repeat
+from operator import attrgetter, ne
 from typing import Sequence
 
 import numpy as np
@@ -722,10 +727,10 @@ def plot_bytes_per_rank(result, ax=None):
 
 
 # ----------------------------------------------------------------------------- drawing
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=32768)
 def _rgba(color: str | None, alpha: float) -> tuple[float, float, float, float]:
     """RGBA of a hex colour with ``alpha``; transparent for None. Cached: thousands of tiles
-    share a few colours."""
+    share a few colours (a picture of 4096 writers has some 8192 colour-alpha pairs)."""
     if not color:
         return (0.0, 0.0, 0.0, 0.0)
     if len(color) == 7 and color[0] == "#":  # our hex colours: 10x faster than to_rgba
@@ -783,8 +788,8 @@ class _TileRaster(Artist):
             edge[:, 1:] = np.maximum(edge[:, 1:], np.where(
                 idx[:, 1:] != idx[:, :-1], np.maximum(idx[:, 1:], idx[:, :-1]), 0))
             lines = self._edges[edge]
-            seen = lines[..., 3] > 0
-            img[seen] = lines[seen]
+            drawn = lines[..., 3] > 0
+            img[drawn] = lines[drawn]
         gc = renderer.new_gc()
         gc.set_clip_rectangle(ax.bbox)
         renderer.draw_image(gc, x0, y0, img[::-1])  # Agg wants the bottom row first
@@ -802,30 +807,31 @@ def draw_picture(picture: Picture, ax=None, *, notes: bool = True, legend: bool 
     thousands of tiles, the same pixels up to outline widths; vector output keeps paths)."""
     ax = _new_axes(ax)
     tiles = picture.tiles
-    start = 0
-    while start < len(tiles):
-        # one collection per run of tiles sharing hatch, line width and style: per-element widths
-        # or styles make matplotlib rescale dashes per tile (slow for thousands)
-        key = (tiles[start].hatch, tiles[start].linewidth, tiles[start].linestyle)
-        end = start
-        while end < len(tiles) and (tiles[end].hatch, tiles[end].linewidth,
-                                    tiles[end].linestyle) == key:
-            end += 1
-        run = tiles[start:end]
-        box = np.array([(t.x, t.y, t.x + t.w, t.y + t.h) for t in run],
-                       dtype=np.float64).reshape(-1, 4)
-        faces = np.array([_rgba(t.face, t.alpha) for t in run]).reshape(-1, 4)
-        edges = np.array([_rgba(t.edge, 1.0) for t in run]).reshape(-1, 4)
+    # the tiles as columns in C-level passes (thousands of tiles: per-tile Python is the cost)
+    fields = ("x", "y", "w", "h", "face", "alpha", "edge", "hatch", "linewidth", "linestyle")
+    x, y, w, h, face, alpha, edge, *line = zip(*map(attrgetter(*fields), tiles)) if tiles else (
+        (),) * len(fields)
+    box = np.array([x, y, x, y], dtype=np.float64).T.reshape(-1, 4)
+    box[:, 2:] += np.array([w, h], dtype=np.float64).T.reshape(-1, 2)
+    faces = np.array(list(map(_rgba, face, alpha)), dtype=np.float64).reshape(-1, 4)
+    edges = np.array(list(map(_rgba, edge, repeat(1.0))), dtype=np.float64).reshape(-1, 4)
+    # one collection per run of tiles sharing hatch, line width and style: per-element widths
+    # or styles make matplotlib rescale dashes per tile (slow for thousands)
+    keys = list(zip(*line))
+    starts = np.flatnonzero([True, *map(ne, keys[1:], keys)]).tolist() if keys else []
+    for start, end in zip(starts, starts[1:] + [len(keys)]):
+        hatch, width, style = keys[start]
         zorder = 1 + start / max(len(tiles), 1)
-        if raster and len(run) > RASTER_MIN and key[0] is None:
-            ax.add_artist(_TileRaster(box, faces, edges if key[1] > 0 else None, zorder))
+        run = slice(start, end)
+        if raster and end - start > RASTER_MIN and hatch is None:
+            ax.add_artist(_TileRaster(box[run], faces[run], edges[run] if width > 0 else None,
+                                      zorder))
         else:
-            verts = box[:, [[0, 1], [2, 1], [2, 3], [0, 3]]]  # the 4 corners of each tile
-            ax.add_collection(PolyCollection(verts, facecolors=faces, edgecolors=edges,
-                                             linewidths=key[1], linestyles=key[2], hatch=key[0],
-                                             zorder=zorder),
+            verts = box[run][:, [[0, 1], [2, 1], [2, 3], [0, 3]]]  # each tile's 4 corners
+            ax.add_collection(PolyCollection(verts, facecolors=faces[run],
+                                             edgecolors=edges[run], linewidths=width,
+                                             linestyles=style, hatch=hatch, zorder=zorder),
                               autolim=False)  # the limits are the tensor's, set below
-        start = end
     labelled = [t for t in tiles if t.label]
     size = 8 if len(labelled) <= 16 else 6
     for t in labelled:
@@ -844,12 +850,14 @@ def draw_picture(picture: Picture, ax=None, *, notes: bool = True, legend: bool 
     ratio = (x1 - x0) / (y1 - y0)
     ax.set_aspect(aspect or ("equal" if 1 / 8 <= ratio <= 8 else "auto"))
     if edge_ticks:  # ticks at the chunk edges when there are few (set_ticks widens the limits)
-        for axis, lo, span, (a, b) in ((ax.set_xticks, "x", "w", (x0, x1)),
-                                       (ax.set_yticks, "y", "h", (y0, y1))):
-            edges = sorted(e for e in {getattr(t, lo) for t in tiles}
-                           | {getattr(t, lo) + getattr(t, span) for t in tiles} if a <= e <= b)
-            if 0 < len(edges) <= 12:
-                axis(edges)
+        for axis, ends, (a, b) in ((ax.xaxis, box[:, ::2], (x0, x1)),
+                                   (ax.yaxis, box[:, 1::2], (y0, y1))):
+            ticks = np.unique(ends)
+            ticks = ticks[(a <= ticks) & (ticks <= b)]
+            if 0 < len(ticks) <= 12:
+                axis.set_ticks([int(e) for e in ticks])
+            else:  # a few round ticks: each tick is several artists, laid out on every draw
+                axis.set_major_locator(MaxNLocator(5, integer=True))
     else:  # cells: integer ticks at their centres (left edges on big meshes: fewer labels)
         for axis, n in ((ax.xaxis, picture.width), (ax.yaxis, picture.height)):
             if n <= 32:
@@ -860,7 +868,9 @@ def draw_picture(picture: Picture, ax=None, *, notes: bool = True, legend: bool 
         ax.set_yticks([])
     ax.set_xlabel(picture.xlabel)
     ax.set_ylabel(picture.ylabel)
-    ax.set_title(picture.title, fontsize=9)
+    # y given: matplotlib then skips placing the title above top ticks (there are none), which
+    # costs a tick layout of its own on every draw
+    ax.set_title(picture.title, fontsize=9, y=1.0)
     if legend and picture.legend:
         handles = [Patch(facecolor=to_rgba(face, 0.6) if face else "none", edgecolor=edge,
                          hatch=hatch, label=label) for label, face, edge, hatch in picture.legend]
@@ -878,7 +888,11 @@ def picture_png(picture: Picture, *, figsize: tuple[float, float] = (6.4, 4.2), 
     fixed ``margins`` (``Figure.subplots_adjust`` keywords; the default leaves room for the
     legend on the right and the notes below: a layout engine would draw twice), dense runs of
     tiles painted as images (``draw_picture(raster=True)``) and the PNG compressed at zlib level
-    1 (the default level 6 costs more than drawing the picture)."""
+    1 (a few milliseconds less than the default level 6, for a file some 15% larger).
+
+    For a widget redraw of a 4096 + 4096-chunk reshard this takes about half the time of the same
+    picture drawn with paths and saved with ``savefig``'s defaults (``benchmarks/bench_plots.py``);
+    ``reshard_data`` for the next rank of the same plans reuses the rank-independent tiles."""
     fig = Figure(figsize=figsize, dpi=dpi)
     fig.subplots_adjust(**(margins or dict(left=0.1, right=0.7, top=0.92, bottom=0.27)))
     draw_picture(picture, fig.add_subplot(), raster=True)

@@ -242,10 +242,12 @@ def _checkpoint_html(metadata, layouts, chunks, info) -> list[str]:
 
 
 def build_report(metadata, layouts=None, *, checkpoint: str | None = None,
-                 target: str | None = None, max_pictures: int = MAX_PICTURES) -> str:
+                 target: str | None = None, damage: list[str] | None = None,
+                 max_pictures: int = MAX_PICTURES) -> str:
     """The report as one HTML string: verdict, problems, pictures, I/O, the checkpoint's
     contents, read items. ``layouts`` (``{fqn: Layout}``, the target) is optional: without it the
-    report shows what the checkpoint holds."""
+    report shows what the checkpoint holds. ``damage``: messages about the data files
+    (`checkpoint.Checkpoint.problems`: missing or short files), shown under the verdict."""
     from .tables import checkpoint_chunks_table
 
     chunks = checkpoint_chunks_table(metadata)
@@ -262,6 +264,10 @@ def build_report(metadata, layouts=None, *, checkpoint: str | None = None,
             + f" &middot; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
             + f" &middot; DCP metadata version {_e(metadata.version)}</p>",
             _verdict_html(problems)]
+    if damage:
+        body.append('<div class="verdict blocked">Damaged checkpoint: torch\'s reader fails on '
+                    "these files.<ul>" + "".join(f"<li>{_e(m)}</li>" for m in damage)
+                    + "</ul></div>")
     if result is not None:
         body += ["<h2>Problems</h2>", _problems_html(problems)]
     body += _pictures_html(metadata, result, problems, max_pictures)

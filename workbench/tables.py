@@ -30,6 +30,7 @@ import pandas as pd
 from .colors import format_ranks, rank_color, text_color
 from .errors import LayoutError, MetadataError, PlanError
 from .geometry import Chunk
+from .planner_helpers import _record
 from .planning import writer_of_file
 from .records import (DTYPE_SIZES, BytesStorageMetadata, LoadItemType, MetadataIndex,
                       TensorStorageMetadata)
@@ -59,8 +60,8 @@ def _frame(columns: dict[str, list], schema: dict[str, str]) -> pd.DataFrame:
 
 def _metadata_of(source):
     """The `Metadata` of a save result or a `checkpoint.Checkpoint` (their ``.metadata``), else
-    ``source`` itself."""
-    return getattr(source, "metadata", source)
+    ``source`` itself; torch's own records converted."""
+    return _record(getattr(source, "metadata", source))
 
 
 def _storage_data(metadata) -> Mapping:

@@ -64,7 +64,7 @@ def test_missing_unexpected_shape_and_dtype():
     assert new.ranks == (0, 1)
     # allow_partial_load: the missing key is skipped, kept at its value
     partial = find_problems(wb.plan_load(md, lay, allow_partial_load=True))
-    assert ("new", "missing_key", "warning") in _kinds(partial)
+    assert ("new", "missing_key", "silent") in _kinds(partial)
 
 
 def test_missing_key_names_the_closest_saved_key():

@@ -67,7 +67,13 @@ __all__ = [
 ]
 
 
+_SUBMODULES = frozenset({"plots", "tables", "widgets", "colors", "torch_bridge", "cli", "report",
+                         "models", "planning", "planner_helpers", "diagnosis", "checkpoint"})
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:  # `workbench.plots` works after a plain `import workbench`
+        return importlib.import_module(f".{name}", __name__)
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'workbench' has no attribute {name!r}")

@@ -23,7 +23,7 @@ from .errors import MetadataError, PlanError, WorkbenchError
 from .geometry import Chunk, intersect, uncovered
 from .planner_helpers import PARTIAL_MESSAGE, LocalTensor, _record, _value
 from .planning import _TSM_CLASS, _torch_size
-from .records import BytesStorageMetadata, TensorStorageMetadata
+from .records import BytesStorageMetadata, MetadataIndex, TensorStorageMetadata
 from .sharding import Layout, bytes_layout
 
 __all__ = ["Problem", "KINDS", "SEVERITIES", "find_problems", "find_save_problems", "explain",
@@ -356,6 +356,9 @@ def find_problems(load_result) -> list[Problem]:
         # (a non-tensor value or a Partial DTensor raise there).
         if saved is None:
             out.append(_missing(fqn, ranks, text, items, load_result))
+            continue
+        if layout.per_rank_values and len(_entry_ranks(layout)) > 1:
+            out.append(_one_copy_for_all(fqn, layout, md))
         elif isinstance(saved, TensorStorageMetadata):
             out.extend(_tensor_problems(fqn, layout, saved, ranks, text))
         elif not layout.is_bytes:
@@ -376,6 +379,23 @@ def find_problems(load_result) -> list[Problem]:
     order = {f: i for i, f in enumerate(list(layouts) + [k for k in items if k not in layouts])}
     out.sort(key=lambda p: _sort_key(p, order))
     return out
+
+
+def _one_copy_for_all(fqn, layout, md) -> Problem:
+    """A target whose plain tensor / bytes value differs per rank: the checkpoint holds one copy
+    (save-time dedup kept one rank's), and every rank loads that same copy."""
+    holders = _entry_ranks(layout)
+    storage = md.storage_data if isinstance(md.storage_data, Mapping) else {}
+    info = storage.get(MetadataIndex(fqn) if layout.is_bytes else
+                       MetadataIndex(fqn, (0,) * len(layout.shape)))
+    src = f" ({info.relative_path})" if info is not None else ""
+    return Problem(
+        fqn, "dedup_loss", holders, None, "silent",
+        f"{fqn}: the target holds a different value on each of {_ranks_text(holders)} but the "
+        f"checkpoint has one copy{src} (dcp.save keeps one rank's copy of a plain tensor or bytes "
+        "entry); every rank loads that copy, so per-rank values are not restored.",
+        "Save per-rank state under per-rank keys (e.g. suffix the rank) or as a DTensor / "
+        "ShardedTensor.")
 
 
 def _sort_key(p: Problem, order: dict):
@@ -401,9 +421,12 @@ def _missing(fqn, ranks, text, items, result) -> Problem:
                        "Rename the key to the saved name (prefixes such as 'model.' or '_orig_mod.' "
                        "differ often), drop it from the state dict, or load with "
                        f"allow_partial_load=True.{hint}")
-    return Problem(fqn, "missing_key", ranks, None, "warning",
+    # allow_partial_load: no error, no warning from torch; the entry keeps whatever it held
+    # (torch.empty garbage for a meta-device target, None for values _init_state_dict dropped)
+    return Problem(fqn, "missing_key", ranks, None, "silent",
                    f"{fqn}: the checkpoint lacks this key, requested by {_ranks_text(ranks)} "
-                   "(allow_partial_load skips it); it keeps its current value.",
+                   "(allow_partial_load skips it without a word); it keeps its current value, "
+                   "uninitialised memory for a meta-device target.",
                    f"Initialise it yourself or rename it to the saved key.{hint}")
 
 

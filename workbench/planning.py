@@ -184,6 +184,12 @@ class _LazyPlans(Sequence):
             plan = self._cache[i] = self._build(i)
         return plan
 
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, Sequence) and len(other) == self._n
+                and all(a == b for a, b in zip(self, other)))
+
+    __hash__ = None
+
     def __repr__(self) -> str:
         return f"<{self._n} plans, {len(self._cache)} built>"
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import enum
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .errors import DtypeError
+from .errors import ChunkError, DtypeError
 from .geometry import Chunk, as_chunk
 
 __all__ = [
@@ -74,8 +75,28 @@ def element_size(dtype) -> int:
     return DTYPE_SIZES[canonical_dtype(dtype)]
 
 
-def _size(v) -> tuple[int, ...]:
-    return v if type(v) is tuple else tuple(int(x) for x in v)
+def _size(v, what: str = "size", fqn: str | None = None) -> tuple[int, ...]:
+    if type(v) is tuple and all(type(x) is int for x in v):
+        return v
+    try:
+        if isinstance(v, (str, bytes)):
+            raise TypeError
+        return tuple(operator.index(x) for x in v)
+    except TypeError:
+        raise ChunkError(fqn, f"{what} {v!r} is not a sequence of ints", "e.g. (4, 8)",
+                         f"Pass the {what} as a tuple of ints.", value=v) from None
+
+
+def _properties(p) -> "TensorProperties":
+    """A workbench TensorProperties from ours, a dtype name, or torch's TensorProperties."""
+    if isinstance(p, TensorProperties):
+        return p
+    if isinstance(p, str) or not hasattr(p, "dtype"):
+        return TensorProperties(p)
+    return TensorProperties(p.dtype, str(getattr(p, "layout", "strided")),
+                            bool(getattr(p, "requires_grad", False)),
+                            str(getattr(p, "memory_format", "contiguous_format")),
+                            bool(getattr(p, "pin_memory", False)))
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -89,7 +110,7 @@ class MetadataIndex:
 
     def __init__(self, fqn: str, offset: Sequence[int] | None = None, index: int | None = None):
         object.__setattr__(self, "fqn", fqn)
-        object.__setattr__(self, "offset", None if offset is None else _size(offset))
+        object.__setattr__(self, "offset", None if offset is None else _size(offset, "offset", fqn))
         object.__setattr__(self, "index", index)
 
     def __repr__(self) -> str:
@@ -135,8 +156,10 @@ class TensorStorageMetadata:
 
     def __post_init__(self):
         self.size = _size(self.size)
-        if isinstance(self.properties, str):
-            self.properties = TensorProperties(self.properties)
+        if any(d < 0 for d in self.size):
+            raise ChunkError(None, f"tensor size {list(self.size)} has a negative dim", "sizes >= 0",
+                             size=self.size)
+        self.properties = _properties(self.properties)
         self.chunks = [as_chunk(c) for c in self.chunks]
 
     @property
@@ -210,6 +233,8 @@ class TensorWriteData:
     def __post_init__(self):
         if type(self.chunk) is not Chunk:
             object.__setattr__(self, "chunk", as_chunk(self.chunk))
+        if type(self.properties) is not TensorProperties:
+            object.__setattr__(self, "properties", _properties(self.properties))
         if type(self.size) is not tuple:
             object.__setattr__(self, "size", _size(self.size))
 

@@ -9,6 +9,7 @@ ShardedTensor-style explicit chunks, or a non-tensor (bytes) entry. Imports geom
 from __future__ import annotations
 
 import math
+import operator
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -16,7 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import LayoutError, PlacementError
+from .errors import ChunkError, LayoutError, PlacementError
 from .geometry import Chunk, as_chunk
 from .records import canonical_dtype, DTYPE_SIZES
 
@@ -174,9 +175,32 @@ def _positions(length: int, n: int, r: int, p: Placement) -> list[int] | range:
     return out
 
 
+_NO_COORD = object()  # dtensor_layout checks every rank itself
+_MAX_BYTES = 2**63 - 1  # torch (and numpy's int64 byte counts) cannot go past this
+
+
+def _shape(values, what: str, fqn, error=PlacementError, itemsize: int = 1) -> tuple[int, ...]:
+    """A tuple of ints from a shape-like (list, tuple, torch.Size); refuses strings, floats,
+    negative sizes and tensors too large to exist."""
+    try:
+        if isinstance(values, (str, bytes)):
+            raise TypeError
+        out = tuple(operator.index(v) for v in values)
+    except TypeError:
+        raise error(fqn, f"{what} {values!r} is not a sequence of ints", "e.g. (8, 6)",
+                    f"Pass the {what} as a tuple of ints.", value=values) from None
+    if any(v < 0 for v in out):
+        raise error(fqn, f"{what} {out} has a negative size", "sizes >= 0", value=out)
+    if math.prod(out) * itemsize > _MAX_BYTES:
+        raise error(fqn, f"{what} {out} holds {math.prod(out)} elements of {itemsize} bytes",
+                    f"at most {_MAX_BYTES} bytes, as torch allows",
+                    "Check the shape for a typo.", value=out)
+    return out
+
+
 def _check(global_shape, mesh_shape, coordinate, placements, fqn):
-    shape = tuple(int(s) for s in global_shape)
-    mesh = tuple(int(m) for m in mesh_shape)
+    shape = _shape(global_shape, "global shape", fqn)
+    mesh = _shape(mesh_shape, "mesh shape", fqn)
     pl = parse_placements(placements)
     if len(pl) != len(mesh):
         raise PlacementError(fqn, f"placements [{format_placements(pl)}] have {len(pl)} entries for a "
@@ -205,8 +229,13 @@ def _check(global_shape, mesh_shape, coordinate, placements, fqn):
         if isinstance(p, StridedShard) and p.split_factor < 1:
             raise PlacementError(fqn, f"placement {p} has split factor {p.split_factor}",
                                  "split_factor >= 1", placement=p)
-    if coordinate is not None:
-        coord = tuple(int(c) for c in coordinate)
+    if coordinate is None:
+        raise PlacementError(fqn, "coordinate None names no mesh position",
+                             f"a coordinate in the mesh of shape {mesh}",
+                             "A rank outside the mesh holds nothing (torch returns ((0,), ()) there); "
+                             "pass a coordinate such as mesh_coordinate(rank, mesh_shape).")
+    if coordinate is not _NO_COORD:
+        coord = _shape(coordinate, "coordinate", fqn)
         if len(coord) != len(mesh) or any(not 0 <= c < m for c, m in zip(coord, mesh)):
             raise PlacementError(fqn, f"coordinate {coord} is not in a mesh of shape {mesh}",
                                  "0 <= coordinate[i] < mesh_shape[i]", coordinate=coord,
@@ -409,11 +438,11 @@ def dtensor_layout(shape: Sequence[int], mesh_shape: Sequence[int], placements, 
     """A DTensor of global ``shape`` on a row-major mesh of ranks ``0..prod(mesh_shape)-1``;
     ranks up to ``world_size`` outside the mesh hold nothing. ``placements`` may be a string
     (``"S(0), R"``), specs or placement objects."""
-    mesh_shape = tuple(int(m) for m in mesh_shape)
-    shape, mesh, _, pl = _check(shape, mesh_shape, None, placements, fqn)
+    shape, mesh, _, pl = _check(shape, mesh_shape, _NO_COORD, placements, fqn)
     if not shape and any(isinstance(p, (Shard, StridedShard)) for p in pl):
         raise PlacementError(fqn, "a 0-d tensor cannot be sharded", "only R or P on a 0-d tensor")
     dt = canonical_dtype(dtype, fqn)
+    _shape(shape, "shape", fqn, LayoutError, DTYPE_SIZES[dt])
     return _dtensor_layout(shape, mesh, pl, dt, _world(world_size, math.prod(mesh), fqn))
 
 
@@ -421,9 +450,8 @@ def tensor_layout(shape: Sequence[int], world_size: int, dtype="float32", *,
                   ranks: Iterable[int] | None = None, per_rank_values: bool = False,
                   fqn: str | None = None) -> Layout:
     """A plain ``torch.Tensor`` of ``shape`` held whole by every rank (or by ``ranks``)."""
-    shape = tuple(int(s) for s in shape)
-    if any(s < 0 for s in shape):
-        raise LayoutError(fqn, f"shape {shape} has a negative size", "sizes >= 0", shape=shape)
+    dt = canonical_dtype(dtype, fqn)
+    shape = _shape(shape, "shape", fqn, LayoutError, DTYPE_SIZES[dt])
     ws = int(world_size)
     if ws < 1:
         raise LayoutError(fqn, f"world size {ws} is below 1", "world_size >= 1", world_size=ws)
@@ -433,15 +461,15 @@ def tensor_layout(shape: Sequence[int], world_size: int, dtype="float32", *,
                           f"0 <= rank < {ws}")
     full = (Chunk((0,) * len(shape), shape),)
     rc = tuple(full if r in holders else () for r in range(ws))
-    return Layout("tensor", shape, canonical_dtype(dtype, fqn), ws, rc,
-                  per_rank_values=per_rank_values)
+    return Layout("tensor", shape, dt, ws, rc, per_rank_values=per_rank_values)
 
 
 def sharded_layout(shape: Sequence[int], rank_chunks, dtype="float32",
                    world_size: int | None = None, *, fqn: str | None = None) -> Layout:
     """ShardedTensor-style explicit chunks: ``rank_chunks`` is a list (one entry per rank) or a
     dict ``{rank: [chunk, ...]}``; a chunk is a `Chunk` or an ``(offsets, sizes)`` pair."""
-    shape = tuple(int(s) for s in shape)
+    dt = canonical_dtype(dtype, fqn)
+    shape = _shape(shape, "shape", fqn, LayoutError, DTYPE_SIZES[dt])
     if isinstance(rank_chunks, dict):
         ws = world_size if world_size is not None else (max(rank_chunks) + 1 if rank_chunks else 1)
         per = [rank_chunks.get(r, ()) for r in range(ws)]
@@ -453,13 +481,18 @@ def sharded_layout(shape: Sequence[int], rank_chunks, dtype="float32",
     for r, cs in enumerate(per):
         row = []
         for c in cs:
-            c = as_chunk(c)
+            try:
+                c = as_chunk(c)
+            except (ChunkError, TypeError, ValueError) as e:
+                what = e.what if isinstance(e, ChunkError) else f"chunk {c!r} is not (offsets, sizes)"
+                raise LayoutError(fqn, f"rank {r}'s {what}", "a Chunk or an (offsets, sizes) pair",
+                                  "Give every chunk as Chunk(offsets, sizes).", chunk=c) from None
             if c.ndim != len(shape):
                 raise LayoutError(fqn, f"rank {r}'s chunk {c} has {c.ndim} dims for a tensor of shape "
                                   f"{shape}", "chunks of the tensor's rank", chunk=c, shape=shape)
             row.append(c)
         out.append(tuple(row))
-    return Layout("sharded", shape, canonical_dtype(dtype, fqn), int(ws), tuple(out))
+    return Layout("sharded", shape, dt, int(ws), tuple(out))
 
 
 def bytes_layout(world_size: int, *, ranks: Iterable[int] | None = None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import os
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -84,17 +85,11 @@ def _note(text: str) -> dict:
 
 
 def _draw(picture) -> tuple[Any, bytes]:
-    """(Figure, PNG bytes) of a `plots.Picture`, drawn on a fresh object-API Figure."""
-    from matplotlib.figure import Figure
+    """(Figure, PNG bytes) of a `plots.Picture`, drawn on a fresh object-API Figure (dense tiles
+    rasterised, fast PNG compression: the widget's redraw budget is 100 ms at 4096 chunks)."""
+    from .plots import picture_png
 
-    from .plots import draw_picture
-
-    fig = Figure(figsize=FIGSIZE, dpi=DPI)
-    fig.subplots_adjust(**MARGINS)
-    draw_picture(picture, fig.add_subplot())
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return fig, buf.getvalue()
+    return picture_png(picture, figsize=FIGSIZE, dpi=DPI, margins=MARGINS)
 
 
 def _styled(df, columns, highlight_row: int | None = None):
@@ -424,12 +419,14 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
 
     save_problems: tuple = ()
     layouts = None
-    if isinstance(source, (str, Path)):
+    if isinstance(source, (str, os.PathLike)):
         from .torch_bridge import load_metadata
 
         metadata, name = load_metadata(source), str(source)
-    elif isinstance(source, Metadata):
-        metadata, name = source, "metadata"
+    elif isinstance(source, Metadata) or type(source).__name__ == "Metadata":
+        from .planner_helpers import _record  # torch's own Metadata is converted
+
+        metadata, name = _record(source), "metadata"
     elif hasattr(source, "metadata") and hasattr(source, "local_plans"):  # a SavePlanResult
         metadata, name, layouts = source.metadata, "save plan", source.layouts
         save_problems = tuple(find_save_problems(source))

@@ -731,3 +731,16 @@ def test_state_dict_from_module_takes_a_module_or_its_state_dict():
     with pytest.raises(wb.PlanError) as e:
         wb.state_dict_from_module(5)
     house_form(e.value)
+
+
+def test_pictures_accept_torch_metadata():
+    from workbench import plots
+    from workbench.torch_bridge import to_torch
+
+    save = wb.plan_save({"w": wb.dtensor_layout((8, 4), (2,), "S(0)")})
+    tmd = to_torch(save.metadata)
+    ours = plots.layout_data(save.metadata, fqn="w")
+    theirs = plots.layout_data(tmd, fqn="w")
+    assert theirs == ours and len([t for t in ours.tiles if t.kind == "chunk"]) == 2
+    pic = plots.reshard_data(tmd, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1)
+    assert pic == plots.reshard_data(save.metadata, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1)

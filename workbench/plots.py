@@ -226,10 +226,13 @@ def _layout_boxes(layout: Layout, fqn: str | None) -> _Boxes:
 
 def _saved_entry(source, fqn: str | None):
     """(TensorStorageMetadata, Metadata or None) of ``fqn`` from a Metadata, a save result
-    (``.metadata``) or a TensorStorageMetadata."""
+    (``.metadata``) or a TensorStorageMetadata; torch's own records are converted first."""
+    from .planner_helpers import _record
+
+    source = _record(source)
     if isinstance(source, TensorStorageMetadata):
         return source, None
-    md = getattr(source, "metadata", source)
+    md = _record(getattr(source, "metadata", source))
     sdm = getattr(md, "state_dict_metadata", None)
     if not isinstance(sdm, Mapping):
         raise MetadataError(fqn, f"{type(source).__name__} is not checkpoint metadata",

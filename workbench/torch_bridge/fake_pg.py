@@ -103,14 +103,26 @@ def _check(layouts: Mapping[str, Layout]) -> int:
     return sizes.pop()
 
 
+def _ranks(ws: int, n_entries: int, desc: str, progress: bool | None):
+    """range(ws), behind a tqdm bar (widget in a notebook, text in a terminal) when asked, or by
+    default when torch's per-rank planning will take more than a few seconds."""
+    if progress is None:
+        progress = ws * n_entries > 2_000
+    if not progress:
+        return range(ws)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(ws), desc=desc, unit="rank")
+
+
 def _rank_state_dict(layouts, rank, device):
     from .runs import _Meshes, _state_dict
 
     return _state_dict(layouts, rank, _Meshes(), empty=device)
 
 
-def torch_save_plans(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False
-                     ) -> TorchSavePlans:
+def torch_save_plans(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False, *,
+                     progress: bool | None = None) -> TorchSavePlans:
     """Every rank's ``DefaultSavePlanner.create_local_plan`` under the fake process group, then
     torch's global step (``dedup_save_plans``, ``create_default_global_save_plan``, merged
     planner data, ``_validate_global_plan``) on the coordinator, as workbench records."""
@@ -126,7 +138,7 @@ def torch_save_plans(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = 
 
     ws = _check(layouts)
     local, rank_errors = [], []
-    for r in range(ws):
+    for r in _ranks(ws, len(layouts), "torch save plans", progress):
         with _fake_rank(r, ws):
             planner = DefaultSavePlanner(dedup_save_to_lowest_rank=save_to_lowest_rank)
             try:
@@ -148,8 +160,8 @@ def torch_save_plans(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = 
                           rank_errors)
 
 
-def torch_load_plans(metadata, layouts: Mapping[str, Layout], *, allow_partial_load: bool = False
-                     ) -> TorchLoadPlans:
+def torch_load_plans(metadata, layouts: Mapping[str, Layout], *, allow_partial_load: bool = False,
+                     progress: bool | None = None) -> TorchLoadPlans:
     """Every rank's ``DefaultLoadPlanner.create_local_plan`` against ``metadata`` (a workbench or
     torch ``Metadata``) under the fake process group, as workbench ``LoadPlan``s."""
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -160,7 +172,7 @@ def torch_load_plans(metadata, layouts: Mapping[str, Layout], *, allow_partial_l
     ws = _check(layouts)
     tmd = to_torch(metadata) if isinstance(metadata, Metadata) else metadata
     plans, errors = [], []
-    for r in range(ws):
+    for r in _ranks(ws, len(layouts), "torch load plans", progress):
         with _fake_rank(r, ws):
             planner = DefaultLoadPlanner(allow_partial_load=allow_partial_load)
             try:
@@ -208,11 +220,11 @@ def _first_failure(failures, fqns, rank):
     return next((hits[f] for f in fqns if f in hits), None)
 
 
-def _compare_save(layouts, save_to_lowest_rank) -> str | None:
+def _compare_save(layouts, save_to_lowest_rank, progress=None) -> str | None:
     from ..planning import plan_save
 
     ours = plan_save(layouts, save_to_lowest_rank)
-    theirs = torch_save_plans(layouts, save_to_lowest_rank)
+    theirs = torch_save_plans(layouts, save_to_lowest_rank, progress=progress)
     fqns = list(layouts)
     for r, err in enumerate(theirs.rank_errors):
         want = _first_failure(ours.failures, fqns, r)
@@ -235,11 +247,12 @@ def _compare_save(layouts, save_to_lowest_rank) -> str | None:
     return None
 
 
-def _compare_load(metadata, layouts, allow_partial_load) -> str | None:
+def _compare_load(metadata, layouts, allow_partial_load, progress=None) -> str | None:
     from ..planning import plan_load
 
     ours = plan_load(metadata, layouts, allow_partial_load=allow_partial_load)
-    theirs = torch_load_plans(metadata, layouts, allow_partial_load=allow_partial_load)
+    theirs = torch_load_plans(metadata, layouts, allow_partial_load=allow_partial_load,
+                              progress=progress)
     fqns = list(layouts)
     for r, err in enumerate(theirs.rank_errors):
         want = _first_failure(ours.failures, fqns, r)
@@ -252,20 +265,21 @@ def _compare_load(metadata, layouts, allow_partial_load) -> str | None:
 
 def verify_with_torch(layouts: Mapping[str, Layout], metadata=None, *,
                       load_layouts: Mapping[str, Layout] | None = None,
-                      save_to_lowest_rank: bool = False, allow_partial_load: bool = False
-                      ) -> Verification:
+                      save_to_lowest_rank: bool = False, allow_partial_load: bool = False,
+                      progress: bool | None = None) -> Verification:
     """Compare the workbench's plans with torch's own planners under the fake process group.
 
     Without ``metadata``: `plan_save(layouts)` against torch's local plans, final plans, metadata
     and validation errors, then `plan_load` of ``load_layouts`` (default: ``layouts``) from the
     planned metadata. With ``metadata`` (workbench or torch `Metadata`, e.g. from
     `load_metadata`): `plan_load(metadata, layouts)` only. Items are compared with their index
-    hints; torch's per-rank exceptions against the workbench's ``failures``."""
+    hints; torch's per-rank exceptions against the workbench's ``failures``. ``progress``: tqdm
+    bars over torch's per-rank planning (None: shown when it is long)."""
     from ..planning import plan_save
 
     checked = []
     if metadata is None:
-        diff = _compare_save(layouts, save_to_lowest_rank)
+        diff = _compare_save(layouts, save_to_lowest_rank, progress)
         checked.append(f"save plans of {len(layouts)} entries on {_check(layouts)} ranks")
         if diff:
             return Verification(False, checked, diff)
@@ -274,6 +288,6 @@ def verify_with_torch(layouts: Mapping[str, Layout], metadata=None, *,
             return Verification(True, checked)  # torch's save stops there: nothing to load
         metadata = res.metadata
         layouts = load_layouts or layouts
-    diff = _compare_load(metadata, layouts, allow_partial_load)
+    diff = _compare_load(metadata, layouts, allow_partial_load, progress)
     checked.append(f"load plans of {len(layouts)} entries on {_check(layouts)} ranks")
     return Verification(diff is None, checked, diff)

@@ -39,7 +39,7 @@ from .sharding import Layout, StridedShard
 __all__ = [
     "chunk_holders", "chunk_storage", "index_runs", "format_held", "layout_chunks_table",
     "checkpoint_chunks_table", "write_items_table", "read_items_table", "problems_table",
-    "io_table", "file_io_table", "style_by_rank",
+    "io_table", "file_io_table", "targets_table", "style_by_rank",
 ]
 
 
@@ -460,8 +460,30 @@ def file_io_table(load_result) -> pd.DataFrame:
     return _frame({"file": list(io.files),
                    "writer": [None if w < 0 else w for w in io.file_writers.tolist()],
                    "readers": readers, "n_readers": [len(r) for r in readers],
-                   "reads": io.read_counts.sum(axis=0).tolist(),
-                   "bytes_read": io.traffic.sum(axis=0).tolist()}, _FILE_IO_SCHEMA)
+                   "reads": io.file_reads.tolist(),
+                   "bytes_read": io.file_bytes_read.tolist()}, _FILE_IO_SCHEMA)
+
+
+_TARGETS_SCHEMA = {
+    "target": "str", "world_size": "int64", "reads": "int64", "bytes_needed": "int64",
+    "bytes_read": "int64", "amplification": "float64", "max_rank_bytes_read": "int64",
+    "max_rank_reads": "int64", "max_rank_files": "int64", "failures": "int64",
+}
+
+
+def targets_table(costs) -> pd.DataFrame:
+    """Candidate target layouts side by side (``planning.compare_targets``'s `TargetCost` list),
+    in the order given.
+
+    Columns:
+      ``target`` (str, the candidate's name); ``world_size`` (int64); ``reads`` (int64, read items
+      over all ranks); ``bytes_needed`` / ``bytes_read`` (int64, totals; bytes read counts the
+      whole stored item per read item); ``amplification`` (float64, read / needed);
+      ``max_rank_bytes_read``, ``max_rank_reads``, ``max_rank_files`` (int64, the busiest rank:
+      it sets the load time); ``failures`` (int64, entries torch would raise on).
+    """
+    return _frame({name: [getattr(c, "name" if name == "target" else name) for c in costs]
+                   for name in _TARGETS_SCHEMA}, _TARGETS_SCHEMA)
 
 
 # ----------------------------------------------------------------------------- styling

@@ -92,7 +92,7 @@ def test_absent_value_for_direct_write_items():
 
 
 # ----------------------------------------------------------------------------- torch's errors
-torch = pytest.importorskip("torch")
+import torch
 
 
 def assert_torch_text(ei, torch_exc: BaseException, fqn: str | None):

@@ -8,7 +8,7 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-torch = pytest.importorskip("torch")
+import torch
 
 import torch.distributed.checkpoint.default_planner as TD  # noqa: E402
 import torch.distributed.checkpoint.planner_helpers as TH  # noqa: E402

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-torch = pytest.importorskip("torch")  # installed in .venv; the package itself never needs it
+import torch  # installed in .venv; the package itself never needs it
 import torch.distributed as dist  # noqa: E402
 from torch.distributed.checkpoint import metadata as tmeta  # noqa: E402
 from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans  # noqa: E402

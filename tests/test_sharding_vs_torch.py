@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-torch = pytest.importorskip("torch")
+import torch
 
 import torch.distributed as dist  # noqa: E402
 from torch.distributed._local_tensor import LocalTensorMode  # noqa: E402

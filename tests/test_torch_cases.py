@@ -21,7 +21,7 @@ from workbench.records import (BytesStorageMetadata, LoadItemType, Metadata, Met
 from workbench.sharding import (Shard, StridedShard, dtensor_layout, held_indices,
                                 local_shape_and_offset, sharded_layout, tensor_layout)
 
-torch = pytest.importorskip("torch")
+import torch
 logging.getLogger("torch.distributed.checkpoint.default_planner").setLevel(logging.ERROR)
 
 

@@ -17,6 +17,7 @@ from .torch_bridge.safe_metadata import load_metadata, metadata_path
 
 __all__ = ["SavedChunk", "Checkpoint", "open_checkpoint"]
 
+
 @dataclass(frozen=True, slots=True)
 class SavedChunk:
     """One saved item: ``chunk`` is None for a bytes entry; ``storage`` is None when the metadata
@@ -70,6 +71,12 @@ class Checkpoint:
     @property
     def truncated_chunks(self) -> list[SavedChunk]:
         return [c for c in self.chunks if c.truncated]
+
+    @property
+    def damaged_chunks(self) -> list[SavedChunk]:
+        """Chunks torch's reader fails on: data file missing, byte range past its end, or no
+        storage entry."""
+        return [c for c in self.chunks if c.file_missing or c.truncated or c.storage is None]
 
     def chunks_of(self, fqn: str) -> list[SavedChunk]:
         return [c for c in self.chunks if c.fqn == fqn]

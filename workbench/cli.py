@@ -17,6 +17,7 @@ commands so that ``workbench --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -61,16 +62,11 @@ A target is what the checkpoint will be loaded into, in one of two forms:
 # exit status
 OK, FOUND_PROBLEMS, BAD_INPUT = 0, 1, 2
 MAX_ROWS = 40  # problems printed as a table; --json gives all
-# severities that make a load raise or load wrong values: a job guarded by `plan` must stop
-BLOCKING = ("error", "silent")
 
 _SPEC = re.compile(r"^(?P<preset>[\w.\-]+?)(?P<optim>\+optim)?:(?P<recipe>[\w.+\-]+)"
                    r"(?::(?P<dims>.*))?$")
 _ENTRY_KEYS = {"shape", "dtype", "mesh", "placements", "world_size", "bytes", "ranks",
                "per_rank_values"}
-# The CLI's names of each recipe's mesh dims, in models.apply_recipe's mesh order.
-MESH_DIMS = {"replicate": ("world",), "fsdp": ("dp",), "hsdp": ("replicate", "dp"), "tp": ("tp",),
-             "fsdp_tp": ("dp", "tp"), "hsdp_tp": ("replicate", "dp", "tp")}
 
 
 def _recipe_name(text: str) -> str:
@@ -82,6 +78,8 @@ def _recipe_name(text: str) -> str:
 def parse_target(spec: str) -> dict:
     """``{fqn: Layout}`` for a target spec: ``PRESET[-SIZE][+optim]:RECIPE:DIM=N,...`` (a
     `workbench.models` preset parallelised by a recipe) or a JSON layout file (`TARGET_HELP`)."""
+    from . import models
+
     if spec.endswith(".json") or Path(spec).is_file():
         return _json_target(Path(spec))
     m = _SPEC.match(spec.strip())
@@ -91,7 +89,7 @@ def parse_target(spec: str) -> dict:
                         "Run `workbench plan --help` for the target syntax.", spec=spec)
     preset, _, size = m["preset"].partition("-")
     recipe = _recipe_name(m["recipe"])
-    if recipe not in MESH_DIMS:
+    if recipe not in models.MESH_DIMS:
         raise PlanError("<target>", f"recipe {m['recipe']!r} in {spec!r} is unknown",
                         "one of fsdp, hsdp, tp, fsdp2+tp, hsdp+tp, replicate",
                         "Run `workbench plan --list-presets`.", spec=spec)
@@ -103,14 +101,12 @@ def parse_target(spec: str) -> dict:
                             "e.g. dp=2,tp=2", "Write each mesh dim once, as name=positive integer.",
                             spec=spec)
         dims[name] = int(value)
-    want = MESH_DIMS[recipe]
+    want = models.MESH_DIMS[recipe]
     if sorted(dims) != sorted(want):
         raise PlanError("<target>", f"recipe {m['recipe']} got mesh dims {sorted(dims)} in {spec!r}",
                         f"exactly {', '.join(want)}",
                         f"Write e.g. {m['recipe']}:" + ",".join(f"{d}=2" for d in want) + ".",
                         spec=spec)
-    from . import models
-
     sd = models.model_state_dict(preset, size or "tiny", optimizer=bool(m["optim"]))
     return models.apply_recipe(sd, recipe, tuple(dims[d] for d in want))
 
@@ -121,8 +117,8 @@ def _list_presets() -> str:
     lines = ["presets (PRESET-SIZE):"]
     lines += [f"  {p}-{size}" for p in models.PRESETS for size in models.SIZES[p]]
     lines += ["  (append +optim for AdamW state as saved by get_state_dict)", "recipes (mesh dims):"]
-    lines += [f"  {r.replace('_', '+')}:{','.join(d + '=N' for d in MESH_DIMS[r])}  "
-              f"{models.RECIPES[r]}" for r in MESH_DIMS]
+    lines += [f"  {r.replace('_', '+')}:{','.join(d + '=N' for d in dims)}  {models.RECIPES[r]}"
+              for r, dims in models.MESH_DIMS.items()]
     return "\n".join(lines)
 
 
@@ -175,22 +171,12 @@ def _json_target(path: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- output helpers
-def _load(path: str):
-    """The checkpoint's Metadata, read with the allow-list unpickler (never torch's pickle.load)."""
-    return _open(path).metadata
-
-
 def _open(path: str):
-    """The checkpoint (`checkpoint.Checkpoint`): metadata plus the data files' sizes on disk."""
+    """The checkpoint (`checkpoint.Checkpoint`): metadata read with the allow-list unpickler
+    (never torch's pickle.load), plus the data files' sizes on disk."""
     from .checkpoint import open_checkpoint
 
     return open_checkpoint(path)
-
-
-def _damaged(ckpt) -> list:
-    """Saved chunks torch's reader would fail on: data file missing, byte range past its end, no
-    storage entry."""
-    return [c for c in ckpt.chunks if c.file_missing or c.truncated or c.storage is None]
 
 
 def _print_damage(messages: list[str]) -> None:
@@ -230,14 +216,14 @@ def problem_dict(p) -> dict:
 
 # ----------------------------------------------------------------------------- commands
 def _cmd_inspect(args) -> int:
-    from .report import describe_checkpoint, human_bytes
+    from .report import describe_checkpoint, human_bytes, shape_text
 
     ckpt = _open(args.checkpoint)
     info = describe_checkpoint(ckpt.metadata)
     if args.json:
         _json_out({"checkpoint": args.checkpoint, **info, "damage": ckpt.problems()})
         return OK
-    rows = [[e["fqn"], e["kind"], "x".join(map(str, e["shape"] or ())) or "()", e["dtype"] or "",
+    rows = [[e["fqn"], e["kind"], shape_text(e["shape"]), e["dtype"] or "",
              len(e["chunks"]), format_ranks(c["writer"] for c in e["chunks"]
                                             if c["writer"] is not None),
              "" if e["nbytes"] is None else human_bytes(e["nbytes"])] for e in info["entries"]]
@@ -260,10 +246,10 @@ def _cmd_plan(args) -> int:
     layouts = parse_target(args.target)
     result = plan_load(ckpt.metadata, layouts, allow_partial_load=args.allow_partial_load)
     problems = list(result.problems)
-    blocking = [p for p in problems if p.severity in BLOCKING]
+    blocking = [p for p in problems if p.blocking]
     # a missing or short data file makes torch's reader raise mid-load, for the keys it holds
     damage = ckpt.problems()
-    broken = sorted({c.fqn for c in _damaged(ckpt) if c.fqn in layouts})
+    broken = sorted({c.fqn for c in ckpt.damaged_chunks if c.fqn in layouts})
     ok = not blocking and not broken
     io = io_summary(result)
     if args.json:
@@ -273,7 +259,7 @@ def _cmd_plan(args) -> int:
     else:
         if problems:
             # blocking problems first; a wrong preset can give one problem per key
-            shown = sorted(problems, key=lambda p: p.severity not in BLOCKING)[:MAX_ROWS]
+            shown = sorted(problems, key=lambda p: not p.blocking)[:MAX_ROWS]
             _table(f"{len(problems)} problems ({len(blocking)} blocking)",
                    ["severity", "kind", "fqn", "ranks", "region", "message"],
                    [[p.severity, p.kind, p.fqn, format_ranks(p.ranks), p.region or "", p.message]
@@ -290,18 +276,14 @@ def _cmd_plan(args) -> int:
 
 
 def io_summary(result) -> dict:
-    """The plan's I/O as a few numbers a script can compare (from `tables.io_table`)."""
-    from .tables import file_io_table, io_table
-
-    per_rank = io_table(result)
-    read = per_rank["bytes_read"]
-    return {"reads": int(per_rank["reads"].sum()),
-            "max_reads_per_rank": int(per_rank["reads"].max()),
-            "bytes_needed": int(per_rank["bytes_needed"].sum()),
-            "bytes_read": None if read.isna().any() else int(read.sum()),
-            "max_bytes_read_per_rank": None if read.isna().any() else int(read.max()),
-            "max_files_per_rank": int(per_rank["files"].max()),
-            "files_read": int((file_io_table(result)["n_readers"] > 0).sum())}
+    """The plan's I/O as a few numbers a script can compare (from ``result.io``,
+    `planning.LoadIO`, the numbers `tables.io_table` lists per rank)."""
+    io = result.io
+    return {"reads": int(io.reads.sum()), "max_reads_per_rank": int(io.reads.max()),
+            "bytes_needed": int(io.bytes_needed.sum()), "bytes_read": int(io.bytes_read.sum()),
+            "max_bytes_read_per_rank": int(io.bytes_read.max()),
+            "max_files_per_rank": int(io.files_opened.max()),
+            "files_read": sum(1 for f in io.files if io.readers[f])}
 
 
 def _io_lines(io: dict):
@@ -314,7 +296,7 @@ def _io_lines(io: dict):
 def _cmd_explain(args) -> int:
     from .diagnosis import explain
 
-    metadata = _load(args.checkpoint) if args.checkpoint else None
+    metadata = _open(args.checkpoint).metadata if args.checkpoint else None
     target = parse_target(args.target) if args.target else None
     exp = explain(args.text, metadata=metadata, target=target)
     if args.json:
@@ -325,18 +307,13 @@ def _cmd_explain(args) -> int:
 
 
 def explanation_dict(exp) -> dict:
-    import dataclasses
-
-    if dataclasses.is_dataclass(exp):
-        return {f.name: _plain(getattr(exp, f.name)) for f in dataclasses.fields(exp)}
-    return {"explanation": str(exp)}
+    """An `Explanation` (its inner ones included) as plain JSON-able data."""
+    return {f.name: _plain(getattr(exp, f.name)) for f in dataclasses.fields(exp)}
 
 
 def _plain(v):
-    import dataclasses
-
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return explanation_dict(v) if not hasattr(v, "severity") else problem_dict(v)
+        return explanation_dict(v)
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     return v if isinstance(v, (str, int, float, bool, type(None), dict)) else str(v)

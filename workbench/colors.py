@@ -7,15 +7,17 @@ so neighbouring ranks differ in hue); every further block of 18 ranks reuses the
 lightness step, a small hue turn and (past six blocks) a saturation step: ranks 0..4095 get 4096
 different colours, and neighbouring ranks always differ in hue. Grey is kept for "writer
 unknown". `format_ranks` is the one compact spelling of a rank set (``r0-3,8``) shared by tables
-and pictures. Pure standard library (``colorsys``): no matplotlib.
+and pictures, built on `index_runs` (also used for the indices a rank really holds). Pure standard
+library (``colorsys``): no matplotlib.
 """
 from __future__ import annotations
 
 import colorsys
 from functools import lru_cache
+from typing import Iterable
 
 __all__ = ["BASE_PALETTE", "UNKNOWN_COLOR", "HIGHLIGHT_COLOR", "rank_color", "rank_colors",
-           "text_color", "format_ranks"]
+           "text_color", "index_runs", "format_ranks"]
 
 # matplotlib's tab20 (hex) minus its greys, dark hues first then their light partners.
 BASE_PALETTE: tuple[str, ...] = (
@@ -73,18 +75,21 @@ def text_color(background: str) -> str:
     return "#000000" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "#ffffff"
 
 
+def index_runs(indices: Iterable[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of indices, in the given order, as ``(start, stop)``:
+    ``[0, 1, 4, 5]`` -> ``[(0, 2), (4, 6)]``."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1]:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, i + 1])
+    return [(a, b) for a, b in runs]
+
+
 def format_ranks(ranks) -> str:
     """Ranks as compact ranges: ``(0, 1, 2, 3, 8)`` -> ``"r0-3,8"``; empty -> ``""``."""
-    rs = sorted(set(int(r) for r in ranks))
-    if not rs:
+    runs = index_runs(sorted({int(r) for r in ranks}))
+    if not runs:
         return ""
-    parts = []
-    start = prev = rs[0]
-    for r in rs[1:] + [None]:
-        if r is not None and r == prev + 1:
-            prev = r
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if r is not None:
-            start = prev = r
-    return "r" + ",".join(parts)
+    return "r" + ",".join(str(a) if b == a + 1 else f"{a}-{b - 1}" for a, b in runs)

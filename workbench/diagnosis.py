@@ -21,17 +21,19 @@ import numpy as np
 
 from .errors import MetadataError, PlanError, WorkbenchError
 from .geometry import Chunk, intersect, uncovered
-from .planner_helpers import PARTIAL_MESSAGE, LocalTensor, _record, _value
-from .planning import _TSM_CLASS, _torch_size
+from .planner_helpers import _TSM_CLASS, PARTIAL_MESSAGE, LocalTensor, _record, _torch_size, _value
+from .planning import _overlap_mask
 from .records import BytesStorageMetadata, MetadataIndex, TensorStorageMetadata
-from .sharding import Layout, bytes_layout
+from .sharding import Layout, bytes_layout, format_placements
 
-__all__ = ["Problem", "KINDS", "SEVERITIES", "find_problems", "find_save_problems", "explain",
-           "Explanation"]
+__all__ = ["Problem", "KINDS", "SEVERITIES", "BLOCKING", "find_problems", "find_save_problems",
+           "explain", "Explanation", "chunk_holders"]
 
 KINDS = ("missing_key", "unexpected_key", "shape_mismatch", "dtype_mismatch", "uncovered",
          "overlap", "strided_misdescribed", "dedup_loss", "per_rank_bytes", "partial")
 SEVERITIES = ("error", "silent", "warning")
+# severities that make a load raise or load wrong values: a job guarded by a plan must stop
+BLOCKING = ("error", "silent")
 _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 
 
@@ -56,12 +58,19 @@ class Problem:
     def __post_init__(self):
         if self.kind not in _KIND_ORDER:
             raise WorkbenchError(self.fqn, f"problem kind {self.kind!r} is unknown",
-                                 "one of " + ", ".join(KINDS), kind=self.kind)
+                                 "one of " + ", ".join(KINDS), "Use a kind from diagnosis.KINDS.",
+                                 kind=self.kind)
         if self.severity not in SEVERITIES:
             raise WorkbenchError(self.fqn, f"severity {self.severity!r} is unknown",
-                                 "one of " + ", ".join(SEVERITIES), severity=self.severity)
+                                 "one of " + ", ".join(SEVERITIES),
+                                 "Use a severity from diagnosis.SEVERITIES.", severity=self.severity)
         if type(self.ranks) is not tuple:
             object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
+
+    @property
+    def blocking(self) -> bool:
+        """torch raises or loads wrong values (severity in `BLOCKING`)."""
+        return self.severity in BLOCKING
 
     def __str__(self) -> str:
         return f"[{self.severity}] {self.kind}: {self.message} {self.fix}"
@@ -159,13 +168,15 @@ def _coverage(size: tuple[int, ...], chunks: list[Chunk]) -> _Coverage:
     return _Coverage(not holes and not overlaps and inside, holes, overlaps)
 
 
-def _requests(layout) -> dict[Chunk, list[int]]:
-    """Each distinct requested chunk and the ranks requesting it."""
-    out: dict[Chunk, list[int]] = defaultdict(list)
-    for r, cs in enumerate(layout.rank_chunks):
-        for c in cs:
-            out[c].append(r)
-    return out
+def chunk_holders(layout: Layout) -> dict[Chunk, tuple[int, ...]]:
+    """Every distinct box of a layout -> the ranks holding (requesting) it, ascending; boxes in
+    order of first appearance (rank, then chunk). Replicas are the boxes with more than one
+    holder. (Also `tables.chunk_holders`, the replicas column of `tables.layout_chunks_table`.)"""
+    holders: dict[Chunk, list[int]] = defaultdict(list)
+    for r, chunks in enumerate(layout.rank_chunks):
+        for c in chunks:
+            holders[c].append(r)
+    return {c: tuple(rs) for c, rs in holders.items()}
 
 
 def _hole_problems(fqn, layout, saved: list[Chunk], cov: _Coverage, severity: str,
@@ -184,12 +195,13 @@ def _hole_problems(fqn, layout, saved: list[Chunk], cov: _Coverage, severity: st
                 for h in cov.holes]
     by_region: dict[Chunk, list[int]] = defaultdict(list)
     off = np.array([c.offsets for c in saved], dtype=np.int64).reshape(len(saved), layout.ndim)
-    end = off + np.array([c.sizes for c in saved], dtype=np.int64).reshape(off.shape)
-    for want, ranks in _requests(layout).items():
+    siz = np.array([c.sizes for c in saved], dtype=np.int64).reshape(off.shape)
+    for want, ranks in chunk_holders(layout).items():
         if want.is_empty or not any(_hits(want, h) for h in cov.holes):
             continue
-        # only the saved chunks that meet the request matter to its exact holes
-        near = ((off < np.array(want.ends)) & (end > np.array(want.offsets))).all(axis=1)
+        # only the saved chunks that meet the request matter to its exact holes (torch's
+        # predicate is a strict overlap here: ``saved`` and ``want`` are non-empty)
+        near = _overlap_mask(off, siz, np.array(want.offsets), np.array(want.sizes))
         for region in uncovered(want, [saved[i] for i in np.flatnonzero(near)]):
             by_region[region].extend(ranks)
     out = []
@@ -210,7 +222,7 @@ def _hits(a: Chunk, b: Chunk) -> bool:
 
 def _overlap_problems(fqn, layout, saved, cov: _Coverage, severity: str | None) -> list[Problem]:
     out = []
-    reqs = _requests(layout) if layout is not None else {}
+    reqs = chunk_holders(layout) if layout is not None else {}
     for region, ix in cov.overlaps:
         readers = sorted(r for want, ranks in reqs.items() if _hits(want, region) for r in ranks)
         sev = severity or ("silent" if readers else "warning")
@@ -257,7 +269,7 @@ def _misdescribed_problems(fqn, layout, severity: str, side: str, torch_text: st
         out.append(Problem(
             fqn, "strided_misdescribed", (r,), box, severity,
             f"{fqn}: rank {r} (coordinate {layout.coordinate(r)}, placements "
-            f"[{', '.join(map(str, layout.placements))}]) {'; '.join(parts)} (a DCP box must "
+            f"[{format_placements(layout.placements)}]) {'; '.join(parts)} (a DCP box must "
             f"describe the data); {what}.{said}",
             "Use sizes that the _StridedShard mesh dims divide evenly, or "
             + ("load into a layout without _StridedShard (e.g. FSDP only) and redistribute."
@@ -452,7 +464,7 @@ def _tensor_problems(fqn, layout, saved: TensorStorageMetadata, ranks, text) -> 
     if layout.has_partial:
         return [Problem(
             fqn, "partial", ranks, None, "error",
-            f"{fqn}: the target DTensor has a Partial placement [{', '.join(map(str, layout.placements))}]"
+            f"{fqn}: the target DTensor has a Partial placement [{format_placements(layout.placements)}]"
             f" (DCP loads only Shard / Replicate); torch raises the unrelated message: "
             + (text or f"Invalid checkpoint metadata for {fqn}, expected BytesStorageMetadata but "
                        f"found {_TSM_CLASS}")
@@ -504,7 +516,7 @@ def find_save_problems(save_result) -> list[Problem]:
         if layout.has_partial:
             out.append(Problem(
                 fqn, "partial", failed.get(fqn, ranks), None, "error",
-                f"{fqn}: placements [{', '.join(map(str, layout.placements))}] include Partial (a "
+                f"{fqn}: placements [{format_placements(layout.placements)}] include Partial (a "
                 f"pending reduction DCP cannot save); torch raises ValueError: {PARTIAL_MESSAGE}",
                 "Redistribute to Replicate() or Shard() (e.g. dtensor.redistribute(mesh, "
                 "[Replicate()])) before saving."))
@@ -709,7 +721,7 @@ def _x_validate(m, text, md, target):
     for fqn in fqns:
         lay = target.get(fqn)
         if lay is not None and lay.misdescribed_ranks:
-            checks.append(f"{fqn}: the save layout [{', '.join(map(str, lay.placements))}] on mesh "
+            checks.append(f"{fqn}: the save layout [{format_placements(lay.placements)}] on mesh "
                           f"{lay.mesh_shape} is a _StridedShard whose ranks "
                           f"{_list_text(lay.misdescribed_ranks)}"
                           " hold rows their DCP boxes do not describe; the boxes cannot tile the tensor.")
@@ -835,7 +847,7 @@ def _x_read_size(m, text, md, target):
     ]
     lay = target.get(fqn)
     if lay is not None and lay.misdescribed_ranks:
-        checks.insert(0, f"The target layout [{', '.join(map(str, lay.placements))}] is a _StridedShard "
+        checks.insert(0, f"The target layout [{format_placements(lay.placements)}] is a _StridedShard "
                       f"whose ranks {_list_text(lay.misdescribed_ranks)} are misdescribed.")
     return Explanation("read_size_mismatch",
                        f"While reading saved chunk at offset {list(offset or ())}, the narrowed "
@@ -859,7 +871,7 @@ def _x_invalid(m, text, md, target):
     lay = target.get(fqn)
     checks = []
     if lay is not None and lay.has_partial:
-        checks.append(f"The target DTensor has placements [{', '.join(map(str, lay.placements))}]: a "
+        checks.append(f"The target DTensor has placements [{format_placements(lay.placements)}]: a "
                       "Partial placement. _create_read_items catches the Partial error and re-raises "
                       "this unrelated message; redistribute the target to Replicate / Shard.")
     elif lay is not None and lay.is_bytes:

@@ -7,8 +7,9 @@ a per-rank dataloader state) has shape ``()`` and dtype ``"bytes"``. Optimizer s
 ``model.<fqn>``, then ``optim.state.<param fqn>.step`` (a 0-d float32 tensor),
 ``.exp_avg``, ``.exp_avg_sq`` per parameter, then ``optim.param_groups.0.<key>`` as bytes.
 Recipes mirror what ``fully_shard`` (FSDP2, ``_fsdp_param.py``) and ``parallelize_module``
-(``ColwiseParallel`` / ``RowwiseParallel``) give each parameter. Imports torch only inside
-`state_dict_from_module`.
+(``ColwiseParallel`` / ``RowwiseParallel``) give each parameter. Never imports torch:
+`state_dict_from_module` reads a real module's ``state_dict()`` by its values' ``shape`` and
+``dtype`` only.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from .records import canonical_dtype
 from .sharding import (Layout, Replicate, Shard, StridedShard, bytes_layout, dtensor_layout,
                        mesh_coordinate, tensor_layout)
 
-__all__ = ["PRESETS", "RECIPES", "SIZES", "TP_PLANS", "model_state_dict", "apply_recipe",
-           "state_dict_from_module", "Entry"]
+__all__ = ["PRESETS", "RECIPES", "MESH_DIMS", "SIZES", "TP_PLANS", "model_state_dict",
+           "apply_recipe", "state_dict_from_module", "Entry"]
 
 Entry = tuple[tuple[int, ...], str]
 BYTES = "bytes"
@@ -224,7 +225,10 @@ RECIPES: dict[str, str] = {
                "[Shard(0), Shard(d)] otherwise, [Shard(0), Replicate()] for TP-replicated ones",
     "hsdp_tp": "as fsdp_tp with a leading Replicate() on mesh (replicas, dp, tp)",
 }
-_MESH_DIMS = {"replicate": 1, "fsdp": 1, "hsdp": 2, "tp": 1, "fsdp_tp": 2, "hsdp_tp": 3}
+# Each recipe's mesh dims by name, in mesh order (the names the CLI's target specs use).
+MESH_DIMS: dict[str, tuple[str, ...]] = {
+    "replicate": ("world",), "fsdp": ("dp",), "hsdp": ("replicate", "dp"), "tp": ("tp",),
+    "fsdp_tp": ("dp", "tp"), "hsdp_tp": ("replicate", "dp", "tp")}
 
 
 def _placements(recipe, mesh, tp_dim):
@@ -260,23 +264,24 @@ def apply_recipe(state_dict: dict[str, Entry], recipe: str, mesh_shape, *,
         raise PlanError(recipe, f"unknown recipe {recipe!r}", "one of " + ", ".join(RECIPES),
                         "Pick a recipe from workbench.models.RECIPES.")
     mesh = (int(mesh_shape),) if isinstance(mesh_shape, int) else tuple(int(m) for m in mesh_shape)
-    if len(mesh) != _MESH_DIMS[recipe]:
+    if len(mesh) != len(MESH_DIMS[recipe]):
         raise LayoutError(recipe, f"mesh shape {mesh} has {len(mesh)} dims",
-                          f"{_MESH_DIMS[recipe]} for recipe {recipe!r}: {RECIPES[recipe]}",
+                          f"{len(MESH_DIMS[recipe])} for recipe {recipe!r}: {RECIPES[recipe]}",
                           "Give one size per mesh dim of the recipe.", mesh_shape=mesh)
     n = math.prod(mesh)
     ws = n if world_size is None else int(world_size)
     if ws < n:
         raise LayoutError(recipe, f"world size {ws} is smaller than the mesh's {n} ranks",
-                          "world_size >= prod(mesh_shape)", world_size=ws)
+                          "world_size >= prod(mesh_shape)",
+                          "Pass a world size of at least the mesh's ranks, or None.", world_size=ws)
     if isinstance(tp_plan, str) or tp_plan is None:
         name = tp_plan or _guess_family(state_dict)
         plan = TP_PLANS.get(name, {})
     else:
         plan = tp_plan
-    # DP coordinate of every rank: mesh dim 0 for fsdp / fsdp_tp, the flattened
-    # (replicas, dp) for hsdp*, the whole world for replicate, rank 0 for tp.
-    dp_dims = {"replicate": 1, "fsdp": 1, "hsdp": 2, "tp": 0, "fsdp_tp": 1, "hsdp_tp": 2}[recipe]
+    # DP coordinate of every rank: the flattened mesh dims other than tp (dp for fsdp / fsdp_tp,
+    # (replicate, dp) for hsdp*, the whole world for replicate, none: rank 0 for tp).
+    dp_dims = sum(d != "tp" for d in MESH_DIMS[recipe])
     out: dict[str, Layout] = {}
     for fqn, (shape, dtype) in state_dict.items():
         if dtype == BYTES:

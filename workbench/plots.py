@@ -40,13 +40,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from .colors import HIGHLIGHT_COLOR, UNKNOWN_COLOR, format_ranks, rank_color, text_color
+from .colors import (HIGHLIGHT_COLOR, UNKNOWN_COLOR, format_ranks, index_runs, rank_color,
+                     text_color)
 from .errors import LayoutError, MetadataError, PlanError
 from .geometry import Chunk, uncovered
-from .planning import writer_of_file
 from .records import BytesStorageMetadata, TensorStorageMetadata
-from .sharding import Layout
-from .tables import chunk_holders, chunk_storage, format_held, index_runs
+from .sharding import Layout, mesh_coordinate
+from .tables import (_coerce_tensor, _metadata_of, _storage_data, _writer, chunk_holders,
+                     chunk_storage, format_held)
 
 __all__ = [
     "Tile", "Picture", "BarsData", "TrafficData",
@@ -58,6 +59,9 @@ __all__ = [
 MAX_PANELS = 16  # small multiples beyond this are left out (and said so in a note)
 MAX_NOTE_ITEMS = 8  # chunks / regions named in one note line before "... (+n more)"
 RASTER_MIN = 256  # draw_picture(raster=True) paints longer runs of tiles as one image
+# Chunk tiles get outlines up to this many: past it, seams would hide the tiles (and strokes
+# double Agg's cost); neighbouring ranks' hues differ anyway.
+MAX_OUTLINED = 256
 UNCOVERED_COLOR = "#d62728"
 HELD_COLOR = "#2ca02c"
 WANTED_COLOR = "#555555"
@@ -227,21 +231,15 @@ def _layout_boxes(layout: Layout, fqn: str | None) -> _Boxes:
 def _saved_entry(source, fqn: str | None):
     """(TensorStorageMetadata, Metadata or None) of ``fqn`` from a Metadata, a save result
     (``.metadata``) or a TensorStorageMetadata; torch's own records are converted first."""
-    from .planner_helpers import _record
-
-    source = _record(source)
-    if isinstance(source, TensorStorageMetadata):
-        return source, None
-    md = _record(getattr(source, "metadata", source))
-    sdm = getattr(md, "state_dict_metadata", None)
-    if not isinstance(sdm, Mapping):
-        raise MetadataError(fqn, f"{type(source).__name__} is not checkpoint metadata",
-                            "a Metadata, a save result or a TensorStorageMetadata",
-                            "Pass workbench.load_metadata(path) or plan_save(...).")
-    if fqn not in sdm:
-        raise MetadataError(fqn, f"key {fqn!r} is not in the checkpoint", "a saved key",
-                            "Pick one of metadata.state_dict_metadata's keys.", keys=tuple(sdm))
-    entry = sdm[fqn]
+    md = _metadata_of(source)
+    entries = _coerce_tensor(md, fqn)  # raises for what is not metadata and for unknown keys
+    if isinstance(md, TensorStorageMetadata):
+        return md, None
+    if fqn is None:
+        raise MetadataError(None, f"no key given to pick one of the checkpoint's {len(entries)} "
+                            "entries", "fqn= one of metadata.state_dict_metadata's keys",
+                            "Pass fqn=... naming the tensor to draw.", keys=tuple(entries))
+    entry = entries[fqn]
     if isinstance(entry, BytesStorageMetadata):
         raise MetadataError(fqn, "is a bytes entry (pickled object), it has no chunks to draw",
                             "a tensor entry", "Pick a tensor key.")
@@ -251,10 +249,8 @@ def _saved_entry(source, fqn: str | None):
 def _checkpoint_boxes(tsm: TensorStorageMetadata, md, fqn: str | None) -> _Boxes:
     # the facts of checkpoint_chunks_table's file / writer columns, without its text columns
     chunks = tsm.chunks
-    files = [getattr(i, "relative_path", None)
-             for i in chunk_storage(getattr(md, "storage_data", None) or {}, fqn, tsm)]
-    writers = [() if w is None else (w,)
-               for w in (None if f is None else writer_of_file(f) for f in files)]
+    files = [getattr(i, "relative_path", None) for i in chunk_storage(_storage_data(md), fqn, tsm)]
+    writers = [() if w is None else (w,) for w in map(_writer, files)]
     labels = [f"#{i}" + (f" r{w[0]}" if w else "") for i, w in enumerate(writers)]
     empty = [f"#{i} {c}" for i, c in enumerate(chunks) if c.is_empty]
     notes = (_listing("empty chunks", empty),) if empty else ()
@@ -300,8 +296,7 @@ def _layout_picture(b: _Boxes, view: _View, max_labels: int, writers: bool) -> P
     rects = [x for x in rects if x[0] is not None]
     label = len(rects) <= max_labels
     long = len(rects) <= 16
-    # past 256 tiles, seams would hide the tiles (and strokes double Agg's cost); hues differ
-    width = 0.8 if len(rects) <= 256 else 0.0
+    width = 0.8 if len(rects) <= MAX_OUTLINED else 0.0
     tiles = []
     for (x, y, w, h), c, ranks, lab, mis in rects:
         color = rank_color(ranks[0]) if ranks else UNKNOWN_COLOR
@@ -425,7 +420,7 @@ def _saved_layer(tsm: TensorStorageMetadata, md, fqn: str, view: _View,
              if not c.is_empty]
     shown = [s for s in shown if s[0]]
     label = len(shown) <= max_labels
-    edge = 1.0 if len(shown) <= 256 else 0.0  # as in layout_data
+    edge = 1.0 if len(shown) <= MAX_OUTLINED else 0.0
     tiles = []
     for rect, w, lab in shown:
         color = rank_color(w[0]) if w else UNKNOWN_COLOR
@@ -597,7 +592,7 @@ def mesh_data(source, *, max_labels: int = 256) -> Picture:
     empty = []
     for r in range(n):
         y, x = divmod(r, cols)
-        coord = tuple(int(c) for c in np.unravel_index(r, mesh)) if mesh else ()
+        coord = mesh_coordinate(r, mesh)
         chunks = layout.chunks(r) if layout else ()
         is_empty = any(c.is_empty for c in chunks) and not layout.is_bytes
         if is_empty:
@@ -695,7 +690,8 @@ def bytes_per_rank_data(result) -> BarsData:
                         "bytes written", f"save: bytes written per rank ({values.sum():.0f} total)")
     if not hasattr(result, "io"):
         raise PlanError(None, f"{type(result).__name__} is neither a save nor a load result",
-                        "plan_save(...) or plan_load(...)'s result")
+                        "plan_save(...) or plan_load(...)'s result", "Pass what plan_save or "
+                        "plan_load returned.", value_type=type(result))
     io = result.io
     values = io.bytes_read.astype(np.float64)
     ranks = tuple(range(len(values)))

@@ -5,8 +5,8 @@ a target, the reshard's verdict, its problems, pictures of the worst tensors, ea
 its read items. Self-contained means: inline CSS, pictures as ``data:image/png;base64`` URIs, no
 script, no external ``src`` or ``href``, so it opens the same offline, in a mail client or
 attached to an issue. Built from the same tables (`workbench.tables`) and pictures
-(`workbench.plots`) as the notebooks; top layer, may import everything (pandas and matplotlib
-inside the functions).
+(`workbench.plots`) as the notebooks; top layer, may import everything (inside the functions,
+so that importing it loads neither pandas nor matplotlib).
 """
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["build_report", "write_report", "figure_data_uri", "describe_checkpoint"]
+from .records import TensorStorageMetadata
+
+__all__ = ["build_report", "write_report", "figure_data_uri", "describe_checkpoint", "human_bytes",
+           "shape_text"]
 
 # Tensors drawn one picture each: the ones with problems first, then the largest.
 MAX_PICTURES = 8
@@ -25,7 +28,6 @@ MAX_PICTURES = 8
 # pictures summarise them).
 MAX_READ_ROWS = 200
 MAX_PROBLEM_ROWS = 500
-BLOCKING = ("error", "silent")
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
@@ -58,7 +60,6 @@ def describe_checkpoint(metadata, chunks=None) -> dict:
     as ``chunks`` when already computed)."""
     import pandas as pd
 
-    from .records import TensorStorageMetadata
     from .tables import checkpoint_chunks_table
 
     df = checkpoint_chunks_table(metadata) if chunks is None else chunks
@@ -99,6 +100,11 @@ def human_bytes(n) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def shape_text(shape) -> str:
+    """``[64, 32]`` -> ``"64x32"``; a 0-d shape (or a bytes entry's None) -> ``"()"``."""
+    return "x".join(map(str, shape or ())) or "()"
 
 
 def _e(text) -> str:
@@ -142,8 +148,6 @@ def _figure(uri: str, caption: str) -> str:
 
 def _pick_tensors(metadata, problems, limit: int) -> list[str]:
     """Tensors worth a picture: those with problems (in problem order), then the largest."""
-    from .records import TensorStorageMetadata
-
     sdm = metadata.state_dict_metadata
     tensors = [k for k, md in sdm.items() if isinstance(md, TensorStorageMetadata) and md.size]
     names = set(tensors)
@@ -157,10 +161,10 @@ def _read_items_html(result) -> str:
     (hundreds of thousands of items) would take seconds and nobody reads it."""
     import pandas as pd
 
-    from .tables import io_table, read_items_table
+    from .tables import read_items_table
 
     parts, n = [], 0
-    total = int(io_table(result)["reads"].sum())
+    total = int(result.io.reads.sum())
     for r in range(result.world_size):
         if n >= MAX_READ_ROWS:
             break
@@ -177,7 +181,7 @@ def _verdict_html(problems) -> str:
     if problems is None:
         return ('<div class="verdict none">No target given: this report shows what the '
                 "checkpoint holds. Add <code>--target</code> to check a reshard.</div>")
-    blocking = [p for p in problems if p.severity in BLOCKING]
+    blocking = [p for p in problems if p.blocking]
     if blocking:
         kinds = ", ".join(sorted({p.kind for p in blocking}))
         return (f'<div class="verdict blocked">BLOCKED: {len(blocking)} problem(s) make this '
@@ -216,13 +220,13 @@ def _io_html(result) -> list[str]:
             _frame_html(io_table(result), max_rows=1024)]
 
 
-def _checkpoint_html(metadata, layouts, chunks, info) -> list[str]:
+def _checkpoint_html(layouts, chunks, info) -> list[str]:
     import pandas as pd
 
     tensors = [e for e in info["entries"] if e["kind"] == "tensor"]
     writers = {f["writer"] for f in info["files"] if f["writer"] is not None}
     summary = pd.DataFrame([{"fqn": e["fqn"], "kind": e["kind"],
-                             "shape": "x".join(map(str, e["shape"] or ())) or "()",
+                             "shape": shape_text(e["shape"]),
                              "dtype": e["dtype"] or "", "chunks": len(e["chunks"]),
                              "bytes": human_bytes(e["nbytes"]),
                              **({} if layouts is None else {"target": (
@@ -273,7 +277,7 @@ def build_report(metadata, layouts=None, *, checkpoint: str | None = None,
     body += _pictures_html(metadata, result, problems, max_pictures)
     if result is not None:
         body += _io_html(result)
-    body += _checkpoint_html(metadata, layouts, chunks, info)
+    body += _checkpoint_html(layouts, chunks, info)
     if result is not None:
         body += ["<h2>Read items</h2>",
                  "<p>Each rank's read items in DCP's order (state-dict order of keys, then "

@@ -416,11 +416,9 @@ def _dtensor_layout(shape, mesh, pl, dtype, world_size):
     n = math.prod(mesh)
     chunks: list[tuple[Chunk, ...]] = []
     bad = []
-    # Only _StridedShard or one tensor dim named twice (e.g. S(0) and S(-2)) can make DCP's box
-    # differ from the data; skip the second walk otherwise.
-    dims = [p.dim for p in pl if isinstance(p, (Shard, StridedShard))]
-    check = (any(isinstance(p, StridedShard) for p in pl)
-             or len(set(dims)) != len({d % len(shape) for d in dims}))
+    # Only _StridedShard can make DCP's box differ from the data (dims are normalised, so no
+    # tensor dim is named twice under two spellings); skip the second walk otherwise.
+    check = any(isinstance(p, StridedShard) for p in pl)
     # Shard-only placements factorise per mesh dim; still one walk per rank keeps torch's order
     # of composition exact and costs ~10 us a rank, cached per (shape, mesh, placements).
     for r in range(n):
@@ -433,17 +431,50 @@ def _dtensor_layout(shape, mesh, pl, dtype, world_size):
     return Layout("dtensor", shape, dtype, world_size, tuple(chunks), mesh, pl, False, tuple(bad))
 
 
+def _normalized(p: Placement, ndim: int) -> Placement:
+    """``p`` with a negative dim in range made non-negative (out-of-range dims are left for
+    `_check` to refuse)."""
+    if isinstance(p, (Shard, StridedShard)) and -ndim <= p.dim < 0:
+        return Shard(p.dim + ndim) if isinstance(p, Shard) else StridedShard(p.dim + ndim,
+                                                                              p.split_factor)
+    return p
+
+
 def dtensor_layout(shape: Sequence[int], mesh_shape: Sequence[int], placements, dtype="float32",
                    world_size: int | None = None, *, fqn: str | None = None) -> Layout:
     """A DTensor of global ``shape`` on a row-major mesh of ranks ``0..prod(mesh_shape)-1``;
     ranks up to ``world_size`` outside the mesh hold nothing. ``placements`` may be a string
-    (``"S(0), R"``), specs or placement objects."""
-    shape, mesh, _, pl = _check(shape, mesh_shape, _NO_COORD, placements, fqn)
+    (``"S(0), R"``), specs or placement objects.
+
+    Negative shard dims are normalised (``S(-1)`` -> ``S(ndim-1)``), as ``DTensor.from_local``
+    and ``distribute_tensor`` do before DCP sees the placements: ``[S(1), S(-1)]`` on a 2-d
+    tensor is the nested ``[S(1), S(1)]``, not the raw ``_compute_local_shape_and_global_offset``
+    walk that keys its offsets by the raw dim (see `local_shape_and_offset`)."""
+    pl = parse_placements(placements)
+    ndim = len(_shape(shape, "global shape", fqn))
+    pl = tuple(_normalized(p, ndim) for p in pl)
+    shape, mesh, _, pl = _check(shape, mesh_shape, _NO_COORD, pl, fqn)
     if not shape and any(isinstance(p, (Shard, StridedShard)) for p in pl):
         raise PlacementError(fqn, "a 0-d tensor cannot be sharded", "only R or P on a 0-d tensor")
     dt = canonical_dtype(dtype, fqn)
     _shape(shape, "shape", fqn, LayoutError, DTYPE_SIZES[dt])
     return _dtensor_layout(shape, mesh, pl, dt, _world(world_size, math.prod(mesh), fqn))
+
+
+def _world_size(world_size, fqn) -> int:
+    ws = int(world_size)
+    if ws < 1:
+        raise LayoutError(fqn, f"world size {ws} is below 1", "world_size >= 1", world_size=ws)
+    return ws
+
+
+def _holders(ranks, ws: int, fqn) -> set[int]:
+    """The ranks holding an entry: all of ``range(ws)`` by default, else ``ranks`` (each in it)."""
+    holders = set(range(ws)) if ranks is None else set(int(r) for r in ranks)
+    if any(not 0 <= r < ws for r in holders):
+        raise LayoutError(fqn, f"ranks {sorted(holders)} are not all in a world of {ws}",
+                          f"0 <= rank < {ws}", "Name only ranks of the world.", world_size=ws)
+    return holders
 
 
 def tensor_layout(shape: Sequence[int], world_size: int, dtype="float32", *,
@@ -452,13 +483,8 @@ def tensor_layout(shape: Sequence[int], world_size: int, dtype="float32", *,
     """A plain ``torch.Tensor`` of ``shape`` held whole by every rank (or by ``ranks``)."""
     dt = canonical_dtype(dtype, fqn)
     shape = _shape(shape, "shape", fqn, LayoutError, DTYPE_SIZES[dt])
-    ws = int(world_size)
-    if ws < 1:
-        raise LayoutError(fqn, f"world size {ws} is below 1", "world_size >= 1", world_size=ws)
-    holders = set(range(ws)) if ranks is None else set(int(r) for r in ranks)
-    if any(not 0 <= r < ws for r in holders):
-        raise LayoutError(fqn, f"ranks {sorted(holders)} are not all in a world of {ws}",
-                          f"0 <= rank < {ws}")
+    ws = _world_size(world_size, fqn)
+    holders = _holders(ranks, ws, fqn)
     full = (Chunk((0,) * len(shape), shape),)
     rc = tuple(full if r in holders else () for r in range(ws))
     return Layout("tensor", shape, dt, ws, rc, per_rank_values=per_rank_values)
@@ -471,11 +497,18 @@ def sharded_layout(shape: Sequence[int], rank_chunks, dtype="float32",
     dt = canonical_dtype(dtype, fqn)
     shape = _shape(shape, "shape", fqn, LayoutError, DTYPE_SIZES[dt])
     if isinstance(rank_chunks, dict):
-        ws = world_size if world_size is not None else (max(rank_chunks) + 1 if rank_chunks else 1)
+        ranks = list(rank_chunks)
+        ws = _world_size(world_size if world_size is not None else max(max(ranks, default=0) + 1, 1),
+                         fqn)
+        _holders(ranks, ws, fqn)
         per = [rank_chunks.get(r, ()) for r in range(ws)]
     else:
         per = list(rank_chunks)
-        ws = world_size if world_size is not None else len(per)
+        ws = _world_size(world_size if world_size is not None else max(len(per), 1), fqn)
+        if len(per) > ws:
+            raise LayoutError(fqn, f"rank_chunks lists {len(per)} ranks for a world of {ws}",
+                              f"at most {ws} entries", "Pass world_size >= the ranks listed.",
+                              world_size=ws)
         per += [()] * (ws - len(per))
     out = []
     for r, cs in enumerate(per):
@@ -492,13 +525,13 @@ def sharded_layout(shape: Sequence[int], rank_chunks, dtype="float32",
                                   f"{shape}", "chunks of the tensor's rank", chunk=c, shape=shape)
             row.append(c)
         out.append(tuple(row))
-    return Layout("sharded", shape, dt, int(ws), tuple(out))
+    return Layout("sharded", shape, dt, ws, tuple(out))
 
 
 def bytes_layout(world_size: int, *, ranks: Iterable[int] | None = None,
                  per_rank_values: bool = False) -> Layout:
     """A non-tensor entry (int, dict, BytesIO...) saved as BYTE_IO by every rank (or ``ranks``)."""
-    ws = int(world_size)
-    holders = set(range(ws)) if ranks is None else set(int(r) for r in ranks)
+    ws = _world_size(world_size, None)
+    holders = _holders(ranks, ws, None)
     rc = tuple((Chunk((), ()),) if r in holders else () for r in range(ws))
     return Layout("bytes", (), "uint8", ws, rc, per_rank_values=per_rank_values)

@@ -27,7 +27,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from .colors import format_ranks, rank_color, text_color
+from .colors import format_ranks, index_runs, rank_color, text_color
+from .diagnosis import chunk_holders
 from .errors import LayoutError, MetadataError, PlanError
 from .geometry import Chunk
 from .planner_helpers import _record
@@ -37,7 +38,7 @@ from .records import (DTYPE_SIZES, BytesStorageMetadata, LoadItemType, MetadataI
 from .sharding import Layout, StridedShard
 
 __all__ = [
-    "chunk_holders", "chunk_storage", "index_runs", "format_held", "layout_chunks_table",
+    "chunk_holders", "chunk_storage", "format_held", "layout_chunks_table",
     "checkpoint_chunks_table", "write_items_table", "read_items_table", "problems_table",
     "io_table", "file_io_table", "targets_table", "style_by_rank",
 ]
@@ -82,9 +83,10 @@ def _coerce_tensor(metadata, fqn: str | None) -> dict[str, Any]:
         return {fqn or "<tensor>": metadata}
     sdm = getattr(metadata, "state_dict_metadata", None)
     if not isinstance(sdm, Mapping):
-        raise MetadataError(fqn, f"checkpoint metadata of type {type(metadata).__name__} has no "
-                            "state_dict_metadata", "a workbench Metadata or TensorStorageMetadata",
-                            "Read the checkpoint with workbench.load_metadata(path).")
+        raise MetadataError(fqn, f"{type(metadata).__name__} is not checkpoint metadata: it has no "
+                            "state_dict_metadata", "a Metadata, a save result, a Checkpoint or a "
+                            "TensorStorageMetadata", "Read the checkpoint with "
+                            "workbench.load_metadata(path) or plan it with plan_save(...).")
     if fqn is None:
         return sdm
     if fqn not in sdm:
@@ -103,33 +105,11 @@ _LAYOUT_SCHEMA = {
 }
 
 
-def index_runs(indices: Iterable[int]) -> list[tuple[int, int]]:
-    """Consecutive runs of indices, in the given order, as ``(start, stop)``:
-    ``[0, 1, 4, 5]`` -> ``[(0, 2), (4, 6)]``."""
-    runs: list[list[int]] = []
-    for i in indices:
-        if runs and i == runs[-1][1]:
-            runs[-1][1] += 1
-        else:
-            runs.append([i, i + 1])
-    return [(a, b) for a, b in runs]
-
-
 def format_held(held: dict[int, Iterable[int]]) -> str:
     """What a rank really holds (`Layout.held_indices`) in slice runs:
     ``{0: [0, 1, 4, 5]}`` -> ``"dim 0: 0:2, 4:6"``."""
     return "; ".join(f"dim {d}: " + ", ".join(f"{a}:{b}" for a, b in index_runs(ix))
                      for d, ix in held.items())
-
-
-def chunk_holders(layout: Layout) -> dict[Chunk, tuple[int, ...]]:
-    """Every distinct box of a layout -> the ranks holding it, ascending; boxes in order of first
-    appearance (rank, then chunk). Replicas are the boxes with more than one holder."""
-    holders: dict[Chunk, list[int]] = defaultdict(list)
-    for r, chunks in enumerate(layout.rank_chunks):
-        for c in chunks:
-            holders[c].append(r)
-    return {c: tuple(rs) for c, rs in holders.items()}
 
 
 def _as_layout(obj) -> Layout:
@@ -227,8 +207,9 @@ def checkpoint_chunks_table(metadata, fqn: str | None = None) -> pd.DataFrame:
 
     Raises `MetadataError` when ``fqn`` is not in the checkpoint.
     """
+    metadata = _metadata_of(metadata)  # once: converting torch's Metadata is not free
     entries = _coerce_tensor(metadata, fqn)
-    storage = _storage_data(_metadata_of(metadata))
+    storage = _storage_data(metadata)
     cols: dict[str, list] = defaultdict(list)
     for name, md in entries.items():
         infos = chunk_storage(storage, name, md)

@@ -20,13 +20,12 @@ The only module of the package that imports ipywidgets and IPython's display mac
 from __future__ import annotations
 
 import html
-import io
 import math
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from pathlib import Path
+from functools import cached_property, lru_cache
 from typing import Any, Mapping
 
 import ipywidgets as W
@@ -35,7 +34,7 @@ from IPython.display import HTML, Image
 
 from .colors import HIGHLIGHT_COLOR
 from .errors import LayoutError, PlacementError, PlanError, WorkbenchError
-from .records import DTYPE_SIZES, Metadata, canonical_dtype
+from .records import DTYPE_SIZES, Metadata, TensorStorageMetadata, canonical_dtype
 from .sharding import Layout, Placement, dtensor_layout, format_placements, parse_placements
 
 __all__ = ["CLASSIC_RESHARDS", "DEFAULT_CLASSIC", "ReshardSpec", "ReshardResult",
@@ -138,6 +137,14 @@ CLASSIC_RESHARDS: dict[str, dict[str, str]] = {
                                       load_mesh="2", load_placements="SS(0,2)"),
 }
 DEFAULT_CLASSIC = "FSDP -> FSDP+TP"
+
+
+def _classic(label: str) -> dict[str, str]:
+    """The control texts of a classic reshard; a `LayoutError` for an unknown label."""
+    if label not in CLASSIC_RESHARDS:
+        raise LayoutError(None, f"classic reshard {label!r} is not known",
+                          f"one of {list(CLASSIC_RESHARDS)}", "Pick a listed classic.")
+    return CLASSIC_RESHARDS[label]
 
 
 @dataclass(frozen=True, eq=False)
@@ -305,9 +312,7 @@ class ReshardExplorer(_Explorer):
 
     def __init__(self, classic: str = DEFAULT_CLASSIC, *, rank: int = 0, dims: str = "0, 1"):
         super().__init__()
-        if classic not in CLASSIC_RESHARDS:
-            raise LayoutError(None, f"classic reshard {classic!r} is not known",
-                              f"one of {list(CLASSIC_RESHARDS)}", "Pick a listed classic.")
+        _classic(classic)
         self.classic = _dropdown(list(CLASSIC_RESHARDS), classic, "start from", "wb-classic",
                                  width="24em")
         self.shape = _text("", "shape", "wb-shape")
@@ -338,7 +343,7 @@ class ReshardExplorer(_Explorer):
         """Fill every control from a classic reshard, then redraw once."""
         self._muted = True
         try:
-            for name, value in CLASSIC_RESHARDS[label].items():
+            for name, value in _classic(label).items():
                 getattr(self, name).value = value
             self._fit_rank_options(rank)
         finally:
@@ -389,6 +394,11 @@ class CheckpointPlan:
     problems: tuple
     io: Any  # DataFrame, tables.io_table (None without a target)
 
+    @cached_property
+    def problem_counts(self) -> Counter:
+        """Problems per fqn (the tensor list's labels and its filter)."""
+        return Counter(p.fqn for p in self.problems)
+
 
 def _target_layouts(target) -> dict[str, Layout]:
     if isinstance(target, Mapping):
@@ -414,6 +424,7 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
     save result is then loaded back into its own layouts, a directory is only listed.
     """
     from .diagnosis import find_save_problems
+    from .planner_helpers import _record
     from .planning import plan_load
     from .tables import io_table
 
@@ -423,9 +434,7 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
         from .torch_bridge import load_metadata
 
         metadata, name = load_metadata(source), str(source)
-    elif isinstance(source, Metadata) or type(source).__name__ == "Metadata":
-        from .planner_helpers import _record  # torch's own Metadata is converted
-
+    elif isinstance(_record(source), Metadata):  # torch's own Metadata is converted
         metadata, name = _record(source), "metadata"
     elif hasattr(source, "metadata") and hasattr(source, "local_plans"):  # a SavePlanResult
         metadata, name, layouts = source.metadata, "save plan", source.layouts
@@ -464,13 +473,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
 
 
-def _problem_counts(plan: CheckpointPlan) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for p in plan.problems:
-        counts[p.fqn] = counts.get(p.fqn, 0) + 1
-    return counts
-
-
 def _all_fqns(plan: CheckpointPlan) -> list[str]:
     """Checkpoint keys, then the target's keys the checkpoint lacks (missing keys)."""
     keys = list(plan.metadata.state_dict_metadata)
@@ -482,7 +484,6 @@ def explore_checkpoint(plan: CheckpointPlan, *, pattern: str = "", only_problems
     """Filter a planned checkpoint's keys (``pattern``: a case-insensitive substring, or a regex)
     and show one of them (``fqn``, else the first listed) from load ``rank``."""
     from .plots import layout_data, reshard_data
-    from .records import TensorStorageMetadata
     from .tables import checkpoint_chunks_table, problems_table, read_items_table
 
     try:
@@ -490,7 +491,7 @@ def explore_checkpoint(plan: CheckpointPlan, *, pattern: str = "", only_problems
     except re.error as e:
         raise PlanError(None, f"filter {pattern!r} is not a valid pattern ({e})",
                         "a substring or a regular expression", "Fix or clear the filter.") from None
-    counts = _problem_counts(plan)
+    counts = plan.problem_counts
     fqns = tuple(k for k in _all_fqns(plan)
                  if rx.search(k) and (counts.get(k) or not only_problems))
     if fqn is None or fqn not in fqns:
@@ -564,7 +565,7 @@ class CheckpointExplorer(_Explorer):
                                   rank=self.rank.value, dims=self.dims.value)
 
     def _show(self, r: CheckpointResult) -> None:
-        counts = _problem_counts(self.plan)
+        counts = self.plan.problem_counts
         options = [(f"{k}  ({_count(counts[k], 'problem')})" if counts.get(k) else k, k)
                    for k in r.fqns]
         self._muted = True
@@ -656,10 +657,7 @@ class ReadOrderStepper(_Explorer):
                  dims: str = "0, 1"):
         super().__init__()
         if isinstance(source, str):
-            if source not in CLASSIC_RESHARDS:
-                raise LayoutError(None, f"classic reshard {source!r} is not known",
-                                  f"one of {list(CLASSIC_RESHARDS)}", "Pick a listed classic.")
-            source = explore_reshard(**CLASSIC_RESHARDS[source])
+            source = explore_reshard(**_classic(source))
         self.load = getattr(source, "load", source)
         self.fqn = fqn if fqn is not None else next(iter(self.load.layouts))
         self._dims = dims

@@ -220,18 +220,22 @@ def _first_failure(failures, fqns, rank):
     return next((hits[f] for f in fqns if f in hits), None)
 
 
-def _compare_save(layouts, save_to_lowest_rank, progress=None) -> str | None:
-    from ..planning import plan_save
-
-    ours = plan_save(layouts, save_to_lowest_rank)
-    theirs = torch_save_plans(layouts, save_to_lowest_rank, progress=progress)
-    fqns = list(layouts)
-    for r, err in enumerate(theirs.rank_errors):
-        want = _first_failure(ours.failures, fqns, r)
+def _first_error_difference(what, failures, fqns, rank_errors) -> str | None:
+    """The first rank where torch raised and the workbench's ``failures`` predict otherwise
+    (no error, or a message torch's text does not contain)."""
+    for r, err in enumerate(rank_errors):
+        want = _first_failure(failures, fqns, r)
         if (err is None) != (want is None) or (err is not None and want not in err):
-            return f"save rank {r}: torch raised {err!r}, ours {want!r}"
-    if any(theirs.rank_errors):
-        return None
+            return f"{what} rank {r}: torch raised {err!r}, ours {want!r}"
+    return None
+
+
+def _compare_save(ours, layouts, save_to_lowest_rank, progress=None) -> str | None:
+    """The first difference between ``ours`` (``plan_save(layouts, ...)``) and torch's."""
+    theirs = torch_save_plans(layouts, save_to_lowest_rank, progress=progress)
+    diff = _first_error_difference("save", ours.failures, list(layouts), theirs.rank_errors)
+    if diff or any(theirs.rank_errors):
+        return diff
     diff = _first_item_difference("local save plan", ours.local_plans, theirs.local_plans)
     diff = diff or _first_item_difference("final save plan", ours.plans, theirs.plans)
     if diff:
@@ -253,11 +257,9 @@ def _compare_load(metadata, layouts, allow_partial_load, progress=None) -> str |
     ours = plan_load(metadata, layouts, allow_partial_load=allow_partial_load)
     theirs = torch_load_plans(metadata, layouts, allow_partial_load=allow_partial_load,
                               progress=progress)
-    fqns = list(layouts)
-    for r, err in enumerate(theirs.rank_errors):
-        want = _first_failure(ours.failures, fqns, r)
-        if (err is None) != (want is None) or (err is not None and want not in err):
-            return f"load rank {r}: torch raised {err!r}, ours {want!r}"
+    diff = _first_error_difference("load", ours.failures, list(layouts), theirs.rank_errors)
+    if diff:
+        return diff
     ok = [r for r, e in enumerate(theirs.rank_errors) if e is None]
     return _first_item_difference("load plan", [ours.plans[r] for r in ok],
                                   [theirs.plans[r] for r in ok], ok)
@@ -279,11 +281,11 @@ def verify_with_torch(layouts: Mapping[str, Layout], metadata=None, *,
 
     checked = []
     if metadata is None:
-        diff = _compare_save(layouts, save_to_lowest_rank, progress)
+        res = plan_save(layouts, save_to_lowest_rank)
+        diff = _compare_save(res, layouts, save_to_lowest_rank, progress)
         checked.append(f"save plans of {len(layouts)} entries on {_check(layouts)} ranks")
         if diff:
             return Verification(False, checked, diff)
-        res = plan_save(layouts, save_to_lowest_rank)
         if res.failures or res.errors:
             return Verification(True, checked)  # torch's save stops there: nothing to load
         metadata = res.metadata

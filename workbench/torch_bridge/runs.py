@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import PlanError
 from ..sharding import Layout, bytes_layout, dtensor_layout, tensor_layout
 
 __all__ = ["SaveStep", "LoadStep", "SaveRun", "LoadRun", "RankLoad", "Scenario", "run_steps",
@@ -332,8 +333,6 @@ def run_steps(steps: Sequence[SaveStep | LoadStep], world_size: int, *, time_lim
     ``time_limit`` seconds (stragglers are killed first: no process outlives the call)."""
     import multiprocessing as mp
 
-    from ..errors import PlanError
-
     if not 1 <= world_size <= MAX_WORLD_SIZE:
         raise PlanError(None, f"world size {world_size} for a real run",
                         f"1 <= world_size <= {MAX_WORLD_SIZE}",
@@ -483,11 +482,16 @@ def _drop_chunk(path, fqn, position):
         pickle.dump(md, f)
 
 
-def _make(scenarios: Mapping[str, Scenario], **kw) -> dict[str, Scenario]:
-    by_ws: dict[int, list[Scenario]] = {}
+def _by_world_size(scenarios: Mapping[str, Scenario], side: str) -> dict[int, list[Scenario]]:
+    """Scenarios grouped by their ``side`` ("save" / "load") world size: one launch each."""
+    groups: dict[int, list[Scenario]] = {}
     for sc in scenarios.values():
-        by_ws.setdefault(sc.save_world_size, []).append(sc)
-    for ws, scs in by_ws.items():
+        groups.setdefault(getattr(sc, f"{side}_world_size"), []).append(sc)
+    return groups
+
+
+def _make(scenarios: Mapping[str, Scenario], **kw) -> dict[str, Scenario]:
+    for ws, scs in _by_world_size(scenarios, "save").items():
         runs = run_steps([SaveStep(sc.path, sc.save_layouts) for sc in scs], ws, **kw)
         for sc, run in zip(scs, runs):
             if not run.ok:
@@ -498,8 +502,6 @@ def _make(scenarios: Mapping[str, Scenario], **kw) -> dict[str, Scenario]:
 
 
 def _scenario(kind: str, path) -> Scenario:
-    from ..errors import PlanError
-
     specs = _specs()
     if kind not in specs:
         raise PlanError(None, f"unknown checkpoint kind {kind!r}", "one of "
@@ -520,11 +522,8 @@ def make_checkpoint(kind: str, path, **kw) -> Scenario:
 
 def load_scenarios(scenarios: Mapping[str, Scenario], **kw) -> dict[str, LoadRun]:
     """Load every scenario into its ``load_layouts`` (one launch per load world size)."""
-    by_ws: dict[int, list[Scenario]] = {}
-    for sc in scenarios.values():
-        by_ws.setdefault(sc.load_world_size, []).append(sc)
     out = {}
-    for ws, scs in by_ws.items():
+    for ws, scs in _by_world_size(scenarios, "load").items():
         for sc, run in zip(scs, run_steps([LoadStep(sc.path, sc.load_layouts) for sc in scs], ws,
                                           **kw)):
             out[sc.kind] = run

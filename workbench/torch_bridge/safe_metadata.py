@@ -396,5 +396,5 @@ def load_metadata(path, rank: int | None = None) -> Metadata:
                             "Point at the directory dcp.save wrote.", path=str(p)) from None
     except OSError as e:
         raise MetadataError(str(p), f"the metadata file cannot be read: {e}", "a readable file",
-                            path=str(p)) from None
+                            "Check the path and its permissions.", path=str(p)) from None
     return read_metadata_bytes(data, str(p))

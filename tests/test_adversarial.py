@@ -481,3 +481,35 @@ def test_scalar_helpers_match_torch_on_wide_cases(case):
 @given(big_crowded_state_dicts(), st.booleans())
 def test_big_world_dedup_matches_torch(layouts, lowest):
     check_save(layouts, lowest)
+
+
+# ----------------------------------------------------------------------------- int64 edges
+def test_chunk_ends_past_int64_are_computed_exactly():
+    # torch computes offset + size in Python ints; int64 columns wrapped. One chunk
+    # [2**62, 2**63) of a (2**62,) tensor is out of bounds for torch; the columnar check saw
+    # 2**62 + 2**62 wrap to -2**63 and reported nothing
+    from torch.distributed.checkpoint import metadata as tmeta
+    from torch.distributed.checkpoint.planner import SavePlan
+    from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+    from test_planning import read_key
+    from workbench.records import Metadata, TensorStorageMetadata
+    from workbench.torch_bridge.convert import to_torch
+
+    big, top = 2**62, 2**63 - 1
+    res = plan_save({"w": sharded_layout((big,), [[((big,), (big,))]], "bool")})
+    assert res.errors == _validate_global_plan([SavePlan([])], to_torch(res.metadata))
+    assert len(res.errors) == 1
+    # load: hand-made metadata and local chunks near the top of int64; the wrapped columns
+    # found 3 of torch's 7 read items
+    saved = [((0,), (top,)), ((top - 5,), (top,)), ((big,), (big,)), ((3,), (0,))]
+    local = [((top - 3,), (top,)), ((1,), (5,)), ((big + 1,), (2,))]
+    md = Metadata({"w": TensorStorageMetadata("bool", (top,), saved)})
+    ours = plan_load(md, {"w": sharded_layout((top,), [local], "bool")}).plans[0].items
+    theirs = create_read_items_for_chunk_list(
+        "w", to_torch(md).state_dict_metadata["w"],
+        [tmeta.ChunkStorageMetadata(torch.Size(o), torch.Size(s)) for o, s in local])
+    assert [read_key(i) for i in ours] == [read_key(i) for i in theirs]
+    assert len(ours) == 7
+    # torch.Size cannot hold 2**63: neither can a Chunk
+    with pytest.raises(LayoutError, match="leave int64"):
+        sharded_layout((4,), [[((2**63,), (1,))]])

@@ -43,10 +43,11 @@ _LAZY = {
                                "compare_targets", "TargetCost")},
     # diagnosis.py
     **{n: "diagnosis" for n in ("Problem", "find_problems", "find_save_problems", "explain",
-                                "Explanation", "KINDS", "SEVERITIES")},
+                                "Explanation", "KINDS", "SEVERITIES", "BLOCKING",
+                                "chunk_holders")},
     # models.py: presets and parallelism recipes
     **{n: "models" for n in ("model_state_dict", "apply_recipe", "state_dict_from_module",
-                             "PRESETS", "RECIPES", "SIZES", "TP_PLANS")},
+                             "PRESETS", "RECIPES", "SIZES", "TP_PLANS", "MESH_DIMS")},
     # checkpoint.py: a real checkpoint directory (no torch)
     **{n: "checkpoint" for n in ("open_checkpoint", "Checkpoint", "SavedChunk")},
     # torch_bridge (imports torch inside functions only)

@@ -29,6 +29,9 @@ __all__ = [
 ]
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _ints(values, what: str, fqn: str | None) -> tuple[int, ...]:
     try:
         out = tuple(operator.index(v) for v in values)
@@ -71,6 +74,11 @@ class Chunk:
                 raise ChunkError(None, f"chunk with offsets {list(off)} has negative sizes {list(siz)}",
                                  "sizes >= 0", "Use a size of 0 for an empty chunk.",
                                  offsets=off, sizes=siz)
+        # torch.Size holds int64 ("Overflow when unpacking long long" past it)
+        if off and (max(max(off), max(siz)) > _INT64_MAX or min(off) < -_INT64_MAX - 1):
+            raise ChunkError(None, f"chunk offsets {list(off)} / sizes {list(siz)} leave int64",
+                             "values in [-2**63, 2**63), as torch.Size holds",
+                             "Check the chunk for a typo.", offsets=off, sizes=siz)
 
     # -- derived values -------------------------------------------------------------------
     @property

@@ -30,7 +30,9 @@ from functools import cached_property
 import numpy as np
 
 from .errors import MetadataError, PlanError
+from .geometry import Chunk
 from .planner_helpers import (_TSM_CLASS, PARTIAL_MESSAGE, _record, _torch_size,
+                              create_read_items_for_chunk_list,
                               validate_global_plan)
 from .records import (DTYPE_SIZES, BytesStorageMetadata, LoadItemType, LoadPlan, Metadata,
                       MetadataIndex, ReadItem, SavePlan, StorageInfo, TensorProperties,
@@ -439,6 +441,8 @@ def _validate(sdm, pats, fqns, kept_per_fqn, plans) -> list[str]:
 def _has_errors(offs: np.ndarray, sizes: np.ndarray, shape, check_fill: bool) -> bool:
     """Whether ``_validate_global_plan`` reports anything for these chunks: out of bounds,
     strictly overlapping (torch's predicate, zero-size boxes included), or volume != numel."""
+    if _int64_unsafe(offs, sizes):
+        return True  # let the scalar mirror (Python ints, as torch) decide
     shp = np.array(shape, dtype=np.int64)
     if ((offs < 0) | (sizes < 0) | (offs + sizes > shp)).any():
         return True
@@ -453,6 +457,15 @@ def _has_errors(offs: np.ndarray, sizes: np.ndarray, shape, check_fill: bool) ->
 
 
 # ----------------------------------------------------------------------------- geometry (columnar)
+_SAFE = 2**62  # offsets and sizes below this in magnitude: their sums and differences fit int64
+
+
+def _int64_unsafe(offs: np.ndarray, sizes: np.ndarray) -> bool:
+    """Whether ``offset + size`` could wrap in int64 (torch computes with Python ints; a chunk
+    can reach 2**63 - 1 past the end of its tensor in hand-made metadata)."""
+    return bool(offs.size) and (int(np.abs(offs).max()) >= _SAFE or int(sizes.max()) >= _SAFE)
+
+
 def _overlap_mask(a_off, a_size, b_off, b_size) -> np.ndarray:
     """Row-wise torch ``_check_box_overlap`` (the predicate of `geometry.boxes_overlap`)."""
     return ~((a_off >= b_off + b_size) | (b_off >= a_off + a_size)).any(axis=1)
@@ -544,6 +557,8 @@ def _read_columns(s_off, s_size, pat: _Pattern, ws: int):
     nd = l_off.shape[1]
     if len(l_off) == 0 or len(s_off) == 0:
         return None
+    if _int64_unsafe(l_off, l_size) or _int64_unsafe(s_off, s_size):
+        return _exact_read_columns(s_off, s_size, pat, ws)
     li, si = _candidate_pairs(l_off, l_size, s_off, s_size)
     if nd:
         ok = _overlap_mask(l_off[li], l_size[li], s_off[si], s_size[si])
@@ -580,6 +595,26 @@ def _read_columns(s_off, s_size, pat: _Pattern, ws: int):
     dest = np.where(after, so - lo, 0)
     starts = np.searchsorted(rank, np.arange(ws + 1))
     return _ro(rank, local_idx, si, dest, storage, lengths, starts)
+
+
+def _exact_read_columns(s_off, s_size, pat: _Pattern, ws: int):
+    """`_read_columns` from the scalar mirror, rank by rank, in Python ints: for chunks whose
+    ends could wrap int64."""
+    saved = [Chunk(tuple(o), tuple(s)) for o, s in zip(s_off.tolist(), s_size.tolist())]
+    md = TensorStorageMetadata(_props("uint8"), (), saved)
+    rows = []
+    for r in pat.holder_ranks.tolist():
+        local = pat.chunks[int(pat.starts[r]):int(pat.starts[r + 1])]
+        rows += [(r, it.dest_index.index, it.storage_index.index, it.dest_offsets,
+                  it.storage_offsets, it.lengths)
+                 for it in create_read_items_for_chunk_list("", md, local)]
+    nd = s_off.shape[1]
+    cols = [np.array([row[i] for row in rows], np.int64).reshape(len(rows), -1)
+            for i in range(6)]
+    rank, local_idx, saved_idx = (c.reshape(-1) for c in cols[:3])
+    dest, storage, lengths = (c.reshape(len(rows), nd) for c in cols[3:])
+    return _ro(rank, local_idx, saved_idx, dest, storage, lengths,
+               np.searchsorted(rank, np.arange(ws + 1)))
 
 
 def _saved_arrays(md: TensorStorageMetadata, fqn: str, cache: dict):

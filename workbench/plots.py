@@ -148,7 +148,10 @@ class _View:
         self.window: tuple[int, int, int, int] | None = None  # rects outside it are dropped
 
     def rect(self, c: Chunk) -> tuple[int, int, int, int] | None:
-        """The chunk's rectangle, or None when it misses the slab."""
+        """The chunk's rectangle, or None when it is empty (no area to draw) or misses the slab
+        or the window."""
+        if c.is_empty:
+            return None
         if c.ndim:
             for d, i in self.at.items():
                 if not c.offsets[d] <= i < c.offsets[d] + c.sizes[d]:
@@ -166,7 +169,7 @@ class _View:
     def zoom_to(self, chunks: Sequence[Chunk]) -> None:
         """Show only the neighbourhood of ``chunks``: their bounding rectangle grown by half its
         size on every side, inside the tensor."""
-        rs = [r for r in (self.rect(c) for c in chunks if not c.is_empty) if r]
+        rs = [r for r in map(self.rect, chunks) if r]
         if not rs:
             return
         x0, y0 = min(r[0] for r in rs), min(r[1] for r in rs)
@@ -292,7 +295,7 @@ def layout_slabs(source, dims=(0, 1), *, fqn: str | None = None) -> list[dict[in
 
 def _layout_picture(b: _Boxes, view: _View, max_labels: int, writers: bool) -> Picture:
     rects = [(view.rect(c), c, r, lab, m) for c, r, lab, m in
-             zip(b.chunks, b.ranks, b.labels, b.misdescribed) if not c.is_empty]
+             zip(b.chunks, b.ranks, b.labels, b.misdescribed)]
     rects = [x for x in rects if x[0] is not None]
     label = len(rects) <= max_labels
     long = len(rects) <= 16
@@ -416,8 +419,7 @@ def _saved_layer(tsm: TensorStorageMetadata, md, fqn: str, view: _View,
                  max_labels: int) -> tuple[_Boxes, tuple[Tile, ...]]:
     """The saved chunks' `_Boxes` and their ``saved`` tiles (see `reshard_data`)."""
     saved = _checkpoint_boxes(tsm, md, fqn)
-    shown = [(view.rect(c), w, lab) for c, w, lab in zip(saved.chunks, saved.ranks, saved.labels)
-             if not c.is_empty]
+    shown = [(view.rect(c), w, lab) for c, w, lab in zip(saved.chunks, saved.ranks, saved.labels)]
     shown = [s for s in shown if s[0]]
     label = len(shown) <= max_labels
     edge = 1.0 if len(shown) <= MAX_OUTLINED else 0.0
@@ -434,7 +436,7 @@ def _wanted_layer(layout: Layout, view: _View) -> tuple[tuple[Tile, ...], ...]:
     # solid hairlines: dashes cost Agg several times more for thousands of boxes
     return tuple(tuple(Tile(*rect, "wanted", None, WANTED_COLOR, 1.0, None, "solid", 0.5, None,
                             (r,))
-                       for rect in (view.rect(c) for c in cs if not c.is_empty) if rect)
+                       for rect in map(view.rect, cs) if rect)
                  for r, cs in enumerate(layout.rank_chunks))
 
 
@@ -495,7 +497,7 @@ def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
         sources.add(si)
         w = saved.ranks[si]
         color = rank_color(w[0]) if w else HIGHLIGHT_COLOR
-        rect = view.rect(item.dest_chunk) if not item.dest_chunk.is_empty else None
+        rect = view.rect(item.dest_chunk)
         if rect:
             text = f"{k}\u2190#{si}"
             if with_file and files[si]:
@@ -528,7 +530,7 @@ def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
                               "solid", 1.5, None, (rank,)))
         held_text = format_held(held)
     for c in drawn:
-        rect = None if c.is_empty else view.rect(c)
+        rect = view.rect(c)
         if rect:
             tiles.append(Tile(*rect, "target", None, "#000000", 1.0, None,
                               "dashed" if misdescribed else "solid", 2.2, None, (rank,)))

@@ -518,7 +518,9 @@ def sharded_layout(shape: Sequence[int], rank_chunks, dtype="float32",
                 c = as_chunk(c)
             except (ChunkError, TypeError, ValueError) as e:
                 what = e.what if isinstance(e, ChunkError) else f"chunk {c!r} is not (offsets, sizes)"
-                raise LayoutError(fqn, f"rank {r}'s {what}", "a Chunk or an (offsets, sizes) pair",
+                expect = (e.expectation if isinstance(e, ChunkError) and e.expectation
+                          else "a Chunk or an (offsets, sizes) pair")
+                raise LayoutError(fqn, f"rank {r}'s {what}", expect,
                                   "Give every chunk as Chunk(offsets, sizes).", chunk=c) from None
             if c.ndim != len(shape):
                 raise LayoutError(fqn, f"rank {r}'s chunk {c} has {c.ndim} dims for a tensor of shape "

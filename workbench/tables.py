@@ -30,7 +30,6 @@ import pandas as pd
 from .colors import format_ranks, index_runs, rank_color, text_color
 from .diagnosis import chunk_holders
 from .errors import LayoutError, MetadataError, PlanError
-from .geometry import Chunk
 from .planner_helpers import _record
 from .planning import writer_of_file
 from .records import (DTYPE_SIZES, BytesStorageMetadata, LoadItemType, MetadataIndex,

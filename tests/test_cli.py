@@ -293,6 +293,10 @@ def test_plan_json_names_the_real_failure(real, capsys):
     # runs dropped w's chunk [4:8, 0:6]; the real load left rank 1's 24 elements stale
     assert p["region"] == "[4:8, 0:6]" and p["ranks"] == [1] and p["severity"] == "silent"
     assert loads["hole"].mismatches() == [(1, "w", 24, 24)]
+    # inspect finds the same hole from the checkpoint alone, whatever the target
+    rc, out, _ = run(capsys, "inspect", scenarios["hole"].path, "--json")
+    (p,) = json.loads(out)["problems"]
+    assert rc == 0 and (p["kind"], p["fqn"], p["region"]) == ("uncovered", "w", "[4:8, 0:6]")
 
 
 @pytest.mark.real

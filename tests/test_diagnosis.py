@@ -282,3 +282,20 @@ def test_save_side_zero_size_chunk_inside_another_fails_validation():
     (p,) = find_save_problems(sv)
     assert (p.kind, p.region, p.severity) == ("overlap", None, "error")
     assert sv.errors[0] in p.message and "zero-size chunk strictly inside" in p.message
+
+
+def test_checkpoint_problems_are_found_geometrically_without_a_target():
+    # dcp-semantics 8: rows [0:4] and [2:6] of 8 (width 3) add up to 24 = 24 elements, yet rows
+    # [2:4] are saved twice and rows [6:8] not at all
+    md = _md(w=((8, 3), [((0, 0), (4, 3)), ((2, 0), (4, 3))]),
+             ok=((4,), [((0,), (2,)), ((2,), (2,))]),
+             empty_inside=((4,), [((0,), (4,)), ((2,), (0,))]),  # a zero-size chunk holds nothing
+             b=None)
+    probs = wb.find_checkpoint_problems(md)
+    assert [(p.fqn, p.kind, str(p.region), p.ranks, p.severity) for p in probs] == [
+        ("w", "uncovered", "[6:8, 0:3]", (), "silent"),
+        ("w", "overlap", "[2:4, 0:3]", (), "silent")]
+    assert "#0 [0:4, 0:3], #1 [2:6, 0:3] overlap on [2:4, 0:3]" in probs[1].message
+    assert wb.find_checkpoint_problems(_md(ok=((4,), [((0,), (4,))]))) == []
+    with pytest.raises(wb.MetadataError):
+        wb.find_checkpoint_problems({"w": 1})

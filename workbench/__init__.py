@@ -42,7 +42,8 @@ _LAZY = {
                                "ReadBlock", "LoadIO", "file_name", "writer_of_file",
                                "compare_targets", "TargetCost")},
     # diagnosis.py
-    **{n: "diagnosis" for n in ("Problem", "find_problems", "find_save_problems", "explain",
+    **{n: "diagnosis" for n in ("Problem", "find_problems", "find_save_problems",
+                                "find_checkpoint_problems", "explain",
                                 "Explanation", "KINDS", "SEVERITIES", "BLOCKING",
                                 "chunk_holders")},
     # models.py: presets and parallelism recipes

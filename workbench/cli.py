@@ -218,10 +218,14 @@ def problem_dict(p) -> dict:
 def _cmd_inspect(args) -> int:
     from .report import describe_checkpoint, human_bytes, shape_text
 
+    from .diagnosis import find_checkpoint_problems
+
     ckpt = _open(args.checkpoint)
     info = describe_checkpoint(ckpt.metadata)
+    problems = find_checkpoint_problems(ckpt.metadata)  # holes / overlaps, whatever the target
     if args.json:
-        _json_out({"checkpoint": args.checkpoint, **info, "damage": ckpt.problems()})
+        _json_out({"checkpoint": args.checkpoint, **info, "damage": ckpt.problems(),
+                   "problems": [problem_dict(p) for p in problems]})
         return OK
     rows = [[e["fqn"], e["kind"], shape_text(e["shape"]), e["dtype"] or "",
              len(e["chunks"]), format_ranks(c["writer"] for c in e["chunks"]
@@ -235,6 +239,10 @@ def _cmd_inspect(args) -> int:
         _table("chunks", ["fqn", "chunk", "writer", "file", "byte offset", "bytes"], rows)
     _table("files", ["file", "writer", "items", "bytes"],
            [[f["file"], f["writer"], f["items"], human_bytes(f["bytes"])] for f in info["files"]])
+    if problems:
+        _table(f"{len(problems)} problems in the saved chunks (any load reading them is silently "
+               "wrong)", ["kind", "fqn", "region", "message"],
+               [[p.kind, p.fqn, "" if p.region is None else p.region, p.message] for p in problems])
     _print_damage(ckpt.problems())
     return OK
 

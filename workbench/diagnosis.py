@@ -488,6 +488,31 @@ def _tensor_problems(fqn, layout, saved: TensorStorageMetadata, ranks, text) -> 
     return out
 
 
+# ----------------------------------------------------------------------------- checkpoint alone
+def find_checkpoint_problems(metadata) -> list[Problem]:
+    """Problems a checkpoint has whatever the target: per tensor, the regions no saved chunk
+    covers and the regions several saved chunks cover (``uncovered`` / ``overlap``, ranks ``()``,
+    severity ``silent``: a load requesting them gets stale or last-applied values without an
+    error). torch's save validation refuses both, so they come from edited or merged
+    ``.metadata`` files or custom planners. ``metadata``: a workbench or torch ``Metadata``."""
+    md = _record(metadata)
+    sdm = getattr(md, "state_dict_metadata", None)
+    if not isinstance(sdm, Mapping):
+        raise MetadataError(None, f"metadata is a {type(metadata).__name__}", "a DCP Metadata",
+                            "Read it with workbench.load_metadata(path).")
+    out = []
+    for fqn, entry in sdm.items():
+        if not isinstance(entry, TensorStorageMetadata):
+            continue
+        cov = _coverage(tuple(entry.size), entry.chunks)
+        if cov.tiles:
+            continue
+        live = [c for c in entry.chunks if not c.is_empty]
+        out.extend(_hole_problems(fqn, None, live, cov, "silent"))
+        out.extend(_overlap_problems(fqn, None, entry.chunks, cov, "silent"))
+    return out
+
+
 # ----------------------------------------------------------------------------- save side
 _VALIDATION = re.compile(r"key:(?P<fqn>\S+) (?:has )?(?P<what>overlapping chunks|out of bounds chunk|"
                          r"invalid fill)")

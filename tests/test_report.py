@@ -100,6 +100,9 @@ def test_report_without_target_shows_the_checkpoint_only(scenarios):
         assert f"<td>{fqn}</td>" in text or f">{fqn}</td>" in text
     for f in ("__0_0.distcp", "__1_0.distcp"):
         assert f in text
+    assert "Problems in the saved chunks" not in text  # a clean checkpoint has none
+    hole = build_report(load_metadata(scenarios["hole"].path), checkpoint="hole")
+    assert "Problems in the saved chunks" in hole and "no saved chunk covers [4:8, 0:6]" in hole
 
 
 @pytest.mark.real

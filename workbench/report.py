@@ -262,6 +262,10 @@ def build_report(metadata, layouts=None, *, checkpoint: str | None = None,
 
         result = plan_load(metadata, layouts)
         problems = list(result.problems)
+    else:  # no target: the saved chunks' own holes and overlaps
+        from .diagnosis import find_checkpoint_problems
+
+        saved_problems = find_checkpoint_problems(metadata)
     body = ["<h1>DCP reshard report</h1>",
             '<p class="meta">checkpoint <code>' + _e(checkpoint or "(metadata)") + "</code>"
             + (" &middot; target <code>" + _e(target) + "</code>" if target else "")
@@ -274,7 +278,12 @@ def build_report(metadata, layouts=None, *, checkpoint: str | None = None,
                     + "</ul></div>")
     if result is not None:
         body += ["<h2>Problems</h2>", _problems_html(problems)]
-    body += _pictures_html(metadata, result, problems, max_pictures)
+    elif saved_problems:
+        body += ["<h2>Problems in the saved chunks</h2>",
+                 "<p>Whatever the target, a load that reads these regions gets stale or "
+                 "last-applied values without an error.</p>", _problems_html(saved_problems)]
+    body += _pictures_html(metadata, result, problems if result is not None else saved_problems,
+                           max_pictures)
     if result is not None:
         body += _io_html(result)
     body += _checkpoint_html(layouts, chunks, info)

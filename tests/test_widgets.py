@@ -318,6 +318,11 @@ def test_checkpoint_explorer_on_a_real_checkpoint_with_a_hole(tmp_path):
     (hole,) = r.picture.of_kind("uncovered")
     assert (hole.x, hole.y, hole.w, hole.h) == (0, 4, 6, 4)
     assert "uncovered" in _html(ex.problems)
+    # without a target the explorer still lists the checkpoint's own hole
+    bare = CheckpointExplorer(sc.path, only_problems=True)
+    (p,) = bare.plan.problems
+    assert (bare.result.fqns, p.kind, p.ranks, p.region) == (("w",), "uncovered", (),
+                                                             Chunk((4, 0), (4, 6)))
 
 
 def test_plan_checkpoint_targets(llama_save):

@@ -445,8 +445,11 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
                         "Pass the directory dcp.save wrote.")
     if target is not None:
         layouts = _target_layouts(target)
-    if layouts is None:
-        return CheckpointPlan(metadata, name, None, None, save_problems, None)
+    if layouts is None:  # no target: the saved chunks' own holes and overlaps
+        from .diagnosis import find_checkpoint_problems
+
+        return CheckpointPlan(metadata, name, None, None,
+                              save_problems + tuple(find_checkpoint_problems(metadata)), None)
     load = plan_load(metadata, layouts)
     return CheckpointPlan(metadata, name, layouts, load, save_problems + tuple(load.problems),
                           io_table(load))

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import workbench as wb
+
 from workbench import (Chunk, LoadItemType, WriteItemType, bytes_layout, dtensor_layout,
                        sharded_layout, tensor_layout)
 from workbench.torch_bridge import load_metadata, verify_with_torch
@@ -169,3 +171,15 @@ def test_a_load_difference_names_the_real_rank(monkeypatch):
     monkeypatch.setattr(planning, "plan_load", lambda md, lay, **kw: real(md, wrong, **kw))
     v = verify_with_torch(save, load_layouts=load)
     assert not v.equal and v.difference.startswith("load plan rank 1 item #0: ours ReadItem(")
+
+
+def test_ranks_outside_the_mesh_keep_the_dtensor_key():
+    # w on mesh (2,) in a world of 3: rank 2 holds the DTensor with an empty local tensor, so a
+    # missing key raises on rank 2 too (torch's create_default_local_load_plan checks the key
+    # before it skips ranks outside the mesh); the bridge once left the key out on rank 2
+    save = {"w": wb.dtensor_layout((8, 4), (2,), "S(0)", world_size=3)}
+    load = {"w": save["w"], "x": wb.dtensor_layout((4,), (2,), "S(0)", world_size=3)}
+    theirs = torch_load_plans(wb.plan_save(save).metadata, load)
+    assert [e is not None and "Missing key in checkpoint state_dict: x." in e
+            for e in theirs.rank_errors] == [True, True, True]
+    assert wb.verify_with_torch(save, load_layouts=load).equal

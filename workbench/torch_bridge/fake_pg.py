@@ -275,7 +275,9 @@ def verify_with_torch(layouts: Mapping[str, Layout], metadata=None, *,
     and validation errors, then `plan_load` of ``load_layouts`` (default: ``layouts``) from the
     planned metadata. With ``metadata`` (workbench or torch `Metadata`, e.g. from
     `load_metadata`): `plan_load(metadata, layouts)` only. Items are compared with their index
-    hints; torch's per-rank exceptions against the workbench's ``failures``. ``progress``: tqdm
+    hints; torch's per-rank exceptions against the workbench's ``failures``. Known gap: a
+    ShardedTensor rank without local shards cannot be built under the fake group (torch asks CUDA
+    for its device), so such ranks are planned without the key on torch's side. ``progress``: tqdm
     bars over torch's per-rank planning (None: shown when it is long)."""
     from ..planning import plan_save
 

@@ -215,7 +215,11 @@ def _build(fqn: str, layout: Layout, rank: int, meshes: _Meshes, fill: float | N
     if layout.kind == "bytes":
         return "<not loaded>" if fill is not None else _bytes_value(fqn, layout, rank)
     dt = getattr(torch, layout.dtype)
-    if empty:
+    if layout.kind == "dtensor" and not layout.chunks(rank):
+        # a rank outside the mesh still holds the DTensor (torch plans nothing for it, but the
+        # key is in its state dict); from_local needs a 0-d local tensor for a 0-d DTensor
+        local = torch.empty((0,) if layout.ndim else (), dtype=dt, device=empty or "cpu")
+    elif empty:
         local = [torch.empty(c.sizes, dtype=dt, device=empty) for c in layout.chunks(rank)]
         local = local if layout.kind == "sharded" else local[0]
     else:
@@ -238,8 +242,13 @@ def _state_dict(layouts, rank, meshes, fill=None, empty=None):
     for lay in layouts.values():
         if lay.kind == "dtensor":
             meshes.get(lay.mesh_shape)
+    # DTensors and ShardedTensors are in every rank's state dict (with an empty local part where
+    # the rank holds nothing), as in real programs; plain tensors and bytes only on their holders.
+    # Exception: for the fake process group (``empty`` set) a ShardedTensor without local shards
+    # is left out, because torch asks such a tensor for its device through
+    # torch.cuda.current_device() unless the group's backend is gloo.
     return {fqn: _build(fqn, lay, rank, meshes, fill, empty) for fqn, lay in layouts.items()
-            if lay.chunks(rank)}
+            if lay.chunks(rank) or lay.kind == "dtensor" or (lay.kind == "sharded" and not empty)}
 
 
 def _saved_dtypes(path) -> dict[str, str]:
@@ -258,6 +267,9 @@ def _loaded(fqn, layout, rank, value, saved_dtype):
 
     if layout.kind == "bytes":
         return value, _bytes_value(fqn, layout, rank)
+    if layout.kind == "dtensor" and not layout.chunks(rank):  # outside the mesh: nothing loaded
+        nothing = torch.empty(0, dtype=torch.float64).numpy()
+        return nothing, nothing
     want = _local_values(layout, rank, global_values(layout, rank, saved_dtype or layout.dtype))
     if layout.kind == "sharded":
         got = [s.tensor for s in value.local_shards()]

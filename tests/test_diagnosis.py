@@ -299,3 +299,19 @@ def test_checkpoint_problems_are_found_geometrically_without_a_target():
     assert wb.find_checkpoint_problems(_md(ok=((4,), [((0,), (4,))]))) == []
     with pytest.raises(wb.MetadataError):
         wb.find_checkpoint_problems({"w": 1})
+
+
+def test_validation_quotes_are_torchs_text_or_marked_as_elided():
+    from workbench.diagnosis import find_save_problems
+
+    # one key with a hole: the quote is exactly what DefaultSavePlanner raises
+    one = wb.plan_save({"a": wb.sharded_layout((8,), [[((0,), (4,))], []])})
+    (p,) = find_save_problems(one)
+    assert p.message.endswith("torch raises: Failed to validate global plan: "
+                              + "; ".join(one.errors))
+    # two keys with errors: torch's text joins both, so each problem marks its quote as a part
+    two = wb.plan_save({"a": wb.sharded_layout((8,), [[((0,), (4,))], []]),
+                        "b": wb.sharded_layout((6,), [[((0,), (2,))], []])})
+    assert len(two.errors) == 2
+    for p, err in zip(find_save_problems(two), two.errors):
+        assert p.message.endswith("Failed to validate global plan: ... with, for this key: " + err)

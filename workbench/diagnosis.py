@@ -518,6 +518,18 @@ _VALIDATION = re.compile(r"key:(?P<fqn>\S+) (?:has )?(?P<what>overlapping chunks
                          r"invalid fill)")
 
 
+def _validation_quote(errs: list[str], all_errs: list[str]) -> str:
+    """What torch raises for a key's validation errors: DefaultSavePlanner's exact ValueError text
+    (every key's errors joined, cut at 500 characters) when this key's are all of them, else the
+    key's own strings behind an elision."""
+    if list(errs) == list(all_errs):
+        summary = "; ".join(errs)
+        if len(summary) > 500:
+            summary = summary[:500] + "... (truncated)"
+        return "Failed to validate global plan: " + summary
+    return "Failed to validate global plan: ... with, for this key: " + "; ".join(errs)
+
+
 def find_save_problems(save_result) -> list[Problem]:
     """Problems of a whole save plan (``planning.plan_save``'s result): Partial placements (save
     raises), ``_StridedShard`` layouts whose boxes are not their data (validation fails: such a
@@ -530,7 +542,8 @@ def find_save_problems(save_result) -> list[Problem]:
     items = md.state_dict_metadata if md is not None else {}
     writers = getattr(save_result, "writers", {}) or {}
     errors: dict[str, list[str]] = defaultdict(list)
-    for e in getattr(save_result, "errors", ()) or ():
+    all_errs = list(getattr(save_result, "errors", ()) or ())
+    for e in all_errs:
         m = _VALIDATION.search(e)
         if m:
             errors[m["fqn"]].append(e)
@@ -552,7 +565,7 @@ def find_save_problems(save_result) -> list[Problem]:
             # would record boxes that are not the data.
             out.extend(_misdescribed_problems(
                 fqn, layout, "error" if errs else "silent", "save",
-                ("Failed to validate global plan: " + "; ".join(errs)) if errs else ""))
+                _validation_quote(errs, all_errs) if errs else ""))
             continue
         if layout.per_rank_values and len(ranks) > 1:
             kept = writers.get(fqn, [None])[0]
@@ -567,14 +580,14 @@ def find_save_problems(save_result) -> list[Problem]:
                 "sharded over the ranks."))
         saved = items.get(fqn)
         if isinstance(saved, TensorStorageMetadata) and saved.size:
-            out.extend(_saved_chunk_problems(fqn, saved, errs, writers.get(fqn, [])))
+            out.extend(_saved_chunk_problems(fqn, saved, errs, writers.get(fqn, []), all_errs))
     order = {f: i for i, f in enumerate(layouts)}
     out.sort(key=lambda p: _sort_key(p, order))
     return out
 
 
-def _saved_chunk_problems(fqn, saved: TensorStorageMetadata, errs: list[str], writers: list[int]
-                          ) -> list[Problem]:
+def _saved_chunk_problems(fqn, saved: TensorStorageMetadata, errs: list[str], writers: list[int],
+                          all_errs: list[str]) -> list[Problem]:
     """Holes, overlaps and out-of-bounds chunks of a planned checkpoint; ``error`` where torch's
     validation (``errs``, its strings for this key) raises. Every validation string is quoted by
     some problem, also when the geometry finds nothing of its kind (torch's overlap predicate
@@ -582,7 +595,9 @@ def _saved_chunk_problems(fqn, saved: TensorStorageMetadata, errs: list[str], wr
     by_kind = {k: [e for e in errs if k in e]
                for k in ("out of bounds chunk", "invalid fill", "overlapping chunks")}
     out = []
-    said = "Failed to validate global plan: "
+    def quote(sub: list[str]) -> str:
+        return _validation_quote(sub, all_errs)
+
     if by_kind["out of bounds chunk"]:
         outside = [i for i, c in enumerate(saved.chunks) if not c.within(saved.size)]
         out.append(Problem(
@@ -590,30 +605,30 @@ def _saved_chunk_problems(fqn, saved: TensorStorageMetadata, errs: list[str], wr
             None, "error",
             f"{fqn}: saved chunks {_list_text([str(saved.chunks[i]) for i in outside], 4)} reach past "
             f"the tensor's size {list(saved.size)} (every chunk inside the tensor); torch raises: "
-            + said + "; ".join(by_kind["out of bounds chunk"]),
+            + quote(by_kind["out of bounds chunk"]),
             "Check the local shapes against the global one (a ShardedTensor's shard metadata, a "
             "DTensor built with from_local and a wrong shape)."))
     cov = _coverage(tuple(saved.size), saved.chunks)
     fill, over = by_kind["invalid fill"], by_kind["overlapping chunks"]
     live = [c for c in saved.chunks if not c.is_empty]
     holes = _hole_problems(fqn, None, live, cov, "error" if fill else "silent",
-                           said + "; ".join(fill) if fill else "")
+                           quote(fill) if fill else "")
     overlaps = _overlap_problems(fqn, None, saved.chunks, cov, "error" if over else "silent")
     if fill and not holes:
         holes = [Problem(fqn, "uncovered", (), None, "error",
                          f"{fqn}: the saved chunks' volumes do not add up to the tensor's "
                          f"{math.prod(saved.size)} elements although they leave no hole (chunks past "
-                         f"the end or overlapping count twice); torch raises: {said}{'; '.join(fill)}",
+                         f"the end or overlapping count twice); torch raises: {quote(fill)}",
                          "Make every element belong to exactly one chunk inside the tensor.")]
     if over and not overlaps:
         overlaps = [Problem(fqn, "overlap", (), None, "error",
                             f"{fqn}: torch's overlap predicate counts a zero-size chunk strictly "
                             "inside another as overlapping (no data overlaps); torch raises: "
-                            f"{said}{'; '.join(over)}",
+                            f"{quote(over)}",
                             "Drop the zero-size chunk or move it to the end of the dim (DTensor "
                             "puts empty shards at offset = dim size).")]
     elif over:
-        overlaps = [replace(p, message=f"{p.message} torch raises: {said}{'; '.join(over)}")
+        overlaps = [replace(p, message=f"{p.message} torch raises: {quote(over)}")
                     for p in overlaps]
     return out + holes + overlaps
 

@@ -50,14 +50,17 @@ A target is what the checkpoint will be loaded into, in one of two forms:
       a JSON object {fqn: entry}; an entry is one of
         {"shape": [64, 32], "dtype": "bfloat16", "mesh": [2, 2], "placements": "S(0), S(1)"}
             a DTensor on a row-major mesh of ranks 0..prod(mesh)-1 (placements: S(d), R,
-            SS(d,k) for _StridedShard, P for Partial)
+            SS(d,k) for _StridedShard, P for Partial); add "mesh_ranks": [4, 5, 6, 7] for a
+            submesh (e.g. a pipeline stage): the mesh's global ranks in row-major mesh order,
+            as DeviceMesh("cpu", torch.tensor(mesh_ranks).reshape(mesh)) names them
         {"shape": [64], "dtype": "float32"}
             a plain tensor held whole by every rank
         {"bytes": true}
             a non-tensor entry (an int, a dict, a BytesIO...)
       Plain tensors and bytes may add "ranks": [0, 2] (held by those ranks only) and
       "per_rank_values": true (each rank holds its own values, e.g. an RNG state).
-      The world size is the largest mesh (or an entry's "world_size", or its largest rank + 1)."""
+      The world size is the largest mesh (or an entry's "world_size", or its largest rank or
+      mesh rank + 1)."""
 
 # exit status
 OK, FOUND_PROBLEMS, BAD_INPUT = 0, 1, 2
@@ -65,8 +68,8 @@ MAX_ROWS = 40  # problems printed as a table; --json gives all
 
 _SPEC = re.compile(r"^(?P<preset>[\w.\-]+?)(?P<optim>\+optim)?:(?P<recipe>[\w.+\-]+)"
                    r"(?::(?P<dims>.*))?$")
-_ENTRY_KEYS = {"shape", "dtype", "mesh", "placements", "world_size", "bytes", "ranks",
-               "per_rank_values"}
+_ENTRY_KEYS = {"shape", "dtype", "mesh", "placements", "mesh_ranks", "world_size", "bytes",
+               "ranks", "per_rank_values"}
 
 
 def _recipe_name(text: str) -> str:
@@ -147,9 +150,14 @@ def _json_target(path: Path) -> dict:
         if ("mesh" in e) != ("placements" in e):
             raise PlanError(fqn, "target entry gives one of mesh and placements",
                             "both or neither", "Add the missing one.", path=str(path))
+        if "mesh_ranks" in e and "mesh" not in e:
+            raise PlanError(fqn, "target entry gives mesh_ranks without a mesh",
+                            "mesh_ranks only on a DTensor entry", "Add mesh and placements, or "
+                            "drop mesh_ranks.", path=str(path))
     try:
         world = max(max(math.prod(e.get("mesh", [1])), int(e.get("world_size", 1)),
-                        max(e.get("ranks") or [0]) + 1) for e in doc.values())
+                        max(e.get("ranks") or [0]) + 1, max(e.get("mesh_ranks") or [0]) + 1)
+                    for e in doc.values())
         out = {}
         for fqn, e in doc.items():
             holders = dict(ranks=e.get("ranks"), per_rank_values=bool(e.get("per_rank_values")))
@@ -157,7 +165,8 @@ def _json_target(path: Path) -> dict:
                 out[fqn] = bytes_layout(world, **holders)
             elif "mesh" in e:
                 out[fqn] = dtensor_layout(e["shape"], e["mesh"], e["placements"],
-                                          e.get("dtype", "float32"), world, fqn=fqn)
+                                          e.get("dtype", "float32"), world,
+                                          mesh_ranks=e.get("mesh_ranks"), fqn=fqn)
             else:
                 out[fqn] = tensor_layout(e["shape"], world, e.get("dtype", "float32"), fqn=fqn,
                                          **holders)
@@ -165,7 +174,7 @@ def _json_target(path: Path) -> dict:
         raise
     except (TypeError, ValueError) as e:  # a string where a list of ints belongs, and the like
         raise PlanError("<target>", f"target file {str(path)!r} has a malformed value ({e})",
-                        "shape, mesh, ranks: lists of ints; world_size: an int",
+                        "shape, mesh, ranks, mesh_ranks: lists of ints; world_size: an int",
                         "See `workbench plan --help`.", path=str(path)) from None
     return out
 

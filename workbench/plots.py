@@ -577,7 +577,8 @@ def mesh_data(source, *, max_labels: int = 256) -> Picture:
     coloured like every other picture. ``source`` is a mesh shape or a `Layout` (a layout
     without a mesh is a 1-D mesh of its world). The last mesh dim runs along x, the others are
     flattened row-major along y. With a layout, cells of empty shards are hatched ``..``,
-    misdescribed ranks ``//``, and the chunk region is added to the labels of small meshes."""
+    misdescribed ranks ``//``, and the chunk region is added to the labels of small meshes. Each
+    cell shows the global rank at that coordinate (a submesh's ``mesh_ranks``)."""
     layout = source if isinstance(source, Layout) else None
     if layout is not None:
         mesh = layout.mesh_shape if layout.mesh_shape is not None else (layout.world_size,)
@@ -590,11 +591,13 @@ def mesh_data(source, *, max_labels: int = 256) -> Picture:
     n = math.prod(mesh)
     rows = n // cols
     mis = set(layout.misdescribed_ranks) if layout else set()
+    at = (layout.mesh_ranks_or_default if layout and layout.mesh_shape is not None
+          else range(n))  # the global rank at each row-major mesh position
     tiles = []
     empty = []
-    for r in range(n):
-        y, x = divmod(r, cols)
-        coord = mesh_coordinate(r, mesh)
+    for i, r in enumerate(at):
+        y, x = divmod(i, cols)
+        coord = mesh_coordinate(i, mesh)
         chunks = layout.chunks(r) if layout else ()
         is_empty = any(c.is_empty for c in chunks) and not layout.is_bytes
         if is_empty:
@@ -615,7 +618,8 @@ def mesh_data(source, *, max_labels: int = 256) -> Picture:
     if mis:
         notes.append(f"box misdescribes data: {format_ranks(mis)}")
     if layout and layout.world_size > n:
-        notes.append(f"outside the mesh (no chunk): {format_ranks(range(n, layout.world_size))}")
+        outside = sorted(set(range(layout.world_size)) - set(at))
+        notes.append(f"outside the mesh (no chunk): {format_ranks(outside)}")
     title = f"mesh {mesh}" + (f": {layout.describe()}" if layout else "")
     ylabel = ("mesh dim 0" if len(mesh) == 2 else
               f"mesh dims 0..{len(mesh) - 2} (row-major)" if len(mesh) > 2 else "")

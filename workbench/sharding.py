@@ -318,8 +318,13 @@ def _matches(shape, mesh, coord, pl) -> bool:
     return True
 
 
-def mesh_coordinate(rank: int, mesh_shape: Sequence[int]) -> tuple[int, ...] | None:
-    """Row-major mesh coordinate of ``rank``; None when the rank is not in the mesh."""
+def mesh_coordinate(rank: int, mesh_shape: Sequence[int],
+                    mesh_ranks: Sequence[int] | None = None) -> tuple[int, ...] | None:
+    """Mesh coordinate of global ``rank`` (``DeviceMesh.get_coordinate`` on that rank): its
+    row-major position in ``mesh_ranks`` (the mesh's global ranks, ``DeviceMesh.mesh`` flattened;
+    default ``0..prod(mesh_shape)-1``); None when the rank is not in the mesh."""
+    if mesh_ranks is not None:
+        rank = list(mesh_ranks).index(rank) if rank in mesh_ranks else -1
     if rank >= math.prod(mesh_shape) or rank < 0:
         return None
     return tuple(int(c) for c in np.unravel_index(rank, tuple(mesh_shape)))
@@ -334,7 +339,9 @@ class Layout:
     tensor: the whole tensor on every holding rank), ``"sharded"`` (ShardedTensor: explicit chunks
     per rank) or ``"bytes"`` (a non-tensor entry; shape ``()``). ``rank_chunks[r]`` is rank r's
     tuple of chunks. ``per_rank_values`` marks plain tensors / bytes whose values differ per rank
-    (save-time dedup keeps one rank's copy).
+    (save-time dedup keeps one rank's copy). ``mesh_ranks`` (DTensor only): the mesh's global
+    ranks in row-major mesh order, for a submesh such as a pipeline stage; None means
+    ``0..prod(mesh_shape)-1`` (see `mesh_ranks_or_default`).
     """
 
     kind: str
@@ -346,6 +353,7 @@ class Layout:
     placements: tuple[Placement, ...] | None = None
     per_rank_values: bool = False
     _misdescribed: tuple[int, ...] = field(default=(), repr=False)
+    mesh_ranks: tuple[int, ...] | None = None
 
     @property
     def ndim(self) -> int:
@@ -370,8 +378,18 @@ class Layout:
         """Ranks that hold the entry at all."""
         return [r for r, c in enumerate(self.rank_chunks) if c]
 
+    @property
+    def mesh_ranks_or_default(self) -> tuple[int, ...] | None:
+        """The global rank at each row-major mesh position (None without a mesh)."""
+        if self.mesh_shape is None:
+            return None
+        return self.mesh_ranks or tuple(range(math.prod(self.mesh_shape)))
+
     def coordinate(self, rank: int) -> tuple[int, ...] | None:
-        return mesh_coordinate(rank, self.mesh_shape) if self.mesh_shape is not None else None
+        """Global ``rank``'s mesh coordinate; None outside the mesh (or without one)."""
+        if self.mesh_shape is None:
+            return None
+        return mesh_coordinate(rank, self.mesh_shape, self.mesh_ranks)
 
     def held_indices(self, rank: int) -> dict[int, list[int]]:
         """What ``rank`` really holds per sharded dim (DTensor only; {} otherwise)."""
@@ -391,7 +409,8 @@ class Layout:
 
     def describe(self) -> str:
         if self.kind == "dtensor":
-            return (f"DTensor {self.shape} {self.dtype} on mesh {self.mesh_shape} "
+            at = f" at ranks {list(self.mesh_ranks)}" if self.mesh_ranks is not None else ""
+            return (f"DTensor {self.shape} {self.dtype} on mesh {self.mesh_shape}{at} "
                     f"[{format_placements(self.placements)}]")
         if self.kind == "bytes":
             return f"bytes on {len(self.holders())} of {self.world_size} ranks"
@@ -412,23 +431,52 @@ def _world(world_size, default, fqn):
 
 
 @lru_cache(maxsize=4096)
-def _dtensor_layout(shape, mesh, pl, dtype, world_size):
+def _dtensor_layout(shape, mesh, pl, dtype, world_size, mesh_ranks):
     n = math.prod(mesh)
-    chunks: list[tuple[Chunk, ...]] = []
+    at = mesh_ranks or range(n)  # global rank of each row-major mesh position
+    chunks: list[tuple[Chunk, ...]] = [()] * world_size
     bad = []
     # Only _StridedShard can make DCP's box differ from the data (dims are normalised, so no
     # tensor dim is named twice under two spellings); skip the second walk otherwise.
     check = any(isinstance(p, StridedShard) for p in pl)
     # Shard-only placements factorise per mesh dim; still one walk per rank keeps torch's order
     # of composition exact and costs ~10 us a rank, cached per (shape, mesh, placements).
-    for r in range(n):
-        coord = tuple(int(c) for c in np.unravel_index(r, mesh)) if mesh else ()
+    for i in range(n):
+        coord = tuple(int(c) for c in np.unravel_index(i, mesh)) if mesh else ()
         local, offset = _local_shape_and_offset(shape, mesh, coord, pl)
-        chunks.append((Chunk(offset, local),))
+        chunks[at[i]] = (Chunk(offset, local),)
         if check and not _matches(shape, mesh, coord, pl):
-            bad.append(r)
-    chunks.extend(() for _ in range(world_size - n))
-    return Layout("dtensor", shape, dtype, world_size, tuple(chunks), mesh, pl, False, tuple(bad))
+            bad.append(at[i])
+    return Layout("dtensor", shape, dtype, world_size, tuple(chunks), mesh, pl, False,
+                  tuple(sorted(bad)), mesh_ranks)
+
+
+def _mesh_ranks(mesh_ranks, n: int, world_size, fqn) -> tuple[tuple[int, ...] | None, int]:
+    """(mesh ranks, world size) checked: ``n`` distinct ranks of the world (the world defaults to
+    the highest mesh rank + 1). ``0..n-1`` is stored as None, the default, so equal layouts
+    compare and cache equal."""
+    if mesh_ranks is None:
+        return None, _world(world_size, n, fqn)
+    try:
+        ranks = tuple(operator.index(r) for r in mesh_ranks)
+    except TypeError:
+        raise LayoutError(fqn, f"mesh ranks {mesh_ranks!r} are not a sequence of ints",
+                          "global ranks such as [4, 5, 6, 7]",
+                          "Give one int rank per mesh position.", mesh_ranks=mesh_ranks) from None
+    if len(ranks) != n:
+        raise LayoutError(fqn, f"mesh ranks {list(ranks)} name {len(ranks)} ranks for a mesh of "
+                          f"{n}", f"{n} ranks, one per mesh position in row-major order",
+                          "Give one global rank per mesh position.", mesh_ranks=ranks)
+    if len(set(ranks)) != n:
+        dup = sorted({r for r in ranks if ranks.count(r) > 1})
+        raise LayoutError(fqn, f"mesh ranks {list(ranks)} repeat ranks {dup}", "distinct ranks",
+                          "Name each global rank once, as DeviceMesh does.", mesh_ranks=ranks)
+    ws = _world(world_size, n, fqn) if world_size is not None else max(max(ranks) + 1, n)
+    if any(not 0 <= r < ws for r in ranks):
+        raise LayoutError(fqn, f"mesh ranks {list(ranks)} are not all in a world of {ws}",
+                          f"0 <= rank < {ws}", "Name only ranks of the world.", mesh_ranks=ranks,
+                          world_size=ws)
+    return (None if ranks == tuple(range(n)) else ranks), ws
 
 
 def _normalized(p: Placement, ndim: int) -> Placement:
@@ -441,10 +489,13 @@ def _normalized(p: Placement, ndim: int) -> Placement:
 
 
 def dtensor_layout(shape: Sequence[int], mesh_shape: Sequence[int], placements, dtype="float32",
-                   world_size: int | None = None, *, fqn: str | None = None) -> Layout:
-    """A DTensor of global ``shape`` on a row-major mesh of ranks ``0..prod(mesh_shape)-1``;
-    ranks up to ``world_size`` outside the mesh hold nothing. ``placements`` may be a string
-    (``"S(0), R"``), specs or placement objects.
+                   world_size: int | None = None, *, mesh_ranks: Sequence[int] | None = None,
+                   fqn: str | None = None) -> Layout:
+    """A DTensor of global ``shape`` on a mesh of global ranks ``mesh_ranks`` in row-major mesh
+    order (``DeviceMesh("cpu", torch.tensor(mesh_ranks).reshape(mesh_shape))``; default
+    ``0..prod(mesh_shape)-1``, e.g. ``range(4, 8)`` for a pipeline stage's submesh); ranks of
+    the world (``world_size``, default: the highest mesh rank + 1) outside the mesh hold nothing.
+    ``placements`` may be a string (``"S(0), R"``), specs or placement objects.
 
     Negative shard dims are normalised (``S(-1)`` -> ``S(ndim-1)``), as ``DTensor.from_local``
     and ``distribute_tensor`` do before DCP sees the placements: ``[S(1), S(-1)]`` on a 2-d
@@ -458,7 +509,8 @@ def dtensor_layout(shape: Sequence[int], mesh_shape: Sequence[int], placements, 
         raise PlacementError(fqn, "a 0-d tensor cannot be sharded", "only R or P on a 0-d tensor")
     dt = canonical_dtype(dtype, fqn)
     _shape(shape, "shape", fqn, LayoutError, DTYPE_SIZES[dt])
-    return _dtensor_layout(shape, mesh, pl, dt, _world(world_size, math.prod(mesh), fqn))
+    ranks, ws = _mesh_ranks(mesh_ranks, math.prod(mesh), world_size, fqn)
+    return _dtensor_layout(shape, mesh, pl, dt, ws, ranks)
 
 
 def _world_size(world_size, fqn) -> int:

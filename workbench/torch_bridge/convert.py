@@ -12,8 +12,6 @@ torch is imported inside functions only.
 """
 from __future__ import annotations
 
-import math
-
 from .. import records as R
 from ..geometry import Chunk
 from ..sharding import (Layout, Placement, Replicate, Shard, StridedShard, as_placement,
@@ -218,11 +216,12 @@ def layout_from_torch(obj) -> Layout:
     if isinstance(obj, DTensor):
         dtype = str(obj.dtype)
         mesh = tuple(obj.device_mesh.shape)
-        n = math.prod(mesh)
-        # one extra rank stands for "outside the mesh" when this rank has no coordinate
-        ws = n + (obj.device_mesh.get_coordinate() is None)
+        ranks = [int(r) for r in obj.device_mesh.mesh.flatten().tolist()]  # global, row-major
+        # the process group's world; without one, an extra rank stands for "outside the mesh"
+        # when this rank has no coordinate
+        ws = _world_size(max(ranks) + 1 + (obj.device_mesh.get_coordinate() is None))
         return dtensor_layout(tuple(obj.shape), mesh, [as_placement(p) for p in obj.placements],
-                              dtype, ws)
+                              dtype, ws, mesh_ranks=ranks)
     if isinstance(obj, ShardedTensor):
         md = obj.metadata()
         per: dict[int, list] = {}
@@ -249,7 +248,10 @@ def local_tensor_from_torch(obj):
     layout = layout_from_torch(obj)
     if isinstance(obj, DTensor):
         coord = obj.device_mesh.get_coordinate()
-        rank = (int(np.ravel_multi_index(tuple(coord), layout.mesh_shape)) if coord is not None
+        rank = (layout.mesh_ranks_or_default[int(np.ravel_multi_index(tuple(coord),
+                                                                      layout.mesh_shape))]
+                if coord is not None else
+                dist.get_rank() if dist.is_available() and dist.is_initialized()
                 else layout.world_size - 1)
         props = TensorProperties.create_from_tensor(obj.to_local())
     elif isinstance(obj, ShardedTensor):

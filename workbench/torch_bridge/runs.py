@@ -166,19 +166,20 @@ def _local_values(layout: Layout, rank: int, g):
 
 
 class _Meshes:
-    """One DeviceMesh per mesh shape, built on every rank (new_group is collective)."""
+    """One DeviceMesh per (mesh shape, mesh ranks) of the DTensor layouts, built on every rank,
+    in the mesh or not (new_group is collective)."""
 
     def __init__(self):
         self.cache = {}
 
-    def get(self, mesh_shape):
+    def get(self, layout: Layout):
         import torch
         from torch.distributed.device_mesh import DeviceMesh
 
-        if mesh_shape not in self.cache:
-            n = math.prod(mesh_shape)
-            self.cache[mesh_shape] = DeviceMesh("cpu", torch.arange(n).reshape(mesh_shape))
-        return self.cache[mesh_shape]
+        key = (layout.mesh_shape, layout.mesh_ranks_or_default)
+        if key not in self.cache:
+            self.cache[key] = DeviceMesh("cpu", torch.tensor(key[1]).reshape(key[0]))
+        return self.cache[key]
 
 
 def _sharded_tensor(layout: Layout, rank: int, local):
@@ -227,7 +228,7 @@ def _build(fqn: str, layout: Layout, rank: int, meshes: _Meshes, fill: float | N
              else torch.full(layout.shape, fill, dtype=torch.float64).to(dt))
         local = _local_values(layout, rank, g)
     if layout.kind == "dtensor":
-        mesh = meshes.get(layout.mesh_shape)
+        mesh = meshes.get(layout)
         stride = tuple(math.prod(layout.shape[d + 1:]) for d in range(layout.ndim))
         return DTensor.from_local(local, mesh, [placement_to_torch(p) for p in layout.placements],
                                   run_check=False, shape=torch.Size(layout.shape), stride=stride)
@@ -241,7 +242,7 @@ def _state_dict(layouts, rank, meshes, fill=None, empty=None):
     # it does not hold.
     for lay in layouts.values():
         if lay.kind == "dtensor":
-            meshes.get(lay.mesh_shape)
+            meshes.get(lay)
     # DTensors and ShardedTensors are in every rank's state dict (with an empty local part where
     # the rank holds nothing), as in real programs; plain tensors and bytes only on their holders.
     # Exception: for the fake process group (``empty`` set) a ShardedTensor without local shards

@@ -21,7 +21,9 @@ import numpy as np
 
 from .errors import MetadataError, PlanError, WorkbenchError
 from .geometry import Chunk, intersect, uncovered
-from .planner_helpers import _TSM_CLASS, PARTIAL_MESSAGE, LocalTensor, _record, _torch_size, _value
+from .planner_helpers import (PARTIAL_MESSAGE, LocalTensor, _record, _torch_size,
+                              _value, invalid_metadata_message, missing_key_message,
+                              size_mismatch_message)
 from .planning import _overlap_mask
 from .records import BytesStorageMetadata, MetadataIndex, TensorStorageMetadata
 from .sharding import Layout, bytes_layout, format_placements
@@ -320,7 +322,7 @@ def _per_rank_problems(families, md_items, layouts, failures, strict: bool):
             if fqn not in layouts:
                 continue
             handled.add(fqn)
-            text = failures.get(fqn, (None, None))[1] or f"Missing key in checkpoint state_dict: {fqn}."
+            text = failures.get(fqn, (None, None))[1] or missing_key_message(fqn)
             out.append(Problem(
                 fqn, "per_rank_bytes", _entry_ranks(layouts[fqn]), None,
                 "error" if strict else "warning",
@@ -426,7 +428,7 @@ def _missing(fqn, ranks, text, items, result) -> Problem:
     close = difflib.get_close_matches(fqn, list(items), n=1, cutoff=0.8)
     hint = f" The closest saved key is {close[0]!r}." if close else ""
     if not getattr(result, "allow_partial_load", False):
-        text = text or f"Missing key in checkpoint state_dict: {fqn}."
+        text = text or missing_key_message(fqn)
         return Problem(fqn, "missing_key", ranks, None, "error",
                        f"{fqn}: the checkpoint lacks this key, requested by {_ranks_text(ranks)} "
                        f"(every requested key must be saved); torch raises: {text}",
@@ -448,8 +450,7 @@ def _tensor_problems(fqn, layout, saved: TensorStorageMetadata, ranks, text) -> 
             fqn, "shape_mismatch", ranks, None, "error",
             f"{fqn}: the checkpoint saved a tensor of {_torch_size(saved.size)} but the target holds "
             f"a non-tensor value (not a Tensor, DTensor or ShardedTensor); torch raises: "
-            + (text or f"Invalid checkpoint metadata for {fqn}, expected BytesStorageMetadata but "
-                       f"found {_TSM_CLASS}"),
+            + (text or invalid_metadata_message(fqn)),
             "Pass a tensor of the saved size (a value that _init_state_dict turned into None is a "
             "common cause), or drop the key.")]
     if tuple(saved.size) != tuple(layout.shape):
@@ -457,8 +458,7 @@ def _tensor_problems(fqn, layout, saved: TensorStorageMetadata, ranks, text) -> 
             fqn, "shape_mismatch", ranks, None, "error",
             f"{fqn}: saved size {list(saved.size)} differs from the target's {list(layout.shape)} "
             "(global sizes must match; DCP reshards chunks, not shapes); torch raises: "
-            + (text or f"Size mismatch between saved {_torch_size(saved.size)} and current: "
-                       f"{_torch_size(layout.shape)} for {fqn}"),
+            + (text or size_mismatch_message(fqn, saved.size, layout.shape)),
             "Build the target with the checkpoint's config (vocab padding, hidden sizes), pass the "
             "global DTensor rather than a local shard, or convert the checkpoint.")]
     if layout.has_partial:
@@ -466,8 +466,7 @@ def _tensor_problems(fqn, layout, saved: TensorStorageMetadata, ranks, text) -> 
             fqn, "partial", ranks, None, "error",
             f"{fqn}: the target DTensor has a Partial placement [{format_placements(layout.placements)}]"
             f" (DCP loads only Shard / Replicate); torch raises the unrelated message: "
-            + (text or f"Invalid checkpoint metadata for {fqn}, expected BytesStorageMetadata but "
-                       f"found {_TSM_CLASS}")
+            + (text or invalid_metadata_message(fqn))
             + " (_create_read_items swallows the Partial error and re-raises this).",
             "Redistribute the target to Replicate() / Shard() placements before dcp.load.")]
     out = []

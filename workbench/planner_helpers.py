@@ -166,6 +166,20 @@ def _torch_size(shape) -> str:
     return f"torch.Size({list(shape)})"
 
 
+# torch 2.13's messages in create_default_local_load_plan / _create_read_items, written once
+def missing_key_message(fqn: str) -> str:
+    return f"Missing key in checkpoint state_dict: {fqn}."
+
+
+def size_mismatch_message(fqn: str, saved, current) -> str:
+    return (f"Size mismatch between saved {_torch_size(saved)} and current: "
+            f"{_torch_size(current)} for {fqn}")
+
+
+def invalid_metadata_message(fqn: str) -> str:
+    return f"Invalid checkpoint metadata for {fqn}, expected BytesStorageMetadata but found {_TSM_CLASS}"
+
+
 def _check_partial(fqn: str, t: LocalTensor) -> None:
     """torch's ``DTensor._raise_if_contains_partial_placements``."""
     if t.layout.has_partial:
@@ -436,7 +450,7 @@ def create_read_items(fqn: str, md, obj: Any) -> list[ReadItem]:
     except WorkbenchError as ex:
         if getattr(ex, "torch_type", None) != "ValueError":
             raise
-        text = f"Invalid checkpoint metadata for {fqn}, expected BytesStorageMetadata but found {_TSM_CLASS}"
+        text = invalid_metadata_message(fqn)
         raise _torch_error(PlanError, fqn, text, "ValueError", f"cause: {ex.what}",
                            "The checkpoint holds a tensor here; give a tensor value (not Partial).",
                            cause=ex) from ex
@@ -724,15 +738,15 @@ def create_default_local_load_plan(state_dict: dict, metadata: Metadata, strict:
             continue
         if fqn not in sdm:
             if strict:
-                raise _torch_error(PlanError, fqn, f"Missing key in checkpoint state_dict: {fqn}.",
+                raise _torch_error(PlanError, fqn, missing_key_message(fqn),
                                    "RuntimeError", "every requested key is in the checkpoint",
                                    "Load with allow_partial_load=True (strict=False) or drop the key.")
             continue
         md = sdm[fqn]
         if (isinstance(md, TensorStorageMetadata) and _tensor_kind(obj) is not None
                 and md.size != obj.size()):
-            raise _torch_error(PlanError, fqn, f"Size mismatch between saved {_torch_size(md.size)} "
-                               f"and current: {_torch_size(obj.size())} for {fqn}", "ValueError",
+            raise _torch_error(PlanError, fqn, size_mismatch_message(fqn, md.size, obj.size()),
+                               "ValueError",
                                "the same global shape", "Load into a tensor of the saved shape.",
                                saved_size=md.size, current_size=obj.size())
         if _tensor_kind(obj) == "dtensor" and not obj.in_mesh:

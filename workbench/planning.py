@@ -31,8 +31,8 @@ import numpy as np
 
 from .errors import MetadataError, PlanError
 from .geometry import Chunk
-from .planner_helpers import (_TSM_CLASS, PARTIAL_MESSAGE, _record, _torch_size,
-                              create_read_items_for_chunk_list,
+from .planner_helpers import (PARTIAL_MESSAGE, _record, create_read_items_for_chunk_list,
+                              invalid_metadata_message, missing_key_message, size_mismatch_message,
                               validate_global_plan)
 from .records import (DTYPE_SIZES, BytesStorageMetadata, LoadItemType, LoadPlan, Metadata,
                       MetadataIndex, ReadItem, SavePlan, StorageInfo, TensorProperties,
@@ -765,8 +765,7 @@ def plan_load(metadata: Metadata, layouts: Mapping[str, Layout], *,
         md = sdm.get(fqn)
         if md is None:
             if not allow_partial_load:
-                failures.append((fqn, tuple(key_ranks.tolist()),
-                                 f"Missing key in checkpoint state_dict: {fqn}."))
+                failures.append((fqn, tuple(key_ranks.tolist()), missing_key_message(fqn)))
             continue
         in_mesh = pat.holder_ranks if lay.kind == "dtensor" else key_ranks
         if isinstance(md, BytesStorageMetadata):
@@ -777,21 +776,16 @@ def plan_load(metadata: Metadata, layouts: Mapping[str, Layout], *,
                                 "TensorStorageMetadata or BytesStorageMetadata",
                                 "The checkpoint's metadata is corrupt; re-save it.")
         if lay.kind == "bytes":
-            failures.append((fqn, tuple(key_ranks.tolist()),
-                             f"Invalid checkpoint metadata for {fqn}, expected "
-                             f"BytesStorageMetadata but found {_TSM_CLASS}"))
+            failures.append((fqn, tuple(key_ranks.tolist()), invalid_metadata_message(fqn)))
             continue
         if tuple(md.size) != lay.shape:
             failures.append((fqn, tuple(key_ranks.tolist()),
-                             f"Size mismatch between saved {_torch_size(md.size)} and current: "
-                             f"{_torch_size(lay.shape)} for {fqn}"))
+                             size_mismatch_message(fqn, md.size, lay.shape)))
             continue
         if lay.has_partial:
             # the Partial ValueError is caught in _create_read_items and replaced by this text
             if len(in_mesh):
-                failures.append((fqn, tuple(in_mesh.tolist()),
-                                 f"Invalid checkpoint metadata for {fqn}, expected "
-                                 f"BytesStorageMetadata but found {_TSM_CLASS}"))
+                failures.append((fqn, tuple(in_mesh.tolist()), invalid_metadata_message(fqn)))
             continue
         s_off, s_size = saved[fqn] = _saved_arrays(md, fqn, chunk_cache)
         sig = (id(pat), s_off.tobytes(), s_size.tobytes(), s_off.shape)

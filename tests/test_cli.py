@@ -256,8 +256,8 @@ def test_plan_exit_status_agrees_with_a_real_load(real, capsys):
     """`workbench plan` exits 1 exactly when the real dcp.load raises or loads wrong values.
 
     Not included: "dedup", whose checkpoint is intact and loads exactly what it holds; its loss
-    (one rank's per-rank values kept) happened at save time, which `find_save_problems` reports
-    and a load-side check cannot see."""
+    (one rank's per-rank values kept) happened at save time, which `find_save_problems` reports;
+    a load-side check sees it only when the target marks the entry ``per_rank_values``."""
     root, scenarios, loads = real
     seen = {}
     for kind, sc in scenarios.items():

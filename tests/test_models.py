@@ -205,8 +205,9 @@ def test_recipes_match_real_dtensors(recipe, mesh_shape, vocab):
             shape, off = _compute_local_shape_and_global_offset(lay.shape, mesh_shape, coord, tpl)
             assert lay.chunks(r) == (wb.Chunk(off, shape),), (fqn, r)
     if (recipe, vocab) == ("fsdp_tp", 13):
-        # 13 rows on dp=3, tp=2 with [SS(0,2), S(0)]: the non-contiguous case of dcp-semantics 3
-        assert got["embed_tokens.weight"].misdescribed_ranks == (4,)
+        # 13 rows on dp=3, tp=2 with [SS(0,2), S(0)] (dcp-semantics 3): FSDP2 really holds [6] on
+        # rank 4 = (2, 0) (box [6:8]) and [11, 12] on rank 5 = (2, 1) (box [12:13])
+        assert got["embed_tokens.weight"].misdescribed_ranks == (4, 5)
 
 
 def test_gpt2_preset_matches_a_nanogpt_style_module():

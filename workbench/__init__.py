@@ -17,7 +17,8 @@ from .records import (BytesIOWriteData, BytesStorageMetadata, ChunkStorageMetada
                       StorageMeta, TensorProperties, TensorStorageMetadata, TensorWriteData,
                       WriteItem, WriteItemType)
 from .sharding import (Layout, Partial, Placement, Replicate, Shard, StridedShard, box_matches_data,
-                       bytes_layout, dtensor_layout, held_indices, local_shape_and_offset,
+                       bytes_layout, dtensor_layout, fsdp2_tp_layout, held_indices,
+                       local_shape_and_offset,
                        mesh_coordinate, parse_placement, parse_placements, sharded_layout,
                        tensor_layout)
 
@@ -63,7 +64,8 @@ __all__ = [
     "Metadata", "MetadataIndex", "ReadItem", "SavePlan", "StorageInfo", "StorageMeta",
     "TensorProperties", "TensorStorageMetadata", "TensorWriteData", "WriteItem", "WriteItemType",
     "Layout", "Partial", "Placement", "Replicate", "Shard", "StridedShard", "box_matches_data",
-    "bytes_layout", "dtensor_layout", "held_indices", "local_shape_and_offset", "mesh_coordinate",
+    "bytes_layout", "dtensor_layout", "fsdp2_tp_layout", "held_indices", "local_shape_and_offset",
+    "mesh_coordinate",
     "parse_placement", "parse_placements", "sharded_layout", "tensor_layout",
     *_LAZY,
 ]

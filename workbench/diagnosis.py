@@ -244,32 +244,51 @@ def _overlap_problems(fqn, layout, saved, cov: _Coverage, severity: str | None) 
 
 
 # ----------------------------------------------------------------------------- strided shards
-def _misdescribed_problems(fqn, layout, severity: str, side: str, torch_text: str = ""
-                           ) -> list[Problem]:
-    """One problem per rank whose DCP box is not its data: which positions get which indices."""
+def _misdescribed_problems(fqn, layout, severity: str, side: str, torch_text: str = "",
+                           reads=None) -> list[Problem]:
+    """One problem per rank whose DCP box is not its data: which positions get which indices.
+    ``reads`` (load side): the fqn's `ReadBlock`, to tell which reads into a local tensor
+    smaller than its box raise."""
     out = []
     said = f" torch raises: {torch_text}" if torch_text else ""
+    # FSDP2 + TP (Layout.data_held): the rows are FSDP2's torch.chunk of the TP-local rows over
+    # dp, possibly another count than DCP's box (dcp-semantics 3, last bullet).
+    holds = ("FSDP2 really holds rows (torch.chunk of its TP-local rows over dp)"
+             if layout.data_held is not None else "it holds indices")
     for r in layout.misdescribed_ranks:
         box = layout.chunks(r)[0]
         held = layout.held_indices(r)
         parts = []
+        short = {}  # dim -> the local count, where it is below the box's
         for d, should in held.items():
             gets = list(range(box.offsets[d], box.offsets[d] + box.sizes[d]))
+            if len(gets) != len(should):
+                if len(should) < len(gets):
+                    short[d] = len(should)
+                parts.append(f"dim {d}: {holds} {_list_text(should)} ({len(should)}) but DCP's box "
+                             f"{box} names {_list_text(gets)} ({len(gets)})")
+                continue
             wrong = [k for k, (g, s) in enumerate(zip(gets, should)) if g != s]
             if wrong:
                 parts.append(
-                    f"dim {d}: it holds indices {_list_text(should)} but its box {box} names "
+                    f"dim {d}: {holds} {_list_text(should)} but its box {box} names "
                     f"{_list_text(gets)}, so local positions {_list_text(wrong)} get indices "
                     f"{_list_text(gets[k] for k in wrong)} instead of "
                     f"{_list_text(should[k] for k in wrong)}")
-        if side == "load":
+        sev = severity
+        if side == "load" and short and reads is not None and _short_read_raises(reads, r, short):
+            sev = "error"
+            what = ("torch raises reading into its smaller local tensor (narrow_tensor_by_index "
+                    "narrows it only when the read is shorter: a longer read fails the reader's "
+                    "'mismatch sizes' assert, a read past its end fails narrow)")
+        elif side == "load":
             what = "loading into it reads the box's indices, not the held ones, without an error"
-        elif severity == "error":
+        elif sev == "error":
             what = "a save from this layout fails validation (the boxes overlap or leave holes)"
         else:
             what = "the checkpoint would record boxes that are not the saved data"
         out.append(Problem(
-            fqn, "strided_misdescribed", (r,), box, severity,
+            fqn, "strided_misdescribed", (r,), box, sev,
             f"{fqn}: rank {r} (coordinate {layout.coordinate(r)}, placements "
             f"[{format_placements(layout.placements)}]) {'; '.join(parts)} (a DCP box must "
             f"describe the data); {what}.{said}",
@@ -278,6 +297,19 @@ def _misdescribed_problems(fqn, layout, severity: str, side: str, torch_text: st
                if side == "load" else "save from a layout without _StridedShard (redistribute "
                "first, or get_state_dict with full_state_dict).")))
     return out
+
+
+def _short_read_raises(reads, r: int, short: dict[int, int]) -> bool:
+    """Whether one of rank r's read items fails on a dim where its local tensor has only
+    ``short[d]`` rows: ``narrow_tensor_by_index`` skips the narrow when the length is not below
+    the local size (then a longer read fails the reader's size assert) and otherwise narrows,
+    which raises past the end. A read of exactly the local size copies silently."""
+    rows = reads.of_rank(r)
+    for d, n in short.items():
+        for off, ln in zip(reads.dest_offsets[rows, d], reads.lengths[rows, d]):
+            if ln > n or (ln < n and off + ln > n):
+                return True
+    return False
 
 
 # ----------------------------------------------------------------------------- per-rank keys
@@ -374,7 +406,8 @@ def find_problems(load_result) -> list[Problem]:
         if layout.per_rank_values and len(_entry_ranks(layout)) > 1:
             out.append(_one_copy_for_all(fqn, layout, md))
         elif isinstance(saved, TensorStorageMetadata):
-            out.extend(_tensor_problems(fqn, layout, saved, ranks, text))
+            out.extend(_tensor_problems(fqn, layout, saved, ranks, text,
+                                        lambda: load_result.reads(fqn)))
         elif not layout.is_bytes:
             out.append(Problem(
                 fqn, "shape_mismatch", ranks, None, "silent",
@@ -444,7 +477,9 @@ def _missing(fqn, ranks, text, items, result) -> Problem:
                    f"Initialise it yourself or rename it to the saved key.{hint}")
 
 
-def _tensor_problems(fqn, layout, saved: TensorStorageMetadata, ranks, text) -> list[Problem]:
+def _tensor_problems(fqn, layout, saved: TensorStorageMetadata, ranks, text, reads
+                     ) -> list[Problem]:
+    # reads: a callable giving the fqn's ReadBlock, built only for a misdescribed layout
     if layout.is_bytes:
         return [Problem(
             fqn, "shape_mismatch", ranks, None, "error",
@@ -483,7 +518,7 @@ def _tensor_problems(fqn, layout, saved: TensorStorageMetadata, ranks, text) -> 
         out.extend(_hole_problems(fqn, layout, live, cov, "silent"))
         out.extend(_overlap_problems(fqn, layout, saved.chunks, cov, None))
     if layout.misdescribed_ranks:
-        out.extend(_misdescribed_problems(fqn, layout, "silent", "load"))
+        out.extend(_misdescribed_problems(fqn, layout, "silent", "load", reads=reads()))
     return out
 
 

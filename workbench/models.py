@@ -22,7 +22,7 @@ from typing import Callable
 from .errors import LayoutError, PlanError
 from .records import canonical_dtype
 from .sharding import (Layout, Replicate, Shard, StridedShard, bytes_layout, dtensor_layout,
-                       mesh_coordinate, tensor_layout)
+                       fsdp2_tp_layout, mesh_coordinate, tensor_layout)
 
 __all__ = ["PRESETS", "RECIPES", "MESH_DIMS", "SIZES", "TP_PLANS", "model_state_dict",
            "apply_recipe", "state_dict_from_module", "Entry"]
@@ -221,7 +221,8 @@ RECIPES: dict[str, str] = {
     "hsdp": "FSDP2 with a replicate dim: [Replicate(), Shard(0)] on mesh (replicas, dp)",
     "tp": "parallelize_module colwise / rowwise by module pattern: [Shard(d)] on mesh (tp,); "
           "parameters outside the plan stay plain tensors",
-    "fsdp_tp": "FSDP2 + TP on mesh (dp, tp): [_StridedShard(0, tp), Shard(0)] for TP dim-0 params, "
+    "fsdp_tp": "FSDP2 + TP on mesh (dp, tp): [_StridedShard(0, tp), Shard(0)] for TP dim-0 params "
+               "(FSDP2's real rows: torch.chunk of the TP-local rows over dp), "
                "[Shard(0), Shard(d)] otherwise, [Shard(0), Replicate()] for TP-replicated ones",
     "hsdp_tp": "as fsdp_tp with a leading Replicate() on mesh (replicas, dp, tp)",
 }
@@ -301,6 +302,10 @@ def apply_recipe(state_dict: dict[str, Entry], recipe: str, mesh_shape, *,
         if recipe == "tp" and tp_dim is None:
             # parallelize_module leaves parameters outside the plan as plain tensors
             out[fqn] = tensor_layout(shape, ws, dtype, fqn=fqn)
+            continue
+        if tp_dim == 0 and recipe != "tp":
+            # FSDP2 shards the TP-local rows, not what [_StridedShard(0, tp), Shard(0)] describes
+            out[fqn] = fsdp2_tp_layout(shape, mesh, dtype, ws, fqn=fqn)
             continue
         out[fqn] = dtensor_layout(shape, mesh, _placements(recipe, mesh, tp_dim), dtype,
                                   ws, fqn=fqn)

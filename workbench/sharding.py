@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import operator
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Iterable, Sequence
 
@@ -25,7 +25,8 @@ __all__ = [
     "Placement", "Shard", "Replicate", "StridedShard", "Partial", "parse_placement",
     "parse_placements", "format_placements", "as_placement",
     "local_shape_and_offset", "held_indices", "box_matches_data", "mesh_coordinate",
-    "Layout", "dtensor_layout", "tensor_layout", "sharded_layout", "bytes_layout",
+    "Layout", "dtensor_layout", "fsdp2_tp_layout", "tensor_layout", "sharded_layout",
+    "bytes_layout",
 ]
 
 
@@ -341,7 +342,9 @@ class Layout:
     tuple of chunks. ``per_rank_values`` marks plain tensors / bytes whose values differ per rank
     (save-time dedup keeps one rank's copy). ``mesh_ranks`` (DTensor only): the mesh's global
     ranks in row-major mesh order, for a submesh such as a pipeline stage; None means
-    ``0..prod(mesh_shape)-1`` (see `mesh_ranks_or_default`).
+    ``0..prod(mesh_shape)-1`` (see `mesh_ranks_or_default`). ``data_held`` (DTensor only): per
+    rank, ``{dim: global indices}`` it really holds when that is not what the placements say
+    (FSDP2 + TP, see `fsdp2_tp_layout`), or None to follow the placements.
     """
 
     kind: str
@@ -354,6 +357,7 @@ class Layout:
     per_rank_values: bool = False
     _misdescribed: tuple[int, ...] = field(default=(), repr=False)
     mesh_ranks: tuple[int, ...] | None = None
+    data_held: tuple[dict[int, range] | None, ...] | None = field(default=None, repr=False)
 
     @property
     def ndim(self) -> int:
@@ -392,15 +396,19 @@ class Layout:
         return mesh_coordinate(rank, self.mesh_shape, self.mesh_ranks)
 
     def held_indices(self, rank: int) -> dict[int, list[int]]:
-        """What ``rank`` really holds per sharded dim (DTensor only; {} otherwise)."""
+        """What ``rank`` really holds per sharded dim (DTensor only; {} otherwise): ``data_held``
+        where given (FSDP2 + TP), else what the placements say."""
         coord = self.coordinate(rank)
         if self.kind != "dtensor" or coord is None:
             return {}
+        if self.data_held is not None and self.data_held[rank] is not None:
+            return {d: list(v) for d, v in sorted(self.data_held[rank].items())}
         return held_indices(self.shape, self.mesh_shape, coord, self.placements)
 
     @property
     def misdescribed_ranks(self) -> tuple[int, ...]:
-        """Ranks whose DCP box does not describe the data they hold (``_StridedShard``)."""
+        """Ranks whose DCP box does not describe the data they hold (``_StridedShard``, or
+        FSDP2 + TP's real rows): other indices, or another count, on some dim."""
         return self._misdescribed
 
     @property
@@ -511,6 +519,53 @@ def dtensor_layout(shape: Sequence[int], mesh_shape: Sequence[int], placements, 
     _shape(shape, "shape", fqn, LayoutError, DTYPE_SIZES[dt])
     ranks, ws = _mesh_ranks(mesh_ranks, math.prod(mesh), world_size, fqn)
     return _dtensor_layout(shape, mesh, pl, dt, ws, ranks)
+
+
+def fsdp2_tp_layout(shape: Sequence[int], mesh_shape: Sequence[int], dtype="float32",
+                    world_size: int | None = None, *, fqn: str | None = None) -> Layout:
+    """A parameter ``parallelize_module`` shards on dim 0 over the last mesh dim (tp) and
+    ``fully_shard`` then shards over the dp dim before it: mesh ``(dp, tp)``, or
+    ``(replicate, dp, tp)`` for HSDP + TP.
+
+    The placements are FSDP2's (``_fsdp_param._init_sharding_spec_tp``):
+    ``[_StridedShard(0, tp), Shard(0)]`` (``Shard(0)`` first when tp == 1), after a
+    ``Replicate()`` for HSDP; DCP plans from them, left to right. The data is not:
+    ``_fsdp_param._init_sharded_param`` torch.chunks the TP-local tensor (TP's torch.chunk of
+    the rows) over dp (``_chunk_with_empty``), right to left. ``data_held`` records those rows; a
+    rank whose rows are not its box ``[offset, offset+size)`` is misdescribed (13 rows, dp=3,
+    tp=2: rank (2, 0) holds [6] and (2, 1) holds [11, 12]; DCP's boxes are [6:8] and [12:13]).
+    """
+    mesh = _shape(mesh_shape, "mesh shape", fqn, LayoutError)
+    if len(mesh) not in (2, 3):
+        raise LayoutError(fqn, f"mesh shape {mesh} has {len(mesh)} dims",
+                          "(dp, tp) or (replicate, dp, tp)",
+                          "Give the FSDP2 + TP mesh, tp last.", mesh_shape=mesh)
+    tp = mesh[-1]
+    pl = ((Replicate(),) * (len(mesh) - 2)
+          + (StridedShard(0, tp) if tp > 1 else Shard(0), Shard(0)))
+    base = dtensor_layout(shape, mesh, pl, dtype, world_size, fqn=fqn)  # checks every argument
+    return _fsdp2_tp_layout(base.shape, base.mesh_shape, base.placements, base.dtype,
+                            base.world_size)
+
+
+@lru_cache(maxsize=4096)
+def _fsdp2_tp_layout(shape, mesh, pl, dtype, world_size):
+    base = _dtensor_layout(shape, mesh, pl, dtype, world_size, None)
+    dp, tp = mesh[-2:]
+    held: list[dict[int, range] | None] = [None] * world_size
+    bad = []
+    for r in range(math.prod(mesh)):
+        i, j = mesh_coordinate(r, mesh)[-2:]
+        ts, te = _chunk_bounds(shape[0], tp, j)  # TP's Shard(0): the TP-local rows
+        s, e = _chunk_bounds(te - ts, dp, i)     # FSDP2's torch.chunk of them over dp
+        rows = range(ts + s, ts + e)
+        held[r] = {0: rows}
+        (box,) = base.chunks(r)
+        empty = box.volume == 0 and len(rows) * math.prod(shape[1:]) == 0
+        # range equality compares the index sequences: another start or another count differs
+        if not empty and rows != range(box.offsets[0], box.offsets[0] + box.sizes[0]):
+            bad.append(r)
+    return replace(base, _misdescribed=tuple(bad), data_held=tuple(held))
 
 
 def _world_size(world_size, fqn) -> int:

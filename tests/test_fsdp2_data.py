@@ -9,7 +9,7 @@ import pytest
 import workbench as wb
 from workbench.diagnosis import find_problems, find_save_problems
 from workbench.models import apply_recipe, model_state_dict
-from workbench.sharding import fsdp2_tp_layout
+from workbench.sharding import fsdp2_tp_layout, tensor_layout
 
 
 def test_13_rows_dp3_tp2_worked_example():
@@ -163,3 +163,25 @@ def test_diagnosis_says_fsdp2_rows_against_dcp_box():
     assert (p.ranks, p.severity, q.ranks, q.severity) == ((4,), "silent", (5,), "silent")
     assert "[] (0) but DCP's box [6:7] names [6] (1)" in p.message
     assert "record boxes that are not the saved data" in p.message
+
+
+@pytest.mark.real
+def test_real_load_into_fsdp2_rows_raises_where_the_diagnosis_says(tmp_path):
+    # (13, 4) saved whole by 6 gloo ranks (one writer, chunk [0:13, 0:4]); loaded into FSDP2+TP on
+    # (3, 2): rank 4 really holds row [6] (1 row) but DCP's box is [6:8] (2 rows), so the reader
+    # narrows the saved chunk to 2 rows and asserts against the 1-row local tensor
+    from workbench.diagnosis import explain
+    from workbench.torch_bridge import runs
+
+    save = runs.run_save(tmp_path / "ck", {"w": tensor_layout((13, 4), 6)})
+    assert save.ok, save.errors
+    target = {"w": fsdp2_tp_layout((13, 4), (3, 2))}
+    problems = wb.plan_load(wb.load_metadata(tmp_path / "ck"), target).problems
+    assert [(p.kind, p.severity, p.ranks) for p in problems] == [
+        ("strided_misdescribed", "error", (4,)), ("strided_misdescribed", "silent", (5,))]
+    load = runs.run_load(tmp_path / "ck", target)
+    assert not load.ok
+    text = ("req MetadataIndex(fqn='w', offset=torch.Size([0, 0]), index=0) mismatch sizes "
+            "torch.Size([1, 4]) vs torch.Size([2, 4])")
+    assert all(text in str(e) for e in load.errors.values() if e), load.errors
+    assert explain(text).pattern == "read_size_mismatch"

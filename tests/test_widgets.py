@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+import workbench as wb
 from workbench import LayoutError, PlacementError, WorkbenchError
 from workbench.colors import HIGHLIGHT_COLOR
 from workbench.geometry import Chunk
@@ -380,3 +381,28 @@ def test_widgets_never_touch_pyplot():
             "ReshardExplorer(); ReadOrderStepper(); "
             "sys.exit(1 if 'matplotlib.pyplot' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_checkpoint_explorer_target_controls_replan():
+    # llama-tiny saved FSDP on 4 ranks, loaded FSDP2+TP on (2, 2), then on (4, 2) and as FSDP on 2
+    from workbench.models import apply_recipe, model_state_dict
+
+    sd = model_state_dict("llama", "tiny")
+    save = wb.plan_save(apply_recipe(sd, "fsdp", (4,)))
+    ex = CheckpointExplorer(save, ("llama", "fsdp_tp", (2, 2)))
+    assert (ex.preset.value, ex.recipe.value, ex.mesh.value) == ("llama", "fsdp_tp", "2, 2")
+    ex.rank.value = 3
+    ex.mesh.value = "4, 2"
+    expected = wb.plan_load(save.metadata, apply_recipe(sd, "fsdp_tp", (4, 2)))
+    assert ex.plan.load.world_size == 8 and list(ex.rank.options) == list(range(8))
+    assert ex.result.rank == 3 and ex.message.value == ""
+    fqn = ex.result.fqn
+    sl = expected.reads(fqn).of_rank(3)
+    assert len(ex.result.reads) == sl.stop - sl.start > 0
+    ex.mesh.value = "4, x"  # bad text: the message, and the last plan stays
+    assert "target mesh '4, x' is not a list of integers" in html.unescape(ex.message.value)
+    assert ex.plan.load.world_size == 8
+    ex.mesh.value = "2"  # fsdp_tp needs a 2-d mesh
+    assert "mesh shape (2,) has 1 dims" in html.unescape(ex.message.value)
+    ex.recipe.value = "fsdp"
+    assert ex.message.value == "" and ex.plan.load.world_size == 2 and ex.rank.value == 1

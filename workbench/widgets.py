@@ -527,8 +527,21 @@ class CheckpointExplorer(_Explorer):
 
     def __init__(self, source, target=None, *, rank: int = 0, only_problems: bool = False):
         super().__init__()
+        self._source = source
         self.plan = plan_checkpoint(source, target)
         world = self.plan.load.world_size if self.plan.load is not None else 1
+        # A (preset, recipe, mesh) target can be changed in place: another recipe or mesh re-plans
+        # the whole checkpoint (the expensive step) and redraws.
+        from .models import RECIPES
+
+        preset, recipe, mesh = target if isinstance(target, tuple) and len(target) == 3 else \
+            ("", "fsdp", (1,))
+        self.preset = _text(str(preset), "target preset", "wb-target-preset")
+        self.recipe = _dropdown(list(RECIPES), recipe if recipe in RECIPES else "fsdp",
+                                "target recipe", "wb-target-recipe")
+        self.mesh = _text(", ".join(str(m) for m in (mesh if isinstance(mesh, tuple) else (mesh,))),
+                          "target mesh", "wb-target-mesh")
+        self._header = W.HTML()
         self.filter = _text("", "filter", "wb-filter")
         self.only_problems = _css(W.Checkbox(value=only_problems, description="only with problems",
                                              indent=False), "wb-only-problems")
@@ -543,11 +556,9 @@ class CheckpointExplorer(_Explorer):
         self.reads = _css(W.Output(), "wb-reads")
         self.problems = _css(W.Output(), "wb-problems")
         self.io = _css(W.Output(), "wb-io")
-        header = W.HTML(f"<b>{html.escape(self.plan.source)}</b>: "
-                        f"{_count(len(self.plan.metadata.state_dict_metadata), 'saved key')}, "
-                        f"{_count(len(self.plan.problems), 'problem')}")
         self.widget = _css(W.VBox([
-            header,
+            self._header,
+            W.HBox([self.preset, self.recipe, self.mesh]),
             W.HBox([W.VBox([self.filter, self.only_problems, self.tensor, self.rank, self.dims]),
                     self.picture]),
             self.message,
@@ -555,12 +566,44 @@ class CheckpointExplorer(_Explorer):
             W.HTML("<b>saved chunks</b>"), self.chunks,
             W.HTML("<b>read items of the load rank</b>"), self.reads,
             W.HTML("<b>I/O per load rank</b>"), self.io]), "wb-checkpoint")
+        self._show_plan()
+        self._observe(self.filter, self.only_problems, self.tensor, self.rank, self.dims)
+        for c in (self.preset, self.recipe, self.mesh):
+            c.observe(self._on_target, names="value")
+        self.refresh()
+
+    def _show_plan(self) -> None:
+        """The parts that change only with the plan: header, I/O table."""
+        self._header.value = (f"<b>{html.escape(self.plan.source)}</b>: "
+                              f"{_count(len(self.plan.metadata.state_dict_metadata), 'saved key')}, "
+                              f"{_count(len(self.plan.problems), 'problem')}")
         if self.plan.io is not None:
             self.io.outputs = (_mime(_styled(self.plan.io, self.plan.io.columns)),)
         else:
             self.io.outputs = (_note("no target: nothing is loaded"),)
-        self._observe(self.filter, self.only_problems, self.tensor, self.rank, self.dims)
+
+    def set_target(self, preset: str, recipe: str, mesh) -> None:
+        """Re-plan the checkpoint into ``(preset, recipe, mesh)``; a bad target goes to the message
+        panel and the last plan stays."""
+        try:
+            plan = plan_checkpoint(self._source,
+                                   (preset, recipe, parse_ints(mesh, "target mesh", example="2, 2")))
+        except WorkbenchError as err:
+            _message(self.message, err)
+            return
+        self.plan = plan
+        world, rank = plan.load.world_size, self.rank.value
+        self._muted = True
+        try:
+            self.rank.options = list(range(world))  # resets the value to the first option
+            self.rank.value = min(rank, world - 1)
+        finally:
+            self._muted = False
+        self._show_plan()
         self.refresh()
+
+    def _on_target(self, change=None) -> None:
+        self.set_target(self.preset.value.strip(), self.recipe.value, self.mesh.value)
 
     def _compute(self) -> CheckpointResult:
         return explore_checkpoint(self.plan, pattern=self.filter.value,

@@ -27,36 +27,12 @@ logging.getLogger("torch.distributed.checkpoint.default_planner").setLevel(loggi
 
 
 # ----------------------------------------------------------------------------- comparison keys
-def _ikey(i):
-    return None if i is None else (i.fqn, None if i.offset is None else tuple(i.offset), i.index)
-
-
-def read_key(it):
-    """Every field of a ReadItem, index hints included."""
-    return (it.type.name, _ikey(it.dest_index), tuple(it.dest_offsets), _ikey(it.storage_index),
-            tuple(it.storage_offsets), tuple(it.lengths))
-
-
-def write_key(it):
-    td = it.tensor_data
-    tdk = None if td is None else (tuple(td.chunk.offsets), tuple(td.chunk.sizes), tuple(td.size),
-                                   str(td.properties.dtype).replace("torch.", ""))
-    return (it.type.name, _ikey(it.index), tdk)
+# canonical forms of records (workbench or torch): one definition, in test_planning
+from test_planning import metadata_key as md_key, read_key, write_key  # noqa: E402
 
 
 def plans_key(plans):
     return [(p.usable, [write_key(i) for i in p.items]) for p in plans]
-
-
-def md_key(md):
-    out = []
-    for k, v in md.state_dict_metadata.items():
-        if type(v).__name__ == "BytesStorageMetadata":
-            out.append((k, "bytes"))
-        else:
-            out.append((k, tuple(v.size), str(v.properties.dtype).replace("torch.", ""),
-                        [(tuple(c.offsets), tuple(c.sizes)) for c in v.chunks]))
-    return out
 
 
 # ----------------------------------------------------------------------------- strategies

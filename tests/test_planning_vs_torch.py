@@ -36,7 +36,7 @@ from torch.distributed.tensor.placement_types import (Partial as TPartial,  # no
                                                       _StridedShard)
 from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402
 
-from test_planning import (boxes_in, crowded_state_dicts, metadata_key, read_key, save_and_load, shapes,  # noqa: E402
+from test_planning import (boxes_in, crowded_state_dicts, expected_per_rank, metadata_key, read_key, save_and_load, shapes,  # noqa: E402
                            state_dicts, write_key)
 from workbench import planner_helpers as ph  # noqa: E402
 from workbench.planning import plan_load, plan_save  # noqa: E402
@@ -151,12 +151,8 @@ def torch_load(md, layouts, strict):
     return out
 
 
-def ours_load(res):
-    out = []
-    for r in range(res.world_size):
-        fail = next((msg for _, ranks, msg in res.failures if r in ranks), None)
-        out.append(fail if fail is not None else [read_key(i) for i in res.plans[r].items])
-    return out
+# what each torch rank reports (its items or its first failure), as test_planning computes it
+ours_load = expected_per_rank
 
 
 def check_save(layouts, lowest):

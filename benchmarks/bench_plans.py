@@ -17,6 +17,7 @@ Then every read item of every rank is compared, item by item and in order (ours 
 Run: ``.venv/bin/python benchmarks/bench_plans.py [--repeat N]``. Prints times and ratios measured
 in the same run; targets: >= 50x faster than torch, 1024 -> 1024 under 2 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,17 +39,19 @@ def llama70b_shapes() -> dict[str, tuple[int, ...]]:
     shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
     for i in range(LAYERS):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
-            p + "self_attn.k_proj.weight": (KV, HIDDEN),
-            p + "self_attn.v_proj.weight": (KV, HIDDEN),
-            p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-            p + "mlp.gate_proj.weight": (FFN, HIDDEN),
-            p + "mlp.up_proj.weight": (FFN, HIDDEN),
-            p + "mlp.down_proj.weight": (HIDDEN, FFN),
-            p + "input_layernorm.weight": (HIDDEN,),
-            p + "post_attention_layernorm.weight": (HIDDEN,),
-        })
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+                p + "self_attn.k_proj.weight": (KV, HIDDEN),
+                p + "self_attn.v_proj.weight": (KV, HIDDEN),
+                p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+                p + "mlp.gate_proj.weight": (FFN, HIDDEN),
+                p + "mlp.up_proj.weight": (FFN, HIDDEN),
+                p + "mlp.down_proj.weight": (HIDDEN, FFN),
+                p + "input_layernorm.weight": (HIDDEN,),
+                p + "post_attention_layernorm.weight": (HIDDEN,),
+            }
+        )
     shapes["model.norm.weight"] = (HIDDEN,)
     shapes["lm_head.weight"] = (VOCAB, HIDDEN)
     assert len(shapes) == 723
@@ -81,22 +84,28 @@ class _Chunks:
 
 def torch_plans(shapes, save_mesh, load_mesh, load_spec):
     import torch
-    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, TensorProperties,
-                                                       TensorStorageMetadata)
+    from torch.distributed.checkpoint.metadata import (
+        ChunkStorageMetadata,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
     from torch.distributed.checkpoint.planner_helpers import _create_read_items
     from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
     from torch.distributed.tensor.placement_types import Replicate, Shard
 
     def spec(s):
-        return [Shard(int(p.strip()[2])) if p.strip().startswith("S") else Replicate()
-                for p in s.split(",")]
+        return [
+            Shard(int(p.strip()[2])) if p.strip().startswith("S") else Replicate()
+            for p in s.split(",")
+        ]
 
     def chunks(shape, mesh, placements):
         out = []
         for r in range(int(torch.tensor(mesh).prod())):
             coord = list(torch.unravel_index(torch.tensor(r), mesh))
-            size, off = _compute_local_shape_and_global_offset(shape, mesh, [int(c) for c in coord],
-                                                               placements)
+            size, off = _compute_local_shape_and_global_offset(
+                shape, mesh, [int(c) for c in coord], placements
+            )
             out.append(ChunkStorageMetadata(torch.Size(off), torch.Size(size)))
         return out
 
@@ -104,8 +113,9 @@ def torch_plans(shapes, save_mesh, load_mesh, load_spec):
     props = TensorProperties(dtype=torch.float32)
     md, local = {}, {}
     for fqn, shape in shapes.items():
-        md[fqn] = TensorStorageMetadata(props, torch.Size(shape),
-                                        chunks(shape, save_mesh, spec("S(0)")))
+        md[fqn] = TensorStorageMetadata(
+            props, torch.Size(shape), chunks(shape, save_mesh, spec("S(0)"))
+        )
         local[fqn] = chunks(shape, load_mesh, spec(load_placements(shape, load_spec)))
     t1 = time.perf_counter()
     plans = []
@@ -123,11 +133,16 @@ def torch_plans(shapes, save_mesh, load_mesh, load_spec):
 def ours(shapes, save_mesh, load_mesh, load_spec, problems=False):
     ws = max(_prod(save_mesh), _prod(load_mesh))
     t0 = time.perf_counter()
-    saved = {f: dtensor_layout(s, save_mesh, "S(0)", "float32", world_size=_prod(save_mesh))
-             for f, s in shapes.items()}
-    load = {f: dtensor_layout(s, load_mesh, load_placements(s, load_spec), "float32",
-                              world_size=_prod(load_mesh))
-            for f, s in shapes.items()}
+    saved = {
+        f: dtensor_layout(s, save_mesh, "S(0)", "float32", world_size=_prod(save_mesh))
+        for f, s in shapes.items()
+    }
+    load = {
+        f: dtensor_layout(
+            s, load_mesh, load_placements(s, load_spec), "float32", world_size=_prod(load_mesh)
+        )
+        for f, s in shapes.items()
+    }
     t1 = time.perf_counter()
     save = plan_save(saved)
     t2 = time.perf_counter()
@@ -160,8 +175,15 @@ def _prod(xs):
 def key(item):
     def idx(i):
         return (i.fqn, None if i.offset is None else tuple(i.offset), i.index)
-    return (item.type.name, idx(item.dest_index), tuple(item.dest_offsets), idx(item.storage_index),
-            tuple(item.storage_offsets), tuple(item.lengths))
+
+    return (
+        item.type.name,
+        idx(item.dest_index),
+        tuple(item.dest_offsets),
+        idx(item.storage_index),
+        tuple(item.storage_offsets),
+        tuple(item.lengths),
+    )
 
 
 def main():
@@ -175,8 +197,10 @@ def main():
     tplans, t_lay, t_items = torch_plans(shapes, (64,), (8, 8), "S(0), S(1)")
     t_torch = t_lay + t_items
     n_items = sum(len(p) for p in tplans)
-    print(f"  torch:     {t_torch:7.3f} s  (layouts {t_lay:.3f} s + read items {t_items:.3f} s, "
-          f"{n_items} items)")
+    print(
+        f"  torch:     {t_torch:7.3f} s  (layouts {t_lay:.3f} s + read items {t_items:.3f} s, "
+        f"{n_items} items)"
+    )
     best, first = None, None
     for _ in range(args.repeat):
         clear_caches()
@@ -186,18 +210,27 @@ def main():
         if best is None or total < best[0]:
             best = (total, times, save, res)
     total, times, save, res = best
-    print(f"  workbench: {total:7.3f} s best of {args.repeat}, first run {first:.3f} s  ("
-          + ", ".join(f"{k} {v:.3f} s" for k, v in times.items()) + ")")
-    print(f"  ratio torch / workbench: {t_torch / total:6.1f}x best, {t_torch / first:6.1f}x first run"
-          "  (target >= 50x)")
+    print(
+        f"  workbench: {total:7.3f} s best of {args.repeat}, first run {first:.3f} s  ("
+        + ", ".join(f"{k} {v:.3f} s" for k, v in times.items())
+        + ")"
+    )
+    print(
+        f"  ratio torch / workbench: {t_torch / total:6.1f}x best, {t_torch / first:6.1f}x first run"
+        "  (target >= 50x)"
+    )
 
     # identical items: every rank, item by item, in order
     t0 = time.perf_counter()
-    mismatched = [r for r in range(64) if [key(i) for i in res.plans[r].items] != [key(i) for i in tplans[r]]]
+    mismatched = [
+        r for r in range(64) if [key(i) for i in res.plans[r].items] != [key(i) for i in tplans[r]]
+    ]
     assert save.errors == [], save.errors[:3]
     assert not mismatched, f"ranks whose items differ from torch: {mismatched}"
-    print(f"  all 64 ranks' {n_items} read items identical to torch's, in order "
-          f"(checked in {time.perf_counter() - t0:.1f} s)")
+    print(
+        f"  all 64 ranks' {n_items} read items identical to torch's, in order "
+        f"(checked in {time.perf_counter() - t0:.1f} s)"
+    )
 
     if args.skip_1024:
         return
@@ -206,15 +239,22 @@ def main():
     for _ in range(args.repeat):
         clear_caches()
         save, res, times = ours(shapes, (1024,), (32, 32), "S(0), S(1)", problems=True)
-        total = sum(v for k, v in times.items() if k in ("layouts", "plan_save", "plan_load",
-                                                          "find_problems"))
+        total = sum(
+            v
+            for k, v in times.items()
+            if k in ("layouts", "plan_save", "plan_load", "find_problems")
+        )
         if best is None or total < best[0]:
             best = (total, times, res)
     total, times, res = best
     n = sum(len(res.reads(f)) for f in res.layouts)
-    print(f"  workbench: {total:7.3f} s  (" + ", ".join(
-        f"{k} {v:.3f} s" if isinstance(v, float) else f"{k} {v}" for k, v in times.items())
-          + f"), {n} read items  (target < 2 s)")
+    print(
+        f"  workbench: {total:7.3f} s  ("
+        + ", ".join(
+            f"{k} {v:.3f} s" if isinstance(v, float) else f"{k} {v}" for k, v in times.items()
+        )
+        + f"), {n} read items  (target < 2 s)"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ cold and for the next rank (the saved and the other ranks' tiles are then reused
 
     .venv/bin/python benchmarks/bench_plots.py
 """
+
 from __future__ import annotations
 
 import io
@@ -47,6 +48,7 @@ def drawn(make):
         out = make()
         fig = out if isinstance(out, Figure) else out.figure
         FigureCanvasAgg(fig).draw()  # a bare Figure's own canvas draws nothing
+
     return run
 
 
@@ -79,11 +81,13 @@ def cold(fn):
     def run():
         plots._LAYERS.clear()  # as after a re-plan: nothing computed for these sources yet
         return fn()
+
     return run
 
 
 def naive_layout(layout):
     """The same tiles as one Rectangle patch each (what a plain loop over ax.add_patch costs)."""
+
     def run():
         pic = plots.layout_data(layout)
         ax = Figure().add_subplot()
@@ -92,6 +96,7 @@ def naive_layout(layout):
         ax.set_xlim(0, pic.width)
         ax.set_ylim(pic.height, 0)
         FigureCanvasAgg(ax.figure).draw()
+
     return run
 
 
@@ -104,51 +109,81 @@ def main() -> None:
     picture = plots.reshard_data(save, load, "w", rank=0)
     rows = [
         ("layout_chunks_table (4096 chunks)", best(lambda: tables.layout_chunks_table(layout))),
-        ("checkpoint_chunks_table (4096 chunks)",
-         best(lambda: tables.checkpoint_chunks_table(save.metadata, "w"))),
-        ("read_items_table, one rank (64 items)",
-         best(lambda: tables.read_items_table(load, "w", rank=0))),
+        (
+            "checkpoint_chunks_table (4096 chunks)",
+            best(lambda: tables.checkpoint_chunks_table(save.metadata, "w")),
+        ),
+        (
+            "read_items_table, one rank (64 items)",
+            best(lambda: tables.read_items_table(load, "w", rank=0)),
+        ),
         ("io_table (4096 ranks)", best(lambda: tables.io_table(load))),
         ("layout_data (4096 tiles)", best(lambda: plots.layout_data(layout))),
         ("plot_layout + Agg draw (4096 tiles)", best(drawn(lambda: plots.plot_layout(layout)))),
         ("same tiles as 4096 Rectangle patches", best(naive_layout(layout), repeat=1)),
-        ("reshard_data (4096 saved + 4096 wanted), cold",
-         best(cold(lambda: plots.reshard_data(save, load, "w", rank=rank())))),
-        ("reshard_data, next rank (layers reused)",
-         best(lambda: plots.reshard_data(save, load, "w", rank=rank()))),
+        (
+            "reshard_data (4096 saved + 4096 wanted), cold",
+            best(cold(lambda: plots.reshard_data(save, load, "w", rank=rank()))),
+        ),
+        (
+            "reshard_data, next rank (layers reused)",
+            best(lambda: plots.reshard_data(save, load, "w", rank=rank())),
+        ),
         ("plot_reshard + Agg draw", best(drawn(lambda: plots.plot_reshard(save, load, "w", 0)))),
-        ("plot_reshard + PNG (7.5x5 in, constrained layout)", best(lambda: png(
-            plots.plot_reshard(save, load, "w", 0)))),
-        ("plot_reshard zoom=True + PNG", best(lambda: png(plots.plot_reshard(
-            save, load, "w", 0, zoom=True)))),
+        (
+            "plot_reshard + PNG (7.5x5 in, constrained layout)",
+            best(lambda: png(plots.plot_reshard(save, load, "w", 0))),
+        ),
+        (
+            "plot_reshard zoom=True + PNG",
+            best(lambda: png(plots.plot_reshard(save, load, "w", 0, zoom=True))),
+        ),
         ("widget picture: paths + default PNG", best(lambda: widget_paths_png(picture))),
         ("widget picture: picture_png", best(lambda: plots.picture_png(picture, **WIDGET))),
-        ("widget redraw before: cold data, paths, default PNG", best(cold(
-            lambda: widget_paths_png(plots.reshard_data(save, load, "w", rank=rank()))))),
-        ("widget redraw now: next rank, picture_png", best(
-            lambda: plots.picture_png(plots.reshard_data(save, load, "w", rank=rank()),
-                                      **WIDGET))),
+        (
+            "widget redraw before: cold data, paths, default PNG",
+            best(cold(lambda: widget_paths_png(plots.reshard_data(save, load, "w", rank=rank())))),
+        ),
+        (
+            "widget redraw now: next rank, picture_png",
+            best(
+                lambda: plots.picture_png(
+                    plots.reshard_data(save, load, "w", rank=rank()), **WIDGET
+                )
+            ),
+        ),
         ("plot_mesh + Agg draw (64x64 mesh)", best(drawn(lambda: plots.plot_mesh(layout)))),
-        ("plot_bytes_per_rank + Agg draw (4096 ranks)",
-         best(drawn(lambda: plots.plot_bytes_per_rank(load)))),
+        (
+            "plot_bytes_per_rank + Agg draw (4096 ranks)",
+            best(drawn(lambda: plots.plot_bytes_per_rank(load))),
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     for name, t in rows:
         print(f"{name:<{width}}  {t * 1000:8.1f} ms")
     by_name = dict(rows)
-    ratio = by_name["same tiles as 4096 Rectangle patches"] / by_name[
-        "plot_layout + Agg draw (4096 tiles)"]
+    ratio = (
+        by_name["same tiles as 4096 Rectangle patches"]
+        / by_name["plot_layout + Agg draw (4096 tiles)"]
+    )
     print(f"collections vs one patch per tile: {ratio:.1f}x faster")
     table = by_name["read_items_table, one rank (64 items)"]
-    for name, key in (("before (paths, default PNG, data recomputed)",
-                       "widget redraw before: cold data, paths, default PNG"),
-                      ("now (picture_png, layers reused)",
-                       "widget redraw now: next rank, picture_png")):
-        print(f"reshard widget load-rank round trip {name}: "
-              f"{(table + by_name[key]) * 1000:.0f} ms (target 100 ms)")
-    speedup = by_name["widget picture: paths + default PNG"] / by_name[
-        "widget picture: picture_png"]
+    for name, key in (
+        (
+            "before (paths, default PNG, data recomputed)",
+            "widget redraw before: cold data, paths, default PNG",
+        ),
+        ("now (picture_png, layers reused)", "widget redraw now: next rank, picture_png"),
+    ):
+        print(
+            f"reshard widget load-rank round trip {name}: "
+            f"{(table + by_name[key]) * 1000:.0f} ms (target 100 ms)"
+        )
+    speedup = (
+        by_name["widget picture: paths + default PNG"] / by_name["widget picture: picture_png"]
+    )
     print(f"widget picture: picture_png vs paths + default PNG: {speedup:.1f}x faster")
+
 
 if __name__ == "__main__":
     main()

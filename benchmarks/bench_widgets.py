@@ -12,6 +12,7 @@ chunk of the big case (the work torch does per rank and per tensor, for scale).
 
 Run: ``.venv/bin/python benchmarks/bench_widgets.py [--repeat N]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ def _cycle(control, values):
     def step():
         state["i"] = (state["i"] + 1) % len(values)
         control.value = values[state["i"]]
+
     return step
 
 
@@ -61,8 +63,13 @@ def _parts(spec_texts: dict, rank: int) -> dict[str, float]:
     t4 = time.perf_counter()
     w._mime(w._styled(reads, w.READ_COLUMNS))
     t5 = time.perf_counter()
-    out.update(read_table=t1 - t0, picture_data=t2 - t1, draw_and_png=t4 - t3,
-               table_html=t5 - t4, tiles=len(pic.tiles))
+    out.update(
+        read_table=t1 - t0,
+        picture_data=t2 - t1,
+        draw_and_png=t4 - t3,
+        table_html=t5 - t4,
+        tiles=len(pic.tiles),
+    )
     return out
 
 
@@ -70,9 +77,11 @@ def _torch_reference(spec_texts: dict, rank: int, repeat: int) -> float | None:
     """torch's create_read_items_for_chunk_list for one rank's chunk (None without torch)."""
     try:
         import torch
-        from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata,
-                                                           TensorProperties,
-                                                           TensorStorageMetadata)
+        from torch.distributed.checkpoint.metadata import (
+            ChunkStorageMetadata,
+            TensorProperties,
+            TensorStorageMetadata,
+        )
         from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
     except ImportError:
         return None
@@ -80,11 +89,15 @@ def _torch_reference(spec_texts: dict, rank: int, repeat: int) -> float | None:
 
     r = w.explore_reshard(**spec_texts, rank=rank)
     md = r.save.metadata.state_dict_metadata[w.FQN]
-    tmd = TensorStorageMetadata(TensorProperties(dtype=torch.float32), torch.Size(md.size),
-                                [ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes))
-                                 for c in md.chunks])
-    local = [ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes))
-             for c in r.load.layouts[w.FQN].chunks(rank)]
+    tmd = TensorStorageMetadata(
+        TensorProperties(dtype=torch.float32),
+        torch.Size(md.size),
+        [ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes)) for c in md.chunks],
+    )
+    local = [
+        ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes))
+        for c in r.load.layouts[w.FQN].chunks(rank)
+    ]
     return _median(lambda: create_read_items_for_chunk_list(w.FQN, tmd, local), repeat)
 
 
@@ -95,15 +108,28 @@ def main(argv=None) -> None:
 
     from workbench.widgets import CLASSIC_RESHARDS, ReshardExplorer
 
-    big = dict(shape="4096, 4096", save_mesh="64, 64", save_placements="S(0), S(1)",
-               load_mesh="32, 32", load_placements="S(0), S(1)")
+    big = dict(
+        shape="4096, 4096",
+        save_mesh="64, 64",
+        save_placements="S(0), S(1)",
+        load_mesh="32, 32",
+        load_placements="S(0), S(1)",
+    )
     rows = []
 
     ex = ReshardExplorer("FSDP -> FSDP+TP")
-    rows.append(("classic FSDP -> FSDP+TP: load rank", _median(
-        _cycle(ex.rank, [0, 1, 2, 3, 4, 5, 6, 7]), args.repeat)))
-    rows.append(("classic: start-from dropdown (re-plan)", _median(
-        _cycle(ex.classic, list(CLASSIC_RESHARDS)), args.repeat)))
+    rows.append(
+        (
+            "classic FSDP -> FSDP+TP: load rank",
+            _median(_cycle(ex.rank, [0, 1, 2, 3, 4, 5, 6, 7]), args.repeat),
+        )
+    )
+    rows.append(
+        (
+            "classic: start-from dropdown (re-plan)",
+            _median(_cycle(ex.classic, list(CLASSIC_RESHARDS)), args.repeat),
+        )
+    )
 
     t0 = time.perf_counter()
     ex.load_mesh.value, ex.load_placements.value = big["load_mesh"], big["load_placements"]
@@ -114,25 +140,43 @@ def main(argv=None) -> None:
     n_saved = len(ex.result.save.metadata.state_dict_metadata["weight"].chunks)
     assert n_saved == 4096
     rows.append((f"4096 chunks: typing the spec (5 controls, {n_saved} saved chunks)", first))
-    rows.append(("4096 chunks: load rank (plans cached)", _median(
-        _cycle(ex.rank, [5, 6, 7, 500, 1023]), args.repeat)))
-    rows.append(("4096 chunks: dims to draw (plans cached)", _median(
-        _cycle(ex.dims, ["0, 1", "1, 0"]), args.repeat)))
-    rows.append(("4096 chunks: load placements (re-plan)", _median(
-        _cycle(ex.load_placements, ["S(0), S(1)", "S(1), S(0)"]), max(3, args.repeat // 2))))
+    rows.append(
+        (
+            "4096 chunks: load rank (plans cached)",
+            _median(_cycle(ex.rank, [5, 6, 7, 500, 1023]), args.repeat),
+        )
+    )
+    rows.append(
+        (
+            "4096 chunks: dims to draw (plans cached)",
+            _median(_cycle(ex.dims, ["0, 1", "1, 0"]), args.repeat),
+        )
+    )
+    rows.append(
+        (
+            "4096 chunks: load placements (re-plan)",
+            _median(
+                _cycle(ex.load_placements, ["S(0), S(1)", "S(1), S(0)"]), max(3, args.repeat // 2)
+            ),
+        )
+    )
 
     print(f"{'round trip (set .value -> .result + outputs)':60s} {'median':>9s} {'vs 100 ms':>9s}")
     for name, t in rows:
         print(f"{name:60s} {t * 1e3:7.1f}ms {t / TARGET_S:8.2f}x")
     parts = _parts(big, 500)
     tiles = parts.pop("tiles")
-    print(f"\none 4096-chunk redraw, rank 500 ({tiles} tiles):  "
-          + "  ".join(f"{k} {v * 1e3:.1f}ms" for k, v in parts.items()))
+    print(
+        f"\none 4096-chunk redraw, rank 500 ({tiles} tiles):  "
+        + "  ".join(f"{k} {v * 1e3:.1f}ms" for k, v in parts.items())
+    )
     ref = _torch_reference(big, 500, args.repeat)
     if ref is not None:
-        print(f"reference: torch create_read_items_for_chunk_list, rank 500 vs 4096 saved "
-              f"chunks: {ref * 1e3:.1f}ms (the load-rank round trip is "
-              f"{rows[3][1] / ref:.0f}x that: planning is not the cost, the picture is)")
+        print(
+            f"reference: torch create_read_items_for_chunk_list, rank 500 vs 4096 saved "
+            f"chunks: {ref * 1e3:.1f}ms (the load-rank round trip is "
+            f"{rows[3][1] / ref:.0f}x that: planning is not the cost, the picture is)"
+        )
 
 
 if __name__ == "__main__":

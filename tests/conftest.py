@@ -4,7 +4,6 @@ import sys
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
-
 from hypothesis import settings  # noqa: E402
 
 # CI boxes have 2 cores: keep the default profile moderate; WB_HYPOTHESIS=thorough for more.

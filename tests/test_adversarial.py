@@ -17,31 +17,41 @@ Found and fixed (sharding.dtensor_layout): negative shard dims were walked raw, 
 ``[S(1), S(1)]`` while the workbench recorded other boxes; and ``SS(-2,k)`` was refused although
 torch accepts it. Also: ``sharded_layout`` / ``bytes_layout`` accepted ranks outside the world.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 
 import pytest
+import torch  # noqa: F401  (installed in .venv; the package itself never needs it)
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
-import torch  # noqa: F401  (installed in .venv; the package itself never needs it)
-from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans
-from torch.distributed.checkpoint.default_planner import (DefaultSavePlanner,
-                                                          _validate_global_plan,
-                                                          create_default_global_save_plan,
-                                                          create_default_local_save_plan)
-from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
-
 from test_planning import helpers_load, helpers_save, metadata_key, write_key
 from test_planning_vs_torch import fake_rank, ours_load, torch_load, torch_state_dict
+from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans
+from torch.distributed.checkpoint.default_planner import (
+    DefaultSavePlanner,
+    _validate_global_plan,
+    create_default_global_save_plan,
+    create_default_local_save_plan,
+)
+from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
+
 from workbench.errors import LayoutError
 from workbench.geometry import Chunk
 from workbench.planning import plan_load, plan_save
-from workbench.sharding import (Partial, Replicate, Shard, StridedShard, bytes_layout,
-                                dtensor_layout, local_shape_and_offset, sharded_layout,
-                                tensor_layout)
+from workbench.sharding import (
+    Partial,
+    Replicate,
+    Shard,
+    StridedShard,
+    bytes_layout,
+    dtensor_layout,
+    local_shape_and_offset,
+    sharded_layout,
+    tensor_layout,
+)
 from workbench.torch_bridge.convert import from_torch, placement_to_torch
 from workbench.torch_bridge.fake_pg import verify_with_torch
 
@@ -76,8 +86,12 @@ def check_save(layouts, lowest=False):
     assert not res.failures
     plans, md = create_default_global_save_plan(dedup_save_plans(local, lowest))
     for r in range(res.world_size):
-        assert [write_key(i) for i in res.local_plans[r].items] == [write_key(i) for i in local[r].items], r
-        assert [write_key(i) for i in res.plans[r].items] == [write_key(i) for i in plans[r].items], r
+        assert [write_key(i) for i in res.local_plans[r].items] == [
+            write_key(i) for i in local[r].items
+        ], r
+        assert [write_key(i) for i in res.plans[r].items] == [
+            write_key(i) for i in plans[r].items
+        ], r
     assert metadata_key(res.metadata) == metadata_key(md)
     assert res.errors == _validate_global_plan(plans, md)
     return res, md, local
@@ -101,8 +115,14 @@ def test_negative_shard_dims_are_normalised_as_a_dtensor_does():
     # split twice: cols [0:4) / [4:7) over mesh dim 0, then each over 3:
     # [0:4) -> [0:2) [2:4) and an empty shard at 7; [4:7) -> [4:5) [5:6) [6:7)
     res, md, _ = check_save({"w": dtensor_layout((8, 7), (2, 3), "S(1), S(-1)")})
-    assert chunks_of(md, "w") == [((0, 0), (8, 2)), ((0, 2), (8, 2)), ((0, 7), (8, 0)),
-                                  ((0, 4), (8, 1)), ((0, 5), (8, 1)), ((0, 6), (8, 1))]
+    assert chunks_of(md, "w") == [
+        ((0, 0), (8, 2)),
+        ((0, 2), (8, 2)),
+        ((0, 7), (8, 0)),
+        ((0, 4), (8, 1)),
+        ((0, 5), (8, 1)),
+        ((0, 6), (8, 1)),
+    ]
     assert res.errors == []
     # the raw mirror keeps torch's raw-dim keying (offsets of S(-1) not mapped through S(1)):
     # rank (1, 0) gets offset (0, 0) there, (0, 4) from the DTensor
@@ -113,8 +133,18 @@ def test_negative_shard_dims_are_normalised_as_a_dtensor_does():
     assert dtensor_layout((8, 7), (2, 3), "S(1), S(-1)").placements == (Shard(1), Shard(1))
 
 
-@pytest.mark.parametrize("spec", ["S(-1), S(1)", "S(-2), S(0)", "S(0), SS(-2,2)", "SS(-1,3), S(1)",
-                                  "S(-1), S(-1)", "SS(-2,2), S(-2)", "R, S(-1)"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "S(-1), S(1)",
+        "S(-2), S(0)",
+        "S(0), SS(-2,2)",
+        "SS(-1,3), S(1)",
+        "S(-1), S(-1)",
+        "SS(-2,2), S(-2)",
+        "R, S(-1)",
+    ],
+)
 @pytest.mark.parametrize("shape", [(8, 7), (5, 13), (0, 3)])
 def test_negative_dims_save_and_load_like_torch(spec, shape):
     res, md, _ = check_save({"w": dtensor_layout(shape, (2, 3), spec)})
@@ -124,8 +154,10 @@ def test_negative_dims_save_and_load_like_torch(spec, shape):
 
 
 def test_negative_dims_through_verify_with_torch():
-    v = verify_with_torch({"w": dtensor_layout((8, 6), (2, 2), "S(1), S(-1)")},
-                          load_layouts={"w": dtensor_layout((8, 6), (2, 2), "S(-2), S(0)")})
+    v = verify_with_torch(
+        {"w": dtensor_layout((8, 6), (2, 2), "S(1), S(-1)")},
+        load_layouts={"w": dtensor_layout((8, 6), (2, 2), "S(-2), S(0)")},
+    )
     assert v.equal, str(v)
 
 
@@ -133,15 +165,25 @@ def test_negative_dims_through_verify_with_torch():
 def test_ranks_outside_the_mesh_hold_the_dtensor_but_plan_nothing():
     # world 6, DTensor on the 4-rank mesh (2, 2); rank 4 and 5 hold it (torch skips them), bytes
     # only on rank 5, a plain tensor on ranks 3 and 4
-    sd = {"w": dtensor_layout((6, 4), (2, 2), "S(0), S(1)", world_size=6),
-          "b": bytes_layout(6, ranks=[5]), "t": tensor_layout((3,), 6, ranks=[3, 4])}
+    sd = {
+        "w": dtensor_layout((6, 4), (2, 2), "S(0), S(1)", world_size=6),
+        "b": bytes_layout(6, ranks=[5]),
+        "t": tensor_layout((3,), 6, ranks=[3, 4]),
+    }
     res, md, local = check_save(sd)
     assert [len(p.items) for p in local] == [1, 1, 1, 2, 1, 1]
     assert res.writers == {"w": [0, 1, 2, 3], "t": [4], "b": [5]}
     # load on 7 ranks: 4 in a (4,) mesh, 3 outside; strict, a key the checkpoint lacks: every
     # rank holding the DTensor raises, inside the mesh or not
-    check_load(res, md, {"w": dtensor_layout((6, 4), (4,), "S(1)", world_size=7),
-                         "t": tensor_layout((3,), 7, ranks=[6]), "b": bytes_layout(7)})
+    check_load(
+        res,
+        md,
+        {
+            "w": dtensor_layout((6, 4), (4,), "S(1)", world_size=7),
+            "t": tensor_layout((3,), 7, ranks=[6]),
+            "b": bytes_layout(7),
+        },
+    )
     ours = check_load(res, md, {"x": dtensor_layout((2,), (2,), "S(0)", world_size=7)})
     assert ours.failures == [("x", tuple(range(7)), "Missing key in checkpoint state_dict: x.")]
     ours = check_load(res, md, {"w": dtensor_layout((6, 5), (2,), "R", world_size=7)})
@@ -151,14 +193,26 @@ def test_ranks_outside_the_mesh_hold_the_dtensor_but_plan_nothing():
     assert ours.failures[0][1] == (0, 1)
 
 
-@pytest.mark.parametrize("mesh,spec", [((1, 4, 1), "R, S(0), S(1)"), ((4, 1), "S(0), S(0)"),
-                                       ((1,), "S(0)"), ((1, 1), "R, P"), ((1, 3), "S(-1), S(-2)")])
+@pytest.mark.parametrize(
+    "mesh,spec",
+    [
+        ((1, 4, 1), "R, S(0), S(1)"),
+        ((4, 1), "S(0), S(0)"),
+        ((1,), "S(0)"),
+        ((1, 1), "R, P"),
+        ((1, 3), "S(-1), S(-2)"),
+    ],
+)
 def test_size_one_mesh_dims(mesh, spec):
-    res, md, _ = check_save({"w": dtensor_layout((5, 3), mesh, spec, world_size=6),
-                             "b": bytes_layout(6)})
+    res, md, _ = check_save(
+        {"w": dtensor_layout((5, 3), mesh, spec, world_size=6), "b": bytes_layout(6)}
+    )
     if md is not None and not res.errors:
-        check_load(res, md, {"w": dtensor_layout((5, 3), (1, 2), "S(1), S(0)", world_size=6),
-                             "b": bytes_layout(6)})
+        check_load(
+            res,
+            md,
+            {"w": dtensor_layout((5, 3), (1, 2), "S(1), S(0)", world_size=6), "b": bytes_layout(6)},
+        )
 
 
 # ----------------------------------------------------------------------------- 0-d and zero-size
@@ -166,22 +220,36 @@ def test_zero_d_dtensors_tensors_and_shards():
     # 0-d values: a replicated DTensor on (2, 2) in a world of 5, a plain tensor on ranks 1 and 3,
     # a ShardedTensor whose rank 2 lists the 0-d chunk twice (one key: both stay on rank 2)
     point = Chunk((), ())
-    sd = {"d": dtensor_layout((), (2, 2), "R, R", "int64", world_size=5),
-          "t": tensor_layout((), 5, ranks=[1, 3]),
-          "s": sharded_layout((), {0: [point], 2: [point, point]}, world_size=5)}
+    sd = {
+        "d": dtensor_layout((), (2, 2), "R, R", "int64", world_size=5),
+        "t": tensor_layout((), 5, ranks=[1, 3]),
+        "s": sharded_layout((), {0: [point], 2: [point, point]}, world_size=5),
+    }
     res, md, _ = check_save(sd)
     assert chunks_of(md, "s") == [((), ()), ((), ())]  # both of rank 2's (rank 0 charged by d)
     assert res.writers == {"d": [0], "t": [1], "s": [2, 2]}
     assert res.errors == []  # 0-d keys are never validated
-    check_load(res, md, {"d": dtensor_layout((), (5,), "R"), "t": tensor_layout((), 5),
-                         "s": sharded_layout((), [[point, point]] * 5)})
+    check_load(
+        res,
+        md,
+        {
+            "d": dtensor_layout((), (5,), "R"),
+            "t": tensor_layout((), 5),
+            "s": sharded_layout((), [[point, point]] * 5),
+        },
+    )
     # 0-d vs (1,): Size mismatch, also on ranks outside the destination mesh
     check_load(res, md, {"d": dtensor_layout((1,), (2,), "S(0)", world_size=5)})
 
 
-@pytest.mark.parametrize("shape,spec", [
-    (shape, spec) for shape in [(0, 5), (5, 0), (0,), (2, 5)]
-    for spec in ["S(0)", "S(-1)", "S(0), S(0)", "SS(0,3), S(-1)"]])
+@pytest.mark.parametrize(
+    "shape,spec",
+    [
+        (shape, spec)
+        for shape in [(0, 5), (5, 0), (0,), (2, 5)]
+        for spec in ["S(0)", "S(-1)", "S(0), S(0)", "SS(0,3), S(-1)"]
+    ],
+)
 def test_zero_size_dims_and_empty_shards(shape, spec):
     mesh = (4,) if spec.count(",") == 0 else (2, 2)
     res, md, _ = check_save({"w": dtensor_layout(shape, mesh, spec, world_size=5)})
@@ -203,8 +271,9 @@ def test_dedup_key_collision_between_different_sizes(lowest):
     # rank 0 holds [0:4), rank 1 holds [0:2) and [2:4): the key (w, [0]) is on both ranks, so one
     # of [0:4) / [0:2) is dropped although they differ. Rank 0 keeps [0:4) (both modes); rank 1
     # keeps [2:4): metadata [0:4) [2:4) overlaps and over-fills (6 elements for 4)
-    res, md, _ = check_save({"w": sharded_layout((4,), [[((0,), (4,))],
-                                                        [((0,), (2,)), ((2,), (2,))]])}, lowest)
+    res, md, _ = check_save(
+        {"w": sharded_layout((4,), [[((0,), (4,))], [((0,), (2,)), ((2,), (2,))]])}, lowest
+    )
     assert chunks_of(md, "w") == [((0,), (4,)), ((2,), (2,))]
     assert res.errors[-1] == "key:w invalid fill tensor-volume: 4 chunks-volume: 6"
 
@@ -214,13 +283,20 @@ def test_overlap_out_of_bounds_and_empty_chunk_strings():
     # inside [2:2) and [5:7) past the end. torch reports the out-of-bounds chunk, then the
     # overlaps in sweep order (the current chunk first: [2:2) inside [0:4) overlaps it; [6:6)
     # overlaps [5:7) because that one pokes past the end), then the fill (9 for 6)
-    res, md, _ = check_save({"w": sharded_layout((6,), [[((0,), (4,)), ((6,), (0,))],
-                                                        [((3,), (3,)), ((2,), (0,)), ((5,), (2,))]])})
+    res, md, _ = check_save(
+        {
+            "w": sharded_layout(
+                (6,), [[((0,), (4,)), ((6,), (0,))], [((3,), (3,)), ((2,), (0,)), ((5,), (2,))]]
+            )
+        }
+    )
     assert len(res.errors) == 6
     assert res.errors[0].startswith("key:w has out of bounds chunk: tensor-size:torch.Size([6])")
-    assert res.errors[1] == ("key:w has overlapping chunks: ChunkStorageMetadata(offsets=torch."
-                             "Size([2]), sizes=torch.Size([0])) ChunkStorageMetadata(offsets=torch."
-                             "Size([0]), sizes=torch.Size([4]))")
+    assert res.errors[1] == (
+        "key:w has overlapping chunks: ChunkStorageMetadata(offsets=torch."
+        "Size([2]), sizes=torch.Size([0])) ChunkStorageMetadata(offsets=torch."
+        "Size([0]), sizes=torch.Size([4]))"
+    )
 
 
 def test_validation_errors_over_500_chars_are_kept_whole():
@@ -237,8 +313,10 @@ def test_validation_errors_over_500_chars_are_kept_whole():
 
 
 # ----------------------------------------------------------------------------- dedup and order
-@pytest.mark.parametrize("mesh,writers", [((2, 8), [0, 1, 2, 4, 6, 11, 13, 15]),
-                                          ((4, 4), [0, 1, 2, 11]), ((3, 5), [0, 1, 2, 8, 9])])
+@pytest.mark.parametrize(
+    "mesh,writers",
+    [((2, 8), [0, 1, 2, 4, 6, 11, 13, 15]), ((4, 4), [0, 1, 2, 11]), ((3, 5), [0, 1, 2, 8, 9])],
+)
 def test_hsdp_replicas_follow_cpython_set_order(mesh, writers):
     # (W,) on [R, S(0)]: chunk k lives on ranks {k, n+k, 2n+k, ...}; torch's min() over a set of
     # plan indices >= 8 is not lowest-rank first. Writers as torch 2.13 computed them.
@@ -255,26 +333,37 @@ def test_hsdp_replicas_follow_cpython_set_order(mesh, writers):
 def test_hsdp_interleaved_with_bytes_and_tensors(mesh, extra, lowest):
     w = math.prod(mesh) + extra
     pl = "R, S(0)" if len(mesh) == 2 else "S(0)"
-    sd = {"a": tensor_layout((2,), w), "w": dtensor_layout((13, 3), mesh, pl, world_size=w),
-          "b": bytes_layout(w, ranks=range(1, w, 2)),
-          "v": dtensor_layout((2 * w + 1,), mesh, pl, "bfloat16", world_size=w),
-          "c": bytes_layout(w), "e": dtensor_layout((0, 4), mesh, pl, world_size=w)}
+    sd = {
+        "a": tensor_layout((2,), w),
+        "w": dtensor_layout((13, 3), mesh, pl, world_size=w),
+        "b": bytes_layout(w, ranks=range(1, w, 2)),
+        "v": dtensor_layout((2 * w + 1,), mesh, pl, "bfloat16", world_size=w),
+        "c": bytes_layout(w),
+        "e": dtensor_layout((0, 4), mesh, pl, world_size=w),
+    }
     check_save(sd, lowest)
 
 
 def test_metadata_order_is_first_writer_then_state_dict():
     # state-dict order late, t, w, b; writers: w rank 0 (chunk 0), b rank 1 (rank 0 already
     # carries w's 16 bytes), t rank 2 (the least loaded of {1, 2}), late rank 3 (its only holder)
-    sd = {"late": bytes_layout(4, ranks=[3]), "t": tensor_layout((3,), 4, ranks=[1, 2]),
-          "w": dtensor_layout((4,), (2,), "S(0)", world_size=4), "b": bytes_layout(4)}
+    sd = {
+        "late": bytes_layout(4, ranks=[3]),
+        "t": tensor_layout((3,), 4, ranks=[1, 2]),
+        "w": dtensor_layout((4,), (2,), "S(0)", world_size=4),
+        "b": bytes_layout(4),
+    }
     res, md, _ = check_save(sd)
     assert list(md.state_dict_metadata) == ["w", "b", "t", "late"]
     assert res.writers == {"w": [0, 1], "b": [1], "t": [2], "late": [3]}
 
 
 # ----------------------------------------------------------------------------- nested uneven shards
-NESTED = ([[Shard(0), Shard(0)]] + [[Shard(0), StridedShard(0, k)] for k in range(1, 6)]
-          + [[StridedShard(0, k), Shard(0)] for k in range(1, 6)])
+NESTED = (
+    [[Shard(0), Shard(0)]]
+    + [[Shard(0), StridedShard(0, k)] for k in range(1, 6)]
+    + [[StridedShard(0, k), Shard(0)] for k in range(1, 6)]
+)
 
 
 @pytest.mark.parametrize("pl", NESTED, ids=lambda pl: ",".join(map(str, pl)))
@@ -284,8 +373,10 @@ def test_nested_uneven_local_shapes_match_torch_exhaustively(pl):
     for rows, m0, m1 in itertools.product(range(41), [1, 2, 3, 5, 8], [1, 2, 3, 5, 8]):
         for c in itertools.product(range(m0), range(m1)):
             want = _compute_local_shape_and_global_offset((rows, 2), (m0, m1), list(c), tpl)
-            assert local_shape_and_offset((rows, 2), (m0, m1), c, pl) == (tuple(want[0]),
-                                                                           tuple(want[1]))
+            assert local_shape_and_offset((rows, 2), (m0, m1), c, pl) == (
+                tuple(want[0]),
+                tuple(want[1]),
+            )
 
 
 @pytest.mark.parametrize("pl", NESTED, ids=lambda pl: ",".join(map(str, pl)))
@@ -300,14 +391,23 @@ def test_nested_uneven_save_and_load_like_torch(pl, rows, mesh):
 
 @pytest.mark.parametrize("w_save,w_load", list(itertools.product([1, 2, 3, 5, 8], repeat=2)))
 def test_load_across_world_sizes(w_save, w_load):
-    sd = {"x": dtensor_layout((13, 3), (w_save,), "S(0)", world_size=w_save + 1),
-          "y": bytes_layout(w_save + 1, ranks=[w_save]),
-          "z": tensor_layout((2,), w_save + 1, ranks=[0])}
+    sd = {
+        "x": dtensor_layout((13, 3), (w_save,), "S(0)", world_size=w_save + 1),
+        "y": bytes_layout(w_save + 1, ranks=[w_save]),
+        "z": tensor_layout((2,), w_save + 1, ranks=[0]),
+    }
     res, md, _ = check_save(sd)
     for strict in (True, False):
-        check_load(res, md, {"x": dtensor_layout((13, 3), (1, w_load), "R, S(1)", world_size=w_load + 1),
-                             "y": bytes_layout(w_load + 1),
-                             "q": tensor_layout((2,), w_load + 1, ranks=[w_load])}, strict)
+        check_load(
+            res,
+            md,
+            {
+                "x": dtensor_layout((13, 3), (1, w_load), "R, S(1)", world_size=w_load + 1),
+                "y": bytes_layout(w_load + 1),
+                "q": tensor_layout((2,), w_load + 1, ranks=[w_load]),
+            },
+            strict,
+        )
 
 
 # ----------------------------------------------------------------------------- bad layouts
@@ -342,7 +442,9 @@ def wide_meshes(draw, world):
 def wide_placements(draw, shape, mesh, partial):
     n, out = len(shape), []
     for _ in mesh:
-        kind = draw(st.sampled_from(["R"] + (["S", "S", "SS"] if n else []) + (["P"] if partial else [])))
+        kind = draw(
+            st.sampled_from(["R"] + (["S", "S", "SS"] if n else []) + (["P"] if partial else []))
+        )
         if kind == "R":
             out.append(Replicate())
         elif kind == "P":
@@ -361,8 +463,15 @@ def pooled_sharded(draw, shape, world):
     for _ in range(draw(st.integers(1, 5))):
         offs = [draw(st.integers(0, d)) for d in shape]
         for _ in range(draw(st.integers(1, 2))):
-            pool.append(Chunk(tuple(offs), tuple(draw(st.integers(0, d - o + draw(st.sampled_from([0, 0, 0, 1]))))
-                                                 for o, d in zip(offs, shape))))
+            pool.append(
+                Chunk(
+                    tuple(offs),
+                    tuple(
+                        draw(st.integers(0, d - o + draw(st.sampled_from([0, 0, 0, 1]))))
+                        for o, d in zip(offs, shape)
+                    ),
+                )
+            )
     per_rank = [draw(st.lists(st.sampled_from(pool), max_size=3)) for _ in range(world)]
     return sharded_layout(shape, per_rank, draw(st.sampled_from(DTYPES)), world)
 
@@ -377,8 +486,9 @@ def wide_layouts(draw, world, partial=False, shape=None):
     dtype = draw(st.sampled_from(DTYPES))
     if kind == "dtensor":
         mesh = draw(wide_meshes(world))
-        return dtensor_layout(shape, mesh, draw(wide_placements(shape, mesh, partial)), dtype,
-                              world_size=world)
+        return dtensor_layout(
+            shape, mesh, draw(wide_placements(shape, mesh, partial)), dtype, world_size=world
+        )
     ranks = draw(st.one_of(st.none(), st.sets(st.integers(0, world - 1), min_size=1)))
     if kind == "tensor":
         return tensor_layout(shape, world, dtype, ranks=ranks)
@@ -403,8 +513,11 @@ def wide_save_and_load(draw, max_world=20):
         if action == "drop":
             continue
         keep_shape = action == "same" and lay.kind != "bytes"
-        load[fqn] = draw(wide_layouts(world, partial=draw(st.integers(0, 5)) == 0,
-                                      shape=lay.shape if keep_shape else None))
+        load[fqn] = draw(
+            wide_layouts(
+                world, partial=draw(st.integers(0, 5)) == 0, shape=lay.shape if keep_shape else None
+            )
+        )
     if draw(st.booleans()) or not load:
         load["extra"] = draw(wide_layouts(world))
     return saved, load, draw(st.booleans()), draw(st.booleans())
@@ -422,16 +535,26 @@ def big_crowded_state_dicts(draw):
         if kind == "sharded":
             offs = draw(st.lists(st.integers(0, 9), min_size=3, max_size=3, unique=True))
             pool = [Chunk((o,), (draw(st.integers(0, 3)),)) for o in offs]
-            sd[f"s{i}"] = sharded_layout((12,), [draw(st.lists(st.sampled_from(pool), max_size=2))
-                                                 for _ in range(world)],
-                                         draw(st.sampled_from(DTYPES)), world)
+            sd[f"s{i}"] = sharded_layout(
+                (12,),
+                [draw(st.lists(st.sampled_from(pool), max_size=2)) for _ in range(world)],
+                draw(st.sampled_from(DTYPES)),
+                world,
+            )
         elif kind == "dtensor":
-            mesh = draw(st.sampled_from([(2, 4), (8,), (3, 3), (2, 2, 2), (4, 4), (2, 8), (3, 5),
-                                         (8, 8), (4, 8)]))
+            mesh = draw(
+                st.sampled_from(
+                    [(2, 4), (8,), (3, 3), (2, 2, 2), (4, 4), (2, 8), (3, 5), (8, 8), (4, 8)]
+                )
+            )
             mesh = mesh if math.prod(mesh) <= world else (world,)
-            sd[f"s{i}"] = dtensor_layout((draw(st.integers(0, 20)),), mesh,
-                                         draw(wide_placements((1,), mesh, False)),
-                                         draw(st.sampled_from(DTYPES)), world_size=world)
+            sd[f"s{i}"] = dtensor_layout(
+                (draw(st.integers(0, 20)),),
+                mesh,
+                draw(wide_placements((1,), mesh, False)),
+                draw(st.sampled_from(DTYPES)),
+                world_size=world,
+            )
         elif kind == "tensor":
             sd[f"s{i}"] = tensor_layout((draw(st.integers(0, 3)),), world, ranks=ranks)
         else:
@@ -470,8 +593,12 @@ def test_scalar_helpers_match_torch_on_wide_cases(case):
         return
     plans, md = create_default_global_save_plan(dedup_save_plans(local, lowest))
     h_local, h_plans, h_md, h_errors = helpers_save(saved, lowest)
-    assert [[write_key(i) for i in p.items] for p in h_local] == [[write_key(i) for i in p.items] for p in local]
-    assert [[write_key(i) for i in p.items] for p in h_plans] == [[write_key(i) for i in p.items] for p in plans]
+    assert [[write_key(i) for i in p.items] for p in h_local] == [
+        [write_key(i) for i in p.items] for p in local
+    ]
+    assert [[write_key(i) for i in p.items] for p in h_plans] == [
+        [write_key(i) for i in p.items] for p in plans
+    ]
     assert metadata_key(h_md) == metadata_key(md)
     assert h_errors == _validate_global_plan(plans, md)
     assert helpers_load(from_torch(md), load, strict) == torch_load(md, load, strict)
@@ -488,10 +615,11 @@ def test_chunk_ends_past_int64_are_computed_exactly():
     # torch computes offset + size in Python ints; int64 columns wrapped. One chunk
     # [2**62, 2**63) of a (2**62,) tensor is out of bounds for torch; the columnar check saw
     # 2**62 + 2**62 wrap to -2**63 and reported nothing
+    from test_planning import read_key
     from torch.distributed.checkpoint import metadata as tmeta
     from torch.distributed.checkpoint.planner import SavePlan
     from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
-    from test_planning import read_key
+
     from workbench.records import Metadata, TensorStorageMetadata
     from workbench.torch_bridge.convert import to_torch
 
@@ -506,8 +634,10 @@ def test_chunk_ends_past_int64_are_computed_exactly():
     md = Metadata({"w": TensorStorageMetadata("bool", (top,), saved)})
     ours = plan_load(md, {"w": sharded_layout((top,), [local], "bool")}).plans[0].items
     theirs = create_read_items_for_chunk_list(
-        "w", to_torch(md).state_dict_metadata["w"],
-        [tmeta.ChunkStorageMetadata(torch.Size(o), torch.Size(s)) for o, s in local])
+        "w",
+        to_torch(md).state_dict_metadata["w"],
+        [tmeta.ChunkStorageMetadata(torch.Size(o), torch.Size(s)) for o, s in local],
+    )
     assert [read_key(i) for i in ours] == [read_key(i) for i in theirs]
     assert len(ours) == 7
     # torch.Size cannot hold 2**63: neither can a Chunk

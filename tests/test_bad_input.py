@@ -1,6 +1,7 @@
 """Bad input answers with one WorkbenchError subclass in the house form
 ``<fqn>: <what> <values> (<expectation>). <fix>``; where torch raises, the message contains
 torch's exact text (kept as ``.torch_message`` / ``.torch_type``) and torch is asked too."""
+
 from __future__ import annotations
 
 import logging
@@ -8,22 +9,38 @@ import logging
 import pytest
 
 import workbench as wb
-
 from workbench import planner_helpers as H
 from workbench.errors import ChunkError, LayoutError, PlacementError, PlanError, WorkbenchError
 from workbench.geometry import Chunk
 from workbench.planner_helpers import LocalTensor
-from workbench.records import (Metadata, MetadataIndex, SavePlan, TensorProperties,
-                               TensorStorageMetadata, WriteItem, WriteItemType)
-from workbench.sharding import (bytes_layout, dtensor_layout, local_shape_and_offset,
-                                sharded_layout, tensor_layout)
+from workbench.records import (
+    Metadata,
+    MetadataIndex,
+    SavePlan,
+    TensorProperties,
+    TensorStorageMetadata,
+    WriteItem,
+    WriteItemType,
+)
+from workbench.sharding import (
+    bytes_layout,
+    dtensor_layout,
+    local_shape_and_offset,
+    sharded_layout,
+    tensor_layout,
+)
 
 logging.getLogger("torch.distributed.checkpoint.default_planner").setLevel(logging.ERROR)
 
 
 def _md(fqn="w", size=(4, 4)):
-    return Metadata({fqn: TensorStorageMetadata(TensorProperties("float32"), size,
-                                                [Chunk((0,) * len(size), size)])})
+    return Metadata(
+        {
+            fqn: TensorStorageMetadata(
+                TensorProperties("float32"), size, [Chunk((0,) * len(size), size)]
+            )
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- geometry / layouts
@@ -50,8 +67,11 @@ def test_shard_dim_past_ndim_names_the_fqn_and_placement():
 
 
 def test_placements_not_matching_the_mesh():
-    with pytest.raises(PlacementError, match=r"^w: placements \[S\(0\)\] have 1 entries for a mesh "
-                                             r"of shape \(2, 2\) \(one placement per mesh dim\)"):
+    with pytest.raises(
+        PlacementError,
+        match=r"^w: placements \[S\(0\)\] have 1 entries for a mesh "
+        r"of shape \(2, 2\) \(one placement per mesh dim\)",
+    ):
         dtensor_layout((4, 4), (2, 2), "S(0)", fqn="w")
 
 
@@ -108,21 +128,26 @@ def test_partial_dtensor_in_a_checkpoint():
     lt = LocalTensor(dtensor_layout((4,), (2,), "P"), 0)
     with pytest.raises(PlanError) as ei:
         H.create_write_items("w", lt)
-    torch_text = ("Any checkpointing related operations are not supported for DTensor with "
-                  "partial placements!")
+    torch_text = (
+        "Any checkpointing related operations are not supported for DTensor with "
+        "partial placements!"
+    )
     assert_torch_text(ei, ValueError(torch_text), "w")
     assert "contain Partial" in str(ei.value)
 
 
 def test_missing_key_size_mismatch_and_invalid_metadata():
     import torch.distributed.checkpoint.default_planner as TD
+
     from workbench.torch_bridge.convert import to_torch
 
     md = _md("w", (2, 2))
-    cases = [({"v": LocalTensor(tensor_layout((2, 2), 1), 0)}, {"v": torch.zeros(2, 2)}, "v"),
-             ({"w": LocalTensor(tensor_layout((2, 3), 1), 0)}, {"w": torch.zeros(2, 3)}, "w"),
-             ({"w": LocalTensor(bytes_layout(1), 0)}, {"w": 5}, "w"),
-             ({"w": 5}, {"w": 5}, "w")]
+    cases = [
+        ({"v": LocalTensor(tensor_layout((2, 2), 1), 0)}, {"v": torch.zeros(2, 2)}, "v"),
+        ({"w": LocalTensor(tensor_layout((2, 3), 1), 0)}, {"w": torch.zeros(2, 3)}, "w"),
+        ({"w": LocalTensor(bytes_layout(1), 0)}, {"w": 5}, "w"),
+        ({"w": 5}, {"w": 5}, "w"),
+    ]
     for ours, theirs, fqn in cases:
         with pytest.raises((RuntimeError, ValueError)) as te:
             TD.create_default_local_load_plan(theirs, to_torch(md))
@@ -131,7 +156,10 @@ def test_missing_key_size_mismatch_and_invalid_metadata():
         assert_torch_text(ei, te.value, fqn)
     with pytest.raises(PlanError) as ei:
         H.create_default_local_load_plan(cases[1][0], md)
-    assert "Size mismatch between saved torch.Size([2, 2]) and current: torch.Size([2, 3]) for w" in str(ei.value)
+    assert (
+        "Size mismatch between saved torch.Size([2, 2]) and current: torch.Size([2, 3]) for w"
+        in str(ei.value)
+    )
     assert (ei.value.saved_size, ei.value.current_size) == ((2, 2), (2, 3))
 
 
@@ -147,6 +175,7 @@ def test_unsupported_type_for_chunk_list():
 
 def test_repeated_fqn_in_global_plan():
     from torch.distributed.checkpoint.default_planner import create_default_global_save_plan
+
     from workbench.torch_bridge.convert import to_torch
 
     b = SavePlan([WriteItem(MetadataIndex("b"), WriteItemType.BYTE_IO)])
@@ -171,7 +200,9 @@ def test_duplicated_flatten_key():
 
 def test_validate_chunk_of_the_wrong_rank_names_the_key():
     md = Metadata({"w": TensorStorageMetadata(TensorProperties(), (4, 4), [Chunk((0,), (4,))])})
-    with pytest.raises(ChunkError, match=r"^w: chunk \[0:4\] has 1 dims for a tensor of size \(4, 4\)"):
+    with pytest.raises(
+        ChunkError, match=r"^w: chunk \[0:4\] has 1 dims for a tensor of size \(4, 4\)"
+    ):
         H.validate_global_plan([SavePlan([])], md)
 
 
@@ -179,23 +210,37 @@ def test_malformed_chunk_in_a_chunk_list_names_fqn_and_position():
     md = TensorStorageMetadata(TensorProperties(), (4,), [Chunk((0,), (4,))])
     with pytest.raises(ChunkError) as ei:
         H.create_read_items_for_chunk_list("w", md, [Chunk((0,), (2,)), ((2, 0), (2,))])
-    assert str(ei.value).startswith("w: chunk #1: chunk offsets [2, 0] and sizes [2] have different "
-                                    "lengths 2 and 1 (one offset and one size per tensor dim).")
+    assert str(ei.value).startswith(
+        "w: chunk #1: chunk offsets [2, 0] and sizes [2] have different "
+        "lengths 2 and 1 (one offset and one size per tensor dim)."
+    )
     assert ei.value.offsets == (2, 0)
 
 
 # ---- gaps found by the acceptance check, fixed in sharding.py / records.py / planning.py
-@pytest.mark.parametrize("make, match", [
-    (lambda: wb.tensor_layout((2**40, 2**40), 2, fqn="w"), r"^w: shape .* holds"),
-    (lambda: wb.dtensor_layout((2**40, 2**40), (2,), "S(0)", fqn="w"), r"^w: .*holds"),
-    (lambda: wb.dtensor_layout("8, 6", (2,), "S(0)", fqn="w"), r"^w: global shape '8, 6' is not"),
-    (lambda: wb.dtensor_layout((8.5, 6), (2,), "S(0)", fqn="w"), r"^w: global shape \(8.5, 6\)"),
-    (lambda: wb.local_shape_and_offset((4,), (2,), None, "S(0)"), r"coordinate None"),
-    (lambda: wb.held_indices((4,), (2,), None, "S(0)"), r"coordinate None"),
-    (lambda: wb.sharded_layout((4,), [[((0,), (2, 3))]], fqn="w"), r"^w: rank 0's chunk offsets"),
-    (lambda: wb.MetadataIndex("w", 5), r"^w: offset 5 is not a sequence of ints"),
-    (lambda: wb.TensorStorageMetadata("float32", (-1, 2), []), r"negative dim"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: wb.tensor_layout((2**40, 2**40), 2, fqn="w"), r"^w: shape .* holds"),
+        (lambda: wb.dtensor_layout((2**40, 2**40), (2,), "S(0)", fqn="w"), r"^w: .*holds"),
+        (
+            lambda: wb.dtensor_layout("8, 6", (2,), "S(0)", fqn="w"),
+            r"^w: global shape '8, 6' is not",
+        ),
+        (
+            lambda: wb.dtensor_layout((8.5, 6), (2,), "S(0)", fqn="w"),
+            r"^w: global shape \(8.5, 6\)",
+        ),
+        (lambda: wb.local_shape_and_offset((4,), (2,), None, "S(0)"), r"coordinate None"),
+        (lambda: wb.held_indices((4,), (2,), None, "S(0)"), r"coordinate None"),
+        (
+            lambda: wb.sharded_layout((4,), [[((0,), (2, 3))]], fqn="w"),
+            r"^w: rank 0's chunk offsets",
+        ),
+        (lambda: wb.MetadataIndex("w", 5), r"^w: offset 5 is not a sequence of ints"),
+        (lambda: wb.TensorStorageMetadata("float32", (-1, 2), []), r"negative dim"),
+    ],
+)
 def test_more_bad_input_is_one_workbench_error(make, match):
     with pytest.raises(wb.WorkbenchError, match=match):
         make()

@@ -11,6 +11,7 @@ Needs ``/usr/bin/chromium`` (``make chromium``, i.e. ``apt-get install -y chromi
 working in a browser. Servers are stopped by PID, their kernels too.
 Run: ``.venv/bin/python -m pytest -s -m e2e tests/test_browser.py``.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,10 @@ SHOT_DIR = ROOT / "artifacts" / "browser"  # gitignored
 # process, and every hostname but loopback resolving to NOT_FOUND inside Chromium, so its
 # background calls to Google hosts never leave the machine (checked with a netlog, see
 # /work/shared/jupyter-testing.md section 4).
-CHROMIUM_ARGS = ["--disable-gpu",
-                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost"]
+CHROMIUM_ARGS = [
+    "--disable-gpu",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
+]
 
 # The ReshardExplorer's parts carry CSS classes (widgets.py) so these selectors do not depend on
 # ipywidgets' DOM details beyond the <select> / <img> / <table> inside them.
@@ -83,7 +86,9 @@ def _wait_ready(proc: subprocess.Popen, probe_url: str, log: Path, timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"jupyter lab exited rc={proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"jupyter lab exited rc={proc.returncode}:\n{log.read_text()[-3000:]}"
+            )
         try:
             with urllib.request.urlopen(probe_url, timeout=2) as r:
                 if r.status == 200:
@@ -117,33 +122,54 @@ def lab(tmp_path_factory):
     tmp, port, token = tmp_path_factory.mktemp("lab"), _free_port(), secrets.token_hex(16)
     root = tmp / "notebooks"  # a copy: Lab autosaves every 120 s and must not touch the repo
     shutil.copytree(NOTEBOOK_DIR, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    env = dict(os.environ, MPLBACKEND="Agg",
-               # hermetic: no user config, no restored workspace, no stale runtime files
-               JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
-               JUPYTERLAB_SETTINGS_DIR=str(tmp / "lab-settings"),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp / "lab-workspaces"), JUPYTER_PLATFORM_DIRS="1")
+    env = dict(
+        os.environ,
+        MPLBACKEND="Agg",
+        # hermetic: no user config, no restored workspace, no stale runtime files
+        JUPYTER_CONFIG_DIR=str(tmp / "config"),
+        JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(tmp / "lab-settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp / "lab-workspaces"),
+        JUPYTER_PLATFORM_DIRS="1",
+    )
     # never show the "Jupyter news?" toast over the notebook, never fetch news
-    notif = tmp / "lab-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notif = (
+        tmp
+        / "lab-settings"
+        / "@jupyterlab"
+        / "apputils-extension"
+        / "notification.jupyterlab-settings"
+    )
     notif.parent.mkdir(parents=True)
     notif.write_text('{"fetchNews": "false", "checkForUpdates": false}')
     # render every cell: with Lab's default windowing, cells scrolled away after Run All are
     # detached and their text reads as empty
-    tracker = tmp / "lab-settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker = (
+        tmp / "lab-settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    )
     tracker.parent.mkdir(parents=True)
     tracker.write_text('{"windowingMode": "none"}')
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser",
-           f"--IdentityProvider.token={token}",
-           "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-           f"--ServerApp.root_dir={root}",
-           "--ServerApp.allow_root=True",  # CI runs as root; refused otherwise
-           "--ServerApp.terminals_enabled=False",
-           "--LabApp.news_url=None",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-           "--LabApp.extension_manager=readonly"]  # no PyPI queries
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        f"--IdentityProvider.token={token}",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.allow_root=True",  # CI runs as root; refused otherwise
+        "--ServerApp.terminals_enabled=False",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+    ]  # no PyPI queries
     log = tmp / "server.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT),
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), start_new_session=True
+        )
         try:
             with timed("lab server start"):
                 _wait_ready(proc, f"http://127.0.0.1:{port}/api/status?token={token}", log)
@@ -158,7 +184,8 @@ def browser():
     # A missing browser is a failure, not a skip: these tests are how we know the widgets work.
     assert Path(CHROMIUM).exists(), (
         f"{CHROMIUM} is missing: run `make chromium` (apt-get install -y chromium); "
-        "never `playwright install`")
+        "never `playwright install`"
+    )
     from playwright.sync_api import sync_playwright
 
     pw = sync_playwright().start()
@@ -199,32 +226,41 @@ def _open_and_run_all(page, lab: Server) -> None:
     # The kernel is really connected only when the status bar reads "<kernel> | Idle"; the
     # toolbar's execution indicator says idle before the session exists and a Run All clicked
     # then is silently dropped.
-    page.locator(".jp-StatusBar-TextItem",
-                 has_text=re.compile(r"^(?!No Kernel).+ \| Idle$")).wait_for()
+    page.locator(
+        ".jp-StatusBar-TextItem", has_text=re.compile(r"^(?!No Kernel).+ \| Idle$")
+    ).wait_for()
     # Lab 4 has no key binding for Run All: use the main menu.
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
-    page.wait_for_function(r"""() => {
+    page.wait_for_function(
+        r"""() => {
         const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
         return p.length > 0 && p.every(e => /\[\d+\]/.test(e.textContent));
-    }""", timeout=180_000)
+    }""",
+        timeout=180_000,
+    )
 
 
 def _changed(page, selector: str, prop: str, old: str) -> None:
     """Wait until the first element matching selector has a different prop (src / innerText)."""
     page.wait_for_function(
         "([sel, prop, old]) => { const e = document.querySelector(sel);"
-        " return e !== null && e[prop] !== old; }", arg=[selector, prop, old])
+        " return e !== null && e[prop] !== old; }",
+        arg=[selector, prop, old],
+    )
 
 
 def test_tour_runs_and_explorer_reacts_to_the_page(lab, page):
     with screenshot_on_error(page, "tour"):
         with timed("page load + run all"):
             _open_and_run_all(page, lab)
-        tracebacks = page.locator(".jp-OutputArea-output[data-mime-type="
-                                  "'application/vnd.jupyter.stderr']:has-text('Traceback')")
-        errors = page.locator(".jp-OutputArea-output[data-mime-type="
-                              "'application/vnd.jupyter.error']")
+        tracebacks = page.locator(
+            ".jp-OutputArea-output[data-mime-type="
+            "'application/vnd.jupyter.stderr']:has-text('Traceback')"
+        )
+        errors = page.locator(
+            ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']"
+        )
         assert tracebacks.count() == 0 and errors.count() == 0, "a tour cell raised"
 
         # the explorer rendered: picture, read-item table for the rank, a problem found
@@ -265,7 +301,8 @@ def test_tour_runs_and_explorer_reacts_to_the_page(lab, page):
         # FSDP -> FSDP+TP has no problem: the strided problem rows are gone from the page
         page.wait_for_function(
             "sel => !document.querySelector(sel).innerText.includes('strided_misdescribed')",
-            arg=f"{EXPLORER} .wb-problems")
+            arg=f"{EXPLORER} .wb-problems",
+        )
         assert page.locator(MESSAGE).first.inner_text().strip() == ""
 
         page.locator(EXPLORER).first.scroll_into_view_if_needed()
@@ -289,6 +326,7 @@ def test_tour_runs_and_explorer_reacts_to_the_page(lab, page):
         assert caption.inner_text().startswith("item 1 of 2")
         stepper.locator(".wb-next").click()
         caption.locator("text=item 2 of 2").wait_for()
-        widget_errors = [e for e in page.console_errors
-                         if "widget" in e.lower() or "model" in e.lower()]
+        widget_errors = [
+            e for e in page.console_errors if "widget" in e.lower() or "model" in e.lower()
+        ]
         assert not widget_errors, widget_errors

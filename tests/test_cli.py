@@ -1,6 +1,7 @@
 """The ``workbench`` command, in-process through ``main([...])`` and once through the installed
 console script. Checkpoints are real: written by torch's own ``dcp.save`` (one process, and
 several gloo processes through ``torch_bridge.runs``)."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,7 @@ def ckpt(tmp_path_factory):
     import torch.distributed.checkpoint as dcp
 
     path = tmp_path_factory.mktemp("ckpt")
-    sd = {"w": torch.arange(32.0).reshape(8, 4), "b": torch.arange(4).to(torch.bfloat16),
-          "step": 3}
+    sd = {"w": torch.arange(32.0).reshape(8, 4), "b": torch.arange(4).to(torch.bfloat16), "step": 3}
     with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
         warnings.simplefilter("ignore", UserWarning)
         dcp.save(sd, checkpoint_id=str(path))
@@ -57,8 +57,9 @@ def test_console_script_is_installed_and_runs():
     r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "usage: workbench" in r.stdout
-    r = subprocess.run([str(exe), "inspect", "/no/such/checkpoint"], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [str(exe), "inspect", "/no/such/checkpoint"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("workbench inspect: error: ")
 
@@ -99,12 +100,19 @@ def test_inspect_json_matches_the_files_on_disk(capsys, ckpt):
     for fqn, want in expected.items():
         (chunk,) = entries[fqn]["chunks"]
         assert chunk["writer"] == 0 and chunk["region"] == str(
-            "[" + ", ".join(f"0:{n}" for n in want.shape) + "]")
-        blob = (ckpt / chunk["file"]).read_bytes()[chunk["offset"]:chunk["offset"] + chunk["length"]]
+            "[" + ", ".join(f"0:{n}" for n in want.shape) + "]"
+        )
+        blob = (ckpt / chunk["file"]).read_bytes()[
+            chunk["offset"] : chunk["offset"] + chunk["length"]
+        ]
         assert torch.equal(torch.load(io.BytesIO(blob), weights_only=True), want)
     (f,) = doc["files"]
-    assert f == {"file": "__0_0.distcp", "writer": 0, "items": 3,
-                 "bytes": (ckpt / "__0_0.distcp").stat().st_size}
+    assert f == {
+        "file": "__0_0.distcp",
+        "writer": 0,
+        "items": 3,
+        "bytes": (ckpt / "__0_0.distcp").stat().st_size,
+    }
     assert doc["damage"] == []
 
 
@@ -116,8 +124,9 @@ def test_inspect_bad_checkpoint_is_one_line_exit_2(capsys, ckpt, tmp_path, bad):
         path = tmp_path / bad
         path.mkdir()
         data = (ckpt / ".metadata").read_bytes()
-        (path / ".metadata").write_bytes(data[: len(data) // 2] if bad == "truncated"
-                                         else b"hello, not a pickle")
+        (path / ".metadata").write_bytes(
+            data[: len(data) // 2] if bad == "truncated" else b"hello, not a pickle"
+        )
     else:
         path = bad
     rc, out, err = run(capsys, "inspect", path)
@@ -165,43 +174,63 @@ def test_preset_target_with_optimizer_state():
 
 def test_json_target(tmp_path):
     path = tmp_path / "target.json"
-    path.write_text(json.dumps({
-        "w": {"shape": [8, 4], "dtype": "float32", "mesh": [2, 2], "placements": "S(0), S(1)"},
-        "b": {"shape": [4], "dtype": "bfloat16"},
-        "step": {"bytes": True}}))
+    path.write_text(
+        json.dumps(
+            {
+                "w": {
+                    "shape": [8, 4],
+                    "dtype": "float32",
+                    "mesh": [2, 2],
+                    "placements": "S(0), S(1)",
+                },
+                "b": {"shape": [4], "dtype": "bfloat16"},
+                "step": {"bytes": True},
+            }
+        )
+    )
     layouts = parse_target(str(path))
     assert list(layouts) == ["w", "b", "step"]
-    assert [str(layouts["w"].chunks(r)[0]) for r in range(4)] == \
-        ["[0:4, 0:2]", "[0:4, 2:4]", "[4:8, 0:2]", "[4:8, 2:4]"]
+    assert [str(layouts["w"].chunks(r)[0]) for r in range(4)] == [
+        "[0:4, 0:2]",
+        "[0:4, 2:4]",
+        "[4:8, 0:2]",
+        "[4:8, 2:4]",
+    ]
     assert layouts["b"].kind == "tensor" and layouts["b"].holders() == [0, 1, 2, 3]
     assert layouts["step"].is_bytes and layouts["b"].dtype == "bfloat16"
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("llama", "neither PRESET:RECIPE"),
-    ("nosuch-tiny:fsdp:dp=2", "unknown model preset"),
-    ("llama-huge:fsdp:dp=2", "unknown size"),
-    ("llama-tiny:zero3:dp=2", "recipe 'zero3'"),
-    ("llama-tiny:fsdp2+tp:dp=2", "exactly dp, tp"),
-    ("llama-tiny:fsdp:dp=two", "is not NAME=N"),
-    ("llama-tiny:fsdp:dp=0", "is not NAME=N"),
-    ("llama-tiny:fsdp:dp=2,dp=4", "is not NAME=N"),
-    ("/no/such/target.json", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("llama", "neither PRESET:RECIPE"),
+        ("nosuch-tiny:fsdp:dp=2", "unknown model preset"),
+        ("llama-huge:fsdp:dp=2", "unknown size"),
+        ("llama-tiny:zero3:dp=2", "recipe 'zero3'"),
+        ("llama-tiny:fsdp2+tp:dp=2", "exactly dp, tp"),
+        ("llama-tiny:fsdp:dp=two", "is not NAME=N"),
+        ("llama-tiny:fsdp:dp=0", "is not NAME=N"),
+        ("llama-tiny:fsdp:dp=2,dp=4", "is not NAME=N"),
+        ("/no/such/target.json", "does not exist"),
+    ],
+)
 def test_bad_target_is_one_line_exit_2(capsys, ckpt, spec, words):
     rc, out, err = run(capsys, "plan", ckpt, "--target", spec)
     assert rc == 2 and out == "" and err.count("\n") == 1, err
     assert words in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("content, words", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "non-empty JSON object"),
-    ('{"w": {"shape": [4], "mesh": [2]}}', "one of mesh and placements"),
-    ('{"w": {"shape": [4], "colour": "red"}}', "unknown keys ['colour']"),
-    ('{"w": {"shape": [4], "mesh": [2], "placements": "S(3)"}}', "shards dim 3"),
-    ('{"w": {"shape": [4], "dtype": "float33"}}', "float33"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "non-empty JSON object"),
+        ('{"w": {"shape": [4], "mesh": [2]}}', "one of mesh and placements"),
+        ('{"w": {"shape": [4], "colour": "red"}}', "unknown keys ['colour']"),
+        ('{"w": {"shape": [4], "mesh": [2], "placements": "S(3)"}}', "shards dim 3"),
+        ('{"w": {"shape": [4], "dtype": "float33"}}', "float33"),
+    ],
+)
 def test_bad_json_target(tmp_path, content, words):
     path = tmp_path / "t.json"
     path.write_text(content)
@@ -216,11 +245,18 @@ def _target_entry(layout) -> dict:
     from workbench.sharding import format_placements
 
     if layout.kind == "dtensor":
-        return {"shape": list(layout.shape), "dtype": layout.dtype,
-                "mesh": list(layout.mesh_shape), "placements": format_placements(layout.placements),
-                "world_size": layout.world_size}
-    extra = {"ranks": layout.holders(), "per_rank_values": layout.per_rank_values,
-             "world_size": layout.world_size}
+        return {
+            "shape": list(layout.shape),
+            "dtype": layout.dtype,
+            "mesh": list(layout.mesh_shape),
+            "placements": format_placements(layout.placements),
+            "world_size": layout.world_size,
+        }
+    extra = {
+        "ranks": layout.holders(),
+        "per_rank_values": layout.per_rank_values,
+        "world_size": layout.world_size,
+    }
     if layout.is_bytes:
         return {"bytes": True, **extra}
     return {"shape": list(layout.shape), "dtype": layout.dtype, **extra}
@@ -236,8 +272,9 @@ def real(tmp_path_factory):
     scenarios = make_checkpoints(SCENARIO_KINDS, root)
     loads = load_scenarios(scenarios)
     for kind, sc in scenarios.items():
-        (root / f"{kind}.json").write_text(json.dumps(
-            {fqn: _target_entry(lay) for fqn, lay in sc.load_layouts.items()}))
+        (root / f"{kind}.json").write_text(
+            json.dumps({fqn: _target_entry(lay) for fqn, lay in sc.load_layouts.items()})
+        )
     return root, scenarios, loads
 
 
@@ -266,8 +303,12 @@ def test_plan_exit_status_agrees_with_a_real_load(real, capsys):
         rc, out, err = run(capsys, "plan", sc.path, "--target", root / f"{kind}.json")
         assert err == "", err
         seen[kind] = (rc, loads[kind].ok)
-        assert rc == (0 if loads[kind].ok else 1), (kind, out, loads[kind].errors,
-                                                     loads[kind].mismatches())
+        assert rc == (0 if loads[kind].ok else 1), (
+            kind,
+            out,
+            loads[kind].errors,
+            loads[kind].mismatches(),
+        )
         assert ("BLOCKED" in out) == (rc == 1)
     assert sorted(k for k, (rc, _) in seen.items() if rc == 0) == ["fsdp"]
 
@@ -275,19 +316,23 @@ def test_plan_exit_status_agrees_with_a_real_load(real, capsys):
 @pytest.mark.real
 def test_plan_json_names_the_real_failure(real, capsys):
     root, scenarios, loads = real
-    rc, out, _ = run(capsys, "plan", scenarios["size"].path, "--target", root / "size.json",
-                     "--json")
+    rc, out, _ = run(
+        capsys, "plan", scenarios["size"].path, "--target", root / "size.json", "--json"
+    )
     doc = json.loads(out)
     assert rc == 1 and doc["ok"] is False and doc["world_size"] == 2
     (p,) = doc["problems"]
     assert p["kind"] == "shape_mismatch" and p["severity"] == "error" and p["fqn"] == "w"
     # the message quotes the very error the real load raised on every rank
-    torch_text = "Size mismatch between saved torch.Size([8, 6]) and current: torch.Size([8, 4]) for w"
+    torch_text = (
+        "Size mismatch between saved torch.Size([8, 6]) and current: torch.Size([8, 4]) for w"
+    )
     assert torch_text in p["message"]
     assert all(torch_text in e for e in loads["size"].errors.values())
 
-    rc, out, _ = run(capsys, "plan", scenarios["hole"].path, "--target", root / "hole.json",
-                     "--json")
+    rc, out, _ = run(
+        capsys, "plan", scenarios["hole"].path, "--target", root / "hole.json", "--json"
+    )
     doc = json.loads(out)
     (p,) = [p for p in doc["problems"] if p["kind"] == "uncovered"]
     # runs dropped w's chunk [4:8, 0:6]; the real load left rank 1's 24 elements stale
@@ -302,8 +347,9 @@ def test_plan_json_names_the_real_failure(real, capsys):
 @pytest.mark.real
 def test_plan_io_numbers(real, capsys):
     root, scenarios, _ = real
-    rc, out, _ = run(capsys, "plan", scenarios["fsdp"].path, "--target", root / "fsdp.json",
-                     "--json")
+    rc, out, _ = run(
+        capsys, "plan", scenarios["fsdp"].path, "--target", root / "fsdp.json", "--json"
+    )
     doc = json.loads(out)
     assert rc == 0 and doc["ok"] and doc["problems"] == []
     io = doc["io"]
@@ -318,8 +364,9 @@ def test_plan_io_numbers(real, capsys):
 @pytest.mark.real
 def test_plan_with_a_preset_target_on_a_mismatched_checkpoint(real, capsys):
     _, scenarios, _ = real
-    rc, out, _ = run(capsys, "plan", scenarios["fsdp"].path, "--target",
-                     "llama-tiny:fsdp:dp=2", "--json")
+    rc, out, _ = run(
+        capsys, "plan", scenarios["fsdp"].path, "--target", "llama-tiny:fsdp:dp=2", "--json"
+    )
     doc = json.loads(out)
     kinds = {p["kind"] for p in doc["problems"]}
     assert rc == 1 and "missing_key" in kinds  # llama's keys are not in a {w, b, step} checkpoint
@@ -327,8 +374,7 @@ def test_plan_with_a_preset_target_on_a_mismatched_checkpoint(real, capsys):
 
 
 # ----------------------------------------------------------------------------- explain
-SIZE_ERROR = ("Size mismatch between saved torch.Size([8, 6]) and current: torch.Size([8, 4]) "
-              "for w")
+SIZE_ERROR = "Size mismatch between saved torch.Size([8, 6]) and current: torch.Size([8, 4]) for w"
 
 
 def test_explain_text(capsys):
@@ -352,12 +398,21 @@ def test_explain_unknown_text_is_not_an_error(capsys):
 def test_explain_with_checkpoint_and_target(real, capsys):
     root, scenarios, loads = real
     error = loads["size"].errors[0]  # the real CheckpointException dump of rank 0
-    rc, out, _ = run(capsys, "explain", error, "--checkpoint", scenarios["size"].path,
-                     "--target", root / "size.json", "--json")
+    rc, out, _ = run(
+        capsys,
+        "explain",
+        error,
+        "--checkpoint",
+        scenarios["size"].path,
+        "--target",
+        root / "size.json",
+        "--json",
+    )
     doc = json.loads(out)
     assert rc == 0 and doc["pattern"] == "checkpoint_exception"
-    assert any(inner["pattern"] == "size_mismatch" and inner["fqn"] == "w"
-               for inner in doc["inner"])
+    assert any(
+        inner["pattern"] == "size_mismatch" and inner["fqn"] == "w" for inner in doc["inner"]
+    )
 
 
 # ----------------------------------------------------------------------------- lab
@@ -373,8 +428,10 @@ def test_lab_starts_jupyterlab_on_the_tour(monkeypatch):
 
 def test_help_imports_no_heavy_library():
     """`workbench --help` must stay fast: the commands import their helpers when they run."""
-    code = ("import sys; from workbench.cli import main; main(['--help']); "
-            "print([m for m in ('torch', 'pandas', 'matplotlib', 'ipywidgets') if m in sys.modules])")
+    code = (
+        "import sys; from workbench.cli import main; main(['--help']); "
+        "print([m for m in ('torch', 'pandas', 'matplotlib', 'ipywidgets') if m in sys.modules])"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr
 
@@ -397,7 +454,9 @@ def test_damaged_checkpoint_blocks_plan_as_a_real_load_fails(real, tmp_path, cap
     (short / "__0_0.distcp").write_bytes(data[: len(data) // 2])
 
     rc, out, _ = run(capsys, "inspect", missing)
-    assert rc == 0 and "damaged checkpoint (1)" in out and "__1_0.distcp: data file is missing" in out
+    assert (
+        rc == 0 and "damaged checkpoint (1)" in out and "__1_0.distcp: data file is missing" in out
+    )
     rc, out, _ = run(capsys, "inspect", short, "--json")
     damage = json.loads(out)["damage"]
     assert rc == 0 and damage and all("__0_0.distcp" in d for d in damage)
@@ -406,6 +465,8 @@ def test_damaged_checkpoint_blocks_plan_as_a_real_load_fails(real, tmp_path, cap
         rc, out, _ = run(capsys, "plan", path, "--target", root / "fsdp.json", "--json")
         doc = json.loads(out)
         assert rc == 1 and doc["ok"] is False and doc["problems"] == [] and doc["damaged_keys"]
-    loads = run_steps([LoadStep(str(missing), sc.load_layouts),
-                       LoadStep(str(short), sc.load_layouts)], world_size=2)
+    loads = run_steps(
+        [LoadStep(str(missing), sc.load_layouts), LoadStep(str(short), sc.load_layouts)],
+        world_size=2,
+    )
     assert all(run.errors for run in loads), [run.errors for run in loads]

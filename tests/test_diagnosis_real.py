@@ -5,6 +5,7 @@ same thing from the checkpoint's real ``.metadata``; plus property tests that un
 and read items tile every requested chunk.
 
 Three launches in all (save on 2 ranks; save + load on 4 ranks; loads on 2 ranks)."""
+
 import pickle
 import shutil
 from pathlib import Path
@@ -26,8 +27,10 @@ def _w(pl, shape=(8, 6), dtype="float32", ws=2):
 
 
 def _per_rank(n, ws):
-    return {f"dataloader.dp_rank_{r}": wb.bytes_layout(ws, ranks=[r], per_rank_values=True)
-            for r in range(n)}
+    return {
+        f"dataloader.dp_rank_{r}": wb.bytes_layout(ws, ranks=[r], per_rank_values=True)
+        for r in range(n)
+    }
 
 
 def _edit(path, fqn, edit):
@@ -40,7 +43,9 @@ def _edit(path, fqn, edit):
     md = dcp.FileSystemReader(str(path)).read_metadata()  # our own file: trusted
     tsm = md.state_dict_metadata[fqn]
     moved = edit(tsm.chunks)
-    tsm.chunks = [moved.get(tuple(c.offsets), c) for c in tsm.chunks if moved.get(tuple(c.offsets), c)]
+    tsm.chunks = [
+        moved.get(tuple(c.offsets), c) for c in tsm.chunks if moved.get(tuple(c.offsets), c)
+    ]
     data = {}
     for k, v in md.storage_data.items():
         if k.fqn == fqn and tuple(k.offset) in moved:
@@ -60,8 +65,8 @@ def _drop_rows_4_8(chunks):
 
 
 def _move_rows_4_8_to_2(chunks):
-    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
     import torch
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
 
     return {(4, 0): ChunkStorageMetadata(torch.Size([2, 0]), torch.Size([4, 6]))}
 
@@ -85,16 +90,31 @@ def real(tmp_path_factory):
     from workbench.torch_bridge.runs import LoadStep, SaveStep, run_steps
 
     root = tmp_path_factory.mktemp("diag_real")
-    p = {k: str(root / k) for k in ("base", "dedup", "strided_save", "partial_save", "bytes2",
-                                    "bytes4", "hole", "overlap")}
-    saves = {"base": BASE,
-             "dedup": {"t": wb.tensor_layout((4,), 2, per_rank_values=True)},
-             "strided_save": {"w": wb.dtensor_layout((8,), (2,), "SS(0,2)")},
-             "partial_save": {"g": wb.dtensor_layout((4,), (2,), "P")},
-             "bytes2": _per_rank(2, 2)}
+    p = {
+        k: str(root / k)
+        for k in (
+            "base",
+            "dedup",
+            "strided_save",
+            "partial_save",
+            "bytes2",
+            "bytes4",
+            "hole",
+            "overlap",
+        )
+    }
+    saves = {
+        "base": BASE,
+        "dedup": {"t": wb.tensor_layout((4,), 2, per_rank_values=True)},
+        "strided_save": {"w": wb.dtensor_layout((8,), (2,), "SS(0,2)")},
+        "partial_save": {"g": wb.dtensor_layout((4,), (2,), "P")},
+        "bytes2": _per_rank(2, 2),
+    }
     runs = dict(zip(saves, run_steps([SaveStep(p[k], v) for k, v in saves.items()], 2)))
-    four = run_steps([SaveStep(p["bytes4"], _per_rank(4, 4)),
-                      LoadStep(p["bytes2"], _per_rank(4, 4), fill=FILL)], 4)
+    four = run_steps(
+        [SaveStep(p["bytes4"], _per_rank(4, 4)), LoadStep(p["bytes2"], _per_rank(4, 4), fill=FILL)],
+        4,
+    )
     runs["bytes4"], runs["bytes_2_to_4"] = four
     for name, edit in (("hole", _drop_rows_4_8), ("overlap", _move_rows_4_8_to_2)):
         shutil.copytree(p["base"], p[name])
@@ -126,8 +146,12 @@ def test_hole_leaves_stale_values_and_is_found(real):
     assert not run.errors  # no error from torch
     assert run.mismatches() == [(1, "w", 24, 24)]  # rank 1's rows 4:8 x 6 stay at the fill value
     (prob,) = _problems(p["hole"], BASE)
-    assert (prob.kind, prob.ranks, str(prob.region), prob.severity) == \
-        ("uncovered", (1,), "[4:8, 0:6]", "silent")
+    assert (prob.kind, prob.ranks, str(prob.region), prob.severity) == (
+        "uncovered",
+        (1,),
+        "[4:8, 0:6]",
+        "silent",
+    )
     assert prob.region.volume == 24
 
 
@@ -143,7 +167,9 @@ def test_overlap_plus_hole_with_equal_volumes(real):
     np.testing.assert_array_equal(got[:2], want[2:])
     probs = _problems(p["overlap"], BASE)
     assert [(q.kind, q.ranks, str(q.region)) for q in probs] == [
-        ("uncovered", (1,), "[6:8, 0:6]"), ("overlap", (0,), "[2:4, 0:6]")]
+        ("uncovered", (1,), "[6:8, 0:6]"),
+        ("overlap", (0,), "[2:4, 0:6]"),
+    ]
     # rank 0's rows 2:4 come from one of the two overlapping chunks: saved rows 2,3 or 4,5
     got0, want0 = run.ranks[0].values["w"], run.ranks[0].expected["w"]
     assert (got0[2:4] == want0[2:4]).all() or (got0[2:4] == (want0[2:4] + 12)).all()
@@ -156,14 +182,16 @@ def test_strided_destination_reads_its_box(real):
     assert not run.errors
     lay = LOADS["strided"][1]["w"]
     probs = _problems(p["base"], LOADS["strided"][1])
-    assert [(q.kind, q.ranks) for q in probs] == [("strided_misdescribed", (0,)),
-                                                 ("strided_misdescribed", (1,))]
+    assert [(q.kind, q.ranks) for q in probs] == [
+        ("strided_misdescribed", (0,)),
+        ("strided_misdescribed", (1,)),
+    ]
     g = np.arange(48, dtype=np.float64).reshape(8, 6) + 0.25
     for r, q in enumerate(probs):
         got = run.ranks[r].values["w"]
         box = q.region
         # torch fills the rank with the rows of its box, as the workbench says
-        np.testing.assert_array_equal(got, g[box.offsets[0]:box.offsets[0] + box.sizes[0]])
+        np.testing.assert_array_equal(got, g[box.offsets[0] : box.offsets[0] + box.sizes[0]])
         wrong = int((got != run.ranks[r].expected["w"]).any(axis=1).sum())
         assert wrong == 2 and "local positions [2, 3]" in q.message
         assert q.region == lay.chunks(r)[0]
@@ -186,7 +214,9 @@ def test_dtype_is_cast_silently(real):
 def test_size_mismatch_and_missing_key_messages_match_torch(real):
     p, runs = real
     text = _error(runs["size"])
-    torch_msg = "Size mismatch between saved torch.Size([8, 6]) and current: torch.Size([8, 4]) for w"
+    torch_msg = (
+        "Size mismatch between saved torch.Size([8, 6]) and current: torch.Size([8, 4]) for w"
+    )
     assert torch_msg in text
     (q,) = _problems(p["base"], LOADS["size"][1])
     assert (q.kind, q.severity) == ("shape_mismatch", "error") and q.message.endswith(torch_msg)
@@ -206,12 +236,16 @@ def test_size_mismatch_and_missing_key_messages_match_torch(real):
 def test_partial_load_and_save(real):
     p, runs = real
     text = _error(runs["partial"])
-    msg = ("Invalid checkpoint metadata for w, expected BytesStorageMetadata but found <class "
-           "'torch.distributed.checkpoint.metadata.TensorStorageMetadata'>")
+    msg = (
+        "Invalid checkpoint metadata for w, expected BytesStorageMetadata but found <class "
+        "'torch.distributed.checkpoint.metadata.TensorStorageMetadata'>"
+    )
     assert msg in text
     (q,) = _problems(p["base"], LOADS["partial"][1])
     assert (q.kind, q.severity) == ("partial", "error") and msg in q.message
-    assert "Partial placement" in explain(text, target=LOADS["partial"][1]).inner[0].what_to_check[0]
+    assert (
+        "Partial placement" in explain(text, target=LOADS["partial"][1]).inner[0].what_to_check[0]
+    )
 
     save = runs["partial_save"]
     assert all(PARTIAL_MESSAGE in e for e in save.errors)
@@ -244,7 +278,9 @@ def test_dedup_keeps_one_ranks_copy(real):
     # every element encodes (saving rank) * 4 + index + 0.25: both ranks read the same copy
     kept = {int(rl.values["t"][0] // 4) for rl in run.ranks}
     assert kept == {1 - q.ranks[0]} and q.kind == "dedup_loss"
-    assert [rl.rank for rl in run.ranks if (rl.values["t"] != rl.expected["t"]).any()] == list(q.ranks)
+    assert [rl.rank for rl in run.ranks if (rl.values["t"] != rl.expected["t"]).any()] == list(
+        q.ranks
+    )
 
 
 @pytest.mark.real
@@ -255,15 +291,18 @@ def test_per_rank_bytes_both_directions(real):
     probs = _problems(p["bytes2"], _per_rank(4, 4))
     assert [(q.fqn, q.kind, q.severity) for q in probs] == [
         ("dataloader.dp_rank_2", "per_rank_bytes", "error"),
-        ("dataloader.dp_rank_3", "per_rank_bytes", "error")]
+        ("dataloader.dp_rank_3", "per_rank_bytes", "error"),
+    ]
 
     down = runs["bytes_4_to_2"]
     assert down.ok  # silently: ranks 0, 1 load their own state ...
     saved = wb.load_metadata(p["bytes4"]).state_dict_metadata
     assert {"dataloader.dp_rank_2", "dataloader.dp_rank_3"} <= set(saved)  # ... 2, 3 are dropped
     probs = _problems(p["bytes4"], _per_rank(2, 2))
-    assert [(q.fqn, q.severity) for q in probs] == [("dataloader.dp_rank_2", "silent"),
-                                                   ("dataloader.dp_rank_3", "silent")]
+    assert [(q.fqn, q.severity) for q in probs] == [
+        ("dataloader.dp_rank_2", "silent"),
+        ("dataloader.dp_rank_3", "silent"),
+    ]
 
 
 # ----------------------------------------------------------------------------- properties
@@ -279,8 +318,9 @@ def _case(draw):
     if disjoint:  # keep the first of every overlapping pair: reads then tile exactly
         kept = []
         for b in boxes:
-            if not any(wb.intersect(b, k) is not None and not wb.intersect(b, k).is_empty
-                       for k in kept):
+            if not any(
+                wb.intersect(b, k) is not None and not wb.intersect(b, k).is_empty for k in kept
+            ):
                 kept.append(b)
         boxes = kept
     mesh = draw(st.sampled_from([(1,), (2,), (3,), (2, 2), (4,)]))
@@ -302,8 +342,10 @@ def test_uncovered_regions_and_reads_tile_every_requested_chunk(case):
         seen = np.zeros(shape, dtype=int)
         sl = block.of_rank(r)
         for d_off, ln in zip(block.dest_offsets[sl], block.lengths[sl]):
-            box = tuple(slice(want.offsets[d] + d_off[d], want.offsets[d] + d_off[d] + ln[d])
-                        for d in range(2))
+            box = tuple(
+                slice(want.offsets[d] + d_off[d], want.offsets[d] + d_off[d] + ln[d])
+                for d in range(2)
+            )
             seen[box] += 1
         for q in probs:
             if r in q.ranks:

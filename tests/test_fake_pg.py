@@ -1,47 +1,80 @@
 """torch's own DefaultSavePlanner / DefaultLoadPlanner for every rank under the fake process group,
 and `verify_with_torch`: the workbench's plan_save / plan_load equal torch's item by item."""
+
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import workbench as wb
-
-from workbench import (Chunk, LoadItemType, WriteItemType, bytes_layout, dtensor_layout,
-                       sharded_layout, tensor_layout)
-from workbench.torch_bridge import load_metadata, verify_with_torch
+from workbench import (
+    Chunk,
+    LoadItemType,
+    WriteItemType,
+    bytes_layout,
+    dtensor_layout,
+    load_metadata,
+    sharded_layout,
+    tensor_layout,
+)
+from workbench.torch_bridge import verify_with_torch
 from workbench.torch_bridge.fake_pg import torch_load_plans, torch_save_plans
 
 SAVES = {
-    "fsdp + bytes": {"w": dtensor_layout((8, 6), (2,), "S(0)"),
-                     "b": dtensor_layout((6,), (2,), "R"), "step": bytes_layout(2)},
-    "2-d mesh, uneven, empty shards": {"w": dtensor_layout((13, 2), (4, 2), "S(0), S(0)"),
-                                       "v": dtensor_layout((3,), (8,), "S(0)"),
-                                       "t": tensor_layout((), 8, "int64")},
+    "fsdp + bytes": {
+        "w": dtensor_layout((8, 6), (2,), "S(0)"),
+        "b": dtensor_layout((6,), (2,), "R"),
+        "step": bytes_layout(2),
+    },
+    "2-d mesh, uneven, empty shards": {
+        "w": dtensor_layout((13, 2), (4, 2), "S(0), S(0)"),
+        "v": dtensor_layout((3,), (8,), "S(0)"),
+        "t": tensor_layout((), 8, "int64"),
+    },
     "set-order tie-break": {"w": dtensor_layout((16,), (2, 8), "R, S(0)")},
-    "sharded + plain": {"st": sharded_layout((4, 4), [[((0, 0), (2, 4))], [((2, 0), (2, 4))], []]),
-                        "t": tensor_layout((3, 3), 3, "bfloat16")},
+    "sharded + plain": {
+        "st": sharded_layout((4, 4), [[((0, 0), (2, 4))], [((2, 0), (2, 4))], []]),
+        "t": tensor_layout((3, 3), 3, "bfloat16"),
+    },
     "FSDP2+TP strided": {"w": dtensor_layout((12, 4), (2, 2), "SS(0,2), S(0)")},
-    "ranks outside the mesh": {"w": dtensor_layout((6,), (2,), "S(0)", world_size=3),
-                               "t": tensor_layout((2,), 3, ranks=[2])},
+    "ranks outside the mesh": {
+        "w": dtensor_layout((6,), (2,), "S(0)", world_size=3),
+        "t": tensor_layout((2,), 3, ranks=[2]),
+    },
 }
 
 LOADS = [  # (save layouts, load layouts)
-    (SAVES["fsdp + bytes"], {"w": dtensor_layout((8, 6), (2,), "S(1)"),
-                             "b": dtensor_layout((6,), (2,), "S(0)"), "step": bytes_layout(2)}),
-    (SAVES["2-d mesh, uneven, empty shards"],
-     {"w": dtensor_layout((13, 2), (2, 4), "S(1), S(0)"), "v": dtensor_layout((3,), (8,), "R"),
-      "t": tensor_layout((), 8, "int64")}),
-    (SAVES["sharded + plain"], {"st": dtensor_layout((4, 4), (3,), "S(1)"),
-                                "t": tensor_layout((3, 3), 3, "float32")}),
+    (
+        SAVES["fsdp + bytes"],
+        {
+            "w": dtensor_layout((8, 6), (2,), "S(1)"),
+            "b": dtensor_layout((6,), (2,), "S(0)"),
+            "step": bytes_layout(2),
+        },
+    ),
+    (
+        SAVES["2-d mesh, uneven, empty shards"],
+        {
+            "w": dtensor_layout((13, 2), (2, 4), "S(1), S(0)"),
+            "v": dtensor_layout((3,), (8,), "R"),
+            "t": tensor_layout((), 8, "int64"),
+        },
+    ),
+    (
+        SAVES["sharded + plain"],
+        {"st": dtensor_layout((4, 4), (3,), "S(1)"), "t": tensor_layout((3, 3), 3, "float32")},
+    ),
     # a _StridedShard destination: torch reads the box, the workbench must plan the same items
     ({"w": dtensor_layout((8, 3), (2,), "S(0)")}, {"w": dtensor_layout((8, 3), (2,), "SS(0,2)")}),
     # torch raises on some ranks: missing key, size mismatch, Partial, tensor into bytes
-    ({"w": dtensor_layout((8, 6), (2,), "S(0)"), "s": bytes_layout(2)},
-     {"w": dtensor_layout((8, 6), (2,), "S(0)"), "extra": tensor_layout((2,), 2, ranks=[1])}),
+    (
+        {"w": dtensor_layout((8, 6), (2,), "S(0)"), "s": bytes_layout(2)},
+        {"w": dtensor_layout((8, 6), (2,), "S(0)"), "extra": tensor_layout((2,), 2, ranks=[1])},
+    ),
     ({"w": dtensor_layout((8, 6), (2,), "S(0)")}, {"w": dtensor_layout((8, 4), (2,), "S(0)")}),
     ({"w": dtensor_layout((8, 6), (2,), "S(0)")}, {"w": dtensor_layout((8, 6), (2,), "P")}),
     ({"w": dtensor_layout((8, 6), (2,), "S(0)")}, {"w": bytes_layout(2)}),
@@ -73,7 +106,8 @@ def test_torch_writers_follow_cpython_set_order():
     # metadata chunk order = writer order: ranks 0,1,2,4,6 write chunks 0,1,2,4,6, ranks 11,13,15
     # write chunks 3,5,7 (2 elements each)
     assert plans.metadata.state_dict_metadata["w"].chunks == [
-        Chunk((2 * k,), (2,)) for k in (0, 1, 2, 4, 6, 3, 5, 7)]
+        Chunk((2 * k,), (2,)) for k in (0, 1, 2, 4, 6, 3, 5, 7)
+    ]
 
 
 def test_torch_plans_are_workbench_records():
@@ -94,14 +128,18 @@ def test_save_validation_errors_equal_torch():
     assert plans.errors == [
         "key:w has overlapping chunks: ChunkStorageMetadata(offsets=torch.Size([2]), "
         "sizes=torch.Size([4])) ChunkStorageMetadata(offsets=torch.Size([0]), "
-        "sizes=torch.Size([4]))"]
+        "sizes=torch.Size([4]))"
+    ]
     assert verify_with_torch({"w": dtensor_layout((8,), (2,), "SS(0,2)")}).equal
 
 
 def test_partial_save_raises_on_every_rank_in_torch():
     plans = torch_save_plans({"w": dtensor_layout((8,), (2,), "P")})
-    assert all("Any checkpointing related operations are not supported for DTensor with partial "
-               "placements!" in e for e in plans.rank_errors)
+    assert all(
+        "Any checkpointing related operations are not supported for DTensor with partial "
+        "placements!" in e
+        for e in plans.rank_errors
+    )
     assert verify_with_torch({"w": dtensor_layout((8,), (2,), "P")}).equal
 
 
@@ -124,22 +162,37 @@ def test_load_from_a_real_checkpoint(tmp_path):
         warnings.simplefilter("ignore")
         dcp.save({"w": torch.zeros(8, 6), "n": torch.zeros(6)}, checkpoint_id=str(tmp_path))
     md = load_metadata(tmp_path)
-    v = verify_with_torch({"w": dtensor_layout((8, 6), (2, 2), "S(0), S(1)"),
-                           "n": dtensor_layout((6,), (2, 2), "R, S(0)")}, md)
+    v = verify_with_torch(
+        {
+            "w": dtensor_layout((8, 6), (2, 2), "S(0), S(1)"),
+            "n": dtensor_layout((6,), (2, 2), "R, S(0)"),
+        },
+        md,
+    )
     assert v.equal and v.checked == ["load plans of 2 entries on 4 ranks"]
-    assert [len(p.items) for p in torch_load_plans(md, {"w": dtensor_layout((8, 6), (4,),
-                                                                            "S(1)")}).plans] == \
-        [1, 1, 1, 0]  # 6 columns over 4 ranks: 2, 2, 2, and an empty shard
+    assert [
+        len(p.items)
+        for p in torch_load_plans(md, {"w": dtensor_layout((8, 6), (4,), "S(1)")}).plans
+    ] == [1, 1, 1, 0]  # 6 columns over 4 ranks: 2, 2, 2, and an empty shard
 
 
 @st.composite
 def _dtensor(draw, world):
-    mesh = draw(st.sampled_from([m for m in [(1,), (2,), (3,), (4,), (2, 2), (3, 2), (2, 1)]
-                                 if np.prod(m) <= world]))
+    mesh = draw(
+        st.sampled_from(
+            [m for m in [(1,), (2,), (3,), (4,), (2, 2), (3, 2), (2, 1)] if np.prod(m) <= world]
+        )
+    )
     ndim = draw(st.integers(1, 2))
     shape = tuple(draw(st.integers(0, 9)) for _ in range(ndim))
-    pl = [draw(st.sampled_from(["R"] + [f"S({d})" for d in range(ndim)]
-                               + [f"SS({d},2)" for d in range(ndim)])) for _ in mesh]
+    pl = [
+        draw(
+            st.sampled_from(
+                ["R"] + [f"S({d})" for d in range(ndim)] + [f"SS({d},2)" for d in range(ndim)]
+            )
+        )
+        for _ in mesh
+    ]
     return dtensor_layout(shape, mesh, ", ".join(pl), world_size=world)
 
 
@@ -147,8 +200,10 @@ def _dtensor(draw, world):
 def test_random_reshards_equal_torch(data):
     world = data.draw(st.sampled_from([2, 4, 6]))
     save = {f"t{i}": data.draw(_dtensor(world)) for i in range(data.draw(st.integers(1, 3)))}
-    load = {k: dtensor_layout(v.shape, *_retarget(data.draw(_dtensor(world)), v), world_size=world)
-            for k, v in save.items()}
+    load = {
+        k: dtensor_layout(v.shape, *_retarget(data.draw(_dtensor(world)), v), world_size=world)
+        for k, v in save.items()
+    }
     v = verify_with_torch(save, load_layouts=load)
     assert v.equal, str(v)
 
@@ -180,6 +235,8 @@ def test_ranks_outside_the_mesh_keep_the_dtensor_key():
     save = {"w": wb.dtensor_layout((8, 4), (2,), "S(0)", world_size=3)}
     load = {"w": save["w"], "x": wb.dtensor_layout((4,), (2,), "S(0)", world_size=3)}
     theirs = torch_load_plans(wb.plan_save(save).metadata, load)
-    assert [e is not None and "Missing key in checkpoint state_dict: x." in e
-            for e in theirs.rank_errors] == [True, True, True]
+    assert [
+        e is not None and "Missing key in checkpoint state_dict: x." in e
+        for e in theirs.rank_errors
+    ] == [True, True, True]
     assert wb.verify_with_torch(save, load_layouts=load).equal

@@ -2,6 +2,7 @@
 TP-local rows over dp (``_fsdp_param._init_sharded_param``, right to left), while DCP plans from
 the placements ``[_StridedShard(0, tp), Shard(0)]`` (left to right). Checked against real
 ``fully_shard`` modules under the fake process group and against torch's own functions."""
+
 import math
 
 import pytest
@@ -19,9 +20,21 @@ def test_13_rows_dp3_tp2_worked_example():
     lay = fsdp2_tp_layout((13, 4), (3, 2))
     assert [str(p) for p in lay.placements] == ["SS(0,2)", "S(0)"]
     assert [lay.held_indices(r)[0] for r in range(6)] == [
-        [0, 1, 2], [7, 8], [3, 4, 5], [9, 10], [6], [11, 12]]
+        [0, 1, 2],
+        [7, 8],
+        [3, 4, 5],
+        [9, 10],
+        [6],
+        [11, 12],
+    ]
     assert [str(lay.chunks(r)[0]) for r in range(6)] == [
-        "[0:3, 0:4]", "[7:9, 0:4]", "[3:6, 0:4]", "[9:11, 0:4]", "[6:8, 0:4]", "[12:13, 0:4]"]
+        "[0:3, 0:4]",
+        "[7:9, 0:4]",
+        "[3:6, 0:4]",
+        "[9:11, 0:4]",
+        "[6:8, 0:4]",
+        "[12:13, 0:4]",
+    ]
     assert lay.misdescribed_ranks == (4, 5)
     # planning is unchanged: DCP plans from the placements, not the data
     plain = wb.dtensor_layout((13, 4), (3, 2), "SS(0,2), S(0)")
@@ -57,9 +70,8 @@ def _fsdp2_rows(rank, rows, mesh_shape):
     from torch.distributed.tensor import Shard, distribute_tensor
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    names = ("rep", "dp", "tp")[-len(mesh_shape):]
-    dist.init_process_group("fake", store=FakeStore(), rank=rank,
-                            world_size=math.prod(mesh_shape))
+    names = ("rep", "dp", "tp")[-len(mesh_shape) :]
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=math.prod(mesh_shape))
     try:
         mesh = init_device_mesh("cpu", mesh_shape, mesh_dim_names=names)
         m = nn.Linear(2, rows, bias=False)
@@ -72,15 +84,15 @@ def _fsdp2_rows(rank, rows, mesh_shape):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("rows,mesh_shape", [(13, (3, 2)), (7, (3, 2)), (11, (3, 3)),
-                                             (13, (2, 3, 2))])
+@pytest.mark.parametrize(
+    "rows,mesh_shape", [(13, (3, 2)), (7, (3, 2)), (11, (3, 3)), (13, (2, 3, 2))]
+)
 def test_rows_match_a_real_fully_shard_module(rows, mesh_shape):
     lay = fsdp2_tp_layout((rows, 2), mesh_shape)
     for r in range(math.prod(mesh_shape)):
         got, placements = _fsdp2_rows(r, rows, mesh_shape)
         assert lay.held_indices(r) == {0: got}, r
-        assert [str(p) for p in lay.placements] == [str(wb.parse_placement(p))
-                                                   for p in placements]
+        assert [str(p) for p in lay.placements] == [str(wb.parse_placement(p)) for p in placements]
 
 
 def test_brute_force_against_torch_chunk_and_torch_boxes():
@@ -102,14 +114,17 @@ def test_brute_force_against_torch_chunk_and_torch_boxes():
                     i, j = divmod(r, tp)
                     tp_local = (list(torch.chunk(g, tp)) + [g[:0]] * tp)[j]
                     held = (list(torch.chunk(tp_local, dp)) + [g[:0]] * dp)[i].tolist()
-                    size, off = _compute_local_shape_and_global_offset((rows,), (dp, tp), [i, j], pl)
+                    size, off = _compute_local_shape_and_global_offset(
+                        (rows,), (dp, tp), [i, j], pl
+                    )
                     if held != list(range(off[0], off[0] + size[0])):
                         bad.append(r)
                 assert fsdp2_tp_layout((rows,), (dp, tp)).misdescribed_ranks == tuple(bad)
                 if bad:
                     fsdp2.add((dp, tp, rows))
-                if wb.dtensor_layout((rows,), (dp, tp), [wb.parse_placement(repr(p))
-                                                         for p in pl]).misdescribed_ranks:
+                if wb.dtensor_layout(
+                    (rows,), (dp, tp), [wb.parse_placement(repr(p)) for p in pl]
+                ).misdescribed_ranks:
                     strided.add((dp, tp, rows))
     # dcp-semantics 3: 20 combinations where [SS(0,tp), S(0)] itself is non-contiguous; FSDP2's
     # real rows differ from DCP's boxes in 105, those 20 included; the smallest is 7 rows on (3, 2)
@@ -123,10 +138,15 @@ def test_recipe_gives_fsdp2_rows_to_tp_dim0_params():
     mis = {k: v.misdescribed_ranks for k, v in lay.items() if v.misdescribed_ranks}
     # embed_tokens (rowwise embedding: Shard(0)) and lm_head (colwise: Shard(0)) have 13 rows,
     # the parameters and their AdamW moments; every other dim-0 TP size of the tiny llama is even
-    assert mis == {f"{pre}{name}{suf}": (4, 5)
-                   for name in ("embed_tokens.weight", "lm_head.weight")
-                   for pre, suf in (("model.", ""), ("optim.state.", ".exp_avg"),
-                                    ("optim.state.", ".exp_avg_sq"))}
+    assert mis == {
+        f"{pre}{name}{suf}": (4, 5)
+        for name in ("embed_tokens.weight", "lm_head.weight")
+        for pre, suf in (
+            ("model.", ""),
+            ("optim.state.", ".exp_avg"),
+            ("optim.state.", ".exp_avg_sq"),
+        )
+    }
     assert lay["model.lm_head.weight"].held_indices(5) == {0: [11, 12]}
     q = lay["model.layers.0.self_attn.q_proj.weight"]  # colwise, 16 rows: FSDP2's rows are the box
     assert q.data_held is not None and q.held_indices(1) == {0: [8, 9, 10]}
@@ -138,26 +158,32 @@ def test_recipe_gives_fsdp2_rows_to_tp_dim0_params():
 
 
 def test_diagnosis_says_fsdp2_rows_against_dcp_box():
-    lay = apply_recipe(model_state_dict("llama", "tiny", vocab=13, dtype="float32"),
-                       "fsdp_tp", (3, 2))
+    lay = apply_recipe(
+        model_state_dict("llama", "tiny", vocab=13, dtype="float32"), "fsdp_tp", (3, 2)
+    )
     # load from an FSDP (dp=6) save: embed_tokens' chunks are [0:3] [3:6] [6:9] [9:12] [12:13];
     # rank 4 holds 1 row but its box [6:8] reads 2 from chunk [6:9] (the reader's size assert);
     # rank 5 holds 2 rows and its box [12:13] reads 1 into position 0 (row 12 where 11 belongs)
-    md = wb.plan_save(apply_recipe(model_state_dict("llama", "tiny", vocab=13, dtype="float32"),
-                                   "fsdp", 6)).metadata
+    md = wb.plan_save(
+        apply_recipe(model_state_dict("llama", "tiny", vocab=13, dtype="float32"), "fsdp", 6)
+    ).metadata
     probs = [p for p in find_problems(wb.plan_load(md, lay)) if p.fqn == "embed_tokens.weight"]
     assert [(p.kind, p.ranks, str(p.region), p.severity) for p in probs] == [
         ("strided_misdescribed", (4,), "[6:8, 0:16]", "error"),
-        ("strided_misdescribed", (5,), "[12:13, 0:16]", "silent")]
-    assert ("FSDP2 really holds rows (torch.chunk of its TP-local rows over dp) [6] (1) but DCP's "
-            "box [6:8, 0:16] names [6, 7] (2)") in probs[0].message
+        ("strided_misdescribed", (5,), "[12:13, 0:16]", "silent"),
+    ]
+    assert (
+        "FSDP2 really holds rows (torch.chunk of its TP-local rows over dp) [6] (1) but DCP's "
+        "box [6:8, 0:16] names [6, 7] (2)"
+    ) in probs[0].message
     assert "'mismatch sizes'" in probs[0].message
     assert "[11, 12] (2) but DCP's box [12:13, 0:16] names [12] (1)" in probs[1].message
     # save side: 13 rows on (3, 2) fail validation (dcp-semantics 3); 7 rows tile, so the
     # checkpoint would silently record 1-row boxes over 0- and 1-row data
     save = find_save_problems(wb.plan_save(lay))
     assert [(p.fqn, p.ranks, p.severity) for p in save if p.kind == "strided_misdescribed"] == [
-        (f, (r,), "error") for f in ("embed_tokens.weight", "lm_head.weight") for r in (4, 5)]
+        (f, (r,), "error") for f in ("embed_tokens.weight", "lm_head.weight") for r in (4, 5)
+    ]
     (p, q) = find_save_problems(wb.plan_save({"w": fsdp2_tp_layout((7,), (3, 2))}))
     # (7,) on (3, 2): TP [0:4] | [4:7]; FSDP2 (2,0) holds [], box [6:7]; (2,1) holds [6], box [7:7]
     assert (p.ranks, p.severity, q.ranks, q.severity) == ((4,), "silent", (5,), "silent")
@@ -178,10 +204,14 @@ def test_real_load_into_fsdp2_rows_raises_where_the_diagnosis_says(tmp_path):
     target = {"w": fsdp2_tp_layout((13, 4), (3, 2))}
     problems = wb.plan_load(wb.load_metadata(tmp_path / "ck"), target).problems
     assert [(p.kind, p.severity, p.ranks) for p in problems] == [
-        ("strided_misdescribed", "error", (4,)), ("strided_misdescribed", "silent", (5,))]
+        ("strided_misdescribed", "error", (4,)),
+        ("strided_misdescribed", "silent", (5,)),
+    ]
     load = runs.run_load(tmp_path / "ck", target)
     assert not load.ok
-    text = ("req MetadataIndex(fqn='w', offset=torch.Size([0, 0]), index=0) mismatch sizes "
-            "torch.Size([1, 4]) vs torch.Size([2, 4])")
+    text = (
+        "req MetadataIndex(fqn='w', offset=torch.Size([0, 0]), index=0) mismatch sizes "
+        "torch.Size([1, 4]) vs torch.Size([2, 4])"
+    )
     assert all(text in str(e) for e in load.errors.values() if e), load.errors
     assert explain(text).pattern == "read_size_mismatch"

@@ -1,14 +1,24 @@
 """geometry.py: the Chunk record, torch's overlap predicate, intersections and exact coverage,
 checked against brute-force numpy element masks."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from workbench.errors import ChunkError, WorkbenchError
-from workbench.geometry import (Chunk, as_chunk, boxes_overlap, covered_volume, format_box,
-                                intersect, uncovered, volume)
+from workbench.geometry import (
+    Chunk,
+    as_chunk,
+    boxes_overlap,
+    covered_volume,
+    format_box,
+    intersect,
+    uncovered,
+    volume,
+)
 
 
 def mask(shape, chunk: Chunk) -> np.ndarray:
@@ -38,8 +48,9 @@ def test_chunk_normalises_and_prints_in_slice_notation():
     assert (a.offsets, a.sizes, a.ends) == ((4, 0), (4, 6), (8, 6))
     assert str(a) == "[4:8, 0:6]" and repr(a) == "Chunk[4:8, 0:6]"
     assert str(Chunk((), ())) == "[]" and format_box((1,), (0,)) == "[1:1]"
-    assert a.torch_repr() == ("ChunkStorageMetadata(offsets=torch.Size([4, 0]), "
-                              "sizes=torch.Size([4, 6]))")
+    assert a.torch_repr() == (
+        "ChunkStorageMetadata(offsets=torch.Size([4, 0]), sizes=torch.Size([4, 6]))"
+    )
     assert (a.volume, a.ndim, a.is_empty) == (24, 2, False)
     assert Chunk((3,), (0,)).is_empty and Chunk((), ()).volume == 1
     assert a.slices() == (slice(4, 8), slice(0, 6))
@@ -50,7 +61,9 @@ def test_chunk_torch_repr_is_torchs():
     from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
 
     for c in (Chunk((4, 0), (4, 6)), Chunk((), ()), Chunk((7,), (0,))):
-        assert c.torch_repr() == repr(ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes)))
+        assert c.torch_repr() == repr(
+            ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes))
+        )
         assert Chunk(torch.Size(c.offsets), torch.Size(c.sizes)) == c
 
 
@@ -65,11 +78,14 @@ def test_as_chunk_accepts_records_pairs_and_shard_metadata():
     assert as_chunk(c) is c
 
 
-@pytest.mark.parametrize("offsets,sizes,text", [
-    ((0, 0), (4,), "chunk offsets [0, 0] and sizes [4] have different lengths 2 and 1"),
-    ((0,), (-1,), "chunk with offsets [0] has negative sizes [-1]"),
-    ([0.5], [1], "offsets [0.5] are not integers"),   # (tuples skip this check: fast path)
-])
+@pytest.mark.parametrize(
+    "offsets,sizes,text",
+    [
+        ((0, 0), (4,), "chunk offsets [0, 0] and sizes [4] have different lengths 2 and 1"),
+        ((0,), (-1,), "chunk with offsets [0] has negative sizes [-1]"),
+        ([0.5], [1], "offsets [0.5] are not integers"),  # (tuples skip this check: fast path)
+    ],
+)
 def test_bad_chunks_raise_chunk_error(offsets, sizes, text):
     with pytest.raises(ChunkError) as ei:
         Chunk(offsets, sizes)
@@ -89,9 +105,9 @@ def test_overlap_predicate_counts_zero_size_boxes_strictly_inside():
     # torch's predicate: a zero-size box strictly inside another "overlaps" it; at an edge not
     assert boxes_overlap((5,), (0,), (0,), (10,))
     assert not boxes_overlap((10,), (0,), (0,), (10,))
-    assert not boxes_overlap((0,), (0,), (0,), (10,))   # 0 >= 0 + 0 on the other side
-    assert boxes_overlap((), (), (), ())                 # 0-d pairs always overlap
-    assert not boxes_overlap((0,), (2,), (2,), (2,))     # touching half-open boxes
+    assert not boxes_overlap((0,), (0,), (0,), (10,))  # 0 >= 0 + 0 on the other side
+    assert boxes_overlap((), (), (), ())  # 0-d pairs always overlap
+    assert not boxes_overlap((0,), (2,), (2,), (2,))  # touching half-open boxes
 
 
 @given(shapes.flatmap(lambda s: st.tuples(st.just(s), boxes_in(s, 2), boxes_in(s, 2))))
@@ -118,8 +134,7 @@ def test_intersect_refuses_different_ranks():
 
 
 # ----------------------------------------------------------------------------- coverage
-@given(shapes.flatmap(lambda s: st.tuples(st.just(s), boxes_in(s))),
-       st.data())
+@given(shapes.flatmap(lambda s: st.tuples(st.just(s), boxes_in(s))), st.data())
 def test_uncovered_pieces_and_covered_parts_tile_the_box(case, data):
     shape, boxes = case
     box = data.draw(boxes_in(shape, 1).filter(len))[0]
@@ -132,8 +147,8 @@ def test_uncovered_pieces_and_covered_parts_tile_the_box(case, data):
     for p in pieces:
         assert not p.is_empty and box.contains(p)
         count += mask(shape, p)
-    assert count.max(initial=0) <= 1                          # pieces are disjoint
-    assert ((count == 1) == (box_m & ~covered)).all()         # exactly the uncovered elements
+    assert count.max(initial=0) <= 1  # pieces are disjoint
+    assert ((count == 1) == (box_m & ~covered)).all()  # exactly the uncovered elements
     assert covered_volume(box, boxes) == int((box_m & covered).sum())
 
 

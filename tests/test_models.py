@@ -1,14 +1,22 @@
 """Model presets and parallelism recipes, checked against real torch modules, torch's AdamW +
 get_state_dict flattening, and real DTensors made by parallelize_module / fully_shard under the
 fake process group."""
+
 import math
 
 import pytest
 
 import workbench as wb
 from workbench.errors import LayoutError, PlanError
-from workbench.models import (PRESETS, RECIPES, SIZES, TP_PLANS, apply_recipe, model_state_dict,
-                              state_dict_from_module)
+from workbench.models import (
+    PRESETS,
+    RECIPES,
+    SIZES,
+    TP_PLANS,
+    apply_recipe,
+    model_state_dict,
+    state_dict_from_module,
+)
 
 
 # ----------------------------------------------------------------------------- presets
@@ -19,11 +27,16 @@ def test_llama_70b_reference_has_723_tensors_with_design_shapes():
     assert sd["lm_head.weight"] == ((128256, 8192), "bfloat16")
     layer = {k.split(".", 2)[2]: v[0] for k, v in sd.items() if k.startswith("layers.7.")}
     assert layer == {
-        "self_attn.q_proj.weight": (8192, 8192), "self_attn.k_proj.weight": (1024, 8192),
-        "self_attn.v_proj.weight": (1024, 8192), "self_attn.o_proj.weight": (8192, 8192),
-        "mlp.gate_proj.weight": (28672, 8192), "mlp.up_proj.weight": (28672, 8192),
-        "mlp.down_proj.weight": (8192, 28672), "input_layernorm.weight": (8192,),
-        "post_attention_layernorm.weight": (8192,)}
+        "self_attn.q_proj.weight": (8192, 8192),
+        "self_attn.k_proj.weight": (1024, 8192),
+        "self_attn.v_proj.weight": (1024, 8192),
+        "self_attn.o_proj.weight": (8192, 8192),
+        "mlp.gate_proj.weight": (28672, 8192),
+        "mlp.up_proj.weight": (28672, 8192),
+        "mlp.down_proj.weight": (8192, 28672),
+        "input_layernorm.weight": (8192,),
+        "post_attention_layernorm.weight": (8192,),
+    }
     # ~70.6e9 parameters
     assert 70e9 < sum(math.prod(s) for s, _ in sd.values()) < 71e9
 
@@ -41,7 +54,9 @@ def test_moe_has_3d_expert_tensors_and_gpt2_padded_vocab():
 def test_overrides_and_bad_names():
     sd = model_state_dict("llama", "tiny", layers=1, dtype="torch.float32")
     assert len(sd) == 1 * 9 + 3 and sd["norm.weight"] == ((16,), "float32")
-    assert model_state_dict("llama", None, **SIZES["llama"]["tiny"]) == model_state_dict("llama", "tiny")
+    assert model_state_dict("llama", None, **SIZES["llama"]["tiny"]) == model_state_dict(
+        "llama", "tiny"
+    )
     with pytest.raises(PlanError, match="unknown model preset 'bert'"):
         model_state_dict("bert")
     with pytest.raises(PlanError, match="unknown size '3b'"):
@@ -113,10 +128,13 @@ def test_optimizer_entries_follow_torch_adamw_get_state_dict_flattened():
     msd, osd = get_state_dict(m, opt)
     flat, _ = flatten_state_dict({"model": msd, "optim": osd, "lr_scheduler": {"last": 1}.copy()})
     flat["lr_scheduler"] = flat.pop("lr_scheduler.last")  # one bytes entry in the preset
-    want = {k: ((tuple(v.shape), str(v.dtype)[6:]) if isinstance(v, torch.Tensor) else ((), "bytes"))
-            for k, v in flat.items()}
-    got = model_state_dict("llama", "tiny", layers=1, dtype="float32", optimizer=True,
-                           lr_scheduler=True)
+    want = {
+        k: ((tuple(v.shape), str(v.dtype)[6:]) if isinstance(v, torch.Tensor) else ((), "bytes"))
+        for k, v in flat.items()
+    }
+    got = model_state_dict(
+        "llama", "tiny", layers=1, dtype="float32", optimizer=True, lr_scheduler=True
+    )
     assert list(got.items()) == list(want.items())
 
 
@@ -152,12 +170,20 @@ def _torch_recipe(recipe, mesh_shape, vocab):
     import torch.nn as nn
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
-                                                   parallelize_module)
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    names = {"fsdp": ("dp",), "hsdp": ("rep", "dp"), "tp": ("tp",), "fsdp_tp": ("dp", "tp"),
-             "hsdp_tp": ("rep", "dp", "tp")}[recipe]
+    names = {
+        "fsdp": ("dp",),
+        "hsdp": ("rep", "dp"),
+        "tp": ("tp",),
+        "fsdp_tp": ("dp", "tp"),
+        "hsdp_tp": ("rep", "dp", "tp"),
+    }[recipe]
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=math.prod(mesh_shape))
     try:
         mesh = init_device_mesh("cpu", mesh_shape, mesh_dim_names=names)
@@ -165,25 +191,40 @@ def _torch_recipe(recipe, mesh_shape, vocab):
             m = _tiny_llama(nn, vocab=vocab)
         if "tp" in names:
             styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
-            parallelize_module(m, mesh["tp"], {k: styles[v]() for k, v in TP_PLANS["llama"].items()})
+            parallelize_module(
+                m, mesh["tp"], {k: styles[v]() for k, v in TP_PLANS["llama"].items()}
+            )
         if "dp" in names:
             dp = mesh["rep", "dp"] if "rep" in names else mesh["dp"]
             fully_shard(m, mesh=dp)
-        return {k: (v.device_mesh.mesh.shape, v.placements, v.__create_chunk_list__())
-                if hasattr(v, "device_mesh") else None for k, v in m.state_dict().items()}
+        return {
+            k: (v.device_mesh.mesh.shape, v.placements, v.__create_chunk_list__())
+            if hasattr(v, "device_mesh")
+            else None
+            for k, v in m.state_dict().items()
+        }
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("recipe,mesh_shape,vocab", [
-    ("fsdp", (4,), 40), ("hsdp", (2, 2), 40), ("tp", (2,), 40), ("fsdp_tp", (2, 2), 40),
-    ("fsdp_tp", (3, 2), 13), ("hsdp_tp", (2, 2, 2), 40)])
+@pytest.mark.parametrize(
+    "recipe,mesh_shape,vocab",
+    [
+        ("fsdp", (4,), 40),
+        ("hsdp", (2, 2), 40),
+        ("tp", (2,), 40),
+        ("fsdp_tp", (2, 2), 40),
+        ("fsdp_tp", (3, 2), 13),
+        ("hsdp_tp", (2, 2, 2), 40),
+    ],
+)
 def test_recipes_match_real_dtensors(recipe, mesh_shape, vocab):
     from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
     from torch.distributed.tensor.placement_types import Replicate
 
-    got = apply_recipe(model_state_dict("llama", "tiny", vocab=vocab, dtype="float32"), recipe,
-                       mesh_shape)
+    got = apply_recipe(
+        model_state_dict("llama", "tiny", vocab=vocab, dtype="float32"), recipe, mesh_shape
+    )
     theirs = _torch_recipe(recipe, mesh_shape, vocab)
     assert list(got) == list(theirs)
     for fqn, dt in theirs.items():
@@ -196,10 +237,12 @@ def test_recipes_match_real_dtensors(recipe, mesh_shape, vocab):
         # FSDP2 keeps TP-replicated params (norms) on the DP sub-mesh only; on the full mesh the
         # same chunks come from a trailing Replicate() over the TP dim.
         tpl += [Replicate()] * (len(mesh_shape) - len(tmesh))
-        assert [str(p) for p in lay.placements] == [str(wb.parse_placement(repr(p)))
-                                                   for p in tpl], fqn
-        assert [(tuple(c.offsets), tuple(c.sizes)) for c in rank0_chunks] == \
-            [(c.offsets, c.sizes) for c in lay.chunks(0)], fqn
+        assert [str(p) for p in lay.placements] == [
+            str(wb.parse_placement(repr(p))) for p in tpl
+        ], fqn
+        assert [(tuple(c.offsets), tuple(c.sizes)) for c in rank0_chunks] == [
+            (c.offsets, c.sizes) for c in lay.chunks(0)
+        ], fqn
         for r in range(math.prod(mesh_shape)):
             coord = list(wb.mesh_coordinate(r, mesh_shape))
             shape, off = _compute_local_shape_and_global_offset(lay.shape, mesh_shape, coord, tpl)
@@ -231,9 +274,14 @@ def test_gpt2_preset_matches_a_nanogpt_style_module():
     class GPT(nn.Module):
         def __init__(self):
             super().__init__()
-            self.transformer = nn.ModuleDict(dict(
-                wte=nn.Embedding(vocab, h), wpe=nn.Embedding(ctx, h),
-                h=nn.ModuleList(Block() for _ in range(2)), ln_f=nn.LayerNorm(h)))
+            self.transformer = nn.ModuleDict(
+                dict(
+                    wte=nn.Embedding(vocab, h),
+                    wpe=nn.Embedding(ctx, h),
+                    h=nn.ModuleList(Block() for _ in range(2)),
+                    ln_f=nn.LayerNorm(h),
+                )
+            )
             self.lm_head = nn.Linear(h, vocab, bias=False)
             self.transformer.wte.weight = self.lm_head.weight  # tied, both keys in state_dict
 

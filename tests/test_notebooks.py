@@ -1,5 +1,6 @@
 """Every notebook in notebooks/ executes top to bottom (nbclient, kernel "python3"); the asserts
 inside the cells are the checks. Outputs must be committed cleared."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,9 +14,15 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 def test_every_expected_notebook_exists():
     names = {p.name for p in NOTEBOOKS}
-    expected = {"00_tour.ipynb", "01_chunks_and_placements.ipynb", "02_read_items.ipynb",
-                "03_dedup_and_files.ipynb", "04_whole_model.ipynb",
-                "05_debug_failing_reshard.ipynb", "06_strided_shard_hazard.ipynb"}
+    expected = {
+        "00_tour.ipynb",
+        "01_chunks_and_placements.ipynb",
+        "02_read_items.ipynb",
+        "03_dedup_and_files.ipynb",
+        "04_whole_model.ipynb",
+        "05_debug_failing_reshard.ipynb",
+        "06_strided_shard_hazard.ipynb",
+    }
     assert expected <= names, sorted(expected - names)
 
 
@@ -23,8 +30,11 @@ def test_every_expected_notebook_exists():
 def test_notebook_is_committed_clean(path):
     nb = nbformat.read(path, as_version=4)
     assert nb.metadata["kernelspec"]["name"] == "python3"
-    dirty = [i for i, c in enumerate(nb.cells)
-             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    dirty = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and (c.outputs or c.execution_count is not None)
+    ]
     assert dirty == [], f"{path.name}: cells {dirty} have outputs; clear them before committing"
 
 
@@ -34,8 +44,10 @@ def test_notebook_executes(path, tmp_path):
     # The kernel runs in a scratch directory, so nothing a notebook writes lands in the repo; it
     # inherits MPLBACKEND=Agg from conftest. execute() raises CellExecutionError on the first
     # failing cell (a failed assert included).
-    NotebookClient(nb, kernel_name="python3", timeout=300,
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]
+    NotebookClient(
+        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
     assert errors == []

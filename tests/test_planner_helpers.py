@@ -1,25 +1,33 @@
 """Differential tests: every mirrored planner helper against the installed torch 2.13 on random
 inputs, item by item and in order (index hints included, which ``==`` ignores)."""
+
 from __future__ import annotations
 
 import logging
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
 import torch
-
 import torch.distributed.checkpoint.default_planner as TD  # noqa: E402
 import torch.distributed.checkpoint.planner_helpers as TH  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans as torch_dedup  # noqa: E402
 
 from workbench import planner_helpers as H  # noqa: E402
 from workbench.errors import PlanError  # noqa: E402
 from workbench.geometry import Chunk  # noqa: E402
-from workbench.records import (BytesStorageMetadata, Metadata, MetadataIndex, SavePlan,  # noqa: E402
-                               TensorProperties, TensorStorageMetadata, TensorWriteData, WriteItem,
-                               WriteItemType)
+from workbench.records import (
+    BytesStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    SavePlan,  # noqa: E402
+    TensorProperties,
+    TensorStorageMetadata,
+    TensorWriteData,
+    WriteItem,
+    WriteItemType,
+)
 from workbench.torch_bridge.convert import from_torch, to_torch  # noqa: E402
 
 # torch's validator logs every error at WARNING; the strings are what we compare.
@@ -28,7 +36,8 @@ logging.getLogger("torch.distributed.checkpoint.default_planner").setLevel(loggi
 
 # ----------------------------------------------------------------------------- comparison keys
 # canonical forms of records (workbench or torch): one definition, in test_planning
-from test_planning import metadata_key as md_key, read_key, write_key  # noqa: E402
+from test_planning import metadata_key as md_key  # noqa: E402
+from test_planning import read_key, write_key
 
 
 def plans_key(plans):
@@ -82,18 +91,30 @@ def raw_save_plans(draw, max_ranks=12):
         shape = tuple(draw(st.integers(0, 12)) for _ in range(draw(st.integers(0, 2))))
         dtype = draw(st.sampled_from(DTYPES))
         if draw(st.booleans()):
-            pool.append(WriteItem(MetadataIndex(fqn, (0,) * len(shape)), WriteItemType.TENSOR,
-                                  tensor_data=TensorWriteData(Chunk((0,) * len(shape), shape),
-                                                              TensorProperties(dtype), shape)))
+            pool.append(
+                WriteItem(
+                    MetadataIndex(fqn, (0,) * len(shape)),
+                    WriteItemType.TENSOR,
+                    tensor_data=TensorWriteData(
+                        Chunk((0,) * len(shape), shape), TensorProperties(dtype), shape
+                    ),
+                )
+            )
             continue
         for c in draw(grid_chunks(shape))[:5]:
-            pool.append(WriteItem(MetadataIndex(fqn, c.offsets), WriteItemType.SHARD,
-                                  tensor_data=TensorWriteData(c, TensorProperties(dtype), shape)))
+            pool.append(
+                WriteItem(
+                    MetadataIndex(fqn, c.offsets),
+                    WriteItemType.SHARD,
+                    tensor_data=TensorWriteData(c, TensorProperties(dtype), shape),
+                )
+            )
     pool = pool or [WriteItem(MetadataIndex("b"), WriteItemType.BYTE_IO)]
     n = draw(st.integers(1, max_ranks))
     idx = st.integers(0, len(pool) - 1)
-    plans = [SavePlan([pool[i] for i in draw(st.lists(idx, max_size=len(pool) + 1))])
-             for _ in range(n)]
+    plans = [
+        SavePlan([pool[i] for i in draw(st.lists(idx, max_size=len(pool) + 1))]) for _ in range(n)
+    ]
     return plans
 
 
@@ -128,8 +149,9 @@ def metadata_cases(draw):
             offs = tuple(draw(st.integers(-2, d + 1)) for d in shape)
             sizes = tuple(draw(st.integers(0, 3)) for _ in shape)
             chunks.insert(draw(st.integers(0, len(chunks))), Chunk(offs, sizes))
-        sdm[f"t{t}"] = TensorStorageMetadata(TensorProperties(draw(st.sampled_from(DTYPES))),
-                                             shape, chunks)
+        sdm[f"t{t}"] = TensorStorageMetadata(
+            TensorProperties(draw(st.sampled_from(DTYPES))), shape, chunks
+        )
     return Metadata(sdm), draw(st.integers(1, 3))
 
 
@@ -160,10 +182,13 @@ def test_overlap_region_and_pair_overlap_match_torch(case):
     for s in saved:
         for c in local:
             ts, tc = to_torch(s), to_torch(c)
-            assert H.check_shard_metadata_pair_overlap(s, c) == TR._check_shard_metadata_pair_overlap(ts, tc)
+            assert H.check_shard_metadata_pair_overlap(
+                s, c
+            ) == TR._check_shard_metadata_pair_overlap(ts, tc)
             assert H.check_box_overlap(s, c) == TD._check_box_overlap(ts, tc)
-            assert (H.shards_get_overlap_region_wrt_saved_tensor(s, c)
-                    == TR._shards_get_overlap_region_wrt_saved_tensor(ts, tc))
+            assert H.shards_get_overlap_region_wrt_saved_tensor(
+                s, c
+            ) == TR._shards_get_overlap_region_wrt_saved_tensor(ts, tc)
 
 
 # ----------------------------------------------------------------------------- dedup, global plan
@@ -246,11 +271,14 @@ def _mutate(plan: SavePlan, how: int) -> SavePlan:
     if how % 5 == 1:
         items[i] = dataclasses.replace(it, index=MetadataIndex(it.index.fqn, it.index.offset, 7))
     elif how % 5 == 2 and it.tensor_data is not None:
-        items[i] = dataclasses.replace(it, tensor_data=dataclasses.replace(
-            it.tensor_data, properties=TensorProperties("float64")))
+        items[i] = dataclasses.replace(
+            it,
+            tensor_data=dataclasses.replace(it.tensor_data, properties=TensorProperties("float64")),
+        )
     elif how % 5 == 3 and it.tensor_data is not None:
-        items[i] = dataclasses.replace(it, tensor_data=dataclasses.replace(
-            it.tensor_data, size=it.tensor_data.size + (1,)))
+        items[i] = dataclasses.replace(
+            it, tensor_data=dataclasses.replace(it.tensor_data, size=it.tensor_data.size + (1,))
+        )
     elif how % 5 == 4:
         del items[i]
     else:
@@ -303,8 +331,15 @@ from torch.distributed.tensor import DTensor  # noqa: E402
 from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402
 
 from workbench.errors import WorkbenchError  # noqa: E402
-from workbench.sharding import (Partial, Replicate, Shard, StridedShard, bytes_layout,  # noqa: E402
-                                dtensor_layout, tensor_layout)
+from workbench.sharding import (
+    Partial,
+    Replicate,
+    Shard,
+    StridedShard,
+    bytes_layout,  # noqa: E402
+    dtensor_layout,
+    tensor_layout,
+)
 from workbench.torch_bridge.convert import placement_to_torch  # noqa: E402
 
 
@@ -332,19 +367,24 @@ def torch_value(lt: H.LocalTensor):
     if not lt.in_mesh:
         # distribute_tensor returns at once off the mesh (from_local mis-sizes 0-d tensors there)
         from torch.distributed.tensor import distribute_tensor
+
         return distribute_tensor(torch.zeros(L.shape, dtype=dtype), mesh, pl)
     local = L.chunks(lt.rank)[0].sizes
-    stride = tuple(math.prod(L.shape[i + 1:]) for i in range(len(L.shape)))
-    return DTensor.from_local(torch.zeros(local, dtype=dtype), mesh,
-                              pl, shape=L.shape, stride=stride)
+    stride = tuple(math.prod(L.shape[i + 1 :]) for i in range(len(L.shape)))
+    return DTensor.from_local(
+        torch.zeros(local, dtype=dtype), mesh, pl, shape=L.shape, stride=stride
+    )
 
 
 @st.composite
 def placements_for(draw, ndim, mesh_ndim, partial_ok=True):
     out = []
     for _ in range(mesh_ndim):
-        choices = ["R"] + (["S", "SS"] if ndim else []) + (["P"] if partial_ok and draw(
-            st.integers(0, 9)) == 0 else [])
+        choices = (
+            ["R"]
+            + (["S", "SS"] if ndim else [])
+            + (["P"] if partial_ok and draw(st.integers(0, 9)) == 0 else [])
+        )
         kind = draw(st.sampled_from(choices))
         if kind == "R":
             out.append(Replicate())
@@ -374,8 +414,15 @@ def one_rank_cases(draw):
         want["obj"] = bytes_layout(ws)
     saved_shape = shape if draw(st.integers(0, 5)) else tuple(s + 1 for s in shape)
     smesh = (draw(st.integers(1, 4)),)
-    saved = {"w": dtensor_layout(saved_shape, smesh, draw(placements_for(ndim, 1, partial_ok=False)),
-                                 dt, math.prod(smesh))}
+    saved = {
+        "w": dtensor_layout(
+            saved_shape,
+            smesh,
+            draw(placements_for(ndim, 1, partial_ok=False)),
+            dt,
+            math.prod(smesh),
+        )
+    }
     if draw(st.booleans()):
         saved["plain"] = tensor_layout(saved_shape, 2, dt)
     if draw(st.booleans()):
@@ -386,9 +433,12 @@ def one_rank_cases(draw):
 
 def saved_metadata(saved: dict) -> Metadata:
     ws = max(L.world_size for L in saved.values())
-    plans = [H.create_default_local_save_plan(
-        {k: H.LocalTensor(L, r) for k, L in saved.items() if r < L.world_size}, r == 0)
-        for r in range(ws)]
+    plans = [
+        H.create_default_local_save_plan(
+            {k: H.LocalTensor(L, r) for k, L in saved.items() if r < L.world_size}, r == 0
+        )
+        for r in range(ws)
+    ]
     return H.create_default_global_save_plan(H.dedup_save_plans(plans))[1]
 
 
@@ -417,27 +467,46 @@ def test_one_rank_save_and_load_plans_match_torch(case):
         t_md = to_torch(md)
         wkeys = lambda plan: [write_key(i) for i in plan.items]  # noqa: E731
         rkeys = lambda plan: [read_key(i) for i in plan.items]  # noqa: E731
-        same_outcome(lambda: H.create_default_local_save_plan(ours_sd, rank == 0),
-                     lambda: TD.create_default_local_save_plan(torch_sd, rank == 0), wkeys)
+        same_outcome(
+            lambda: H.create_default_local_save_plan(ours_sd, rank == 0),
+            lambda: TD.create_default_local_save_plan(torch_sd, rank == 0),
+            wkeys,
+        )
         # torch's own objects through our function: the same answer as torch
-        same_outcome(lambda: H.create_default_local_save_plan(torch_sd, False),
-                     lambda: TD.create_default_local_save_plan(torch_sd, False), wkeys)
+        same_outcome(
+            lambda: H.create_default_local_save_plan(torch_sd, False),
+            lambda: TD.create_default_local_save_plan(torch_sd, False),
+            wkeys,
+        )
         for strict in (True, False):
-            same_outcome(lambda: H.create_default_local_load_plan(ours_sd, md, strict),
-                         lambda: TD.create_default_local_load_plan(torch_sd, t_md, strict), rkeys)
-            same_outcome(lambda: H.create_default_local_load_plan(torch_sd, t_md, strict),
-                         lambda: TD.create_default_local_load_plan(torch_sd, t_md, strict), rkeys)
+            same_outcome(
+                lambda: H.create_default_local_load_plan(ours_sd, md, strict),
+                lambda: TD.create_default_local_load_plan(torch_sd, t_md, strict),
+                rkeys,
+            )
+            same_outcome(
+                lambda: H.create_default_local_load_plan(torch_sd, t_md, strict),
+                lambda: TD.create_default_local_load_plan(torch_sd, t_md, strict),
+                rkeys,
+            )
         if ours_sd["w"].in_mesh:
-            same_outcome(lambda: H.create_default_metadata_only_plan(ours_sd),
-                         lambda: TH._create_default_metadata_only_plan(torch_sd), wkeys)
-            same_outcome(lambda: H.create_chunk_list(ours_sd["w"]),
-                         lambda: TH._create_chunk_list(torch_sd["w"]),
-                         lambda cs: [(tuple(c.offsets), tuple(c.sizes)) for c in cs])
+            same_outcome(
+                lambda: H.create_default_metadata_only_plan(ours_sd),
+                lambda: TH._create_default_metadata_only_plan(torch_sd),
+                wkeys,
+            )
+            same_outcome(
+                lambda: H.create_chunk_list(ours_sd["w"]),
+                lambda: TH._create_chunk_list(torch_sd["w"]),
+                lambda cs: [(tuple(c.offsets), tuple(c.sizes)) for c in cs],
+            )
             for fqn, smd in md.state_dict_metadata.items():
                 if fqn in ours_sd:
-                    same_outcome(lambda: H.create_read_items(fqn, smd, ours_sd[fqn]),
-                                 lambda: TH._create_read_items(fqn, to_torch(smd), torch_sd[fqn]),
-                                 lambda items: [read_key(i) for i in items])
+                    same_outcome(
+                        lambda: H.create_read_items(fqn, smd, ours_sd[fqn]),
+                        lambda: TH._create_read_items(fqn, to_torch(smd), torch_sd[fqn]),
+                        lambda items: [read_key(i) for i in items],
+                    )
 
 
 def test_one_rank_cases_reach_every_torch_outcome():
@@ -449,34 +518,56 @@ def test_one_rank_cases_reach_every_torch_outcome():
     with fake_rank(1, ws):
         lt = H.LocalTensor(w, 1)
         t = torch_value(lt)
-        assert same_outcome(lambda: H.create_default_local_load_plan({"w": lt}, md),
-                            lambda: TD.create_default_local_load_plan({"w": t}, to_torch(md)),
-                            lambda p: [read_key(i) for i in p.items]) is None
+        assert (
+            same_outcome(
+                lambda: H.create_default_local_load_plan({"w": lt}, md),
+                lambda: TD.create_default_local_load_plan({"w": t}, to_torch(md)),
+                lambda p: [read_key(i) for i in p.items],
+            )
+            is None
+        )
         assert "Missing key" in same_outcome(
             lambda: H.create_default_local_load_plan({"v": lt}, md),
-            lambda: TD.create_default_local_load_plan({"v": t}, to_torch(md)), None)
+            lambda: TD.create_default_local_load_plan({"v": t}, to_torch(md)),
+            None,
+        )
         big = dtensor_layout((4, 5), (2,), "S(0)", world_size=ws)
         assert "Size mismatch" in same_outcome(
             lambda: H.create_default_local_load_plan({"w": H.LocalTensor(big, 1)}, md),
-            lambda: TD.create_default_local_load_plan({"w": torch_value(H.LocalTensor(big, 1))},
-                                                      to_torch(md)), None)
+            lambda: TD.create_default_local_load_plan(
+                {"w": torch_value(H.LocalTensor(big, 1))}, to_torch(md)
+            ),
+            None,
+        )
         assert "Invalid checkpoint metadata" in same_outcome(
             lambda: H.create_default_local_load_plan({"w": 3}, md),
-            lambda: TD.create_default_local_load_plan({"w": 3}, to_torch(md)), None)
+            lambda: TD.create_default_local_load_plan({"w": 3}, to_torch(md)),
+            None,
+        )
         part = H.LocalTensor(dtensor_layout((4, 4), (2,), "P", world_size=ws), 1)
         assert "partial placements" in same_outcome(
             lambda: H.create_default_local_save_plan({"w": part}, True),
-            lambda: TD.create_default_local_save_plan({"w": torch_value(part)}, True), None)
+            lambda: TD.create_default_local_save_plan({"w": torch_value(part)}, True),
+            None,
+        )
         assert "Invalid checkpoint metadata" in same_outcome(
             lambda: H.create_default_local_load_plan({"w": part}, md),
-            lambda: TD.create_default_local_load_plan({"w": torch_value(part)}, to_torch(md)), None)
+            lambda: TD.create_default_local_load_plan({"w": torch_value(part)}, to_torch(md)),
+            None,
+        )
 
 
 def torch_sharded_tensor(rank, world_size, shards_per_rank, shard_size):
     """PyTorch's test_planner.create_sharded_tensor: shard idx [idx*size, (idx+1)*size) on rank
     idx // shards_per_rank."""
-    from torch.distributed._shard.sharded_tensor import (Shard as STShard, ShardedTensor,
-                                                         ShardedTensorMetadata, ShardMetadata)
+    from torch.distributed._shard.sharded_tensor import (
+        Shard as STShard,
+    )
+    from torch.distributed._shard.sharded_tensor import (
+        ShardedTensor,
+        ShardedTensorMetadata,
+        ShardMetadata,
+    )
     from torch.distributed._shard.sharded_tensor.metadata import TensorProperties as STProps
 
     mds, local = [], []
@@ -484,24 +575,42 @@ def torch_sharded_tensor(rank, world_size, shards_per_rank, shard_size):
         md = ShardMetadata([idx * shard_size], [shard_size], f"rank:{idx // shards_per_rank}/cpu")
         mds.append(md)
         if idx // shards_per_rank == rank:
-            local.append(STShard.from_tensor_and_offsets(torch.zeros(shard_size), md.shard_offsets, rank))
-    st_md = ShardedTensorMetadata(mds, torch.Size([shard_size * len(mds)]),
-                                  STProps.create_from_tensor(torch.zeros(1)))
+            local.append(
+                STShard.from_tensor_and_offsets(torch.zeros(shard_size), md.shard_offsets, rank)
+            )
+    st_md = ShardedTensorMetadata(
+        mds, torch.Size([shard_size * len(mds)]), STProps.create_from_tensor(torch.zeros(1))
+    )
     return ShardedTensor._init_from_local_shards_and_global_metadata(local, st_md)
 
 
 def sharded_local(rank, world_size, shards_per_rank, shard_size):
     from workbench.sharding import sharded_layout
 
-    per = {r: [Chunk((i * shard_size,), (shard_size,)) for i in range(world_size * shards_per_rank)
-               if i // shards_per_rank == r] for r in range(world_size)}
-    return H.LocalTensor(sharded_layout((shard_size * world_size * shards_per_rank,), per,
-                                        "float32", world_size), rank)
+    per = {
+        r: [
+            Chunk((i * shard_size,), (shard_size,))
+            for i in range(world_size * shards_per_rank)
+            if i // shards_per_rank == r
+        ]
+        for r in range(world_size)
+    }
+    return H.LocalTensor(
+        sharded_layout((shard_size * world_size * shards_per_rank,), per, "float32", world_size),
+        rank,
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Please use DTensor instead:FutureWarning")
-@given(st.integers(1, 5), st.integers(1, 3), st.integers(0, 6), st.integers(1, 5), st.integers(1, 3),
-       st.integers(0, 6), st.data())
+@given(
+    st.integers(1, 5),
+    st.integers(1, 3),
+    st.integers(0, 6),
+    st.integers(1, 5),
+    st.integers(1, 3),
+    st.integers(0, 6),
+    st.data(),
+)
 def test_sharded_tensor_plans_match_torch(ws, spr, size, ws2, spr2, size2, data):
     """ShardedTensor entries (world ws, spr shards per rank) loaded from a checkpoint saved by
     another ShardedTensor layout: local save, metadata-only and load plans as torch's."""
@@ -512,23 +621,30 @@ def test_sharded_tensor_plans_match_torch(ws, spr, size, ws2, spr2, size2, data)
     wkeys = lambda plan: [write_key(i) for i in plan.items]  # noqa: E731
     with fake_rank(0, ws2):
         t_saved_md = TD._create_default_local_metadata(
-            {"st": torch_sharded_tensor(0, ws2, spr2, size2), "v": [1, 2]})
+            {"st": torch_sharded_tensor(0, ws2, spr2, size2), "v": [1, 2]}
+        )
     assert md_key(md) == md_key(t_saved_md)
     with fake_rank(rank, ws):
         ours = {"st": sharded_local(rank, ws, spr, size), "v": [1, 2]}
         theirs = {"st": torch_sharded_tensor(rank, ws, spr, size), "v": [1, 2]}
         for sd in (ours, theirs):
             assert wkeys(H.create_default_local_save_plan(sd, rank == 0)) == wkeys(
-                TD.create_default_local_save_plan(theirs, rank == 0))
+                TD.create_default_local_save_plan(theirs, rank == 0)
+            )
             assert wkeys(H.create_default_metadata_only_plan(sd)) == wkeys(
-                TH._create_default_metadata_only_plan(theirs))
-            same_outcome(lambda: H.create_default_local_load_plan(sd, md),
-                         lambda: TD.create_default_local_load_plan(theirs, t_saved_md),
-                         lambda p: [read_key(i) for i in p.items])
+                TH._create_default_metadata_only_plan(theirs)
+            )
+            same_outcome(
+                lambda: H.create_default_local_load_plan(sd, md),
+                lambda: TD.create_default_local_load_plan(theirs, t_saved_md),
+                lambda p: [read_key(i) for i in p.items],
+            )
 
 
 # ----------------------------------------------------------------------------- small constructors
-@given(st.lists(st.integers(0, 5), max_size=3), st.integers(0, 4), st.integers(0, 4), st.integers(0, 4))
+@given(
+    st.lists(st.integers(0, 5), max_size=3), st.integers(0, 4), st.integers(0, 4), st.integers(0, 4)
+)
 def test_item_constructors_match_torch(shape, a, b, c):
     shape = tuple(shape)
     t = torch.zeros(shape)
@@ -536,37 +652,59 @@ def test_item_constructors_match_torch(shape, a, b, c):
     assert H.create_chunk_from_tensor(lt) == from_torch(TH._create_chunk_from_tensor(t))
     assert H.create_chunk_from_tensor(t) == from_torch(TH._create_chunk_from_tensor(t))
     assert write_key(H.create_write_item_for_tensor("w", lt)) == write_key(
-        TH._create_write_item_for_tensor("w", t))
+        TH._create_write_item_for_tensor("w", t)
+    )
     assert write_key(H.create_write_item_for_bytesio("w", 3)) == write_key(
-        TH._create_write_item_for_bytesio("w", 3))
+        TH._create_write_item_for_bytesio("w", 3)
+    )
     d, s = MetadataIndex("w", shape, 1), MetadataIndex("w", shape[::-1], 2)
     n = len(shape)
     assert read_key(H.create_read_item_for_tensor(d, [a] * n, s, [b] * n, [c] * n)) == read_key(
-        TH._create_read_item_for_tensor(to_torch(d), [a] * n, to_torch(s), [b] * n, [c] * n))
+        TH._create_read_item_for_tensor(to_torch(d), [a] * n, to_torch(s), [b] * n, [c] * n)
+    )
     assert read_key(H.create_read_item_for_byteio(d, a, s, b, c)) == read_key(
-        TH._create_read_item_for_byteio(to_torch(d), a, to_torch(s), b, c))
+        TH._create_read_item_for_byteio(to_torch(d), a, to_torch(s), b, c)
+    )
     assert H.check_box_bounds((5, 5, 5)[:n], Chunk((a,) * n, (c,) * n)) == TD._check_box_bounds(
-        torch.Size((5, 5, 5)[:n]), to_torch(Chunk((a,) * n, (c,) * n)))
+        torch.Size((5, 5, 5)[:n]), to_torch(Chunk((a,) * n, (c,) * n))
+    )
 
 
 def test_iterate_state_dict_dispatches_like_torch():
     def run(fn, sd):
         def tag(kind):
             return lambda v: kind
+
         return fn(sd, tag("dtensor"), tag("sharded"), tag("tensor"))
 
     with fake_rank(0, 2):
         L = dtensor_layout((4,), (2,), "S(0)")
-        torch_sd = {"d": torch_value(H.LocalTensor(L, 0)), "s": torch_sharded_tensor(0, 2, 1, 2),
-                    "t": torch.zeros(1), "n": [1, (2.0, None)], "x": {3}}
-        ours_sd = {"d": H.LocalTensor(L, 0), "s": sharded_local(0, 2, 1, 2),
-                   "t": H.LocalTensor(tensor_layout((1,), 2), 0), "n": [1, (2.0, None)], "x": {3}}
+        torch_sd = {
+            "d": torch_value(H.LocalTensor(L, 0)),
+            "s": torch_sharded_tensor(0, 2, 1, 2),
+            "t": torch.zeros(1),
+            "n": [1, (2.0, None)],
+            "x": {3},
+        }
+        ours_sd = {
+            "d": H.LocalTensor(L, 0),
+            "s": sharded_local(0, 2, 1, 2),
+            "t": H.LocalTensor(tensor_layout((1,), 2), 0),
+            "n": [1, (2.0, None)],
+            "x": {3},
+        }
         theirs = run(TH._iterate_state_dict, dict(torch_sd))
-        assert theirs == {"d": "dtensor", "s": "sharded", "t": "tensor", "n": [1, (2.0, None)], "x": None}
+        assert theirs == {
+            "d": "dtensor",
+            "s": "sharded",
+            "t": "tensor",
+            "n": [1, (2.0, None)],
+            "x": None,
+        }
         for sd in (ours_sd, dict(torch_sd)):
             ours = run(H.iterate_state_dict, sd)
             assert ours == theirs
-            assert ours is sd     # dicts are rewritten in place
+            assert ours is sd  # dicts are rewritten in place
 
 
 # ----------------------------------------------------------------------------- whole saves
@@ -581,8 +719,13 @@ def whole_state_dicts(draw):
         ndim = draw(st.integers(0, 2))
         shape = tuple(draw(st.integers(0, 7)) for _ in range(ndim))
         m = mesh if draw(st.booleans()) else (draw(st.integers(1, ws)),)
-        layouts[f"w{k}"] = dtensor_layout(shape, m, draw(placements_for(ndim, len(m), partial_ok=False)),
-                                          draw(st.sampled_from(DTYPES)), ws)
+        layouts[f"w{k}"] = dtensor_layout(
+            shape,
+            m,
+            draw(placements_for(ndim, len(m), partial_ok=False)),
+            draw(st.sampled_from(DTYPES)),
+            ws,
+        )
     if draw(st.booleans()):
         layouts["plain"] = tensor_layout((draw(st.integers(0, 5)),), ws, "float32")
     if draw(st.booleans()):
@@ -596,13 +739,20 @@ def test_whole_save_matches_torch(layouts, lowest):
     """Every rank's local plan from real DTensors under the fake group, then torch's dedup,
     global plan and validation, against the same steps on LocalTensors."""
     ws = next(iter(layouts.values())).world_size
-    ours = [H.create_default_local_save_plan({k: H.LocalTensor(L, r) for k, L in layouts.items()},
-                                             r == 0) for r in range(ws)]
+    ours = [
+        H.create_default_local_save_plan(
+            {k: H.LocalTensor(L, r) for k, L in layouts.items()}, r == 0
+        )
+        for r in range(ws)
+    ]
     theirs = []
     for r in range(ws):
         with fake_rank(r, ws):
-            theirs.append(TD.create_default_local_save_plan(
-                {k: torch_value(H.LocalTensor(L, r)) for k, L in layouts.items()}, r == 0))
+            theirs.append(
+                TD.create_default_local_save_plan(
+                    {k: torch_value(H.LocalTensor(L, r)) for k, L in layouts.items()}, r == 0
+                )
+            )
     assert plans_key(ours) == plans_key(theirs)
     o_final, o_md = H.create_default_global_save_plan(H.dedup_save_plans(ours, lowest))
     t_final, t_md = TD.create_default_global_save_plan(torch_dedup(theirs, lowest))

@@ -1,6 +1,7 @@
 """Whole-state-dict plans (workbench.planning): worked examples, invariants, and parity with the
 scalar mirrors in workbench.planner_helpers run rank by rank. Parity with torch itself is in
 test_planning_vs_torch.py, which reuses the strategies defined here."""
+
 from __future__ import annotations
 
 import math
@@ -15,17 +16,33 @@ from workbench.errors import MetadataError, PlanError
 from workbench.geometry import Chunk, uncovered
 from workbench.planner_helpers import LocalTensor
 from workbench.planning import plan_load, plan_save, writer_of_file
-from workbench.records import (BytesStorageMetadata, LoadItemType, Metadata, MetadataIndex,
-                               StorageInfo, TensorStorageMetadata)
-from workbench.sharding import (Partial, Replicate, Shard, StridedShard, bytes_layout,
-                                dtensor_layout, sharded_layout, tensor_layout)
+from workbench.records import (
+    BytesStorageMetadata,
+    LoadItemType,
+    Metadata,
+    MetadataIndex,
+    StorageInfo,
+    TensorStorageMetadata,
+)
+from workbench.sharding import (
+    Partial,
+    Replicate,
+    Shard,
+    StridedShard,
+    bytes_layout,
+    dtensor_layout,
+    sharded_layout,
+    tensor_layout,
+)
 
 DTYPES = ["float32", "bfloat16", "int64"]
 
 
 # ----------------------------------------------------------------------------- strategies
 # mostly non-empty dims (so that reshards read something), zero-size ones now and then
-shapes = st.lists(st.one_of(st.integers(1, 8), st.integers(0, 8)), min_size=0, max_size=4).map(tuple)
+shapes = st.lists(st.one_of(st.integers(1, 8), st.integers(0, 8)), min_size=0, max_size=4).map(
+    tuple
+)
 
 
 @st.composite
@@ -76,14 +93,20 @@ def boxes_in(draw, shape, max_n=2, outside=False):
 
 
 @st.composite
-def layouts(draw, shape, world, kinds=("dtensor", "dtensor", "dtensor", "tensor", "bytes", "sharded"),
-            partial=False):
+def layouts(
+    draw,
+    shape,
+    world,
+    kinds=("dtensor", "dtensor", "dtensor", "tensor", "bytes", "sharded"),
+    partial=False,
+):
     kind = draw(st.sampled_from(kinds))
     dtype = draw(st.sampled_from(DTYPES))
     if kind == "dtensor":
         mesh = draw(meshes(world))
-        return dtensor_layout(shape, mesh, draw(placements_for(shape, mesh, partial)), dtype,
-                              world_size=world)
+        return dtensor_layout(
+            shape, mesh, draw(placements_for(shape, mesh, partial)), dtype, world_size=world
+        )
     if kind == "tensor":
         ranks = draw(st.one_of(st.none(), st.sets(st.integers(0, world - 1), min_size=1)))
         return tensor_layout(shape, world, dtype, ranks=ranks)
@@ -114,10 +137,13 @@ def crowded_state_dicts(draw, max_world=20):
     for i in range(draw(st.integers(1, 5))):
         kind = draw(st.sampled_from(["sharded", "sharded", "sharded", "tensor", "bytes"]))
         if kind == "sharded":
-            pool = [Chunk((o,), (s,)) for o, s in zip(draw(st.lists(st.integers(0, 9), min_size=4,
-                                                                   max_size=4, unique=True)),
-                                                      draw(st.lists(st.integers(0, 3), min_size=4,
-                                                                    max_size=4)))]
+            pool = [
+                Chunk((o,), (s,))
+                for o, s in zip(
+                    draw(st.lists(st.integers(0, 9), min_size=4, max_size=4, unique=True)),
+                    draw(st.lists(st.integers(0, 3), min_size=4, max_size=4)),
+                )
+            ]
             per_rank = [draw(st.lists(st.sampled_from(pool), max_size=3)) for _ in range(world)]
             out[f"s{i}"] = sharded_layout((12,), per_rank, draw(st.sampled_from(DTYPES)), world)
         else:
@@ -164,8 +190,15 @@ def write_key(item):
 def read_key(item):
     def idx(i):
         return (i.fqn, None if i.offset is None else tuple(i.offset), i.index)
-    return (item.type.name, idx(item.dest_index), tuple(item.dest_offsets), idx(item.storage_index),
-            tuple(item.storage_offsets), tuple(item.lengths))
+
+    return (
+        item.type.name,
+        idx(item.dest_index),
+        tuple(item.dest_offsets),
+        idx(item.storage_index),
+        tuple(item.storage_offsets),
+        tuple(item.lengths),
+    )
 
 
 def metadata_key(md):
@@ -174,8 +207,14 @@ def metadata_key(md):
         if type(m).__name__ == "BytesStorageMetadata":
             out.append((fqn, "bytes"))
         else:
-            out.append((fqn, tuple(m.size), str(m.properties.dtype).replace("torch.", ""),
-                        [(tuple(c.offsets), tuple(c.sizes)) for c in m.chunks]))
+            out.append(
+                (
+                    fqn,
+                    tuple(m.size),
+                    str(m.properties.dtype).replace("torch.", ""),
+                    [(tuple(c.offsets), tuple(c.sizes)) for c in m.chunks],
+                )
+            )
     return out
 
 
@@ -183,8 +222,10 @@ def metadata_key(md):
 def helpers_save(sd, save_to_lowest_rank=False):
     """plan_save recomputed with the scalar mirrors, rank by rank."""
     world = next(iter(sd.values())).world_size
-    local = [ph.create_default_local_save_plan({f: LocalTensor(l, r) for f, l in sd.items()}, r == 0)
-             for r in range(world)]
+    local = [
+        ph.create_default_local_save_plan({f: LocalTensor(l, r) for f, l in sd.items()}, r == 0)
+        for r in range(world)
+    ]
     plans, md = ph.create_default_global_save_plan(ph.dedup_save_plans(local, save_to_lowest_rank))
     return local, plans, md, ph.validate_global_plan(plans, md)
 
@@ -195,8 +236,14 @@ def helpers_load(md, sd, strict):
     out = []
     for r in range(world):
         try:
-            out.append([read_key(i) for i in ph.create_default_local_load_plan(
-                {f: LocalTensor(l, r) for f, l in sd.items()}, md, strict).items])
+            out.append(
+                [
+                    read_key(i)
+                    for i in ph.create_default_local_load_plan(
+                        {f: LocalTensor(l, r) for f, l in sd.items()}, md, strict
+                    ).items
+                ]
+            )
         except PlanError as e:
             out.append(e.torch_message)
     return out
@@ -257,7 +304,8 @@ def test_validation_errors_and_single_rank_fill():
     assert res.errors == [
         "key:w has overlapping chunks: ChunkStorageMetadata(offsets=torch.Size([2, 0]), "
         "sizes=torch.Size([4, 3])) ChunkStorageMetadata(offsets=torch.Size([0, 0]), "
-        "sizes=torch.Size([4, 3]))"]  # 12 + 12 elements = 24: the fill check passes
+        "sizes=torch.Size([4, 3]))"
+    ]  # 12 + 12 elements = 24: the fill check passes
     one = sharded_layout((8,), [[Chunk((0,), (4,))]])
     assert plan_save({"w": one}).errors == []  # one plan: never fill-checked
     two = sharded_layout((8,), [[Chunk((0,), (4,))], []])
@@ -266,62 +314,102 @@ def test_validation_errors_and_single_rank_fill():
 
 def test_misdescribed_strided_save_fails_validation():
     res = plan_save({"w": dtensor_layout((8,), (2,), "SS(0,2)")})
-    assert res.errors == ["key:w has overlapping chunks: ChunkStorageMetadata(offsets=torch.Size([2]), "
-                          "sizes=torch.Size([4])) ChunkStorageMetadata(offsets=torch.Size([0]), "
-                          "sizes=torch.Size([4]))"]
+    assert res.errors == [
+        "key:w has overlapping chunks: ChunkStorageMetadata(offsets=torch.Size([2]), "
+        "sizes=torch.Size([4])) ChunkStorageMetadata(offsets=torch.Size([0]), "
+        "sizes=torch.Size([4]))"
+    ]
 
 
 def test_read_items_worked_examples():
     # (4,8) saved [cols 4:8 (#0), cols 0:4 (#1)], local full: saved #1 first (ends 4 < 8)
-    md = Metadata({"w": TensorStorageMetadata("float32", (4, 8),
-                                              [Chunk((0, 4), (4, 4)), Chunk((0, 0), (4, 4))])})
+    md = Metadata(
+        {
+            "w": TensorStorageMetadata(
+                "float32", (4, 8), [Chunk((0, 4), (4, 4)), Chunk((0, 0), (4, 4))]
+            )
+        }
+    )
     res = plan_load(md, {"w": tensor_layout((4, 8), 1)})
     assert res.reads("w").saved_idx.tolist() == [1, 0]
     assert res.reads("w").dest_offsets.tolist() == [[0, 0], [0, 4]]
     # saved row halves, local [cols 4:8 (#0), cols 0:4 (#1)]: sweep dim 1, local #1 first
-    md = Metadata({"w": TensorStorageMetadata("float32", (4, 8),
-                                              [Chunk((0, 0), (2, 8)), Chunk((2, 0), (2, 8))])})
+    md = Metadata(
+        {
+            "w": TensorStorageMetadata(
+                "float32", (4, 8), [Chunk((0, 0), (2, 8)), Chunk((2, 0), (2, 8))]
+            )
+        }
+    )
     lay = sharded_layout((4, 8), [[Chunk((0, 4), (4, 4)), Chunk((0, 0), (4, 4))]])
     block = plan_load(md, {"w": lay}).reads("w")
-    assert list(zip(block.local_idx.tolist(), block.saved_idx.tolist())) == [(1, 0), (1, 1), (0, 0), (0, 1)]
+    assert list(zip(block.local_idx.tolist(), block.saved_idx.tolist())) == [
+        (1, 0),
+        (1, 1),
+        (0, 0),
+        (0, 1),
+    ]
     # zero-size saved [5,5) strictly inside [0,10): a zero-length item, first (its end is 5)
-    md = Metadata({"w": TensorStorageMetadata("float32", (10,), [Chunk((0,), (10,)), Chunk((5,), (0,))])})
+    md = Metadata(
+        {"w": TensorStorageMetadata("float32", (10,), [Chunk((0,), (10,)), Chunk((5,), (0,))])}
+    )
     items = plan_load(md, {"w": tensor_layout((10,), 1)}).plans[0].items
     assert [(i.dest_offsets, i.lengths, i.storage_index.index) for i in items] == [
-        ((5,), (0,), 1), ((0,), (10,), 0)]
+        ((5,), (0,), 1),
+        ((0,), (10,), 0),
+    ]
 
 
 def test_failures_are_recorded_not_raised():
     saved = plan_save({"w": dtensor_layout((4, 4), (2,), "S(0)"), "b": bytes_layout(2)}).metadata
-    res = plan_load(saved, {
-        "w": dtensor_layout((4, 5), (2,), "S(0)"),
-        "b": tensor_layout((3,), 2),
-        "x": tensor_layout((2,), 2, ranks=[1]),
-    })
+    res = plan_load(
+        saved,
+        {
+            "w": dtensor_layout((4, 5), (2,), "S(0)"),
+            "b": tensor_layout((3,), 2),
+            "x": tensor_layout((2,), 2, ranks=[1]),
+        },
+    )
     assert res.failures == [
-        ("w", (0, 1), "Size mismatch between saved torch.Size([4, 4]) and current: "
-                      "torch.Size([4, 5]) for w"),
+        (
+            "w",
+            (0, 1),
+            "Size mismatch between saved torch.Size([4, 4]) and current: torch.Size([4, 5]) for w",
+        ),
         ("x", (1,), "Missing key in checkpoint state_dict: x."),
     ]
     assert len(res.reads("w")) == 0
     assert [i.type for i in res.plans[0].items] == [LoadItemType.BYTE_IO]
     assert plan_load(saved, {"x": tensor_layout((2,), 2)}, allow_partial_load=True).failures == []
     tsm = "<class 'torch.distributed.checkpoint.metadata.TensorStorageMetadata'>"
-    res = plan_load(saved, {"w": bytes_layout(2),
-                            "b": dtensor_layout((2,), (1,), "P", world_size=2)})
-    assert res.failures == [("w", (0, 1), "Invalid checkpoint metadata for w, expected "
-                                         f"BytesStorageMetadata but found {tsm}")]
+    res = plan_load(
+        saved, {"w": bytes_layout(2), "b": dtensor_layout((2,), (1,), "P", world_size=2)}
+    )
+    assert res.failures == [
+        (
+            "w",
+            (0, 1),
+            f"Invalid checkpoint metadata for w, expected BytesStorageMetadata but found {tsm}",
+        )
+    ]
     # bytes metadata: a Partial DTensor still reads it on the ranks of its mesh
     assert res.reads("b").rank.tolist() == [0]
     res = plan_load(saved, {"w": dtensor_layout((4, 4), (2,), "P", world_size=3)})
-    assert res.failures == [("w", (0, 1), "Invalid checkpoint metadata for w, expected "
-                                         f"BytesStorageMetadata but found {tsm}")]
+    assert res.failures == [
+        (
+            "w",
+            (0, 1),
+            f"Invalid checkpoint metadata for w, expected BytesStorageMetadata but found {tsm}",
+        )
+    ]
 
 
 def test_problems_come_from_diagnosis():
     saved = plan_save({"w": dtensor_layout((4, 4), (2,), "S(0)")}).metadata
     res = plan_load(saved, {"w": dtensor_layout((4, 4), (2,), "S(1)"), "x": tensor_layout((2,), 2)})
-    assert [(p.fqn, p.kind) for p in res.problems if p.kind == "missing_key"] == [("x", "missing_key")]
+    assert [(p.fqn, p.kind) for p in res.problems if p.kind == "missing_key"] == [
+        ("x", "missing_key")
+    ]
 
 
 def test_partial_save_is_a_failure():
@@ -369,8 +457,9 @@ def test_io_numbers_of_a_reshard():
     assert io.traffic.tolist() == [[32] * 4] * 2 and io.readers["__0_0.distcp"] == (0, 1)
     assert io.bytes_written.tolist() == [32] * 4 and io.file_writers.tolist() == [0, 1, 2, 3]
     assert io.file_reads.tolist() == [2] * 4 and io.file_bytes_read.tolist() == [64] * 4
-    assert sorted(zip(io.pair_rank.tolist(), io.pair_file.tolist())) == \
-        [(r, f) for r in range(2) for f in range(4)]
+    assert sorted(zip(io.pair_rank.tolist(), io.pair_file.tolist())) == [
+        (r, f) for r in range(2) for f in range(4)
+    ]
 
 
 def test_storage_data_survives_edited_chunk_lists():
@@ -386,10 +475,16 @@ def test_storage_data_survives_edited_chunk_lists():
 
 
 def test_io_uses_storage_lengths_when_known():
-    md = Metadata({"w": TensorStorageMetadata("float32", (4,), [Chunk((0,), (4,))]),
-                   "b": BytesStorageMetadata()},
-                  storage_data={MetadataIndex("w", (0,)): StorageInfo("__0_0.distcp", 0, 1000),
-                                MetadataIndex("b"): StorageInfo("__1_0.distcp", 1000, 77)})
+    md = Metadata(
+        {
+            "w": TensorStorageMetadata("float32", (4,), [Chunk((0,), (4,))]),
+            "b": BytesStorageMetadata(),
+        },
+        storage_data={
+            MetadataIndex("w", (0,)): StorageInfo("__0_0.distcp", 0, 1000),
+            MetadataIndex("b"): StorageInfo("__1_0.distcp", 1000, 77),
+        },
+    )
     io = plan_load(md, {"w": dtensor_layout((4,), (2,), "S(0)"), "b": bytes_layout(2)}).io
     assert io.bytes_read.tolist() == [1077, 1077] and io.bytes_needed.tolist() == [8, 8]
     assert io.bytes_written.tolist() == [1000, 77]
@@ -403,14 +498,21 @@ def test_save_matches_scalar_helpers(sd, lowest):
     res = plan_save(sd, save_to_lowest_rank=lowest)
     local, plans, md, errors = helpers_save(sd, lowest)
     for r in range(res.world_size):
-        assert [write_key(i) for i in res.local_plans[r].items] == [write_key(i) for i in local[r].items]
+        assert [write_key(i) for i in res.local_plans[r].items] == [
+            write_key(i) for i in local[r].items
+        ]
         assert [write_key(i) for i in res.plans[r].items] == [write_key(i) for i in plans[r].items]
     assert metadata_key(res.metadata) == metadata_key(md)
     assert res.errors == errors
     for fqn, w in res.writers.items():
-        assert res.metadata.storage_data[MetadataIndex(fqn, None if isinstance(
-            md.state_dict_metadata[fqn], BytesStorageMetadata) else md.state_dict_metadata[fqn].chunks[-1].offsets
-        )].relative_path.startswith("__")
+        assert res.metadata.storage_data[
+            MetadataIndex(
+                fqn,
+                None
+                if isinstance(md.state_dict_metadata[fqn], BytesStorageMetadata)
+                else md.state_dict_metadata[fqn].chunks[-1].offsets,
+            )
+        ].relative_path.startswith("__")
         assert all(any(write_key(i)[1] == fqn for i in plans[r].items) for r in w)
 
 
@@ -418,8 +520,9 @@ def test_save_matches_scalar_helpers(sd, lowest):
 def test_crowded_dedup_matches_scalar_helpers(sd, lowest):
     res = plan_save(sd, save_to_lowest_rank=lowest)
     _, plans, md, errors = helpers_save(sd, lowest)
-    assert [[write_key(i) for i in p.items] for p in res.plans] == \
-        [[write_key(i) for i in p.items] for p in plans]
+    assert [[write_key(i) for i in p.items] for p in res.plans] == [
+        [write_key(i) for i in p.items] for p in plans
+    ]
     assert metadata_key(res.metadata) == metadata_key(md) and res.errors == errors
 
 
@@ -442,8 +545,9 @@ def test_reads_stay_inside_both_chunks_and_tile_covered_chunks(case):
     assert io.traffic.sum(axis=0).tolist() == io.file_bytes_read.tolist()
     assert io.read_counts.sum(axis=0).tolist() == io.file_reads.tolist()
     assert io.files_opened.tolist() == (io.read_counts > 0).sum(axis=1).tolist()
-    assert {f: tuple(np.flatnonzero(io.read_counts[:, j]).tolist()) for j, f in enumerate(io.files)} \
-        == io.readers
+    assert {
+        f: tuple(np.flatnonzero(io.read_counts[:, j]).tolist()) for j, f in enumerate(io.files)
+    } == io.readers
     for fqn, lay in load.items():
         block = res.reads(fqn)
         if block.kind != "tensor" or len(block) == 0:
@@ -454,12 +558,18 @@ def test_reads_stay_inside_both_chunks_and_tile_covered_chunks(case):
             for li in set(block.local_idx[sl].tolist()):
                 local = lay.rank_chunks[r][li]
                 rows = np.flatnonzero(block.local_idx[sl] == li) + sl.start
-                got = [Chunk(tuple(np.add(local.offsets, block.dest_offsets[i]).tolist()),
-                             tuple(block.lengths[i].tolist())) for i in rows]
+                got = [
+                    Chunk(
+                        tuple(np.add(local.offsets, block.dest_offsets[i]).tolist()),
+                        tuple(block.lengths[i].tolist()),
+                    )
+                    for i in rows
+                ]
                 for i, g in zip(rows, got):
                     s = saved_chunks[block.saved_idx[i]]
                     assert s.contains(g) and local.contains(g)
                     assert tuple(np.add(s.offsets, block.storage_offsets[i]).tolist()) == g.offsets
                 # what the reads miss is exactly what the saved chunks miss
-                assert sum(c.volume for c in uncovered(local, got)) == \
-                    sum(c.volume for c in uncovered(local, saved_chunks))
+                assert sum(c.volume for c in uncovered(local, got)) == sum(
+                    c.volume for c in uncovered(local, saved_chunks)
+                )

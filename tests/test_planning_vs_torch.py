@@ -10,39 +10,67 @@ metadata torch itself produced, ``create_default_local_load_plan`` per rank of t
 Helper level: ``create_read_items_for_chunk_list`` on random explicit chunk lists.
 The torch state dicts are built here, independently of workbench.torch_bridge.
 """
+
 from __future__ import annotations
 
 import io
 from contextlib import contextmanager
 
 import pytest
-from hypothesis import event, given
-from hypothesis import strategies as st
-
 import torch  # installed in .venv; the package itself never needs it
 import torch.distributed as dist  # noqa: E402
+from hypothesis import event, given
+from hypothesis import strategies as st
+from test_planning import (
+    boxes_in,
+    crowded_state_dicts,
+    expected_per_rank,
+    metadata_key,
+    read_key,
+    save_and_load,
+    shapes,  # noqa: E402
+    state_dicts,
+    write_key,
+)
 from torch.distributed.checkpoint import metadata as tmeta  # noqa: E402
 from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans  # noqa: E402
 from torch.distributed.checkpoint.default_planner import (  # noqa: E402
-    _validate_global_plan, create_default_global_save_plan, create_default_local_load_plan,
-    create_default_local_save_plan)
+    _validate_global_plan,
+    create_default_global_save_plan,
+    create_default_local_load_plan,
+    create_default_local_save_plan,
+)
 from torch.distributed.checkpoint.planner import WriteItem, WriteItemType  # noqa: E402
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list  # noqa: E402
 from torch.distributed.device_mesh import DeviceMesh  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset  # noqa: E402
-from torch.distributed.tensor.placement_types import (Partial as TPartial,  # noqa: E402
-                                                      Replicate as TReplicate, Shard as TShard,
-                                                      _StridedShard)
+from torch.distributed.tensor.placement_types import (
+    Partial as TPartial,  # noqa: E402
+)
+from torch.distributed.tensor.placement_types import (
+    Replicate as TReplicate,
+)
+from torch.distributed.tensor.placement_types import (
+    Shard as TShard,
+)
+from torch.distributed.tensor.placement_types import (
+    _StridedShard,
+)
 from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402
 
-from test_planning import (boxes_in, crowded_state_dicts, expected_per_rank, metadata_key, read_key, save_and_load, shapes,  # noqa: E402
-                           state_dicts, write_key)
 from workbench import planner_helpers as ph  # noqa: E402
 from workbench.planning import plan_load, plan_save  # noqa: E402
 from workbench.records import Metadata, TensorStorageMetadata  # noqa: E402
-from workbench.sharding import (Partial, Replicate, Shard, bytes_layout, dtensor_layout,  # noqa: E402
-                                sharded_layout, tensor_layout)
+from workbench.sharding import (
+    Partial,
+    Replicate,
+    Shard,
+    bytes_layout,
+    dtensor_layout,  # noqa: E402
+    sharded_layout,
+    tensor_layout,
+)
 
 
 # ----------------------------------------------------------------------------- torch side
@@ -77,16 +105,22 @@ class ShardedStandIn:
         return self._shape
 
     def __create_chunk_list__(self):
-        return [tmeta.ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes))
-                for c in self._chunks]
+        return [
+            tmeta.ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes))
+            for c in self._chunks
+        ]
 
     def __create_write_items__(self, fqn, obj):
         from torch.distributed.checkpoint.planner import TensorWriteData
-        return [WriteItem(index=tmeta.MetadataIndex(fqn, torch.Size(c.offsets)),
-                          type=WriteItemType.SHARD,
-                          tensor_data=TensorWriteData(chunk=c, properties=self._props,
-                                                      size=self._shape))
-                for c in self.__create_chunk_list__()]
+
+        return [
+            WriteItem(
+                index=tmeta.MetadataIndex(fqn, torch.Size(c.offsets)),
+                type=WriteItemType.SHARD,
+                tensor_data=TensorWriteData(chunk=c, properties=self._props, size=self._shape),
+            )
+            for c in self.__create_chunk_list__()
+        ]
 
 
 def torch_value(lay, rank, meshes):
@@ -113,8 +147,14 @@ def torch_value(lay, rank, meshes):
     stride = [1] * len(lay.shape)
     for d in range(len(lay.shape) - 2, -1, -1):
         stride[d] = stride[d + 1] * max(lay.shape[d + 1], 1)
-    return DTensor.from_local(torch.empty(local, dtype=dtype, device="meta"), mesh, pl,
-                              run_check=False, shape=torch.Size(lay.shape), stride=tuple(stride))
+    return DTensor.from_local(
+        torch.empty(local, dtype=dtype, device="meta"),
+        mesh,
+        pl,
+        run_check=False,
+        shape=torch.Size(lay.shape),
+        stride=tuple(stride),
+    )
 
 
 def torch_state_dict(layouts, rank):
@@ -159,7 +199,9 @@ def check_save(layouts, lowest):
     res = plan_save(layouts, save_to_lowest_rank=lowest)
     local, plans, md, errors = torch_save(layouts, lowest)
     for r in range(res.world_size):
-        assert [write_key(i) for i in res.local_plans[r].items] == [write_key(i) for i in local[r].items]
+        assert [write_key(i) for i in res.local_plans[r].items] == [
+            write_key(i) for i in local[r].items
+        ]
         assert [write_key(i) for i in res.plans[r].items] == [write_key(i) for i in plans[r].items]
     assert metadata_key(res.metadata) == metadata_key(md)
     assert res.errors == errors
@@ -220,16 +262,26 @@ def test_storage_data_matches_a_real_save(tmp_path):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader
 
-    dcp.save({"a": torch.zeros(4, 3), "step": torch.tensor(7), "cfg": io.BytesIO(b"x")},
-             checkpoint_id=str(tmp_path))
+    dcp.save(
+        {"a": torch.zeros(4, 3), "step": torch.tensor(7), "cfg": io.BytesIO(b"x")},
+        checkpoint_id=str(tmp_path),
+    )
     real = FileSystemReader(str(tmp_path)).read_metadata()
-    res = plan_save({"a": tensor_layout((4, 3), 1), "step": tensor_layout((), 1, "int64"),
-                     "cfg": bytes_layout(1)})
+    res = plan_save(
+        {
+            "a": tensor_layout((4, 3), 1),
+            "step": tensor_layout((), 1, "int64"),
+            "cfg": bytes_layout(1),
+        }
+    )
     assert metadata_key(res.metadata) == metadata_key(real)
 
     def files(sd):
-        return {(k.fqn, None if k.offset is None else tuple(k.offset), k.index): v.relative_path
-                for k, v in sd.items()}
+        return {
+            (k.fqn, None if k.offset is None else tuple(k.offset), k.index): v.relative_path
+            for k, v in sd.items()
+        }
+
     assert files(res.metadata.storage_data) == files(real.storage_data)
 
 
@@ -239,7 +291,9 @@ def test_save_matches_torch(layouts, lowest):
     res, _ = check_save(layouts, lowest)
     event(f"world > 8: {res.world_size > 8}")
     event(f"validation errors: {bool(res.errors)}")
-    event(f"dedup dropped items: {sum(len(p.items) for p in res.local_plans) > sum(len(p.items) for p in res.plans)}")
+    event(
+        f"dedup dropped items: {sum(len(p.items) for p in res.local_plans) > sum(len(p.items) for p in res.plans)}"
+    )
 
 
 @given(crowded_state_dicts(), st.booleans())
@@ -274,9 +328,14 @@ def test_read_items_for_chunk_lists_match_torch(case):
     md = Metadata({"w": TensorStorageMetadata("float32", shape, saved)})
     res = plan_load(md, {"w": sharded_layout(shape, [local])})
     ours = [read_key(i) for i in res.plans[0].items]
-    tmd = tmeta.TensorStorageMetadata(tmeta.TensorProperties(dtype=torch.float32), torch.Size(shape),
-                                      [tmeta.ChunkStorageMetadata(torch.Size(c.offsets),
-                                                                  torch.Size(c.sizes)) for c in saved])
+    tmd = tmeta.TensorStorageMetadata(
+        tmeta.TensorProperties(dtype=torch.float32),
+        torch.Size(shape),
+        [tmeta.ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes)) for c in saved],
+    )
     tlocal = [tmeta.ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes)) for c in local]
     assert ours == [read_key(i) for i in create_read_items_for_chunk_list("w", tmd, tlocal)]
-    assert ours == [read_key(i) for i in ph.create_read_items_for_chunk_list("w", md.state_dict_metadata["w"], local)]
+    assert ours == [
+        read_key(i)
+        for i in ph.create_read_items_for_chunk_list("w", md.state_dict_metadata["w"], local)
+    ]

@@ -2,6 +2,7 @@
 conftest fails any test that leaves pyplot figures open; the plots never touch pyplot). The fast
 widget path (`picture_png`: dense runs painted as images) is checked pixel by pixel against the
 paths Agg draws for the same picture."""
+
 import io
 import subprocess
 import sys
@@ -16,18 +17,43 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage, imread
 
 import workbench as wb
-from workbench.colors import (BASE_PALETTE, UNKNOWN_COLOR, format_ranks, rank_color, rank_colors,
-                              text_color)
+from workbench import plots
+from workbench.colors import (
+    BASE_PALETTE,
+    UNKNOWN_COLOR,
+    format_ranks,
+    rank_color,
+    rank_colors,
+    text_color,
+)
 from workbench.errors import LayoutError, MetadataError, PlanError
 from workbench.geometry import Chunk
 from workbench.planning import plan_load, plan_save
-from workbench import plots
-from workbench.plots import (RASTER_MIN, Picture, bytes_per_rank_data, draw_picture, layout_data,
-                             layout_slabs, mesh_data, picture_png, plot_bytes_per_rank,
-                             plot_layout, plot_mesh, plot_reshard, plot_traffic, reshard_data,
-                             traffic_data)
-from workbench.records import (BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo,
-                               TensorProperties, TensorStorageMetadata)
+from workbench.plots import (
+    RASTER_MIN,
+    Picture,
+    bytes_per_rank_data,
+    draw_picture,
+    layout_data,
+    layout_slabs,
+    mesh_data,
+    picture_png,
+    plot_bytes_per_rank,
+    plot_layout,
+    plot_mesh,
+    plot_reshard,
+    plot_traffic,
+    reshard_data,
+    traffic_data,
+)
+from workbench.records import (
+    BytesStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    StorageInfo,
+    TensorProperties,
+    TensorStorageMetadata,
+)
 
 
 def rects(tiles):
@@ -68,8 +94,15 @@ def test_layout_picture_of_an_uneven_dtensor_lists_the_empty_shard():
     # (13,2), mesh (4,2), [S(0),S(0)]: rows 2,2,2,2,2,2,1,0 (dcp-semantics s.2: rank 7 is empty
     # at offset 13)
     pic = layout_data(wb.dtensor_layout((13, 2), (4, 2), "S(0), S(0)"))
-    assert rects(pic.tiles) == [(0, 0, 2, 2), (0, 2, 2, 2), (0, 4, 2, 2), (0, 6, 2, 2),
-                                (0, 8, 2, 2), (0, 10, 2, 2), (0, 12, 2, 1)]
+    assert rects(pic.tiles) == [
+        (0, 0, 2, 2),
+        (0, 2, 2, 2),
+        (0, 4, 2, 2),
+        (0, 6, 2, 2),
+        (0, 8, 2, 2),
+        (0, 10, 2, 2),
+        (0, 12, 2, 1),
+    ]
     assert [t.face for t in pic.tiles] == rank_colors(7)
     assert pic.tiles[6].label == "r6\n[12:13, 0:2]"
     assert pic.notes == ("empty shards: r7 [13:13, 0:2]",)
@@ -124,9 +157,13 @@ def test_n_d_layout_draws_small_multiples_per_slab():
 
 
 def test_checkpoint_entry_is_coloured_by_writer():
-    md = Metadata({"w": tsm((4, 4), [((0, 0), (2, 4)), ((2, 0), (2, 4))])},
-                  storage_data={MetadataIndex("w", (0, 0)): StorageInfo("__3_0.distcp", 0, 1),
-                                MetadataIndex("w", (2, 0)): StorageInfo("odd.bin", 0, 1)})
+    md = Metadata(
+        {"w": tsm((4, 4), [((0, 0), (2, 4)), ((2, 0), (2, 4))])},
+        storage_data={
+            MetadataIndex("w", (0, 0)): StorageInfo("__3_0.distcp", 0, 1),
+            MetadataIndex("w", (2, 0)): StorageInfo("odd.bin", 0, 1),
+        },
+    )
     pic = layout_data(md, fqn="w")
     assert [t.face for t in pic.tiles] == [rank_color(3), UNKNOWN_COLOR]
     assert [t.label for t in pic.tiles] == ["#0 r3\n[0:2, 0:4]", "#1\n[2:4, 0:4]"]
@@ -207,8 +244,9 @@ def test_reshard_picture_shows_a_strided_destinations_real_rows():
     assert pic.of_kind("target")[0].linestyle == "dashed"
     assert rects(pic.of_kind("held")) == [(0, 0, 2, 1), (4, 0, 2, 1)]
     assert rects(pic.of_kind("read")) == [(0, 0, 4, 1)]
-    assert any(n.startswith("DCP reads the box [0:4] but rank 0 holds dim 0: 0:2, 4:6")
-               for n in pic.notes)
+    assert any(
+        n.startswith("DCP reads the box [0:4] but rank 0 holds dim 0: 0:2, 4:6") for n in pic.notes
+    )
     ax = plot_reshard(save, load, "x", rank=0)
     assert [c.get_hatch() for c in ax.collections].count("//") == 1
 
@@ -222,8 +260,10 @@ def test_reshard_of_a_3d_tensor_draws_the_ranks_slab_and_notes_torch_errors():
     bad = plan_load(save.metadata, {"w": wb.dtensor_layout((4, 4, 8), (2,), "S(2)")})
     pic = reshard_data(save, bad, "w", rank=0)
     assert pic.of_kind("read") == []
-    assert "torch raises: Size mismatch between saved torch.Size([4, 4, 6]) and current: " \
-           "torch.Size([4, 4, 8]) for w" in pic.notes
+    assert (
+        "torch raises: Size mismatch between saved torch.Size([4, 4, 6]) and current: "
+        "torch.Size([4, 4, 8]) for w" in pic.notes
+    )
 
 
 def test_reshard_bad_input():
@@ -250,8 +290,12 @@ def test_mesh_picture_places_ranks_row_major():
     assert pic.tiles[1].label == "r1\n(0, 1)\n[0:4, 2:4]"
     assert pic.notes == ("empty shards: r3,7", "outside the mesh (no chunk): r8-9")
     ax = plot_mesh(layout)
-    assert drawn_paths(ax) == 8 and [c.get_hatch() for c in ax.collections] == [None, "..",
-                                                                                  None, ".."]
+    assert drawn_paths(ax) == 8 and [c.get_hatch() for c in ax.collections] == [
+        None,
+        "..",
+        None,
+        "..",
+    ]
     with pytest.raises(LayoutError, match=r"mesh shape \(2, 0\) has a dim below 1"):
         mesh_data((2, 0))
 
@@ -284,10 +328,12 @@ def test_traffic_and_bytes_per_rank_come_from_the_plans_io():
 
 # ----------------------------------------------------------------------------- hygiene
 def test_plots_never_import_pyplot():
-    code = ("import sys, workbench.plots as p, workbench as wb; "
-            "import io; p.plot_layout(wb.dtensor_layout((4, 4), (2,), 'S(0)')).figure.savefig("
-            "io.BytesIO(), format='png'); "
-            "sys.exit('matplotlib.pyplot' in sys.modules)")
+    code = (
+        "import sys, workbench.plots as p, workbench as wb; "
+        "import io; p.plot_layout(wb.dtensor_layout((4, 4), (2,), 'S(0)')).figure.savefig("
+        "io.BytesIO(), format='png'); "
+        "sys.exit('matplotlib.pyplot' in sys.modules)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -335,8 +381,9 @@ def test_zoom_keeps_the_ranks_neighbourhood_only():
     assert ax.get_xlim() == (0, 4) and ax.get_ylim() == (8, 2)
     # 4096 saved chunks and 4096 destination chunks: the zoomed picture keeps ~1/32 of them
     big_save = plan_save({"w": wb.dtensor_layout((4096, 4096), (4096,), "S(0)")})
-    big_load = plan_load(big_save.metadata,
-                         {"w": wb.dtensor_layout((4096, 4096), (64, 64), "S(0), S(1)")})
+    big_load = plan_load(
+        big_save.metadata, {"w": wb.dtensor_layout((4096, 4096), (64, 64), "S(0), S(1)")}
+    )
     pic = reshard_data(big_save, big_load, "w", rank=65, zoom=True)
     assert pic.window == (32, 32, 160, 160)
     assert len(pic.of_kind("saved")) == 128 and len(pic.of_kind("read")) == 64
@@ -344,15 +391,18 @@ def test_zoom_keeps_the_ranks_neighbourhood_only():
 
 
 @settings(max_examples=50)
-@given(st.lists(st.integers(1, 12), min_size=2, max_size=2),
-       st.lists(st.integers(1, 4), min_size=1, max_size=2), st.data())
+@given(
+    st.lists(st.integers(1, 12), min_size=2, max_size=2),
+    st.lists(st.integers(1, 4), min_size=1, max_size=2),
+    st.data(),
+)
 def test_layout_tiles_cover_the_tensor_once(shape, mesh, data):
     placements = [data.draw(st.sampled_from(["R", "S(0)", "S(1)"])) for _ in mesh]
     layout = wb.dtensor_layout(shape, mesh, placements)
     pic = layout_data(layout)
     grid = np.zeros(shape, dtype=int)
     for t in pic.tiles:
-        grid[t.y:t.y + t.h, t.x:t.x + t.w] += 1
+        grid[t.y : t.y + t.h, t.x : t.x + t.w] += 1
     assert (grid == 1).all()  # replicas are one tile; every element in exactly one tile
     holders = sorted(r for t in pic.tiles for r in t.ranks)
     empties = [r for r in range(layout.world_size) if layout.chunks(r)[0].is_empty]
@@ -374,8 +424,7 @@ def _pixels(picture, raster: bool):
 
 def _big_reshard():
     save = plan_save({"w": wb.dtensor_layout((4096, 4096), (4096,), "S(0)")})
-    load = plan_load(save.metadata, {"w": wb.dtensor_layout((4096, 4096), (64, 64),
-                                                            "S(0), S(1)")})
+    load = plan_load(save.metadata, {"w": wb.dtensor_layout((4096, 4096), (64, 64), "S(0), S(1)")})
     return save, load
 
 
@@ -394,8 +443,17 @@ def test_raster_paints_the_pixels_the_paths_paint():
         # pale saved rows under 4095 hairline outlines, the rank's reads and chunk as paths:
         # only the outlines' anti-aliasing differs
         (reshard_data(save, load, "w", rank=70), 0.85),
-        (reshard_data(uneven, plan_load(uneven.metadata, {"w": wb.dtensor_layout(
-            (1000, 3000), (24, 24), "S(0), S(1)")}), "w", rank=30), 0.9),
+        (
+            reshard_data(
+                uneven,
+                plan_load(
+                    uneven.metadata, {"w": wb.dtensor_layout((1000, 3000), (24, 24), "S(0), S(1)")}
+                ),
+                "w",
+                rank=30,
+            ),
+            0.9,
+        ),
     ]
     for pic, share in cases:
         vector_ax, vector = _pixels(pic, raster=False)
@@ -408,8 +466,10 @@ def test_raster_paints_the_pixels_the_paths_paint():
         assert (diff <= 8).mean() >= share
         assert (diff <= 64).mean() >= 0.995  # the rest: faint hairline shades
         # more than 12 chunk edges per axis: a few round integer ticks, not one per edge
-        for axis, (lo, hi) in ((raster_ax.xaxis, raster_ax.get_xlim()),
-                               (raster_ax.yaxis, sorted(raster_ax.get_ylim()))):
+        for axis, (lo, hi) in (
+            (raster_ax.xaxis, raster_ax.get_xlim()),
+            (raster_ax.yaxis, sorted(raster_ax.get_ylim())),
+        ):
             ticks = [t for t in axis.get_ticklocs() if lo <= t <= hi]
             assert 3 <= len(ticks) <= 6 and all(float(t).is_integer() for t in ticks)
     ax = draw_picture(cases[0][0], Figure().add_subplot())
@@ -438,9 +498,17 @@ def test_picture_png_gives_the_widget_its_figure_and_png():
     # rank 4095's chunk is the bottom right cell: the top of its thick black outline is there,
     # where rank 0's picture has only a grey hairline
     (x0, y0), (x1, _) = fig.axes[0].transData.transform([(4032, 4032), (4096, 4096)])
-    edge = np.s_[378 - round(y0) - 1:378 - round(y0) + 2, round(x0) + 1:round(x1) - 1]
-    other = (imread(io.BytesIO(picture_png(reshard_data(save, load, "w", rank=0), **WIDGET)[1]))
-             [..., :3] * 255).round().astype(int)
+    edge = np.s_[378 - round(y0) - 1 : 378 - round(y0) + 2, round(x0) + 1 : round(x1) - 1]
+    other = (
+        (
+            imread(io.BytesIO(picture_png(reshard_data(save, load, "w", rank=0), **WIDGET)[1]))[
+                ..., :3
+            ]
+            * 255
+        )
+        .round()
+        .astype(int)
+    )
     assert (shown[edge].sum(axis=2) < 100).mean() > 0.5
     assert (other[edge].sum(axis=2) < 100).mean() == 0
     # a small picture has no dense run: paths only, still a PNG
@@ -460,8 +528,7 @@ def test_reshard_layers_are_computed_once_and_never_stale():
     # the saved tiles are the very same objects: computed once for every rank
     assert all(a is b for a, b in zip(five.of_kind("saved"), six.of_kind("saved")))
     # each rank's own chunk is its target, not among the wanted outlines
-    assert len(six.of_kind("wanted")) == 4095 and rects(six.of_kind("target")) == [
-        (384, 0, 64, 64)]
+    assert len(six.of_kind("wanted")) == 4095 and rects(six.of_kind("target")) == [(384, 0, 64, 64)]
     assert (384, 0, 64, 64) in rects(five.of_kind("wanted"))
     assert (384, 0, 64, 64) not in rects(six.of_kind("wanted"))
     plots._LAYERS.clear()
@@ -477,5 +544,6 @@ def test_reshard_layers_are_computed_once_and_never_stale():
             flipped = reshard_data(save, load, "w", rank=5, dims=dims, zoom=zoom)
             assert flipped.xlabel == f"dim {dims[1]}"
     assert rects(reshard_data(save, load, "w", rank=5, dims=(1, 0)).of_kind("saved"))[:1] == [
-        (0, 0, 1, 4096)]
+        (0, 0, 1, 4096)
+    ]
     assert len(plots._LAYERS) <= plots._LAYERS_KEPT

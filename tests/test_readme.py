@@ -1,4 +1,5 @@
 """The README's tour code runs as written and says what the README claims."""
+
 import re
 from pathlib import Path
 

@@ -2,6 +2,7 @@
 checked element by element, the broken checkpoints showing their failure, `open_checkpoint` on
 real directories, and the launcher's limits. Four launches in all, shared through module-scoped
 fixtures."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -10,27 +11,44 @@ import shutil
 import numpy as np
 import pytest
 
-from workbench import PlanError, bytes_layout, dtensor_layout, sharded_layout, tensor_layout
+from workbench import (
+    PlanError,
+    bytes_layout,
+    dtensor_layout,
+    load_metadata,
+    sharded_layout,
+    tensor_layout,
+)
 from workbench.checkpoint import open_checkpoint
 from workbench.planning import plan_load, plan_save
-from workbench.torch_bridge import load_metadata
-from workbench.torch_bridge.runs import (SCENARIO_KINDS, LoadStep, SaveStep, load_scenarios,
-                                         make_checkpoints, run_load, run_steps)
+from workbench.torch_bridge.runs import (
+    SCENARIO_KINDS,
+    LoadStep,
+    SaveStep,
+    load_scenarios,
+    make_checkpoints,
+    run_load,
+    run_steps,
+)
 
 pytestmark = pytest.mark.real
 
-SAVE4 = {"w": dtensor_layout((8, 6), (2, 2), "S(0), S(1)"),
-         "v": dtensor_layout((10,), (4,), "S(0)"),                       # 3, 3, 3, 1 rows
-         "st": sharded_layout((4, 3), [[((0, 0), (1, 3))], [((1, 0), (3, 3))], [], []]),
-         "t": tensor_layout((3,), 4, "int32"),
-         "sh": sharded_layout((6,), [[((0,), (2,))], [((2,), (4,))], [], []]),
-         "step": bytes_layout(4)}
-LOAD4 = {"w": dtensor_layout((8, 6), (4,), "S(1)"),                      # 2 columns each
-         "v": dtensor_layout((10,), (2, 2), "SS(0,2), S(0)", "float64"),  # FSDP2+TP; contiguous
-         "st": dtensor_layout((4, 3), (2, 2), "R, S(0)"),
-         "t": tensor_layout((3,), 4, "int32"),
-         "sh": sharded_layout((6,), [[], [((0,), (1,)), ((4,), (2,))], [((1,), (3,))], []]),
-         "step": bytes_layout(4)}
+SAVE4 = {
+    "w": dtensor_layout((8, 6), (2, 2), "S(0), S(1)"),
+    "v": dtensor_layout((10,), (4,), "S(0)"),  # 3, 3, 3, 1 rows
+    "st": sharded_layout((4, 3), [[((0, 0), (1, 3))], [((1, 0), (3, 3))], [], []]),
+    "t": tensor_layout((3,), 4, "int32"),
+    "sh": sharded_layout((6,), [[((0,), (2,))], [((2,), (4,))], [], []]),
+    "step": bytes_layout(4),
+}
+LOAD4 = {
+    "w": dtensor_layout((8, 6), (4,), "S(1)"),  # 2 columns each
+    "v": dtensor_layout((10,), (2, 2), "SS(0,2), S(0)", "float64"),  # FSDP2+TP; contiguous
+    "st": dtensor_layout((4, 3), (2, 2), "R, S(0)"),
+    "t": tensor_layout((3,), 4, "int32"),
+    "sh": sharded_layout((6,), [[], [((0,), (1,)), ((4,), (2,))], [((1,), (3,))], []]),
+    "step": bytes_layout(4),
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +61,21 @@ def four(tmp_path_factory, scenarios):
     """One 4-process launch: a save, a load with new layouts, and the 4-rank scenario loads."""
     path = tmp_path_factory.mktemp("four") / "ck"
     at4 = [sc for sc in scenarios.values() if sc.load_world_size == 4]
-    save, load, *rest = run_steps([SaveStep(str(path), SAVE4), LoadStep(str(path), LOAD4)]
-                                  + [LoadStep(sc.path, sc.load_layouts) for sc in at4], 4)
+    save, load, *rest = run_steps(
+        [SaveStep(str(path), SAVE4), LoadStep(str(path), LOAD4)]
+        + [LoadStep(sc.path, sc.load_layouts) for sc in at4],
+        4,
+    )
     return path, save, load, {sc.kind: run for sc, run in zip(at4, rest)}
 
 
 @pytest.fixture(scope="module")
 def loaded(scenarios, four):
     """Every scenario loaded: the 2-rank ones in one launch, the 4-rank ones from `four`."""
-    return {**load_scenarios({k: sc for k, sc in scenarios.items() if sc.load_world_size == 2}),
-            **four[3]}
+    return {
+        **load_scenarios({k: sc for k, sc in scenarios.items() if sc.load_world_size == 2}),
+        **four[3],
+    }
 
 
 def _global(shape, dtype="float32"):
@@ -71,7 +94,7 @@ def test_two_process_reshard_loads_every_element(loaded):
     assert run.ok and run.world_size == 2
     g = _global((8, 6))
     for r in range(2):  # S(0) saved, S(1) loaded: rank r holds columns 3r:3r+3
-        np.testing.assert_array_equal(run.ranks[r].values["w"], g[:, 3 * r:3 * r + 3])
+        np.testing.assert_array_equal(run.ranks[r].values["w"], g[:, 3 * r : 3 * r + 3])
         np.testing.assert_array_equal(run.ranks[r].values["b"], _global((6,)))
         assert run.ranks[r].values["step"] == "step"
 
@@ -83,7 +106,7 @@ def test_four_process_save_and_reshard(four):
     g = _global((8, 6))
     for r in range(4):
         vals = load.ranks[r].values
-        np.testing.assert_array_equal(vals["w"], g[:, 2 * r:2 * r + 2])  # rank 3: [6:6], empty
+        np.testing.assert_array_equal(vals["w"], g[:, 2 * r : 2 * r + 2])  # rank 3: [6:6], empty
         np.testing.assert_array_equal(vals["t"], [0, 1, 2])
         assert vals["step"] == "step"
     # [SS(0,2), S(0)] on 2x2, 10 rows: pieces [0:5], [5:10] split 3+2 over dim 0 -> rows
@@ -103,8 +126,9 @@ def test_real_metadata_matches_plan_save(four, scenarios):
     path, _, _, _ = four
     real = open_checkpoint(path)
     planned = plan_save(SAVE4)
-    assert {k: v for k, v in real.metadata.state_dict_metadata.items()} == \
-        planned.metadata.state_dict_metadata
+    assert {
+        k: v for k, v in real.metadata.state_dict_metadata.items()
+    } == planned.metadata.state_dict_metadata
     for fqn in SAVE4:
         assert real.writers(fqn) == planned.writers[fqn], fqn
     sc = scenarios["fsdp"]
@@ -147,11 +171,11 @@ def test_dtype_change_is_silently_cast(loaded):
 
 
 def test_size_change_raises_torch_message(loaded):
-    msg = ("Size mismatch between saved torch.Size([8, 6]) and current: torch.Size([8, 4]) "
-           "for w")
+    msg = "Size mismatch between saved torch.Size([8, 6]) and current: torch.Size([8, 4]) for w"
     assert set(loaded["size"].errors) == {0, 1}
-    assert all(msg in e and e.startswith("CheckpointException")
-               for e in loaded["size"].errors.values())
+    assert all(
+        msg in e and e.startswith("CheckpointException") for e in loaded["size"].errors.values()
+    )
 
 
 def test_dedup_drops_per_rank_tensors(loaded, scenarios):
@@ -181,8 +205,9 @@ def test_per_rank_bytes_at_a_new_world_size(loaded):
 def test_scenarios_are_planned_the_same_way(scenarios):
     """plan_load's failures name the same messages the real loads raised."""
     res = plan_load(load_metadata(scenarios["size"].path), scenarios["size"].load_layouts)
-    assert res.failures[0][2] == ("Size mismatch between saved torch.Size([8, 6]) and current: "
-                                  "torch.Size([8, 4]) for w")
+    assert res.failures[0][2] == (
+        "Size mismatch between saved torch.Size([8, 6]) and current: torch.Size([8, 4]) for w"
+    )
 
 
 # ----------------------------------------------------------------------------- open_checkpoint
@@ -237,6 +262,5 @@ def test_launcher_refuses_bad_worlds(tmp_path):
 
 def test_time_limit_kills_every_process(tmp_path):
     with pytest.raises(RuntimeError, match=r"exceeded 0.2 s; ranks \[0, 1\] were killed"):
-        run_steps([SaveStep(str(tmp_path / "x"), {"t": tensor_layout((2,), 2)})], 2,
-                  time_limit=0.2)
+        run_steps([SaveStep(str(tmp_path / "x"), {"t": tensor_layout((2,), 2)})], 2, time_limit=0.2)
     assert multiprocessing.active_children() == []

@@ -1,6 +1,7 @@
 """The HTML report: one self-contained file (no external src / href, no script, pictures as PNG
 data URIs) that shows the checkpoint and, given a target, the reshard's problems. Checkpoints are
 written by real multi-process gloo ``dcp.save`` runs (``torch_bridge.runs``)."""
+
 from __future__ import annotations
 
 import base64
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from workbench import load_metadata
 from workbench.cli import main
 from workbench.planning import plan_load
 from workbench.report import build_report, describe_checkpoint, human_bytes, write_report
-from workbench.torch_bridge import load_metadata
+
 
 @pytest.fixture(scope="module")
 def scenarios(tmp_path_factory):
@@ -56,8 +58,9 @@ def test_report_with_target_is_self_contained_and_lists_every_problem(scenarios,
     md = load_metadata(sc.path)
     problems = plan_load(md, sc.load_layouts).problems
     assert {p.kind for p in problems} == {"strided_misdescribed"} and len(problems) == 2
-    out = write_report(tmp_path / "r.html", md, sc.load_layouts, checkpoint=sc.path,
-                       target="strided.json")
+    out = write_report(
+        tmp_path / "r.html", md, sc.load_layouts, checkpoint=sc.path, target="strided.json"
+    )
     text = out.read_text(encoding="utf-8")
     pngs = _assert_self_contained(text)
     # one reshard picture of w, the bytes-per-rank bars and the traffic map
@@ -113,15 +116,22 @@ def test_describe_checkpoint_matches_the_metadata(scenarios):
     entries = {e["fqn"]: e for e in info["entries"]}
     assert entries["w"]["shape"] == [8, 6] and entries["w"]["nbytes"] == 8 * 6 * 4
     # FSDP on 2 ranks: rank r wrote rows [4r:4r+4] into its own file
-    assert [(c["region"], c["writer"], c["file"]) for c in entries["w"]["chunks"]] == \
-        [("[0:4, 0:6]", 0, "__0_0.distcp"), ("[4:8, 0:6]", 1, "__1_0.distcp")]
+    assert [(c["region"], c["writer"], c["file"]) for c in entries["w"]["chunks"]] == [
+        ("[0:4, 0:6]", 0, "__0_0.distcp"),
+        ("[4:8, 0:6]", 1, "__1_0.distcp"),
+    ]
     on_disk = {p.name: p.stat().st_size for p in Path(sc.path).glob("*.distcp")}
     assert {f["file"]: f["bytes"] for f in info["files"]} == on_disk
 
 
 def test_human_bytes():
-    assert [human_bytes(n) for n in (0, 1023, 1536, 3 * 2**30, None)] == \
-        ["0 B", "1023 B", "1.5 KiB", "3.0 GiB", "unknown"]
+    assert [human_bytes(n) for n in (0, 1023, 1536, 3 * 2**30, None)] == [
+        "0 B",
+        "1023 B",
+        "1.5 KiB",
+        "3.0 GiB",
+        "unknown",
+    ]
 
 
 @pytest.mark.real
@@ -146,8 +156,10 @@ def test_hostile_key_names_are_escaped():
     from workbench import Chunk, Metadata, TensorProperties, TensorStorageMetadata
 
     evil = '<img src=x onerror="alert(1)">'
-    md = Metadata({evil: TensorStorageMetadata(TensorProperties("float32"), (4,),
-                                               [Chunk((0,), (4,))])}, version="1.0.0")
+    md = Metadata(
+        {evil: TensorStorageMetadata(TensorProperties("float32"), (4,), [Chunk((0,), (4,))])},
+        version="1.0.0",
+    )
     text = build_report(md, checkpoint="<script>alert(2)</script>")
     _assert_self_contained(text)
     assert evil not in text and "<script>" not in text

@@ -1,6 +1,7 @@
 """The allow-list ``.metadata`` reader: hostile pickles are refused before anything runs, damaged
 files give a MetadataError naming the path, and real checkpoints (written by real gloo runs) read
 exactly as torch's ``FileSystemReader.read_metadata`` reads them."""
+
 from __future__ import annotations
 
 import os
@@ -11,12 +12,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from workbench import (BytesStorageMetadata, Chunk, MetadataError, TensorStorageMetadata,
-                       UnsafeCheckpointError, bytes_layout, dtensor_layout, sharded_layout,
-                       tensor_layout)
-from workbench.torch_bridge.safe_metadata import ALLOWED_GLOBALS, load_metadata, read_metadata_bytes
+from workbench import (
+    BytesStorageMetadata,
+    Chunk,
+    MetadataError,
+    TensorStorageMetadata,
+    UnsafeCheckpointError,
+    bytes_layout,
+    dtensor_layout,
+    sharded_layout,
+    tensor_layout,
+)
+from workbench.formats.dcp import ALLOWED_GLOBALS, load_metadata, read_metadata_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,14 +38,17 @@ def real_checkpoints(tmp_path_factory):
     from workbench.torch_bridge.runs import SaveStep, run_steps
 
     root = tmp_path_factory.mktemp("real_md")
-    a = {"model.w": dtensor_layout((5, 3), (2,), "S(0)"),          # uneven: 3 + 2 rows
-         "model.b": dtensor_layout((3,), (2,), "R", "bfloat16"),
-         "model.e": dtensor_layout((1, 4), (2,), "S(0)"),          # rank 1 holds an empty shard
-         "scalar": tensor_layout((), 2, "int64"),
-         "opt.step": bytes_layout(2),
-         "st": sharded_layout((4, 2), [[((0, 0), (1, 2)), ((3, 0), (1, 2))], [((1, 0), (2, 2))]],
-                              "float64")}
-    b = {"w": dtensor_layout((8, 6), (2,), "SS(0,2)")}            # misdescribed: save must fail
+    a = {
+        "model.w": dtensor_layout((5, 3), (2,), "S(0)"),  # uneven: 3 + 2 rows
+        "model.b": dtensor_layout((3,), (2,), "R", "bfloat16"),
+        "model.e": dtensor_layout((1, 4), (2,), "S(0)"),  # rank 1 holds an empty shard
+        "scalar": tensor_layout((), 2, "int64"),
+        "opt.step": bytes_layout(2),
+        "st": sharded_layout(
+            (4, 2), [[((0, 0), (1, 2)), ((3, 0), (1, 2))], [((1, 0), (2, 2))]], "float64"
+        ),
+    }
+    b = {"w": dtensor_layout((8, 6), (2,), "SS(0,2)")}  # misdescribed: save must fail
     runs = run_steps([SaveStep(str(root / "a"), a), SaveStep(str(root / "b"), b)], 2)
     assert runs[0].ok, runs[0].errors
     assert all("overlapping chunks" in e for e in runs[1].errors), runs[1].errors
@@ -53,8 +66,14 @@ def local_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("local_md") / "ck"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.save({"w": torch.arange(12.).reshape(3, 4), "h": torch.zeros(2, dtype=torch.float16),
-                  "cfg": {"lr": 0.1}}, checkpoint_id=str(path))
+        dcp.save(
+            {
+                "w": torch.arange(12.0).reshape(3, 4),
+                "h": torch.zeros(2, dtype=torch.float16),
+                "cfg": {"lr": 0.1},
+            },
+            checkpoint_id=str(path),
+        )
     return path
 
 
@@ -98,16 +117,22 @@ def _write(tmp_path, data: bytes) -> Path:
     return d
 
 
-@pytest.mark.parametrize("fn, args, refused", [
-    (os.system, "touch {marker}", "posix.system"),
-    (eval, "open({marker!r}, 'w').close()", "builtins.eval"),
-    (exec, "open({marker!r}, 'w').close()", "builtins.exec"),
-    (subprocess.call, ["touch", "{marker}"], "subprocess.call"),
-])
+@pytest.mark.parametrize(
+    "fn, args, refused",
+    [
+        (os.system, "touch {marker}", "posix.system"),
+        (eval, "open({marker!r}, 'w').close()", "builtins.eval"),
+        (exec, "open({marker!r}, 'w').close()", "builtins.exec"),
+        (subprocess.call, ["touch", "{marker}"], "subprocess.call"),
+    ],
+)
 def test_hostile_reduce_is_refused_and_never_runs(tmp_path, fn, args, refused):
     marker = tmp_path / "pwned"
-    arg = [a.format(marker=str(marker)) for a in args] if isinstance(args, list) \
+    arg = (
+        [a.format(marker=str(marker)) for a in args]
+        if isinstance(args, list)
         else args.format(marker=str(marker))
+    )
     path = _write(tmp_path, pickle.dumps(_Payload(fn, arg), protocol=4))
     with pytest.raises(UnsafeCheckpointError, match=refused.replace(".", r"\.")) as ei:
         load_metadata(path)
@@ -138,11 +163,14 @@ class Unknown:  # a class no .metadata contains
     pass
 
 
-@pytest.mark.parametrize("obj, name", [
-    (Unknown(), f"{__name__}.Unknown"),
-    (__import__("collections").Counter("ab"), "collections.Counter"),
-    (__import__("datetime").date(2020, 1, 2), "datetime.date"),
-])
+@pytest.mark.parametrize(
+    "obj, name",
+    [
+        (Unknown(), f"{__name__}.Unknown"),
+        (__import__("collections").Counter("ab"), "collections.Counter"),
+        (__import__("datetime").date(2020, 1, 2), "datetime.date"),
+    ],
+)
 def test_unknown_class_is_refused(tmp_path, obj, name):
     path = _write(tmp_path, pickle.dumps(obj, protocol=4))
     with pytest.raises(UnsafeCheckpointError) as ei:
@@ -151,16 +179,21 @@ def test_unknown_class_is_refused(tmp_path, obj, name):
     assert f"global {name}" in str(ei.value)
 
 
-@pytest.mark.parametrize("data, refused", [
-    # torch's own classes and dtypes are allowed as globals but never called by a real .metadata
-    (b"ctorch.distributed.checkpoint.metadata\nMetadata\n(tR.",
-     "torch.distributed.checkpoint.metadata.Metadata"),
-    (b"ctorch\nfloat32\n(tR.", "torch.float32"),
-    # other torch callables are not even looked up
-    (b"ctorch\nload\n(S'/etc/passwd'\ntR.", "torch.load"),
-    (b"ctorch.serialization\nload\n(tR.", "torch.serialization.load"),
-    (b"cbuiltins\ngetattr\n(tR.", "builtins.getattr"),
-])
+@pytest.mark.parametrize(
+    "data, refused",
+    [
+        # torch's own classes and dtypes are allowed as globals but never called by a real .metadata
+        (
+            b"ctorch.distributed.checkpoint.metadata\nMetadata\n(tR.",
+            "torch.distributed.checkpoint.metadata.Metadata",
+        ),
+        (b"ctorch\nfloat32\n(tR.", "torch.float32"),
+        # other torch callables are not even looked up
+        (b"ctorch\nload\n(S'/etc/passwd'\ntR.", "torch.load"),
+        (b"ctorch.serialization\nload\n(tR.", "torch.serialization.load"),
+        (b"cbuiltins\ngetattr\n(tR.", "builtins.getattr"),
+    ],
+)
 def test_reduce_on_a_non_allowed_callable_is_refused(tmp_path, data, refused):
     with pytest.raises(UnsafeCheckpointError) as ei:
         load_metadata(_write(tmp_path, data))
@@ -181,15 +214,27 @@ def test_a_pickle_cannot_alter_the_stand_ins(tmp_path, local_checkpoint):
         load_metadata(_write(tmp_path, data))
     md = load_metadata(local_checkpoint)  # unchanged afterwards
     assert md.state_dict_metadata["w"].properties.dtype == "float32"
-    assert ALLOWED_GLOBALS[("torch.distributed.checkpoint.metadata", "Metadata")].torch_name == \
-        "torch.distributed.checkpoint.metadata.Metadata"
+    assert (
+        ALLOWED_GLOBALS[("torch.distributed.checkpoint.metadata", "Metadata")].torch_name
+        == "torch.distributed.checkpoint.metadata.Metadata"
+    )
 
 
 def test_allow_list_holds_no_callable_that_touches_the_system():
     names = {f"{m}.{n}" for m, n in ALLOWED_GLOBALS}
-    for bad in ("posix.system", "os.system", "builtins.eval", "builtins.exec", "builtins.open",
-                "builtins.getattr", "builtins.__import__", "torch.load", "subprocess.Popen",
-                "torch._utils._rebuild_tensor_v2", "copyreg._reconstructor"):
+    for bad in (
+        "posix.system",
+        "os.system",
+        "builtins.eval",
+        "builtins.exec",
+        "builtins.open",
+        "builtins.getattr",
+        "builtins.__import__",
+        "torch.load",
+        "subprocess.Popen",
+        "torch._utils._rebuild_tensor_v2",
+        "copyreg._reconstructor",
+    ):
         assert bad not in names
 
 
@@ -204,14 +249,17 @@ def test_every_truncation_of_a_real_metadata_is_a_clear_error(tmp_path, local_ch
     assert "truncated" in str(ei.value)
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"", "empty"),
-    (b"hello, this is not a pickle\n", "not a valid pickle"),
-    (bytes(range(256)) * 4, "not a valid pickle"),
-    (b"\x80\x04\x95", "truncated"),
-    (pickle.dumps({"state_dict_metadata": {}}), "not a DCP Metadata"),
-    (pickle.dumps([1, 2, 3]), "not a DCP Metadata"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"", "empty"),
+        (b"hello, this is not a pickle\n", "not a valid pickle"),
+        (bytes(range(256)) * 4, "not a valid pickle"),
+        (b"\x80\x04\x95", "truncated"),
+        (pickle.dumps({"state_dict_metadata": {}}), "not a DCP Metadata"),
+        (pickle.dumps([1, 2, 3]), "not a DCP Metadata"),
+    ],
+)
 def test_garbage_files_are_clear_errors(tmp_path, content, words):
     path = _write(tmp_path, content)
     with pytest.raises(MetadataError, match=words) as ei:
@@ -251,8 +299,9 @@ def test_corrupt_records_are_metadata_errors(tmp_path, local_checkpoint):
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1,
-                      max_size=4))
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=4)
+)
 def test_damaged_bytes_load_or_fail_cleanly(local_checkpoint, flips):
     data = bytearray((local_checkpoint / ".metadata").read_bytes())
     for pos, x in flips:
@@ -279,8 +328,9 @@ def test_gloo_checkpoint_reads_as_torch_reads_it(real_checkpoints):
     _assert_same_as_torch(ours, _torch_metadata(real_checkpoints))
     sdm = ours.state_dict_metadata
     # worked example: (5, 3) on 2 ranks -> rows [0:3] and [3:5]
-    assert sdm["model.w"] == TensorStorageMetadata("float32", (5, 3),
-                                                   [Chunk((0, 0), (3, 3)), Chunk((3, 0), (2, 3))])
+    assert sdm["model.w"] == TensorStorageMetadata(
+        "float32", (5, 3), [Chunk((0, 0), (3, 3)), Chunk((3, 0), (2, 3))]
+    )
     # replicated bf16: one chunk after dedup
     assert sdm["model.b"].properties.dtype == "bfloat16" and len(sdm["model.b"].chunks) == 1
     # (1, 4) on 2 ranks: rank 1's empty shard sits at offset 1 == the dim's size
@@ -302,13 +352,16 @@ def test_rank_metadata_file_and_file_path(real_checkpoints, tmp_path):
 
 @pytest.mark.real
 def test_reading_needs_no_torch(real_checkpoints):
-    code = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
-            "from workbench.torch_bridge import load_metadata\n"
-            f"md = load_metadata({str(real_checkpoints)!r})\n"
-            "print(sorted(md.state_dict_metadata), md.state_dict_metadata['model.w'].size)\n"
-            "assert 'torch' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         timeout=60)
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
+        "from workbench.formats import load_metadata\n"
+        f"md = load_metadata({str(real_checkpoints)!r})\n"
+        "print(sorted(md.state_dict_metadata), md.state_dict_metadata['model.w'].size)\n"
+        "assert 'torch' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "['model.b', 'model.e', 'model.w', 'opt.step', 'scalar', 'st'] (5, 3)" in out.stdout
 

@@ -1,6 +1,7 @@
 """`local_shape_and_offset` and `held_indices` against torch 2.13 on random inputs: the shape and
 offset torch computes, and the data torch really places on each rank (LocalTensorMode +
 distribute_tensor on an index tensor); both fail on the same bad input."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,11 +9,10 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings, strategies as st
-
 import torch
-
 import torch.distributed as dist  # noqa: E402
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch.distributed._local_tensor import LocalTensorMode  # noqa: E402
 from torch.distributed.device_mesh import DeviceMesh  # noqa: E402
 from torch.distributed.tensor import distribute_tensor  # noqa: E402
@@ -20,8 +20,16 @@ from torch.distributed.tensor._utils import _compute_local_shape_and_global_offs
 from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402
 
 from workbench.errors import PlacementError  # noqa: E402
-from workbench.sharding import (Partial, Replicate, Shard, StridedShard, box_matches_data,  # noqa: E402
-                                dtensor_layout, held_indices, local_shape_and_offset)
+from workbench.sharding import (
+    Partial,
+    Replicate,
+    Shard,
+    StridedShard,
+    box_matches_data,  # noqa: E402
+    dtensor_layout,
+    held_indices,
+    local_shape_and_offset,
+)
 from workbench.torch_bridge.convert import placement_from_torch, placement_to_torch  # noqa: E402
 
 
@@ -44,13 +52,16 @@ def sharding_cases(draw, partial=True, negative=True, min_ndim=0, max_ndim=4):
         else:
             # torch 2.13 splits a 1-D arange along the dim: only -1 works among negative dims
             # (see test_strided_shard_negative_dim_below_minus_one)
-            pl.append(StridedShard(draw(st.integers(max(lo, -1), ndim - 1)), draw(st.integers(1, 4))))
+            pl.append(
+                StridedShard(draw(st.integers(max(lo, -1), ndim - 1)), draw(st.integers(1, 4)))
+            )
     return shape, mesh, pl
 
 
 def torch_local(shape, mesh, coord, pl):
-    out = _compute_local_shape_and_global_offset(shape, mesh, list(coord),
-                                                 [placement_to_torch(p) for p in pl])
+    out = _compute_local_shape_and_global_offset(
+        shape, mesh, list(coord), [placement_to_torch(p) for p in pl]
+    )
     return tuple(out[0]), tuple(out[1])
 
 
@@ -123,13 +134,16 @@ def test_held_indices_match_the_data_torch_places(fake_group, case):
             for d, idx in ours.items():
                 assert idx == real[r][d]
             # the box DCP records describes the data exactly when box_matches_data says so
-            box_ok = all(real[r][d] == list(range(offset[d], offset[d] + local[d]))
-                         for d in range(len(shape)))
+            box_ok = all(
+                real[r][d] == list(range(offset[d], offset[d] + local[d]))
+                for d in range(len(shape))
+            )
             assert box_matches_data(shape, mesh, coord, pl) == box_ok
             # the layout is built like a DTensor, whose negative dims are normalised first
             c = L.rank_chunks[r][0]
-            layout_ok = all(real[r][d] == list(range(c.offsets[d], c.ends[d]))
-                            for d in range(len(shape)))
+            layout_ok = all(
+                real[r][d] == list(range(c.offsets[d], c.ends[d])) for d in range(len(shape))
+            )
             assert (r in L.misdescribed_ranks) == (not layout_ok)
         for d, idx in ours.items():
             assert len(idx) == local[d]
@@ -137,22 +151,42 @@ def test_held_indices_match_the_data_torch_places(fake_group, case):
 
 def test_held_indices_strided_example(fake_group):
     # (8,) on 2 ranks [SS(0,2)]: rank 0 holds 0,1,4,5 (box [0:4]); rank 1 holds 2,3,6,7 (box [2:6])
-    assert torch_held((8,), (2,), [StridedShard(0, 2)]) == {0: {0: [0, 1, 4, 5]}, 1: {0: [2, 3, 6, 7]}}
+    assert torch_held((8,), (2,), [StridedShard(0, 2)]) == {
+        0: {0: [0, 1, 4, 5]},
+        1: {0: [2, 3, 6, 7]},
+    }
     assert held_indices((8,), (2,), (1,), "SS(0,2)") == {0: [2, 3, 6, 7]}
 
 
 # ----------------------------------------------------------------------------- same bad input
-@pytest.mark.parametrize("shape,mesh,coord,pl,torch_exc,torch_text", [
-    # shard dim past ndim: torch reads global_shape[d] first
-    ((4, 3), (2,), (0,), [Shard(2)], IndexError, "tuple index out of range"),
-    ((4, 3), (2,), (0,), [Shard(-3)], IndexError, "tuple index out of range"),
-    ((), (2,), (0,), [Shard(0)], IndexError, "tuple index out of range"),
-    # more placements than mesh dims: torch reads mesh_shape[m] past its end
-    ((4, 3), (2,), (0, 0), [Shard(0), Shard(1)], IndexError, "tuple index out of range"),
-    # split factor 0 / negative: torch.chunk's assertion
-    ((4, 3), (2,), (0,), [StridedShard(0, 0)], AssertionError, "Expected num_chunks > 0, got 0"),
-    ((4, 3), (2,), (0,), [StridedShard(1, -1)], AssertionError, "Expected num_chunks > 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "shape,mesh,coord,pl,torch_exc,torch_text",
+    [
+        # shard dim past ndim: torch reads global_shape[d] first
+        ((4, 3), (2,), (0,), [Shard(2)], IndexError, "tuple index out of range"),
+        ((4, 3), (2,), (0,), [Shard(-3)], IndexError, "tuple index out of range"),
+        ((), (2,), (0,), [Shard(0)], IndexError, "tuple index out of range"),
+        # more placements than mesh dims: torch reads mesh_shape[m] past its end
+        ((4, 3), (2,), (0, 0), [Shard(0), Shard(1)], IndexError, "tuple index out of range"),
+        # split factor 0 / negative: torch.chunk's assertion
+        (
+            (4, 3),
+            (2,),
+            (0,),
+            [StridedShard(0, 0)],
+            AssertionError,
+            "Expected num_chunks > 0, got 0",
+        ),
+        (
+            (4, 3),
+            (2,),
+            (0,),
+            [StridedShard(1, -1)],
+            AssertionError,
+            "Expected num_chunks > 0, got -1",
+        ),
+    ],
+)
 def test_both_fail_on_the_same_bad_input(shape, mesh, coord, pl, torch_exc, torch_text):
     with pytest.raises(torch_exc, match=torch_text):
         torch_local(shape, mesh, coord, pl)
@@ -161,10 +195,13 @@ def test_both_fail_on_the_same_bad_input(shape, mesh, coord, pl, torch_exc, torc
     assert str(ei.value).startswith("w: ")
 
 
-@pytest.mark.parametrize("shape,mesh,coord,pl", [
-    ((4, 3), (2, 2), (0,), [Shard(0)]),       # fewer placements than mesh dims
-    ((4, 3), (2,), (2,), [Shard(0)]),         # coordinate outside the mesh
-])
+@pytest.mark.parametrize(
+    "shape,mesh,coord,pl",
+    [
+        ((4, 3), (2, 2), (0,), [Shard(0)]),  # fewer placements than mesh dims
+        ((4, 3), (2,), (2,), [Shard(0)]),  # coordinate outside the mesh
+    ],
+)
 def test_stricter_than_torch_where_torch_answers_garbage(shape, mesh, coord, pl):
     # torch answers these without complaint (a rank at coordinate 2 of 2 gets offset 4 = the
     # dim size); the workbench refuses them

@@ -4,6 +4,7 @@ on real DeviceMeshes under the fake process group, pipeline save / load plans an
 2 stages x 4 to 4 stages x 2 against torch's planners (`verify_with_torch`), a real 4-process gloo
 save / load checked element by element, the consumers (plots, tables, CLI, convert) and bad input.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from workbench.cli import _json_target, main
 from workbench.errors import LayoutError, PlanError
@@ -26,8 +28,16 @@ from workbench.torch_bridge.fake_pg import torch_save_plans, verify_with_torch
 # ----------------------------------------------------------------------------- worked examples
 def test_two_rank_submesh_of_eight():
     lay = dtensor_layout((8, 4), (2,), "S(0)", world_size=8, mesh_ranks=[4, 6])
-    assert lay.rank_chunks == ((), (), (), (), (Chunk((0, 0), (4, 4)),), (),
-                               (Chunk((4, 0), (4, 4)),), ())
+    assert lay.rank_chunks == (
+        (),
+        (),
+        (),
+        (),
+        (Chunk((0, 0), (4, 4)),),
+        (),
+        (Chunk((4, 0), (4, 4)),),
+        (),
+    )
     assert lay.holders() == [4, 6]
     assert lay.mesh_ranks == (4, 6) and lay.mesh_ranks_or_default == (4, 6)
     assert [lay.coordinate(r) for r in range(8)] == [None] * 4 + [(0,), None, (1,), None]
@@ -65,20 +75,27 @@ def _torch_view(shape, mesh_shape, placements, mesh_ranks, world_size):
             coord = mesh.get_coordinate()
             pl = [placement_to_torch(p) for p in placements]
             size, off = compute_local_shape_and_global_offset(torch.Size(shape), mesh, pl)
-            out.append((None if coord is None else tuple(coord),
-                        None if coord is None else Chunk(tuple(off), tuple(size))))
+            out.append(
+                (
+                    None if coord is None else tuple(coord),
+                    None if coord is None else Chunk(tuple(off), tuple(size)),
+                )
+            )
         finally:
             dist.destroy_process_group()
     return out
 
 
-@pytest.mark.parametrize("shape, mesh, placements, ranks", [
-    ((8, 6), (2, 2), "S(0), S(1)", [4, 5, 6, 7]),
-    ((8, 6), (2, 2), "S(0), S(1)", [4, 6, 5, 7]),     # column-major placement of the ranks
-    ((7, 3), (3,), "S(0)", [7, 1, 4]),                # uneven, unordered
-    ((6,), (2, 2), "S(0), SS(0,2)", [6, 2, 7, 3]),     # _StridedShard: misdescribed boxes
-    ((5, 4), (2, 2), "R, S(1)", [1, 2, 3, 4]),
-])
+@pytest.mark.parametrize(
+    "shape, mesh, placements, ranks",
+    [
+        ((8, 6), (2, 2), "S(0), S(1)", [4, 5, 6, 7]),
+        ((8, 6), (2, 2), "S(0), S(1)", [4, 6, 5, 7]),  # column-major placement of the ranks
+        ((7, 3), (3,), "S(0)", [7, 1, 4]),  # uneven, unordered
+        ((6,), (2, 2), "S(0), SS(0,2)", [6, 2, 7, 3]),  # _StridedShard: misdescribed boxes
+        ((5, 4), (2, 2), "R, S(1)", [1, 2, 3, 4]),
+    ],
+)
 def test_chunks_and_coordinates_match_torch(shape, mesh, placements, ranks):
     lay = dtensor_layout(shape, mesh, placements, world_size=8, mesh_ranks=ranks)
     want = _torch_view(shape, mesh, lay.placements, ranks, 8)
@@ -102,8 +119,7 @@ def test_submesh_moves_the_default_layout_to_the_mesh_ranks(data):
     world = data.draw(st.integers(n, 9))
     ranks = data.draw(st.permutations(range(world)))[:n]
     shape = (data.draw(st.integers(0, 7)), 3)
-    pl = ", ".join(data.draw(st.sampled_from(["S(0)", "S(1)", "R", "SS(0,2)"]))
-                   for _ in mesh)
+    pl = ", ".join(data.draw(st.sampled_from(["S(0)", "S(1)", "R", "SS(0,2)"])) for _ in mesh)
     lay = dtensor_layout(shape, mesh, pl, world_size=world, mesh_ranks=ranks)
     default = dtensor_layout(shape, mesh, pl, world_size=world)
     at = dict(zip(ranks, range(n)))
@@ -145,8 +161,9 @@ def test_two_stage_pipeline_plans_match_torch():
     assert writers["layers.0.w"] == {0, 1, 2, 3} and writers["layers.1.w"] == {4, 5, 6, 7}
     assert writers["layers.1.b"] == {4, 5, 6, 7}
     theirs = torch_save_plans(lays)
-    assert [[it.index for it in p.items] for p in theirs.local_plans] == \
-        [[it.index for it in p.items] for p in ours.local_plans]
+    assert [[it.index for it in p.items] for p in theirs.local_plans] == [
+        [it.index for it in p.items] for p in ours.local_plans
+    ]
 
 
 def test_reshard_two_stages_of_four_to_four_stages_of_two():
@@ -166,12 +183,17 @@ def test_a_default_mesh_layout_would_differ_from_torch():
     """The comparison can fail: torch's plans for the submesh differ from those of the same
     tensors described on ranks 0..3."""
     lays = _pipeline(2, 2, (2, 2))
-    wrong = {k: (dtensor_layout(v.shape, v.mesh_shape, v.placements, world_size=8)
-                 if v.mesh_ranks else v) for k, v in lays.items()}
+    wrong = {
+        k: (
+            dtensor_layout(v.shape, v.mesh_shape, v.placements, world_size=8) if v.mesh_ranks else v
+        )
+        for k, v in lays.items()
+    }
     ours = plan_save(wrong)
     theirs = torch_save_plans(lays)
-    assert [[it.index for it in p.items] for p in theirs.local_plans] != \
-        [[it.index for it in p.items] for p in ours.local_plans]
+    assert [[it.index for it in p.items] for p in theirs.local_plans] != [
+        [it.index for it in p.items] for p in ours.local_plans
+    ]
 
 
 def test_convert_describes_a_real_submesh_dtensor():
@@ -188,8 +210,14 @@ def test_convert_describes_a_real_submesh_dtensor():
         dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=8)
         try:
             mesh = DeviceMesh("cpu", torch.tensor([[4, 6], [5, 7]]))
-            dt = DTensor.from_local(torch.zeros(local), mesh, [Shard(0), Shard(1)],
-                                    run_check=False, shape=(8, 4), stride=(4, 1))
+            dt = DTensor.from_local(
+                torch.zeros(local),
+                mesh,
+                [Shard(0), Shard(1)],
+                run_check=False,
+                shape=(8, 4),
+                stride=(4, 1),
+            )
             lay = layout_from_torch(dt)
             assert lay.rank_chunks == want.rank_chunks and lay.mesh_ranks == (4, 6, 5, 7)
             lt = local_tensor_from_torch(dt)
@@ -235,30 +263,46 @@ def one_rank_checkpoint(tmp_path_factory):
 
 def test_cli_json_target_takes_mesh_ranks(tmp_path, one_rank_checkpoint, capsys):
     f = tmp_path / "t.json"
-    f.write_text(json.dumps({
-        "s0.w": {"shape": [8, 4], "mesh": [2], "placements": "S(0)"},
-        "s1.w": {"shape": [8, 4], "mesh": [2], "placements": "S(0)", "mesh_ranks": [4, 6]}}))
+    f.write_text(
+        json.dumps(
+            {
+                "s0.w": {"shape": [8, 4], "mesh": [2], "placements": "S(0)"},
+                "s1.w": {"shape": [8, 4], "mesh": [2], "placements": "S(0)", "mesh_ranks": [4, 6]},
+            }
+        )
+    )
     out = _json_target(f)
     assert out["s1.w"] is dtensor_layout((8, 4), (2,), "S(0)", world_size=7, mesh_ranks=[4, 6])
     assert out["s0.w"].world_size == 7 and out["s0.w"].holders() == [0, 1]
     # end to end: the saved [0:8] is read by ranks 4 and 6 of a world of 7, one item each
-    f.write_text(json.dumps({"w": {"shape": [8], "mesh": [2], "placements": "S(0)",
-                                   "mesh_ranks": [4, 6]}}))
+    f.write_text(
+        json.dumps({"w": {"shape": [8], "mesh": [2], "placements": "S(0)", "mesh_ranks": [4, 6]}})
+    )
     assert main(["plan", str(one_rank_checkpoint), "--target", str(f), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["world_size"] == 7 and got["ok"] and got["io"]["reads"] == 2
     assert got["io"]["bytes_needed"] == 32
 
 
-@pytest.mark.parametrize("entry, error, words", [
-    ({"shape": [8], "mesh_ranks": [1]}, PlanError, "mesh_ranks without a mesh"),
-    ({"shape": [8], "mesh": [2], "placements": "S(0)", "mesh_ranks": [3, 3]}, LayoutError,
-     "repeat ranks [3]"),
-    ({"shape": [8], "mesh": [2], "placements": "S(0)", "mesh_ranks": "ab"}, PlanError,
-     "malformed value"),
-])
-def test_cli_json_target_refuses_bad_mesh_ranks(tmp_path, one_rank_checkpoint, entry, error,
-                                                words, capsys):
+@pytest.mark.parametrize(
+    "entry, error, words",
+    [
+        ({"shape": [8], "mesh_ranks": [1]}, PlanError, "mesh_ranks without a mesh"),
+        (
+            {"shape": [8], "mesh": [2], "placements": "S(0)", "mesh_ranks": [3, 3]},
+            LayoutError,
+            "repeat ranks [3]",
+        ),
+        (
+            {"shape": [8], "mesh": [2], "placements": "S(0)", "mesh_ranks": "ab"},
+            PlanError,
+            "malformed value",
+        ),
+    ],
+)
+def test_cli_json_target_refuses_bad_mesh_ranks(
+    tmp_path, one_rank_checkpoint, entry, error, words, capsys
+):
     f = tmp_path / "t.json"
     f.write_text(json.dumps({"w": entry}))
     with pytest.raises(error) as e:
@@ -269,15 +313,18 @@ def test_cli_json_target_refuses_bad_mesh_ranks(tmp_path, one_rank_checkpoint, e
 
 
 # ----------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("ranks, world, words", [
-    ([4, 4], 8, "repeat ranks [4]"),
-    ([4, 8], 8, "are not all in a world of 8 (0 <= rank < 8)"),
-    ([-1, 2], None, "are not all in a world of 3"),
-    ([4, 5, 6], 8, "name 3 ranks for a mesh of 2"),
-    ([4], 8, "name 1 ranks for a mesh of 2"),
-    ([4.0, 5], 8, "are not a sequence of ints"),
-    (5, 8, "are not a sequence of ints"),
-])
+@pytest.mark.parametrize(
+    "ranks, world, words",
+    [
+        ([4, 4], 8, "repeat ranks [4]"),
+        ([4, 8], 8, "are not all in a world of 8 (0 <= rank < 8)"),
+        ([-1, 2], None, "are not all in a world of 3"),
+        ([4, 5, 6], 8, "name 3 ranks for a mesh of 2"),
+        ([4], 8, "name 1 ranks for a mesh of 2"),
+        ([4.0, 5], 8, "are not a sequence of ints"),
+        (5, 8, "are not a sequence of ints"),
+    ],
+)
 def test_bad_mesh_ranks(ranks, world, words):
     with pytest.raises(LayoutError) as e:
         dtensor_layout((8, 4), (2,), "S(0)", world_size=world, mesh_ranks=ranks, fqn="p.w")
@@ -297,11 +344,14 @@ def test_real_run_saves_on_submeshes_and_loads_every_element(tmp_path):
 
     # two stages of two ranks each save; one 2x2 mesh over all four (ranks reversed) and a stage
     # on ranks [3, 1] load
-    save = {"a": dtensor_layout((4, 6), (2,), "S(0)", world_size=4, mesh_ranks=[0, 1]),
-            "b": dtensor_layout((6,), (2,), "S(0)", world_size=4, mesh_ranks=[2, 3])}
-    load = {"a": dtensor_layout((4, 6), (2, 2), "S(0), S(1)", world_size=4,
-                                mesh_ranks=[3, 2, 1, 0]),
-            "b": dtensor_layout((6,), (2,), "S(0)", world_size=4, mesh_ranks=[3, 1])}
+    save = {
+        "a": dtensor_layout((4, 6), (2,), "S(0)", world_size=4, mesh_ranks=[0, 1]),
+        "b": dtensor_layout((6,), (2,), "S(0)", world_size=4, mesh_ranks=[2, 3]),
+    }
+    load = {
+        "a": dtensor_layout((4, 6), (2, 2), "S(0), S(1)", world_size=4, mesh_ranks=[3, 2, 1, 0]),
+        "b": dtensor_layout((6,), (2,), "S(0)", world_size=4, mesh_ranks=[3, 1]),
+    }
     path = str(tmp_path / "ck")
     saved, loaded = run_steps([SaveStep(path, save), LoadStep(path, load)], 4)
     assert saved.ok, saved.errors
@@ -317,10 +367,11 @@ def test_real_run_saves_on_submeshes_and_loads_every_element(tmp_path):
     np.testing.assert_array_equal(vals[1]["b"], b[3:6])
     assert vals[0]["b"].size == 0 and vals[2]["b"].size == 0  # outside b's mesh
     # the saved metadata is what plan_save predicts for the submesh save
-    from workbench.torch_bridge import load_metadata
+    from workbench import load_metadata
 
     md = load_metadata(path)
     want = plan_save(save).metadata
     for fqn in save:
-        assert list(md.state_dict_metadata[fqn].chunks) == \
-            list(want.state_dict_metadata[fqn].chunks)
+        assert list(md.state_dict_metadata[fqn].chunks) == list(
+            want.state_dict_metadata[fqn].chunks
+        )

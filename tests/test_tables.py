@@ -3,6 +3,7 @@
 Expected values come from torch-verified facts in dcp-semantics.md (quoted in the comments) or are
 computed by hand from the intervals written next to them.
 """
+
 import math
 
 import numpy as np
@@ -16,11 +17,26 @@ from workbench.diagnosis import Problem
 from workbench.errors import MetadataError, PlanError
 from workbench.geometry import Chunk
 from workbench.planning import plan_load, plan_save
-from workbench.records import (BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo,
-                               TensorProperties, TensorStorageMetadata)
-from workbench.tables import (checkpoint_chunks_table, chunk_holders, chunk_storage,
-                              file_io_table, io_table, layout_chunks_table, problems_table,
-                              read_items_table, style_by_rank, write_items_table)
+from workbench.records import (
+    BytesStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    StorageInfo,
+    TensorProperties,
+    TensorStorageMetadata,
+)
+from workbench.tables import (
+    checkpoint_chunks_table,
+    chunk_holders,
+    chunk_storage,
+    file_io_table,
+    io_table,
+    layout_chunks_table,
+    problems_table,
+    read_items_table,
+    style_by_rank,
+    write_items_table,
+)
 
 
 def frame(schema: dict, rows: list[tuple]) -> pd.DataFrame:
@@ -38,24 +54,91 @@ def frame(schema: dict, rows: list[tuple]) -> pd.DataFrame:
 
 
 NA = None
-LAYOUT = {"rank": "int64", "coordinate": "object", "chunk": "int64", "region": "str",
-          "offsets": "object", "sizes": "object", "numel": "Int64", "bytes": "Int64",
-          "replicas": "object", "is_empty": "bool", "misdescribed": "bool", "held": "str"}
-CHECKPOINT = {"fqn": "str", "kind": "str", "chunk": "Int64", "region": "str", "offsets": "object",
-              "sizes": "object", "numel": "Int64", "bytes": "Int64", "dtype": "str", "file": "str",
-              "offset": "Int64", "length": "Int64", "writer": "Int64"}
-WRITE = {"rank": "int64", "order": "int64", "fqn": "str", "type": "str", "region": "str",
-         "numel": "Int64", "bytes": "Int64", "kept": "bool", "writer": "Int64", "file": "str"}
-READ = {"rank": "int64", "order": "int64", "fqn": "str", "type": "str", "dest_region": "str",
-        "storage_region": "str", "dest_offsets": "object", "storage_offsets": "object",
-        "lengths": "object", "numel": "Int64", "bytes": "Int64", "bytes_read": "Int64",
-        "dest_chunk": "Int64", "source_chunk": "Int64", "source_file": "str", "writer": "Int64"}
-PROBLEMS = {"fqn": "str", "kind": "str", "severity": "str", "ranks": "object", "rank_list": "str",
-            "region": "str", "message": "str", "fix": "str"}
-IO = {"rank": "int64", "files": "int64", "reads": "int64", "bytes_needed": "int64",
-      "bytes_read": "int64", "amplification": "float64"}
-FILE_IO = {"file": "str", "writer": "Int64", "readers": "object", "n_readers": "int64",
-           "reads": "int64", "bytes_read": "int64"}
+LAYOUT = {
+    "rank": "int64",
+    "coordinate": "object",
+    "chunk": "int64",
+    "region": "str",
+    "offsets": "object",
+    "sizes": "object",
+    "numel": "Int64",
+    "bytes": "Int64",
+    "replicas": "object",
+    "is_empty": "bool",
+    "misdescribed": "bool",
+    "held": "str",
+}
+CHECKPOINT = {
+    "fqn": "str",
+    "kind": "str",
+    "chunk": "Int64",
+    "region": "str",
+    "offsets": "object",
+    "sizes": "object",
+    "numel": "Int64",
+    "bytes": "Int64",
+    "dtype": "str",
+    "file": "str",
+    "offset": "Int64",
+    "length": "Int64",
+    "writer": "Int64",
+}
+WRITE = {
+    "rank": "int64",
+    "order": "int64",
+    "fqn": "str",
+    "type": "str",
+    "region": "str",
+    "numel": "Int64",
+    "bytes": "Int64",
+    "kept": "bool",
+    "writer": "Int64",
+    "file": "str",
+}
+READ = {
+    "rank": "int64",
+    "order": "int64",
+    "fqn": "str",
+    "type": "str",
+    "dest_region": "str",
+    "storage_region": "str",
+    "dest_offsets": "object",
+    "storage_offsets": "object",
+    "lengths": "object",
+    "numel": "Int64",
+    "bytes": "Int64",
+    "bytes_read": "Int64",
+    "dest_chunk": "Int64",
+    "source_chunk": "Int64",
+    "source_file": "str",
+    "writer": "Int64",
+}
+PROBLEMS = {
+    "fqn": "str",
+    "kind": "str",
+    "severity": "str",
+    "ranks": "object",
+    "rank_list": "str",
+    "region": "str",
+    "message": "str",
+    "fix": "str",
+}
+IO = {
+    "rank": "int64",
+    "files": "int64",
+    "reads": "int64",
+    "bytes_needed": "int64",
+    "bytes_read": "int64",
+    "amplification": "float64",
+}
+FILE_IO = {
+    "file": "str",
+    "writer": "Int64",
+    "readers": "object",
+    "n_readers": "int64",
+    "reads": "int64",
+    "bytes_read": "int64",
+}
 
 
 def tsm(size, chunks, dtype="float32"):
@@ -68,10 +151,25 @@ def test_layout_table_uneven_dtensor_has_empty_shard_at_dim_end():
     # (13,0). Rows 13 split in 4 -> 4,4,4,1; each split in 2 -> [2,2],[2,2],[2,2],[1,0].
     got = layout_chunks_table(wb.dtensor_layout((13, 2), (4, 2), "S(0), S(0)"))
     rows = []
-    for r, (start, n) in enumerate([(0, 2), (2, 2), (4, 2), (6, 2), (8, 2), (10, 2), (12, 1),
-                                    (13, 0)]):
-        rows.append((r, divmod(r, 2), 0, f"[{start}:{start + n}, 0:2]", (start, 0), (n, 2), 2 * n,
-                     8 * n, (r,), n == 0, False, NA))
+    for r, (start, n) in enumerate(
+        [(0, 2), (2, 2), (4, 2), (6, 2), (8, 2), (10, 2), (12, 1), (13, 0)]
+    ):
+        rows.append(
+            (
+                r,
+                divmod(r, 2),
+                0,
+                f"[{start}:{start + n}, 0:2]",
+                (start, 0),
+                (n, 2),
+                2 * n,
+                8 * n,
+                (r,),
+                n == 0,
+                False,
+                NA,
+            )
+        )
     pd.testing.assert_frame_equal(got, frame(LAYOUT, rows))
 
 
@@ -79,8 +177,23 @@ def test_layout_table_replicas_and_ranks_outside_the_mesh():
     # (8,4) on mesh (2,2) [R, S(1)]: ranks r and r+2 hold the same column half; world 6 ->
     # ranks 4, 5 hold nothing and have no row. bfloat16: 2 bytes per element.
     got = layout_chunks_table(wb.dtensor_layout((8, 4), (2, 2), "R, S(1)", "bfloat16", 6))
-    rows = [(r, divmod(r, 2), 0, f"[0:8, {2 * (r % 2)}:{2 * (r % 2) + 2}]", (0, 2 * (r % 2)),
-             (8, 2), 16, 32, (r % 2, r % 2 + 2), False, False, NA) for r in range(4)]
+    rows = [
+        (
+            r,
+            divmod(r, 2),
+            0,
+            f"[0:8, {2 * (r % 2)}:{2 * (r % 2) + 2}]",
+            (0, 2 * (r % 2)),
+            (8, 2),
+            16,
+            32,
+            (r % 2, r % 2 + 2),
+            False,
+            False,
+            NA,
+        )
+        for r in range(4)
+    ]
     pd.testing.assert_frame_equal(got, frame(LAYOUT, rows))
 
 
@@ -88,8 +201,10 @@ def test_layout_table_strided_shard_is_misdescribed_with_held_rows():
     # dcp-semantics s.3: (8,) mesh (2,) SS(0,2): rank 0 holds 0,1,4,5, box [0,4); rank 1 holds
     # 2,3,6,7, box [2,6).
     got = layout_chunks_table(wb.dtensor_layout((8,), (2,), "SS(0,2)"))
-    rows = [(0, (0,), 0, "[0:4]", (0,), (4,), 4, 16, (0,), False, True, "dim 0: 0:2, 4:6"),
-            (1, (1,), 0, "[2:6]", (2,), (4,), 4, 16, (1,), False, True, "dim 0: 2:4, 6:8")]
+    rows = [
+        (0, (0,), 0, "[0:4]", (0,), (4,), 4, 16, (0,), False, True, "dim 0: 0:2, 4:6"),
+        (1, (1,), 0, "[2:6]", (2,), (4,), 4, 16, (1,), False, True, "dim 0: 2:4, 6:8"),
+    ]
     pd.testing.assert_frame_equal(got, frame(LAYOUT, rows))
 
 
@@ -103,11 +218,14 @@ def test_layout_table_plain_tensor_zero_d_and_bytes():
 
 
 def test_layout_table_sharded_layout_with_two_chunks_on_a_rank():
-    got = layout_chunks_table(wb.sharded_layout((6,), {0: [((0,), (2,)), ((4,), (2,))],
-                                                       1: [((2,), (2,))]}))
-    rows = [(0, None, 0, "[0:2]", (0,), (2,), 2, 8, (0,), False, False, NA),
-            (0, None, 1, "[4:6]", (4,), (2,), 2, 8, (0,), False, False, NA),
-            (1, None, 0, "[2:4]", (2,), (2,), 2, 8, (1,), False, False, NA)]
+    got = layout_chunks_table(
+        wb.sharded_layout((6,), {0: [((0,), (2,)), ((4,), (2,))], 1: [((2,), (2,))]})
+    )
+    rows = [
+        (0, None, 0, "[0:2]", (0,), (2,), 2, 8, (0,), False, False, NA),
+        (0, None, 1, "[4:6]", (4,), (2,), 2, 8, (0,), False, False, NA),
+        (1, None, 0, "[2:4]", (2,), (2,), 2, 8, (1,), False, False, NA),
+    ]
     pd.testing.assert_frame_equal(got, frame(LAYOUT, rows))
 
 
@@ -121,18 +239,26 @@ def test_layout_table_on_4096_chunks_tiles_the_tensor():
 
 
 @settings(max_examples=60)
-@given(st.lists(st.integers(0, 9), min_size=1, max_size=3),
-       st.lists(st.integers(1, 4), min_size=1, max_size=2), st.data())
+@given(
+    st.lists(st.integers(0, 9), min_size=1, max_size=3),
+    st.lists(st.integers(1, 4), min_size=1, max_size=2),
+    st.data(),
+)
 def test_layout_table_agrees_with_the_layout(shape, mesh, data):
-    placements = [data.draw(st.sampled_from(["R"] + [f"S({d})" for d in range(len(shape))]))
-                  for _ in mesh]
+    placements = [
+        data.draw(st.sampled_from(["R"] + [f"S({d})" for d in range(len(shape))])) for _ in mesh
+    ]
     layout = wb.dtensor_layout(shape, mesh, placements)
     got = layout_chunks_table(layout)
     assert list(got["rank"]) == list(range(math.prod(mesh)))
     for row in got.itertuples():
         c = layout.chunks(row.rank)[row.chunk]
-        assert (row.offsets, row.sizes, row.region, row.numel) == (c.offsets, c.sizes, str(c),
-                                                                    c.volume)
+        assert (row.offsets, row.sizes, row.region, row.numel) == (
+            c.offsets,
+            c.sizes,
+            str(c),
+            c.volume,
+        )
         assert row.is_empty == c.is_empty
         assert set(row.replicas) == {r for r in range(math.prod(mesh)) if layout.chunks(r) == (c,)}
     # distinct boxes that are not empty cover the tensor exactly once (no StridedShard here)
@@ -142,30 +268,64 @@ def test_layout_table_agrees_with_the_layout(shape, mesh, data):
 
 # ----------------------------------------------------------------------------- checkpoints
 def _metadata():
-    sdm = {"w": tsm((4, 6), [((0, 0), (2, 6)), ((2, 0), (2, 6))], "bfloat16"),
-           "step": BytesStorageMetadata()}
-    storage = {MetadataIndex("w", (0, 0)): StorageInfo("__0_0.distcp", 0, 1200),
-               MetadataIndex("w", (2, 0)): StorageInfo("__1_0.distcp", 0, 1200),
-               MetadataIndex("step"): StorageInfo("__1_0.distcp", 1200, 480)}
+    sdm = {
+        "w": tsm((4, 6), [((0, 0), (2, 6)), ((2, 0), (2, 6))], "bfloat16"),
+        "step": BytesStorageMetadata(),
+    }
+    storage = {
+        MetadataIndex("w", (0, 0)): StorageInfo("__0_0.distcp", 0, 1200),
+        MetadataIndex("w", (2, 0)): StorageInfo("__1_0.distcp", 0, 1200),
+        MetadataIndex("step"): StorageInfo("__1_0.distcp", 1200, 480),
+    }
     return Metadata(sdm, storage_data=storage)
 
 
 def test_checkpoint_table_with_files_byte_ranges_and_writers():
     got = checkpoint_chunks_table(_metadata())
-    rows = [("w", "tensor", 0, "[0:2, 0:6]", (0, 0), (2, 6), 12, 24, "bfloat16", "__0_0.distcp",
-             0, 1200, 0),
-            ("w", "tensor", 1, "[2:4, 0:6]", (2, 0), (2, 6), 12, 24, "bfloat16", "__1_0.distcp",
-             0, 1200, 1),
-            ("step", "bytes", NA, NA, NA, NA, NA, 480, NA, "__1_0.distcp", 1200, 480, 1)]
+    rows = [
+        (
+            "w",
+            "tensor",
+            0,
+            "[0:2, 0:6]",
+            (0, 0),
+            (2, 6),
+            12,
+            24,
+            "bfloat16",
+            "__0_0.distcp",
+            0,
+            1200,
+            0,
+        ),
+        (
+            "w",
+            "tensor",
+            1,
+            "[2:4, 0:6]",
+            (2, 0),
+            (2, 6),
+            12,
+            24,
+            "bfloat16",
+            "__1_0.distcp",
+            0,
+            1200,
+            1,
+        ),
+        ("step", "bytes", NA, NA, NA, NA, NA, 480, NA, "__1_0.distcp", 1200, 480, 1),
+    ]
     pd.testing.assert_frame_equal(got, frame(CHECKPOINT, rows))
-    pd.testing.assert_frame_equal(checkpoint_chunks_table(_metadata(), "w"),
-                                  frame(CHECKPOINT, rows[:2]))
+    pd.testing.assert_frame_equal(
+        checkpoint_chunks_table(_metadata(), "w"), frame(CHECKPOINT, rows[:2])
+    )
 
 
 def test_checkpoint_table_without_storage_and_of_a_bare_entry():
     entry = tsm((3,), [((0,), (3,))], "int8")
-    want = frame(CHECKPOINT, [("t", "tensor", 0, "[0:3]", (0,), (3,), 3, 3, "int8", NA, NA, NA,
-                               NA)])
+    want = frame(
+        CHECKPOINT, [("t", "tensor", 0, "[0:3]", (0,), (3,), 3, 3, "int8", NA, NA, NA, NA)]
+    )
     pd.testing.assert_frame_equal(checkpoint_chunks_table(entry, "t"), want)
     pd.testing.assert_frame_equal(checkpoint_chunks_table(Metadata({"t": entry})), want)
 
@@ -174,14 +334,33 @@ def test_checkpoint_table_of_a_planned_save_names_each_writers_file():
     # plan_save's storage_data is a lazy mapping; chunk i of S(0) on 4 ranks is written by rank i
     save = plan_save({"w": wb.dtensor_layout((8, 6), (4,), "S(0)")})
     got = checkpoint_chunks_table(save)
-    rows = [("w", "tensor", i, f"[{2 * i}:{2 * i + 2}, 0:6]", (2 * i, 0), (2, 6), 12, 48,
-             "float32", f"__{i}_0.distcp", NA, NA, i) for i in range(4)]
+    rows = [
+        (
+            "w",
+            "tensor",
+            i,
+            f"[{2 * i}:{2 * i + 2}, 0:6]",
+            (2 * i, 0),
+            (2, 6),
+            12,
+            48,
+            "float32",
+            f"__{i}_0.distcp",
+            NA,
+            NA,
+            i,
+        )
+        for i in range(4)
+    ]
     pd.testing.assert_frame_equal(got, frame(CHECKPOINT, rows))
 
 
 def test_checkpoint_table_rejects_an_unknown_key_in_house_form():
-    with pytest.raises(MetadataError, match=r"^nope: key 'nope' is not in the checkpoint \(keys: w, "
-                                            r"step\) \(a key of"):
+    with pytest.raises(
+        MetadataError,
+        match=r"^nope: key 'nope' is not in the checkpoint \(keys: w, "
+        r"step\) \(a key of",
+    ):
         checkpoint_chunks_table(_metadata(), "nope")
     with pytest.raises(MetadataError, match="has no state_dict_metadata"):
         checkpoint_chunks_table(object())
@@ -194,10 +373,12 @@ def test_write_items_table_of_the_test_planner_scenario():
     # already carries the 40-byte tensor).
     save = plan_save({"tensor": wb.tensor_layout((10,), 2), "value": wb.bytes_layout(2)})
     got = write_items_table(save)
-    rows = [(0, 0, "tensor", "TENSOR", "[0:10]", 10, 40, True, 0, "__0_0.distcp"),
-            (0, 1, "value", "BYTE_IO", NA, NA, NA, False, 1, "__1_0.distcp"),
-            (1, 0, "tensor", "TENSOR", "[0:10]", 10, 40, False, 0, "__0_0.distcp"),
-            (1, 1, "value", "BYTE_IO", NA, NA, NA, True, 1, "__1_0.distcp")]
+    rows = [
+        (0, 0, "tensor", "TENSOR", "[0:10]", 10, 40, True, 0, "__0_0.distcp"),
+        (0, 1, "value", "BYTE_IO", NA, NA, NA, False, 1, "__1_0.distcp"),
+        (1, 0, "tensor", "TENSOR", "[0:10]", 10, 40, False, 0, "__0_0.distcp"),
+        (1, 1, "value", "BYTE_IO", NA, NA, NA, True, 1, "__1_0.distcp"),
+    ]
     pd.testing.assert_frame_equal(got, frame(WRITE, rows))
 
 
@@ -213,8 +394,10 @@ def test_write_items_table_load_balanced_writers_follow_set_order():
 
 # ----------------------------------------------------------------------------- load plans
 def _one_rank_load(saved_chunks, local_chunks, size=(4, 8)):
-    files = {MetadataIndex("t", o): StorageInfo(f"__{i}_0.distcp", 0, 160)
-             for i, (o, _) in enumerate(saved_chunks)}
+    files = {
+        MetadataIndex("t", o): StorageInfo(f"__{i}_0.distcp", 0, 160)
+        for i, (o, _) in enumerate(saved_chunks)
+    }
     md = Metadata({"t": tsm(size, saved_chunks)}, storage_data=files)
     return plan_load(md, {"t": wb.sharded_layout(size, [local_chunks])})
 
@@ -224,28 +407,131 @@ def test_read_items_table_orders_saved_chunks_by_end_on_the_sweep_dim():
     # as saved #1 then saved #0 (ends 4 < 8).
     load = _one_rank_load([((0, 4), (4, 4)), ((0, 0), (4, 4))], [((0, 0), (4, 8))])
     got = read_items_table(load)
-    rows = [(0, 0, "t", "TENSOR", "[0:4, 0:4]", "[0:4, 0:4]", (0, 0), (0, 0), (4, 4), 16, 64,
-             160, 0, 1, "__1_0.distcp", 1),
-            (0, 1, "t", "TENSOR", "[0:4, 4:8]", "[0:4, 4:8]", (0, 4), (0, 0), (4, 4), 16, 64,
-             160, 0, 0, "__0_0.distcp", 0)]
+    rows = [
+        (
+            0,
+            0,
+            "t",
+            "TENSOR",
+            "[0:4, 0:4]",
+            "[0:4, 0:4]",
+            (0, 0),
+            (0, 0),
+            (4, 4),
+            16,
+            64,
+            160,
+            0,
+            1,
+            "__1_0.distcp",
+            1,
+        ),
+        (
+            0,
+            1,
+            "t",
+            "TENSOR",
+            "[0:4, 4:8]",
+            "[0:4, 4:8]",
+            (0, 4),
+            (0, 0),
+            (4, 4),
+            16,
+            64,
+            160,
+            0,
+            0,
+            "__0_0.distcp",
+            0,
+        ),
+    ]
     pd.testing.assert_frame_equal(got, frame(READ, rows))
 
 
 def test_read_items_table_keeps_dest_index_numbering_when_locals_are_reordered():
     # dcp-semantics s.5.3: saved row halves, local [cols 4:8 (#0), cols 0:4 (#1)]: sw=1, order
     # (L1,S0), (L1,S1), (L0,S0), (L0,S1); dest_index.index keeps the local numbering.
-    load = _one_rank_load([((0, 0), (2, 8)), ((2, 0), (2, 8))],
-                          [((0, 4), (4, 4)), ((0, 0), (4, 4))])
+    load = _one_rank_load(
+        [((0, 0), (2, 8)), ((2, 0), (2, 8))], [((0, 4), (4, 4)), ((0, 0), (4, 4))]
+    )
     got = read_items_table(load, rank=0)
-    want = frame(READ, [
-        (0, 0, "t", "TENSOR", "[0:2, 0:4]", "[0:2, 0:4]", (0, 0), (0, 0), (2, 4), 8, 32, 160, 1, 0,
-         "__0_0.distcp", 0),
-        (0, 1, "t", "TENSOR", "[2:4, 0:4]", "[2:4, 0:4]", (2, 0), (0, 0), (2, 4), 8, 32, 160, 1, 1,
-         "__1_0.distcp", 1),
-        (0, 2, "t", "TENSOR", "[0:2, 4:8]", "[0:2, 4:8]", (0, 0), (0, 4), (2, 4), 8, 32, 160, 0, 0,
-         "__0_0.distcp", 0),
-        (0, 3, "t", "TENSOR", "[2:4, 4:8]", "[2:4, 4:8]", (2, 0), (0, 4), (2, 4), 8, 32, 160, 0, 1,
-         "__1_0.distcp", 1)])
+    want = frame(
+        READ,
+        [
+            (
+                0,
+                0,
+                "t",
+                "TENSOR",
+                "[0:2, 0:4]",
+                "[0:2, 0:4]",
+                (0, 0),
+                (0, 0),
+                (2, 4),
+                8,
+                32,
+                160,
+                1,
+                0,
+                "__0_0.distcp",
+                0,
+            ),
+            (
+                0,
+                1,
+                "t",
+                "TENSOR",
+                "[2:4, 0:4]",
+                "[2:4, 0:4]",
+                (2, 0),
+                (0, 0),
+                (2, 4),
+                8,
+                32,
+                160,
+                1,
+                1,
+                "__1_0.distcp",
+                1,
+            ),
+            (
+                0,
+                2,
+                "t",
+                "TENSOR",
+                "[0:2, 4:8]",
+                "[0:2, 4:8]",
+                (0, 0),
+                (0, 4),
+                (2, 4),
+                8,
+                32,
+                160,
+                0,
+                0,
+                "__0_0.distcp",
+                0,
+            ),
+            (
+                0,
+                3,
+                "t",
+                "TENSOR",
+                "[2:4, 4:8]",
+                "[2:4, 4:8]",
+                (2, 0),
+                (0, 4),
+                (2, 4),
+                8,
+                32,
+                160,
+                0,
+                1,
+                "__1_0.distcp",
+                1,
+            ),
+        ],
+    )
     pd.testing.assert_frame_equal(got, want)
 
 
@@ -254,8 +540,10 @@ def _reshard():
     # entry; loaded [S(1), S(0)] on a 2x2 mesh: rank (a, b) wants cols 3a:3a+3, rows 4b:4b+4, so
     # it reads two saved chunks (24 bytes each copied, 48 each loaded).
     save = plan_save({"w": wb.dtensor_layout((8, 6), (4,), "S(0)"), "b": wb.bytes_layout(4)})
-    load = plan_load(save.metadata, {"w": wb.dtensor_layout((8, 6), (2, 2), "S(1), S(0)"),
-                                     "b": wb.bytes_layout(4)})
+    load = plan_load(
+        save.metadata,
+        {"w": wb.dtensor_layout((8, 6), (2, 2), "S(1), S(0)"), "b": wb.bytes_layout(4)},
+    )
     return save, load
 
 
@@ -264,12 +552,48 @@ def test_read_items_table_filters_by_rank_and_fqn_and_keeps_dcp_order():
     got = read_items_table(load, rank=1)
     # rank 1 = mesh (0, 1): cols 0:3, rows 4:8 -> saved chunks #2 (rows 4:6) and #3 (rows 6:8);
     # the bytes entry "b" was written by rank 1 (the first zero-load rank after rank 0's chunk)
-    want = frame(READ, [
-        (1, 0, "w", "TENSOR", "[4:6, 0:3]", "[4:6, 0:3]", (0, 0), (0, 0), (2, 3), 6, 24, 48, 0, 2,
-         "__2_0.distcp", 2),
-        (1, 1, "w", "TENSOR", "[6:8, 0:3]", "[6:8, 0:3]", (2, 0), (0, 0), (2, 3), 6, 24, 48, 0, 3,
-         "__3_0.distcp", 3),
-        (1, 2, "b", "BYTE_IO", NA, NA, (0,), (0,), (0,), NA, NA, NA, NA, NA, "__1_0.distcp", 1)])
+    want = frame(
+        READ,
+        [
+            (
+                1,
+                0,
+                "w",
+                "TENSOR",
+                "[4:6, 0:3]",
+                "[4:6, 0:3]",
+                (0, 0),
+                (0, 0),
+                (2, 3),
+                6,
+                24,
+                48,
+                0,
+                2,
+                "__2_0.distcp",
+                2,
+            ),
+            (
+                1,
+                1,
+                "w",
+                "TENSOR",
+                "[6:8, 0:3]",
+                "[6:8, 0:3]",
+                (2, 0),
+                (0, 0),
+                (2, 3),
+                6,
+                24,
+                48,
+                0,
+                3,
+                "__3_0.distcp",
+                3,
+            ),
+            (1, 2, "b", "BYTE_IO", NA, NA, (0,), (0,), (0,), NA, NA, NA, NA, NA, "__1_0.distcp", 1),
+        ],
+    )
     pd.testing.assert_frame_equal(got, want)
     only_b = read_items_table(load, "b")
     assert list(only_b["rank"]) == [0, 1, 2, 3] and list(only_b["order"]) == [2, 2, 2, 2]
@@ -301,13 +625,34 @@ def test_read_items_table_on_4096_chunks_copies_every_element_once():
 
 # ----------------------------------------------------------------------------- problems
 def test_problems_table_from_records():
-    ps = [Problem("w", "uncovered", (0, 1, 2, 3, 8), Chunk((6, 0), (2, 8)), "silent",
-                  "w: no saved chunk covers [6:8, 0:8].", "Save every row."),
-          Problem("extra", "missing_key", (1,), None, "error", "extra: missing.", "Drop it.")]
-    want = frame(PROBLEMS, [
-        ("w", "uncovered", "silent", (0, 1, 2, 3, 8), "r0-3,8", "[6:8, 0:8]",
-         "w: no saved chunk covers [6:8, 0:8].", "Save every row."),
-        ("extra", "missing_key", "error", (1,), "r1", NA, "extra: missing.", "Drop it.")])
+    ps = [
+        Problem(
+            "w",
+            "uncovered",
+            (0, 1, 2, 3, 8),
+            Chunk((6, 0), (2, 8)),
+            "silent",
+            "w: no saved chunk covers [6:8, 0:8].",
+            "Save every row.",
+        ),
+        Problem("extra", "missing_key", (1,), None, "error", "extra: missing.", "Drop it."),
+    ]
+    want = frame(
+        PROBLEMS,
+        [
+            (
+                "w",
+                "uncovered",
+                "silent",
+                (0, 1, 2, 3, 8),
+                "r0-3,8",
+                "[6:8, 0:8]",
+                "w: no saved chunk covers [6:8, 0:8].",
+                "Save every row.",
+            ),
+            ("extra", "missing_key", "error", (1,), "r1", NA, "extra: missing.", "Drop it."),
+        ],
+    )
     pd.testing.assert_frame_equal(problems_table(ps), want)
     pd.testing.assert_frame_equal(problems_table([]), frame(PROBLEMS, []))
 
@@ -330,13 +675,25 @@ def test_io_tables_of_a_reshard():
     # rank 0 (cols 0:3, rows 0:4) reads #0, #1 (files 0, 1) and b (file 1) -> 2 files
     # rank 1 reads #2, #3 and b -> files 2, 3, 1; rank 2 = rank 0's rows; rank 3 = rank 1's.
     # needed = 2 x 24 bytes, loaded = 2 x 48 bytes (whole chunks; b's length unknown -> 0)
-    want = frame(IO, [(0, 2, 3, 48, 96, 2.0), (1, 3, 3, 48, 96, 2.0), (2, 2, 3, 48, 96, 2.0),
-                      (3, 3, 3, 48, 96, 2.0)])
+    want = frame(
+        IO,
+        [
+            (0, 2, 3, 48, 96, 2.0),
+            (1, 3, 3, 48, 96, 2.0),
+            (2, 2, 3, 48, 96, 2.0),
+            (3, 3, 3, 48, 96, 2.0),
+        ],
+    )
     pd.testing.assert_frame_equal(io_table(load), want)
-    want = frame(FILE_IO, [("__0_0.distcp", 0, (0, 2), 2, 2, 96),
-                           ("__1_0.distcp", 1, (0, 1, 2, 3), 4, 6, 96),
-                           ("__2_0.distcp", 2, (1, 3), 2, 2, 96),
-                           ("__3_0.distcp", 3, (1, 3), 2, 2, 96)])
+    want = frame(
+        FILE_IO,
+        [
+            ("__0_0.distcp", 0, (0, 2), 2, 2, 96),
+            ("__1_0.distcp", 1, (0, 1, 2, 3), 4, 6, 96),
+            ("__2_0.distcp", 2, (1, 3), 2, 2, 96),
+            ("__3_0.distcp", 3, (1, 3), 2, 2, 96),
+        ],
+    )
     pd.testing.assert_frame_equal(file_io_table(load), want)
 
 
@@ -356,8 +713,9 @@ def test_io_table_agrees_with_the_read_items_table():
 def test_style_by_rank_colours_rank_columns_like_the_pictures():
     from workbench.colors import rank_color
 
-    df = pd.DataFrame({"rank": [0, 1], "writer": pd.array([3, None], dtype="Int64"),
-                       "numel": [1, 2]})
+    df = pd.DataFrame(
+        {"rank": [0, 1], "writer": pd.array([3, None], dtype="Int64"), "numel": [1, 2]}
+    )
     html = style_by_rank(df).to_html()
     for r in (0, 1, 3):
         assert f"background-color: {rank_color(r)}" in html
@@ -368,8 +726,9 @@ def test_checkpoint_table_accepts_an_opened_checkpoint():
     from workbench.checkpoint import Checkpoint
 
     ckpt = Checkpoint("/nowhere", _metadata(), (), {"__0_0.distcp": 1200, "__1_0.distcp": 1680})
-    pd.testing.assert_frame_equal(checkpoint_chunks_table(ckpt),
-                                  checkpoint_chunks_table(_metadata()))
+    pd.testing.assert_frame_equal(
+        checkpoint_chunks_table(ckpt), checkpoint_chunks_table(_metadata())
+    )
 
 
 def test_chunk_holders_and_chunk_storage():
@@ -379,5 +738,6 @@ def test_chunk_holders_and_chunk_storage():
     infos = chunk_storage(md.storage_data, "w", md.state_dict_metadata["w"])
     assert [i.relative_path for i in infos] == ["__0_0.distcp", "__1_0.distcp"]
     assert chunk_storage(md.storage_data, "step", BytesStorageMetadata()) == [
-        StorageInfo("__1_0.distcp", 1200, 480)]
+        StorageInfo("__1_0.distcp", 1200, 480)
+    ]
     assert chunk_storage({}, "w", md.state_dict_metadata["w"]) == [None, None]

@@ -2,6 +2,7 @@
 browser change takes), then assert on ``.result``, on the tables, on the picture's data and on
 the message panel. Expected read items are worked out by hand below (intervals in comments) from
 torch.chunk's split rule, not taken from the code under test."""
+
 from __future__ import annotations
 
 import html
@@ -15,9 +16,17 @@ import workbench as wb
 from workbench import LayoutError, PlacementError, WorkbenchError
 from workbench.colors import HIGHLIGHT_COLOR
 from workbench.geometry import Chunk
-from workbench.widgets import (CLASSIC_RESHARDS, DEFAULT_CLASSIC, CheckpointExplorer,
-                               ReadOrderStepper, ReshardExplorer, explore_reshard, parse_ints,
-                               plan_checkpoint, step_read_order)
+from workbench.widgets import (
+    CLASSIC_RESHARDS,
+    DEFAULT_CLASSIC,
+    CheckpointExplorer,
+    ReadOrderStepper,
+    ReshardExplorer,
+    explore_reshard,
+    parse_ints,
+    plan_checkpoint,
+    step_read_order,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -33,8 +42,10 @@ def _html(out):
 
 
 # ----------------------------------------------------------------------------- parsing
-@pytest.mark.parametrize("text, expected", [("16, 12", (16, 12)), ("16 12", (16, 12)),
-                                            ("(4, 2)", (4, 2)), (" 8 ", (8,)), ("", ())])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("16, 12", (16, 12)), ("16 12", (16, 12)), ("(4, 2)", (4, 2)), (" 8 ", (8,)), ("", ())],
+)
 def test_parse_ints(text, expected):
     assert parse_ints(text, "shape") == expected
 
@@ -42,8 +53,10 @@ def test_parse_ints(text, expected):
 def test_parse_ints_bad_text_is_a_house_form_error():
     with pytest.raises(LayoutError) as e:
         parse_ints("16, x", "shape")
-    assert str(e.value) == ("<input>: shape '16, x' is not a list of integers (comma-separated "
-                            "integers like '16, 12'). Write the shape as e.g. '16, 12'.")
+    assert str(e.value) == (
+        "<input>: shape '16, x' is not a list of integers (comma-separated "
+        "integers like '16, 12'). Write the shape as e.g. '16, 12'."
+    )
     with pytest.raises(PlacementError):
         parse_ints("4x2", "load mesh", error=PlacementError)
 
@@ -53,7 +66,9 @@ def test_default_explorer_shows_a_classic_reshard():
     ex = ReshardExplorer()
     r = ex.result
     assert ex.classic.value == DEFAULT_CLASSIC
-    assert r.spec.describe() == "weight (16, 12) float32: mesh (8,) [S(0)] -> mesh (4, 2) [S(0), S(1)]"
+    assert (
+        r.spec.describe() == "weight (16, 12) float32: mesh (8,) [S(0)] -> mesh (4, 2) [S(0), S(1)]"
+    )
     assert r.png.startswith(PNG) and r.figure.axes
     assert list(ex.rank.options) == list(range(8))
     assert ex.message.value == ""
@@ -73,7 +88,10 @@ def test_fsdp_to_fsdp_tp_read_items_worked_by_hand():
     ex.rank.value = 3
     r = ex.result
     assert r.rank == 3
-    assert _regions(r.reads) == [("[4:6, 6:12]", "[4:6, 6:12]", 2), ("[6:8, 6:12]", "[6:8, 6:12]", 3)]
+    assert _regions(r.reads) == [
+        ("[4:6, 6:12]", "[4:6, 6:12]", 2),
+        ("[6:8, 6:12]", "[6:8, 6:12]", 3),
+    ]
     assert list(r.reads["dest_offsets"]) == [(0, 0), (2, 0)]
     assert list(r.reads["storage_offsets"]) == [(0, 6), (0, 6)]
     assert list(r.reads["source_file"]) == ["__2_0.distcp", "__3_0.distcp"]
@@ -92,8 +110,10 @@ def test_rank_change_redraws_picture_and_table_without_replanning():
     second = ex.result
     assert second is not first and second.rank == 2
     # rows 16 on 4 ranks: rank 2 wants [8:12] = saved #4 [8:10] + #5 [10:12]
-    assert _regions(second.reads) == [("[8:10, 0:12]", "[8:10, 0:12]", 4),
-                                      ("[10:12, 0:12]", "[10:12, 0:12]", 5)]
+    assert _regions(second.reads) == [
+        ("[8:10, 0:12]", "[8:10, 0:12]", 4),
+        ("[10:12, 0:12]", "[10:12, 0:12]", 5),
+    ]
     assert ex.picture.outputs[0]["data"]["image/png"] != png
     assert _html(ex.reads) != reads_html
     assert second.save is first.save and second.load is first.load  # plans are cached per spec
@@ -101,7 +121,9 @@ def test_rank_change_redraws_picture_and_table_without_replanning():
 
 @pytest.mark.parametrize("label", list(CLASSIC_RESHARDS))
 def test_every_classic_fills_the_controls_and_draws(label):
-    ex = ReshardExplorer("_StridedShard destination" if label == DEFAULT_CLASSIC else DEFAULT_CLASSIC)
+    ex = ReshardExplorer(
+        "_StridedShard destination" if label == DEFAULT_CLASSIC else DEFAULT_CLASSIC
+    )
     ex.rank.value = 1
     ex.classic.value = label  # a change, through the dropdown
     texts = CLASSIC_RESHARDS[label]
@@ -159,8 +181,9 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("control, value, expected", BAD_INPUTS,
-                         ids=[f"{c}={v}" for c, v, _ in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "control, value, expected", BAD_INPUTS, ids=[f"{c}={v}" for c, v, _ in BAD_INPUTS]
+)
 def test_bad_input_goes_to_the_message_panel_and_keeps_the_last_result(control, value, expected):
     ex = ReshardExplorer("FSDP -> FSDP+TP")
     good, outputs = ex.result, (ex.picture.outputs, ex.reads.outputs, ex.problems.outputs)
@@ -173,9 +196,15 @@ def test_bad_input_goes_to_the_message_panel_and_keeps_the_last_result(control, 
     assert ex.result is good
     assert (ex.picture.outputs, ex.reads.outputs, ex.problems.outputs) == outputs
     # the panel shows exactly the WorkbenchError the plain function raises
-    kw = dict(shape=ex.shape.value, save_mesh=ex.save_mesh.value,
-              save_placements=ex.save_placements.value, load_mesh=ex.load_mesh.value,
-              load_placements=ex.load_placements.value, dims=ex.dims.value, rank=ex.rank.value)
+    kw = dict(
+        shape=ex.shape.value,
+        save_mesh=ex.save_mesh.value,
+        save_placements=ex.save_placements.value,
+        load_mesh=ex.load_mesh.value,
+        load_placements=ex.load_placements.value,
+        dims=ex.dims.value,
+        rank=ex.rank.value,
+    )
     with pytest.raises(WorkbenchError) as e:
         explore_reshard(**kw)
     assert html.escape(str(e.value)) in ex.message.value
@@ -190,6 +219,7 @@ def test_a_bug_is_reported_in_the_panel_and_raised(monkeypatch):
 
     def broken(*args, **kwargs):
         raise KeyError("boom")
+
     monkeypatch.setattr("workbench.widgets.explore_reshard", broken)
     with pytest.raises(KeyError):
         ex.rank.value = 1
@@ -282,8 +312,9 @@ def test_checkpoint_explorer_reads_a_real_checkpoint_directory(tmp_path):
     import torch
     import torch.distributed.checkpoint as dcp
 
-    dcp.save({"w": torch.arange(24.0).reshape(6, 4), "b": torch.zeros(4)},
-             checkpoint_id=str(tmp_path))
+    dcp.save(
+        {"w": torch.arange(24.0).reshape(6, 4), "b": torch.zeros(4)}, checkpoint_id=str(tmp_path)
+    )
     from workbench import dtensor_layout, tensor_layout
 
     target = {"w": dtensor_layout((6, 4), (2,), "S(0)"), "b": tensor_layout((4,), 2)}
@@ -311,8 +342,12 @@ def test_checkpoint_explorer_on_a_real_checkpoint_with_a_hole(tmp_path):
     ex = CheckpointExplorer(sc.path, sc.load_layouts, only_problems=True)
     assert ex.result.fqns == ("w",)
     (p,) = ex.plan.problems
-    assert (p.kind, p.severity, p.ranks, p.region) == ("uncovered", "silent", (1,),
-                                                       Chunk((4, 0), (4, 6)))
+    assert (p.kind, p.severity, p.ranks, p.region) == (
+        "uncovered",
+        "silent",
+        (1,),
+        Chunk((4, 0), (4, 6)),
+    )
     ex.rank.value = 1
     r = ex.result
     assert len(r.reads) == 0 and len(r.chunks) == 1
@@ -322,8 +357,12 @@ def test_checkpoint_explorer_on_a_real_checkpoint_with_a_hole(tmp_path):
     # without a target the explorer still lists the checkpoint's own hole
     bare = CheckpointExplorer(sc.path, only_problems=True)
     (p,) = bare.plan.problems
-    assert (bare.result.fqns, p.kind, p.ranks, p.region) == (("w",), "uncovered", (),
-                                                             Chunk((4, 0), (4, 6)))
+    assert (bare.result.fqns, p.kind, p.ranks, p.region) == (
+        ("w",),
+        "uncovered",
+        (),
+        Chunk((4, 0), (4, 6)),
+    )
 
 
 def test_plan_checkpoint_targets(llama_save):
@@ -352,8 +391,9 @@ def test_stepper_walks_dcp_order_and_lights_one_item():
         seen.append((r.step, r.item))
         lit = [t for t in r.picture.of_kind("read") if t.face == HIGHLIGHT_COLOR]
         c = r.item.dest_chunk
-        assert [(t.x, t.y, t.w, t.h) for t in lit] == [(c.offsets[1], c.offsets[0], c.sizes[1],
-                                                         c.sizes[0])]
+        assert [(t.x, t.y, t.w, t.h) for t in lit] == [
+            (c.offsets[1], c.offsets[0], c.sizes[1], c.sizes[0])
+        ]
         assert r.caption.startswith(f"item {r.step + 1} of 2: rank 3 copies {c}")
         st.next.click()
     assert seen == [(0, items[0]), (1, items[1]), (1, items[1])]
@@ -377,9 +417,11 @@ def test_stepper_on_a_load_result_and_bad_step():
 
 def test_widgets_never_touch_pyplot():
     # OO Figures only: nothing registers with pyplot, so nothing is left open in a kernel
-    code = ("import sys; from workbench.widgets import ReshardExplorer, ReadOrderStepper; "
-            "ReshardExplorer(); ReadOrderStepper(); "
-            "sys.exit(1 if 'matplotlib.pyplot' in sys.modules else 0)")
+    code = (
+        "import sys; from workbench.widgets import ReshardExplorer, ReadOrderStepper; "
+        "ReshardExplorer(); ReadOrderStepper(); "
+        "sys.exit(1 if 'matplotlib.pyplot' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

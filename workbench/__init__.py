@@ -5,74 +5,219 @@ reshards a checkpoint, for every rank at once, without a process group and witho
 are resolved lazily (PEP 562) so that the import stays cheap; pictures, tables and widgets live in
 the submodules ``workbench.plots``, ``workbench.tables`` and ``workbench.widgets``.
 """
+
 from __future__ import annotations
 
 import importlib
 
-from .errors import (ChunkError, DtypeError, LayoutError, MetadataError, PlacementError, PlanError,
-                     UnsafeCheckpointError, WorkbenchError)
+from .errors import (
+    ChunkError,
+    DtypeError,
+    LayoutError,
+    MetadataError,
+    PlacementError,
+    PlanError,
+    UnsafeCheckpointError,
+    WorkbenchError,
+)
 from .geometry import Chunk, boxes_overlap, covered_volume, intersect, uncovered, volume
-from .records import (BytesIOWriteData, BytesStorageMetadata, ChunkStorageMetadata, LoadItemType,
-                      LoadPlan, Metadata, MetadataIndex, ReadItem, SavePlan, StorageInfo,
-                      StorageMeta, TensorProperties, TensorStorageMetadata, TensorWriteData,
-                      WriteItem, WriteItemType)
-from .sharding import (Layout, Partial, Placement, Replicate, Shard, StridedShard, box_matches_data,
-                       bytes_layout, dtensor_layout, fsdp2_tp_layout, held_indices,
-                       local_shape_and_offset,
-                       mesh_coordinate, parse_placement, parse_placements, sharded_layout,
-                       tensor_layout)
+from .records import (
+    BytesIOWriteData,
+    BytesStorageMetadata,
+    ChunkStorageMetadata,
+    LoadItemType,
+    LoadPlan,
+    Metadata,
+    MetadataIndex,
+    ReadItem,
+    SavePlan,
+    StorageInfo,
+    StorageMeta,
+    TensorProperties,
+    TensorStorageMetadata,
+    TensorWriteData,
+    WriteItem,
+    WriteItemType,
+)
+from .sharding import (
+    Layout,
+    Partial,
+    Placement,
+    Replicate,
+    Shard,
+    StridedShard,
+    box_matches_data,
+    bytes_layout,
+    dtensor_layout,
+    fsdp2_tp_layout,
+    held_indices,
+    local_shape_and_offset,
+    mesh_coordinate,
+    parse_placement,
+    parse_placements,
+    sharded_layout,
+    tensor_layout,
+)
 
 __version__ = "0.1.0"
 
 # name -> submodule, imported on first access
 _LAZY = {
     # planner_helpers.py: torch's planner helpers, mirrored
-    **{n: "planner_helpers" for n in (
-        "create_read_items_for_chunk_list", "create_chunk_list", "create_chunk_from_tensor",
-        "create_chunk_from_dtensor", "chunk_for_shard", "create_write_items",
-        "create_write_item_for_tensor", "create_write_item_for_shard",
-        "create_write_item_for_bytesio", "create_read_item_for_tensor",
-        "create_read_item_for_byteio", "create_read_items", "create_default_metadata_only_plan",
-        "init_state_dict", "iterate_state_dict", "compare_save_plans", "merge_delta_local_plans",
-        "contains_usable_plan", "dedup_save_plans", "create_default_global_save_plan",
-        "validate_global_plan", "create_default_local_save_plan",
-        "create_default_local_load_plan", "flatten_state_dict", "LocalTensor",
-        "create_default_global_load_plan", "create_default_local_metadata")},
+    **{
+        n: "planner_helpers"
+        for n in (
+            "create_read_items_for_chunk_list",
+            "create_chunk_list",
+            "create_chunk_from_tensor",
+            "create_chunk_from_dtensor",
+            "chunk_for_shard",
+            "create_write_items",
+            "create_write_item_for_tensor",
+            "create_write_item_for_shard",
+            "create_write_item_for_bytesio",
+            "create_read_item_for_tensor",
+            "create_read_item_for_byteio",
+            "create_read_items",
+            "create_default_metadata_only_plan",
+            "init_state_dict",
+            "iterate_state_dict",
+            "compare_save_plans",
+            "merge_delta_local_plans",
+            "contains_usable_plan",
+            "dedup_save_plans",
+            "create_default_global_save_plan",
+            "validate_global_plan",
+            "create_default_local_save_plan",
+            "create_default_local_load_plan",
+            "flatten_state_dict",
+            "LocalTensor",
+            "create_default_global_load_plan",
+            "create_default_local_metadata",
+        )
+    },
     # planning.py: whole state dicts for every rank
-    **{n: "planning" for n in ("plan_save", "plan_load", "SavePlanResult", "LoadPlanResult",
-                               "ReadBlock", "LoadIO", "file_name", "writer_of_file",
-                               "compare_targets", "TargetCost")},
+    **{
+        n: "planning"
+        for n in (
+            "plan_save",
+            "plan_load",
+            "SavePlanResult",
+            "LoadPlanResult",
+            "ReadBlock",
+            "LoadIO",
+            "file_name",
+            "writer_of_file",
+            "compare_targets",
+            "TargetCost",
+        )
+    },
     # diagnosis.py
-    **{n: "diagnosis" for n in ("Problem", "find_problems", "find_save_problems",
-                                "find_checkpoint_problems", "explain",
-                                "Explanation", "KINDS", "SEVERITIES", "BLOCKING",
-                                "chunk_holders")},
+    **{
+        n: "diagnosis"
+        for n in (
+            "Problem",
+            "find_problems",
+            "find_save_problems",
+            "find_checkpoint_problems",
+            "explain",
+            "Explanation",
+            "KINDS",
+            "SEVERITIES",
+            "BLOCKING",
+            "chunk_holders",
+        )
+    },
     # models.py: presets and parallelism recipes
-    **{n: "models" for n in ("model_state_dict", "apply_recipe", "state_dict_from_module",
-                             "PRESETS", "RECIPES", "SIZES", "TP_PLANS", "MESH_DIMS")},
+    **{
+        n: "models"
+        for n in (
+            "model_state_dict",
+            "apply_recipe",
+            "state_dict_from_module",
+            "PRESETS",
+            "RECIPES",
+            "SIZES",
+            "TP_PLANS",
+            "MESH_DIMS",
+        )
+    },
     # checkpoint.py: a real checkpoint directory (no torch)
     **{n: "checkpoint" for n in ("open_checkpoint", "Checkpoint", "SavedChunk")},
     # torch_bridge (imports torch inside functions only)
-    **{n: "torch_bridge" for n in ("load_metadata", "verify_with_torch")},
+    "load_metadata": "formats",
+    "verify_with_torch": "torch_bridge",
 }
 
 __all__ = [
-    "WorkbenchError", "ChunkError", "DtypeError", "LayoutError", "MetadataError", "PlacementError",
-    "PlanError", "UnsafeCheckpointError",
-    "Chunk", "boxes_overlap", "covered_volume", "intersect", "uncovered", "volume",
-    "BytesIOWriteData", "BytesStorageMetadata", "ChunkStorageMetadata", "LoadItemType", "LoadPlan",
-    "Metadata", "MetadataIndex", "ReadItem", "SavePlan", "StorageInfo", "StorageMeta",
-    "TensorProperties", "TensorStorageMetadata", "TensorWriteData", "WriteItem", "WriteItemType",
-    "Layout", "Partial", "Placement", "Replicate", "Shard", "StridedShard", "box_matches_data",
-    "bytes_layout", "dtensor_layout", "fsdp2_tp_layout", "held_indices", "local_shape_and_offset",
+    "WorkbenchError",
+    "ChunkError",
+    "DtypeError",
+    "LayoutError",
+    "MetadataError",
+    "PlacementError",
+    "PlanError",
+    "UnsafeCheckpointError",
+    "Chunk",
+    "boxes_overlap",
+    "covered_volume",
+    "intersect",
+    "uncovered",
+    "volume",
+    "BytesIOWriteData",
+    "BytesStorageMetadata",
+    "ChunkStorageMetadata",
+    "LoadItemType",
+    "LoadPlan",
+    "Metadata",
+    "MetadataIndex",
+    "ReadItem",
+    "SavePlan",
+    "StorageInfo",
+    "StorageMeta",
+    "TensorProperties",
+    "TensorStorageMetadata",
+    "TensorWriteData",
+    "WriteItem",
+    "WriteItemType",
+    "Layout",
+    "Partial",
+    "Placement",
+    "Replicate",
+    "Shard",
+    "StridedShard",
+    "box_matches_data",
+    "bytes_layout",
+    "dtensor_layout",
+    "fsdp2_tp_layout",
+    "held_indices",
+    "local_shape_and_offset",
     "mesh_coordinate",
-    "parse_placement", "parse_placements", "sharded_layout", "tensor_layout",
+    "parse_placement",
+    "parse_placements",
+    "sharded_layout",
+    "tensor_layout",
     *_LAZY,
 ]
 
 
-_SUBMODULES = frozenset({"plots", "tables", "widgets", "colors", "torch_bridge", "cli", "report",
-                         "models", "planning", "planner_helpers", "diagnosis", "checkpoint"})
+_SUBMODULES = frozenset(
+    {
+        "plots",
+        "tables",
+        "widgets",
+        "colors",
+        "torch_bridge",
+        "cli",
+        "report",
+        "models",
+        "planning",
+        "planner_helpers",
+        "diagnosis",
+        "checkpoint",
+        "formats",
+    }
+)
 
 
 def __getattr__(name: str):

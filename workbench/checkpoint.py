@@ -1,19 +1,20 @@
 """What a real DCP checkpoint directory holds: every key, its chunks, and for every saved chunk
 the data file, byte range and writer rank, with the files' sizes on disk.
 
-Reads ``.metadata`` only through the allow-list reader (`torch_bridge.safe_metadata`), so a
+Reads ``.metadata`` only through the allow-list reader (`workbench.formats.dcp`), so a
 checkpoint from a stranger is inspected without running anything and without torch. A data file
 that is missing or shorter than a chunk's byte range is reported, never crashed on (torch's
 reader fails on it mid-load).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .formats import load_metadata, metadata_path
 from .geometry import Chunk
 from .planning import writer_of_file
 from .records import BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo
-from .torch_bridge.safe_metadata import load_metadata, metadata_path
 
 __all__ = ["SavedChunk", "Checkpoint", "open_checkpoint"]
 
@@ -42,8 +43,7 @@ class SavedChunk:
     def truncated(self) -> bool:
         """The byte range runs past the end of the data file."""
         s = self.storage
-        return (s is not None and self.file_size is not None
-                and s.offset + s.length > self.file_size)
+        return s is not None and self.file_size is not None and s.offset + s.length > self.file_size
 
 
 @dataclass(frozen=True)
@@ -87,14 +87,22 @@ class Checkpoint:
 
     def problems(self) -> list[str]:
         """House-form messages for missing files, unlisted and truncated chunks."""
-        out = [f"{f}: data file is missing from {self.path} (an existing file named by .metadata). "
-               "Copy every __<rank>_<n>.distcp of the checkpoint." for f in self.missing_files]
-        out += [f"{c.fqn}: chunk #{c.position} {c.chunk} has no storage entry (every chunk listed "
-                "in storage_data). torch's reader raises KeyError on it."
-                for c in self.unlisted_chunks]
-        out += [f"{c.fqn}: chunk #{c.position} reads bytes {c.storage.offset}:"
-                f"{c.storage.offset + c.storage.length} of {c.file} ({c.file_size} bytes on disk) "
-                "(a range inside the file). Re-copy the file." for c in self.truncated_chunks]
+        out = [
+            f"{f}: data file is missing from {self.path} (an existing file named by .metadata). "
+            "Copy every __<rank>_<n>.distcp of the checkpoint."
+            for f in self.missing_files
+        ]
+        out += [
+            f"{c.fqn}: chunk #{c.position} {c.chunk} has no storage entry (every chunk listed "
+            "in storage_data). torch's reader raises KeyError on it."
+            for c in self.unlisted_chunks
+        ]
+        out += [
+            f"{c.fqn}: chunk #{c.position} reads bytes {c.storage.offset}:"
+            f"{c.storage.offset + c.storage.length} of {c.file} ({c.file_size} bytes on disk) "
+            "(a range inside the file). Re-copy the file."
+            for c in self.truncated_chunks
+        ]
         return out
 
 
@@ -120,7 +128,14 @@ def open_checkpoint(path, rank: int | None = None) -> Checkpoint:
             items = [(i, c, MetadataIndex(fqn, c.offsets)) for i, c in enumerate(entry.chunks)]
         for pos, chunk, key in items:
             info = storage.get(key)
-            chunks.append(SavedChunk(fqn, pos, chunk, info,
-                                     None if info is None else writer_of_file(info.relative_path),
-                                     None if info is None else sizes[info.relative_path]))
+            chunks.append(
+                SavedChunk(
+                    fqn,
+                    pos,
+                    chunk,
+                    info,
+                    None if info is None else writer_of_file(info.relative_path),
+                    None if info is None else sizes[info.relative_path],
+                )
+            )
     return Checkpoint(str(directory), md, tuple(chunks), sizes)

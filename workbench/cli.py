@@ -4,7 +4,7 @@ training job on it, explain a torch error string, write an HTML report, open the
 Exit status: 0 fine; 1 ``plan`` found a problem that makes torch raise or load wrong values;
 2 bad input (a missing checkpoint, an unreadable ``.metadata``, a bad target spec), reported as
 one line on stderr, never a traceback. A checkpoint is read only through
-`workbench.torch_bridge.load_metadata` (allow-list unpickler), so inspecting a stranger's
+`workbench.formats.load_metadata` (allow-list unpickler), so inspecting a stranger's
 checkpoint runs none of its code. Target specs (see ``workbench plan --help``)::
 
     PRESET[-SIZE][+optim]:RECIPE:DIM=N,...    e.g. llama-tiny:fsdp2+tp:dp=2,tp=2
@@ -14,6 +14,7 @@ checkpoint runs none of its code. Target specs (see ``workbench plan --help``)::
 This module sits at the top layer: it may import everything, but imports its helpers inside the
 commands so that ``workbench --help`` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,10 +67,21 @@ A target is what the checkpoint will be loaded into, in one of two forms:
 OK, FOUND_PROBLEMS, BAD_INPUT = 0, 1, 2
 MAX_ROWS = 40  # problems printed as a table; --json gives all
 
-_SPEC = re.compile(r"^(?P<preset>[\w.\-]+?)(?P<optim>\+optim)?:(?P<recipe>[\w.+\-]+)"
-                   r"(?::(?P<dims>.*))?$")
-_ENTRY_KEYS = {"shape", "dtype", "mesh", "placements", "mesh_ranks", "world_size", "bytes",
-               "ranks", "per_rank_values"}
+_SPEC = re.compile(
+    r"^(?P<preset>[\w.\-]+?)(?P<optim>\+optim)?:(?P<recipe>[\w.+\-]+)"
+    r"(?::(?P<dims>.*))?$"
+)
+_ENTRY_KEYS = {
+    "shape",
+    "dtype",
+    "mesh",
+    "placements",
+    "mesh_ranks",
+    "world_size",
+    "bytes",
+    "ranks",
+    "per_rank_values",
+}
 
 
 def _recipe_name(text: str) -> str:
@@ -87,29 +99,44 @@ def parse_target(spec: str) -> dict:
         return _json_target(Path(spec))
     m = _SPEC.match(spec.strip())
     if m is None:
-        raise PlanError("<target>", f"target spec {spec!r} is neither PRESET:RECIPE:DIM=N,... "
-                        "nor a JSON file", "e.g. llama-tiny:fsdp2+tp:dp=2,tp=2 or layout.json",
-                        "Run `workbench plan --help` for the target syntax.", spec=spec)
+        raise PlanError(
+            "<target>",
+            f"target spec {spec!r} is neither PRESET:RECIPE:DIM=N,... nor a JSON file",
+            "e.g. llama-tiny:fsdp2+tp:dp=2,tp=2 or layout.json",
+            "Run `workbench plan --help` for the target syntax.",
+            spec=spec,
+        )
     preset, _, size = m["preset"].partition("-")
     recipe = _recipe_name(m["recipe"])
     if recipe not in models.MESH_DIMS:
-        raise PlanError("<target>", f"recipe {m['recipe']!r} in {spec!r} is unknown",
-                        "one of fsdp, hsdp, tp, fsdp2+tp, hsdp+tp, replicate",
-                        "Run `workbench plan --list-presets`.", spec=spec)
+        raise PlanError(
+            "<target>",
+            f"recipe {m['recipe']!r} in {spec!r} is unknown",
+            "one of fsdp, hsdp, tp, fsdp2+tp, hsdp+tp, replicate",
+            "Run `workbench plan --list-presets`.",
+            spec=spec,
+        )
     dims = {}
     for part in filter(None, (p.strip() for p in (m["dims"] or "").split(","))):
         name, eq, value = (x.strip() for x in part.partition("="))
         if not eq or not value.isdigit() or int(value) < 1 or name in dims:
-            raise PlanError("<target>", f"mesh dim {part!r} in {spec!r} is not NAME=N",
-                            "e.g. dp=2,tp=2", "Write each mesh dim once, as name=positive integer.",
-                            spec=spec)
+            raise PlanError(
+                "<target>",
+                f"mesh dim {part!r} in {spec!r} is not NAME=N",
+                "e.g. dp=2,tp=2",
+                "Write each mesh dim once, as name=positive integer.",
+                spec=spec,
+            )
         dims[name] = int(value)
     want = models.MESH_DIMS[recipe]
     if sorted(dims) != sorted(want):
-        raise PlanError("<target>", f"recipe {m['recipe']} got mesh dims {sorted(dims)} in {spec!r}",
-                        f"exactly {', '.join(want)}",
-                        f"Write e.g. {m['recipe']}:" + ",".join(f"{d}=2" for d in want) + ".",
-                        spec=spec)
+        raise PlanError(
+            "<target>",
+            f"recipe {m['recipe']} got mesh dims {sorted(dims)} in {spec!r}",
+            f"exactly {', '.join(want)}",
+            f"Write e.g. {m['recipe']}:" + ",".join(f"{d}=2" for d in want) + ".",
+            spec=spec,
+        )
     sd = models.model_state_dict(preset, size or "tiny", optimizer=bool(m["optim"]))
     return models.apply_recipe(sd, recipe, tuple(dims[d] for d in want))
 
@@ -119,9 +146,14 @@ def _list_presets() -> str:
 
     lines = ["presets (PRESET-SIZE):"]
     lines += [f"  {p}-{size}" for p in models.PRESETS for size in models.SIZES[p]]
-    lines += ["  (append +optim for AdamW state as saved by get_state_dict)", "recipes (mesh dims):"]
-    lines += [f"  {r.replace('_', '+')}:{','.join(d + '=N' for d in dims)}  {models.RECIPES[r]}"
-              for r, dims in models.MESH_DIMS.items()]
+    lines += [
+        "  (append +optim for AdamW state as saved by get_state_dict)",
+        "recipes (mesh dims):",
+    ]
+    lines += [
+        f"  {r.replace('_', '+')}:{','.join(d + '=N' for d in dims)}  {models.RECIPES[r]}"
+        for r, dims in models.MESH_DIMS.items()
+    ]
     return "\n".join(lines)
 
 
@@ -129,53 +161,97 @@ def _json_target(path: Path) -> dict:
     from .sharding import bytes_layout, dtensor_layout, tensor_layout
 
     if not path.is_file():
-        raise PlanError("<target>", f"target file {str(path)!r} does not exist", "a readable JSON "
-                        "file", "Check the path.", path=str(path))
+        raise PlanError(
+            "<target>",
+            f"target file {str(path)!r} does not exist",
+            "a readable JSON file",
+            "Check the path.",
+            path=str(path),
+        )
     try:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PlanError("<target>", f"target file {str(path)!r} is not valid JSON ({e})",
-                        "a JSON object {fqn: entry}", "Fix the file.", path=str(path)) from None
+        raise PlanError(
+            "<target>",
+            f"target file {str(path)!r} is not valid JSON ({e})",
+            "a JSON object {fqn: entry}",
+            "Fix the file.",
+            path=str(path),
+        ) from None
     if not isinstance(doc, dict) or not doc:
-        raise PlanError("<target>", f"target file {str(path)!r} holds {type(doc).__name__} "
-                        f"{str(doc)[:40]}", "a non-empty JSON object {fqn: entry}",
-                        "See `workbench plan --help`.", path=str(path))
+        raise PlanError(
+            "<target>",
+            f"target file {str(path)!r} holds {type(doc).__name__} {str(doc)[:40]}",
+            "a non-empty JSON object {fqn: entry}",
+            "See `workbench plan --help`.",
+            path=str(path),
+        )
     for fqn, e in doc.items():
         bad = sorted(set(e) - _ENTRY_KEYS) if isinstance(e, dict) else None
         if bad is None or bad or not (e.get("bytes") or "shape" in e):
-            raise PlanError(fqn, f"target entry {json.dumps(e)[:80]} is not understood"
-                            + (f" (unknown keys {bad})" if bad else ""),
-                            "{shape, dtype, mesh, placements} or {bytes: true}",
-                            "See `workbench plan --help`.", path=str(path))
+            raise PlanError(
+                fqn,
+                f"target entry {json.dumps(e)[:80]} is not understood"
+                + (f" (unknown keys {bad})" if bad else ""),
+                "{shape, dtype, mesh, placements} or {bytes: true}",
+                "See `workbench plan --help`.",
+                path=str(path),
+            )
         if ("mesh" in e) != ("placements" in e):
-            raise PlanError(fqn, "target entry gives one of mesh and placements",
-                            "both or neither", "Add the missing one.", path=str(path))
+            raise PlanError(
+                fqn,
+                "target entry gives one of mesh and placements",
+                "both or neither",
+                "Add the missing one.",
+                path=str(path),
+            )
         if "mesh_ranks" in e and "mesh" not in e:
-            raise PlanError(fqn, "target entry gives mesh_ranks without a mesh",
-                            "mesh_ranks only on a DTensor entry", "Add mesh and placements, or "
-                            "drop mesh_ranks.", path=str(path))
+            raise PlanError(
+                fqn,
+                "target entry gives mesh_ranks without a mesh",
+                "mesh_ranks only on a DTensor entry",
+                "Add mesh and placements, or drop mesh_ranks.",
+                path=str(path),
+            )
     try:
-        world = max(max(math.prod(e.get("mesh", [1])), int(e.get("world_size", 1)),
-                        max(e.get("ranks") or [0]) + 1, max(e.get("mesh_ranks") or [0]) + 1)
-                    for e in doc.values())
+        world = max(
+            max(
+                math.prod(e.get("mesh", [1])),
+                int(e.get("world_size", 1)),
+                max(e.get("ranks") or [0]) + 1,
+                max(e.get("mesh_ranks") or [0]) + 1,
+            )
+            for e in doc.values()
+        )
         out = {}
         for fqn, e in doc.items():
             holders = dict(ranks=e.get("ranks"), per_rank_values=bool(e.get("per_rank_values")))
             if e.get("bytes"):
                 out[fqn] = bytes_layout(world, **holders)
             elif "mesh" in e:
-                out[fqn] = dtensor_layout(e["shape"], e["mesh"], e["placements"],
-                                          e.get("dtype", "float32"), world,
-                                          mesh_ranks=e.get("mesh_ranks"), fqn=fqn)
+                out[fqn] = dtensor_layout(
+                    e["shape"],
+                    e["mesh"],
+                    e["placements"],
+                    e.get("dtype", "float32"),
+                    world,
+                    mesh_ranks=e.get("mesh_ranks"),
+                    fqn=fqn,
+                )
             else:
-                out[fqn] = tensor_layout(e["shape"], world, e.get("dtype", "float32"), fqn=fqn,
-                                         **holders)
+                out[fqn] = tensor_layout(
+                    e["shape"], world, e.get("dtype", "float32"), fqn=fqn, **holders
+                )
     except WorkbenchError:
         raise
     except (TypeError, ValueError) as e:  # a string where a list of ints belongs, and the like
-        raise PlanError("<target>", f"target file {str(path)!r} has a malformed value ({e})",
-                        "shape, mesh, ranks, mesh_ranks: lists of ints; world_size: an int",
-                        "See `workbench plan --help`.", path=str(path)) from None
+        raise PlanError(
+            "<target>",
+            f"target file {str(path)!r} has a malformed value ({e})",
+            "shape, mesh, ranks, mesh_ranks: lists of ints; world_size: an int",
+            "See `workbench plan --help`.",
+            path=str(path),
+        ) from None
     return out
 
 
@@ -218,40 +294,71 @@ def _json_out(obj) -> None:
 
 def problem_dict(p) -> dict:
     """A `Problem` as plain JSON-able data."""
-    return {"fqn": p.fqn, "kind": p.kind, "severity": p.severity, "ranks": list(p.ranks),
-            "region": None if p.region is None else str(p.region), "message": p.message,
-            "fix": p.fix}
+    return {
+        "fqn": p.fqn,
+        "kind": p.kind,
+        "severity": p.severity,
+        "ranks": list(p.ranks),
+        "region": None if p.region is None else str(p.region),
+        "message": p.message,
+        "fix": p.fix,
+    }
 
 
 # ----------------------------------------------------------------------------- commands
 def _cmd_inspect(args) -> int:
-    from .report import describe_checkpoint, human_bytes, shape_text
-
     from .diagnosis import find_checkpoint_problems
+    from .report import describe_checkpoint, human_bytes, shape_text
 
     ckpt = _open(args.checkpoint)
     info = describe_checkpoint(ckpt.metadata)
     problems = find_checkpoint_problems(ckpt.metadata)  # holes / overlaps, whatever the target
     if args.json:
-        _json_out({"checkpoint": args.checkpoint, **info, "damage": ckpt.problems(),
-                   "problems": [problem_dict(p) for p in problems]})
+        _json_out(
+            {
+                "checkpoint": args.checkpoint,
+                **info,
+                "damage": ckpt.problems(),
+                "problems": [problem_dict(p) for p in problems],
+            }
+        )
         return OK
-    rows = [[e["fqn"], e["kind"], shape_text(e["shape"]), e["dtype"] or "",
-             len(e["chunks"]), format_ranks(c["writer"] for c in e["chunks"]
-                                            if c["writer"] is not None),
-             "" if e["nbytes"] is None else human_bytes(e["nbytes"])] for e in info["entries"]]
-    _table(f"{args.checkpoint}: {len(rows)} entries", ["fqn", "kind", "shape", "dtype", "chunks",
-                                                        "writers", "bytes"], rows)
+    rows = [
+        [
+            e["fqn"],
+            e["kind"],
+            shape_text(e["shape"]),
+            e["dtype"] or "",
+            len(e["chunks"]),
+            format_ranks(c["writer"] for c in e["chunks"] if c["writer"] is not None),
+            "" if e["nbytes"] is None else human_bytes(e["nbytes"]),
+        ]
+        for e in info["entries"]
+    ]
+    _table(
+        f"{args.checkpoint}: {len(rows)} entries",
+        ["fqn", "kind", "shape", "dtype", "chunks", "writers", "bytes"],
+        rows,
+    )
     if args.chunks:
-        rows = [[e["fqn"], c["region"] or "", c["writer"], c["file"], c["offset"], c["length"]]
-                for e in info["entries"] for c in e["chunks"]]
+        rows = [
+            [e["fqn"], c["region"] or "", c["writer"], c["file"], c["offset"], c["length"]]
+            for e in info["entries"]
+            for c in e["chunks"]
+        ]
         _table("chunks", ["fqn", "chunk", "writer", "file", "byte offset", "bytes"], rows)
-    _table("files", ["file", "writer", "items", "bytes"],
-           [[f["file"], f["writer"], f["items"], human_bytes(f["bytes"])] for f in info["files"]])
+    _table(
+        "files",
+        ["file", "writer", "items", "bytes"],
+        [[f["file"], f["writer"], f["items"], human_bytes(f["bytes"])] for f in info["files"]],
+    )
     if problems:
-        _table(f"{len(problems)} problems in the saved chunks (any load reading them is silently "
-               "wrong)", ["kind", "fqn", "region", "message"],
-               [[p.kind, p.fqn, "" if p.region is None else p.region, p.message] for p in problems])
+        _table(
+            f"{len(problems)} problems in the saved chunks (any load reading them is silently "
+            "wrong)",
+            ["kind", "fqn", "region", "message"],
+            [[p.kind, p.fqn, "" if p.region is None else p.region, p.message] for p in problems],
+        )
     _print_damage(ckpt.problems())
     return OK
 
@@ -270,24 +377,38 @@ def _cmd_plan(args) -> int:
     ok = not blocking and not broken
     io = io_summary(result)
     if args.json:
-        _json_out({"checkpoint": args.checkpoint, "target": args.target, "ok": ok,
-                   "world_size": result.world_size, "problems": [problem_dict(p) for p in problems],
-                   "damage": damage, "damaged_keys": broken, "io": io})
+        _json_out(
+            {
+                "checkpoint": args.checkpoint,
+                "target": args.target,
+                "ok": ok,
+                "world_size": result.world_size,
+                "problems": [problem_dict(p) for p in problems],
+                "damage": damage,
+                "damaged_keys": broken,
+                "io": io,
+            }
+        )
     else:
         if problems:
             # blocking problems first; a wrong preset can give one problem per key
             shown = sorted(problems, key=lambda p: not p.blocking)[:MAX_ROWS]
-            _table(f"{len(problems)} problems ({len(blocking)} blocking)",
-                   ["severity", "kind", "fqn", "ranks", "region", "message"],
-                   [[p.severity, p.kind, p.fqn, format_ranks(p.ranks), p.region or "", p.message]
-                    for p in shown])
+            _table(
+                f"{len(problems)} problems ({len(blocking)} blocking)",
+                ["severity", "kind", "fqn", "ranks", "region", "message"],
+                [
+                    [p.severity, p.kind, p.fqn, format_ranks(p.ranks), p.region or "", p.message]
+                    for p in shown
+                ],
+            )
             if len(problems) > len(shown):
                 print(f"... {len(problems) - len(shown)} more problems (--json lists all)")
         else:
             print("no problems found")
         _print_damage(damage)
-        _table(f"I/O on {result.world_size} ranks", ["", "value"], [[k, v] for k, v in
-                                                                     _io_lines(io)])
+        _table(
+            f"I/O on {result.world_size} ranks", ["", "value"], [[k, v] for k, v in _io_lines(io)]
+        )
         print("OK" if ok else "BLOCKED: this load would raise or load wrong values")
     return OK if ok else FOUND_PROBLEMS
 
@@ -296,11 +417,15 @@ def io_summary(result) -> dict:
     """The plan's I/O as a few numbers a script can compare (from ``result.io``,
     `planning.LoadIO`, the numbers `tables.io_table` lists per rank)."""
     io = result.io
-    return {"reads": int(io.reads.sum()), "max_reads_per_rank": int(io.reads.max()),
-            "bytes_needed": int(io.bytes_needed.sum()), "bytes_read": int(io.bytes_read.sum()),
-            "max_bytes_read_per_rank": int(io.bytes_read.max()),
-            "max_files_per_rank": int(io.files_opened.max()),
-            "files_read": sum(1 for f in io.files if io.readers[f])}
+    return {
+        "reads": int(io.reads.sum()),
+        "max_reads_per_rank": int(io.reads.max()),
+        "bytes_needed": int(io.bytes_needed.sum()),
+        "bytes_read": int(io.bytes_read.sum()),
+        "max_bytes_read_per_rank": int(io.bytes_read.max()),
+        "max_files_per_rank": int(io.files_opened.max()),
+        "files_read": sum(1 for f in io.files if io.readers[f]),
+    }
 
 
 def _io_lines(io: dict):
@@ -341,8 +466,14 @@ def _cmd_report(args) -> int:
 
     ckpt = _open(args.checkpoint)
     layouts = parse_target(args.target) if args.target else None
-    out = write_report(args.output, ckpt.metadata, layouts, checkpoint=args.checkpoint,
-                       target=args.target, damage=ckpt.problems())
+    out = write_report(
+        args.output,
+        ckpt.metadata,
+        layouts,
+        checkpoint=args.checkpoint,
+        target=args.target,
+        damage=ckpt.problems(),
+    )
     print(f"wrote {out}")
     return OK
 
@@ -350,10 +481,20 @@ def _cmd_report(args) -> int:
 def _cmd_lab(args) -> int:
     tour = Path(__file__).resolve().parent.parent / "notebooks" / "00_tour.ipynb"
     if not tour.is_file():
-        raise WorkbenchError("<lab>", f"the tour notebook {str(tour)!r} is missing",
-                             "a source checkout with notebooks/", "Run from the repository.")
-    cmd = [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", str(tour),
-           *args.lab_args]
+        raise WorkbenchError(
+            "<lab>",
+            f"the tour notebook {str(tour)!r} is missing",
+            "a source checkout with notebooks/",
+            "Run from the repository.",
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--ServerApp.ip=127.0.0.1",
+        str(tour),
+        *args.lab_args,
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # Jupyter refuses root without it (containers)
         cmd.insert(3, "--ServerApp.allow_root=True")
     return subprocess.call(cmd)
@@ -377,66 +518,90 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     def _fill_text(self, text, width, indent):
         if "\n" in text:
             return super()._fill_text(text, width, indent)
-        return textwrap.fill(text, min(width, 100), initial_indent=indent,
-                             subsequent_indent=indent)
+        return textwrap.fill(text, min(width, 100), initial_indent=indent, subsequent_indent=indent)
 
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = _Formatter
     p = argparse.ArgumentParser(
-        prog="workbench", formatter_class=fmt,
+        prog="workbench",
+        formatter_class=fmt,
         description="See and debug how PyTorch Distributed Checkpoint (torch 2.13) reshards a "
-                    "checkpoint, for every rank at once, without a process group.",
-        epilog="exit status: 0 ok, 1 `plan` found a blocking problem, 2 bad input\n\n" + TARGET_HELP)
+        "checkpoint, for every rank at once, without a process group.",
+        epilog="exit status: 0 ok, 1 `plan` found a blocking problem, 2 bad input\n\n"
+        + TARGET_HELP,
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("inspect", formatter_class=fmt, help="what a checkpoint holds",
-                       description="Every entry of a DCP checkpoint: shape, dtype, chunks, the file "
-                                   "and byte range of each chunk and its writer rank. Reads only "
-                                   ".metadata, with an allow-list unpickler: safe on a stranger's "
-                                   "checkpoint.")
+    s = sub.add_parser(
+        "inspect",
+        formatter_class=fmt,
+        help="what a checkpoint holds",
+        description="Every entry of a DCP checkpoint: shape, dtype, chunks, the file "
+        "and byte range of each chunk and its writer rank. Reads only "
+        ".metadata, with an allow-list unpickler: safe on a stranger's "
+        "checkpoint.",
+    )
     s.add_argument("checkpoint", help="checkpoint directory (.metadata + __<rank>_<n>.distcp)")
     s.add_argument("--chunks", action="store_true", help="also list every chunk")
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.set_defaults(run=_cmd_inspect)
 
-    s = sub.add_parser("plan", formatter_class=fmt, help="problems and I/O of loading into a target",
-                       description="Plan every rank's reads for loading CHECKPOINT into TARGET, list "
-                                   "the problems and the I/O. Exit status 1 when the load would "
-                                   "raise or load wrong values (guard a training job with it), 0 "
-                                   "otherwise, 2 on bad input.",
-                       epilog=TARGET_HELP)
+    s = sub.add_parser(
+        "plan",
+        formatter_class=fmt,
+        help="problems and I/O of loading into a target",
+        description="Plan every rank's reads for loading CHECKPOINT into TARGET, list "
+        "the problems and the I/O. Exit status 1 when the load would "
+        "raise or load wrong values (guard a training job with it), 0 "
+        "otherwise, 2 on bad input.",
+        epilog=TARGET_HELP,
+    )
     s.add_argument("checkpoint", help="checkpoint directory")
     s.add_argument("--target", "-t", required=True, metavar="SPEC", help="the target (see below)")
-    s.add_argument("--allow-partial-load", action="store_true",
-                   help="as dcp.load(planner=DefaultLoadPlanner(allow_partial_load=True))")
+    s.add_argument(
+        "--allow-partial-load",
+        action="store_true",
+        help="as dcp.load(planner=DefaultLoadPlanner(allow_partial_load=True))",
+    )
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.add_argument("--list-presets", action=_ListPresets, help="list presets and recipes, exit")
     s.set_defaults(run=_cmd_plan)
 
-    s = sub.add_parser("explain", formatter_class=fmt, help="explain a torch DCP error string",
-                       description="Explain an error message from dcp.save / dcp.load (paste it "
-                                   "quoted); with a checkpoint and a target, tie it to their data.")
+    s = sub.add_parser(
+        "explain",
+        formatter_class=fmt,
+        help="explain a torch DCP error string",
+        description="Explain an error message from dcp.save / dcp.load (paste it "
+        "quoted); with a checkpoint and a target, tie it to their data.",
+    )
     s.add_argument("text", help="the error text, quoted")
     s.add_argument("--checkpoint", "-c", help="checkpoint directory the error came from")
     s.add_argument("--target", "-t", metavar="SPEC", help="the target being loaded into")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(run=_cmd_explain)
 
-    s = sub.add_parser("report", formatter_class=fmt, help="one self-contained HTML report",
-                       description="Write one HTML file (pictures embedded, no external links) with "
-                                   "the checkpoint's contents and, given a target, the reshard's "
-                                   "problems, reads and I/O. Attach it to a bug report.",
-                       epilog=TARGET_HELP)
+    s = sub.add_parser(
+        "report",
+        formatter_class=fmt,
+        help="one self-contained HTML report",
+        description="Write one HTML file (pictures embedded, no external links) with "
+        "the checkpoint's contents and, given a target, the reshard's "
+        "problems, reads and I/O. Attach it to a bug report.",
+        epilog=TARGET_HELP,
+    )
     s.add_argument("checkpoint", help="checkpoint directory")
     s.add_argument("--target", "-t", metavar="SPEC", help="optional target (see below)")
     s.add_argument("--output", "-o", default="report.html", help="output file (report.html)")
     s.set_defaults(run=_cmd_report)
 
-    s = sub.add_parser("lab", help="JupyterLab on the tour notebook",
-                       usage="workbench lab [-h] [JUPYTERLAB-ARGUMENT ...]",
-                       description="Start JupyterLab (on 127.0.0.1) with notebooks/00_tour.ipynb; "
-                                   "other arguments go to JupyterLab (e.g. --no-browser).")
+    s = sub.add_parser(
+        "lab",
+        help="JupyterLab on the tour notebook",
+        usage="workbench lab [-h] [JUPYTERLAB-ARGUMENT ...]",
+        description="Start JupyterLab (on 127.0.0.1) with notebooks/00_tour.ipynb; "
+        "other arguments go to JupyterLab (e.g. --no-browser).",
+    )
     s.set_defaults(run=_cmd_lab)
     return p
 

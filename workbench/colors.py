@@ -10,20 +10,43 @@ unknown". `format_ranks` is the one compact spelling of a rank set (``r0-3,8``) 
 and pictures, built on `index_runs` (also used for the indices a rank really holds). Pure standard
 library (``colorsys``): no matplotlib.
 """
+
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable
 
-__all__ = ["BASE_PALETTE", "UNKNOWN_COLOR", "HIGHLIGHT_COLOR", "rank_color", "rank_colors",
-           "text_color", "index_runs", "format_ranks"]
+__all__ = [
+    "BASE_PALETTE",
+    "UNKNOWN_COLOR",
+    "HIGHLIGHT_COLOR",
+    "rank_color",
+    "rank_colors",
+    "text_color",
+    "index_runs",
+    "format_ranks",
+]
 
 # matplotlib's tab20 (hex) minus its greys, dark hues first then their light partners.
 BASE_PALETTE: tuple[str, ...] = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
     "#17becf",
-    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#dbdb8d",
     "#9edae5",
 )
 UNKNOWN_COLOR = "#bdbdbd"  # a chunk whose writer rank is not known
@@ -40,7 +63,7 @@ def _hex(rgb: tuple[float, float, float]) -> str:
 
 def _rgb(color: str) -> tuple[float, float, float]:
     c = color.lstrip("#")
-    return tuple(int(c[i:i + 2], 16) / 255 for i in (0, 2, 4))  # type: ignore[return-value]
+    return tuple(int(c[i : i + 2], 16) / 255 for i in (0, 2, 4))  # type: ignore[return-value]
 
 
 @lru_cache(maxsize=8192)
@@ -68,6 +91,7 @@ def rank_colors(n: int) -> list[str]:
 
 def text_color(background: str) -> str:
     """Black or white, whichever reads better on ``background`` (WCAG relative luminance)."""
+
     def lin(c):
         return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
 

@@ -8,31 +8,59 @@ means torch loads wrong or stale values without a word, ``warning`` is worth kno
 checked cheaply first (saved chunks that tile their tensor cover every request) and exact holes
 (`geometry.uncovered`) are computed only for tensors that do not tile. Must not import torch.
 """
+
 from __future__ import annotations
 
 import difflib
 import math
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
 from .errors import MetadataError, PlanError, WorkbenchError
 from .geometry import Chunk, intersect, uncovered
-from .planner_helpers import (PARTIAL_MESSAGE, LocalTensor, _record, _torch_size,
-                              _value, invalid_metadata_message, missing_key_message,
-                              size_mismatch_message)
+from .planner_helpers import (
+    PARTIAL_MESSAGE,
+    LocalTensor,
+    _record,
+    _torch_size,
+    _value,
+    invalid_metadata_message,
+    missing_key_message,
+    size_mismatch_message,
+)
 from .planning import _overlap_mask
 from .records import BytesStorageMetadata, MetadataIndex, TensorStorageMetadata
 from .sharding import Layout, bytes_layout, format_placements
 
-__all__ = ["Problem", "KINDS", "SEVERITIES", "BLOCKING", "find_problems", "find_save_problems",
-           "explain", "Explanation", "chunk_holders"]
+__all__ = [
+    "Problem",
+    "KINDS",
+    "SEVERITIES",
+    "BLOCKING",
+    "find_problems",
+    "find_save_problems",
+    "explain",
+    "Explanation",
+    "chunk_holders",
+]
 
-KINDS = ("missing_key", "unexpected_key", "shape_mismatch", "dtype_mismatch", "uncovered",
-         "overlap", "strided_misdescribed", "dedup_loss", "per_rank_bytes", "partial")
+KINDS = (
+    "missing_key",
+    "unexpected_key",
+    "shape_mismatch",
+    "dtype_mismatch",
+    "uncovered",
+    "overlap",
+    "strided_misdescribed",
+    "dedup_loss",
+    "per_rank_bytes",
+    "partial",
+)
 SEVERITIES = ("error", "silent", "warning")
 # severities that make a load raise or load wrong values: a job guarded by a plan must stop
 BLOCKING = ("error", "silent")
@@ -59,13 +87,21 @@ class Problem:
 
     def __post_init__(self):
         if self.kind not in _KIND_ORDER:
-            raise WorkbenchError(self.fqn, f"problem kind {self.kind!r} is unknown",
-                                 "one of " + ", ".join(KINDS), "Use a kind from diagnosis.KINDS.",
-                                 kind=self.kind)
+            raise WorkbenchError(
+                self.fqn,
+                f"problem kind {self.kind!r} is unknown",
+                "one of " + ", ".join(KINDS),
+                "Use a kind from diagnosis.KINDS.",
+                kind=self.kind,
+            )
         if self.severity not in SEVERITIES:
-            raise WorkbenchError(self.fqn, f"severity {self.severity!r} is unknown",
-                                 "one of " + ", ".join(SEVERITIES),
-                                 "Use a severity from diagnosis.SEVERITIES.", severity=self.severity)
+            raise WorkbenchError(
+                self.fqn,
+                f"severity {self.severity!r} is unknown",
+                "one of " + ", ".join(SEVERITIES),
+                "Use a severity from diagnosis.SEVERITIES.",
+                severity=self.severity,
+            )
         if type(self.ranks) is not tuple:
             object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
 
@@ -181,20 +217,32 @@ def chunk_holders(layout: Layout) -> dict[Chunk, tuple[int, ...]]:
     return {c: tuple(rs) for c, rs in holders.items()}
 
 
-def _hole_problems(fqn, layout, saved: list[Chunk], cov: _Coverage, severity: str,
-                   torch_text: str = "") -> list[Problem]:
+def _hole_problems(
+    fqn, layout, saved: list[Chunk], cov: _Coverage, severity: str, torch_text: str = ""
+) -> list[Problem]:
     """One `uncovered` problem per distinct hole of a requested chunk, with the ranks that request
     it (or, with no target layout, one per global hole)."""
     total = sum(c.volume for c in cov.holes)
     numel = math.prod(layout.shape) if layout is not None else None
-    fix = ("Save the missing region (every element must belong to a saved chunk), or load with a "
-           "layout that does not request it.")
+    fix = (
+        "Save the missing region (every element must belong to a saved chunk), or load with a "
+        "layout that does not request it."
+    )
     said = f" torch raises: {torch_text}" if torch_text else ""
     if layout is None:
-        return [Problem(fqn, "uncovered", (), h, severity,
-                        f"{fqn}: no saved chunk covers {h} ({h.volume} elements; {total} uncovered in "
-                        f"all) (saved chunks {_list_text(saved, 6)} must tile the tensor).{said}", fix)
-                for h in cov.holes]
+        return [
+            Problem(
+                fqn,
+                "uncovered",
+                (),
+                h,
+                severity,
+                f"{fqn}: no saved chunk covers {h} ({h.volume} elements; {total} uncovered in "
+                f"all) (saved chunks {_list_text(saved, 6)} must tile the tensor).{said}",
+                fix,
+            )
+            for h in cov.holes
+        ]
     by_region: dict[Chunk, list[int]] = defaultdict(list)
     off = np.array([c.offsets for c in saved], dtype=np.int64).reshape(len(saved), layout.ndim)
     siz = np.array([c.sizes for c in saved], dtype=np.int64).reshape(off.shape)
@@ -208,12 +256,20 @@ def _hole_problems(fqn, layout, saved: list[Chunk], cov: _Coverage, severity: st
             by_region[region].extend(ranks)
     out = []
     for region, ranks in by_region.items():
-        out.append(Problem(
-            fqn, "uncovered", tuple(sorted(ranks)), region, severity,
-            f"{fqn}: no saved chunk covers {region}, requested by {_ranks_text(ranks)} "
-            f"({region.volume} elements; the checkpoint covers {numel - total} of {numel}) "
-            "(uncovered elements keep their previous values, uninitialised memory for meta-device "
-            "targets, and torch says nothing).", fix))
+        out.append(
+            Problem(
+                fqn,
+                "uncovered",
+                tuple(sorted(ranks)),
+                region,
+                severity,
+                f"{fqn}: no saved chunk covers {region}, requested by {_ranks_text(ranks)} "
+                f"({region.volume} elements; the checkpoint covers {numel - total} of {numel}) "
+                "(uncovered elements keep their previous values, uninitialised memory for meta-device "
+                "targets, and torch says nothing).",
+                fix,
+            )
+        )
     return out
 
 
@@ -228,24 +284,37 @@ def _overlap_problems(fqn, layout, saved, cov: _Coverage, severity: str | None) 
     for region, ix in cov.overlaps:
         readers = sorted(r for want, ranks in reqs.items() if _hits(want, region) for r in ranks)
         sev = severity or ("silent" if readers else "warning")
-        who = (f"readers ({_ranks_text(readers)}) get whichever chunk torch applies last "
-               "(read-item and file order), without an error" if layout is not None and readers else
-               "nobody in this target reads it" if layout is not None else
-               "a load gets whichever is applied last")
-        out.append(Problem(
-            fqn, "overlap", tuple(readers), region, sev,
-            f"{fqn}: saved chunks " + ", ".join(f"#{i} {saved[i]}" for i in ix[:4])
-            + (f" and {len(ix) - 4} more" if len(ix) > 4 else "")
-            + f" overlap on {region} ({region.volume} elements) (every element saved once); {who}.",
-            "Rewrite the checkpoint so every element is saved by exactly one chunk (torch's save "
-            "validation rejects overlaps; they come from custom planners, edited metadata or "
-            "per-rank shards of different sizes at one offset)."))
+        who = (
+            f"readers ({_ranks_text(readers)}) get whichever chunk torch applies last "
+            "(read-item and file order), without an error"
+            if layout is not None and readers
+            else "nobody in this target reads it"
+            if layout is not None
+            else "a load gets whichever is applied last"
+        )
+        out.append(
+            Problem(
+                fqn,
+                "overlap",
+                tuple(readers),
+                region,
+                sev,
+                f"{fqn}: saved chunks "
+                + ", ".join(f"#{i} {saved[i]}" for i in ix[:4])
+                + (f" and {len(ix) - 4} more" if len(ix) > 4 else "")
+                + f" overlap on {region} ({region.volume} elements) (every element saved once); {who}.",
+                "Rewrite the checkpoint so every element is saved by exactly one chunk (torch's save "
+                "validation rejects overlaps; they come from custom planners, edited metadata or "
+                "per-rank shards of different sizes at one offset).",
+            )
+        )
     return out
 
 
 # ----------------------------------------------------------------------------- strided shards
-def _misdescribed_problems(fqn, layout, severity: str, side: str, torch_text: str = "",
-                           reads=None) -> list[Problem]:
+def _misdescribed_problems(
+    fqn, layout, severity: str, side: str, torch_text: str = "", reads=None
+) -> list[Problem]:
     """One problem per rank whose DCP box is not its data: which positions get which indices.
     ``reads`` (load side): the fqn's `ReadBlock`, to tell which reads into a local tensor
     smaller than its box raise."""
@@ -253,8 +322,11 @@ def _misdescribed_problems(fqn, layout, severity: str, side: str, torch_text: st
     said = f" torch raises: {torch_text}" if torch_text else ""
     # FSDP2 + TP (Layout.data_held): the rows are FSDP2's torch.chunk of the TP-local rows over
     # dp, possibly another count than DCP's box (dcp-semantics 3, last bullet).
-    holds = ("FSDP2 really holds rows (torch.chunk of its TP-local rows over dp)"
-             if layout.data_held is not None else "it holds indices")
+    holds = (
+        "FSDP2 really holds rows (torch.chunk of its TP-local rows over dp)"
+        if layout.data_held is not None
+        else "it holds indices"
+    )
     for r in layout.misdescribed_ranks:
         box = layout.chunks(r)[0]
         held = layout.held_indices(r)
@@ -265,8 +337,10 @@ def _misdescribed_problems(fqn, layout, severity: str, side: str, torch_text: st
             if len(gets) != len(should):
                 if len(should) < len(gets):
                     short[d] = len(should)
-                parts.append(f"dim {d}: {holds} {_list_text(should)} ({len(should)}) but DCP's box "
-                             f"{box} names {_list_text(gets)} ({len(gets)})")
+                parts.append(
+                    f"dim {d}: {holds} {_list_text(should)} ({len(should)}) but DCP's box "
+                    f"{box} names {_list_text(gets)} ({len(gets)})"
+                )
                 continue
             wrong = [k for k, (g, s) in enumerate(zip(gets, should)) if g != s]
             if wrong:
@@ -274,28 +348,41 @@ def _misdescribed_problems(fqn, layout, severity: str, side: str, torch_text: st
                     f"dim {d}: {holds} {_list_text(should)} but its box {box} names "
                     f"{_list_text(gets)}, so local positions {_list_text(wrong)} get indices "
                     f"{_list_text(gets[k] for k in wrong)} instead of "
-                    f"{_list_text(should[k] for k in wrong)}")
+                    f"{_list_text(should[k] for k in wrong)}"
+                )
         sev = severity
         if side == "load" and short and reads is not None and _short_read_raises(reads, r, short):
             sev = "error"
-            what = ("torch raises reading into its smaller local tensor (narrow_tensor_by_index "
-                    "narrows it only when the read is shorter: a longer read fails the reader's "
-                    "'mismatch sizes' assert, a read past its end fails narrow)")
+            what = (
+                "torch raises reading into its smaller local tensor (narrow_tensor_by_index "
+                "narrows it only when the read is shorter: a longer read fails the reader's "
+                "'mismatch sizes' assert, a read past its end fails narrow)"
+            )
         elif side == "load":
             what = "loading into it reads the box's indices, not the held ones, without an error"
         elif sev == "error":
             what = "a save from this layout fails validation (the boxes overlap or leave holes)"
         else:
             what = "the checkpoint would record boxes that are not the saved data"
-        out.append(Problem(
-            fqn, "strided_misdescribed", (r,), box, sev,
-            f"{fqn}: rank {r} (coordinate {layout.coordinate(r)}, placements "
-            f"[{format_placements(layout.placements)}]) {'; '.join(parts)} (a DCP box must "
-            f"describe the data); {what}.{said}",
-            "Use sizes that the _StridedShard mesh dims divide evenly, or "
-            + ("load into a layout without _StridedShard (e.g. FSDP only) and redistribute."
-               if side == "load" else "save from a layout without _StridedShard (redistribute "
-               "first, or get_state_dict with full_state_dict).")))
+        out.append(
+            Problem(
+                fqn,
+                "strided_misdescribed",
+                (r,),
+                box,
+                sev,
+                f"{fqn}: rank {r} (coordinate {layout.coordinate(r)}, placements "
+                f"[{format_placements(layout.placements)}]) {'; '.join(parts)} (a DCP box must "
+                f"describe the data); {what}.{said}",
+                "Use sizes that the _StridedShard mesh dims divide evenly, or "
+                + (
+                    "load into a layout without _StridedShard (e.g. FSDP only) and redistribute."
+                    if side == "load"
+                    else "save from a layout without _StridedShard (redistribute "
+                    "first, or get_state_dict with full_state_dict)."
+                ),
+            )
+        )
     return out
 
 
@@ -328,8 +415,11 @@ def _rank_families(saved_keys: Iterable[str], target_keys: Iterable[str]):
             m = _RANK_SUFFIX.match(k)
             if m:
                 fam[m["stem"]][side].add(int(m["rank"]))
-    return {stem: (s, t) for stem, (s, t) in fam.items()
-            if s and t and s != t and max(len(s), len(t)) >= 2}
+    return {
+        stem: (s, t)
+        for stem, (s, t) in fam.items()
+        if s and t and s != t and max(len(s), len(t)) >= 2
+    }
 
 
 def _per_rank_problems(families, md_items, layouts, failures, strict: bool):
@@ -342,27 +432,40 @@ def _per_rank_problems(families, md_items, layouts, failures, strict: bool):
             if not isinstance(md_items.get(fqn), BytesStorageMetadata):
                 continue
             handled.add(fqn)
-            out.append(Problem(
-                fqn, "per_rank_bytes", (), None, "silent",
-                f"{fqn}: the checkpoint holds per-rank entries {family} from {saved_n} ranks but the "
-                f"target requests only {want_n} of them (one per rank of the new world); rank {r}'s "
-                "state is loaded by nobody and torch says nothing.",
-                "Re-split the per-rank state for the new world size before loading (or load the old "
-                "keys explicitly and merge them); save such state under rank-independent keys."))
+            out.append(
+                Problem(
+                    fqn,
+                    "per_rank_bytes",
+                    (),
+                    None,
+                    "silent",
+                    f"{fqn}: the checkpoint holds per-rank entries {family} from {saved_n} ranks but the "
+                    f"target requests only {want_n} of them (one per rank of the new world); rank {r}'s "
+                    "state is loaded by nobody and torch says nothing.",
+                    "Re-split the per-rank state for the new world size before loading (or load the old "
+                    "keys explicitly and merge them); save such state under rank-independent keys.",
+                )
+            )
         for r in sorted(wanted - saved):
             fqn = f"{stem}{r}"
             if fqn not in layouts:
                 continue
             handled.add(fqn)
             text = failures.get(fqn, (None, None))[1] or missing_key_message(fqn)
-            out.append(Problem(
-                fqn, "per_rank_bytes", _entry_ranks(layouts[fqn]), None,
-                "error" if strict else "warning",
-                f"{fqn}: the target asks for per-rank entry {fqn} but the checkpoint was saved by "
-                f"{saved_n} ranks and has only {family} (rank {r} did not exist at save time)"
-                + (f"; torch raises: {text}" if strict else "; allow_partial_load skips it."),
-                "Give the new ranks state derived from the saved ranks (re-split it), or load the "
-                "per-rank entries with allow_partial_load=True and initialise the new ranks' state."))
+            out.append(
+                Problem(
+                    fqn,
+                    "per_rank_bytes",
+                    _entry_ranks(layouts[fqn]),
+                    None,
+                    "error" if strict else "warning",
+                    f"{fqn}: the target asks for per-rank entry {fqn} but the checkpoint was saved by "
+                    f"{saved_n} ranks and has only {family} (rank {r} did not exist at save time)"
+                    + (f"; torch raises: {text}" if strict else "; allow_partial_load skips it."),
+                    "Give the new ranks state derived from the saved ranks (re-split it), or load the "
+                    "per-rank entries with allow_partial_load=True and initialise the new ranks' state.",
+                )
+            )
     return out, handled
 
 
@@ -388,10 +491,12 @@ def find_problems(load_result) -> list[Problem]:
     failures = _failures(load_result)
     # an entry no rank's state dict holds is not requested at all (torch never sees it)
     layouts = {f: lay for f, lay in layouts.items() if _entry_ranks(lay)}
-    families = _rank_families([k for k, v in items.items() if isinstance(v, BytesStorageMetadata)],
-                              list(layouts))
-    out, handled = _per_rank_problems(families, items, layouts, failures,
-                                      not getattr(load_result, "allow_partial_load", False))
+    families = _rank_families(
+        [k for k, v in items.items() if isinstance(v, BytesStorageMetadata)], list(layouts)
+    )
+    out, handled = _per_rank_problems(
+        families, items, layouts, failures, not getattr(load_result, "allow_partial_load", False)
+    )
     for fqn, layout in layouts.items():
         if fqn in handled:
             continue
@@ -406,23 +511,38 @@ def find_problems(load_result) -> list[Problem]:
         if layout.per_rank_values and len(_entry_ranks(layout)) > 1:
             out.append(_one_copy_for_all(fqn, layout, md))
         elif isinstance(saved, TensorStorageMetadata):
-            out.extend(_tensor_problems(fqn, layout, saved, ranks, text,
-                                        lambda: load_result.reads(fqn)))
+            out.extend(
+                _tensor_problems(fqn, layout, saved, ranks, text, lambda: load_result.reads(fqn))
+            )
         elif not layout.is_bytes:
-            out.append(Problem(
-                fqn, "shape_mismatch", ranks, None, "silent",
-                f"{fqn}: the checkpoint saved a non-tensor (BytesStorageMetadata) but the target holds "
-                f"a {layout.kind} of shape {layout.shape} (a tensor in place); torch replaces the state "
-                "dict entry with the unpickled object and never writes the tensor.",
-                "Check that the key names the same thing on both sides."))
+            out.append(
+                Problem(
+                    fqn,
+                    "shape_mismatch",
+                    ranks,
+                    None,
+                    "silent",
+                    f"{fqn}: the checkpoint saved a non-tensor (BytesStorageMetadata) but the target holds "
+                    f"a {layout.kind} of shape {layout.shape} (a tensor in place); torch replaces the state "
+                    "dict entry with the unpickled object and never writes the tensor.",
+                    "Check that the key names the same thing on both sides.",
+                )
+            )
     for fqn in items:
         if fqn not in layouts and fqn not in handled:
-            out.append(Problem(
-                fqn, "unexpected_key", (), None, "warning",
-                f"{fqn}: the checkpoint holds {_describe_saved(items[fqn])} that no rank requests "
-                "(loads ignore unrequested keys); it is not loaded.",
-                "Add it to the state dict passed to dcp.load if it is needed (or rename a key that "
-                "changed)."))
+            out.append(
+                Problem(
+                    fqn,
+                    "unexpected_key",
+                    (),
+                    None,
+                    "warning",
+                    f"{fqn}: the checkpoint holds {_describe_saved(items[fqn])} that no rank requests "
+                    "(loads ignore unrequested keys); it is not loaded.",
+                    "Add it to the state dict passed to dcp.load if it is needed (or rename a key that "
+                    "changed).",
+                )
+            )
     order = {f: i for i, f in enumerate(list(layouts) + [k for k in items if k not in layouts])}
     out.sort(key=lambda p: _sort_key(p, order))
     return out
@@ -433,22 +553,33 @@ def _one_copy_for_all(fqn, layout, md) -> Problem:
     (save-time dedup kept one rank's), and every rank loads that same copy."""
     holders = _entry_ranks(layout)
     storage = md.storage_data if isinstance(md.storage_data, Mapping) else {}
-    info = storage.get(MetadataIndex(fqn) if layout.is_bytes else
-                       MetadataIndex(fqn, (0,) * len(layout.shape)))
+    info = storage.get(
+        MetadataIndex(fqn) if layout.is_bytes else MetadataIndex(fqn, (0,) * len(layout.shape))
+    )
     src = f" ({info.relative_path})" if info is not None else ""
     return Problem(
-        fqn, "dedup_loss", holders, None, "silent",
+        fqn,
+        "dedup_loss",
+        holders,
+        None,
+        "silent",
         f"{fqn}: the target holds a different value on each of {_ranks_text(holders)} but the "
         f"checkpoint has one copy{src} (dcp.save keeps one rank's copy of a plain tensor or bytes "
         "entry); every rank loads that copy, so per-rank values are not restored.",
         "Save per-rank state under per-rank keys (e.g. suffix the rank) or as a DTensor / "
-        "ShardedTensor.")
+        "ShardedTensor.",
+    )
 
 
 def _sort_key(p: Problem, order: dict):
     """fqn (state-dict order), kind, then ranks and region: a stable order for tables and tests."""
-    return (order.get(p.fqn, len(order)), p.fqn, _KIND_ORDER[p.kind], p.ranks,
-            p.region.offsets if p.region is not None else ())
+    return (
+        order.get(p.fqn, len(order)),
+        p.fqn,
+        _KIND_ORDER[p.kind],
+        p.ranks,
+        p.region.offsets if p.region is not None else (),
+    )
 
 
 def _describe_saved(saved) -> str:
@@ -462,56 +593,97 @@ def _missing(fqn, ranks, text, items, result) -> Problem:
     hint = f" The closest saved key is {close[0]!r}." if close else ""
     if not getattr(result, "allow_partial_load", False):
         text = text or missing_key_message(fqn)
-        return Problem(fqn, "missing_key", ranks, None, "error",
-                       f"{fqn}: the checkpoint lacks this key, requested by {_ranks_text(ranks)} "
-                       f"(every requested key must be saved); torch raises: {text}",
-                       "Rename the key to the saved name (prefixes such as 'model.' or '_orig_mod.' "
-                       "differ often), drop it from the state dict, or load with "
-                       f"allow_partial_load=True.{hint}")
+        return Problem(
+            fqn,
+            "missing_key",
+            ranks,
+            None,
+            "error",
+            f"{fqn}: the checkpoint lacks this key, requested by {_ranks_text(ranks)} "
+            f"(every requested key must be saved); torch raises: {text}",
+            "Rename the key to the saved name (prefixes such as 'model.' or '_orig_mod.' "
+            "differ often), drop it from the state dict, or load with "
+            f"allow_partial_load=True.{hint}",
+        )
     # allow_partial_load: no error, no warning from torch; the entry keeps whatever it held
     # (torch.empty garbage for a meta-device target, None for values _init_state_dict dropped)
-    return Problem(fqn, "missing_key", ranks, None, "silent",
-                   f"{fqn}: the checkpoint lacks this key, requested by {_ranks_text(ranks)} "
-                   "(allow_partial_load skips it without a word); it keeps its current value, "
-                   "uninitialised memory for a meta-device target.",
-                   f"Initialise it yourself or rename it to the saved key.{hint}")
+    return Problem(
+        fqn,
+        "missing_key",
+        ranks,
+        None,
+        "silent",
+        f"{fqn}: the checkpoint lacks this key, requested by {_ranks_text(ranks)} "
+        "(allow_partial_load skips it without a word); it keeps its current value, "
+        "uninitialised memory for a meta-device target.",
+        f"Initialise it yourself or rename it to the saved key.{hint}",
+    )
 
 
-def _tensor_problems(fqn, layout, saved: TensorStorageMetadata, ranks, text, reads
-                     ) -> list[Problem]:
+def _tensor_problems(
+    fqn, layout, saved: TensorStorageMetadata, ranks, text, reads
+) -> list[Problem]:
     # reads: a callable giving the fqn's ReadBlock, built only for a misdescribed layout
     if layout.is_bytes:
-        return [Problem(
-            fqn, "shape_mismatch", ranks, None, "error",
-            f"{fqn}: the checkpoint saved a tensor of {_torch_size(saved.size)} but the target holds "
-            f"a non-tensor value (not a Tensor, DTensor or ShardedTensor); torch raises: "
-            + (text or invalid_metadata_message(fqn)),
-            "Pass a tensor of the saved size (a value that _init_state_dict turned into None is a "
-            "common cause), or drop the key.")]
+        return [
+            Problem(
+                fqn,
+                "shape_mismatch",
+                ranks,
+                None,
+                "error",
+                f"{fqn}: the checkpoint saved a tensor of {_torch_size(saved.size)} but the target holds "
+                f"a non-tensor value (not a Tensor, DTensor or ShardedTensor); torch raises: "
+                + (text or invalid_metadata_message(fqn)),
+                "Pass a tensor of the saved size (a value that _init_state_dict turned into None is a "
+                "common cause), or drop the key.",
+            )
+        ]
     if tuple(saved.size) != tuple(layout.shape):
-        return [Problem(
-            fqn, "shape_mismatch", ranks, None, "error",
-            f"{fqn}: saved size {list(saved.size)} differs from the target's {list(layout.shape)} "
-            "(global sizes must match; DCP reshards chunks, not shapes); torch raises: "
-            + (text or size_mismatch_message(fqn, saved.size, layout.shape)),
-            "Build the target with the checkpoint's config (vocab padding, hidden sizes), pass the "
-            "global DTensor rather than a local shard, or convert the checkpoint.")]
+        return [
+            Problem(
+                fqn,
+                "shape_mismatch",
+                ranks,
+                None,
+                "error",
+                f"{fqn}: saved size {list(saved.size)} differs from the target's {list(layout.shape)} "
+                "(global sizes must match; DCP reshards chunks, not shapes); torch raises: "
+                + (text or size_mismatch_message(fqn, saved.size, layout.shape)),
+                "Build the target with the checkpoint's config (vocab padding, hidden sizes), pass the "
+                "global DTensor rather than a local shard, or convert the checkpoint.",
+            )
+        ]
     if layout.has_partial:
-        return [Problem(
-            fqn, "partial", ranks, None, "error",
-            f"{fqn}: the target DTensor has a Partial placement [{format_placements(layout.placements)}]"
-            f" (DCP loads only Shard / Replicate); torch raises the unrelated message: "
-            + (text or invalid_metadata_message(fqn))
-            + " (_create_read_items swallows the Partial error and re-raises this).",
-            "Redistribute the target to Replicate() / Shard() placements before dcp.load.")]
+        return [
+            Problem(
+                fqn,
+                "partial",
+                ranks,
+                None,
+                "error",
+                f"{fqn}: the target DTensor has a Partial placement [{format_placements(layout.placements)}]"
+                f" (DCP loads only Shard / Replicate); torch raises the unrelated message: "
+                + (text or invalid_metadata_message(fqn))
+                + " (_create_read_items swallows the Partial error and re-raises this).",
+                "Redistribute the target to Replicate() / Shard() placements before dcp.load.",
+            )
+        ]
     out = []
     if saved.properties.dtype != layout.dtype:
-        out.append(Problem(
-            fqn, "dtype_mismatch", tuple(r for r in ranks if layout.chunks(r)), None, "silent",
-            f"{fqn}: saved dtype {saved.properties.dtype} differs from the target's {layout.dtype} "
-            f"(torch copy_()s without a check, so values are cast {saved.properties.dtype} -> "
-            f"{layout.dtype} silently).",
-            "Load into the saved dtype and convert explicitly if the cast is intended."))
+        out.append(
+            Problem(
+                fqn,
+                "dtype_mismatch",
+                tuple(r for r in ranks if layout.chunks(r)),
+                None,
+                "silent",
+                f"{fqn}: saved dtype {saved.properties.dtype} differs from the target's {layout.dtype} "
+                f"(torch copy_()s without a check, so values are cast {saved.properties.dtype} -> "
+                f"{layout.dtype} silently).",
+                "Load into the saved dtype and convert explicitly if the cast is intended.",
+            )
+        )
     cov = _coverage(tuple(saved.size), saved.chunks)
     if not cov.tiles:
         live = [c for c in saved.chunks if not c.is_empty]
@@ -532,8 +704,12 @@ def find_checkpoint_problems(metadata) -> list[Problem]:
     md = _record(metadata)
     sdm = getattr(md, "state_dict_metadata", None)
     if not isinstance(sdm, Mapping):
-        raise MetadataError(None, f"metadata is a {type(metadata).__name__}", "a DCP Metadata",
-                            "Read it with workbench.load_metadata(path).")
+        raise MetadataError(
+            None,
+            f"metadata is a {type(metadata).__name__}",
+            "a DCP Metadata",
+            "Read it with workbench.load_metadata(path).",
+        )
     out = []
     for fqn, entry in sdm.items():
         if not isinstance(entry, TensorStorageMetadata):
@@ -548,8 +724,10 @@ def find_checkpoint_problems(metadata) -> list[Problem]:
 
 
 # ----------------------------------------------------------------------------- save side
-_VALIDATION = re.compile(r"key:(?P<fqn>\S+) (?:has )?(?P<what>overlapping chunks|out of bounds chunk|"
-                         r"invalid fill)")
+_VALIDATION = re.compile(
+    r"key:(?P<fqn>\S+) (?:has )?(?P<what>overlapping chunks|out of bounds chunk|"
+    r"invalid fill)"
+)
 
 
 def _validation_quote(errs: list[str], all_errs: list[str]) -> str:
@@ -586,32 +764,52 @@ def find_save_problems(save_result) -> list[Problem]:
     for fqn, layout in layouts.items():
         ranks = tuple(layout.holders())
         if layout.has_partial:
-            out.append(Problem(
-                fqn, "partial", failed.get(fqn, ranks), None, "error",
-                f"{fqn}: placements [{format_placements(layout.placements)}] include Partial (a "
-                f"pending reduction DCP cannot save); torch raises ValueError: {PARTIAL_MESSAGE}",
-                "Redistribute to Replicate() or Shard() (e.g. dtensor.redistribute(mesh, "
-                "[Replicate()])) before saving."))
+            out.append(
+                Problem(
+                    fqn,
+                    "partial",
+                    failed.get(fqn, ranks),
+                    None,
+                    "error",
+                    f"{fqn}: placements [{format_placements(layout.placements)}] include Partial (a "
+                    f"pending reduction DCP cannot save); torch raises ValueError: {PARTIAL_MESSAGE}",
+                    "Redistribute to Replicate() or Shard() (e.g. dtensor.redistribute(mesh, "
+                    "[Replicate()])) before saving.",
+                )
+            )
             continue
         errs = errors.get(fqn, [])
         if layout.misdescribed_ranks:
             # Validation rejects these boxes (dcp-semantics 3); without an error the checkpoint
             # would record boxes that are not the data.
-            out.extend(_misdescribed_problems(
-                fqn, layout, "error" if errs else "silent", "save",
-                _validation_quote(errs, all_errs) if errs else ""))
+            out.extend(
+                _misdescribed_problems(
+                    fqn,
+                    layout,
+                    "error" if errs else "silent",
+                    "save",
+                    _validation_quote(errs, all_errs) if errs else "",
+                )
+            )
             continue
         if layout.per_rank_values and len(ranks) > 1:
             kept = writers.get(fqn, [None])[0]
             lost = tuple(r for r in ranks if r != kept)
-            out.append(Problem(
-                fqn, "dedup_loss", lost, None, "silent",
-                f"{fqn}: {_ranks_text(ranks)} each hold their own value of this "
-                f"{'non-tensor entry' if layout.is_bytes else 'plain tensor'} but DCP dedups by "
-                f"(fqn, offset) and writes only rank {kept}'s copy (dedup_save_plans); "
-                f"the values of {_ranks_text(lost)} are lost and every rank loads rank {kept}'s.",
-                "Give each rank's value its own key (e.g. f'{fqn}.rank{r}') or make it a DTensor "
-                "sharded over the ranks."))
+            out.append(
+                Problem(
+                    fqn,
+                    "dedup_loss",
+                    lost,
+                    None,
+                    "silent",
+                    f"{fqn}: {_ranks_text(ranks)} each hold their own value of this "
+                    f"{'non-tensor entry' if layout.is_bytes else 'plain tensor'} but DCP dedups by "
+                    f"(fqn, offset) and writes only rank {kept}'s copy (dedup_save_plans); "
+                    f"the values of {_ranks_text(lost)} are lost and every rank loads rank {kept}'s.",
+                    "Give each rank's value its own key (e.g. f'{fqn}.rank{r}') or make it a DTensor "
+                    "sharded over the ranks.",
+                )
+            )
         saved = items.get(fqn)
         if isinstance(saved, TensorStorageMetadata) and saved.size:
             out.extend(_saved_chunk_problems(fqn, saved, errs, writers.get(fqn, []), all_errs))
@@ -620,50 +818,78 @@ def find_save_problems(save_result) -> list[Problem]:
     return out
 
 
-def _saved_chunk_problems(fqn, saved: TensorStorageMetadata, errs: list[str], writers: list[int],
-                          all_errs: list[str]) -> list[Problem]:
+def _saved_chunk_problems(
+    fqn, saved: TensorStorageMetadata, errs: list[str], writers: list[int], all_errs: list[str]
+) -> list[Problem]:
     """Holes, overlaps and out-of-bounds chunks of a planned checkpoint; ``error`` where torch's
     validation (``errs``, its strings for this key) raises. Every validation string is quoted by
     some problem, also when the geometry finds nothing of its kind (torch's overlap predicate
     counts a zero-size chunk inside another; the fill check counts chunks past the end)."""
-    by_kind = {k: [e for e in errs if k in e]
-               for k in ("out of bounds chunk", "invalid fill", "overlapping chunks")}
+    by_kind = {
+        k: [e for e in errs if k in e]
+        for k in ("out of bounds chunk", "invalid fill", "overlapping chunks")
+    }
     out = []
+
     def quote(sub: list[str]) -> str:
         return _validation_quote(sub, all_errs)
 
     if by_kind["out of bounds chunk"]:
         outside = [i for i, c in enumerate(saved.chunks) if not c.within(saved.size)]
-        out.append(Problem(
-            fqn, "shape_mismatch", tuple(sorted({writers[i] for i in outside if i < len(writers)})),
-            None, "error",
-            f"{fqn}: saved chunks {_list_text([str(saved.chunks[i]) for i in outside], 4)} reach past "
-            f"the tensor's size {list(saved.size)} (every chunk inside the tensor); torch raises: "
-            + quote(by_kind["out of bounds chunk"]),
-            "Check the local shapes against the global one (a ShardedTensor's shard metadata, a "
-            "DTensor built with from_local and a wrong shape)."))
+        out.append(
+            Problem(
+                fqn,
+                "shape_mismatch",
+                tuple(sorted({writers[i] for i in outside if i < len(writers)})),
+                None,
+                "error",
+                f"{fqn}: saved chunks {_list_text([str(saved.chunks[i]) for i in outside], 4)} reach past "
+                f"the tensor's size {list(saved.size)} (every chunk inside the tensor); torch raises: "
+                + quote(by_kind["out of bounds chunk"]),
+                "Check the local shapes against the global one (a ShardedTensor's shard metadata, a "
+                "DTensor built with from_local and a wrong shape).",
+            )
+        )
     cov = _coverage(tuple(saved.size), saved.chunks)
     fill, over = by_kind["invalid fill"], by_kind["overlapping chunks"]
     live = [c for c in saved.chunks if not c.is_empty]
-    holes = _hole_problems(fqn, None, live, cov, "error" if fill else "silent",
-                           quote(fill) if fill else "")
+    holes = _hole_problems(
+        fqn, None, live, cov, "error" if fill else "silent", quote(fill) if fill else ""
+    )
     overlaps = _overlap_problems(fqn, None, saved.chunks, cov, "error" if over else "silent")
     if fill and not holes:
-        holes = [Problem(fqn, "uncovered", (), None, "error",
-                         f"{fqn}: the saved chunks' volumes do not add up to the tensor's "
-                         f"{math.prod(saved.size)} elements although they leave no hole (chunks past "
-                         f"the end or overlapping count twice); torch raises: {quote(fill)}",
-                         "Make every element belong to exactly one chunk inside the tensor.")]
+        holes = [
+            Problem(
+                fqn,
+                "uncovered",
+                (),
+                None,
+                "error",
+                f"{fqn}: the saved chunks' volumes do not add up to the tensor's "
+                f"{math.prod(saved.size)} elements although they leave no hole (chunks past "
+                f"the end or overlapping count twice); torch raises: {quote(fill)}",
+                "Make every element belong to exactly one chunk inside the tensor.",
+            )
+        ]
     if over and not overlaps:
-        overlaps = [Problem(fqn, "overlap", (), None, "error",
-                            f"{fqn}: torch's overlap predicate counts a zero-size chunk strictly "
-                            "inside another as overlapping (no data overlaps); torch raises: "
-                            f"{quote(over)}",
-                            "Drop the zero-size chunk or move it to the end of the dim (DTensor "
-                            "puts empty shards at offset = dim size).")]
+        overlaps = [
+            Problem(
+                fqn,
+                "overlap",
+                (),
+                None,
+                "error",
+                f"{fqn}: torch's overlap predicate counts a zero-size chunk strictly "
+                "inside another as overlapping (no data overlaps); torch raises: "
+                f"{quote(over)}",
+                "Drop the zero-size chunk or move it to the end of the dim (DTensor "
+                "puts empty shards at offset = dim size).",
+            )
+        ]
     elif over:
-        overlaps = [replace(p, message=f"{p.message} torch raises: {quote(over)}")
-                    for p in overlaps]
+        overlaps = [
+            replace(p, message=f"{p.message} torch raises: {quote(over)}") for p in overlaps
+        ]
     return out + holes + overlaps
 
 
@@ -680,7 +906,7 @@ class Explanation:
     fqn: str | None = None
     numbers: dict = field(default_factory=dict)
     ranks: tuple[int, ...] = ()
-    inner: tuple["Explanation", ...] = ()
+    inner: tuple[Explanation, ...] = ()
     text: str = ""
 
     def __str__(self) -> str:
@@ -693,21 +919,53 @@ class Explanation:
 
 
 _SIZE = r"torch\.Size\(\[(?P<{}>[^\]]*)\]\)"
-_MDI = (r"MetadataIndex\(fqn='(?P<fqn>[^']*)', offset=(?:torch\.Size\(\[(?P<offset>[^\]]*)\]\)|"
-        r"None), index=(?P<index>\w+)\)")
+_MDI = (
+    r"MetadataIndex\(fqn='(?P<fqn>[^']*)', offset=(?:torch\.Size\(\[(?P<offset>[^\]]*)\]\)|"
+    r"None), index=(?P<index>\w+)\)"
+)
 _PATTERNS = [
-    ("checkpoint_exception", re.compile(r"CheckpointException ranks:dict_keys\(\[(?P<ranks>[^\]]*)\]\)")),
+    (
+        "checkpoint_exception",
+        re.compile(r"CheckpointException ranks:dict_keys\(\[(?P<ranks>[^\]]*)\]\)"),
+    ),
     ("validate_global_plan", re.compile(r"Failed to validate global plan: (?P<body>.*)", re.S)),
     ("missing_key", re.compile(r"Missing key in checkpoint state_dict: (?P<fqn>.+?)\.?$", re.M)),
-    ("size_mismatch", re.compile(r"Size mismatch between saved " + _SIZE.format("saved")
-                                 + r" and current: " + _SIZE.format("current") + r" for (?P<fqn>\S+)")),
-    ("read_size_mismatch", re.compile(r"req " + _MDI + r" mismatch sizes,? " + _SIZE.format("dst")
-                                      + r" vs " + _SIZE.format("src"))),
+    (
+        "size_mismatch",
+        re.compile(
+            r"Size mismatch between saved "
+            + _SIZE.format("saved")
+            + r" and current: "
+            + _SIZE.format("current")
+            + r" for (?P<fqn>\S+)"
+        ),
+    ),
+    (
+        "read_size_mismatch",
+        re.compile(
+            r"req "
+            + _MDI
+            + r" mismatch sizes,? "
+            + _SIZE.format("dst")
+            + r" vs "
+            + _SIZE.format("src")
+        ),
+    ),
     ("partial", re.compile(re.escape(PARTIAL_MESSAGE))),
-    ("invalid_metadata", re.compile(r"Invalid checkpoint metadata for (?P<fqn>\S+), expected "
-                                    r"BytesStorageMetadata but found (?P<found>.+)")),
-    ("unsupported_type", re.compile(r"Unsupported Type, expecting one of \[Tensor, DTensor, "
-                                    r"ShardedTensor\] ?,but got (?P<type>.+)")),
+    (
+        "invalid_metadata",
+        re.compile(
+            r"Invalid checkpoint metadata for (?P<fqn>\S+), expected "
+            r"BytesStorageMetadata but found (?P<found>.+)"
+        ),
+    ),
+    (
+        "unsupported_type",
+        re.compile(
+            r"Unsupported Type, expecting one of \[Tensor, DTensor, "
+            r"ShardedTensor\] ?,but got (?P<type>.+)"
+        ),
+    ),
     # KeyError(MetadataIndex(...)) as printed in a traceback, as repr, or the bare key (str(e))
     ("missing_storage", re.compile(r"(?:KeyError:? *\(?)?" + _MDI)),
 ]
@@ -722,15 +980,23 @@ def _explain_inputs(metadata, target) -> tuple[Any, dict[str, Layout]]:
     described by their layout, other values as bytes entries; anything else refused."""
     metadata = _record(metadata)
     if metadata is not None and not hasattr(metadata, "state_dict_metadata"):
-        raise MetadataError(None, f"metadata is a {type(metadata).__name__}",
-                            "a DCP Metadata or None", "Read it with workbench.load_metadata(path).",
-                            value_type=type(metadata))
+        raise MetadataError(
+            None,
+            f"metadata is a {type(metadata).__name__}",
+            "a DCP Metadata or None",
+            "Read it with workbench.load_metadata(path).",
+            value_type=type(metadata),
+        )
     if target is None:
         return metadata, {}
     if not isinstance(target, Mapping):
-        raise PlanError(None, f"target is a {type(target).__name__}",
-                        "a dict {fqn: Layout} or a state dict", "Pass the layouts (or the state "
-                        "dict) dcp.load was given.", value_type=type(target))
+        raise PlanError(
+            None,
+            f"target is a {type(target).__name__}",
+            "a dict {fqn: Layout} or a state dict",
+            "Pass the layouts (or the state dict) dcp.load was given.",
+            value_type=type(target),
+        )
     layouts: dict[str, Layout | None] = {}
     for fqn, v in target.items():
         if not isinstance(v, Layout):
@@ -756,9 +1022,12 @@ def explain(text: str, metadata=None, target: Mapping[str, Any] | None = None) -
         m = rx.search(text)
         if m:
             return _EXPLAINERS[name](m, text, metadata, target or {})
-    return Explanation("unknown", "This is not one of the DCP error messages the workbench knows.",
-                       ("Paste the last line of the traceback (the exception message).",),
-                       text=text)
+    return Explanation(
+        "unknown",
+        "This is not one of the DCP error messages the workbench knows.",
+        ("Paste the last line of the traceback (the exception message).",),
+        text=text,
+    )
 
 
 def _x_checkpoint_exception(m, text, md, target):
@@ -775,15 +1044,22 @@ def _x_checkpoint_exception(m, text, md, target):
         seen.setdefault(key, inner)
         by_rank[key].append(int(r))
     inner = tuple(seen.values())
-    parts = "; ".join(f"{_ranks_text(by_rank[k])}: {e.pattern}" + (f" ({e.fqn})" if e.fqn else "")
-                      for k, e in seen.items())
+    parts = "; ".join(
+        f"{_ranks_text(by_rank[k])}: {e.pattern}" + (f" ({e.fqn})" if e.fqn else "")
+        for k, e in seen.items()
+    )
     return Explanation(
         "checkpoint_exception",
         f"dcp.save / dcp.load failed on {_ranks_text(ranks)} ({parts or 'no traceback given'}). "
         "CheckpointException derives from BaseException, so 'except Exception' does not catch it; "
         "errors of the global step are reported by rank 0 and re-raised on every rank.",
         ("Read the inner error of the lowest failing rank first; the others usually repeat it.",),
-        inner[0].fqn if len(inner) == 1 else None, {"ranks": ranks}, ranks, inner, text)
+        inner[0].fqn if len(inner) == 1 else None,
+        {"ranks": ranks},
+        ranks,
+        inner,
+        text,
+    )
 
 
 def _x_validate(m, text, md, target):
@@ -795,31 +1071,44 @@ def _x_validate(m, text, md, target):
     for fqn in fqns:
         lay = target.get(fqn)
         if lay is not None and lay.misdescribed_ranks:
-            checks.append(f"{fqn}: the save layout [{format_placements(lay.placements)}] on mesh "
-                          f"{lay.mesh_shape} is a _StridedShard whose ranks "
-                          f"{_list_text(lay.misdescribed_ranks)}"
-                          " hold rows their DCP boxes do not describe; the boxes cannot tile the tensor.")
+            checks.append(
+                f"{fqn}: the save layout [{format_placements(lay.placements)}] on mesh "
+                f"{lay.mesh_shape} is a _StridedShard whose ranks "
+                f"{_list_text(lay.misdescribed_ranks)}"
+                " hold rows their DCP boxes do not describe; the boxes cannot tile the tensor."
+            )
     whats = {w for _, w in found}
     if "overlapping chunks" in whats:
-        checks.append("Overlapping chunks: a _StridedShard placement with an uneven size (FSDP2 + TP: "
-                      "[_StridedShard(0, tp), Shard(0)] with rows not divisible by dp*tp), ShardedTensor "
-                      "shards that overlap, or ranks saving different-size chunks at one offset.")
+        checks.append(
+            "Overlapping chunks: a _StridedShard placement with an uneven size (FSDP2 + TP: "
+            "[_StridedShard(0, tp), Shard(0)] with rows not divisible by dp*tp), ShardedTensor "
+            "shards that overlap, or ranks saving different-size chunks at one offset."
+        )
     if "invalid fill" in whats:
-        checks.append("Invalid fill: the saved chunks do not add up to the tensor (a rank missing "
-                      "from the save, ShardedTensor shards missing, a mesh smaller than the world).")
+        checks.append(
+            "Invalid fill: the saved chunks do not add up to the tensor (a rank missing "
+            "from the save, ShardedTensor shards missing, a mesh smaller than the world)."
+        )
     if "out of bounds chunk" in whats:
-        checks.append("Out of bounds: a chunk extends past the tensor's size (a local shape "
-                      "inconsistent with the global one).")
+        checks.append(
+            "Out of bounds: a chunk extends past the tensor's size (a local shape "
+            "inconsistent with the global one)."
+        )
     if truncated:
-        checks.append("The message is truncated at 500 characters: plan the save with "
-                      "workbench.plan_save to list every error.")
+        checks.append(
+            "The message is truncated at 500 characters: plan the save with "
+            "workbench.plan_save to list every error."
+        )
     return Explanation(
         "validate_global_plan",
         f"The coordinator's _validate_global_plan rejected the save plan ({len(found)} error(s) on "
         f"{_list_text(fqns, 4)}): every tensor's saved chunks must lie inside it, not overlap, and "
         "(with more than one rank) fill it exactly. Nothing was written.",
-        tuple(checks), fqns[0] if len(fqns) == 1 else None,
-        {"errors": found, "truncated": truncated}, text=text)
+        tuple(checks),
+        fqns[0] if len(fqns) == 1 else None,
+        {"errors": found, "truncated": truncated},
+        text=text,
+    )
 
 
 def _x_missing(m, text, md, target):
@@ -830,25 +1119,41 @@ def _x_missing(m, text, md, target):
         close = difflib.get_close_matches(fqn, saved, n=3, cutoff=0.6)
         stripped = [k for k in saved if k.endswith(fqn) or fqn.endswith(k)]
         if stripped:
-            checks.append(f"A saved key differs only by a prefix: {stripped[0]!r} (wrappers such as "
-                          "DDP 'module.', torch.compile '_orig_mod.' or a {'model': ...} nesting).")
+            checks.append(
+                f"A saved key differs only by a prefix: {stripped[0]!r} (wrappers such as "
+                "DDP 'module.', torch.compile '_orig_mod.' or a {'model': ...} nesting)."
+            )
         elif close:
             checks.append(f"Closest saved keys: {', '.join(map(repr, close))}.")
         rm = _RANK_SUFFIX.match(fqn)
         if rm:
-            fam = sorted(int(x["rank"]) for x in map(_RANK_SUFFIX.match, saved)
-                         if x and x["stem"] == rm["stem"])
+            fam = sorted(
+                int(x["rank"])
+                for x in map(_RANK_SUFFIX.match, saved)
+                if x and x["stem"] == rm["stem"]
+            )
             if fam:
                 numbers["saved_ranks"] = fam
-                checks.insert(0, f"Per-rank key: the checkpoint has {rm['stem']}<r> for ranks "
-                              f"{_list_text(fam)} only; it was saved by {len(fam)} ranks and this "
-                              f"world is larger (rank {rm['rank']} did not exist). Re-split the per-rank "
-                              "state for the new world size.")
-    checks.append("Load with allow_partial_load=True to skip keys the checkpoint lacks (they keep "
-                  "their current values).")
-    return Explanation("missing_key", "A key of the state dict passed to dcp.load is not in the "
-                       "checkpoint (strict loading requires every requested key).",
-                       tuple(checks), fqn, numbers, text=text)
+                checks.insert(
+                    0,
+                    f"Per-rank key: the checkpoint has {rm['stem']}<r> for ranks "
+                    f"{_list_text(fam)} only; it was saved by {len(fam)} ranks and this "
+                    f"world is larger (rank {rm['rank']} did not exist). Re-split the per-rank "
+                    "state for the new world size.",
+                )
+    checks.append(
+        "Load with allow_partial_load=True to skip keys the checkpoint lacks (they keep "
+        "their current values)."
+    )
+    return Explanation(
+        "missing_key",
+        "A key of the state dict passed to dcp.load is not in the "
+        "checkpoint (strict loading requires every requested key).",
+        tuple(checks),
+        fqn,
+        numbers,
+        text=text,
+    )
 
 
 def _x_size(m, text, md, target):
@@ -864,20 +1169,29 @@ def _x_size(m, text, md, target):
         numbers["ratio"] = k
         which = f" = the world size {ws}" if ws == k else ""
         if len(current) == 1 and len(saved) > 1:
-            checks.append(f"The current tensor is 1-d with numel {nc} = {ns} / {k}{which}: a flattened "
-                          "local shard (FSDP1 flat parameter or to_local().flatten()) was passed instead "
-                          "of the full / DTensor value.")
+            checks.append(
+                f"The current tensor is 1-d with numel {nc} = {ns} / {k}{which}: a flattened "
+                "local shard (FSDP1 flat parameter or to_local().flatten()) was passed instead "
+                "of the full / DTensor value."
+            )
         else:
-            dims = ([d for d, (a, b) in enumerate(zip(saved, current)) if a != b]
-                    if len(saved) == len(current) else [])
-            checks.append(f"The current size is the saved size divided by {k}{which}"
-                          + (f" on dim {dims[0]}" if len(dims) == 1 else "")
-                          + ": a local shard (dtensor.to_local() or a per-rank slice) was passed where "
-                          "DCP needs the global DTensor; pass the DTensor itself.")
+            dims = (
+                [d for d, (a, b) in enumerate(zip(saved, current)) if a != b]
+                if len(saved) == len(current)
+                else []
+            )
+            checks.append(
+                f"The current size is the saved size divided by {k}{which}"
+                + (f" on dim {dims[0]}" if len(dims) == 1 else "")
+                + ": a local shard (dtensor.to_local() or a per-rank slice) was passed where "
+                "DCP needs the global DTensor; pass the DTensor itself."
+            )
     elif len(saved) == 2 and tuple(reversed(saved)) == current:
-        checks.append(f"The shapes are transposed ({saved[0]}x{saved[1]} vs {current[0]}x{current[1]}): "
-                      "Conv1D (HF GPT-2) weights are stored (in, out), nn.Linear weights (out, in); "
-                      "transpose when converting.")
+        checks.append(
+            f"The shapes are transposed ({saved[0]}x{saved[1]} vs {current[0]}x{current[1]}): "
+            "Conv1D (HF GPT-2) weights are stored (in, out), nn.Linear weights (out, in); "
+            "transpose when converting."
+        )
     elif len(saved) == len(current) and sum(a != b for a, b in zip(saved, current)) == 1:
         d = next(d for d, (a, b) in enumerate(zip(saved, current)) if a != b)
         a, b = saved[d], current[d]
@@ -885,27 +1199,41 @@ def _x_size(m, text, md, target):
         pad = next((p for p in (256, 128, 64, 32, 8) if big % p == 0 and abs(a - b) < p), None)
         numbers["dim"], numbers["difference"] = d, b - a
         if pad:
-            checks.append(f"Dim {d} differs by {abs(a - b)} ({a} saved vs {b} current) and {big} is a "
-                          f"multiple of {pad}: a vocabulary padded to a multiple of {pad} on one side "
-                          "(e.g. GPT-2's 50257 vs nanoGPT's 50304). Pad or slice the embedding rows.")
+            checks.append(
+                f"Dim {d} differs by {abs(a - b)} ({a} saved vs {b} current) and {big} is a "
+                f"multiple of {pad}: a vocabulary padded to a multiple of {pad} on one side "
+                "(e.g. GPT-2's 50257 vs nanoGPT's 50304). Pad or slice the embedding rows."
+            )
         else:
-            checks.append(f"Only dim {d} differs ({a} saved vs {b} current): a config difference "
-                          "(hidden / intermediate size, heads, vocab) between the saving and the "
-                          "loading model.")
+            checks.append(
+                f"Only dim {d} differs ({a} saved vs {b} current): a config difference "
+                "(hidden / intermediate size, heads, vocab) between the saving and the "
+                "loading model."
+            )
     elif ns == nc:
-        checks.append(f"Same number of elements ({ns}), different shape: the tensor was reshaped or "
-                      "fused (e.g. separate q/k/v vs fused qkv, or a flattened parameter).")
+        checks.append(
+            f"Same number of elements ({ns}), different shape: the tensor was reshaped or "
+            "fused (e.g. separate q/k/v vs fused qkv, or a flattened parameter)."
+        )
     else:
         checks.append("The models differ (architecture or config): compare the configs.")
     if md is not None and fqn in md.state_dict_metadata:
         sm = md.state_dict_metadata[fqn]
         if isinstance(sm, TensorStorageMetadata) and tuple(sm.size) != saved:
-            checks.append(f"The given metadata says {list(sm.size)}, not {list(saved)}: this error came "
-                          "from another checkpoint.")
-    return Explanation("size_mismatch", f"The checkpoint's global size {list(saved)} differs from the "
-                       f"size {list(current)} of the value passed to dcp.load (DCP reshards chunks of "
-                       "one global shape; it cannot change the shape).", tuple(checks), fqn, numbers,
-                       text=text)
+            checks.append(
+                f"The given metadata says {list(sm.size)}, not {list(saved)}: this error came "
+                "from another checkpoint."
+            )
+    return Explanation(
+        "size_mismatch",
+        f"The checkpoint's global size {list(saved)} differs from the "
+        f"size {list(current)} of the value passed to dcp.load (DCP reshards chunks of "
+        "one global shape; it cannot change the shape).",
+        tuple(checks),
+        fqn,
+        numbers,
+        text=text,
+    )
 
 
 def _x_read_size(m, text, md, target):
@@ -921,23 +1249,35 @@ def _x_read_size(m, text, md, target):
     ]
     lay = target.get(fqn)
     if lay is not None and lay.misdescribed_ranks:
-        checks.insert(0, f"The target layout [{format_placements(lay.placements)}] is a _StridedShard "
-                      f"whose ranks {_list_text(lay.misdescribed_ranks)} are misdescribed.")
-    return Explanation("read_size_mismatch",
-                       f"While reading saved chunk at offset {list(offset or ())}, the narrowed "
-                       "destination "
-                       f"has size {list(dst)} but the saved slice has size {list(src)} (the reader "
-                       "asserts they match before copy_).",
-                       tuple(checks), fqn, {"dst": dst, "src": src, "offset": offset}, text=text)
+        checks.insert(
+            0,
+            f"The target layout [{format_placements(lay.placements)}] is a _StridedShard "
+            f"whose ranks {_list_text(lay.misdescribed_ranks)} are misdescribed.",
+        )
+    return Explanation(
+        "read_size_mismatch",
+        f"While reading saved chunk at offset {list(offset or ())}, the narrowed "
+        "destination "
+        f"has size {list(dst)} but the saved slice has size {list(src)} (the reader "
+        "asserts they match before copy_).",
+        tuple(checks),
+        fqn,
+        {"dst": dst, "src": src, "offset": offset},
+        text=text,
+    )
 
 
 def _x_partial(m, text, md, target):
     fqns = [f for f, lay in target.items() if lay.has_partial]
-    return Explanation("partial", "A DTensor with a Partial placement (a pending sum / reduction) "
-                       "was saved; DCP saves only Shard / Replicate placements.",
-                       ("Redistribute it to Replicate() or Shard() before dcp.save.",)
-                       + ((f"Partial entries in the target: {_list_text(fqns, 5)}.",) if fqns else ()),
-                       fqns[0] if len(fqns) == 1 else None, text=text)
+    return Explanation(
+        "partial",
+        "A DTensor with a Partial placement (a pending sum / reduction) "
+        "was saved; DCP saves only Shard / Replicate placements.",
+        ("Redistribute it to Replicate() or Shard() before dcp.save.",)
+        + ((f"Partial entries in the target: {_list_text(fqns, 5)}.",) if fqns else ()),
+        fqns[0] if len(fqns) == 1 else None,
+        text=text,
+    )
 
 
 def _x_invalid(m, text, md, target):
@@ -945,46 +1285,79 @@ def _x_invalid(m, text, md, target):
     lay = target.get(fqn)
     checks = []
     if lay is not None and lay.has_partial:
-        checks.append(f"The target DTensor has placements [{format_placements(lay.placements)}]: a "
-                      "Partial placement. _create_read_items catches the Partial error and re-raises "
-                      "this unrelated message; redistribute the target to Replicate / Shard.")
+        checks.append(
+            f"The target DTensor has placements [{format_placements(lay.placements)}]: a "
+            "Partial placement. _create_read_items catches the Partial error and re-raises "
+            "this unrelated message; redistribute the target to Replicate / Shard."
+        )
     elif lay is not None and lay.is_bytes:
         checks.append("The target value is not a tensor although the checkpoint saved a tensor.")
     else:
-        checks += ["The value passed for this key is not a Tensor / DTensor / ShardedTensor (an int, "
-                   "a list, or None: _init_state_dict turns unknown types into None).",
-                   "Or it is a DTensor with a Partial placement: this message hides the Partial "
-                   "error; redistribute it to Replicate / Shard."]
-    return Explanation("invalid_metadata", "The checkpoint has a tensor under this key, but the value "
-                       "to load into cannot take tensor chunks.", tuple(checks), fqn,
-                       {"found": m["found"].strip()}, text=text)
+        checks += [
+            "The value passed for this key is not a Tensor / DTensor / ShardedTensor (an int, "
+            "a list, or None: _init_state_dict turns unknown types into None).",
+            "Or it is a DTensor with a Partial placement: this message hides the Partial "
+            "error; redistribute it to Replicate / Shard.",
+        ]
+    return Explanation(
+        "invalid_metadata",
+        "The checkpoint has a tensor under this key, but the value "
+        "to load into cannot take tensor chunks.",
+        tuple(checks),
+        fqn,
+        {"found": m["found"].strip()},
+        text=text,
+    )
 
 
 def _x_unsupported(m, text, md, target):
-    return Explanation("unsupported_type", f"_create_chunk_list got a {m['type'].strip()} where it needs "
-                       "a Tensor, DTensor or ShardedTensor.",
-                       ("Pass tensors for tensor keys of the checkpoint; wrap other state in a "
-                        "Stateful object or save it under another key.",), None,
-                       {"type": m["type"].strip()}, text=text)
+    return Explanation(
+        "unsupported_type",
+        f"_create_chunk_list got a {m['type'].strip()} where it needs "
+        "a Tensor, DTensor or ShardedTensor.",
+        (
+            "Pass tensors for tensor keys of the checkpoint; wrap other state in a "
+            "Stateful object or save it under another key.",
+        ),
+        None,
+        {"type": m["type"].strip()},
+        text=text,
+    )
 
 
 def _x_storage(m, text, md, target):
     fqn = m["fqn"]
     offset = _ints_of(m["offset"]) if m["offset"] is not None else None
-    checks = ["The .metadata lists this chunk but its storage_data has no entry for it: the "
-              ".metadata was edited, merged from two saves, or comes from another checkpoint."]
+    checks = [
+        "The .metadata lists this chunk but its storage_data has no entry for it: the "
+        ".metadata was edited, merged from two saves, or comes from another checkpoint."
+    ]
     if md is not None and md.storage_data is not None:
         have = [k for k in md.storage_data if getattr(k, "fqn", None) == fqn]
-        checks.append(f"storage_data holds {len(have)} entries for {fqn}, at offsets "
-                      f"{_list_text([list(k.offset) if k.offset is not None else None for k in have], 6)}.")
-    return Explanation("missing_storage", f"The reader looked up the saved chunk of {fqn} at offset "
-                       f"{list(offset) if offset is not None else None} in storage_data and found "
-                       "nothing (KeyError).", tuple(checks), fqn, {"offset": offset}, text=text)
+        checks.append(
+            f"storage_data holds {len(have)} entries for {fqn}, at offsets "
+            f"{_list_text([list(k.offset) if k.offset is not None else None for k in have], 6)}."
+        )
+    return Explanation(
+        "missing_storage",
+        f"The reader looked up the saved chunk of {fqn} at offset "
+        f"{list(offset) if offset is not None else None} in storage_data and found "
+        "nothing (KeyError).",
+        tuple(checks),
+        fqn,
+        {"offset": offset},
+        text=text,
+    )
 
 
 _EXPLAINERS = {
-    "checkpoint_exception": _x_checkpoint_exception, "validate_global_plan": _x_validate,
-    "missing_key": _x_missing, "size_mismatch": _x_size, "read_size_mismatch": _x_read_size,
-    "partial": _x_partial, "invalid_metadata": _x_invalid, "unsupported_type": _x_unsupported,
+    "checkpoint_exception": _x_checkpoint_exception,
+    "validate_global_plan": _x_validate,
+    "missing_key": _x_missing,
+    "size_mismatch": _x_size,
+    "read_size_mismatch": _x_read_size,
+    "partial": _x_partial,
+    "invalid_metadata": _x_invalid,
+    "unsupported_type": _x_unsupported,
     "missing_storage": _x_storage,
 }

@@ -4,6 +4,7 @@ Every message follows the house form
 ``<fqn>: <what is wrong, naming the item> <the values> (<the expectation>). <what to do>``
 and the facts are also kept as attributes. Imports nothing but the standard library.
 """
+
 from __future__ import annotations
 
 __all__ = [

@@ -5,13 +5,14 @@ workbench's ``ChunkStorageMetadata``. Every overlap test, intersection, volume a
 computation of the project lives here; no other module writes its own. Imports only the standard
 library and numpy (torch's ``Size`` is accepted because it is a tuple).
 """
+
 from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -36,8 +37,13 @@ def _ints(values, what: str, fqn: str | None) -> tuple[int, ...]:
     try:
         out = tuple(operator.index(v) for v in values)
     except TypeError:
-        raise ChunkError(fqn, f"{what} {values!r} are not integers", "a sequence of ints",
-                         "Pass offsets and sizes as tuples of ints.", values=values) from None
+        raise ChunkError(
+            fqn,
+            f"{what} {values!r} are not integers",
+            "a sequence of ints",
+            "Pass offsets and sizes as tuples of ints.",
+            values=values,
+        ) from None
     return out
 
 
@@ -59,26 +65,46 @@ class Chunk:
 
     def __post_init__(self):
         off, siz = self.offsets, self.sizes
-        if (type(off) is not tuple or type(siz) is not tuple
-                or not all(type(v) is int for v in off) or not all(type(v) is int for v in siz)):
+        if (
+            type(off) is not tuple
+            or type(siz) is not tuple
+            or not all(type(v) is int for v in off)
+            or not all(type(v) is int for v in siz)
+        ):
             off = _ints(off, "offsets", None)
             siz = _ints(siz, "sizes", None)
             object.__setattr__(self, "offsets", off)
             object.__setattr__(self, "sizes", siz)
         if len(off) != len(siz):
-            raise ChunkError(None, f"chunk offsets {list(off)} and sizes {list(siz)} have different lengths "
-                             f"{len(off)} and {len(siz)}", "one offset and one size per tensor dim",
-                             "Give offsets and sizes of the same rank.", offsets=off, sizes=siz)
+            raise ChunkError(
+                None,
+                f"chunk offsets {list(off)} and sizes {list(siz)} have different lengths "
+                f"{len(off)} and {len(siz)}",
+                "one offset and one size per tensor dim",
+                "Give offsets and sizes of the same rank.",
+                offsets=off,
+                sizes=siz,
+            )
         for s in siz:
             if s < 0:
-                raise ChunkError(None, f"chunk with offsets {list(off)} has negative sizes {list(siz)}",
-                                 "sizes >= 0", "Use a size of 0 for an empty chunk.",
-                                 offsets=off, sizes=siz)
+                raise ChunkError(
+                    None,
+                    f"chunk with offsets {list(off)} has negative sizes {list(siz)}",
+                    "sizes >= 0",
+                    "Use a size of 0 for an empty chunk.",
+                    offsets=off,
+                    sizes=siz,
+                )
         # torch.Size holds int64 ("Overflow when unpacking long long" past it)
         if off and (max(max(off), max(siz)) > _INT64_MAX or min(off) < -_INT64_MAX - 1):
-            raise ChunkError(None, f"chunk offsets {list(off)} / sizes {list(siz)} leave int64",
-                             "values in [-2**63, 2**63), as torch.Size holds",
-                             "Check the chunk for a typo.", offsets=off, sizes=siz)
+            raise ChunkError(
+                None,
+                f"chunk offsets {list(off)} / sizes {list(siz)} leave int64",
+                "values in [-2**63, 2**63), as torch.Size holds",
+                "Check the chunk for a typo.",
+                offsets=off,
+                sizes=siz,
+            )
 
     # -- derived values -------------------------------------------------------------------
     @property
@@ -104,21 +130,24 @@ class Chunk:
         return tuple(slice(o, o + s) for o, s in zip(self.offsets, self.sizes))
 
     # -- relations --------------------------------------------------------------------------
-    def overlaps(self, other: "Chunk") -> bool:
+    def overlaps(self, other: Chunk) -> bool:
         """DCP's box-overlap predicate (see `boxes_overlap`)."""
         return boxes_overlap(self.offsets, self.sizes, other.offsets, other.sizes)
 
-    def intersect(self, other: "Chunk") -> "Chunk | None":
+    def intersect(self, other: Chunk) -> Chunk | None:
         return intersect(self, other)
 
-    def contains(self, other: "Chunk") -> bool:
-        return all(a <= b and b + t <= a + s for a, s, b, t in
-                   zip(self.offsets, self.sizes, other.offsets, other.sizes))
+    def contains(self, other: Chunk) -> bool:
+        return all(
+            a <= b and b + t <= a + s
+            for a, s, b, t in zip(self.offsets, self.sizes, other.offsets, other.sizes)
+        )
 
     def within(self, shape: Sequence[int]) -> bool:
         """True when the box lies inside a tensor of ``shape`` (torch's bounds rule)."""
         return len(shape) == self.ndim and all(
-            o >= 0 and o + s <= d for o, s, d in zip(self.offsets, self.sizes, shape))
+            o >= 0 and o + s <= d for o, s, d in zip(self.offsets, self.sizes, shape)
+        )
 
     def __str__(self) -> str:
         return format_box(self.offsets, self.sizes)
@@ -128,8 +157,10 @@ class Chunk:
 
     def torch_repr(self) -> str:
         """How torch 2.13 prints the same box as a ``ChunkStorageMetadata``."""
-        return (f"ChunkStorageMetadata(offsets=torch.Size({list(self.offsets)}), "
-                f"sizes=torch.Size({list(self.sizes)}))")
+        return (
+            f"ChunkStorageMetadata(offsets=torch.Size({list(self.offsets)}), "
+            f"sizes=torch.Size({list(self.sizes)}))"
+        )
 
 
 def as_chunk(obj) -> Chunk:
@@ -145,8 +176,9 @@ def as_chunk(obj) -> Chunk:
     return Chunk(tuple(off), tuple(siz))
 
 
-def boxes_overlap(a_off: Sequence[int], a_size: Sequence[int],
-                  b_off: Sequence[int], b_size: Sequence[int]) -> bool:
+def boxes_overlap(
+    a_off: Sequence[int], a_size: Sequence[int], b_off: Sequence[int], b_size: Sequence[int]
+) -> bool:
     """torch's ``_check_box_overlap``: per dim ``not (a.off >= b.end or b.off >= a.end)``.
 
     Note what this counts: a zero-size box strictly inside another box "overlaps" it, and a
@@ -161,8 +193,11 @@ def boxes_overlap(a_off: Sequence[int], a_size: Sequence[int],
 def intersect(a: Chunk, b: Chunk) -> Chunk | None:
     """The common box of ``a`` and ``b`` (possibly zero-size), or None when they are apart."""
     if a.ndim != b.ndim:
-        raise ChunkError(None, f"cannot intersect {a} and {b} of different ranks {a.ndim} and {b.ndim}",
-                         "boxes of one tensor")
+        raise ChunkError(
+            None,
+            f"cannot intersect {a} and {b} of different ranks {a.ndim} and {b.ndim}",
+            "boxes of one tensor",
+        )
     offs, sizes = [], []
     for ao, asz, bo, bsz in zip(a.offsets, a.sizes, b.offsets, b.sizes):
         lo, hi = max(ao, bo), min(ao + asz, bo + bsz)
@@ -195,8 +230,10 @@ def _merge_cells(free: np.ndarray) -> list[tuple[tuple[int, ...], tuple[int, ...
         ends = [s + 1 for s in start]
         for d in range(nd - 1, -1, -1):
             while ends[d] < free.shape[d]:
-                sl = tuple(slice(start[k], ends[k]) if k != d else slice(ends[d], ends[d] + 1)
-                           for k in range(nd))
+                sl = tuple(
+                    slice(start[k], ends[k]) if k != d else slice(ends[d], ends[d] + 1)
+                    for k in range(nd)
+                )
                 if free[sl].all():
                     ends[d] += 1
                 else:
@@ -233,9 +270,13 @@ def uncovered(box: Chunk, boxes: Iterable[Chunk]) -> list[Chunk]:
         edges.append(np.array(sorted(e), dtype=np.int64))
     free = np.ones([len(e) - 1 for e in edges], dtype=bool)
     for c in clipped:
-        sl = tuple(slice(int(np.searchsorted(edges[d], c.offsets[d])),
-                         int(np.searchsorted(edges[d], c.offsets[d] + c.sizes[d])))
-                   for d in range(box.ndim))
+        sl = tuple(
+            slice(
+                int(np.searchsorted(edges[d], c.offsets[d])),
+                int(np.searchsorted(edges[d], c.offsets[d] + c.sizes[d])),
+            )
+            for d in range(box.ndim)
+        )
         free[sl] = False
     if not free.any():
         return []

@@ -11,28 +11,58 @@ Recipes mirror what ``fully_shard`` (FSDP2, ``_fsdp_param.py``) and ``paralleliz
 `state_dict_from_module` reads a real module's ``state_dict()`` by its values' ``shape`` and
 ``dtype`` only.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import math
 import re
-from collections.abc import Mapping
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 from .errors import LayoutError, PlanError
 from .records import canonical_dtype
-from .sharding import (Layout, Replicate, Shard, StridedShard, bytes_layout, dtensor_layout,
-                       fsdp2_tp_layout, mesh_coordinate, tensor_layout)
+from .sharding import (
+    Layout,
+    Replicate,
+    Shard,
+    StridedShard,
+    bytes_layout,
+    dtensor_layout,
+    fsdp2_tp_layout,
+    mesh_coordinate,
+    tensor_layout,
+)
 
-__all__ = ["PRESETS", "RECIPES", "MESH_DIMS", "SIZES", "TP_PLANS", "model_state_dict",
-           "apply_recipe", "state_dict_from_module", "Entry"]
+__all__ = [
+    "PRESETS",
+    "RECIPES",
+    "MESH_DIMS",
+    "SIZES",
+    "TP_PLANS",
+    "model_state_dict",
+    "apply_recipe",
+    "state_dict_from_module",
+    "Entry",
+]
 
 Entry = tuple[tuple[int, ...], str]
 BYTES = "bytes"
 
 # AdamW's param_groups keys in torch 2.13, in the order get_state_dict flattens them.
-_ADAMW_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach",
-                     "capturable", "differentiable", "fused", "decoupled_weight_decay", "params")
+_ADAMW_GROUP_KEYS = (
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "amsgrad",
+    "maximize",
+    "foreach",
+    "capturable",
+    "differentiable",
+    "fused",
+    "decoupled_weight_decay",
+    "params",
+)
 
 
 # ----------------------------------------------------------------------------- presets
@@ -62,17 +92,26 @@ def _llama(layers, hidden, ffn, kv_dim, vocab, dtype, experts=0):
 
 
 def _gpt2(layers, hidden, vocab, context, dtype):
-    sd: dict[str, Entry] = {"transformer.wte.weight": ((vocab, hidden), dtype),
-                            "transformer.wpe.weight": ((context, hidden), dtype)}
+    sd: dict[str, Entry] = {
+        "transformer.wte.weight": ((vocab, hidden), dtype),
+        "transformer.wpe.weight": ((context, hidden), dtype),
+    }
     for i in range(layers):
         p = f"transformer.h.{i}."
-        for name, shape in (("ln_1.weight", (hidden,)), ("ln_1.bias", (hidden,)),
-                            ("attn.c_attn.weight", (3 * hidden, hidden)),
-                            ("attn.c_attn.bias", (3 * hidden,)),
-                            ("attn.c_proj.weight", (hidden, hidden)), ("attn.c_proj.bias", (hidden,)),
-                            ("ln_2.weight", (hidden,)), ("ln_2.bias", (hidden,)),
-                            ("mlp.c_fc.weight", (4 * hidden, hidden)), ("mlp.c_fc.bias", (4 * hidden,)),
-                            ("mlp.c_proj.weight", (hidden, 4 * hidden)), ("mlp.c_proj.bias", (hidden,))):
+        for name, shape in (
+            ("ln_1.weight", (hidden,)),
+            ("ln_1.bias", (hidden,)),
+            ("attn.c_attn.weight", (3 * hidden, hidden)),
+            ("attn.c_attn.bias", (3 * hidden,)),
+            ("attn.c_proj.weight", (hidden, hidden)),
+            ("attn.c_proj.bias", (hidden,)),
+            ("ln_2.weight", (hidden,)),
+            ("ln_2.bias", (hidden,)),
+            ("mlp.c_fc.weight", (4 * hidden, hidden)),
+            ("mlp.c_fc.bias", (4 * hidden,)),
+            ("mlp.c_proj.weight", (hidden, 4 * hidden)),
+            ("mlp.c_proj.bias", (hidden,)),
+        ):
             sd[p + name] = (shape, dtype)
     sd["transformer.ln_f.weight"] = ((hidden,), dtype)
     sd["transformer.ln_f.bias"] = ((hidden,), dtype)
@@ -101,18 +140,27 @@ SIZES: dict[str, dict[str, dict]] = {
 }
 
 PRESETS: dict[str, Callable[..., dict[str, Entry]]] = {
-    "llama": lambda layers, hidden, ffn, kv_dim, vocab, dtype="bfloat16":
-        _llama(layers, hidden, ffn, kv_dim, vocab, dtype),
-    "moe": lambda layers, hidden, ffn, kv_dim, vocab, experts, dtype="bfloat16":
-        _llama(layers, hidden, ffn, kv_dim, vocab, dtype, experts),
-    "gpt2": lambda layers, hidden, vocab, context, dtype="float32":
-        _gpt2(layers, hidden, vocab, context, dtype),
+    "llama": lambda layers, hidden, ffn, kv_dim, vocab, dtype="bfloat16": _llama(
+        layers, hidden, ffn, kv_dim, vocab, dtype
+    ),
+    "moe": lambda layers, hidden, ffn, kv_dim, vocab, experts, dtype="bfloat16": _llama(
+        layers, hidden, ffn, kv_dim, vocab, dtype, experts
+    ),
+    "gpt2": lambda layers, hidden, vocab, context, dtype="float32": _gpt2(
+        layers, hidden, vocab, context, dtype
+    ),
 }
 
 
-def model_state_dict(preset: str = "llama", size: str | None = "tiny", *, optimizer: bool = False,
-                     lr_scheduler: bool = False, dataloader_ranks: int = 0,
-                     **overrides) -> dict[str, Entry]:
+def model_state_dict(
+    preset: str = "llama",
+    size: str | None = "tiny",
+    *,
+    optimizer: bool = False,
+    lr_scheduler: bool = False,
+    dataloader_ranks: int = 0,
+    **overrides,
+) -> dict[str, Entry]:
     """The flattened state dict of a preset as ``{fqn: (shape, dtype)}``, in ``state_dict()``
     order.
 
@@ -123,20 +171,32 @@ def model_state_dict(preset: str = "llama", size: str | None = "tiny", *, optimi
     ``dataloader_ranks=n`` adds ``dataloader.dp_rank_<r>`` for r < n (each held by one DP rank).
     """
     if preset not in PRESETS:
-        raise PlanError(preset, f"unknown model preset {preset!r}", "one of " + ", ".join(PRESETS),
-                        "Pick a preset from workbench.models.PRESETS.")
+        raise PlanError(
+            preset,
+            f"unknown model preset {preset!r}",
+            "one of " + ", ".join(PRESETS),
+            "Pick a preset from workbench.models.PRESETS.",
+        )
     sizes = SIZES[preset]
     if size is not None and size not in sizes:
-        raise PlanError(preset, f"unknown size {size!r}", "one of " + ", ".join(sizes),
-                        "Pick a size from workbench.models.SIZES or pass the numbers.")
+        raise PlanError(
+            preset,
+            f"unknown size {size!r}",
+            "one of " + ", ".join(sizes),
+            "Pick a size from workbench.models.SIZES or pass the numbers.",
+        )
     params = {**(sizes[size] if size is not None else {}), **overrides}
     if "dtype" in params:
         params["dtype"] = canonical_dtype(params["dtype"])
     try:
         model = PRESETS[preset](**params)
     except TypeError as e:
-        raise PlanError(preset, f"size parameters {sorted(params)} do not fit the preset ({e})",
-                        "the keys of a SIZES entry", "Pass size=... or every number.") from None
+        raise PlanError(
+            preset,
+            f"size parameters {sorted(params)} do not fit the preset ({e})",
+            "the keys of a SIZES entry",
+            "Pass size=... or every number.",
+        ) from None
     if not (optimizer or lr_scheduler or dataloader_ranks):
         return model
     sd = {f"model.{k}": v for k, v in model.items()}
@@ -164,9 +224,13 @@ def state_dict_from_module(module) -> dict[str, Entry]:
     elif callable(getattr(module, "state_dict", None)):
         sd = module.state_dict()
     else:
-        raise PlanError(None, f"{type(module).__name__} is neither a module nor a state dict",
-                        "a torch.nn.Module or its state_dict()", "Build the model on the meta "
-                        "device and pass it.", value_type=type(module))
+        raise PlanError(
+            None,
+            f"{type(module).__name__} is neither a module nor a state dict",
+            "a torch.nn.Module or its state_dict()",
+            "Build the model on the meta device and pass it.",
+            value_type=type(module),
+        )
     out: dict[str, Entry] = {}
     for k, v in sd.items():
         if hasattr(v, "shape") and hasattr(v, "dtype"):
@@ -179,14 +243,25 @@ def state_dict_from_module(module) -> dict[str, Entry]:
 # ----------------------------------------------------------------------------- TP plans
 # parallelize_module plans by module-name pattern (fnmatch), as torchtitan writes them.
 TP_PLANS: dict[str, dict[str, str]] = {
-    "llama": {"embed_tokens": "rowwise", "layers.*.self_attn.q_proj": "colwise",
-              "layers.*.self_attn.k_proj": "colwise", "layers.*.self_attn.v_proj": "colwise",
-              "layers.*.self_attn.o_proj": "rowwise", "layers.*.mlp.gate_proj": "colwise",
-              "layers.*.mlp.up_proj": "colwise", "layers.*.mlp.down_proj": "rowwise",
-              "lm_head": "colwise"},
-    "gpt2": {"transformer.wte": "rowwise", "transformer.h.*.attn.c_attn": "colwise",
-             "transformer.h.*.attn.c_proj": "rowwise", "transformer.h.*.mlp.c_fc": "colwise",
-             "transformer.h.*.mlp.c_proj": "rowwise", "lm_head": "colwise"},
+    "llama": {
+        "embed_tokens": "rowwise",
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+        "lm_head": "colwise",
+    },
+    "gpt2": {
+        "transformer.wte": "rowwise",
+        "transformer.h.*.attn.c_attn": "colwise",
+        "transformer.h.*.attn.c_proj": "rowwise",
+        "transformer.h.*.mlp.c_fc": "colwise",
+        "transformer.h.*.mlp.c_proj": "rowwise",
+        "lm_head": "colwise",
+    },
 }
 TP_PLANS["moe"] = TP_PLANS["llama"]
 _EMBEDDINGS = {"embed_tokens", "tok_embeddings", "wte", "wpe", "embedding", "embeddings"}
@@ -204,8 +279,12 @@ def _tp_shard_dim(param_fqn: str, ndim: int, tp_plan: dict[str, str]) -> int | N
     for pattern, style in tp_plan.items():
         if fnmatch.fnmatchcase(module, pattern):
             if style not in ("colwise", "rowwise"):
-                raise PlanError(param_fqn, f"TP style {style!r} for pattern {pattern!r} is not known",
-                                "'colwise' or 'rowwise'", "Use ColwiseParallel/RowwiseParallel names.")
+                raise PlanError(
+                    param_fqn,
+                    f"TP style {style!r} for pattern {pattern!r} is not known",
+                    "'colwise' or 'rowwise'",
+                    "Use ColwiseParallel/RowwiseParallel names.",
+                )
             embedding = module.rpartition(".")[2] in _EMBEDDINGS
             if embedding:
                 return 1 if style == "colwise" else 0
@@ -220,16 +299,21 @@ RECIPES: dict[str, str] = {
     "fsdp": "FSDP2 fully_shard: [Shard(0)] on mesh (dp,)",
     "hsdp": "FSDP2 with a replicate dim: [Replicate(), Shard(0)] on mesh (replicas, dp)",
     "tp": "parallelize_module colwise / rowwise by module pattern: [Shard(d)] on mesh (tp,); "
-          "parameters outside the plan stay plain tensors",
+    "parameters outside the plan stay plain tensors",
     "fsdp_tp": "FSDP2 + TP on mesh (dp, tp): [_StridedShard(0, tp), Shard(0)] for TP dim-0 params "
-               "(FSDP2's real rows: torch.chunk of the TP-local rows over dp), "
-               "[Shard(0), Shard(d)] otherwise, [Shard(0), Replicate()] for TP-replicated ones",
+    "(FSDP2's real rows: torch.chunk of the TP-local rows over dp), "
+    "[Shard(0), Shard(d)] otherwise, [Shard(0), Replicate()] for TP-replicated ones",
     "hsdp_tp": "as fsdp_tp with a leading Replicate() on mesh (replicas, dp, tp)",
 }
 # Each recipe's mesh dims by name, in mesh order (the names the CLI's target specs use).
 MESH_DIMS: dict[str, tuple[str, ...]] = {
-    "replicate": ("world",), "fsdp": ("dp",), "hsdp": ("replicate", "dp"), "tp": ("tp",),
-    "fsdp_tp": ("dp", "tp"), "hsdp_tp": ("replicate", "dp", "tp")}
+    "replicate": ("world",),
+    "fsdp": ("dp",),
+    "hsdp": ("replicate", "dp"),
+    "tp": ("tp",),
+    "fsdp_tp": ("dp", "tp"),
+    "hsdp_tp": ("replicate", "dp", "tp"),
+}
 
 
 def _placements(recipe, mesh, tp_dim):
@@ -249,9 +333,14 @@ def _placements(recipe, mesh, tp_dim):
     return (dp, tp) if recipe == "fsdp_tp" else (Replicate(), dp, tp)
 
 
-def apply_recipe(state_dict: dict[str, Entry], recipe: str, mesh_shape, *,
-                 world_size: int | None = None, tp_plan: dict[str, str] | str | None = None
-                 ) -> dict[str, Layout]:
+def apply_recipe(
+    state_dict: dict[str, Entry],
+    recipe: str,
+    mesh_shape,
+    *,
+    world_size: int | None = None,
+    tp_plan: dict[str, str] | str | None = None,
+) -> dict[str, Layout]:
     """``{fqn: Layout}`` for a preset state dict parallelised by ``recipe`` (see `RECIPES`).
 
     ``mesh_shape`` is an int or a tuple whose length fits the recipe (ranks are row-major
@@ -262,19 +351,31 @@ def apply_recipe(state_dict: dict[str, Entry], recipe: str, mesh_shape, *,
     (default: guessed from the keys).
     """
     if recipe not in RECIPES:
-        raise PlanError(recipe, f"unknown recipe {recipe!r}", "one of " + ", ".join(RECIPES),
-                        "Pick a recipe from workbench.models.RECIPES.")
+        raise PlanError(
+            recipe,
+            f"unknown recipe {recipe!r}",
+            "one of " + ", ".join(RECIPES),
+            "Pick a recipe from workbench.models.RECIPES.",
+        )
     mesh = (int(mesh_shape),) if isinstance(mesh_shape, int) else tuple(int(m) for m in mesh_shape)
     if len(mesh) != len(MESH_DIMS[recipe]):
-        raise LayoutError(recipe, f"mesh shape {mesh} has {len(mesh)} dims",
-                          f"{len(MESH_DIMS[recipe])} for recipe {recipe!r}: {RECIPES[recipe]}",
-                          "Give one size per mesh dim of the recipe.", mesh_shape=mesh)
+        raise LayoutError(
+            recipe,
+            f"mesh shape {mesh} has {len(mesh)} dims",
+            f"{len(MESH_DIMS[recipe])} for recipe {recipe!r}: {RECIPES[recipe]}",
+            "Give one size per mesh dim of the recipe.",
+            mesh_shape=mesh,
+        )
     n = math.prod(mesh)
     ws = n if world_size is None else int(world_size)
     if ws < n:
-        raise LayoutError(recipe, f"world size {ws} is smaller than the mesh's {n} ranks",
-                          "world_size >= prod(mesh_shape)",
-                          "Pass a world size of at least the mesh's ranks, or None.", world_size=ws)
+        raise LayoutError(
+            recipe,
+            f"world size {ws} is smaller than the mesh's {n} ranks",
+            "world_size >= prod(mesh_shape)",
+            "Pass a world size of at least the mesh's ranks, or None.",
+            world_size=ws,
+        )
     if isinstance(tp_plan, str) or tp_plan is None:
         name = tp_plan or _guess_family(state_dict)
         plan = TP_PLANS.get(name, {})
@@ -297,8 +398,11 @@ def apply_recipe(state_dict: dict[str, Entry], recipe: str, mesh_shape, *,
             out[fqn] = tensor_layout(shape, ws, dtype, fqn=fqn)
             continue
         param = _param_name(fqn)
-        tp_dim = (_tp_shard_dim(param, len(shape), plan)
-                  if recipe in ("tp", "fsdp_tp", "hsdp_tp") else None)
+        tp_dim = (
+            _tp_shard_dim(param, len(shape), plan)
+            if recipe in ("tp", "fsdp_tp", "hsdp_tp")
+            else None
+        )
         if recipe == "tp" and tp_dim is None:
             # parallelize_module leaves parameters outside the plan as plain tensors
             out[fqn] = tensor_layout(shape, ws, dtype, fqn=fqn)
@@ -307,8 +411,9 @@ def apply_recipe(state_dict: dict[str, Entry], recipe: str, mesh_shape, *,
             # FSDP2 shards the TP-local rows, not what [_StridedShard(0, tp), Shard(0)] describes
             out[fqn] = fsdp2_tp_layout(shape, mesh, dtype, ws, fqn=fqn)
             continue
-        out[fqn] = dtensor_layout(shape, mesh, _placements(recipe, mesh, tp_dim), dtype,
-                                  ws, fqn=fqn)
+        out[fqn] = dtensor_layout(
+            shape, mesh, _placements(recipe, mesh, tp_dim), dtype, ws, fqn=fqn
+        )
     return out
 
 
@@ -325,7 +430,7 @@ def _param_name(fqn: str) -> str:
     m = _OPTIM.match(fqn)
     if m:
         return m["param"]
-    return fqn[len("model."):] if fqn.startswith("model.") else fqn
+    return fqn[len("model.") :] if fqn.startswith("model.") else fqn
 
 
 def _guess_family(state_dict) -> str:

@@ -14,6 +14,7 @@ message contains torch's exact text (also kept as ``.torch_message`` / ``.torch_
 
 Imports sharding and the layers above it; never torch at module level.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,42 +23,72 @@ import math
 import sys
 from bisect import bisect_right, insort
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .errors import ChunkError, PlanError, WorkbenchError
 from .geometry import Chunk, as_chunk, boxes_overlap
-from .records import (BytesStorageMetadata, LoadItemType, LoadPlan, Metadata, MetadataIndex,
-                      ReadItem, SavePlan, TensorProperties, TensorStorageMetadata, TensorWriteData,
-                      WriteItem, WriteItemType)
+from .records import (
+    BytesStorageMetadata,
+    LoadItemType,
+    LoadPlan,
+    Metadata,
+    MetadataIndex,
+    ReadItem,
+    SavePlan,
+    TensorProperties,
+    TensorStorageMetadata,
+    TensorWriteData,
+    WriteItem,
+    WriteItemType,
+)
 from .sharding import Layout, format_placements
 
 __all__ = [
     "LocalTensor",
     # planner_helpers.py
-    "compare_save_plans", "contains_usable_plan", "merge_delta_local_plans",
-    "create_chunk_from_tensor", "chunk_for_shard", "sharded_tensor_metadata",
-    "create_write_items_for_dtensor", "create_write_item_for_shard",
-    "create_write_item_for_tensor", "create_write_item_for_bytesio",
-    "create_read_item_for_byteio", "create_read_item_for_tensor",
-    "create_read_items_for_chunk_list", "create_default_metadata_only_plan",
-    "create_write_items", "create_chunk_from_dtensor", "create_chunk_list", "create_read_items",
-    "init_state_dict", "iterate_state_dict",
+    "compare_save_plans",
+    "contains_usable_plan",
+    "merge_delta_local_plans",
+    "create_chunk_from_tensor",
+    "chunk_for_shard",
+    "sharded_tensor_metadata",
+    "create_write_items_for_dtensor",
+    "create_write_item_for_shard",
+    "create_write_item_for_tensor",
+    "create_write_item_for_bytesio",
+    "create_read_item_for_byteio",
+    "create_read_item_for_tensor",
+    "create_read_items_for_chunk_list",
+    "create_default_metadata_only_plan",
+    "create_write_items",
+    "create_chunk_from_dtensor",
+    "create_chunk_list",
+    "create_read_items",
+    "init_state_dict",
+    "iterate_state_dict",
     # resharding.py
-    "check_shard_metadata_pair_overlap", "shards_get_overlap_region_wrt_saved_tensor",
+    "check_shard_metadata_pair_overlap",
+    "shards_get_overlap_region_wrt_saved_tensor",
     # _dedup_save_plans.py
     "dedup_save_plans",
     # default_planner.py
-    "create_default_local_load_plan", "create_default_global_load_plan",
-    "create_default_local_save_plan", "create_default_global_save_plan",
-    "create_default_local_metadata", "check_box_overlap", "check_box_bounds",
+    "create_default_local_load_plan",
+    "create_default_global_load_plan",
+    "create_default_local_save_plan",
+    "create_default_global_save_plan",
+    "create_default_local_metadata",
+    "check_box_overlap",
+    "check_box_bounds",
     "validate_global_plan",
     # _nested_dict.py
     "flatten_state_dict",
 ]
 
-PARTIAL_MESSAGE = ("Any checkpointing related operations are not supported for DTensor with "
-                   "partial placements!")
+PARTIAL_MESSAGE = (
+    "Any checkpointing related operations are not supported for DTensor with partial placements!"
+)
 _TSM_CLASS = "<class 'torch.distributed.checkpoint.metadata.TensorStorageMetadata'>"
 
 
@@ -80,13 +111,20 @@ class LocalTensor:
 
     def __post_init__(self):
         if not isinstance(self.layout, Layout):
-            raise PlanError(None, f"LocalTensor got {type(self.layout).__name__} instead of a Layout",
-                            "a workbench Layout", "Build one with dtensor_layout / tensor_layout / "
-                            "sharded_layout / bytes_layout.")
+            raise PlanError(
+                None,
+                f"LocalTensor got {type(self.layout).__name__} instead of a Layout",
+                "a workbench Layout",
+                "Build one with dtensor_layout / tensor_layout / sharded_layout / bytes_layout.",
+            )
         if not 0 <= self.rank < self.layout.world_size:
-            raise PlanError(None, f"rank {self.rank} is outside the layout's world of "
-                            f"{self.layout.world_size} ranks", f"0 <= rank < {self.layout.world_size}",
-                            rank=self.rank, world_size=self.layout.world_size)
+            raise PlanError(
+                None,
+                f"rank {self.rank} is outside the layout's world of {self.layout.world_size} ranks",
+                f"0 <= rank < {self.layout.world_size}",
+                rank=self.rank,
+                world_size=self.layout.world_size,
+            )
 
     @property
     def kind(self) -> str:
@@ -110,14 +148,18 @@ class LocalTensor:
         return self.kind in ("tensor", "bytes") and not self.chunks()
 
     def tensor_properties(self) -> TensorProperties:
-        return self.properties if self.properties is not None else TensorProperties(self.layout.dtype)
+        return (
+            self.properties if self.properties is not None else TensorProperties(self.layout.dtype)
+        )
 
 
-def _torch_error(cls, fqn, torch_text: str, torch_type: str, expectation: str = "", fix: str = "",
-                 **facts) -> WorkbenchError:
+def _torch_error(
+    cls, fqn, torch_text: str, torch_type: str, expectation: str = "", fix: str = "", **facts
+) -> WorkbenchError:
     """A workbench error carrying torch's exact message (``torch_type`` is what torch raises)."""
-    return cls(fqn, torch_text, expectation, fix, torch_message=torch_text, torch_type=torch_type,
-               **facts)
+    return cls(
+        fqn, torch_text, expectation, fix, torch_message=torch_text, torch_type=torch_type, **facts
+    )
 
 
 def _is_torch(obj) -> bool:
@@ -129,6 +171,7 @@ def _record(obj):
     """A workbench record from a torch record; workbench records pass through."""
     if _is_torch(obj):
         from .torch_bridge.convert import from_torch
+
         return from_torch(obj)
     return obj
 
@@ -138,11 +181,15 @@ def _value(obj):
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(obj, torch.Tensor):
         from .torch_bridge.convert import local_tensor_from_torch
+
         return local_tensor_from_torch(obj)
     if isinstance(obj, Layout):
-        raise PlanError(None, f"a bare Layout ({obj.describe()}) is not one rank's value",
-                        "LocalTensor(layout, rank) in a one-rank state dict",
-                        "Wrap it: LocalTensor(layout, rank), or plan every rank with workbench.plan_save.")
+        raise PlanError(
+            None,
+            f"a bare Layout ({obj.describe()}) is not one rank's value",
+            "LocalTensor(layout, rank) in a one-rank state dict",
+            "Wrap it: LocalTensor(layout, rank), or plan every rank with workbench.plan_save.",
+        )
     return obj
 
 
@@ -154,7 +201,9 @@ def _chunks(fqn: str, chunks) -> list[Chunk]:
         try:
             out.append(as_chunk(c))
         except ChunkError as e:
-            raise ChunkError(fqn, f"chunk #{i}: {e.what}", e.expectation, e.fix, **e.facts) from None
+            raise ChunkError(
+                fqn, f"chunk #{i}: {e.what}", e.expectation, e.fix, **e.facts
+            ) from None
     return out
 
 
@@ -172,8 +221,10 @@ def missing_key_message(fqn: str) -> str:
 
 
 def size_mismatch_message(fqn: str, saved, current) -> str:
-    return (f"Size mismatch between saved {_torch_size(saved)} and current: "
-            f"{_torch_size(current)} for {fqn}")
+    return (
+        f"Size mismatch between saved {_torch_size(saved)} and current: "
+        f"{_torch_size(current)} for {fqn}"
+    )
 
 
 def invalid_metadata_message(fqn: str) -> str:
@@ -183,19 +234,29 @@ def invalid_metadata_message(fqn: str) -> str:
 def _check_partial(fqn: str, t: LocalTensor) -> None:
     """torch's ``DTensor._raise_if_contains_partial_placements``."""
     if t.layout.has_partial:
-        raise _torch_error(PlanError, fqn, PARTIAL_MESSAGE, "ValueError",
-                           f"placements [{format_placements(t.layout.placements)}] contain Partial",
-                           "Reduce the DTensor (e.g. redistribute to Replicate) before saving or "
-                           "loading it.", placements=t.layout.placements)
+        raise _torch_error(
+            PlanError,
+            fqn,
+            PARTIAL_MESSAGE,
+            "ValueError",
+            f"placements [{format_placements(t.layout.placements)}] contain Partial",
+            "Reduce the DTensor (e.g. redistribute to Replicate) before saving or loading it.",
+            placements=t.layout.placements,
+        )
 
 
 def _check_in_mesh(fqn: str, t: LocalTensor) -> None:
     """The workbench refuses a rank outside the DTensor's mesh where torch would record a
     malformed ``offsets=(), sizes=(0,)`` chunk (torch's local planners skip such ranks)."""
     if not t.in_mesh:
-        raise PlanError(fqn, f"rank {t.rank} is not in the DTensor's mesh of shape {t.layout.mesh_shape}",
-                        "a rank with a mesh coordinate", "torch's local plans skip such ranks; do "
-                        "the same.", rank=t.rank, mesh_shape=t.layout.mesh_shape)
+        raise PlanError(
+            fqn,
+            f"rank {t.rank} is not in the DTensor's mesh of shape {t.layout.mesh_shape}",
+            "a rank with a mesh coordinate",
+            "torch's local plans skip such ranks; do the same.",
+            rank=t.rank,
+            mesh_shape=t.layout.mesh_shape,
+        )
 
 
 # ----------------------------------------------------------------------------- plan caching
@@ -209,14 +270,20 @@ def compare_save_plans(plan: SavePlan, other_plan: SavePlan) -> bool:
     for a, b in zip(plan.items, other_plan.items):
         if a.type != b.type:
             return False
-        if (a.index.fqn != b.index.fqn or a.index.offset != b.index.offset
-                or a.index.index != b.index.index):
+        if (
+            a.index.fqn != b.index.fqn
+            or a.index.offset != b.index.offset
+            or a.index.index != b.index.index
+        ):
             return False
         ta, tb = a.tensor_data, b.tensor_data
         if (ta is None) != (tb is None):
             return False
-        if ta is not None and (ta.size != tb.size or ta.chunk.offsets != tb.chunk.offsets
-                               or ta.chunk.sizes != tb.chunk.sizes):
+        if ta is not None and (
+            ta.size != tb.size
+            or ta.chunk.offsets != tb.chunk.offsets
+            or ta.chunk.sizes != tb.chunk.sizes
+        ):
             return False
     return True
 
@@ -226,13 +293,16 @@ def contains_usable_plan(delta_plans: Sequence[SavePlan | None]) -> bool:
     return any(d is not None and d.usable for d in delta_plans)
 
 
-def merge_delta_local_plans(cached_plans: Sequence[SavePlan], delta_plans: Sequence[SavePlan | None]
-                            ) -> list:
+def merge_delta_local_plans(
+    cached_plans: Sequence[SavePlan], delta_plans: Sequence[SavePlan | None]
+) -> list:
     """torch's ``_merge_delta_local_plans``: per position the cached plan when the delta is an
     unusable plan, else the delta itself (None included); ``zip`` truncates to the shorter list.
     Returns the very objects picked (workbench or torch plans alike)."""
-    return [cached if delta is not None and not delta.usable else delta
-            for cached, delta in zip(cached_plans, delta_plans)]
+    return [
+        cached if delta is not None and not delta.usable else delta
+        for cached, delta in zip(cached_plans, delta_plans)
+    ]
 
 
 # ----------------------------------------------------------------------------- chunks and items
@@ -251,8 +321,9 @@ def chunk_for_shard(shard_md) -> Chunk:
 def sharded_tensor_metadata(sharded_tensor, shard_md) -> TensorWriteData:
     """torch's ``_sharded_tensor_metadata``: chunk of the shard, the global size."""
     t = _value(sharded_tensor)
-    return TensorWriteData(chunk=chunk_for_shard(shard_md), properties=t.tensor_properties(),
-                           size=t.size())
+    return TensorWriteData(
+        chunk=chunk_for_shard(shard_md), properties=t.tensor_properties(), size=t.size()
+    )
 
 
 def create_chunk_from_dtensor(tensor) -> Chunk:
@@ -268,23 +339,32 @@ def create_write_items_for_dtensor(fqn: str, tensor) -> WriteItem:
     t = _value(tensor)
     _check_in_mesh(fqn, t)
     chunk = t.chunks()[0]
-    return WriteItem(index=MetadataIndex(fqn, chunk.offsets), type=WriteItemType.SHARD,
-                     tensor_data=TensorWriteData(chunk, t.tensor_properties(), t.size()))
+    return WriteItem(
+        index=MetadataIndex(fqn, chunk.offsets),
+        type=WriteItemType.SHARD,
+        tensor_data=TensorWriteData(chunk, t.tensor_properties(), t.size()),
+    )
 
 
 def create_write_item_for_shard(fqn: str, sharded_tensor, shard_md) -> WriteItem:
     """torch's ``_create_write_item_for_shard``."""
     chunk = chunk_for_shard(shard_md)
-    return WriteItem(index=MetadataIndex(fqn, chunk.offsets), type=WriteItemType.SHARD,
-                     tensor_data=sharded_tensor_metadata(sharded_tensor, chunk))
+    return WriteItem(
+        index=MetadataIndex(fqn, chunk.offsets),
+        type=WriteItemType.SHARD,
+        tensor_data=sharded_tensor_metadata(sharded_tensor, chunk),
+    )
 
 
 def create_write_item_for_tensor(fqn: str, tensor) -> WriteItem:
     """torch's ``_create_write_item_for_tensor``: one TENSOR item for the whole tensor."""
     t = _value(tensor)
     chunk = create_chunk_from_tensor(t)
-    return WriteItem(index=MetadataIndex(fqn, chunk.offsets), type=WriteItemType.TENSOR,
-                     tensor_data=TensorWriteData(chunk, t.tensor_properties(), chunk.sizes))
+    return WriteItem(
+        index=MetadataIndex(fqn, chunk.offsets),
+        type=WriteItemType.TENSOR,
+        tensor_data=TensorWriteData(chunk, t.tensor_properties(), chunk.sizes),
+    )
 
 
 def create_write_item_for_bytesio(fqn: str, bytes: Any) -> WriteItem:  # noqa: A002 (torch's name)
@@ -292,18 +372,32 @@ def create_write_item_for_bytesio(fqn: str, bytes: Any) -> WriteItem:  # noqa: A
     return WriteItem(index=MetadataIndex(fqn), type=WriteItemType.BYTE_IO)
 
 
-def create_read_item_for_byteio(dest_index, dest_offset, storage_index, storage_offset, length
-                                ) -> ReadItem:
+def create_read_item_for_byteio(
+    dest_index, dest_offset, storage_index, storage_offset, length
+) -> ReadItem:
     """torch's ``_create_read_item_for_byteio``: one-element offsets and lengths."""
-    return ReadItem(LoadItemType.BYTE_IO, _record(dest_index), (dest_offset,), _record(storage_index),
-                    (storage_offset,), (length,))
+    return ReadItem(
+        LoadItemType.BYTE_IO,
+        _record(dest_index),
+        (dest_offset,),
+        _record(storage_index),
+        (storage_offset,),
+        (length,),
+    )
 
 
-def create_read_item_for_tensor(dest_index, dest_offsets, storage_index, storage_offsets, lengths
-                                ) -> ReadItem:
+def create_read_item_for_tensor(
+    dest_index, dest_offsets, storage_index, storage_offsets, lengths
+) -> ReadItem:
     """torch's ``_create_read_item_for_tensor``."""
-    return ReadItem(LoadItemType.TENSOR, _record(dest_index), tuple(dest_offsets),
-                    _record(storage_index), tuple(storage_offsets), tuple(lengths))
+    return ReadItem(
+        LoadItemType.TENSOR,
+        _record(dest_index),
+        tuple(dest_offsets),
+        _record(storage_index),
+        tuple(storage_offsets),
+        tuple(lengths),
+    )
 
 
 def check_shard_metadata_pair_overlap(shard1, shard2) -> bool:
@@ -312,8 +406,9 @@ def check_shard_metadata_pair_overlap(shard1, shard2) -> bool:
     return boxes_overlap(a.offsets, a.sizes, b.offsets, b.sizes)
 
 
-def shards_get_overlap_region_wrt_saved_tensor(saved_shard, current_shard
-                                               ) -> list[tuple[int, int, int, int]]:
+def shards_get_overlap_region_wrt_saved_tensor(
+    saved_shard, current_shard
+) -> list[tuple[int, int, int, int]]:
     """torch's ``resharding._shards_get_overlap_region_wrt_saved_tensor``: per dim
     ``(dim, offset in saved, offset in current, length)``."""
     s, c = as_chunk(saved_shard), as_chunk(current_shard)
@@ -338,9 +433,13 @@ def create_read_items_for_chunk_list(fqn: str, checkpoint_md, local_chunks) -> l
     zips them into garbage reads) raise a `ChunkError`.
     """
     if not hasattr(checkpoint_md, "chunks"):
-        raise PlanError(fqn, f"checkpoint metadata of type {type(checkpoint_md).__name__} has no "
-                        "chunks", "a TensorStorageMetadata", "Pass the checkpoint's entry for "
-                        "this fqn: metadata.state_dict_metadata[fqn].", md_type=type(checkpoint_md))
+        raise PlanError(
+            fqn,
+            f"checkpoint metadata of type {type(checkpoint_md).__name__} has no chunks",
+            "a TensorStorageMetadata",
+            "Pass the checkpoint's entry for this fqn: metadata.state_dict_metadata[fqn].",
+            md_type=type(checkpoint_md),
+        )
     saved = _chunks(fqn, checkpoint_md.chunks)
     local = _chunks(fqn, local_chunks)
     items: list[ReadItem] = []
@@ -350,10 +449,14 @@ def create_read_items_for_chunk_list(fqn: str, checkpoint_md, local_chunks) -> l
     # torch zips per dim and would silently read garbage boxes from chunks of another rank
     odd = next((c for c in (*local, *saved) if c.ndim != ndim), None)
     if odd is not None:
-        raise ChunkError(fqn, f"chunk {odd} has {odd.ndim} dims but local chunk {local[0]} has "
-                         f"{ndim}", "local and saved chunks of one tensor rank",
-                         "Describe the wanted chunks in the checkpoint's tensor rank.",
-                         chunk=odd, ndim=ndim)
+        raise ChunkError(
+            fqn,
+            f"chunk {odd} has {odd.ndim} dims but local chunk {local[0]} has {ndim}",
+            "local and saved chunks of one tensor rank",
+            "Describe the wanted chunks in the checkpoint's tensor rank.",
+            chunk=odd,
+            ndim=ndim,
+        )
     sweep = 0
     if ndim > 1:
         best = 0
@@ -388,12 +491,16 @@ def create_read_items_for_chunk_list(fqn: str, checkpoint_md, local_chunks) -> l
             if not boxes_overlap(lc.offsets, lc.sizes, sc.offsets, sc.sizes):
                 continue
             region = shards_get_overlap_region_wrt_saved_tensor(sc, lc)
-            items.append(ReadItem(LoadItemType.TENSOR,
-                                  MetadataIndex(fqn, lc.offsets, li),
-                                  tuple(r[2] for r in region),
-                                  MetadataIndex(fqn, sc.offsets, si),
-                                  tuple(r[1] for r in region),
-                                  tuple(r[3] for r in region)))
+            items.append(
+                ReadItem(
+                    LoadItemType.TENSOR,
+                    MetadataIndex(fqn, lc.offsets, li),
+                    tuple(r[2] for r in region),
+                    MetadataIndex(fqn, sc.offsets, si),
+                    tuple(r[1] for r in region),
+                    tuple(r[3] for r in region),
+                )
+            )
     return items
 
 
@@ -405,8 +512,13 @@ def create_write_items(fqn: str, object: Any) -> list[WriteItem]:  # noqa: A002 
     if kind is None:
         return [create_write_item_for_bytesio(fqn, obj)]
     if obj.absent:
-        raise PlanError(fqn, f"rank {obj.rank} does not hold this {kind}", "a rank that holds it",
-                        "Leave the key out of that rank's state dict.", rank=obj.rank)
+        raise PlanError(
+            fqn,
+            f"rank {obj.rank} does not hold this {kind}",
+            "a rank that holds it",
+            "Leave the key out of that rank's state dict.",
+            rank=obj.rank,
+        )
     if kind == "dtensor":
         _check_partial(fqn, obj)
         return [create_write_items_for_dtensor(fqn, obj)]
@@ -421,10 +533,19 @@ def create_chunk_list(tensor) -> list[Chunk]:
     obj = _value(tensor)
     kind = _tensor_kind(obj)
     if kind is None:
-        text = ("Unsupported Type, expecting one of [Tensor, DTensor, ShardedTensor] "
-                f",but got {type(obj)}")
-        raise _torch_error(PlanError, None, text, "ValueError", "a tensor value",
-                           "Only tensors have chunks.", value_type=type(obj))
+        text = (
+            "Unsupported Type, expecting one of [Tensor, DTensor, ShardedTensor] "
+            f",but got {type(obj)}"
+        )
+        raise _torch_error(
+            PlanError,
+            None,
+            text,
+            "ValueError",
+            "a tensor value",
+            "Only tensors have chunks.",
+            value_type=type(obj),
+        )
     if kind == "dtensor":
         _check_partial(None, obj)
         return [create_chunk_from_dtensor(obj)]
@@ -442,18 +563,28 @@ def create_read_items(fqn: str, md, obj: Any) -> list[ReadItem]:
     if isinstance(md, BytesStorageMetadata):
         return [create_read_item_for_byteio(MetadataIndex(fqn), 0, MetadataIndex(fqn), 0, 0)]
     if not isinstance(md, TensorStorageMetadata):
-        raise PlanError(fqn, f"checkpoint metadata {md!r} of type {type(md).__name__} is not "
-                        "storage metadata", "a TensorStorageMetadata or BytesStorageMetadata",
-                        "Pass metadata.state_dict_metadata[fqn].", md_type=type(md))
+        raise PlanError(
+            fqn,
+            f"checkpoint metadata {md!r} of type {type(md).__name__} is not storage metadata",
+            "a TensorStorageMetadata or BytesStorageMetadata",
+            "Pass metadata.state_dict_metadata[fqn].",
+            md_type=type(md),
+        )
     try:
         local_chunks = create_chunk_list(obj)
     except WorkbenchError as ex:
         if getattr(ex, "torch_type", None) != "ValueError":
             raise
         text = invalid_metadata_message(fqn)
-        raise _torch_error(PlanError, fqn, text, "ValueError", f"cause: {ex.what}",
-                           "The checkpoint holds a tensor here; give a tensor value (not Partial).",
-                           cause=ex) from ex
+        raise _torch_error(
+            PlanError,
+            fqn,
+            text,
+            "ValueError",
+            f"cause: {ex.what}",
+            "The checkpoint holds a tensor here; give a tensor value (not Partial).",
+            cause=ex,
+        ) from ex
     return create_read_items_for_chunk_list(fqn, md, local_chunks)
 
 
@@ -470,8 +601,11 @@ def create_default_metadata_only_plan(state_dict: dict) -> SavePlan:
         if kind == "dtensor":
             items.append(create_write_items_for_dtensor(fqn, obj))
         elif kind == "sharded":
-            items.extend(create_write_item_for_shard(fqn, obj, c)
-                         for cs in obj.layout.rank_chunks for c in cs)
+            items.extend(
+                create_write_item_for_shard(fqn, obj, c)
+                for cs in obj.layout.rank_chunks
+                for c in cs
+            )
         elif kind == "tensor":
             items.append(create_write_item_for_tensor(fqn, obj))
         else:
@@ -480,8 +614,9 @@ def create_default_metadata_only_plan(state_dict: dict) -> SavePlan:
 
 
 # ----------------------------------------------------------------------------- state dicts
-def iterate_state_dict(iter_object: Any, dtensor_func: Callable, sharded_tensor_func: Callable,
-                       tensor_func: Callable):
+def iterate_state_dict(
+    iter_object: Any, dtensor_func: Callable, sharded_tensor_func: Callable, tensor_func: Callable
+):
     """torch's ``_iterate_state_dict``: DTensor / ShardedTensor / Tensor values (LocalTensors by
     kind, or real torch tensors) go through their function; int, float, str, bytes, BytesIO, None
     and bytes LocalTensors come back unchanged; dicts are rewritten IN PLACE; lists and tuples
@@ -490,11 +625,13 @@ def iterate_state_dict(iter_object: Any, dtensor_func: Callable, sharded_tensor_
     torch = sys.modules.get("torch")
     if isinstance(iter_object, LocalTensor):
         fn = {"dtensor": dtensor_func, "sharded": sharded_tensor_func, "tensor": tensor_func}.get(
-            iter_object.kind)
+            iter_object.kind
+        )
         return iter_object if fn is None else fn(iter_object)
     if torch is not None and isinstance(iter_object, torch.Tensor):
         from torch.distributed._shard.sharded_tensor import ShardedTensor
         from torch.distributed.tensor import DTensor
+
         if isinstance(iter_object, DTensor):
             return dtensor_func(iter_object)
         if isinstance(iter_object, ShardedTensor):
@@ -504,11 +641,15 @@ def iterate_state_dict(iter_object: Any, dtensor_func: Callable, sharded_tensor_
         return iter_object
     if isinstance(iter_object, dict):
         for key, value in iter_object.items():
-            iter_object[key] = iterate_state_dict(value, dtensor_func, sharded_tensor_func, tensor_func)
+            iter_object[key] = iterate_state_dict(
+                value, dtensor_func, sharded_tensor_func, tensor_func
+            )
         return iter_object
     if isinstance(iter_object, (list, tuple)):
-        ret = [iterate_state_dict(v, dtensor_func, sharded_tensor_func, tensor_func)
-               for v in iter_object]
+        ret = [
+            iterate_state_dict(v, dtensor_func, sharded_tensor_func, tensor_func)
+            for v in iter_object
+        ]
         return tuple(ret) if isinstance(iter_object, tuple) else ret
     return None
 
@@ -519,11 +660,17 @@ def init_state_dict(state_dict: dict) -> None:
     and a meta-device ShardedTensor raises torch's ``Found unsupported type ... for meta device
     loading.``. Meta Tensors / DTensors are left as they are (torch fills them with
     ``torch.empty_like`` garbage on the process group's device; nothing to plan from that)."""
+
     def sharded(value):
         if str(getattr(value, "device", None)) == "meta":
-            raise _torch_error(PlanError, None, f"Found unsupported type {type(value)} for meta "
-                               "device loading.", "RuntimeError", "a materialised ShardedTensor",
-                               "Materialise ShardedTensors before loading into them.")
+            raise _torch_error(
+                PlanError,
+                None,
+                f"Found unsupported type {type(value)} for meta device loading.",
+                "RuntimeError",
+                "a materialised ShardedTensor",
+                "Materialise ShardedTensors before loading into them.",
+            )
         return value
 
     iterate_state_dict(state_dict, lambda v: v, sharded, lambda v: v)
@@ -531,8 +678,9 @@ def init_state_dict(state_dict: dict) -> None:
 
 def _is_tensor_leaf(value) -> bool:
     torch = sys.modules.get("torch")
-    return (_tensor_kind(value) is not None
-            or (torch is not None and isinstance(value, torch.Tensor)))
+    return _tensor_kind(value) is not None or (
+        torch is not None and isinstance(value, torch.Tensor)
+    )
 
 
 def flatten_state_dict(state_dict: dict) -> tuple[dict, dict]:
@@ -564,9 +712,14 @@ def flatten_state_dict(state_dict: dict) -> tuple[dict, dict]:
         elif is_terminal(value):
             new_fqn = ".".join(map(str, path))
             if new_fqn in flattened:
-                raise _torch_error(PlanError, new_fqn, f"duplicated flatten key {new_fqn}",
-                                   "ValueError", "unique flattened keys",
-                                   "Rename one of the entries whose dotted paths collide.")
+                raise _torch_error(
+                    PlanError,
+                    new_fqn,
+                    f"duplicated flatten key {new_fqn}",
+                    "ValueError",
+                    "unique flattened keys",
+                    "Rename one of the entries whose dotted paths collide.",
+                )
             flattened[new_fqn] = value
             mappings[new_fqn] = path
         elif isinstance(value, (list, tuple)):
@@ -579,8 +732,9 @@ def flatten_state_dict(state_dict: dict) -> tuple[dict, dict]:
 
 
 # ----------------------------------------------------------------------------- dedup
-def dedup_save_plans(all_plans: Sequence[SavePlan], save_to_lowest_rank: bool = False
-                     ) -> list[SavePlan]:
+def dedup_save_plans(
+    all_plans: Sequence[SavePlan], save_to_lowest_rank: bool = False
+) -> list[SavePlan]:
     """torch's ``_dedup_save_plans.dedup_save_plans``: every key ``(fqn, offset)`` held by several
     plans stays in one. Keys are visited in first-appearance order; the writer is ``min(S)``
     (``save_to_lowest_rank``) or the least-loaded plan, ties broken by ``min`` over a real Python
@@ -601,8 +755,10 @@ def dedup_save_plans(all_plans: Sequence[SavePlan], save_to_lowest_rank: bool = 
         load[sel] += last_item[key].tensor_storage_size() or 1
         for p in plans - {sel}:
             keep[p].discard(key)
-    return [dataclasses.replace(plan, items=[it for it in plan.items if it.index in kept])
-            for plan, kept in zip(all_plans, keep)]
+    return [
+        dataclasses.replace(plan, items=[it for it in plan.items if it.index in kept])
+        for plan, kept in zip(all_plans, keep)
+    ]
 
 
 # ----------------------------------------------------------------------------- default planner
@@ -613,14 +769,17 @@ def create_default_local_save_plan(state_dict: dict, is_coordinator: bool) -> Sa
     items: list[WriteItem] = []
     for fqn, obj in state_dict.items():
         obj = _value(obj)
-        if isinstance(obj, LocalTensor) and (obj.absent or (obj.kind == "dtensor" and not obj.in_mesh)):
+        if isinstance(obj, LocalTensor) and (
+            obj.absent or (obj.kind == "dtensor" and not obj.in_mesh)
+        ):
             continue
         items += create_write_items(fqn, obj)
     return SavePlan(items)
 
 
-def create_default_global_save_plan(all_plans: Sequence[SavePlan], rewrite_index_hints: bool = True
-                                    ) -> tuple[list[SavePlan], Metadata]:
+def create_default_global_save_plan(
+    all_plans: Sequence[SavePlan], rewrite_index_hints: bool = True
+) -> tuple[list[SavePlan], Metadata]:
     """torch's ``create_default_global_save_plan``: the metadata's chunk list of each fqn is the
     concatenation of its items' chunks in (plan, item) order; ``size`` and ``properties`` come
     from the first item seen; index hints are rewritten to chunk positions. Returns
@@ -633,21 +792,33 @@ def create_default_global_save_plan(all_plans: Sequence[SavePlan], rewrite_index
         for item in plan.items:
             fqn = item.index.fqn
             if item.type != WriteItemType.SHARD and fqn in md:
-                raise _torch_error(PlanError, fqn, "item.index.fqn not in md", "AssertionError",
-                                   f"a {item.type.name} entry appears once over all plans",
-                                   "Deduplicate the plans first (dedup_save_plans).")
+                raise _torch_error(
+                    PlanError,
+                    fqn,
+                    "item.index.fqn not in md",
+                    "AssertionError",
+                    f"a {item.type.name} entry appears once over all plans",
+                    "Deduplicate the plans first (dedup_save_plans).",
+                )
             if item.type == WriteItemType.BYTE_IO:
                 md[fqn] = BytesStorageMetadata()
                 new_items.append(item)
                 continue
             if item.tensor_data is None:
-                raise _torch_error(PlanError, fqn, "item.tensor_data is not None", "AssertionError",
-                                   "tensor items carry tensor_data")
-            tmd = md.setdefault(fqn, TensorStorageMetadata(item.tensor_data.properties,
-                                                           item.tensor_data.size, []))
+                raise _torch_error(
+                    PlanError,
+                    fqn,
+                    "item.tensor_data is not None",
+                    "AssertionError",
+                    "tensor items carry tensor_data",
+                )
+            tmd = md.setdefault(
+                fqn, TensorStorageMetadata(item.tensor_data.properties, item.tensor_data.size, [])
+            )
             if rewrite_index_hints:
-                item = dataclasses.replace(item, index=MetadataIndex(fqn, item.index.offset,
-                                                                     len(tmd.chunks)))
+                item = dataclasses.replace(
+                    item, index=MetadataIndex(fqn, item.index.offset, len(tmd.chunks))
+                )
             new_items.append(item)
             tmd.chunks.append(item.tensor_data.chunk)
         new_plans.append(dataclasses.replace(plan, items=new_items))
@@ -672,8 +843,10 @@ def check_box_overlap(box0, box1) -> bool:
 def check_box_bounds(outer_box_size: Sequence[int], inner_box) -> bool:
     """torch's ``_check_box_bounds``: offsets >= 0, sizes >= 0, end <= the dim, per dim."""
     c = as_chunk(inner_box)
-    return all(c.offsets[i] >= 0 and c.sizes[i] >= 0 and c.offsets[i] + c.sizes[i] <= outer_box_size[i]
-               for i in range(len(outer_box_size)))
+    return all(
+        c.offsets[i] >= 0 and c.sizes[i] >= 0 and c.offsets[i] + c.sizes[i] <= outer_box_size[i]
+        for i in range(len(outer_box_size))
+    )
 
 
 def validate_global_plan(global_plan: Sequence[SavePlan], metadata: Metadata) -> list[str]:
@@ -691,18 +864,26 @@ def validate_global_plan(global_plan: Sequence[SavePlan], metadata: Metadata) ->
         volume = 0
         for chunk in chunks:
             if chunk.ndim != len(size):
-                raise ChunkError(key, f"chunk {chunk} has {chunk.ndim} dims for a tensor of size "
-                                 f"{size}", "chunks of the tensor's rank",
-                                 "Fix the metadata's chunk list.", chunk=chunk, size=size)
+                raise ChunkError(
+                    key,
+                    f"chunk {chunk} has {chunk.ndim} dims for a tensor of size {size}",
+                    "chunks of the tensor's rank",
+                    "Fix the metadata's chunk list.",
+                    chunk=chunk,
+                    size=size,
+                )
             if not check_box_bounds(size, chunk):
-                errors.append(f"key:{key} has out of bounds chunk: tensor-size:{_torch_size(size)} "
-                              f"chunk: {chunk.torch_repr()}")
+                errors.append(
+                    f"key:{key} has out of bounds chunk: tensor-size:{_torch_size(size)} "
+                    f"chunk: {chunk.torch_repr()}"
+                )
             volume += math.prod(chunk.sizes)
         if len(chunks) > 1:
             dims = len(size)
             sw = max(range(dims), default=0, key=lambda d: size[d])
-            order = sorted(range(len(chunks)),
-                           key=lambda i: (chunks[i].offsets[sw], *chunks[i].offsets))
+            order = sorted(
+                range(len(chunks)), key=lambda i: (chunks[i].offsets[sw], *chunks[i].offsets)
+            )
             active: list[tuple[int, int]] = []
             for i in order:
                 cur = chunks[i]
@@ -713,18 +894,22 @@ def validate_global_plan(global_plan: Sequence[SavePlan], metadata: Metadata) ->
                 for _, j in active:
                     other = chunks[j]
                     if boxes_overlap(cur.offsets, cur.sizes, other.offsets, other.sizes):
-                        errors.append(f"key:{key} has overlapping chunks: {cur.torch_repr()} "
-                                      f"{other.torch_repr()}")
+                        errors.append(
+                            f"key:{key} has overlapping chunks: {cur.torch_repr()} "
+                            f"{other.torch_repr()}"
+                        )
                 insort(active, (start + cur.sizes[sw], i))
         tensor_volume = math.prod(size)
         if len(global_plan) > 1 and volume != tensor_volume:
-            errors.append(f"key:{key} invalid fill tensor-volume: {tensor_volume} "
-                          f"chunks-volume: {volume}")
+            errors.append(
+                f"key:{key} invalid fill tensor-volume: {tensor_volume} chunks-volume: {volume}"
+            )
     return errors
 
 
-def create_default_local_load_plan(state_dict: dict, metadata: Metadata, strict: bool = True
-                                   ) -> LoadPlan:
+def create_default_local_load_plan(
+    state_dict: dict, metadata: Metadata, strict: bool = True
+) -> LoadPlan:
     """torch's ``create_default_local_load_plan``: per entry in state-dict order, torch's checks
     and messages (missing key when ``strict``, size mismatch, tensor metadata for a non-tensor,
     Partial), then `create_read_items`. A DTensor whose rank is outside its mesh is checked but
@@ -738,17 +923,31 @@ def create_default_local_load_plan(state_dict: dict, metadata: Metadata, strict:
             continue
         if fqn not in sdm:
             if strict:
-                raise _torch_error(PlanError, fqn, missing_key_message(fqn),
-                                   "RuntimeError", "every requested key is in the checkpoint",
-                                   "Load with allow_partial_load=True (strict=False) or drop the key.")
+                raise _torch_error(
+                    PlanError,
+                    fqn,
+                    missing_key_message(fqn),
+                    "RuntimeError",
+                    "every requested key is in the checkpoint",
+                    "Load with allow_partial_load=True (strict=False) or drop the key.",
+                )
             continue
         md = sdm[fqn]
-        if (isinstance(md, TensorStorageMetadata) and _tensor_kind(obj) is not None
-                and md.size != obj.size()):
-            raise _torch_error(PlanError, fqn, size_mismatch_message(fqn, md.size, obj.size()),
-                               "ValueError",
-                               "the same global shape", "Load into a tensor of the saved shape.",
-                               saved_size=md.size, current_size=obj.size())
+        if (
+            isinstance(md, TensorStorageMetadata)
+            and _tensor_kind(obj) is not None
+            and md.size != obj.size()
+        ):
+            raise _torch_error(
+                PlanError,
+                fqn,
+                size_mismatch_message(fqn, md.size, obj.size()),
+                "ValueError",
+                "the same global shape",
+                "Load into a tensor of the saved shape.",
+                saved_size=md.size,
+                current_size=obj.size(),
+            )
         if _tensor_kind(obj) == "dtensor" and not obj.in_mesh:
             continue
         items += create_read_items(fqn, md, obj)

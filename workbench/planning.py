@@ -18,6 +18,7 @@ mirrors in `planner_helpers` stay the reference; the tests compare both with tor
 
 Imports the layers above (errors, geometry, records, sharding, planner_helpers); never torch.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,16 +32,45 @@ import numpy as np
 
 from .errors import MetadataError, PlanError
 from .geometry import Chunk
-from .planner_helpers import (PARTIAL_MESSAGE, _record, create_read_items_for_chunk_list,
-                              invalid_metadata_message, missing_key_message, size_mismatch_message,
-                              validate_global_plan)
-from .records import (DTYPE_SIZES, BytesStorageMetadata, LoadItemType, LoadPlan, Metadata,
-                      MetadataIndex, ReadItem, SavePlan, StorageInfo, TensorProperties,
-                      TensorStorageMetadata, TensorWriteData, WriteItem, WriteItemType)
+from .planner_helpers import (
+    PARTIAL_MESSAGE,
+    _record,
+    create_read_items_for_chunk_list,
+    invalid_metadata_message,
+    missing_key_message,
+    size_mismatch_message,
+    validate_global_plan,
+)
+from .records import (
+    DTYPE_SIZES,
+    BytesStorageMetadata,
+    LoadItemType,
+    LoadPlan,
+    Metadata,
+    MetadataIndex,
+    ReadItem,
+    SavePlan,
+    StorageInfo,
+    TensorProperties,
+    TensorStorageMetadata,
+    TensorWriteData,
+    WriteItem,
+    WriteItemType,
+)
 from .sharding import Layout
 
-__all__ = ["plan_save", "plan_load", "SavePlanResult", "LoadPlanResult", "ReadBlock", "LoadIO",
-           "file_name", "writer_of_file", "compare_targets", "TargetCost"]
+__all__ = [
+    "plan_save",
+    "plan_load",
+    "SavePlanResult",
+    "LoadPlanResult",
+    "ReadBlock",
+    "LoadIO",
+    "file_name",
+    "writer_of_file",
+    "compare_targets",
+    "TargetCost",
+]
 
 _FILE_RE = re.compile(r"^__(\d+)_(\d+)\.distcp$")
 
@@ -60,28 +90,46 @@ def writer_of_file(relative_path: str) -> int | None:
 # ----------------------------------------------------------------------------- inputs
 def _check_layouts(layouts) -> tuple[list[str], list[Layout], int]:
     if not isinstance(layouts, Mapping):
-        raise PlanError(None, f"layouts is a {type(layouts).__name__}",
-                        "a dict {fqn: Layout} in state-dict order",
-                        "Build one with dtensor_layout / tensor_layout / sharded_layout / bytes_layout.")
+        raise PlanError(
+            None,
+            f"layouts is a {type(layouts).__name__}",
+            "a dict {fqn: Layout} in state-dict order",
+            "Build one with dtensor_layout / tensor_layout / sharded_layout / bytes_layout.",
+        )
     if not layouts:
-        raise PlanError(None, "the state dict is empty", "at least one entry",
-                        "Give at least one {fqn: Layout} entry.")
+        raise PlanError(
+            None,
+            "the state dict is empty",
+            "at least one entry",
+            "Give at least one {fqn: Layout} entry.",
+        )
     fqns, lays = list(layouts), list(layouts.values())
     for fqn, lay in zip(fqns, lays):
         if not isinstance(fqn, str):
-            raise PlanError(None, f"key {fqn!r} is a {type(fqn).__name__}",
-                            "flattened string fqns", "Flatten the state dict first.")
+            raise PlanError(
+                None,
+                f"key {fqn!r} is a {type(fqn).__name__}",
+                "flattened string fqns",
+                "Flatten the state dict first.",
+            )
         if not isinstance(lay, Layout):
-            raise PlanError(fqn, f"value is a {type(lay).__name__}", "a workbench Layout",
-                            "Build one with dtensor_layout / tensor_layout / sharded_layout / "
-                            "bytes_layout.")
+            raise PlanError(
+                fqn,
+                f"value is a {type(lay).__name__}",
+                "a workbench Layout",
+                "Build one with dtensor_layout / tensor_layout / sharded_layout / bytes_layout.",
+            )
     ws = lays[0].world_size
     for fqn, lay in zip(fqns, lays):
         if lay.world_size != ws:
-            raise PlanError(fqn, f"layout has world size {lay.world_size} but {fqns[0]} has {ws}",
-                            "one world size for the whole state dict",
-                            "Build every layout for the same number of ranks.",
-                            world_size=lay.world_size, expected=ws)
+            raise PlanError(
+                fqn,
+                f"layout has world size {lay.world_size} but {fqns[0]} has {ws}",
+                "one world size for the whole state dict",
+                "Build every layout for the same number of ranks.",
+                world_size=lay.world_size,
+                expected=ws,
+            )
     return fqns, lays, ws
 
 
@@ -112,7 +160,7 @@ class _Pattern:
     unshared_before: np.ndarray
 
 
-_PATTERNS: "weakref.WeakKeyDictionary[Layout, _Pattern]" = weakref.WeakKeyDictionary()
+_PATTERNS: weakref.WeakKeyDictionary[Layout, _Pattern] = weakref.WeakKeyDictionary()
 
 
 def _pattern(layout: Layout) -> _Pattern:
@@ -153,10 +201,22 @@ def _pattern(layout: Layout) -> _Pattern:
             holders[k] = pr[pk == k].tolist()
     key_rank = rank[first]
     unshared = ~shared
-    pat = _Pattern(rank, np.array(pos, dtype=np.int64), offsets, sizes, tuple(chunks),
-                   np.searchsorted(rank, np.arange(ws + 1)), np.unique(rank), key, first, key_rank,
-                   shared, holders, np.bincount(key_rank[unshared], minlength=ws),
-                   np.concatenate([[0], np.cumsum(unshared)]))
+    pat = _Pattern(
+        rank,
+        np.array(pos, dtype=np.int64),
+        offsets,
+        sizes,
+        tuple(chunks),
+        np.searchsorted(rank, np.arange(ws + 1)),
+        np.unique(rank),
+        key,
+        first,
+        key_rank,
+        shared,
+        holders,
+        np.bincount(key_rank[unshared], minlength=ws),
+        np.concatenate([[0], np.cumsum(unshared)]),
+    )
     for a in vars(pat).values():
         if isinstance(a, np.ndarray):
             a.setflags(write=False)
@@ -187,8 +247,11 @@ class _LazyPlans(Sequence):
         return plan
 
     def __eq__(self, other) -> bool:
-        return (isinstance(other, Sequence) and len(other) == self._n
-                and all(a == b for a, b in zip(self, other)))
+        return (
+            isinstance(other, Sequence)
+            and len(other) == self._n
+            and all(a == b for a, b in zip(self, other))
+        )
 
     __hash__ = None
 
@@ -216,16 +279,21 @@ class _PlannedStorage(Mapping):
 
     def __init__(self, sdm: dict, writers: dict[str, np.ndarray]):
         self._writers = writers
-        self._chunks = {f: None if isinstance(md, BytesStorageMetadata) else tuple(md.chunks)
-                        for f, md in sdm.items()}
+        self._chunks = {
+            f: None if isinstance(md, BytesStorageMetadata) else tuple(md.chunks)
+            for f, md in sdm.items()
+        }
         self._pos: dict[str, dict] = {}
 
     def writer_array(self, fqn: str, chunks) -> np.ndarray | None:
         """The writer rank of each of ``chunks`` (a tensor's metadata chunk list), or None when
         the list is no longer the one planned."""
         planned = self._chunks.get(fqn)
-        if planned is None or len(planned) != len(chunks) or \
-                not all(a is b for a, b in zip(planned, chunks)):
+        if (
+            planned is None
+            or len(planned) != len(chunks)
+            or not all(a is b for a, b in zip(planned, chunks))
+        ):
             return None
         return self._writers[fqn]
 
@@ -338,7 +406,9 @@ def plan_save(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False) 
             continue
         tsm = sdm[fqn] = TensorStorageMetadata(_props(lay.dtype), lay.shape)
         # set after construction: __post_init__ would re-normalise every (already Chunk) chunk
-        tsm.chunks = list(pat.chunks) if len(idx) == len(kept) else [pat.chunks[i] for i in idx.tolist()]
+        tsm.chunks = (
+            list(pat.chunks) if len(idx) == len(kept) else [pat.chunks[i] for i in idx.tolist()]
+        )
         vol = np.prod(pat.sizes[idx], axis=1) * DTYPE_SIZES[lay.dtype]
         np.add.at(bytes_written, w, vol)
     metadata = Metadata(sdm, storage_data=_PlannedStorage(sdm, writer_arrays), version="1.0.0")
@@ -351,8 +421,17 @@ def plan_save(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False) 
 
     plans = _LazyPlans(ws, final_plan)
     errors = _validate(sdm, pats, fqns, kept_per_fqn, plans)
-    return SavePlanResult(dict(layouts), ws, _LazyPlans(ws, local_plan), plans, metadata, errors,
-                          writers, bytes_written, failures)
+    return SavePlanResult(
+        dict(layouts),
+        ws,
+        _LazyPlans(ws, local_plan),
+        plans,
+        metadata,
+        errors,
+        writers,
+        bytes_written,
+        failures,
+    )
 
 
 def _balance(pats, lays, sel_per_fqn, ws) -> None:
@@ -366,8 +445,12 @@ def _balance(pats, lays, sel_per_fqn, ws) -> None:
     Only the shared keys are looped over; each builds the Python ``set`` torch builds (holders
     added in plan order) so that ``min`` breaks ties in CPython's set order."""
     charge = [lay.nbytes or 1 for lay in lays]
-    rows = sorted((int(pat.key_rank[k]), f, k) for f, pat in enumerate(pats) if pat is not None
-                  for k in pat.key_holders)
+    rows = sorted(
+        (int(pat.key_rank[k]), f, k)
+        for f, pat in enumerate(pats)
+        if pat is not None
+        for k in pat.key_holders
+    )
     r0s = sorted({r for r, _, _ in rows})
     col = {r: j for j, r in enumerate(r0s)}
     r0a = np.array(r0s, dtype=np.int64)
@@ -380,7 +463,10 @@ def _balance(pats, lays, sel_per_fqn, ws) -> None:
     for r0, f, k in rows:
         pat = pats[f]
         first_of_r0 = int(np.searchsorted(pat.key_rank, r0))
-        own = before[f][col[r0]] + int(pat.unshared_before[k] - pat.unshared_before[first_of_r0]) * charge[f]
+        own = (
+            before[f][col[r0]]
+            + int(pat.unshared_before[k] - pat.unshared_before[first_of_r0]) * charge[f]
+        )
         holders = set()
         for h in pat.key_holders[k]:
             holders.add(h)
@@ -412,8 +498,13 @@ def _write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn) -> list[WriteI
                     continue
                 hint = int(hint_per_fqn[f][i])
             c = pat.chunks[i]
-            items.append(WriteItem(MetadataIndex(fqn, c.offsets, hint), typ,
-                                   tensor_data=TensorWriteData(c, props, lay.shape)))
+            items.append(
+                WriteItem(
+                    MetadataIndex(fqn, c.offsets, hint),
+                    typ,
+                    tensor_data=TensorWriteData(c, props, lay.shape),
+                )
+            )
     return items
 
 
@@ -431,8 +522,9 @@ def _validate(sdm, pats, fqns, kept_per_fqn, plans) -> list[str]:
         sig = (id(pat), kept.tobytes(), md.size, len(plans) > 1)
         bad = verdicts.get(sig)
         if bad is None:
-            bad = verdicts[sig] = _has_errors(pat.offsets[kept], pat.sizes[kept], md.size,
-                                              len(plans) > 1)
+            bad = verdicts[sig] = _has_errors(
+                pat.offsets[kept], pat.sizes[kept], md.size, len(plans) > 1
+            )
         if bad:
             errors += validate_global_plan(plans, Metadata({fqn: md}))
     return errors
@@ -544,8 +636,17 @@ def _bytes_block(fqn: str, ranks: np.ndarray, ws: int) -> ReadBlock:
     n = len(ranks)
     z = np.zeros((n, 1), np.int64)
     cols = _ro(ranks.astype(np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64), z)
-    return ReadBlock(fqn, "bytes", cols[0], cols[1], cols[2], z, z, z,
-                     np.searchsorted(cols[0], np.arange(ws + 1)))
+    return ReadBlock(
+        fqn,
+        "bytes",
+        cols[0],
+        cols[1],
+        cols[2],
+        z,
+        z,
+        z,
+        np.searchsorted(cols[0], np.arange(ws + 1)),
+    )
 
 
 def _read_columns(s_off, s_size, pat: _Pattern, ws: int):
@@ -582,7 +683,7 @@ def _read_columns(s_off, s_size, pat: _Pattern, ws: int):
     # one int64 key (local visit position, saved end on sw, saved index) when it cannot overflow
     k_saved = k_saved - (k_saved.min() if len(k_saved) else 0)
     span = int(k_saved.max()) + 1 if len(k_saved) else 1
-    if len(l_off) * span * len(s_off) < 2 ** 62:
+    if len(l_off) * span * len(s_off) < 2**62:
         order = np.argsort((lpos[li] * span + k_saved) * len(s_off) + si, kind="stable")
     else:
         order = np.lexsort((si, k_saved, lpos[li]))
@@ -604,17 +705,25 @@ def _exact_read_columns(s_off, s_size, pat: _Pattern, ws: int):
     md = TensorStorageMetadata(_props("uint8"), (), saved)
     rows = []
     for r in pat.holder_ranks.tolist():
-        local = pat.chunks[int(pat.starts[r]):int(pat.starts[r + 1])]
-        rows += [(r, it.dest_index.index, it.storage_index.index, it.dest_offsets,
-                  it.storage_offsets, it.lengths)
-                 for it in create_read_items_for_chunk_list("", md, local)]
+        local = pat.chunks[int(pat.starts[r]) : int(pat.starts[r + 1])]
+        rows += [
+            (
+                r,
+                it.dest_index.index,
+                it.storage_index.index,
+                it.dest_offsets,
+                it.storage_offsets,
+                it.lengths,
+            )
+            for it in create_read_items_for_chunk_list("", md, local)
+        ]
     nd = s_off.shape[1]
-    cols = [np.array([row[i] for row in rows], np.int64).reshape(len(rows), -1)
-            for i in range(6)]
+    cols = [np.array([row[i] for row in rows], np.int64).reshape(len(rows), -1) for i in range(6)]
     rank, local_idx, saved_idx = (c.reshape(-1) for c in cols[:3])
     dest, storage, lengths = (c.reshape(len(rows), nd) for c in cols[3:])
-    return _ro(rank, local_idx, saved_idx, dest, storage, lengths,
-               np.searchsorted(rank, np.arange(ws + 1)))
+    return _ro(
+        rank, local_idx, saved_idx, dest, storage, lengths, np.searchsorted(rank, np.arange(ws + 1))
+    )
 
 
 def _saved_arrays(md: TensorStorageMetadata, fqn: str, cache: dict):
@@ -629,9 +738,13 @@ def _saved_arrays(md: TensorStorageMetadata, fqn: str, cache: dict):
     n = len(md.chunks)
     for c in md.chunks:
         if len(c.offsets) != nd or len(c.sizes) != nd:
-            raise MetadataError(fqn, f"saved chunk {c} has {len(c.offsets)} dims for a tensor of "
-                                f"size {tuple(md.size)}", "chunks of the tensor's rank",
-                                "The checkpoint's metadata is corrupt; re-save it.", chunk=c)
+            raise MetadataError(
+                fqn,
+                f"saved chunk {c} has {len(c.offsets)} dims for a tensor of size {tuple(md.size)}",
+                "chunks of the tensor's rank",
+                "The checkpoint's metadata is corrupt; re-save it.",
+                chunk=c,
+            )
     offs = np.array([c.offsets for c in md.chunks], dtype=np.int64).reshape(n, nd)
     sizes = np.array([c.sizes for c in md.chunks], dtype=np.int64).reshape(n, nd)
     _ro(offs, sizes)
@@ -718,17 +831,26 @@ class LoadPlanResult:
         block = self._blocks.get(fqn)
         if block is None:
             if fqn not in self.layouts:
-                raise PlanError(fqn, "is not in the planned state dict",
-                                f"one of its {len(self.layouts)} fqns", "Check the key's spelling.")
+                raise PlanError(
+                    fqn,
+                    "is not in the planned state dict",
+                    f"one of its {len(self.layouts)} fqns",
+                    "Check the key's spelling.",
+                )
             lay = self.layouts[fqn]
-            block = _empty_block(fqn, "bytes" if lay.kind == "bytes" else "tensor",
-                                 1 if lay.kind == "bytes" else lay.ndim, self.world_size)
+            block = _empty_block(
+                fqn,
+                "bytes" if lay.kind == "bytes" else "tensor",
+                1 if lay.kind == "bytes" else lay.ndim,
+                self.world_size,
+            )
         return block
 
     @cached_property
     def problems(self):
         """`diagnosis.find_problems` of this plan, computed on first access."""
         from .diagnosis import find_problems
+
         return find_problems(self)
 
     @cached_property
@@ -736,8 +858,9 @@ class LoadPlanResult:
         return _load_io(self)
 
 
-def plan_load(metadata: Metadata, layouts: Mapping[str, Layout], *,
-              allow_partial_load: bool = False) -> LoadPlanResult:
+def plan_load(
+    metadata: Metadata, layouts: Mapping[str, Layout], *, allow_partial_load: bool = False
+) -> LoadPlanResult:
     """Plan ``dcp.load`` of ``layouts`` (``{fqn: Layout}`` in state-dict order, one world size)
     from a checkpoint's ``metadata`` on every rank, as torch 2.13's ``DefaultLoadPlanner`` would
     (``create_default_local_load_plan(state_dict, metadata, strict=not allow_partial_load)``).
@@ -749,9 +872,12 @@ def plan_load(metadata: Metadata, layouts: Mapping[str, Layout], *,
     metadata = _record(metadata)
     sdm = getattr(metadata, "state_dict_metadata", None)
     if not isinstance(sdm, Mapping):
-        raise MetadataError(None, f"metadata is a {type(metadata).__name__} without a "
-                            "state_dict_metadata mapping", "a DCP Metadata",
-                            "Read it with workbench.load_metadata(path) or plan it with plan_save.")
+        raise MetadataError(
+            None,
+            f"metadata is a {type(metadata).__name__} without a state_dict_metadata mapping",
+            "a DCP Metadata",
+            "Read it with workbench.load_metadata(path) or plan it with plan_save.",
+        )
     blocks: dict[str, ReadBlock] = {}
     saved: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     failures = []
@@ -772,15 +898,19 @@ def plan_load(metadata: Metadata, layouts: Mapping[str, Layout], *,
             blocks[fqn] = _bytes_block(fqn, in_mesh, ws)
             continue
         if not isinstance(md, TensorStorageMetadata):
-            raise MetadataError(fqn, f"storage metadata is a {type(md).__name__}",
-                                "TensorStorageMetadata or BytesStorageMetadata",
-                                "The checkpoint's metadata is corrupt; re-save it.")
+            raise MetadataError(
+                fqn,
+                f"storage metadata is a {type(md).__name__}",
+                "TensorStorageMetadata or BytesStorageMetadata",
+                "The checkpoint's metadata is corrupt; re-save it.",
+            )
         if lay.kind == "bytes":
             failures.append((fqn, tuple(key_ranks.tolist()), invalid_metadata_message(fqn)))
             continue
         if tuple(md.size) != lay.shape:
-            failures.append((fqn, tuple(key_ranks.tolist()),
-                             size_mismatch_message(fqn, md.size, lay.shape)))
+            failures.append(
+                (fqn, tuple(key_ranks.tolist()), size_mismatch_message(fqn, md.size, lay.shape))
+            )
             continue
         if lay.has_partial:
             # the Partial ValueError is caught in _create_read_items and replaced by this text
@@ -794,8 +924,9 @@ def plan_load(metadata: Metadata, layouts: Mapping[str, Layout], *,
             cols = cache[sig] = _read_columns(s_off, s_size, pat, ws)
         if cols is not None:
             blocks[fqn] = ReadBlock(fqn, "tensor", *cols)
-    result = LoadPlanResult(metadata, dict(layouts), ws, None, failures, allow_partial_load, blocks,
-                            saved)
+    result = LoadPlanResult(
+        metadata, dict(layouts), ws, None, failures, allow_partial_load, blocks, saved
+    )
     object.__setattr__(result, "plans", _LazyPlans(ws, lambda r: _load_plan(result, r)))
     return result
 
@@ -810,16 +941,23 @@ def _load_plan(res: LoadPlanResult, r: int) -> LoadPlan:
         if sl.start == sl.stop:
             continue
         if block.kind == "bytes":
-            items.append(ReadItem(LoadItemType.BYTE_IO, MetadataIndex(fqn), (0,), MetadataIndex(fqn),
-                                  (0,), (0,)))
+            items.append(
+                ReadItem(
+                    LoadItemType.BYTE_IO, MetadataIndex(fqn), (0,), MetadataIndex(fqn), (0,), (0,)
+                )
+            )
             continue
         local = res.layouts[fqn].rank_chunks[r]
         saved = sdm[fqn].chunks
         dest: dict[int, MetadataIndex] = {}
         storage: dict[int, MetadataIndex] = {}
-        for li, si, do, so, ln in zip(block.local_idx[sl].tolist(), block.saved_idx[sl].tolist(),
-                                      block.dest_offsets[sl].tolist(),
-                                      block.storage_offsets[sl].tolist(), block.lengths[sl].tolist()):
+        for li, si, do, so, ln in zip(
+            block.local_idx[sl].tolist(),
+            block.saved_idx[sl].tolist(),
+            block.dest_offsets[sl].tolist(),
+            block.storage_offsets[sl].tolist(),
+            block.lengths[sl].tolist(),
+        ):
             d = dest.get(li)
             if d is None:
                 d = dest[li] = MetadataIndex(fqn, local[li].offsets, li)
@@ -854,8 +992,11 @@ class _Files:
             offs, sizes = saved if saved is not None else _saved_arrays(md, fqn, self._chunk_cache)
             nbytes = np.prod(sizes, axis=1) * md.properties.element_size
             keys = None
-        w = sd.writer_array(fqn, md.chunks) if isinstance(sd, _PlannedStorage) and keys is None \
+        w = (
+            sd.writer_array(fqn, md.chunks)
+            if isinstance(sd, _PlannedStorage) and keys is None
             else None
+        )
         if w is not None:
             sig = w.tobytes()
             fid = self._by_writers.get(sig)
@@ -949,7 +1090,7 @@ def _load_io(res: LoadPlanResult) -> LoadIO:
     by_file = np.lexsort((pr, pf))
     cuts = np.searchsorted(pf[by_file], np.arange(nf + 1))
     ranks_by_file = pr[by_file].tolist()
-    readers = {files_t[j]: tuple(ranks_by_file[cuts[j]:cuts[j + 1]]) for j in range(nf)}
+    readers = {files_t[j]: tuple(ranks_by_file[cuts[j] : cuts[j + 1]]) for j in range(nf)}
     with np.errstate(divide="ignore", invalid="ignore"):
         amp = np.where(needed > 0, read / np.maximum(needed, 1), np.nan)
     bytes_written = None
@@ -957,8 +1098,23 @@ def _load_io(res: LoadPlanResult) -> LoadIO:
         bytes_written = np.zeros(int(file_writers.max()) + 1, np.int64)
         known = file_writers >= 0
         np.add.at(bytes_written, file_writers[known], per_file[order][known])
-    return LoadIO(np.bincount(pr, minlength=ws), n_reads, needed, read, amp, files_t, file_writers,
-                  readers, _sum_by(pf, pc, nf), _sum_by(pf, pb, nf), pr, pf, pc, pb, bytes_written)
+    return LoadIO(
+        np.bincount(pr, minlength=ws),
+        n_reads,
+        needed,
+        read,
+        amp,
+        files_t,
+        file_writers,
+        readers,
+        _sum_by(pf, pc, nf),
+        _sum_by(pf, pb, nf),
+        pr,
+        pf,
+        pc,
+        pb,
+        bytes_written,
+    )
 
 
 def _sum_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
@@ -991,33 +1147,57 @@ class TargetCost:
     result: LoadPlanResult = field(repr=False)
 
 
-def compare_targets(metadata: Metadata, targets: Mapping[str, Mapping[str, Layout]], *,
-                    allow_partial_load: bool = False, progress: bool | None = None
-                    ) -> list[TargetCost]:
+def compare_targets(
+    metadata: Metadata,
+    targets: Mapping[str, Mapping[str, Layout]],
+    *,
+    allow_partial_load: bool = False,
+    progress: bool | None = None,
+) -> list[TargetCost]:
     """Plan the load of ``metadata`` into every candidate target (``{name: {fqn: Layout}}``) and
     return their I/O costs in the order given, so the cheaper layout can be picked.
 
     ``progress``: a tqdm bar over the candidates (``tqdm.auto``: a widget in a notebook, text in a
     terminal); None shows it when the work is large (over 100k tensor-ranks in all)."""
     if not isinstance(targets, Mapping) or not targets:
-        raise PlanError(None, f"targets is {type(targets).__name__} {targets!r:.60}",
-                        "a non-empty dict {name: {fqn: Layout}}",
-                        "Name each candidate layout, e.g. {'fsdp64': ..., 'fsdp8+tp8': ...}.")
+        raise PlanError(
+            None,
+            f"targets is {type(targets).__name__} {targets!r:.60}",
+            "a non-empty dict {name: {fqn: Layout}}",
+            "Name each candidate layout, e.g. {'fsdp64': ..., 'fsdp8+tp8': ...}.",
+        )
     items = list(targets.items())
     if progress is None:
-        progress = sum(len(t) * next(iter(t.values())).world_size
-                       for _, t in items if isinstance(t, Mapping) and t) > 100_000
+        progress = (
+            sum(
+                len(t) * next(iter(t.values())).world_size
+                for _, t in items
+                if isinstance(t, Mapping) and t
+            )
+            > 100_000
+        )
     if progress:
         from tqdm.auto import tqdm
+
         items = tqdm(items, desc="planning targets", unit="target")
     out = []
     for name, layouts in items:
         res = plan_load(metadata, layouts, allow_partial_load=allow_partial_load)
         io = res.io
         needed, read = int(io.bytes_needed.sum()), int(io.bytes_read.sum())
-        out.append(TargetCost(
-            str(name), res.world_size, int(io.reads.sum()), needed, read,
-            read / needed if needed else float("nan"),
-            int(io.bytes_read.max(initial=0)), int(io.reads.max(initial=0)),
-            int(io.files_opened.max(initial=0)), len(res.failures), res))
+        out.append(
+            TargetCost(
+                str(name),
+                res.world_size,
+                int(io.reads.sum()),
+                needed,
+                read,
+                read / needed if needed else float("nan"),
+                int(io.bytes_read.max(initial=0)),
+                int(io.reads.max(initial=0)),
+                int(io.files_opened.max(initial=0)),
+                len(res.failures),
+                res,
+            )
+        )
     return out

@@ -21,16 +21,16 @@ Uses matplotlib's object API only (``matplotlib.figure.Figure``): no pyplot stat
 ``plt.show()``. ``plot_*`` functions take ``ax=None`` and return the Axes (a Figure for
 multi-panel pictures). Never imported by ``workbench``'s ``__init__``; imports no torch.
 """
+
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import product, repeat
 from operator import attrgetter, ne
-from typing import Sequence
 
 import numpy as np
 from matplotlib.artist import Artist
@@ -40,20 +40,39 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from .colors import (HIGHLIGHT_COLOR, UNKNOWN_COLOR, format_ranks, index_runs, rank_color,
-                     text_color)
+from .colors import HIGHLIGHT_COLOR, UNKNOWN_COLOR, format_ranks, index_runs, rank_color, text_color
 from .errors import LayoutError, MetadataError, PlanError
 from .geometry import Chunk, uncovered
 from .records import BytesStorageMetadata, TensorStorageMetadata
 from .sharding import Layout, mesh_coordinate
-from .tables import (_coerce_tensor, _metadata_of, _storage_data, _writer, chunk_holders,
-                     chunk_storage, format_held)
+from .tables import (
+    _coerce_tensor,
+    _metadata_of,
+    _storage_data,
+    _writer,
+    chunk_holders,
+    chunk_storage,
+    format_held,
+)
 
 __all__ = [
-    "Tile", "Picture", "BarsData", "TrafficData",
-    "layout_data", "layout_slabs", "reshard_data", "mesh_data", "traffic_data",
-    "bytes_per_rank_data", "draw_picture", "picture_png",
-    "plot_layout", "plot_reshard", "plot_mesh", "plot_traffic", "plot_bytes_per_rank",
+    "Tile",
+    "Picture",
+    "BarsData",
+    "TrafficData",
+    "layout_data",
+    "layout_slabs",
+    "reshard_data",
+    "mesh_data",
+    "traffic_data",
+    "bytes_per_rank_data",
+    "draw_picture",
+    "picture_png",
+    "plot_layout",
+    "plot_reshard",
+    "plot_mesh",
+    "plot_traffic",
+    "plot_bytes_per_rank",
 ]
 
 MAX_PANELS = 16  # small multiples beyond this are left out (and said so in a note)
@@ -129,9 +148,13 @@ class _View:
             dims = ()
         norm = tuple(d % nd if nd and -nd <= d < nd else None for d in dims)
         if nd and (not 1 <= len(dims) <= 2 or None in norm or len(set(norm)) != len(norm)):
-            raise LayoutError(fqn, f"dims to draw {dims} do not fit a {nd}-d tensor of shape "
-                              f"{shape}", f"one or two different dims in [0, {nd})",
-                              "Draw e.g. dims=(0, 1).", dims=dims)
+            raise LayoutError(
+                fqn,
+                f"dims to draw {dims} do not fit a {nd}-d tensor of shape {shape}",
+                f"one or two different dims in [0, {nd})",
+                "Draw e.g. dims=(0, 1).",
+                dims=dims,
+            )
         self.shape = shape
         self.row = norm[0] if len(norm) == 2 else None
         self.col = norm[-1] if norm else None
@@ -140,9 +163,13 @@ class _View:
         self.at = {d: int(at.get(d, 0)) for d in self.others}
         for d, i in self.at.items():
             if shape[d] and not 0 <= i < shape[d]:
-                raise LayoutError(fqn, f"slab index {i} of dim {d} is outside the tensor of shape "
-                                  f"{shape}", f"0 <= index < {shape[d]}", "Pick an index inside.",
-                                  at=at)
+                raise LayoutError(
+                    fqn,
+                    f"slab index {i} of dim {d} is outside the tensor of shape {shape}",
+                    f"0 <= index < {shape[d]}",
+                    "Pick an index inside.",
+                    at=at,
+                )
         self.width = shape[self.col] if self.col is not None else 1
         self.height = shape[self.row] if self.row is not None else 1
         self.window: tuple[int, int, int, int] | None = None  # rects outside it are dropped
@@ -175,8 +202,12 @@ class _View:
         x0, y0 = min(r[0] for r in rs), min(r[1] for r in rs)
         x1, y1 = max(r[0] + r[2] for r in rs), max(r[1] + r[3] for r in rs)
         px, py = max((x1 - x0) // 2, 1), max((y1 - y0) // 2, 1)
-        self.window = (max(x0 - px, 0), max(y0 - py, 0), min(x1 + px, self.width),
-                       min(y1 + py, self.height))
+        self.window = (
+            max(x0 - px, 0),
+            max(y0 - py, 0),
+            min(x1 + px, self.width),
+            min(y1 + py, self.height),
+        )
 
     @property
     def xlabel(self) -> str:
@@ -211,8 +242,12 @@ class _Boxes:
 
 def _layout_boxes(layout: Layout, fqn: str | None) -> _Boxes:
     if layout.is_bytes:
-        raise LayoutError(fqn, "is a bytes entry (pickled object), it has no chunks to draw",
-                          "a tensor layout", "Pick a tensor entry.")
+        raise LayoutError(
+            fqn,
+            "is a bytes entry (pickled object), it has no chunks to draw",
+            "a tensor layout",
+            "Pick a tensor entry.",
+        )
     holders = chunk_holders(layout)  # what layout_chunks_table's replicas column lists
     chunks, ranks = list(holders), list(holders.values())
     notes = []
@@ -226,9 +261,15 @@ def _layout_boxes(layout: Layout, fqn: str | None) -> _Boxes:
     if mis:
         notes.append(f"{format_ranks(mis)}: DCP's box is not the data held (_StridedShard)")
     name = f"{fqn}: " if fqn else ""
-    return _Boxes(layout.shape, chunks, ranks, [format_ranks(r) for r in ranks],
-                  [bool(mis.intersection(r)) for r in ranks], tuple(notes),
-                  name + layout.describe())
+    return _Boxes(
+        layout.shape,
+        chunks,
+        ranks,
+        [format_ranks(r) for r in ranks],
+        [bool(mis.intersection(r)) for r in ranks],
+        tuple(notes),
+        name + layout.describe(),
+    )
 
 
 def _saved_entry(source, fqn: str | None):
@@ -239,13 +280,21 @@ def _saved_entry(source, fqn: str | None):
     if isinstance(md, TensorStorageMetadata):
         return md, None
     if fqn is None:
-        raise MetadataError(None, f"no key given to pick one of the checkpoint's {len(entries)} "
-                            "entries", "fqn= one of metadata.state_dict_metadata's keys",
-                            "Pass fqn=... naming the tensor to draw.", keys=tuple(entries))
+        raise MetadataError(
+            None,
+            f"no key given to pick one of the checkpoint's {len(entries)} entries",
+            "fqn= one of metadata.state_dict_metadata's keys",
+            "Pass fqn=... naming the tensor to draw.",
+            keys=tuple(entries),
+        )
     entry = entries[fqn]
     if isinstance(entry, BytesStorageMetadata):
-        raise MetadataError(fqn, "is a bytes entry (pickled object), it has no chunks to draw",
-                            "a tensor entry", "Pick a tensor key.")
+        raise MetadataError(
+            fqn,
+            "is a bytes entry (pickled object), it has no chunks to draw",
+            "a tensor entry",
+            "Pick a tensor key.",
+        )
     return entry, md
 
 
@@ -294,8 +343,10 @@ def layout_slabs(source, dims=(0, 1), *, fqn: str | None = None) -> list[dict[in
 
 
 def _layout_picture(b: _Boxes, view: _View, max_labels: int, writers: bool) -> Picture:
-    rects = [(view.rect(c), c, r, lab, m) for c, r, lab, m in
-             zip(b.chunks, b.ranks, b.labels, b.misdescribed)]
+    rects = [
+        (view.rect(c), c, r, lab, m)
+        for c, r, lab, m in zip(b.chunks, b.ranks, b.labels, b.misdescribed)
+    ]
     rects = [x for x in rects if x[0] is not None]
     label = len(rects) <= max_labels
     long = len(rects) <= 16
@@ -304,19 +355,47 @@ def _layout_picture(b: _Boxes, view: _View, max_labels: int, writers: bool) -> P
     for (x, y, w, h), c, ranks, lab, mis in rects:
         color = rank_color(ranks[0]) if ranks else UNKNOWN_COLOR
         text = (f"{lab}\n{c}" if long else lab) if label else None
-        tiles.append(Tile(x, y, w, h, "chunk", color, "#ffffff", 1.0, "//" if mis else None,
-                          "solid", width, text, tuple(ranks)))
+        tiles.append(
+            Tile(
+                x,
+                y,
+                w,
+                h,
+                "chunk",
+                color,
+                "#ffffff",
+                1.0,
+                "//" if mis else None,
+                "solid",
+                width,
+                text,
+                tuple(ranks),
+            )
+        )
     slab = view.slab_name()
     legend = _rank_legend(b.ranks, "writer r" if writers else "r")
     if writers and any(not r for r in b.ranks):
         legend += (("writer unknown", UNKNOWN_COLOR, UNKNOWN_COLOR, None),)
-    return Picture(tuple(tiles), view.width, view.height,
-                   b.title + (f" ({slab})" if slab else ""), view.xlabel, view.ylabel, b.notes,
-                   legend)
+    return Picture(
+        tuple(tiles),
+        view.width,
+        view.height,
+        b.title + (f" ({slab})" if slab else ""),
+        view.xlabel,
+        view.ylabel,
+        b.notes,
+        legend,
+    )
 
 
-def layout_data(source, dims=(0, 1), *, at: dict[int, int] | None = None, fqn: str | None = None,
-                max_labels: int = 32) -> Picture:
+def layout_data(
+    source,
+    dims=(0, 1),
+    *,
+    at: dict[int, int] | None = None,
+    fqn: str | None = None,
+    max_labels: int = 32,
+) -> Picture:
     """Picture data of one tensor's chunks: a `Layout` (coloured by the lowest rank holding each
     box, replicas as one tile listing all their ranks) or a checkpoint entry (a `Metadata` with
     ``fqn``, a save result, or a `TensorStorageMetadata`; coloured by writer rank when the files
@@ -328,12 +407,21 @@ def layout_data(source, dims=(0, 1), *, at: dict[int, int] | None = None, fqn: s
     ``max_labels`` tiles. ``at`` fixes the dims not drawn (default index 0).
     """
     b = _boxes(source, fqn)
-    return _layout_picture(b, _View(b.shape, dims, at, fqn), max_labels,
-                           not isinstance(source, Layout))
+    return _layout_picture(
+        b, _View(b.shape, dims, at, fqn), max_labels, not isinstance(source, Layout)
+    )
 
 
-def plot_layout(source, ax=None, dims=(0, 1), *, fqn: str | None = None, at=None,
-                max_labels: int = 32, max_panels: int = MAX_PANELS):
+def plot_layout(
+    source,
+    ax=None,
+    dims=(0, 1),
+    *,
+    fqn: str | None = None,
+    at=None,
+    max_labels: int = 32,
+    max_panels: int = MAX_PANELS,
+):
     """Draw every rank's chunk of a `Layout` (or a checkpoint entry, see `layout_data`).
 
     1-D and 2-D tensors (and N-D with ``at`` given) draw into one Axes, which is returned. For an
@@ -347,9 +435,13 @@ def plot_layout(source, ax=None, dims=(0, 1), *, fqn: str | None = None, at=None
     if not view.others or at is not None:
         return draw_picture(_layout_picture(b, view, max_labels, writers), ax)
     if ax is not None:
-        raise LayoutError(fqn, f"a {len(b.shape)}-d tensor draws as small multiples, one panel per "
-                          "slab, which need a Figure, but an Axes was given",
-                          "ax=None, or at={dim: index} for one slab", "Pass at= to draw one slab.")
+        raise LayoutError(
+            fqn,
+            f"a {len(b.shape)}-d tensor draws as small multiples, one panel per "
+            "slab, which need a Figure, but an Axes was given",
+            "ax=None, or at={dim: index} for one slab",
+            "Pass at= to draw one slab.",
+        )
     slabs = _slabs(b, view)
     shown = slabs[:max_panels]
     ncols = min(4, len(shown))
@@ -379,22 +471,33 @@ def _wanted(target, fqn: str, tsm: TensorStorageMetadata, rank: int):
         return layout, create_read_items_for_chunk_list(fqn, tsm, layout.chunks(rank)), ()
     layouts = getattr(target, "layouts", None)
     if not isinstance(layouts, Mapping) or fqn not in layouts:
-        raise PlanError(fqn, f"the load target has no layout for {fqn!r}",
-                        "a Layout or a load result planned for this key",
-                        "Pass plan_load(...)'s result or the key's Layout.")
+        raise PlanError(
+            fqn,
+            f"the load target has no layout for {fqn!r}",
+            "a Layout or a load result planned for this key",
+            "Pass plan_load(...)'s result or the key's Layout.",
+        )
     layout = layouts[fqn]
     _check_rank(rank, len(target.plans), fqn)
     items = [it for it in target.plans[rank].items if it.dest_index.fqn == fqn]
     # what torch raises on this entry (the picture shows holes and misdescription itself)
-    notes = tuple(f"torch raises: {msg}" for name, ranks, msg in getattr(target, "failures", ())
-                  if name == fqn and rank in ranks)
+    notes = tuple(
+        f"torch raises: {msg}"
+        for name, ranks, msg in getattr(target, "failures", ())
+        if name == fqn and rank in ranks
+    )
     return layout, items, notes
 
 
 def _check_rank(rank: int, world: int, fqn: str) -> None:
     if not 0 <= rank < world:
-        raise PlanError(fqn, f"rank {rank} is not in the load world of {world} ranks",
-                        f"0 <= rank < {world}", "Pick a rank of the load world.", rank=rank)
+        raise PlanError(
+            fqn,
+            f"rank {rank} is not in the load world of {world} ranks",
+            f"0 <= rank < {world}",
+            "Pick a rank of the load world.",
+            rank=rank,
+        )
 
 
 _LAYERS: dict = {}  # key -> (the objects whose ids are in the key, value); see _layer
@@ -415,8 +518,9 @@ def _layer(objs: tuple, params: tuple, make):
     return hit[1]
 
 
-def _saved_layer(tsm: TensorStorageMetadata, md, fqn: str, view: _View,
-                 max_labels: int) -> tuple[_Boxes, tuple[Tile, ...]]:
+def _saved_layer(
+    tsm: TensorStorageMetadata, md, fqn: str, view: _View, max_labels: int
+) -> tuple[_Boxes, tuple[Tile, ...]]:
     """The saved chunks' `_Boxes` and their ``saved`` tiles (see `reshard_data`)."""
     saved = _checkpoint_boxes(tsm, md, fqn)
     shown = [(view.rect(c), w, lab) for c, w, lab in zip(saved.chunks, saved.ranks, saved.labels)]
@@ -426,23 +530,48 @@ def _saved_layer(tsm: TensorStorageMetadata, md, fqn: str, view: _View,
     tiles = []
     for rect, w, lab in shown:
         color = rank_color(w[0]) if w else UNKNOWN_COLOR
-        tiles.append(Tile(*rect, "saved", color, color, 0.22, None, "solid", edge,
-                          lab if label else None, w, "corner"))
+        tiles.append(
+            Tile(
+                *rect,
+                "saved",
+                color,
+                color,
+                0.22,
+                None,
+                "solid",
+                edge,
+                lab if label else None,
+                w,
+                "corner",
+            )
+        )
     return saved, tuple(tiles)
 
 
 def _wanted_layer(layout: Layout, view: _View) -> tuple[tuple[Tile, ...], ...]:
     """Each rank's ``wanted`` tiles (grey outlines of its destination chunks)."""
     # solid hairlines: dashes cost Agg several times more for thousands of boxes
-    return tuple(tuple(Tile(*rect, "wanted", None, WANTED_COLOR, 1.0, None, "solid", 0.5, None,
-                            (r,))
-                       for rect in map(view.rect, cs) if rect)
-                 for r, cs in enumerate(layout.rank_chunks))
+    return tuple(
+        tuple(
+            Tile(*rect, "wanted", None, WANTED_COLOR, 1.0, None, "solid", 0.5, None, (r,))
+            for rect in map(view.rect, cs)
+            if rect
+        )
+        for r, cs in enumerate(layout.rank_chunks)
+    )
 
 
-def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
-                 at: dict[int, int] | None = None, zoom: bool = False,
-                 max_labels: int = 32) -> Picture:
+def reshard_data(
+    source,
+    target,
+    fqn: str,
+    rank: int = 0,
+    *,
+    dims=(0, 1),
+    at: dict[int, int] | None = None,
+    zoom: bool = False,
+    max_labels: int = 32,
+) -> Picture:
     """Picture data of a reshard of ``fqn`` seen from load rank ``rank``.
 
     ``source``: the checkpoint (a `Metadata`, a save result or a `TensorStorageMetadata`);
@@ -479,14 +608,17 @@ def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
     # a widget stepping through the ranks of one checkpoint and layout
     seen = (view.shape, view.row, view.col, tuple(view.at.items()), view.window)
     storage = getattr(md, "storage_data", None)
-    saved, saved_tiles = _layer((tsm, md, storage, *tsm.chunks),
-                                ("saved", fqn, len(storage or ()), seen, max_labels),
-                                lambda: _saved_layer(tsm, md, fqn, view, max_labels))
+    saved, saved_tiles = _layer(
+        (tsm, md, storage, *tsm.chunks),
+        ("saved", fqn, len(storage or ()), seen, max_labels),
+        lambda: _saved_layer(tsm, md, fqn, view, max_labels),
+    )
     files = saved.files
     tiles = list(saved_tiles)
     if same_rank:
-        for r, ts in enumerate(_layer((layout,), ("wanted", seen),
-                                      lambda: _wanted_layer(layout, view))):
+        for r, ts in enumerate(
+            _layer((layout,), ("wanted", seen), lambda: _wanted_layer(layout, view))
+        ):
             if r != rank:
                 tiles.extend(ts)
     label_reads = len(items) <= max_labels
@@ -502,8 +634,20 @@ def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
             text = f"{k}\u2190#{si}"
             if with_file and files[si]:
                 text += f"\n{files[si]}"
-            tiles.append(Tile(*rect, "read", color, "#000000", 0.85, None, "solid", 1.0,
-                              text if label_reads else None, (rank,)))
+            tiles.append(
+                Tile(
+                    *rect,
+                    "read",
+                    color,
+                    "#000000",
+                    0.85,
+                    None,
+                    "solid",
+                    1.0,
+                    text if label_reads else None,
+                    (rank,),
+                )
+            )
     drawn = mine if same_rank else []
     # holes matter only for a load that happens: where torch raises, nothing is loaded at all
     loads = not problem_notes and layout.shape == tuple(tsm.size)
@@ -511,8 +655,20 @@ def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
     for h in holes:
         rect = view.rect(h)
         if rect:
-            tiles.append(Tile(*rect, "uncovered", None, UNCOVERED_COLOR, 1.0, "xx", "solid", 1.2,
-                              None, (rank,)))
+            tiles.append(
+                Tile(
+                    *rect,
+                    "uncovered",
+                    None,
+                    UNCOVERED_COLOR,
+                    1.0,
+                    "xx",
+                    "solid",
+                    1.2,
+                    None,
+                    (rank,),
+                )
+            )
     misdescribed = same_rank and rank in layout.misdescribed_ranks
     held_text = ""
     if misdescribed:
@@ -523,52 +679,125 @@ def reshard_data(source, target, fqn: str, rank: int = 0, *, dims=(0, 1),
             if d is None:
                 per_dim.append([(0, 1)])  # a strip's one row
             else:
-                per_dim.append(index_runs(held[d]) if d in held
-                               else [(box.offsets[d], box.ends[d])])
+                per_dim.append(
+                    index_runs(held[d]) if d in held else [(box.offsets[d], box.ends[d])]
+                )
         for (y0, y1), (x0, x1) in product(*per_dim):
-            tiles.append(Tile(x0, y0, x1 - x0, y1 - y0, "held", None, HELD_COLOR, 1.0, "//",
-                              "solid", 1.5, None, (rank,)))
+            tiles.append(
+                Tile(
+                    x0,
+                    y0,
+                    x1 - x0,
+                    y1 - y0,
+                    "held",
+                    None,
+                    HELD_COLOR,
+                    1.0,
+                    "//",
+                    "solid",
+                    1.5,
+                    None,
+                    (rank,),
+                )
+            )
         held_text = format_held(held)
     for c in drawn:
         rect = view.rect(c)
         if rect:
-            tiles.append(Tile(*rect, "target", None, "#000000", 1.0, None,
-                              "dashed" if misdescribed else "solid", 2.2, None, (rank,)))
-    notes = [f"rank {rank} wants " + (", ".join(str(c) for c in mine) or "nothing"),
-             f"{len(items)} read items from {len(sources)} saved chunks"
-             + (f" in {len({files[s] for s in sources})} files"
-                if sources and all(files[s] for s in sources) else "")]
+            tiles.append(
+                Tile(
+                    *rect,
+                    "target",
+                    None,
+                    "#000000",
+                    1.0,
+                    None,
+                    "dashed" if misdescribed else "solid",
+                    2.2,
+                    None,
+                    (rank,),
+                )
+            )
+    notes = [
+        f"rank {rank} wants " + (", ".join(str(c) for c in mine) or "nothing"),
+        f"{len(items)} read items from {len(sources)} saved chunks"
+        + (
+            f" in {len({files[s] for s in sources})} files"
+            if sources and all(files[s] for s in sources)
+            else ""
+        ),
+    ]
     notes += [f"empty: {c}" for c in drawn if c.is_empty]
     if not same_rank:
-        notes.append(f"destination shape {layout.shape} has another rank than the saved "
-                     f"{tsm.size}: only the saved chunks are drawn")
+        notes.append(
+            f"destination shape {layout.shape} has another rank than the saved "
+            f"{tsm.size}: only the saved chunks are drawn"
+        )
     if holes:
         notes.append(_listing("uncovered, stale after load", [str(h) for h in holes]))
     if misdescribed:
-        notes.append(f"DCP reads the box {mine[0]} but rank {rank} holds {held_text}: "
-                     "wrong values, no error")
+        notes.append(
+            f"DCP reads the box {mine[0]} but rank {rank} holds {held_text}: wrong values, no error"
+        )
     notes += problem_notes
-    legend = _rank_legend(saved.ranks, "writer r") + ((
-        ("saved, writer unknown", UNKNOWN_COLOR, UNKNOWN_COLOR, None),)
-        if any(not w for w in saved.ranks) else ()) + (
-        ("wanted by other ranks", None, WANTED_COLOR, None),
-        (f"rank {rank}'s chunk", None, "#000000", None))
+    legend = (
+        _rank_legend(saved.ranks, "writer r")
+        + (
+            (("saved, writer unknown", UNKNOWN_COLOR, UNKNOWN_COLOR, None),)
+            if any(not w for w in saved.ranks)
+            else ()
+        )
+        + (
+            ("wanted by other ranks", None, WANTED_COLOR, None),
+            (f"rank {rank}'s chunk", None, "#000000", None),
+        )
+    )
     if holes:
         legend += (("uncovered", None, UNCOVERED_COLOR, "xx"),)
     if misdescribed:
         legend += (("data really held", None, HELD_COLOR, "//"),)
     slab = view.slab_name()
     title = f"{fqn}: rank {rank}'s reads" + (f" ({slab})" if slab else "")
-    return Picture(tuple(tiles), view.width, view.height, title, view.xlabel, view.ylabel,
-                   tuple(notes), legend, view.window)
+    return Picture(
+        tuple(tiles),
+        view.width,
+        view.height,
+        title,
+        view.xlabel,
+        view.ylabel,
+        tuple(notes),
+        legend,
+        view.window,
+    )
 
 
-def plot_reshard(metadata_or_save_result, load_result_or_layout, fqn: str, rank: int = 0,
-                 ax=None, *, dims=(0, 1), at=None, zoom: bool = False, max_labels: int = 32):
+def plot_reshard(
+    metadata_or_save_result,
+    load_result_or_layout,
+    fqn: str,
+    rank: int = 0,
+    ax=None,
+    *,
+    dims=(0, 1),
+    at=None,
+    zoom: bool = False,
+    max_labels: int = 32,
+):
     """Draw the saved chunks and the destination chunks of ``fqn`` on one grid, ``rank``'s read
     items lit and numbered in DCP's order (see `reshard_data`); returns the Axes."""
-    return draw_picture(reshard_data(metadata_or_save_result, load_result_or_layout, fqn, rank,
-                                     dims=dims, at=at, zoom=zoom, max_labels=max_labels), ax)
+    return draw_picture(
+        reshard_data(
+            metadata_or_save_result,
+            load_result_or_layout,
+            fqn,
+            rank,
+            dims=dims,
+            at=at,
+            zoom=zoom,
+            max_labels=max_labels,
+        ),
+        ax,
+    )
 
 
 # ----------------------------------------------------------------------------- mesh
@@ -585,14 +814,20 @@ def mesh_data(source, *, max_labels: int = 256) -> Picture:
     else:
         mesh = tuple(int(m) for m in source)
         if any(m < 1 for m in mesh):
-            raise LayoutError(None, f"mesh shape {mesh} has a dim below 1", "every mesh dim >= 1",
-                              "Give a mesh shape such as (2, 4).", mesh_shape=mesh)
+            raise LayoutError(
+                None,
+                f"mesh shape {mesh} has a dim below 1",
+                "every mesh dim >= 1",
+                "Give a mesh shape such as (2, 4).",
+                mesh_shape=mesh,
+            )
     cols = mesh[-1] if mesh else 1
     n = math.prod(mesh)
     rows = n // cols
     mis = set(layout.misdescribed_ranks) if layout else set()
-    at = (layout.mesh_ranks_or_default if layout and layout.mesh_shape is not None
-          else range(n))  # the global rank at each row-major mesh position
+    at = (
+        layout.mesh_ranks_or_default if layout and layout.mesh_shape is not None else range(n)
+    )  # the global rank at each row-major mesh position
     tiles = []
     empty = []
     for i, r in enumerate(at):
@@ -610,8 +845,23 @@ def mesh_data(source, *, max_labels: int = 256) -> Picture:
         color = rank_color(r)
         # an empty shard's cell is pale and dotted in its colour: the rank exists, holds nothing
         hatch = ".." if is_empty else "//" if r in mis else None
-        tiles.append(Tile(x, y, 1, 1, "cell", color, color if is_empty else "#ffffff",
-                          0.3 if is_empty else 1.0, hatch, "solid", 1.0, label, (r,)))
+        tiles.append(
+            Tile(
+                x,
+                y,
+                1,
+                1,
+                "cell",
+                color,
+                color if is_empty else "#ffffff",
+                0.3 if is_empty else 1.0,
+                hatch,
+                "solid",
+                1.0,
+                label,
+                (r,),
+            )
+        )
     notes = []
     if empty:
         notes.append(f"empty shards: {format_ranks(empty)}")
@@ -621,16 +871,23 @@ def mesh_data(source, *, max_labels: int = 256) -> Picture:
         outside = sorted(set(range(layout.world_size)) - set(at))
         notes.append(f"outside the mesh (no chunk): {format_ranks(outside)}")
     title = f"mesh {mesh}" + (f": {layout.describe()}" if layout else "")
-    ylabel = ("mesh dim 0" if len(mesh) == 2 else
-              f"mesh dims 0..{len(mesh) - 2} (row-major)" if len(mesh) > 2 else "")
-    return Picture(tuple(tiles), cols, rows, title, f"mesh dim {max(len(mesh) - 1, 0)}", ylabel,
-                   tuple(notes))
+    ylabel = (
+        "mesh dim 0"
+        if len(mesh) == 2
+        else f"mesh dims 0..{len(mesh) - 2} (row-major)"
+        if len(mesh) > 2
+        else ""
+    )
+    return Picture(
+        tuple(tiles), cols, rows, title, f"mesh dim {max(len(mesh) - 1, 0)}", ylabel, tuple(notes)
+    )
 
 
 def plot_mesh(source, ax=None, *, max_labels: int = 256):
     """Draw `mesh_data` (a mesh shape or a `Layout`); returns the Axes."""
-    return draw_picture(mesh_data(source, max_labels=max_labels), ax, aspect="equal",
-                        edge_ticks=False)
+    return draw_picture(
+        mesh_data(source, max_labels=max_labels), ax, aspect="equal", edge_ticks=False
+    )
 
 
 # ----------------------------------------------------------------------------- I/O charts
@@ -650,9 +907,12 @@ class TrafficData:
 def traffic_data(load_result) -> TrafficData:
     """The rank-by-file byte matrix of a load result, from ``load_result.io`` (its ``traffic``)."""
     io = load_result.io
-    return TrafficData(tuple(range(io.traffic.shape[0])), tuple(io.files),
-                       tuple(None if w < 0 else w for w in io.file_writers.tolist()),
-                       io.traffic)
+    return TrafficData(
+        tuple(range(io.traffic.shape[0])),
+        tuple(io.files),
+        tuple(None if w < 0 else w for w in io.file_writers.tolist()),
+        io.traffic,
+    )
 
 
 def plot_traffic(load_result, ax=None):
@@ -661,8 +921,13 @@ def plot_traffic(load_result, ax=None):
     data = traffic_data(load_result)
     ax = _new_axes(ax)
     shown = np.ma.masked_equal(data.matrix, 0)
-    im = ax.imshow(shown, aspect="auto", interpolation="nearest", cmap="viridis",
-                   extent=(-0.5, len(data.files) - 0.5, len(data.ranks) - 0.5, -0.5))
+    im = ax.imshow(
+        shown,
+        aspect="auto",
+        interpolation="nearest",
+        cmap="viridis",
+        extent=(-0.5, len(data.files) - 0.5, len(data.ranks) - 0.5, -0.5),
+    )
     ax.figure.colorbar(im, ax=ax, label="bytes loaded")
     if len(data.files) <= 32:
         ax.set_xticks(range(len(data.files)), data.files, rotation=60, ha="right", fontsize=7)
@@ -692,18 +957,33 @@ def bytes_per_rank_data(result) -> BarsData:
     if hasattr(result, "bytes_written"):
         values = np.asarray(result.bytes_written, dtype=np.float64)
         ranks = tuple(range(len(values)))
-        return BarsData(ranks, values, tuple(rank_color(r) for r in ranks), None,
-                        "bytes written", f"save: bytes written per rank ({values.sum():.0f} total)")
+        return BarsData(
+            ranks,
+            values,
+            tuple(rank_color(r) for r in ranks),
+            None,
+            "bytes written",
+            f"save: bytes written per rank ({values.sum():.0f} total)",
+        )
     if not hasattr(result, "io"):
-        raise PlanError(None, f"{type(result).__name__} is neither a save nor a load result",
-                        "plan_save(...) or plan_load(...)'s result", "Pass what plan_save or "
-                        "plan_load returned.", value_type=type(result))
+        raise PlanError(
+            None,
+            f"{type(result).__name__} is neither a save nor a load result",
+            "plan_save(...) or plan_load(...)'s result",
+            "Pass what plan_save or plan_load returned.",
+            value_type=type(result),
+        )
     io = result.io
     values = io.bytes_read.astype(np.float64)
     ranks = tuple(range(len(values)))
-    return BarsData(ranks, values, tuple(rank_color(r) for r in ranks),
-                    io.bytes_needed.astype(np.float64), "bytes",
-                    f"load: bytes loaded per rank (tick: bytes needed), {values.sum():.0f} total")
+    return BarsData(
+        ranks,
+        values,
+        tuple(rank_color(r) for r in ranks),
+        io.bytes_needed.astype(np.float64),
+        "bytes",
+        f"load: bytes loaded per rank (tick: bytes needed), {values.sum():.0f} total",
+    )
 
 
 def plot_bytes_per_rank(result, ax=None):
@@ -713,18 +993,36 @@ def plot_bytes_per_rank(result, ax=None):
     ax = _new_axes(ax)
     x = np.asarray(data.ranks, dtype=np.float64)
     v = data.values
-    verts = np.stack([np.column_stack([x - 0.4, np.zeros_like(v)]),
-                      np.column_stack([x - 0.4, v]), np.column_stack([x + 0.4, v]),
-                      np.column_stack([x + 0.4, np.zeros_like(v)])], axis=1)
+    verts = np.stack(
+        [
+            np.column_stack([x - 0.4, np.zeros_like(v)]),
+            np.column_stack([x - 0.4, v]),
+            np.column_stack([x + 0.4, v]),
+            np.column_stack([x + 0.4, np.zeros_like(v)]),
+        ],
+        axis=1,
+    )
     ax.add_collection(PolyCollection(verts, facecolors=data.colors, edgecolors="none"))
     if data.reference is not None:
-        ax.hlines(data.reference, x - 0.45, x + 0.45, colors="#000000", linewidths=1.5,
-                  label="bytes needed")
+        ax.hlines(
+            data.reference,
+            x - 0.45,
+            x + 0.45,
+            colors="#000000",
+            linewidths=1.5,
+            label="bytes needed",
+        )
     ax.set_xlim(-0.6, len(x) - 0.4)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(0, max(float(v.max(initial=0)),
-                       float(data.reference.max(initial=0)) if data.reference is not None else 0,
-                       1.0) * 1.05)
+    ax.set_ylim(
+        0,
+        max(
+            float(v.max(initial=0)),
+            float(data.reference.max(initial=0)) if data.reference is not None else 0,
+            1.0,
+        )
+        * 1.05,
+    )
     ax.set_xlabel("rank")
     ax.set_ylabel(data.ylabel)
     ax.set_title(data.title, fontsize=9)
@@ -757,14 +1055,16 @@ class _TileRaster(Artist):
     blank, in the colour of the later of the two. What Agg draws of thousands of few-pixel tiles,
     at a fraction of the cost of their paths; dashes and line widths are not drawn."""
 
-    def __init__(self, boxes: np.ndarray, faces: np.ndarray, edges: np.ndarray | None,
-                 zorder: float):
+    def __init__(
+        self, boxes: np.ndarray, faces: np.ndarray, edges: np.ndarray | None, zorder: float
+    ):
         super().__init__()
         self.boxes = boxes  # (n, 4) x0, y0, x1, y1 in data units
         blank = np.zeros((1, 4))
         self._faces = np.rint(np.vstack([blank, faces]) * 255).astype(np.uint8)
-        self._edges = None if edges is None else np.rint(np.vstack([blank, edges]) * 255
-                                                         ).astype(np.uint8)
+        self._edges = (
+            None if edges is None else np.rint(np.vstack([blank, edges]) * 255).astype(np.uint8)
+        )
         self.set_zorder(zorder)
 
     def draw(self, renderer):
@@ -783,15 +1083,18 @@ class _TileRaster(Artist):
             px[:, 1] = np.maximum(px[:, 1], px[:, 0] + 1)  # a sub-pixel tile still shows
             span.append(np.clip(px, 0, n))
         idx = np.zeros((h, w), dtype=np.int32)  # 1 + the topmost tile at each pixel, 0: blank
-        for i, r0, r1, c0, c1 in zip(range(1, len(b) + 1), *span[0].T.tolist(),
-                                     *span[1].T.tolist()):
+        for i, r0, r1, c0, c1 in zip(
+            range(1, len(b) + 1), *span[0].T.tolist(), *span[1].T.tolist()
+        ):
             idx[r0:r1, c0:c1] = i
         img = self._faces[idx]
         if self._edges is not None:
             edge = np.zeros_like(idx)
             edge[1:] = np.where(idx[1:] != idx[:-1], np.maximum(idx[1:], idx[:-1]), 0)
-            edge[:, 1:] = np.maximum(edge[:, 1:], np.where(
-                idx[:, 1:] != idx[:, :-1], np.maximum(idx[:, 1:], idx[:, :-1]), 0))
+            edge[:, 1:] = np.maximum(
+                edge[:, 1:],
+                np.where(idx[:, 1:] != idx[:, :-1], np.maximum(idx[:, 1:], idx[:, :-1]), 0),
+            )
             lines = self._edges[edge]
             drawn = lines[..., 3] > 0
             img[drawn] = lines[drawn]
@@ -801,8 +1104,16 @@ class _TileRaster(Artist):
         gc.restore()
 
 
-def draw_picture(picture: Picture, ax=None, *, notes: bool = True, legend: bool = True,
-                 aspect: str | None = None, edge_ticks: bool = True, raster: bool = False):
+def draw_picture(
+    picture: Picture,
+    ax=None,
+    *,
+    notes: bool = True,
+    legend: bool = True,
+    aspect: str | None = None,
+    edge_ticks: bool = True,
+    raster: bool = False,
+):
     """Draw a `Picture` into ``ax`` (a new Figure's Axes when None) and return the Axes: one
     ``PolyCollection`` per run of consecutive tiles with the same hatch and line (drawing order
     kept), one text per labelled tile, the legend beside the Axes and the notes under it.
@@ -814,8 +1125,9 @@ def draw_picture(picture: Picture, ax=None, *, notes: bool = True, legend: bool 
     tiles = picture.tiles
     # the tiles as columns in C-level passes (thousands of tiles: per-tile Python is the cost)
     fields = ("x", "y", "w", "h", "face", "alpha", "edge", "hatch", "linewidth", "linestyle")
-    x, y, w, h, face, alpha, edge, *line = zip(*map(attrgetter(*fields), tiles)) if tiles else (
-        (),) * len(fields)
+    x, y, w, h, face, alpha, edge, *line = (
+        zip(*map(attrgetter(*fields), tiles)) if tiles else ((),) * len(fields)
+    )
     box = np.array([x, y, x, y], dtype=np.float64).T.reshape(-1, 4)
     box[:, 2:] += np.array([w, h], dtype=np.float64).T.reshape(-1, 2)
     faces = np.array(list(map(_rgba, face, alpha)), dtype=np.float64).reshape(-1, 4)
@@ -829,25 +1141,53 @@ def draw_picture(picture: Picture, ax=None, *, notes: bool = True, legend: bool 
         zorder = 1 + start / max(len(tiles), 1)
         run = slice(start, end)
         if raster and end - start > RASTER_MIN and hatch is None:
-            ax.add_artist(_TileRaster(box[run], faces[run], edges[run] if width > 0 else None,
-                                      zorder))
+            ax.add_artist(
+                _TileRaster(box[run], faces[run], edges[run] if width > 0 else None, zorder)
+            )
         else:
             verts = box[run][:, [[0, 1], [2, 1], [2, 3], [0, 3]]]  # each tile's 4 corners
-            ax.add_collection(PolyCollection(verts, facecolors=faces[run],
-                                             edgecolors=edges[run], linewidths=width,
-                                             linestyles=style, hatch=hatch, zorder=zorder),
-                              autolim=False)  # the limits are the tensor's, set below
+            ax.add_collection(
+                PolyCollection(
+                    verts,
+                    facecolors=faces[run],
+                    edgecolors=edges[run],
+                    linewidths=width,
+                    linestyles=style,
+                    hatch=hatch,
+                    zorder=zorder,
+                ),
+                autolim=False,
+            )  # the limits are the tensor's, set below
     labelled = [t for t in tiles if t.label]
     size = 8 if len(labelled) <= 16 else 6
     for t in labelled:
         bg = t.face if t.face and t.alpha >= 0.5 else "#ffffff"
         if t.label_at == "corner":
-            ax.annotate(t.label, (t.x, t.y), xytext=(2, -2), textcoords="offset points",
-                        ha="left", va="top", fontsize=size, color=text_color(bg),
-                        annotation_clip=True, clip_on=True, zorder=3)
+            ax.annotate(
+                t.label,
+                (t.x, t.y),
+                xytext=(2, -2),
+                textcoords="offset points",
+                ha="left",
+                va="top",
+                fontsize=size,
+                color=text_color(bg),
+                annotation_clip=True,
+                clip_on=True,
+                zorder=3,
+            )
         else:
-            ax.text(t.x + t.w / 2, t.y + t.h / 2, t.label, ha="center", va="center",
-                    fontsize=size, color=text_color(bg), clip_on=True, zorder=3)
+            ax.text(
+                t.x + t.w / 2,
+                t.y + t.h / 2,
+                t.label,
+                ha="center",
+                va="center",
+                fontsize=size,
+                color=text_color(bg),
+                clip_on=True,
+                zorder=3,
+            )
     x0, y0, x1, y1 = picture.window or (0, 0, picture.width, picture.height)
     x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)  # a zero-size dim still gets a (blank) frame
     ax.set_xlim(x0, x1)
@@ -855,8 +1195,10 @@ def draw_picture(picture: Picture, ax=None, *, notes: bool = True, legend: bool 
     ratio = (x1 - x0) / (y1 - y0)
     ax.set_aspect(aspect or ("equal" if 1 / 8 <= ratio <= 8 else "auto"))
     if edge_ticks:  # ticks at the chunk edges when there are few (set_ticks widens the limits)
-        for axis, ends, (a, b) in ((ax.xaxis, box[:, ::2], (x0, x1)),
-                                   (ax.yaxis, box[:, 1::2], (y0, y1))):
+        for axis, ends, (a, b) in (
+            (ax.xaxis, box[:, ::2], (x0, x1)),
+            (ax.yaxis, box[:, 1::2], (y0, y1)),
+        ):
             ticks = np.unique(ends)
             ticks = ticks[(a <= ticks) & (ticks <= b)]
             if 0 < len(ticks) <= 12:
@@ -877,18 +1219,44 @@ def draw_picture(picture: Picture, ax=None, *, notes: bool = True, legend: bool 
     # costs a tick layout of its own on every draw
     ax.set_title(picture.title, fontsize=9, y=1.0)
     if legend and picture.legend:
-        handles = [Patch(facecolor=to_rgba(face, 0.6) if face else "none", edgecolor=edge,
-                         hatch=hatch, label=label) for label, face, edge, hatch in picture.legend]
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7,
-                  frameon=False, borderaxespad=0.0)
+        handles = [
+            Patch(
+                facecolor=to_rgba(face, 0.6) if face else "none",
+                edgecolor=edge,
+                hatch=hatch,
+                label=label,
+            )
+            for label, face, edge, hatch in picture.legend
+        ]
+        ax.legend(
+            handles=handles,
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            fontsize=7,
+            frameon=False,
+            borderaxespad=0.0,
+        )
     if notes and picture.notes:  # under the x label, where a legend never sits
-        ax.annotate("\n".join(picture.notes), (0.0, 0.0), xycoords="axes fraction",
-                    xytext=(0, -34), textcoords="offset points", ha="left", va="top", fontsize=7)
+        ax.annotate(
+            "\n".join(picture.notes),
+            (0.0, 0.0),
+            xycoords="axes fraction",
+            xytext=(0, -34),
+            textcoords="offset points",
+            ha="left",
+            va="top",
+            fontsize=7,
+        )
     return ax
 
 
-def picture_png(picture: Picture, *, figsize: tuple[float, float] = (6.4, 4.2), dpi: int = 90,
-                margins: Mapping[str, float] | None = None) -> tuple[Figure, bytes]:
+def picture_png(
+    picture: Picture,
+    *,
+    figsize: tuple[float, float] = (6.4, 4.2),
+    dpi: int = 90,
+    margins: Mapping[str, float] | None = None,
+) -> tuple[Figure, bytes]:
     """(Figure, PNG bytes) of a `Picture`, fast enough for a widget redraw: a fresh Figure with
     fixed ``margins`` (``Figure.subplots_adjust`` keywords; the default leaves room for the
     legend on the right and the notes below: a layout engine would draw twice), dense runs of

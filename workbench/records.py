@@ -7,13 +7,15 @@ Mirrors ``torch.distributed.checkpoint.metadata`` and ``.planner`` (2.13): ``Met
 enums (same ``auto()`` values as torch). Offsets are tuples instead of ``torch.Size``; a chunk is
 a `Chunk`. Must not import torch.
 """
+
 from __future__ import annotations
 
 import enum
 import math
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import ChunkError, DtypeError
 from .geometry import Chunk, as_chunk
@@ -42,18 +44,48 @@ __all__ = [
 
 # Element sizes of torch's dtypes by canonical name (torch._utils._element_size).
 DTYPE_SIZES: dict[str, int] = {
-    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
-    "complex128": 16, "complex64": 8, "complex32": 4,
-    "int64": 8, "int32": 4, "int16": 2, "int8": 1,
-    "uint64": 8, "uint32": 4, "uint16": 2, "uint8": 1, "bool": 1,
-    "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
-    "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1,
-    "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "complex128": 16,
+    "complex64": 8,
+    "complex32": 4,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint64": 8,
+    "uint32": 4,
+    "uint16": 2,
+    "uint8": 1,
+    "bool": 1,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "float8_e4m3fnuz": 1,
+    "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1,
+    "float4_e2m1fn_x2": 1,
+    "qint8": 1,
+    "quint8": 1,
+    "qint32": 4,
+    "quint4x2": 1,
+    "quint2x4": 1,
 }
 _ALIASES = {
-    "float": "float32", "double": "float64", "half": "float16", "cfloat": "complex64",
-    "cdouble": "complex128", "chalf": "complex32", "long": "int64", "int": "int32",
-    "short": "int16", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64",
+    "float": "float32",
+    "double": "float64",
+    "half": "float16",
+    "cfloat": "complex64",
+    "cdouble": "complex128",
+    "chalf": "complex32",
+    "long": "int64",
+    "int": "int32",
+    "short": "int16",
+    "fp32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "fp64": "float64",
 }
 
 
@@ -64,10 +96,13 @@ def canonical_dtype(dtype, fqn: str | None = None) -> str:
         name = name[6:]
     name = _ALIASES.get(name, name)
     if name not in DTYPE_SIZES:
-        raise DtypeError(fqn, f"unknown dtype {dtype!r}",
-                         "one of " + ", ".join(sorted(DTYPE_SIZES)),
-                         "Name the dtype as torch prints it without 'torch.', e.g. 'bfloat16'.",
-                         dtype=dtype)
+        raise DtypeError(
+            fqn,
+            f"unknown dtype {dtype!r}",
+            "one of " + ", ".join(sorted(DTYPE_SIZES)),
+            "Name the dtype as torch prints it without 'torch.', e.g. 'bfloat16'.",
+            dtype=dtype,
+        )
     return name
 
 
@@ -83,20 +118,28 @@ def _size(v, what: str = "size", fqn: str | None = None) -> tuple[int, ...]:
             raise TypeError
         return tuple(operator.index(x) for x in v)
     except TypeError:
-        raise ChunkError(fqn, f"{what} {v!r} is not a sequence of ints", "e.g. (4, 8)",
-                         f"Pass the {what} as a tuple of ints.", value=v) from None
+        raise ChunkError(
+            fqn,
+            f"{what} {v!r} is not a sequence of ints",
+            "e.g. (4, 8)",
+            f"Pass the {what} as a tuple of ints.",
+            value=v,
+        ) from None
 
 
-def _properties(p) -> "TensorProperties":
+def _properties(p) -> TensorProperties:
     """A workbench TensorProperties from ours, a dtype name, or torch's TensorProperties."""
     if isinstance(p, TensorProperties):
         return p
     if isinstance(p, str) or not hasattr(p, "dtype"):
         return TensorProperties(p)
-    return TensorProperties(p.dtype, str(getattr(p, "layout", "strided")),
-                            bool(getattr(p, "requires_grad", False)),
-                            str(getattr(p, "memory_format", "contiguous_format")),
-                            bool(getattr(p, "pin_memory", False)))
+    return TensorProperties(
+        p.dtype,
+        str(getattr(p, "layout", "strided")),
+        bool(getattr(p, "requires_grad", False)),
+        str(getattr(p, "memory_format", "contiguous_format")),
+        bool(getattr(p, "pin_memory", False)),
+    )
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -157,8 +200,12 @@ class TensorStorageMetadata:
     def __post_init__(self):
         self.size = _size(self.size)
         if any(d < 0 for d in self.size):
-            raise ChunkError(None, f"tensor size {list(self.size)} has a negative dim", "sizes >= 0",
-                             size=self.size)
+            raise ChunkError(
+                None,
+                f"tensor size {list(self.size)} has a negative dim",
+                "sizes >= 0",
+                size=self.size,
+            )
         self.properties = _properties(self.properties)
         self.chunks = [as_chunk(c) for c in self.chunks]
 

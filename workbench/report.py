@@ -8,6 +8,7 @@ attached to an issue. Built from the same tables (`workbench.tables`) and pictur
 (`workbench.plots`) as the notebooks; top layer, may import everything (inside the functions,
 so that importing it loads neither pandas nor matplotlib).
 """
+
 from __future__ import annotations
 
 import base64
@@ -19,8 +20,14 @@ from pathlib import Path
 
 from .records import TensorStorageMetadata
 
-__all__ = ["build_report", "write_report", "figure_data_uri", "describe_checkpoint", "human_bytes",
-           "shape_text"]
+__all__ = [
+    "build_report",
+    "write_report",
+    "figure_data_uri",
+    "describe_checkpoint",
+    "human_bytes",
+    "shape_text",
+]
 
 # Tensors drawn one picture each: the ones with problems first, then the largest.
 MAX_PICTURES = 8
@@ -63,30 +70,49 @@ def describe_checkpoint(metadata, chunks=None) -> dict:
     from .tables import checkpoint_chunks_table
 
     df = checkpoint_chunks_table(metadata) if chunks is None else chunks
-    rows = [{k: (None if not isinstance(v, tuple) and pd.isna(v) else
-                 int(v) if k in ("offset", "length", "writer", "chunk", "numel", "bytes") else v)
-             for k, v in r.items()} for r in df.to_dict(orient="records")]
+    rows = [
+        {
+            k: (
+                None
+                if not isinstance(v, tuple) and pd.isna(v)
+                else int(v)
+                if k in ("offset", "length", "writer", "chunk", "numel", "bytes")
+                else v
+            )
+            for k, v in r.items()
+        }
+        for r in df.to_dict(orient="records")
+    ]
     by_fqn: dict[str, list] = {}
     for r in rows:
         by_fqn.setdefault(r["fqn"], []).append(r)
     entries = []
     for fqn, md in metadata.state_dict_metadata.items():
-        saved = [{k: r[k] for k in ("region", "offsets", "sizes", "file", "offset", "length",
-                                    "writer")} for r in by_fqn.get(fqn, [])]
+        saved = [
+            {k: r[k] for k in ("region", "offsets", "sizes", "file", "offset", "length", "writer")}
+            for r in by_fqn.get(fqn, [])
+        ]
         tensor = isinstance(md, TensorStorageMetadata)
-        entries.append({"fqn": fqn, "kind": "tensor" if tensor else "bytes",
-                        "shape": list(md.size) if tensor else None,
-                        "dtype": md.properties.dtype if tensor else None,
-                        "nbytes": md.nbytes if tensor else (saved[0]["length"] if saved else None),
-                        "chunks": saved})
+        entries.append(
+            {
+                "fqn": fqn,
+                "kind": "tensor" if tensor else "bytes",
+                "shape": list(md.size) if tensor else None,
+                "dtype": md.properties.dtype if tensor else None,
+                "nbytes": md.nbytes if tensor else (saved[0]["length"] if saved else None),
+                "chunks": saved,
+            }
+        )
     files: dict = {}
     for r in rows:
-        f = files.setdefault(r["file"], {"file": r["file"], "writer": r["writer"], "items": 0,
-                                         "bytes": 0})
+        f = files.setdefault(
+            r["file"], {"file": r["file"], "writer": r["writer"], "items": 0, "bytes": 0}
+        )
         f["items"] += 1
         f["bytes"] += r["length"] or 0
-    order = sorted(files.values(), key=lambda f: (f["writer"] is None, f["writer"] or 0,
-                                                  str(f["file"])))
+    order = sorted(
+        files.values(), key=lambda f: (f["writer"] is None, f["writer"] or 0, str(f["file"]))
+    )
     return {"version": metadata.version, "entries": entries, "files": order}
 
 
@@ -128,22 +154,33 @@ def _problems_html(problems) -> str:
     from .tables import problems_table
 
     if not problems:
-        return "<p>No problems: every rank's wanted chunks are covered by saved chunks, keys, " \
-               "shapes and dtypes agree.</p>"
+        return (
+            "<p>No problems: every rank's wanted chunks are covered by saved chunks, keys, "
+            "shapes and dtypes agree.</p>"
+        )
     df = problems_table(problems).drop(columns=["ranks"])
-    note = (f'<p class="note">first {MAX_PROBLEM_ROWS} of {len(df)} problems</p>'
-            if len(df) > MAX_PROBLEM_ROWS else "")
-    return (df.head(MAX_PROBLEM_ROWS).style.format(escape="html").hide(axis="index")
-            .map(lambda s: f"background-color: {_SEV_BG.get(s, '')}", subset=["severity"])
-            .to_html()) + note
+    note = (
+        f'<p class="note">first {MAX_PROBLEM_ROWS} of {len(df)} problems</p>'
+        if len(df) > MAX_PROBLEM_ROWS
+        else ""
+    )
+    return (
+        df.head(MAX_PROBLEM_ROWS)
+        .style.format(escape="html")
+        .hide(axis="index")
+        .map(lambda s: f"background-color: {_SEV_BG.get(s, '')}", subset=["severity"])
+        .to_html()
+    ) + note
 
 
 _SEV_BG = {"error": "#fdecea", "silent": "#fff4e5", "warning": "#fffbe6"}
 
 
 def _figure(uri: str, caption: str) -> str:
-    return (f'<figure><img alt="{_e(caption)}" src="{uri}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{_e(caption)}" src="{uri}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
 
 
 def _pick_tensors(metadata, problems, limit: int) -> list[str]:
@@ -171,23 +208,30 @@ def _read_items_html(result) -> str:
         df = read_items_table(result, rank=r).head(MAX_READ_ROWS - n)
         parts.append(df)
         n += len(df)
-    df = pd.concat(parts, ignore_index=True).drop(columns=["dest_offsets", "storage_offsets",
-                                                          "lengths"])
+    df = pd.concat(parts, ignore_index=True).drop(
+        columns=["dest_offsets", "storage_offsets", "lengths"]
+    )
     note = f'<p class="note">first {n} of {total} read items</p>' if n < total else ""
     return _frame_html(df) + note
 
 
 def _verdict_html(problems) -> str:
     if problems is None:
-        return ('<div class="verdict none">No target given: this report shows what the '
-                "checkpoint holds. Add <code>--target</code> to check a reshard.</div>")
+        return (
+            '<div class="verdict none">No target given: this report shows what the '
+            "checkpoint holds. Add <code>--target</code> to check a reshard.</div>"
+        )
     blocking = [p for p in problems if p.blocking]
     if blocking:
         kinds = ", ".join(sorted({p.kind for p in blocking}))
-        return (f'<div class="verdict blocked">BLOCKED: {len(blocking)} problem(s) make this '
-                f"load raise or load wrong values ({_e(kinds)}).</div>")
-    return ('<div class="verdict ok">OK: this load raises nothing and loads every element from '
-            f"the checkpoint ({len(problems)} warning(s)).</div>")
+        return (
+            f'<div class="verdict blocked">BLOCKED: {len(blocking)} problem(s) make this '
+            f"load raise or load wrong values ({_e(kinds)}).</div>"
+        )
+    return (
+        '<div class="verdict ok">OK: this load raises nothing and loads every element from '
+        f"the checkpoint ({len(problems)} warning(s)).</div>"
+    )
 
 
 def _pictures_html(metadata, result, problems, limit: int) -> list[str]:
@@ -199,8 +243,10 @@ def _pictures_html(metadata, result, problems, limit: int) -> list[str]:
             # the first rank a problem names, else rank 0: its wanted chunk and read items lit
             rank = next((p.ranks[0] for p in problems if p.fqn == fqn and p.ranks), 0)
             pic = plots.plot_reshard(metadata, result, fqn, rank)
-            caption = (f"{fqn}: saved chunks by writer; rank {rank}'s wanted chunk and its read "
-                       "items, numbered in DCP's order")
+            caption = (
+                f"{fqn}: saved chunks by writer; rank {rank}'s wanted chunk and its read "
+                "items, numbered in DCP's order"
+            )
         else:
             pic = plots.plot_layout(metadata, fqn=fqn)
             caption = f"{fqn}: saved chunks, coloured by writer rank"
@@ -212,12 +258,17 @@ def _io_html(result) -> list[str]:
     from . import plots
     from .tables import io_table
 
-    return ["<h2>I/O per rank</h2>",
-            _figure(figure_data_uri(plots.plot_bytes_per_rank(result)),
-                    "bytes each rank loads (whole saved chunks) against the bytes it needs"),
-            _figure(figure_data_uri(plots.plot_traffic(result)),
-                    "traffic: which rank reads from which file"),
-            _frame_html(io_table(result), max_rows=1024)]
+    return [
+        "<h2>I/O per rank</h2>",
+        _figure(
+            figure_data_uri(plots.plot_bytes_per_rank(result)),
+            "bytes each rank loads (whole saved chunks) against the bytes it needs",
+        ),
+        _figure(
+            figure_data_uri(plots.plot_traffic(result)), "traffic: which rank reads from which file"
+        ),
+        _frame_html(io_table(result), max_rows=1024),
+    ]
 
 
 def _checkpoint_html(layouts, chunks, info) -> list[str]:
@@ -225,29 +276,52 @@ def _checkpoint_html(layouts, chunks, info) -> list[str]:
 
     tensors = [e for e in info["entries"] if e["kind"] == "tensor"]
     writers = {f["writer"] for f in info["files"] if f["writer"] is not None}
-    summary = pd.DataFrame([{"fqn": e["fqn"], "kind": e["kind"],
-                             "shape": shape_text(e["shape"]),
-                             "dtype": e["dtype"] or "", "chunks": len(e["chunks"]),
-                             "bytes": human_bytes(e["nbytes"]),
-                             **({} if layouts is None else {"target": (
-                                 layouts[e["fqn"]].describe() if e["fqn"] in layouts
-                                 else "not requested")})}
-                            for e in info["entries"]])
-    return ["<h2>Checkpoint</h2>",
-            f"<p>{len(info['entries'])} entries ({len(tensors)} tensors, "
-            f"{len(info['entries']) - len(tensors)} other), "
-            f"{sum(len(e['chunks']) for e in tensors)} saved chunks, "
-            f"{human_bytes(sum(e['nbytes'] for e in tensors))} of tensor data in "
-            f"{len(info['files'])} file(s) written by {len(writers)} rank(s).</p>",
-            _frame_html(summary, max_rows=400),
-            "<h3>Saved chunks</h3>",
-            _frame_html(chunks.drop(columns=["offsets", "sizes"]), max_rows=MAX_READ_ROWS),
-            "<h3>Files</h3>", _frame_html(pd.DataFrame(info["files"]))]
+    summary = pd.DataFrame(
+        [
+            {
+                "fqn": e["fqn"],
+                "kind": e["kind"],
+                "shape": shape_text(e["shape"]),
+                "dtype": e["dtype"] or "",
+                "chunks": len(e["chunks"]),
+                "bytes": human_bytes(e["nbytes"]),
+                **(
+                    {}
+                    if layouts is None
+                    else {
+                        "target": (
+                            layouts[e["fqn"]].describe() if e["fqn"] in layouts else "not requested"
+                        )
+                    }
+                ),
+            }
+            for e in info["entries"]
+        ]
+    )
+    return [
+        "<h2>Checkpoint</h2>",
+        f"<p>{len(info['entries'])} entries ({len(tensors)} tensors, "
+        f"{len(info['entries']) - len(tensors)} other), "
+        f"{sum(len(e['chunks']) for e in tensors)} saved chunks, "
+        f"{human_bytes(sum(e['nbytes'] for e in tensors))} of tensor data in "
+        f"{len(info['files'])} file(s) written by {len(writers)} rank(s).</p>",
+        _frame_html(summary, max_rows=400),
+        "<h3>Saved chunks</h3>",
+        _frame_html(chunks.drop(columns=["offsets", "sizes"]), max_rows=MAX_READ_ROWS),
+        "<h3>Files</h3>",
+        _frame_html(pd.DataFrame(info["files"])),
+    ]
 
 
-def build_report(metadata, layouts=None, *, checkpoint: str | None = None,
-                 target: str | None = None, damage: list[str] | None = None,
-                 max_pictures: int = MAX_PICTURES) -> str:
+def build_report(
+    metadata,
+    layouts=None,
+    *,
+    checkpoint: str | None = None,
+    target: str | None = None,
+    damage: list[str] | None = None,
+    max_pictures: int = MAX_PICTURES,
+) -> str:
     """The report as one HTML string: verdict, problems, pictures, I/O, the checkpoint's
     contents, read items. ``layouts`` (``{fqn: Layout}``, the target) is optional: without it the
     report shows what the checkpoint holds. ``damage``: messages about the data files
@@ -266,35 +340,50 @@ def build_report(metadata, layouts=None, *, checkpoint: str | None = None,
         from .diagnosis import find_checkpoint_problems
 
         saved_problems = find_checkpoint_problems(metadata)
-    body = ["<h1>DCP reshard report</h1>",
-            '<p class="meta">checkpoint <code>' + _e(checkpoint or "(metadata)") + "</code>"
-            + (" &middot; target <code>" + _e(target) + "</code>" if target else "")
-            + f" &middot; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
-            + f" &middot; DCP metadata version {_e(metadata.version)}</p>",
-            _verdict_html(problems)]
+    body = [
+        "<h1>DCP reshard report</h1>",
+        '<p class="meta">checkpoint <code>'
+        + _e(checkpoint or "(metadata)")
+        + "</code>"
+        + (" &middot; target <code>" + _e(target) + "</code>" if target else "")
+        + f" &middot; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+        + f" &middot; DCP metadata version {_e(metadata.version)}</p>",
+        _verdict_html(problems),
+    ]
     if damage:
-        body.append('<div class="verdict blocked">Damaged checkpoint: torch\'s reader fails on '
-                    "these files.<ul>" + "".join(f"<li>{_e(m)}</li>" for m in damage)
-                    + "</ul></div>")
+        body.append(
+            '<div class="verdict blocked">Damaged checkpoint: torch\'s reader fails on '
+            "these files.<ul>" + "".join(f"<li>{_e(m)}</li>" for m in damage) + "</ul></div>"
+        )
     if result is not None:
         body += ["<h2>Problems</h2>", _problems_html(problems)]
     elif saved_problems:
-        body += ["<h2>Problems in the saved chunks</h2>",
-                 "<p>Whatever the target, a load that reads these regions gets stale or "
-                 "last-applied values without an error.</p>", _problems_html(saved_problems)]
-    body += _pictures_html(metadata, result, problems if result is not None else saved_problems,
-                           max_pictures)
+        body += [
+            "<h2>Problems in the saved chunks</h2>",
+            "<p>Whatever the target, a load that reads these regions gets stale or "
+            "last-applied values without an error.</p>",
+            _problems_html(saved_problems),
+        ]
+    body += _pictures_html(
+        metadata, result, problems if result is not None else saved_problems, max_pictures
+    )
     if result is not None:
         body += _io_html(result)
     body += _checkpoint_html(layouts, chunks, info)
     if result is not None:
-        body += ["<h2>Read items</h2>",
-                 "<p>Each rank's read items in DCP's order (state-dict order of keys, then "
-                 "torch 2.13's sweep order).</p>", _read_items_html(result)]
+        body += [
+            "<h2>Read items</h2>",
+            "<p>Each rank's read items in DCP's order (state-dict order of keys, then "
+            "torch 2.13's sweep order).</p>",
+            _read_items_html(result),
+        ]
     title = "DCP reshard report" + (f": {checkpoint}" if checkpoint else "")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
 
 
 def write_report(path, metadata, layouts=None, **kw) -> Path:

@@ -6,26 +6,41 @@ Mirrors ``torch.distributed.tensor._utils._compute_local_shape_and_global_offset
 record the planners consume: it can describe a DTensor on a mesh, a plain tensor on every rank,
 ShardedTensor-style explicit chunks, or a non-tensor (bytes) entry. Imports geometry only.
 """
+
 from __future__ import annotations
 
 import math
 import operator
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from .errors import ChunkError, LayoutError, PlacementError
 from .geometry import Chunk, as_chunk
-from .records import canonical_dtype, DTYPE_SIZES
+from .records import DTYPE_SIZES, canonical_dtype
 
 __all__ = [
-    "Placement", "Shard", "Replicate", "StridedShard", "Partial", "parse_placement",
-    "parse_placements", "format_placements", "as_placement",
-    "local_shape_and_offset", "held_indices", "box_matches_data", "mesh_coordinate",
-    "Layout", "dtensor_layout", "fsdp2_tp_layout", "tensor_layout", "sharded_layout",
+    "Placement",
+    "Shard",
+    "Replicate",
+    "StridedShard",
+    "Partial",
+    "parse_placement",
+    "parse_placements",
+    "format_placements",
+    "as_placement",
+    "local_shape_and_offset",
+    "held_indices",
+    "box_matches_data",
+    "mesh_coordinate",
+    "Layout",
+    "dtensor_layout",
+    "fsdp2_tp_layout",
+    "tensor_layout",
+    "sharded_layout",
     "bytes_layout",
 ]
 
@@ -95,10 +110,16 @@ class Partial(Placement):
 _SPEC = [
     (re.compile(r"^(?:S|Shard)\((?:dim=)?(-?\d+)\)$"), lambda m: Shard(int(m[1]))),
     (re.compile(r"^(?:R|Replicate\(\))$"), lambda m: Replicate()),
-    (re.compile(r"^(?:SS|_S|_StridedShard|StridedShard)\((?:dim=)?(-?\d+),\s*(?:sf=|split_factor=)?(-?\d+)\)$"),
-     lambda m: StridedShard(int(m[1]), int(m[2]))),
-    (re.compile(r"^(?:P|Partial)(?:\((?:reduce_op=)?['\"]?(\w*)['\"]?\))?$"),
-     lambda m: Partial(m[1] or "sum")),
+    (
+        re.compile(
+            r"^(?:SS|_S|_StridedShard|StridedShard)\((?:dim=)?(-?\d+),\s*(?:sf=|split_factor=)?(-?\d+)\)$"
+        ),
+        lambda m: StridedShard(int(m[1]), int(m[2])),
+    ),
+    (
+        re.compile(r"^(?:P|Partial)(?:\((?:reduce_op=)?['\"]?(\w*)['\"]?\))?$"),
+        lambda m: Partial(m[1] or "sum"),
+    ),
 ]
 
 
@@ -112,9 +133,13 @@ def parse_placement(spec: str) -> Placement:
         m = rx.match(s)
         if m:
             return make(m)
-    raise PlacementError(None, f"placement spec {spec!r} is not understood",
-                         "one of S(d), R, SS(d,k), P",
-                         "Write e.g. 'S(0)', 'R', 'SS(0,2)' or 'P'.", spec=spec)
+    raise PlacementError(
+        None,
+        f"placement spec {spec!r} is not understood",
+        "one of S(d), R, SS(d,k), P",
+        "Write e.g. 'S(0)', 'R', 'SS(0,2)' or 'P'.",
+        spec=spec,
+    )
 
 
 def parse_placements(specs) -> tuple[Placement, ...]:
@@ -123,8 +148,13 @@ def parse_placements(specs) -> tuple[Placement, ...]:
     if isinstance(specs, str):
         parts = [p for p in re.split(r",\s*(?![^()]*\))", specs) if p.strip()]
         if not parts:
-            raise PlacementError(None, f"placement list {specs!r} is empty",
-                                 "one placement per mesh dim", "Write e.g. 'S(0), R'.", spec=specs)
+            raise PlacementError(
+                None,
+                f"placement list {specs!r} is empty",
+                "one placement per mesh dim",
+                "Write e.g. 'S(0), R'.",
+                spec=specs,
+            )
         return tuple(parse_placement(p) for p in parts)
     return tuple(as_placement(p) for p in specs)
 
@@ -144,8 +174,11 @@ def as_placement(p) -> Placement:
         return Replicate()
     if name in ("Partial", "_Partial", "_NormPartial", "MaskPartial"):
         return Partial(str(getattr(p, "reduce_op", "sum")))
-    raise PlacementError(None, f"placement {p!r} of type {name} is not understood",
-                         "Shard, Replicate, _StridedShard or Partial")
+    raise PlacementError(
+        None,
+        f"placement {p!r} of type {name} is not understood",
+        "Shard, Replicate, _StridedShard or Partial",
+    )
 
 
 def format_placements(placements: Sequence[Placement]) -> str:
@@ -188,14 +221,23 @@ def _shape(values, what: str, fqn, error=PlacementError, itemsize: int = 1) -> t
             raise TypeError
         out = tuple(operator.index(v) for v in values)
     except TypeError:
-        raise error(fqn, f"{what} {values!r} is not a sequence of ints", "e.g. (8, 6)",
-                    f"Pass the {what} as a tuple of ints.", value=values) from None
+        raise error(
+            fqn,
+            f"{what} {values!r} is not a sequence of ints",
+            "e.g. (8, 6)",
+            f"Pass the {what} as a tuple of ints.",
+            value=values,
+        ) from None
     if any(v < 0 for v in out):
         raise error(fqn, f"{what} {out} has a negative size", "sizes >= 0", value=out)
     if math.prod(out) * itemsize > _MAX_BYTES:
-        raise error(fqn, f"{what} {out} holds {math.prod(out)} elements of {itemsize} bytes",
-                    f"at most {_MAX_BYTES} bytes, as torch allows",
-                    "Check the shape for a typo.", value=out)
+        raise error(
+            fqn,
+            f"{what} {out} holds {math.prod(out)} elements of {itemsize} bytes",
+            f"at most {_MAX_BYTES} bytes, as torch allows",
+            "Check the shape for a typo.",
+            value=out,
+        )
     return out
 
 
@@ -204,43 +246,70 @@ def _check(global_shape, mesh_shape, coordinate, placements, fqn):
     mesh = _shape(mesh_shape, "mesh shape", fqn)
     pl = parse_placements(placements)
     if len(pl) != len(mesh):
-        raise PlacementError(fqn, f"placements [{format_placements(pl)}] have {len(pl)} entries for a "
-                             f"mesh of shape {mesh}", "one placement per mesh dim",
-                             "Give exactly one placement per mesh dim.",
-                             placements=pl, mesh_shape=mesh)
+        raise PlacementError(
+            fqn,
+            f"placements [{format_placements(pl)}] have {len(pl)} entries for a "
+            f"mesh of shape {mesh}",
+            "one placement per mesh dim",
+            "Give exactly one placement per mesh dim.",
+            placements=pl,
+            mesh_shape=mesh,
+        )
     if any(m < 1 for m in mesh):
-        raise PlacementError(fqn, f"mesh shape {mesh} has a dim below 1", "every mesh dim >= 1",
-                             mesh_shape=mesh)
+        raise PlacementError(
+            fqn, f"mesh shape {mesh} has a dim below 1", "every mesh dim >= 1", mesh_shape=mesh
+        )
     if any(s < 0 for s in shape):
-        raise PlacementError(fqn, f"global shape {shape} has a negative size", "sizes >= 0",
-                             shape=shape)
+        raise PlacementError(
+            fqn, f"global shape {shape} has a negative size", "sizes >= 0", shape=shape
+        )
     for p in pl:
         if isinstance(p, (Shard, StridedShard)):
             if not -len(shape) <= p.dim < len(shape):
-                raise PlacementError(fqn, f"placement {p} shards dim {p.dim} of a {len(shape)}-d "
-                                     f"tensor of shape {shape}",
-                                     f"dim in [{-len(shape)}, {len(shape)})" if shape else
-                                     "a 0-d tensor can only be replicated",
-                                     "Shard a dim the tensor has.", placement=p, shape=shape)
+                raise PlacementError(
+                    fqn,
+                    f"placement {p} shards dim {p.dim} of a {len(shape)}-d tensor of shape {shape}",
+                    f"dim in [{-len(shape)}, {len(shape)})"
+                    if shape
+                    else "a 0-d tensor can only be replicated",
+                    "Shard a dim the tensor has.",
+                    placement=p,
+                    shape=shape,
+                )
         if isinstance(p, StridedShard) and p.dim < -1:
             # torch splits a 1-D arange along p.dim: only -1 is in range ("Dimension out of range")
-            raise PlacementError(fqn, f"placement {p} has negative dim {p.dim}",
-                                 "a _StridedShard dim >= -1, as torch 2.13 accepts",
-                                 "Use the non-negative dim.", placement=p)
+            raise PlacementError(
+                fqn,
+                f"placement {p} has negative dim {p.dim}",
+                "a _StridedShard dim >= -1, as torch 2.13 accepts",
+                "Use the non-negative dim.",
+                placement=p,
+            )
         if isinstance(p, StridedShard) and p.split_factor < 1:
-            raise PlacementError(fqn, f"placement {p} has split factor {p.split_factor}",
-                                 "split_factor >= 1", placement=p)
+            raise PlacementError(
+                fqn,
+                f"placement {p} has split factor {p.split_factor}",
+                "split_factor >= 1",
+                placement=p,
+            )
     if coordinate is None:
-        raise PlacementError(fqn, "coordinate None names no mesh position",
-                             f"a coordinate in the mesh of shape {mesh}",
-                             "A rank outside the mesh holds nothing (torch returns ((0,), ()) there); "
-                             "pass a coordinate such as mesh_coordinate(rank, mesh_shape).")
+        raise PlacementError(
+            fqn,
+            "coordinate None names no mesh position",
+            f"a coordinate in the mesh of shape {mesh}",
+            "A rank outside the mesh holds nothing (torch returns ((0,), ()) there); "
+            "pass a coordinate such as mesh_coordinate(rank, mesh_shape).",
+        )
     if coordinate is not _NO_COORD:
         coord = _shape(coordinate, "coordinate", fqn)
         if len(coord) != len(mesh) or any(not 0 <= c < m for c, m in zip(coord, mesh)):
-            raise PlacementError(fqn, f"coordinate {coord} is not in a mesh of shape {mesh}",
-                                 "0 <= coordinate[i] < mesh_shape[i]", coordinate=coord,
-                                 mesh_shape=mesh)
+            raise PlacementError(
+                fqn,
+                f"coordinate {coord} is not in a mesh of shape {mesh}",
+                "0 <= coordinate[i] < mesh_shape[i]",
+                coordinate=coord,
+                mesh_shape=mesh,
+            )
     else:
         coord = None
     return shape, mesh, coord, pl
@@ -271,9 +340,14 @@ def _walk(shape, mesh, coord, pl):
     return local, torch_held, real
 
 
-def local_shape_and_offset(global_shape: Sequence[int], mesh_shape: Sequence[int],
-                           coordinate: Sequence[int], placements, *, fqn: str | None = None
-                           ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def local_shape_and_offset(
+    global_shape: Sequence[int],
+    mesh_shape: Sequence[int],
+    coordinate: Sequence[int],
+    placements,
+    *,
+    fqn: str | None = None,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """torch's ``_compute_local_shape_and_global_offset(global_shape, mesh_shape, coordinate,
     placements)``: the local shape and the global offset DCP records for that mesh coordinate.
 
@@ -292,8 +366,14 @@ def _local_shape_and_offset(shape, mesh, coord, pl):
     return tuple(local), tuple(offset)
 
 
-def held_indices(global_shape: Sequence[int], mesh_shape: Sequence[int], coordinate: Sequence[int],
-                 placements, *, fqn: str | None = None) -> dict[int, list[int]]:
+def held_indices(
+    global_shape: Sequence[int],
+    mesh_shape: Sequence[int],
+    coordinate: Sequence[int],
+    placements,
+    *,
+    fqn: str | None = None,
+) -> dict[int, list[int]]:
     """For each sharded tensor dim (normalised, >= 0), the global indices that mesh coordinate
     really holds, in local order (empty for an empty shard)."""
     shape, mesh, coord, pl = _check(global_shape, mesh_shape, coordinate, placements, fqn)
@@ -319,8 +399,9 @@ def _matches(shape, mesh, coord, pl) -> bool:
     return True
 
 
-def mesh_coordinate(rank: int, mesh_shape: Sequence[int],
-                    mesh_ranks: Sequence[int] | None = None) -> tuple[int, ...] | None:
+def mesh_coordinate(
+    rank: int, mesh_shape: Sequence[int], mesh_ranks: Sequence[int] | None = None
+) -> tuple[int, ...] | None:
     """Mesh coordinate of global ``rank`` (``DeviceMesh.get_coordinate`` on that rank): its
     row-major position in ``mesh_ranks`` (the mesh's global ranks, ``DeviceMesh.mesh`` flattened;
     default ``0..prod(mesh_shape)-1``); None when the rank is not in the mesh."""
@@ -418,8 +499,10 @@ class Layout:
     def describe(self) -> str:
         if self.kind == "dtensor":
             at = f" at ranks {list(self.mesh_ranks)}" if self.mesh_ranks is not None else ""
-            return (f"DTensor {self.shape} {self.dtype} on mesh {self.mesh_shape}{at} "
-                    f"[{format_placements(self.placements)}]")
+            return (
+                f"DTensor {self.shape} {self.dtype} on mesh {self.mesh_shape}{at} "
+                f"[{format_placements(self.placements)}]"
+            )
         if self.kind == "bytes":
             return f"bytes on {len(self.holders())} of {self.world_size} ranks"
         return f"{self.kind} {self.shape} {self.dtype} on {len(self.holders())} of {self.world_size} ranks"
@@ -433,8 +516,12 @@ def _world(world_size, default, fqn):
         return default
     ws = int(world_size)
     if ws < default:
-        raise LayoutError(fqn, f"world size {ws} is smaller than the mesh's {default} ranks",
-                          "world_size >= prod(mesh_shape)", world_size=ws)
+        raise LayoutError(
+            fqn,
+            f"world size {ws} is smaller than the mesh's {default} ranks",
+            "world_size >= prod(mesh_shape)",
+            world_size=ws,
+        )
     return ws
 
 
@@ -455,8 +542,18 @@ def _dtensor_layout(shape, mesh, pl, dtype, world_size, mesh_ranks):
         chunks[at[i]] = (Chunk(offset, local),)
         if check and not _matches(shape, mesh, coord, pl):
             bad.append(at[i])
-    return Layout("dtensor", shape, dtype, world_size, tuple(chunks), mesh, pl, False,
-                  tuple(sorted(bad)), mesh_ranks)
+    return Layout(
+        "dtensor",
+        shape,
+        dtype,
+        world_size,
+        tuple(chunks),
+        mesh,
+        pl,
+        False,
+        tuple(sorted(bad)),
+        mesh_ranks,
+    )
 
 
 def _mesh_ranks(mesh_ranks, n: int, world_size, fqn) -> tuple[tuple[int, ...] | None, int]:
@@ -468,22 +565,40 @@ def _mesh_ranks(mesh_ranks, n: int, world_size, fqn) -> tuple[tuple[int, ...] | 
     try:
         ranks = tuple(operator.index(r) for r in mesh_ranks)
     except TypeError:
-        raise LayoutError(fqn, f"mesh ranks {mesh_ranks!r} are not a sequence of ints",
-                          "global ranks such as [4, 5, 6, 7]",
-                          "Give one int rank per mesh position.", mesh_ranks=mesh_ranks) from None
+        raise LayoutError(
+            fqn,
+            f"mesh ranks {mesh_ranks!r} are not a sequence of ints",
+            "global ranks such as [4, 5, 6, 7]",
+            "Give one int rank per mesh position.",
+            mesh_ranks=mesh_ranks,
+        ) from None
     if len(ranks) != n:
-        raise LayoutError(fqn, f"mesh ranks {list(ranks)} name {len(ranks)} ranks for a mesh of "
-                          f"{n}", f"{n} ranks, one per mesh position in row-major order",
-                          "Give one global rank per mesh position.", mesh_ranks=ranks)
+        raise LayoutError(
+            fqn,
+            f"mesh ranks {list(ranks)} name {len(ranks)} ranks for a mesh of {n}",
+            f"{n} ranks, one per mesh position in row-major order",
+            "Give one global rank per mesh position.",
+            mesh_ranks=ranks,
+        )
     if len(set(ranks)) != n:
         dup = sorted({r for r in ranks if ranks.count(r) > 1})
-        raise LayoutError(fqn, f"mesh ranks {list(ranks)} repeat ranks {dup}", "distinct ranks",
-                          "Name each global rank once, as DeviceMesh does.", mesh_ranks=ranks)
+        raise LayoutError(
+            fqn,
+            f"mesh ranks {list(ranks)} repeat ranks {dup}",
+            "distinct ranks",
+            "Name each global rank once, as DeviceMesh does.",
+            mesh_ranks=ranks,
+        )
     ws = _world(world_size, n, fqn) if world_size is not None else max(max(ranks) + 1, n)
     if any(not 0 <= r < ws for r in ranks):
-        raise LayoutError(fqn, f"mesh ranks {list(ranks)} are not all in a world of {ws}",
-                          f"0 <= rank < {ws}", "Name only ranks of the world.", mesh_ranks=ranks,
-                          world_size=ws)
+        raise LayoutError(
+            fqn,
+            f"mesh ranks {list(ranks)} are not all in a world of {ws}",
+            f"0 <= rank < {ws}",
+            "Name only ranks of the world.",
+            mesh_ranks=ranks,
+            world_size=ws,
+        )
     return (None if ranks == tuple(range(n)) else ranks), ws
 
 
@@ -491,14 +606,24 @@ def _normalized(p: Placement, ndim: int) -> Placement:
     """``p`` with a negative dim in range made non-negative (out-of-range dims are left for
     `_check` to refuse)."""
     if isinstance(p, (Shard, StridedShard)) and -ndim <= p.dim < 0:
-        return Shard(p.dim + ndim) if isinstance(p, Shard) else StridedShard(p.dim + ndim,
-                                                                              p.split_factor)
+        return (
+            Shard(p.dim + ndim)
+            if isinstance(p, Shard)
+            else StridedShard(p.dim + ndim, p.split_factor)
+        )
     return p
 
 
-def dtensor_layout(shape: Sequence[int], mesh_shape: Sequence[int], placements, dtype="float32",
-                   world_size: int | None = None, *, mesh_ranks: Sequence[int] | None = None,
-                   fqn: str | None = None) -> Layout:
+def dtensor_layout(
+    shape: Sequence[int],
+    mesh_shape: Sequence[int],
+    placements,
+    dtype="float32",
+    world_size: int | None = None,
+    *,
+    mesh_ranks: Sequence[int] | None = None,
+    fqn: str | None = None,
+) -> Layout:
     """A DTensor of global ``shape`` on a mesh of global ranks ``mesh_ranks`` in row-major mesh
     order (``DeviceMesh("cpu", torch.tensor(mesh_ranks).reshape(mesh_shape))``; default
     ``0..prod(mesh_shape)-1``, e.g. ``range(4, 8)`` for a pipeline stage's submesh); ranks of
@@ -521,8 +646,14 @@ def dtensor_layout(shape: Sequence[int], mesh_shape: Sequence[int], placements, 
     return _dtensor_layout(shape, mesh, pl, dt, ws, ranks)
 
 
-def fsdp2_tp_layout(shape: Sequence[int], mesh_shape: Sequence[int], dtype="float32",
-                    world_size: int | None = None, *, fqn: str | None = None) -> Layout:
+def fsdp2_tp_layout(
+    shape: Sequence[int],
+    mesh_shape: Sequence[int],
+    dtype="float32",
+    world_size: int | None = None,
+    *,
+    fqn: str | None = None,
+) -> Layout:
     """A parameter ``parallelize_module`` shards on dim 0 over the last mesh dim (tp) and
     ``fully_shard`` then shards over the dp dim before it: mesh ``(dp, tp)``, or
     ``(replicate, dp, tp)`` for HSDP + TP.
@@ -537,15 +668,19 @@ def fsdp2_tp_layout(shape: Sequence[int], mesh_shape: Sequence[int], dtype="floa
     """
     mesh = _shape(mesh_shape, "mesh shape", fqn, LayoutError)
     if len(mesh) not in (2, 3):
-        raise LayoutError(fqn, f"mesh shape {mesh} has {len(mesh)} dims",
-                          "(dp, tp) or (replicate, dp, tp)",
-                          "Give the FSDP2 + TP mesh, tp last.", mesh_shape=mesh)
+        raise LayoutError(
+            fqn,
+            f"mesh shape {mesh} has {len(mesh)} dims",
+            "(dp, tp) or (replicate, dp, tp)",
+            "Give the FSDP2 + TP mesh, tp last.",
+            mesh_shape=mesh,
+        )
     tp = mesh[-1]
-    pl = ((Replicate(),) * (len(mesh) - 2)
-          + (StridedShard(0, tp) if tp > 1 else Shard(0), Shard(0)))
+    pl = (Replicate(),) * (len(mesh) - 2) + (StridedShard(0, tp) if tp > 1 else Shard(0), Shard(0))
     base = dtensor_layout(shape, mesh, pl, dtype, world_size, fqn=fqn)  # checks every argument
-    return _fsdp2_tp_layout(base.shape, base.mesh_shape, base.placements, base.dtype,
-                            base.world_size)
+    return _fsdp2_tp_layout(
+        base.shape, base.mesh_shape, base.placements, base.dtype, base.world_size
+    )
 
 
 @lru_cache(maxsize=4096)
@@ -557,7 +692,7 @@ def _fsdp2_tp_layout(shape, mesh, pl, dtype, world_size):
     for r in range(math.prod(mesh)):
         i, j = mesh_coordinate(r, mesh)[-2:]
         ts, te = _chunk_bounds(shape[0], tp, j)  # TP's Shard(0): the TP-local rows
-        s, e = _chunk_bounds(te - ts, dp, i)     # FSDP2's torch.chunk of them over dp
+        s, e = _chunk_bounds(te - ts, dp, i)  # FSDP2's torch.chunk of them over dp
         rows = range(ts + s, ts + e)
         held[r] = {0: rows}
         (box,) = base.chunks(r)
@@ -579,14 +714,25 @@ def _holders(ranks, ws: int, fqn) -> set[int]:
     """The ranks holding an entry: all of ``range(ws)`` by default, else ``ranks`` (each in it)."""
     holders = set(range(ws)) if ranks is None else set(int(r) for r in ranks)
     if any(not 0 <= r < ws for r in holders):
-        raise LayoutError(fqn, f"ranks {sorted(holders)} are not all in a world of {ws}",
-                          f"0 <= rank < {ws}", "Name only ranks of the world.", world_size=ws)
+        raise LayoutError(
+            fqn,
+            f"ranks {sorted(holders)} are not all in a world of {ws}",
+            f"0 <= rank < {ws}",
+            "Name only ranks of the world.",
+            world_size=ws,
+        )
     return holders
 
 
-def tensor_layout(shape: Sequence[int], world_size: int, dtype="float32", *,
-                  ranks: Iterable[int] | None = None, per_rank_values: bool = False,
-                  fqn: str | None = None) -> Layout:
+def tensor_layout(
+    shape: Sequence[int],
+    world_size: int,
+    dtype="float32",
+    *,
+    ranks: Iterable[int] | None = None,
+    per_rank_values: bool = False,
+    fqn: str | None = None,
+) -> Layout:
     """A plain ``torch.Tensor`` of ``shape`` held whole by every rank (or by ``ranks``)."""
     dt = canonical_dtype(dtype, fqn)
     shape = _shape(shape, "shape", fqn, LayoutError, DTYPE_SIZES[dt])
@@ -597,25 +743,36 @@ def tensor_layout(shape: Sequence[int], world_size: int, dtype="float32", *,
     return Layout("tensor", shape, dt, ws, rc, per_rank_values=per_rank_values)
 
 
-def sharded_layout(shape: Sequence[int], rank_chunks, dtype="float32",
-                   world_size: int | None = None, *, fqn: str | None = None) -> Layout:
+def sharded_layout(
+    shape: Sequence[int],
+    rank_chunks,
+    dtype="float32",
+    world_size: int | None = None,
+    *,
+    fqn: str | None = None,
+) -> Layout:
     """ShardedTensor-style explicit chunks: ``rank_chunks`` is a list (one entry per rank) or a
     dict ``{rank: [chunk, ...]}``; a chunk is a `Chunk` or an ``(offsets, sizes)`` pair."""
     dt = canonical_dtype(dtype, fqn)
     shape = _shape(shape, "shape", fqn, LayoutError, DTYPE_SIZES[dt])
     if isinstance(rank_chunks, dict):
         ranks = list(rank_chunks)
-        ws = _world_size(world_size if world_size is not None else max(max(ranks, default=0) + 1, 1),
-                         fqn)
+        ws = _world_size(
+            world_size if world_size is not None else max(max(ranks, default=0) + 1, 1), fqn
+        )
         _holders(ranks, ws, fqn)
         per = [rank_chunks.get(r, ()) for r in range(ws)]
     else:
         per = list(rank_chunks)
         ws = _world_size(world_size if world_size is not None else max(len(per), 1), fqn)
         if len(per) > ws:
-            raise LayoutError(fqn, f"rank_chunks lists {len(per)} ranks for a world of {ws}",
-                              f"at most {ws} entries", "Pass world_size >= the ranks listed.",
-                              world_size=ws)
+            raise LayoutError(
+                fqn,
+                f"rank_chunks lists {len(per)} ranks for a world of {ws}",
+                f"at most {ws} entries",
+                "Pass world_size >= the ranks listed.",
+                world_size=ws,
+            )
         per += [()] * (ws - len(per))
     out = []
     for r, cs in enumerate(per):
@@ -624,21 +781,37 @@ def sharded_layout(shape: Sequence[int], rank_chunks, dtype="float32",
             try:
                 c = as_chunk(c)
             except (ChunkError, TypeError, ValueError) as e:
-                what = e.what if isinstance(e, ChunkError) else f"chunk {c!r} is not (offsets, sizes)"
-                expect = (e.expectation if isinstance(e, ChunkError) and e.expectation
-                          else "a Chunk or an (offsets, sizes) pair")
-                raise LayoutError(fqn, f"rank {r}'s {what}", expect,
-                                  "Give every chunk as Chunk(offsets, sizes).", chunk=c) from None
+                what = (
+                    e.what if isinstance(e, ChunkError) else f"chunk {c!r} is not (offsets, sizes)"
+                )
+                expect = (
+                    e.expectation
+                    if isinstance(e, ChunkError) and e.expectation
+                    else "a Chunk or an (offsets, sizes) pair"
+                )
+                raise LayoutError(
+                    fqn,
+                    f"rank {r}'s {what}",
+                    expect,
+                    "Give every chunk as Chunk(offsets, sizes).",
+                    chunk=c,
+                ) from None
             if c.ndim != len(shape):
-                raise LayoutError(fqn, f"rank {r}'s chunk {c} has {c.ndim} dims for a tensor of shape "
-                                  f"{shape}", "chunks of the tensor's rank", chunk=c, shape=shape)
+                raise LayoutError(
+                    fqn,
+                    f"rank {r}'s chunk {c} has {c.ndim} dims for a tensor of shape {shape}",
+                    "chunks of the tensor's rank",
+                    chunk=c,
+                    shape=shape,
+                )
             row.append(c)
         out.append(tuple(row))
     return Layout("sharded", shape, dt, ws, tuple(out))
 
 
-def bytes_layout(world_size: int, *, ranks: Iterable[int] | None = None,
-                 per_rank_values: bool = False) -> Layout:
+def bytes_layout(
+    world_size: int, *, ranks: Iterable[int] | None = None, per_rank_values: bool = False
+) -> Layout:
     """A non-tensor entry (int, dict, BytesIO...) saved as BYTE_IO by every rank (or ``ranks``)."""
     ws = _world_size(world_size, None)
     holders = _holders(ranks, ws, None)

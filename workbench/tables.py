@@ -16,13 +16,14 @@ columns), so widgets, reports and tests can rely on them. Conventions shared by 
 presentation layer: it imports pandas at the top and must not be imported by ``workbench``'s
 ``__init__``; it never imports torch or matplotlib.
 """
+
 from __future__ import annotations
 
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Mapping
-from typing import Any, Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,14 +33,28 @@ from .diagnosis import chunk_holders
 from .errors import LayoutError, MetadataError, PlanError
 from .planner_helpers import _record
 from .planning import writer_of_file
-from .records import (DTYPE_SIZES, BytesStorageMetadata, LoadItemType, MetadataIndex,
-                      TensorStorageMetadata)
+from .records import (
+    DTYPE_SIZES,
+    BytesStorageMetadata,
+    LoadItemType,
+    MetadataIndex,
+    TensorStorageMetadata,
+)
 from .sharding import Layout, StridedShard
 
 __all__ = [
-    "chunk_holders", "chunk_storage", "format_held", "layout_chunks_table",
-    "checkpoint_chunks_table", "write_items_table", "read_items_table", "problems_table",
-    "io_table", "file_io_table", "targets_table", "style_by_rank",
+    "chunk_holders",
+    "chunk_storage",
+    "format_held",
+    "layout_chunks_table",
+    "checkpoint_chunks_table",
+    "write_items_table",
+    "read_items_table",
+    "problems_table",
+    "io_table",
+    "file_io_table",
+    "targets_table",
+    "style_by_rank",
 ]
 
 
@@ -82,33 +97,50 @@ def _coerce_tensor(metadata, fqn: str | None) -> dict[str, Any]:
         return {fqn or "<tensor>": metadata}
     sdm = getattr(metadata, "state_dict_metadata", None)
     if not isinstance(sdm, Mapping):
-        raise MetadataError(fqn, f"{type(metadata).__name__} is not checkpoint metadata: it has no "
-                            "state_dict_metadata", "a Metadata, a save result, a Checkpoint or a "
-                            "TensorStorageMetadata", "Read the checkpoint with "
-                            "workbench.load_metadata(path) or plan it with plan_save(...).")
+        raise MetadataError(
+            fqn,
+            f"{type(metadata).__name__} is not checkpoint metadata: it has no state_dict_metadata",
+            "a Metadata, a save result, a Checkpoint or a TensorStorageMetadata",
+            "Read the checkpoint with "
+            "workbench.load_metadata(path) or plan it with plan_save(...).",
+        )
     if fqn is None:
         return sdm
     if fqn not in sdm:
         keys = ", ".join(list(sdm)[:8]) + (", ..." if len(sdm) > 8 else "")
-        raise MetadataError(fqn, f"key {fqn!r} is not in the checkpoint (keys: {keys})",
-                            "a key of metadata.state_dict_metadata", "Pick one of the saved keys.",
-                            keys=tuple(sdm))
+        raise MetadataError(
+            fqn,
+            f"key {fqn!r} is not in the checkpoint (keys: {keys})",
+            "a key of metadata.state_dict_metadata",
+            "Pick one of the saved keys.",
+            keys=tuple(sdm),
+        )
     return {fqn: sdm[fqn]}
 
 
 # ----------------------------------------------------------------------------- layouts
 _LAYOUT_SCHEMA = {
-    "rank": "int64", "coordinate": "object", "chunk": "int64", "region": "str",
-    "offsets": "object", "sizes": "object", "numel": "Int64", "bytes": "Int64",
-    "replicas": "object", "is_empty": "bool", "misdescribed": "bool", "held": "str",
+    "rank": "int64",
+    "coordinate": "object",
+    "chunk": "int64",
+    "region": "str",
+    "offsets": "object",
+    "sizes": "object",
+    "numel": "Int64",
+    "bytes": "Int64",
+    "replicas": "object",
+    "is_empty": "bool",
+    "misdescribed": "bool",
+    "held": "str",
 }
 
 
 def format_held(held: dict[int, Iterable[int]]) -> str:
     """What a rank really holds (`Layout.held_indices`) in slice runs:
     ``{0: [0, 1, 4, 5]}`` -> ``"dim 0: 0:2, 4:6"``."""
-    return "; ".join(f"dim {d}: " + ", ".join(f"{a}:{b}" for a, b in index_runs(ix))
-                     for d, ix in held.items())
+    return "; ".join(
+        f"dim {d}: " + ", ".join(f"{a}:{b}" for a, b in index_runs(ix)) for d, ix in held.items()
+    )
 
 
 def _as_layout(obj) -> Layout:
@@ -118,10 +150,15 @@ def _as_layout(obj) -> Layout:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(obj, torch.Tensor):
         from .torch_bridge.convert import layout_from_torch
+
         return layout_from_torch(obj)
-    raise LayoutError(None, f"{type(obj).__name__} is not a layout", "a workbench Layout or a "
-                      "torch Tensor / DTensor / ShardedTensor", "Build one with dtensor_layout / "
-                      "tensor_layout / sharded_layout / bytes_layout.", value_type=type(obj))
+    raise LayoutError(
+        None,
+        f"{type(obj).__name__} is not a layout",
+        "a workbench Layout or a torch Tensor / DTensor / ShardedTensor",
+        "Build one with dtensor_layout / tensor_layout / sharded_layout / bytes_layout.",
+        value_type=type(obj),
+    )
 
 
 def layout_chunks_table(layout: Layout) -> pd.DataFrame:
@@ -145,8 +182,9 @@ def layout_chunks_table(layout: Layout) -> pd.DataFrame:
     is_bytes = layout.is_bytes
     holders = chunk_holders(layout)
     mis = set(layout.misdescribed_ranks)
-    strided = layout.kind == "dtensor" and any(isinstance(p, StridedShard)
-                                               for p in layout.placements)
+    strided = layout.kind == "dtensor" and any(
+        isinstance(p, StridedShard) for p in layout.placements
+    )
     cols: dict[str, list] = defaultdict(list)
     for r, chunks in enumerate(layout.rank_chunks):
         if not chunks:
@@ -180,11 +218,20 @@ def chunk_storage(storage_data: Mapping, fqn: str, entry) -> list:
     return [storage_data.get(MetadataIndex(fqn, c.offsets)) for c in entry.chunks]
 
 
-
 _CHECKPOINT_SCHEMA = {
-    "fqn": "str", "kind": "str", "chunk": "Int64", "region": "str", "offsets": "object",
-    "sizes": "object", "numel": "Int64", "bytes": "Int64", "dtype": "str", "file": "str",
-    "offset": "Int64", "length": "Int64", "writer": "Int64",
+    "fqn": "str",
+    "kind": "str",
+    "chunk": "Int64",
+    "region": "str",
+    "offsets": "object",
+    "sizes": "object",
+    "numel": "Int64",
+    "bytes": "Int64",
+    "dtype": "str",
+    "file": "str",
+    "offset": "Int64",
+    "length": "Int64",
+    "writer": "Int64",
 }
 
 
@@ -219,9 +266,17 @@ def checkpoint_chunks_table(metadata, fqn: str | None = None) -> pd.DataFrame:
             cols["length"].append(getattr(info, "length", None))
             cols["writer"].append(_writer(path))
         if isinstance(md, BytesStorageMetadata):
-            for k, v in (("fqn", name), ("kind", "bytes"), ("chunk", None), ("region", None),
-                         ("offsets", None), ("sizes", None), ("numel", None),
-                         ("bytes", getattr(infos[0], "length", None)), ("dtype", None)):
+            for k, v in (
+                ("fqn", name),
+                ("kind", "bytes"),
+                ("chunk", None),
+                ("region", None),
+                ("offsets", None),
+                ("sizes", None),
+                ("numel", None),
+                ("bytes", getattr(infos[0], "length", None)),
+                ("dtype", None),
+            ):
                 cols[k].append(v)
             continue
         dtype = md.properties.dtype
@@ -242,8 +297,16 @@ def checkpoint_chunks_table(metadata, fqn: str | None = None) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- save plans
 _WRITE_SCHEMA = {
-    "rank": "int64", "order": "int64", "fqn": "str", "type": "str", "region": "str",
-    "numel": "Int64", "bytes": "Int64", "kept": "bool", "writer": "Int64", "file": "str",
+    "rank": "int64",
+    "order": "int64",
+    "fqn": "str",
+    "type": "str",
+    "region": "str",
+    "numel": "Int64",
+    "bytes": "Int64",
+    "kept": "bool",
+    "writer": "Int64",
+    "file": "str",
 }
 
 
@@ -287,15 +350,28 @@ def write_items_table(save_result) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- load plans
 _READ_SCHEMA = {
-    "rank": "int64", "order": "int64", "fqn": "str", "type": "str", "dest_region": "str",
-    "storage_region": "str", "dest_offsets": "object", "storage_offsets": "object",
-    "lengths": "object", "numel": "Int64", "bytes": "Int64", "bytes_read": "Int64",
-    "dest_chunk": "Int64", "source_chunk": "Int64", "source_file": "str", "writer": "Int64",
+    "rank": "int64",
+    "order": "int64",
+    "fqn": "str",
+    "type": "str",
+    "dest_region": "str",
+    "storage_region": "str",
+    "dest_offsets": "object",
+    "storage_offsets": "object",
+    "lengths": "object",
+    "numel": "Int64",
+    "bytes": "Int64",
+    "bytes_read": "Int64",
+    "dest_chunk": "Int64",
+    "source_chunk": "Int64",
+    "source_file": "str",
+    "writer": "Int64",
 }
 
 
-def read_items_table(load_result, fqn: str | None = None, *, rank: int | None = None
-                     ) -> pd.DataFrame:
+def read_items_table(
+    load_result, fqn: str | None = None, *, rank: int | None = None
+) -> pd.DataFrame:
     """One row per read item of the load plans in ``load_result.plans`` (every entry, or ``fqn``;
     every rank, or ``rank``), ranks ascending, each rank's items in torch's order (state-dict
     order of fqns, then ``create_read_items_for_chunk_list`` order).
@@ -320,11 +396,21 @@ def read_items_table(load_result, fqn: str | None = None, *, rank: int | None = 
     """
     plans = load_result.plans
     if fqn is not None and not isinstance(fqn, str):
-        raise PlanError(None, f"fqn {fqn!r} is not a string", "a state-dict key",
-                        "Pass the rank as rank=...", value=fqn)
+        raise PlanError(
+            None,
+            f"fqn {fqn!r} is not a string",
+            "a state-dict key",
+            "Pass the rank as rank=...",
+            value=fqn,
+        )
     if rank is not None and not 0 <= rank < len(plans):
-        raise PlanError(fqn, f"rank {rank} is not in a load plan of {len(plans)} ranks",
-                        f"0 <= rank < {len(plans)}", "Pick a rank of the load world.", rank=rank)
+        raise PlanError(
+            fqn,
+            f"rank {rank} is not in a load plan of {len(plans)} ranks",
+            f"0 <= rank < {len(plans)}",
+            "Pick a rank of the load world.",
+            rank=rank,
+        )
     sdm = load_result.metadata.state_dict_metadata
     storage = _storage_data(load_result.metadata)
     cols: dict[str, list] = defaultdict(list)
@@ -368,8 +454,14 @@ def read_items_table(load_result, fqn: str | None = None, *, rank: int | None = 
 
 # ----------------------------------------------------------------------------- problems
 _PROBLEM_SCHEMA = {
-    "fqn": "str", "kind": "str", "severity": "str", "ranks": "object", "rank_list": "str",
-    "region": "str", "message": "str", "fix": "str",
+    "fqn": "str",
+    "kind": "str",
+    "severity": "str",
+    "ranks": "object",
+    "rank_list": "str",
+    "region": "str",
+    "message": "str",
+    "fix": "str",
 }
 
 
@@ -399,12 +491,20 @@ def problems_table(problems) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- I/O
 _IO_SCHEMA = {
-    "rank": "int64", "files": "int64", "reads": "int64", "bytes_needed": "int64",
-    "bytes_read": "int64", "amplification": "float64",
+    "rank": "int64",
+    "files": "int64",
+    "reads": "int64",
+    "bytes_needed": "int64",
+    "bytes_read": "int64",
+    "amplification": "float64",
 }
 _FILE_IO_SCHEMA = {
-    "file": "str", "writer": "Int64", "readers": "object", "n_readers": "int64",
-    "reads": "int64", "bytes_read": "int64",
+    "file": "str",
+    "writer": "Int64",
+    "readers": "object",
+    "n_readers": "int64",
+    "reads": "int64",
+    "bytes_read": "int64",
 }
 
 
@@ -419,10 +519,17 @@ def io_table(load_result) -> pd.DataFrame:
       ``amplification`` (float64, ``bytes_read / bytes_needed``; NaN when nothing is needed).
     """
     io = load_result.io
-    return _frame({"rank": list(range(len(io.reads))), "files": io.files_opened.tolist(),
-                   "reads": io.reads.tolist(), "bytes_needed": io.bytes_needed.tolist(),
-                   "bytes_read": io.bytes_read.tolist(),
-                   "amplification": io.amplification.tolist()}, _IO_SCHEMA)
+    return _frame(
+        {
+            "rank": list(range(len(io.reads))),
+            "files": io.files_opened.tolist(),
+            "reads": io.reads.tolist(),
+            "bytes_needed": io.bytes_needed.tolist(),
+            "bytes_read": io.bytes_read.tolist(),
+            "amplification": io.amplification.tolist(),
+        },
+        _IO_SCHEMA,
+    )
 
 
 def file_io_table(load_result) -> pd.DataFrame:
@@ -437,17 +544,30 @@ def file_io_table(load_result) -> pd.DataFrame:
     """
     io = load_result.io
     readers = [tuple(io.readers[f]) for f in io.files]
-    return _frame({"file": list(io.files),
-                   "writer": [None if w < 0 else w for w in io.file_writers.tolist()],
-                   "readers": readers, "n_readers": [len(r) for r in readers],
-                   "reads": io.file_reads.tolist(),
-                   "bytes_read": io.file_bytes_read.tolist()}, _FILE_IO_SCHEMA)
+    return _frame(
+        {
+            "file": list(io.files),
+            "writer": [None if w < 0 else w for w in io.file_writers.tolist()],
+            "readers": readers,
+            "n_readers": [len(r) for r in readers],
+            "reads": io.file_reads.tolist(),
+            "bytes_read": io.file_bytes_read.tolist(),
+        },
+        _FILE_IO_SCHEMA,
+    )
 
 
 _TARGETS_SCHEMA = {
-    "target": "str", "world_size": "int64", "reads": "int64", "bytes_needed": "int64",
-    "bytes_read": "int64", "amplification": "float64", "max_rank_bytes_read": "int64",
-    "max_rank_reads": "int64", "max_rank_files": "int64", "failures": "int64",
+    "target": "str",
+    "world_size": "int64",
+    "reads": "int64",
+    "bytes_needed": "int64",
+    "bytes_read": "int64",
+    "amplification": "float64",
+    "max_rank_bytes_read": "int64",
+    "max_rank_reads": "int64",
+    "max_rank_files": "int64",
+    "failures": "int64",
 }
 
 
@@ -462,8 +582,13 @@ def targets_table(costs) -> pd.DataFrame:
       ``max_rank_bytes_read``, ``max_rank_reads``, ``max_rank_files`` (int64, the busiest rank:
       it sets the load time); ``failures`` (int64, entries torch would raise on).
     """
-    return _frame({name: [getattr(c, "name" if name == "target" else name) for c in costs]
-                   for name in _TARGETS_SCHEMA}, _TARGETS_SCHEMA)
+    return _frame(
+        {
+            name: [getattr(c, "name" if name == "target" else name) for c in costs]
+            for name in _TARGETS_SCHEMA
+        },
+        _TARGETS_SCHEMA,
+    )
 
 
 # ----------------------------------------------------------------------------- styling

@@ -17,6 +17,7 @@ result; it never shows a traceback. Every part carries a ``wb-*`` CSS class for 
 
 The only module of the package that imports ipywidgets and IPython's display machinery.
 """
+
 from __future__ import annotations
 
 import html
@@ -24,9 +25,10 @@ import math
 import os
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 import ipywidgets as W
 from IPython.core.interactiveshell import InteractiveShell
@@ -37,18 +39,41 @@ from .errors import LayoutError, PlacementError, PlanError, WorkbenchError
 from .records import DTYPE_SIZES, Metadata, TensorStorageMetadata, canonical_dtype
 from .sharding import Layout, Placement, dtensor_layout, format_placements, parse_placements
 
-__all__ = ["CLASSIC_RESHARDS", "DEFAULT_CLASSIC", "ReshardSpec", "ReshardResult",
-           "CheckpointPlan", "CheckpointResult", "StepResult", "parse_ints", "explore_reshard",
-           "plan_checkpoint", "explore_checkpoint", "step_read_order", "ReshardExplorer",
-           "CheckpointExplorer", "ReadOrderStepper"]
+__all__ = [
+    "CLASSIC_RESHARDS",
+    "DEFAULT_CLASSIC",
+    "ReshardSpec",
+    "ReshardResult",
+    "CheckpointPlan",
+    "CheckpointResult",
+    "StepResult",
+    "parse_ints",
+    "explore_reshard",
+    "plan_checkpoint",
+    "explore_checkpoint",
+    "step_read_order",
+    "ReshardExplorer",
+    "CheckpointExplorer",
+    "ReadOrderStepper",
+]
 
 FQN = "weight"  # the one tensor of the reshard explorer's state dict
 DTYPES = ("float32", "bfloat16", "float16", "float64", "int64", "int32", "int8", "uint8")
 # Small pictures at screen resolution, fixed margins (legend right, notes below): a layout
 # engine would draw every picture twice, and drawing + PNG encoding are most of a redraw's cost.
 FIGSIZE, DPI, MARGINS = (6.4, 4.2), 90, dict(left=0.1, right=0.7, top=0.92, bottom=0.27)
-READ_COLUMNS = ["order", "dest_region", "storage_region", "dest_offsets", "storage_offsets",
-                "lengths", "bytes", "source_chunk", "source_file", "writer"]
+READ_COLUMNS = [
+    "order",
+    "dest_region",
+    "storage_region",
+    "dest_offsets",
+    "storage_offsets",
+    "lengths",
+    "bytes",
+    "source_chunk",
+    "source_file",
+    "writer",
+]
 PROBLEM_COLUMNS = ["fqn", "kind", "severity", "rank_list", "region", "message"]
 # Every rank is planned on each spec change: beyond this a typo (a mesh of "1000000") would
 # freeze the kernel for minutes instead of answering.
@@ -65,9 +90,13 @@ def parse_ints(text, what: str, *, error=LayoutError, example: str = "16, 12") -
     body = text.strip().strip("()[]").strip()
     parts = [p for p in re.split(r"[,\s]+", body) if p] if body else []
     if not all(re.fullmatch(r"-?\d+", p) for p in parts):
-        raise error(None, f"{what} {text!r} is not a list of integers",
-                    f"comma-separated integers like {example!r}",
-                    f"Write the {what} as e.g. {example!r}.", text=text)
+        raise error(
+            None,
+            f"{what} {text!r} is not a list of integers",
+            f"comma-separated integers like {example!r}",
+            f"Write the {what} as e.g. {example!r}.",
+            text=text,
+        )
     return tuple(int(p) for p in parts)
 
 
@@ -97,9 +126,13 @@ def _styled(df, columns, highlight_row: int | None = None):
 
     styler = style_by_rank(df[[c for c in columns if c in df.columns]].reset_index(drop=True))
     if highlight_row is not None:
-        styler = styler.apply(lambda row: [f"background-color: {HIGHLIGHT_COLOR}"
-                                           if row.name == highlight_row else "" for _ in row],
-                              axis=1)
+        styler = styler.apply(
+            lambda row: [
+                f"background-color: {HIGHLIGHT_COLOR}" if row.name == highlight_row else ""
+                for _ in row
+            ],
+            axis=1,
+        )
     return styler.hide(axis="index").set_properties(**{"text-align": "left"})
 
 
@@ -116,25 +149,40 @@ class ReshardSpec:
     dtype: str = "float32"
 
     def describe(self) -> str:
-        return (f"{FQN} {self.shape} {self.dtype}: mesh {self.save_mesh} "
-                f"[{format_placements(self.save_placements)}] -> mesh {self.load_mesh} "
-                f"[{format_placements(self.load_placements)}]")
+        return (
+            f"{FQN} {self.shape} {self.dtype}: mesh {self.save_mesh} "
+            f"[{format_placements(self.save_placements)}] -> mesh {self.load_mesh} "
+            f"[{format_placements(self.load_placements)}]"
+        )
 
 
 # label -> control texts: the reshards people ask about
 CLASSIC_RESHARDS: dict[str, dict[str, str]] = {
-    "FSDP 8 -> 4": dict(shape="16, 12", save_mesh="8", save_placements="S(0)",
-                        load_mesh="4", load_placements="S(0)"),
-    "FSDP -> FSDP+TP": dict(shape="16, 12", save_mesh="8", save_placements="S(0)",
-                            load_mesh="4, 2", load_placements="S(0), S(1)"),
-    "uneven rows (13 on 4 -> 3)": dict(shape="13, 8", save_mesh="4", save_placements="S(0)",
-                                       load_mesh="3", load_placements="S(0)"),
+    "FSDP 8 -> 4": dict(
+        shape="16, 12", save_mesh="8", save_placements="S(0)", load_mesh="4", load_placements="S(0)"
+    ),
+    "FSDP -> FSDP+TP": dict(
+        shape="16, 12",
+        save_mesh="8",
+        save_placements="S(0)",
+        load_mesh="4, 2",
+        load_placements="S(0), S(1)",
+    ),
+    "uneven rows (13 on 4 -> 3)": dict(
+        shape="13, 8", save_mesh="4", save_placements="S(0)", load_mesh="3", load_placements="S(0)"
+    ),
     # 3 rows on 4 ranks: rank 3's shard is empty, recorded at offset 3 (the dim's end)
-    "empty shard (3 rows on 4)": dict(shape="3, 8", save_mesh="4", save_placements="S(0)",
-                                      load_mesh="2", load_placements="S(0)"),
+    "empty shard (3 rows on 4)": dict(
+        shape="3, 8", save_mesh="4", save_placements="S(0)", load_mesh="2", load_placements="S(0)"
+    ),
     # FSDP2 + TP's placement: the boxes DCP records name other rows than the ranks hold
-    "_StridedShard destination": dict(shape="8, 4", save_mesh="2", save_placements="S(0)",
-                                      load_mesh="2", load_placements="SS(0,2)"),
+    "_StridedShard destination": dict(
+        shape="8, 4",
+        save_mesh="2",
+        save_placements="S(0)",
+        load_mesh="2",
+        load_placements="SS(0,2)",
+    ),
 }
 DEFAULT_CLASSIC = "FSDP -> FSDP+TP"
 
@@ -142,8 +190,12 @@ DEFAULT_CLASSIC = "FSDP -> FSDP+TP"
 def _classic(label: str) -> dict[str, str]:
     """The control texts of a classic reshard; a `LayoutError` for an unknown label."""
     if label not in CLASSIC_RESHARDS:
-        raise LayoutError(None, f"classic reshard {label!r} is not known",
-                          f"one of {list(CLASSIC_RESHARDS)}", "Pick a listed classic.")
+        raise LayoutError(
+            None,
+            f"classic reshard {label!r} is not known",
+            f"one of {list(CLASSIC_RESHARDS)}",
+            "Pick a listed classic.",
+        )
     return CLASSIC_RESHARDS[label]
 
 
@@ -171,16 +223,31 @@ def _reshard_plans(spec: ReshardSpec):
     from .diagnosis import find_save_problems
     from .planning import plan_load, plan_save
 
-    save = plan_save({FQN: dtensor_layout(spec.shape, spec.save_mesh, spec.save_placements,
-                                          spec.dtype, fqn=FQN)})
-    load = plan_load(save.metadata, {FQN: dtensor_layout(spec.shape, spec.load_mesh,
-                                                         spec.load_placements, spec.dtype,
-                                                         fqn=FQN)})
+    save = plan_save(
+        {FQN: dtensor_layout(spec.shape, spec.save_mesh, spec.save_placements, spec.dtype, fqn=FQN)}
+    )
+    load = plan_load(
+        save.metadata,
+        {
+            FQN: dtensor_layout(
+                spec.shape, spec.load_mesh, spec.load_placements, spec.dtype, fqn=FQN
+            )
+        },
+    )
     return save, load, tuple(find_save_problems(save)) + tuple(load.problems)
 
 
-def explore_reshard(shape, save_mesh, save_placements, load_mesh, load_placements, *,
-                    dtype: str = "float32", rank: int = 0, dims="0, 1") -> ReshardResult:
+def explore_reshard(
+    shape,
+    save_mesh,
+    save_placements,
+    load_mesh,
+    load_placements,
+    *,
+    dtype: str = "float32",
+    rank: int = 0,
+    dims="0, 1",
+) -> ReshardResult:
     """Plan a one-tensor reshard (``plan_save`` then ``plan_load``, every rank) and show it from
     load rank ``rank``: the `ReshardExplorer`'s function.
 
@@ -190,35 +257,60 @@ def explore_reshard(shape, save_mesh, save_placements, load_mesh, load_placement
     from .plots import reshard_data
     from .tables import problems_table, read_items_table
 
-    spec = ReshardSpec(parse_ints(shape, "shape"),
-                       parse_ints(save_mesh, "save mesh", error=PlacementError, example="4, 2"),
-                       parse_placements(save_placements),
-                       parse_ints(load_mesh, "load mesh", error=PlacementError, example="4, 2"),
-                       parse_placements(load_placements), canonical_dtype(dtype, FQN))
+    spec = ReshardSpec(
+        parse_ints(shape, "shape"),
+        parse_ints(save_mesh, "save mesh", error=PlacementError, example="4, 2"),
+        parse_placements(save_placements),
+        parse_ints(load_mesh, "load mesh", error=PlacementError, example="4, 2"),
+        parse_placements(load_placements),
+        canonical_dtype(dtype, FQN),
+    )
     dims = parse_ints(dims, "dims to draw", example="0, 1")
     for what, mesh in (("save", spec.save_mesh), ("load", spec.load_mesh)):
         n = math.prod(mesh)
         if n > MAX_RANKS:
-            raise PlacementError(FQN, f"{what} mesh {mesh} has {n} ranks",
-                                 f"at most {MAX_RANKS} in the explorer",
-                                 "Plan larger worlds with workbench.planning.plan_save / plan_load.",
-                                 mesh_shape=mesh)
+            raise PlacementError(
+                FQN,
+                f"{what} mesh {mesh} has {n} ranks",
+                f"at most {MAX_RANKS} in the explorer",
+                "Plan larger worlds with workbench.planning.plan_save / plan_load.",
+                mesh_shape=mesh,
+            )
     nbytes = math.prod(spec.shape) * DTYPE_SIZES[spec.dtype]
-    if nbytes >= 2 ** 63:  # byte counts are int64 in plans and tables
-        raise LayoutError(FQN, f"shape {spec.shape} holds {nbytes} bytes of {spec.dtype}",
-                          "below 2**63 bytes", "Use a real tensor size.", shape=spec.shape)
+    if nbytes >= 2**63:  # byte counts are int64 in plans and tables
+        raise LayoutError(
+            FQN,
+            f"shape {spec.shape} holds {nbytes} bytes of {spec.dtype}",
+            "below 2**63 bytes",
+            "Use a real tensor size.",
+            shape=spec.shape,
+        )
     save, load, problems = _reshard_plans(spec)
     reads = read_items_table(load, FQN, rank=int(rank))  # raises for a rank outside the world
     picture = reshard_data(save, load, FQN, int(rank), dims=dims)
     figure, png = _draw(picture)
-    return ReshardResult(spec, int(rank), dims, save, load, reads, problems,
-                         problems_table(problems), picture, figure, png)
+    return ReshardResult(
+        spec,
+        int(rank),
+        dims,
+        save,
+        load,
+        reads,
+        problems,
+        problems_table(problems),
+        picture,
+        figure,
+        png,
+    )
 
 
 # ----------------------------------------------------------------------------- widget plumbing
 def _message(panel: W.HTML, err: Exception | str | None) -> None:
-    panel.value = "" if err is None else (
-        f"<div style='color:#b00020;white-space:pre-wrap'>{html.escape(str(err))}</div>")
+    panel.value = (
+        ""
+        if err is None
+        else (f"<div style='color:#b00020;white-space:pre-wrap'>{html.escape(str(err))}</div>")
+    )
 
 
 def _css(widget: W.Widget, name: str) -> W.Widget:
@@ -228,13 +320,29 @@ def _css(widget: W.Widget, name: str) -> W.Widget:
 
 def _text(value: str, description: str, css: str) -> W.Text:
     # continuous_update=False: a redraw on Enter / blur, not on every keystroke
-    return _css(W.Text(value=value, description=description, continuous_update=False,
-                       layout=W.Layout(width="17em"), style={"description_width": "8.5em"}), css)
+    return _css(
+        W.Text(
+            value=value,
+            description=description,
+            continuous_update=False,
+            layout=W.Layout(width="17em"),
+            style={"description_width": "8.5em"},
+        ),
+        css,
+    )
 
 
 def _dropdown(options, value, description: str, css: str, width: str = "17em") -> W.Dropdown:
-    return _css(W.Dropdown(options=options, value=value, description=description,
-                           layout=W.Layout(width=width), style={"description_width": "8.5em"}), css)
+    return _css(
+        W.Dropdown(
+            options=options,
+            value=value,
+            description=description,
+            layout=W.Layout(width=width),
+            style={"description_width": "8.5em"},
+        ),
+        css,
+    )
 
 
 class _Explorer:
@@ -288,8 +396,13 @@ class _Explorer:
 def _check_rank(rank: int, world: int) -> int:
     """A constructor's ``rank`` argument, checked against the load world."""
     if not 0 <= rank < world:
-        raise PlanError(None, f"load rank {rank} is not in the load world of {world} ranks",
-                        f"0 <= rank < {world}", "Pick a rank of the load world.", rank=rank)
+        raise PlanError(
+            None,
+            f"load rank {rank} is not in the load world of {world} ranks",
+            f"0 <= rank < {world}",
+            "Pick a rank of the load world.",
+            rank=rank,
+        )
     return rank
 
 
@@ -313,8 +426,9 @@ class ReshardExplorer(_Explorer):
     def __init__(self, classic: str = DEFAULT_CLASSIC, *, rank: int = 0, dims: str = "0, 1"):
         super().__init__()
         _classic(classic)
-        self.classic = _dropdown(list(CLASSIC_RESHARDS), classic, "start from", "wb-classic",
-                                 width="24em")
+        self.classic = _dropdown(
+            list(CLASSIC_RESHARDS), classic, "start from", "wb-classic", width="24em"
+        )
         self.shape = _text("", "shape", "wb-shape")
         self.dtype = _dropdown(DTYPES, "float32", "dtype", "wb-dtype")
         self.save_mesh = _text("", "save mesh", "wb-save-mesh")
@@ -326,16 +440,43 @@ class ReshardExplorer(_Explorer):
         self.picture = _css(W.Output(), "wb-picture")
         self.reads = _css(W.Output(), "wb-reads")
         self.problems = _css(W.Output(), "wb-problems")
-        controls = W.VBox([self.classic, self.shape, self.dtype, self.save_mesh,
-                           self.save_placements, self.load_mesh, self.load_placements,
-                           self.rank, self.dims])
-        self.widget = _css(W.VBox([
-            W.HBox([controls, self.picture]), self.message,
-            W.HTML("<b>read items of the load rank, in DCP's order</b>"), self.reads,
-            W.HTML("<b>problems</b>"), self.problems]), "wb-reshard")
+        controls = W.VBox(
+            [
+                self.classic,
+                self.shape,
+                self.dtype,
+                self.save_mesh,
+                self.save_placements,
+                self.load_mesh,
+                self.load_placements,
+                self.rank,
+                self.dims,
+            ]
+        )
+        self.widget = _css(
+            W.VBox(
+                [
+                    W.HBox([controls, self.picture]),
+                    self.message,
+                    W.HTML("<b>read items of the load rank, in DCP's order</b>"),
+                    self.reads,
+                    W.HTML("<b>problems</b>"),
+                    self.problems,
+                ]
+            ),
+            "wb-reshard",
+        )
         self.classic.observe(lambda ch: self._apply_classic(ch["new"], 0), names="value")
-        self._observe(self.shape, self.dtype, self.save_mesh, self.save_placements,
-                      self.load_mesh, self.load_placements, self.rank, self.dims)
+        self._observe(
+            self.shape,
+            self.dtype,
+            self.save_mesh,
+            self.save_placements,
+            self.load_mesh,
+            self.load_placements,
+            self.rank,
+            self.dims,
+        )
         self._apply_classic(classic, rank)
         _check_rank(rank, len(self.rank.options))
 
@@ -370,15 +511,25 @@ class ReshardExplorer(_Explorer):
         super()._on_change(change)
 
     def _compute(self) -> ReshardResult:
-        return explore_reshard(self.shape.value, self.save_mesh.value, self.save_placements.value,
-                               self.load_mesh.value, self.load_placements.value,
-                               dtype=self.dtype.value, rank=self.rank.value, dims=self.dims.value)
+        return explore_reshard(
+            self.shape.value,
+            self.save_mesh.value,
+            self.save_placements.value,
+            self.load_mesh.value,
+            self.load_placements.value,
+            dtype=self.dtype.value,
+            rank=self.rank.value,
+            dims=self.dims.value,
+        )
 
     def _show(self, r: ReshardResult) -> None:
         self.picture.outputs = (_mime(Image(data=r.png, format="png")),)
         self.reads.outputs = (_mime(_styled(r.reads, READ_COLUMNS)),)
-        self.problems.outputs = ((_mime(_styled(r.problems_table, PROBLEM_COLUMNS)),)
-                                 if r.problems else (_note("no problems found"),))
+        self.problems.outputs = (
+            (_mime(_styled(r.problems_table, PROBLEM_COLUMNS)),)
+            if r.problems
+            else (_note("no problems found"),)
+        )
 
 
 # ----------------------------------------------------------------------------- checkpoint
@@ -408,9 +559,13 @@ def _target_layouts(target) -> dict[str, Layout]:
 
         preset, recipe, mesh = target
         return apply_recipe(model_state_dict(preset), recipe, mesh)
-    raise PlanError("<target>", f"target {target!r} is not understood",
-                    "a dict {fqn: Layout} or a tuple (preset, recipe, mesh_shape)",
-                    "Pass e.g. ('llama', 'fsdp_tp', (2, 2)).", target=target)
+    raise PlanError(
+        "<target>",
+        f"target {target!r} is not understood",
+        "a dict {fqn: Layout} or a tuple (preset, recipe, mesh_shape)",
+        "Pass e.g. ('llama', 'fsdp_tp', (2, 2)).",
+        target=target,
+    )
 
 
 def plan_checkpoint(source, target=None) -> CheckpointPlan:
@@ -418,7 +573,7 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
     expensive step.
 
     ``source``: a checkpoint directory (read with the allow-list reader
-    ``torch_bridge.load_metadata``, no code run), a `Metadata`, or a save result
+    ``workbench.formats.load_metadata``, no code run), a `Metadata`, or a save result
     (``planning.plan_save``). ``target``: ``{fqn: Layout}``, ``(preset, recipe, mesh_shape)``
     (``models.apply_recipe(models.model_state_dict(preset), recipe, mesh_shape)``), or None: a
     save result is then loaded back into its own layouts, a directory is only listed.
@@ -431,7 +586,7 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
     save_problems: tuple = ()
     layouts = None
     if isinstance(source, (str, os.PathLike)):
-        from .torch_bridge import load_metadata
+        from .formats import load_metadata
 
         metadata, name = load_metadata(source), str(source)
     elif isinstance(_record(source), Metadata):  # torch's own Metadata is converted
@@ -440,19 +595,29 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
         metadata, name, layouts = source.metadata, "save plan", source.layouts
         save_problems = tuple(find_save_problems(source))
     else:
-        raise PlanError("<checkpoint>", f"source is a {type(source).__name__}",
-                        "a checkpoint directory, a Metadata or plan_save(...)'s result",
-                        "Pass the directory dcp.save wrote.")
+        raise PlanError(
+            "<checkpoint>",
+            f"source is a {type(source).__name__}",
+            "a checkpoint directory, a Metadata or plan_save(...)'s result",
+            "Pass the directory dcp.save wrote.",
+        )
     if target is not None:
         layouts = _target_layouts(target)
     if layouts is None:  # no target: the saved chunks' own holes and overlaps
         from .diagnosis import find_checkpoint_problems
 
-        return CheckpointPlan(metadata, name, None, None,
-                              save_problems + tuple(find_checkpoint_problems(metadata)), None)
+        return CheckpointPlan(
+            metadata,
+            name,
+            None,
+            None,
+            save_problems + tuple(find_checkpoint_problems(metadata)),
+            None,
+        )
     load = plan_load(metadata, layouts)
-    return CheckpointPlan(metadata, name, layouts, load, save_problems + tuple(load.problems),
-                          io_table(load))
+    return CheckpointPlan(
+        metadata, name, layouts, load, save_problems + tuple(load.problems), io_table(load)
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -482,8 +647,15 @@ def _all_fqns(plan: CheckpointPlan) -> list[str]:
     return keys + [k for k in (plan.layouts or {}) if k not in plan.metadata.state_dict_metadata]
 
 
-def explore_checkpoint(plan: CheckpointPlan, *, pattern: str = "", only_problems: bool = False,
-                       fqn: str | None = None, rank: int = 0, dims="0, 1") -> CheckpointResult:
+def explore_checkpoint(
+    plan: CheckpointPlan,
+    *,
+    pattern: str = "",
+    only_problems: bool = False,
+    fqn: str | None = None,
+    rank: int = 0,
+    dims="0, 1",
+) -> CheckpointResult:
     """Filter a planned checkpoint's keys (``pattern``: a case-insensitive substring, or a regex)
     and show one of them (``fqn``, else the first listed) from load ``rank``."""
     from .plots import layout_data, reshard_data
@@ -492,11 +664,16 @@ def explore_checkpoint(plan: CheckpointPlan, *, pattern: str = "", only_problems
     try:
         rx = re.compile(pattern, re.IGNORECASE)
     except re.error as e:
-        raise PlanError(None, f"filter {pattern!r} is not a valid pattern ({e})",
-                        "a substring or a regular expression", "Fix or clear the filter.") from None
+        raise PlanError(
+            None,
+            f"filter {pattern!r} is not a valid pattern ({e})",
+            "a substring or a regular expression",
+            "Fix or clear the filter.",
+        ) from None
     counts = plan.problem_counts
-    fqns = tuple(k for k in _all_fqns(plan)
-                 if rx.search(k) and (counts.get(k) or not only_problems))
+    fqns = tuple(
+        k for k in _all_fqns(plan) if rx.search(k) and (counts.get(k) or not only_problems)
+    )
     if fqn is None or fqn not in fqns:
         fqn = fqns[0] if fqns else None
     rank = int(rank)
@@ -504,19 +681,35 @@ def explore_checkpoint(plan: CheckpointPlan, *, pattern: str = "", only_problems
     sdm = plan.metadata.state_dict_metadata
     saved = fqn in sdm  # False for a missing key (and for an empty list)
     chunks = checkpoint_chunks_table(plan.metadata, fqn) if saved else None
-    reads = (read_items_table(plan.load, fqn, rank=rank)
-             if plan.load is not None and fqn in plan.layouts else None)
+    reads = (
+        read_items_table(plan.load, fqn, rank=rank)
+        if plan.load is not None and fqn in plan.layouts
+        else None
+    )
     picture = None
     if saved and isinstance(sdm[fqn], TensorStorageMetadata):
         lay = (plan.layouts or {}).get(fqn)
-        picture = (reshard_data(plan.metadata, plan.load, fqn, rank, dims=dims)
-                   if reads is not None and lay is not None and lay.kind != "bytes"
-                   and lay.shape == tuple(sdm[fqn].size)
-                   else layout_data(plan.metadata, dims, fqn=fqn))
+        picture = (
+            reshard_data(plan.metadata, plan.load, fqn, rank, dims=dims)
+            if reads is not None
+            and lay is not None
+            and lay.kind != "bytes"
+            and lay.shape == tuple(sdm[fqn].size)
+            else layout_data(plan.metadata, dims, fqn=fqn)
+        )
     figure, png = _draw(picture) if picture is not None else (None, b"")
-    return CheckpointResult(plan, fqns, fqn, rank, chunks, reads,
-                            problems_table([p for p in plan.problems if p.fqn == fqn]),
-                            picture, figure, png)
+    return CheckpointResult(
+        plan,
+        fqns,
+        fqn,
+        rank,
+        chunks,
+        reads,
+        problems_table([p for p in plan.problems if p.fqn == fqn]),
+        picture,
+        figure,
+        png,
+    )
 
 
 class CheckpointExplorer(_Explorer):
@@ -534,38 +727,70 @@ class CheckpointExplorer(_Explorer):
         # the whole checkpoint (the expensive step) and redraws.
         from .models import RECIPES
 
-        preset, recipe, mesh = target if isinstance(target, tuple) and len(target) == 3 else \
-            ("", "fsdp", (1,))
+        preset, recipe, mesh = (
+            target if isinstance(target, tuple) and len(target) == 3 else ("", "fsdp", (1,))
+        )
         self.preset = _text(str(preset), "target preset", "wb-target-preset")
-        self.recipe = _dropdown(list(RECIPES), recipe if recipe in RECIPES else "fsdp",
-                                "target recipe", "wb-target-recipe")
-        self.mesh = _text(", ".join(str(m) for m in (mesh if isinstance(mesh, tuple) else (mesh,))),
-                          "target mesh", "wb-target-mesh")
+        self.recipe = _dropdown(
+            list(RECIPES),
+            recipe if recipe in RECIPES else "fsdp",
+            "target recipe",
+            "wb-target-recipe",
+        )
+        self.mesh = _text(
+            ", ".join(str(m) for m in (mesh if isinstance(mesh, tuple) else (mesh,))),
+            "target mesh",
+            "wb-target-mesh",
+        )
         self._header = W.HTML()
         self.filter = _text("", "filter", "wb-filter")
-        self.only_problems = _css(W.Checkbox(value=only_problems, description="only with problems",
-                                             indent=False), "wb-only-problems")
-        self.tensor = _css(W.Select(options=[], rows=12, description="tensor",
-                                    layout=W.Layout(width="30em"),
-                                    style={"description_width": "4em"}), "wb-tensor")
-        self.rank = _dropdown(list(range(world)), _check_rank(rank, world), "load rank",
-                              "wb-rank")
+        self.only_problems = _css(
+            W.Checkbox(value=only_problems, description="only with problems", indent=False),
+            "wb-only-problems",
+        )
+        self.tensor = _css(
+            W.Select(
+                options=[],
+                rows=12,
+                description="tensor",
+                layout=W.Layout(width="30em"),
+                style={"description_width": "4em"},
+            ),
+            "wb-tensor",
+        )
+        self.rank = _dropdown(list(range(world)), _check_rank(rank, world), "load rank", "wb-rank")
         self.dims = _text("0, 1", "dims to draw", "wb-dims")
         self.picture = _css(W.Output(), "wb-picture")
         self.chunks = _css(W.Output(), "wb-chunks")
         self.reads = _css(W.Output(), "wb-reads")
         self.problems = _css(W.Output(), "wb-problems")
         self.io = _css(W.Output(), "wb-io")
-        self.widget = _css(W.VBox([
-            self._header,
-            W.HBox([self.preset, self.recipe, self.mesh]),
-            W.HBox([W.VBox([self.filter, self.only_problems, self.tensor, self.rank, self.dims]),
-                    self.picture]),
-            self.message,
-            W.HTML("<b>problems of the tensor</b>"), self.problems,
-            W.HTML("<b>saved chunks</b>"), self.chunks,
-            W.HTML("<b>read items of the load rank</b>"), self.reads,
-            W.HTML("<b>I/O per load rank</b>"), self.io]), "wb-checkpoint")
+        self.widget = _css(
+            W.VBox(
+                [
+                    self._header,
+                    W.HBox([self.preset, self.recipe, self.mesh]),
+                    W.HBox(
+                        [
+                            W.VBox(
+                                [self.filter, self.only_problems, self.tensor, self.rank, self.dims]
+                            ),
+                            self.picture,
+                        ]
+                    ),
+                    self.message,
+                    W.HTML("<b>problems of the tensor</b>"),
+                    self.problems,
+                    W.HTML("<b>saved chunks</b>"),
+                    self.chunks,
+                    W.HTML("<b>read items of the load rank</b>"),
+                    self.reads,
+                    W.HTML("<b>I/O per load rank</b>"),
+                    self.io,
+                ]
+            ),
+            "wb-checkpoint",
+        )
         self._show_plan()
         self._observe(self.filter, self.only_problems, self.tensor, self.rank, self.dims)
         for c in (self.preset, self.recipe, self.mesh):
@@ -574,9 +799,11 @@ class CheckpointExplorer(_Explorer):
 
     def _show_plan(self) -> None:
         """The parts that change only with the plan: header, I/O table."""
-        self._header.value = (f"<b>{html.escape(self.plan.source)}</b>: "
-                              f"{_count(len(self.plan.metadata.state_dict_metadata), 'saved key')}, "
-                              f"{_count(len(self.plan.problems), 'problem')}")
+        self._header.value = (
+            f"<b>{html.escape(self.plan.source)}</b>: "
+            f"{_count(len(self.plan.metadata.state_dict_metadata), 'saved key')}, "
+            f"{_count(len(self.plan.problems), 'problem')}"
+        )
         if self.plan.io is not None:
             self.io.outputs = (_mime(_styled(self.plan.io, self.plan.io.columns)),)
         else:
@@ -586,8 +813,9 @@ class CheckpointExplorer(_Explorer):
         """Re-plan the checkpoint into ``(preset, recipe, mesh)``; a bad target goes to the message
         panel and the last plan stays."""
         try:
-            plan = plan_checkpoint(self._source,
-                                   (preset, recipe, parse_ints(mesh, "target mesh", example="2, 2")))
+            plan = plan_checkpoint(
+                self._source, (preset, recipe, parse_ints(mesh, "target mesh", example="2, 2"))
+            )
         except WorkbenchError as err:
             _message(self.message, err)
             return
@@ -606,14 +834,20 @@ class CheckpointExplorer(_Explorer):
         self.set_target(self.preset.value.strip(), self.recipe.value, self.mesh.value)
 
     def _compute(self) -> CheckpointResult:
-        return explore_checkpoint(self.plan, pattern=self.filter.value,
-                                  only_problems=self.only_problems.value, fqn=self.tensor.value,
-                                  rank=self.rank.value, dims=self.dims.value)
+        return explore_checkpoint(
+            self.plan,
+            pattern=self.filter.value,
+            only_problems=self.only_problems.value,
+            fqn=self.tensor.value,
+            rank=self.rank.value,
+            dims=self.dims.value,
+        )
 
     def _show(self, r: CheckpointResult) -> None:
         counts = self.plan.problem_counts
-        options = [(f"{k}  ({_count(counts[k], 'problem')})" if counts.get(k) else k, k)
-                   for k in r.fqns]
+        options = [
+            (f"{k}  ({_count(counts[k], 'problem')})" if counts.get(k) else k, k) for k in r.fqns
+        ]
         self._muted = True
         try:
             if list(self.tensor.options) != options:
@@ -621,14 +855,26 @@ class CheckpointExplorer(_Explorer):
             self.tensor.value = r.fqn
         finally:
             self._muted = False
-        self.picture.outputs = ((_mime(Image(data=r.png, format="png")),) if r.png
-                                else (_note("nothing to draw (not a saved tensor)"),))
-        self.chunks.outputs = ((_mime(_styled(r.chunks, r.chunks.columns)),)
-                               if r.chunks is not None else (_note("not in the checkpoint"),))
-        self.reads.outputs = ((_mime(_styled(r.reads, READ_COLUMNS)),) if r.reads is not None
-                              else (_note("no target for this key"),))
-        self.problems.outputs = ((_mime(_styled(r.problems_table, PROBLEM_COLUMNS)),)
-                                 if len(r.problems_table) else (_note("no problems found"),))
+        self.picture.outputs = (
+            (_mime(Image(data=r.png, format="png")),)
+            if r.png
+            else (_note("nothing to draw (not a saved tensor)"),)
+        )
+        self.chunks.outputs = (
+            (_mime(_styled(r.chunks, r.chunks.columns)),)
+            if r.chunks is not None
+            else (_note("not in the checkpoint"),)
+        )
+        self.reads.outputs = (
+            (_mime(_styled(r.reads, READ_COLUMNS)),)
+            if r.reads is not None
+            else (_note("no target for this key"),)
+        )
+        self.problems.outputs = (
+            (_mime(_styled(r.problems_table, PROBLEM_COLUMNS)),)
+            if len(r.problems_table)
+            else (_note("no problems found"),)
+        )
 
 
 # ----------------------------------------------------------------------------- read order
@@ -658,9 +904,14 @@ def _light_up(picture, items, step: int):
     if len(reads) != len(drawn) or step not in drawn:
         return picture
     lit = reads[drawn.index(step)]
-    tiles = tuple(replace(t, face=HIGHLIGHT_COLOR, alpha=1.0, linewidth=2.5) if i == lit
-                  else replace(t, alpha=0.25) if t.kind == "read" else t
-                  for i, t in enumerate(picture.tiles))
+    tiles = tuple(
+        replace(t, face=HIGHLIGHT_COLOR, alpha=1.0, linewidth=2.5)
+        if i == lit
+        else replace(t, alpha=0.25)
+        if t.kind == "read"
+        else t
+        for i, t in enumerate(picture.tiles)
+    )
     return replace(picture, tiles=tiles, title=f"{picture.title}: item {step + 1} of {len(items)}")
 
 
@@ -675,16 +926,23 @@ def step_read_order(load, fqn: str, rank: int = 0, step: int = 0, *, dims="0, 1"
     reads = read_items_table(load, fqn, rank=rank)
     items = [it for it in load.plans[rank].items if it.dest_index.fqn == fqn]
     if items and not 0 <= step < len(items):
-        raise PlanError(fqn, f"step {step} is not one of rank {rank}'s {len(items)} read items",
-                        f"0 <= step < {len(items)}", "Step within the list.", step=step)
+        raise PlanError(
+            fqn,
+            f"step {step} is not one of rank {rank}'s {len(items)} read items",
+            f"0 <= step < {len(items)}",
+            "Step within the list.",
+            step=step,
+        )
     picture = reshard_data(load.metadata, load, fqn, rank, dims=parse_ints(dims, "dims to draw"))
     if items:
         item, row = items[step], reads.iloc[step]
-        caption = (f"item {step + 1} of {len(items)}: rank {rank} copies {row['dest_region']} from "
-                   f"saved chunk #{row['source_chunk']} {row['storage_region']}"
-                   + (f" in {row['source_file']}" if isinstance(row['source_file'], str) else "")
-                   + f" (dest_offsets {tuple(item.dest_offsets)}, storage_offsets "
-                     f"{tuple(item.storage_offsets)}, lengths {tuple(item.lengths)})")
+        caption = (
+            f"item {step + 1} of {len(items)}: rank {rank} copies {row['dest_region']} from "
+            f"saved chunk #{row['source_chunk']} {row['storage_region']}"
+            + (f" in {row['source_file']}" if isinstance(row["source_file"], str) else "")
+            + f" (dest_offsets {tuple(item.dest_offsets)}, storage_offsets "
+            f"{tuple(item.storage_offsets)}, lengths {tuple(item.lengths)})"
+        )
         picture = _light_up(picture, items, step)
     else:
         item, caption = None, f"rank {rank} reads nothing of {fqn}"
@@ -699,26 +957,42 @@ class ReadOrderStepper(_Explorer):
     ``source``: a classic reshard label (`CLASSIC_RESHARDS`), a `ReshardResult` or
     ``plan_load``'s result; ``fqn`` defaults to the first planned key."""
 
-    def __init__(self, source=DEFAULT_CLASSIC, fqn: str | None = None, *, rank: int = 0,
-                 dims: str = "0, 1"):
+    def __init__(
+        self, source=DEFAULT_CLASSIC, fqn: str | None = None, *, rank: int = 0, dims: str = "0, 1"
+    ):
         super().__init__()
         if isinstance(source, str):
             source = explore_reshard(**_classic(source))
         self.load = getattr(source, "load", source)
         self.fqn = fqn if fqn is not None else next(iter(self.load.layouts))
         self._dims = dims
-        self.rank = _dropdown(list(range(self.load.world_size)),
-                              _check_rank(rank, self.load.world_size), "load rank", "wb-rank")
-        self.step = _css(W.IntSlider(value=0, min=0, max=0, description="item",
-                                     continuous_update=False), "wb-step")
+        self.rank = _dropdown(
+            list(range(self.load.world_size)),
+            _check_rank(rank, self.load.world_size),
+            "load rank",
+            "wb-rank",
+        )
+        self.step = _css(
+            W.IntSlider(value=0, min=0, max=0, description="item", continuous_update=False),
+            "wb-step",
+        )
         self.prev = _css(W.Button(description="prev", icon="arrow-left"), "wb-prev")
         self.next = _css(W.Button(description="next", icon="arrow-right"), "wb-next")
         self.caption = _css(W.HTML(), "wb-caption")
         self.picture = _css(W.Output(), "wb-picture")
         self.reads = _css(W.Output(), "wb-reads")
-        self.widget = _css(W.VBox([W.HBox([self.rank, self.prev, self.step, self.next]),
-                                   self.caption, self.message, self.picture, self.reads]),
-                           "wb-stepper")
+        self.widget = _css(
+            W.VBox(
+                [
+                    W.HBox([self.rank, self.prev, self.step, self.next]),
+                    self.caption,
+                    self.message,
+                    self.picture,
+                    self.reads,
+                ]
+            ),
+            "wb-stepper",
+        )
         self.prev.on_click(lambda _: self._move(-1))
         self.next.on_click(lambda _: self._move(+1))
         self.rank.observe(self._on_rank, names="value")
@@ -726,8 +1000,9 @@ class ReadOrderStepper(_Explorer):
         self._on_rank()
 
     def _n_items(self) -> int:
-        return sum(1 for it in self.load.plans[self.rank.value].items
-                   if it.dest_index.fqn == self.fqn)
+        return sum(
+            1 for it in self.load.plans[self.rank.value].items if it.dest_index.fqn == self.fqn
+        )
 
     def _on_rank(self, _change=None) -> None:
         """A new rank: its items, starting at the first."""
@@ -743,8 +1018,9 @@ class ReadOrderStepper(_Explorer):
         self.step.value = min(max(self.step.value + delta, 0), self.step.max)
 
     def _compute(self) -> StepResult:
-        return step_read_order(self.load, self.fqn, self.rank.value, self.step.value,
-                               dims=self._dims)
+        return step_read_order(
+            self.load, self.fqn, self.rank.value, self.step.value, dims=self._dims
+        )
 
     def _show(self, r: StepResult) -> None:
         self.caption.value = html.escape(r.caption)

@@ -1,23 +1,35 @@
 """Torch bridge: everything that touches real torch objects or real checkpoints.
 
-Modules here import torch **inside functions only** (except where noted), so importing this package
-stays cheap: ``convert`` (workbench records <-> torch records and objects), ``safe_metadata``
-(allow-list ``.metadata`` reader, needs no torch), ``fake_pg`` (torch's own planners for every rank
-under the ``fake`` process group), ``runs`` (real multi-process ``dcp.save`` / ``dcp.load`` over gloo).
+Modules here import torch **inside functions only** (except where noted), so importing this
+package stays cheap: ``convert`` (workbench records <-> torch records and objects), ``fake_pg``
+(torch's own planners for every rank under the ``fake`` process group), ``runs`` (real
+multi-process ``dcp.save`` / ``dcp.load`` over gloo).
 """
+
 from __future__ import annotations
 
 import importlib
 
 _LAZY = {
-    "load_metadata": "safe_metadata",
     "verify_with_torch": "fake_pg",
     "torch_save_plans": "fake_pg",
-    **{n: "convert" for n in ("to_torch", "from_torch", "layout_from_torch",
-                              "local_tensor_from_torch")},
+    **{
+        n: "convert"
+        for n in ("to_torch", "from_torch", "layout_from_torch", "local_tensor_from_torch")
+    },
     "torch_load_plans": "fake_pg",
-    **{n: "runs" for n in ("run_save", "run_load", "run_steps", "make_checkpoint",
-                           "make_checkpoints", "load_scenarios", "SCENARIO_KINDS")},
+    **{
+        n: "runs"
+        for n in (
+            "run_save",
+            "run_load",
+            "run_steps",
+            "make_checkpoint",
+            "make_checkpoints",
+            "load_scenarios",
+            "SCENARIO_KINDS",
+        )
+    },
 }
 
 

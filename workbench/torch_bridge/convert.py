@@ -10,37 +10,72 @@ DTensor, ShardedTensor or Tensor as a workbench `Layout` / `LocalTensor`.
 
 torch is imported inside functions only.
 """
+
 from __future__ import annotations
 
 from .. import records as R
 from ..geometry import Chunk
-from ..sharding import (Layout, Placement, Replicate, Shard, StridedShard, as_placement,
-                        dtensor_layout, sharded_layout, tensor_layout)
+from ..sharding import (
+    Layout,
+    Placement,
+    Replicate,
+    Shard,
+    StridedShard,
+    as_placement,
+    dtensor_layout,
+    sharded_layout,
+    tensor_layout,
+)
 
-__all__ = ["to_torch", "from_torch", "placement_to_torch", "placement_from_torch",
-           "properties_to_torch", "properties_from_torch", "layout_from_torch",
-           "local_tensor_from_torch"]
+__all__ = [
+    "to_torch",
+    "from_torch",
+    "placement_to_torch",
+    "placement_from_torch",
+    "properties_to_torch",
+    "properties_from_torch",
+    "layout_from_torch",
+    "local_tensor_from_torch",
+]
 
 
 def properties_to_torch(p: R.TensorProperties):
     import torch
     from torch.distributed.checkpoint.metadata import TensorProperties
 
-    return TensorProperties(dtype=getattr(torch, p.dtype), layout=getattr(torch, p.layout),
-                            requires_grad=p.requires_grad,
-                            memory_format=getattr(torch, p.memory_format), pin_memory=p.pin_memory)
+    return TensorProperties(
+        dtype=getattr(torch, p.dtype),
+        layout=getattr(torch, p.layout),
+        requires_grad=p.requires_grad,
+        memory_format=getattr(torch, p.memory_format),
+        pin_memory=p.pin_memory,
+    )
 
 
 def properties_from_torch(p) -> R.TensorProperties:
-    return R.TensorProperties(dtype=str(p.dtype), layout=str(p.layout),
-                              requires_grad=bool(p.requires_grad),
-                              memory_format=str(p.memory_format), pin_memory=bool(p.pin_memory))
+    return R.TensorProperties(
+        dtype=str(p.dtype),
+        layout=str(p.layout),
+        requires_grad=bool(p.requires_grad),
+        memory_format=str(p.memory_format),
+        pin_memory=bool(p.pin_memory),
+    )
 
 
 def placement_to_torch(p):
     """A torch placement from a workbench placement or spec string (``"SS(0,2)"``)."""
-    from torch.distributed.tensor.placement_types import (Partial as TPartial, Replicate as TReplicate,
-                                                          Shard as TShard, _StridedShard)
+    from torch.distributed.tensor.placement_types import (
+        Partial as TPartial,
+    )
+    from torch.distributed.tensor.placement_types import (
+        Replicate as TReplicate,
+    )
+    from torch.distributed.tensor.placement_types import (
+        Shard as TShard,
+    )
+    from torch.distributed.tensor.placement_types import (
+        _StridedShard,
+    )
 
     p = as_placement(p)
     if isinstance(p, Shard):
@@ -82,18 +117,21 @@ def to_torch(record):
     if isinstance(r, R.TensorProperties):
         return properties_to_torch(r)
     if isinstance(r, R.TensorStorageMetadata):
-        return M.TensorStorageMetadata(properties_to_torch(r.properties), torch.Size(r.size),
-                                       [to_torch(c) for c in r.chunks])
+        return M.TensorStorageMetadata(
+            properties_to_torch(r.properties), torch.Size(r.size), [to_torch(c) for c in r.chunks]
+        )
     if isinstance(r, R.BytesStorageMetadata):
         return M.BytesStorageMetadata()
     if isinstance(r, R.StorageMeta):
         return M.StorageMeta(r.checkpoint_id, r.save_id, r.load_id, list(r.modules))
     if isinstance(r, R.Metadata):
-        return M.Metadata({k: to_torch(v) for k, v in r.state_dict_metadata.items()},
-                          planner_data=r.planner_data,
-                          storage_data=None if r.storage_data is None else to_torch(dict(r.storage_data)),
-                          storage_meta=None if r.storage_meta is None else to_torch(r.storage_meta),
-                          version=r.version)
+        return M.Metadata(
+            {k: to_torch(v) for k, v in r.state_dict_metadata.items()},
+            planner_data=r.planner_data,
+            storage_data=None if r.storage_data is None else to_torch(dict(r.storage_data)),
+            storage_meta=None if r.storage_meta is None else to_torch(r.storage_meta),
+            version=r.version,
+        )
     if isinstance(r, R.StorageInfo):
         td = None if r.transform_descriptors is None else list(r.transform_descriptors)
         return _StorageInfo(r.relative_path, r.offset, r.length, td)
@@ -104,23 +142,36 @@ def to_torch(record):
     if isinstance(r, R.BytesIOWriteData):
         return P.BytesIOWriteData(r.nbytes)
     if isinstance(r, R.TensorWriteData):
-        return P.TensorWriteData(to_torch(r.chunk), properties_to_torch(r.properties),
-                                 torch.Size(r.size))
+        return P.TensorWriteData(
+            to_torch(r.chunk), properties_to_torch(r.properties), torch.Size(r.size)
+        )
     if isinstance(r, R.WriteItem):
-        return P.WriteItem(index=_index_to_torch(r.index), type=P.WriteItemType[r.type.name],
-                           bytes_io_data=None if r.bytes_io_data is None else to_torch(r.bytes_io_data),
-                           tensor_data=None if r.tensor_data is None else to_torch(r.tensor_data))
+        return P.WriteItem(
+            index=_index_to_torch(r.index),
+            type=P.WriteItemType[r.type.name],
+            bytes_io_data=None if r.bytes_io_data is None else to_torch(r.bytes_io_data),
+            tensor_data=None if r.tensor_data is None else to_torch(r.tensor_data),
+        )
     if isinstance(r, R.ReadItem):
-        return P.ReadItem(type=P.LoadItemType[r.type.name], dest_index=_index_to_torch(r.dest_index),
-                          dest_offsets=torch.Size(r.dest_offsets),
-                          storage_index=_index_to_torch(r.storage_index),
-                          storage_offsets=torch.Size(r.storage_offsets), lengths=torch.Size(r.lengths))
+        return P.ReadItem(
+            type=P.LoadItemType[r.type.name],
+            dest_index=_index_to_torch(r.dest_index),
+            dest_offsets=torch.Size(r.dest_offsets),
+            storage_index=_index_to_torch(r.storage_index),
+            storage_offsets=torch.Size(r.storage_offsets),
+            lengths=torch.Size(r.lengths),
+        )
     if isinstance(r, R.SavePlan):
-        return P.SavePlan([to_torch(i) for i in r.items], storage_data=r.storage_data,
-                          planner_data=r.planner_data, usable=r.usable)
+        return P.SavePlan(
+            [to_torch(i) for i in r.items],
+            storage_data=r.storage_data,
+            planner_data=r.planner_data,
+            usable=r.usable,
+        )
     if isinstance(r, R.LoadPlan):
-        return P.LoadPlan([to_torch(i) for i in r.items], storage_data=r.storage_data,
-                          planner_data=r.planner_data)
+        return P.LoadPlan(
+            [to_torch(i) for i in r.items], storage_data=r.storage_data, planner_data=r.planner_data
+        )
     if isinstance(r, Placement):
         return placement_to_torch(r)
     return r
@@ -159,18 +210,23 @@ def from_torch(obj):
     if isinstance(obj, M.TensorProperties):
         return properties_from_torch(obj)
     if isinstance(obj, M.TensorStorageMetadata):
-        return R.TensorStorageMetadata(properties_from_torch(obj.properties), tuple(obj.size),
-                                       [from_torch(c) for c in obj.chunks])
+        return R.TensorStorageMetadata(
+            properties_from_torch(obj.properties),
+            tuple(obj.size),
+            [from_torch(c) for c in obj.chunks],
+        )
     if isinstance(obj, M.BytesStorageMetadata):
         return R.BytesStorageMetadata()
     if isinstance(obj, M.StorageMeta):
         return R.StorageMeta(obj.checkpoint_id, obj.save_id, obj.load_id, list(obj.modules))
     if isinstance(obj, M.Metadata):
-        return R.Metadata({k: from_torch(v) for k, v in obj.state_dict_metadata.items()},
-                          planner_data=obj.planner_data,
-                          storage_data=None if obj.storage_data is None else from_torch(dict(obj.storage_data)),
-                          storage_meta=None if obj.storage_meta is None else from_torch(obj.storage_meta),
-                          version=obj.version)
+        return R.Metadata(
+            {k: from_torch(v) for k, v in obj.state_dict_metadata.items()},
+            planner_data=obj.planner_data,
+            storage_data=None if obj.storage_data is None else from_torch(dict(obj.storage_data)),
+            storage_meta=None if obj.storage_meta is None else from_torch(obj.storage_meta),
+            version=obj.version,
+        )
     if isinstance(obj, _StorageInfo):
         td = None if obj.transform_descriptors is None else tuple(obj.transform_descriptors)
         return R.StorageInfo(obj.relative_path, obj.offset, obj.length, td)
@@ -181,18 +237,29 @@ def from_torch(obj):
     if isinstance(obj, P.BytesIOWriteData):
         return R.BytesIOWriteData(obj.nbytes)
     if isinstance(obj, P.TensorWriteData):
-        return R.TensorWriteData(from_torch(obj.chunk), properties_from_torch(obj.properties),
-                                 tuple(obj.size))
+        return R.TensorWriteData(
+            from_torch(obj.chunk), properties_from_torch(obj.properties), tuple(obj.size)
+        )
     if isinstance(obj, P.WriteItem):
-        return R.WriteItem(_idx(obj.index), R.WriteItemType[obj.type.name],
-                           None if obj.bytes_io_data is None else from_torch(obj.bytes_io_data),
-                           None if obj.tensor_data is None else from_torch(obj.tensor_data))
+        return R.WriteItem(
+            _idx(obj.index),
+            R.WriteItemType[obj.type.name],
+            None if obj.bytes_io_data is None else from_torch(obj.bytes_io_data),
+            None if obj.tensor_data is None else from_torch(obj.tensor_data),
+        )
     if isinstance(obj, P.ReadItem):
-        return R.ReadItem(R.LoadItemType[obj.type.name], _idx(obj.dest_index), tuple(obj.dest_offsets),
-                          _idx(obj.storage_index), tuple(obj.storage_offsets), tuple(obj.lengths))
+        return R.ReadItem(
+            R.LoadItemType[obj.type.name],
+            _idx(obj.dest_index),
+            tuple(obj.dest_offsets),
+            _idx(obj.storage_index),
+            tuple(obj.storage_offsets),
+            tuple(obj.lengths),
+        )
     if isinstance(obj, P.SavePlan):
-        return R.SavePlan([from_torch(i) for i in obj.items], obj.storage_data, obj.planner_data,
-                          obj.usable)
+        return R.SavePlan(
+            [from_torch(i) for i in obj.items], obj.storage_data, obj.planner_data, obj.usable
+        )
     if isinstance(obj, P.LoadPlan):
         return R.LoadPlan([from_torch(i) for i in obj.items], obj.storage_data, obj.planner_data)
     if type(obj).__name__ in ("Shard", "_StridedShard", "Replicate", "Partial"):
@@ -220,14 +287,21 @@ def layout_from_torch(obj) -> Layout:
         # the process group's world; without one, an extra rank stands for "outside the mesh"
         # when this rank has no coordinate
         ws = _world_size(max(ranks) + 1 + (obj.device_mesh.get_coordinate() is None))
-        return dtensor_layout(tuple(obj.shape), mesh, [as_placement(p) for p in obj.placements],
-                              dtype, ws, mesh_ranks=ranks)
+        return dtensor_layout(
+            tuple(obj.shape),
+            mesh,
+            [as_placement(p) for p in obj.placements],
+            dtype,
+            ws,
+            mesh_ranks=ranks,
+        )
     if isinstance(obj, ShardedTensor):
         md = obj.metadata()
         per: dict[int, list] = {}
         for s in md.shards_metadata:
-            per.setdefault(s.placement.rank(), []).append(Chunk(tuple(s.shard_offsets),
-                                                                tuple(s.shard_sizes)))
+            per.setdefault(s.placement.rank(), []).append(
+                Chunk(tuple(s.shard_offsets), tuple(s.shard_sizes))
+            )
         ws = max(_world_size(1), max(per, default=0) + 1)
         # (md's dtype: ShardedTensor.dtype warns that ShardedTensor is deprecated)
         return sharded_layout(tuple(md.size), per, str(md.tensor_properties.dtype), ws)
@@ -248,23 +322,28 @@ def local_tensor_from_torch(obj):
     layout = layout_from_torch(obj)
     if isinstance(obj, DTensor):
         coord = obj.device_mesh.get_coordinate()
-        rank = (layout.mesh_ranks_or_default[int(np.ravel_multi_index(tuple(coord),
-                                                                      layout.mesh_shape))]
-                if coord is not None else
-                dist.get_rank() if dist.is_available() and dist.is_initialized()
-                else layout.world_size - 1)
+        rank = (
+            layout.mesh_ranks_or_default[int(np.ravel_multi_index(tuple(coord), layout.mesh_shape))]
+            if coord is not None
+            else dist.get_rank()
+            if dist.is_available() and dist.is_initialized()
+            else layout.world_size - 1
+        )
         props = TensorProperties.create_from_tensor(obj.to_local())
     elif isinstance(obj, ShardedTensor):
         rank = dist.get_rank() if dist.is_initialized() else 0
         # keep this rank's chunks in local_shards() order (what torch iterates)
-        local = tuple(Chunk(tuple(s.metadata.shard_offsets), tuple(s.metadata.shard_sizes))
-                      for s in obj.local_shards())
+        local = tuple(
+            Chunk(tuple(s.metadata.shard_offsets), tuple(s.metadata.shard_sizes))
+            for s in obj.local_shards()
+        )
         rc = list(layout.rank_chunks)
         rc[rank] = local
         layout = Layout("sharded", layout.shape, layout.dtype, layout.world_size, tuple(rc))
         tp = obj.metadata().tensor_properties
-        props = TensorProperties(tp.dtype, tp.layout, tp.requires_grad, tp.memory_format,
-                                 tp.pin_memory)
+        props = TensorProperties(
+            tp.dtype, tp.layout, tp.requires_grad, tp.memory_format, tp.pin_memory
+        )
     else:
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         props = TensorProperties.create_from_tensor(obj)

@@ -9,21 +9,28 @@ its planner makes its local plan, and the group is destroyed. The global save st
 ``create_default_global_save_plan``, ``_validate_global_plan``) then runs on all local plans as
 the coordinator would. torch is imported inside functions only.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from ..errors import PlanError
 from ..records import Metadata
 from ..sharding import Layout
 
-__all__ = ["TorchSavePlans", "TorchLoadPlans", "Verification", "torch_save_plans",
-           "torch_load_plans", "verify_with_torch"]
+__all__ = [
+    "TorchSavePlans",
+    "TorchLoadPlans",
+    "Verification",
+    "torch_save_plans",
+    "torch_load_plans",
+    "verify_with_torch",
+]
 
 
 @dataclass(frozen=True)
@@ -70,9 +77,13 @@ def _fake_rank(rank: int, world_size: int):
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     if dist.is_initialized():
-        raise PlanError(None, "a process group is already initialised in this process",
-                        "no default process group", "Run torch's planners under the fake group "
-                        "outside a distributed job (or destroy the group first).")
+        raise PlanError(
+            None,
+            "a process group is already initialised in this process",
+            "no default process group",
+            "Run torch's planners under the fake group "
+            "outside a distributed job (or destroy the group first).",
+        )
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
     try:
         with _quiet():
@@ -98,8 +109,12 @@ def _quiet():
 def _check(layouts: Mapping[str, Layout]) -> int:
     sizes = {lay.world_size for lay in layouts.values()}
     if len(sizes) != 1:
-        raise PlanError(None, f"layouts have world sizes {sorted(sizes)}", "one world size",
-                        "Build every layout with the same world_size.")
+        raise PlanError(
+            None,
+            f"layouts have world sizes {sorted(sizes)}",
+            "one world size",
+            "Build every layout with the same world_size.",
+        )
     return sizes.pop()
 
 
@@ -121,17 +136,23 @@ def _rank_state_dict(layouts, rank, device):
     return _state_dict(layouts, rank, _Meshes(), empty=device)
 
 
-def torch_save_plans(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False, *,
-                     progress: bool | None = None) -> TorchSavePlans:
+def torch_save_plans(
+    layouts: Mapping[str, Layout],
+    save_to_lowest_rank: bool = False,
+    *,
+    progress: bool | None = None,
+) -> TorchSavePlans:
     """Every rank's ``DefaultSavePlanner.create_local_plan`` under the fake process group, then
     torch's global step (``dedup_save_plans``, ``create_default_global_save_plan``, merged
     planner data, ``_validate_global_plan``) on the coordinator, as workbench records."""
     from collections import ChainMap
 
     from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans
-    from torch.distributed.checkpoint.default_planner import (DefaultSavePlanner,
-                                                              _validate_global_plan,
-                                                              create_default_global_save_plan)
+    from torch.distributed.checkpoint.default_planner import (
+        DefaultSavePlanner,
+        _validate_global_plan,
+        create_default_global_save_plan,
+    )
 
     from .convert import from_torch
     from .runs import _exc_text
@@ -156,12 +177,18 @@ def torch_save_plans(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = 
     md = dataclasses.replace(md, planner_data=merged)
     with _quiet():
         errors = _validate_global_plan(global_plan, md)
-    return TorchSavePlans(from_torch(local), from_torch(global_plan), from_torch(md), errors,
-                          rank_errors)
+    return TorchSavePlans(
+        from_torch(local), from_torch(global_plan), from_torch(md), errors, rank_errors
+    )
 
 
-def torch_load_plans(metadata, layouts: Mapping[str, Layout], *, allow_partial_load: bool = False,
-                     progress: bool | None = None) -> TorchLoadPlans:
+def torch_load_plans(
+    metadata,
+    layouts: Mapping[str, Layout],
+    *,
+    allow_partial_load: bool = False,
+    progress: bool | None = None,
+) -> TorchLoadPlans:
     """Every rank's ``DefaultLoadPlanner.create_local_plan`` against ``metadata`` (a workbench or
     torch ``Metadata``) under the fake process group, as workbench ``LoadPlan``s."""
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -178,8 +205,9 @@ def torch_load_plans(metadata, layouts: Mapping[str, Layout], *, allow_partial_l
             try:
                 # local shards on the CPU, uninitialised: set_up_planner would materialise meta
                 # tensors anyway and refuses meta ShardedTensors
-                planner.set_up_planner(_rank_state_dict(layouts, r, "cpu"), tmd,
-                                       is_coordinator=r == 0)
+                planner.set_up_planner(
+                    _rank_state_dict(layouts, r, "cpu"), tmd, is_coordinator=r == 0
+                )
                 plans.append(from_torch(planner.create_local_plan()))
                 errors.append(None)
             except Exception as e:
@@ -192,8 +220,16 @@ def torch_load_plans(metadata, layouts: Mapping[str, Layout], *, allow_partial_l
 def _item_key(item):
     """Everything torch's records hold, index hints included (``==`` ignores them)."""
     if hasattr(item, "dest_index"):
-        return (item.type, item.dest_index, item.dest_index.index, item.dest_offsets,
-                item.storage_index, item.storage_index.index, item.storage_offsets, item.lengths)
+        return (
+            item.type,
+            item.dest_index,
+            item.dest_index.index,
+            item.dest_offsets,
+            item.storage_index,
+            item.storage_index.index,
+            item.storage_offsets,
+            item.lengths,
+        )
     return (item.type, item.index, item.index.index, item.tensor_data)
 
 
@@ -209,9 +245,12 @@ def _first_item_difference(what, ours, theirs, ranks=None) -> str | None:
 
 
 def _tensor_md_key(md):
-    return (type(md).__name__, getattr(md, "size", None),
-            getattr(getattr(md, "properties", None), "dtype", None),
-            tuple(getattr(md, "chunks", ())))
+    return (
+        type(md).__name__,
+        getattr(md, "size", None),
+        getattr(getattr(md, "properties", None), "dtype", None),
+        tuple(getattr(md, "chunks", ())),
+    )
 
 
 def _first_failure(failures, fqns, rank):
@@ -255,20 +294,27 @@ def _compare_load(metadata, layouts, allow_partial_load, progress=None) -> str |
     from ..planning import plan_load
 
     ours = plan_load(metadata, layouts, allow_partial_load=allow_partial_load)
-    theirs = torch_load_plans(metadata, layouts, allow_partial_load=allow_partial_load,
-                              progress=progress)
+    theirs = torch_load_plans(
+        metadata, layouts, allow_partial_load=allow_partial_load, progress=progress
+    )
     diff = _first_error_difference("load", ours.failures, list(layouts), theirs.rank_errors)
     if diff:
         return diff
     ok = [r for r, e in enumerate(theirs.rank_errors) if e is None]
-    return _first_item_difference("load plan", [ours.plans[r] for r in ok],
-                                  [theirs.plans[r] for r in ok], ok)
+    return _first_item_difference(
+        "load plan", [ours.plans[r] for r in ok], [theirs.plans[r] for r in ok], ok
+    )
 
 
-def verify_with_torch(layouts: Mapping[str, Layout], metadata=None, *,
-                      load_layouts: Mapping[str, Layout] | None = None,
-                      save_to_lowest_rank: bool = False, allow_partial_load: bool = False,
-                      progress: bool | None = None) -> Verification:
+def verify_with_torch(
+    layouts: Mapping[str, Layout],
+    metadata=None,
+    *,
+    load_layouts: Mapping[str, Layout] | None = None,
+    save_to_lowest_rank: bool = False,
+    allow_partial_load: bool = False,
+    progress: bool | None = None,
+) -> Verification:
     """Compare the workbench's plans with torch's own planners under the fake process group.
 
     Without ``metadata``: `plan_save(layouts)` against torch's local plans, final plans, metadata

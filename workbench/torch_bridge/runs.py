@@ -14,6 +14,7 @@ otherwise listen on every interface), ``GLOO_SOCKET_IFNAME=lo``, ``OMP_NUM_THREA
 collectives have a timeout, the launcher a time limit after which stragglers are killed, and every
 rank destroys its process group before it exits. torch is imported inside functions only.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,18 +26,33 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import PlanError
 from ..sharding import Layout, bytes_layout, dtensor_layout, tensor_layout
 
-__all__ = ["SaveStep", "LoadStep", "SaveRun", "LoadRun", "RankLoad", "Scenario", "run_steps",
-           "run_save", "run_load", "make_checkpoint", "make_checkpoints", "load_scenarios",
-           "SCENARIO_KINDS", "global_values", "MAX_WORLD_SIZE"]
+__all__ = [
+    "SaveStep",
+    "LoadStep",
+    "SaveRun",
+    "LoadRun",
+    "RankLoad",
+    "Scenario",
+    "run_steps",
+    "run_save",
+    "run_load",
+    "make_checkpoint",
+    "make_checkpoints",
+    "load_scenarios",
+    "SCENARIO_KINDS",
+    "global_values",
+    "MAX_WORLD_SIZE",
+]
 
 MAX_WORLD_SIZE = 8
 _FLOATS = {"float64", "float32", "float16", "bfloat16"}
@@ -117,8 +133,9 @@ class LoadRun:
                         out.append((r.rank, fqn, 1, 0))
                     continue
                 if isinstance(got, list):  # a ShardedTensor's local shards
-                    got, want = (np.concatenate([a.ravel() for a in x] or [np.zeros(0)])
-                                 for x in (got, want))
+                    got, want = (
+                        np.concatenate([a.ravel() for a in x] or [np.zeros(0)]) for x in (got, want)
+                    )
                 bad = got != want
                 if bad.any():
                     out.append((r.rank, fqn, int(bad.sum()), int((got[bad] == self.fill).sum())))
@@ -188,8 +205,10 @@ def _sharded_tensor(layout: Layout, rank: int, local):
     import torch
     from torch.distributed._shard.metadata import ShardMetadata
     from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
-    from torch.distributed._shard.sharded_tensor.metadata import (ShardedTensorMetadata,
-                                                                  TensorProperties)
+    from torch.distributed._shard.sharded_tensor.metadata import (
+        ShardedTensorMetadata,
+        TensorProperties,
+    )
 
     device = local[0].device.type if local else "cpu"
 
@@ -200,11 +219,18 @@ def _sharded_tensor(layout: Layout, rank: int, local):
     props = TensorProperties(dtype=getattr(torch, layout.dtype))
     shards = [Shard(t, md(rank, c)) for t, c in zip(local, layout.chunks(rank))]
     return ShardedTensor._init_from_local_shards_and_global_metadata(
-        shards, ShardedTensorMetadata(everyone, torch.Size(layout.shape), props))
+        shards, ShardedTensorMetadata(everyone, torch.Size(layout.shape), props)
+    )
 
 
-def _build(fqn: str, layout: Layout, rank: int, meshes: _Meshes, fill: float | None = None,
-           empty: str | None = None):
+def _build(
+    fqn: str,
+    layout: Layout,
+    rank: int,
+    meshes: _Meshes,
+    fill: float | None = None,
+    empty: str | None = None,
+):
     """The state-dict value of ``rank`` for one entry: the encoded values; ``fill`` everywhere
     (a load destination); or, with ``empty`` (a device, e.g. ``"meta"``), uninitialised local
     tensors (planning only)."""
@@ -224,14 +250,23 @@ def _build(fqn: str, layout: Layout, rank: int, meshes: _Meshes, fill: float | N
         local = [torch.empty(c.sizes, dtype=dt, device=empty) for c in layout.chunks(rank)]
         local = local if layout.kind == "sharded" else local[0]
     else:
-        g = (global_values(layout, rank) if fill is None
-             else torch.full(layout.shape, fill, dtype=torch.float64).to(dt))
+        g = (
+            global_values(layout, rank)
+            if fill is None
+            else torch.full(layout.shape, fill, dtype=torch.float64).to(dt)
+        )
         local = _local_values(layout, rank, g)
     if layout.kind == "dtensor":
         mesh = meshes.get(layout)
-        stride = tuple(math.prod(layout.shape[d + 1:]) for d in range(layout.ndim))
-        return DTensor.from_local(local, mesh, [placement_to_torch(p) for p in layout.placements],
-                                  run_check=False, shape=torch.Size(layout.shape), stride=stride)
+        stride = tuple(math.prod(layout.shape[d + 1 :]) for d in range(layout.ndim))
+        return DTensor.from_local(
+            local,
+            mesh,
+            [placement_to_torch(p) for p in layout.placements],
+            run_check=False,
+            shape=torch.Size(layout.shape),
+            stride=stride,
+        )
     if layout.kind == "sharded":
         return _sharded_tensor(layout, rank, local)
     return local
@@ -248,16 +283,20 @@ def _state_dict(layouts, rank, meshes, fill=None, empty=None):
     # Exception: for the fake process group (``empty`` set) a ShardedTensor without local shards
     # is left out, because torch asks such a tensor for its device through
     # torch.cuda.current_device() unless the group's backend is gloo.
-    return {fqn: _build(fqn, lay, rank, meshes, fill, empty) for fqn, lay in layouts.items()
-            if lay.chunks(rank) or lay.kind == "dtensor" or (lay.kind == "sharded" and not empty)}
+    return {
+        fqn: _build(fqn, lay, rank, meshes, fill, empty)
+        for fqn, lay in layouts.items()
+        if lay.chunks(rank) or lay.kind == "dtensor" or (lay.kind == "sharded" and not empty)
+    }
 
 
 def _saved_dtypes(path) -> dict[str, str]:
-    from .safe_metadata import load_metadata
+    from ..formats import load_metadata
 
     md = load_metadata(path)
-    return {k: v.properties.dtype for k, v in md.state_dict_metadata.items()
-            if hasattr(v, "properties")}
+    return {
+        k: v.properties.dtype for k, v in md.state_dict_metadata.items() if hasattr(v, "properties")
+    }
 
 
 def _loaded(fqn, layout, rank, value, saved_dtype):
@@ -274,8 +313,10 @@ def _loaded(fqn, layout, rank, value, saved_dtype):
     want = _local_values(layout, rank, global_values(layout, rank, saved_dtype or layout.dtype))
     if layout.kind == "sharded":
         got = [s.tensor for s in value.local_shards()]
-        return ([t.to(torch.float64).numpy() for t in got],
-                [t.to(torch.float64).numpy() for t in want])
+        return (
+            [t.to(torch.float64).numpy() for t in got],
+            [t.to(torch.float64).numpy() for t in want],
+        )
     if isinstance(value, DTensor):
         value = value.to_local()
     return value.to(torch.float64).numpy().copy(), want.to(torch.float64).numpy()
@@ -298,8 +339,11 @@ def _run_step(step, rank, meshes):
             return _exc_text(e)
     sd = _state_dict(step.layouts, rank, meshes, step.fill)
     try:
-        dcp.load(sd, checkpoint_id=step.path,
-                 planner=dcp.DefaultLoadPlanner(allow_partial_load=step.allow_partial_load))
+        dcp.load(
+            sd,
+            checkpoint_id=step.path,
+            planner=dcp.DefaultLoadPlanner(allow_partial_load=step.allow_partial_load),
+        )
     except failed as e:
         return RankLoad(rank, error=_exc_text(e))
     saved = _saved_dtypes(step.path)
@@ -311,8 +355,9 @@ def _run_step(step, rank, meshes):
 
 
 def _worker(rank, world_size, port, sock, steps, out_dir, timeout):
-    os.environ.update(GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      OMP_NUM_THREADS="1")
+    os.environ.update(
+        GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1"
+    )
     out = Path(out_dir) / f"rank{rank}.pkl"
     results: list = []
     try:
@@ -324,8 +369,14 @@ def _worker(rank, world_size, port, sock, steps, out_dir, timeout):
         warnings.filterwarnings("ignore")
         torch.set_num_threads(1)
         td = timedelta(seconds=timeout)
-        store = dist.TCPStore("127.0.0.1", port, world_size, is_master=rank == 0, timeout=td,
-                              master_listen_fd=sock.fileno() if rank == 0 else None)
+        store = dist.TCPStore(
+            "127.0.0.1",
+            port,
+            world_size,
+            is_master=rank == 0,
+            timeout=td,
+            master_listen_fd=sock.fileno() if rank == 0 else None,
+        )
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=td)
         try:
             meshes = _Meshes()
@@ -339,23 +390,34 @@ def _worker(rank, world_size, port, sock, steps, out_dir, timeout):
         out.write_bytes(pickle.dumps(("crash", traceback.format_exc())))
 
 
-def run_steps(steps: Sequence[SaveStep | LoadStep], world_size: int, *, time_limit: float = 90.0,
-              timeout: float = 30.0) -> list:
+def run_steps(
+    steps: Sequence[SaveStep | LoadStep],
+    world_size: int,
+    *,
+    time_limit: float = 90.0,
+    timeout: float = 30.0,
+) -> list:
     """Run ``steps`` in order on ``world_size`` fresh processes over gloo; returns one result per
     step (`SaveRun` / `LoadRun`). Raises RuntimeError when a rank crashes or the launch exceeds
     ``time_limit`` seconds (stragglers are killed first: no process outlives the call)."""
     import multiprocessing as mp
 
     if not 1 <= world_size <= MAX_WORLD_SIZE:
-        raise PlanError(None, f"world size {world_size} for a real run",
-                        f"1 <= world_size <= {MAX_WORLD_SIZE}",
-                        "Real runs are small by design; plan larger worlds with plan_save.")
+        raise PlanError(
+            None,
+            f"world size {world_size} for a real run",
+            f"1 <= world_size <= {MAX_WORLD_SIZE}",
+            "Real runs are small by design; plan larger worlds with plan_save.",
+        )
     for s in steps:
         for fqn, lay in s.layouts.items():
             if lay.world_size != world_size:
-                raise PlanError(fqn, f"layout for world size {lay.world_size} in a run of "
-                                f"{world_size} processes", "one world size per run",
-                                "Build the layouts with world_size equal to the run's.")
+                raise PlanError(
+                    fqn,
+                    f"layout for world size {lay.world_size} in a run of {world_size} processes",
+                    "one world size per run",
+                    "Build the layouts with world_size equal to the run's.",
+                )
     steps = [replace(s, path=str(Path(s.path).resolve())) for s in steps]
     ctx = mp.get_context("spawn")
     out_dir = tempfile.mkdtemp(prefix="wb_run_")
@@ -366,8 +428,11 @@ def run_steps(steps: Sequence[SaveStep | LoadStep], world_size: int, *, time_lim
             sock.listen(world_size * 4)
             port = sock.getsockname()[1]
             for r in range(world_size):
-                p = ctx.Process(target=_worker, args=(r, world_size, port, sock if r == 0 else None,
-                                                      steps, out_dir, timeout), daemon=True)
+                p = ctx.Process(
+                    target=_worker,
+                    args=(r, world_size, port, sock if r == 0 else None, steps, out_dir, timeout),
+                    daemon=True,
+                )
                 p.start()
                 procs.append(p)
         deadline = time.monotonic() + time_limit
@@ -388,8 +453,9 @@ def run_steps(steps: Sequence[SaveStep | LoadStep], world_size: int, *, time_lim
         if status == "crash":
             raise RuntimeError(f"rank {r} of the real run crashed:\n{payload}")
     if late:
-        raise RuntimeError(f"real run of {world_size} processes exceeded {time_limit} s; ranks "
-                           f"{late} were killed")
+        raise RuntimeError(
+            f"real run of {world_size} processes exceeded {time_limit} s; ranks {late} were killed"
+        )
     per_rank = [payload for _, payload in reports]
     if any(p is None or len(p) != len(steps) for p in per_rank):
         raise RuntimeError("a rank of the real run exited without reporting every step")
@@ -409,8 +475,14 @@ def run_save(path, layouts: Mapping[str, Layout], world_size: int | None = None,
     return run_steps([SaveStep(str(path), dict(layouts))], ws, **kw)[0]
 
 
-def run_load(path, layouts: Mapping[str, Layout], world_size: int | None = None, *,
-             allow_partial_load: bool = False, **kw) -> LoadRun:
+def run_load(
+    path,
+    layouts: Mapping[str, Layout],
+    world_size: int | None = None,
+    *,
+    allow_partial_load: bool = False,
+    **kw,
+) -> LoadRun:
     """A real ``dcp.load`` into ``layouts``; returns every rank's loaded and expected values or
     its exception text (`LoadRun.mismatches`, `LoadRun.errors`)."""
     ws = world_size or next(iter(layouts.values())).world_size
@@ -438,43 +510,68 @@ class Scenario:
 
 
 def _fsdp(ws=2):
-    return {"w": dtensor_layout((8, 6), (ws,), "S(0)", world_size=ws),
-            "b": dtensor_layout((6,), (ws,), "S(0)", world_size=ws),
-            "step": bytes_layout(ws)}
+    return {
+        "w": dtensor_layout((8, 6), (ws,), "S(0)", world_size=ws),
+        "b": dtensor_layout((6,), (ws,), "S(0)", world_size=ws),
+        "step": bytes_layout(ws),
+    }
 
 
 def _specs():
     def w(pl, dtype="float32", shape=(8, 6)):
         return dtensor_layout(shape, (2,), pl, dtype)
 
-    per_rank = {f"dataloader.dp_rank_{r}": bytes_layout(2, ranks=[r], per_rank_values=True)
-                for r in range(2)}
+    per_rank = {
+        f"dataloader.dp_rank_{r}": bytes_layout(2, ranks=[r], per_rank_values=True)
+        for r in range(2)
+    }
     return {
-        "fsdp": (_fsdp(), {"w": w("S(1)"), "b": dtensor_layout((6,), (2,), "R"),
-                           "step": bytes_layout(2)},
-                 "a clean FSDP-style checkpoint; resharded to S(1) / R it loads exactly"),
-        "hole": (_fsdp(), _fsdp(),
-                 "metadata edited to drop w's chunk [4:8, 0:6]: rank 1 keeps its stale values, "
-                 "no error"),
-        "strided": ({"w": w("S(0)")}, {"w": w("SS(0,2)")},
-                    "a _StridedShard destination reads the rows of its box, not the rows it "
-                    "holds: wrong values, no error"),
-        "dtype": ({"w": w("S(0)")}, {"w": w("S(0)", "int32")},
-                  "float32 saved, int32 loaded: silently cast (x.25 -> x)"),
-        "size": ({"w": w("S(0)")}, {"w": w("S(0)", shape=(8, 4))},
-                 "Size mismatch between saved torch.Size([8, 6]) and current: "
-                 "torch.Size([8, 4]) for w"),
-        "dedup": ({"t": tensor_layout((4,), 2, per_rank_values=True)},
-                  {"t": tensor_layout((4,), 2, per_rank_values=True)},
-                  "each rank saved its own plain tensor under one key; dedup kept one copy and "
-                  "the other rank loads it"),
-        "missing_key": ({"w": w("S(0)")}, {"w": w("S(0)"), "extra": w("S(0)")},
-                        "Missing key in checkpoint state_dict: extra."),
-        "bytes_world": (per_rank, {f"dataloader.dp_rank_{r}": bytes_layout(4, ranks=[r],
-                                                                            per_rank_values=True)
-                                   for r in range(4)},
-                        "per-rank bytes saved by 2 ranks, loaded by 4: Missing key in checkpoint "
-                        "state_dict: dataloader.dp_rank_2. (rank 2; rank 3: dp_rank_3)"),
+        "fsdp": (
+            _fsdp(),
+            {"w": w("S(1)"), "b": dtensor_layout((6,), (2,), "R"), "step": bytes_layout(2)},
+            "a clean FSDP-style checkpoint; resharded to S(1) / R it loads exactly",
+        ),
+        "hole": (
+            _fsdp(),
+            _fsdp(),
+            "metadata edited to drop w's chunk [4:8, 0:6]: rank 1 keeps its stale values, no error",
+        ),
+        "strided": (
+            {"w": w("S(0)")},
+            {"w": w("SS(0,2)")},
+            "a _StridedShard destination reads the rows of its box, not the rows it "
+            "holds: wrong values, no error",
+        ),
+        "dtype": (
+            {"w": w("S(0)")},
+            {"w": w("S(0)", "int32")},
+            "float32 saved, int32 loaded: silently cast (x.25 -> x)",
+        ),
+        "size": (
+            {"w": w("S(0)")},
+            {"w": w("S(0)", shape=(8, 4))},
+            "Size mismatch between saved torch.Size([8, 6]) and current: torch.Size([8, 4]) for w",
+        ),
+        "dedup": (
+            {"t": tensor_layout((4,), 2, per_rank_values=True)},
+            {"t": tensor_layout((4,), 2, per_rank_values=True)},
+            "each rank saved its own plain tensor under one key; dedup kept one copy and "
+            "the other rank loads it",
+        ),
+        "missing_key": (
+            {"w": w("S(0)")},
+            {"w": w("S(0)"), "extra": w("S(0)")},
+            "Missing key in checkpoint state_dict: extra.",
+        ),
+        "bytes_world": (
+            per_rank,
+            {
+                f"dataloader.dp_rank_{r}": bytes_layout(4, ranks=[r], per_rank_values=True)
+                for r in range(4)
+            },
+            "per-rank bytes saved by 2 ranks, loaded by 4: Missing key in checkpoint "
+            "state_dict: dataloader.dp_rank_2. (rank 2; rank 3: dp_rank_3)",
+        ),
     }
 
 
@@ -488,8 +585,11 @@ def _drop_chunk(path, fqn, position):
 
     md = dcp.FileSystemReader(path).read_metadata()  # our own file: trusted
     chunk = md.state_dict_metadata[fqn].chunks.pop(position)
-    md.storage_data = {k: v for k, v in md.storage_data.items()
-                       if not (k.fqn == fqn and tuple(k.offset) == tuple(chunk.offsets))}
+    md.storage_data = {
+        k: v
+        for k, v in md.storage_data.items()
+        if not (k.fqn == fqn and tuple(k.offset) == tuple(chunk.offsets))
+    }
     md.storage_meta.load_id = None
     with open(Path(path) / ".metadata", "wb") as f:
         pickle.dump(md, f)
@@ -517,8 +617,12 @@ def _make(scenarios: Mapping[str, Scenario], **kw) -> dict[str, Scenario]:
 def _scenario(kind: str, path) -> Scenario:
     specs = _specs()
     if kind not in specs:
-        raise PlanError(None, f"unknown checkpoint kind {kind!r}", "one of "
-                        + ", ".join(SCENARIO_KINDS), "Pick a kind from SCENARIO_KINDS.")
+        raise PlanError(
+            None,
+            f"unknown checkpoint kind {kind!r}",
+            "one of " + ", ".join(SCENARIO_KINDS),
+            "Pick a kind from SCENARIO_KINDS.",
+        )
     return Scenario(kind, str(Path(path).resolve()), *specs[kind])
 
 
@@ -537,7 +641,8 @@ def load_scenarios(scenarios: Mapping[str, Scenario], **kw) -> dict[str, LoadRun
     """Load every scenario into its ``load_layouts`` (one launch per load world size)."""
     out = {}
     for ws, scs in _by_world_size(scenarios, "load").items():
-        for sc, run in zip(scs, run_steps([LoadStep(sc.path, sc.load_layouts) for sc in scs], ws,
-                                          **kw)):
+        for sc, run in zip(
+            scs, run_steps([LoadStep(sc.path, sc.load_layouts) for sc in scs], ws, **kw)
+        ):
             out[sc.kind] = run
     return out

@@ -9,6 +9,7 @@ raises `UnsafeCheckpointError` naming the refused global before anything is call
 
 Must not import torch: reading works where torch is absent.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -19,9 +20,17 @@ import pickle
 from typing import Any
 
 from ..errors import MetadataError, UnsafeCheckpointError, WorkbenchError
-from ..records import (DTYPE_SIZES, BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo,
-                       StorageMeta, TensorProperties, TensorStorageMetadata)
 from ..geometry import Chunk
+from ..records import (
+    DTYPE_SIZES,
+    BytesStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    StorageInfo,
+    StorageMeta,
+    TensorProperties,
+    TensorStorageMetadata,
+)
 
 __all__ = ["load_metadata", "metadata_path", "read_metadata_bytes", "ALLOWED_GLOBALS"]
 
@@ -33,10 +42,13 @@ _FS = "torch.distributed.checkpoint.filesystem"
 def _refuse_setattr(owner, name):
     # BUILD with a slot state calls setattr on objects without __setstate__: the allow-listed
     # constants and callables are shared by every load, so a pickle must not change them.
-    raise UnsafeCheckpointError(None, f"the pickle sets attribute {name!r} of {owner}",
-                                "torch never pickles that", "Nothing was executed. Do not load "
-                                "this checkpoint; it was not written by torch.",
-                                global_name=str(owner))
+    raise UnsafeCheckpointError(
+        None,
+        f"the pickle sets attribute {name!r} of {owner}",
+        "torch never pickles that",
+        "Nothing was executed. Do not load this checkpoint; it was not written by torch.",
+        global_name=str(owner),
+    )
 
 
 class _StandInMeta(type):
@@ -46,12 +58,14 @@ class _StandInMeta(type):
     ``__setstate__`` and fails, so the pickle cannot alter the class.)"""
 
     def __call__(cls, *args, **kwargs):
-        raise UnsafeCheckpointError(None, f"the pickle calls {cls.torch_name} with arguments "
-                                    f"{args!r:.80}",
-                                    "torch pickles DCP records with NEWOBJ + BUILD",
-                                    "Nothing was executed. Do not load this checkpoint; it was not "
-                                    "written by torch's FileSystemWriter.",
-                                    global_name=cls.torch_name)
+        raise UnsafeCheckpointError(
+            None,
+            f"the pickle calls {cls.torch_name} with arguments {args!r:.80}",
+            "torch pickles DCP records with NEWOBJ + BUILD",
+            "Nothing was executed. Do not load this checkpoint; it was not "
+            "written by torch's FileSystemWriter.",
+            global_name=cls.torch_name,
+        )
 
 
 class _StandIn(metaclass=_StandInMeta):
@@ -86,11 +100,19 @@ def _stand_in(module: str, name: str) -> type:
 
 
 # One stand-in class per DCP record torch pickles.
-_CLASSES = {(mod, n): _stand_in(mod, n) for mod, n in [
-    (_DCP, "Metadata"), (_DCP, "TensorStorageMetadata"), (_DCP, "BytesStorageMetadata"),
-    (_DCP, "ChunkStorageMetadata"), (_DCP, "TensorProperties"), (_DCP, "MetadataIndex"),
-    (_DCP, "StorageMeta"), (_FS, "_StorageInfo"),
-]}
+_CLASSES = {
+    (mod, n): _stand_in(mod, n)
+    for mod, n in [
+        (_DCP, "Metadata"),
+        (_DCP, "TensorStorageMetadata"),
+        (_DCP, "BytesStorageMetadata"),
+        (_DCP, "ChunkStorageMetadata"),
+        (_DCP, "TensorProperties"),
+        (_DCP, "MetadataIndex"),
+        (_DCP, "StorageMeta"),
+        (_FS, "_StorageInfo"),
+    ]
+}
 
 
 class _Frozen:
@@ -113,9 +135,13 @@ class _Named(_Frozen):
         return f"torch.{self.name}"
 
     def __call__(self, *args):
-        raise UnsafeCheckpointError(None, f"the pickle calls {self!r} with {args!r:.60}",
-                                    "torch never calls a dtype or layout in a .metadata",
-                                    "Nothing was executed.", global_name=repr(self))
+        raise UnsafeCheckpointError(
+            None,
+            f"the pickle calls {self!r} with {args!r:.60}",
+            "torch never calls a dtype or layout in a .metadata",
+            "Nothing was executed.",
+            global_name=repr(self),
+        )
 
 
 class _Reducer(_Frozen):
@@ -135,20 +161,32 @@ class _Reducer(_Frozen):
 
 
 def _bad_call(name, args, expectation):
-    return MetadataError(None, f"{name} is called with {args!r:.80}", expectation,
-                         "The .metadata is corrupt.")
+    return MetadataError(
+        None, f"{name} is called with {args!r:.80}", expectation, "The .metadata is corrupt."
+    )
 
 
 def _torch_size(*args):
     """``torch.Size(seq)`` -> a tuple of ints."""
-    if len(args) != 1 or not isinstance(args[0], (tuple, list)) or not all(
-            type(v) is int for v in args[0]):
+    if (
+        len(args) != 1
+        or not isinstance(args[0], (tuple, list))
+        or not all(type(v) is int for v in args[0])
+    ):
         raise _bad_call("torch.Size", args, "one tuple of ints")
     return tuple(args[0])
 
 
-_LAYOUTS = {"torch.strided", "torch.sparse_coo", "torch.sparse_csr", "torch.sparse_csc",
-            "torch.sparse_bsr", "torch.sparse_bsc", "torch._mkldnn", "torch.jagged"}
+_LAYOUTS = {
+    "torch.strided",
+    "torch.sparse_coo",
+    "torch.sparse_csr",
+    "torch.sparse_csc",
+    "torch.sparse_bsr",
+    "torch.sparse_bsc",
+    "torch._mkldnn",
+    "torch.jagged",
+}
 
 
 def _get_layout(*args):
@@ -173,28 +211,49 @@ def _pure_path(cls):
         if not all(isinstance(p, str) for p in parts):
             raise _bad_call(cls.__name__, parts, "strings")
         return cls(*parts)  # a pure path: no file-system access
+
     return make
 
 
 # Plain builtins a pickle may REDUCE to rebuild containers of plain data.
-_BUILTINS = ("set", "frozenset", "list", "tuple", "dict", "int", "float", "str", "bytes",
-             "bytearray", "bool", "complex")
+_BUILTINS = (
+    "set",
+    "frozenset",
+    "list",
+    "tuple",
+    "dict",
+    "int",
+    "float",
+    "str",
+    "bytes",
+    "bytearray",
+    "bool",
+    "complex",
+)
 
 # (module, name) -> what find_class returns: every global a torch 2.13 .metadata references.
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     **_CLASSES,
     **{("torch", d): _Named("dtype", d) for d in DTYPE_SIZES},
-    **{("torch", m): _Named("memory_format", m) for m in
-       ("contiguous_format", "channels_last", "channels_last_3d", "preserve_format")},
+    **{
+        ("torch", m): _Named("memory_format", m)
+        for m in ("contiguous_format", "channels_last", "channels_last_3d", "preserve_format")
+    },
     **{("torch", lay[6:]): _Named("layout", lay[6:]) for lay in _LAYOUTS},
     ("torch", "Size"): _Reducer("torch.Size", _torch_size),
-    ("torch.serialization", "_get_layout"): _Reducer("torch.serialization._get_layout",
-                                                     _get_layout),
-    (_DCP, "_MEM_FORMAT_ENCODING"): _Reducer(f"{_DCP}._MEM_FORMAT_ENCODING",
-                                             _mem_format_encoding),
-    **{("pathlib", n): _Reducer(f"pathlib.{n}", _pure_path(cls)) for n, cls in [
-        ("PosixPath", pathlib.PurePosixPath), ("PurePosixPath", pathlib.PurePosixPath),
-        ("WindowsPath", pathlib.PureWindowsPath), ("PureWindowsPath", pathlib.PureWindowsPath)]},
+    ("torch.serialization", "_get_layout"): _Reducer(
+        "torch.serialization._get_layout", _get_layout
+    ),
+    (_DCP, "_MEM_FORMAT_ENCODING"): _Reducer(f"{_DCP}._MEM_FORMAT_ENCODING", _mem_format_encoding),
+    **{
+        ("pathlib", n): _Reducer(f"pathlib.{n}", _pure_path(cls))
+        for n, cls in [
+            ("PosixPath", pathlib.PurePosixPath),
+            ("PurePosixPath", pathlib.PurePosixPath),
+            ("WindowsPath", pathlib.PureWindowsPath),
+            ("PureWindowsPath", pathlib.PureWindowsPath),
+        ]
+    },
     ("collections", "OrderedDict"): _Reducer("collections.OrderedDict", dict),
     **{("builtins", n): _Reducer(f"builtins.{n}", getattr(builtins, n)) for n in _BUILTINS},
 }
@@ -206,17 +265,23 @@ class _AllowListUnpickler(pickle.Unpickler):
             return ALLOWED_GLOBALS[(module, name)]
         except (KeyError, TypeError):
             raise UnsafeCheckpointError(
-                None, f"the pickle asks for the global {module}.{name}",
+                None,
+                f"the pickle asks for the global {module}.{name}",
                 "only torch's DCP records, torch.Size, dtypes, layouts, memory formats, pathlib "
                 "paths and plain builtins are allowed",
                 "Nothing was executed. Do not load this checkpoint with torch (dcp.load runs "
                 "pickle.load on it) unless you trust its author.",
-                global_name=f"{module}.{name}") from None
+                global_name=f"{module}.{name}",
+            ) from None
 
     def persistent_load(self, pid):
-        raise UnsafeCheckpointError(None, f"the pickle asks for persistent id {pid!r:.60}",
-                                    "a DCP .metadata has no persistent ids",
-                                    "Nothing was executed.", global_name="persistent_load")
+        raise UnsafeCheckpointError(
+            None,
+            f"the pickle asks for persistent id {pid!r:.60}",
+            "a DCP .metadata has no persistent ids",
+            "Nothing was executed.",
+            global_name="persistent_load",
+        )
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -230,8 +295,10 @@ def _expect(cond, what):
 
 
 def _ints(v, what):
-    _expect(isinstance(v, tuple) and all(type(x) is int for x in v), f"{what} {v!r:.80} is not "
-            "a torch.Size")
+    _expect(
+        isinstance(v, tuple) and all(type(x) is int for x in v),
+        f"{what} {v!r:.80} is not a torch.Size",
+    )
     return v
 
 
@@ -240,24 +307,36 @@ def _is(obj, module, name):
 
 
 def _properties(p, fqn):
-    _expect(_is(p, _DCP, "TensorProperties"),
-            f"{fqn}: properties {p!r:.60} are not TensorProperties")
+    _expect(
+        _is(p, _DCP, "TensorProperties"), f"{fqn}: properties {p!r:.60} are not TensorProperties"
+    )
     dtype = p.field("dtype", 0)
-    _expect(isinstance(dtype, _Named) and dtype.kind == "dtype", f"{fqn}: dtype {dtype!r:.60} "
-            "is not a torch dtype")
+    _expect(
+        isinstance(dtype, _Named) and dtype.kind == "dtype",
+        f"{fqn}: dtype {dtype!r:.60} is not a torch dtype",
+    )
     layout = p.field("layout", 1, _Named("layout", "strided"))
     mem = p.field("memory_format", 3, _Named("memory_format", "contiguous_format"))
-    _expect(isinstance(layout, _Named) and isinstance(mem, _Named),
-            f"{fqn}: layout / memory format {layout!r:.40} {mem!r:.40} are not torch constants")
-    return TensorProperties(dtype.name, layout.name, bool(p.field("requires_grad", 2, False)),
-                            mem.name, bool(p.field("pin_memory", 4, False)))
+    _expect(
+        isinstance(layout, _Named) and isinstance(mem, _Named),
+        f"{fqn}: layout / memory format {layout!r:.40} {mem!r:.40} are not torch constants",
+    )
+    return TensorProperties(
+        dtype.name,
+        layout.name,
+        bool(p.field("requires_grad", 2, False)),
+        mem.name,
+        bool(p.field("pin_memory", 4, False)),
+    )
 
 
 def _storage_metadata(fqn, md):
     if _is(md, _DCP, "BytesStorageMetadata"):
         return BytesStorageMetadata()
-    _expect(_is(md, _DCP, "TensorStorageMetadata"),
-            f"{fqn}: entry {md!r:.60} is neither TensorStorageMetadata nor BytesStorageMetadata")
+    _expect(
+        _is(md, _DCP, "TensorStorageMetadata"),
+        f"{fqn}: entry {md!r:.60} is neither TensorStorageMetadata nor BytesStorageMetadata",
+    )
     size = _ints(md.field("size"), f"{fqn}: size")
     chunks = md.field("chunks")
     _expect(isinstance(chunks, list), f"{fqn}: chunks {chunks!r:.60} are not a list")
@@ -266,9 +345,11 @@ def _storage_metadata(fqn, md):
         _expect(_is(c, _DCP, "ChunkStorageMetadata"), f"{fqn}: chunk #{i} is {c!r:.60}")
         off = _ints(c.field("offsets"), f"{fqn}: chunk #{i} offsets")
         siz = _ints(c.field("sizes"), f"{fqn}: chunk #{i} sizes")
-        _expect(len(off) == len(siz) == len(size) and all(s >= 0 for s in siz),
-                f"{fqn}: chunk #{i} offsets {list(off)} sizes {list(siz)} do not fit a tensor of "
-                f"size {list(size)}")
+        _expect(
+            len(off) == len(siz) == len(size) and all(s >= 0 for s in siz),
+            f"{fqn}: chunk #{i} offsets {list(off)} sizes {list(siz)} do not fit a tensor of "
+            f"size {list(size)}",
+        )
         out.append(Chunk(off, siz))
     return TensorStorageMetadata(_properties(md.field("properties"), fqn), size, out)
 
@@ -276,8 +357,12 @@ def _storage_metadata(fqn, md):
 def _index(k):
     _expect(_is(k, _DCP, "MetadataIndex"), f"storage_data key {k!r:.60} is not a MetadataIndex")
     fqn, off, idx = k.field("fqn"), k.field("offset"), k.field("index")
-    _expect(isinstance(fqn, str) and (off is None or isinstance(off, tuple))
-            and (idx is None or type(idx) is int), f"MetadataIndex fields {fqn!r:.40} {off!r:.40}")
+    _expect(
+        isinstance(fqn, str)
+        and (off is None or isinstance(off, tuple))
+        and (idx is None or type(idx) is int),
+        f"MetadataIndex fields {fqn!r:.40} {off!r:.40}",
+    )
     return MetadataIndex(fqn, None if off is None else _ints(off, f"{fqn}: offset"), idx)
 
 
@@ -285,8 +370,10 @@ def _storage_info(v):
     _expect(_is(v, _FS, "_StorageInfo"), f"storage_data value {v!r:.60} is not a _StorageInfo")
     path, off, length = v.field("relative_path"), v.field("offset"), v.field("length")
     td = v.field("transform_descriptors")
-    _expect(isinstance(path, str) and type(off) is int and type(length) is int,
-            f"_StorageInfo fields {path!r:.40} {off!r} {length!r}")
+    _expect(
+        isinstance(path, str) and type(off) is int and type(length) is int,
+        f"_StorageInfo fields {path!r:.40} {off!r} {length!r}",
+    )
     return StorageInfo(path, off, length, None if td is None else tuple(td))
 
 
@@ -315,8 +402,9 @@ def _plain(obj, memo: dict):
 
 
 def _convert(raw) -> Metadata:
-    _expect(_is(raw, _DCP, "Metadata"),
-            f"the pickle holds {type(raw).__name__}, not a DCP Metadata")
+    _expect(
+        _is(raw, _DCP, "Metadata"), f"the pickle holds {type(raw).__name__}, not a DCP Metadata"
+    )
     sdm = raw.field("state_dict_metadata")
     _expect(isinstance(sdm, dict), "state_dict_metadata is not a dict")
     state = {}
@@ -333,10 +421,15 @@ def _convert(raw) -> Metadata:
         meta = StorageMeta()
     else:
         _expect(_is(sm, _DCP, "StorageMeta"), f"storage_meta {sm!r:.60} is not a StorageMeta")
-        meta = StorageMeta(_plain(sm.field("checkpoint_id"), {}), sm.field("save_id"),
-                           sm.field("load_id"), _plain(sm.field("modules") or [], {}))
-    return Metadata(state, _plain(raw.field("planner_data"), {}), storage, meta,
-                    raw.field("version"))
+        meta = StorageMeta(
+            _plain(sm.field("checkpoint_id"), {}),
+            sm.field("save_id"),
+            sm.field("load_id"),
+            _plain(sm.field("modules") or [], {}),
+        )
+    return Metadata(
+        state, _plain(raw.field("planner_data"), {}), storage, meta, raw.field("version")
+    )
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -346,9 +439,13 @@ def metadata_path(path, rank: int | None = None) -> pathlib.Path:
     try:
         p = pathlib.Path(os.fspath(path))
     except TypeError:
-        raise MetadataError(None, f"checkpoint path {path!r} of type {type(path).__name__} is not a "
-                            "path", "a str or os.PathLike naming a checkpoint directory or its "
-                            ".metadata", "Pass the directory dcp.save wrote.", path=path) from None
+        raise MetadataError(
+            None,
+            f"checkpoint path {path!r} of type {type(path).__name__} is not a path",
+            "a str or os.PathLike naming a checkpoint directory or its .metadata",
+            "Pass the directory dcp.save wrote.",
+            path=path,
+        ) from None
     if p.is_dir():
         return p / (".metadata" if rank is None else f"__{rank}.metadata")
     return p
@@ -357,9 +454,12 @@ def metadata_path(path, rank: int | None = None) -> pathlib.Path:
 def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Metadata:
     """Unpickle ``.metadata`` bytes with the allow-list and convert them to workbench records."""
     if not data:
-        raise MetadataError(source, "the metadata file is empty (0 bytes)",
-                            "a pickled torch Metadata",
-                            "The save did not finish; look for .metadata.tmp beside it.")
+        raise MetadataError(
+            source,
+            "the metadata file is empty (0 bytes)",
+            "a pickled torch Metadata",
+            "The save did not finish; look for .metadata.tmp beside it.",
+        )
     try:
         raw = _AllowListUnpickler(io.BytesIO(data)).load()
     except UnsafeCheckpointError as e:
@@ -368,18 +468,27 @@ def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Metadata:
         raise MetadataError(source, e.what, e.expectation, e.fix) from None
     except Exception as e:  # noqa: BLE001 - whatever a damaged pickle makes the unpickler raise
         msg = str(e).lower()
-        kind = ("truncated" if isinstance(e, EOFError) or "ran out" in msg or "truncated" in msg
-                else "not a valid pickle")
-        raise MetadataError(source, f"the metadata file ({len(data)} bytes) is {kind}: "
-                            f"{type(e).__name__}: {e}", "a complete pickled torch Metadata",
-                            "Re-copy the checkpoint; the file is damaged or is not a DCP "
-                            ".metadata.", reason=kind) from None
+        kind = (
+            "truncated"
+            if isinstance(e, EOFError) or "ran out" in msg or "truncated" in msg
+            else "not a valid pickle"
+        )
+        raise MetadataError(
+            source,
+            f"the metadata file ({len(data)} bytes) is {kind}: {type(e).__name__}: {e}",
+            "a complete pickled torch Metadata",
+            "Re-copy the checkpoint; the file is damaged or is not a DCP .metadata.",
+            reason=kind,
+        ) from None
     try:
         return _convert(raw)
     except (_Corrupt, WorkbenchError, RecursionError) as e:
-        raise MetadataError(source, f"the metadata is corrupt: {e}",
-                            "torch 2.13 DCP Metadata records",
-                            "Re-copy the checkpoint or re-save it.") from None
+        raise MetadataError(
+            source,
+            f"the metadata is corrupt: {e}",
+            "torch 2.13 DCP Metadata records",
+            "Re-copy the checkpoint or re-save it.",
+        ) from None
 
 
 def load_metadata(path, rank: int | None = None) -> Metadata:
@@ -391,10 +500,19 @@ def load_metadata(path, rank: int | None = None) -> Metadata:
     try:
         data = p.read_bytes()
     except FileNotFoundError:
-        raise MetadataError(str(p), "no such metadata file", "a DCP checkpoint directory holding "
-                            ".metadata (or __<rank>.metadata)",
-                            "Point at the directory dcp.save wrote.", path=str(p)) from None
+        raise MetadataError(
+            str(p),
+            "no such metadata file",
+            "a DCP checkpoint directory holding .metadata (or __<rank>.metadata)",
+            "Point at the directory dcp.save wrote.",
+            path=str(p),
+        ) from None
     except OSError as e:
-        raise MetadataError(str(p), f"the metadata file cannot be read: {e}", "a readable file",
-                            "Check the path and its permissions.", path=str(p)) from None
+        raise MetadataError(
+            str(p),
+            f"the metadata file cannot be read: {e}",
+            "a readable file",
+            "Check the path and its permissions.",
+            path=str(p),
+        ) from None
     return read_metadata_bytes(data, str(p))

@@ -16,6 +16,7 @@ __all__ = [
     "MetadataError",
     "UnsafeCheckpointError",
     "DtypeError",
+    "InputLimitError",
 ]
 
 
@@ -65,3 +66,8 @@ class UnsafeCheckpointError(MetadataError):
 
 class DtypeError(WorkbenchError):
     """An unknown dtype name."""
+
+
+class InputLimitError(WorkbenchError):
+    """An input file exceeds a reader's bounds (size, nesting, declared length, work); the reader
+    stopped before allocating or computing beyond them."""

@@ -7,16 +7,19 @@ from a stranger can run code on every rank that loads it. This module reads the 
 harmless stand-in of our own, then converts the result to workbench records. Anything else
 raises `UnsafeCheckpointError` naming the refused global before anything is called.
 
+The opcodes are decoded by `formats.unpickler.BoundedUnpickler`, not CPython's C unpickler: a
+1.4 KB real ``.metadata`` with one ``SETITEMS`` turned into ``LONG_BINPUT 0x30000000`` made the C
+unpickler allocate gigabytes, and a million nested ``TUPLE1`` crashed it. Reading and converting
+are charged to one `limits.Budget`, so memory and time stay linear in the file's size.
+
 Must not import torch: reading works where torch is absent.
 """
 
 from __future__ import annotations
 
 import builtins
-import io
 import os
 import pathlib
-import pickle
 from typing import Any
 
 from ..errors import MetadataError, UnsafeCheckpointError, WorkbenchError
@@ -31,6 +34,8 @@ from ..records import (
     TensorProperties,
     TensorStorageMetadata,
 )
+from .limits import MAX_INT64, Budget, brief, check_hash_spread, is_safe_key
+from .unpickler import BoundedUnpickler, UnpicklingError
 
 __all__ = ["load_metadata", "metadata_path", "read_metadata_bytes", "ALLOWED_GLOBALS"]
 
@@ -60,7 +65,7 @@ class _StandInMeta(type):
     def __call__(cls, *args, **kwargs):
         raise UnsafeCheckpointError(
             None,
-            f"the pickle calls {cls.torch_name} with arguments {args!r:.80}",
+            f"the pickle calls {cls.torch_name} with arguments {brief(args)}",
             "torch pickles DCP records with NEWOBJ + BUILD",
             "Nothing was executed. Do not load this checkpoint; it was not "
             "written by torch's FileSystemWriter.",
@@ -137,7 +142,7 @@ class _Named(_Frozen):
     def __call__(self, *args):
         raise UnsafeCheckpointError(
             None,
-            f"the pickle calls {self!r} with {args!r:.60}",
+            f"the pickle calls {self!r} with {brief(args, 60)}",
             "torch never calls a dtype or layout in a .metadata",
             "Nothing was executed.",
             global_name=repr(self),
@@ -162,17 +167,14 @@ class _Reducer(_Frozen):
 
 def _bad_call(name, args, expectation):
     return MetadataError(
-        None, f"{name} is called with {args!r:.80}", expectation, "The .metadata is corrupt."
+        None, f"{name} is called with {brief(args)}", expectation, "The .metadata is corrupt."
     )
 
 
 def _torch_size(*args):
-    """``torch.Size(seq)`` -> a tuple of ints."""
-    if (
-        len(args) != 1
-        or not isinstance(args[0], (tuple, list))
-        or not all(type(v) is int for v in args[0])
-    ):
+    """``torch.Size(seq)`` -> a tuple (its values are checked as int64 by the conversion; the
+    unpickler has charged the copy to its budget)."""
+    if len(args) != 1 or type(args[0]) not in (tuple, list):
         raise _bad_call("torch.Size", args, "one tuple of ints")
     return tuple(args[0])
 
@@ -215,6 +217,57 @@ def _pure_path(cls):
     return make
 
 
+def _safe_key(k) -> bool:
+    """A dict key / set element a .metadata may hold: plain seeded-hash values or our own
+    records and constants (hashed by identity)."""
+    return is_safe_key(k) or isinstance(k, (_StandIn, _Named))
+
+
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+_SCALARS = (str, bytes, int, float, bool, complex)
+_ENCODINGS = {"utf-8", "utf8", "latin1", "latin-1", "ascii"}
+
+
+def _builtin(name: str):
+    """A plain builtin a protocol-2 pickle may REDUCE, with its arguments checked first: only
+    plain data, no size to allocate (``bytes(2**40)``), only hashable keys that cannot be crafted
+    to collide (the unpickler has already charged the arguments' sizes to its budget)."""
+    fn = getattr(builtins, name)
+
+    def make(*args):
+        ok = len(args) <= (1 if name in ("list", "tuple", "set", "frozenset", "dict") else 3)
+        if name in ("list", "tuple", "set", "frozenset", "dict"):
+            ok = ok and all(type(a) in _CONTAINERS or type(a) is str for a in args)
+            if ok and args and name in ("set", "frozenset"):
+                ok = all(_safe_key(x) for x in args[0])
+            if ok and args and name == "dict" and type(args[0]) is not dict:
+                ok = all(
+                    type(kv) in (tuple, list) and len(kv) == 2 and _safe_key(kv[0])
+                    for kv in args[0]
+                )
+        elif name in ("bytes", "bytearray"):  # never an int: bytes(n) allocates n bytes
+            ok = ok and (
+                (len(args) == 1 and type(args[0]) in (bytes, bytearray))
+                or (len(args) >= 2 and type(args[0]) is str and args[1] in _ENCODINGS)
+            )
+        elif name == "str":
+            ok = ok and (
+                (len(args) == 1 and type(args[0]) in _SCALARS)
+                or (len(args) >= 2 and type(args[0]) is bytes and args[1] in _ENCODINGS)
+            )
+        else:  # int, float, bool, complex of scalars (int() of a long string is capped by Python)
+            ok = ok and all(type(a) in _SCALARS for a in args)
+        if not ok:
+            raise _bad_call(f"builtins.{name}", args, "plain data as torch's pickles hold it")
+        return fn(*args)
+
+    return make
+
+
+def _ordered_dict(*args):
+    return _builtin("dict")(*args)
+
+
 # Plain builtins a pickle may REDUCE to rebuild containers of plain data.
 _BUILTINS = (
     "set",
@@ -254,19 +307,22 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
             ("PureWindowsPath", pathlib.PureWindowsPath),
         ]
     },
-    ("collections", "OrderedDict"): _Reducer("collections.OrderedDict", dict),
-    **{("builtins", n): _Reducer(f"builtins.{n}", getattr(builtins, n)) for n in _BUILTINS},
+    ("collections", "OrderedDict"): _Reducer("collections.OrderedDict", _ordered_dict),
+    **{("builtins", n): _Reducer(f"builtins.{n}", _builtin(n)) for n in _BUILTINS},
 }
 
 
-class _AllowListUnpickler(pickle.Unpickler):
+class _AllowListUnpickler(BoundedUnpickler):
+    """The bounded unpickler with the allow-list: globals from `ALLOWED_GLOBALS` only, records
+    built as stand-ins (NEWOBJ + BUILD), calls only of the allow-listed reducers."""
+
     def find_class(self, module, name):
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except (KeyError, TypeError):
             raise UnsafeCheckpointError(
                 None,
-                f"the pickle asks for the global {module}.{name}",
+                f"the pickle asks for the global {str(module)[:60]}.{str(name)[:60]}",
                 "only torch's DCP records, torch.Size, dtypes, layouts, memory formats, pathlib "
                 "paths and plain builtins are allowed",
                 "Nothing was executed. Do not load this checkpoint with torch (dcp.load runs "
@@ -277,11 +333,37 @@ class _AllowListUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         raise UnsafeCheckpointError(
             None,
-            f"the pickle asks for persistent id {pid!r:.60}",
+            f"the pickle asks for persistent id {brief(pid, 60)}",
             "a DCP .metadata has no persistent ids",
             "Nothing was executed.",
             global_name="persistent_load",
         )
+
+    def call(self, func, args):
+        # stand-in classes and torch constants refuse to be called; reducers check their args
+        if type(func) is _Reducer:
+            return func.fn(*args)
+        if isinstance(func, (_Named, _StandInMeta)):
+            return func(*args)
+        raise UnpicklingError(f"the pickle calls {brief(func, 60)}, which is not callable")
+
+    def new_object(self, cls, args, kwargs):
+        if type(cls) is _StandInMeta and not kwargs:
+            return cls.__new__(cls, *args)
+        raise UnpicklingError(f"NEWOBJ of {brief(cls, 60)}: not a DCP record class")
+
+    def build(self, obj, state):
+        if isinstance(obj, _StandIn):
+            obj.state = state
+            return
+        if isinstance(obj, _Frozen):  # a shared constant: the pickle may not change it
+            slots = state[1] if type(state) is tuple and len(state) == 2 else state
+            names = list(slots) if type(slots) is dict else ["__dict__"]
+            _refuse_setattr(repr(obj), names[0] if names else "__dict__")
+        raise UnpicklingError(f"BUILD of {brief(obj, 60)}: not a DCP record")
+
+    def safe_key(self, obj):
+        return isinstance(obj, (_StandIn, _Named))
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -289,147 +371,181 @@ class _Corrupt(Exception):
     """Raised while converting stand-ins; turned into a MetadataError naming the file."""
 
 
-def _expect(cond, what):
-    if not cond:
-        raise _Corrupt(what)
+class _Converter:
+    """Stand-ins -> workbench records, charged to the reading's budget (a record referenced many
+    times is converted once and charged once per reference)."""
+
+    def __init__(self, budget: Budget, source: str):
+        self.budget = budget
+        self.source = source
+        self.sizes: dict[int, tuple] = {}  # id(tuple) -> checked tuple
+
+    def ints(self, v, what):
+        """A torch.Size as a tuple of int64 ints (checked once per distinct tuple object)."""
+        got = self.sizes.get(id(v))
+        if got is not None:
+            self.budget.charge(1, "shared sizes")
+            return got
+        if type(v) is not tuple:
+            raise _Corrupt(f"{what()} {brief(v)} is not a torch.Size")
+        self.budget.charge(len(v) + 1, "sizes")
+        for x in v:
+            if type(x) is not int or not -MAX_INT64 - 1 <= x <= MAX_INT64:
+                raise _Corrupt(f"{what()} {brief(v)} is not a torch.Size of int64 values")
+        self.sizes[id(v)] = v  # v stays alive in the pickle's objects: ids are not reused
+        return v
+
+    def properties(self, p, fqn):
+        if not _is(p, _DCP, "TensorProperties"):
+            raise _Corrupt(f"{fqn}: properties {brief(p, 60)} are not TensorProperties")
+        dtype = p.field("dtype", 0)
+        if not (isinstance(dtype, _Named) and dtype.kind == "dtype"):
+            raise _Corrupt(f"{fqn}: dtype {brief(dtype, 60)} is not a torch dtype")
+        layout = p.field("layout", 1, _STRIDED)
+        mem = p.field("memory_format", 3, _CONTIGUOUS)
+        if not (isinstance(layout, _Named) and isinstance(mem, _Named)):
+            raise _Corrupt(
+                f"{fqn}: layout / memory format {brief(layout, 40)} {brief(mem, 40)} are not "
+                "torch constants"
+            )
+        return TensorProperties(
+            dtype.name,
+            layout.name,
+            bool(p.field("requires_grad", 2, False)),
+            mem.name,
+            bool(p.field("pin_memory", 4, False)),
+        )
+
+    def storage_metadata(self, fqn, md):
+        if _is(md, _DCP, "BytesStorageMetadata"):
+            return BytesStorageMetadata()
+        if not _is(md, _DCP, "TensorStorageMetadata"):
+            raise _Corrupt(
+                f"{fqn}: entry {brief(md, 60)} is neither TensorStorageMetadata nor "
+                "BytesStorageMetadata"
+            )
+        size = self.ints(md.field("size"), lambda: f"{fqn}: size")
+        chunks = md.field("chunks")
+        if type(chunks) is not list:
+            raise _Corrupt(f"{fqn}: chunks {brief(chunks, 60)} are not a list")
+        self.budget.charge(len(chunks) + 1, "chunks")
+        out = []
+        ndim = len(size)
+        for i, c in enumerate(chunks):
+            if not _is(c, _DCP, "ChunkStorageMetadata"):
+                raise _Corrupt(f"{fqn}: chunk #{i} is {brief(c, 60)}")
+            off = self.ints(c.field("offsets"), lambda i=i: f"{fqn}: chunk #{i} offsets")
+            siz = self.ints(c.field("sizes"), lambda i=i: f"{fqn}: chunk #{i} sizes")
+            if not (len(off) == len(siz) == ndim and all(s >= 0 for s in siz)):
+                raise _Corrupt(
+                    f"{fqn}: chunk #{i} offsets {brief(list(off))} sizes {brief(list(siz))} do "
+                    f"not fit a tensor of size {brief(list(size))}"
+                )
+            out.append(Chunk(off, siz))
+        check_hash_spread(out, f"chunks of {fqn}", self.source)
+        return TensorStorageMetadata(self.properties(md.field("properties"), fqn), size, out)
+
+    def index(self, k):
+        if not _is(k, _DCP, "MetadataIndex"):
+            raise _Corrupt(f"storage_data key {brief(k, 60)} is not a MetadataIndex")
+        fqn, off, idx = k.field("fqn"), k.field("offset"), k.field("index")
+        if not (
+            type(fqn) is str
+            and (off is None or type(off) is tuple)
+            and (idx is None or type(idx) is int)
+        ):
+            raise _Corrupt(f"MetadataIndex fields {brief(fqn, 40)} {brief(off, 40)}")
+        return MetadataIndex(
+            fqn, None if off is None else self.ints(off, lambda: f"{fqn}: offset"), idx
+        )
+
+    def storage_info(self, v):
+        if not _is(v, _FS, "_StorageInfo"):
+            raise _Corrupt(f"storage_data value {brief(v, 60)} is not a _StorageInfo")
+        path, off, length = v.field("relative_path"), v.field("offset"), v.field("length")
+        td = v.field("transform_descriptors")
+        if not (type(path) is str and type(off) is int and type(length) is int):
+            raise _Corrupt(
+                f"_StorageInfo fields {brief(path, 40)} {brief(off, 20)} {brief(length, 20)}"
+            )
+        if td is not None:
+            if type(td) not in (list, tuple):
+                raise _Corrupt(f"_StorageInfo transform_descriptors {brief(td, 40)}")
+            self.budget.charge(len(td) + 1, "transform descriptors")
+            td = tuple(td)
+        return StorageInfo(path, off, length, td)
+
+    def plain(self, obj, memo: dict, depth: int = 0):
+        """Plain data of planner_data / checkpoint ids: containers rebuilt, torch constants by
+        name. ``memo`` keeps the pickle's sharing (a memoised list referenced a million times
+        stays one list, so a small file cannot blow up) and its cycles."""
+        if isinstance(obj, _Named):
+            return obj.name
+        if isinstance(obj, _StandIn):
+            raise _Corrupt(f"a {obj.torch_name} record inside plain data")
+        if type(obj) not in (dict, list, tuple, set, frozenset):
+            return obj
+        if id(obj) in memo:
+            self.budget.charge(1, "shared plain data")
+            return memo[id(obj)]
+        if depth > _MAX_DEPTH:
+            raise _Corrupt(f"plain data nested deeper than {_MAX_DEPTH} levels")
+        self.budget.charge(len(obj) + 1, "plain data")
+        d = depth + 1
+        if type(obj) is dict:
+            out = memo[id(obj)] = {}
+            for k, v in obj.items():
+                out[self.plain(k, memo, d)] = self.plain(v, memo, d)
+        elif type(obj) is list:
+            out = memo[id(obj)] = []
+            out.extend(self.plain(v, memo, d) for v in obj)
+        else:
+            out = memo[id(obj)] = type(obj)(self.plain(v, memo, d) for v in obj)
+        return out
+
+    def metadata(self, raw) -> Metadata:
+        if not _is(raw, _DCP, "Metadata"):
+            raise _Corrupt(f"the pickle holds {type(raw).__name__}, not a DCP Metadata")
+        sdm = raw.field("state_dict_metadata")
+        if type(sdm) is not dict:
+            raise _Corrupt("state_dict_metadata is not a dict")
+        state = {}
+        for fqn, md in sdm.items():
+            if type(fqn) is not str:
+                raise _Corrupt(f"key {brief(fqn, 60)} is not a string")
+            state[fqn] = self.storage_metadata(fqn, md)
+        sd = raw.field("storage_data")
+        storage = None
+        if sd is not None:
+            if type(sd) is not dict:
+                raise _Corrupt("storage_data is not a dict")
+            keys = [self.index(k) for k in sd]
+            check_hash_spread(keys, "storage_data keys", self.source)
+            storage = {k: self.storage_info(v) for k, v in zip(keys, sd.values())}
+        sm = raw.field("storage_meta")
+        if sm is None:  # FileSystemReader.read_metadata fills in an empty StorageMeta
+            meta = StorageMeta()
+        else:
+            if not _is(sm, _DCP, "StorageMeta"):
+                raise _Corrupt(f"storage_meta {brief(sm, 60)} is not a StorageMeta")
+            meta = StorageMeta(
+                self.plain(sm.field("checkpoint_id"), {}),
+                sm.field("save_id"),
+                sm.field("load_id"),
+                self.plain(sm.field("modules") or [], {}),
+            )
+        return Metadata(
+            state, self.plain(raw.field("planner_data"), {}), storage, meta, raw.field("version")
+        )
 
 
-def _ints(v, what):
-    _expect(
-        isinstance(v, tuple) and all(type(x) is int for x in v),
-        f"{what} {v!r:.80} is not a torch.Size",
-    )
-    return v
+_MAX_DEPTH = 100  # plain data deeper than this is no torch checkpoint's planner_data
+_STRIDED = _Named("layout", "strided")
+_CONTIGUOUS = _Named("memory_format", "contiguous_format")
 
 
 def _is(obj, module, name):
     return type(obj) is _CLASSES[(module, name)]
-
-
-def _properties(p, fqn):
-    _expect(
-        _is(p, _DCP, "TensorProperties"), f"{fqn}: properties {p!r:.60} are not TensorProperties"
-    )
-    dtype = p.field("dtype", 0)
-    _expect(
-        isinstance(dtype, _Named) and dtype.kind == "dtype",
-        f"{fqn}: dtype {dtype!r:.60} is not a torch dtype",
-    )
-    layout = p.field("layout", 1, _Named("layout", "strided"))
-    mem = p.field("memory_format", 3, _Named("memory_format", "contiguous_format"))
-    _expect(
-        isinstance(layout, _Named) and isinstance(mem, _Named),
-        f"{fqn}: layout / memory format {layout!r:.40} {mem!r:.40} are not torch constants",
-    )
-    return TensorProperties(
-        dtype.name,
-        layout.name,
-        bool(p.field("requires_grad", 2, False)),
-        mem.name,
-        bool(p.field("pin_memory", 4, False)),
-    )
-
-
-def _storage_metadata(fqn, md):
-    if _is(md, _DCP, "BytesStorageMetadata"):
-        return BytesStorageMetadata()
-    _expect(
-        _is(md, _DCP, "TensorStorageMetadata"),
-        f"{fqn}: entry {md!r:.60} is neither TensorStorageMetadata nor BytesStorageMetadata",
-    )
-    size = _ints(md.field("size"), f"{fqn}: size")
-    chunks = md.field("chunks")
-    _expect(isinstance(chunks, list), f"{fqn}: chunks {chunks!r:.60} are not a list")
-    out = []
-    for i, c in enumerate(chunks):
-        _expect(_is(c, _DCP, "ChunkStorageMetadata"), f"{fqn}: chunk #{i} is {c!r:.60}")
-        off = _ints(c.field("offsets"), f"{fqn}: chunk #{i} offsets")
-        siz = _ints(c.field("sizes"), f"{fqn}: chunk #{i} sizes")
-        _expect(
-            len(off) == len(siz) == len(size) and all(s >= 0 for s in siz),
-            f"{fqn}: chunk #{i} offsets {list(off)} sizes {list(siz)} do not fit a tensor of "
-            f"size {list(size)}",
-        )
-        out.append(Chunk(off, siz))
-    return TensorStorageMetadata(_properties(md.field("properties"), fqn), size, out)
-
-
-def _index(k):
-    _expect(_is(k, _DCP, "MetadataIndex"), f"storage_data key {k!r:.60} is not a MetadataIndex")
-    fqn, off, idx = k.field("fqn"), k.field("offset"), k.field("index")
-    _expect(
-        isinstance(fqn, str)
-        and (off is None or isinstance(off, tuple))
-        and (idx is None or type(idx) is int),
-        f"MetadataIndex fields {fqn!r:.40} {off!r:.40}",
-    )
-    return MetadataIndex(fqn, None if off is None else _ints(off, f"{fqn}: offset"), idx)
-
-
-def _storage_info(v):
-    _expect(_is(v, _FS, "_StorageInfo"), f"storage_data value {v!r:.60} is not a _StorageInfo")
-    path, off, length = v.field("relative_path"), v.field("offset"), v.field("length")
-    td = v.field("transform_descriptors")
-    _expect(
-        isinstance(path, str) and type(off) is int and type(length) is int,
-        f"_StorageInfo fields {path!r:.40} {off!r} {length!r}",
-    )
-    return StorageInfo(path, off, length, None if td is None else tuple(td))
-
-
-def _plain(obj, memo: dict):
-    """Plain data of planner_data / checkpoint ids: containers rebuilt, torch constants by name.
-    ``memo`` keeps the pickle's sharing (a memoised list referenced a million times stays one
-    list, so a small file cannot blow up) and its cycles."""
-    if isinstance(obj, _Named):
-        return obj.name
-    if isinstance(obj, _StandIn):
-        raise _Corrupt(f"a {obj.torch_name} record inside plain data")
-    if type(obj) not in (dict, list, tuple, set, frozenset):
-        return obj
-    if id(obj) in memo:
-        return memo[id(obj)]
-    if type(obj) is dict:
-        out = memo[id(obj)] = {}
-        for k, v in obj.items():
-            out[_plain(k, memo)] = _plain(v, memo)
-    elif type(obj) is list:
-        out = memo[id(obj)] = []
-        out.extend(_plain(v, memo) for v in obj)
-    else:
-        out = memo[id(obj)] = type(obj)(_plain(v, memo) for v in obj)
-    return out
-
-
-def _convert(raw) -> Metadata:
-    _expect(
-        _is(raw, _DCP, "Metadata"), f"the pickle holds {type(raw).__name__}, not a DCP Metadata"
-    )
-    sdm = raw.field("state_dict_metadata")
-    _expect(isinstance(sdm, dict), "state_dict_metadata is not a dict")
-    state = {}
-    for fqn, md in sdm.items():
-        _expect(isinstance(fqn, str), f"key {fqn!r:.60} is not a string")
-        state[fqn] = _storage_metadata(fqn, md)
-    sd = raw.field("storage_data")
-    storage = None
-    if sd is not None:
-        _expect(isinstance(sd, dict), "storage_data is not a dict")
-        storage = {_index(k): _storage_info(v) for k, v in sd.items()}
-    sm = raw.field("storage_meta")
-    if sm is None:  # FileSystemReader.read_metadata fills in an empty StorageMeta
-        meta = StorageMeta()
-    else:
-        _expect(_is(sm, _DCP, "StorageMeta"), f"storage_meta {sm!r:.60} is not a StorageMeta")
-        meta = StorageMeta(
-            _plain(sm.field("checkpoint_id"), {}),
-            sm.field("save_id"),
-            sm.field("load_id"),
-            _plain(sm.field("modules") or [], {}),
-        )
-    return Metadata(
-        state, _plain(raw.field("planner_data"), {}), storage, meta, raw.field("version")
-    )
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -460,28 +576,33 @@ def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Metadata:
             "a pickled torch Metadata",
             "The save did not finish; look for .metadata.tmp beside it.",
         )
+    budget = Budget(len(data), source=source)
     try:
-        raw = _AllowListUnpickler(io.BytesIO(data)).load()
+        raw = _AllowListUnpickler(data, budget=budget, source=source).load()
     except UnsafeCheckpointError as e:
         raise type(e)(source, e.what, e.expectation, e.fix, **e.facts) from None
     except WorkbenchError as e:
-        raise MetadataError(source, e.what, e.expectation, e.fix) from None
-    except Exception as e:  # noqa: BLE001 - whatever a damaged pickle makes the unpickler raise
-        msg = str(e).lower()
-        kind = (
-            "truncated"
-            if isinstance(e, EOFError) or "ran out" in msg or "truncated" in msg
-            else "not a valid pickle"
-        )
+        raise MetadataError(source, e.what, e.expectation, e.fix, **e.facts) from None
+    except UnpicklingError as e:
+        kind = "truncated" if e.truncated else "not a valid pickle"
         raise MetadataError(
             source,
-            f"the metadata file ({len(data)} bytes) is {kind}: {type(e).__name__}: {e}",
+            f"the metadata file ({len(data)} bytes) is {kind}: {e}",
             "a complete pickled torch Metadata",
             "Re-copy the checkpoint; the file is damaged or is not a DCP .metadata.",
             reason=kind,
         ) from None
+    except Exception as e:  # noqa: BLE001 - e.g. a TypeError from a wrong call of a stand-in
+        raise MetadataError(
+            source,
+            f"the metadata file ({len(data)} bytes) is not a valid pickle: "
+            f"{type(e).__name__}: {brief(str(e), 200)}",
+            "a complete pickled torch Metadata",
+            "Re-copy the checkpoint; the file is damaged or is not a DCP .metadata.",
+            reason="not a valid pickle",
+        ) from None
     try:
-        return _convert(raw)
+        return _Converter(budget, source).metadata(raw)
     except (_Corrupt, WorkbenchError, RecursionError) as e:
         raise MetadataError(
             source,

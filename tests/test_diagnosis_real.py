@@ -289,19 +289,22 @@ def test_per_rank_bytes_both_directions(real):
     up = runs["bytes_2_to_4"]
     assert "Missing key in checkpoint state_dict: dataloader.dp_rank_2." in _error(up)
     probs = _problems(p["bytes2"], _per_rank(4, 4))
-    assert [(q.fqn, q.kind, q.severity) for q in probs] == [
-        ("dataloader.dp_rank_2", "per_rank_bytes", "error"),
-        ("dataloader.dp_rank_3", "per_rank_bytes", "error"),
+    assert [(q.fqn, q.kind, q.severity, q.ranks) for q in probs] == [
+        ("dataloader.dp_rank_2", "per_rank_bytes", "error", (2,)),
+        ("dataloader.dp_rank_3", "per_rank_bytes", "error", (3,)),
     ]
+    # exactly the ranks torch's CheckpointException names
+    assert "ranks:dict_keys([2, 3])" in _error(up)
 
     down = runs["bytes_4_to_2"]
     assert down.ok  # silently: ranks 0, 1 load their own state ...
     saved = wb.load_metadata(p["bytes4"]).state_dict_metadata
     assert {"dataloader.dp_rank_2", "dataloader.dp_rank_3"} <= set(saved)  # ... 2, 3 are dropped
     probs = _problems(p["bytes4"], _per_rank(2, 2))
-    assert [(q.fqn, q.severity) for q in probs] == [
-        ("dataloader.dp_rank_2", "silent"),
-        ("dataloader.dp_rank_3", "silent"),
+    # nobody loads a wrong value (ranks 2, 3's state is simply not loaded): no ranks named
+    assert [(q.fqn, q.severity, q.ranks) for q in probs] == [
+        ("dataloader.dp_rank_2", "silent", ()),
+        ("dataloader.dp_rank_3", "silent", ()),
     ]
 
 

@@ -33,7 +33,7 @@ from .planner_helpers import (
     missing_key_message,
     size_mismatch_message,
 )
-from .planning import _overlap_mask
+from .planning import _overlap_mask, writer_of_file
 from .records import BytesStorageMetadata, MetadataIndex, TensorStorageMetadata
 from .sharding import Layout, bytes_layout, format_placements
 
@@ -515,11 +515,13 @@ def find_problems(load_result) -> list[Problem]:
                 _tensor_problems(fqn, layout, saved, ranks, text, lambda: load_result.reads(fqn))
             )
         elif not layout.is_bytes:
+            # a DTensor rank outside its mesh creates no read item, so keeps its tensor
+            silent = tuple(r for r in ranks if layout.kind != "dtensor" or layout.chunks(r))
             out.append(
                 Problem(
                     fqn,
                     "shape_mismatch",
-                    ranks,
+                    silent,
                     None,
                     "silent",
                     f"{fqn}: the checkpoint saved a non-tensor (BytesStorageMetadata) but the target holds "
@@ -550,22 +552,35 @@ def find_problems(load_result) -> list[Problem]:
 
 def _one_copy_for_all(fqn, layout, md) -> Problem:
     """A target whose plain tensor / bytes value differs per rank: the checkpoint holds one copy
-    (save-time dedup kept one rank's), and every rank loads that same copy."""
+    (save-time dedup kept one rank's), and every rank loads that same copy. The writer (known from
+    its ``__<rank>_<n>.distcp`` file) gets its own value back; the other holders load wrong values,
+    and they are the problem's ranks (all holders when the writer is unknown)."""
     holders = _entry_ranks(layout)
     storage = md.storage_data if isinstance(md.storage_data, Mapping) else {}
     info = storage.get(
         MetadataIndex(fqn) if layout.is_bytes else MetadataIndex(fqn, (0,) * len(layout.shape))
     )
-    src = f" ({info.relative_path})" if info is not None else ""
+    writer = writer_of_file(info.relative_path) if info is not None else None
+    wrong = tuple(r for r in holders if r != writer)
+    if writer is None:
+        src = f" ({info.relative_path})" if info is not None else ""
+        who = f"the checkpoint has one copy{src}, written by a rank it does not name"
+    else:
+        who = f"the checkpoint has only rank {writer}'s copy ({info.relative_path})"
+    back = (
+        f"; rank {writer} gets its own value back, {_ranks_text(wrong)} load rank {writer}'s"
+        if writer in holders
+        else f"; {_ranks_text(wrong)} all load that copy"
+    )
     return Problem(
         fqn,
         "dedup_loss",
-        holders,
+        wrong,
         None,
         "silent",
-        f"{fqn}: the target holds a different value on each of {_ranks_text(holders)} but the "
-        f"checkpoint has one copy{src} (dcp.save keeps one rank's copy of a plain tensor or bytes "
-        "entry); every rank loads that copy, so per-rank values are not restored.",
+        f"{fqn}: the target holds a different value on each of {_ranks_text(holders)} but {who} "
+        f"(dcp.save keeps one rank's copy of a plain tensor or bytes entry){back}, so per-rank "
+        "values are not restored.",
         "Save per-rank state under per-rank keys (e.g. suffix the rank) or as a DTensor / "
         "ShardedTensor.",
     )
@@ -655,11 +670,15 @@ def _tensor_problems(
             )
         ]
     if layout.has_partial:
+        # _create_read_items raises only on ranks inside the DTensor's mesh
+        in_mesh = tuple(r for r in ranks if layout.chunks(r))
+        if not in_mesh:
+            return []
         return [
             Problem(
                 fqn,
                 "partial",
-                ranks,
+                in_mesh,
                 None,
                 "error",
                 f"{fqn}: the target DTensor has a Partial placement [{format_placements(layout.placements)}]"
@@ -675,7 +694,8 @@ def _tensor_problems(
             Problem(
                 fqn,
                 "dtype_mismatch",
-                tuple(r for r in ranks if layout.chunks(r)),
+                # ranks that receive elements (a zero-size shard or no chunk casts nothing)
+                tuple(r for r in ranks if any(not c.is_empty for c in layout.chunks(r))),
                 None,
                 "silent",
                 f"{fqn}: saved dtype {saved.properties.dtype} differs from the target's {layout.dtype} "

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import re
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from .colors import format_ranks
 from .errors import PlanError, WorkbenchError
+from .formats.limits import brief
 
 __all__ = ["main", "build_parser", "parse_target", "TARGET_HELP"]
 
@@ -157,9 +157,12 @@ def _list_presets() -> str:
     return "\n".join(lines)
 
 
-def _json_target(path: Path) -> dict:
-    from .sharding import bytes_layout, dtensor_layout, tensor_layout
+# Largest world a JSON target may describe: a 30-byte file must not make the planner allocate
+# per-rank tables of billions of ranks (DESIGN: hundreds to thousands of ranks).
+MAX_TARGET_WORLD = 1 << 16
 
+
+def _json_target(path: Path) -> dict:
     if not path.is_file():
         raise PlanError(
             "<target>",
@@ -169,33 +172,65 @@ def _json_target(path: Path) -> dict:
             path=str(path),
         )
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = path.read_bytes()
+    except OSError as e:
         raise PlanError(
             "<target>",
-            f"target file {str(path)!r} is not valid JSON ({e})",
+            f"target file {str(path)!r} cannot be read ({e})",
+            "a readable JSON file",
+            "Check the path and its permissions.",
+            path=str(path),
+        ) from None
+    return json_target(data, str(path))
+
+
+def _bounded_prod(dims) -> int:
+    """The product of mesh dims, stopping once past `MAX_TARGET_WORLD` (no huge products)."""
+    out = 1
+    for d in dims if isinstance(dims, list) else [dims]:
+        if type(d) is not int:
+            raise TypeError(f"mesh dim {brief(d, 20)} is not an int")
+        out *= d
+        if out > MAX_TARGET_WORLD:
+            return out
+    return out
+
+
+def json_target(data, path: str = "<target>") -> dict:
+    """The layouts ``{fqn: Layout}`` of a JSON target document (bytes or str; the syntax of
+    `workbench plan --help`), read within `formats.limits.read_json`'s bounds and
+    `MAX_TARGET_WORLD` ranks: a `WorkbenchError` for anything else."""
+    from .formats.limits import read_json
+    from .sharding import bytes_layout, dtensor_layout, tensor_layout
+
+    try:
+        doc = read_json(data, path, error=PlanError)
+    except PlanError as e:
+        raise PlanError(
+            "<target>",
+            f"target file {path!r} is not valid JSON ({e.what})",
             "a JSON object {fqn: entry}",
             "Fix the file.",
-            path=str(path),
+            path=path,
         ) from None
     if not isinstance(doc, dict) or not doc:
         raise PlanError(
             "<target>",
-            f"target file {str(path)!r} holds {type(doc).__name__} {str(doc)[:40]}",
+            f"target file {path!r} holds {type(doc).__name__} {brief(doc, 40)}",
             "a non-empty JSON object {fqn: entry}",
             "See `workbench plan --help`.",
-            path=str(path),
+            path=path,
         )
     for fqn, e in doc.items():
         bad = sorted(set(e) - _ENTRY_KEYS) if isinstance(e, dict) else None
         if bad is None or bad or not (e.get("bytes") or "shape" in e):
             raise PlanError(
                 fqn,
-                f"target entry {json.dumps(e)[:80]} is not understood"
+                f"target entry {brief(e, 80)} is not understood"
                 + (f" (unknown keys {bad})" if bad else ""),
                 "{shape, dtype, mesh, placements} or {bytes: true}",
                 "See `workbench plan --help`.",
-                path=str(path),
+                path=path,
             )
         if ("mesh" in e) != ("placements" in e):
             raise PlanError(
@@ -203,7 +238,7 @@ def _json_target(path: Path) -> dict:
                 "target entry gives one of mesh and placements",
                 "both or neither",
                 "Add the missing one.",
-                path=str(path),
+                path=path,
             )
         if "mesh_ranks" in e and "mesh" not in e:
             raise PlanError(
@@ -211,18 +246,41 @@ def _json_target(path: Path) -> dict:
                 "target entry gives mesh_ranks without a mesh",
                 "mesh_ranks only on a DTensor entry",
                 "Add mesh and placements, or drop mesh_ranks.",
-                path=str(path),
+                path=path,
             )
     try:
+        for fqn, e in doc.items():
+            # rank-sized numbers are bounded before anything is multiplied or allocated by them
+            for key in ("mesh", "ranks", "mesh_ranks", "world_size"):
+                v = e.get(key)
+                vals = v if isinstance(v, list) else [] if v is None else [v]
+                if len(vals) > MAX_TARGET_WORLD or any(
+                    type(x) is int and not 0 <= x <= MAX_TARGET_WORLD for x in vals
+                ):
+                    raise PlanError(
+                        fqn,
+                        f"target entry's {key} {brief(v, 60)} is out of range",
+                        f"ints from 0 to {MAX_TARGET_WORLD:,} (ranks of one world)",
+                        "See `workbench plan --help`.",
+                        path=path,
+                    )
         world = max(
             max(
-                math.prod(e.get("mesh", [1])),
+                _bounded_prod(e.get("mesh", [1])),
                 int(e.get("world_size", 1)),
                 max(e.get("ranks") or [0]) + 1,
                 max(e.get("mesh_ranks") or [0]) + 1,
             )
             for e in doc.values()
         )
+        if not 1 <= world <= MAX_TARGET_WORLD:
+            raise PlanError(
+                "<target>",
+                f"target file {path!r} describes a world of {world:,} ranks",
+                f"1 to {MAX_TARGET_WORLD:,} ranks",
+                "Check mesh, world_size, ranks and mesh_ranks.",
+                path=path,
+            )
         out = {}
         for fqn, e in doc.items():
             holders = dict(ranks=e.get("ranks"), per_rank_values=bool(e.get("per_rank_values")))
@@ -247,10 +305,10 @@ def _json_target(path: Path) -> dict:
     except (TypeError, ValueError) as e:  # a string where a list of ints belongs, and the like
         raise PlanError(
             "<target>",
-            f"target file {str(path)!r} has a malformed value ({e})",
+            f"target file {path!r} has a malformed value ({brief(str(e), 120)})",
             "shape, mesh, ranks, mesh_ranks: lists of ints; world_size: an int",
             "See `workbench plan --help`.",
-            path=str(path),
+            path=path,
         ) from None
     return out
 

@@ -142,7 +142,7 @@ def test_hostile_reduce_is_refused_and_never_runs(tmp_path, fn, args, refused):
     # the same file under torch's own reader really does run the payload: the test is not vacuous
     import torch.distributed.checkpoint as dcp
 
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         dcp.FileSystemReader(str(path)).read_metadata()
     assert marker.exists()
 
@@ -394,3 +394,97 @@ def test_deep_nesting_is_a_clear_error(local_checkpoint):
     data = data.replace(string, b"N" + b"\x85" * 100_000)
     with pytest.raises(MetadataError, match="the metadata is corrupt"):
         read_metadata_bytes(data)
+
+
+# ----------------------------------------------------------------------------- bounded reading
+def _with_op(data: bytes, name: str, replacement: bytes) -> bytes:
+    import pickletools
+
+    pos = next(p for op, _, p in pickletools.genops(data) if op.name == name)
+    out = bytearray(data)
+    out[pos : pos + len(replacement)] = replacement
+    return bytes(out)
+
+
+@pytest.mark.parametrize("index", [0x7FFFFFFF, 0x30000000])
+def test_memo_index_bomb_is_refused_with_flat_memory(local_checkpoint, index):
+    """The issue's file: a real .metadata with one SETITEMS turned into LONG_BINPUT <huge>. The C
+    unpickler allocated and zeroed a memo array of gigabytes (> 4 GB RSS for 0x30000000)."""
+    import struct
+    import tracemalloc
+
+    data = _with_op(
+        (local_checkpoint / ".metadata").read_bytes(), "SETITEMS", b"r" + struct.pack("<I", index)
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(MetadataError, match=f"memo index {index} beyond the"):
+            read_metadata_bytes(data, "ck/.metadata")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20  # a few hundred KB: nothing sized by the index
+
+
+def test_deep_tuple_key_is_refused_not_a_crash():
+    # 300,000 nested 1-tuples as a dict key: the C unpickler's tuple hash recursed until SIGSEGV
+    data = b"\x80\x02}N" + b"\x85" * 300_000 + b"Ns."
+    with pytest.raises(MetadataError, match="dict key or set element of type tuple"):
+        read_metadata_bytes(data)
+
+
+def test_colliding_int_keys_are_refused():
+    # ints that share a hash (k * (2**61 - 1)) made SETITEMS quadratic: 14 s for 600 KB
+    m = (1 << 61) - 1
+    keys = b"".join(
+        b"\x8a\x0c" + (k * m).to_bytes(12, "little", signed=True) + b"N" for k in range(1, 2000)
+    )
+    with pytest.raises(MetadataError, match="type int"):
+        read_metadata_bytes(b"\x80\x02}(" + keys + b"u.")
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b"x.", "BINBYTES8 declares"),
+        (b"\x80\x04\x95" + (1 << 50).to_bytes(8, "little") + b"N.", "FRAME declares"),
+        (b"\x80\x02cbuiltins\nbytes\nJ\x00\x00\x00\x04\x85R.", "builtins.bytes is called"),
+        (b"\x80\x02cbuiltins\nbytearray\nJ\x00\x00\x00\x04\x85R.", "builtins.bytearray"),
+        (b"\x80\x02cbuiltins\nstr\n]\x85R.", "builtins.str is called"),
+    ],
+)
+def test_declared_sizes_and_allocating_calls_are_refused(data, words):
+    with pytest.raises(MetadataError, match=words):
+        read_metadata_bytes(data)
+
+
+def test_repeated_copies_of_one_big_object_exhaust_the_budget():
+    # list(L) of one memoised 100,000-element list, 100,000 times: 10**10 copies unbounded
+    lst = b"](" + b"K\x01" * 100_000 + b"eq\x00"
+    rep = b"cbuiltins\nlist\nq\x01(" + b"h\x01h\x00\x85R" * 100_000 + b"l."
+    with pytest.raises(MetadataError, match="units of work"):
+        read_metadata_bytes(b"\x80\x02" + lst + b"0" + rep)
+
+
+def test_shared_huge_size_tuple_costs_once(local_checkpoint):
+    """A real metadata whose chunks all share one memoised torch.Size is converted in linear
+    time (each distinct tuple is checked once)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+
+    md = dcp.FileSystemReader(str(local_checkpoint)).read_metadata()
+    tsm = md.state_dict_metadata["w"]
+    zero, size = torch.Size([0, 0]), torch.Size([3, 4])
+    tsm.chunks = [ChunkStorageMetadata(zero, size)] * 20_000  # one object, 20,000 references
+    ours = read_metadata_bytes(pickle.dumps(md))
+    assert len(ours.state_dict_metadata["w"].chunks) == 20_000
+
+
+def test_sizes_beyond_int64_are_refused(local_checkpoint):
+    import torch.distributed.checkpoint as dcp
+
+    md = dcp.FileSystemReader(str(local_checkpoint)).read_metadata()
+    md.state_dict_metadata["w"].size = (3, 1 << 64)  # a tuple: torch.Size would refuse it
+    with pytest.raises(MetadataError, match="w: size .* int64"):
+        read_metadata_bytes(pickle.dumps(md))

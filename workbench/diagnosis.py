@@ -512,7 +512,9 @@ def find_problems(load_result) -> list[Problem]:
             out.append(_one_copy_for_all(fqn, layout, md))
         elif isinstance(saved, TensorStorageMetadata):
             out.extend(
-                _tensor_problems(fqn, layout, saved, ranks, text, lambda: load_result.reads(fqn))
+                _tensor_problems(
+                    fqn, layout, saved, ranks, text, lambda fqn=fqn: load_result.reads(fqn)
+                )
             )
         elif not layout.is_bytes:
             # a DTensor rank outside its mesh creates no read item, so keeps its tensor

@@ -39,6 +39,7 @@ __all__ = [
     "is_safe_key",
     "json_depth",
     "read_json",
+    "read_length_prefixed_json",
 ]
 
 MAX_INT64 = (1 << 63) - 1
@@ -252,3 +253,22 @@ def check_hash_spread(keys, what: str, source="<input>", max_share: int = 64) ->
                 f"at most {max_share} (real files never come close)",
                 "The file is crafted to make dictionaries quadratic; it was not written by torch.",
             )
+
+
+def read_length_prefixed_json(
+    data, source: str = "<header>", limits: JsonLimits = JsonLimits(), error=None
+):
+    """``(header, end)`` of a file that starts with an 8-byte little-endian length and that many
+    bytes of JSON (safetensors' layout): the declared length is checked against the file's size
+    and ``limits.max_bytes`` before anything is sliced, then `read_json` parses it; ``end`` is
+    where the header stops (the data starts)."""
+    if len(data) < 8:
+        raise InputLimitError(
+            source,
+            f"the file has {len(data)} bytes, fewer than its 8-byte header length",
+            "an 8-byte little-endian header length, then the JSON header",
+            "The file is truncated.",
+        )
+    n = int.from_bytes(bytes(data[:8]), "little")
+    check_declared_length(n, min(len(data) - 8, limits.max_bytes), "the header length", source)
+    return read_json(bytes(data[8 : 8 + n]), source, limits, error), 8 + n

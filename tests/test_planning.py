@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from workbench import planner_helpers as ph
 from workbench.errors import MetadataError, PlanError
 from workbench.geometry import Chunk, uncovered
-from workbench.planner_helpers import LocalTensor
+from workbench import LocalTensor
 from workbench.planning import plan_load, plan_save, writer_of_file
 from workbench.records import (
     BytesStorageMetadata,

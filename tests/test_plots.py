@@ -21,12 +21,12 @@ from workbench import plots
 from workbench.colors import (
     BASE_PALETTE,
     UNKNOWN_COLOR,
-    format_ranks,
     rank_color,
     rank_colors,
     text_color,
 )
 from workbench.errors import LayoutError, MetadataError, PlanError
+from workbench.formatting import format_ranks
 from workbench.geometry import Chunk
 from workbench.planning import plan_load, plan_save
 from workbench.plots import (

@@ -17,7 +17,7 @@ import torch
 
 from workbench import planner_helpers as H
 from workbench.geometry import Chunk
-from workbench.planner_helpers import LocalTensor
+from workbench import LocalTensor
 from workbench.records import (
     BytesStorageMetadata,
     LoadItemType,

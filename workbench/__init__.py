@@ -41,6 +41,7 @@ from .records import (
 )
 from .sharding import (
     Layout,
+    LocalTensor,
     Partial,
     Placement,
     Replicate,
@@ -91,7 +92,6 @@ _LAZY = {
             "create_default_local_save_plan",
             "create_default_local_load_plan",
             "flatten_state_dict",
-            "LocalTensor",
             "create_default_global_load_plan",
             "create_default_local_metadata",
         )
@@ -181,6 +181,7 @@ __all__ = [
     "WriteItem",
     "WriteItemType",
     "Layout",
+    "LocalTensor",
     "Partial",
     "Placement",
     "Replicate",

@@ -28,8 +28,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .colors import format_ranks
 from .errors import PlanError, WorkbenchError
+from .formatting import format_ranks
 
 __all__ = ["main", "build_parser", "parse_target", "TARGET_HELP"]
 

@@ -22,20 +22,18 @@ from typing import Any
 import numpy as np
 
 from .errors import MetadataError, PlanError, WorkbenchError
-from .geometry import Chunk, intersect, uncovered
+from .formatting import list_text, ranks_text
+from .geometry import Chunk, Coverage, coverage, overlap_mask, shares_elements, uncovered
 from .planner_helpers import (
     PARTIAL_MESSAGE,
-    LocalTensor,
-    _record,
-    _torch_size,
-    _value,
     invalid_metadata_message,
     missing_key_message,
     size_mismatch_message,
+    torch_size_text,
 )
-from .planning import _overlap_mask
 from .records import BytesStorageMetadata, MetadataIndex, TensorStorageMetadata
-from .sharding import Layout, bytes_layout, format_placements
+from .sharding import Layout, LocalTensor, bytes_layout, chunk_holders, format_placements
+from .sources import as_record, as_value
 
 __all__ = [
     "Problem",
@@ -46,7 +44,6 @@ __all__ = [
     "find_save_problems",
     "explain",
     "Explanation",
-    "chunk_holders",
 ]
 
 KINDS = (
@@ -115,27 +112,6 @@ class Problem:
 
 
 # ----------------------------------------------------------------------------- formatting
-def _ranks_text(ranks: Iterable[int], limit: int = 8) -> str:
-    """``rank 3`` / ``ranks 0, 1, 2`` / ``ranks 0-1023`` / ``ranks 0, 1, ... (12 ranks)``."""
-    rs = sorted(set(ranks))
-    if not rs:
-        return "no rank"
-    if len(rs) == 1:
-        return f"rank {rs[0]}"
-    if rs == list(range(rs[0], rs[-1] + 1)) and len(rs) > 3:
-        return f"ranks {rs[0]}-{rs[-1]}"
-    if len(rs) > limit:
-        return "ranks " + ", ".join(map(str, rs[:limit])) + f", ... ({len(rs)} ranks)"
-    return "ranks " + ", ".join(map(str, rs))
-
-
-def _list_text(values, limit: int = 8) -> str:
-    vs = list(values)
-    if len(vs) > limit:
-        return "[" + ", ".join(map(str, vs[:limit])) + f", ... ({len(vs)} in all)]"
-    return "[" + ", ".join(map(str, vs)) + "]"
-
-
 def _entry_ranks(layout) -> tuple[int, ...]:
     """Ranks whose state dict carries the entry: every rank for a DTensor or a ShardedTensor (ranks
     without a chunk still have the key), the holders otherwise."""
@@ -145,80 +121,8 @@ def _entry_ranks(layout) -> tuple[int, ...]:
 
 
 # ----------------------------------------------------------------------------- saved chunks
-@dataclass(frozen=True)
-class _Coverage:
-    """How a tensor's saved chunks relate to the tensor: ``tiles`` (disjoint, inside, complete),
-    the global ``holes`` and the ``overlaps`` as ``(region, indices of the saved chunks that
-    overlap there)``."""
-
-    tiles: bool
-    holes: tuple[Chunk, ...] = ()
-    overlaps: tuple[tuple[Chunk, tuple[int, ...]], ...] = ()
-
-
-def _coverage(size: tuple[int, ...], chunks: list[Chunk]) -> _Coverage:
-    """Coverage of a tensor of ``size`` by saved ``chunks``.
-
-    Fast path (the common case, vectorised): every non-empty chunk is inside the tensor, is
-    exactly one cell of the grid of all chunk edges, no two share a cell, and the volumes add up to
-    the tensor's: then the chunks tile it. Anything else gets exact holes and exact pairwise
-    overlaps (zero-size chunks hold no data and are ignored, unlike torch's validation predicate).
-    """
-    numel = math.prod(size)
-    if not size:  # a 0-d tensor: any saved chunk covers it
-        return _Coverage(True) if chunks else _Coverage(False, (Chunk((), ()),))
-    if not chunks:
-        return _Coverage(numel == 0, () if numel == 0 else (Chunk((0,) * len(size), size),))
-    off = np.array([c.offsets for c in chunks], dtype=np.int64)
-    siz = np.array([c.sizes for c in chunks], dtype=np.int64)
-    keep = (siz > 0).all(axis=1)
-    off, siz, idx = off[keep], siz[keep], np.flatnonzero(keep)
-    end = off + siz
-    shape = np.array(size, dtype=np.int64)
-    inside = bool(((off >= 0) & (end <= shape)).all())
-    if inside and int(np.prod(siz, axis=1).sum()) == numel:
-        cell_ids = np.zeros(len(off), dtype=np.int64)
-        one_cell = True
-        for d in range(len(size)):
-            edges = np.unique(np.concatenate([off[:, d], end[:, d]]))
-            a = np.searchsorted(edges, off[:, d])
-            b = np.searchsorted(edges, end[:, d])
-            one_cell &= bool((b - a == 1).all())
-            cell_ids = cell_ids * len(edges) + a
-        if one_cell and len(np.unique(cell_ids)) == len(cell_ids):
-            return _Coverage(True)
-    full = Chunk((0,) * len(size), size)
-    holes = tuple(uncovered(full, [chunks[i] for i in idx]))
-    # Clipped to the tensor (an edited chunk may reach past it), the chunks' volumes add up to
-    # the covered volume exactly when no two overlap: only then is the pairwise search skipped.
-    clipped = np.clip(np.minimum(end, shape) - np.maximum(off, 0), 0, None)
-    if int(np.prod(clipped, axis=1).sum()) == numel - sum(h.volume for h in holes):
-        return _Coverage(not holes and inside, holes)
-    # Pairs sharing one region (many copies of one box) become one finding.
-    lo = np.maximum(np.maximum(off[:, None, :], off[None, :, :]), 0)
-    hi = np.minimum(np.minimum(end[:, None, :], end[None, :, :]), shape)
-    hit = (hi > lo).all(axis=2)
-    regions: dict[Chunk, set[int]] = {}
-    for a, b in zip(*np.nonzero(np.triu(hit, k=1))):
-        region = Chunk(tuple(int(x) for x in lo[a, b]), tuple(int(x) for x in hi[a, b] - lo[a, b]))
-        regions.setdefault(region, set()).update((int(idx[a]), int(idx[b])))
-    overlaps = tuple((region, tuple(sorted(ix))) for region, ix in regions.items())
-    return _Coverage(not holes and not overlaps and inside, holes, overlaps)
-
-
-def chunk_holders(layout: Layout) -> dict[Chunk, tuple[int, ...]]:
-    """Every distinct box of a layout -> the ranks holding (requesting) it, ascending; boxes in
-    order of first appearance (rank, then chunk). Replicas are the boxes with more than one
-    holder. (Also `tables.chunk_holders`, the replicas column of `tables.layout_chunks_table`.)"""
-    holders: dict[Chunk, list[int]] = defaultdict(list)
-    for r, chunks in enumerate(layout.rank_chunks):
-        for c in chunks:
-            holders[c].append(r)
-    return {c: tuple(rs) for c, rs in holders.items()}
-
-
 def _hole_problems(
-    fqn, layout, saved: list[Chunk], cov: _Coverage, severity: str, torch_text: str = ""
+    fqn, layout, saved: list[Chunk], cov: Coverage, severity: str, torch_text: str = ""
 ) -> list[Problem]:
     """One `uncovered` problem per distinct hole of a requested chunk, with the ranks that request
     it (or, with no target layout, one per global hole)."""
@@ -238,7 +142,7 @@ def _hole_problems(
                 h,
                 severity,
                 f"{fqn}: no saved chunk covers {h} ({h.volume} elements; {total} uncovered in "
-                f"all) (saved chunks {_list_text(saved, 6)} must tile the tensor).{said}",
+                f"all) (saved chunks {list_text(saved, 6)} must tile the tensor).{said}",
                 fix,
             )
             for h in cov.holes
@@ -247,11 +151,11 @@ def _hole_problems(
     off = np.array([c.offsets for c in saved], dtype=np.int64).reshape(len(saved), layout.ndim)
     siz = np.array([c.sizes for c in saved], dtype=np.int64).reshape(off.shape)
     for want, ranks in chunk_holders(layout).items():
-        if want.is_empty or not any(_hits(want, h) for h in cov.holes):
+        if want.is_empty or not any(shares_elements(want, h) for h in cov.holes):
             continue
         # only the saved chunks that meet the request matter to its exact holes (torch's
         # predicate is a strict overlap here: ``saved`` and ``want`` are non-empty)
-        near = _overlap_mask(off, siz, np.array(want.offsets), np.array(want.sizes))
+        near = overlap_mask(off, siz, np.array(want.offsets), np.array(want.sizes))
         for region in uncovered(want, [saved[i] for i in np.flatnonzero(near)]):
             by_region[region].extend(ranks)
     out = []
@@ -263,7 +167,7 @@ def _hole_problems(
                 tuple(sorted(ranks)),
                 region,
                 severity,
-                f"{fqn}: no saved chunk covers {region}, requested by {_ranks_text(ranks)} "
+                f"{fqn}: no saved chunk covers {region}, requested by {ranks_text(ranks)} "
                 f"({region.volume} elements; the checkpoint covers {numel - total} of {numel}) "
                 "(uncovered elements keep their previous values, uninitialised memory for meta-device "
                 "targets, and torch says nothing).",
@@ -273,19 +177,16 @@ def _hole_problems(
     return out
 
 
-def _hits(a: Chunk, b: Chunk) -> bool:
-    c = intersect(a, b)
-    return c is not None and not c.is_empty
-
-
-def _overlap_problems(fqn, layout, saved, cov: _Coverage, severity: str | None) -> list[Problem]:
+def _overlap_problems(fqn, layout, saved, cov: Coverage, severity: str | None) -> list[Problem]:
     out = []
     reqs = chunk_holders(layout) if layout is not None else {}
     for region, ix in cov.overlaps:
-        readers = sorted(r for want, ranks in reqs.items() if _hits(want, region) for r in ranks)
+        readers = sorted(
+            r for want, ranks in reqs.items() if shares_elements(want, region) for r in ranks
+        )
         sev = severity or ("silent" if readers else "warning")
         who = (
-            f"readers ({_ranks_text(readers)}) get whichever chunk torch applies last "
+            f"readers ({ranks_text(readers)}) get whichever chunk torch applies last "
             "(read-item and file order), without an error"
             if layout is not None and readers
             else "nobody in this target reads it"
@@ -338,17 +239,17 @@ def _misdescribed_problems(
                 if len(should) < len(gets):
                     short[d] = len(should)
                 parts.append(
-                    f"dim {d}: {holds} {_list_text(should)} ({len(should)}) but DCP's box "
-                    f"{box} names {_list_text(gets)} ({len(gets)})"
+                    f"dim {d}: {holds} {list_text(should)} ({len(should)}) but DCP's box "
+                    f"{box} names {list_text(gets)} ({len(gets)})"
                 )
                 continue
             wrong = [k for k, (g, s) in enumerate(zip(gets, should)) if g != s]
             if wrong:
                 parts.append(
-                    f"dim {d}: {holds} {_list_text(should)} but its box {box} names "
-                    f"{_list_text(gets)}, so local positions {_list_text(wrong)} get indices "
-                    f"{_list_text(gets[k] for k in wrong)} instead of "
-                    f"{_list_text(should[k] for k in wrong)}"
+                    f"dim {d}: {holds} {list_text(should)} but its box {box} names "
+                    f"{list_text(gets)}, so local positions {list_text(wrong)} get indices "
+                    f"{list_text(gets[k] for k in wrong)} instead of "
+                    f"{list_text(should[k] for k in wrong)}"
                 )
         sev = severity
         if side == "load" and short and reads is not None and _short_read_raises(reads, r, short):
@@ -512,7 +413,9 @@ def find_problems(load_result) -> list[Problem]:
             out.append(_one_copy_for_all(fqn, layout, md))
         elif isinstance(saved, TensorStorageMetadata):
             out.extend(
-                _tensor_problems(fqn, layout, saved, ranks, text, lambda: load_result.reads(fqn))
+                _tensor_problems(
+                    fqn, layout, saved, ranks, text, lambda fqn=fqn: load_result.reads(fqn)
+                )
             )
         elif not layout.is_bytes:
             out.append(
@@ -563,7 +466,7 @@ def _one_copy_for_all(fqn, layout, md) -> Problem:
         holders,
         None,
         "silent",
-        f"{fqn}: the target holds a different value on each of {_ranks_text(holders)} but the "
+        f"{fqn}: the target holds a different value on each of {ranks_text(holders)} but the "
         f"checkpoint has one copy{src} (dcp.save keeps one rank's copy of a plain tensor or bytes "
         "entry); every rank loads that copy, so per-rank values are not restored.",
         "Save per-rank state under per-rank keys (e.g. suffix the rank) or as a DTensor / "
@@ -599,7 +502,7 @@ def _missing(fqn, ranks, text, items, result) -> Problem:
             ranks,
             None,
             "error",
-            f"{fqn}: the checkpoint lacks this key, requested by {_ranks_text(ranks)} "
+            f"{fqn}: the checkpoint lacks this key, requested by {ranks_text(ranks)} "
             f"(every requested key must be saved); torch raises: {text}",
             "Rename the key to the saved name (prefixes such as 'model.' or '_orig_mod.' "
             "differ often), drop it from the state dict, or load with "
@@ -613,7 +516,7 @@ def _missing(fqn, ranks, text, items, result) -> Problem:
         ranks,
         None,
         "silent",
-        f"{fqn}: the checkpoint lacks this key, requested by {_ranks_text(ranks)} "
+        f"{fqn}: the checkpoint lacks this key, requested by {ranks_text(ranks)} "
         "(allow_partial_load skips it without a word); it keeps its current value, "
         "uninitialised memory for a meta-device target.",
         f"Initialise it yourself or rename it to the saved key.{hint}",
@@ -632,7 +535,7 @@ def _tensor_problems(
                 ranks,
                 None,
                 "error",
-                f"{fqn}: the checkpoint saved a tensor of {_torch_size(saved.size)} but the target holds "
+                f"{fqn}: the checkpoint saved a tensor of {torch_size_text(saved.size)} but the target holds "
                 f"a non-tensor value (not a Tensor, DTensor or ShardedTensor); torch raises: "
                 + (text or invalid_metadata_message(fqn)),
                 "Pass a tensor of the saved size (a value that _init_state_dict turned into None is a "
@@ -684,7 +587,7 @@ def _tensor_problems(
                 "Load into the saved dtype and convert explicitly if the cast is intended.",
             )
         )
-    cov = _coverage(tuple(saved.size), saved.chunks)
+    cov = coverage(tuple(saved.size), saved.chunks)
     if not cov.tiles:
         live = [c for c in saved.chunks if not c.is_empty]
         out.extend(_hole_problems(fqn, layout, live, cov, "silent"))
@@ -701,7 +604,7 @@ def find_checkpoint_problems(metadata) -> list[Problem]:
     severity ``silent``: a load requesting them gets stale or last-applied values without an
     error). torch's save validation refuses both, so they come from edited or merged
     ``.metadata`` files or custom planners. ``metadata``: a workbench or torch ``Metadata``."""
-    md = _record(metadata)
+    md = as_record(metadata)
     sdm = getattr(md, "state_dict_metadata", None)
     if not isinstance(sdm, Mapping):
         raise MetadataError(
@@ -714,7 +617,7 @@ def find_checkpoint_problems(metadata) -> list[Problem]:
     for fqn, entry in sdm.items():
         if not isinstance(entry, TensorStorageMetadata):
             continue
-        cov = _coverage(tuple(entry.size), entry.chunks)
+        cov = coverage(tuple(entry.size), entry.chunks)
         if cov.tiles:
             continue
         live = [c for c in entry.chunks if not c.is_empty]
@@ -802,10 +705,10 @@ def find_save_problems(save_result) -> list[Problem]:
                     lost,
                     None,
                     "silent",
-                    f"{fqn}: {_ranks_text(ranks)} each hold their own value of this "
+                    f"{fqn}: {ranks_text(ranks)} each hold their own value of this "
                     f"{'non-tensor entry' if layout.is_bytes else 'plain tensor'} but DCP dedups by "
                     f"(fqn, offset) and writes only rank {kept}'s copy (dedup_save_plans); "
-                    f"the values of {_ranks_text(lost)} are lost and every rank loads rank {kept}'s.",
+                    f"the values of {ranks_text(lost)} are lost and every rank loads rank {kept}'s.",
                     "Give each rank's value its own key (e.g. f'{fqn}.rank{r}') or make it a DTensor "
                     "sharded over the ranks.",
                 )
@@ -843,14 +746,14 @@ def _saved_chunk_problems(
                 tuple(sorted({writers[i] for i in outside if i < len(writers)})),
                 None,
                 "error",
-                f"{fqn}: saved chunks {_list_text([str(saved.chunks[i]) for i in outside], 4)} reach past "
+                f"{fqn}: saved chunks {list_text([str(saved.chunks[i]) for i in outside], 4)} reach past "
                 f"the tensor's size {list(saved.size)} (every chunk inside the tensor); torch raises: "
                 + quote(by_kind["out of bounds chunk"]),
                 "Check the local shapes against the global one (a ShardedTensor's shard metadata, a "
                 "DTensor built with from_local and a wrong shape).",
             )
         )
-    cov = _coverage(tuple(saved.size), saved.chunks)
+    cov = coverage(tuple(saved.size), saved.chunks)
     fill, over = by_kind["invalid fill"], by_kind["overlapping chunks"]
     live = [c for c in saved.chunks if not c.is_empty]
     holes = _hole_problems(
@@ -978,7 +881,7 @@ def _ints_of(text: str | None) -> tuple[int, ...]:
 def _explain_inputs(metadata, target) -> tuple[Any, dict[str, Layout]]:
     """`explain`'s metadata (torch's converted) and target as ``{fqn: Layout}``: real tensors
     described by their layout, other values as bytes entries; anything else refused."""
-    metadata = _record(metadata)
+    metadata = as_record(metadata)
     if metadata is not None and not hasattr(metadata, "state_dict_metadata"):
         raise MetadataError(
             None,
@@ -1000,7 +903,7 @@ def _explain_inputs(metadata, target) -> tuple[Any, dict[str, Layout]]:
     layouts: dict[str, Layout | None] = {}
     for fqn, v in target.items():
         if not isinstance(v, Layout):
-            v = _value(v)
+            v = as_value(v)
             v = v.layout if isinstance(v, LocalTensor) else None
         layouts[fqn] = v
     ws = next((lay.world_size for lay in layouts.values() if lay is not None), 1)
@@ -1045,12 +948,12 @@ def _x_checkpoint_exception(m, text, md, target):
         by_rank[key].append(int(r))
     inner = tuple(seen.values())
     parts = "; ".join(
-        f"{_ranks_text(by_rank[k])}: {e.pattern}" + (f" ({e.fqn})" if e.fqn else "")
+        f"{ranks_text(by_rank[k])}: {e.pattern}" + (f" ({e.fqn})" if e.fqn else "")
         for k, e in seen.items()
     )
     return Explanation(
         "checkpoint_exception",
-        f"dcp.save / dcp.load failed on {_ranks_text(ranks)} ({parts or 'no traceback given'}). "
+        f"dcp.save / dcp.load failed on {ranks_text(ranks)} ({parts or 'no traceback given'}). "
         "CheckpointException derives from BaseException, so 'except Exception' does not catch it; "
         "errors of the global step are reported by rank 0 and re-raised on every rank.",
         ("Read the inner error of the lowest failing rank first; the others usually repeat it.",),
@@ -1074,7 +977,7 @@ def _x_validate(m, text, md, target):
             checks.append(
                 f"{fqn}: the save layout [{format_placements(lay.placements)}] on mesh "
                 f"{lay.mesh_shape} is a _StridedShard whose ranks "
-                f"{_list_text(lay.misdescribed_ranks)}"
+                f"{list_text(lay.misdescribed_ranks)}"
                 " hold rows their DCP boxes do not describe; the boxes cannot tile the tensor."
             )
     whats = {w for _, w in found}
@@ -1102,7 +1005,7 @@ def _x_validate(m, text, md, target):
     return Explanation(
         "validate_global_plan",
         f"The coordinator's _validate_global_plan rejected the save plan ({len(found)} error(s) on "
-        f"{_list_text(fqns, 4)}): every tensor's saved chunks must lie inside it, not overlap, and "
+        f"{list_text(fqns, 4)}): every tensor's saved chunks must lie inside it, not overlap, and "
         "(with more than one rank) fill it exactly. Nothing was written.",
         tuple(checks),
         fqns[0] if len(fqns) == 1 else None,
@@ -1137,7 +1040,7 @@ def _x_missing(m, text, md, target):
                 checks.insert(
                     0,
                     f"Per-rank key: the checkpoint has {rm['stem']}<r> for ranks "
-                    f"{_list_text(fam)} only; it was saved by {len(fam)} ranks and this "
+                    f"{list_text(fam)} only; it was saved by {len(fam)} ranks and this "
                     f"world is larger (rank {rm['rank']} did not exist). Re-split the per-rank "
                     "state for the new world size.",
                 )
@@ -1252,7 +1155,7 @@ def _x_read_size(m, text, md, target):
         checks.insert(
             0,
             f"The target layout [{format_placements(lay.placements)}] is a _StridedShard "
-            f"whose ranks {_list_text(lay.misdescribed_ranks)} are misdescribed.",
+            f"whose ranks {list_text(lay.misdescribed_ranks)} are misdescribed.",
         )
     return Explanation(
         "read_size_mismatch",
@@ -1274,7 +1177,7 @@ def _x_partial(m, text, md, target):
         "A DTensor with a Partial placement (a pending sum / reduction) "
         "was saved; DCP saves only Shard / Replicate placements.",
         ("Redistribute it to Replicate() or Shard() before dcp.save.",)
-        + ((f"Partial entries in the target: {_list_text(fqns, 5)}.",) if fqns else ()),
+        + ((f"Partial entries in the target: {list_text(fqns, 5)}.",) if fqns else ()),
         fqns[0] if len(fqns) == 1 else None,
         text=text,
     )
@@ -1336,7 +1239,7 @@ def _x_storage(m, text, md, target):
         have = [k for k in md.storage_data if getattr(k, "fqn", None) == fqn]
         checks.append(
             f"storage_data holds {len(have)} entries for {fqn}, at offsets "
-            f"{_list_text([list(k.offset) if k.offset is not None else None for k in have], 6)}."
+            f"{list_text([list(k.offset) if k.offset is not None else None for k in have], 6)}."
         )
     return Explanation(
         "missing_storage",

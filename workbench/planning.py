@@ -22,7 +22,6 @@ Imports the layers above (errors, geometry, records, sharding, planner_helpers);
 from __future__ import annotations
 
 import math
-import re
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,10 +30,10 @@ from functools import cached_property
 import numpy as np
 
 from .errors import MetadataError, PlanError
-from .geometry import Chunk
+from .formats.dcp import file_name, writer_of_file
+from .geometry import Chunk, candidate_pairs, int64_unsafe, overlap_mask
 from .planner_helpers import (
     PARTIAL_MESSAGE,
-    _record,
     create_read_items_for_chunk_list,
     invalid_metadata_message,
     missing_key_message,
@@ -58,6 +57,7 @@ from .records import (
     WriteItemType,
 )
 from .sharding import Layout
+from .sources import as_record
 
 __all__ = [
     "plan_save",
@@ -66,25 +66,9 @@ __all__ = [
     "LoadPlanResult",
     "ReadBlock",
     "LoadIO",
-    "file_name",
-    "writer_of_file",
     "compare_targets",
     "TargetCost",
 ]
-
-_FILE_RE = re.compile(r"^__(\d+)_(\d+)\.distcp$")
-
-
-def file_name(rank: int) -> str:
-    """The data file ``FileSystemWriter`` (defaults: one thread, one file per rank) gives a rank:
-    ``f"{prefix}{file_count}.distcp"`` with prefix ``__{rank}_`` and count 0."""
-    return f"__{rank}_0.distcp"
-
-
-def writer_of_file(relative_path: str) -> int | None:
-    """The writer rank encoded in a ``__<rank>_<n>.distcp`` name; None for other names."""
-    m = _FILE_RE.match(str(relative_path))
-    return int(m[1]) if m else None
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -533,7 +517,7 @@ def _validate(sdm, pats, fqns, kept_per_fqn, plans) -> list[str]:
 def _has_errors(offs: np.ndarray, sizes: np.ndarray, shape, check_fill: bool) -> bool:
     """Whether ``_validate_global_plan`` reports anything for these chunks: out of bounds,
     strictly overlapping (torch's predicate, zero-size boxes included), or volume != numel."""
-    if _int64_unsafe(offs, sizes):
+    if int64_unsafe(offs, sizes):
         return True  # let the scalar mirror (Python ints, as torch) decide
     shp = np.array(shape, dtype=np.int64)
     if ((offs < 0) | (sizes < 0) | (offs + sizes > shp)).any():
@@ -541,56 +525,11 @@ def _has_errors(offs: np.ndarray, sizes: np.ndarray, shape, check_fill: bool) ->
     if check_fill and int(np.prod(sizes, axis=1).sum()) != math.prod(shape):
         return True
     if len(offs) > 1:
-        a, b = _candidate_pairs(offs, sizes, offs, sizes)
+        a, b = candidate_pairs(offs, sizes, offs, sizes)
         a, b = a[a != b], b[a != b]
-        if _overlap_mask(offs[a], sizes[a], offs[b], sizes[b]).any():
+        if overlap_mask(offs[a], sizes[a], offs[b], sizes[b]).any():
             return True
     return False
-
-
-# ----------------------------------------------------------------------------- geometry (columnar)
-_SAFE = 2**62  # offsets and sizes below this in magnitude: their sums and differences fit int64
-
-
-def _int64_unsafe(offs: np.ndarray, sizes: np.ndarray) -> bool:
-    """Whether ``offset + size`` could wrap in int64 (torch computes with Python ints; a chunk
-    can reach 2**63 - 1 past the end of its tensor in hand-made metadata)."""
-    return bool(offs.size) and (int(np.abs(offs).max()) >= _SAFE or int(sizes.max()) >= _SAFE)
-
-
-def _overlap_mask(a_off, a_size, b_off, b_size) -> np.ndarray:
-    """Row-wise torch ``_check_box_overlap`` (the predicate of `geometry.boxes_overlap`)."""
-    return ~((a_off >= b_off + b_size) | (b_off >= a_off + a_size)).any(axis=1)
-
-
-def _candidate_pairs(l_off, l_size, s_off, s_size) -> tuple[np.ndarray, np.ndarray]:
-    """A superset of the (local, saved) index pairs that can overlap, from one dim's intervals:
-    saved boxes sorted by start; those starting before a local box's end and, by the running
-    maximum of ends, possibly ending after its start. The dim is the one giving the fewest
-    candidates; every overlapping pair is among them (overlap needs both interval conditions)."""
-    nl, ns = len(l_off), len(s_off)
-    nd = l_off.shape[1]
-    if nd == 0:
-        return np.repeat(np.arange(nl), ns), np.tile(np.arange(ns), nl)
-    best = None
-    for d in range(nd):
-        order = np.argsort(s_off[:, d], kind="stable")
-        st = s_off[order, d]
-        cmax = np.maximum.accumulate(s_off[order, d] + s_size[order, d])
-        hi = np.searchsorted(st, l_off[:, d] + l_size[:, d], side="left")
-        lo = np.searchsorted(cmax, l_off[:, d], side="right")
-        cnt = np.maximum(hi - lo, 0)
-        total = int(cnt.sum())
-        if best is None or total < best[0]:
-            best = (total, order, lo, cnt)
-        if total <= nl:
-            break
-    total, order, lo, cnt = best
-    li = np.repeat(np.arange(nl), cnt)
-    # position within each local's run, added to its lo
-    run_start = np.repeat(np.cumsum(cnt) - cnt, cnt)
-    si = order[np.repeat(lo, cnt) + np.arange(total) - run_start]
-    return li, si
 
 
 # ----------------------------------------------------------------------------- load
@@ -658,11 +597,11 @@ def _read_columns(s_off, s_size, pat: _Pattern, ws: int):
     nd = l_off.shape[1]
     if len(l_off) == 0 or len(s_off) == 0:
         return None
-    if _int64_unsafe(l_off, l_size) or _int64_unsafe(s_off, s_size):
+    if int64_unsafe(l_off, l_size) or int64_unsafe(s_off, s_size):
         return _exact_read_columns(s_off, s_size, pat, ws)
-    li, si = _candidate_pairs(l_off, l_size, s_off, s_size)
+    li, si = candidate_pairs(l_off, l_size, s_off, s_size)
     if nd:
-        ok = _overlap_mask(l_off[li], l_size[li], s_off[si], s_size[si])
+        ok = overlap_mask(l_off[li], l_size[li], s_off[si], s_size[si])
         li, si = li[ok], si[ok]
     # sweep dim per rank (torch: the first dim of largest max(offset+size) over the rank's local
     # chunks and all saved chunks; 1-d: dim 0; 0-d: bounds (0, 1) everywhere, i.e. no reordering)
@@ -869,7 +808,7 @@ def plan_load(
     non-tensor value, a Partial DTensor), the entry gets no read items on any rank and
     ``(fqn, ranks, message)`` goes to ``.failures``; torch would stop at the first."""
     fqns, lays, ws = _check_layouts(layouts)
-    metadata = _record(metadata)
+    metadata = as_record(metadata)
     sdm = getattr(metadata, "state_dict_metadata", None)
     if not isinstance(sdm, Mapping):
         raise MetadataError(

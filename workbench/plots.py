@@ -40,20 +40,21 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from .colors import HIGHLIGHT_COLOR, UNKNOWN_COLOR, format_ranks, index_runs, rank_color, text_color
+from .colors import HIGHLIGHT_COLOR, UNKNOWN_COLOR, rank_color, text_color
 from .errors import LayoutError, MetadataError, PlanError
+from .formats.dcp import writer_of_file
+from .formatting import format_held, format_ranks, index_runs
 from .geometry import Chunk, uncovered
-from .records import BytesStorageMetadata, TensorStorageMetadata
-from .sharding import Layout, mesh_coordinate
-from .tables import (
-    _coerce_tensor,
-    _metadata_of,
-    _storage_data,
-    _writer,
-    chunk_holders,
+from .records import (
+    BytesStorageMetadata,
+    TensorStorageMetadata,
     chunk_storage,
-    format_held,
+    metadata_of,
+    storage_data_of,
+    tensor_entries,
 )
+from .sharding import Layout, chunk_holders, mesh_coordinate
+from .sources import as_record
 
 __all__ = [
     "Tile",
@@ -275,8 +276,8 @@ def _layout_boxes(layout: Layout, fqn: str | None) -> _Boxes:
 def _saved_entry(source, fqn: str | None):
     """(TensorStorageMetadata, Metadata or None) of ``fqn`` from a Metadata, a save result
     (``.metadata``) or a TensorStorageMetadata; torch's own records are converted first."""
-    md = _metadata_of(source)
-    entries = _coerce_tensor(md, fqn)  # raises for what is not metadata and for unknown keys
+    md = as_record(metadata_of(source))
+    entries = tensor_entries(md, fqn)  # raises for what is not metadata and for unknown keys
     if isinstance(md, TensorStorageMetadata):
         return md, None
     if fqn is None:
@@ -301,8 +302,10 @@ def _saved_entry(source, fqn: str | None):
 def _checkpoint_boxes(tsm: TensorStorageMetadata, md, fqn: str | None) -> _Boxes:
     # the facts of checkpoint_chunks_table's file / writer columns, without its text columns
     chunks = tsm.chunks
-    files = [getattr(i, "relative_path", None) for i in chunk_storage(_storage_data(md), fqn, tsm)]
-    writers = [() if w is None else (w,) for w in map(_writer, files)]
+    files = [
+        getattr(i, "relative_path", None) for i in chunk_storage(storage_data_of(md), fqn, tsm)
+    ]
+    writers = [() if w is None else (w,) for w in map(writer_of_file, files)]
     labels = [f"#{i}" + (f" r{w[0]}" if w else "") for i, w in enumerate(writers)]
     empty = [f"#{i} {c}" for i, c in enumerate(chunks) if c.is_empty]
     notes = (_listing("empty chunks", empty),) if empty else ()

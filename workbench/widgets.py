@@ -35,7 +35,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.display import HTML, Image
 
 from .colors import HIGHLIGHT_COLOR
-from .errors import LayoutError, PlacementError, PlanError, WorkbenchError
+from .errors import LayoutError, MetadataError, PlacementError, PlanError, WorkbenchError
 from .records import DTYPE_SIZES, Metadata, TensorStorageMetadata, canonical_dtype
 from .sharding import Layout, Placement, dtensor_layout, format_placements, parse_placements
 
@@ -579,28 +579,27 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
     save result is then loaded back into its own layouts, a directory is only listed.
     """
     from .diagnosis import find_save_problems
-    from .planner_helpers import _record
     from .planning import plan_load
+    from .sources import as_metadata
     from .tables import io_table
 
     save_problems: tuple = ()
     layouts = None
-    if isinstance(source, (str, os.PathLike)):
-        from .formats import load_metadata
-
-        metadata, name = load_metadata(source), str(source)
-    elif isinstance(_record(source), Metadata):  # torch's own Metadata is converted
-        metadata, name = _record(source), "metadata"
-    elif hasattr(source, "metadata") and hasattr(source, "local_plans"):  # a SavePlanResult
+    if hasattr(source, "metadata") and hasattr(source, "local_plans"):  # a SavePlanResult
         metadata, name, layouts = source.metadata, "save plan", source.layouts
         save_problems = tuple(find_save_problems(source))
+    elif isinstance(source, (str, os.PathLike)):  # read by the allow-list reader, no code run
+        metadata, name = as_metadata(source), str(source)
     else:
-        raise PlanError(
-            "<checkpoint>",
-            f"source is a {type(source).__name__}",
-            "a checkpoint directory, a Metadata or plan_save(...)'s result",
-            "Pass the directory dcp.save wrote.",
-        )
+        try:
+            metadata, name = as_metadata(source), "metadata"  # torch's or our Metadata
+        except MetadataError:
+            raise PlanError(
+                "<checkpoint>",
+                f"source is a {type(source).__name__}",
+                "a checkpoint directory, a Metadata or plan_save(...)'s result",
+                "Pass the directory dcp.save wrote.",
+            ) from None
     if target is not None:
         layouts = _target_layouts(target)
     if layouts is None:  # no target: the saved chunks' own holes and overlaps

@@ -317,7 +317,7 @@ def local_tensor_from_torch(obj):
     from torch.distributed.checkpoint.metadata import TensorProperties
     from torch.distributed.tensor import DTensor
 
-    from ..planner_helpers import LocalTensor
+    from ..sharding import LocalTensor
 
     layout = layout_from_torch(obj)
     if isinstance(obj, DTensor):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .formats import load_metadata, metadata_path
 from .geometry import Chunk
-from .planning import writer_of_file
+from .formats.dcp_files import writer_of_file
 from .records import BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo
 
 __all__ = ["SavedChunk", "Checkpoint", "open_checkpoint"]

@@ -415,7 +415,7 @@ def _cmd_plan(args) -> int:
 
 def io_summary(result) -> dict:
     """The plan's I/O as a few numbers a script can compare (from ``result.io``,
-    `planning.LoadIO`, the numbers `tables.io_table` lists per rank)."""
+    `io_cost.LoadIO`, the numbers `tables.io_table` lists per rank)."""
     io = result.io
     return {
         "reads": int(io.reads.sum()),
@@ -436,7 +436,7 @@ def _io_lines(io: dict):
 
 
 def _cmd_explain(args) -> int:
-    from .diagnosis import explain
+    from .explanations import explain
 
     metadata = _open(args.checkpoint).metadata if args.checkpoint else None
     target = parse_target(args.target) if args.target else None

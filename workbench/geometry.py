@@ -34,6 +34,7 @@ __all__ = [
     "candidate_pairs",
     "Coverage",
     "coverage",
+    "box_arrays",
 ]
 
 
@@ -430,3 +431,38 @@ def coverage(size: Sequence[int], chunks: Sequence[Chunk]) -> Coverage:
             regions.setdefault(region, set()).update((int(idx[i]), int(idx[j])))
     overlaps = tuple((region, tuple(sorted(ix))) for region, ix in regions.items())
     return Coverage(not holes and not overlaps and inside, holes, overlaps)
+
+
+def box_arrays(
+    chunks: Sequence[Chunk],
+    shape: Sequence[int],
+    fqn: str | None = None,
+    cache: dict | None = None,
+    error: type = ChunkError,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The chunks of a tensor of ``shape`` as read-only (n, ndim) int64 offset and size arrays; a
+    chunk of another rank is an ``error`` naming ``fqn``. Chunks are immutable, so with a
+    ``cache`` the arrays are shared by every call whose list holds the same chunk objects (a
+    planned save reuses one layout's chunks for all fqns with that layout): converted once."""
+    ndim = len(shape)
+    sig = tuple(map(id, chunks))
+    hit = cache.get(sig) if cache is not None else None
+    if hit is not None and ndim == hit[0].shape[1]:
+        return hit[0], hit[1]
+    n = len(chunks)
+    for c in chunks:
+        if len(c.offsets) != ndim or len(c.sizes) != ndim:
+            raise error(
+                fqn,
+                f"saved chunk {c} has {len(c.offsets)} dims for a tensor of size {tuple(shape)}",
+                "chunks of the tensor's rank",
+                "The checkpoint's metadata is corrupt; re-save it.",
+                chunk=c,
+            )
+    offs = np.array([c.offsets for c in chunks], dtype=np.int64).reshape(n, ndim)
+    sizes = np.array([c.sizes for c in chunks], dtype=np.int64).reshape(n, ndim)
+    offs.setflags(write=False)
+    sizes.setflags(write=False)
+    if cache is not None:
+        cache[sig] = (offs, sizes, list(chunks))  # the list keeps the ids alive and unique
+    return offs, sizes

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import re
 import sys
 from bisect import bisect_right, insort
 from collections import defaultdict
@@ -121,6 +122,13 @@ def _tensor_kind(obj) -> str | None:
 def torch_size_text(shape) -> str:
     """A shape as torch prints it in its messages: ``torch.Size([4, 8])``."""
     return f"torch.Size({list(shape)})"
+
+
+# what one line of validate_global_plan's errors says: the key and the kind of failure
+VALIDATION_ERROR = re.compile(
+    r"key:(?P<fqn>\S+) (?:has )?(?P<what>overlapping chunks|out of bounds chunk|"
+    r"invalid fill)"
+)
 
 
 # torch 2.13's messages in create_default_local_load_plan / _create_read_items, written once

@@ -42,7 +42,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .colors import HIGHLIGHT_COLOR, UNKNOWN_COLOR, rank_color, text_color
 from .errors import LayoutError, MetadataError, PlanError
-from .formats.dcp import writer_of_file
+from .formats.dcp_files import writer_of_file
 from .formatting import format_held, format_ranks, index_runs
 from .geometry import Chunk, uncovered
 from .records import (

@@ -28,7 +28,7 @@ import pandas as pd
 
 from .colors import rank_color, text_color
 from .errors import PlanError
-from .formats.dcp import writer_of_file
+from .formats.dcp_files import writer_of_file
 from .formatting import format_held, format_ranks
 from .records import (
     DTYPE_SIZES,
@@ -428,7 +428,7 @@ _FILE_IO_SCHEMA = {
 
 def io_table(load_result) -> pd.DataFrame:
     """Per rank of the load world (readers or not), what its load plan costs with torch's
-    ``FileSystemReader``: the numbers of ``load_result.io`` (``planning.LoadIO``) as a table.
+    ``FileSystemReader``: the numbers of ``load_result.io`` (``io_cost.LoadIO``) as a table.
 
     Columns:
       ``rank`` (int64); ``files`` (int64, distinct data files the rank opens); ``reads`` (int64,
@@ -490,7 +490,7 @@ _TARGETS_SCHEMA = {
 
 
 def targets_table(costs) -> pd.DataFrame:
-    """Candidate target layouts side by side (``planning.compare_targets``'s `TargetCost` list),
+    """Candidate target layouts side by side (``candidates.compare_targets``'s `TargetCost` list),
     in the order given.
 
     Columns:

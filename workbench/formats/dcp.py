@@ -17,7 +17,6 @@ import io
 import os
 import pathlib
 import pickle
-import re
 from typing import Any
 
 from ..errors import MetadataError, UnsafeCheckpointError, WorkbenchError
@@ -38,8 +37,6 @@ __all__ = [
     "metadata_path",
     "read_metadata_bytes",
     "ALLOWED_GLOBALS",
-    "file_name",
-    "writer_of_file",
 ]
 
 _DCP = "torch.distributed.checkpoint.metadata"
@@ -524,19 +521,3 @@ def load_metadata(path, rank: int | None = None) -> Metadata:
             path=str(p),
         ) from None
     return read_metadata_bytes(data, str(p))
-
-
-# ----------------------------------------------------------------------------- data files
-_FILE_RE = re.compile(r"^__(\d+)_(\d+)\.distcp$")
-
-
-def file_name(rank: int) -> str:
-    """The data file ``FileSystemWriter`` (defaults: one thread, one file per rank) gives a rank:
-    ``f"{prefix}{file_count}.distcp"`` with prefix ``__{rank}_`` and count 0."""
-    return f"__{rank}_0.distcp"
-
-
-def writer_of_file(relative_path: str) -> int | None:
-    """The writer rank encoded in a ``__<rank>_<n>.distcp`` name; None for other names."""
-    m = _FILE_RE.match(str(relative_path))
-    return int(m[1]) if m else None

@@ -28,6 +28,7 @@ from .errors import LayoutError, MetadataError, PlanError
 from .formats.dcp_files import writer_of_file
 from .formatting import format_held, format_ranks, index_runs
 from .geometry import Chunk, uncovered
+from .planner_helpers import create_read_items_for_chunk_list
 from .records import (
     BytesStorageMetadata,
     TensorStorageMetadata,
@@ -454,8 +455,6 @@ def _wanted(target, fqn: str, tsm: TensorStorageMetadata, rank: int):
     """(Layout, the rank's read items for fqn in DCP's order, notes of what torch raises) of a
     load result or a Layout (read items then computed with `create_read_items_for_chunk_list`)."""
     if isinstance(target, Layout):
-        from .planner_helpers import create_read_items_for_chunk_list
-
         layout = target
         _check_rank(rank, layout.world_size, fqn)
         return layout, create_read_items_for_chunk_list(fqn, tsm, layout.chunks(rank)), ()

@@ -15,7 +15,9 @@ Pictures are drawn on matplotlib's object API (no pyplot, nothing left open). Ba
 `WorkbenchError` message in the message panel (CSS class ``wb-message``) and keeps the last good
 result; it never shows a traceback. Every part carries a ``wb-*`` CSS class for browser tests.
 
-The only module of the package that imports ipywidgets and IPython's display machinery.
+The only module of the package that imports ipywidgets and IPython's display machinery. Lazy
+imports: planning, tables and pictures are imported inside the functions that use them, so that
+opening one explorer loads only what it shows.
 """
 
 from __future__ import annotations

@@ -37,7 +37,12 @@ from ..records import (
 from .limits import MAX_INT64, Budget, brief, check_hash_spread, is_safe_key
 from .unpickler import BoundedUnpickler, UnpicklingError
 
-__all__ = ["load_metadata", "metadata_path", "read_metadata_bytes", "ALLOWED_GLOBALS"]
+__all__ = [
+    "load_metadata",
+    "metadata_path",
+    "read_metadata_bytes",
+    "ALLOWED_GLOBALS",
+]
 
 _DCP = "torch.distributed.checkpoint.metadata"
 _FS = "torch.distributed.checkpoint.filesystem"

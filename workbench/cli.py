@@ -330,14 +330,22 @@ def _console():
     return Console(file=sys.stdout, width=max(100, Console().width), highlight=False)
 
 
+# Rows of one terminal table: rich lays out every row before printing, so a damaged checkpoint
+# with 100,000 chunks or problems would take minutes; --json prints them all.
+MAX_TABLE_ROWS = 500
+
+
 def _table(title: str, columns: list[str], rows: list[list]) -> None:
     from rich.table import Table
 
     t = Table(title=title, title_justify="left")
     for c in columns:
         t.add_column(c, overflow="fold")
-    for r in rows:
+    for r in rows[:MAX_TABLE_ROWS]:
         t.add_row(*(str(v) for v in r))
+    if len(rows) > MAX_TABLE_ROWS:
+        more = f"... {len(rows) - MAX_TABLE_ROWS:,} more rows (--json prints every row)"
+        t.add_row(more, *[""] * (len(columns) - 1))
     _console().print(t)
 
 

@@ -20,10 +20,19 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MetadataError, WorkbenchError
+from .errors import ChunkError, MetadataError, WorkbenchError
 from .formats.dcp_files import writer_of_file
 from .formatting import list_text, ranks_text
-from .geometry import Chunk, Coverage, coverage, overlap_mask, shares_elements, uncovered
+from .geometry import (
+    MAX_OVERLAP_PAIRS,
+    MAX_OVERLAP_REGIONS,
+    Chunk,
+    Coverage,
+    coverage,
+    overlap_mask,
+    shares_elements,
+    uncovered,
+)
 from .planner_helpers import (
     PARTIAL_MESSAGE,
     VALIDATION_ERROR,
@@ -174,6 +183,14 @@ def _hole_problems(
     return out
 
 
+def _coverage_of(fqn, saved: TensorStorageMetadata) -> Coverage:
+    """`geometry.coverage` of a saved tensor; its bounds' errors name the tensor."""
+    try:
+        return coverage(tuple(saved.size), saved.chunks)
+    except ChunkError as e:
+        raise ChunkError(fqn, e.what, e.expectation, e.fix, **e.facts) from None
+
+
 def _overlap_problems(fqn, layout, saved, cov: Coverage, severity: str | None) -> list[Problem]:
     out = []
     reqs = chunk_holders(layout) if layout is not None else {}
@@ -204,6 +221,23 @@ def _overlap_problems(fqn, layout, saved, cov: Coverage, severity: str | None) -
                 fix="Rewrite the checkpoint so every element is saved by exactly one chunk (torch's save "
                 "validation rejects overlaps; they come from custom planners, edited metadata or "
                 "per-rank shards of different sizes at one offset).",
+            )
+        )
+    if cov.more_overlaps:
+        # hostile or badly damaged metadata: n boxes that all overlap make n**2 / 2 regions;
+        # the listing stops at geometry's bounds and says how much it left out
+        out.append(
+            Problem(
+                fqn=fqn,
+                kind="overlap",
+                ranks=(),
+                region=None,
+                severity=severity or "silent",
+                message=f"{fqn}: {cov.more_overlaps:,} more overlapping chunk pairs or regions "
+                f"among its {len(saved):,} saved chunks are not listed (at most "
+                f"{MAX_OVERLAP_REGIONS} regions and {MAX_OVERLAP_PAIRS:,} pairs are analysed) "
+                "(every element saved once); the metadata is badly damaged or crafted.",
+                fix="Do not load this checkpoint; re-save it from the training job.",
             )
         )
     return out
@@ -611,7 +645,7 @@ def _tensor_problems(
                 fix="Load into the saved dtype and convert explicitly if the cast is intended.",
             )
         )
-    cov = coverage(tuple(saved.size), saved.chunks)
+    cov = _coverage_of(fqn, saved)
     if not cov.tiles:
         live = [c for c in saved.chunks if not c.is_empty]
         out.extend(_hole_problems(fqn, layout, live, cov, "silent"))
@@ -641,7 +675,7 @@ def find_checkpoint_problems(metadata) -> list[Problem]:
     for fqn, entry in sdm.items():
         if not isinstance(entry, TensorStorageMetadata):
             continue
-        cov = coverage(tuple(entry.size), entry.chunks)
+        cov = _coverage_of(fqn, entry)
         if cov.tiles:
             continue
         live = [c for c in entry.chunks if not c.is_empty]
@@ -771,7 +805,7 @@ def _saved_chunk_problems(
                 "DTensor built with from_local and a wrong shape).",
             )
         )
-    cov = coverage(tuple(saved.size), saved.chunks)
+    cov = _coverage_of(fqn, saved)
     fill, over = by_kind["invalid fill"], by_kind["overlapping chunks"]
     live = [c for c in saved.chunks if not c.is_empty]
     holes = _hole_problems(

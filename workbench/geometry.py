@@ -267,12 +267,18 @@ def _merge_cells(free: np.ndarray) -> list[tuple[tuple[int, ...], tuple[int, ...
     return out
 
 
+# Cells of the grid `uncovered` works on: real layouts' chunks share their edges (a 32 x 32 mesh
+# makes 33 x 33 edges); only damaged or crafted metadata comes near.
+MAX_GRID_CELLS = 1_000_000
+
+
 def uncovered(box: Chunk, boxes: Iterable[Chunk]) -> list[Chunk]:
     """The exact regions of ``box`` that no box of ``boxes`` covers, as disjoint chunks.
 
     Computed on the grid of all box edges inside ``box`` (coordinate compression), so the result
     is exact whatever the boxes' sizes; the pieces are maximal greedy merges in C order. An empty
-    ``box`` has nothing to cover. Cost: the product of the number of distinct edges per dim.
+    ``box`` has nothing to cover. Cost: the product of the number of distinct edges per dim,
+    at most `MAX_GRID_CELLS` (else a `ChunkError`).
     """
     if box.is_empty or box.ndim == 0:
         if box.ndim == 0 and not any(True for _ in boxes):
@@ -292,6 +298,16 @@ def uncovered(box: Chunk, boxes: Iterable[Chunk]) -> list[Chunk]:
             e.add(c.offsets[d])
             e.add(c.offsets[d] + c.sizes[d])
         edges.append(np.array(sorted(e), dtype=np.int64))
+    cells = math.prod(len(e) - 1 for e in edges)
+    if cells > MAX_GRID_CELLS:
+        # hostile metadata: n staggered boxes in d dims make (2n)**d cells
+        raise ChunkError(
+            None,
+            f"the holes of {box} among {len(clipped):,} chunks need a grid of {cells:,} cells",
+            f"at most {MAX_GRID_CELLS:,} (chunks of real layouts share their edges)",
+            "The metadata is badly damaged or crafted; re-save the checkpoint.",
+            cells=cells,
+        )
     free = np.ones([len(e) - 1 for e in edges], dtype=bool)
     for c in clipped:
         sl = tuple(
@@ -336,17 +352,26 @@ def overlap_mask(a_off, a_size, b_off, b_size) -> np.ndarray:
 
 
 def candidate_pairs(a_off, a_size, b_off, b_size) -> tuple[np.ndarray, np.ndarray]:
+    """All of `limited_candidate_pairs`' pairs (no limit)."""
+    return limited_candidate_pairs(a_off, a_size, b_off, b_size)[:2]
+
+
+def limited_candidate_pairs(
+    a_off, a_size, b_off, b_size, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """A superset of the index pairs ``(i, j)`` for which box ``a[i]`` can overlap box ``b[j]``
     (torch's predicate), from one dim's intervals, without the n x m matrix.
 
     The ``b`` boxes are sorted by start along a dim; a candidate starts before ``a[i]``'s end and,
     by the running maximum of ends, possibly ends after its start. The dim giving the fewest
     candidates is used; every overlapping pair is among them (overlap needs both interval
-    conditions in every dim). Pairs come grouped by ``i`` ascending."""
+    conditions in every dim). Pairs come grouped by ``i`` ascending. With ``limit``, only the
+    first ``limit`` pairs are built (hostile metadata can hold n boxes that all overlap: n**2 / 2
+    pairs) and the third value counts the candidates left out."""
     na, nb = len(a_off), len(b_off)
     nd = a_off.shape[1]
     if nd == 0:
-        return np.repeat(np.arange(na), nb), np.tile(np.arange(nb), na)
+        return np.repeat(np.arange(na), nb), np.tile(np.arange(nb), na), 0
     best = None
     for d in range(nd):
         order = np.argsort(b_off[:, d], kind="stable")
@@ -361,11 +386,16 @@ def candidate_pairs(a_off, a_size, b_off, b_size) -> tuple[np.ndarray, np.ndarra
         if total <= na:
             break
     total, order, lo, cnt = best
+    dropped = 0
+    if limit is not None and total > limit:
+        # keep whole runs of the first a-boxes, then part of the next one
+        keep = np.minimum(cnt, np.maximum(limit - (np.cumsum(cnt) - cnt), 0))
+        dropped, cnt, total = total - int(keep.sum()), keep, int(keep.sum())
     ai = np.repeat(np.arange(na), cnt)
     # position within each a-box's run, added to its lo
     run_start = np.repeat(np.cumsum(cnt) - cnt, cnt)
     bi = order[np.repeat(lo, cnt) + np.arange(total) - run_start]
-    return ai, bi
+    return ai, bi, dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +407,13 @@ class Coverage:
     tiles: bool
     holes: tuple[Chunk, ...] = ()
     overlaps: tuple[tuple[Chunk, tuple[int, ...]], ...] = ()
+    # overlapping pairs / regions beyond the listing bounds (hostile metadata), not in overlaps
+    more_overlaps: int = 0
+
+
+# Bounds of the overlap listing: n saved boxes that all overlap make n**2 / 2 pairs and regions.
+MAX_OVERLAP_PAIRS = 100_000
+MAX_OVERLAP_REGIONS = 256
 
 
 def coverage(size: Sequence[int], chunks: Sequence[Chunk]) -> Coverage:
@@ -419,18 +456,60 @@ def coverage(size: Sequence[int], chunks: Sequence[Chunk]) -> Coverage:
     clipped = np.clip(np.minimum(end, shape) - np.maximum(off, 0), 0, None)
     if int(np.prod(clipped, axis=1).sum()) == numel - sum(h.volume for h in holes):
         return Coverage(not holes and inside, holes)
-    a, b = candidate_pairs(off, siz, off, siz)
-    pairs = sorted((int(i), int(j)) for i, j in zip(a, b) if i < j)
-    # Pairs sharing one region (many copies of one box) become one finding.
-    regions: dict[Chunk, set[int]] = {}
-    for i, j in pairs:
-        lo = np.maximum(np.maximum(off[i], off[j]), 0)
-        hi = np.minimum(np.minimum(end[i], end[j]), shape)
-        if (hi > lo).all():
-            region = Chunk(tuple(int(x) for x in lo), tuple(int(x) for x in hi - lo))
-            regions.setdefault(region, set()).update((int(idx[i]), int(idx[j])))
-    overlaps = tuple((region, tuple(sorted(ix))) for region, ix in regions.items())
-    return Coverage(not holes and not overlaps and inside, holes, overlaps)
+    overlaps, more = _overlap_regions(off, siz, end, shape, idx)
+    return Coverage(not holes and not overlaps and not more and inside, holes, overlaps, more)
+
+
+def _overlap_regions(off, siz, end, shape, idx):
+    """The exact pairwise overlap regions (clipped to the tensor) with the chunk indices meeting
+    there, in order of their first pair ``(i, j)``, ``i < j``, vectorised; copies of one box are
+    collapsed first, and at most `MAX_OVERLAP_PAIRS` pairs / `MAX_OVERLAP_REGIONS` regions are
+    listed (the second value counts what was left out)."""
+    boxes, first, inv = np.unique(
+        np.concatenate([off, siz], axis=1), axis=0, return_index=True, return_inverse=True
+    )
+    inv = inv.reshape(-1)
+    u = np.argsort(first, kind="stable")  # unique boxes in order of first appearance
+    rank_of = np.empty_like(u)
+    rank_of[u] = np.arange(len(u))
+    members = [[] for _ in range(len(u))]
+    for k, g in enumerate(rank_of[inv]):
+        members[g].append(int(idx[k]))
+    uoff, usiz = boxes[u, : off.shape[1]], boxes[u, off.shape[1] :]
+    uend = uoff + usiz
+    a, b, dropped = limited_candidate_pairs(uoff, usiz, uoff, usiz, MAX_OVERLAP_PAIRS)
+    cross = a < b
+    a, b = a[cross], b[cross]
+    lo = np.maximum(np.maximum(uoff[a], uoff[b]), 0)
+    hi = np.minimum(np.minimum(uend[a], uend[b]), shape)
+    hit = (hi > lo).all(axis=1)
+    a, b, lo, hi = a[hit], b[hit], lo[hit], hi[hit]
+    fa = np.array([m[0] for m in members], dtype=np.int64)  # first chunk index of each box
+    found: dict[Chunk, set[int]] = {}
+    # a copied box overlaps itself: its copies meet on the whole box (clipped)
+    copies = [(g, m) for g, m in enumerate(members) if len(m) > 1]
+    events = [((m[0], m[1]), 0, g) for g, m in copies] + [
+        ((int(min(fa[i], fa[j])), int(max(fa[i], fa[j]))), 1, k)
+        for k, (i, j) in enumerate(zip(a.tolist(), b.tolist()))
+    ]
+    more = dropped
+    for _, what, k in sorted(events):
+        if what == 0:
+            lo_k = np.maximum(uoff[k], 0)
+            hi_k = np.minimum(uend[k], shape)
+            if not (hi_k > lo_k).all():
+                continue
+            ix = members[k]
+        else:
+            lo_k, hi_k = lo[k], hi[k]
+            ix = members[a[k]] + members[b[k]]
+        region = Chunk(tuple(int(x) for x in lo_k), tuple(int(x) for x in hi_k - lo_k))
+        if region not in found and len(found) >= MAX_OVERLAP_REGIONS:
+            more += 1
+            continue
+        found.setdefault(region, set()).update(ix)
+    overlaps = tuple((region, tuple(sorted(ix))) for region, ix in found.items())
+    return overlaps, more
 
 
 def box_arrays(

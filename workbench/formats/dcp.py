@@ -18,6 +18,7 @@ Must not import torch: reading works where torch is absent.
 from __future__ import annotations
 
 import builtins
+import math
 import os
 import pathlib
 from typing import Any
@@ -434,6 +435,15 @@ class _Converter:
         if type(chunks) is not list:
             raise _Corrupt(f"{fqn}: chunks {brief(chunks, 60)} are not a list")
         self.budget.charge(len(chunks) + 1, "chunks")
+        props = self.properties(md.field("properties"), fqn)
+        # torch's tensors (and numpy's int64 counts downstream) end at 2**63 - 1 bytes; a size
+        # beyond is data no torch wrote, refused here rather than overflowing a table later
+        most = MAX_INT64 // DTYPE_SIZES[props.dtype]
+        if math.prod(size) > most:
+            raise _Corrupt(
+                f"{fqn}: size {brief(list(size))} holds more elements than a torch tensor can "
+                f"(at most 2**63 - 1 bytes of {props.dtype})"
+            )
         out = []
         ndim = len(size)
         for i, c in enumerate(chunks):
@@ -446,9 +456,14 @@ class _Converter:
                     f"{fqn}: chunk #{i} offsets {brief(list(off))} sizes {brief(list(siz))} do "
                     f"not fit a tensor of size {brief(list(size))}"
                 )
+            if math.prod(siz) > most:
+                raise _Corrupt(
+                    f"{fqn}: chunk #{i} sizes {brief(list(siz))} hold more elements than a "
+                    "torch tensor can (at most 2**63 - 1 bytes)"
+                )
             out.append(Chunk(off, siz))
         check_hash_spread(out, f"chunks of {fqn}", self.source)
-        return TensorStorageMetadata(self.properties(md.field("properties"), fqn), size, out)
+        return TensorStorageMetadata(props, size, out)
 
     def index(self, k):
         if not _is(k, _DCP, "MetadataIndex"):

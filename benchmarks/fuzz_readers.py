@@ -20,6 +20,7 @@ hypothesis instead of ``random.Random(seed)``). Prints a JSON summary (``--json`
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import random
@@ -176,6 +177,8 @@ class Stats:
         self.cases += 1
         self.by_reader[kind] = self.by_reader.get(kind, 0) + 1
         t = time.process_time()
+        # a case still running after 10 s prints where it is (and the fuzzer goes on)
+        faulthandler.dump_traceback_later(10)
         try:
             READERS[kind](data)
             self.parsed += 1
@@ -196,6 +199,7 @@ class Stats:
                 }
             )
             outcome = f"failed: {type(e).__name__}"
+        faulthandler.cancel_dump_traceback_later()
         dt = time.process_time() - t
         if dt > self.max_cpu:
             self.max_cpu, self.max_case = dt, label
@@ -285,7 +289,7 @@ def make_corpus(root) -> Path:
     return root
 
 
-def fuzz(seeds, cases: int, seed: int, engine: str, stats: Stats) -> None:
+def fuzz(seeds, cases: int, seed: int, engine: str, stats: Stats, progress=False) -> None:
     kinds = list(seeds)
     if engine == "random":
         rng = random.Random(seed)
@@ -293,6 +297,8 @@ def fuzz(seeds, cases: int, seed: int, engine: str, stats: Stats) -> None:
             kind = kinds[i % len(kinds)]
             src = rng.choice(seeds[kind])
             stats.run(kind, mutate(rng, src, kind), f"random seed={seed} case={i}")
+            if progress and i % 10_000 == 0:
+                print(f"{i} cases, {time.process_time():.0f} s CPU", file=sys.stderr, flush=True)
         return
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
@@ -322,6 +328,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--mem-mb", type=int, default=256, help="address space allowed per case")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON only")
     args = ap.parse_args(argv)
+    faulthandler.enable()  # a crash of the interpreter itself prints where it happened
     if args.corpus:
         seeds = load_corpus(args.corpus)
     else:
@@ -339,7 +346,7 @@ def main(argv=None) -> dict:
     for name, kind, data in bombs(seeds):
         t0 = time.process_time()
         bomb_outcomes[name] = (stats.run(kind, data, f"bomb: {name}"), time.process_time() - t0)
-    fuzz(seeds, args.cases, args.seed, args.engine, stats)
+    fuzz(seeds, args.cases, args.seed, args.engine, stats, progress=args.cases >= 20_000)
     out = stats.summary(time.perf_counter() - t, vm, args.mem_mb)
     out["bombs"] = {k: [o, round(s, 4)] for k, (o, s) in bomb_outcomes.items()}
     if args.json:

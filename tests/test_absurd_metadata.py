@@ -220,3 +220,16 @@ def test_overlap_regions_are_exact_below_the_bounds():
         ("[0:1, 7:8]", (1, 2)),
     ]
     assert cov.more_overlaps == 0 and not cov.tiles
+
+
+def test_json_targets_with_absurd_strided_shards_are_bounded(tmp_path):
+    """Found by the fuzzer: a JSON target's _StridedShard with a split factor of 10**9, or over a
+    dim of 2**40, looped / materialised positions without end."""
+    layouts = wb.cli.json_target(
+        b'{"w": {"shape": [8], "mesh": [2], "placements": "SS(0,1000000000)"}}'
+    )
+    assert layouts["w"].chunks(0) == (Chunk((0,), (8,)),)  # the first piece holds everything
+    with pytest.raises(WorkbenchError, match="splits a dim of 1,099,511,627,776 elements"):
+        wb.cli.json_target(
+            b'{"w": {"shape": [1099511627776], "mesh": [2], "placements": "SS(0,2)"}}'
+        )

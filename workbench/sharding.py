@@ -183,6 +183,10 @@ def format_placements(placements: Sequence[Placement]) -> str:
 
 
 # ----------------------------------------------------------------------------- shard math
+# Positions of one _StridedShard dim the layout maths materialise (as torch's arange split does).
+MAX_STRIDED_POSITIONS = 1 << 24
+
+
 def _chunk_bounds(length: int, n: int, r: int) -> tuple[int, int]:
     """torch.chunk(length, n) padded with empty pieces: piece r is [start, end)."""
     full = -(-length // n) if length else 0
@@ -197,9 +201,20 @@ def _positions(length: int, n: int, r: int, p: Placement) -> list[int] | range:
         s, e = _chunk_bounds(length, n, r)
         return range(s, e)
     # _StridedShard: torch.chunk into split_factor pieces, each torch.chunked over n.
+    if length > MAX_STRIDED_POSITIONS:
+        # torch materialises arange(length) here too; a hostile target must not make us
+        raise PlacementError(
+            None,
+            f"placement {p} splits a dim of {length:,} elements",
+            f"at most {MAX_STRIDED_POSITIONS:,} for a _StridedShard dim (its positions are "
+            "materialised, as torch does)",
+            "Check the shape; shard that dim with Shard instead.",
+            placement=p,
+        )
     out: list[int] = []
     k = p.split_factor
-    for j in range(k):
+    # pieces past the length-th are empty (torch.chunk pads with empty pieces)
+    for j in range(min(k, length)):
         ps, pe = _chunk_bounds(length, k, j)
         s, e = _chunk_bounds(pe - ps, n, r)
         out.extend(range(ps + s, ps + e))

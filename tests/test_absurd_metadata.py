@@ -233,3 +233,16 @@ def test_json_targets_with_absurd_strided_shards_are_bounded(tmp_path):
         wb.cli.json_target(
             b'{"w": {"shape": [1099511627776], "mesh": [2], "placements": "SS(0,2)"}}'
         )
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b'{"t": {"shape": [4], "ranks": [0, 1], "world_size": 1e9994}}',  # found by the fuzzer
+        b'{"t": {"shape": [4], "world_size": 2.0}}',
+        b'{"t": {"shape": [4], "mesh": [true], "placements": "R"}}',
+    ],
+)
+def test_json_target_numbers_that_are_not_ints(doc):
+    with pytest.raises(WorkbenchError, match="malformed value"):
+        wb.cli.json_target(doc)

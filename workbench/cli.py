@@ -249,8 +249,10 @@ def json_target(data, path: str = "<target>") -> dict:
             for key in ("mesh", "ranks", "mesh_ranks", "world_size"):
                 v = e.get(key)
                 vals = v if isinstance(v, list) else [] if v is None else [v]
+                if any(type(x) is not int for x in vals):
+                    raise TypeError(f"{key} {brief(v, 40)} is not an int or a list of ints")
                 if len(vals) > MAX_TARGET_WORLD or any(
-                    type(x) is int and not 0 <= x <= MAX_TARGET_WORLD for x in vals
+                    not 0 <= x <= MAX_TARGET_WORLD for x in vals
                 ):
                     raise PlanError(
                         fqn,
@@ -297,7 +299,7 @@ def json_target(data, path: str = "<target>") -> dict:
                 )
     except WorkbenchError:
         raise
-    except (TypeError, ValueError) as e:  # a string where a list of ints belongs, and the like
+    except (TypeError, ValueError, OverflowError) as e:  # "4" or 1e999 where an int belongs
         raise PlanError(
             "<target>",
             f"target file {path!r} has a malformed value ({brief(str(e), 120)})",

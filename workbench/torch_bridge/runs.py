@@ -39,6 +39,8 @@ from ..sharding import Layout, bytes_layout, dtensor_layout, tensor_layout
 __all__ = [
     "SaveStep",
     "LoadStep",
+    "CallStep",
+    "STORAGES",
     "SaveRun",
     "LoadRun",
     "RankLoad",
@@ -66,6 +68,7 @@ class SaveStep:
 
     path: str
     layouts: Mapping[str, Layout]
+    storage: str = "fs"  # see STORAGES: which storage writer dcp.save is given
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,25 @@ class LoadStep:
     layouts: Mapping[str, Layout]
     allow_partial_load: bool = False
     fill: float = -1.0
+    storage: str = "fs"  # "fs" (FileSystemReader) or "hf" (HuggingFaceStorageReader)
+
+
+@dataclass(frozen=True)
+class CallStep:
+    """Any other real writer or reader: ``fn(rank, world_size, path, **kwargs)`` runs on every
+    rank inside the initialised gloo group (``fn`` must be importable by the spawned processes);
+    its return value (picklable) is the step's result on that rank."""
+
+    path: str
+    fn: Any
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    layouts: Mapping[str, Layout] = field(default_factory=dict)
+
+
+# Storage writers a SaveStep can use: torch's FileSystemWriter; its
+# HuggingFaceStorageWriter(save_distributed=True) without / with consolidation; and the
+# single-writer HuggingFaceStorageWriter with an fqn -> file mapping (a plain HF directory).
+STORAGES = ("fs", "hf", "hf_consolidated", "hf_index")
 
 
 @dataclass(frozen=True)
@@ -326,14 +348,44 @@ def _exc_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _run_step(step, rank, meshes):
+def _storage_writer(storage: str, path: str, layouts):
+    """The storage writer of a `SaveStep` (None: dcp.save's default FileSystemWriter)."""
+    import torch.distributed.checkpoint as dcp
+
+    if storage == "fs":
+        return None
+    if storage in ("hf", "hf_consolidated"):
+        return dcp.HuggingFaceStorageWriter(
+            path, save_distributed=True, enable_consolidation=storage == "hf_consolidated"
+        )
+    if storage == "hf_index":  # one writer, two model-*.safetensors files and the index
+        return dcp.HuggingFaceStorageWriter(
+            path, fqn_to_index_mapping={fqn: i % 2 + 1 for i, fqn in enumerate(layouts)}
+        )
+    raise PlanError(
+        None,
+        f"unknown storage {storage!r} for a real save",
+        "one of " + ", ".join(STORAGES),
+        "Pick a storage from STORAGES.",
+    )
+
+
+def _run_step(step, rank, world_size, meshes):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
     failed = (Exception, CheckpointException)  # CheckpointException is a BaseException
+    if isinstance(step, CallStep):
+        return step.fn(rank, world_size, step.path, **step.kwargs)
     if isinstance(step, SaveStep):
         try:
-            dcp.save(_state_dict(step.layouts, rank, meshes), checkpoint_id=step.path)
+            dcp.save(
+                _state_dict(step.layouts, rank, meshes),
+                # as users call it: a checkpoint_id would reset the HF writer's path and put
+                # a consolidating writer's shards beside the consolidated files, not in sharded/
+                checkpoint_id=step.path if step.storage == "fs" else None,
+                storage_writer=_storage_writer(step.storage, step.path, step.layouts),
+            )
             return None
         except failed as e:
             return _exc_text(e)
@@ -343,6 +395,9 @@ def _run_step(step, rank, meshes):
             sd,
             checkpoint_id=step.path,
             planner=dcp.DefaultLoadPlanner(allow_partial_load=step.allow_partial_load),
+            storage_reader=(
+                dcp.HuggingFaceStorageReader(step.path) if step.storage == "hf" else None
+            ),
         )
     except failed as e:
         return RankLoad(rank, error=_exc_text(e))
@@ -381,7 +436,7 @@ def _worker(rank, world_size, port, sock, steps, out_dir, timeout):
         try:
             meshes = _Meshes()
             for step in steps:
-                results.append(_run_step(step, rank, meshes))
+                results.append(_run_step(step, rank, world_size, meshes))
                 out.write_bytes(pickle.dumps(("ok", results)))
             dist.barrier()  # an ordered shutdown: nobody leaves while others still talk
         finally:
@@ -391,14 +446,14 @@ def _worker(rank, world_size, port, sock, steps, out_dir, timeout):
 
 
 def run_steps(
-    steps: Sequence[SaveStep | LoadStep],
+    steps: Sequence[SaveStep | LoadStep | CallStep],
     world_size: int,
     *,
     time_limit: float = 90.0,
     timeout: float = 30.0,
 ) -> list:
     """Run ``steps`` in order on ``world_size`` fresh processes over gloo; returns one result per
-    step (`SaveRun` / `LoadRun`). Raises RuntimeError when a rank crashes or the launch exceeds
+    step (`SaveRun` / `LoadRun`; a `CallStep` gives the tuple of every rank's return value). Raises RuntimeError when a rank crashes or the launch exceeds
     ``time_limit`` seconds (stragglers are killed first: no process outlives the call)."""
     import multiprocessing as mp
 
@@ -421,6 +476,9 @@ def run_steps(
     steps = [replace(s, path=str(Path(s.path).resolve())) for s in steps]
     ctx = mp.get_context("spawn")
     out_dir = tempfile.mkdtemp(prefix="wb_run_")
+    # Megatron-Core's writer starts worker processes of its own, which a daemonic process may
+    # not: CallStep runs use ordinary processes (the finally below still kills stragglers).
+    daemon = not any(isinstance(s, CallStep) for s in steps)
     procs = []
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -431,7 +489,7 @@ def run_steps(
                 p = ctx.Process(
                     target=_worker,
                     args=(r, world_size, port, sock if r == 0 else None, steps, out_dir, timeout),
-                    daemon=True,
+                    daemon=daemon,
                 )
                 p.start()
                 procs.append(p)
@@ -462,7 +520,9 @@ def run_steps(
     out = []
     for i, s in enumerate(steps):
         got = [per_rank[r][i] for r in range(world_size)]
-        if isinstance(s, SaveStep):
+        if isinstance(s, CallStep):
+            out.append(tuple(got))
+        elif isinstance(s, SaveStep):
             out.append(SaveRun(s.path, world_size, tuple(got)))
         else:
             out.append(LoadRun(s.path, world_size, tuple(got), s.fill))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-
 from dataclasses import dataclass, field
 from pathlib import Path
 

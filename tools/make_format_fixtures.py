@@ -5,6 +5,12 @@ Every checkpoint is written by the real writer (2 processes over gloo on 127.0.0
 `workbench.torch_bridge.runs`): Megatron-Core 0.16.1's ``dist_checkpointing.save`` (torch_dist
 backend) and torch 2.13's ``HuggingFaceStorageWriter``. `FORMAT_CHECKPOINTS` says what each one is; the
 tests read them and compare them with what the same writers do at test time.
+
+``megatron_flat`` needs megatron-core 0.13.1 (the last releases that save ``flattened_range``),
+installed beside torch 2.13 without another torch::
+
+    pip install --no-deps --target /tmp/mcore013 megatron-core==0.13.1
+    PYTHONPATH=/tmp/mcore013:. .venv/bin/python tools/make_format_fixtures.py megatron_flat
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent / "tests" / "data" / "checkpoints"
 
 
 def main(names: list[str]) -> None:
-    for name in names or list(FORMAT_CHECKPOINTS):
+    default = [n for n, c in FORMAT_CHECKPOINTS.items() if c.megatron_version == "0.16.1"]
+    for name in names or default:
         out = ROOT / name
         if out.exists():
             shutil.rmtree(out)

@@ -75,12 +75,24 @@ def _shard_dim(fqn: str, layout: Layout) -> int | None:
     return p.dim
 
 
-def _megatron_state_dict(layouts: Mapping[str, Layout], rank: int, world_size: int, empty: bool):
+def _megatron_state_dict(
+    layouts: Mapping[str, Layout], rank: int, world_size: int, empty: bool, flat=None
+):
     import torch
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
 
     sd = {}
+    for fqn, (start, stop) in (flat or {}).items():
+        # a distributed-optimizer style piece: rank r holds elements [start, stop) of the
+        # flattened whole tensor (releases before 0.14 only)
+        lay = layouts[fqn]
+        data = global_values(lay).reshape(-1)[start:stop].clone()
+        sd[fqn] = ShardedTensor.from_rank_offsets_flat(
+            fqn, data, lay.shape, flattened_range=slice(start, stop), replica_id=0
+        )
     for fqn, lay in layouts.items():
+        if fqn in sd:
+            continue
         if lay.kind == "bytes":
             if lay.chunks(rank):
                 value = None if empty else f"{fqn}@rank{rank}"
@@ -108,16 +120,24 @@ def megatron_save(
     path: str,
     layouts: Mapping[str, Layout],
     common: Mapping | None = None,
+    flat: Mapping | None = None,
 ) -> None:
     """On one rank: ``dist_checkpointing.save`` of ``layouts`` (plus the non-sharded ``common``
     entries, which Megatron writes to ``common.pt``) to ``path`` with the torch_dist backend.
     (Its ``keep_only_main_replica=False`` option fails in 0.16.1 with "Cannot run decentralized
-    plan with dedup_replicated_tensors=True", so replicas are always Megatron's to drop.)"""
+    plan with dedup_replicated_tensors=True", so replicas are always Megatron's to drop.)
+    ``flat``: ``{fqn: per-rank (start, stop)}`` saves those plain-tensor layouts with
+    ``flattened_range`` (megatron-core before 0.14; 0.16 refuses it)."""
     patch_cuda_for_cpu()
     warnings.filterwarnings("ignore")
+    import numpy
+
+    if not hasattr(numpy, "product"):  # megatron-core 0.13 calls numpy.product (gone in numpy 2)
+        numpy.product = numpy.prod
     from megatron.core import dist_checkpointing
 
-    sd = _megatron_state_dict(layouts, rank, world_size, empty=False)
+    flat = {k: v[rank] for k, v in (flat or {}).items()}
+    sd = _megatron_state_dict(layouts, rank, world_size, empty=False, flat=flat)
     sd.update(common or {})
     dist_checkpointing.save(sd, path)
 
@@ -176,6 +196,7 @@ class FormatCheckpoint:
     layouts: dict
     effect: str
     options: dict = field(default_factory=dict)
+    megatron_version: str = "0.16.1"  # the megatron-core release that writes it
 
     @property
     def world_size(self) -> int:
@@ -206,6 +227,24 @@ def _format_checkpoints() -> dict[str, FormatCheckpoint]:
             "Megatron-Core torch_dist: replicas dropped by Megatron (main replica = rank 0), "
             "per-rank ShardedObjects as rng_state/shard_<r>_2, common.pt holds 'iteration'",
             {"common": {"iteration": 7}},
+        ),
+        FormatCheckpoint(
+            "megatron_flat",
+            "megatron",
+            {
+                "decoder.w": dtensor_layout((4, 12), (2,), "S(0)"),
+                "optimizer.state.exp_avg.decoder.fc": tensor_layout((4, 6), 2),
+                **rng,
+            },
+            "Megatron-Core 0.13.1 (flattened_range still supported): exp_avg of a (4, 6) "
+            "parameter saved as flat pieces [0:10) on rank 0 and [10:24) on rank 1, stored as a "
+            "[1, 1, 24] tensor with mcore_data's nd_reformulated_orig_global_shape (4, 6); the "
+            "local plans are MCoreSavePlan records",
+            {
+                "common": {"iteration": 7},
+                "flat": {"optimizer.state.exp_avg.decoder.fc": [(0, 10), (10, 24)]},
+            },
+            "0.13.1",
         ),
         FormatCheckpoint(
             "hf",
@@ -255,6 +294,16 @@ def make_format_checkpoint(name: str, path, **kw) -> FormatCheckpoint:
     path = Path(path).resolve()
     path.mkdir(parents=True, exist_ok=True)
     if fc.writer == "megatron":
+        from megatron.core.package_info import __version__
+
+        if __version__ != fc.megatron_version:
+            raise PlanError(
+                name,
+                f"megatron-core {__version__} is installed",
+                f"megatron-core {fc.megatron_version} writes this checkpoint",
+                f"pip install --no-deps --target /tmp/mcore megatron-core=={fc.megatron_version}"
+                " and run with PYTHONPATH=/tmp/mcore (no other torch is needed).",
+            )
         run_megatron_save(path, fc.layouts, **fc.options, **kw)
         return fc
     (run,) = run_steps([SaveStep(str(path), fc.layouts, fc.writer)], fc.world_size, **kw)

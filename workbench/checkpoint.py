@@ -1,17 +1,19 @@
-"""What a real DCP checkpoint directory holds: every key, its chunks, and for every saved chunk
-the data file, byte range and writer rank, with the files' sizes on disk.
+"""What a real checkpoint directory holds: every key, its chunks, and for every saved chunk
+the data file, byte range and writer rank, with the files' sizes on disk, for every format
+`workbench.formats` reads (plain DCP, Megatron-Core torch_dist, DCP's HF safetensors).
 
-Reads ``.metadata`` only through the allow-list reader (`workbench.formats.dcp`), so a
-checkpoint from a stranger is inspected without running anything and without torch. A data file
-that is missing or shorter than a chunk's byte range is reported, never crashed on (torch's
+Reads metadata only through the formats' readers (allow-list unpickler, safetensors headers), so
+a checkpoint from a stranger is inspected without running anything and without torch. A data
+file that is missing or shorter than a chunk's byte range is reported, never crashed on (torch's
 reader fails on it mid-load).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from .formats import load_metadata, metadata_path
+from .formats import read_checkpoint
 from .geometry import Chunk
 from .planning import writer_of_file
 from .records import BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo
@@ -54,6 +56,18 @@ class Checkpoint:
     metadata: Metadata
     chunks: tuple[SavedChunk, ...]
     file_sizes: dict[str, int | None]  # every data file the metadata names -> size or None
+    format: str = "dcp"  # "dcp", "megatron" or "hf" (formats.FORMATS)
+    # what the format records beyond DCP's Metadata: formats.megatron.MegatronInfo,
+    # formats.hf_safetensors.HfInfo, or None for plain DCP
+    format_info: Any = None
+
+    def facts(self) -> dict[str, Any]:
+        """The format and what it records of itself (Megatron's metadata.json, the HF index...),
+        for tables, the CLI and the report."""
+        if self.format_info is None:
+            md = self.metadata
+            return {"format": "dcp", "version": md.version}
+        return self.format_info.facts()
 
     @property
     def keys(self) -> list[str]:
@@ -107,13 +121,12 @@ class Checkpoint:
 
 
 def open_checkpoint(path, rank: int | None = None) -> Checkpoint:
-    """Open a DCP checkpoint directory (``.metadata`` + ``__<rank>_<n>.distcp``) safely: the
-    metadata via the allow-list reader, each chunk's storage entry (``storage_data[MetadataIndex(
-    fqn, chunk.offsets)]``, as ``FileSystemReader.read_data`` looks it up) and the data files'
-    sizes on disk."""
-    mpath = metadata_path(path, rank)
-    directory = mpath.parent
-    md = load_metadata(mpath)
+    """Open a checkpoint directory of any supported format (plain DCP ``.metadata`` +
+    ``__<rank>_<n>.distcp``, Megatron-Core torch_dist, DCP's HF safetensors) safely: the
+    metadata via the format's reader, each chunk's storage entry (``storage_data[MetadataIndex(
+    fqn, chunk.offsets)]``, as torch's readers look it up) and the data files' sizes on disk."""
+    read = read_checkpoint(path, rank)
+    directory, md = read.directory, read.metadata
     storage = md.storage_data or {}
     sizes = {}
     for info in storage.values():
@@ -138,4 +151,4 @@ def open_checkpoint(path, rank: int | None = None) -> Checkpoint:
                     None if info is None else sizes[info.relative_path],
                 )
             )
-    return Checkpoint(str(directory), md, tuple(chunks), sizes)
+    return Checkpoint(str(directory), md, tuple(chunks), sizes, read.format, read.info)

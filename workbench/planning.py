@@ -31,6 +31,7 @@ from functools import cached_property
 import numpy as np
 
 from .errors import MetadataError, PlanError
+from .formats.hf_safetensors import hf_writer_of_file
 from .geometry import Chunk
 from .planner_helpers import (
     PARTIAL_MESSAGE,
@@ -82,9 +83,13 @@ def file_name(rank: int) -> str:
 
 
 def writer_of_file(relative_path: str) -> int | None:
-    """The writer rank encoded in a ``__<rank>_<n>.distcp`` name; None for other names."""
+    """The writer rank encoded in a ``__<rank>_<n>.distcp`` name, or in an HF
+    ``shard-<rank+1>-model-...safetensors`` name (0 for the single writer of ``model-*``
+    files); None for other names."""
     m = _FILE_RE.match(str(relative_path))
-    return int(m[1]) if m else None
+    if m:
+        return int(m[1])
+    return hf_writer_of_file(str(relative_path))
 
 
 # ----------------------------------------------------------------------------- inputs

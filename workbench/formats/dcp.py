@@ -260,9 +260,12 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 
 
 class _AllowListUnpickler(pickle.Unpickler):
+    # globals a caller adds for its format (e.g. formats/megatron.py's MEGATRON_GLOBALS)
+    extra_globals: dict = {}
+
     def find_class(self, module, name):
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            return self.extra_globals.get((module, name)) or ALLOWED_GLOBALS[(module, name)]
         except (KeyError, TypeError):
             raise UnsafeCheckpointError(
                 None,
@@ -401,9 +404,20 @@ def _plain(obj, memo: dict):
     return out
 
 
+_METADATA_FIELDS = (
+    "state_dict_metadata",
+    "planner_data",
+    "storage_data",
+    "storage_meta",
+    "version",
+)
+
+
 def _convert(raw) -> Metadata:
+    # isinstance: a format's subclass of Metadata (Megatron's MCoreMetadata) reads the same
     _expect(
-        _is(raw, _DCP, "Metadata"), f"the pickle holds {type(raw).__name__}, not a DCP Metadata"
+        isinstance(raw, _CLASSES[(_DCP, "Metadata")]),
+        f"the pickle holds {type(raw).__name__}, not a DCP Metadata",
     )
     sdm = raw.field("state_dict_metadata")
     _expect(isinstance(sdm, dict), "state_dict_metadata is not a dict")
@@ -451,8 +465,13 @@ def metadata_path(path, rank: int | None = None) -> pathlib.Path:
     return p
 
 
-def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Metadata:
-    """Unpickle ``.metadata`` bytes with the allow-list and convert them to workbench records."""
+def read_metadata_bytes(
+    data: bytes, source: str = "<bytes>", extra_globals=None, extras: dict | None = None
+) -> Metadata:
+    """Unpickle ``.metadata`` bytes with the allow-list and convert them to workbench records.
+    ``extra_globals``: more ``(module, name) -> stand-in`` entries for formats that pickle more
+    than torch (Megatron-Core); ``extras``, if given, receives the pickled Metadata's other
+    attributes (e.g. ``all_local_plans``), still as stand-ins, for such a format to convert."""
     if not data:
         raise MetadataError(
             source,
@@ -461,7 +480,10 @@ def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Metadata:
             "The save did not finish; look for .metadata.tmp beside it.",
         )
     try:
-        raw = _AllowListUnpickler(io.BytesIO(data)).load()
+        unpickler = _AllowListUnpickler(io.BytesIO(data))
+        if extra_globals:
+            unpickler.extra_globals = dict(extra_globals)
+        raw = unpickler.load()
     except UnsafeCheckpointError as e:
         raise type(e)(source, e.what, e.expectation, e.fix, **e.facts) from None
     except WorkbenchError as e:
@@ -481,7 +503,11 @@ def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Metadata:
             reason=kind,
         ) from None
     try:
-        return _convert(raw)
+        md = _convert(raw)
+        if extras is not None and isinstance(raw.state, dict):
+            extras.update((k, v) for k, v in raw.state.items() if k not in _METADATA_FIELDS)
+            extras["__class__"] = type(raw).torch_name
+        return md
     except (_Corrupt, WorkbenchError, RecursionError) as e:
         raise MetadataError(
             source,
@@ -516,3 +542,25 @@ def load_metadata(path, rank: int | None = None) -> Metadata:
             path=str(p),
         ) from None
     return read_metadata_bytes(data, str(p))
+
+
+# ----------------------------------------------------------------------------- for other readers
+# Formats that pickle DCP records plus their own (formats/megatron.py) build their stand-ins and
+# convert their records with these.
+StandIn = _StandIn
+Named = _Named
+Reducer = _Reducer
+CorruptMetadata = _Corrupt
+stand_in = _stand_in
+convert_properties = _properties
+convert_index = _index
+convert_ints = _ints
+plain_data = _plain
+
+
+def dcp_class(module: str, name: str) -> type:
+    """The stand-in class of a DCP record, e.g. ``dcp_class(DCP_METADATA, "Metadata")``."""
+    return _CLASSES[(module, name)]
+
+
+DCP_METADATA = _DCP

@@ -41,7 +41,7 @@ def test_problem_record_is_checked_and_normalised():
         Problem("w", "holes", (), None, "silent", "m", "f")
     with pytest.raises(wb.WorkbenchError, match="severity .fatal. is unknown"):
         Problem("w", "overlap", (), None, "fatal", "m", "f")
-    assert len(KINDS) == 10
+    assert len(KINDS) == 19
 
 
 def test_clean_reshard_has_no_problems():

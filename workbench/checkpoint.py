@@ -13,12 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import MetadataError
 from .formats import read_checkpoint
+from .formats.hf_safetensors import INDEX_NAME
 from .geometry import Chunk
 from .planning import writer_of_file
 from .records import BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo
 
-__all__ = ["SavedChunk", "Checkpoint", "open_checkpoint"]
+__all__ = ["SavedChunk", "Checkpoint", "open_checkpoint", "find_file_problems", "COMPANION_FILES"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,3 +154,345 @@ def open_checkpoint(path, rank: int | None = None) -> Checkpoint:
                 )
             )
     return Checkpoint(str(directory), md, tuple(chunks), sizes, read.format, read.info)
+
+
+# ----------------------------------------------------------------------------- are the files all there
+# Files a checkpoint directory holds besides the data files its metadata names.
+COMPANION_FILES = {
+    "dcp": {".metadata"},
+    "megatron": {".metadata", "metadata.json", "common.pt"},
+    "hf": {INDEX_NAME},
+}
+_LIST = 8
+
+
+def _names(items) -> str:
+    items = list(items)
+    return ", ".join(map(str, items[:_LIST])) + (
+        f", ... ({len(items)} in all)" if len(items) > _LIST else ""
+    )
+
+
+def _problem(fqn, kind, ranks, region, severity, message, fix):
+    from .diagnosis import Problem
+
+    return Problem(
+        fqn, kind, tuple(r for r in ranks if r is not None), region, severity, message, fix
+    )
+
+
+def _missing_files(ck: Checkpoint) -> list:
+    out = []
+    by_file: dict[str, list[SavedChunk]] = {}
+    for c in ck.chunks:
+        if c.storage is not None:
+            by_file.setdefault(c.file, []).append(c)
+    for f in ck.missing_files:
+        cs = by_file.get(f, [])
+        out.append(
+            _problem(
+                f,
+                "missing_file",
+                {c.writer_rank for c in cs},
+                None,
+                "error",
+                f"{f}: data file named by the metadata is missing from {ck.path} "
+                f"({len(cs)} saved items: {_names(dict.fromkeys(c.fqn for c in cs))}) (every "
+                "file the metadata names exists). torch's reader fails on the first read from it.",
+                "Copy every data file of the checkpoint, or re-save.",
+            )
+        )
+    for f, cs in by_file.items():
+        size = ck.file_sizes.get(f)
+        short = [c for c in cs if c.truncated]
+        if size is None or not short:
+            continue
+        end = max(c.storage.offset + c.storage.length for c in short)
+        out.append(
+            _problem(
+                f,
+                "truncated_file",
+                {c.writer_rank for c in short},
+                None,
+                "error",
+                f"{f}: the file is {size} bytes but {len(short)} saved items reach byte {end} "
+                f"({_names(f'{c.fqn} #{c.position}' for c in short)}) (every byte range inside "
+                "its file). The copy or the save was cut short.",
+                "Re-copy the file, or re-save.",
+            )
+        )
+    for c in ck.unlisted_chunks:
+        out.append(
+            _problem(
+                c.fqn,
+                "missing_storage",
+                (),
+                c.chunk,
+                "error",
+                f"{c.fqn}: chunk #{c.position} {c.chunk} has no storage entry (every chunk "
+                "listed in storage_data). torch's reader raises KeyError(MetadataIndex(...)).",
+                "The metadata was edited or merged; re-save the checkpoint.",
+            )
+        )
+    return out
+
+
+def _duplicates(ck: Checkpoint) -> list:
+    out = []
+    for fqn, entry in ck.metadata.state_dict_metadata.items():
+        if isinstance(entry, BytesStorageMetadata):
+            continue
+        seen: dict = {}
+        for i, c in enumerate(entry.chunks):
+            seen.setdefault(c.offsets, []).append((i, c))
+        for off, cs in seen.items():
+            if len(cs) < 2:
+                continue
+            out.append(
+                _problem(
+                    fqn,
+                    "duplicate_chunk",
+                    (),
+                    cs[0][1],
+                    "silent",
+                    f"{fqn}: chunks {_names(f'#{i} {c}' for i, c in cs)} share the offsets "
+                    f"{list(off)} (one chunk per offset): storage_data keeps one entry per "
+                    "(fqn, offset), so only one of them is ever read.",
+                    "The checkpoint was merged from several saves or written twice; re-save it.",
+                )
+            )
+    return out
+
+
+def _hf_index_problems(ck: Checkpoint) -> list:
+    info = ck.format_info
+    out = []
+    wm = getattr(info, "weight_map", None) or {}
+    present = {h.file for h in info.headers}
+    held = {(h.file, fqn) for h in info.headers for fqn in h.tensors}
+    absent: dict[str, list[str]] = {}
+    for fqn, f in wm.items():
+        if f not in present:
+            absent.setdefault(f, []).append(fqn)
+        elif (f, fqn) not in held:
+            out.append(
+                _problem(
+                    fqn,
+                    "missing_storage",
+                    (),
+                    None,
+                    "error",
+                    f"{fqn}: {INDEX_NAME} maps it to {f}, whose header does not hold it (the "
+                    "index matches the files).",
+                    "Re-copy the checkpoint or regenerate its index.",
+                )
+            )
+    for f, fqns in absent.items():
+        out.append(
+            _problem(
+                f,
+                "missing_file",
+                (0,),
+                None,
+                "error",
+                f"{f}: named by {INDEX_NAME} for {len(fqns)} weights ({_names(fqns)}) but missing "
+                f"from {ck.path} (every indexed file exists). torch's HF reader ignores the "
+                "index: the weights are simply absent and a load raises Missing key.",
+                "Copy every model-*.safetensors file of the checkpoint.",
+            )
+        )
+    # save_distributed names files shard-<rank+1>-...: a gap is a missing writer's file
+    import re
+
+    ranks = sorted(int(m[1]) for h in info.headers if (m := re.match(r"^shard-(\d+)-", h.file)))
+    if ranks:
+        gaps = sorted(set(range(1, ranks[-1] + 1)) - set(ranks))
+        for g in gaps:
+            out.append(
+                _problem(
+                    f"shard-{g:05d}-*",
+                    "missing_file",
+                    (g - 1,),
+                    None,
+                    "silent",
+                    f"shard-{g:05d}-*: rank {g - 1}'s safetensors file is missing between "
+                    f"{_names(f'shard-{r:05d}' for r in ranks)} (one file per writing rank). "
+                    "torch's HF reader reads what is there: that rank's chunks become holes "
+                    "without an error (a missing LAST file shrinks tensors instead, which no file "
+                    "can reveal: check the world size of the save).",
+                    "Copy every shard-*.safetensors file of the checkpoint.",
+                )
+            )
+    return out
+
+
+def _strays(ck: Checkpoint) -> list:
+    from pathlib import Path
+
+    d = Path(ck.path)
+    named = set(ck.file_sizes) | COMPANION_FILES.get(ck.format, set())
+    out = []
+    for p in sorted(d.iterdir()):
+        if p.is_dir() or p.name in named:
+            continue
+        if ck.format == "hf" and p.name.endswith(".safetensors"):
+            continue
+        what = (
+            "a metadata write that did not finish (torch writes .metadata.tmp then renames it)"
+            if p.name.endswith(".metadata.tmp")
+            else "a file the metadata does not name"
+        )
+        out.append(
+            _problem(
+                p.name,
+                "stray_file",
+                (),
+                None,
+                "warning",
+                f"{p.name}: {what} ({p.stat().st_size} bytes in {ck.path}) (only files the "
+                "metadata names). torch never reads it.",
+                "Remove it, or check that it does not belong to another save of this directory.",
+            )
+        )
+    return out
+
+
+def _megatron_problems(ck: Checkpoint) -> list:
+    info = ck.format_info
+    out = []
+    if info.metadata_json is None:
+        out.append(
+            _problem(
+                "metadata.json",
+                "no_metadata",
+                (),
+                None,
+                "error",
+                "metadata.json: " + "; ".join(info.notes or ("missing",)) + " (Megatron's "
+                "backend record, written when the save finished). dist_checkpointing.load "
+                "cannot pick a backend without it.",
+                "Wait for the save to finish, or re-copy the checkpoint.",
+            )
+        )
+    if info.common_error:
+        out.append(
+            _problem(
+                "common.pt",
+                "unread_file",
+                (),
+                None,
+                "warning",
+                f"common.pt: not read ({info.common_error})",
+                "Inspect it only if you trust its author: torch.load(weights_only=False) runs "
+                "its pickle.",
+            )
+        )
+    return out
+
+
+def _deep_problems(ck: Checkpoint, progress: bool) -> list:
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from .formats.distcp import describe_item, expected_storage_bytes
+
+    d = Path(ck.path)
+    todo = [
+        c for c in ck.chunks if c.storage is not None and not c.file_missing and not c.truncated
+    ]
+    out = []
+    handles: dict = {}
+    try:
+        for c in tqdm(todo, desc="reading chunks", unit="chunk", disable=not progress):
+            entry = ck.metadata.state_dict_metadata[c.fqn]
+            f = handles.get(c.file) or handles.setdefault(c.file, open(d / c.file, "rb"))
+            f.seek(c.storage.offset)
+            blob = f.read(c.storage.length)
+            if ck.format == "hf":
+                continue  # safetensors: the byte range is the elements (sizes checked on read)
+            tensor = c.chunk is not None
+            got = describe_item(blob, tensor)
+            want = None
+            if got.error is None and tensor:
+                dtype = entry.properties.dtype
+                need = expected_storage_bytes(dtype, c.chunk.sizes)
+                numel = c.chunk.volume
+                got_numel = None if got.shape is None else _prod(got.shape)
+                if got.dtype != dtype:
+                    want = f"dtype {got.dtype} (the metadata says {dtype})"
+                elif got_numel != numel:
+                    want = (
+                        f"{got_numel} elements of shape {list(got.shape)} (the chunk has {numel})"
+                    )
+                elif got.storage_bytes is None or got.storage_bytes < need:
+                    want = f"{got.storage_bytes} bytes of elements (the chunk needs {need})"
+            msg = got.error or want
+            if msg:
+                out.append(
+                    _problem(
+                        c.fqn,
+                        "bad_item",
+                        (c.writer_rank,),
+                        c.chunk,
+                        "error",
+                        f"{c.fqn}: chunk #{c.position} {c.chunk if tensor else '(bytes)'} at "
+                        f"{c.file} bytes {c.storage.offset}:{c.storage.offset + c.storage.length} "
+                        f"holds {msg} (a torch.save archive of the chunk). torch's reader fails "
+                        "or reads wrong elements there.",
+                        "Re-copy the file, or re-save.",
+                    )
+                )
+    finally:
+        for f in handles.values():
+            f.close()
+    return out
+
+
+def _prod(v) -> int:
+    n = 1
+    for x in v:
+        n *= x
+    return n
+
+
+def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -> list:
+    """Whether a checkpoint's files are all there, as `diagnosis.Problem` records: no metadata
+    beside data files (an interrupted or asynchronous save), data files missing or shorter than
+    the byte ranges the metadata names, chunks without a storage entry, duplicate chunks, holes
+    and overlaps of the saved chunks (`find_checkpoint_problems`), stray files, and per format
+    Megatron's ``metadata.json`` / ``common.pt`` and the HF index and shard numbering. With
+    ``deep``, every chunk's bytes are read (``progress``: a tqdm bar) and a ``.distcp`` item's
+    ``torch.save`` archive is checked (CRCs, dtype, element count; read with an allow-list, a
+    bytes item's pickle never unpickled). ``checkpoint``: a path or a `Checkpoint`."""
+    from .diagnosis import find_checkpoint_problems
+
+    if not isinstance(checkpoint, Checkpoint):
+        try:
+            checkpoint = open_checkpoint(checkpoint)
+        except MetadataError as e:
+            if getattr(e, "reason", None) != "no_metadata":
+                raise
+            return [
+                _problem(
+                    e.fqn,
+                    "no_metadata",
+                    (),
+                    None,
+                    "error",
+                    f"{e.what} ({e.expectation}).",
+                    e.fix,
+                )
+            ]
+    ck = checkpoint
+    out = _missing_files(ck)
+    if ck.format == "megatron":
+        out += _megatron_problems(ck)
+    if ck.format == "hf":
+        out += _hf_index_problems(ck)
+    out += _duplicates(ck)
+    out += find_checkpoint_problems(ck.metadata)
+    out += _strays(ck)
+    if deep:
+        out += _deep_problems(ck, progress)
+    return out

@@ -60,6 +60,16 @@ KINDS = (
     "dedup_loss",
     "per_rank_bytes",
     "partial",
+    # storage-specific and on-disk problems (checkpoint.find_file_problems, plan_save(storage="hf"))
+    "hf_lost_chunk",
+    "no_metadata",
+    "missing_file",
+    "truncated_file",
+    "missing_storage",
+    "duplicate_chunk",
+    "bad_item",
+    "stray_file",
+    "unread_file",
 )
 SEVERITIES = ("error", "silent", "warning")
 # severities that make a load raise or load wrong values: a job guarded by a plan must stop
@@ -813,8 +823,36 @@ def find_save_problems(save_result) -> list[Problem]:
         saved = items.get(fqn)
         if isinstance(saved, TensorStorageMetadata) and saved.size:
             out.extend(_saved_chunk_problems(fqn, saved, errs, writers.get(fqn, []), all_errs))
+    out.extend(_lost_chunk_problems(save_result))
     order = {f: i for i, f in enumerate(layouts)}
     out.sort(key=lambda p: _sort_key(p, order))
+    return out
+
+
+def _lost_chunk_problems(save_result) -> list[Problem]:
+    """The chunks a storage writer drops (``plan_save(..., storage="hf")``: several chunks of one
+    fqn on one rank keep only the last), one problem per (fqn, rank)."""
+    by: dict[tuple[str, int], list] = defaultdict(list)
+    for lc in getattr(save_result, "lost", ()) or ():
+        by[(lc.fqn, lc.rank)].append(lc)
+    out = []
+    for (fqn, r), lcs in by.items():
+        lost = ", ".join(str(lc.chunk) for lc in lcs)
+        out.append(
+            Problem(
+                fqn,
+                "hf_lost_chunk",
+                (r,),
+                lcs[0].chunk,
+                "silent",
+                f"{fqn}: rank {r} holds {len(lcs) + 1} chunks of this tensor but torch's "
+                f"HuggingFaceStorageWriter writes one entry per fqn in rank {r}'s file and keeps "
+                f"the last ({lcs[0].kept}); {lost} {'is' if len(lcs) == 1 else 'are'} lost without "
+                "an error and a load leaves those elements stale.",
+                "Save with FileSystemWriter, or hold one chunk per rank (a DTensor rather than a "
+                "ShardedTensor with several local shards).",
+            )
+        )
     return out
 
 

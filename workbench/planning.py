@@ -353,13 +353,36 @@ class SavePlanResult:
     writers: dict[str, list[int]] = field(repr=False)
     bytes_written: np.ndarray = field(repr=False)
     failures: list = field(default_factory=list)
+    storage: str = "fs"  # "fs" (FileSystemWriter) or "hf" (HuggingFaceStorageWriter, hf_plans)
+    lost: tuple = ()  # hf_plans.LostChunk: chunks the storage writer drops
 
 
-def plan_save(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False) -> SavePlanResult:
+def plan_save(
+    layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False, storage: str = "fs"
+) -> SavePlanResult:
     """Plan ``dcp.save`` of ``layouts`` (``{fqn: Layout}`` in state-dict order) on every rank, as
     torch 2.13's ``DefaultSavePlanner`` + ``FileSystemWriter`` defaults would: local plans,
     ``dedup_save_plans(plans, save_to_lowest_rank)`` (load-balanced writer choice with CPython
-    set tie-breaks), ``create_default_global_save_plan``, ``_validate_global_plan``."""
+    set tie-breaks), ``create_default_global_save_plan``, ``_validate_global_plan``.
+    ``storage="hf"``: with ``HuggingFaceStorageWriter(save_distributed=True)`` instead, whose
+    files keep one chunk per fqn and rank (`hf_plans.apply_hf_writer`: ``.lost``, and the
+    metadata its reader will see)."""
+    if storage not in ("fs", "hf"):
+        raise PlanError(
+            None,
+            f"storage {storage!r}",
+            "'fs' (FileSystemWriter) or 'hf' (HuggingFaceStorageWriter)",
+            "Pass storage='fs' or storage='hf'.",
+        )
+    result = _plan_save(layouts, save_to_lowest_rank)
+    if storage == "hf":
+        from .hf_plans import apply_hf_writer
+
+        return apply_hf_writer(result)
+    return result
+
+
+def _plan_save(layouts: Mapping[str, Layout], save_to_lowest_rank: bool) -> SavePlanResult:
     fqns, lays, ws = _check_layouts(layouts)
     failures = []
     pats: list[_Pattern | None] = []

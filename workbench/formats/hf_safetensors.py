@@ -9,7 +9,8 @@ against the file's size before anything else is read, and headers are bounded li
 safetensors library bounds them (100 MB).
 
 The records are the ones torch's ``HuggingFaceStorageReader.read_metadata`` builds: every
-``*.safetensors`` file of the directory in listing order (the index is not used), one chunk per
+``*.safetensors`` file of the directory in listing order (the index is not used), its tensors
+sorted by name (as ``safe_open(...).keys()`` lists them), one chunk per
 (file, tensor) at its saved offsets (zeros without sharding info), and the tensor's size = the
 largest ``offset + shape`` per dim over its chunks, so a missing last shard shrinks a tensor and
 a missing middle one leaves a hole, without an error. Byte ranges are absolute in the file
@@ -245,7 +246,9 @@ def read_hf(directory) -> tuple[Metadata, HfInfo]:
     sdm: dict[str, TensorStorageMetadata] = {}
     storage: dict[MetadataIndex, StorageInfo] = {}
     for h in headers:
-        for fqn, (dtype, shape, (b, e)) in h.tensors.items():
+        # safetensors' safe_open(...).keys() lists a file's tensors sorted by name
+        for fqn in sorted(h.tensors):
+            dtype, shape, (b, e) = h.tensors[fqn]
             off = h.offsets[fqn] if h.offsets is not None else (0,) * len(shape)
             nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
             if e - b != nbytes:

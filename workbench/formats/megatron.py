@@ -458,6 +458,7 @@ def read_megatron(directory) -> tuple[Metadata, MegatronInfo]:
             "The save did not finish (Megatron writes .metadata after the .distcp files), or "
             "point at the directory dist_checkpointing.save wrote.",
             path=str(mpath),
+            reason="no_metadata",
         ) from None
     extras: dict = {}
     md = dcp.read_metadata_bytes(data, str(mpath), MEGATRON_GLOBALS, extras)

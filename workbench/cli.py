@@ -317,6 +317,8 @@ def _cmd_inspect(args) -> int:
         _json_out(
             {
                 "checkpoint": args.checkpoint,
+                "format": ckpt.format,
+                "facts": ckpt.facts(),
                 **info,
                 "damage": ckpt.problems(),
                 "problems": [problem_dict(p) for p in problems],
@@ -335,11 +337,13 @@ def _cmd_inspect(args) -> int:
         ]
         for e in info["entries"]
     ]
+    print("  ".join(f"{k}: {v}" for k, v in ckpt.facts().items()))
     _table(
         f"{args.checkpoint}: {len(rows)} entries",
         ["fqn", "kind", "shape", "dtype", "chunks", "writers", "bytes"],
         rows,
     )
+    _format_tables(ckpt)
     if args.chunks:
         rows = [
             [e["fqn"], c["region"] or "", c["writer"], c["file"], c["offset"], c["length"]]
@@ -361,6 +365,81 @@ def _cmd_inspect(args) -> int:
         )
     _print_damage(ckpt.problems())
     return OK
+
+
+def _format_tables(ckpt) -> None:
+    """The format's own records: Megatron's flattened tensors, sharded objects and holders."""
+    info = ckpt.format_info
+    if ckpt.format != "megatron":
+        return
+    if info.flattened:
+        _table(
+            "flattened_range tensors (stored flat; model shape from mcore_data)",
+            ["fqn", "stored", "model shape", "flat range", "model boxes"],
+            [
+                [
+                    ft.fqn,
+                    str(p.stored),
+                    "x".join(map(str, ft.shape)),
+                    f"{p.start}:{p.stop} of block {p.block}",
+                    ", ".join(map(str, p.boxes)),
+                ]
+                for ft in info.flattened.values()
+                for p in ft.pieces
+            ],
+        )
+    if info.objects:
+        _table(
+            "sharded objects (bytes entries key/shard_<offsets>_<shape>)",
+            ["key", "shards", "global shape"],
+            [[k, len(v), "x".join(map(str, v[0].shape))] for k, v in info.objects.items()],
+        )
+    if info.local_plans is not None:
+        rows = []
+        for fqn in ckpt.keys:
+            held = info.held(fqn)
+            for c in ckpt.chunks_of(fqn):
+                key = None if c.chunk is None else c.chunk.offsets
+                rows.append(
+                    [
+                        fqn,
+                        "" if c.chunk is None else str(c.chunk),
+                        format_ranks(held.get(key, ())),
+                        c.writer_rank,
+                    ]
+                )
+        _table(
+            "who held (all_local_plans) and who wrote",
+            ["fqn", "chunk", "held by", "written by"],
+            rows,
+        )
+
+
+def _cmd_check(args) -> int:
+    from .checkpoint import find_file_problems
+
+    problems = find_file_problems(args.checkpoint, deep=args.deep, progress=not args.json)
+    blocking = [p for p in problems if p.blocking]
+    if args.json:
+        _json_out(
+            {
+                "checkpoint": args.checkpoint,
+                "deep": args.deep,
+                "ok": not blocking,
+                "problems": [problem_dict(p) for p in problems],
+            }
+        )
+        return FOUND_PROBLEMS if blocking else OK
+    if problems:
+        _table(
+            f"{args.checkpoint}: {len(problems)} problems",
+            ["severity", "kind", "item", "message"],
+            [[p.severity, p.kind, p.fqn, p.message + " " + p.fix] for p in problems],
+        )
+    else:
+        what = "every chunk's bytes read and checked" if args.deep else "sizes checked"
+        print(f"{args.checkpoint}: every file is there ({what})")
+    return FOUND_PROBLEMS if blocking else OK
 
 
 def _cmd_plan(args) -> int:
@@ -466,6 +545,8 @@ def _cmd_report(args) -> int:
 
     ckpt = _open(args.checkpoint)
     layouts = parse_target(args.target) if args.target else None
+    from .checkpoint import find_file_problems
+
     out = write_report(
         args.output,
         ckpt.metadata,
@@ -473,6 +554,8 @@ def _cmd_report(args) -> int:
         checkpoint=args.checkpoint,
         target=args.target,
         damage=ckpt.problems(),
+        facts=ckpt.facts(),
+        file_problems=find_file_problems(ckpt),
     )
     print(f"wrote {out}")
     return OK
@@ -528,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         description="See and debug how PyTorch Distributed Checkpoint (torch 2.13) reshards a "
         "checkpoint, for every rank at once, without a process group.",
-        epilog="exit status: 0 ok, 1 `plan` found a blocking problem, 2 bad input\n\n"
+        epilog="exit status: 0 ok, 1 `plan` / `check` found a blocking problem, 2 bad input\n\n"
         + TARGET_HELP,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -537,15 +620,35 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         formatter_class=fmt,
         help="what a checkpoint holds",
-        description="Every entry of a DCP checkpoint: shape, dtype, chunks, the file "
-        "and byte range of each chunk and its writer rank. Reads only "
-        ".metadata, with an allow-list unpickler: safe on a stranger's "
-        "checkpoint.",
+        description="Every entry of a checkpoint (plain DCP, Megatron-Core torch_dist or DCP's "
+        "HuggingFace safetensors; the format is recognised): shape, dtype, chunks, the file "
+        "and byte range of each chunk and its writer rank, and what the format records of "
+        "itself. Reads only metadata (an allow-list unpickler, safetensors headers): safe on a "
+        "stranger's checkpoint.",
     )
-    s.add_argument("checkpoint", help="checkpoint directory (.metadata + __<rank>_<n>.distcp)")
+    s.add_argument(
+        "checkpoint",
+        help="checkpoint directory (.metadata + __<rank>_<n>.distcp, Megatron, or *.safetensors)",
+    )
     s.add_argument("--chunks", action="store_true", help="also list every chunk")
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.set_defaults(run=_cmd_inspect)
+
+    s = sub.add_parser(
+        "check",
+        formatter_class=fmt,
+        help="are the checkpoint's files all there",
+        description="Check that every file the metadata names exists and holds every byte "
+        "range it names; report a missing .metadata (an interrupted or asynchronous save), stray "
+        "files, duplicate or overlapping chunks, and each format's own records (Megatron's "
+        "metadata.json and common.pt, the HF index). --deep also reads every chunk's bytes and "
+        "checks its element count and dtype (never unpickling beyond an allow-list). Exit "
+        "status 1 when torch would fail or load wrong values.",
+    )
+    s.add_argument("checkpoint", help="checkpoint directory (any supported format)")
+    s.add_argument("--deep", action="store_true", help="read and check every chunk's bytes")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(run=_cmd_check)
 
     s = sub.add_parser(
         "plan",

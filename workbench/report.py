@@ -321,11 +321,15 @@ def build_report(
     target: str | None = None,
     damage: list[str] | None = None,
     max_pictures: int = MAX_PICTURES,
+    facts: dict | None = None,
+    file_problems: list | None = None,
 ) -> str:
     """The report as one HTML string: verdict, problems, pictures, I/O, the checkpoint's
     contents, read items. ``layouts`` (``{fqn: Layout}``, the target) is optional: without it the
     report shows what the checkpoint holds. ``damage``: messages about the data files
-    (`checkpoint.Checkpoint.problems`: missing or short files), shown under the verdict."""
+    (`checkpoint.Checkpoint.problems`: missing or short files), shown under the verdict.
+    ``facts``: the format and what it records of itself (`checkpoint.Checkpoint.facts`);
+    ``file_problems``: `checkpoint.find_file_problems` (are the files all there)."""
     from .tables import checkpoint_chunks_table
 
     chunks = checkpoint_chunks_table(metadata)
@@ -354,6 +358,20 @@ def build_report(
         body.append(
             '<div class="verdict blocked">Damaged checkpoint: torch\'s reader fails on '
             "these files.<ul>" + "".join(f"<li>{_e(m)}</li>" for m in damage) + "</ul></div>"
+        )
+    if facts:
+        body.append(
+            '<table class="facts">'
+            + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.items())
+            + "</table>"
+        )
+    if file_problems is not None:
+        body += ["<h2>Are the files all there</h2>"]
+        body.append(
+            _problems_html(file_problems)
+            if file_problems
+            else "<p>Every file the metadata names is there and holds every byte range it "
+            "names.</p>"
         )
     if result is not None:
         body += ["<h2>Problems</h2>", _problems_html(problems)]

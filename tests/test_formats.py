@@ -574,3 +574,71 @@ def test_megatron_writer_and_loader_real(tmp_path):
         got, want = values["rng_state"]
         assert got == want == f"rng_state@rank{rank}"
         assert values["iteration"] == 7
+
+
+# ----------------------------------------------------------------------------- CLI, report, widget
+@pytest.mark.parametrize("name", ["megatron_flat", "hf_plain", "hf_lost_chunk"])
+def test_cli_inspect_shows_the_format(name, capsys):
+    import json
+
+    from workbench.cli import main
+
+    assert main(["inspect", str(DATA / name), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["format"] == ("megatron" if name.startswith("megatron") else "hf")
+    assert doc["facts"] == open_checkpoint(DATA / name).facts()
+    assert [e["fqn"] for e in doc["entries"]] == list(
+        load_metadata(DATA / name).state_dict_metadata
+    )
+    assert main(["inspect", str(DATA / name)]) == 0
+    out = capsys.readouterr().out
+    assert "format: " + doc["facts"]["format"] in out
+    if name == "megatron_flat":
+        assert "held by" in out and "written by" in out and "model boxes" in out
+
+
+def test_cli_check_exit_status_and_json(tmp_path, capsys):
+    import json
+
+    from workbench.cli import main
+
+    assert main(["check", str(DATA / "hf"), "--deep"]) == 0
+    assert "every file is there" in capsys.readouterr().out
+    d = _copy("megatron", tmp_path)
+    (d / "__0_1.distcp").write_bytes(b"")
+    assert main(["check", str(d), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and [p["kind"] for p in doc["problems"]] == ["truncated_file"]
+    assert main(["check", str(tmp_path / "nowhere")]) == 2
+    assert "no such metadata file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["megatron", "hf_lost_chunk"])
+def test_cli_plan_and_report_on_other_formats(name, tmp_path, capsys):
+    from workbench.cli import main
+
+    target = tmp_path / "t.json"
+    fc = FORMAT_CHECKPOINTS[name]
+    lay = next(v for v in fc.layouts.values() if not v.is_bytes)
+    fqn = next(k for k, v in fc.layouts.items() if v is lay)
+    import json
+
+    target.write_text(json.dumps({fqn: {"shape": list(lay.shape), "dtype": lay.dtype}}))
+    rc = main(["plan", str(DATA / name), "--target", str(target), "--allow-partial-load"])
+    assert rc == (1 if name == "hf_lost_chunk" else 0)
+    out = tmp_path / "r.html"
+    assert main(["report", str(DATA / name), "-o", str(out)]) == 0
+    html = out.read_text()
+    assert "Are the files all there" in html
+    assert open_checkpoint(DATA / name).facts()["format"] in html
+
+
+@pytest.mark.parametrize("name", ["megatron_flat", "hf"])
+def test_checkpoint_explorer_opens_other_formats(name):
+    from workbench.widgets import CheckpointExplorer
+
+    ex = CheckpointExplorer(str(DATA / name))
+    assert ex.plan.format == ("megatron" if name.startswith("megatron") else "hf")
+    assert ex.plan.facts["format"] in ex._header.value
+    assert ex.result.fqn == next(iter(load_metadata(DATA / name).state_dict_metadata))
+    assert ex.result.chunks is not None and len(ex.result.chunks) >= 1

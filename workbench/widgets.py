@@ -544,6 +544,8 @@ class CheckpointPlan:
     load: Any  # planning.LoadPlanResult | None
     problems: tuple
     io: Any  # DataFrame, tables.io_table (None without a target)
+    format: str = "dcp"  # of a checkpoint directory: "dcp", "megatron" or "hf"
+    facts: dict | None = None  # what the format records of itself (Checkpoint.facts)
 
     @cached_property
     def problem_counts(self) -> Counter:
@@ -572,8 +574,8 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
     """Plan loading ``source`` into ``target`` on every rank: the `CheckpointExplorer`'s one
     expensive step.
 
-    ``source``: a checkpoint directory (read with the allow-list reader
-    ``workbench.formats.load_metadata``, no code run), a `Metadata`, or a save result
+    ``source``: a checkpoint directory of any format (`checkpoint.open_checkpoint`: the
+    allow-list and safetensors-header readers, no code run), a `Metadata`, or a save result
     (``planning.plan_save``). ``target``: ``{fqn: Layout}``, ``(preset, recipe, mesh_shape)``
     (``models.apply_recipe(models.model_state_dict(preset), recipe, mesh_shape)``), or None: a
     save result is then loaded back into its own layouts, a directory is only listed.
@@ -585,10 +587,12 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
 
     save_problems: tuple = ()
     layouts = None
+    fmt, facts = "dcp", None
     if isinstance(source, (str, os.PathLike)):
-        from .formats import load_metadata
+        from .checkpoint import open_checkpoint
 
-        metadata, name = load_metadata(source), str(source)
+        ckpt = open_checkpoint(source)  # any format; the allow-list / header readers
+        metadata, name, fmt, facts = ckpt.metadata, str(source), ckpt.format, ckpt.facts()
     elif isinstance(_record(source), Metadata):  # torch's own Metadata is converted
         metadata, name = _record(source), "metadata"
     elif hasattr(source, "metadata") and hasattr(source, "local_plans"):  # a SavePlanResult
@@ -613,10 +617,19 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
             None,
             save_problems + tuple(find_checkpoint_problems(metadata)),
             None,
+            fmt,
+            facts,
         )
     load = plan_load(metadata, layouts)
     return CheckpointPlan(
-        metadata, name, layouts, load, save_problems + tuple(load.problems), io_table(load)
+        metadata,
+        name,
+        layouts,
+        load,
+        save_problems + tuple(load.problems),
+        io_table(load),
+        fmt,
+        facts,
     )
 
 
@@ -799,9 +812,11 @@ class CheckpointExplorer(_Explorer):
 
     def _show_plan(self) -> None:
         """The parts that change only with the plan: header, I/O table."""
+        fmt = (self.plan.facts or {}).get("format")
         self._header.value = (
-            f"<b>{html.escape(self.plan.source)}</b>: "
-            f"{_count(len(self.plan.metadata.state_dict_metadata), 'saved key')}, "
+            f"<b>{html.escape(self.plan.source)}</b>"
+            + (f" ({html.escape(str(fmt))})" if fmt else "")
+            + f": {_count(len(self.plan.metadata.state_dict_metadata), 'saved key')}, "
             f"{_count(len(self.plan.problems), 'problem')}"
         )
         if self.plan.io is not None:

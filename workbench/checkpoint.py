@@ -15,9 +15,9 @@ from typing import Any
 
 from .errors import MetadataError
 from .formats import read_checkpoint
+from .formats.dcp_files import writer_of_file
 from .formats.hf_safetensors import INDEX_NAME
 from .geometry import Chunk
-from .planning import writer_of_file
 from .records import BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo
 
 __all__ = ["SavedChunk", "Checkpoint", "open_checkpoint", "find_file_problems", "COMPANION_FILES"]

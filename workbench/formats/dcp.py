@@ -32,7 +32,12 @@ from ..records import (
     TensorStorageMetadata,
 )
 
-__all__ = ["load_metadata", "metadata_path", "read_metadata_bytes", "ALLOWED_GLOBALS"]
+__all__ = [
+    "load_metadata",
+    "metadata_path",
+    "read_metadata_bytes",
+    "ALLOWED_GLOBALS",
+]
 
 _DCP = "torch.distributed.checkpoint.metadata"
 _FS = "torch.distributed.checkpoint.filesystem"

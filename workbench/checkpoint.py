@@ -11,11 +11,14 @@ reader fails on it mid-load).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from .diagnosis import Problem, find_checkpoint_problems
 from .errors import MetadataError
 from .formats import read_checkpoint
 from .formats.dcp_files import writer_of_file
+from .formats.distcp import describe_item, expected_storage_bytes
 from .formats.hf_safetensors import INDEX_NAME
 from .geometry import Chunk
 from .records import BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo
@@ -174,8 +177,6 @@ def _names(items) -> str:
 
 
 def _problem(fqn, kind, ranks, region, severity, message, fix):
-    from .diagnosis import Problem
-
     return Problem(
         fqn, kind, tuple(r for r in ranks if r is not None), region, severity, message, fix
     )
@@ -327,8 +328,6 @@ def _hf_index_problems(ck: Checkpoint) -> list:
 
 
 def _strays(ck: Checkpoint) -> list:
-    from pathlib import Path
-
     d = Path(ck.path)
     named = set(ck.file_sizes) | COMPANION_FILES.get(ck.format, set())
     out = []
@@ -391,11 +390,8 @@ def _megatron_problems(ck: Checkpoint) -> list:
 
 
 def _deep_problems(ck: Checkpoint, progress: bool) -> list:
-    from pathlib import Path
-
+    # tqdm.auto picks a notebook widget or a terminal bar: loaded only when a deep check runs
     from tqdm.auto import tqdm
-
-    from .formats.distcp import describe_item, expected_storage_bytes
 
     d = Path(ck.path)
     todo = [
@@ -465,8 +461,6 @@ def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -
     ``deep``, every chunk's bytes are read (``progress``: a tqdm bar) and a ``.distcp`` item's
     ``torch.save`` archive is checked (CRCs, dtype, element count; read with an allow-list, a
     bytes item's pickle never unpickled). ``checkpoint``: a path or a `Checkpoint`."""
-    from .diagnosis import find_checkpoint_problems
-
     if not isinstance(checkpoint, Checkpoint):
         try:
             checkpoint = open_checkpoint(checkpoint)

@@ -31,8 +31,8 @@ import numpy as np
 
 from .errors import MetadataError, PlanError
 from .formats.dcp_files import PlannedStorage
-from .hf_plans import apply_hf_writer
 from .geometry import Chunk, box_arrays, candidate_pairs, int64_unsafe, overlap_mask
+from .hf_plans import apply_hf_writer
 from .planner_helpers import (
     PARTIAL_MESSAGE,
     create_read_items_for_chunk_list,

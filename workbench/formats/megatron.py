@@ -22,6 +22,7 @@ Must not import torch.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import pickle
@@ -390,8 +391,6 @@ def read_common(path, max_bytes: int = 64 << 20) -> Any:
             "a zip written by torch.save",
             "Re-copy common.pt.",
         ) from None
-    import io
-
     try:
         raw = _CommonUnpickler(io.BytesIO(data)).load()
     except UnsafeCheckpointError as e:

@@ -12,7 +12,7 @@ local, (dim, rank, n))``; a plain tensor held by every rank -> a replicated Shar
 ``(key, value, (world,), (rank,))`` (stored as ``key/shard_<rank>_<world>``). Values encode
 their global index (`runs.global_values`), so loads are checked element by element.
 
-torch and megatron-core are imported inside functions only.
+Lazy imports: torch and megatron-core inside functions only (they run in the spawned ranks).
 """
 
 from __future__ import annotations

@@ -306,6 +306,8 @@ def test_lost_chunk_is_predicted_on_the_save_side_and_found_in_the_files():
     # the files already written: a hole exactly where the lost chunks were
     holes = [p for p in wb.find_checkpoint_problems(written) if p.kind == "uncovered"]
     assert [str(p.region) for p in holes] == ["[0:4, 0:6]"]
+    (hole,) = find_file_problems(DATA / "hf_lost_chunk")
+    assert hole.kind == "uncovered" and "keeps only its last one" in hole.fix
     # the FileSystemWriter loses nothing
     assert wb.plan_save(fc.layouts).lost == ()
 
@@ -642,3 +644,13 @@ def test_checkpoint_explorer_opens_other_formats(name):
     assert ex.plan.facts["format"] in ex._header.value
     assert ex.result.fqn == next(iter(load_metadata(DATA / name).state_dict_metadata))
     assert ex.result.chunks is not None and len(ex.result.chunks) >= 1
+
+
+def test_deep_check_of_safetensors_finds_bytes_nobody_claims(tmp_path):
+    d = _copy("hf", tmp_path)
+    assert find_file_problems(d, deep=True) == []
+    f = d / "shard-00002-model-00001-of-00001.safetensors"
+    f.write_bytes(f.read_bytes() + b"\0" * 16)  # a longer file: sizes alone still fit
+    assert find_file_problems(d) == []
+    (p,) = find_file_problems(d, deep=True)
+    assert (p.kind, p.fqn, p.ranks) == ("bad_item", f.name, (1,)) and "unclaimed" in p.message

@@ -10,6 +10,7 @@ reader fails on it mid-load).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,18 @@ def _hf_index_problems(ck: Checkpoint) -> list:
     return out
 
 
+def _hf_hole(p: Problem) -> Problem:
+    """A hole in the files of HuggingFaceStorageWriter(save_distributed=True) has two known
+    causes; say both."""
+    return dataclasses.replace(
+        p,
+        fix="Either a rank held several chunks of this tensor (a ShardedTensor with several "
+        "local shards: torch 2.13's HuggingFaceStorageWriter keeps only its last one, see "
+        "plan_save(layouts, storage='hf')), or a shard file is missing. Re-save with "
+        "FileSystemWriter or one chunk per rank.",
+    )
+
+
 def _strays(ck: Checkpoint) -> list:
     d = Path(ck.path)
     named = set(ck.file_sizes) | COMPANION_FILES.get(ck.format, set())
@@ -406,7 +419,7 @@ def _deep_problems(ck: Checkpoint, progress: bool) -> list:
             f.seek(c.storage.offset)
             blob = f.read(c.storage.length)
             if ck.format == "hf":
-                continue  # safetensors: the byte range is the elements (sizes checked on read)
+                continue  # safetensors: the range is the raw elements (sizes checked on read)
             tensor = c.chunk is not None
             got = describe_item(blob, tensor)
             want = None
@@ -442,6 +455,36 @@ def _deep_problems(ck: Checkpoint, progress: bool) -> list:
     finally:
         for f in handles.values():
             f.close()
+    if ck.format == "hf":
+        out += _safetensors_layout_problems(ck)
+    return out
+
+
+def _safetensors_layout_problems(ck: Checkpoint) -> list:
+    """safetensors' own rule: a file's tensors tile its data region exactly (no gap, no
+    overlap, nothing after the last one)."""
+    out = []
+    for h in ck.format_info.headers:
+        ranges = sorted(r for _, _, r in h.tensors.values())
+        pos = 8 + h.header_length
+        for b, e in ranges + [(h.file_size, h.file_size)]:
+            if b != pos:
+                out.append(
+                    _problem(
+                        h.file,
+                        "bad_item",
+                        (writer_of_file(h.file),),
+                        None,
+                        "error",
+                        f"{h.file}: the tensors' data_offsets leave bytes {min(b, pos)}:"
+                        f"{max(b, pos)} {'unclaimed' if b > pos else 'claimed twice'} (the "
+                        "tensors tile the data region, as the safetensors library checks). "
+                        "safetensors refuses the file.",
+                        "Re-copy the file, or re-save.",
+                    )
+                )
+                break
+            pos = e
     return out
 
 
@@ -485,7 +528,10 @@ def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -
     if ck.format == "hf":
         out += _hf_index_problems(ck)
     out += _duplicates(ck)
-    out += find_checkpoint_problems(ck.metadata)
+    saved = find_checkpoint_problems(ck.metadata)
+    if ck.format == "hf" and ck.format_info.layout == "distributed":
+        saved = [_hf_hole(p) if p.kind == "uncovered" else p for p in saved]
+    out += saved
     out += _strays(ck)
     if deep:
         out += _deep_problems(ck, progress)

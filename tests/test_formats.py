@@ -334,7 +334,7 @@ def test_check_finds_a_short_file(tmp_path):
     f.write_bytes(f.read_bytes()[:-100])
     (p,) = find_file_problems(d)
     assert (p.kind, p.fqn, p.ranks) == ("truncated_file", "__0_1.distcp", (0,))
-    assert f"the file is {f.stat().st_size} bytes" in p.message
+    assert f"of __0_1.distcp ({f.stat().st_size} bytes on disk)" in p.message
 
 
 def test_check_finds_a_missing_metadata(tmp_path):

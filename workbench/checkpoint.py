@@ -105,25 +105,11 @@ class Checkpoint:
         """Writer rank of each of ``fqn``'s chunks, in chunk order."""
         return [c.writer_rank for c in self.chunks_of(fqn)]
 
-    def problems(self) -> list[str]:
-        """House-form messages for missing files, unlisted and truncated chunks."""
-        out = [
-            f"{f}: data file is missing from {self.path} (an existing file named by .metadata). "
-            "Copy every __<rank>_<n>.distcp of the checkpoint."
-            for f in self.missing_files
-        ]
-        out += [
-            f"{c.fqn}: chunk #{c.position} {c.chunk} has no storage entry (every chunk listed "
-            "in storage_data). torch's reader raises KeyError on it."
-            for c in self.unlisted_chunks
-        ]
-        out += [
-            f"{c.fqn}: chunk #{c.position} reads bytes {c.storage.offset}:"
-            f"{c.storage.offset + c.storage.length} of {c.file} ({c.file_size} bytes on disk) "
-            "(a range inside the file). Re-copy the file."
-            for c in self.truncated_chunks
-        ]
-        return out
+    def problems(self) -> list[Problem]:
+        """`Problem`s (severity ``error``: torch's reader raises mid-load) for missing data files
+        and byte ranges past their file's end (fqn: the file; ranks: its writers) and chunks
+        without a storage entry (fqn: the entry)."""
+        return _damage(self)
 
 
 def open_checkpoint(path, rank: int | None = None) -> Checkpoint:
@@ -149,15 +135,22 @@ def open_checkpoint(path, rank: int | None = None) -> Checkpoint:
             info = storage.get(key)
             chunks.append(
                 SavedChunk(
-                    fqn,
-                    pos,
-                    chunk,
-                    info,
-                    None if info is None else writer_of_file(info.relative_path),
-                    None if info is None else sizes[info.relative_path],
+                    fqn=fqn,
+                    position=pos,
+                    chunk=chunk,
+                    storage=info,
+                    writer_rank=None if info is None else writer_of_file(info.relative_path),
+                    file_size=None if info is None else sizes[info.relative_path],
                 )
             )
-    return Checkpoint(str(directory), md, tuple(chunks), sizes, read.format, read.info)
+    return Checkpoint(
+        path=str(directory),
+        metadata=md,
+        chunks=tuple(chunks),
+        file_sizes=sizes,
+        format=read.format,
+        format_info=read.info,
+    )
 
 
 # ----------------------------------------------------------------------------- are the files all there
@@ -179,11 +172,17 @@ def _names(items) -> str:
 
 def _problem(fqn, kind, ranks, region, severity, message, fix):
     return Problem(
-        fqn, kind, tuple(r for r in ranks if r is not None), region, severity, message, fix
+        fqn=fqn,
+        kind=kind,
+        ranks=tuple(r for r in ranks if r is not None),
+        region=region,
+        severity=severity,
+        message=message,
+        fix=fix,
     )
 
 
-def _missing_files(ck: Checkpoint) -> list:
+def _damage(ck: Checkpoint) -> list[Problem]:
     out = []
     by_file: dict[str, list[SavedChunk]] = {}
     for c in ck.chunks:
@@ -198,7 +197,7 @@ def _missing_files(ck: Checkpoint) -> list:
                 {c.writer_rank for c in cs},
                 None,
                 "error",
-                f"{f}: data file named by the metadata is missing from {ck.path} "
+                f"{f}: data file is missing from {ck.path} "
                 f"({len(cs)} saved items: {_names(dict.fromkeys(c.fqn for c in cs))}) (every "
                 "file the metadata names exists). torch's reader fails on the first read from it.",
                 "Copy every data file of the checkpoint, or re-save.",
@@ -217,9 +216,10 @@ def _missing_files(ck: Checkpoint) -> list:
                 {c.writer_rank for c in short},
                 None,
                 "error",
-                f"{f}: the file is {size} bytes but {len(short)} saved items reach byte {end} "
-                f"({_names(f'{c.fqn} #{c.position}' for c in short)}) (every byte range inside "
-                "its file). The copy or the save was cut short.",
+                f"{f}: {len(short)} saved items "
+                f"({_names(f'{c.fqn} #{c.position}' for c in short)}) reach byte {end} of {f} "
+                f"({size} bytes on disk) (every byte range inside its file). The copy or the "
+                "save was cut short.",
                 "Re-copy the file, or re-save.",
             )
         )
@@ -227,7 +227,7 @@ def _missing_files(ck: Checkpoint) -> list:
         out.append(
             _problem(
                 c.fqn,
-                "missing_storage",
+                "unlisted_chunk",
                 (),
                 c.chunk,
                 "error",
@@ -280,7 +280,7 @@ def _hf_index_problems(ck: Checkpoint) -> list:
             out.append(
                 _problem(
                     fqn,
-                    "missing_storage",
+                    "unlisted_chunk",
                     (),
                     None,
                     "error",
@@ -522,7 +522,7 @@ def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -
                 )
             ]
     ck = checkpoint
-    out = _missing_files(ck)
+    out = ck.problems()
     if ck.format == "megatron":
         out += _megatron_problems(ck)
     if ck.format == "hf":

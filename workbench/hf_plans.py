@@ -62,7 +62,7 @@ def apply_hf_writer(result):
             held.setdefault(key, []).append(it.tensor_data.chunk)
             last[key] = it.tensor_data.chunk
     lost = [
-        LostChunk(fqn, r, c, last[(fqn, r)])
+        LostChunk(fqn=fqn, rank=r, chunk=c, kept=last[(fqn, r)])
         for (fqn, r), cs in held.items()
         for c in cs
         if c is not last[(fqn, r)]

@@ -77,13 +77,20 @@ def read_checkpoint(path, rank: int | None = None) -> FormatRead:
     if fmt == "megatron":
         d = Path(path)
         md, info = megatron.read_megatron(d)
-        return FormatRead(fmt, d, md, info, d / ".metadata")
+        return FormatRead(
+            format=fmt, directory=d, metadata=md, info=info, metadata_file=d / ".metadata"
+        )
     if fmt == "hf":
         d = Path(path)
         md, info = hf_safetensors.read_hf(d)
-        return FormatRead(fmt, d, md, info)
+        return FormatRead(format=fmt, directory=d, metadata=md, info=info)
     mpath = dcp.metadata_path(path, rank)
-    return FormatRead(fmt, mpath.parent, dcp.load_metadata(mpath), None, mpath)
+    return FormatRead(
+        format=fmt,
+        directory=mpath.parent,
+        metadata=dcp.load_metadata(mpath),
+        metadata_file=mpath,
+    )
 
 
 def load_metadata(path, rank: int | None = None) -> Metadata:

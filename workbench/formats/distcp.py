@@ -146,7 +146,13 @@ def describe_item(blob: bytes, is_tensor: bool) -> ItemArchive:
         prefix = pkl[0][: -len("data.pkl")]
         key = f"{prefix}data/{ref.storage.key}"
         size = z.getinfo(key).file_size if key in names else None
-        return ItemArchive(True, ref.storage.dtype, ref.shape, ref.storage.numel, size)
+        return ItemArchive(
+            is_tensor=True,
+            dtype=ref.storage.dtype,
+            shape=ref.shape,
+            storage_numel=ref.storage.numel,
+            storage_bytes=size,
+        )
     except UnsafeCheckpointError as e:
         return ItemArchive(is_tensor, error=e.what)
     except (zipfile.BadZipFile, ValueError, EOFError, pickle.UnpicklingError, KeyError) as e:

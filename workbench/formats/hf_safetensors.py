@@ -193,7 +193,14 @@ def read_header(path) -> SafetensorsHeader:
                     f"{len(shape)} offsets >= 0, one per dim of shape {list(shape)}",
                 )
             offsets[fqn] = tuple(o)
-    return SafetensorsHeader(path.name, size, n, tensors, offsets, meta)
+    return SafetensorsHeader(
+        file=path.name,
+        file_size=size,
+        header_length=n,
+        tensors=tensors,
+        offsets=offsets,
+        metadata=meta,
+    )
 
 
 def hf_writer_of_file(name: str) -> int | None:
@@ -286,11 +293,11 @@ def read_hf(directory) -> tuple[Metadata, HfInfo]:
     versions = {h.metadata.get("DCP_VERSION") for h in headers} - {None}
     md = Metadata(sdm, None, storage, StorageMeta(), None)
     info = HfInfo(
-        layout,
-        tuple(headers),
-        wm,
-        total,
-        ", ".join(sorted(versions)) or None,
-        tuple(notes),
+        layout=layout,
+        headers=tuple(headers),
+        weight_map=wm,
+        total_size=total,
+        dcp_version=", ".join(sorted(versions)) or None,
+        notes=tuple(notes),
     )
     return md, info

@@ -245,8 +245,12 @@ def _flattened(fqn: str, entry: TensorStorageMetadata, shape) -> FlattenedTensor
             Chunk(tuple(o + b for o, b in zip(box.offsets, base)), box.sizes)
             for box in flat_range_boxes(block, start, stop)
         )
-        pieces.append(FlatPiece(c, Chunk(base, block), start, stop, boxes))
-    return FlattenedTensor(fqn, stored, tuple(shape), block, tuple(pieces))
+        pieces.append(
+            FlatPiece(stored=c, block=Chunk(base, block), start=start, stop=stop, boxes=boxes)
+        )
+    return FlattenedTensor(
+        fqn=fqn, stored_size=stored, shape=tuple(shape), block_shape=block, pieces=tuple(pieces)
+    )
 
 
 _OBJECT_KEY = re.compile(r"^(?P<key>.+)/shard_(?P<off>\d+(?:\.\d+)*)_(?P<shape>\d+(?:\.\d+)*)$")
@@ -489,15 +493,15 @@ def read_megatron(directory) -> tuple[Metadata, MegatronInfo]:
     cls = extras.get("__class__", "")
     subclass = cls.rsplit(".", 1)[-1] if cls.startswith("megatron.") else None
     info = MegatronInfo(
-        mj,
-        plans,
-        mcore,
-        flattened,
-        _objects(md),
-        common,
-        common_error,
-        subclass,
-        tuple(notes),
+        metadata_json=mj,
+        local_plans=plans,
+        mcore_data=mcore,
+        flattened=flattened,
+        objects=_objects(md),
+        common=common,
+        common_error=common_error,
+        subclass=subclass,
+        notes=tuple(notes),
     )
     return md, info
 

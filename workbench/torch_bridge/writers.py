@@ -221,57 +221,57 @@ def _format_checkpoints() -> dict[str, FormatCheckpoint]:
     rng = {"rng_state": bytes_layout(2, per_rank_values=True)}
     out = [
         FormatCheckpoint(
-            "megatron",
-            "megatron",
-            {**_model(), **rng},
-            "Megatron-Core torch_dist: replicas dropped by Megatron (main replica = rank 0), "
+            name="megatron",
+            writer="megatron",
+            layouts={**_model(), **rng},
+            effect="Megatron-Core torch_dist: replicas dropped by Megatron (main replica = rank 0), "
             "per-rank ShardedObjects as rng_state/shard_<r>_2, common.pt holds 'iteration'",
-            {"common": {"iteration": 7}},
+            options={"common": {"iteration": 7}},
         ),
         FormatCheckpoint(
-            "megatron_flat",
-            "megatron",
-            {
+            name="megatron_flat",
+            writer="megatron",
+            layouts={
                 "decoder.w": dtensor_layout((4, 12), (2,), "S(0)"),
                 "optimizer.state.exp_avg.decoder.fc": tensor_layout((4, 6), 2),
                 **rng,
             },
-            "Megatron-Core 0.13.1 (flattened_range still supported): exp_avg of a (4, 6) "
+            effect="Megatron-Core 0.13.1 (flattened_range still supported): exp_avg of a (4, 6) "
             "parameter saved as flat pieces [0:10) on rank 0 and [10:24) on rank 1, stored as a "
             "[1, 1, 24] tensor with mcore_data's nd_reformulated_orig_global_shape (4, 6); the "
             "local plans are MCoreSavePlan records",
-            {
+            options={
                 "common": {"iteration": 7},
                 "flat": {"optimizer.state.exp_avg.decoder.fc": [(0, 10), (10, 24)]},
             },
-            "0.13.1",
+            megatron_version="0.13.1",
         ),
         FormatCheckpoint(
-            "hf",
-            "hf",
-            _model(),
-            "HuggingFaceStorageWriter(save_distributed=True): one shard-<rank>-model-... file "
+            name="hf",
+            writer="hf",
+            layouts=_model(),
+            effect="HuggingFaceStorageWriter(save_distributed=True): one shard-<rank>-model-... file "
             "per writing rank, sharding in the headers",
         ),
         FormatCheckpoint(
-            "hf_consolidated",
-            "hf_consolidated",
-            _model(),
-            "the same with enable_consolidation=True: sharded/ plus model-00001-of-00001 and "
+            name="hf_consolidated",
+            writer="hf_consolidated",
+            layouts=_model(),
+            effect="the same with enable_consolidation=True: sharded/ plus model-00001-of-00001 and "
             "model.safetensors.index.json",
         ),
         FormatCheckpoint(
-            "hf_plain",
-            "hf_index",
-            _model(1),
-            "a plain HF directory: model-00001-of-00002 / model-00002-of-00002 and the index, "
+            name="hf_plain",
+            writer="hf_index",
+            layouts=_model(1),
+            effect="a plain HF directory: model-00001-of-00002 / model-00002-of-00002 and the index, "
             "written by one process (save_distributed=False)",
         ),
         FormatCheckpoint(
-            "hf_lost_chunk",
-            "hf",
-            {"w": two_per_rank},
-            "a ShardedTensor with two local shards per rank: the HF writer keeps only each "
+            name="hf_lost_chunk",
+            writer="hf",
+            layouts={"w": two_per_rank},
+            effect="a ShardedTensor with two local shards per rank: the HF writer keeps only each "
             "rank's last chunk of w; rows 0:2 and 2:4 are lost",
         ),
     ]

@@ -654,3 +654,18 @@ def test_deep_check_of_safetensors_finds_bytes_nobody_claims(tmp_path):
     assert find_file_problems(d) == []
     (p,) = find_file_problems(d, deep=True)
     assert (p.kind, p.fqn, p.ranks) == ("bad_item", f.name, (1,)) and "unclaimed" in p.message
+
+
+def test_explorer_draws_flattened_tensors_in_their_model_shape():
+    from workbench.widgets import CheckpointExplorer
+
+    fqn = "optimizer.state.exp_avg.decoder.fc"
+    ex = CheckpointExplorer(str(DATA / "megatron_flat"))
+    assert ex.plan.metadata.state_dict_metadata[fqn].size == (4, 6)
+    ex.tensor.value = fqn
+    assert sorted(ex.result.chunks["region"]) == sorted(
+        ["[0:1, 0:6]", "[1:2, 0:4]", "[1:2, 4:6]", "[2:4, 0:6]"]
+    )
+    assert ex.plan.problems == ()  # the four boxes tile the model tensor
+    plain = open_checkpoint(DATA / "megatron")
+    assert plain.model_metadata is plain.metadata  # nothing flattened: as stored

@@ -21,6 +21,7 @@ from .formats import read_checkpoint
 from .formats.dcp_files import writer_of_file
 from .formats.distcp import describe_item, expected_storage_bytes
 from .formats.hf_safetensors import INDEX_NAME
+from .formats.megatron import model_metadata as megatron_model_metadata
 from .geometry import Chunk
 from .records import BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo
 
@@ -66,6 +67,16 @@ class Checkpoint:
     # what the format records beyond DCP's Metadata: formats.megatron.MegatronInfo,
     # formats.hf_safetensors.HfInfo, or None for plain DCP
     format_info: Any = None
+
+    @property
+    def model_metadata(self) -> Metadata:
+        """The metadata in the model's shapes: for Megatron tensors saved with
+        ``flattened_range``, the model-shaped tensor with one chunk per box of each stored piece
+        (`formats.megatron.model_metadata`); otherwise ``metadata`` itself. Pictures use it; DCP's
+        planners see ``metadata`` (what is stored)."""
+        if self.format == "megatron" and self.format_info.flattened:
+            return megatron_model_metadata(self.metadata, self.format_info)
+        return self.metadata
 
     def facts(self) -> dict[str, Any]:
         """The format and what it records of itself (Megatron's metadata.json, the HF index...),

@@ -595,7 +595,8 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
         from .checkpoint import open_checkpoint
 
         ckpt = open_checkpoint(source)
-        metadata, name, fmt, facts = ckpt.metadata, str(source), ckpt.format, ckpt.facts()
+        # model shapes: Megatron's flattened_range tensors drawn as the boxes of the model tensor
+        metadata, name, fmt, facts = ckpt.model_metadata, str(source), ckpt.format, ckpt.facts()
     else:
         try:
             metadata, name = as_metadata(source), "metadata"  # torch's or our Metadata

@@ -669,3 +669,25 @@ def test_explorer_draws_flattened_tensors_in_their_model_shape():
     assert ex.plan.problems == ()  # the four boxes tile the model tensor
     plain = open_checkpoint(DATA / "megatron")
     assert plain.model_metadata is plain.metadata  # nothing flattened: as stored
+
+
+def test_deep_check_never_runs_a_hostile_chunk_archive(tmp_path):
+    """A .distcp item that is a torch.save of a payload: the deep check reads its data.pkl with
+    the tensor allow-list, refuses the global and reports the chunk; nothing runs."""
+    import torch
+
+    d = _copy("megatron", tmp_path)
+    marker = tmp_path / "pwned"
+    buf = io.BytesIO()
+    torch.save(_Payload(os.system, f"touch {marker}"), buf)
+    (d / "__9_0.distcp").write_bytes(buf.getvalue())
+    md = _torch_md(d)
+    key = next(k for k in md.storage_data if k.fqn == "decoder.norm")
+    info = md.storage_data[key]
+    md.storage_data[key] = type(info)("__9_0.distcp", 0, len(buf.getvalue()))
+    (d / ".metadata").write_bytes(pickle.dumps(md, protocol=4))
+    (p,) = find_file_problems(d, deep=True)
+    assert (p.kind, p.fqn) == ("bad_item", "decoder.norm") and "posix.system" in p.message
+    assert not marker.exists()
+    torch.load(io.BytesIO(buf.getvalue()), weights_only=False)  # torch's load runs it
+    assert marker.exists()

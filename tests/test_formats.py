@@ -596,6 +596,11 @@ def test_cli_inspect_shows_the_format(name, capsys):
     out = capsys.readouterr().out
     assert "format: " + doc["facts"]["format"] in out
     if name == "megatron_flat":
+        rec = doc["format_records"]
+        assert rec["held"]["decoder.w"] == {"0,0": [0], "2,0": [1]}
+        fc = rec["flattened"]["optimizer.state.exp_avg.decoder.fc"]
+        assert fc["shape"] == [4, 6] and fc["pieces"][1]["boxes"] == ["[1:2, 4:6]", "[2:4, 0:6]"]
+        assert rec["objects"] == {"rng_state": ["rng_state/shard_0_2", "rng_state/shard_1_2"]}
         assert "held by" in out and "written by" in out and "model boxes" in out
 
 

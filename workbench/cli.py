@@ -314,6 +314,7 @@ def _cmd_inspect(args) -> int:
                 "checkpoint": args.checkpoint,
                 "format": ckpt.format,
                 "facts": ckpt.facts(),
+                "format_records": _format_records(ckpt),
                 **info,
                 "damage": [p.message for p in ckpt.problems()],
                 "problems": [problem_dict(p) for p in problems],
@@ -360,6 +361,41 @@ def _cmd_inspect(args) -> int:
         )
     _print_damage([p.message for p in ckpt.problems()])
     return OK
+
+
+def _format_records(ckpt) -> dict:
+    """What the format records beyond the chunks, as JSON-able data (Megatron: who held each
+    chunk per all_local_plans, flattened tensors' model boxes, sharded objects)."""
+    info = ckpt.format_info
+    if ckpt.format != "megatron":
+        return {}
+    return {
+        "held": {
+            fqn: {
+                "bytes" if off is None else ",".join(map(str, off)): list(ranks)
+                for off, ranks in info.held(fqn).items()
+            }
+            for fqn in ckpt.keys
+        }
+        if info.local_plans is not None
+        else None,
+        "flattened": {
+            ft.fqn: {
+                "shape": list(ft.shape),
+                "stored_size": list(ft.stored_size),
+                "pieces": [
+                    {
+                        "stored": str(p.stored),
+                        "flat_range": [p.start, p.stop],
+                        "boxes": [str(b) for b in p.boxes],
+                    }
+                    for p in ft.pieces
+                ],
+            }
+            for ft in info.flattened.values()
+        },
+        "objects": {k: [o.fqn for o in v] for k, v in info.objects.items()},
+    }
 
 
 def _format_tables(ckpt) -> None:

@@ -384,18 +384,37 @@ def test_check_lists_duplicate_chunks(tmp_path):
     assert ("duplicate_chunk", "decoder.w") in kinds and ("overlap", "decoder.w") in kinds
 
 
-def test_deep_check_reads_every_chunk(tmp_path):
+def test_deep_check_finds_a_flipped_byte_torch_loads_silently(tmp_path):
+    """One byte of a chunk's elements flipped: sizes still fit, torch's own torch.load of the
+    item returns wrong values without an error; the deep check reads every chunk and the
+    archive's CRC names it."""
+    import struct
+    import zipfile
+
+    import torch
+
     d = _copy("megatron", tmp_path)
     assert find_file_problems(d, deep=True) == []
-    ck = open_checkpoint(d)
-    c = ck.chunks_of("decoder.w")[1]
+    c = open_checkpoint(d).chunks_of("decoder.w")[1]
     f = d / c.file
-    blob = bytearray(f.read_bytes())
-    blob[c.storage.offset + c.storage.length - 300] ^= 0xFF  # inside the archive's data
-    f.write_bytes(bytes(blob))
+    data = bytearray(f.read_bytes())
+    item = bytes(data[c.storage.offset : c.storage.offset + c.storage.length])
+    entry = next(
+        i for i in zipfile.ZipFile(io.BytesIO(item)).infolist() if i.filename.endswith("data/0")
+    )
+    n, extra = struct.unpack("<HH", item[entry.header_offset + 26 : entry.header_offset + 30])
+    pos = c.storage.offset + entry.header_offset + 30 + n + extra + 5  # inside the elements
+    data[pos] ^= 0xFF
+    f.write_bytes(bytes(data))
+    bad = bytes(data[c.storage.offset : c.storage.offset + c.storage.length])
+    assert not torch.equal(
+        torch.load(io.BytesIO(bad), weights_only=True),
+        torch.load(io.BytesIO(item), weights_only=True),
+    )
     assert find_file_problems(d) == []  # sizes alone cannot tell
     (p,) = find_file_problems(d, deep=True)
     assert (p.kind, p.fqn, p.ranks, str(p.region)) == ("bad_item", "decoder.w", (1,), "[4:8, 0:6]")
+    assert "CRC" in p.message
 
 
 # ----------------------------------------------------------------------------- hostile files

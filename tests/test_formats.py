@@ -30,7 +30,7 @@ from workbench.torch_bridge.writers import FORMAT_CHECKPOINTS
 
 DATA = Path(__file__).resolve().parent / "data" / "checkpoints"
 HF = ["hf", "hf_consolidated", "hf_plain", "hf_lost_chunk"]
-MEGATRON = ["megatron", "megatron_flat"]
+MEGATRON = ["megatron", "megatron_flat", "megatron_015"]
 
 
 def _copy(name, tmp_path) -> Path:
@@ -128,6 +128,16 @@ def test_megatron_facts_objects_and_holders():
     assert ck.facts()["common.pt keys"] == "iteration"
 
 
+def test_megatron_015_metadata_is_its_mcore_metadata_subclass():
+    info = open_checkpoint(DATA / "megatron_015").format_info
+    assert info.subclass == "MCoreMetadata"
+    assert info.mcore_data["optimizer.state.exp_avg.decoder.fc"] == {
+        "nd_reformulated_orig_global_shape": (4, 6)
+    }
+    assert open_checkpoint(DATA / "megatron_flat").format_info.subclass is None
+    assert open_checkpoint(DATA / "megatron_015").facts()["metadata class"] == "MCoreMetadata"
+
+
 def test_flattened_tensor_maps_back_to_the_model_shape():
     ck = open_checkpoint(DATA / "megatron_flat")
     ft = ck.format_info.flattened["optimizer.state.exp_avg.decoder.fc"]
@@ -140,18 +150,19 @@ def test_flattened_tensor_maps_back_to_the_model_shape():
     assert entry.size == (4, 6) and wb.find_checkpoint_problems(restored) == []
 
 
-def test_flattened_pieces_hold_exactly_the_model_elements_of_their_boxes():
-    """The real writer's bytes prove the mapping: megatron-core 0.13.1 saved pieces of a (4, 6)
-    tensor whose element i is i + 0.25; each stored piece's elements, in order, are the model
-    tensor's elements in the piece's boxes, in order."""
+@pytest.mark.parametrize("name", ["megatron_flat", "megatron_015"])
+def test_flattened_pieces_hold_exactly_the_model_elements_of_their_boxes(name):
+    """The real writer's bytes prove the mapping: megatron-core 0.13.1 / 0.15.3 saved pieces of a
+    (4, 6) tensor whose element i is i + 0.25; each stored piece's elements, in order, are the
+    model tensor's elements in the piece's boxes, in order."""
     import torch
 
-    ck = open_checkpoint(DATA / "megatron_flat")
+    ck = open_checkpoint(DATA / name)
     fqn = "optimizer.state.exp_avg.decoder.fc"
     ft = ck.format_info.flattened[fqn]
     model = np.arange(24, dtype=np.float64).reshape(4, 6) + 0.25
     for piece, saved in zip(ft.pieces, ck.chunks_of(fqn)):
-        blob = (DATA / "megatron_flat" / saved.file).read_bytes()
+        blob = (DATA / name / saved.file).read_bytes()
         blob = blob[saved.storage.offset : saved.storage.offset + saved.storage.length]
         stored = torch.load(io.BytesIO(blob), weights_only=True).double().numpy().ravel()
         want = np.concatenate(

@@ -6,11 +6,14 @@ Every checkpoint is written by the real writer (2 processes over gloo on 127.0.0
 backend) and torch 2.13's ``HuggingFaceStorageWriter``. `FORMAT_CHECKPOINTS` says what each one is; the
 tests read them and compare them with what the same writers do at test time.
 
-``megatron_flat`` needs megatron-core 0.13.1 (the last releases that save ``flattened_range``),
+``megatron_flat`` needs megatron-core 0.13.1 (releases before 0.16 save ``flattened_range``),
 installed beside torch 2.13 without another torch::
 
     pip install --no-deps --target /tmp/mcore013 megatron-core==0.13.1
     PYTHONPATH=/tmp/mcore013:. .venv/bin/python tools/make_format_fixtures.py megatron_flat
+
+and ``megatron_015`` megatron-core 0.15.3 (whose metadata is its ``MCoreMetadata`` subclass)
+the same way, from ``--target /tmp/mcore015``.
 """
 
 from __future__ import annotations

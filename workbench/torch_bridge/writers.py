@@ -247,6 +247,22 @@ def _format_checkpoints() -> dict[str, FormatCheckpoint]:
             megatron_version="0.13.1",
         ),
         FormatCheckpoint(
+            name="megatron_015",
+            writer="megatron",
+            layouts={
+                "decoder.w": dtensor_layout((4, 12), (2,), "S(0)"),
+                "optimizer.state.exp_avg.decoder.fc": tensor_layout((4, 6), 2),
+                **rng,
+            },
+            effect="the same with Megatron-Core 0.15.3 (flattened_range deprecated): the "
+            "metadata is its MCoreMetadata subclass of torch's Metadata",
+            options={
+                "common": {"iteration": 7},
+                "flat": {"optimizer.state.exp_avg.decoder.fc": [(0, 10), (10, 24)]},
+            },
+            megatron_version="0.15.3",
+        ),
+        FormatCheckpoint(
             name="hf",
             writer="hf",
             layouts=_model(),

@@ -726,3 +726,31 @@ def test_deep_check_never_runs_a_hostile_chunk_archive(tmp_path):
     assert not marker.exists()
     torch.load(io.BytesIO(buf.getvalue()), weights_only=False)  # torch's load runs it
     assert marker.exists()
+
+
+# ----------------------------------------------------------------------------- damaged files
+@given(data=st.data())
+def test_any_damage_to_a_safetensors_file_is_a_clear_error_or_a_valid_read(tmp_path_factory, data):
+    src = (DATA / "hf" / "shard-00002-model-00001-of-00001.safetensors").read_bytes()
+    blob = bytearray(src)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(blob)))
+    d = tmp_path_factory.mktemp("st")
+    (d / "x.safetensors").write_bytes(bytes(blob[:cut]))
+    try:
+        md = load_metadata(d)
+    except MetadataError as e:
+        assert "x.safetensors" in str(e)
+    else:
+        assert all(isinstance(f, str) for f in md.state_dict_metadata)
+
+
+def test_every_truncation_of_a_megatron_metadata_is_a_clear_error(tmp_path):
+    d = _copy("megatron_015", tmp_path)
+    data = (d / ".metadata").read_bytes()
+    for cut in range(0, len(data), 37):
+        (d / ".metadata").write_bytes(data[:cut])
+        with pytest.raises(MetadataError):
+            open_checkpoint(d)

@@ -136,9 +136,14 @@ _LAZY = {
         )
     },
     # checkpoint.py: a real checkpoint directory (no torch)
-    **{n: "checkpoint" for n in ("open_checkpoint", "Checkpoint", "SavedChunk")},
-    # torch_bridge (imports torch inside functions only)
+    **{
+        n: "checkpoint"
+        for n in ("open_checkpoint", "Checkpoint", "SavedChunk", "find_file_problems")
+    },
+    # formats: every checkpoint format's reader (no torch)
     "load_metadata": "formats",
+    "detect_format": "formats",
+    # torch_bridge (imports torch inside functions only)
     "verify_with_torch": "torch_bridge",
 }
 
@@ -217,6 +222,7 @@ _SUBMODULES = frozenset(
         "candidates",
         "formatting",
         "picture_data",
+        "hf_plans",
     }
 )
 

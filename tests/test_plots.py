@@ -18,7 +18,7 @@ from matplotlib.image import AxesImage, imread
 from support import tsm
 
 import workbench as wb
-from workbench import plots
+from workbench import picture_data, plots
 from workbench.colors import (
     BASE_PALETTE,
     UNKNOWN_COLOR,
@@ -517,7 +517,7 @@ def test_picture_png_gives_the_widget_its_figure_and_png():
 
 def test_reshard_layers_are_computed_once_and_never_stale():
     save, load = _big_reshard()
-    plots._LAYERS.clear()
+    picture_data._LAYERS.clear()
     five = reshard_data(save, load, "w", rank=5)
     six = reshard_data(save, load, "w", rank=6)
     # the saved tiles are the very same objects: computed once for every rank
@@ -526,7 +526,7 @@ def test_reshard_layers_are_computed_once_and_never_stale():
     assert len(six.of_kind("wanted")) == 4095 and rects(six.of_kind("target")) == [(384, 0, 64, 64)]
     assert (384, 0, 64, 64) in rects(five.of_kind("wanted"))
     assert (384, 0, 64, 64) not in rects(six.of_kind("wanted"))
-    plots._LAYERS.clear()
+    picture_data._LAYERS.clear()
     assert reshard_data(save, load, "w", rank=6) == six  # cold == warm
     assert reshard_data(save, load, "w", rank=5) == five
     # another checkpoint of the same shape (new objects): its own saved tiles
@@ -541,7 +541,7 @@ def test_reshard_layers_are_computed_once_and_never_stale():
     assert rects(reshard_data(save, load, "w", rank=5, dims=(1, 0)).of_kind("saved"))[:1] == [
         (0, 0, 1, 4096)
     ]
-    assert len(plots._LAYERS) <= plots._LAYERS_KEPT
+    assert len(picture_data._LAYERS) <= picture_data._LAYERS_KEPT
 
 
 # ----------------------------------------------------------------------------- torch inputs

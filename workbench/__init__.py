@@ -216,6 +216,7 @@ _SUBMODULES = frozenset(
         "io_cost",
         "candidates",
         "formatting",
+        "picture_data",
     }
 )
 

@@ -67,7 +67,7 @@ def compare_targets(
             > 100_000
         )
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # only when a bar is shown: tqdm.auto loads ipywidgets
 
         items = tqdm(items, desc="planning targets", unit="target")
     out = []

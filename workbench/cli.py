@@ -11,8 +11,8 @@ checkpoint runs none of its code. Target specs (see ``workbench plan --help``)::
     PATH.json                                 {fqn: {"shape": [...], "dtype": "float32",
                                                      "mesh": [2, 2], "placements": "S(0), R"}}
 
-This module sits at the top layer: it may import everything, but imports its helpers inside the
-commands so that ``workbench --help`` stays fast.
+This module sits at the top layer: it may import everything. Lazy imports: the helpers are
+imported inside the commands so that ``workbench --help`` stays fast.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import re
 import sys
 from bisect import bisect_right, insort
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import ChunkError, PlanError, WorkbenchError
@@ -43,7 +43,7 @@ from .records import (
     WriteItemType,
 )
 from .sharding import LocalTensor, format_placements
-from .sources import as_record, as_value
+from .sources import as_record, as_value, torch_tensor_kind
 
 __all__ = [
     # planner_helpers.py
@@ -538,21 +538,13 @@ def iterate_state_dict(
     and bytes LocalTensors come back unchanged; dicts are rewritten IN PLACE; lists and tuples
     come back new; every other type becomes None (torch's hazard: a set or a custom object is
     replaced by None before loading)."""
-    torch = sys.modules.get("torch")
+    funcs = {"dtensor": dtensor_func, "sharded": sharded_tensor_func, "tensor": tensor_func}
     if isinstance(iter_object, LocalTensor):
-        fn = {"dtensor": dtensor_func, "sharded": sharded_tensor_func, "tensor": tensor_func}.get(
-            iter_object.kind
-        )
+        fn = funcs.get(iter_object.kind)
         return iter_object if fn is None else fn(iter_object)
-    if torch is not None and isinstance(iter_object, torch.Tensor):
-        from torch.distributed._shard.sharded_tensor import ShardedTensor
-        from torch.distributed.tensor import DTensor
-
-        if isinstance(iter_object, DTensor):
-            return dtensor_func(iter_object)
-        if isinstance(iter_object, ShardedTensor):
-            return sharded_tensor_func(iter_object)
-        return tensor_func(iter_object)
+    kind = torch_tensor_kind(iter_object)
+    if kind is not None:
+        return funcs[kind](iter_object)
     if isinstance(iter_object, (int, float, str, bytes, io.BytesIO)) or iter_object is None:
         return iter_object
     if isinstance(iter_object, dict):
@@ -604,8 +596,6 @@ def flatten_state_dict(state_dict: dict) -> tuple[dict, dict]:
     with ``"."``; a list is entered (positions ``.0``, ``.1`` ...) only when it holds a tensor or
     a non-terminal container, else it is one leaf; tuples are always leaves. Returns
     ``(flattened, mappings)``; a duplicate key raises torch's ``duplicated flatten key``."""
-    from collections.abc import Mapping
-
     flattened: dict = {}
     mappings: dict = {}
 

@@ -17,12 +17,14 @@ import sys
 from collections.abc import Mapping
 
 from .errors import LayoutError, MetadataError, PlanError
+from .formats import load_metadata
 from .records import Metadata
 from .sharding import Layout
 
 __all__ = [
     "is_torch_object",
     "as_record",
+    "torch_tensor_kind",
     "as_value",
     "as_metadata",
     "as_layout",
@@ -53,6 +55,23 @@ def _holds_torch(obj) -> bool:
     return any(is_torch_object(v) for v in values)
 
 
+def torch_tensor_kind(obj) -> str | None:
+    """``"dtensor"``, ``"sharded"`` or ``"tensor"`` for a real DTensor, ShardedTensor or plain
+    Tensor, else None (a `LocalTensor` carries its ``kind`` itself)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(obj, torch.Tensor):
+        return None
+    # a real tensor was handed over: torch is loaded, these imports cost nothing more
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(obj, DTensor):
+        return "dtensor"
+    if isinstance(obj, ShardedTensor):
+        return "sharded"
+    return "tensor"
+
+
 def as_value(obj):
     """One rank's state-dict value: a real Tensor / DTensor / ShardedTensor becomes a
     `LocalTensor`; a bare `Layout` is refused (it is every rank's, not one rank's); anything
@@ -77,8 +96,6 @@ def as_metadata(source) -> Metadata:
     save result or `Checkpoint` (their ``.metadata``), of torch's own ``Metadata``, or
     ``source`` itself."""
     if isinstance(source, (str, os.PathLike)):
-        from .formats import load_metadata
-
         return load_metadata(source)
     md = as_record(getattr(source, "metadata", source))
     if not isinstance(md, Metadata):

@@ -15,7 +15,9 @@ Pictures are drawn on matplotlib's object API (no pyplot, nothing left open). Ba
 `WorkbenchError` message in the message panel (CSS class ``wb-message``) and keeps the last good
 result; it never shows a traceback. Every part carries a ``wb-*`` CSS class for browser tests.
 
-The only module of the package that imports ipywidgets and IPython's display machinery.
+The only module of the package that imports ipywidgets and IPython's display machinery. Lazy
+imports: planning, tables and pictures are imported inside the functions that use them, so that
+opening one explorer loads only what it shows.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def _note(text: str) -> dict:
 
 
 def _draw(picture) -> tuple[Any, bytes]:
-    """(Figure, PNG bytes) of a `plots.Picture`, drawn on a fresh object-API Figure (dense tiles
+    """(Figure, PNG bytes) of a `picture_data.Picture`, drawn on a fresh object-API Figure (dense tiles
     rasterised, fast PNG compression: the widget's redraw budget is 100 ms at 4096 chunks)."""
     from .plots import picture_png
 
@@ -202,7 +204,7 @@ def _classic(label: str) -> dict[str, str]:
 @dataclass(frozen=True, eq=False)
 class ReshardResult:
     """What `explore_reshard` computed: the plans, the rank's read items, the problems and the
-    overlay (``picture``: `plots.Picture` data; ``figure`` / ``png``: it drawn)."""
+    overlay (``picture``: `picture_data.Picture` data; ``figure`` / ``png``: it drawn)."""
 
     spec: ReshardSpec
     rank: int
@@ -254,7 +256,7 @@ def explore_reshard(
     Text arguments are parsed as the controls type them (``"16, 12"``, ``"S(0), R"``); bad input
     raises a `WorkbenchError` subclass in the house form.
     """
-    from .plots import reshard_data
+    from .picture_data import reshard_data
     from .tables import problems_table, read_items_table
 
     spec = ReshardSpec(
@@ -419,7 +421,7 @@ class ReshardExplorer(_Explorer):
     classic reshards to start from.
 
     Shows the overlay of saved and wanted chunks with the rank's read items lit
-    (``plots.reshard_data``), the rank's read-item table and the problems table.
+    (``picture_data.reshard_data``), the rank's read-item table and the problems table.
     ``ReshardExplorer()`` opens on a classic reshard; ``.result`` is the last `ReshardResult`.
     """
 
@@ -657,7 +659,7 @@ def explore_checkpoint(
 ) -> CheckpointResult:
     """Filter a planned checkpoint's keys (``pattern``: a case-insensitive substring, or a regex)
     and show one of them (``fqn``, else the first listed) from load ``rank``."""
-    from .plots import layout_data, reshard_data
+    from .picture_data import layout_data, reshard_data
     from .tables import checkpoint_chunks_table, problems_table, read_items_table
 
     try:
@@ -917,7 +919,7 @@ def _light_up(picture, items, step: int):
 def step_read_order(load, fqn: str, rank: int = 0, step: int = 0, *, dims="0, 1") -> StepResult:
     """Read item ``step`` of ``fqn`` on load ``rank``, in DCP's order (``LoadPlan.items``):
     the `ReadOrderStepper`'s function. ``load`` is ``plan_load``'s result (or a `ReshardResult`)."""
-    from .plots import reshard_data
+    from .picture_data import reshard_data
     from .tables import read_items_table
 
     load = getattr(load, "load", load)

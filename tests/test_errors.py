@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import (
-    house_form,
-)
+from support import house_form
 
 import workbench as wb
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 import pickle
 
 import torch
-from support import (
-    torch_tensor_md,
-)
+from support import torch_tensor_md
 from torch.distributed.checkpoint import metadata as TM
 from torch.distributed.checkpoint import planner_helpers as TH
 

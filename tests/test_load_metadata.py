@@ -1,6 +1,6 @@
-"""``wb.load_metadata`` (the allow-list ``.metadata`` reader, workbench.formats.dcp) from the top level:
-a pickle torch wrote reads as torch's Metadata converted; hostile or broken files raise the house
-error and execute nothing.
+"""``wb.load_metadata`` (the allow-list ``.metadata`` reader, workbench.formats.dcp) from the top
+level: a pickle torch wrote reads as torch's Metadata converted; hostile or broken files raise the
+house error and execute nothing.
 """
 
 from __future__ import annotations
@@ -9,10 +9,7 @@ import pickle
 
 import pytest
 import torch
-from support import (
-    house_form,
-    torch_tensor_md,
-)
+from support import house_form, torch_tensor_md
 from torch.distributed.checkpoint import metadata as TM
 
 import workbench as wb

@@ -1,8 +1,9 @@
-"""The public planner-helper mirrors (``wb.create_read_items_for_chunk_list``, ``wb.dedup_save_plans``,
-``wb.create_default_global_save_plan``, ``wb.validate_global_plan``, the plan-caching helpers and
-the state-dict helpers) called through top-level ``import workbench`` with torch's own records,
-plain tensors, DTensors and ShardedTensors under the fake process group, against the installed
-torch 2.13; and the scalar mirrors run rank by rank on the wide random cases.
+"""The public planner-helper mirrors (``wb.create_read_items_for_chunk_list``,
+``wb.dedup_save_plans``, ``wb.create_default_global_save_plan``, ``wb.validate_global_plan``, the
+plan-caching helpers and the state-dict helpers) called through top-level ``import workbench``
+with torch's own records, plain tensors, DTensors and ShardedTensors under the fake process group,
+against the installed torch 2.13; and the scalar mirrors run rank by rank on the wide random
+cases.
 """
 
 from __future__ import annotations
@@ -345,7 +346,7 @@ def test_helpers_with_sharded_tensor_under_fake_process_group():
         )
 
 
-# ----------------------------------------------------------------------------- scalar mirrors, wide cases
+# ----------------------------------------------------------------------------- wide cases
 @wide_settings
 @given(wide_save_and_load())
 def test_scalar_helpers_match_torch_on_wide_cases(case):

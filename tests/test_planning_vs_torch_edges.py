@@ -1,5 +1,5 @@
-"""plan_save / plan_load against torch 2.13 on the edge cases test_planning_vs_torch's strategies do
-not reach, each compared with the installed torch 2.13 (its planners run per rank under the ``fake``
+"""plan_save / plan_load on the edge cases test_planning_vs_torch's strategies do not reach, each
+compared with the installed torch 2.13 (its planners run per rank under the ``fake``
 process group on state dicts built independently of workbench.torch_bridge, by the harness in
 support.py).
 

@@ -1,13 +1,11 @@
-"""Problems (workbench.diagnosis) as records: the fields, kinds and severities plan_load reports, and
-a Partial placement in a checkpoint reported by find_save_problems.
+"""Problems (workbench.diagnosis) as records: the fields, kinds and severities plan_load reports,
+and a Partial placement in a checkpoint reported by find_save_problems.
 """
 
 from __future__ import annotations
 
 import pytest
-from support import (
-    house_form,
-)
+from support import house_form
 
 import workbench as wb
 

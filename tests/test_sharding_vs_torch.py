@@ -273,7 +273,7 @@ def test_placement_fields_use_torch_names():
     assert wb.Partial().reduce_op == TPL.Partial().reduce_op == "sum"
 
 
-# ----------------------------------------------------------------------------- top-level shard maths with torch placements
+# ----------------------------------------------------------------------------- torch placements
 SHARD_CASES = [
     ((8, 6), (2,), ["S(0)"]),
     ((7, 5), (4,), ["S(0)"]),  # uneven: 2, 2, 2, 1

@@ -84,11 +84,6 @@ _ENTRY_KEYS = {
 }
 
 
-def _recipe_name(text: str) -> str:
-    """``fsdp2+tp`` -> ``fsdp_tp``: the spelling users write -> models.RECIPES' key."""
-    return text.lower().replace("fsdp2", "fsdp").replace("hsdp2", "hsdp").replace("+", "_")
-
-
 # ----------------------------------------------------------------------------- targets
 def parse_target(spec: str) -> dict:
     """``{fqn: Layout}`` for a target spec: ``PRESET[-SIZE][+optim]:RECIPE:DIM=N,...`` (a
@@ -107,7 +102,7 @@ def parse_target(spec: str) -> dict:
             spec=spec,
         )
     preset, _, size = m["preset"].partition("-")
-    recipe = _recipe_name(m["recipe"])
+    recipe = m["recipe"].lower()
     if recipe not in models.MESH_DIMS:
         raise PlanError(
             "<target>",
@@ -151,7 +146,7 @@ def _list_presets() -> str:
         "recipes (mesh dims):",
     ]
     lines += [
-        f"  {r.replace('_', '+')}:{','.join(d + '=N' for d in dims)}  {models.RECIPES[r]}"
+        f"  {r}:{','.join(d + '=N' for d in dims)}  {models.RECIPES[r]}"
         for r, dims in models.MESH_DIMS.items()
     ]
     return "\n".join(lines)
@@ -318,7 +313,7 @@ def _cmd_inspect(args) -> int:
             {
                 "checkpoint": args.checkpoint,
                 **info,
-                "damage": ckpt.problems(),
+                "damage": [p.message for p in ckpt.problems()],
                 "problems": [problem_dict(p) for p in problems],
             }
         )
@@ -359,7 +354,7 @@ def _cmd_inspect(args) -> int:
             ["kind", "fqn", "region", "message"],
             [[p.kind, p.fqn, "" if p.region is None else p.region, p.message] for p in problems],
         )
-    _print_damage(ckpt.problems())
+    _print_damage([p.message for p in ckpt.problems()])
     return OK
 
 
@@ -372,7 +367,7 @@ def _cmd_plan(args) -> int:
     problems = list(result.problems)
     blocking = [p for p in problems if p.blocking]
     # a missing or short data file makes torch's reader raise mid-load, for the keys it holds
-    damage = ckpt.problems()
+    damage = [p.message for p in ckpt.problems()]
     broken = sorted({c.fqn for c in ckpt.damaged_chunks if c.fqn in layouts})
     ok = not blocking and not broken
     io = io_summary(result)
@@ -472,7 +467,7 @@ def _cmd_report(args) -> int:
         layouts,
         checkpoint=args.checkpoint,
         target=args.target,
-        damage=ckpt.problems(),
+        damage=[p.message for p in ckpt.problems()],
     )
     print(f"wrote {out}")
     return OK

@@ -109,6 +109,12 @@ class Picture:
         return [t for t in self.tiles if t.kind == kind]
 
 
+def box_fields(rect: tuple[int, int, int, int]) -> dict[str, int]:
+    """A view rectangle ``(x, y, w, h)`` as `Tile` fields."""
+    x, y, w, h = rect
+    return {"x": x, "y": y, "w": w, "h": h}
+
+
 def _listing(what: str, items: Sequence[str]) -> str:
     shown = ", ".join(items[:MAX_NOTE_ITEMS])
     more = f" ... (+{len(items) - MAX_NOTE_ITEMS} more)" if len(items) > MAX_NOTE_ITEMS else ""
@@ -339,19 +345,19 @@ def _layout_picture(b: _Boxes, view: _View, max_labels: int, writers: bool) -> P
         text = (f"{lab}\n{c}" if long else lab) if label else None
         tiles.append(
             Tile(
-                x,
-                y,
-                w,
-                h,
-                "chunk",
-                color,
-                "#ffffff",
-                1.0,
-                "//" if mis else None,
-                "solid",
-                width,
-                text,
-                tuple(ranks),
+                x=x,
+                y=y,
+                w=w,
+                h=h,
+                kind="chunk",
+                face=color,
+                edge="#ffffff",
+                alpha=1.0,
+                hatch="//" if mis else None,
+                linestyle="solid",
+                linewidth=width,
+                label=text,
+                ranks=tuple(ranks),
             )
         )
     slab = view.slab_name()
@@ -359,14 +365,14 @@ def _layout_picture(b: _Boxes, view: _View, max_labels: int, writers: bool) -> P
     if writers and any(not r for r in b.ranks):
         legend += (("writer unknown", UNKNOWN_COLOR, UNKNOWN_COLOR, None),)
     return Picture(
-        tuple(tiles),
-        view.width,
-        view.height,
-        b.title + (f" ({slab})" if slab else ""),
-        view.xlabel,
-        view.ylabel,
-        b.notes,
-        legend,
+        tiles=tuple(tiles),
+        width=view.width,
+        height=view.height,
+        title=b.title + (f" ({slab})" if slab else ""),
+        xlabel=view.xlabel,
+        ylabel=view.ylabel,
+        notes=b.notes,
+        legend=legend,
     )
 
 
@@ -521,17 +527,17 @@ def _saved_layer(
         color = rank_color(w[0]) if w else UNKNOWN_COLOR
         tiles.append(
             Tile(
-                *rect,
-                "saved",
-                color,
-                color,
-                0.22,
-                None,
-                "solid",
-                edge,
-                lab if label else None,
-                w,
-                "corner",
+                **box_fields(rect),
+                kind="saved",
+                face=color,
+                edge=color,
+                alpha=0.22,
+                hatch=None,
+                linestyle="solid",
+                linewidth=edge,
+                label=lab if label else None,
+                ranks=w,
+                label_at="corner",
             )
         )
     return saved, tuple(tiles)
@@ -542,7 +548,18 @@ def _wanted_layer(layout: Layout, view: _View) -> tuple[tuple[Tile, ...], ...]:
     # solid hairlines: dashes cost Agg several times more for thousands of boxes
     return tuple(
         tuple(
-            Tile(*rect, "wanted", None, WANTED_COLOR, 1.0, None, "solid", 0.5, None, (r,))
+            Tile(
+                **box_fields(rect),
+                kind="wanted",
+                face=None,
+                edge=WANTED_COLOR,
+                alpha=1.0,
+                hatch=None,
+                linestyle="solid",
+                linewidth=0.5,
+                label=None,
+                ranks=(r,),
+            )
             for rect in map(view.rect, cs)
             if rect
         )
@@ -625,16 +642,16 @@ def reshard_data(
                 text += f"\n{files[si]}"
             tiles.append(
                 Tile(
-                    *rect,
-                    "read",
-                    color,
-                    "#000000",
-                    0.85,
-                    None,
-                    "solid",
-                    1.0,
-                    text if label_reads else None,
-                    (rank,),
+                    **box_fields(rect),
+                    kind="read",
+                    face=color,
+                    edge="#000000",
+                    alpha=0.85,
+                    hatch=None,
+                    linestyle="solid",
+                    linewidth=1.0,
+                    label=text if label_reads else None,
+                    ranks=(rank,),
                 )
             )
     drawn = mine if same_rank else []
@@ -646,16 +663,16 @@ def reshard_data(
         if rect:
             tiles.append(
                 Tile(
-                    *rect,
-                    "uncovered",
-                    None,
-                    UNCOVERED_COLOR,
-                    1.0,
-                    "xx",
-                    "solid",
-                    1.2,
-                    None,
-                    (rank,),
+                    **box_fields(rect),
+                    kind="uncovered",
+                    face=None,
+                    edge=UNCOVERED_COLOR,
+                    alpha=1.0,
+                    hatch="xx",
+                    linestyle="solid",
+                    linewidth=1.2,
+                    label=None,
+                    ranks=(rank,),
                 )
             )
     misdescribed = same_rank and rank in layout.misdescribed_ranks
@@ -674,19 +691,19 @@ def reshard_data(
         for (y0, y1), (x0, x1) in product(*per_dim):
             tiles.append(
                 Tile(
-                    x0,
-                    y0,
-                    x1 - x0,
-                    y1 - y0,
-                    "held",
-                    None,
-                    HELD_COLOR,
-                    1.0,
-                    "//",
-                    "solid",
-                    1.5,
-                    None,
-                    (rank,),
+                    x=x0,
+                    y=y0,
+                    w=x1 - x0,
+                    h=y1 - y0,
+                    kind="held",
+                    face=None,
+                    edge=HELD_COLOR,
+                    alpha=1.0,
+                    hatch="//",
+                    linestyle="solid",
+                    linewidth=1.5,
+                    label=None,
+                    ranks=(rank,),
                 )
             )
         held_text = format_held(held)
@@ -695,16 +712,16 @@ def reshard_data(
         if rect:
             tiles.append(
                 Tile(
-                    *rect,
-                    "target",
-                    None,
-                    "#000000",
-                    1.0,
-                    None,
-                    "dashed" if misdescribed else "solid",
-                    2.2,
-                    None,
-                    (rank,),
+                    **box_fields(rect),
+                    kind="target",
+                    face=None,
+                    edge="#000000",
+                    alpha=1.0,
+                    hatch=None,
+                    linestyle="dashed" if misdescribed else "solid",
+                    linewidth=2.2,
+                    label=None,
+                    ranks=(rank,),
                 )
             )
     notes = [
@@ -748,15 +765,15 @@ def reshard_data(
     slab = view.slab_name()
     title = f"{fqn}: rank {rank}'s reads" + (f" ({slab})" if slab else "")
     return Picture(
-        tuple(tiles),
-        view.width,
-        view.height,
-        title,
-        view.xlabel,
-        view.ylabel,
-        tuple(notes),
-        legend,
-        view.window,
+        tiles=tuple(tiles),
+        width=view.width,
+        height=view.height,
+        title=title,
+        xlabel=view.xlabel,
+        ylabel=view.ylabel,
+        notes=tuple(notes),
+        legend=legend,
+        window=view.window,
     )
 
 
@@ -807,19 +824,19 @@ def mesh_data(source, *, max_labels: int = 256) -> Picture:
         hatch = ".." if is_empty else "//" if r in mis else None
         tiles.append(
             Tile(
-                x,
-                y,
-                1,
-                1,
-                "cell",
-                color,
-                color if is_empty else "#ffffff",
-                0.3 if is_empty else 1.0,
-                hatch,
-                "solid",
-                1.0,
-                label,
-                (r,),
+                x=x,
+                y=y,
+                w=1,
+                h=1,
+                kind="cell",
+                face=color,
+                edge=color if is_empty else "#ffffff",
+                alpha=0.3 if is_empty else 1.0,
+                hatch=hatch,
+                linestyle="solid",
+                linewidth=1.0,
+                label=label,
+                ranks=(r,),
             )
         )
     notes = []
@@ -839,7 +856,13 @@ def mesh_data(source, *, max_labels: int = 256) -> Picture:
         else ""
     )
     return Picture(
-        tuple(tiles), cols, rows, title, f"mesh dim {max(len(mesh) - 1, 0)}", ylabel, tuple(notes)
+        tiles=tuple(tiles),
+        width=cols,
+        height=rows,
+        title=title,
+        xlabel=f"mesh dim {max(len(mesh) - 1, 0)}",
+        ylabel=ylabel,
+        notes=tuple(notes),
     )
 
 
@@ -861,10 +884,10 @@ def traffic_data(load_result) -> TrafficData:
     """The rank-by-file byte matrix of a load result, from ``load_result.io`` (its ``traffic``)."""
     io = load_result.io
     return TrafficData(
-        tuple(range(io.traffic.shape[0])),
-        tuple(io.files),
-        tuple(None if w < 0 else w for w in io.file_writers.tolist()),
-        io.traffic,
+        ranks=tuple(range(io.traffic.shape[0])),
+        files=tuple(io.files),
+        writers=tuple(None if w < 0 else w for w in io.file_writers.tolist()),
+        matrix=io.traffic,
     )
 
 
@@ -888,12 +911,12 @@ def bytes_per_rank_data(result) -> BarsData:
         values = np.asarray(result.bytes_written, dtype=np.float64)
         ranks = tuple(range(len(values)))
         return BarsData(
-            ranks,
-            values,
-            tuple(rank_color(r) for r in ranks),
-            None,
-            "bytes written",
-            f"save: bytes written per rank ({values.sum():.0f} total)",
+            ranks=ranks,
+            values=values,
+            colors=tuple(rank_color(r) for r in ranks),
+            reference=None,
+            ylabel="bytes written",
+            title=f"save: bytes written per rank ({values.sum():.0f} total)",
         )
     if not hasattr(result, "io"):
         raise PlanError(
@@ -907,10 +930,10 @@ def bytes_per_rank_data(result) -> BarsData:
     values = io.bytes_read.astype(np.float64)
     ranks = tuple(range(len(values)))
     return BarsData(
-        ranks,
-        values,
-        tuple(rank_color(r) for r in ranks),
-        io.bytes_needed.astype(np.float64),
-        "bytes",
-        f"load: bytes loaded per rank (tick: bytes needed), {values.sum():.0f} total",
+        ranks=ranks,
+        values=values,
+        colors=tuple(rank_color(r) for r in ranks),
+        reference=io.bytes_needed.astype(np.float64),
+        ylabel="bytes",
+        title=f"load: bytes loaded per rank (tick: bytes needed), {values.sum():.0f} total",
     )

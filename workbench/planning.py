@@ -182,20 +182,20 @@ def _pattern(layout: Layout) -> _Pattern:
     key_rank = rank[first]
     unshared = ~shared
     pat = _Pattern(
-        rank,
-        np.array(pos, dtype=np.int64),
-        offsets,
-        sizes,
-        tuple(chunks),
-        np.searchsorted(rank, np.arange(ws + 1)),
-        np.unique(rank),
-        key,
-        first,
-        key_rank,
-        shared,
-        holders,
-        np.bincount(key_rank[unshared], minlength=ws),
-        np.concatenate([[0], np.cumsum(unshared)]),
+        rank=rank,
+        pos=np.array(pos, dtype=np.int64),
+        offsets=offsets,
+        sizes=sizes,
+        chunks=tuple(chunks),
+        starts=np.searchsorted(rank, np.arange(ws + 1)),
+        holder_ranks=np.unique(rank),
+        key=key,
+        key_first=first,
+        key_rank=key_rank,
+        key_shared=shared,
+        key_holders=holders,
+        unshared_cnt=np.bincount(key_rank[unshared], minlength=ws),
+        unshared_before=np.concatenate([[0], np.cumsum(unshared)]),
     )
     for a in vars(pat).values():
         if isinstance(a, np.ndarray):
@@ -345,15 +345,15 @@ def plan_save(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False) 
     plans = _LazyPlans(ws, final_plan)
     errors = _validate(sdm, pats, fqns, kept_per_fqn, plans)
     return SavePlanResult(
-        dict(layouts),
-        ws,
-        _LazyPlans(ws, local_plan),
-        plans,
-        metadata,
-        errors,
-        writers,
-        bytes_written,
-        failures,
+        layouts=dict(layouts),
+        world_size=ws,
+        local_plans=_LazyPlans(ws, local_plan),
+        plans=plans,
+        metadata=metadata,
+        errors=errors,
+        writers=writers,
+        bytes_written=bytes_written,
+        failures=failures,
     )
 
 
@@ -507,7 +507,34 @@ def _ro(*arrays):
 def _empty_block(fqn: str, kind: str, nd: int, ws: int) -> ReadBlock:
     z = np.zeros(0, np.int64)
     zz = np.zeros((0, nd), np.int64)
-    return ReadBlock(fqn, kind, z, z, z, zz, zz, zz, np.zeros(ws + 1, np.int64))
+    return ReadBlock(
+        fqn=fqn,
+        kind=kind,
+        rank=z,
+        local_idx=z,
+        saved_idx=z,
+        dest_offsets=zz,
+        storage_offsets=zz,
+        lengths=zz,
+        starts=np.zeros(ws + 1, np.int64),
+    )
+
+
+def _tensor_block(fqn: str, cols: tuple) -> ReadBlock:
+    """A tensor's block from `_read_columns`' arrays (rank, local_idx, saved_idx, dest_offsets,
+    storage_offsets, lengths, starts)."""
+    rank, local_idx, saved_idx, dest_offsets, storage_offsets, lengths, starts = cols
+    return ReadBlock(
+        fqn=fqn,
+        kind="tensor",
+        rank=rank,
+        local_idx=local_idx,
+        saved_idx=saved_idx,
+        dest_offsets=dest_offsets,
+        storage_offsets=storage_offsets,
+        lengths=lengths,
+        starts=starts,
+    )
 
 
 def _bytes_block(fqn: str, ranks: np.ndarray, ws: int) -> ReadBlock:
@@ -515,15 +542,15 @@ def _bytes_block(fqn: str, ranks: np.ndarray, ws: int) -> ReadBlock:
     z = np.zeros((n, 1), np.int64)
     cols = _ro(ranks.astype(np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64), z)
     return ReadBlock(
-        fqn,
-        "bytes",
-        cols[0],
-        cols[1],
-        cols[2],
-        z,
-        z,
-        z,
-        np.searchsorted(cols[0], np.arange(ws + 1)),
+        fqn=fqn,
+        kind="bytes",
+        rank=cols[0],
+        local_idx=cols[1],
+        saved_idx=cols[2],
+        dest_offsets=z,
+        storage_offsets=z,
+        lengths=z,
+        starts=np.searchsorted(cols[0], np.arange(ws + 1)),
     )
 
 
@@ -734,7 +761,7 @@ def plan_load(
         if sig not in cache:
             cols = cache[sig] = _read_columns(s_off, s_size, pat, ws)
         if cols is not None:
-            blocks[fqn] = ReadBlock(fqn, "tensor", *cols)
+            blocks[fqn] = _tensor_block(fqn, cols)
     return LoadPlanResult(
         metadata=metadata,
         layouts=dict(layouts),

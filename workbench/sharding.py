@@ -51,9 +51,6 @@ class Placement:
 
     __slots__ = ()
 
-    def is_shard_like(self) -> bool:
-        return isinstance(self, (Shard, StridedShard))
-
 
 @dataclass(frozen=True, slots=True)
 class Shard(Placement):
@@ -247,10 +244,6 @@ def _check(global_shape, mesh_shape, coordinate, placements, fqn):
     if any(m < 1 for m in mesh):
         raise PlacementError(
             fqn, f"mesh shape {mesh} has a dim below 1", "every mesh dim >= 1", mesh_shape=mesh
-        )
-    if any(s < 0 for s in shape):
-        raise PlacementError(
-            fqn, f"global shape {shape} has a negative size", "sizes >= 0", shape=shape
         )
     for p in pl:
         if isinstance(p, (Shard, StridedShard)):
@@ -532,16 +525,16 @@ def _dtensor_layout(shape, mesh, pl, dtype, world_size, mesh_ranks):
         if check and not _matches(shape, mesh, coord, pl):
             bad.append(at[i])
     return Layout(
-        "dtensor",
-        shape,
-        dtype,
-        world_size,
-        tuple(chunks),
-        mesh,
-        pl,
-        False,
-        tuple(sorted(bad)),
-        mesh_ranks,
+        kind="dtensor",
+        shape=shape,
+        dtype=dtype,
+        world_size=world_size,
+        rank_chunks=tuple(chunks),
+        mesh_shape=mesh,
+        placements=pl,
+        per_rank_values=False,
+        _misdescribed=tuple(sorted(bad)),
+        mesh_ranks=mesh_ranks,
     )
 
 
@@ -720,7 +713,14 @@ def tensor_layout(
     holders = _holders(ranks, ws, fqn)
     full = (Chunk((0,) * len(shape), shape),)
     rc = tuple(full if r in holders else () for r in range(ws))
-    return Layout("tensor", shape, dt, ws, rc, per_rank_values=per_rank_values)
+    return Layout(
+        kind="tensor",
+        shape=shape,
+        dtype=dt,
+        world_size=ws,
+        rank_chunks=rc,
+        per_rank_values=per_rank_values,
+    )
 
 
 def sharded_layout(
@@ -786,7 +786,7 @@ def sharded_layout(
                 )
             row.append(c)
         out.append(tuple(row))
-    return Layout("sharded", shape, dt, ws, tuple(out))
+    return Layout(kind="sharded", shape=shape, dtype=dt, world_size=ws, rank_chunks=tuple(out))
 
 
 def bytes_layout(
@@ -796,7 +796,14 @@ def bytes_layout(
     ws = _world_size(world_size, None)
     holders = _holders(ranks, ws, None)
     rc = tuple((Chunk((), ()),) if r in holders else () for r in range(ws))
-    return Layout("bytes", (), "uint8", ws, rc, per_rank_values=per_rank_values)
+    return Layout(
+        kind="bytes",
+        shape=(),
+        dtype="uint8",
+        world_size=ws,
+        rank_chunks=rc,
+        per_rank_values=per_rank_values,
+    )
 
 
 # ----------------------------------------------------------------------------- one rank's value

@@ -28,6 +28,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Any
@@ -359,6 +360,15 @@ class _Explorer:
         self.message = _css(W.HTML(value=""), "wb-message")
         self._muted = False
 
+    @contextmanager
+    def _quiet(self):
+        """Set several controls without a redraw per control (the caller refreshes once)."""
+        self._muted = True
+        try:
+            yield
+        finally:
+            self._muted = False
+
     def _observe(self, *controls: W.Widget) -> None:
         for c in controls:
             c.observe(self._on_change, names="value")
@@ -484,13 +494,10 @@ class ReshardExplorer(_Explorer):
 
     def _apply_classic(self, label: str, rank: int) -> None:
         """Fill every control from a classic reshard, then redraw once."""
-        self._muted = True
-        try:
+        with self._quiet():
             for name, value in _classic(label).items():
                 getattr(self, name).value = value
             self._fit_rank_options(rank)
-        finally:
-            self._muted = False
         self.refresh()
 
     def _fit_rank_options(self, rank: int) -> None:
@@ -505,11 +512,8 @@ class ReshardExplorer(_Explorer):
 
     def _on_change(self, change=None) -> None:
         if change is not None and change["owner"] is self.load_mesh and not self._muted:
-            self._muted = True
-            try:
+            with self._quiet():
                 self._fit_rank_options(self.rank.value)
-            finally:
-                self._muted = False
         super()._on_change(change)
 
     def _compute(self) -> ReshardResult:
@@ -565,7 +569,7 @@ def _target_layouts(target) -> dict[str, Layout]:
         "<target>",
         f"target {target!r} is not understood",
         "a dict {fqn: Layout} or a tuple (preset, recipe, mesh_shape)",
-        "Pass e.g. ('llama', 'fsdp_tp', (2, 2)).",
+        "Pass e.g. ('llama', 'fsdp2+tp', (2, 2)).",
         target=target,
     )
 
@@ -822,12 +826,9 @@ class CheckpointExplorer(_Explorer):
             return
         self.plan = plan
         world, rank = plan.load.world_size, self.rank.value
-        self._muted = True
-        try:
+        with self._quiet():
             self.rank.options = list(range(world))  # resets the value to the first option
             self.rank.value = min(rank, world - 1)
-        finally:
-            self._muted = False
         self._show_plan()
         self.refresh()
 
@@ -849,13 +850,10 @@ class CheckpointExplorer(_Explorer):
         options = [
             (f"{k}  ({_count(counts[k], 'problem')})" if counts.get(k) else k, k) for k in r.fqns
         ]
-        self._muted = True
-        try:
+        with self._quiet():
             if list(self.tensor.options) != options:
                 self.tensor.options = options
             self.tensor.value = r.fqn
-        finally:
-            self._muted = False
         self.picture.outputs = (
             (_mime(Image(data=r.png, format="png")),)
             if r.png
@@ -1007,12 +1005,9 @@ class ReadOrderStepper(_Explorer):
 
     def _on_rank(self, _change=None) -> None:
         """A new rank: its items, starting at the first."""
-        self._muted = True
-        try:
+        with self._quiet():
             self.step.value = 0
             self.step.max = max(self._n_items() - 1, 0)
-        finally:
-            self._muted = False
         self.refresh()
 
     def _move(self, delta: int) -> None:

@@ -339,7 +339,7 @@ def local_tensor_from_torch(obj):
         )
         rc = list(layout.rank_chunks)
         rc[rank] = local
-        layout = Layout("sharded", layout.shape, layout.dtype, layout.world_size, tuple(rc))
+        layout = sharded_layout(layout.shape, rc, layout.dtype, layout.world_size)
         tp = obj.metadata().tensor_properties
         props = TensorProperties(
             tp.dtype, tp.layout, tp.requires_grad, tp.memory_format, tp.pin_memory

@@ -156,7 +156,9 @@ def test_recipe_layouts_and_errors():
     assert hs["dataloader.dp_rank_1"].holders() == [1]  # flattened (replica, shard) index 1
     assert hs["model.norm.weight"].world_size == 6
     assert set(RECIPES) == {"replicate", "fsdp", "hsdp", "tp", "fsdp2+tp", "hsdp+tp"}
-    with pytest.raises(LayoutError, match=r"mesh shape \(4,\) has 1 dims \(2 for recipe 'fsdp2\+tp'"):
+    with pytest.raises(
+        LayoutError, match=r"mesh shape \(4,\) has 1 dims \(2 for recipe 'fsdp2\+tp'"
+    ):
         apply_recipe(sd, "fsdp2+tp", 4)
     with pytest.raises(PlanError, match="unknown recipe 'zero3'"):
         apply_recipe(sd, "zero3", 4)

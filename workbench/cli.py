@@ -67,7 +67,7 @@ A target is what the checkpoint will be loaded into, in one of two forms:
 OK, FOUND_PROBLEMS, BAD_INPUT = 0, 1, 2
 MAX_ROWS = 40  # problems printed as a table; --json gives all
 
-_SPEC = re.compile(
+_TARGET_SPEC = re.compile(
     r"^(?P<preset>[\w.\-]+?)(?P<optim>\+optim)?:(?P<recipe>[\w.+\-]+)"
     r"(?::(?P<dims>.*))?$"
 )
@@ -92,7 +92,7 @@ def parse_target(spec: str) -> dict:
 
     if spec.endswith(".json") or Path(spec).is_file():
         return _json_target(Path(spec))
-    m = _SPEC.match(spec.strip())
+    m = _TARGET_SPEC.match(spec.strip())
     if m is None:
         raise PlanError(
             "<target>",
@@ -445,14 +445,14 @@ def _cmd_explain(args) -> int:
 
 def explanation_dict(exp) -> dict:
     """An `Explanation` (its inner ones included) as plain JSON-able data."""
-    return {f.name: _plain(getattr(exp, f.name)) for f in dataclasses.fields(exp)}
+    return {f.name: _json_value(getattr(exp, f.name)) for f in dataclasses.fields(exp)}
 
 
-def _plain(v):
+def _json_value(v):
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return explanation_dict(v)
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [_json_value(x) for x in v]
     return v if isinstance(v, (str, int, float, bool, type(None), dict)) else str(v)
 
 

@@ -56,7 +56,7 @@ _MDI = (
     r"MetadataIndex\(fqn='(?P<fqn>[^']*)', offset=(?:torch\.Size\(\[(?P<offset>[^\]]*)\]\)|"
     r"None), index=(?P<index>\w+)\)"
 )
-_PATTERNS = [
+_MESSAGE_PATTERNS = [
     (
         "checkpoint_exception",
         re.compile(r"CheckpointException ranks:dict_keys\(\[(?P<ranks>[^\]]*)\]\)"),
@@ -151,7 +151,7 @@ def explain(text: str, metadata=None, target: Mapping[str, Any] | None = None) -
     """
     text = str(text)
     metadata, target = _explain_inputs(metadata, target)
-    for name, rx in _PATTERNS:
+    for name, rx in _MESSAGE_PATTERNS:
         m = rx.search(text)
         if m:
             return _EXPLAINERS[name](m, text, metadata, target or {})

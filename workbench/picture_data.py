@@ -37,7 +37,7 @@ from .records import (
     storage_data_of,
     tensor_entries,
 )
-from .sharding import Layout, chunk_holders, mesh_coordinate
+from .sharding import Layout, check_load_rank, chunk_holders, mesh_coordinate
 from .sources import as_record
 
 __all__ = [
@@ -462,7 +462,7 @@ def _wanted(target, fqn: str, tsm: TensorStorageMetadata, rank: int):
     load result or a Layout (read items then computed with `create_read_items_for_chunk_list`)."""
     if isinstance(target, Layout):
         layout = target
-        _check_rank(rank, layout.world_size, fqn)
+        check_load_rank(rank, layout.world_size, fqn)
         return layout, create_read_items_for_chunk_list(fqn, tsm, layout.chunks(rank)), ()
     layouts = getattr(target, "layouts", None)
     if not isinstance(layouts, Mapping) or fqn not in layouts:
@@ -473,7 +473,7 @@ def _wanted(target, fqn: str, tsm: TensorStorageMetadata, rank: int):
             "Pass plan_load(...)'s result or the key's Layout.",
         )
     layout = layouts[fqn]
-    _check_rank(rank, len(target.plans), fqn)
+    check_load_rank(rank, len(target.plans), fqn)
     items = [it for it in target.plans[rank].items if it.dest_index.fqn == fqn]
     # what torch raises on this entry (the picture shows holes and misdescription itself)
     notes = tuple(
@@ -482,17 +482,6 @@ def _wanted(target, fqn: str, tsm: TensorStorageMetadata, rank: int):
         if name == fqn and rank in ranks
     )
     return layout, items, notes
-
-
-def _check_rank(rank: int, world: int, fqn: str) -> None:
-    if not 0 <= rank < world:
-        raise PlanError(
-            fqn,
-            f"rank {rank} is not in the load world of {world} ranks",
-            f"0 <= rank < {world}",
-            "Pick a rank of the load world.",
-            rank=rank,
-        )
 
 
 _LAYERS: dict = {}  # key -> (the objects whose ids are in the key, value); see _layer

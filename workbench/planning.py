@@ -140,11 +140,11 @@ class _Pattern:
     unshared_before: np.ndarray
 
 
-_PATTERNS: weakref.WeakKeyDictionary[Layout, _Pattern] = weakref.WeakKeyDictionary()
+_PATTERN_CACHE: weakref.WeakKeyDictionary[Layout, _Pattern] = weakref.WeakKeyDictionary()
 
 
 def _pattern(layout: Layout) -> _Pattern:
-    pat = _PATTERNS.get(layout)
+    pat = _PATTERN_CACHE.get(layout)
     if pat is not None:
         return pat
     ws = layout.world_size
@@ -200,7 +200,7 @@ def _pattern(layout: Layout) -> _Pattern:
     for a in vars(pat).values():
         if isinstance(a, np.ndarray):
             a.setflags(write=False)
-    _PATTERNS[layout] = pat
+    _PATTERN_CACHE[layout] = pat
     return pat
 
 

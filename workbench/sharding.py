@@ -104,7 +104,7 @@ class Partial(Placement):
         return f"Partial({self.reduce_op})"
 
 
-_SPEC = [
+_PLACEMENT_SPEC = [
     (re.compile(r"^(?:S|Shard)\((?:dim=)?(-?\d+)\)$"), lambda m: Shard(int(m[1]))),
     (re.compile(r"^(?:R|Replicate\(\))$"), lambda m: Replicate()),
     (
@@ -126,7 +126,7 @@ def parse_placement(spec: str) -> Placement:
     if isinstance(spec, Placement):
         return spec
     s = str(spec).strip()
-    for rx, make in _SPEC:
+    for rx, make in _PLACEMENT_SPEC:
         m = rx.match(s)
         if m:
             return make(m)
@@ -227,7 +227,7 @@ def _shape(values, what: str, fqn, error=PlacementError, itemsize: int = 1) -> t
     return out
 
 
-def _check(global_shape, mesh_shape, coordinate, placements, fqn):
+def _checked_args(global_shape, mesh_shape, coordinate, placements, fqn):
     shape = _shape(global_shape, "global shape", fqn)
     mesh = _shape(mesh_shape, "mesh shape", fqn)
     pl = parse_placements(placements)
@@ -336,7 +336,7 @@ def local_shape_and_offset(
     Uneven splits follow torch.chunk; an empty shard has offset == the dim's size; nested
     placements on one dim compose left to right; ``_StridedShard`` records only its first index.
     """
-    shape, mesh, coord, pl = _check(global_shape, mesh_shape, coordinate, placements, fqn)
+    shape, mesh, coord, pl = _checked_args(global_shape, mesh_shape, coordinate, placements, fqn)
     return _local_shape_and_offset(shape, mesh, coord, pl)
 
 
@@ -358,7 +358,7 @@ def held_indices(
 ) -> dict[int, list[int]]:
     """For each sharded tensor dim (normalised, >= 0), the global indices that mesh coordinate
     really holds, in local order (empty for an empty shard)."""
-    shape, mesh, coord, pl = _check(global_shape, mesh_shape, coordinate, placements, fqn)
+    shape, mesh, coord, pl = _checked_args(global_shape, mesh_shape, coordinate, placements, fqn)
     _, _, real = _walk(shape, mesh, coord, pl)
     return {d: list(v) for d, v in sorted(real.items())}
 
@@ -366,7 +366,7 @@ def held_indices(
 def box_matches_data(global_shape, mesh_shape, coordinate, placements, *, fqn=None) -> bool:
     """Whether DCP's box ``[offset, offset+size)`` describes the data that coordinate holds
     (False is the ``_StridedShard`` hazard: the box names other rows)."""
-    shape, mesh, coord, pl = _check(global_shape, mesh_shape, coordinate, placements, fqn)
+    shape, mesh, coord, pl = _checked_args(global_shape, mesh_shape, coordinate, placements, fqn)
     return _matches(shape, mesh, coord, pl)
 
 
@@ -610,7 +610,7 @@ def dtensor_layout(
     pl = parse_placements(placements)
     ndim = len(_shape(shape, "global shape", fqn))
     pl = tuple(_normalized(p, ndim) for p in pl)
-    shape, mesh, _, pl = _check(shape, mesh_shape, _NO_COORD, pl, fqn)
+    shape, mesh, _, pl = _checked_args(shape, mesh_shape, _NO_COORD, pl, fqn)
     if not shape and any(isinstance(p, (Shard, StridedShard)) for p in pl):
         raise PlacementError(fqn, "a 0-d tensor cannot be sharded", "only R or P on a 0-d tensor")
     dt = canonical_dtype(dtype, fqn)
@@ -676,7 +676,7 @@ def _fsdp2_tp_layout(shape, mesh, pl, dtype, world_size):
     return replace(base, _misdescribed=tuple(bad), data_held=tuple(held))
 
 
-def _world_size(world_size, fqn) -> int:
+def _checked_world_size(world_size, fqn) -> int:
     ws = int(world_size)
     if ws < 1:
         raise LayoutError(fqn, f"world size {ws} is below 1", "world_size >= 1", world_size=ws)
@@ -709,7 +709,7 @@ def tensor_layout(
     """A plain ``torch.Tensor`` of ``shape`` held whole by every rank (or by ``ranks``)."""
     dt = canonical_dtype(dtype, fqn)
     shape = _shape(shape, "shape", fqn, LayoutError, DTYPE_SIZES[dt])
-    ws = _world_size(world_size, fqn)
+    ws = _checked_world_size(world_size, fqn)
     holders = _holders(ranks, ws, fqn)
     full = (Chunk((0,) * len(shape), shape),)
     rc = tuple(full if r in holders else () for r in range(ws))
@@ -737,14 +737,14 @@ def sharded_layout(
     shape = _shape(shape, "shape", fqn, LayoutError, DTYPE_SIZES[dt])
     if isinstance(rank_chunks, dict):
         ranks = list(rank_chunks)
-        ws = _world_size(
+        ws = _checked_world_size(
             world_size if world_size is not None else max(max(ranks, default=0) + 1, 1), fqn
         )
         _holders(ranks, ws, fqn)
         per = [rank_chunks.get(r, ()) for r in range(ws)]
     else:
         per = list(rank_chunks)
-        ws = _world_size(world_size if world_size is not None else max(len(per), 1), fqn)
+        ws = _checked_world_size(world_size if world_size is not None else max(len(per), 1), fqn)
         if len(per) > ws:
             raise LayoutError(
                 fqn,
@@ -793,7 +793,7 @@ def bytes_layout(
     world_size: int, *, ranks: Iterable[int] | None = None, per_rank_values: bool = False
 ) -> Layout:
     """A non-tensor entry (int, dict, BytesIO...) saved as BYTE_IO by every rank (or ``ranks``)."""
-    ws = _world_size(world_size, None)
+    ws = _checked_world_size(world_size, None)
     holders = _holders(ranks, ws, None)
     rc = tuple((Chunk((), ()),) if r in holders else () for r in range(ws))
     return Layout(
@@ -877,3 +877,16 @@ def chunk_holders(layout: Layout) -> dict[Chunk, tuple[int, ...]]:
         for c in chunks:
             holders[c].append(r)
     return {c: tuple(rs) for c, rs in holders.items()}
+
+
+def check_load_rank(rank: int, world: int, fqn: str | None = None, what: str = "rank") -> int:
+    """``rank`` when it is a rank of a load world of ``world`` ranks, else a `PlanError`."""
+    if not 0 <= rank < world:
+        raise PlanError(
+            fqn,
+            f"{what} {rank} is not in the load world of {world} ranks",
+            f"0 <= rank < {world}",
+            "Pick a rank of the load world.",
+            rank=rank,
+        )
+    return rank

@@ -40,7 +40,14 @@ from IPython.display import HTML, Image
 from .colors import HIGHLIGHT_COLOR
 from .errors import LayoutError, MetadataError, PlacementError, PlanError, WorkbenchError
 from .records import DTYPE_SIZES, Metadata, TensorStorageMetadata, canonical_dtype
-from .sharding import Layout, Placement, dtensor_layout, format_placements, parse_placements
+from .sharding import (
+    Layout,
+    Placement,
+    check_load_rank,
+    dtensor_layout,
+    format_placements,
+    parse_placements,
+)
 
 __all__ = [
     "CLASSIC_RESHARDS",
@@ -405,19 +412,6 @@ class _Explorer:
         return self.widget._repr_mimebundle_(**kw)
 
 
-def _check_rank(rank: int, world: int) -> int:
-    """A constructor's ``rank`` argument, checked against the load world."""
-    if not 0 <= rank < world:
-        raise PlanError(
-            None,
-            f"load rank {rank} is not in the load world of {world} ranks",
-            f"0 <= rank < {world}",
-            "Pick a rank of the load world.",
-            rank=rank,
-        )
-    return rank
-
-
 def _set_options(dropdown: W.Dropdown, options: list, value) -> None:
     """New options for a dropdown, keeping ``value`` when it is still offered."""
     if list(dropdown.options) != options:
@@ -490,7 +484,7 @@ class ReshardExplorer(_Explorer):
             self.dims,
         )
         self._apply_classic(classic, rank)
-        _check_rank(rank, len(self.rank.options))
+        check_load_rank(rank, len(self.rank.options), what="load rank")
 
     def _apply_classic(self, label: str, rank: int) -> None:
         """Fill every control from a classic reshard, then redraw once."""
@@ -763,7 +757,12 @@ class CheckpointExplorer(_Explorer):
             ),
             "wb-tensor",
         )
-        self.rank = _dropdown(list(range(world)), _check_rank(rank, world), "load rank", "wb-rank")
+        self.rank = _dropdown(
+            list(range(world)),
+            check_load_rank(rank, world, what="load rank"),
+            "load rank",
+            "wb-rank",
+        )
         self.dims = _text("0, 1", "dims to draw", "wb-dims")
         self.picture = _css(W.Output(), "wb-picture")
         self.chunks = _css(W.Output(), "wb-chunks")
@@ -967,7 +966,7 @@ class ReadOrderStepper(_Explorer):
         self._dims = dims
         self.rank = _dropdown(
             list(range(self.load.world_size)),
-            _check_rank(rank, self.load.world_size),
+            check_load_rank(rank, self.load.world_size, what="load rank"),
             "load rank",
             "wb-rank",
         )

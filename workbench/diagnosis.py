@@ -116,14 +116,6 @@ class Problem:
 
 
 # ----------------------------------------------------------------------------- formatting
-def _entry_ranks(layout) -> tuple[int, ...]:
-    """Ranks whose state dict carries the entry: every rank for a DTensor or a ShardedTensor (ranks
-    without a chunk still have the key), the holders otherwise."""
-    if layout.kind in ("dtensor", "sharded"):
-        return tuple(range(layout.world_size))
-    return tuple(layout.holders())
-
-
 # ----------------------------------------------------------------------------- saved chunks
 def _hole_problems(
     fqn, layout, saved: list[Chunk], cov: Coverage, severity: str, torch_text: str = ""
@@ -368,7 +360,7 @@ def _per_rank_problems(families, md_items, layouts, failures, strict: bool):
                 Problem(
                     fqn=fqn,
                     kind="per_rank_bytes",
-                    ranks=_entry_ranks(layouts[fqn]),
+                    ranks=layouts[fqn].key_ranks(),
                     region=None,
                     severity="error" if strict else "warning",
                     message=f"{fqn}: the target asks for per-rank entry {fqn} but the checkpoint was saved by "
@@ -402,7 +394,7 @@ def find_problems(load_result) -> list[Problem]:
     items = md.state_dict_metadata
     failures = _failures(load_result)
     # an entry no rank's state dict holds is not requested at all (torch never sees it)
-    layouts = {f: lay for f, lay in layouts.items() if _entry_ranks(lay)}
+    layouts = {f: lay for f, lay in layouts.items() if lay.key_ranks()}
     families = _rank_families(
         [k for k, v in items.items() if isinstance(v, BytesStorageMetadata)], list(layouts)
     )
@@ -414,13 +406,13 @@ def find_problems(load_result) -> list[Problem]:
             continue
         saved = items.get(fqn)
         # where torch raises, the ranks it raises on; otherwise every rank holding the key
-        ranks, text = failures.get(fqn, (_entry_ranks(layout), None))
+        ranks, text = failures.get(fqn, (layout.key_ranks(), None))
         # torch's order of checks: missing key, size (tensor metadata only), then the chunk list
         # (a non-tensor value or a Partial DTensor raise there).
         if saved is None:
             out.append(_missing(fqn, ranks, text, items, load_result))
             continue
-        if layout.per_rank_values and len(_entry_ranks(layout)) > 1:
+        if layout.per_rank_values and len(layout.key_ranks()) > 1:
             out.append(_one_copy_for_all(fqn, layout, md))
         elif isinstance(saved, TensorStorageMetadata):
             out.extend(
@@ -465,7 +457,7 @@ def find_problems(load_result) -> list[Problem]:
 def _one_copy_for_all(fqn, layout, md) -> Problem:
     """A target whose plain tensor / bytes value differs per rank: the checkpoint holds one copy
     (save-time dedup kept one rank's), and every rank loads that same copy."""
-    holders = _entry_ranks(layout)
+    holders = layout.key_ranks()
     storage = md.storage_data if isinstance(md.storage_data, Mapping) else {}
     info = storage.get(
         MetadataIndex(fqn) if layout.is_bytes else MetadataIndex(fqn, (0,) * len(layout.shape))

@@ -590,15 +590,7 @@ def reshard_data(
     mine = list(layout.chunks(rank))
     # a destination of another rank cannot share the grid; torch raises on it anyway
     same_rank = layout.ndim == len(tsm.size)
-    shape = tuple(max(a, b) for a, b in zip(tsm.size, layout.shape)) if same_rank else tsm.size
-    if at is None and len(shape) > 2:
-        first = next((c for c in mine if not c.is_empty), None) if same_rank else None
-        at = {d: (first.offsets[d] if first else 0) for d in range(len(shape))}
-    view = _View(shape, dims, None, fqn)
-    if at is not None:
-        view = _View(shape, dims, {d: at[d] for d in view.others if d in at}, fqn)
-    if zoom and same_rank:
-        view.zoom_to(mine)
+    view = _reshard_view(tsm, layout, mine, same_rank, dims, at, zoom, fqn)
     # the saved chunks and the other ranks' chunks do not depend on the rank: computed once for
     # a widget stepping through the ranks of one checkpoint and layout
     seen = (view.shape, view.row, view.col, tuple(view.at.items()), view.window)
@@ -608,7 +600,6 @@ def reshard_data(
         ("saved", fqn, len(storage or ()), seen, max_labels),
         lambda: _saved_layer(tsm, md, fqn, view, max_labels),
     )
-    files = saved.files
     tiles = list(saved_tiles)
     if same_rank:
         for r, ts in enumerate(
@@ -616,109 +607,39 @@ def reshard_data(
         ):
             if r != rank:
                 tiles.extend(ts)
-    label_reads = len(items) <= max_labels
-    with_file = len(items) <= 16
-    sources = set()
-    for k, item in enumerate(items, 1):
-        si = item.storage_index.index
-        sources.add(si)
-        w = saved.ranks[si]
-        color = rank_color(w[0]) if w else HIGHLIGHT_COLOR
-        rect = view.rect(item.dest_chunk)
-        if rect:
-            text = f"{k}\u2190#{si}"
-            if with_file and files[si]:
-                text += f"\n{files[si]}"
-            tiles.append(
-                Tile(
-                    **box_fields(rect),
-                    kind="read",
-                    face=color,
-                    edge="#000000",
-                    alpha=0.85,
-                    hatch=None,
-                    linestyle="solid",
-                    linewidth=1.0,
-                    label=text if label_reads else None,
-                    ranks=(rank,),
-                )
-            )
+    read_tiles, sources = _read_tiles(items, saved, view, rank, max_labels)
+    tiles += read_tiles
     drawn = mine if same_rank else []
     # holes matter only for a load that happens: where torch raises, nothing is loaded at all
     loads = not problem_notes and layout.shape == tuple(tsm.size)
     holes = [h for c in drawn if loads and not c.is_empty for h in uncovered(c, tsm.chunks)]
-    for h in holes:
-        rect = view.rect(h)
-        if rect:
-            tiles.append(
-                Tile(
-                    **box_fields(rect),
-                    kind="uncovered",
-                    face=None,
-                    edge=UNCOVERED_COLOR,
-                    alpha=1.0,
-                    hatch="xx",
-                    linestyle="solid",
-                    linewidth=1.2,
-                    label=None,
-                    ranks=(rank,),
-                )
-            )
+    tiles += [
+        _outline(rect, "uncovered", UNCOVERED_COLOR, rank, hatch="xx", linewidth=1.2)
+        for rect in map(view.rect, holes)
+        if rect
+    ]
     misdescribed = same_rank and rank in layout.misdescribed_ranks
-    held_text = ""
+    held = layout.held_indices(rank) if misdescribed else None
     if misdescribed:
-        held = layout.held_indices(rank)
-        box = mine[0]
-        per_dim = []
-        for d in (view.row, view.col):
-            if d is None:
-                per_dim.append([(0, 1)])  # a strip's one row
-            else:
-                per_dim.append(
-                    index_runs(held[d]) if d in held else [(box.offsets[d], box.ends[d])]
-                )
-        for (y0, y1), (x0, x1) in product(*per_dim):
-            tiles.append(
-                Tile(
-                    x=x0,
-                    y=y0,
-                    w=x1 - x0,
-                    h=y1 - y0,
-                    kind="held",
-                    face=None,
-                    edge=HELD_COLOR,
-                    alpha=1.0,
-                    hatch="//",
-                    linestyle="solid",
-                    linewidth=1.5,
-                    label=None,
-                    ranks=(rank,),
-                )
-            )
-        held_text = format_held(held)
-    for c in drawn:
-        rect = view.rect(c)
-        if rect:
-            tiles.append(
-                Tile(
-                    **box_fields(rect),
-                    kind="target",
-                    face=None,
-                    edge="#000000",
-                    alpha=1.0,
-                    hatch=None,
-                    linestyle="dashed" if misdescribed else "solid",
-                    linewidth=2.2,
-                    label=None,
-                    ranks=(rank,),
-                )
-            )
+        tiles += _held_tiles(held, mine[0], view, rank)
+    tiles += [
+        _outline(
+            rect,
+            "target",
+            "#000000",
+            rank,
+            linestyle="dashed" if misdescribed else "solid",
+            linewidth=2.2,
+        )
+        for rect in map(view.rect, drawn)
+        if rect
+    ]
     notes = [
         f"rank {rank} wants " + (", ".join(str(c) for c in mine) or "nothing"),
         f"{len(items)} read items from {len(sources)} saved chunks"
         + (
-            f" in {len({files[s] for s in sources})} files"
-            if sources and all(files[s] for s in sources)
+            f" in {len({saved.files[s] for s in sources})} files"
+            if sources and all(saved.files[s] for s in sources)
             else ""
         ),
     ]
@@ -732,14 +653,95 @@ def reshard_data(
         notes.append(_listing("uncovered, stale after load", [str(h) for h in holes]))
     if misdescribed:
         notes.append(
-            f"DCP reads the box {mine[0]} but rank {rank} holds {held_text}: wrong values, no error"
+            f"DCP reads the box {mine[0]} but rank {rank} holds {format_held(held)}: "
+            "wrong values, no error"
         )
     notes += problem_notes
+    slab = view.slab_name()
+    return Picture(
+        tiles=tuple(tiles),
+        width=view.width,
+        height=view.height,
+        title=f"{fqn}: rank {rank}'s reads" + (f" ({slab})" if slab else ""),
+        xlabel=view.xlabel,
+        ylabel=view.ylabel,
+        notes=tuple(notes),
+        legend=_reshard_legend(saved.ranks, rank, bool(holes), misdescribed),
+        window=view.window,
+    )
+
+
+def _reshard_view(tsm, layout, mine, same_rank: bool, dims, at, zoom: bool, fqn) -> _View:
+    """The grid of a reshard picture: the larger of the saved and wanted shapes, the other dims
+    fixed at ``at`` (default: the rank's first chunk's first index), zoomed on the rank's chunks."""
+    shape = tuple(max(a, b) for a, b in zip(tsm.size, layout.shape)) if same_rank else tsm.size
+    if at is None and len(shape) > 2:
+        first = next((c for c in mine if not c.is_empty), None) if same_rank else None
+        at = {d: (first.offsets[d] if first else 0) for d in range(len(shape))}
+    view = _View(shape, dims, None, fqn)
+    if at is not None:
+        view = _View(shape, dims, {d: at[d] for d in view.others if d in at}, fqn)
+    if zoom and same_rank:
+        view.zoom_to(mine)
+    return view
+
+
+def _outline(rect, kind: str, edge: str, rank: int, **style) -> Tile:
+    """An unfilled tile of the load rank (holes, held rows, its own boxes)."""
+    return Tile(**box_fields(rect), kind=kind, face=None, edge=edge, ranks=(rank,), **style)
+
+
+def _read_tiles(items, saved, view: _View, rank: int, max_labels: int) -> tuple[list, set]:
+    """The rank's read items in their source writer's colour, numbered in DCP's order (1-based,
+    ``k<-#i`` and the file when there are few), and the saved chunks they read from."""
+    label_reads = len(items) <= max_labels
+    with_file = len(items) <= 16
+    tiles, sources = [], set()
+    for k, item in enumerate(items, 1):
+        si = item.storage_index.index
+        sources.add(si)
+        w = saved.ranks[si]
+        rect = view.rect(item.dest_chunk)
+        if not rect:
+            continue
+        text = f"{k}\u2190#{si}"
+        if with_file and saved.files[si]:
+            text += f"\n{saved.files[si]}"
+        tiles.append(
+            Tile(
+                **box_fields(rect),
+                kind="read",
+                face=rank_color(w[0]) if w else HIGHLIGHT_COLOR,
+                edge="#000000",
+                alpha=0.85,
+                linewidth=1.0,
+                label=text if label_reads else None,
+                ranks=(rank,),
+            )
+        )
+    return tiles, sources
+
+
+def _held_tiles(held: dict, box: Chunk, view: _View, rank: int) -> list[Tile]:
+    """The rows (and columns) a misdescribed rank really holds, one tile per run."""
+    per_dim = []
+    for d in (view.row, view.col):
+        if d is None:
+            per_dim.append([(0, 1)])  # a strip's one row
+        else:
+            per_dim.append(index_runs(held[d]) if d in held else [(box.offsets[d], box.ends[d])])
+    return [
+        _outline((x0, y0, x1 - x0, y1 - y0), "held", HELD_COLOR, rank, hatch="//", linewidth=1.5)
+        for (y0, y1), (x0, x1) in product(*per_dim)
+    ]
+
+
+def _reshard_legend(writer_ranks, rank: int, holes: bool, misdescribed: bool) -> tuple:
     legend = (
-        _rank_legend(saved.ranks, "writer r")
+        _rank_legend(writer_ranks, "writer r")
         + (
             (("saved, writer unknown", UNKNOWN_COLOR, UNKNOWN_COLOR, None),)
-            if any(not w for w in saved.ranks)
+            if any(not w for w in writer_ranks)
             else ()
         )
         + (
@@ -751,19 +753,7 @@ def reshard_data(
         legend += (("uncovered", None, UNCOVERED_COLOR, "xx"),)
     if misdescribed:
         legend += (("data really held", None, HELD_COLOR, "//"),)
-    slab = view.slab_name()
-    title = f"{fqn}: rank {rank}'s reads" + (f" ({slab})" if slab else "")
-    return Picture(
-        tiles=tuple(tiles),
-        width=view.width,
-        height=view.height,
-        title=title,
-        xlabel=view.xlabel,
-        ylabel=view.ylabel,
-        notes=tuple(notes),
-        legend=legend,
-        window=view.window,
-    )
+    return legend
 
 
 # ----------------------------------------------------------------------------- mesh

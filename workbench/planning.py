@@ -632,9 +632,7 @@ def _exact_read_columns(s_off, s_size, pat: _Pattern, ws: int):
 
 
 def _key_ranks(lay: Layout, pat: _Pattern) -> np.ndarray:
-    """Ranks whose state dict holds the key: every rank for a DTensor (ranks outside the mesh
-    still hold the object) or a ShardedTensor (possibly with no local shard); the holders for a
-    plain tensor or a bytes value."""
+    """`Layout.key_ranks` as an array (the holders come from the layout's cached pattern)."""
     if lay.kind in ("dtensor", "sharded"):
         return np.arange(lay.world_size, dtype=np.int64)
     return pat.holder_ranks

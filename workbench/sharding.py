@@ -445,6 +445,14 @@ class Layout:
         """Ranks that hold the entry at all."""
         return [r for r, c in enumerate(self.rank_chunks) if c]
 
+    def key_ranks(self) -> tuple[int, ...]:
+        """Ranks whose state dict carries the key: every rank for a DTensor (ranks outside the
+        mesh still hold the object) or a ShardedTensor (possibly with no local shard); the
+        holders for a plain tensor or a bytes value."""
+        if self.kind in ("dtensor", "sharded"):
+            return tuple(range(self.world_size))
+        return tuple(self.holders())
+
     @property
     def mesh_ranks_or_default(self) -> tuple[int, ...] | None:
         """The global rank at each row-major mesh position (None without a mesh)."""

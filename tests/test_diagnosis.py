@@ -39,7 +39,20 @@ def test_problem_record_is_checked_and_normalised():
         Problem("w", "holes", (), None, "silent", "m", "f")
     with pytest.raises(wb.WorkbenchError, match="severity .fatal. is unknown"):
         Problem("w", "overlap", (), None, "fatal", "m", "f")
-    assert len(KINDS) == 10
+    assert KINDS[:10] == (
+        "missing_key",
+        "unexpected_key",
+        "shape_mismatch",
+        "dtype_mismatch",
+        "uncovered",
+        "overlap",
+        "strided_misdescribed",
+        "dedup_loss",
+        "per_rank_bytes",
+        "partial",
+    )
+    assert {"missing_file", "unlisted_chunk", "truncated_file"} <= set(KINDS)
+    assert len(set(KINDS)) == len(KINDS)
 
 
 def test_clean_reshard_has_no_problems():

@@ -5,12 +5,16 @@ the data file, byte range and writer rank, with the files' sizes on disk, for ev
 Reads metadata only through the formats' readers (allow-list unpickler, safetensors headers), so
 a checkpoint from a stranger is inspected without running anything and without torch. A data
 file that is missing or shorter than a chunk's byte range is reported, never crashed on (torch's
-reader fails on it mid-load).
+reader fails on it mid-load). `find_file_problems` answers "are the files all there" as
+`diagnosis.Problem` records, optionally reading every chunk's bytes.
+
+Imports formats and diagnosis (and tqdm for the deep check's progress bar); never torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +176,7 @@ COMPANION_FILES = {
     "hf": {INDEX_NAME},
 }
 _LIST = 8
+_SHARD_NUMBER = re.compile(r"^shard-(\d+)-")
 
 
 def _names(items) -> str:
@@ -315,9 +320,7 @@ def _hf_index_problems(ck: Checkpoint) -> list:
             )
         )
     # save_distributed names files shard-<rank+1>-...: a gap is a missing writer's file
-    import re
-
-    ranks = sorted(int(m[1]) for h in info.headers if (m := re.match(r"^shard-(\d+)-", h.file)))
+    ranks = sorted(int(m[1]) for h in info.headers if (m := _SHARD_NUMBER.match(h.file)))
     if ranks:
         gaps = sorted(set(range(1, ranks[-1] + 1)) - set(ranks))
         for g in gaps:

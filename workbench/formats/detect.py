@@ -11,6 +11,7 @@ Must not import torch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ def detect_format(path, rank: int | None = None) -> str:
     """``"dcp"``, ``"megatron"`` or ``"hf"`` for a checkpoint directory (a file path is a DCP
     metadata file); raises `MetadataError` when the directory holds none of them, naming an
     interrupted save (data files without ``.metadata``) as such."""
-    p = Path(dcp.metadata_path(path) if not isinstance(path, (str, Path)) else path)
+    dcp.metadata_path(path)  # a clear MetadataError when ``path`` is not a path at all
+    p = Path(os.fspath(path))
     if not p.is_dir():
         return "dcp"  # a metadata file, or a missing path: dcp.load_metadata says which
     if rank is not None:

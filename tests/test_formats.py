@@ -367,6 +367,7 @@ def test_check_finds_megatron_metadata_json_missing_and_stray_files(tmp_path):
     (d / "metadata.json").unlink()
     (d / "__7_0.distcp").write_bytes(b"x" * 10)
     (d / ".metadata.tmp").write_bytes(b"y")
+    shutil.copy(d / ".metadata", d / "__0.metadata")  # read_metadata(rank=0)'s file: expected
     kinds = [(p.kind, p.fqn, p.severity) for p in find_file_problems(d)]
     assert kinds == [
         ("no_metadata", "metadata.json", "error"),

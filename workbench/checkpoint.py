@@ -177,6 +177,7 @@ COMPANION_FILES = {
 }
 _LIST = 8
 _SHARD_NUMBER = re.compile(r"^shard-(\d+)-")
+_RANK_METADATA = re.compile(r"^__\d+\.metadata$")  # read_metadata(rank=r)'s per-rank files
 
 
 def _names(items) -> str:
@@ -359,7 +360,7 @@ def _strays(ck: Checkpoint) -> list:
     named = set(ck.file_sizes) | COMPANION_FILES.get(ck.format, set())
     out = []
     for p in sorted(d.iterdir()):
-        if p.is_dir() or p.name in named:
+        if p.is_dir() or p.name in named or _RANK_METADATA.match(p.name):
             continue
         if ck.format == "hf" and p.name.endswith(".safetensors"):
             continue

@@ -669,6 +669,7 @@ def test_cli_plan_and_report_on_other_formats(name, tmp_path, capsys):
     html = out.read_text()
     assert "Are the files all there" in html
     assert open_checkpoint(DATA / name).facts()["format"] in html
+    assert ("who held (all_local_plans) and who wrote" in html) == (name == "megatron")
 
 
 @pytest.mark.parametrize("name", ["megatron_flat", "hf"])
@@ -755,3 +756,25 @@ def test_every_truncation_of_a_megatron_metadata_is_a_clear_error(tmp_path):
         (d / ".metadata").write_bytes(data[:cut])
         with pytest.raises(MetadataError):
             open_checkpoint(d)
+
+
+def test_format_tables_of_megatron_and_none_for_hf():
+    import pandas as pd
+
+    from workbench.tables import format_tables
+
+    tabs = format_tables(open_checkpoint(DATA / "megatron"))
+    held = tabs["who held (all_local_plans) and who wrote"]
+    want = pd.DataFrame(
+        {
+            "fqn": ["decoder.w", "decoder.w", "decoder.v", "decoder.v", "decoder.norm"],
+            "chunk": ["[0:4, 0:6]", "[4:8, 0:6]", "[0:4, 0:3]", "[0:4, 3:6]", "[0:6]"],
+            "held by": ["r0", "r1", "r0", "r1", "r0"],
+            "written by": [0, 1, 0, 1, 0],
+        }
+    )
+    pd.testing.assert_frame_equal(held.head(5), want)
+    assert list(tabs["sharded objects (bytes entries key/shard_<offsets>_<shape>)"]["key"]) == [
+        "rng_state"
+    ]
+    assert format_tables(open_checkpoint(DATA / "hf")) == {}

@@ -399,51 +399,11 @@ def _format_records(ckpt) -> dict:
 
 
 def _format_tables(ckpt) -> None:
-    """The format's own records: Megatron's flattened tensors, sharded objects and holders."""
-    info = ckpt.format_info
-    if ckpt.format != "megatron":
-        return
-    if info.flattened:
-        _table(
-            "flattened_range tensors (stored flat; model shape from mcore_data)",
-            ["fqn", "stored", "model shape", "flat range", "model boxes"],
-            [
-                [
-                    ft.fqn,
-                    str(p.stored),
-                    "x".join(map(str, ft.shape)),
-                    f"{p.start}:{p.stop} of block {p.block}",
-                    ", ".join(map(str, p.boxes)),
-                ]
-                for ft in info.flattened.values()
-                for p in ft.pieces
-            ],
-        )
-    if info.objects:
-        _table(
-            "sharded objects (bytes entries key/shard_<offsets>_<shape>)",
-            ["key", "shards", "global shape"],
-            [[k, len(v), "x".join(map(str, v[0].shape))] for k, v in info.objects.items()],
-        )
-    if info.local_plans is not None:
-        rows = []
-        for fqn in ckpt.keys:
-            held = info.held(fqn)
-            for c in ckpt.chunks_of(fqn):
-                key = None if c.chunk is None else c.chunk.offsets
-                rows.append(
-                    [
-                        fqn,
-                        "" if c.chunk is None else str(c.chunk),
-                        format_ranks(held.get(key, ())),
-                        c.writer_rank,
-                    ]
-                )
-        _table(
-            "who held (all_local_plans) and who wrote",
-            ["fqn", "chunk", "held by", "written by"],
-            rows,
-        )
+    """The format's own records (`tables.format_tables`)."""
+    from .tables import format_tables
+
+    for title, df in format_tables(ckpt).items():
+        _table(title, list(df.columns), df.astype(str).values.tolist())
 
 
 def _cmd_check(args) -> int:
@@ -577,6 +537,7 @@ def _cmd_report(args) -> int:
     ckpt = _open(args.checkpoint)
     layouts = parse_target(args.target) if args.target else None
     from .checkpoint import find_file_problems
+    from .tables import format_tables
 
     out = write_report(
         args.output,
@@ -587,6 +548,7 @@ def _cmd_report(args) -> int:
         damage=[p.message for p in ckpt.problems()],
         facts=ckpt.facts(),
         file_problems=find_file_problems(ckpt),
+        format_tables=format_tables(ckpt),
     )
     print(f"wrote {out}")
     return OK

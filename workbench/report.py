@@ -323,13 +323,15 @@ def build_report(
     max_pictures: int = MAX_PICTURES,
     facts: dict | None = None,
     file_problems: list | None = None,
+    format_tables: dict | None = None,
 ) -> str:
     """The report as one HTML string: verdict, problems, pictures, I/O, the checkpoint's
     contents, read items. ``layouts`` (``{fqn: Layout}``, the target) is optional: without it the
     report shows what the checkpoint holds. ``damage``: messages about the data files
     (`checkpoint.Checkpoint.problems`: missing or short files), shown under the verdict.
     ``facts``: the format and what it records of itself (`checkpoint.Checkpoint.facts`);
-    ``file_problems``: `checkpoint.find_file_problems` (are the files all there)."""
+    ``file_problems``: `checkpoint.find_file_problems` (are the files all there);
+    ``format_tables``: `tables.format_tables` (what the format records beyond the chunks)."""
     from .tables import checkpoint_chunks_table
 
     chunks = checkpoint_chunks_table(metadata)
@@ -365,6 +367,8 @@ def build_report(
             + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.items())
             + "</table>"
         )
+    for title, df in (format_tables or {}).items():
+        body += [f"<h3>{_e(title)}</h3>", _frame_html(df)]
     if file_problems is not None:
         body += ["<h2>Are the files all there</h2>"]
         body.append(

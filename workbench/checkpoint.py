@@ -425,12 +425,17 @@ def _deep_problems(ck: Checkpoint, progress: bool) -> list:
     todo = [
         c for c in ck.chunks if c.storage is not None and not c.file_missing and not c.truncated
     ]
+    # file by file, in byte order: sequential reads and one open file at a time
+    todo.sort(key=lambda c: (c.file, c.storage.offset))
     out = []
-    handles: dict = {}
+    f, name = None, None
     try:
         for c in tqdm(todo, desc="reading chunks", unit="chunk", disable=not progress):
             entry = ck.metadata.state_dict_metadata[c.fqn]
-            f = handles.get(c.file) or handles.setdefault(c.file, open(d / c.file, "rb"))
+            if c.file != name:
+                if f is not None:
+                    f.close()
+                f, name = open(d / c.file, "rb"), c.file
             f.seek(c.storage.offset)
             blob = f.read(c.storage.length)
             if ck.format == "hf":
@@ -468,7 +473,7 @@ def _deep_problems(ck: Checkpoint, progress: bool) -> list:
                     )
                 )
     finally:
-        for f in handles.values():
+        if f is not None:
             f.close()
     if ck.format == "hf":
         out += _safetensors_layout_problems(ck)

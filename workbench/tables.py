@@ -544,19 +544,20 @@ def format_tables(checkpoint) -> dict[str, pd.DataFrame]:
         )
     if info.local_plans is not None:
         rows = []
-        for fqn in checkpoint.keys:
-            held = info.held(fqn)
-            for c in checkpoint.chunks_of(fqn):
-                rows.append(
-                    {
-                        "fqn": fqn,
-                        "chunk": "" if c.chunk is None else str(c.chunk),
-                        "held by": format_ranks(
-                            held.get(None if c.chunk is None else c.chunk.offsets, ())
-                        ),
-                        "written by": c.writer_rank,
-                    }
-                )
+        held: dict = {}
+        for c in checkpoint.chunks:  # metadata order, grouped by fqn
+            if c.fqn not in held:
+                held[c.fqn] = info.held(c.fqn)
+            rows.append(
+                {
+                    "fqn": c.fqn,
+                    "chunk": "" if c.chunk is None else str(c.chunk),
+                    "held by": format_ranks(
+                        held[c.fqn].get(None if c.chunk is None else c.chunk.offsets, ())
+                    ),
+                    "written by": c.writer_rank,
+                }
+            )
         out["who held (all_local_plans) and who wrote"] = pd.DataFrame(rows)
     return out
 

@@ -219,6 +219,16 @@ def _format_checkpoints() -> dict[str, FormatCheckpoint]:
         {0: [((0, 0), (2, 6)), ((4, 0), (2, 6))], 1: [((2, 0), (2, 6)), ((6, 0), (2, 6))]},
     )
     rng = {"rng_state": bytes_layout(2, per_rank_values=True)}
+    # an optimizer state of a (4, 6) parameter saved as flat pieces [0:10) and [10:24)
+    flat_layouts = {
+        "decoder.w": dtensor_layout((4, 12), (2,), "S(0)"),
+        "optimizer.state.exp_avg.decoder.fc": tensor_layout((4, 6), 2),
+        **rng,
+    }
+    flat_options = {
+        "common": {"iteration": 7},
+        "flat": {"optimizer.state.exp_avg.decoder.fc": [(0, 10), (10, 24)]},
+    }
     out = [
         FormatCheckpoint(
             name="megatron",
@@ -231,35 +241,21 @@ def _format_checkpoints() -> dict[str, FormatCheckpoint]:
         FormatCheckpoint(
             name="megatron_flat",
             writer="megatron",
-            layouts={
-                "decoder.w": dtensor_layout((4, 12), (2,), "S(0)"),
-                "optimizer.state.exp_avg.decoder.fc": tensor_layout((4, 6), 2),
-                **rng,
-            },
+            layouts=flat_layouts,
             effect="Megatron-Core 0.13.1 (flattened_range still supported): exp_avg of a (4, 6) "
             "parameter saved as flat pieces [0:10) on rank 0 and [10:24) on rank 1, stored as a "
             "[1, 1, 24] tensor with mcore_data's nd_reformulated_orig_global_shape (4, 6); the "
             "local plans are MCoreSavePlan records",
-            options={
-                "common": {"iteration": 7},
-                "flat": {"optimizer.state.exp_avg.decoder.fc": [(0, 10), (10, 24)]},
-            },
+            options=flat_options,
             megatron_version="0.13.1",
         ),
         FormatCheckpoint(
             name="megatron_015",
             writer="megatron",
-            layouts={
-                "decoder.w": dtensor_layout((4, 12), (2,), "S(0)"),
-                "optimizer.state.exp_avg.decoder.fc": tensor_layout((4, 6), 2),
-                **rng,
-            },
+            layouts=flat_layouts,
             effect="the same with Megatron-Core 0.15.3 (flattened_range deprecated): the "
             "metadata is its MCoreMetadata subclass of torch's Metadata",
-            options={
-                "common": {"iteration": 7},
-                "flat": {"optimizer.state.exp_avg.decoder.fc": [(0, 10), (10, 24)]},
-            },
+            options=flat_options,
             megatron_version="0.15.3",
         ),
         FormatCheckpoint(

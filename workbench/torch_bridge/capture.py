@@ -27,6 +27,7 @@ data gives one `CaptureError` naming the function and the rank. Harness layer of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import os
@@ -50,7 +51,18 @@ from ..sharding import (
     with_fsdp2_rows,
 )
 
-__all__ = ["capture", "CapturedTarget", "RankEntry", "RankView", "FsdpParam", "run_rank"]
+__all__ = [
+    "capture",
+    "CapturedTarget",
+    "CaptureError",
+    "RankEntry",
+    "RankView",
+    "FsdpParam",
+    "run_rank",
+    "state_dict_of",
+    "build_name",
+    "fresh_dtensor_caches",
+]
 
 _DIGEST_LIMIT = 1 << 26  # tensors up to 64 MiB are hashed to tell per-rank values apart
 
@@ -74,19 +86,14 @@ class RankEntry:
     local_shape: tuple[int, ...] | None = None
     digest: str | None = None
     layout: Layout | None = None
+    slices: tuple[tuple[int, ...], ...] | None = None
 
     def spec(self) -> tuple:
-        """What must be equal on every rank holding the entry (not the values or local part)."""
+        """What must be equal on every rank holding the entry (not the values, the local part,
+        or which slice of the root mesh the rank's DTensor mesh is)."""
         if self.kind == "sharded":
             return (self.kind, self.shape, self.dtype, self.layout.rank_chunks)
-        return (
-            self.kind,
-            self.shape,
-            self.dtype,
-            self.mesh_shape,
-            self.mesh_ranks,
-            self.placements,
-        )
+        return (self.kind, self.shape, self.dtype, self.mesh_shape, self.placements)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +109,7 @@ class FsdpParam:
     shard_dim: int
 
     def key(self) -> tuple:
-        return (self.shape, self.mesh_shape, self.mesh_ranks, self.placements)
+        return (self.shape, self.mesh_shape, self.placements)
 
 
 @dataclass(frozen=True)
@@ -160,9 +167,12 @@ class CapturedTarget(dict):
 
 
 # ----------------------------------------------------------------------------- one rank (child)
-def _name(build) -> str:
+def build_name(build) -> str:
+    """How errors name ``build``: ``module.qualname``, or the ``module:function`` text."""
     if isinstance(build, str):
         return build
+    if isinstance(build, functools.partial):
+        return build_name(build.func)
     mod = getattr(build, "__module__", None) or "?"
     return f"{mod}.{getattr(build, '__qualname__', type(build).__name__)}"
 
@@ -228,6 +238,7 @@ def _entry(fqn: str, v) -> RankEntry:
             mesh_ranks=tuple(int(r) for r in mesh.mesh.flatten().tolist()),
             placements=tuple(as_placement(p) for p in v.placements),
             local_shape=tuple(v._local_tensor.shape),
+            slices=_slices(mesh),
         )
     if isinstance(v, ShardedTensor):
         lay = layout_from_torch(v)
@@ -235,6 +246,29 @@ def _entry(fqn: str, v) -> RankEntry:
     if isinstance(v, torch.Tensor):
         return RankEntry(fqn, "tensor", tuple(v.shape), _dtype(v.dtype), digest=_digest_tensor(v))
     return RankEntry(fqn, "bytes", (), "uint8", digest=_digest_object(v))
+
+
+def _slices(mesh) -> tuple[tuple[int, ...], ...]:
+    """Every slice of ``mesh``'s root mesh along ``mesh``'s dims (by name), ``mesh`` among them;
+    just ``mesh`` when it is the root or not a plain slice of it (flattened dims)."""
+    own = tuple(int(r) for r in mesh.mesh.flatten().tolist())
+    get_root = getattr(mesh, "_get_root_mesh", None)
+    root = get_root() if callable(get_root) else None
+    names = mesh.mesh_dim_names
+    root_names = getattr(root, "mesh_dim_names", None)
+    if root is None or root is mesh or not names or not root_names:
+        return (own,)
+    if any(n not in root_names for n in names):
+        return (own,)
+    dims = [root_names.index(n) for n in names]
+    rest = [d for d in range(root.mesh.ndim) if d not in dims]
+    arr = root.mesh.permute(*rest, *dims).reshape(-1, *[root.mesh.shape[d] for d in dims])
+    out = tuple(tuple(int(r) for r in a.flatten().tolist()) for a in arr)
+    return out if own in out else (own,)
+
+
+def _entries(flat) -> tuple[RankEntry, ...]:
+    return tuple(_entry(k, v) for k, v in flat.items())
 
 
 def _fsdp_param(fp) -> FsdpParam | None:
@@ -279,7 +313,7 @@ def _fsdp_params(modules) -> tuple[FsdpParam, ...]:
     return tuple(out)
 
 
-def _state_dict_of(out, name: str, rank: int):
+def state_dict_of(out, name: str, rank: int):
     """(the state dict given to ``dcp.save``, the modules in it) for what ``build()`` returned."""
     from torch import nn
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
@@ -312,6 +346,19 @@ def _state_dict_of(out, name: str, rank: int):
     )
 
 
+def fresh_dtensor_caches() -> None:
+    """Clear torch.distributed's memo caches. DTensor's sharding propagation caches key on specs
+    whose DeviceMesh compares equal whatever the current rank, so a process that was another
+    rank before (the parent's own fake-group work, an earlier `run_rank`) hands back meshes of
+    that rank: a parameter of rank 2 then reports rank 0's coordinate (seen with torch 2.13)."""
+    from torch.distributed.tensor import _redistribute
+    from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+
+    _clear_sharding_prop_cache()  # the Python lru_caches and the C++ fast path's
+    _redistribute._gen_transform_infos.cache_clear()
+    _redistribute.clear_redistribute_planner_cache()
+
+
 def run_rank(build, rank: int, world_size: int) -> RankView:
     """Run ``build()`` as ``rank`` of ``world_size`` under torch's ``fake`` process group in
     this process and read what ``dcp.save`` would see (used by `capture` in a child process;
@@ -323,7 +370,7 @@ def run_rank(build, rank: int, world_size: int) -> RankView:
 
     from .convert import from_torch
 
-    name = _name(build)
+    name = build_name(build)
     if dist.is_initialized():
         raise CaptureError(
             name,
@@ -332,6 +379,7 @@ def run_rank(build, rank: int, world_size: int) -> RankView:
             "Capture outside a distributed job.",
         )
     fn = _Phase("importing the build function", _resolve)(build)
+    fresh_dtensor_caches()
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
     try:
         with warnings.catch_warnings():
@@ -339,13 +387,13 @@ def run_rank(build, rank: int, world_size: int) -> RankView:
             t0 = time.perf_counter()
             out = _Phase("build()", fn)()
             seconds = time.perf_counter() - t0
-            sd, modules = _Phase("reading its state dict", _state_dict_of)(out, name, rank)
+            sd, modules = _Phase("reading its state dict", state_dict_of)(out, name, rank)
             planner = DefaultSavePlanner()
             _Phase("dcp.save's set-up", planner.set_up_planner)(
                 _stateful_to_state_dict(sd), is_coordinator=rank == 0
             )
             plan = _Phase("dcp.save's local plan", planner.create_local_plan)()
-            entries = tuple(_entry(k, v) for k, v in planner.state_dict.items())
+            entries = _Phase("reading its state dict", _entries)(planner.state_dict)
             return RankView(
                 rank, entries, _fsdp_params(modules), tuple(from_torch(plan.items)), seconds
             )
@@ -387,6 +435,9 @@ def _where(e: BaseException) -> str:
 def _child(build, rank, world_size, conn) -> None:
     os.setsid()  # its own process group: killed whole (with anything build started) on timeout
     try:
+        import torch
+
+        torch.set_num_threads(1)  # ranks run side by side on few cores
         try:
             msg = ("ok", run_rank(build, rank, world_size))
         except CaptureError as e:
@@ -457,17 +508,43 @@ def _error(name: str, rank: int, world_size: int, msg) -> CaptureError:
     )
 
 
+_WARM = []  # set once this process has run the warm-up build
+
+
 def _preload() -> None:
-    """Import what builds use in the parent, so every forked rank has it already (an import
-    of torch costs seconds; a fork costs milliseconds)."""
-    import torch  # noqa: F401
-    import torch.distributed.checkpoint  # noqa: F401
-    import torch.distributed.checkpoint.state_dict  # noqa: F401
-    import torch.distributed.fsdp  # noqa: F401
-    import torch.distributed.tensor.parallel  # noqa: F401
-    from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: F401
+    """Import and warm up in the parent what builds use, so every forked rank has it already:
+    torch's first ``fully_shard`` / ``parallelize_module`` / DCP planning in a process costs
+    about 1.5 s of lazy imports and registrations, a fork a few milliseconds. The warm-up is a
+    two-layer model on a 2 x 2 fake mesh; the children clear the DTensor caches it leaves
+    (`fresh_dtensor_caches`)."""
+    if _WARM:
+        return
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
 
     from . import convert, fake_pg  # noqa: F401
+
+    if dist.is_initialized():  # inside a job: only the imports
+        return
+
+    def warm():
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+        with torch.device("meta"):
+            model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 4))
+        parallelize_module(model, mesh["tp"], {"0": ColwiseParallel(), "1": RowwiseParallel()})
+        fully_shard(model, mesh=mesh["dp"])
+        return model, torch.optim.AdamW(model.parameters())
+
+    run_rank(warm, 0, 4)
+    fresh_dtensor_caches()
+    _WARM.append(True)
 
 
 def _kill(proc) -> None:
@@ -626,18 +703,10 @@ def _layout(fqn, entries, holders, world_size, fsdp) -> Layout:
             "Check that every rank builds the same model part for this key.",
         )
     if first.kind == "dtensor":
-        lay = dtensor_layout(
-            first.shape,
-            first.mesh_shape,
-            first.placements,
-            first.dtype,
-            world_size,
-            mesh_ranks=first.mesh_ranks,
-            fqn=fqn,
-        )
-        spec = fsdp.get((first.shape, first.mesh_shape, first.mesh_ranks, first.placements))
+        lay, extra = _dtensor(fqn, entries, holders, world_size)
+        spec = fsdp.get((first.shape, first.mesh_shape, first.placements))
         if spec is not None:
-            rows = with_fsdp2_rows(lay, spec.dp_mesh_dim, spec.shard_dim)
+            rows = with_fsdp2_rows(lay, spec.dp_mesh_dim + extra, spec.shard_dim)
             held = rows.held_indices
             if any(held(r) != lay.held_indices(r) for r in lay.holders()):
                 return rows
@@ -650,6 +719,41 @@ def _layout(fqn, entries, holders, world_size, fsdp) -> Layout:
             first.shape, world_size, first.dtype, ranks=holders, per_rank_values=per_rank, fqn=fqn
         )
     return bytes_layout(world_size, ranks=holders, per_rank_values=per_rank)
+
+
+def _dtensor(fqn, entries, holders, world_size) -> tuple[Layout, int]:
+    """The layout of a DTensor every holder has with one spec, on the slices of the root mesh
+    that its holders are in: one slice is the DTensor's own mesh (a pipeline stage's submesh
+    stays one); several (FSDP over ``mesh["dp"]`` of a ``(dp, ep)`` mesh: each ep index has its
+    own dp group holding the whole tensor) become one mesh ``(copies, *mesh)`` with a leading
+    ``Replicate()``, whose chunks are exactly each slice's. Returns (layout, mesh dims added)."""
+    first = entries[0]
+    slices = {e.mesh_ranks for e in entries}
+    for e in entries:
+        slices.update(e.slices or ())
+    held = set(holders)
+    used = sorted(s for s in slices if held.intersection(s))
+    stray = sorted(held.difference(r for s in used for r in s))
+    short = sorted(set(r for s in used for r in s) - held)
+    if stray or short:
+        raise CaptureError(
+            fqn,
+            f"DTensor on meshes {used} is held by ranks {sorted(held)}",
+            "every rank of each mesh holding it, and only those",
+            "Pass ranks='all' to run every rank.",
+        )
+    if len(used) == 1:
+        mesh, placements, ranks, extra = first.mesh_shape, first.placements, used[0], 0
+    else:
+        from ..sharding import Replicate
+
+        mesh = (len(used), *first.mesh_shape)
+        placements = (Replicate(), *first.placements)
+        ranks, extra = tuple(r for s in used for r in s), 1
+    lay = dtensor_layout(
+        first.shape, mesh, placements, first.dtype, world_size, mesh_ranks=ranks, fqn=fqn
+    )
+    return lay, extra
 
 
 def _expected_items(layouts, view: RankView) -> list[tuple]:
@@ -765,7 +869,7 @@ def capture(
     ones needed (rank 0, one per pipeline stage, one witness per group), or ``"all"``.
     Raises `CaptureError` naming ``build`` and the rank when it raises, hangs or cannot be
     saved."""
-    name = _name(build)
+    name = build_name(build)
     if not callable(build) and not (isinstance(build, str) and ":" in build):
         raise CaptureError(
             name,

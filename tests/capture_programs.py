@@ -266,3 +266,78 @@ def build_adamw(device="cpu", index=False, world=2, **sizes):
     opt.step()
     opt.zero_grad()
     return model, opt
+
+
+# ----------------------------------------------------------------------------- checks
+def full_held(layout, rank) -> dict[int, list[int]]:
+    """Every dim's held global indices (unsharded dims in full), from a workbench layout."""
+    held = layout.held_indices(rank)
+    return {d: list(held.get(d, range(n))) for d, n in enumerate(layout.shape)}
+
+
+def target_keys(target, rank) -> list[str]:
+    """The keys ``rank`` holds in a captured target, in its order."""
+    return [
+        k
+        for k, lay in target.items()
+        if lay.chunks(rank) or (lay.kind == "dtensor" and lay.coordinate(rank) is not None)
+    ]
+
+
+class PredictedError(Exception):
+    """torch's reader would raise on this read (narrow past the end, or 'mismatch sizes')."""
+
+
+def predict_load(load, target, rank, fqn, fill=-1.0):
+    """What torch's FileSystemReader leaves in ``rank``'s local tensor of ``fqn`` when it
+    applies ``load`` (`plan_load` of a checkpoint whose every element is its flat index + 0.25)
+    to a local tensor of the data the rank really holds, filled with ``fill``:
+    ``narrow_tensor_by_index`` narrows a dim only when the read is shorter than the local
+    tensor, then the sizes must match ('mismatch sizes') and the saved region is copied."""
+    import math
+
+    import numpy as np
+
+    lay = target[fqn]
+    counts = tuple(len(v) for v in full_held(lay, rank).values())
+    local = np.full(counts, fill, dtype=np.float64)
+    g = (np.arange(math.prod(lay.shape), dtype=np.float64) + 0.25).reshape(lay.shape)
+    g = g.astype(np.dtype(lay.dtype)).astype(np.float64)
+    chunks = load.metadata.state_dict_metadata[fqn].chunks
+    for item in load.plans[rank].items:
+        if item.dest_index.fqn != fqn:
+            continue
+        saved = chunks[item.storage_index.index]
+        src = g[
+            tuple(
+                slice(o + s, o + s + n)
+                for o, s, n in zip(saved.offsets, item.storage_offsets, item.lengths)
+            )
+        ]
+        where = []
+        for d, (off, n) in enumerate(zip(item.dest_offsets, item.lengths)):
+            if n < local.shape[d]:
+                if off + n > local.shape[d]:
+                    raise PredictedError(f"{fqn}: narrow past the end on rank {rank}")
+                where.append(slice(off, off + n))
+            else:
+                where.append(slice(None))
+        if local[tuple(where)].shape != src.shape:
+            raise PredictedError(f"{fqn}: mismatch sizes on rank {rank}")
+        local[tuple(where)] = src
+    return local
+
+
+def fsdp_checkpoint_layouts(target, world=4):
+    """The same keys as ``target`` as a ``world``-rank FSDP job saves them (Shard(0))."""
+    from workbench import bytes_layout, dtensor_layout, tensor_layout
+
+    out = {}
+    for k, lay in target.items():
+        if lay.kind == "bytes":
+            out[k] = bytes_layout(world)
+        elif lay.ndim == 0:
+            out[k] = tensor_layout((), world, lay.dtype)
+        else:
+            out[k] = dtensor_layout(lay.shape, (world,), "S(0)", lay.dtype, world)
+    return out

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 import importlib
 import os
 import pickle
@@ -441,7 +442,7 @@ def _child(build, rank, world_size, conn) -> None:
         try:
             msg = ("ok", run_rank(build, rank, world_size))
         except CaptureError as e:
-            msg = ("capture", str(e), "", "")
+            msg = ("capture", e.fqn, e.what, e.expectation, e.fix)
         except BaseException as e:  # SystemExit, KeyboardInterrupt too: reported, not hung on
             text = f"{type(e).__name__}: {e}".strip()
             msg = ("error", text[:600], getattr(e, "_wb_phase", "build()"), _where(e))
@@ -476,7 +477,7 @@ def _fix(text: str) -> str:
 def _error(name: str, rank: int, world_size: int, msg) -> CaptureError:
     kind = msg[0]
     if kind == "capture":
-        return CaptureError(name, msg[1].partition(": ")[2] or msg[1], rank=rank)
+        return CaptureError(*msg[1:], rank=rank)
     if kind == "timeout":
         return CaptureError(
             name,
@@ -672,24 +673,35 @@ def _plan_ranks(build, name, world_size, ranks, time_limit, workers, progress):
 
 
 def _merged_keys(views: Sequence[RankView]) -> list[str]:
-    """Every fqn once, each view's keys kept in its own order: a new key goes right after its
-    predecessor in the view that brings it, or before the view's next known key."""
-    order: list[str] = []
-    seen: set[str] = set()
+    """Every fqn once, in an order that keeps each view's own order (a topological order of
+    the views' consecutive keys, ties by first appearance), so every rank's entries come in
+    its state-dict order, as torch plans them. Views that order two keys differently cannot
+    all be kept; their keys follow by first appearance (and the plan check reports it)."""
+    first: dict[str, int] = {}
+    after: dict[str, set[str]] = {}
+    needs: dict[str, int] = {}
     for v in views:
         keys = v.keys()
-        prev = None
-        for i, k in enumerate(keys):
-            if k not in seen:
-                if prev is not None:
-                    at = order.index(prev) + 1
-                else:
-                    nxt = next((n for n in keys[i + 1 :] if n in seen), None)
-                    at = len(order) if nxt is None else order.index(nxt)
-                order.insert(at, k)
-                seen.add(k)
-            prev = k
-    return order
+        for k in keys:
+            if k not in first:
+                first[k] = len(first)
+                after[k], needs[k] = set(), 0
+        for a, b in zip(keys, keys[1:]):
+            if b not in after[a]:
+                after[a].add(b)
+                needs[b] += 1
+    ready = [(first[k], k) for k in first if needs[k] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, k = heapq.heappop(ready)
+        order.append(k)
+        for b in after[k]:
+            needs[b] -= 1
+            if needs[b] == 0:
+                heapq.heappush(ready, (first[b], b))
+    placed = set(order)
+    return order + [k for k in first if k not in placed]
 
 
 def _layout(fqn, entries, holders, world_size, fsdp) -> Layout:

@@ -7,6 +7,7 @@ CaptureError naming the function and the rank, and leave nothing running."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from functools import partial
@@ -274,3 +275,87 @@ def _returns_a_number():
 def test_bad_input(build, world, kw, match):
     with pytest.raises(wb.CaptureError, match=match):
         wb.capture(build, world, **kw)
+
+
+# ----------------------------------------------------------------------------- CLI, JSON, widget
+def _same(a, b):
+    assert list(a) == list(b)
+    for k in a:
+        x, y = a[k], b[k]
+        fields = ("kind", "shape", "dtype", "world_size", "rank_chunks", "mesh_shape", "placements")
+        assert [getattr(x, f) for f in fields] == [getattr(y, f) for f in fields], k
+        assert (x.mesh_ranks_or_default, x.per_rank_values) == (
+            y.mesh_ranks_or_default,
+            y.per_rank_values,
+        ), k
+        assert x.misdescribed_ranks == y.misdescribed_ranks, k
+        assert [x.held_indices(r) for r in range(x.world_size)] == [
+            y.held_indices(r) for r in range(y.world_size)
+        ], k
+
+
+def test_cli_capture_writes_the_target_plan_reads_back(tmp_path, fsdp_tp, capsys):
+    from workbench.cli import main, parse_target
+
+    out = tmp_path / "target.json"
+    assert main(["capture", "capture_programs:build_fsdp_tp", "-n", "6", "-o", str(out)]) == 0
+    assert "capture_programs:build_fsdp_tp on 6 ranks: 21 entries" in capsys.readouterr().out
+    back = parse_target(str(out))  # what `workbench plan --target target.json` reads
+    _same(back, fsdp_tp)
+    assert back["tok_embeddings.weight"].held_indices(4) == {0: [6]}
+    doc = json.loads(out.read_text())
+    assert doc["tok_embeddings.weight"]["data_held"]["4"] == {"0": [[6, 7]]}
+
+
+def test_json_round_trip_of_submeshes_bytes_and_optimizer_state(tmp_path):
+    from workbench.cli import _json_target, target_json
+
+    for build, world in ((P.build_pipeline, 4), (P.build_moe, 4), (P.build_adamw, 2)):
+        t = wb.capture(build, world)
+        path = tmp_path / f"{build.__name__}.json"
+        path.write_text(json.dumps(target_json(t)))
+        _same(_json_target(path), t)
+
+
+def test_cli_capture_save_side(tmp_path, capsys):
+    from workbench.cli import main
+
+    out = tmp_path / "save.json"
+    # FSDP2 + TP, 13 rows on (3, 2): torch's save validation rejects the strided boxes
+    assert (
+        main(["capture", "capture_programs:build_fsdp_tp", "-n", "6", "--save", "-o", str(out)])
+        == 1
+    )
+    doc = json.loads(out.read_text())
+    assert doc["ok"] is False and doc["world_size"] == 6
+    assert any(
+        "tok_embeddings.weight has overlapping chunks" in e for e in doc["validation_errors"]
+    )
+    emb = next(e for e in doc["entries"] if e["fqn"] == "tok_embeddings.weight")
+    assert [c["writer"] for c in emb["chunks"]] == [0, 1, 2, 3, 4, 5]
+    # even rows: a valid save, every chunk with its writer rank and file
+    capsys.readouterr()
+    assert main(["capture", "capture_programs:build_fsdp", "-n", "4", "--save"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and doc["validation_errors"] == [] and len(doc["entries"]) == 21
+    assert {f["file"] for f in doc["files"]} == {f"__{r}_0.distcp" for r in range(4)}
+
+
+def test_cli_capture_bad_build_is_one_line(capsys):
+    from workbench.cli import main
+
+    assert main(["capture", "test_capture:_raises_on_rank_3", "-n", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("workbench capture: error: test_capture:_raises_on")
+    assert "rank 3 of 4" in err
+
+
+def test_checkpoint_explorer_takes_a_captured_target(fsdp_tp):
+    from workbench.widgets import CheckpointExplorer
+
+    save = wb.plan_save(P.fsdp_checkpoint_layouts(fsdp_tp, 4))
+    ex = CheckpointExplorer(save.metadata, target=fsdp_tp, rank=4)
+    assert ex.plan.layouts is not None and ex.plan.load.world_size == 6
+    assert "capture_programs.build_fsdp_tp" in ex._header.value
+    kinds = {(p.fqn, p.kind) for p in ex.plan.problems}
+    assert ("tok_embeddings.weight", "strided_misdescribed") in kinds

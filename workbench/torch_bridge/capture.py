@@ -220,7 +220,7 @@ def _digest_object(v) -> str:
     return hashlib.sha1(raw).hexdigest()
 
 
-def _entry(fqn: str, v) -> RankEntry:
+def _entry(fqn: str, v, slices: dict | None = None) -> RankEntry:
     import torch
     from torch.distributed._shard.sharded_tensor import ShardedTensor
     from torch.distributed.tensor import DTensor
@@ -239,7 +239,7 @@ def _entry(fqn: str, v) -> RankEntry:
             mesh_ranks=tuple(int(r) for r in mesh.mesh.flatten().tolist()),
             placements=tuple(as_placement(p) for p in v.placements),
             local_shape=tuple(v._local_tensor.shape),
-            slices=_slices(mesh),
+            slices=_slices(mesh) if slices is None else _memo(slices, mesh, _slices),
         )
     if isinstance(v, ShardedTensor):
         lay = layout_from_torch(v)
@@ -247,6 +247,13 @@ def _entry(fqn: str, v) -> RankEntry:
     if isinstance(v, torch.Tensor):
         return RankEntry(fqn, "tensor", tuple(v.shape), _dtype(v.dtype), digest=_digest_tensor(v))
     return RankEntry(fqn, "bytes", (), "uint8", digest=_digest_object(v))
+
+
+def _memo(cache: dict, obj, fn):
+    key = id(obj)
+    if key not in cache:
+        cache[key] = (obj, fn(obj))  # obj kept alive so its id is not reused
+    return cache[key][1]
 
 
 def _slices(mesh) -> tuple[tuple[int, ...], ...]:
@@ -269,7 +276,8 @@ def _slices(mesh) -> tuple[tuple[int, ...], ...]:
 
 
 def _entries(flat) -> tuple[RankEntry, ...]:
-    return tuple(_entry(k, v) for k, v in flat.items())
+    slices: dict[int, tuple] = {}  # per mesh object: many tensors share a few meshes
+    return tuple(_entry(k, v, slices) for k, v in flat.items())
 
 
 def _fsdp_param(fp) -> FsdpParam | None:
@@ -718,10 +726,7 @@ def _layout(fqn, entries, holders, world_size, fsdp) -> Layout:
         lay, extra = _dtensor(fqn, entries, holders, world_size)
         spec = fsdp.get((first.shape, first.mesh_shape, first.placements))
         if spec is not None:
-            rows = with_fsdp2_rows(lay, spec.dp_mesh_dim + extra, spec.shard_dim)
-            held = rows.held_indices
-            if any(held(r) != lay.held_indices(r) for r in lay.holders()):
-                return rows
+            return _with_rows_if_other(lay, spec.dp_mesh_dim + extra, spec.shard_dim)
         return lay
     if first.kind == "sharded":
         return first.layout
@@ -731,6 +736,16 @@ def _layout(fqn, entries, holders, world_size, fsdp) -> Layout:
             first.shape, world_size, first.dtype, ranks=holders, per_rank_values=per_rank, fqn=fqn
         )
     return bytes_layout(world_size, ranks=holders, per_rank_values=per_rank)
+
+
+@functools.lru_cache(maxsize=4096)
+def _with_rows_if_other(lay: Layout, dp_mesh_dim: int, shard_dim: int) -> Layout:
+    """``lay`` with FSDP2's real rows where they are not what its placements say (layouts are
+    cached per spec and hash by identity: one comparison per spec, not per tensor)."""
+    rows = with_fsdp2_rows(lay, dp_mesh_dim, shard_dim)
+    if any(rows.held_indices(r) != lay.held_indices(r) for r in lay.holders()):
+        return rows
+    return lay
 
 
 def _dtensor(fqn, entries, holders, world_size) -> tuple[Layout, int]:

@@ -27,6 +27,7 @@ data gives one `CaptureError` naming the function and the rank. Harness layer of
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import heapq
@@ -236,7 +237,7 @@ def _entry(fqn: str, v, slices: dict | None = None) -> RankEntry:
             tuple(v.shape),
             _dtype(v.dtype),
             mesh_shape=tuple(mesh.shape),
-            mesh_ranks=tuple(int(r) for r in mesh.mesh.flatten().tolist()),
+            mesh_ranks=_ranks(mesh) if slices is None else _memo(slices, ("r", mesh), _ranks),
             placements=tuple(as_placement(p) for p in v.placements),
             local_shape=tuple(v._local_tensor.shape),
             slices=_slices(mesh) if slices is None else _memo(slices, mesh, _slices),
@@ -250,10 +251,16 @@ def _entry(fqn: str, v, slices: dict | None = None) -> RankEntry:
 
 
 def _memo(cache: dict, obj, fn):
-    key = id(obj)
+    """``fn(mesh)`` once per mesh object (``obj``: a mesh, or ``(tag, mesh)``)."""
+    mesh = obj[1] if isinstance(obj, tuple) else obj
+    key = (obj[0], id(mesh)) if isinstance(obj, tuple) else id(mesh)
     if key not in cache:
-        cache[key] = (obj, fn(obj))  # obj kept alive so its id is not reused
+        cache[key] = (mesh, fn(mesh))  # the mesh kept alive so its id is not reused
     return cache[key][1]
+
+
+def _ranks(mesh) -> tuple[int, ...]:
+    return tuple(int(r) for r in mesh.mesh.flatten().tolist())
 
 
 def _slices(mesh) -> tuple[tuple[int, ...], ...]:
@@ -280,7 +287,7 @@ def _entries(flat) -> tuple[RankEntry, ...]:
     return tuple(_entry(k, v, slices) for k, v in flat.items())
 
 
-def _fsdp_param(fp) -> FsdpParam | None:
+def _fsdp_param(fp, cache: dict) -> FsdpParam | None:
     """What FSDP2 did to one parameter, from its ``FSDPParam`` (torch 2.13's
     ``_fsdp_param.py``): only DTensor parameters (TP / EP before FSDP) sharded over one mesh
     dim; plain parameters' data is what their placements say."""
@@ -301,7 +308,7 @@ def _fsdp_param(fp) -> FsdpParam | None:
     return FsdpParam(
         tuple(p.shape),
         tuple(p.device_mesh.shape),
-        tuple(int(r) for r in p.device_mesh.mesh.flatten().tolist()),
+        _memo(cache, ("r", p.device_mesh), _ranks),
         tuple(as_placement(x) for x in p.placements),
         dp,
         int(fp.fsdp_placement.dim),
@@ -309,15 +316,19 @@ def _fsdp_param(fp) -> FsdpParam | None:
 
 
 def _fsdp_params(modules) -> tuple[FsdpParam, ...]:
-    out, seen = [], set()
+    out, seen, cache = [], set(), {}
     for root in modules:
         for m in root.modules():
             get = getattr(m, "_get_fsdp_state", None)
             group = getattr(get(), "_fsdp_param_group", None) if callable(get) else None
             for fp in getattr(group, "fsdp_params", ()) or ():
-                spec = _fsdp_param(fp)
-                if spec is not None and spec.key() not in seen:
-                    seen.add(spec.key())
+                p = fp.sharded_param  # one spec per (shape, mesh, placements), read once
+                key = (tuple(p.shape), id(p.device_mesh), tuple(p.placements))
+                if key in seen:
+                    continue
+                seen.add(key)
+                spec = _fsdp_param(fp, cache)
+                if spec is not None:
                     out.append(spec)
     return tuple(out)
 
@@ -368,6 +379,32 @@ def fresh_dtensor_caches() -> None:
     _redistribute.clear_redistribute_planner_cache()
 
 
+@contextlib.contextmanager
+def _memoized_chunks():
+    """torch's ``create_local_plan`` as it is, with its ``compute_local_shape_and_global_offset``
+    (a pure function of the global shape, the mesh and the placements on this rank) computed
+    once per distinct triple: a Llama-70B has 723 DTensors but about ten distinct triples, and
+    each costs milliseconds at 1024 ranks."""
+    from torch.distributed.checkpoint import planner_helpers
+
+    original = planner_helpers.compute_local_shape_and_global_offset
+    memo: dict = {}
+
+    def memoized(shape, mesh, placements, *a, **kw):
+        if a or kw:
+            return original(shape, mesh, placements, *a, **kw)
+        key = (tuple(shape), id(mesh), tuple(placements))
+        if key not in memo:
+            memo[key] = (mesh, original(shape, mesh, placements))  # mesh kept: ids not reused
+        return memo[key][1]
+
+    planner_helpers.compute_local_shape_and_global_offset = memoized
+    try:
+        yield
+    finally:
+        planner_helpers.compute_local_shape_and_global_offset = original
+
+
 def run_rank(build, rank: int, world_size: int) -> RankView:
     """Run ``build()`` as ``rank`` of ``world_size`` under torch's ``fake`` process group in
     this process and read what ``dcp.save`` would see (used by `capture` in a child process;
@@ -389,6 +426,7 @@ def run_rank(build, rank: int, world_size: int) -> RankView:
         )
     fn = _Phase("importing the build function", _resolve)(build)
     fresh_dtensor_caches()
+    hook = sys.excepthook  # init_process_group wraps it for good ("[rank0]: ..." tracebacks)
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
     try:
         with warnings.catch_warnings():
@@ -401,13 +439,15 @@ def run_rank(build, rank: int, world_size: int) -> RankView:
             _Phase("dcp.save's set-up", planner.set_up_planner)(
                 _stateful_to_state_dict(sd), is_coordinator=rank == 0
             )
-            plan = _Phase("dcp.save's local plan", planner.create_local_plan)()
+            with _memoized_chunks():
+                plan = _Phase("dcp.save's local plan", planner.create_local_plan)()
             entries = _Phase("reading its state dict", _entries)(planner.state_dict)
             return RankView(
                 rank, entries, _fsdp_params(modules), tuple(from_torch(plan.items)), seconds
             )
     finally:
         dist.destroy_process_group()
+        sys.excepthook = hook
 
 
 class _Phase:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 
 import workbench as wb
+from workbench import LocalTensor
 from workbench import planner_helpers as H
 from workbench.errors import ChunkError, LayoutError, PlacementError, PlanError, WorkbenchError
 from workbench.geometry import Chunk
-from workbench.planner_helpers import LocalTensor
 from workbench.records import (
     Metadata,
     MetadataIndex,
@@ -112,9 +113,6 @@ def test_absent_value_for_direct_write_items():
 
 
 # ----------------------------------------------------------------------------- torch's errors
-import torch
-
-
 def assert_torch_text(ei, torch_exc: BaseException, fqn: str | None):
     e = ei.value
     assert isinstance(e, WorkbenchError)

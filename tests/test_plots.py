@@ -15,18 +15,19 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage, imread
+from support import tsm
 
 import workbench as wb
-from workbench import plots
+from workbench import picture_data, plots
 from workbench.colors import (
     BASE_PALETTE,
     UNKNOWN_COLOR,
-    format_ranks,
     rank_color,
     rank_colors,
     text_color,
 )
 from workbench.errors import LayoutError, MetadataError, PlanError
+from workbench.formatting import format_ranks
 from workbench.geometry import Chunk
 from workbench.planning import plan_load, plan_save
 from workbench.plots import (
@@ -51,8 +52,6 @@ from workbench.records import (
     Metadata,
     MetadataIndex,
     StorageInfo,
-    TensorProperties,
-    TensorStorageMetadata,
 )
 
 
@@ -62,10 +61,6 @@ def rects(tiles):
 
 def drawn_paths(ax) -> int:
     return sum(len(c.get_paths()) for c in ax.collections if isinstance(c, PolyCollection))
-
-
-def tsm(size, chunks, dtype="float32"):
-    return TensorStorageMetadata(TensorProperties(dtype), size, [Chunk(o, s) for o, s in chunks])
 
 
 # ----------------------------------------------------------------------------- colours
@@ -522,7 +517,7 @@ def test_picture_png_gives_the_widget_its_figure_and_png():
 
 def test_reshard_layers_are_computed_once_and_never_stale():
     save, load = _big_reshard()
-    plots._LAYERS.clear()
+    picture_data._LAYERS.clear()
     five = reshard_data(save, load, "w", rank=5)
     six = reshard_data(save, load, "w", rank=6)
     # the saved tiles are the very same objects: computed once for every rank
@@ -531,7 +526,7 @@ def test_reshard_layers_are_computed_once_and_never_stale():
     assert len(six.of_kind("wanted")) == 4095 and rects(six.of_kind("target")) == [(384, 0, 64, 64)]
     assert (384, 0, 64, 64) in rects(five.of_kind("wanted"))
     assert (384, 0, 64, 64) not in rects(six.of_kind("wanted"))
-    plots._LAYERS.clear()
+    picture_data._LAYERS.clear()
     assert reshard_data(save, load, "w", rank=6) == six  # cold == warm
     assert reshard_data(save, load, "w", rank=5) == five
     # another checkpoint of the same shape (new objects): its own saved tiles
@@ -546,4 +541,18 @@ def test_reshard_layers_are_computed_once_and_never_stale():
     assert rects(reshard_data(save, load, "w", rank=5, dims=(1, 0)).of_kind("saved"))[:1] == [
         (0, 0, 1, 4096)
     ]
-    assert len(plots._LAYERS) <= plots._LAYERS_KEPT
+    assert len(picture_data._LAYERS) <= picture_data._LAYERS_KEPT
+
+
+# ----------------------------------------------------------------------------- torch inputs
+def test_pictures_accept_torch_metadata():
+    from workbench import plots
+    from workbench.torch_bridge import to_torch
+
+    save = wb.plan_save({"w": wb.dtensor_layout((8, 4), (2,), "S(0)")})
+    tmd = to_torch(save.metadata)
+    ours = plots.layout_data(save.metadata, fqn="w")
+    theirs = plots.layout_data(tmd, fqn="w")
+    assert theirs == ours and len([t for t in ours.tiles if t.kind == "chunk"]) == 2
+    pic = plots.reshard_data(tmd, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1)
+    assert pic == plots.reshard_data(save.metadata, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1)

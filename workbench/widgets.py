@@ -15,7 +15,9 @@ Pictures are drawn on matplotlib's object API (no pyplot, nothing left open). Ba
 `WorkbenchError` message in the message panel (CSS class ``wb-message``) and keeps the last good
 result; it never shows a traceback. Every part carries a ``wb-*`` CSS class for browser tests.
 
-The only module of the package that imports ipywidgets and IPython's display machinery.
+The only module of the package that imports ipywidgets and IPython's display machinery. Lazy
+imports: planning, tables and pictures are imported inside the functions that use them, so that
+opening one explorer loads only what it shows.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Any
@@ -35,9 +38,16 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.display import HTML, Image
 
 from .colors import HIGHLIGHT_COLOR
-from .errors import LayoutError, PlacementError, PlanError, WorkbenchError
+from .errors import LayoutError, MetadataError, PlacementError, PlanError, WorkbenchError
 from .records import DTYPE_SIZES, Metadata, TensorStorageMetadata, canonical_dtype
-from .sharding import Layout, Placement, dtensor_layout, format_placements, parse_placements
+from .sharding import (
+    Layout,
+    Placement,
+    check_load_rank,
+    dtensor_layout,
+    format_placements,
+    parse_placements,
+)
 
 __all__ = [
     "CLASSIC_RESHARDS",
@@ -113,7 +123,7 @@ def _note(text: str) -> dict:
 
 
 def _draw(picture) -> tuple[Any, bytes]:
-    """(Figure, PNG bytes) of a `plots.Picture`, drawn on a fresh object-API Figure (dense tiles
+    """(Figure, PNG bytes) of a `picture_data.Picture`, drawn on a fresh object-API Figure (dense tiles
     rasterised, fast PNG compression: the widget's redraw budget is 100 ms at 4096 chunks)."""
     from .plots import picture_png
 
@@ -202,7 +212,7 @@ def _classic(label: str) -> dict[str, str]:
 @dataclass(frozen=True, eq=False)
 class ReshardResult:
     """What `explore_reshard` computed: the plans, the rank's read items, the problems and the
-    overlay (``picture``: `plots.Picture` data; ``figure`` / ``png``: it drawn)."""
+    overlay (``picture``: `picture_data.Picture` data; ``figure`` / ``png``: it drawn)."""
 
     spec: ReshardSpec
     rank: int
@@ -254,7 +264,7 @@ def explore_reshard(
     Text arguments are parsed as the controls type them (``"16, 12"``, ``"S(0), R"``); bad input
     raises a `WorkbenchError` subclass in the house form.
     """
-    from .plots import reshard_data
+    from .picture_data import reshard_data
     from .tables import problems_table, read_items_table
 
     spec = ReshardSpec(
@@ -357,6 +367,15 @@ class _Explorer:
         self.message = _css(W.HTML(value=""), "wb-message")
         self._muted = False
 
+    @contextmanager
+    def _quiet(self):
+        """Set several controls without a redraw per control (the caller refreshes once)."""
+        self._muted = True
+        try:
+            yield
+        finally:
+            self._muted = False
+
     def _observe(self, *controls: W.Widget) -> None:
         for c in controls:
             c.observe(self._on_change, names="value")
@@ -393,19 +412,6 @@ class _Explorer:
         return self.widget._repr_mimebundle_(**kw)
 
 
-def _check_rank(rank: int, world: int) -> int:
-    """A constructor's ``rank`` argument, checked against the load world."""
-    if not 0 <= rank < world:
-        raise PlanError(
-            None,
-            f"load rank {rank} is not in the load world of {world} ranks",
-            f"0 <= rank < {world}",
-            "Pick a rank of the load world.",
-            rank=rank,
-        )
-    return rank
-
-
 def _set_options(dropdown: W.Dropdown, options: list, value) -> None:
     """New options for a dropdown, keeping ``value`` when it is still offered."""
     if list(dropdown.options) != options:
@@ -419,7 +425,7 @@ class ReshardExplorer(_Explorer):
     classic reshards to start from.
 
     Shows the overlay of saved and wanted chunks with the rank's read items lit
-    (``plots.reshard_data``), the rank's read-item table and the problems table.
+    (``picture_data.reshard_data``), the rank's read-item table and the problems table.
     ``ReshardExplorer()`` opens on a classic reshard; ``.result`` is the last `ReshardResult`.
     """
 
@@ -478,17 +484,14 @@ class ReshardExplorer(_Explorer):
             self.dims,
         )
         self._apply_classic(classic, rank)
-        _check_rank(rank, len(self.rank.options))
+        check_load_rank(rank, len(self.rank.options), what="load rank")
 
     def _apply_classic(self, label: str, rank: int) -> None:
         """Fill every control from a classic reshard, then redraw once."""
-        self._muted = True
-        try:
+        with self._quiet():
             for name, value in _classic(label).items():
                 getattr(self, name).value = value
             self._fit_rank_options(rank)
-        finally:
-            self._muted = False
         self.refresh()
 
     def _fit_rank_options(self, rank: int) -> None:
@@ -503,11 +506,8 @@ class ReshardExplorer(_Explorer):
 
     def _on_change(self, change=None) -> None:
         if change is not None and change["owner"] is self.load_mesh and not self._muted:
-            self._muted = True
-            try:
+            with self._quiet():
                 self._fit_rank_options(self.rank.value)
-            finally:
-                self._muted = False
         super()._on_change(change)
 
     def _compute(self) -> ReshardResult:
@@ -563,7 +563,7 @@ def _target_layouts(target) -> dict[str, Layout]:
         "<target>",
         f"target {target!r} is not understood",
         "a dict {fqn: Layout} or a tuple (preset, recipe, mesh_shape)",
-        "Pass e.g. ('llama', 'fsdp_tp', (2, 2)).",
+        "Pass e.g. ('llama', 'fsdp2+tp', (2, 2)).",
         target=target,
     )
 
@@ -579,28 +579,27 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
     save result is then loaded back into its own layouts, a directory is only listed.
     """
     from .diagnosis import find_save_problems
-    from .planner_helpers import _record
     from .planning import plan_load
+    from .sources import as_metadata
     from .tables import io_table
 
     save_problems: tuple = ()
     layouts = None
-    if isinstance(source, (str, os.PathLike)):
-        from .formats import load_metadata
-
-        metadata, name = load_metadata(source), str(source)
-    elif isinstance(_record(source), Metadata):  # torch's own Metadata is converted
-        metadata, name = _record(source), "metadata"
-    elif hasattr(source, "metadata") and hasattr(source, "local_plans"):  # a SavePlanResult
+    if hasattr(source, "metadata") and hasattr(source, "local_plans"):  # a SavePlanResult
         metadata, name, layouts = source.metadata, "save plan", source.layouts
         save_problems = tuple(find_save_problems(source))
+    elif isinstance(source, (str, os.PathLike)):  # read by the allow-list reader, no code run
+        metadata, name = as_metadata(source), str(source)
     else:
-        raise PlanError(
-            "<checkpoint>",
-            f"source is a {type(source).__name__}",
-            "a checkpoint directory, a Metadata or plan_save(...)'s result",
-            "Pass the directory dcp.save wrote.",
-        )
+        try:
+            metadata, name = as_metadata(source), "metadata"  # torch's or our Metadata
+        except MetadataError:
+            raise PlanError(
+                "<checkpoint>",
+                f"source is a {type(source).__name__}",
+                "a checkpoint directory, a Metadata or plan_save(...)'s result",
+                "Pass the directory dcp.save wrote.",
+            ) from None
     if target is not None:
         layouts = _target_layouts(target)
     if layouts is None:  # no target: the saved chunks' own holes and overlaps
@@ -658,7 +657,7 @@ def explore_checkpoint(
 ) -> CheckpointResult:
     """Filter a planned checkpoint's keys (``pattern``: a case-insensitive substring, or a regex)
     and show one of them (``fqn``, else the first listed) from load ``rank``."""
-    from .plots import layout_data, reshard_data
+    from .picture_data import layout_data, reshard_data
     from .tables import checkpoint_chunks_table, problems_table, read_items_table
 
     try:
@@ -760,7 +759,12 @@ class CheckpointExplorer(_Explorer):
             ),
             "wb-tensor",
         )
-        self.rank = _dropdown(list(range(world)), _check_rank(rank, world), "load rank", "wb-rank")
+        self.rank = _dropdown(
+            list(range(world)),
+            check_load_rank(rank, world, what="load rank"),
+            "load rank",
+            "wb-rank",
+        )
         self.dims = _text("0, 1", "dims to draw", "wb-dims")
         self.picture = _css(W.Output(), "wb-picture")
         self.chunks = _css(W.Output(), "wb-chunks")
@@ -829,12 +833,9 @@ class CheckpointExplorer(_Explorer):
         self.plan = plan
         self._target_name = None
         world, rank = plan.load.world_size, self.rank.value
-        self._muted = True
-        try:
+        with self._quiet():
             self.rank.options = list(range(world))  # resets the value to the first option
             self.rank.value = min(rank, world - 1)
-        finally:
-            self._muted = False
         self._show_plan()
         self.refresh()
 
@@ -856,13 +857,10 @@ class CheckpointExplorer(_Explorer):
         options = [
             (f"{k}  ({_count(counts[k], 'problem')})" if counts.get(k) else k, k) for k in r.fqns
         ]
-        self._muted = True
-        try:
+        with self._quiet():
             if list(self.tensor.options) != options:
                 self.tensor.options = options
             self.tensor.value = r.fqn
-        finally:
-            self._muted = False
         self.picture.outputs = (
             (_mime(Image(data=r.png, format="png")),)
             if r.png
@@ -926,7 +924,7 @@ def _light_up(picture, items, step: int):
 def step_read_order(load, fqn: str, rank: int = 0, step: int = 0, *, dims="0, 1") -> StepResult:
     """Read item ``step`` of ``fqn`` on load ``rank``, in DCP's order (``LoadPlan.items``):
     the `ReadOrderStepper`'s function. ``load`` is ``plan_load``'s result (or a `ReshardResult`)."""
-    from .plots import reshard_data
+    from .picture_data import reshard_data
     from .tables import read_items_table
 
     load = getattr(load, "load", load)
@@ -976,7 +974,7 @@ class ReadOrderStepper(_Explorer):
         self._dims = dims
         self.rank = _dropdown(
             list(range(self.load.world_size)),
-            _check_rank(rank, self.load.world_size),
+            check_load_rank(rank, self.load.world_size, what="load rank"),
             "load rank",
             "wb-rank",
         )
@@ -1014,12 +1012,9 @@ class ReadOrderStepper(_Explorer):
 
     def _on_rank(self, _change=None) -> None:
         """A new rank: its items, starting at the first."""
-        self._muted = True
-        try:
+        with self._quiet():
             self.step.value = 0
             self.step.max = max(self._n_items() - 1, 0)
-        finally:
-            self._muted = False
         self.refresh()
 
     def _move(self, delta: int) -> None:

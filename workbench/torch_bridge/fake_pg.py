@@ -7,7 +7,7 @@ simulated in turn: rank r is initialised with ``FakeStore``, its state dict is b
 with ``DTensor.from_local`` on the meta device, so no tensor memory is used for planning saves),
 its planner makes its local plan, and the group is destroyed. The global save step (dedup,
 ``create_default_global_save_plan``, ``_validate_global_plan``) then runs on all local plans as
-the coordinator would. torch is imported inside functions only.
+the coordinator would. Lazy imports: torch is imported inside functions only.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from ..errors import PlanError
 from ..records import Metadata
 from ..sharding import Layout
+from .materialize import Meshes, exception_text, torch_state_dict
 
 __all__ = [
     "TorchSavePlans",
@@ -106,7 +107,7 @@ def _quiet():
         planner_log.setLevel(level)
 
 
-def _check(layouts: Mapping[str, Layout]) -> int:
+def _world_of(layouts: Mapping[str, Layout]) -> int:
     sizes = {lay.world_size for lay in layouts.values()}
     if len(sizes) != 1:
         raise PlanError(
@@ -131,9 +132,8 @@ def _ranks(ws: int, n_entries: int, desc: str, progress: bool | None):
 
 
 def _rank_state_dict(layouts, rank, device):
-    from .runs import _Meshes, _state_dict
 
-    return _state_dict(layouts, rank, _Meshes(), empty=device)
+    return torch_state_dict(layouts, rank, Meshes(), empty=device)
 
 
 def torch_save_plans(
@@ -155,9 +155,8 @@ def torch_save_plans(
     )
 
     from .convert import from_torch
-    from .runs import _exc_text
 
-    ws = _check(layouts)
+    ws = _world_of(layouts)
     local, rank_errors = [], []
     for r in _ranks(ws, len(layouts), "torch save plans", progress):
         with _fake_rank(r, ws):
@@ -168,7 +167,7 @@ def torch_save_plans(
                 rank_errors.append(None)
             except Exception as e:  # e.g. the Partial ValueError of this rank
                 local.append(None)
-                rank_errors.append(_exc_text(e))
+                rank_errors.append(exception_text(e))
     if any(rank_errors):
         return TorchSavePlans([from_torch(p) for p in local], [], None, [], rank_errors)
     # DefaultSavePlanner._create_global_plan, step by step so the validation strings are kept
@@ -194,9 +193,8 @@ def torch_load_plans(
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
     from .convert import from_torch, to_torch
-    from .runs import _exc_text
 
-    ws = _check(layouts)
+    ws = _world_of(layouts)
     tmd = to_torch(metadata) if isinstance(metadata, Metadata) else metadata
     plans, errors = [], []
     for r in _ranks(ws, len(layouts), "torch load plans", progress):
@@ -212,7 +210,7 @@ def torch_load_plans(
                 errors.append(None)
             except Exception as e:
                 plans.append(None)
-                errors.append(_exc_text(e))
+                errors.append(exception_text(e))
     return TorchLoadPlans(plans, errors)
 
 
@@ -331,7 +329,7 @@ def verify_with_torch(
     if metadata is None:
         res = plan_save(layouts, save_to_lowest_rank)
         diff = _compare_save(res, layouts, save_to_lowest_rank, progress)
-        checked.append(f"save plans of {len(layouts)} entries on {_check(layouts)} ranks")
+        checked.append(f"save plans of {len(layouts)} entries on {_world_of(layouts)} ranks")
         if diff:
             return Verification(False, checked, diff)
         if res.failures or res.errors:
@@ -339,5 +337,5 @@ def verify_with_torch(
         metadata = res.metadata
         layouts = load_layouts or layouts
     diff = _compare_load(metadata, layouts, allow_partial_load, progress)
-    checked.append(f"load plans of {len(layouts)} entries on {_check(layouts)} ranks")
+    checked.append(f"load plans of {len(layouts)} entries on {_world_of(layouts)} ranks")
     return Verification(diff is None, checked, diff)

@@ -23,6 +23,9 @@ Each rank runs in a forked child process in its own session: a ``build`` that ha
 with everything it started at ``time_limit``, and a ``build`` that raises, needs a GPU or needs
 data gives one `CaptureError` naming the function and the rank. Harness layer of
 ``torch_bridge``: torch is imported inside functions only.
+
+Lazy imports: torch (and the torch-bridge modules that need it) inside functions, so that
+importing the package needs no torch.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ parameter with its flat index + 0.25 before parallelising keeps those values thr
 scatter of ``distribute_tensor`` and the real chunking of ``fully_shard``), and after a real
 ``dcp.load`` from a checkpoint the loaded local values. The launcher is `runs.run_steps` (its
 process rules, time limit and clean-up). torch is imported inside functions only.
+
+Lazy imports: torch (and the torch-bridge modules that need it) inside functions, so that
+importing the package needs no torch.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class ProgramStep:
         from torch.distributed.checkpoint.state_dict_saver import _stateful_to_state_dict
 
         from .convert import from_torch
-        from .runs import _exc_text
+        from .materialize import exception_text
 
         sd, _ = state_dict_of(self.build(), build_name(self.build), rank)
         sd = _stateful_to_state_dict(sd)
@@ -113,7 +116,7 @@ class ProgramStep:
         try:
             dcp.load(sd, checkpoint_id=self.load_path)
         except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
-            return ProgramRank(**out, error=_exc_text(e))
+            return ProgramRank(**out, error=exception_text(e))
         loaded = {
             k: _local(v).detach().to(torch.float64).numpy().copy() for k, v in tensors.items()
         }

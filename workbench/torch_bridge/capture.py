@@ -79,7 +79,9 @@ class RankEntry:
     ``sharded`` / ``bytes``; DTensor: global ``shape``, ``mesh_shape``, ``mesh_ranks`` (global,
     row-major), ``placements``, ``local_shape`` (the real local tensor's); ``digest``: a hash of
     the values (plain tensors off the meta device, bytes entries) to tell per-rank values apart;
-    ``layout``: a ShardedTensor's global layout."""
+    ``layout``: a ShardedTensor's global layout; ``slices``: every slice of the DTensor mesh's
+    root mesh along the same dims (``mesh["dp"]`` of a ``(dp, ep)`` mesh: one per ep index),
+    the ranks of each in row-major order."""
 
     fqn: str
     kind: str
@@ -513,7 +515,7 @@ def _fix(text: str) -> str:
             "init_device_mesh('cpu', ...) and the model under torch.device('meta') (e.g. take "
             "the device type from an environment variable)."
         )
-    if "meta" in low or "item()" in low or isinstance(text, str) and "FileNotFound" in text:
+    if "meta" in low or "item()" in low or "filenotfound" in low:
         return (
             "build() must not need real data: build the model under torch.device('meta') and "
             "parallelise it without loading weights, reading files or inspecting values."

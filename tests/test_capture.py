@@ -359,3 +359,23 @@ def test_checkpoint_explorer_takes_a_captured_target(fsdp_tp):
     assert "capture_programs.build_fsdp_tp" in ex._header.value
     kinds = {(p.fqn, p.kind) for p in ex.plan.problems}
     assert ("tok_embeddings.weight", "strided_misdescribed") in kinds
+
+
+def test_a_derivation_torch_disagrees_with_is_refused(fsdp_tp):
+    """The check of every run rank against torch's own local save plan: a view whose DCP box
+    is not the derived one is refused, naming the rank and both items."""
+    import dataclasses
+
+    from workbench.torch_bridge.capture import _check_view
+
+    view = run_rank(P.build_fsdp_tp, 5, 6)
+    i = next(k for k, it in enumerate(view.items) if it.index.fqn == "output.weight")
+    item = view.items[i]
+    moved = dataclasses.replace(
+        item,
+        tensor_data=dataclasses.replace(item.tensor_data, chunk=wb.Chunk((0, 0), (1, 16))),
+    )
+    bad = dataclasses.replace(view, items=view.items[:i] + (moved,) + view.items[i + 1 :])
+    _check_view("b", fsdp_tp, view, 6)  # torch's own items agree
+    with pytest.raises(wb.CaptureError, match=r"rank 5's derived write item \('output.weight'"):
+        _check_view("b", fsdp_tp, bad, 6)

@@ -852,7 +852,8 @@ def _check_view(name, layouts, view: RankView, world_size) -> None:
     against its real local tensors' shapes."""
     want, got = _expected_items(layouts, view), _torch_items(view)
     if want != got:
-        bad = next((w, g) for w, g in zip(want + [None] * len(got), got + [None] * len(want)))
+        pairs = zip(want + [None] * len(got), got + [None] * len(want))
+        bad = next((w, g) for w, g in pairs if w != g)
         raise CaptureError(
             name,
             f"rank {view.rank}'s derived write item {bad[0]} differs from torch's {bad[1]}",

@@ -23,6 +23,7 @@ def test_every_expected_notebook_exists():
         "05_debug_failing_reshard.ipynb",
         "06_strided_shard_hazard.ipynb",
         "07_checkpoint_formats.ipynb",
+        "08_your_model.ipynb",
     }
     assert expected <= names, sorted(expected - names)
 

@@ -100,6 +100,12 @@ class CallStep:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     layouts: Mapping[str, Layout] = field(default_factory=dict)
 
+    def run_on(self, rank: int):
+        # runs inside a rank of run_steps, whose process group is initialised
+        import torch.distributed as dist
+
+        return self.fn(rank, dist.get_world_size(), self.path, **self.kwargs)
+
 
 # Storage writers a SaveStep can use: torch's FileSystemWriter; its
 # HuggingFaceStorageWriter(save_distributed=True) without / with consolidation; and the
@@ -224,13 +230,13 @@ def _storage_writer(storage: str, path: str, layouts):
     )
 
 
-def _run_step(step, rank, world_size, meshes):
+def _run_step(step, rank, meshes):
+    if hasattr(step, "run_on"):  # a step that brings its own program (program_runs.ProgramStep)
+        return step.run_on(rank)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
     failed = (Exception, CheckpointException)  # CheckpointException is a BaseException
-    if isinstance(step, CallStep):
-        return step.fn(rank, world_size, step.path, **step.kwargs)
     if isinstance(step, SaveStep):
         try:
             dcp.save(
@@ -290,7 +296,7 @@ def _worker(rank, world_size, port, sock, steps, out_dir, timeout):
         try:
             meshes = Meshes()
             for step in steps:
-                results.append(_run_step(step, rank, world_size, meshes))
+                results.append(_run_step(step, rank, meshes))
                 out.write_bytes(pickle.dumps(("ok", results)))
             dist.barrier()  # an ordered shutdown: nobody leaves while others still talk
         finally:
@@ -307,7 +313,8 @@ def run_steps(
     timeout: float = 30.0,
 ) -> list:
     """Run ``steps`` in order on ``world_size`` fresh processes over gloo; returns one result per
-    step (`SaveRun` / `LoadRun`; a `CallStep` gives the tuple of every rank's return value). Raises RuntimeError when a rank crashes or the launch exceeds
+    step (`SaveRun` / `LoadRun`; a step with a ``run_on(rank)`` method, e.g.
+    `program_runs.ProgramStep` or a `CallStep`, gives the tuple of its ranks' results). Raises RuntimeError when a rank crashes or the launch exceeds
     ``time_limit`` seconds (stragglers are killed first: no process outlives the call)."""
     import multiprocessing as mp
 
@@ -319,7 +326,7 @@ def run_steps(
             "Real runs are small by design; plan larger worlds with plan_save.",
         )
     for s in steps:
-        for fqn, lay in s.layouts.items():
+        for fqn, lay in getattr(s, "layouts", {}).items():
             if lay.world_size != world_size:
                 raise PlanError(
                     fqn,
@@ -327,7 +334,10 @@ def run_steps(
                     "one world size per run",
                     "Build the layouts with world_size equal to the run's.",
                 )
-    steps = [replace(s, path=str(Path(s.path).resolve())) for s in steps]
+    steps = [
+        replace(s, path=str(Path(s.path).resolve())) if isinstance(s, (SaveStep, LoadStep)) else s
+        for s in steps
+    ]
     ctx = mp.get_context("spawn")
     out_dir = tempfile.mkdtemp(prefix="wb_run_")
     # Megatron-Core's writer starts worker processes of its own, which a daemonic process may
@@ -374,12 +384,12 @@ def run_steps(
     out = []
     for i, s in enumerate(steps):
         got = [per_rank[r][i] for r in range(world_size)]
-        if isinstance(s, CallStep):
-            out.append(tuple(got))
-        elif isinstance(s, SaveStep):
+        if isinstance(s, SaveStep):
             out.append(SaveRun(s.path, world_size, tuple(got)))
-        else:
+        elif isinstance(s, LoadStep):
             out.append(LoadRun(s.path, world_size, tuple(got), s.fill))
+        else:  # a step with its own program: its per-rank results as they are
+            out.append(tuple(got))
     return out
 
 

@@ -588,7 +588,7 @@ def run(mods: dict, cases: dict) -> dict:
         }
         for r in range(ws):
             items = []
-            for fqn, (kind, size, per_rank) in c["load_chunks"].items():
+            for fqn, (kind, _size, per_rank) in c["load_chunks"].items():
                 if not per_rank[r]:
                     continue
                 entry = md.state_dict_metadata[fqn]

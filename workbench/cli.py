@@ -363,12 +363,51 @@ def _cmd_inspect(args) -> int:
     return OK
 
 
+def torch_versions(spec: str | None) -> list[str]:
+    """``--torch`` values: ``"2.10"`` or ``"2.10,2.13"`` (None: the default version)."""
+    from .versions import resolve_torch_version
+
+    if spec is None:
+        return [resolve_torch_version(None)]
+    return [resolve_torch_version(v.strip()) for v in spec.split(",") if v.strip()] or [
+        resolve_torch_version(spec)
+    ]
+
+
+def _one_version(spec: str | None) -> str:
+    versions = torch_versions(spec)
+    if len(versions) > 1:
+        raise PlanError(
+            "<--torch>",
+            f"{spec!r} names {len(versions)} versions",
+            "one version here",
+            "Compare versions with `workbench plan --torch A,B`.",
+        )
+    return versions[0]
+
+
+def _version_header(v: str) -> str:
+    from .versions import installed_torch_version
+
+    installed = installed_torch_version()
+    note = f"installed torch {installed}" if installed else "no torch installed"
+    return f"DCP semantics of torch {v} ({note})"
+
+
 def _cmd_plan(args) -> int:
     from .planning import plan_load
 
+    versions = torch_versions(args.torch)
+    if len(versions) > 1:
+        return _cmd_compare_versions(args, versions)
     ckpt = _open(args.checkpoint)
     layouts = parse_target(args.target)
-    result = plan_load(ckpt.metadata, layouts, allow_partial_load=args.allow_partial_load)
+    result = plan_load(
+        ckpt.metadata,
+        layouts,
+        allow_partial_load=args.allow_partial_load,
+        torch_version=versions[0],
+    )
     problems = list(result.problems)
     blocking = [p for p in problems if p.blocking]
     # a missing or short data file makes torch's reader raise mid-load, for the keys it holds
@@ -381,6 +420,7 @@ def _cmd_plan(args) -> int:
             {
                 "checkpoint": args.checkpoint,
                 "target": args.target,
+                "torch_version": result.torch_version,
                 "ok": ok,
                 "world_size": result.world_size,
                 "problems": [problem_dict(p) for p in problems],
@@ -390,6 +430,7 @@ def _cmd_plan(args) -> int:
             }
         )
     else:
+        print(_version_header(result.torch_version))
         if problems:
             # blocking problems first; a wrong preset can give one problem per key
             shown = sorted(problems, key=lambda p: not p.blocking)[:MAX_ROWS]
@@ -411,6 +452,54 @@ def _cmd_plan(args) -> int:
         )
         print("OK" if ok else "BLOCKED: this load would raise or load wrong values")
     return OK if ok else FOUND_PROBLEMS
+
+
+def _cmd_compare_versions(args, versions: list[str]) -> int:
+    from .version_compare import compare_versions
+
+    ckpt = _open(args.checkpoint)
+    layouts = parse_target(args.target)
+    cmp = compare_versions(
+        ckpt.metadata, layouts, versions, allow_partial_load=args.allow_partial_load
+    )
+    blocked = {v: any(p.blocking for p in r.problems) for v, r in cmp.results.items()}
+    if args.json:
+        _json_out(
+            {
+                "checkpoint": args.checkpoint,
+                "target": args.target,
+                "torch_versions": list(cmp.versions),
+                "blocked": blocked,
+                "changes": [dataclasses.asdict(c) for c in cmp.changed()],
+            }
+        )
+    else:
+        print(f"DCP semantics of torch {', '.join(cmp.versions)} compared with {cmp.versions[0]}")
+        rows = [
+            [
+                c.version,
+                c.rank,
+                ", ".join(c.reordered),
+                ", ".join(c.changed),
+                "; ".join(c.appearing),
+                "; ".join(c.vanishing),
+                "" if c.files_before == c.files_after else " ".join(c.files_after),
+            ]
+            for c in cmp.changed()
+        ]
+        if rows:
+            _table(
+                f"{len(rows)} (version, rank) pairs change",
+                ["torch", "rank", "read order", "reads", "problems +", "problems -", "files now"],
+                rows[:MAX_ROWS],
+            )
+            if len(rows) > MAX_ROWS:
+                print(f"... {len(rows) - MAX_ROWS} more (--json lists all)")
+        else:
+            print("no rank's reads, problems or files change")
+        for v, b in blocked.items():
+            print(f"torch {v}: " + ("BLOCKED" if b else "OK"))
+    return FOUND_PROBLEMS if any(blocked.values()) else OK
 
 
 def io_summary(result) -> dict:
@@ -440,7 +529,9 @@ def _cmd_explain(args) -> int:
 
     metadata = _open(args.checkpoint).metadata if args.checkpoint else None
     target = parse_target(args.target) if args.target else None
-    exp = explain(args.text, metadata=metadata, target=target)
+    exp = explain(
+        args.text, metadata=metadata, target=target, torch_version=_one_version(args.torch)
+    )
     if args.json:
         _json_out(explanation_dict(exp))
     else:
@@ -473,6 +564,7 @@ def _cmd_report(args) -> int:
         checkpoint=args.checkpoint,
         target=args.target,
         damage=ckpt.problems(),
+        torch_version=_one_version(args.torch),
     )
     print(f"wrote {out}")
     return OK
@@ -526,8 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="workbench",
         formatter_class=fmt,
-        description="See and debug how PyTorch Distributed Checkpoint (torch 2.13) reshards a "
-        "checkpoint, for every rank at once, without a process group.",
+        description="See and debug how PyTorch Distributed Checkpoint (torch 2.4 to 2.14) reshards "
+        "a checkpoint, for every rank at once, without a process group.",
         epilog="exit status: 0 ok, 1 `plan` found a blocking problem, 2 bad input\n\n"
         + TARGET_HELP,
     )
@@ -564,6 +656,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="as dcp.load(planner=DefaultLoadPlanner(allow_partial_load=True))",
     )
+    s.add_argument(
+        "--torch",
+        metavar="X.Y[,X.Y...]",
+        help="the torch version whose DCP semantics to use (2.4 ... 2.14; default: the installed "
+        "torch if supported, else the newest); several compare the versions rank by rank",
+    )
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.add_argument("--list-presets", action=_ListPresets, help="list presets and recipes, exit")
     s.set_defaults(run=_cmd_plan)
@@ -578,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("text", help="the error text, quoted")
     s.add_argument("--checkpoint", "-c", help="checkpoint directory the error came from")
     s.add_argument("--target", "-t", metavar="SPEC", help="the target being loaded into")
+    s.add_argument("--torch", metavar="X.Y", help="the torch version that raised it")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(run=_cmd_explain)
 
@@ -593,6 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="checkpoint directory")
     s.add_argument("--target", "-t", metavar="SPEC", help="optional target (see below)")
     s.add_argument("--output", "-o", default="report.html", help="output file (report.html)")
+    s.add_argument("--torch", metavar="X.Y", help="the torch version whose semantics to use")
     s.set_defaults(run=_cmd_report)
 
     s = sub.add_parser(

@@ -36,6 +36,7 @@ from .planner_helpers import (
 from .planning import _overlap_mask
 from .records import BytesStorageMetadata, MetadataIndex, TensorStorageMetadata
 from .sharding import Layout, bytes_layout, format_placements
+from .versions import resolve_torch_version, semantics
 
 __all__ = [
     "Problem",
@@ -477,14 +478,28 @@ def _failures(result) -> dict[str, tuple[tuple[int, ...], str]]:
     return out
 
 
-def find_problems(load_result) -> list[Problem]:
+def find_problems(load_result, *, torch_version: str | None = None) -> list[Problem]:
     """Problems of a whole load plan (``planning.plan_load``'s result), sorted by fqn (target order,
-    then checkpoint-only keys) and kind.
+    then checkpoint-only keys) and kind, under the plan's torch version; a different
+    ``torch_version`` re-plans the same load with that version first (e.g. a size mismatch is an
+    ``error`` from 2.6, ``silent`` before: torch 2.4 / 2.5 read the chunks into the wrong shape).
 
     Reads ``.metadata``, ``.layouts`` (the target) and ``.failures`` (torch's messages for entries
     torch raises on); mirrors ``create_default_local_load_plan`` and the reader's silent paths
     (dcp-semantics sections 3-5, 8).
     """
+    if torch_version is not None and resolve_torch_version(torch_version) != getattr(
+        load_result, "torch_version", None
+    ):
+        from .planning import plan_load
+
+        load_result = plan_load(
+            load_result.metadata,
+            load_result.layouts,
+            allow_partial_load=getattr(load_result, "allow_partial_load", False),
+            torch_version=torch_version,
+        )
+    tv = getattr(load_result, "torch_version", "2.13")
     md = load_result.metadata
     layouts: Mapping[str, Any] = load_result.layouts
     items = md.state_dict_metadata
@@ -512,7 +527,9 @@ def find_problems(load_result) -> list[Problem]:
             out.append(_one_copy_for_all(fqn, layout, md))
         elif isinstance(saved, TensorStorageMetadata):
             out.extend(
-                _tensor_problems(fqn, layout, saved, ranks, text, lambda: load_result.reads(fqn))
+                _tensor_problems(
+                    fqn, layout, saved, ranks, text, lambda: load_result.reads(fqn), tv
+                )
             )
         elif not layout.is_bytes:
             out.append(
@@ -621,7 +638,7 @@ def _missing(fqn, ranks, text, items, result) -> Problem:
 
 
 def _tensor_problems(
-    fqn, layout, saved: TensorStorageMetadata, ranks, text, reads
+    fqn, layout, saved: TensorStorageMetadata, ranks, text, reads, tv: str = "2.13"
 ) -> list[Problem]:
     # reads: a callable giving the fqn's ReadBlock, built only for a misdescribed layout
     if layout.is_bytes:
@@ -637,6 +654,21 @@ def _tensor_problems(
                 + (text or invalid_metadata_message(fqn)),
                 "Pass a tensor of the saved size (a value that _init_state_dict turned into None is a "
                 "common cause), or drop the key.",
+            )
+        ]
+    if tuple(saved.size) != tuple(layout.shape) and not semantics(tv).size_mismatch_raises:
+        return [
+            Problem(
+                fqn,
+                "shape_mismatch",
+                ranks,
+                None,
+                "silent",
+                f"{fqn}: saved size {list(saved.size)} differs from the target's "
+                f"{list(layout.shape)}; torch {tv} has no size check (it raises from 2.6 on): it "
+                "reads the saved chunks into the target's boxes as if the shapes matched, so the "
+                "values land in the wrong places (or the read asserts on mismatched sizes).",
+                "Build the target with the checkpoint's shapes, or convert the checkpoint.",
             )
         ]
     if tuple(saved.size) != tuple(layout.shape):
@@ -730,10 +762,14 @@ _VALIDATION = re.compile(
 )
 
 
-def _validation_quote(errs: list[str], all_errs: list[str]) -> str:
+def _validation_quote(errs: list[str], all_errs: list[str], torch_version: str = "2.13") -> str:
     """What torch raises for a key's validation errors: DefaultSavePlanner's exact ValueError text
     (every key's errors joined, cut at 500 characters) when this key's are all of them, else the
-    key's own strings behind an elision."""
+    key's own strings behind an elision. torch 2.4 - 2.11 raise the bare text and only log the
+    strings (as warnings of ``torch.distributed.checkpoint.default_planner``)."""
+    if not semantics(torch_version).validation_returns_errors:
+        logged = "; ".join(" ".join(e.split()) for e in errs)
+        return f"Failed to validate global plan (torch {torch_version} logs: {logged})"
     if list(errs) == list(all_errs):
         summary = "; ".join(errs)
         if len(summary) > 500:
@@ -760,6 +796,7 @@ def find_save_problems(save_result) -> list[Problem]:
         if m:
             errors[m["fqn"]].append(e)
     failed = {f: tuple(r) for f, r, _ in getattr(save_result, "failures", ()) or ()}
+    tv = getattr(save_result, "torch_version", "2.13")
     out = []
     for fqn, layout in layouts.items():
         ranks = tuple(layout.holders())
@@ -788,7 +825,7 @@ def find_save_problems(save_result) -> list[Problem]:
                     layout,
                     "error" if errs else "silent",
                     "save",
-                    _validation_quote(errs, all_errs) if errs else "",
+                    _validation_quote(errs, all_errs, tv) if errs else "",
                 )
             )
             continue
@@ -812,14 +849,19 @@ def find_save_problems(save_result) -> list[Problem]:
             )
         saved = items.get(fqn)
         if isinstance(saved, TensorStorageMetadata) and saved.size:
-            out.extend(_saved_chunk_problems(fqn, saved, errs, writers.get(fqn, []), all_errs))
+            out.extend(_saved_chunk_problems(fqn, saved, errs, writers.get(fqn, []), all_errs, tv))
     order = {f: i for i, f in enumerate(layouts)}
     out.sort(key=lambda p: _sort_key(p, order))
     return out
 
 
 def _saved_chunk_problems(
-    fqn, saved: TensorStorageMetadata, errs: list[str], writers: list[int], all_errs: list[str]
+    fqn,
+    saved: TensorStorageMetadata,
+    errs: list[str],
+    writers: list[int],
+    all_errs: list[str],
+    tv: str = "2.13",
 ) -> list[Problem]:
     """Holes, overlaps and out-of-bounds chunks of a planned checkpoint; ``error`` where torch's
     validation (``errs``, its strings for this key) raises. Every validation string is quoted by
@@ -832,7 +874,7 @@ def _saved_chunk_problems(
     out = []
 
     def quote(sub: list[str]) -> str:
-        return _validation_quote(sub, all_errs)
+        return _validation_quote(sub, all_errs, tv)
 
     if by_kind["out of bounds chunk"]:
         outside = [i for i, c in enumerate(saved.chunks) if not c.within(saved.size)]
@@ -908,6 +950,7 @@ class Explanation:
     ranks: tuple[int, ...] = ()
     inner: tuple[Explanation, ...] = ()
     text: str = ""
+    torch_version: str | None = None
 
     def __str__(self) -> str:
         head = f"{self.fqn}: " if self.fqn else ""
@@ -928,7 +971,11 @@ _PATTERNS = [
         "checkpoint_exception",
         re.compile(r"CheckpointException ranks:dict_keys\(\[(?P<ranks>[^\]]*)\]\)"),
     ),
-    ("validate_global_plan", re.compile(r"Failed to validate global plan: (?P<body>.*)", re.S)),
+    # 2.12+ append the error strings; 2.4 - 2.11 raise the bare text and log the strings
+    (
+        "validate_global_plan",
+        re.compile(r"Failed to validate global plan(?:: (?P<body>.*))?", re.S),
+    ),
     ("missing_key", re.compile(r"Missing key in checkpoint state_dict: (?P<fqn>.+?)\.?$", re.M)),
     (
         "size_mismatch",
@@ -1007,8 +1054,16 @@ def _explain_inputs(metadata, target) -> tuple[Any, dict[str, Layout]]:
     return metadata, {f: lay if lay is not None else bytes_layout(ws) for f, lay in layouts.items()}
 
 
-def explain(text: str, metadata=None, target: Mapping[str, Any] | None = None) -> Explanation:
-    """Explain a torch 2.13 DCP error string (or a whole ``CheckpointException`` dump).
+def explain(
+    text: str,
+    metadata=None,
+    target: Mapping[str, Any] | None = None,
+    *,
+    torch_version: str | None = None,
+) -> Explanation:
+    """Explain a torch DCP error string (or a whole ``CheckpointException`` dump) as raised by
+    ``torch_version`` (default `versions.default_torch_version`; kept in ``.torch_version``).
+    A message that version never raises (the size check before 2.6) says so.
 
     With the checkpoint's ``metadata`` and the ``target`` (``{fqn: Layout}``), point at the tensor
     and the numbers: a current size that is the saved size divided by the world size (a local
@@ -1016,17 +1071,29 @@ def explain(text: str, metadata=None, target: Mapping[str, Any] | None = None) -
     Unknown text gives pattern ``"unknown"``. torch's own ``Metadata`` and a real state dict
     (Tensors, DTensors, ShardedTensors, other values as bytes) are accepted too.
     """
+    tv = resolve_torch_version(torch_version)
     text = str(text)
     metadata, target = _explain_inputs(metadata, target)
     for name, rx in _PATTERNS:
         m = rx.search(text)
         if m:
-            return _EXPLAINERS[name](m, text, metadata, target or {})
+            e = _EXPLAINERS[name](m, text, metadata, target or {})
+            if name == "size_mismatch" and not semantics(tv).size_mismatch_raises:
+                e = replace(
+                    e,
+                    what_to_check=(
+                        f"torch {tv} never raises this (the size check arrived in 2.6): the "
+                        "job ran a newer torch than assumed.",
+                        *e.what_to_check,
+                    ),
+                )
+            return replace(e, torch_version=tv)
     return Explanation(
         "unknown",
         "This is not one of the DCP error messages the workbench knows.",
         ("Paste the last line of the traceback (the exception message).",),
         text=text,
+        torch_version=tv,
     )
 
 
@@ -1063,7 +1130,7 @@ def _x_checkpoint_exception(m, text, md, target):
 
 
 def _x_validate(m, text, md, target):
-    body = m["body"]
+    body = m["body"] or ""
     found = [(k.group("fqn"), k.group("what")) for k in _VALIDATION.finditer(body)]
     truncated = body.rstrip().endswith("(truncated)")
     fqns = list(dict.fromkeys(f for f, _ in found))
@@ -1098,6 +1165,12 @@ def _x_validate(m, text, md, target):
         checks.append(
             "The message is truncated at 500 characters: plan the save with "
             "workbench.plan_save to list every error."
+        )
+    if not body:
+        checks.append(
+            "torch 2.4 - 2.11 raise this bare text: the reasons were logged as warnings "
+            "(logger torch.distributed.checkpoint.default_planner); plan the save with "
+            "workbench.plan_save(..., torch_version=...) to list them."
         )
     return Explanation(
         "validate_global_plan",

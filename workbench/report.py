@@ -321,12 +321,18 @@ def build_report(
     target: str | None = None,
     damage: list[str] | None = None,
     max_pictures: int = MAX_PICTURES,
+    torch_version: str | None = None,
 ) -> str:
     """The report as one HTML string: verdict, problems, pictures, I/O, the checkpoint's
     contents, read items. ``layouts`` (``{fqn: Layout}``, the target) is optional: without it the
     report shows what the checkpoint holds. ``damage``: messages about the data files
-    (`checkpoint.Checkpoint.problems`: missing or short files), shown under the verdict."""
+    (`checkpoint.Checkpoint.problems`: missing or short files), shown under the verdict.
+    ``torch_version``: whose DCP semantics plan the load (default
+    `versions.default_torch_version`); the report names it."""
     from .tables import checkpoint_chunks_table
+    from .versions import semantics
+
+    sem = semantics(torch_version)
 
     chunks = checkpoint_chunks_table(metadata)
     info = describe_checkpoint(metadata, chunks)
@@ -334,7 +340,7 @@ def build_report(
     if layouts is not None:
         from .planning import plan_load
 
-        result = plan_load(metadata, layouts)
+        result = plan_load(metadata, layouts, torch_version=sem.version)
         problems = list(result.problems)
     else:  # no target: the saved chunks' own holes and overlaps
         from .diagnosis import find_checkpoint_problems
@@ -347,7 +353,8 @@ def build_report(
         + "</code>"
         + (" &middot; target <code>" + _e(target) + "</code>" if target else "")
         + f" &middot; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
-        + f" &middot; DCP metadata version {_e(metadata.version)}</p>",
+        + f" &middot; DCP metadata version {_e(metadata.version)}"
+        + f" &middot; semantics of torch {_e(sem.version)}</p>",
         _verdict_html(problems),
     ]
     if damage:
@@ -374,7 +381,11 @@ def build_report(
         body += [
             "<h2>Read items</h2>",
             "<p>Each rank's read items in DCP's order (state-dict order of keys, then "
-            "torch 2.13's sweep order).</p>",
+            + (
+                f"torch {sem.version}'s "
+                + ("nested-loop" if sem.read_item_order == "nested" else "sweep")
+                + " order).</p>"
+            ),
             _read_items_html(result),
         ]
     title = "DCP reshard report" + (f": {checkpoint}" if checkpoint else "")

@@ -44,6 +44,11 @@ Behaviours measured by diffing the versions' sources (2.4.1, 2.5.1, 2.6.0, 2.7.1
 - DTensor's ``compute_local_shape_and_global_offset`` changed in 2.5, 2.6, 2.7, 2.8, 2.10, 2.11
   and 2.12 (``_StridedShard`` support, empty-shard offsets); not recorded here (see README).
 
+Real checkpoints: ``--venv PYTHON`` (repeatable) names the python of a throw-away venv outside the
+repository where one torch version is installed (``python3 -m venv /tmp/venv-torch-2.4.1 &&
+/tmp/venv-torch-2.4.1/bin/pip install torch==2.4.1``); that version's real ``dcp.save`` (one
+process, no process group) writes a tiny checkpoint to ``tests/data/torch-<X.Y>/ckpt/``.
+
 Outputs: ``tests/data/torch-cases.json`` (the inputs, the same for every version) and
 ``tests/data/torch-<X.Y>/planner.json`` (what that version computed, case by case, in order).
 Exceptions are recorded as ``{"raise": [type name, message]}``.
@@ -609,10 +614,57 @@ def _dump(obj, path: Path) -> None:
     path.write_text(json.dumps(obj, separators=(",", ":")) + "\n")
 
 
+# Run by the venv's own python: that torch's real dcp.save, one process, relative checkpoint id.
+_SAVE_SCRIPT = """
+import json, sys, warnings
+import torch
+import torch.distributed.checkpoint as dcp
+warnings.simplefilter("ignore")
+sd = {
+    "w": torch.arange(12, dtype=torch.float32).reshape(4, 3),
+    "b": torch.tensor([5, 6], dtype=torch.int64),
+    "step": 7,
+}
+dcp.save(sd, checkpoint_id="ckpt")
+print(json.dumps({"torch": torch.__version__}))
+"""
+
+
+def write_checkpoint(python: Path) -> str:
+    """A tiny real checkpoint written by the venv's torch into tests/data/torch-<X.Y>/ckpt/."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [str(python), "-c", _SAVE_SCRIPT],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
+        version = json.loads(out.stdout.strip().splitlines()[-1])["torch"]
+        v = ".".join(version.split("+")[0].split(".")[:2])
+        dest = DATA / f"torch-{v}" / "ckpt"
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(Path(tmp) / "ckpt", dest)
+    print(f"{v}: real checkpoint written by torch {version} to {dest}")
+    return v
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("wheels", nargs="+", type=Path, help="torch wheels (read as zips)")
+    ap.add_argument("wheels", nargs="*", type=Path, help="torch wheels (read as zips)")
+    ap.add_argument(
+        "--venv", action="append", default=[], type=Path, help="python of a venv with a torch"
+    )
     args = ap.parse_args(argv)
+    for python in args.venv:
+        write_checkpoint(python)
+    if not args.wheels:
+        return 0
     import torch
 
     cases = make_cases()

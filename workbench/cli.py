@@ -313,10 +313,17 @@ def _cmd_inspect(args) -> int:
     ckpt = _open(args.checkpoint)
     info = describe_checkpoint(ckpt.metadata)
     problems = find_checkpoint_problems(ckpt.metadata)  # holes / overlaps, whatever the target
+    written_by = writer_versions(args.checkpoint)
     if args.json:
         _json_out(
             {
                 "checkpoint": args.checkpoint,
+                "written_by": {
+                    "low": written_by.low,
+                    "high": written_by.high,
+                    "text": str(written_by),
+                    "evidence": list(written_by.evidence),
+                },
                 **info,
                 "damage": ckpt.problems(),
                 "problems": [problem_dict(p) for p in problems],
@@ -335,6 +342,7 @@ def _cmd_inspect(args) -> int:
         ]
         for e in info["entries"]
     ]
+    print(f"written by {written_by} ({'; '.join(written_by.evidence)})")
     _table(
         f"{args.checkpoint}: {len(rows)} entries",
         ["fqn", "kind", "shape", "dtype", "chunks", "writers", "bytes"],
@@ -392,6 +400,14 @@ def _version_header(v: str) -> str:
     installed = installed_torch_version()
     note = f"installed torch {installed}" if installed else "no torch installed"
     return f"DCP semantics of torch {v} ({note})"
+
+
+def writer_versions(checkpoint: str):
+    """`formats.dcp.infer_writer_versions` of a checkpoint directory's ``.metadata``."""
+    from .formats.dcp import infer_writer_versions, metadata_path
+
+    p = metadata_path(checkpoint)
+    return infer_writer_versions(p.read_bytes(), str(p))
 
 
 def _cmd_plan(args) -> int:

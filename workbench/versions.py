@@ -23,6 +23,7 @@ __all__ = [
     "TorchVersionError",
     "default_torch_version",
     "installed_torch_version",
+    "require_torch",
     "resolve_torch_version",
     "semantics",
     "version_key",
@@ -151,4 +152,27 @@ def semantics(torch_version: str | None = None) -> TorchSemantics:
         plan_caching=minor >= 7,
         init_state_dict_nones=minor >= 5,
         checkpointable_tensor=minor >= 14,
+    )
+
+
+# The oldest torch each torch_bridge feature runs on: DTensor's public package
+# (torch.distributed.tensor, with _StridedShard) arrived in 2.5; 2.4 has torch.distributed._tensor.
+BRIDGE_MINIMUM = "2.5"
+
+
+def require_torch(feature: str, minimum: str = BRIDGE_MINIMUM) -> str:
+    """The installed torch's version when it is at least ``minimum``; else a `TorchVersionError`
+    naming ``feature`` and the version it needs (torch is not imported)."""
+    v = installed_torch_version()
+    if v is not None and version_key(v) >= version_key(minimum):
+        return v
+    have = f"the installed torch is {v}" if v else "torch is not installed"
+    raise TorchVersionError(
+        None,
+        f"{feature} needs torch {minimum} or newer; {have}",
+        f"torch >= {minimum}",
+        f"Install torch>={minimum},<2.15 for it. Planning needs no torch: "
+        f"plan_save / plan_load(..., torch_version='{v or SUPPORTED_TORCH_VERSIONS[-1]}').",
+        feature=feature,
+        installed=v,
     )

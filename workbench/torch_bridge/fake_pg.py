@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from ..errors import PlanError
 from ..records import Metadata
 from ..sharding import Layout
+from ..versions import installed_torch_version, require_torch
 
 __all__ = [
     "TorchSavePlans",
@@ -147,6 +148,8 @@ def torch_save_plans(
     planner data, ``_validate_global_plan``) on the coordinator, as workbench records."""
     from collections import ChainMap
 
+    require_torch("torch_save_plans (torch's planners under the fake process group)")
+
     from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans
     from torch.distributed.checkpoint.default_planner import (
         DefaultSavePlanner,
@@ -191,6 +194,7 @@ def torch_load_plans(
 ) -> TorchLoadPlans:
     """Every rank's ``DefaultLoadPlanner.create_local_plan`` against ``metadata`` (a workbench or
     torch ``Metadata``) under the fake process group, as workbench ``LoadPlan``s."""
+    require_torch("torch_load_plans (torch's planners under the fake process group)")
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
     from .convert import from_torch, to_torch
@@ -293,7 +297,12 @@ def _compare_save(ours, layouts, save_to_lowest_rank, progress=None) -> str | No
 def _compare_load(metadata, layouts, allow_partial_load, progress=None) -> str | None:
     from ..planning import plan_load
 
-    ours = plan_load(metadata, layouts, allow_partial_load=allow_partial_load)
+    ours = plan_load(
+        metadata,
+        layouts,
+        allow_partial_load=allow_partial_load,
+        torch_version=installed_torch_version(),
+    )
     theirs = torch_load_plans(
         metadata, layouts, allow_partial_load=allow_partial_load, progress=progress
     )
@@ -329,7 +338,7 @@ def verify_with_torch(
 
     checked = []
     if metadata is None:
-        res = plan_save(layouts, save_to_lowest_rank)
+        res = plan_save(layouts, save_to_lowest_rank, torch_version=installed_torch_version())
         diff = _compare_save(res, layouts, save_to_lowest_rank, progress)
         checked.append(f"save plans of {len(layouts)} entries on {_check(layouts)} ranks")
         if diff:

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import PlanError
 from ..sharding import Layout, bytes_layout, dtensor_layout, tensor_layout
+from ..versions import require_torch
 
 __all__ = [
     "SaveStep",
@@ -400,6 +401,7 @@ def run_steps(
     """Run ``steps`` in order on ``world_size`` fresh processes over gloo; returns one result per
     step (`SaveRun` / `LoadRun`). Raises RuntimeError when a rank crashes or the launch exceeds
     ``time_limit`` seconds (stragglers are killed first: no process outlives the call)."""
+    require_torch("real dcp.save / dcp.load runs (workbench.torch_bridge.runs)")
     import multiprocessing as mp
 
     if not 1 <= world_size <= MAX_WORLD_SIZE:

@@ -28,7 +28,7 @@ from workbench.records import (
     WriteItemType,
 )
 from workbench.sharding import bytes_layout, dtensor_layout, tensor_layout
-from workbench.versions import SUPPORTED_TORCH_VERSIONS, semantics
+from workbench.versions import SUPPORTED_TORCH_VERSIONS, semantics, version_key
 
 DATA = Path(__file__).parent / "data"
 DTYPES = {1: "uint8", 2: "float16", 4: "float32", 8: "float64"}
@@ -215,3 +215,229 @@ def test_versions_really_differ_in_the_recordings():
     size_case = 3  # a [4, 6] checkpoint entry loaded into [4, 7]
     assert "raise" not in recorded("2.5")["load"][size_case]
     assert recorded("2.6")["load"][size_case]["raise"][0] == "ValueError"
+
+
+# ----------------------------------------------------------------------------- whole-plan users
+def test_size_mismatch_severity_follows_the_recorded_behaviour():
+    """find_problems calls a size mismatch an error exactly in the versions whose own code raised
+    on it (recorded load case 3: a [4, 6] entry loaded into [4, 7])."""
+    case = cases()["load"][3]
+    md = Metadata({k: tsm(e) for k, e in case["md"].items()})
+    target = {"a": tensor_layout((4, 7), 2)}
+    for v in SUPPORTED_TORCH_VERSIONS:
+        torch_raised = "raise" in recorded(v)["load"][3]
+        res = plan_load(md, target, torch_version=v)
+        (p,) = [p for p in res.problems if p.kind == "shape_mismatch"]
+        assert p.severity == ("error" if torch_raised else "silent"), v
+        assert bool(res.failures) is torch_raised
+        # where torch plans reads against the wrong shape, so do we, rank by rank
+        if not torch_raised:
+            one = H.create_default_local_load_plan(
+                {"a": LocalTensor(target["a"], 0)}, md, torch_version=v
+            )
+            assert rows(res.plans[0].items) == rows(one.items) == recorded(v)["load"][3][:2]
+
+
+def test_find_problems_replans_for_another_version():
+    case = cases()["load"][3]
+    md = Metadata({k: tsm(e) for k, e in case["md"].items()})
+    res = plan_load(md, {"a": tensor_layout((4, 7), 1)}, torch_version="2.13")
+    from workbench.diagnosis import find_problems
+
+    def severities(problems):
+        return [p.severity for p in problems if p.kind == "shape_mismatch"]
+
+    assert severities(find_problems(res, torch_version="2.5")) == ["silent"]
+    assert severities(find_problems(res)) == ["error"]
+
+
+def test_explain_names_the_version():
+    from workbench.diagnosis import explain
+
+    text = "Size mismatch between saved torch.Size([4, 6]) and current: torch.Size([4, 7]) for a"
+    new, old = explain(text, torch_version="2.13"), explain(text, torch_version="2.5")
+    assert (new.pattern, new.torch_version, old.torch_version) == ("size_mismatch", "2.13", "2.5")
+    assert "never raises this" in old.what_to_check[0]
+    assert not any("never raises" in w for w in new.what_to_check)
+    bare = explain("ValueError: Failed to validate global plan", torch_version="2.10")
+    assert bare.pattern == "validate_global_plan"
+    assert any("logged as warnings" in w for w in bare.what_to_check)
+
+
+def test_save_problems_quote_the_version_text():
+    """A save whose chunks overlap: torch 2.12+ raises the joined strings, earlier versions the
+    bare text (the strings go to the log)."""
+    from workbench.diagnosis import find_save_problems
+    from workbench.sharding import sharded_layout
+
+    lay = sharded_layout((8,), {0: [((0,), (5,))], 1: [((3,), (5,))]}, "float32", 2)
+    for v, bare in (("2.11", True), ("2.12", False)):
+        save = plan_save({"t": lay}, torch_version=v)
+        assert save.errors and save.torch_version == v
+        quotes = [p.message for p in find_save_problems(save) if "Failed to validate" in p.message]
+        assert quotes, v
+        assert all(("logs:" in q) is bare for q in quotes), (v, quotes)
+
+
+def test_compare_versions_reports_order_and_problem_changes():
+    from workbench.version_compare import compare_versions
+
+    # saved on a 2x2 mesh [S(0), S(1)], read whole on every rank: nested order #0 #1 #2 #3,
+    # sweep (dim 1 is the longest) by end on dim 1: #0 #2 #1 #3
+    save = plan_save({"w": dtensor_layout((8, 12), (2, 2), "S(0), S(1)")}, torch_version="2.13")
+    target = {"w": dtensor_layout((8, 12), (4,), "R"), "x": tensor_layout((3,), 4)}
+    md = Metadata(
+        {**save.metadata.state_dict_metadata, "x": tsm({"size": [2], "chunks": [[[0], [2]]]})},
+        storage_data=save.metadata.storage_data,
+    )
+    cmp = compare_versions(md, target, ["2.5", "2.10", "2.13"])
+    assert cmp.versions == ("2.5", "2.10", "2.13")
+    for r in range(4):
+        old, new = [c for c in cmp.of_rank(r)]
+        # 2.5 reads the mis-sized x (silently), 2.10 raises on it: its reads change
+        assert (old.version, old.reordered, old.changed) == ("2.10", (), ("x",))
+        # every version is compared with the first (2.5)
+        assert (new.version, new.reordered, new.changed) == ("2.13", ("w",), ("x",))
+        # the size mismatch of x: read silently by 2.5, raised from 2.6
+        assert old.vanishing == ("silent shape_mismatch x",)
+        assert old.appearing == ("error shape_mismatch x",)
+        # the reader opens files in order of first read: the new order opens them differently
+        assert old.files_before == old.files_after == tuple(f"__{w}_0.distcp" for w in range(4))
+        assert new.files_after == tuple(f"__{w}_0.distcp" for w in (0, 2, 1, 3))
+    got = [
+        c.storage_index.index for c in cmp.results["2.13"].plans[0].items if c.dest_index.fqn == "w"
+    ]
+    assert got == [0, 2, 1, 3]
+    with pytest.raises(WorkbenchError, match="2.3"):
+        compare_versions(md, target, ["2.3", "2.13"])
+
+
+# ----------------------------------------------------------------------------- versions module
+def test_default_and_resolution():
+    import importlib.metadata
+
+    from workbench.versions import default_torch_version, resolve_torch_version
+
+    installed = ".".join(importlib.metadata.version("torch").split("+")[0].split(".")[:2])
+    assert default_torch_version() == installed == "2.13"
+    assert resolve_torch_version("2.10.0+cpu") == "2.10"
+    assert resolve_torch_version(None) == "2.13"
+    for bad in ("2.3", "banana", "2.15", "", "3"):
+        with pytest.raises(WorkbenchError, match="not supported"):
+            resolve_torch_version(bad)
+    assert plan_save({"t": tensor_layout((2,), 1)}).torch_version == "2.13"
+
+
+def test_bridge_names_the_torch_it_needs(monkeypatch):
+    from workbench import versions
+    from workbench.torch_bridge.fake_pg import torch_save_plans
+
+    monkeypatch.setattr(versions, "installed_torch_version", lambda: "2.4")
+    with pytest.raises(
+        WorkbenchError,
+        match=r"torch_save_plans .* needs torch 2.5 or newer; the installed torch is 2.4",
+    ):
+        torch_save_plans({"t": tensor_layout((2,), 1)})
+
+
+def test_pyproject_admits_every_supported_torch():
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((DATA.parent.parent / "pyproject.toml").read_text())["project"]
+    (req,) = [Requirement(d) for d in project["dependencies"] if d.startswith("torch")]
+    for v in SUPPORTED_TORCH_VERSIONS:
+        for patch in ("0", "1", "9"):
+            assert req.specifier.contains(f"{v}.{patch}"), v
+    assert req.specifier.contains("2.13.0+cpu", prereleases=False) or req.specifier.contains(
+        "2.13.0"
+    )
+    for v in ("2.3.1", "2.2.0", "2.15.0", "3.0.0"):
+        assert not req.specifier.contains(v), v
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_real_old_checkpoints_are_read_and_dated():
+    """Tiny checkpoints written by older torch's own dcp.save (tools/record_torch_versions.py
+    --venv): read by the allow-list reader, their writer's version range inferred."""
+    from workbench.formats.dcp import infer_writer_versions, load_metadata, metadata_path
+    from workbench.sharding import dtensor_layout as dl
+
+    found = sorted(DATA.glob("torch-*/ckpt/.metadata"))
+    assert found, "no recorded checkpoint"
+    for meta in found:
+        v = meta.parent.parent.name.removeprefix("torch-")
+        rng = infer_writer_versions(metadata_path(meta.parent).read_bytes())
+        lo, hi = rng.low, rng.high or SUPPORTED_TORCH_VERSIONS[-1]
+        assert version_key(lo) <= version_key(v) <= version_key(hi), (v, rng)
+        md = load_metadata(meta.parent)
+        w = md.state_dict_metadata["w"]
+        assert (w.size, w.properties.dtype, [c.sizes for c in w.chunks]) == (
+            (4, 3),
+            "float32",
+            [(4, 3)],
+        )
+        assert md.state_dict_metadata["b"].properties.dtype == "int64"
+        assert isinstance(md.state_dict_metadata["step"], BytesStorageMetadata)
+        target = {
+            "w": dl((4, 3), (2,), "S(1)"),
+            "b": tensor_layout((2,), 2, "int64"),
+            "step": bytes_layout(2),
+        }
+        res = plan_load(md, target, torch_version=v)
+        assert res.problems == [] and res.torch_version == v
+        assert [len(p.items) for p in res.plans] == [3, 3]
+
+
+def test_inference_bounds_on_synthetic_pickles():
+    """Each field moves the bound it should (the pickles are built from the allow-listed stand-in
+    names only, as torch of each era writes them)."""
+    import pickle
+
+    from workbench.formats.dcp import infer_writer_versions
+
+    meta = (DATA / "torch-2.4" / "ckpt" / ".metadata").read_bytes()
+    assert str(infer_writer_versions(meta)) == "torch 2.4 to 2.6"
+    # python 3.13 writes pathlib._local.PosixPath: same bytes with the module renamed
+    p313 = meta.replace(b"\x8c\x07pathlib\x94", b"\x8c\x0epathlib._local\x94")
+    assert p313 != meta
+    got = infer_writer_versions(p313)
+    assert (got.low, got.high, got.python) == ("2.4", "2.6", "3.13+")
+    with pytest.raises(WorkbenchError, match="builtins.eval"):
+        infer_writer_versions(pickle.dumps(eval))  # noqa: S307 (the global is refused, not run)
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_inspect_names_the_writer_range(capsys):
+    from workbench.cli import main
+
+    ckpt = str(DATA / "torch-2.4" / "ckpt")
+    assert main(["inspect", ckpt]) == 0
+    assert "written by torch 2.4 to 2.6" in capsys.readouterr().out
+    assert main(["inspect", ckpt, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["written_by"]
+    assert (got["low"], got["high"]) == ("2.4", "2.6")
+
+
+def test_cli_plan_torch_flag(capsys, tmp_path):
+    from workbench.cli import main
+
+    ckpt = str(DATA / "torch-2.4" / "ckpt")
+    target = tmp_path / "t.json"
+    # w loaded into the wrong shape: silent before 2.6, an error from 2.6
+    target.write_text(json.dumps({"w": {"shape": [4, 4], "mesh": [2], "placements": "S(0)"}}))
+    assert main(["plan", ckpt, "-t", str(target), "--torch", "2.5"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("DCP semantics of torch 2.5 (installed torch 2.13)")
+    assert "silent" in out
+    assert main(["plan", ckpt, "-t", str(target), "--torch", "2.6", "--json"]) == 1
+    got = json.loads(capsys.readouterr().out)
+    assert got["torch_version"] == "2.6"
+    assert [p["severity"] for p in got["problems"] if p["kind"] == "shape_mismatch"] == ["error"]
+    assert main(["plan", ckpt, "-t", str(target), "--torch", "2.5,2.13", "--json"]) == 1
+    got = json.loads(capsys.readouterr().out)
+    assert got["torch_versions"] == ["2.5", "2.13"]
+    assert {c["rank"] for c in got["changes"]} == {0, 1}
+    assert all(c["changed"] == ["w"] for c in got["changes"])
+    assert main(["plan", ckpt, "-t", str(target), "--torch", "2.3"]) == 2
+    assert "2.3" in capsys.readouterr().err

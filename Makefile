@@ -24,8 +24,12 @@ chromium:
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.allow_root=True notebooks/00_tour.ipynb
 
+# ruff (lint + format) first, then the suite on both cores (pytest-xdist; each real run picks
+# its own free port). The layer contracts run inside the suite (tests/test_architecture.py).
 test: $(STAMP) chromium
-	WB_REQUIRE_BROWSER=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/ruff check workbench tests benchmarks
+	$(VENV)/bin/ruff format --check workbench tests benchmarks
+	WB_REQUIRE_BROWSER=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider -n 2
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_plans.py

@@ -159,7 +159,7 @@ def ours(shapes, save_mesh, load_mesh, load_spec, problems=False):
             times["find_problems"] = time.perf_counter() - t3
             times["problems found"] = len(probs)
         t4 = time.perf_counter()
-        res.io
+        _ = res.io
         times["io"] = time.perf_counter() - t4
     del ws
     return save, res, times

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 import workbench as wb  # noqa: E402
-from workbench import plots, tables  # noqa: E402
+from workbench import picture_data, plots, tables  # noqa: E402
 from workbench.planning import plan_load, plan_save  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def next_rank(world: int):
 
 def cold(fn):
     def run():
-        plots._LAYERS.clear()  # as after a re-plan: nothing computed for these sources yet
+        picture_data._LAYERS.clear()  # as after a re-plan: nothing computed for these sources yet
         return fn()
 
     return run

@@ -9,10 +9,10 @@ import logging
 import pytest
 
 import workbench as wb
+from workbench import LocalTensor
 from workbench import planner_helpers as H
 from workbench.errors import ChunkError, LayoutError, PlacementError, PlanError, WorkbenchError
 from workbench.geometry import Chunk
-from workbench.planner_helpers import LocalTensor
 from workbench.records import (
     Metadata,
     MetadataIndex,

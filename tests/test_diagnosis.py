@@ -301,7 +301,7 @@ def test_cheap_path_agrees_with_painting():
         paint = np.zeros((6, 5), int)
         for (o0, o1), (s0, s1) in cells:
             paint[o0 : o0 + s0, o1 : o1 + s1] += 1
-        cov = diagnosis._coverage((6, 5), [wb.Chunk(o, s) for o, s in cells])
+        cov = wb.geometry.coverage((6, 5), [wb.Chunk(o, s) for o, s in cells])
         assert cov.tiles == bool((paint == 1).all())
         assert sum(h.volume for h in cov.holes) == int((paint == 0).sum())
 

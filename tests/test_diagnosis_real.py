@@ -16,7 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import workbench as wb
-from workbench.diagnosis import explain, find_problems, find_save_problems
+from workbench.diagnosis import find_problems, find_save_problems
+from workbench.explanations import explain
 from workbench.planner_helpers import PARTIAL_MESSAGE
 
 FILL = -1.0

@@ -5,7 +5,7 @@ explained with and without metadata / target layouts."""
 import pytest
 
 import workbench as wb
-from workbench.diagnosis import Explanation, explain
+from workbench.explanations import Explanation, explain
 
 
 def _raised(fn, *args):

@@ -196,7 +196,7 @@ def test_real_load_into_fsdp2_rows_raises_where_the_diagnosis_says(tmp_path):
     # (13, 4) saved whole by 6 gloo ranks (one writer, chunk [0:13, 0:4]); loaded into FSDP2+TP on
     # (3, 2): rank 4 really holds row [6] (1 row) but DCP's box is [6:8] (2 rows), so the reader
     # narrows the saved chunk to 2 rows and asserts against the 1-row local tensor
-    from workbench.diagnosis import explain
+    from workbench.explanations import explain
     from workbench.torch_bridge import runs
 
     save = runs.run_save(tmp_path / "ck", {"w": tensor_layout((13, 4), 6)})

@@ -83,7 +83,11 @@ def test_as_chunk_accepts_records_pairs_and_shard_metadata():
     [
         ((0, 0), (4,), "chunk offsets [0, 0] and sizes [4] have different lengths 2 and 1"),
         ((0,), (-1,), "chunk with offsets [0] has negative sizes [-1]"),
-        ([0.5], [1], "offsets [0.5] are not integers"),  # (tuples skip this check: fast path)
+        (
+            [0.5],
+            [1],
+            "offsets [0.5] is not a sequence of ints",
+        ),  # (tuples skip this check: fast path)
     ],
 )
 def test_bad_chunks_raise_chunk_error(offsets, sizes, text):

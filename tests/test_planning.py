@@ -11,11 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from workbench import LocalTensor
 from workbench import planner_helpers as ph
 from workbench.errors import MetadataError, PlanError
+from workbench.formats.dcp_files import writer_of_file
 from workbench.geometry import Chunk, uncovered
-from workbench.planner_helpers import LocalTensor
-from workbench.planning import plan_load, plan_save, writer_of_file
+from workbench.planning import plan_load, plan_save
 from workbench.records import (
     BytesStorageMetadata,
     LoadItemType,

@@ -17,16 +17,16 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage, imread
 
 import workbench as wb
-from workbench import plots
+from workbench import picture_data, plots
 from workbench.colors import (
     BASE_PALETTE,
     UNKNOWN_COLOR,
-    format_ranks,
     rank_color,
     rank_colors,
     text_color,
 )
 from workbench.errors import LayoutError, MetadataError, PlanError
+from workbench.formatting import format_ranks
 from workbench.geometry import Chunk
 from workbench.planning import plan_load, plan_save
 from workbench.plots import (
@@ -522,7 +522,7 @@ def test_picture_png_gives_the_widget_its_figure_and_png():
 
 def test_reshard_layers_are_computed_once_and_never_stale():
     save, load = _big_reshard()
-    plots._LAYERS.clear()
+    picture_data._LAYERS.clear()
     five = reshard_data(save, load, "w", rank=5)
     six = reshard_data(save, load, "w", rank=6)
     # the saved tiles are the very same objects: computed once for every rank
@@ -531,7 +531,7 @@ def test_reshard_layers_are_computed_once_and_never_stale():
     assert len(six.of_kind("wanted")) == 4095 and rects(six.of_kind("target")) == [(384, 0, 64, 64)]
     assert (384, 0, 64, 64) in rects(five.of_kind("wanted"))
     assert (384, 0, 64, 64) not in rects(six.of_kind("wanted"))
-    plots._LAYERS.clear()
+    picture_data._LAYERS.clear()
     assert reshard_data(save, load, "w", rank=6) == six  # cold == warm
     assert reshard_data(save, load, "w", rank=5) == five
     # another checkpoint of the same shape (new objects): its own saved tiles
@@ -546,4 +546,4 @@ def test_reshard_layers_are_computed_once_and_never_stale():
     assert rects(reshard_data(save, load, "w", rank=5, dims=(1, 0)).of_kind("saved"))[:1] == [
         (0, 0, 1, 4096)
     ]
-    assert len(plots._LAYERS) <= plots._LAYERS_KEPT
+    assert len(picture_data._LAYERS) <= picture_data._LAYERS_KEPT

@@ -321,8 +321,8 @@ def test_cli_json_target_refuses_bad_mesh_ranks(
         ([-1, 2], None, "are not all in a world of 3"),
         ([4, 5, 6], 8, "name 3 ranks for a mesh of 2"),
         ([4], 8, "name 1 ranks for a mesh of 2"),
-        ([4.0, 5], 8, "are not a sequence of ints"),
-        (5, 8, "are not a sequence of ints"),
+        ([4.0, 5], 8, "is not a sequence of ints"),
+        (5, 8, "is not a sequence of ints"),
     ],
 )
 def test_bad_mesh_ranks(ranks, world, words):

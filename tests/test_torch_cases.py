@@ -15,9 +15,9 @@ import logging
 import pytest
 import torch
 
+from workbench import LocalTensor
 from workbench import planner_helpers as H
 from workbench.geometry import Chunk
-from workbench.planner_helpers import LocalTensor
 from workbench.records import (
     BytesStorageMetadata,
     LoadItemType,

@@ -14,7 +14,6 @@ import pytest
 
 from workbench import planner_helpers as H
 from workbench.errors import WorkbenchError
-from workbench.planner_helpers import LocalTensor
 from workbench.planning import plan_load, plan_save
 from workbench.records import (
     BytesStorageMetadata,
@@ -27,7 +26,7 @@ from workbench.records import (
     WriteItem,
     WriteItemType,
 )
-from workbench.sharding import bytes_layout, dtensor_layout, tensor_layout
+from workbench.sharding import LocalTensor, bytes_layout, dtensor_layout, tensor_layout
 from workbench.versions import SUPPORTED_TORCH_VERSIONS, semantics, version_key
 
 DATA = Path(__file__).parent / "data"
@@ -252,7 +251,7 @@ def test_find_problems_replans_for_another_version():
 
 
 def test_explain_names_the_version():
-    from workbench.diagnosis import explain
+    from workbench.explanations import explain
 
     text = "Size mismatch between saved torch.Size([4, 6]) and current: torch.Size([4, 7]) for a"
     new, old = explain(text, torch_version="2.13"), explain(text, torch_version="2.5")

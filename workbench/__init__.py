@@ -41,6 +41,7 @@ from .records import (
 )
 from .sharding import (
     Layout,
+    LocalTensor,
     Partial,
     Placement,
     Replicate,
@@ -91,7 +92,6 @@ _LAZY = {
             "create_default_local_save_plan",
             "create_default_local_load_plan",
             "flatten_state_dict",
-            "LocalTensor",
             "create_default_global_load_plan",
             "create_default_local_metadata",
         )
@@ -99,20 +99,14 @@ _LAZY = {
     # planning.py: whole state dicts for every rank
     **{
         n: "planning"
-        for n in (
-            "plan_save",
-            "plan_load",
-            "SavePlanResult",
-            "LoadPlanResult",
-            "ReadBlock",
-            "LoadIO",
-            "file_name",
-            "writer_of_file",
-            "compare_targets",
-            "TargetCost",
-        )
+        for n in ("plan_save", "plan_load", "SavePlanResult", "LoadPlanResult", "ReadBlock")
     },
-    # diagnosis.py
+    # io_cost.py, candidates.py: what a load costs, candidate targets compared
+    **{n: "io_cost" for n in ("LoadIO", "load_io")},
+    **{n: "candidates" for n in ("compare_targets", "TargetCost")},
+    # formats/dcp_files.py: data file names
+    **{n: "formats.dcp_files" for n in ("file_name", "writer_of_file")},
+    # diagnosis.py, explanations.py
     **{
         n: "diagnosis"
         for n in (
@@ -120,14 +114,13 @@ _LAZY = {
             "find_problems",
             "find_save_problems",
             "find_checkpoint_problems",
-            "explain",
-            "Explanation",
             "KINDS",
             "SEVERITIES",
             "BLOCKING",
-            "chunk_holders",
         )
     },
+    **{n: "explanations" for n in ("explain", "Explanation")},
+    "chunk_holders": "sharding",
     # models.py: presets and parallelism recipes
     **{
         n: "models"
@@ -181,6 +174,7 @@ __all__ = [
     "WriteItem",
     "WriteItemType",
     "Layout",
+    "LocalTensor",
     "Partial",
     "Placement",
     "Replicate",
@@ -216,6 +210,13 @@ _SUBMODULES = frozenset(
         "diagnosis",
         "checkpoint",
         "formats",
+        "geometry",
+        "sources",
+        "explanations",
+        "io_cost",
+        "candidates",
+        "formatting",
+        "picture_data",
     }
 )
 

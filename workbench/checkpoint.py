@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .formats import load_metadata, metadata_path
+from .formats.dcp_files import writer_of_file
 from .geometry import Chunk
-from .planning import writer_of_file
 from .records import BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo
 
 __all__ = ["SavedChunk", "Checkpoint", "open_checkpoint"]

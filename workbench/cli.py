@@ -11,8 +11,8 @@ checkpoint runs none of its code. Target specs (see ``workbench plan --help``)::
     PATH.json                                 {fqn: {"shape": [...], "dtype": "float32",
                                                      "mesh": [2, 2], "placements": "S(0), R"}}
 
-This module sits at the top layer: it may import everything, but imports its helpers inside the
-commands so that ``workbench --help`` stays fast.
+This module sits at the top layer: it may import everything. Lazy imports: the helpers are
+imported inside the commands so that ``workbench --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .colors import format_ranks
 from .errors import PlanError, WorkbenchError
+from .formatting import format_ranks
 
 __all__ = ["main", "build_parser", "parse_target", "TARGET_HELP"]
 
@@ -520,7 +520,7 @@ def _cmd_compare_versions(args, versions: list[str]) -> int:
 
 def io_summary(result) -> dict:
     """The plan's I/O as a few numbers a script can compare (from ``result.io``,
-    `planning.LoadIO`, the numbers `tables.io_table` lists per rank)."""
+    `io_cost.LoadIO`, the numbers `tables.io_table` lists per rank)."""
     io = result.io
     return {
         "reads": int(io.reads.sum()),
@@ -541,7 +541,7 @@ def _io_lines(io: dict):
 
 
 def _cmd_explain(args) -> int:
-    from .diagnosis import explain
+    from .explanations import explain
 
     metadata = _open(args.checkpoint).metadata if args.checkpoint else None
     target = parse_target(args.target) if args.target else None

@@ -6,15 +6,12 @@ session (or of two sessions) agree without sharing state. The first 18 ranks get
 so neighbouring ranks differ in hue); every further block of 18 ranks reuses the hues with a
 lightness step, a small hue turn and (past six blocks) a saturation step: ranks 0..4095 get 4096
 different colours, and neighbouring ranks always differ in hue. Grey is kept for "writer
-unknown". `format_ranks` is the one compact spelling of a rank set (``r0-3,8``) shared by tables
-and pictures, built on `index_runs` (also used for the indices a rank really holds). Pure standard
-library (``colorsys``): no matplotlib.
+unknown". Pure standard library (``colorsys``): no matplotlib.
 """
 
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Iterable
 from functools import lru_cache
 
 __all__ = [
@@ -24,8 +21,6 @@ __all__ = [
     "rank_color",
     "rank_colors",
     "text_color",
-    "index_runs",
-    "format_ranks",
 ]
 
 # matplotlib's tab20 (hex) minus its greys, dark hues first then their light partners.
@@ -74,14 +69,14 @@ def rank_color(rank: int) -> str:
     block, i = divmod(int(rank), len(BASE_PALETTE))
     if block == 0:
         return BASE_PALETTE[i]
-    h, l, s = colorsys.rgb_to_hls(*_rgb(BASE_PALETTE[i]))
+    h, light, s = colorsys.rgb_to_hls(*_rgb(BASE_PALETTE[i]))
     step = _LIGHTNESS_STEPS[block % len(_LIGHTNESS_STEPS)]
     h = (h + _HUE_TURN * block) % 1.0
     # step the other way rather than clamp: clamping makes far-apart ranks coincide
-    l = l + step if 0.15 <= l + step <= 0.9 else min(max(l - step, 0.15), 0.9)
+    light = light + step if 0.15 <= light + step <= 0.9 else min(max(light - step, 0.15), 0.9)
     # a third knob once the lightness steps repeat, so far-apart blocks do not coincide
     s *= 1.0 - 0.15 * ((block // len(_LIGHTNESS_STEPS)) % 4)
-    return _hex(colorsys.hls_to_rgb(h, l, s))
+    return _hex(colorsys.hls_to_rgb(h, light, s))
 
 
 def rank_colors(n: int) -> list[str]:
@@ -97,23 +92,3 @@ def text_color(background: str) -> str:
 
     r, g, b = (lin(c) for c in _rgb(background))
     return "#000000" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "#ffffff"
-
-
-def index_runs(indices: Iterable[int]) -> list[tuple[int, int]]:
-    """Consecutive runs of indices, in the given order, as ``(start, stop)``:
-    ``[0, 1, 4, 5]`` -> ``[(0, 2), (4, 6)]``."""
-    runs: list[list[int]] = []
-    for i in indices:
-        if runs and i == runs[-1][1]:
-            runs[-1][1] += 1
-        else:
-            runs.append([i, i + 1])
-    return [(a, b) for a, b in runs]
-
-
-def format_ranks(ranks) -> str:
-    """Ranks as compact ranges: ``(0, 1, 2, 3, 8)`` -> ``"r0-3,8"``; empty -> ``""``."""
-    runs = index_runs(sorted({int(r) for r in ranks}))
-    if not runs:
-        return ""
-    return "r" + ",".join(str(a) if b == a + 1 else f"{a}-{b - 1}" for a, b in runs)

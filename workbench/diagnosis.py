@@ -1,5 +1,4 @@
-"""Diagnosis: everything that makes a reshard fail or load wrong values, as data (`Problem`), and
-explanations of torch 2.13's error strings (`explain`).
+"""Diagnosis: everything that makes a reshard fail or load wrong values, as data (`Problem`).
 
 `find_problems` reads a load plan (``planning.plan_load``'s result: metadata, target layouts,
 torch's failures) and `find_save_problems` a save plan; both return `Problem` records in a stable
@@ -16,26 +15,25 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from .errors import MetadataError, PlanError, WorkbenchError
-from .geometry import Chunk, intersect, uncovered
+from .errors import MetadataError, WorkbenchError
+from .formatting import list_text, ranks_text
+from .geometry import Chunk, Coverage, coverage, overlap_mask, shares_elements, uncovered
 from .planner_helpers import (
     PARTIAL_MESSAGE,
-    LocalTensor,
-    _record,
-    _torch_size,
-    _value,
+    VALIDATION_ERROR,
     invalid_metadata_message,
     missing_key_message,
     size_mismatch_message,
+    torch_size_text,
 )
-from .planning import _overlap_mask
 from .records import BytesStorageMetadata, MetadataIndex, TensorStorageMetadata
-from .sharding import Layout, bytes_layout, format_placements
+from .sharding import chunk_holders, format_placements
+from .sources import as_record
 from .versions import resolve_torch_version, semantics
 
 __all__ = [
@@ -45,9 +43,8 @@ __all__ = [
     "BLOCKING",
     "find_problems",
     "find_save_problems",
-    "explain",
-    "Explanation",
-    "chunk_holders",
+    "find_checkpoint_problems",
+    "rank_suffix",
 ]
 
 KINDS = (
@@ -116,27 +113,6 @@ class Problem:
 
 
 # ----------------------------------------------------------------------------- formatting
-def _ranks_text(ranks: Iterable[int], limit: int = 8) -> str:
-    """``rank 3`` / ``ranks 0, 1, 2`` / ``ranks 0-1023`` / ``ranks 0, 1, ... (12 ranks)``."""
-    rs = sorted(set(ranks))
-    if not rs:
-        return "no rank"
-    if len(rs) == 1:
-        return f"rank {rs[0]}"
-    if rs == list(range(rs[0], rs[-1] + 1)) and len(rs) > 3:
-        return f"ranks {rs[0]}-{rs[-1]}"
-    if len(rs) > limit:
-        return "ranks " + ", ".join(map(str, rs[:limit])) + f", ... ({len(rs)} ranks)"
-    return "ranks " + ", ".join(map(str, rs))
-
-
-def _list_text(values, limit: int = 8) -> str:
-    vs = list(values)
-    if len(vs) > limit:
-        return "[" + ", ".join(map(str, vs[:limit])) + f", ... ({len(vs)} in all)]"
-    return "[" + ", ".join(map(str, vs)) + "]"
-
-
 def _entry_ranks(layout) -> tuple[int, ...]:
     """Ranks whose state dict carries the entry: every rank for a DTensor or a ShardedTensor (ranks
     without a chunk still have the key), the holders otherwise."""
@@ -146,80 +122,8 @@ def _entry_ranks(layout) -> tuple[int, ...]:
 
 
 # ----------------------------------------------------------------------------- saved chunks
-@dataclass(frozen=True)
-class _Coverage:
-    """How a tensor's saved chunks relate to the tensor: ``tiles`` (disjoint, inside, complete),
-    the global ``holes`` and the ``overlaps`` as ``(region, indices of the saved chunks that
-    overlap there)``."""
-
-    tiles: bool
-    holes: tuple[Chunk, ...] = ()
-    overlaps: tuple[tuple[Chunk, tuple[int, ...]], ...] = ()
-
-
-def _coverage(size: tuple[int, ...], chunks: list[Chunk]) -> _Coverage:
-    """Coverage of a tensor of ``size`` by saved ``chunks``.
-
-    Fast path (the common case, vectorised): every non-empty chunk is inside the tensor, is
-    exactly one cell of the grid of all chunk edges, no two share a cell, and the volumes add up to
-    the tensor's: then the chunks tile it. Anything else gets exact holes and exact pairwise
-    overlaps (zero-size chunks hold no data and are ignored, unlike torch's validation predicate).
-    """
-    numel = math.prod(size)
-    if not size:  # a 0-d tensor: any saved chunk covers it
-        return _Coverage(True) if chunks else _Coverage(False, (Chunk((), ()),))
-    if not chunks:
-        return _Coverage(numel == 0, () if numel == 0 else (Chunk((0,) * len(size), size),))
-    off = np.array([c.offsets for c in chunks], dtype=np.int64)
-    siz = np.array([c.sizes for c in chunks], dtype=np.int64)
-    keep = (siz > 0).all(axis=1)
-    off, siz, idx = off[keep], siz[keep], np.flatnonzero(keep)
-    end = off + siz
-    shape = np.array(size, dtype=np.int64)
-    inside = bool(((off >= 0) & (end <= shape)).all())
-    if inside and int(np.prod(siz, axis=1).sum()) == numel:
-        cell_ids = np.zeros(len(off), dtype=np.int64)
-        one_cell = True
-        for d in range(len(size)):
-            edges = np.unique(np.concatenate([off[:, d], end[:, d]]))
-            a = np.searchsorted(edges, off[:, d])
-            b = np.searchsorted(edges, end[:, d])
-            one_cell &= bool((b - a == 1).all())
-            cell_ids = cell_ids * len(edges) + a
-        if one_cell and len(np.unique(cell_ids)) == len(cell_ids):
-            return _Coverage(True)
-    full = Chunk((0,) * len(size), size)
-    holes = tuple(uncovered(full, [chunks[i] for i in idx]))
-    # Clipped to the tensor (an edited chunk may reach past it), the chunks' volumes add up to
-    # the covered volume exactly when no two overlap: only then is the pairwise search skipped.
-    clipped = np.clip(np.minimum(end, shape) - np.maximum(off, 0), 0, None)
-    if int(np.prod(clipped, axis=1).sum()) == numel - sum(h.volume for h in holes):
-        return _Coverage(not holes and inside, holes)
-    # Pairs sharing one region (many copies of one box) become one finding.
-    lo = np.maximum(np.maximum(off[:, None, :], off[None, :, :]), 0)
-    hi = np.minimum(np.minimum(end[:, None, :], end[None, :, :]), shape)
-    hit = (hi > lo).all(axis=2)
-    regions: dict[Chunk, set[int]] = {}
-    for a, b in zip(*np.nonzero(np.triu(hit, k=1))):
-        region = Chunk(tuple(int(x) for x in lo[a, b]), tuple(int(x) for x in hi[a, b] - lo[a, b]))
-        regions.setdefault(region, set()).update((int(idx[a]), int(idx[b])))
-    overlaps = tuple((region, tuple(sorted(ix))) for region, ix in regions.items())
-    return _Coverage(not holes and not overlaps and inside, holes, overlaps)
-
-
-def chunk_holders(layout: Layout) -> dict[Chunk, tuple[int, ...]]:
-    """Every distinct box of a layout -> the ranks holding (requesting) it, ascending; boxes in
-    order of first appearance (rank, then chunk). Replicas are the boxes with more than one
-    holder. (Also `tables.chunk_holders`, the replicas column of `tables.layout_chunks_table`.)"""
-    holders: dict[Chunk, list[int]] = defaultdict(list)
-    for r, chunks in enumerate(layout.rank_chunks):
-        for c in chunks:
-            holders[c].append(r)
-    return {c: tuple(rs) for c, rs in holders.items()}
-
-
 def _hole_problems(
-    fqn, layout, saved: list[Chunk], cov: _Coverage, severity: str, torch_text: str = ""
+    fqn, layout, saved: list[Chunk], cov: Coverage, severity: str, torch_text: str = ""
 ) -> list[Problem]:
     """One `uncovered` problem per distinct hole of a requested chunk, with the ranks that request
     it (or, with no target layout, one per global hole)."""
@@ -239,7 +143,7 @@ def _hole_problems(
                 h,
                 severity,
                 f"{fqn}: no saved chunk covers {h} ({h.volume} elements; {total} uncovered in "
-                f"all) (saved chunks {_list_text(saved, 6)} must tile the tensor).{said}",
+                f"all) (saved chunks {list_text(saved, 6)} must tile the tensor).{said}",
                 fix,
             )
             for h in cov.holes
@@ -248,11 +152,11 @@ def _hole_problems(
     off = np.array([c.offsets for c in saved], dtype=np.int64).reshape(len(saved), layout.ndim)
     siz = np.array([c.sizes for c in saved], dtype=np.int64).reshape(off.shape)
     for want, ranks in chunk_holders(layout).items():
-        if want.is_empty or not any(_hits(want, h) for h in cov.holes):
+        if want.is_empty or not any(shares_elements(want, h) for h in cov.holes):
             continue
         # only the saved chunks that meet the request matter to its exact holes (torch's
         # predicate is a strict overlap here: ``saved`` and ``want`` are non-empty)
-        near = _overlap_mask(off, siz, np.array(want.offsets), np.array(want.sizes))
+        near = overlap_mask(off, siz, np.array(want.offsets), np.array(want.sizes))
         for region in uncovered(want, [saved[i] for i in np.flatnonzero(near)]):
             by_region[region].extend(ranks)
     out = []
@@ -264,7 +168,7 @@ def _hole_problems(
                 tuple(sorted(ranks)),
                 region,
                 severity,
-                f"{fqn}: no saved chunk covers {region}, requested by {_ranks_text(ranks)} "
+                f"{fqn}: no saved chunk covers {region}, requested by {ranks_text(ranks)} "
                 f"({region.volume} elements; the checkpoint covers {numel - total} of {numel}) "
                 "(uncovered elements keep their previous values, uninitialised memory for meta-device "
                 "targets, and torch says nothing).",
@@ -274,19 +178,16 @@ def _hole_problems(
     return out
 
 
-def _hits(a: Chunk, b: Chunk) -> bool:
-    c = intersect(a, b)
-    return c is not None and not c.is_empty
-
-
-def _overlap_problems(fqn, layout, saved, cov: _Coverage, severity: str | None) -> list[Problem]:
+def _overlap_problems(fqn, layout, saved, cov: Coverage, severity: str | None) -> list[Problem]:
     out = []
     reqs = chunk_holders(layout) if layout is not None else {}
     for region, ix in cov.overlaps:
-        readers = sorted(r for want, ranks in reqs.items() if _hits(want, region) for r in ranks)
+        readers = sorted(
+            r for want, ranks in reqs.items() if shares_elements(want, region) for r in ranks
+        )
         sev = severity or ("silent" if readers else "warning")
         who = (
-            f"readers ({_ranks_text(readers)}) get whichever chunk torch applies last "
+            f"readers ({ranks_text(readers)}) get whichever chunk torch applies last "
             "(read-item and file order), without an error"
             if layout is not None and readers
             else "nobody in this target reads it"
@@ -339,17 +240,17 @@ def _misdescribed_problems(
                 if len(should) < len(gets):
                     short[d] = len(should)
                 parts.append(
-                    f"dim {d}: {holds} {_list_text(should)} ({len(should)}) but DCP's box "
-                    f"{box} names {_list_text(gets)} ({len(gets)})"
+                    f"dim {d}: {holds} {list_text(should)} ({len(should)}) but DCP's box "
+                    f"{box} names {list_text(gets)} ({len(gets)})"
                 )
                 continue
             wrong = [k for k, (g, s) in enumerate(zip(gets, should)) if g != s]
             if wrong:
                 parts.append(
-                    f"dim {d}: {holds} {_list_text(should)} but its box {box} names "
-                    f"{_list_text(gets)}, so local positions {_list_text(wrong)} get indices "
-                    f"{_list_text(gets[k] for k in wrong)} instead of "
-                    f"{_list_text(should[k] for k in wrong)}"
+                    f"dim {d}: {holds} {list_text(should)} but its box {box} names "
+                    f"{list_text(gets)}, so local positions {list_text(wrong)} get indices "
+                    f"{list_text(gets[k] for k in wrong)} instead of "
+                    f"{list_text(should[k] for k in wrong)}"
                 )
         sev = severity
         if side == "load" and short and reads is not None and _short_read_raises(reads, r, short):
@@ -404,6 +305,13 @@ def _short_read_raises(reads, r: int, short: dict[int, int]) -> bool:
 _RANK_SUFFIX = re.compile(r"^(?P<stem>.*?)(?P<rank>\d+)$")
 
 
+def rank_suffix(key: str) -> tuple[str, int] | None:
+    """``(stem, rank)`` of a key ending in a rank number (``dataloader.dp_rank_3`` ->
+    ``("dataloader.dp_rank_", 3)``), else None: how per-rank keys are told apart."""
+    m = _RANK_SUFFIX.match(key)
+    return (m["stem"], int(m["rank"])) if m else None
+
+
 def _rank_families(saved_keys: Iterable[str], target_keys: Iterable[str]):
     """Rank-suffixed key families present on both sides: ``{stem: (saved ranks, target ranks)}``.
 
@@ -413,9 +321,9 @@ def _rank_families(saved_keys: Iterable[str], target_keys: Iterable[str]):
     fam: dict[str, tuple[set, set]] = defaultdict(lambda: (set(), set()))
     for side, keys in ((0, saved_keys), (1, target_keys)):
         for k in keys:
-            m = _RANK_SUFFIX.match(k)
-            if m:
-                fam[m["stem"]][side].add(int(m["rank"]))
+            stem_rank = rank_suffix(k)
+            if stem_rank:
+                fam[stem_rank[0]][side].add(stem_rank[1])
     return {
         stem: (s, t)
         for stem, (s, t) in fam.items()
@@ -491,14 +399,7 @@ def find_problems(load_result, *, torch_version: str | None = None) -> list[Prob
     if torch_version is not None and resolve_torch_version(torch_version) != getattr(
         load_result, "torch_version", None
     ):
-        from .planning import plan_load
-
-        load_result = plan_load(
-            load_result.metadata,
-            load_result.layouts,
-            allow_partial_load=getattr(load_result, "allow_partial_load", False),
-            torch_version=torch_version,
-        )
+        load_result = load_result.replan(torch_version)  # diagnosis never imports planning
     tv = getattr(load_result, "torch_version", "2.13")
     md = load_result.metadata
     layouts: Mapping[str, Any] = load_result.layouts
@@ -528,7 +429,7 @@ def find_problems(load_result, *, torch_version: str | None = None) -> list[Prob
         elif isinstance(saved, TensorStorageMetadata):
             out.extend(
                 _tensor_problems(
-                    fqn, layout, saved, ranks, text, lambda: load_result.reads(fqn), tv
+                    fqn, layout, saved, ranks, text, lambda fqn=fqn: load_result.reads(fqn), tv
                 )
             )
         elif not layout.is_bytes:
@@ -580,7 +481,7 @@ def _one_copy_for_all(fqn, layout, md) -> Problem:
         holders,
         None,
         "silent",
-        f"{fqn}: the target holds a different value on each of {_ranks_text(holders)} but the "
+        f"{fqn}: the target holds a different value on each of {ranks_text(holders)} but the "
         f"checkpoint has one copy{src} (dcp.save keeps one rank's copy of a plain tensor or bytes "
         "entry); every rank loads that copy, so per-rank values are not restored.",
         "Save per-rank state under per-rank keys (e.g. suffix the rank) or as a DTensor / "
@@ -616,7 +517,7 @@ def _missing(fqn, ranks, text, items, result) -> Problem:
             ranks,
             None,
             "error",
-            f"{fqn}: the checkpoint lacks this key, requested by {_ranks_text(ranks)} "
+            f"{fqn}: the checkpoint lacks this key, requested by {ranks_text(ranks)} "
             f"(every requested key must be saved); torch raises: {text}",
             "Rename the key to the saved name (prefixes such as 'model.' or '_orig_mod.' "
             "differ often), drop it from the state dict, or load with "
@@ -630,7 +531,7 @@ def _missing(fqn, ranks, text, items, result) -> Problem:
         ranks,
         None,
         "silent",
-        f"{fqn}: the checkpoint lacks this key, requested by {_ranks_text(ranks)} "
+        f"{fqn}: the checkpoint lacks this key, requested by {ranks_text(ranks)} "
         "(allow_partial_load skips it without a word); it keeps its current value, "
         "uninitialised memory for a meta-device target.",
         f"Initialise it yourself or rename it to the saved key.{hint}",
@@ -649,7 +550,7 @@ def _tensor_problems(
                 ranks,
                 None,
                 "error",
-                f"{fqn}: the checkpoint saved a tensor of {_torch_size(saved.size)} but the target holds "
+                f"{fqn}: the checkpoint saved a tensor of {torch_size_text(saved.size)} but the target holds "
                 f"a non-tensor value (not a Tensor, DTensor or ShardedTensor); torch raises: "
                 + (text or invalid_metadata_message(fqn)),
                 "Pass a tensor of the saved size (a value that _init_state_dict turned into None is a "
@@ -716,7 +617,7 @@ def _tensor_problems(
                 "Load into the saved dtype and convert explicitly if the cast is intended.",
             )
         )
-    cov = _coverage(tuple(saved.size), saved.chunks)
+    cov = coverage(tuple(saved.size), saved.chunks)
     if not cov.tiles:
         live = [c for c in saved.chunks if not c.is_empty]
         out.extend(_hole_problems(fqn, layout, live, cov, "silent"))
@@ -733,7 +634,7 @@ def find_checkpoint_problems(metadata) -> list[Problem]:
     severity ``silent``: a load requesting them gets stale or last-applied values without an
     error). torch's save validation refuses both, so they come from edited or merged
     ``.metadata`` files or custom planners. ``metadata``: a workbench or torch ``Metadata``."""
-    md = _record(metadata)
+    md = as_record(metadata)
     sdm = getattr(md, "state_dict_metadata", None)
     if not isinstance(sdm, Mapping):
         raise MetadataError(
@@ -746,7 +647,7 @@ def find_checkpoint_problems(metadata) -> list[Problem]:
     for fqn, entry in sdm.items():
         if not isinstance(entry, TensorStorageMetadata):
             continue
-        cov = _coverage(tuple(entry.size), entry.chunks)
+        cov = coverage(tuple(entry.size), entry.chunks)
         if cov.tiles:
             continue
         live = [c for c in entry.chunks if not c.is_empty]
@@ -756,12 +657,6 @@ def find_checkpoint_problems(metadata) -> list[Problem]:
 
 
 # ----------------------------------------------------------------------------- save side
-_VALIDATION = re.compile(
-    r"key:(?P<fqn>\S+) (?:has )?(?P<what>overlapping chunks|out of bounds chunk|"
-    r"invalid fill)"
-)
-
-
 def _validation_quote(errs: list[str], all_errs: list[str], torch_version: str = "2.13") -> str:
     """What torch raises for a key's validation errors: DefaultSavePlanner's exact ValueError text
     (every key's errors joined, cut at 500 characters) when this key's are all of them, else the
@@ -792,7 +687,7 @@ def find_save_problems(save_result) -> list[Problem]:
     errors: dict[str, list[str]] = defaultdict(list)
     all_errs = list(getattr(save_result, "errors", ()) or ())
     for e in all_errs:
-        m = _VALIDATION.search(e)
+        m = VALIDATION_ERROR.search(e)
         if m:
             errors[m["fqn"]].append(e)
     failed = {f: tuple(r) for f, r, _ in getattr(save_result, "failures", ()) or ()}
@@ -839,10 +734,10 @@ def find_save_problems(save_result) -> list[Problem]:
                     lost,
                     None,
                     "silent",
-                    f"{fqn}: {_ranks_text(ranks)} each hold their own value of this "
+                    f"{fqn}: {ranks_text(ranks)} each hold their own value of this "
                     f"{'non-tensor entry' if layout.is_bytes else 'plain tensor'} but DCP dedups by "
                     f"(fqn, offset) and writes only rank {kept}'s copy (dedup_save_plans); "
-                    f"the values of {_ranks_text(lost)} are lost and every rank loads rank {kept}'s.",
+                    f"the values of {ranks_text(lost)} are lost and every rank loads rank {kept}'s.",
                     "Give each rank's value its own key (e.g. f'{fqn}.rank{r}') or make it a DTensor "
                     "sharded over the ranks.",
                 )
@@ -885,14 +780,14 @@ def _saved_chunk_problems(
                 tuple(sorted({writers[i] for i in outside if i < len(writers)})),
                 None,
                 "error",
-                f"{fqn}: saved chunks {_list_text([str(saved.chunks[i]) for i in outside], 4)} reach past "
+                f"{fqn}: saved chunks {list_text([str(saved.chunks[i]) for i in outside], 4)} reach past "
                 f"the tensor's size {list(saved.size)} (every chunk inside the tensor); torch raises: "
                 + quote(by_kind["out of bounds chunk"]),
                 "Check the local shapes against the global one (a ShardedTensor's shard metadata, a "
                 "DTensor built with from_local and a wrong shape).",
             )
         )
-    cov = _coverage(tuple(saved.size), saved.chunks)
+    cov = coverage(tuple(saved.size), saved.chunks)
     fill, over = by_kind["invalid fill"], by_kind["overlapping chunks"]
     live = [c for c in saved.chunks if not c.is_empty]
     holes = _hole_problems(
@@ -933,504 +828,3 @@ def _saved_chunk_problems(
             replace(p, message=f"{p.message} torch raises: {quote(over)}") for p in overlaps
         ]
     return out + holes + overlaps
-
-
-# ----------------------------------------------------------------------------- explain
-@dataclass(frozen=True)
-class Explanation:
-    """What a torch DCP error string means: ``pattern`` (which message was recognised), ``cause``,
-    ``what_to_check`` (steps), the ``fqn`` named, the parsed ``numbers``, and for a
-    ``CheckpointException`` dump the failing ``ranks`` and the ``inner`` explanations."""
-
-    pattern: str
-    cause: str
-    what_to_check: tuple[str, ...] = ()
-    fqn: str | None = None
-    numbers: dict = field(default_factory=dict)
-    ranks: tuple[int, ...] = ()
-    inner: tuple[Explanation, ...] = ()
-    text: str = ""
-    torch_version: str | None = None
-
-    def __str__(self) -> str:
-        head = f"{self.fqn}: " if self.fqn else ""
-        lines = [f"{head}{self.cause} [{self.pattern}]"]
-        lines += [f"  - {w}" for w in self.what_to_check]
-        for e in self.inner:
-            lines += ["  " + ln for ln in str(e).splitlines()]
-        return "\n".join(lines)
-
-
-_SIZE = r"torch\.Size\(\[(?P<{}>[^\]]*)\]\)"
-_MDI = (
-    r"MetadataIndex\(fqn='(?P<fqn>[^']*)', offset=(?:torch\.Size\(\[(?P<offset>[^\]]*)\]\)|"
-    r"None), index=(?P<index>\w+)\)"
-)
-_PATTERNS = [
-    (
-        "checkpoint_exception",
-        re.compile(r"CheckpointException ranks:dict_keys\(\[(?P<ranks>[^\]]*)\]\)"),
-    ),
-    # 2.12+ append the error strings; 2.4 - 2.11 raise the bare text and log the strings
-    (
-        "validate_global_plan",
-        re.compile(r"Failed to validate global plan(?:: (?P<body>.*))?", re.S),
-    ),
-    ("missing_key", re.compile(r"Missing key in checkpoint state_dict: (?P<fqn>.+?)\.?$", re.M)),
-    (
-        "size_mismatch",
-        re.compile(
-            r"Size mismatch between saved "
-            + _SIZE.format("saved")
-            + r" and current: "
-            + _SIZE.format("current")
-            + r" for (?P<fqn>\S+)"
-        ),
-    ),
-    (
-        "read_size_mismatch",
-        re.compile(
-            r"req "
-            + _MDI
-            + r" mismatch sizes,? "
-            + _SIZE.format("dst")
-            + r" vs "
-            + _SIZE.format("src")
-        ),
-    ),
-    ("partial", re.compile(re.escape(PARTIAL_MESSAGE))),
-    (
-        "invalid_metadata",
-        re.compile(
-            r"Invalid checkpoint metadata for (?P<fqn>\S+), expected "
-            r"BytesStorageMetadata but found (?P<found>.+)"
-        ),
-    ),
-    (
-        "unsupported_type",
-        re.compile(
-            r"Unsupported Type, expecting one of \[Tensor, DTensor, "
-            r"ShardedTensor\] ?,but got (?P<type>.+)"
-        ),
-    ),
-    # KeyError(MetadataIndex(...)) as printed in a traceback, as repr, or the bare key (str(e))
-    ("missing_storage", re.compile(r"(?:KeyError:? *\(?)?" + _MDI)),
-]
-
-
-def _ints_of(text: str | None) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"-?\d+", text or ""))
-
-
-def _explain_inputs(metadata, target) -> tuple[Any, dict[str, Layout]]:
-    """`explain`'s metadata (torch's converted) and target as ``{fqn: Layout}``: real tensors
-    described by their layout, other values as bytes entries; anything else refused."""
-    metadata = _record(metadata)
-    if metadata is not None and not hasattr(metadata, "state_dict_metadata"):
-        raise MetadataError(
-            None,
-            f"metadata is a {type(metadata).__name__}",
-            "a DCP Metadata or None",
-            "Read it with workbench.load_metadata(path).",
-            value_type=type(metadata),
-        )
-    if target is None:
-        return metadata, {}
-    if not isinstance(target, Mapping):
-        raise PlanError(
-            None,
-            f"target is a {type(target).__name__}",
-            "a dict {fqn: Layout} or a state dict",
-            "Pass the layouts (or the state dict) dcp.load was given.",
-            value_type=type(target),
-        )
-    layouts: dict[str, Layout | None] = {}
-    for fqn, v in target.items():
-        if not isinstance(v, Layout):
-            v = _value(v)
-            v = v.layout if isinstance(v, LocalTensor) else None
-        layouts[fqn] = v
-    ws = next((lay.world_size for lay in layouts.values() if lay is not None), 1)
-    return metadata, {f: lay if lay is not None else bytes_layout(ws) for f, lay in layouts.items()}
-
-
-def explain(
-    text: str,
-    metadata=None,
-    target: Mapping[str, Any] | None = None,
-    *,
-    torch_version: str | None = None,
-) -> Explanation:
-    """Explain a torch DCP error string (or a whole ``CheckpointException`` dump) as raised by
-    ``torch_version`` (default `versions.default_torch_version`; kept in ``.torch_version``).
-    A message that version never raises (the size check before 2.6) says so.
-
-    With the checkpoint's ``metadata`` and the ``target`` (``{fqn: Layout}``), point at the tensor
-    and the numbers: a current size that is the saved size divided by the world size (a local
-    shard was passed), a transposed shape, a vocabulary padding, per-rank keys, Partial targets.
-    Unknown text gives pattern ``"unknown"``. torch's own ``Metadata`` and a real state dict
-    (Tensors, DTensors, ShardedTensors, other values as bytes) are accepted too.
-    """
-    tv = resolve_torch_version(torch_version)
-    text = str(text)
-    metadata, target = _explain_inputs(metadata, target)
-    for name, rx in _PATTERNS:
-        m = rx.search(text)
-        if m:
-            e = _EXPLAINERS[name](m, text, metadata, target or {})
-            if name == "size_mismatch" and not semantics(tv).size_mismatch_raises:
-                e = replace(
-                    e,
-                    what_to_check=(
-                        f"torch {tv} never raises this (the size check arrived in 2.6): the "
-                        "job ran a newer torch than assumed.",
-                        *e.what_to_check,
-                    ),
-                )
-            return replace(e, torch_version=tv)
-    return Explanation(
-        "unknown",
-        "This is not one of the DCP error messages the workbench knows.",
-        ("Paste the last line of the traceback (the exception message).",),
-        text=text,
-        torch_version=tv,
-    )
-
-
-def _x_checkpoint_exception(m, text, md, target):
-    ranks = _ints_of(m["ranks"])
-    blocks = re.split(r"Traceback \(most recent call last\): \(RANK (\d+)\)\n", text)
-    seen: dict[str, Explanation] = {}
-    by_rank: dict[str, list[int]] = defaultdict(list)
-    for r, body in zip(blocks[1::2], blocks[2::2]):
-        # Frame lines are indented ("  File ...", "    code"); the exception's own lines are not.
-        # Skipping the code lines matters: they quote torch's f-strings ("...state_dict: {fqn}.").
-        msg = "\n".join(ln for ln in body.splitlines() if ln and not ln[0].isspace())
-        inner = explain(msg, md, target)
-        key = f"{inner.pattern}:{inner.fqn}"
-        seen.setdefault(key, inner)
-        by_rank[key].append(int(r))
-    inner = tuple(seen.values())
-    parts = "; ".join(
-        f"{_ranks_text(by_rank[k])}: {e.pattern}" + (f" ({e.fqn})" if e.fqn else "")
-        for k, e in seen.items()
-    )
-    return Explanation(
-        "checkpoint_exception",
-        f"dcp.save / dcp.load failed on {_ranks_text(ranks)} ({parts or 'no traceback given'}). "
-        "CheckpointException derives from BaseException, so 'except Exception' does not catch it; "
-        "errors of the global step are reported by rank 0 and re-raised on every rank.",
-        ("Read the inner error of the lowest failing rank first; the others usually repeat it.",),
-        inner[0].fqn if len(inner) == 1 else None,
-        {"ranks": ranks},
-        ranks,
-        inner,
-        text,
-    )
-
-
-def _x_validate(m, text, md, target):
-    body = m["body"] or ""
-    found = [(k.group("fqn"), k.group("what")) for k in _VALIDATION.finditer(body)]
-    truncated = body.rstrip().endswith("(truncated)")
-    fqns = list(dict.fromkeys(f for f, _ in found))
-    checks = []
-    for fqn in fqns:
-        lay = target.get(fqn)
-        if lay is not None and lay.misdescribed_ranks:
-            checks.append(
-                f"{fqn}: the save layout [{format_placements(lay.placements)}] on mesh "
-                f"{lay.mesh_shape} is a _StridedShard whose ranks "
-                f"{_list_text(lay.misdescribed_ranks)}"
-                " hold rows their DCP boxes do not describe; the boxes cannot tile the tensor."
-            )
-    whats = {w for _, w in found}
-    if "overlapping chunks" in whats:
-        checks.append(
-            "Overlapping chunks: a _StridedShard placement with an uneven size (FSDP2 + TP: "
-            "[_StridedShard(0, tp), Shard(0)] with rows not divisible by dp*tp), ShardedTensor "
-            "shards that overlap, or ranks saving different-size chunks at one offset."
-        )
-    if "invalid fill" in whats:
-        checks.append(
-            "Invalid fill: the saved chunks do not add up to the tensor (a rank missing "
-            "from the save, ShardedTensor shards missing, a mesh smaller than the world)."
-        )
-    if "out of bounds chunk" in whats:
-        checks.append(
-            "Out of bounds: a chunk extends past the tensor's size (a local shape "
-            "inconsistent with the global one)."
-        )
-    if truncated:
-        checks.append(
-            "The message is truncated at 500 characters: plan the save with "
-            "workbench.plan_save to list every error."
-        )
-    if not body:
-        checks.append(
-            "torch 2.4 - 2.11 raise this bare text: the reasons were logged as warnings "
-            "(logger torch.distributed.checkpoint.default_planner); plan the save with "
-            "workbench.plan_save(..., torch_version=...) to list them."
-        )
-    return Explanation(
-        "validate_global_plan",
-        f"The coordinator's _validate_global_plan rejected the save plan ({len(found)} error(s) on "
-        f"{_list_text(fqns, 4)}): every tensor's saved chunks must lie inside it, not overlap, and "
-        "(with more than one rank) fill it exactly. Nothing was written.",
-        tuple(checks),
-        fqns[0] if len(fqns) == 1 else None,
-        {"errors": found, "truncated": truncated},
-        text=text,
-    )
-
-
-def _x_missing(m, text, md, target):
-    fqn = m["fqn"]
-    checks, numbers = [], {}
-    saved = list(md.state_dict_metadata) if md is not None else []
-    if saved:
-        close = difflib.get_close_matches(fqn, saved, n=3, cutoff=0.6)
-        stripped = [k for k in saved if k.endswith(fqn) or fqn.endswith(k)]
-        if stripped:
-            checks.append(
-                f"A saved key differs only by a prefix: {stripped[0]!r} (wrappers such as "
-                "DDP 'module.', torch.compile '_orig_mod.' or a {'model': ...} nesting)."
-            )
-        elif close:
-            checks.append(f"Closest saved keys: {', '.join(map(repr, close))}.")
-        rm = _RANK_SUFFIX.match(fqn)
-        if rm:
-            fam = sorted(
-                int(x["rank"])
-                for x in map(_RANK_SUFFIX.match, saved)
-                if x and x["stem"] == rm["stem"]
-            )
-            if fam:
-                numbers["saved_ranks"] = fam
-                checks.insert(
-                    0,
-                    f"Per-rank key: the checkpoint has {rm['stem']}<r> for ranks "
-                    f"{_list_text(fam)} only; it was saved by {len(fam)} ranks and this "
-                    f"world is larger (rank {rm['rank']} did not exist). Re-split the per-rank "
-                    "state for the new world size.",
-                )
-    checks.append(
-        "Load with allow_partial_load=True to skip keys the checkpoint lacks (they keep "
-        "their current values)."
-    )
-    return Explanation(
-        "missing_key",
-        "A key of the state dict passed to dcp.load is not in the "
-        "checkpoint (strict loading requires every requested key).",
-        tuple(checks),
-        fqn,
-        numbers,
-        text=text,
-    )
-
-
-def _x_size(m, text, md, target):
-    fqn = m["fqn"]
-    saved, current = _ints_of(m["saved"]), _ints_of(m["current"])
-    ns, nc = math.prod(saved), math.prod(current)
-    numbers = {"saved": saved, "current": current, "saved_numel": ns, "current_numel": nc}
-    checks = []
-    lay = target.get(fqn)
-    ws = lay.world_size if lay is not None else None
-    if nc and ns % nc == 0 and ns != nc:
-        k = ns // nc
-        numbers["ratio"] = k
-        which = f" = the world size {ws}" if ws == k else ""
-        if len(current) == 1 and len(saved) > 1:
-            checks.append(
-                f"The current tensor is 1-d with numel {nc} = {ns} / {k}{which}: a flattened "
-                "local shard (FSDP1 flat parameter or to_local().flatten()) was passed instead "
-                "of the full / DTensor value."
-            )
-        else:
-            dims = (
-                [d for d, (a, b) in enumerate(zip(saved, current)) if a != b]
-                if len(saved) == len(current)
-                else []
-            )
-            checks.append(
-                f"The current size is the saved size divided by {k}{which}"
-                + (f" on dim {dims[0]}" if len(dims) == 1 else "")
-                + ": a local shard (dtensor.to_local() or a per-rank slice) was passed where "
-                "DCP needs the global DTensor; pass the DTensor itself."
-            )
-    elif len(saved) == 2 and tuple(reversed(saved)) == current:
-        checks.append(
-            f"The shapes are transposed ({saved[0]}x{saved[1]} vs {current[0]}x{current[1]}): "
-            "Conv1D (HF GPT-2) weights are stored (in, out), nn.Linear weights (out, in); "
-            "transpose when converting."
-        )
-    elif len(saved) == len(current) and sum(a != b for a, b in zip(saved, current)) == 1:
-        d = next(d for d, (a, b) in enumerate(zip(saved, current)) if a != b)
-        a, b = saved[d], current[d]
-        big = max(a, b)
-        pad = next((p for p in (256, 128, 64, 32, 8) if big % p == 0 and abs(a - b) < p), None)
-        numbers["dim"], numbers["difference"] = d, b - a
-        if pad:
-            checks.append(
-                f"Dim {d} differs by {abs(a - b)} ({a} saved vs {b} current) and {big} is a "
-                f"multiple of {pad}: a vocabulary padded to a multiple of {pad} on one side "
-                "(e.g. GPT-2's 50257 vs nanoGPT's 50304). Pad or slice the embedding rows."
-            )
-        else:
-            checks.append(
-                f"Only dim {d} differs ({a} saved vs {b} current): a config difference "
-                "(hidden / intermediate size, heads, vocab) between the saving and the "
-                "loading model."
-            )
-    elif ns == nc:
-        checks.append(
-            f"Same number of elements ({ns}), different shape: the tensor was reshaped or "
-            "fused (e.g. separate q/k/v vs fused qkv, or a flattened parameter)."
-        )
-    else:
-        checks.append("The models differ (architecture or config): compare the configs.")
-    if md is not None and fqn in md.state_dict_metadata:
-        sm = md.state_dict_metadata[fqn]
-        if isinstance(sm, TensorStorageMetadata) and tuple(sm.size) != saved:
-            checks.append(
-                f"The given metadata says {list(sm.size)}, not {list(saved)}: this error came "
-                "from another checkpoint."
-            )
-    return Explanation(
-        "size_mismatch",
-        f"The checkpoint's global size {list(saved)} differs from the "
-        f"size {list(current)} of the value passed to dcp.load (DCP reshards chunks of "
-        "one global shape; it cannot change the shape).",
-        tuple(checks),
-        fqn,
-        numbers,
-        text=text,
-    )
-
-
-def _x_read_size(m, text, md, target):
-    fqn = m["fqn"]
-    dst, src = _ints_of(m["dst"]), _ints_of(m["src"])
-    offset = _ints_of(m["offset"]) if m["offset"] is not None else None
-    checks = [
-        "The destination's local tensor is smaller than the chunk DCP computed for it: a DTensor whose "
-        "real local shape differs from compute_local_shape_and_global_offset (FSDP2 + TP with "
-        "uneven sizes: FSDP2 chunks right to left, DCP computes left to right), or a local tensor "
-        "resized after planning.",
-        "Or the saved file holds less data than .metadata claims (an edited or merged .metadata).",
-    ]
-    lay = target.get(fqn)
-    if lay is not None and lay.misdescribed_ranks:
-        checks.insert(
-            0,
-            f"The target layout [{format_placements(lay.placements)}] is a _StridedShard "
-            f"whose ranks {_list_text(lay.misdescribed_ranks)} are misdescribed.",
-        )
-    return Explanation(
-        "read_size_mismatch",
-        f"While reading saved chunk at offset {list(offset or ())}, the narrowed "
-        "destination "
-        f"has size {list(dst)} but the saved slice has size {list(src)} (the reader "
-        "asserts they match before copy_).",
-        tuple(checks),
-        fqn,
-        {"dst": dst, "src": src, "offset": offset},
-        text=text,
-    )
-
-
-def _x_partial(m, text, md, target):
-    fqns = [f for f, lay in target.items() if lay.has_partial]
-    return Explanation(
-        "partial",
-        "A DTensor with a Partial placement (a pending sum / reduction) "
-        "was saved; DCP saves only Shard / Replicate placements.",
-        ("Redistribute it to Replicate() or Shard() before dcp.save.",)
-        + ((f"Partial entries in the target: {_list_text(fqns, 5)}.",) if fqns else ()),
-        fqns[0] if len(fqns) == 1 else None,
-        text=text,
-    )
-
-
-def _x_invalid(m, text, md, target):
-    fqn = m["fqn"]
-    lay = target.get(fqn)
-    checks = []
-    if lay is not None and lay.has_partial:
-        checks.append(
-            f"The target DTensor has placements [{format_placements(lay.placements)}]: a "
-            "Partial placement. _create_read_items catches the Partial error and re-raises "
-            "this unrelated message; redistribute the target to Replicate / Shard."
-        )
-    elif lay is not None and lay.is_bytes:
-        checks.append("The target value is not a tensor although the checkpoint saved a tensor.")
-    else:
-        checks += [
-            "The value passed for this key is not a Tensor / DTensor / ShardedTensor (an int, "
-            "a list, or None: _init_state_dict turns unknown types into None).",
-            "Or it is a DTensor with a Partial placement: this message hides the Partial "
-            "error; redistribute it to Replicate / Shard.",
-        ]
-    return Explanation(
-        "invalid_metadata",
-        "The checkpoint has a tensor under this key, but the value "
-        "to load into cannot take tensor chunks.",
-        tuple(checks),
-        fqn,
-        {"found": m["found"].strip()},
-        text=text,
-    )
-
-
-def _x_unsupported(m, text, md, target):
-    return Explanation(
-        "unsupported_type",
-        f"_create_chunk_list got a {m['type'].strip()} where it needs "
-        "a Tensor, DTensor or ShardedTensor.",
-        (
-            "Pass tensors for tensor keys of the checkpoint; wrap other state in a "
-            "Stateful object or save it under another key.",
-        ),
-        None,
-        {"type": m["type"].strip()},
-        text=text,
-    )
-
-
-def _x_storage(m, text, md, target):
-    fqn = m["fqn"]
-    offset = _ints_of(m["offset"]) if m["offset"] is not None else None
-    checks = [
-        "The .metadata lists this chunk but its storage_data has no entry for it: the "
-        ".metadata was edited, merged from two saves, or comes from another checkpoint."
-    ]
-    if md is not None and md.storage_data is not None:
-        have = [k for k in md.storage_data if getattr(k, "fqn", None) == fqn]
-        checks.append(
-            f"storage_data holds {len(have)} entries for {fqn}, at offsets "
-            f"{_list_text([list(k.offset) if k.offset is not None else None for k in have], 6)}."
-        )
-    return Explanation(
-        "missing_storage",
-        f"The reader looked up the saved chunk of {fqn} at offset "
-        f"{list(offset) if offset is not None else None} in storage_data and found "
-        "nothing (KeyError).",
-        tuple(checks),
-        fqn,
-        {"offset": offset},
-        text=text,
-    )
-
-
-_EXPLAINERS = {
-    "checkpoint_exception": _x_checkpoint_exception,
-    "validate_global_plan": _x_validate,
-    "missing_key": _x_missing,
-    "size_mismatch": _x_size,
-    "read_size_mismatch": _x_read_size,
-    "partial": _x_partial,
-    "invalid_metadata": _x_invalid,
-    "unsupported_type": _x_unsupported,
-    "missing_storage": _x_storage,
-}

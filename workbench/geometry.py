@@ -27,24 +27,40 @@ __all__ = [
     "uncovered",
     "covered_volume",
     "format_box",
+    "shares_elements",
+    "as_ints",
+    "int64_unsafe",
+    "overlap_mask",
+    "candidate_pairs",
+    "Coverage",
+    "coverage",
+    "box_arrays",
 ]
 
 
 _INT64_MAX = 2**63 - 1
 
 
-def _ints(values, what: str, fqn: str | None) -> tuple[int, ...]:
+def as_ints(
+    values, what: str, fqn: str | None = None, error: type = ChunkError, example: str = "(4, 8)"
+) -> tuple[int, ...]:
+    """``values`` as a tuple of ints (a list, a tuple, numpy ints, a ``torch.Size``); a string, a
+    float or a scalar is an ``error`` (a `WorkbenchError` subclass) naming ``what`` and ``fqn``.
+    The one int-tuple converter of the package: records, layouts and chunks all call it."""
+    if type(values) is tuple and all(type(v) is int for v in values):
+        return values
     try:
-        out = tuple(operator.index(v) for v in values)
+        if isinstance(values, (str, bytes)):
+            raise TypeError
+        return tuple(operator.index(v) for v in values)
     except TypeError:
-        raise ChunkError(
+        raise error(
             fqn,
-            f"{what} {values!r} are not integers",
-            "a sequence of ints",
-            "Pass offsets and sizes as tuples of ints.",
-            values=values,
+            f"{what} {values!r} is not a sequence of ints",
+            f"e.g. {example}",
+            f"Pass the {what} as a tuple of ints.",
+            value=values,
         ) from None
-    return out
 
 
 def format_box(offsets: Sequence[int], sizes: Sequence[int]) -> str:
@@ -71,8 +87,8 @@ class Chunk:
             or not all(type(v) is int for v in off)
             or not all(type(v) is int for v in siz)
         ):
-            off = _ints(off, "offsets", None)
-            siz = _ints(siz, "sizes", None)
+            off = as_ints(off, "offsets", None)
+            siz = as_ints(siz, "sizes", None)
             object.__setattr__(self, "offsets", off)
             object.__setattr__(self, "sizes", siz)
         if len(off) != len(siz):
@@ -208,6 +224,14 @@ def intersect(a: Chunk, b: Chunk) -> Chunk | None:
     return Chunk(tuple(offs), tuple(sizes))
 
 
+def shares_elements(a: Chunk, b: Chunk) -> bool:
+    """Whether ``a`` and ``b`` have at least one element in common (a non-empty intersection).
+
+    Unlike torch's predicate (`boxes_overlap`), a zero-size box shares nothing."""
+    c = intersect(a, b)
+    return c is not None and not c.is_empty
+
+
 def volume(shape_or_chunk) -> int:
     """Number of elements of a shape or a chunk."""
     sizes = shape_or_chunk.sizes if isinstance(shape_or_chunk, Chunk) else shape_or_chunk
@@ -291,3 +315,154 @@ def uncovered(box: Chunk, boxes: Iterable[Chunk]) -> list[Chunk]:
 def covered_volume(box: Chunk, boxes: Iterable[Chunk]) -> int:
     """Elements of ``box`` covered by at least one of ``boxes`` (overlaps counted once)."""
     return box.volume - sum(c.volume for c in uncovered(box, boxes))
+
+
+# ----------------------------------------------------------------------------- columnar boxes
+# The same predicates over many boxes at once: ``off`` and ``size`` are (n, ndim) int64 arrays,
+# one box a row. Whole-model plans and diagnoses use these; their results equal the scalar ones.
+_SAFE = 2**62  # offsets and sizes below this in magnitude: their sums and differences fit int64
+
+
+def int64_unsafe(off: np.ndarray, size: np.ndarray) -> bool:
+    """Whether ``offset + size`` could wrap in int64 (torch computes with Python ints, and a chunk
+    of hand-made metadata can reach 2**63 - 1 past the end of its tensor): callers then fall back
+    to the scalar functions above."""
+    return bool(off.size) and (int(np.abs(off).max()) >= _SAFE or int(size.max()) >= _SAFE)
+
+
+def overlap_mask(a_off, a_size, b_off, b_size) -> np.ndarray:
+    """Row-wise `boxes_overlap` (torch's ``_check_box_overlap``); rows broadcast."""
+    return ~((a_off >= b_off + b_size) | (b_off >= a_off + a_size)).any(axis=1)
+
+
+def candidate_pairs(a_off, a_size, b_off, b_size) -> tuple[np.ndarray, np.ndarray]:
+    """A superset of the index pairs ``(i, j)`` for which box ``a[i]`` can overlap box ``b[j]``
+    (torch's predicate), from one dim's intervals, without the n x m matrix.
+
+    The ``b`` boxes are sorted by start along a dim; a candidate starts before ``a[i]``'s end and,
+    by the running maximum of ends, possibly ends after its start. The dim giving the fewest
+    candidates is used; every overlapping pair is among them (overlap needs both interval
+    conditions in every dim). Pairs come grouped by ``i`` ascending."""
+    na, nb = len(a_off), len(b_off)
+    nd = a_off.shape[1]
+    if nd == 0:
+        return np.repeat(np.arange(na), nb), np.tile(np.arange(nb), na)
+    best = None
+    for d in range(nd):
+        order = np.argsort(b_off[:, d], kind="stable")
+        st = b_off[order, d]
+        cmax = np.maximum.accumulate(b_off[order, d] + b_size[order, d])
+        hi = np.searchsorted(st, a_off[:, d] + a_size[:, d], side="left")
+        lo = np.searchsorted(cmax, a_off[:, d], side="right")
+        cnt = np.maximum(hi - lo, 0)
+        total = int(cnt.sum())
+        if best is None or total < best[0]:
+            best = (total, order, lo, cnt)
+        if total <= na:
+            break
+    total, order, lo, cnt = best
+    ai = np.repeat(np.arange(na), cnt)
+    # position within each a-box's run, added to its lo
+    run_start = np.repeat(np.cumsum(cnt) - cnt, cnt)
+    bi = order[np.repeat(lo, cnt) + np.arange(total) - run_start]
+    return ai, bi
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """How a tensor's saved chunks relate to the tensor: ``tiles`` (disjoint, inside, complete),
+    the global ``holes`` and the ``overlaps`` as ``(region, indices of the chunks that overlap
+    there)``."""
+
+    tiles: bool
+    holes: tuple[Chunk, ...] = ()
+    overlaps: tuple[tuple[Chunk, tuple[int, ...]], ...] = ()
+
+
+def coverage(size: Sequence[int], chunks: Sequence[Chunk]) -> Coverage:
+    """Coverage of a tensor of ``size`` by ``chunks``.
+
+    Fast path (the common case, vectorised): every non-empty chunk is inside the tensor, is
+    exactly one cell of the grid of all chunk edges, no two share a cell, and the volumes add up to
+    the tensor's: then the chunks tile it. Anything else gets exact holes and exact pairwise
+    overlaps, clipped to the tensor (zero-size chunks hold no data and are ignored, unlike torch's
+    validation predicate). Overlaps come in order of their first pair ``(i, j)``, ``i < j``.
+    """
+    size = tuple(size)
+    numel = math.prod(size)
+    if not size:  # a 0-d tensor: any saved chunk covers it
+        return Coverage(True) if chunks else Coverage(False, (Chunk((), ()),))
+    if not chunks:
+        return Coverage(numel == 0, () if numel == 0 else (Chunk((0,) * len(size), size),))
+    off = np.array([c.offsets for c in chunks], dtype=np.int64)
+    siz = np.array([c.sizes for c in chunks], dtype=np.int64)
+    keep = (siz > 0).all(axis=1)
+    off, siz, idx = off[keep], siz[keep], np.flatnonzero(keep)
+    end = off + siz
+    shape = np.array(size, dtype=np.int64)
+    inside = bool(((off >= 0) & (end <= shape)).all())
+    if inside and int(np.prod(siz, axis=1).sum()) == numel:
+        cell_ids = np.zeros(len(off), dtype=np.int64)
+        one_cell = True
+        for d in range(len(size)):
+            edges = np.unique(np.concatenate([off[:, d], end[:, d]]))
+            a = np.searchsorted(edges, off[:, d])
+            b = np.searchsorted(edges, end[:, d])
+            one_cell &= bool((b - a == 1).all())
+            cell_ids = cell_ids * len(edges) + a
+        if one_cell and len(np.unique(cell_ids)) == len(cell_ids):
+            return Coverage(True)
+    full = Chunk((0,) * len(size), size)
+    holes = tuple(uncovered(full, [chunks[i] for i in idx]))
+    # Clipped to the tensor (an edited chunk may reach past it), the chunks' volumes add up to
+    # the covered volume exactly when no two overlap: only then is the pairwise search skipped.
+    clipped = np.clip(np.minimum(end, shape) - np.maximum(off, 0), 0, None)
+    if int(np.prod(clipped, axis=1).sum()) == numel - sum(h.volume for h in holes):
+        return Coverage(not holes and inside, holes)
+    a, b = candidate_pairs(off, siz, off, siz)
+    pairs = sorted((int(i), int(j)) for i, j in zip(a, b) if i < j)
+    # Pairs sharing one region (many copies of one box) become one finding.
+    regions: dict[Chunk, set[int]] = {}
+    for i, j in pairs:
+        lo = np.maximum(np.maximum(off[i], off[j]), 0)
+        hi = np.minimum(np.minimum(end[i], end[j]), shape)
+        if (hi > lo).all():
+            region = Chunk(tuple(int(x) for x in lo), tuple(int(x) for x in hi - lo))
+            regions.setdefault(region, set()).update((int(idx[i]), int(idx[j])))
+    overlaps = tuple((region, tuple(sorted(ix))) for region, ix in regions.items())
+    return Coverage(not holes and not overlaps and inside, holes, overlaps)
+
+
+def box_arrays(
+    chunks: Sequence[Chunk],
+    shape: Sequence[int],
+    fqn: str | None = None,
+    cache: dict | None = None,
+    error: type = ChunkError,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The chunks of a tensor of ``shape`` as read-only (n, ndim) int64 offset and size arrays; a
+    chunk of another rank is an ``error`` naming ``fqn``. Chunks are immutable, so with a
+    ``cache`` the arrays are shared by every call whose list holds the same chunk objects (a
+    planned save reuses one layout's chunks for all fqns with that layout): converted once."""
+    ndim = len(shape)
+    sig = tuple(map(id, chunks))
+    hit = cache.get(sig) if cache is not None else None
+    if hit is not None and ndim == hit[0].shape[1]:
+        return hit[0], hit[1]
+    n = len(chunks)
+    for c in chunks:
+        if len(c.offsets) != ndim or len(c.sizes) != ndim:
+            raise error(
+                fqn,
+                f"saved chunk {c} has {len(c.offsets)} dims for a tensor of size {tuple(shape)}",
+                "chunks of the tensor's rank",
+                "The checkpoint's metadata is corrupt; re-save it.",
+                chunk=c,
+            )
+    offs = np.array([c.offsets for c in chunks], dtype=np.int64).reshape(n, ndim)
+    sizes = np.array([c.sizes for c in chunks], dtype=np.int64).reshape(n, ndim)
+    offs.setflags(write=False)
+    sizes.setflags(write=False)
+    if cache is not None:
+        cache[sig] = (offs, sizes, list(chunks))  # the list keeps the ids alive and unique
+    return offs, sizes

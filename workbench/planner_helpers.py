@@ -20,11 +20,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import re
 import sys
 from bisect import bisect_right, insort
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import ChunkError, PlanError, WorkbenchError
@@ -37,17 +37,16 @@ from .records import (
     MetadataIndex,
     ReadItem,
     SavePlan,
-    TensorProperties,
     TensorStorageMetadata,
     TensorWriteData,
     WriteItem,
     WriteItemType,
 )
-from .sharding import Layout, format_placements
+from .sharding import LocalTensor, format_placements
+from .sources import as_record, as_value, torch_tensor_kind
 from .versions import semantics
 
 __all__ = [
-    "LocalTensor",
     # planner_helpers.py
     "compare_save_plans",
     "contains_usable_plan",
@@ -94,66 +93,6 @@ _TSM_CLASS = "<class 'torch.distributed.checkpoint.metadata.TensorStorageMetadat
 
 
 # ----------------------------------------------------------------------------- values
-@dataclass(frozen=True, slots=True)
-class LocalTensor:
-    """One state-dict value as rank ``rank`` sees it: a `Layout` plus the rank.
-
-    A ``"dtensor"`` layout is a DTensor (its one chunk; no chunk outside the mesh), ``"sharded"`` a
-    ShardedTensor (the rank's local shards, possibly none), ``"tensor"`` a plain tensor (the full
-    box) and ``"bytes"`` a non-tensor value (planned as BYTE_IO). A plain tensor or bytes entry on
-    a rank that does not hold it is *absent* from that rank's state dict: planners skip it.
-    ``properties`` overrides the ``TensorProperties`` derived from the layout's dtype (set when
-    converted from a real tensor, so ``requires_grad`` etc. survive).
-    """
-
-    layout: Layout
-    rank: int
-    properties: TensorProperties | None = None
-
-    def __post_init__(self):
-        if not isinstance(self.layout, Layout):
-            raise PlanError(
-                None,
-                f"LocalTensor got {type(self.layout).__name__} instead of a Layout",
-                "a workbench Layout",
-                "Build one with dtensor_layout / tensor_layout / sharded_layout / bytes_layout.",
-            )
-        if not 0 <= self.rank < self.layout.world_size:
-            raise PlanError(
-                None,
-                f"rank {self.rank} is outside the layout's world of {self.layout.world_size} ranks",
-                f"0 <= rank < {self.layout.world_size}",
-                rank=self.rank,
-                world_size=self.layout.world_size,
-            )
-
-    @property
-    def kind(self) -> str:
-        return self.layout.kind
-
-    def size(self) -> tuple[int, ...]:
-        """The global shape, like ``Tensor.size()``."""
-        return self.layout.shape
-
-    def chunks(self) -> tuple[Chunk, ...]:
-        return self.layout.chunks(self.rank)
-
-    @property
-    def in_mesh(self) -> bool:
-        """For a DTensor: whether ``mesh.get_coordinate()`` would be non-None on this rank."""
-        return self.layout.coordinate(self.rank) is not None
-
-    @property
-    def absent(self) -> bool:
-        """A plain tensor / bytes value this rank does not hold (not in its state dict)."""
-        return self.kind in ("tensor", "bytes") and not self.chunks()
-
-    def tensor_properties(self) -> TensorProperties:
-        return (
-            self.properties if self.properties is not None else TensorProperties(self.layout.dtype)
-        )
-
-
 def _torch_error(
     cls, fqn, torch_text: str, torch_type: str, expectation: str = "", fix: str = "", **facts
 ) -> WorkbenchError:
@@ -161,37 +100,6 @@ def _torch_error(
     return cls(
         fqn, torch_text, expectation, fix, torch_message=torch_text, torch_type=torch_type, **facts
     )
-
-
-def _is_torch(obj) -> bool:
-    # torch cannot have made an object when it is not even imported: no import here.
-    return "torch" in sys.modules and type(obj).__module__.partition(".")[0] == "torch"
-
-
-def _record(obj):
-    """A workbench record from a torch record; workbench records pass through."""
-    if _is_torch(obj):
-        from .torch_bridge.convert import from_torch
-
-        return from_torch(obj)
-    return obj
-
-
-def _value(obj):
-    """A `LocalTensor` for a real Tensor / DTensor / ShardedTensor; anything else unchanged."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(obj, torch.Tensor):
-        from .torch_bridge.convert import local_tensor_from_torch
-
-        return local_tensor_from_torch(obj)
-    if isinstance(obj, Layout):
-        raise PlanError(
-            None,
-            f"a bare Layout ({obj.describe()}) is not one rank's value",
-            "LocalTensor(layout, rank) in a one-rank state dict",
-            "Wrap it: LocalTensor(layout, rank), or plan every rank with workbench.plan_save.",
-        )
-    return obj
 
 
 def _chunks(fqn: str, chunks) -> list[Chunk]:
@@ -212,8 +120,16 @@ def _tensor_kind(obj) -> str | None:
     return obj.kind if isinstance(obj, LocalTensor) and obj.kind != "bytes" else None
 
 
-def _torch_size(shape) -> str:
+def torch_size_text(shape) -> str:
+    """A shape as torch prints it in its messages: ``torch.Size([4, 8])``."""
     return f"torch.Size({list(shape)})"
+
+
+# what one line of validate_global_plan's errors says: the key and the kind of failure
+VALIDATION_ERROR = re.compile(
+    r"key:(?P<fqn>\S+) (?:has )?(?P<what>overlapping chunks|out of bounds chunk|"
+    r"invalid fill)"
+)
 
 
 # torch 2.13's messages in create_default_local_load_plan / _create_read_items, written once
@@ -223,8 +139,8 @@ def missing_key_message(fqn: str) -> str:
 
 def size_mismatch_message(fqn: str, saved, current) -> str:
     return (
-        f"Size mismatch between saved {_torch_size(saved)} and current: "
-        f"{_torch_size(current)} for {fqn}"
+        f"Size mismatch between saved {torch_size_text(saved)} and current: "
+        f"{torch_size_text(current)} for {fqn}"
     )
 
 
@@ -265,7 +181,7 @@ def compare_save_plans(plan: SavePlan, other_plan: SavePlan) -> bool:
     """torch's ``_compare_save_plans``: ``usable``, item count, per item ``type``, ``index`` (fqn,
     offset AND the ``index`` hint), presence of ``tensor_data``, its ``size`` and chunk. Dtype and
     other properties, ``bytes_io_data``, ``storage_data`` and ``planner_data`` are not compared."""
-    plan, other_plan = _record(plan), _record(other_plan)
+    plan, other_plan = as_record(plan), as_record(other_plan)
     if plan.usable != other_plan.usable or len(plan.items) != len(other_plan.items):
         return False
     for a, b in zip(plan.items, other_plan.items):
@@ -309,7 +225,7 @@ def merge_delta_local_plans(
 # ----------------------------------------------------------------------------- chunks and items
 def create_chunk_from_tensor(tensor) -> Chunk:
     """torch's ``_create_chunk_from_tensor``: the full box ``([0]*ndim, size)``."""
-    tensor = _value(tensor)
+    tensor = as_value(tensor)
     shape = tuple(tensor.size())
     return Chunk((0,) * len(shape), shape)
 
@@ -321,7 +237,7 @@ def chunk_for_shard(shard_md) -> Chunk:
 
 def sharded_tensor_metadata(sharded_tensor, shard_md) -> TensorWriteData:
     """torch's ``_sharded_tensor_metadata``: chunk of the shard, the global size."""
-    t = _value(sharded_tensor)
+    t = as_value(sharded_tensor)
     return TensorWriteData(
         chunk=chunk_for_shard(shard_md), properties=t.tensor_properties(), size=t.size()
     )
@@ -329,7 +245,7 @@ def sharded_tensor_metadata(sharded_tensor, shard_md) -> TensorWriteData:
 
 def create_chunk_from_dtensor(tensor) -> Chunk:
     """torch's ``_create_chunk_from_dtensor``: ``(offset, local_shape)`` of the rank's coordinate."""
-    t = _value(tensor)
+    t = as_value(tensor)
     _check_in_mesh(None, t)
     return t.chunks()[0]
 
@@ -337,7 +253,7 @@ def create_chunk_from_dtensor(tensor) -> Chunk:
 def create_write_items_for_dtensor(fqn: str, tensor) -> WriteItem:
     """torch's ``_create_write_items_for_dtensor``: one SHARD item, ``index=(fqn, offset)``,
     ``size`` the global shape. Like torch it does not check for Partial (its callers do)."""
-    t = _value(tensor)
+    t = as_value(tensor)
     _check_in_mesh(fqn, t)
     chunk = t.chunks()[0]
     return WriteItem(
@@ -359,7 +275,7 @@ def create_write_item_for_shard(fqn: str, sharded_tensor, shard_md) -> WriteItem
 
 def create_write_item_for_tensor(fqn: str, tensor) -> WriteItem:
     """torch's ``_create_write_item_for_tensor``: one TENSOR item for the whole tensor."""
-    t = _value(tensor)
+    t = as_value(tensor)
     chunk = create_chunk_from_tensor(t)
     return WriteItem(
         index=MetadataIndex(fqn, chunk.offsets),
@@ -379,9 +295,9 @@ def create_read_item_for_byteio(
     """torch's ``_create_read_item_for_byteio``: one-element offsets and lengths."""
     return ReadItem(
         LoadItemType.BYTE_IO,
-        _record(dest_index),
+        as_record(dest_index),
         (dest_offset,),
-        _record(storage_index),
+        as_record(storage_index),
         (storage_offset,),
         (length,),
     )
@@ -393,9 +309,9 @@ def create_read_item_for_tensor(
     """torch's ``_create_read_item_for_tensor``."""
     return ReadItem(
         LoadItemType.TENSOR,
-        _record(dest_index),
+        as_record(dest_index),
         tuple(dest_offsets),
-        _record(storage_index),
+        as_record(storage_index),
         tuple(storage_offsets),
         tuple(lengths),
     )
@@ -522,7 +438,7 @@ def _read_item(fqn: str, lc: Chunk, li: int, sc: Chunk, si: int) -> ReadItem:
 def create_write_items(fqn: str, object: Any) -> list[WriteItem]:  # noqa: A002 (torch's name)
     """torch's ``_create_write_items``: DTensor -> one SHARD item (Partial raises), ShardedTensor
     -> one SHARD item per local shard, Tensor -> one TENSOR item, anything else -> BYTE_IO."""
-    obj = _value(object)
+    obj = as_value(object)
     kind = _tensor_kind(obj)
     if kind is None:
         return [create_write_item_for_bytesio(fqn, obj)]
@@ -545,7 +461,7 @@ def create_write_items(fqn: str, object: Any) -> list[WriteItem]:  # noqa: A002 
 def create_chunk_list(tensor) -> list[Chunk]:
     """torch's ``_create_chunk_list``: the chunks a rank wants. A non-tensor raises torch's
     ``Unsupported Type`` ValueError text."""
-    obj = _value(tensor)
+    obj = as_value(tensor)
     kind = _tensor_kind(obj)
     if kind is None:
         text = (
@@ -576,7 +492,7 @@ def create_read_items(
     tensor metadata -> `create_read_items_for_chunk_list`. As in torch, a value without chunks
     (and a Partial DTensor) reports ``Invalid checkpoint metadata ... expected
     BytesStorageMetadata``, chained from the real cause."""
-    md = _record(md)
+    md = as_record(md)
     if isinstance(md, BytesStorageMetadata):
         return [create_read_item_for_byteio(MetadataIndex(fqn), 0, MetadataIndex(fqn), 0, 0)]
     if not isinstance(md, TensorStorageMetadata):
@@ -611,7 +527,7 @@ def create_default_metadata_only_plan(state_dict: dict) -> SavePlan:
     checked."""
     items: list[WriteItem] = []
     for fqn, obj in state_dict.items():
-        obj = _value(obj)
+        obj = as_value(obj)
         kind = _tensor_kind(obj)
         if isinstance(obj, LocalTensor) and obj.absent:
             continue
@@ -639,21 +555,13 @@ def iterate_state_dict(
     and bytes LocalTensors come back unchanged; dicts are rewritten IN PLACE; lists and tuples
     come back new; every other type becomes None (torch's hazard: a set or a custom object is
     replaced by None before loading)."""
-    torch = sys.modules.get("torch")
+    funcs = {"dtensor": dtensor_func, "sharded": sharded_tensor_func, "tensor": tensor_func}
     if isinstance(iter_object, LocalTensor):
-        fn = {"dtensor": dtensor_func, "sharded": sharded_tensor_func, "tensor": tensor_func}.get(
-            iter_object.kind
-        )
+        fn = funcs.get(iter_object.kind)
         return iter_object if fn is None else fn(iter_object)
-    if torch is not None and isinstance(iter_object, torch.Tensor):
-        from torch.distributed._shard.sharded_tensor import ShardedTensor
-        from torch.distributed.tensor import DTensor
-
-        if isinstance(iter_object, DTensor):
-            return dtensor_func(iter_object)
-        if isinstance(iter_object, ShardedTensor):
-            return sharded_tensor_func(iter_object)
-        return tensor_func(iter_object)
+    kind = torch_tensor_kind(iter_object)
+    if kind is not None:
+        return funcs[kind](iter_object)
     if isinstance(iter_object, (int, float, str, bytes, io.BytesIO)) or iter_object is None:
         return iter_object
     if isinstance(iter_object, dict):
@@ -705,8 +613,6 @@ def flatten_state_dict(state_dict: dict) -> tuple[dict, dict]:
     with ``"."``; a list is entered (positions ``.0``, ``.1`` ...) only when it holds a tensor or
     a non-terminal container, else it is one leaf; tuples are always leaves. Returns
     ``(flattened, mappings)``; a duplicate key raises torch's ``duplicated flatten key``."""
-    from collections.abc import Mapping
-
     flattened: dict = {}
     mappings: dict = {}
 
@@ -765,7 +671,7 @@ def dedup_save_plans(
     The same in every supported ``torch_version`` (2.8 rewrote it without changing a result;
     recorded); the argument is checked and kept for symmetry with the other helpers."""
     semantics(torch_version)
-    all_plans = [_record(p) for p in all_plans]
+    all_plans = [as_record(p) for p in all_plans]
     where: dict[MetadataIndex, set[int]] = defaultdict(set)
     last_item: dict[MetadataIndex, WriteItem] = {}
     keep = [{item.index for item in plan.items} for plan in all_plans]
@@ -792,7 +698,7 @@ def create_default_local_save_plan(state_dict: dict, is_coordinator: bool) -> Sa
     contributes nothing; absent `LocalTensor` values are skipped."""
     items: list[WriteItem] = []
     for fqn, obj in state_dict.items():
-        obj = _value(obj)
+        obj = as_value(obj)
         if isinstance(obj, LocalTensor) and (
             obj.absent or (obj.kind == "dtensor" and not obj.in_mesh)
         ):
@@ -816,7 +722,7 @@ def create_default_global_save_plan(
     semantics(torch_version)
     md: dict[str, TensorStorageMetadata | BytesStorageMetadata] = {}
     new_plans = []
-    for plan in (_record(p) for p in all_plans):
+    for plan in (as_record(p) for p in all_plans):
         new_items = []
         for item in plan.items:
             fqn = item.index.fqn
@@ -912,7 +818,7 @@ def validate_global_plan(
     2.9."""
     sem = semantics(torch_version)
     old_text = not sem.validation_returns_errors
-    metadata = _record(metadata)
+    metadata = as_record(metadata)
     errors: list[str] = []
     for key, value in metadata.state_dict_metadata.items():
         if isinstance(value, BytesStorageMetadata) or len(value.size) == 0:
@@ -934,12 +840,12 @@ def validate_global_plan(
                 if old_text:
                     errors.append(
                         _OLD_BOUNDS.format(
-                            key=key, size=_torch_size(size), chunk=chunk.torch_repr()
+                            key=key, size=torch_size_text(size), chunk=chunk.torch_repr()
                         )
                     )
                 else:
                     errors.append(
-                        f"key:{key} has out of bounds chunk: tensor-size:{_torch_size(size)} "
+                        f"key:{key} has out of bounds chunk: tensor-size:{torch_size_text(size)} "
                         f"chunk: {chunk.torch_repr()}"
                     )
             volume += math.prod(chunk.sizes)
@@ -997,11 +903,11 @@ def create_default_local_load_plan(
     as torch's ``_check_shard_metadata_pair_overlap`` does: fewer dims read truncated boxes, more
     dims raise torch's ``IndexError``)."""
     sem = semantics(torch_version)
-    metadata = _record(metadata)
+    metadata = as_record(metadata)
     sdm = metadata.state_dict_metadata
     items: list[ReadItem] = []
     for fqn, obj in state_dict.items():
-        obj = _value(obj)
+        obj = as_value(obj)
         if isinstance(obj, LocalTensor) and obj.absent:
             continue
         if fqn not in sdm:

@@ -22,7 +22,6 @@ Imports the layers above (errors, geometry, records, sharding, planner_helpers);
 from __future__ import annotations
 
 import math
-import re
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,10 +30,11 @@ from functools import cached_property
 import numpy as np
 
 from .errors import MetadataError, PlanError
-from .geometry import Chunk
+from .formats.dcp_files import PlannedStorage
+from .geometry import Chunk, box_arrays, candidate_pairs, int64_unsafe, overlap_mask
 from .planner_helpers import (
     PARTIAL_MESSAGE,
-    _record,
+    create_default_local_load_plan,
     create_read_items_for_chunk_list,
     invalid_metadata_message,
     missing_key_message,
@@ -50,14 +50,14 @@ from .records import (
     MetadataIndex,
     ReadItem,
     SavePlan,
-    StorageInfo,
     TensorProperties,
     TensorStorageMetadata,
     TensorWriteData,
     WriteItem,
     WriteItemType,
 )
-from .sharding import Layout
+from .sharding import Layout, LocalTensor
+from .sources import as_record
 from .versions import semantics
 
 __all__ = [
@@ -66,26 +66,7 @@ __all__ = [
     "SavePlanResult",
     "LoadPlanResult",
     "ReadBlock",
-    "LoadIO",
-    "file_name",
-    "writer_of_file",
-    "compare_targets",
-    "TargetCost",
 ]
-
-_FILE_RE = re.compile(r"^__(\d+)_(\d+)\.distcp$")
-
-
-def file_name(rank: int) -> str:
-    """The data file ``FileSystemWriter`` (defaults: one thread, one file per rank) gives a rank:
-    ``f"{prefix}{file_count}.distcp"`` with prefix ``__{rank}_`` and count 0."""
-    return f"__{rank}_0.distcp"
-
-
-def writer_of_file(relative_path: str) -> int | None:
-    """The writer rank encoded in a ``__<rank>_<n>.distcp`` name; None for other names."""
-    m = _FILE_RE.match(str(relative_path))
-    return int(m[1]) if m else None
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -271,63 +252,6 @@ def _props(dtype: str) -> TensorProperties:
 
 
 # ----------------------------------------------------------------------------- save
-class _PlannedStorage(Mapping):
-    """``Metadata.storage_data`` of a planned save: ``MetadataIndex -> StorageInfo(file, None,
-    None)`` for every metadata chunk, answered from the writer arrays instead of building hundreds
-    of thousands of keys up front. Iterates in metadata order with index hints set, as torch's
-    dict does; read-only. Like a real ``storage_data`` it describes what was written: it keeps
-    its own copy of the chunk lists, so editing the metadata's chunks afterwards does not move it."""
-
-    def __init__(self, sdm: dict, writers: dict[str, np.ndarray]):
-        self._writers = writers
-        self._chunks = {
-            f: None if isinstance(md, BytesStorageMetadata) else tuple(md.chunks)
-            for f, md in sdm.items()
-        }
-        self._pos: dict[str, dict] = {}
-
-    def writer_array(self, fqn: str, chunks) -> np.ndarray | None:
-        """The writer rank of each of ``chunks`` (a tensor's metadata chunk list), or None when
-        the list is no longer the one planned."""
-        planned = self._chunks.get(fqn)
-        if (
-            planned is None
-            or len(planned) != len(chunks)
-            or not all(a is b for a, b in zip(planned, chunks))
-        ):
-            return None
-        return self._writers[fqn]
-
-    def _positions(self, fqn: str) -> dict:
-        pos = self._pos.get(fqn)
-        if pos is None:
-            chunks = self._chunks[fqn]
-            pos = {None: 0} if chunks is None else {}
-            for i, c in enumerate(chunks or ()):
-                pos.setdefault(c.offsets, i)
-            self._pos[fqn] = pos
-        return pos
-
-    def __getitem__(self, index: MetadataIndex) -> StorageInfo:
-        if not isinstance(index, MetadataIndex) or index.fqn not in self._writers:
-            raise KeyError(index)
-        i = self._positions(index.fqn).get(index.offset)
-        if i is None:
-            raise KeyError(index)
-        return StorageInfo(file_name(int(self._writers[index.fqn][i])), None, None)
-
-    def __iter__(self):
-        for fqn in self._writers:
-            for off, i in self._positions(fqn).items():
-                yield MetadataIndex(fqn, off, None if off is None else i)
-
-    def __len__(self) -> int:
-        return sum(len(self._positions(f)) for f in self._writers)
-
-    def __repr__(self) -> str:
-        return f"<planned storage_data: {len(self._writers)} entries' chunks -> __<rank>_0.distcp>"
-
-
 @dataclass(frozen=True, eq=False)
 class SavePlanResult:
     """Every rank's save plan of one state dict (see `plan_save`).
@@ -421,7 +345,7 @@ def plan_save(
         )
         vol = np.prod(pat.sizes[idx], axis=1) * DTYPE_SIZES[lay.dtype]
         np.add.at(bytes_written, w, vol)
-    metadata = Metadata(sdm, storage_data=_PlannedStorage(sdm, writer_arrays), version="1.0.0")
+    metadata = Metadata(sdm, storage_data=PlannedStorage(sdm, writer_arrays), version="1.0.0")
 
     def local_plan(r: int) -> SavePlan:
         return SavePlan(_write_items(r, fqns, lays, pats, None, None))
@@ -432,16 +356,16 @@ def plan_save(
     plans = _LazyPlans(ws, final_plan)
     errors = _validate(sdm, pats, fqns, kept_per_fqn, plans, sem.version)
     return SavePlanResult(
-        dict(layouts),
-        ws,
-        _LazyPlans(ws, local_plan),
-        plans,
-        metadata,
-        errors,
-        writers,
-        bytes_written,
-        failures,
-        sem.version,
+        layouts=dict(layouts),
+        world_size=ws,
+        local_plans=_LazyPlans(ws, local_plan),
+        plans=plans,
+        metadata=metadata,
+        errors=errors,
+        writers=writers,
+        bytes_written=bytes_written,
+        failures=failures,
+        torch_version=sem.version,
     )
 
 
@@ -545,7 +469,7 @@ def _validate(sdm, pats, fqns, kept_per_fqn, plans, torch_version: str) -> list[
 def _has_errors(offs: np.ndarray, sizes: np.ndarray, shape, check_fill: bool) -> bool:
     """Whether ``_validate_global_plan`` reports anything for these chunks: out of bounds,
     strictly overlapping (torch's predicate, zero-size boxes included), or volume != numel."""
-    if _int64_unsafe(offs, sizes):
+    if int64_unsafe(offs, sizes):
         return True  # let the scalar mirror (Python ints, as torch) decide
     shp = np.array(shape, dtype=np.int64)
     if ((offs < 0) | (sizes < 0) | (offs + sizes > shp)).any():
@@ -553,56 +477,11 @@ def _has_errors(offs: np.ndarray, sizes: np.ndarray, shape, check_fill: bool) ->
     if check_fill and int(np.prod(sizes, axis=1).sum()) != math.prod(shape):
         return True
     if len(offs) > 1:
-        a, b = _candidate_pairs(offs, sizes, offs, sizes)
+        a, b = candidate_pairs(offs, sizes, offs, sizes)
         a, b = a[a != b], b[a != b]
-        if _overlap_mask(offs[a], sizes[a], offs[b], sizes[b]).any():
+        if overlap_mask(offs[a], sizes[a], offs[b], sizes[b]).any():
             return True
     return False
-
-
-# ----------------------------------------------------------------------------- geometry (columnar)
-_SAFE = 2**62  # offsets and sizes below this in magnitude: their sums and differences fit int64
-
-
-def _int64_unsafe(offs: np.ndarray, sizes: np.ndarray) -> bool:
-    """Whether ``offset + size`` could wrap in int64 (torch computes with Python ints; a chunk
-    can reach 2**63 - 1 past the end of its tensor in hand-made metadata)."""
-    return bool(offs.size) and (int(np.abs(offs).max()) >= _SAFE or int(sizes.max()) >= _SAFE)
-
-
-def _overlap_mask(a_off, a_size, b_off, b_size) -> np.ndarray:
-    """Row-wise torch ``_check_box_overlap`` (the predicate of `geometry.boxes_overlap`)."""
-    return ~((a_off >= b_off + b_size) | (b_off >= a_off + a_size)).any(axis=1)
-
-
-def _candidate_pairs(l_off, l_size, s_off, s_size) -> tuple[np.ndarray, np.ndarray]:
-    """A superset of the (local, saved) index pairs that can overlap, from one dim's intervals:
-    saved boxes sorted by start; those starting before a local box's end and, by the running
-    maximum of ends, possibly ending after its start. The dim is the one giving the fewest
-    candidates; every overlapping pair is among them (overlap needs both interval conditions)."""
-    nl, ns = len(l_off), len(s_off)
-    nd = l_off.shape[1]
-    if nd == 0:
-        return np.repeat(np.arange(nl), ns), np.tile(np.arange(ns), nl)
-    best = None
-    for d in range(nd):
-        order = np.argsort(s_off[:, d], kind="stable")
-        st = s_off[order, d]
-        cmax = np.maximum.accumulate(s_off[order, d] + s_size[order, d])
-        hi = np.searchsorted(st, l_off[:, d] + l_size[:, d], side="left")
-        lo = np.searchsorted(cmax, l_off[:, d], side="right")
-        cnt = np.maximum(hi - lo, 0)
-        total = int(cnt.sum())
-        if best is None or total < best[0]:
-            best = (total, order, lo, cnt)
-        if total <= nl:
-            break
-    total, order, lo, cnt = best
-    li = np.repeat(np.arange(nl), cnt)
-    # position within each local's run, added to its lo
-    run_start = np.repeat(np.cumsum(cnt) - cnt, cnt)
-    si = order[np.repeat(lo, cnt) + np.arange(total) - run_start]
-    return li, si
 
 
 # ----------------------------------------------------------------------------- load
@@ -671,11 +550,11 @@ def _read_columns(s_off, s_size, pat: _Pattern, ws: int, nested: bool = False):
     nd = l_off.shape[1]
     if len(l_off) == 0 or len(s_off) == 0:
         return None
-    if _int64_unsafe(l_off, l_size) or _int64_unsafe(s_off, s_size):
+    if int64_unsafe(l_off, l_size) or int64_unsafe(s_off, s_size):
         return _exact_read_columns(s_off, s_size, pat, ws, "2.10" if nested else "2.13")
-    li, si = _candidate_pairs(l_off, l_size, s_off, s_size)
+    li, si = candidate_pairs(l_off, l_size, s_off, s_size)
     if nd:
-        ok = _overlap_mask(l_off[li], l_size[li], s_off[si], s_size[si])
+        ok = overlap_mask(l_off[li], l_size[li], s_off[si], s_size[si])
         li, si = li[ok], si[ok]
     if nested:
         # pattern entries are numbered in (rank, local index) order: the nested loop's order
@@ -751,8 +630,6 @@ def _scalar_read_columns(fqn, md, lay: Layout, ranks: np.ndarray, ws: int, torch
     """Columns from the scalar mirror's ``create_default_local_load_plan``, rank by rank: for the
     rare plans the columnar path does not model (a size mismatch of another tensor rank, planned
     by torch < 2.6)."""
-    from .planner_helpers import LocalTensor, create_default_local_load_plan
-
     rows = []
     for r in ranks.tolist():
         plan = create_default_local_load_plan(
@@ -778,32 +655,6 @@ def _scalar_read_columns(fqn, md, lay: Layout, ranks: np.ndarray, ws: int, torch
     )
 
 
-def _saved_arrays(md: TensorStorageMetadata, fqn: str, cache: dict):
-    """The saved chunks' offsets and sizes as (n, ndim) arrays. Chunks are immutable, so arrays
-    are shared by every fqn whose chunk list holds the same chunk objects (a planned save reuses
-    one layout's chunks for all fqns with that layout): converted once per call, not per fqn."""
-    sig = tuple(map(id, md.chunks))
-    hit = cache.get(sig)
-    if hit is not None and len(md.size) == hit[0].shape[1]:
-        return hit[0], hit[1]
-    nd = len(md.size)
-    n = len(md.chunks)
-    for c in md.chunks:
-        if len(c.offsets) != nd or len(c.sizes) != nd:
-            raise MetadataError(
-                fqn,
-                f"saved chunk {c} has {len(c.offsets)} dims for a tensor of size {tuple(md.size)}",
-                "chunks of the tensor's rank",
-                "The checkpoint's metadata is corrupt; re-save it.",
-                chunk=c,
-            )
-    offs = np.array([c.offsets for c in md.chunks], dtype=np.int64).reshape(n, nd)
-    sizes = np.array([c.sizes for c in md.chunks], dtype=np.int64).reshape(n, nd)
-    _ro(offs, sizes)
-    cache[sig] = (offs, sizes, list(md.chunks))  # the list keeps the ids alive and unique
-    return offs, sizes
-
-
 def _key_ranks(lay: Layout, pat: _Pattern) -> np.ndarray:
     """Ranks whose state dict holds the key: every rank for a DTensor (ranks outside the mesh
     still hold the object) or a ShardedTensor (possibly with no local shard); the holders for a
@@ -811,54 +662,6 @@ def _key_ranks(lay: Layout, pat: _Pattern) -> np.ndarray:
     if lay.kind in ("dtensor", "sharded"):
         return np.arange(lay.world_size, dtype=np.int64)
     return pat.holder_ranks
-
-
-@dataclass(frozen=True, eq=False)
-class LoadIO:
-    """What a load costs, per load rank and per file (see ``LoadPlanResult.io``).
-
-    Per load rank (arrays of ``world_size``): ``files_opened``, ``reads`` (read items),
-    ``bytes_needed`` (elements the rank receives x the saved element size), ``bytes_read`` (what
-    ``FileSystemReader.read_data`` reads: the whole stored item for every read item, its
-    ``StorageInfo.length`` when known, else the saved chunk's bytes), ``amplification``
-    (bytes_read / bytes_needed, nan when nothing is needed). Per file (``files``, sorted by writer
-    rank then name): ``file_writers`` (rank parsed from ``__<rank>_<n>.distcp``, -1 otherwise),
-    ``readers[file]`` (load ranks opening it), ``file_reads`` / ``file_bytes_read`` (read items
-    served, bytes loaded). Rank-to-file traffic as pairs (``pair_rank``, ``pair_file`` index into
-    ``files``, ``pair_reads``, ``pair_bytes``; one row per rank that reads a file) and as dense
-    ranks x files matrices ``traffic`` (bytes) and ``read_counts`` (items), built on first access
-    (4096 x 4096 ranks and files is 128 MB each). ``bytes_written``: per save rank, from
-    ``StorageInfo.length`` or the chunks' bytes, or None when no file names a rank. Reads whose
-    chunk has no storage entry count in the per-rank numbers but in no file."""
-
-    files_opened: np.ndarray
-    reads: np.ndarray
-    bytes_needed: np.ndarray
-    bytes_read: np.ndarray
-    amplification: np.ndarray
-    files: tuple[str, ...]
-    file_writers: np.ndarray
-    readers: dict
-    file_reads: np.ndarray
-    file_bytes_read: np.ndarray
-    pair_rank: np.ndarray
-    pair_file: np.ndarray
-    pair_reads: np.ndarray
-    pair_bytes: np.ndarray
-    bytes_written: np.ndarray | None
-
-    def _dense(self, values: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(self.reads), len(self.files)), np.int64)
-        out[self.pair_rank, self.pair_file] = values
-        return out
-
-    @cached_property
-    def traffic(self) -> np.ndarray:
-        return self._dense(self.pair_bytes)
-
-    @cached_property
-    def read_counts(self) -> np.ndarray:
-        return self._dense(self.pair_reads)
 
 
 @dataclass(frozen=True, eq=False)
@@ -872,16 +675,20 @@ class LoadPlanResult:
     metadata: Metadata = field(repr=False)
     layouts: dict = field(repr=False)
     world_size: int
-    plans: Sequence[LoadPlan] = field(repr=False)
     failures: list
     allow_partial_load: bool = False
-    _blocks: dict = field(default_factory=dict, repr=False)
-    _saved: dict = field(default_factory=dict, repr=False)  # fqn -> saved chunks' arrays
+    blocks: dict = field(default_factory=dict, repr=False)  # fqn -> ReadBlock (fqns with reads)
+    saved: dict = field(default_factory=dict, repr=False)  # fqn -> saved chunks' (offs, sizes)
     torch_version: str = "2.13"
+
+    @cached_property
+    def plans(self) -> Sequence[LoadPlan]:
+        """Rank r's ``LoadPlan`` at ``plans[r]``, each built on first access."""
+        return _LazyPlans(self.world_size, lambda r: _load_plan(self, r))
 
     def reads(self, fqn: str) -> ReadBlock:
         """The read items of ``fqn`` over all ranks (empty when it reads nothing)."""
-        block = self._blocks.get(fqn)
+        block = self.blocks.get(fqn)
         if block is None:
             if fqn not in self.layouts:
                 raise PlanError(
@@ -899,16 +706,28 @@ class LoadPlanResult:
             )
         return block
 
+    def replan(self, torch_version: str | None) -> LoadPlanResult:
+        """The same load (metadata, target, ``allow_partial_load``) planned by another torch."""
+        return plan_load(
+            self.metadata,
+            self.layouts,
+            allow_partial_load=self.allow_partial_load,
+            torch_version=torch_version,
+        )
+
     @cached_property
     def problems(self):
         """`diagnosis.find_problems` of this plan, computed on first access."""
-        from .diagnosis import find_problems
+        from .diagnosis import find_problems  # diagnosis reads this result; never imports planning
 
         return find_problems(self)
 
     @cached_property
-    def io(self) -> LoadIO:
-        return _load_io(self)
+    def io(self):
+        """`io_cost.load_io` of this plan (a `LoadIO`), computed on first access."""
+        from .io_cost import load_io  # io_cost reads this result; it never imports planning
+
+        return load_io(self)
 
 
 def plan_load(
@@ -931,7 +750,7 @@ def plan_load(
     sem = semantics(torch_version)
     nested = sem.read_item_order == "nested"
     fqns, lays, ws = _check_layouts(layouts)
-    metadata = _record(metadata)
+    metadata = as_record(metadata)
     sdm = getattr(metadata, "state_dict_metadata", None)
     if not isinstance(sdm, Mapping):
         raise MetadataError(
@@ -979,7 +798,7 @@ def plan_load(
             if len(in_mesh):
                 failures.append((fqn, tuple(in_mesh.tolist()), invalid_metadata_message(fqn)))
             continue
-        s_off, s_size = saved[fqn] = _saved_arrays(md, fqn, chunk_cache)
+        s_off, s_size = saved[fqn] = box_arrays(md.chunks, md.size, fqn, chunk_cache, MetadataError)
         if len(md.size) != lay.ndim:  # torch < 2.6, another tensor rank: its scalar path
             try:
                 cols = _scalar_read_columns(fqn, md, lay, in_mesh, ws, sem.version)
@@ -993,11 +812,16 @@ def plan_load(
                 cols = cache[sig] = _read_columns(s_off, s_size, pat, ws, nested)
         if cols is not None:
             blocks[fqn] = ReadBlock(fqn, "tensor", *cols)
-    result = LoadPlanResult(
-        metadata, dict(layouts), ws, None, failures, allow_partial_load, blocks, saved, sem.version
+    return LoadPlanResult(
+        metadata=metadata,
+        layouts=dict(layouts),
+        world_size=ws,
+        failures=failures,
+        allow_partial_load=allow_partial_load,
+        blocks=blocks,
+        saved=saved,
+        torch_version=sem.version,
     )
-    object.__setattr__(result, "plans", _LazyPlans(ws, lambda r: _load_plan(result, r)))
-    return result
 
 
 def _load_plan(res: LoadPlanResult, r: int) -> LoadPlan:
@@ -1005,7 +829,7 @@ def _load_plan(res: LoadPlanResult, r: int) -> LoadPlan:
     frozen records, so one ``MetadataIndex`` per chunk is shared by all the items naming it."""
     items = []
     sdm = res.metadata.state_dict_metadata
-    for fqn, block in res._blocks.items():
+    for fqn, block in res.blocks.items():
         sl = block.of_rank(r)
         if sl.start == sl.stop:
             continue
@@ -1035,238 +859,3 @@ def _load_plan(res: LoadPlanResult, r: int) -> LoadPlan:
                 t = storage[si] = MetadataIndex(fqn, saved[si].offsets, si)
             items.append(ReadItem(LoadItemType.TENSOR, d, tuple(do), t, tuple(so), tuple(ln)))
     return LoadPlan(items)
-
-
-class _Files:
-    """File names of a checkpoint numbered in order of first sight, and each fqn's saved chunks
-    as (file id, bytes a read of the chunk loads) columns; planned storage is answered from its
-    writer arrays, a real ``storage_data`` by one lookup per chunk."""
-
-    def __init__(self, res: LoadPlanResult):
-        self.res = res
-        self.ids: dict[str, int] = {}
-        self._by_writers: dict = {}
-        self._chunk_cache: dict = {}
-
-    def _id(self, name: str) -> int:
-        return self.ids.setdefault(name, len(self.ids))
-
-    def columns(self, fqn: str, md) -> tuple[np.ndarray, np.ndarray]:
-        sd = self.res.metadata.storage_data
-        if isinstance(md, BytesStorageMetadata):
-            nbytes = np.zeros(1, np.int64)
-            keys = [MetadataIndex(fqn)]
-        else:
-            saved = self.res._saved.get(fqn)
-            offs, sizes = saved if saved is not None else _saved_arrays(md, fqn, self._chunk_cache)
-            nbytes = np.prod(sizes, axis=1) * md.properties.element_size
-            keys = None
-        w = (
-            sd.writer_array(fqn, md.chunks)
-            if isinstance(sd, _PlannedStorage) and keys is None
-            else None
-        )
-        if w is not None:
-            sig = w.tobytes()
-            fid = self._by_writers.get(sig)
-            if fid is None:
-                uniq, inv = np.unique(w, return_inverse=True)
-                lut = np.array([self._id(file_name(u)) for u in uniq.tolist()], np.int64)
-                fid = self._by_writers[sig] = lut[inv.reshape(-1)]
-            return fid, nbytes
-        fid = np.full(len(nbytes), -1, np.int64)
-        if sd is None or (not isinstance(sd, _PlannedStorage) and not sd):
-            return fid, nbytes
-        if keys is None:
-            keys = [MetadataIndex(fqn, c.offsets) for c in md.chunks]
-        nbytes = nbytes.copy()
-        for i, k in enumerate(keys):
-            info = sd.get(k)
-            if info is None:
-                continue
-            fid[i] = self._id(str(info.relative_path))
-            if getattr(info, "length", None) is not None:
-                nbytes[i] = int(info.length)
-        return fid, nbytes
-
-
-def _load_io(res: LoadPlanResult) -> LoadIO:
-    """The `LoadIO` of a load result. Sums are taken once per distinct (read pattern, files,
-    chunk bytes) group and multiplied by the number of fqns in the group, so a 1000-rank model
-    costs a few group computations, not one per fqn and item."""
-    ws = res.world_size
-    sdm = res.metadata.state_dict_metadata
-    files = _Files(res)
-    groups: dict = {}
-    for fqn, block in res._blocks.items():
-        md = sdm[fqn]
-        fid, item_bytes = files.columns(fqn, md)
-        esize = 0 if block.kind == "bytes" else md.properties.element_size
-        g = (id(block.rank), fid.tobytes(), item_bytes.tobytes(), esize)
-        if g in groups:
-            groups[g][1] += 1
-        else:
-            groups[g] = [(block, fid, item_bytes, esize), 1]
-    n_reads = np.zeros(ws, np.int64)
-    needed = np.zeros(ws, np.int64)
-    read = np.zeros(ws, np.int64)
-    pair_keys, pair_bytes, pair_counts = [], [], []
-    stride = ws + 1
-    for (block, fid, item_bytes, esize), mult in groups.values():
-        si = np.maximum(block.saved_idx, 0)  # a bytes entry's one "chunk"
-        rb = item_bytes[si]
-        n_reads += mult * np.bincount(block.rank, minlength=ws)
-        if esize:
-            nb = np.prod(block.lengths, axis=1) * esize
-            needed += mult * _sum_by(block.rank, nb, ws)
-        read += mult * _sum_by(block.rank, rb, ws)
-        f = fid[si]
-        known = f >= 0
-        flat = f[known] * stride + block.rank[known]
-        uniq, inv = np.unique(flat, return_inverse=True)
-        pair_keys.append(uniq)
-        pair_bytes.append(mult * _sum_by(inv.reshape(-1), rb[known], len(uniq)))
-        pair_counts.append(mult * np.bincount(inv.reshape(-1), minlength=len(uniq)))
-    # every file of the checkpoint, read or not, with what was written to it
-    written: dict = {}
-    for fqn, md in sdm.items():
-        fid, item_bytes = files.columns(fqn, md)
-        g = (fid.tobytes(), item_bytes.tobytes())
-        if g in written:
-            written[g][2] += 1
-        else:
-            written[g] = [fid, item_bytes, 1]
-    names = list(files.ids)
-    nf = len(names)
-    per_file = np.zeros(nf, np.int64)
-    for fid, item_bytes, mult in written.values():
-        known = fid >= 0
-        per_file += mult * _sum_by(fid[known], item_bytes[known], nf)
-    writers = [writer_of_file(n) for n in names]
-    order = sorted(range(nf), key=lambda i: (writers[i] is None, writers[i] or 0, names[i]))
-    remap = np.empty(nf, np.int64)
-    remap[order] = np.arange(nf)
-    # merge the groups' (file, rank) pairs; the dense matrices are filled from the merged pairs
-    # and the readers come from the pairs, never from scanning ranks x files
-    keys = np.concatenate(pair_keys) if pair_keys else np.zeros(0, np.int64)
-    uniq, inv = np.unique(keys, return_inverse=True)
-    inv = inv.reshape(-1)
-    pb = _sum_by(inv, np.concatenate(pair_bytes) if pair_bytes else keys, len(uniq))
-    pc = _sum_by(inv, np.concatenate(pair_counts) if pair_counts else keys, len(uniq))
-    pr, pf = uniq % stride, remap[uniq // stride] if nf else uniq
-    files_t = tuple(names[i] for i in order)
-    file_writers = np.array([-1 if writers[i] is None else writers[i] for i in order], np.int64)
-    by_file = np.lexsort((pr, pf))
-    cuts = np.searchsorted(pf[by_file], np.arange(nf + 1))
-    ranks_by_file = pr[by_file].tolist()
-    readers = {files_t[j]: tuple(ranks_by_file[cuts[j] : cuts[j + 1]]) for j in range(nf)}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        amp = np.where(needed > 0, read / np.maximum(needed, 1), np.nan)
-    bytes_written = None
-    if (file_writers >= 0).any():
-        bytes_written = np.zeros(int(file_writers.max()) + 1, np.int64)
-        known = file_writers >= 0
-        np.add.at(bytes_written, file_writers[known], per_file[order][known])
-    return LoadIO(
-        np.bincount(pr, minlength=ws),
-        n_reads,
-        needed,
-        read,
-        amp,
-        files_t,
-        file_writers,
-        readers,
-        _sum_by(pf, pc, nf),
-        _sum_by(pf, pb, nf),
-        pr,
-        pf,
-        pc,
-        pb,
-        bytes_written,
-    )
-
-
-def _sum_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """Exact int64 per-bin sums (``np.bincount`` weights are float64 and round above 2**53)."""
-    out = np.zeros(n, np.int64)
-    np.add.at(out, index, values)
-    return out
-
-
-# ----------------------------------------------------------------------------- candidates
-@dataclass(frozen=True)
-class TargetCost:
-    """What loading one checkpoint into one candidate target costs (see `compare_targets`).
-
-    Totals over load ranks (``reads``, ``bytes_needed``, ``bytes_read``), the busiest rank
-    (``max_rank_bytes_read``, ``max_rank_reads``, ``max_rank_files``: the rank that finishes last
-    sets the load time), ``amplification`` (total bytes read / bytes needed) and ``failures``
-    (entries torch would raise on). ``result`` is the full `LoadPlanResult`."""
-
-    name: str
-    world_size: int
-    reads: int
-    bytes_needed: int
-    bytes_read: int
-    amplification: float
-    max_rank_bytes_read: int
-    max_rank_reads: int
-    max_rank_files: int
-    failures: int
-    result: LoadPlanResult = field(repr=False)
-
-
-def compare_targets(
-    metadata: Metadata,
-    targets: Mapping[str, Mapping[str, Layout]],
-    *,
-    allow_partial_load: bool = False,
-    progress: bool | None = None,
-) -> list[TargetCost]:
-    """Plan the load of ``metadata`` into every candidate target (``{name: {fqn: Layout}}``) and
-    return their I/O costs in the order given, so the cheaper layout can be picked.
-
-    ``progress``: a tqdm bar over the candidates (``tqdm.auto``: a widget in a notebook, text in a
-    terminal); None shows it when the work is large (over 100k tensor-ranks in all)."""
-    if not isinstance(targets, Mapping) or not targets:
-        raise PlanError(
-            None,
-            f"targets is {type(targets).__name__} {targets!r:.60}",
-            "a non-empty dict {name: {fqn: Layout}}",
-            "Name each candidate layout, e.g. {'fsdp64': ..., 'fsdp8+tp8': ...}.",
-        )
-    items = list(targets.items())
-    if progress is None:
-        progress = (
-            sum(
-                len(t) * next(iter(t.values())).world_size
-                for _, t in items
-                if isinstance(t, Mapping) and t
-            )
-            > 100_000
-        )
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(items, desc="planning targets", unit="target")
-    out = []
-    for name, layouts in items:
-        res = plan_load(metadata, layouts, allow_partial_load=allow_partial_load)
-        io = res.io
-        needed, read = int(io.bytes_needed.sum()), int(io.bytes_read.sum())
-        out.append(
-            TargetCost(
-                str(name),
-                res.world_size,
-                int(io.reads.sum()),
-                needed,
-                read,
-                read / needed if needed else float("nan"),
-                int(io.bytes_read.max(initial=0)),
-                int(io.reads.max(initial=0)),
-                int(io.files_opened.max(initial=0)),
-                len(res.failures),
-                res,
-            )
-        )
-    return out

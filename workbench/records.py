@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import enum
 import math
-import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ChunkError, DtypeError
-from .geometry import Chunk, as_chunk
+from .errors import ChunkError, DtypeError, MetadataError
+from .geometry import Chunk, as_chunk, as_ints
 
 __all__ = [
     "DTYPE_SIZES",
@@ -111,20 +110,7 @@ def element_size(dtype) -> int:
 
 
 def _size(v, what: str = "size", fqn: str | None = None) -> tuple[int, ...]:
-    if type(v) is tuple and all(type(x) is int for x in v):
-        return v
-    try:
-        if isinstance(v, (str, bytes)):
-            raise TypeError
-        return tuple(operator.index(x) for x in v)
-    except TypeError:
-        raise ChunkError(
-            fqn,
-            f"{what} {v!r} is not a sequence of ints",
-            "e.g. (4, 8)",
-            f"Pass the {what} as a tuple of ints.",
-            value=v,
-        ) from None
+    return as_ints(v, what, fqn)
 
 
 def _properties(p) -> TensorProperties:
@@ -351,3 +337,53 @@ class LoadPlan:
     items: list[ReadItem]
     storage_data: Any = None
     planner_data: Any = None
+
+
+# ----------------------------------------------------------------------------- metadata access
+def metadata_of(source):
+    """The `Metadata` a save result or a `Checkpoint` carries (their ``.metadata``), else
+    ``source`` itself."""
+    return getattr(source, "metadata", source)
+
+
+def tensor_entries(source, fqn: str | None = None) -> Mapping:
+    """``{fqn: storage metadata}`` of a `Metadata` (or of what carries one, see `metadata_of`) (all entries, or the one named
+    ``fqn``), or of one `TensorStorageMetadata` (labelled ``fqn`` or ``"<tensor>"``)."""
+    record = metadata_of(source)
+    if isinstance(record, TensorStorageMetadata):
+        return {fqn or "<tensor>": record}
+    sdm = getattr(record, "state_dict_metadata", None)
+    if not isinstance(sdm, Mapping):
+        raise MetadataError(
+            fqn,
+            f"{type(record).__name__} is not checkpoint metadata: it has no state_dict_metadata",
+            "a Metadata, a save result, a Checkpoint or a TensorStorageMetadata",
+            "Read the checkpoint with workbench.load_metadata(path) or plan it with plan_save(...).",
+        )
+    if fqn is None:
+        return sdm
+    if fqn not in sdm:
+        keys = ", ".join(list(sdm)[:8]) + (", ..." if len(sdm) > 8 else "")
+        raise MetadataError(
+            fqn,
+            f"key {fqn!r} is not in the checkpoint (keys: {keys})",
+            "a key of metadata.state_dict_metadata",
+            "Pick one of the saved keys.",
+            keys=tuple(sdm),
+        )
+    return {fqn: sdm[fqn]}
+
+
+def storage_data_of(metadata) -> Mapping:
+    """``storage_data`` of a Metadata (a dict, or plan_save's lazy mapping), {} when absent."""
+    sd = getattr(metadata, "storage_data", None)
+    return sd if isinstance(sd, Mapping) else {}
+
+
+def chunk_storage(storage_data: Mapping, fqn: str, entry) -> list:
+    """Each saved item's ``StorageInfo`` (None where ``storage_data`` has none) for one entry, in
+    chunk order (one item for a bytes entry), looked up as ``FileSystemReader`` does: by
+    ``MetadataIndex(fqn, offsets)`` (``MetadataIndex(fqn)`` for bytes)."""
+    if isinstance(entry, BytesStorageMetadata):
+        return [storage_data.get(MetadataIndex(fqn))]
+    return [storage_data.get(MetadataIndex(fqn, c.offsets)) for c in entry.chunks]

@@ -5,8 +5,8 @@ a target, the reshard's verdict, its problems, pictures of the worst tensors, ea
 its read items. Self-contained means: inline CSS, pictures as ``data:image/png;base64`` URIs, no
 script, no external ``src`` or ``href``, so it opens the same offline, in a mail client or
 attached to an issue. Built from the same tables (`workbench.tables`) and pictures
-(`workbench.plots`) as the notebooks; top layer, may import everything (inside the functions,
-so that importing it loads neither pandas nor matplotlib).
+(`workbench.plots`) as the notebooks; top layer, may import everything. Lazy imports: inside the
+functions, so that importing it loads neither pandas nor matplotlib.
 """
 
 from __future__ import annotations

@@ -10,17 +10,17 @@ ShardedTensor-style explicit chunks, or a non-tensor (bytes) entry. Imports geom
 from __future__ import annotations
 
 import math
-import operator
 import re
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
 
-from .errors import ChunkError, LayoutError, PlacementError
-from .geometry import Chunk, as_chunk
-from .records import DTYPE_SIZES, canonical_dtype
+from .errors import ChunkError, LayoutError, PlacementError, PlanError
+from .geometry import Chunk, as_chunk, as_ints
+from .records import DTYPE_SIZES, TensorProperties, canonical_dtype
 
 __all__ = [
     "Placement",
@@ -216,18 +216,7 @@ _MAX_BYTES = 2**63 - 1  # torch (and numpy's int64 byte counts) cannot go past t
 def _shape(values, what: str, fqn, error=PlacementError, itemsize: int = 1) -> tuple[int, ...]:
     """A tuple of ints from a shape-like (list, tuple, torch.Size); refuses strings, floats,
     negative sizes and tensors too large to exist."""
-    try:
-        if isinstance(values, (str, bytes)):
-            raise TypeError
-        out = tuple(operator.index(v) for v in values)
-    except TypeError:
-        raise error(
-            fqn,
-            f"{what} {values!r} is not a sequence of ints",
-            "e.g. (8, 6)",
-            f"Pass the {what} as a tuple of ints.",
-            value=values,
-        ) from None
+    out = as_ints(values, what, fqn, error, "(8, 6)")
     if any(v < 0 for v in out):
         raise error(fqn, f"{what} {out} has a negative size", "sizes >= 0", value=out)
     if math.prod(out) * itemsize > _MAX_BYTES:
@@ -562,16 +551,7 @@ def _mesh_ranks(mesh_ranks, n: int, world_size, fqn) -> tuple[tuple[int, ...] | 
     compare and cache equal."""
     if mesh_ranks is None:
         return None, _world(world_size, n, fqn)
-    try:
-        ranks = tuple(operator.index(r) for r in mesh_ranks)
-    except TypeError:
-        raise LayoutError(
-            fqn,
-            f"mesh ranks {mesh_ranks!r} are not a sequence of ints",
-            "global ranks such as [4, 5, 6, 7]",
-            "Give one int rank per mesh position.",
-            mesh_ranks=mesh_ranks,
-        ) from None
+    ranks = as_ints(mesh_ranks, "mesh ranks", fqn, LayoutError, "[4, 5, 6, 7]")
     if len(ranks) != n:
         raise LayoutError(
             fqn,
@@ -817,3 +797,76 @@ def bytes_layout(
     holders = _holders(ranks, ws, None)
     rc = tuple((Chunk((), ()),) if r in holders else () for r in range(ws))
     return Layout("bytes", (), "uint8", ws, rc, per_rank_values=per_rank_values)
+
+
+# ----------------------------------------------------------------------------- one rank's value
+@dataclass(frozen=True, slots=True)
+class LocalTensor:
+    """One state-dict value as rank ``rank`` sees it: a `Layout` plus the rank.
+
+    A ``"dtensor"`` layout is a DTensor (its one chunk; no chunk outside the mesh), ``"sharded"`` a
+    ShardedTensor (the rank's local shards, possibly none), ``"tensor"`` a plain tensor (the full
+    box) and ``"bytes"`` a non-tensor value (planned as BYTE_IO). A plain tensor or bytes entry on
+    a rank that does not hold it is *absent* from that rank's state dict: planners skip it.
+    ``properties`` overrides the ``TensorProperties`` derived from the layout's dtype (set when
+    converted from a real tensor, so ``requires_grad`` etc. survive).
+    """
+
+    layout: Layout
+    rank: int
+    properties: TensorProperties | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.layout, Layout):
+            raise PlanError(
+                None,
+                f"LocalTensor got {type(self.layout).__name__} instead of a Layout",
+                "a workbench Layout",
+                "Build one with dtensor_layout / tensor_layout / sharded_layout / bytes_layout.",
+            )
+        if not 0 <= self.rank < self.layout.world_size:
+            raise PlanError(
+                None,
+                f"rank {self.rank} is outside the layout's world of {self.layout.world_size} ranks",
+                f"0 <= rank < {self.layout.world_size}",
+                rank=self.rank,
+                world_size=self.layout.world_size,
+            )
+
+    @property
+    def kind(self) -> str:
+        return self.layout.kind
+
+    def size(self) -> tuple[int, ...]:
+        """The global shape, like ``Tensor.size()``."""
+        return self.layout.shape
+
+    def chunks(self) -> tuple[Chunk, ...]:
+        return self.layout.chunks(self.rank)
+
+    @property
+    def in_mesh(self) -> bool:
+        """For a DTensor: whether ``mesh.get_coordinate()`` would be non-None on this rank."""
+        return self.layout.coordinate(self.rank) is not None
+
+    @property
+    def absent(self) -> bool:
+        """A plain tensor / bytes value this rank does not hold (not in its state dict)."""
+        return self.kind in ("tensor", "bytes") and not self.chunks()
+
+    def tensor_properties(self) -> TensorProperties:
+        return (
+            self.properties if self.properties is not None else TensorProperties(self.layout.dtype)
+        )
+
+
+def chunk_holders(layout: Layout) -> dict[Chunk, tuple[int, ...]]:
+    """Every distinct box of a layout -> the ranks holding (requesting) it, ascending; boxes in
+    order of first appearance (rank, then chunk). Replicas are the boxes with more than one
+    holder.
+    (The replicas column of `tables.layout_chunks_table`.)"""
+    holders: dict[Chunk, list[int]] = defaultdict(list)
+    for r, chunks in enumerate(layout.rank_chunks):
+        for c in chunks:
+            holders[c].append(r)
+    return {c: tuple(rs) for c, rs in holders.items()}

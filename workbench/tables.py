@@ -20,32 +20,30 @@ presentation layer: it imports pandas at the top and must not be imported by ``w
 from __future__ import annotations
 
 import math
-import sys
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 
-from .colors import format_ranks, index_runs, rank_color, text_color
-from .diagnosis import chunk_holders
-from .errors import LayoutError, MetadataError, PlanError
-from .planner_helpers import _record
-from .planning import writer_of_file
+from .colors import rank_color, text_color
+from .errors import PlanError
+from .formats.dcp_files import writer_of_file
+from .formatting import format_held, format_ranks
 from .records import (
     DTYPE_SIZES,
     BytesStorageMetadata,
     LoadItemType,
     MetadataIndex,
-    TensorStorageMetadata,
+    chunk_storage,
+    metadata_of,
+    storage_data_of,
+    tensor_entries,
 )
-from .sharding import Layout, StridedShard
+from .sharding import Layout, StridedShard, chunk_holders
+from .sources import as_layout, as_record
 
 __all__ = [
-    "chunk_holders",
-    "chunk_storage",
-    "format_held",
     "layout_chunks_table",
     "checkpoint_chunks_table",
     "write_items_table",
@@ -73,51 +71,6 @@ def _frame(columns: dict[str, list], schema: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def _metadata_of(source):
-    """The `Metadata` of a save result or a `checkpoint.Checkpoint` (their ``.metadata``), else
-    ``source`` itself; torch's own records converted."""
-    return _record(getattr(source, "metadata", source))
-
-
-def _storage_data(metadata) -> Mapping:
-    """``storage_data`` of a Metadata (a dict, or plan_save's lazy mapping), {} when absent."""
-    sd = getattr(metadata, "storage_data", None)
-    return sd if isinstance(sd, Mapping) else {}
-
-
-def _writer(path: str | None) -> int | None:
-    return None if path is None else writer_of_file(path)
-
-
-def _coerce_tensor(metadata, fqn: str | None) -> dict[str, Any]:
-    """``{fqn: storage metadata}`` from a `Metadata` (all entries or one) or one
-    `TensorStorageMetadata` (labelled ``fqn`` or ``"<tensor>"``)."""
-    metadata = _metadata_of(metadata)
-    if isinstance(metadata, TensorStorageMetadata):
-        return {fqn or "<tensor>": metadata}
-    sdm = getattr(metadata, "state_dict_metadata", None)
-    if not isinstance(sdm, Mapping):
-        raise MetadataError(
-            fqn,
-            f"{type(metadata).__name__} is not checkpoint metadata: it has no state_dict_metadata",
-            "a Metadata, a save result, a Checkpoint or a TensorStorageMetadata",
-            "Read the checkpoint with "
-            "workbench.load_metadata(path) or plan it with plan_save(...).",
-        )
-    if fqn is None:
-        return sdm
-    if fqn not in sdm:
-        keys = ", ".join(list(sdm)[:8]) + (", ..." if len(sdm) > 8 else "")
-        raise MetadataError(
-            fqn,
-            f"key {fqn!r} is not in the checkpoint (keys: {keys})",
-            "a key of metadata.state_dict_metadata",
-            "Pick one of the saved keys.",
-            keys=tuple(sdm),
-        )
-    return {fqn: sdm[fqn]}
-
-
 # ----------------------------------------------------------------------------- layouts
 _LAYOUT_SCHEMA = {
     "rank": "int64",
@@ -133,32 +86,6 @@ _LAYOUT_SCHEMA = {
     "misdescribed": "bool",
     "held": "str",
 }
-
-
-def format_held(held: dict[int, Iterable[int]]) -> str:
-    """What a rank really holds (`Layout.held_indices`) in slice runs:
-    ``{0: [0, 1, 4, 5]}`` -> ``"dim 0: 0:2, 4:6"``."""
-    return "; ".join(
-        f"dim {d}: " + ", ".join(f"{a}:{b}" for a, b in index_runs(ix)) for d, ix in held.items()
-    )
-
-
-def _as_layout(obj) -> Layout:
-    """A `Layout` as is; a real Tensor / DTensor / ShardedTensor described as one."""
-    if isinstance(obj, Layout):
-        return obj
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(obj, torch.Tensor):
-        from .torch_bridge.convert import layout_from_torch
-
-        return layout_from_torch(obj)
-    raise LayoutError(
-        None,
-        f"{type(obj).__name__} is not a layout",
-        "a workbench Layout or a torch Tensor / DTensor / ShardedTensor",
-        "Build one with dtensor_layout / tensor_layout / sharded_layout / bytes_layout.",
-        value_type=type(obj),
-    )
 
 
 def layout_chunks_table(layout: Layout) -> pd.DataFrame:
@@ -177,7 +104,7 @@ def layout_chunks_table(layout: Layout) -> pd.DataFrame:
       the global indices the rank really holds per sharded dim, ``"dim 0: 0:2, 4:6"``; NaN
       otherwise).
     """
-    layout = _as_layout(layout)
+    layout = as_layout(layout)
     esize = DTYPE_SIZES[layout.dtype]
     is_bytes = layout.is_bytes
     holders = chunk_holders(layout)
@@ -209,15 +136,6 @@ def layout_chunks_table(layout: Layout) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def chunk_storage(storage_data: Mapping, fqn: str, entry) -> list:
-    """Each saved item's ``StorageInfo`` (None where ``storage_data`` has none) for one entry, in
-    chunk order (one item for a bytes entry), looked up as ``FileSystemReader`` does: by
-    ``MetadataIndex(fqn, offsets)`` (``MetadataIndex(fqn)`` for bytes)."""
-    if isinstance(entry, BytesStorageMetadata):
-        return [storage_data.get(MetadataIndex(fqn))]
-    return [storage_data.get(MetadataIndex(fqn, c.offsets)) for c in entry.chunks]
-
-
 _CHECKPOINT_SCHEMA = {
     "fqn": "str",
     "kind": "str",
@@ -253,9 +171,9 @@ def checkpoint_chunks_table(metadata, fqn: str | None = None) -> pd.DataFrame:
 
     Raises `MetadataError` when ``fqn`` is not in the checkpoint.
     """
-    metadata = _metadata_of(metadata)  # once: converting torch's Metadata is not free
-    entries = _coerce_tensor(metadata, fqn)
-    storage = _storage_data(metadata)
+    metadata = as_record(metadata_of(metadata))  # once: converting torch's Metadata is not free
+    entries = tensor_entries(metadata, fqn)
+    storage = storage_data_of(metadata)
     cols: dict[str, list] = defaultdict(list)
     for name, md in entries.items():
         infos = chunk_storage(storage, name, md)
@@ -264,7 +182,7 @@ def checkpoint_chunks_table(metadata, fqn: str | None = None) -> pd.DataFrame:
             cols["file"].append(path)
             cols["offset"].append(getattr(info, "offset", None))
             cols["length"].append(getattr(info, "length", None))
-            cols["writer"].append(_writer(path))
+            cols["writer"].append(writer_of_file(path))
         if isinstance(md, BytesStorageMetadata):
             for k, v in (
                 ("fqn", name),
@@ -329,7 +247,7 @@ def write_items_table(save_result) -> pd.DataFrame:
     """
     final = [{item.index for item in plan.items} for plan in save_result.plans]
     writer = _written_by(save_result.plans)
-    storage = _storage_data(getattr(save_result, "metadata", None))
+    storage = storage_data_of(getattr(save_result, "metadata", None))
     cols: dict[str, list] = defaultdict(list)
     for r, plan in enumerate(save_result.local_plans):
         for i, item in enumerate(plan.items):
@@ -412,7 +330,7 @@ def read_items_table(
             rank=rank,
         )
     sdm = load_result.metadata.state_dict_metadata
-    storage = _storage_data(load_result.metadata)
+    storage = storage_data_of(load_result.metadata)
     cols: dict[str, list] = defaultdict(list)
     for r in range(len(plans)) if rank is None else (rank,):
         for i, item in enumerate(plans[r].items):
@@ -448,7 +366,7 @@ def read_items_table(
             cols["dest_chunk"].append(item.dest_index.index)
             cols["source_chunk"].append(item.storage_index.index)
             cols["source_file"].append(path)
-            cols["writer"].append(_writer(path))
+            cols["writer"].append(writer_of_file(path))
     return _frame(cols, _READ_SCHEMA)
 
 
@@ -510,7 +428,7 @@ _FILE_IO_SCHEMA = {
 
 def io_table(load_result) -> pd.DataFrame:
     """Per rank of the load world (readers or not), what its load plan costs with torch's
-    ``FileSystemReader``: the numbers of ``load_result.io`` (``planning.LoadIO``) as a table.
+    ``FileSystemReader``: the numbers of ``load_result.io`` (``io_cost.LoadIO``) as a table.
 
     Columns:
       ``rank`` (int64); ``files`` (int64, distinct data files the rank opens); ``reads`` (int64,
@@ -572,7 +490,7 @@ _TARGETS_SCHEMA = {
 
 
 def targets_table(costs) -> pd.DataFrame:
-    """Candidate target layouts side by side (``planning.compare_targets``'s `TargetCost` list),
+    """Candidate target layouts side by side (``candidates.compare_targets``'s `TargetCost` list),
     in the order given.
 
     Columns:

@@ -15,7 +15,9 @@ Pictures are drawn on matplotlib's object API (no pyplot, nothing left open). Ba
 `WorkbenchError` message in the message panel (CSS class ``wb-message``) and keeps the last good
 result; it never shows a traceback. Every part carries a ``wb-*`` CSS class for browser tests.
 
-The only module of the package that imports ipywidgets and IPython's display machinery.
+The only module of the package that imports ipywidgets and IPython's display machinery. Lazy
+imports: planning, tables and pictures are imported inside the functions that use them, so that
+opening one explorer loads only what it shows.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.display import HTML, Image
 
 from .colors import HIGHLIGHT_COLOR
-from .errors import LayoutError, PlacementError, PlanError, WorkbenchError
+from .errors import LayoutError, MetadataError, PlacementError, PlanError, WorkbenchError
 from .records import DTYPE_SIZES, Metadata, TensorStorageMetadata, canonical_dtype
 from .sharding import Layout, Placement, dtensor_layout, format_placements, parse_placements
 
@@ -113,7 +115,7 @@ def _note(text: str) -> dict:
 
 
 def _draw(picture) -> tuple[Any, bytes]:
-    """(Figure, PNG bytes) of a `plots.Picture`, drawn on a fresh object-API Figure (dense tiles
+    """(Figure, PNG bytes) of a `picture_data.Picture`, drawn on a fresh object-API Figure (dense tiles
     rasterised, fast PNG compression: the widget's redraw budget is 100 ms at 4096 chunks)."""
     from .plots import picture_png
 
@@ -202,7 +204,7 @@ def _classic(label: str) -> dict[str, str]:
 @dataclass(frozen=True, eq=False)
 class ReshardResult:
     """What `explore_reshard` computed: the plans, the rank's read items, the problems and the
-    overlay (``picture``: `plots.Picture` data; ``figure`` / ``png``: it drawn)."""
+    overlay (``picture``: `picture_data.Picture` data; ``figure`` / ``png``: it drawn)."""
 
     spec: ReshardSpec
     rank: int
@@ -254,7 +256,7 @@ def explore_reshard(
     Text arguments are parsed as the controls type them (``"16, 12"``, ``"S(0), R"``); bad input
     raises a `WorkbenchError` subclass in the house form.
     """
-    from .plots import reshard_data
+    from .picture_data import reshard_data
     from .tables import problems_table, read_items_table
 
     spec = ReshardSpec(
@@ -419,7 +421,7 @@ class ReshardExplorer(_Explorer):
     classic reshards to start from.
 
     Shows the overlay of saved and wanted chunks with the rank's read items lit
-    (``plots.reshard_data``), the rank's read-item table and the problems table.
+    (``picture_data.reshard_data``), the rank's read-item table and the problems table.
     ``ReshardExplorer()`` opens on a classic reshard; ``.result`` is the last `ReshardResult`.
     """
 
@@ -579,28 +581,27 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
     save result is then loaded back into its own layouts, a directory is only listed.
     """
     from .diagnosis import find_save_problems
-    from .planner_helpers import _record
     from .planning import plan_load
+    from .sources import as_metadata
     from .tables import io_table
 
     save_problems: tuple = ()
     layouts = None
-    if isinstance(source, (str, os.PathLike)):
-        from .formats import load_metadata
-
-        metadata, name = load_metadata(source), str(source)
-    elif isinstance(_record(source), Metadata):  # torch's own Metadata is converted
-        metadata, name = _record(source), "metadata"
-    elif hasattr(source, "metadata") and hasattr(source, "local_plans"):  # a SavePlanResult
+    if hasattr(source, "metadata") and hasattr(source, "local_plans"):  # a SavePlanResult
         metadata, name, layouts = source.metadata, "save plan", source.layouts
         save_problems = tuple(find_save_problems(source))
+    elif isinstance(source, (str, os.PathLike)):  # read by the allow-list reader, no code run
+        metadata, name = as_metadata(source), str(source)
     else:
-        raise PlanError(
-            "<checkpoint>",
-            f"source is a {type(source).__name__}",
-            "a checkpoint directory, a Metadata or plan_save(...)'s result",
-            "Pass the directory dcp.save wrote.",
-        )
+        try:
+            metadata, name = as_metadata(source), "metadata"  # torch's or our Metadata
+        except MetadataError:
+            raise PlanError(
+                "<checkpoint>",
+                f"source is a {type(source).__name__}",
+                "a checkpoint directory, a Metadata or plan_save(...)'s result",
+                "Pass the directory dcp.save wrote.",
+            ) from None
     if target is not None:
         layouts = _target_layouts(target)
     if layouts is None:  # no target: the saved chunks' own holes and overlaps
@@ -658,7 +659,7 @@ def explore_checkpoint(
 ) -> CheckpointResult:
     """Filter a planned checkpoint's keys (``pattern``: a case-insensitive substring, or a regex)
     and show one of them (``fqn``, else the first listed) from load ``rank``."""
-    from .plots import layout_data, reshard_data
+    from .picture_data import layout_data, reshard_data
     from .tables import checkpoint_chunks_table, problems_table, read_items_table
 
     try:
@@ -918,7 +919,7 @@ def _light_up(picture, items, step: int):
 def step_read_order(load, fqn: str, rank: int = 0, step: int = 0, *, dims="0, 1") -> StepResult:
     """Read item ``step`` of ``fqn`` on load ``rank``, in DCP's order (``LoadPlan.items``):
     the `ReadOrderStepper`'s function. ``load`` is ``plan_load``'s result (or a `ReshardResult`)."""
-    from .plots import reshard_data
+    from .picture_data import reshard_data
     from .tables import read_items_table
 
     load = getattr(load, "load", load)

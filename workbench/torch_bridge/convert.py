@@ -8,7 +8,7 @@ the item-type enums, placements (``Shard`` / ``_StridedShard`` / ``Replicate`` /
 lists, tuples and dicts of those. `layout_from_torch` / `local_tensor_from_torch` describe a real
 DTensor, ShardedTensor or Tensor as a workbench `Layout` / `LocalTensor`.
 
-torch is imported inside functions only.
+Lazy imports: torch is imported inside functions only.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ def local_tensor_from_torch(obj):
     from torch.distributed.checkpoint.metadata import TensorProperties
     from torch.distributed.tensor import DTensor
 
-    from ..planner_helpers import LocalTensor
+    from ..sharding import LocalTensor
 
     layout = layout_from_torch(obj)
     if isinstance(obj, DTensor):

@@ -7,7 +7,7 @@ simulated in turn: rank r is initialised with ``FakeStore``, its state dict is b
 with ``DTensor.from_local`` on the meta device, so no tensor memory is used for planning saves),
 its planner makes its local plan, and the group is destroyed. The global save step (dedup,
 ``create_default_global_save_plan``, ``_validate_global_plan``) then runs on all local plans as
-the coordinator would. torch is imported inside functions only.
+the coordinator would. Lazy imports: torch is imported inside functions only.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..errors import PlanError
 from ..records import Metadata
 from ..sharding import Layout
 from ..versions import installed_torch_version, require_torch
+from .materialize import Meshes, exception_text, torch_state_dict
 
 __all__ = [
     "TorchSavePlans",
@@ -132,9 +133,8 @@ def _ranks(ws: int, n_entries: int, desc: str, progress: bool | None):
 
 
 def _rank_state_dict(layouts, rank, device):
-    from .runs import _Meshes, _state_dict
 
-    return _state_dict(layouts, rank, _Meshes(), empty=device)
+    return torch_state_dict(layouts, rank, Meshes(), empty=device)
 
 
 def torch_save_plans(
@@ -158,7 +158,6 @@ def torch_save_plans(
     )
 
     from .convert import from_torch
-    from .runs import _exc_text
 
     ws = _check(layouts)
     local, rank_errors = [], []
@@ -171,7 +170,7 @@ def torch_save_plans(
                 rank_errors.append(None)
             except Exception as e:  # e.g. the Partial ValueError of this rank
                 local.append(None)
-                rank_errors.append(_exc_text(e))
+                rank_errors.append(exception_text(e))
     if any(rank_errors):
         return TorchSavePlans([from_torch(p) for p in local], [], None, [], rank_errors)
     # DefaultSavePlanner._create_global_plan, step by step so the validation strings are kept
@@ -198,7 +197,6 @@ def torch_load_plans(
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
     from .convert import from_torch, to_torch
-    from .runs import _exc_text
 
     ws = _check(layouts)
     tmd = to_torch(metadata) if isinstance(metadata, Metadata) else metadata
@@ -216,7 +214,7 @@ def torch_load_plans(
                 errors.append(None)
             except Exception as e:
                 plans.append(None)
-                errors.append(_exc_text(e))
+                errors.append(exception_text(e))
     return TorchLoadPlans(plans, errors)
 
 

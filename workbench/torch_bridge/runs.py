@@ -12,12 +12,11 @@ The process rules of dcp-semantics section 8 are followed: the parent binds the 
 ``("127.0.0.1", port)`` and hands it to rank 0 (``TCPStore(master_listen_fd=...)``, which would
 otherwise listen on every interface), ``GLOO_SOCKET_IFNAME=lo``, ``OMP_NUM_THREADS=1``,
 collectives have a timeout, the launcher a time limit after which stragglers are killed, and every
-rank destroys its process group before it exits. torch is imported inside functions only.
+rank destroys its process group before it exits. Lazy imports: torch is imported inside functions only.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import shutil
@@ -36,6 +35,14 @@ import numpy as np
 from ..errors import PlanError
 from ..sharding import Layout, bytes_layout, dtensor_layout, tensor_layout
 from ..versions import require_torch
+from .materialize import (
+    Meshes,
+    bytes_value,
+    exception_text,
+    global_values,
+    local_values,
+    torch_state_dict,
+)
 
 __all__ = [
     "SaveStep",
@@ -143,154 +150,6 @@ class LoadRun:
         return out
 
 
-# ----------------------------------------------------------------------------- values
-def global_values(layout: Layout, rank: int = 0, dtype: str | None = None):
-    """The global tensor a rank saves for ``layout`` (torch tensor): element ``i`` (flat, row-major)
-    is ``i`` (+ 0.25 for floating dtypes, + ``rank * numel`` when ``per_rank_values``), cast to
-    ``dtype`` (the layout's by default)."""
-    import torch
-
-    dtype = dtype or layout.dtype
-    v = torch.arange(layout.numel, dtype=torch.float64).reshape(layout.shape)
-    if dtype in _FLOATS:
-        v += 0.25
-    if layout.per_rank_values:
-        v += rank * max(layout.numel, 1)
-    return v.to(getattr(torch, dtype))
-
-
-def _bytes_value(fqn: str, layout: Layout, rank: int) -> str:
-    return f"{fqn}@rank{rank}" if layout.per_rank_values else fqn
-
-
-def _local_values(layout: Layout, rank: int, g):
-    """What ``rank`` really holds of global tensor ``g``: a DTensor's held indices (the real data
-    of a ``_StridedShard``, not DCP's box); a ShardedTensor's chunks; the whole plain tensor."""
-    import torch
-
-    if layout.kind == "dtensor":
-        for d, idx in layout.held_indices(rank).items():
-            g = g.index_select(d, torch.tensor(idx, dtype=torch.long))
-        return g.contiguous()
-    if layout.kind == "sharded":
-        out = []
-        for c in layout.chunks(rank):
-            t = g
-            for d, (o, s) in enumerate(zip(c.offsets, c.sizes)):
-                t = t.narrow(d, o, s)
-            out.append(t.contiguous())
-        return out
-    return g
-
-
-class _Meshes:
-    """One DeviceMesh per (mesh shape, mesh ranks) of the DTensor layouts, built on every rank,
-    in the mesh or not (new_group is collective)."""
-
-    def __init__(self):
-        self.cache = {}
-
-    def get(self, layout: Layout):
-        import torch
-        from torch.distributed.device_mesh import DeviceMesh
-
-        key = (layout.mesh_shape, layout.mesh_ranks_or_default)
-        if key not in self.cache:
-            self.cache[key] = DeviceMesh("cpu", torch.tensor(key[1]).reshape(key[0]))
-        return self.cache[key]
-
-
-def _sharded_tensor(layout: Layout, rank: int, local):
-    """A ShardedTensor from every rank's chunks (the global metadata is known on every rank, so
-    no collective is needed: ``_init_from_local_shards_and_global_metadata``)."""
-    import torch
-    from torch.distributed._shard.metadata import ShardMetadata
-    from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
-    from torch.distributed._shard.sharded_tensor.metadata import (
-        ShardedTensorMetadata,
-        TensorProperties,
-    )
-
-    device = local[0].device.type if local else "cpu"
-
-    def md(r, c):
-        return ShardMetadata(list(c.offsets), list(c.sizes), f"rank:{r}/{device}")
-
-    everyone = [md(r, c) for r in range(layout.world_size) for c in layout.chunks(r)]
-    props = TensorProperties(dtype=getattr(torch, layout.dtype))
-    shards = [Shard(t, md(rank, c)) for t, c in zip(local, layout.chunks(rank))]
-    return ShardedTensor._init_from_local_shards_and_global_metadata(
-        shards, ShardedTensorMetadata(everyone, torch.Size(layout.shape), props)
-    )
-
-
-def _build(
-    fqn: str,
-    layout: Layout,
-    rank: int,
-    meshes: _Meshes,
-    fill: float | None = None,
-    empty: str | None = None,
-):
-    """The state-dict value of ``rank`` for one entry: the encoded values; ``fill`` everywhere
-    (a load destination); or, with ``empty`` (a device, e.g. ``"meta"``), uninitialised local
-    tensors (planning only)."""
-    import torch
-    from torch.distributed.tensor import DTensor
-
-    from .convert import placement_to_torch
-
-    if layout.kind == "bytes":
-        return "<not loaded>" if fill is not None else _bytes_value(fqn, layout, rank)
-    dt = getattr(torch, layout.dtype)
-    if layout.kind == "dtensor" and not layout.chunks(rank):
-        # a rank outside the mesh still holds the DTensor (torch plans nothing for it, but the
-        # key is in its state dict); from_local needs a 0-d local tensor for a 0-d DTensor
-        local = torch.empty((0,) if layout.ndim else (), dtype=dt, device=empty or "cpu")
-    elif empty:
-        local = [torch.empty(c.sizes, dtype=dt, device=empty) for c in layout.chunks(rank)]
-        local = local if layout.kind == "sharded" else local[0]
-    else:
-        g = (
-            global_values(layout, rank)
-            if fill is None
-            else torch.full(layout.shape, fill, dtype=torch.float64).to(dt)
-        )
-        local = _local_values(layout, rank, g)
-    if layout.kind == "dtensor":
-        mesh = meshes.get(layout)
-        stride = tuple(math.prod(layout.shape[d + 1 :]) for d in range(layout.ndim))
-        return DTensor.from_local(
-            local,
-            mesh,
-            [placement_to_torch(p) for p in layout.placements],
-            run_check=False,
-            shape=torch.Size(layout.shape),
-            stride=stride,
-        )
-    if layout.kind == "sharded":
-        return _sharded_tensor(layout, rank, local)
-    return local
-
-
-def _state_dict(layouts, rank, meshes, fill=None, empty=None):
-    # Every rank takes part in every mesh (DeviceMesh creation is collective), even for entries
-    # it does not hold.
-    for lay in layouts.values():
-        if lay.kind == "dtensor":
-            meshes.get(lay)
-    # DTensors and ShardedTensors are in every rank's state dict (with an empty local part where
-    # the rank holds nothing), as in real programs; plain tensors and bytes only on their holders.
-    # Exception: for the fake process group (``empty`` set) a ShardedTensor without local shards
-    # is left out, because torch asks such a tensor for its device through
-    # torch.cuda.current_device() unless the group's backend is gloo.
-    return {
-        fqn: _build(fqn, lay, rank, meshes, fill, empty)
-        for fqn, lay in layouts.items()
-        if lay.chunks(rank) or lay.kind == "dtensor" or (lay.kind == "sharded" and not empty)
-    }
-
-
 def _saved_dtypes(path) -> dict[str, str]:
     from ..formats import load_metadata
 
@@ -307,11 +166,11 @@ def _loaded(fqn, layout, rank, value, saved_dtype):
     from torch.distributed.tensor import DTensor
 
     if layout.kind == "bytes":
-        return value, _bytes_value(fqn, layout, rank)
+        return value, bytes_value(fqn, layout, rank)
     if layout.kind == "dtensor" and not layout.chunks(rank):  # outside the mesh: nothing loaded
         nothing = torch.empty(0, dtype=torch.float64).numpy()
         return nothing, nothing
-    want = _local_values(layout, rank, global_values(layout, rank, saved_dtype or layout.dtype))
+    want = local_values(layout, rank, global_values(layout, rank, saved_dtype or layout.dtype))
     if layout.kind == "sharded":
         got = [s.tensor for s in value.local_shards()]
         return (
@@ -323,10 +182,6 @@ def _loaded(fqn, layout, rank, value, saved_dtype):
     return value.to(torch.float64).numpy().copy(), want.to(torch.float64).numpy()
 
 
-def _exc_text(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"
-
-
 def _run_step(step, rank, meshes):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
@@ -334,11 +189,11 @@ def _run_step(step, rank, meshes):
     failed = (Exception, CheckpointException)  # CheckpointException is a BaseException
     if isinstance(step, SaveStep):
         try:
-            dcp.save(_state_dict(step.layouts, rank, meshes), checkpoint_id=step.path)
+            dcp.save(torch_state_dict(step.layouts, rank, meshes), checkpoint_id=step.path)
             return None
         except failed as e:
-            return _exc_text(e)
-    sd = _state_dict(step.layouts, rank, meshes, step.fill)
+            return exception_text(e)
+    sd = torch_state_dict(step.layouts, rank, meshes, step.fill)
     try:
         dcp.load(
             sd,
@@ -346,7 +201,7 @@ def _run_step(step, rank, meshes):
             planner=dcp.DefaultLoadPlanner(allow_partial_load=step.allow_partial_load),
         )
     except failed as e:
-        return RankLoad(rank, error=_exc_text(e))
+        return RankLoad(rank, error=exception_text(e))
     saved = _saved_dtypes(step.path)
     vals, exp = {}, {}
     for fqn, lay in step.layouts.items():
@@ -380,7 +235,7 @@ def _worker(rank, world_size, port, sock, steps, out_dir, timeout):
         )
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=td)
         try:
-            meshes = _Meshes()
+            meshes = Meshes()
             for step in steps:
                 results.append(_run_step(step, rank, meshes))
                 out.write_bytes(pickle.dumps(("ok", results)))

@@ -1,0 +1,524 @@
+"""Explanations of torch's DCP error strings: what a pasted message means and what to check.
+
+`explain(text, metadata=None, target=None)` recognises torch 2.13's messages (size mismatch,
+missing key, plan validation, ``CheckpointException`` dumps, ...) and returns an `Explanation`;
+given the checkpoint and the target it also names the chunks, ranks and fixes. Imports the core
+(helpers, planning, diagnosis) and `sources`; never torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .diagnosis import rank_suffix
+from .errors import MetadataError, PlanError
+from .formatting import list_text, ranks_text
+from .planner_helpers import PARTIAL_MESSAGE, VALIDATION_ERROR
+from .records import TensorStorageMetadata
+from .sharding import Layout, LocalTensor, bytes_layout, format_placements
+from .sources import as_record, as_value
+from .versions import resolve_torch_version, semantics
+
+__all__ = ["explain", "Explanation"]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What a torch DCP error string means: ``pattern`` (which message was recognised), ``cause``,
+    ``what_to_check`` (steps), the ``fqn`` named, the parsed ``numbers``, and for a
+    ``CheckpointException`` dump the failing ``ranks`` and the ``inner`` explanations."""
+
+    pattern: str
+    cause: str
+    what_to_check: tuple[str, ...] = ()
+    fqn: str | None = None
+    numbers: dict = field(default_factory=dict)
+    ranks: tuple[int, ...] = ()
+    inner: tuple[Explanation, ...] = ()
+    text: str = ""
+    torch_version: str | None = None
+
+    def __str__(self) -> str:
+        head = f"{self.fqn}: " if self.fqn else ""
+        lines = [f"{head}{self.cause} [{self.pattern}]"]
+        lines += [f"  - {w}" for w in self.what_to_check]
+        for e in self.inner:
+            lines += ["  " + ln for ln in str(e).splitlines()]
+        return "\n".join(lines)
+
+
+_SIZE = r"torch\.Size\(\[(?P<{}>[^\]]*)\]\)"
+_MDI = (
+    r"MetadataIndex\(fqn='(?P<fqn>[^']*)', offset=(?:torch\.Size\(\[(?P<offset>[^\]]*)\]\)|"
+    r"None), index=(?P<index>\w+)\)"
+)
+_PATTERNS = [
+    (
+        "checkpoint_exception",
+        re.compile(r"CheckpointException ranks:dict_keys\(\[(?P<ranks>[^\]]*)\]\)"),
+    ),
+    # 2.12+ append the error strings; 2.4 - 2.11 raise the bare text and log the strings
+    (
+        "validate_global_plan",
+        re.compile(r"Failed to validate global plan(?:: (?P<body>.*))?", re.S),
+    ),
+    ("missing_key", re.compile(r"Missing key in checkpoint state_dict: (?P<fqn>.+?)\.?$", re.M)),
+    (
+        "size_mismatch",
+        re.compile(
+            r"Size mismatch between saved "
+            + _SIZE.format("saved")
+            + r" and current: "
+            + _SIZE.format("current")
+            + r" for (?P<fqn>\S+)"
+        ),
+    ),
+    (
+        "read_size_mismatch",
+        re.compile(
+            r"req "
+            + _MDI
+            + r" mismatch sizes,? "
+            + _SIZE.format("dst")
+            + r" vs "
+            + _SIZE.format("src")
+        ),
+    ),
+    ("partial", re.compile(re.escape(PARTIAL_MESSAGE))),
+    (
+        "invalid_metadata",
+        re.compile(
+            r"Invalid checkpoint metadata for (?P<fqn>\S+), expected "
+            r"BytesStorageMetadata but found (?P<found>.+)"
+        ),
+    ),
+    (
+        "unsupported_type",
+        re.compile(
+            r"Unsupported Type, expecting one of \[Tensor, DTensor, "
+            r"ShardedTensor\] ?,but got (?P<type>.+)"
+        ),
+    ),
+    # KeyError(MetadataIndex(...)) as printed in a traceback, as repr, or the bare key (str(e))
+    ("missing_storage", re.compile(r"(?:KeyError:? *\(?)?" + _MDI)),
+]
+
+
+def _ints_of(text: str | None) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"-?\d+", text or ""))
+
+
+def _explain_inputs(metadata, target) -> tuple[Any, dict[str, Layout]]:
+    """`explain`'s metadata (torch's converted) and target as ``{fqn: Layout}``: real tensors
+    described by their layout, other values as bytes entries; anything else refused."""
+    metadata = as_record(metadata)
+    if metadata is not None and not hasattr(metadata, "state_dict_metadata"):
+        raise MetadataError(
+            None,
+            f"metadata is a {type(metadata).__name__}",
+            "a DCP Metadata or None",
+            "Read it with workbench.load_metadata(path).",
+            value_type=type(metadata),
+        )
+    if target is None:
+        return metadata, {}
+    if not isinstance(target, Mapping):
+        raise PlanError(
+            None,
+            f"target is a {type(target).__name__}",
+            "a dict {fqn: Layout} or a state dict",
+            "Pass the layouts (or the state dict) dcp.load was given.",
+            value_type=type(target),
+        )
+    layouts: dict[str, Layout | None] = {}
+    for fqn, v in target.items():
+        if not isinstance(v, Layout):
+            v = as_value(v)
+            v = v.layout if isinstance(v, LocalTensor) else None
+        layouts[fqn] = v
+    ws = next((lay.world_size for lay in layouts.values() if lay is not None), 1)
+    return metadata, {f: lay if lay is not None else bytes_layout(ws) for f, lay in layouts.items()}
+
+
+def explain(
+    text: str,
+    metadata=None,
+    target: Mapping[str, Any] | None = None,
+    *,
+    torch_version: str | None = None,
+) -> Explanation:
+    """Explain a torch DCP error string (or a whole ``CheckpointException`` dump) as raised by
+    ``torch_version`` (default `versions.default_torch_version`; kept in ``.torch_version``).
+    A message that version never raises (the size check before 2.6) says so.
+
+    With the checkpoint's ``metadata`` and the ``target`` (``{fqn: Layout}``), point at the tensor
+    and the numbers: a current size that is the saved size divided by the world size (a local
+    shard was passed), a transposed shape, a vocabulary padding, per-rank keys, Partial targets.
+    Unknown text gives pattern ``"unknown"``. torch's own ``Metadata`` and a real state dict
+    (Tensors, DTensors, ShardedTensors, other values as bytes) are accepted too.
+    """
+    tv = resolve_torch_version(torch_version)
+    text = str(text)
+    metadata, target = _explain_inputs(metadata, target)
+    for name, rx in _PATTERNS:
+        m = rx.search(text)
+        if m:
+            e = _EXPLAINERS[name](m, text, metadata, target or {})
+            if name == "size_mismatch" and not semantics(tv).size_mismatch_raises:
+                e = replace(
+                    e,
+                    what_to_check=(
+                        f"torch {tv} never raises this (the size check arrived in 2.6): the "
+                        "job ran a newer torch than assumed.",
+                        *e.what_to_check,
+                    ),
+                )
+            return replace(e, torch_version=tv)
+    return Explanation(
+        "unknown",
+        "This is not one of the DCP error messages the workbench knows.",
+        ("Paste the last line of the traceback (the exception message).",),
+        text=text,
+        torch_version=tv,
+    )
+
+
+def _x_checkpoint_exception(m, text, md, target):
+    ranks = _ints_of(m["ranks"])
+    blocks = re.split(r"Traceback \(most recent call last\): \(RANK (\d+)\)\n", text)
+    seen: dict[str, Explanation] = {}
+    by_rank: dict[str, list[int]] = defaultdict(list)
+    for r, body in zip(blocks[1::2], blocks[2::2]):
+        # Frame lines are indented ("  File ...", "    code"); the exception's own lines are not.
+        # Skipping the code lines matters: they quote torch's f-strings ("...state_dict: {fqn}.").
+        msg = "\n".join(ln for ln in body.splitlines() if ln and not ln[0].isspace())
+        inner = explain(msg, md, target)
+        key = f"{inner.pattern}:{inner.fqn}"
+        seen.setdefault(key, inner)
+        by_rank[key].append(int(r))
+    inner = tuple(seen.values())
+    parts = "; ".join(
+        f"{ranks_text(by_rank[k])}: {e.pattern}" + (f" ({e.fqn})" if e.fqn else "")
+        for k, e in seen.items()
+    )
+    return Explanation(
+        "checkpoint_exception",
+        f"dcp.save / dcp.load failed on {ranks_text(ranks)} ({parts or 'no traceback given'}). "
+        "CheckpointException derives from BaseException, so 'except Exception' does not catch it; "
+        "errors of the global step are reported by rank 0 and re-raised on every rank.",
+        ("Read the inner error of the lowest failing rank first; the others usually repeat it.",),
+        inner[0].fqn if len(inner) == 1 else None,
+        {"ranks": ranks},
+        ranks,
+        inner,
+        text,
+    )
+
+
+def _x_validate(m, text, md, target):
+    body = m["body"] or ""
+    found = [(k.group("fqn"), k.group("what")) for k in VALIDATION_ERROR.finditer(body)]
+    truncated = body.rstrip().endswith("(truncated)")
+    fqns = list(dict.fromkeys(f for f, _ in found))
+    checks = []
+    for fqn in fqns:
+        lay = target.get(fqn)
+        if lay is not None and lay.misdescribed_ranks:
+            checks.append(
+                f"{fqn}: the save layout [{format_placements(lay.placements)}] on mesh "
+                f"{lay.mesh_shape} is a _StridedShard whose ranks "
+                f"{list_text(lay.misdescribed_ranks)}"
+                " hold rows their DCP boxes do not describe; the boxes cannot tile the tensor."
+            )
+    whats = {w for _, w in found}
+    if "overlapping chunks" in whats:
+        checks.append(
+            "Overlapping chunks: a _StridedShard placement with an uneven size (FSDP2 + TP: "
+            "[_StridedShard(0, tp), Shard(0)] with rows not divisible by dp*tp), ShardedTensor "
+            "shards that overlap, or ranks saving different-size chunks at one offset."
+        )
+    if "invalid fill" in whats:
+        checks.append(
+            "Invalid fill: the saved chunks do not add up to the tensor (a rank missing "
+            "from the save, ShardedTensor shards missing, a mesh smaller than the world)."
+        )
+    if "out of bounds chunk" in whats:
+        checks.append(
+            "Out of bounds: a chunk extends past the tensor's size (a local shape "
+            "inconsistent with the global one)."
+        )
+    if truncated:
+        checks.append(
+            "The message is truncated at 500 characters: plan the save with "
+            "workbench.plan_save to list every error."
+        )
+    if not body:
+        checks.append(
+            "torch 2.4 - 2.11 raise this bare text: the reasons were logged as warnings "
+            "(logger torch.distributed.checkpoint.default_planner); plan the save with "
+            "workbench.plan_save(..., torch_version=...) to list them."
+        )
+    return Explanation(
+        "validate_global_plan",
+        f"The coordinator's _validate_global_plan rejected the save plan ({len(found)} error(s) on "
+        f"{list_text(fqns, 4)}): every tensor's saved chunks must lie inside it, not overlap, and "
+        "(with more than one rank) fill it exactly. Nothing was written.",
+        tuple(checks),
+        fqns[0] if len(fqns) == 1 else None,
+        {"errors": found, "truncated": truncated},
+        text=text,
+    )
+
+
+def _x_missing(m, text, md, target):
+    fqn = m["fqn"]
+    checks, numbers = [], {}
+    saved = list(md.state_dict_metadata) if md is not None else []
+    if saved:
+        close = difflib.get_close_matches(fqn, saved, n=3, cutoff=0.6)
+        stripped = [k for k in saved if k.endswith(fqn) or fqn.endswith(k)]
+        if stripped:
+            checks.append(
+                f"A saved key differs only by a prefix: {stripped[0]!r} (wrappers such as "
+                "DDP 'module.', torch.compile '_orig_mod.' or a {'model': ...} nesting)."
+            )
+        elif close:
+            checks.append(f"Closest saved keys: {', '.join(map(repr, close))}.")
+        rm = rank_suffix(fqn)
+        if rm:
+            fam = sorted(x[1] for x in map(rank_suffix, saved) if x and x[0] == rm[0])
+            if fam:
+                numbers["saved_ranks"] = fam
+                checks.insert(
+                    0,
+                    f"Per-rank key: the checkpoint has {rm[0]}<r> for ranks "
+                    f"{list_text(fam)} only; it was saved by {len(fam)} ranks and this "
+                    f"world is larger (rank {rm[1]} did not exist). Re-split the per-rank "
+                    "state for the new world size.",
+                )
+    checks.append(
+        "Load with allow_partial_load=True to skip keys the checkpoint lacks (they keep "
+        "their current values)."
+    )
+    return Explanation(
+        "missing_key",
+        "A key of the state dict passed to dcp.load is not in the "
+        "checkpoint (strict loading requires every requested key).",
+        tuple(checks),
+        fqn,
+        numbers,
+        text=text,
+    )
+
+
+def _x_size(m, text, md, target):
+    fqn = m["fqn"]
+    saved, current = _ints_of(m["saved"]), _ints_of(m["current"])
+    ns, nc = math.prod(saved), math.prod(current)
+    numbers = {"saved": saved, "current": current, "saved_numel": ns, "current_numel": nc}
+    checks = []
+    lay = target.get(fqn)
+    ws = lay.world_size if lay is not None else None
+    if nc and ns % nc == 0 and ns != nc:
+        k = ns // nc
+        numbers["ratio"] = k
+        which = f" = the world size {ws}" if ws == k else ""
+        if len(current) == 1 and len(saved) > 1:
+            checks.append(
+                f"The current tensor is 1-d with numel {nc} = {ns} / {k}{which}: a flattened "
+                "local shard (FSDP1 flat parameter or to_local().flatten()) was passed instead "
+                "of the full / DTensor value."
+            )
+        else:
+            dims = (
+                [d for d, (a, b) in enumerate(zip(saved, current)) if a != b]
+                if len(saved) == len(current)
+                else []
+            )
+            checks.append(
+                f"The current size is the saved size divided by {k}{which}"
+                + (f" on dim {dims[0]}" if len(dims) == 1 else "")
+                + ": a local shard (dtensor.to_local() or a per-rank slice) was passed where "
+                "DCP needs the global DTensor; pass the DTensor itself."
+            )
+    elif len(saved) == 2 and tuple(reversed(saved)) == current:
+        checks.append(
+            f"The shapes are transposed ({saved[0]}x{saved[1]} vs {current[0]}x{current[1]}): "
+            "Conv1D (HF GPT-2) weights are stored (in, out), nn.Linear weights (out, in); "
+            "transpose when converting."
+        )
+    elif len(saved) == len(current) and sum(a != b for a, b in zip(saved, current)) == 1:
+        d = next(d for d, (a, b) in enumerate(zip(saved, current)) if a != b)
+        a, b = saved[d], current[d]
+        big = max(a, b)
+        pad = next((p for p in (256, 128, 64, 32, 8) if big % p == 0 and abs(a - b) < p), None)
+        numbers["dim"], numbers["difference"] = d, b - a
+        if pad:
+            checks.append(
+                f"Dim {d} differs by {abs(a - b)} ({a} saved vs {b} current) and {big} is a "
+                f"multiple of {pad}: a vocabulary padded to a multiple of {pad} on one side "
+                "(e.g. GPT-2's 50257 vs nanoGPT's 50304). Pad or slice the embedding rows."
+            )
+        else:
+            checks.append(
+                f"Only dim {d} differs ({a} saved vs {b} current): a config difference "
+                "(hidden / intermediate size, heads, vocab) between the saving and the "
+                "loading model."
+            )
+    elif ns == nc:
+        checks.append(
+            f"Same number of elements ({ns}), different shape: the tensor was reshaped or "
+            "fused (e.g. separate q/k/v vs fused qkv, or a flattened parameter)."
+        )
+    else:
+        checks.append("The models differ (architecture or config): compare the configs.")
+    if md is not None and fqn in md.state_dict_metadata:
+        sm = md.state_dict_metadata[fqn]
+        if isinstance(sm, TensorStorageMetadata) and tuple(sm.size) != saved:
+            checks.append(
+                f"The given metadata says {list(sm.size)}, not {list(saved)}: this error came "
+                "from another checkpoint."
+            )
+    return Explanation(
+        "size_mismatch",
+        f"The checkpoint's global size {list(saved)} differs from the "
+        f"size {list(current)} of the value passed to dcp.load (DCP reshards chunks of "
+        "one global shape; it cannot change the shape).",
+        tuple(checks),
+        fqn,
+        numbers,
+        text=text,
+    )
+
+
+def _x_read_size(m, text, md, target):
+    fqn = m["fqn"]
+    dst, src = _ints_of(m["dst"]), _ints_of(m["src"])
+    offset = _ints_of(m["offset"]) if m["offset"] is not None else None
+    checks = [
+        "The destination's local tensor is smaller than the chunk DCP computed for it: a DTensor whose "
+        "real local shape differs from compute_local_shape_and_global_offset (FSDP2 + TP with "
+        "uneven sizes: FSDP2 chunks right to left, DCP computes left to right), or a local tensor "
+        "resized after planning.",
+        "Or the saved file holds less data than .metadata claims (an edited or merged .metadata).",
+    ]
+    lay = target.get(fqn)
+    if lay is not None and lay.misdescribed_ranks:
+        checks.insert(
+            0,
+            f"The target layout [{format_placements(lay.placements)}] is a _StridedShard "
+            f"whose ranks {list_text(lay.misdescribed_ranks)} are misdescribed.",
+        )
+    return Explanation(
+        "read_size_mismatch",
+        f"While reading saved chunk at offset {list(offset or ())}, the narrowed "
+        "destination "
+        f"has size {list(dst)} but the saved slice has size {list(src)} (the reader "
+        "asserts they match before copy_).",
+        tuple(checks),
+        fqn,
+        {"dst": dst, "src": src, "offset": offset},
+        text=text,
+    )
+
+
+def _x_partial(m, text, md, target):
+    fqns = [f for f, lay in target.items() if lay.has_partial]
+    return Explanation(
+        "partial",
+        "A DTensor with a Partial placement (a pending sum / reduction) "
+        "was saved; DCP saves only Shard / Replicate placements.",
+        ("Redistribute it to Replicate() or Shard() before dcp.save.",)
+        + ((f"Partial entries in the target: {list_text(fqns, 5)}.",) if fqns else ()),
+        fqns[0] if len(fqns) == 1 else None,
+        text=text,
+    )
+
+
+def _x_invalid(m, text, md, target):
+    fqn = m["fqn"]
+    lay = target.get(fqn)
+    checks = []
+    if lay is not None and lay.has_partial:
+        checks.append(
+            f"The target DTensor has placements [{format_placements(lay.placements)}]: a "
+            "Partial placement. _create_read_items catches the Partial error and re-raises "
+            "this unrelated message; redistribute the target to Replicate / Shard."
+        )
+    elif lay is not None and lay.is_bytes:
+        checks.append("The target value is not a tensor although the checkpoint saved a tensor.")
+    else:
+        checks += [
+            "The value passed for this key is not a Tensor / DTensor / ShardedTensor (an int, "
+            "a list, or None: _init_state_dict turns unknown types into None).",
+            "Or it is a DTensor with a Partial placement: this message hides the Partial "
+            "error; redistribute it to Replicate / Shard.",
+        ]
+    return Explanation(
+        "invalid_metadata",
+        "The checkpoint has a tensor under this key, but the value "
+        "to load into cannot take tensor chunks.",
+        tuple(checks),
+        fqn,
+        {"found": m["found"].strip()},
+        text=text,
+    )
+
+
+def _x_unsupported(m, text, md, target):
+    return Explanation(
+        "unsupported_type",
+        f"_create_chunk_list got a {m['type'].strip()} where it needs "
+        "a Tensor, DTensor or ShardedTensor.",
+        (
+            "Pass tensors for tensor keys of the checkpoint; wrap other state in a "
+            "Stateful object or save it under another key.",
+        ),
+        None,
+        {"type": m["type"].strip()},
+        text=text,
+    )
+
+
+def _x_storage(m, text, md, target):
+    fqn = m["fqn"]
+    offset = _ints_of(m["offset"]) if m["offset"] is not None else None
+    checks = [
+        "The .metadata lists this chunk but its storage_data has no entry for it: the "
+        ".metadata was edited, merged from two saves, or comes from another checkpoint."
+    ]
+    if md is not None and md.storage_data is not None:
+        have = [k for k in md.storage_data if getattr(k, "fqn", None) == fqn]
+        checks.append(
+            f"storage_data holds {len(have)} entries for {fqn}, at offsets "
+            f"{list_text([list(k.offset) if k.offset is not None else None for k in have], 6)}."
+        )
+    return Explanation(
+        "missing_storage",
+        f"The reader looked up the saved chunk of {fqn} at offset "
+        f"{list(offset) if offset is not None else None} in storage_data and found "
+        "nothing (KeyError).",
+        tuple(checks),
+        fqn,
+        {"offset": offset},
+        text=text,
+    )
+
+
+_EXPLAINERS = {
+    "checkpoint_exception": _x_checkpoint_exception,
+    "validate_global_plan": _x_validate,
+    "missing_key": _x_missing,
+    "size_mismatch": _x_size,
+    "read_size_mismatch": _x_read_size,
+    "partial": _x_partial,
+    "invalid_metadata": _x_invalid,
+    "unsupported_type": _x_unsupported,
+    "missing_storage": _x_storage,
+}

@@ -1,0 +1,60 @@
+"""How the workbench writes indices and ranks as text, the same in messages, tables and pictures.
+
+Imports only the standard library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["index_runs", "format_ranks", "format_held", "ranks_text", "list_text"]
+
+
+def index_runs(indices: Iterable[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of indices, in the given order, as ``(start, stop)``:
+    ``[0, 1, 4, 5]`` -> ``[(0, 2), (4, 6)]``."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1]:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, i + 1])
+    return [(a, b) for a, b in runs]
+
+
+def format_ranks(ranks) -> str:
+    """Ranks as compact ranges: ``(0, 1, 2, 3, 8)`` -> ``"r0-3,8"``; empty -> ``""``."""
+    runs = index_runs(sorted({int(r) for r in ranks}))
+    if not runs:
+        return ""
+    return "r" + ",".join(str(a) if b == a + 1 else f"{a}-{b - 1}" for a, b in runs)
+
+
+def format_held(held: dict[int, Iterable[int]]) -> str:
+    """What a rank really holds (`Layout.held_indices`) in slice runs:
+    ``{0: [0, 1, 4, 5]}`` -> ``"dim 0: 0:2, 4:6"``."""
+    return "; ".join(
+        f"dim {d}: " + ", ".join(f"{a}:{b}" for a, b in index_runs(ix)) for d, ix in held.items()
+    )
+
+
+def ranks_text(ranks: Iterable[int], limit: int = 8) -> str:
+    """``rank 3`` / ``ranks 0, 1, 2`` / ``ranks 0-1023`` / ``ranks 0, 1, ... (12 ranks)``."""
+    rs = sorted(set(ranks))
+    if not rs:
+        return "no rank"
+    if len(rs) == 1:
+        return f"rank {rs[0]}"
+    if rs == list(range(rs[0], rs[-1] + 1)) and len(rs) > 3:
+        return f"ranks {rs[0]}-{rs[-1]}"
+    if len(rs) > limit:
+        return "ranks " + ", ".join(map(str, rs[:limit])) + f", ... ({len(rs)} ranks)"
+    return "ranks " + ", ".join(map(str, rs))
+
+
+def list_text(values, limit: int = 8) -> str:
+    """``[a, b, c]``, or the first ``limit`` values and how many there are in all."""
+    vs = list(values)
+    if len(vs) > limit:
+        return "[" + ", ".join(map(str, vs[:limit])) + f", ... ({len(vs)} in all)]"
+    return "[" + ", ".join(map(str, vs)) + "]"

@@ -362,11 +362,13 @@ def test_real_old_checkpoints_are_read_and_dated():
     from workbench.formats.dcp import infer_writer_versions, load_metadata, metadata_path
     from workbench.sharding import dtensor_layout as dl
 
+    expected = {"2.4": ("2.4", "2.6"), "2.7": ("2.7", "2.8"), "2.9": ("2.9", None)}
     found = sorted(DATA.glob("torch-*/ckpt/.metadata"))
-    assert found, "no recorded checkpoint"
+    assert sorted(m.parent.parent.name for m in found) == [f"torch-{v}" for v in expected]
     for meta in found:
         v = meta.parent.parent.name.removeprefix("torch-")
         rng = infer_writer_versions(metadata_path(meta.parent).read_bytes())
+        assert (rng.low, rng.high) == expected[v], (v, rng)
         lo, hi = rng.low, rng.high or SUPPORTED_TORCH_VERSIONS[-1]
         assert version_key(lo) <= version_key(v) <= version_key(hi), (v, rng)
         md = load_metadata(meta.parent)

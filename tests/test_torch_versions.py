@@ -442,3 +442,24 @@ def test_cli_plan_torch_flag(capsys, tmp_path):
     assert all(c["changed"] == ["w"] for c in got["changes"])
     assert main(["plan", ckpt, "-t", str(target), "--torch", "2.3"]) == 2
     assert "2.3" in capsys.readouterr().err
+
+
+def test_reshard_explorer_torch_dropdown():
+    """The explorer's torch dropdown re-plans with that version: its reads are plan_load's for
+    the version, and the nested (2.10) and sweep (2.13) orders differ on this reshard."""
+    from workbench.widgets import ReshardExplorer
+
+    ex = ReshardExplorer()
+    assert ex.torch_version.value == "2.13" and "2.4" in ex.torch_version.options
+    ex.shape.value, ex.save_mesh.value, ex.save_placements.value = "8, 12", "2, 2", "S(0), S(1)"
+    ex.load_mesh.value, ex.load_placements.value = "4", "R"
+    orders = {}
+    for v in ("2.10", "2.13"):
+        ex.torch_version.value = v
+        r = ex.result
+        assert ex.message.value == "" and r.load.torch_version == r.save.torch_version == v
+        orders[v] = [it.storage_index.index for it in r.load.plans[0].items]
+        again = plan_load(r.save.metadata, r.load.layouts, torch_version=v)
+        assert orders[v] == [it.storage_index.index for it in again.plans[0].items]
+        assert len(r.reads) == 4
+    assert orders == {"2.10": [0, 1, 2, 3], "2.13": [0, 2, 1, 3]}

@@ -11,6 +11,7 @@ Imports errors only (stdlib otherwise); never torch.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import re
 from dataclasses import dataclass
@@ -47,9 +48,10 @@ def _major_minor(text: str) -> str | None:
     return f"{int(m[1])}.{int(m[2])}" if m else None
 
 
+@functools.cache  # reading dist-info costs milliseconds; every planning call asks for it
 def installed_torch_version() -> str | None:
     """The installed torch's ``major.minor`` from its distribution metadata (torch is NOT
-    imported), or None when torch is not installed."""
+    imported), or None when torch is not installed. Read once per process."""
     try:
         return _major_minor(importlib.metadata.version("torch"))
     except importlib.metadata.PackageNotFoundError:
@@ -137,7 +139,11 @@ class TorchSemantics:
 
 def semantics(torch_version: str | None = None) -> TorchSemantics:
     """The `TorchSemantics` of a version (None: `default_torch_version`)."""
-    v = resolve_torch_version(torch_version)
+    return _semantics(resolve_torch_version(torch_version))
+
+
+@functools.cache
+def _semantics(v: str) -> TorchSemantics:
     minor = version_key(v)[1]
     return TorchSemantics(
         version=v,

@@ -557,32 +557,24 @@ def _tensor_problems(
                 "common cause), or drop the key.",
             )
         ]
-    if tuple(saved.size) != tuple(layout.shape) and not semantics(tv).size_mismatch_raises:
-        return [
-            Problem(
-                fqn,
-                "shape_mismatch",
-                ranks,
-                None,
-                "silent",
-                f"{fqn}: saved size {list(saved.size)} differs from the target's "
-                f"{list(layout.shape)}; torch {tv} has no size check (it raises from 2.6 on): it "
-                "reads the saved chunks into the target's boxes as if the shapes matched, so the "
-                "values land in the wrong places (or the read asserts on mismatched sizes).",
-                "Build the target with the checkpoint's shapes, or convert the checkpoint.",
-            )
-        ]
     if tuple(saved.size) != tuple(layout.shape):
+        raises = semantics(tv).size_mismatch_raises
+        consequence = (
+            "torch raises: " + (text or size_mismatch_message(fqn, saved.size, layout.shape))
+            if raises
+            else f"torch {tv} has no size check (it raises from 2.6 on): it reads the saved "
+            "chunks into the target's boxes as if the shapes matched, so the values land in the "
+            "wrong places (or the read asserts on mismatched sizes)."
+        )
         return [
             Problem(
                 fqn,
                 "shape_mismatch",
                 ranks,
                 None,
-                "error",
+                "error" if raises else "silent",
                 f"{fqn}: saved size {list(saved.size)} differs from the target's {list(layout.shape)} "
-                "(global sizes must match; DCP reshards chunks, not shapes); torch raises: "
-                + (text or size_mismatch_message(fqn, saved.size, layout.shape)),
+                "(global sizes must match; DCP reshards chunks, not shapes); " + consequence,
                 "Build the target with the checkpoint's config (vocab padding, hidden sizes), pass the "
                 "global DTensor rather than a local shard, or convert the checkpoint.",
             )

@@ -463,3 +463,17 @@ def test_reshard_explorer_torch_dropdown():
         assert orders[v] == [it.storage_index.index for it in again.plans[0].items]
         assert len(r.reads) == 4
     assert orders == {"2.10": [0, 1, 2, 3], "2.13": [0, 2, 1, 3]}
+
+
+def test_readme_versions_example_runs():
+    import re
+
+    readme = (DATA.parent.parent / "README.md").read_text()
+    (block,) = [
+        b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "compare_versions" in b
+    ]
+    ns: dict = {}
+    exec(compile(block, "README.md", "exec"), ns)
+    files = tuple(f"__{w}_0.distcp" for w in (0, 2, 1, 3))
+    assert ns["load"].torch_version == "2.10"
+    assert ns["changes"] == [(r, ("w",), files) for r in range(4)]

@@ -71,7 +71,7 @@ def test_usage_error_is_exit_2(capsys):
 
 def test_list_presets(capsys):
     rc, out, _ = run(capsys, "plan", "--list-presets")
-    assert rc == 0 and "llama-tiny" in out and "fsdp+tp:dp=N,tp=N" in out
+    assert rc == 0 and "llama-tiny" in out and "fsdp2+tp:dp=N,tp=N" in out
 
 
 # ----------------------------------------------------------------------------- inspect

@@ -134,7 +134,7 @@ def test_brute_force_against_torch_chunk_and_torch_boxes():
 
 def test_recipe_gives_fsdp2_rows_to_tp_dim0_params():
     sd = model_state_dict("llama", "tiny", vocab=13, optimizer=True)
-    lay = apply_recipe(sd, "fsdp_tp", (3, 2))
+    lay = apply_recipe(sd, "fsdp2+tp", (3, 2))
     mis = {k: v.misdescribed_ranks for k, v in lay.items() if v.misdescribed_ranks}
     # embed_tokens (rowwise embedding: Shard(0)) and lm_head (colwise: Shard(0)) have 13 rows,
     # the parameters and their AdamW moments; every other dim-0 TP size of the tiny llama is even
@@ -153,13 +153,13 @@ def test_recipe_gives_fsdp2_rows_to_tp_dim0_params():
     assert str(q.chunks(1)[0]) == "[8:11, 0:16]"
     o = lay["model.layers.0.self_attn.o_proj.weight"]  # rowwise Shard(1): placements describe it
     assert o.data_held is None
-    h = apply_recipe(sd, "hsdp_tp", (2, 3, 2))
+    h = apply_recipe(sd, "hsdp+tp", (2, 3, 2))
     assert h["model.embed_tokens.weight"].misdescribed_ranks == (4, 5, 10, 11)
 
 
 def test_diagnosis_says_fsdp2_rows_against_dcp_box():
     lay = apply_recipe(
-        model_state_dict("llama", "tiny", vocab=13, dtype="float32"), "fsdp_tp", (3, 2)
+        model_state_dict("llama", "tiny", vocab=13, dtype="float32"), "fsdp2+tp", (3, 2)
     )
     # load from an FSDP (dp=6) save: embed_tokens' chunks are [0:3] [3:6] [6:9] [9:12] [12:13];
     # rank 4 holds 1 row but its box [6:8] reads 2 from chunk [6:9] (the reader's size assert);

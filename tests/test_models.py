@@ -141,7 +141,7 @@ def test_optimizer_entries_follow_torch_adamw_get_state_dict_flattened():
 # ----------------------------------------------------------------------------- recipes
 def test_recipe_layouts_and_errors():
     sd = model_state_dict("llama", "tiny", optimizer=True, dataloader_ranks=2)
-    lay = apply_recipe(sd, "fsdp_tp", (2, 2))
+    lay = apply_recipe(sd, "fsdp2+tp", (2, 2))
     assert str(lay["model.lm_head.weight"].placements[0]) == "SS(0,2)"
     # optimizer moments follow their parameter; AdamW's step stays a plain 0-d tensor
     assert lay["optim.state.lm_head.weight.exp_avg"] is lay["model.lm_head.weight"]
@@ -153,9 +153,9 @@ def test_recipe_layouts_and_errors():
     hs = apply_recipe(sd, "hsdp", (2, 2), world_size=6)
     assert hs["dataloader.dp_rank_1"].holders() == [1]  # flattened (replica, shard) index 1
     assert hs["model.norm.weight"].world_size == 6
-    assert set(RECIPES) == {"replicate", "fsdp", "hsdp", "tp", "fsdp_tp", "hsdp_tp"}
-    with pytest.raises(LayoutError, match=r"mesh shape \(4,\) has 1 dims \(2 for recipe 'fsdp_tp'"):
-        apply_recipe(sd, "fsdp_tp", 4)
+    assert set(RECIPES) == {"replicate", "fsdp", "hsdp", "tp", "fsdp2+tp", "hsdp+tp"}
+    with pytest.raises(LayoutError, match=r"mesh shape \(4,\) has 1 dims \(2 for recipe 'fsdp2\+tp'"):
+        apply_recipe(sd, "fsdp2+tp", 4)
     with pytest.raises(PlanError, match="unknown recipe 'zero3'"):
         apply_recipe(sd, "zero3", 4)
     with pytest.raises(LayoutError, match="world size 2 is smaller"):
@@ -181,8 +181,8 @@ def _torch_recipe(recipe, mesh_shape, vocab):
         "fsdp": ("dp",),
         "hsdp": ("rep", "dp"),
         "tp": ("tp",),
-        "fsdp_tp": ("dp", "tp"),
-        "hsdp_tp": ("rep", "dp", "tp"),
+        "fsdp2+tp": ("dp", "tp"),
+        "hsdp+tp": ("rep", "dp", "tp"),
     }[recipe]
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=math.prod(mesh_shape))
     try:
@@ -213,9 +213,9 @@ def _torch_recipe(recipe, mesh_shape, vocab):
         ("fsdp", (4,), 40),
         ("hsdp", (2, 2), 40),
         ("tp", (2,), 40),
-        ("fsdp_tp", (2, 2), 40),
-        ("fsdp_tp", (3, 2), 13),
-        ("hsdp_tp", (2, 2, 2), 40),
+        ("fsdp2+tp", (2, 2), 40),
+        ("fsdp2+tp", (3, 2), 13),
+        ("hsdp+tp", (2, 2, 2), 40),
     ],
 )
 def test_recipes_match_real_dtensors(recipe, mesh_shape, vocab):
@@ -247,7 +247,7 @@ def test_recipes_match_real_dtensors(recipe, mesh_shape, vocab):
             coord = list(wb.mesh_coordinate(r, mesh_shape))
             shape, off = _compute_local_shape_and_global_offset(lay.shape, mesh_shape, coord, tpl)
             assert lay.chunks(r) == (wb.Chunk(off, shape),), (fqn, r)
-    if (recipe, vocab) == ("fsdp_tp", 13):
+    if (recipe, vocab) == ("fsdp2+tp", 13):
         # 13 rows on dp=3, tp=2 with [SS(0,2), S(0)] (dcp-semantics 3): FSDP2 really holds [6] on
         # rank 4 = (2, 0) (box [6:8]) and [11, 12] on rank 5 = (2, 1) (box [12:13])
         assert got["embed_tokens.weight"].misdescribed_ranks == (4, 5)

@@ -242,8 +242,8 @@ def test_open_checkpoint_reports_missing_and_short_files(four, tmp_path):
     assert all(c.file_missing for c in ck.chunks if c.file == "__2_0.distcp")
     assert {c.file for c in ck.truncated_chunks} == {"__3_0.distcp"}
     problems = ck.problems()
-    assert problems[0].startswith("__2_0.distcp: data file is missing")
-    assert any("of __3_0.distcp (10 bytes on disk)" in p for p in problems)
+    assert problems[0].message.startswith("__2_0.distcp: data file is missing")
+    assert any("of __3_0.distcp (10 bytes on disk)" in p.message for p in problems)
 
 
 def test_open_checkpoint_reports_chunks_without_storage(scenarios):

@@ -265,7 +265,7 @@ def padded_target():
     """llama-tiny with the vocabulary padded 40 -> 48 (nanoGPT style) on FSDP2 + TP (2, 2)."""
     from workbench.models import apply_recipe, model_state_dict
 
-    return apply_recipe(model_state_dict("llama", vocab=48), "fsdp_tp", (2, 2))
+    return apply_recipe(model_state_dict("llama", vocab=48), "fsdp2+tp", (2, 2))
 
 
 def test_checkpoint_explorer_lists_filters_and_shows_problems(llama_save, padded_target):
@@ -368,8 +368,8 @@ def test_checkpoint_explorer_on_a_real_checkpoint_with_a_hole(tmp_path):
 def test_plan_checkpoint_targets(llama_save):
     from workbench.models import apply_recipe, model_state_dict
 
-    by_name = plan_checkpoint(llama_save, ("llama", "fsdp_tp", (2, 2)))
-    layouts = apply_recipe(model_state_dict("llama"), "fsdp_tp", (2, 2))
+    by_name = plan_checkpoint(llama_save, ("llama", "fsdp2+tp", (2, 2)))
+    layouts = apply_recipe(model_state_dict("llama"), "fsdp2+tp", (2, 2))
     assert list(by_name.layouts) == list(layouts)
     assert all(by_name.layouts[k].rank_chunks == v.rank_chunks for k, v in layouts.items())
     assert by_name.problems == () and by_name.load.world_size == 4
@@ -431,11 +431,11 @@ def test_checkpoint_explorer_target_controls_replan():
 
     sd = model_state_dict("llama", "tiny")
     save = wb.plan_save(apply_recipe(sd, "fsdp", (4,)))
-    ex = CheckpointExplorer(save, ("llama", "fsdp_tp", (2, 2)))
-    assert (ex.preset.value, ex.recipe.value, ex.mesh.value) == ("llama", "fsdp_tp", "2, 2")
+    ex = CheckpointExplorer(save, ("llama", "fsdp2+tp", (2, 2)))
+    assert (ex.preset.value, ex.recipe.value, ex.mesh.value) == ("llama", "fsdp2+tp", "2, 2")
     ex.rank.value = 3
     ex.mesh.value = "4, 2"
-    expected = wb.plan_load(save.metadata, apply_recipe(sd, "fsdp_tp", (4, 2)))
+    expected = wb.plan_load(save.metadata, apply_recipe(sd, "fsdp2+tp", (4, 2)))
     assert ex.plan.load.world_size == 8 and list(ex.rank.options) == list(range(8))
     assert ex.result.rank == 3 and ex.message.value == ""
     fqn = ex.result.fqn
@@ -444,7 +444,7 @@ def test_checkpoint_explorer_target_controls_replan():
     ex.mesh.value = "4, x"  # bad text: the message, and the last plan stays
     assert "target mesh '4, x' is not a list of integers" in html.unescape(ex.message.value)
     assert ex.plan.load.world_size == 8
-    ex.mesh.value = "2"  # fsdp_tp needs a 2-d mesh
+    ex.mesh.value = "2"  # fsdp2+tp needs a 2-d mesh
     assert "mesh shape (2,) has 1 dims" in html.unescape(ex.message.value)
     ex.recipe.value = "fsdp"
     assert ex.message.value == "" and ex.plan.load.world_size == 2 and ex.rank.value == 1

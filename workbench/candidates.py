@@ -77,17 +77,17 @@ def compare_targets(
         needed, read = int(io.bytes_needed.sum()), int(io.bytes_read.sum())
         out.append(
             TargetCost(
-                str(name),
-                res.world_size,
-                int(io.reads.sum()),
-                needed,
-                read,
-                read / needed if needed else float("nan"),
-                int(io.bytes_read.max(initial=0)),
-                int(io.reads.max(initial=0)),
-                int(io.files_opened.max(initial=0)),
-                len(res.failures),
-                res,
+                name=str(name),
+                world_size=res.world_size,
+                reads=int(io.reads.sum()),
+                bytes_needed=needed,
+                bytes_read=read,
+                amplification=read / needed if needed else float("nan"),
+                max_rank_bytes_read=int(io.bytes_read.max(initial=0)),
+                max_rank_reads=int(io.reads.max(initial=0)),
+                max_rank_files=int(io.files_opened.max(initial=0)),
+                failures=len(res.failures),
+                result=res,
             )
         )
     return out

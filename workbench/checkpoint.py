@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .diagnosis import Problem
 from .formats import load_metadata, metadata_path
 from .formats.dcp_files import writer_of_file
 from .geometry import Chunk
@@ -85,22 +86,47 @@ class Checkpoint:
         """Writer rank of each of ``fqn``'s chunks, in chunk order."""
         return [c.writer_rank for c in self.chunks_of(fqn)]
 
-    def problems(self) -> list[str]:
-        """House-form messages for missing files, unlisted and truncated chunks."""
+    def problems(self) -> list[Problem]:
+        """`Problem`s (severity ``error``: torch's reader raises mid-load) for missing data files
+        (fqn: the file), chunks without a storage entry and byte ranges past their file's end."""
         out = [
-            f"{f}: data file is missing from {self.path} (an existing file named by .metadata). "
-            "Copy every __<rank>_<n>.distcp of the checkpoint."
+            Problem(
+                fqn=f,
+                kind="missing_file",
+                ranks=(),
+                region=None,
+                severity="error",
+                message=f"{f}: data file is missing from {self.path} (an existing file named by "
+                ".metadata). Copy every __<rank>_<n>.distcp of the checkpoint.",
+                fix="Copy the file from where the checkpoint was written.",
+            )
             for f in self.missing_files
         ]
         out += [
-            f"{c.fqn}: chunk #{c.position} {c.chunk} has no storage entry (every chunk listed "
-            "in storage_data). torch's reader raises KeyError on it."
+            Problem(
+                fqn=c.fqn,
+                kind="unlisted_chunk",
+                ranks=(),
+                region=c.chunk,
+                severity="error",
+                message=f"{c.fqn}: chunk #{c.position} {c.chunk} has no storage entry (every "
+                "chunk listed in storage_data). torch's reader raises KeyError on it.",
+                fix="Re-save the checkpoint; its .metadata is incomplete.",
+            )
             for c in self.unlisted_chunks
         ]
         out += [
-            f"{c.fqn}: chunk #{c.position} reads bytes {c.storage.offset}:"
-            f"{c.storage.offset + c.storage.length} of {c.file} ({c.file_size} bytes on disk) "
-            "(a range inside the file). Re-copy the file."
+            Problem(
+                fqn=c.fqn,
+                kind="truncated_file",
+                ranks=(),
+                region=c.chunk,
+                severity="error",
+                message=f"{c.fqn}: chunk #{c.position} reads bytes {c.storage.offset}:"
+                f"{c.storage.offset + c.storage.length} of {c.file} ({c.file_size} bytes on "
+                "disk) (a range inside the file). Re-copy the file.",
+                fix="Re-copy the file.",
+            )
             for c in self.truncated_chunks
         ]
         return out

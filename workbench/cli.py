@@ -67,7 +67,7 @@ A target is what the checkpoint will be loaded into, in one of two forms:
 OK, FOUND_PROBLEMS, BAD_INPUT = 0, 1, 2
 MAX_ROWS = 40  # problems printed as a table; --json gives all
 
-_SPEC = re.compile(
+_TARGET_SPEC = re.compile(
     r"^(?P<preset>[\w.\-]+?)(?P<optim>\+optim)?:(?P<recipe>[\w.+\-]+)"
     r"(?::(?P<dims>.*))?$"
 )
@@ -84,11 +84,6 @@ _ENTRY_KEYS = {
 }
 
 
-def _recipe_name(text: str) -> str:
-    """``fsdp2+tp`` -> ``fsdp_tp``: the spelling users write -> models.RECIPES' key."""
-    return text.lower().replace("fsdp2", "fsdp").replace("hsdp2", "hsdp").replace("+", "_")
-
-
 # ----------------------------------------------------------------------------- targets
 def parse_target(spec: str) -> dict:
     """``{fqn: Layout}`` for a target spec: ``PRESET[-SIZE][+optim]:RECIPE:DIM=N,...`` (a
@@ -97,7 +92,7 @@ def parse_target(spec: str) -> dict:
 
     if spec.endswith(".json") or Path(spec).is_file():
         return _json_target(Path(spec))
-    m = _SPEC.match(spec.strip())
+    m = _TARGET_SPEC.match(spec.strip())
     if m is None:
         raise PlanError(
             "<target>",
@@ -107,7 +102,7 @@ def parse_target(spec: str) -> dict:
             spec=spec,
         )
     preset, _, size = m["preset"].partition("-")
-    recipe = _recipe_name(m["recipe"])
+    recipe = m["recipe"].lower()
     if recipe not in models.MESH_DIMS:
         raise PlanError(
             "<target>",
@@ -151,7 +146,7 @@ def _list_presets() -> str:
         "recipes (mesh dims):",
     ]
     lines += [
-        f"  {r.replace('_', '+')}:{','.join(d + '=N' for d in dims)}  {models.RECIPES[r]}"
+        f"  {r}:{','.join(d + '=N' for d in dims)}  {models.RECIPES[r]}"
         for r, dims in models.MESH_DIMS.items()
     ]
     return "\n".join(lines)
@@ -325,7 +320,7 @@ def _cmd_inspect(args) -> int:
                     "evidence": list(written_by.evidence),
                 },
                 **info,
-                "damage": ckpt.problems(),
+                "damage": [p.message for p in ckpt.problems()],
                 "problems": [problem_dict(p) for p in problems],
             }
         )
@@ -367,7 +362,7 @@ def _cmd_inspect(args) -> int:
             ["kind", "fqn", "region", "message"],
             [[p.kind, p.fqn, "" if p.region is None else p.region, p.message] for p in problems],
         )
-    _print_damage(ckpt.problems())
+    _print_damage([p.message for p in ckpt.problems()])
     return OK
 
 
@@ -427,7 +422,7 @@ def _cmd_plan(args) -> int:
     problems = list(result.problems)
     blocking = [p for p in problems if p.blocking]
     # a missing or short data file makes torch's reader raise mid-load, for the keys it holds
-    damage = ckpt.problems()
+    damage = [p.message for p in ckpt.problems()]
     broken = sorted({c.fqn for c in ckpt.damaged_chunks if c.fqn in layouts})
     ok = not blocking and not broken
     io = io_summary(result)
@@ -557,14 +552,14 @@ def _cmd_explain(args) -> int:
 
 def explanation_dict(exp) -> dict:
     """An `Explanation` (its inner ones included) as plain JSON-able data."""
-    return {f.name: _plain(getattr(exp, f.name)) for f in dataclasses.fields(exp)}
+    return {f.name: _json_value(getattr(exp, f.name)) for f in dataclasses.fields(exp)}
 
 
-def _plain(v):
+def _json_value(v):
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return explanation_dict(v)
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [_json_value(x) for x in v]
     return v if isinstance(v, (str, int, float, bool, type(None), dict)) else str(v)
 
 
@@ -579,7 +574,7 @@ def _cmd_report(args) -> int:
         layouts,
         checkpoint=args.checkpoint,
         target=args.target,
-        damage=ckpt.problems(),
+        damage=[p.message for p in ckpt.problems()],
         torch_version=_one_version(args.torch),
     )
     print(f"wrote {out}")

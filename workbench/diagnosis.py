@@ -58,6 +58,10 @@ KINDS = (
     "dedup_loss",
     "per_rank_bytes",
     "partial",
+    # a checkpoint's files (checkpoint.Checkpoint.problems): torch's reader raises mid-load
+    "missing_file",
+    "unlisted_chunk",
+    "truncated_file",
 )
 SEVERITIES = ("error", "silent", "warning")
 # severities that make a load raise or load wrong values: a job guarded by a plan must stop
@@ -113,14 +117,6 @@ class Problem:
 
 
 # ----------------------------------------------------------------------------- formatting
-def _entry_ranks(layout) -> tuple[int, ...]:
-    """Ranks whose state dict carries the entry: every rank for a DTensor or a ShardedTensor (ranks
-    without a chunk still have the key), the holders otherwise."""
-    if layout.kind in ("dtensor", "sharded"):
-        return tuple(range(layout.world_size))
-    return tuple(layout.holders())
-
-
 # ----------------------------------------------------------------------------- saved chunks
 def _hole_problems(
     fqn, layout, saved: list[Chunk], cov: Coverage, severity: str, torch_text: str = ""
@@ -137,14 +133,14 @@ def _hole_problems(
     if layout is None:
         return [
             Problem(
-                fqn,
-                "uncovered",
-                (),
-                h,
-                severity,
-                f"{fqn}: no saved chunk covers {h} ({h.volume} elements; {total} uncovered in "
+                fqn=fqn,
+                kind="uncovered",
+                ranks=(),
+                region=h,
+                severity=severity,
+                message=f"{fqn}: no saved chunk covers {h} ({h.volume} elements; {total} uncovered in "
                 f"all) (saved chunks {list_text(saved, 6)} must tile the tensor).{said}",
-                fix,
+                fix=fix,
             )
             for h in cov.holes
         ]
@@ -163,16 +159,16 @@ def _hole_problems(
     for region, ranks in by_region.items():
         out.append(
             Problem(
-                fqn,
-                "uncovered",
-                tuple(sorted(ranks)),
-                region,
-                severity,
-                f"{fqn}: no saved chunk covers {region}, requested by {ranks_text(ranks)} "
+                fqn=fqn,
+                kind="uncovered",
+                ranks=tuple(sorted(ranks)),
+                region=region,
+                severity=severity,
+                message=f"{fqn}: no saved chunk covers {region}, requested by {ranks_text(ranks)} "
                 f"({region.volume} elements; the checkpoint covers {numel - total} of {numel}) "
                 "(uncovered elements keep their previous values, uninitialised memory for meta-device "
                 "targets, and torch says nothing).",
-                fix,
+                fix=fix,
             )
         )
     return out
@@ -196,16 +192,16 @@ def _overlap_problems(fqn, layout, saved, cov: Coverage, severity: str | None) -
         )
         out.append(
             Problem(
-                fqn,
-                "overlap",
-                tuple(readers),
-                region,
-                sev,
-                f"{fqn}: saved chunks "
+                fqn=fqn,
+                kind="overlap",
+                ranks=tuple(readers),
+                region=region,
+                severity=sev,
+                message=f"{fqn}: saved chunks "
                 + ", ".join(f"#{i} {saved[i]}" for i in ix[:4])
                 + (f" and {len(ix) - 4} more" if len(ix) > 4 else "")
                 + f" overlap on {region} ({region.volume} elements) (every element saved once); {who}.",
-                "Rewrite the checkpoint so every element is saved by exactly one chunk (torch's save "
+                fix="Rewrite the checkpoint so every element is saved by exactly one chunk (torch's save "
                 "validation rejects overlaps; they come from custom planners, edited metadata or "
                 "per-rank shards of different sizes at one offset).",
             )
@@ -268,15 +264,15 @@ def _misdescribed_problems(
             what = "the checkpoint would record boxes that are not the saved data"
         out.append(
             Problem(
-                fqn,
-                "strided_misdescribed",
-                (r,),
-                box,
-                sev,
-                f"{fqn}: rank {r} (coordinate {layout.coordinate(r)}, placements "
+                fqn=fqn,
+                kind="strided_misdescribed",
+                ranks=(r,),
+                region=box,
+                severity=sev,
+                message=f"{fqn}: rank {r} (coordinate {layout.coordinate(r)}, placements "
                 f"[{format_placements(layout.placements)}]) {'; '.join(parts)} (a DCP box must "
                 f"describe the data); {what}.{said}",
-                "Use sizes that the _StridedShard mesh dims divide evenly, or "
+                fix="Use sizes that the _StridedShard mesh dims divide evenly, or "
                 + (
                     "load into a layout without _StridedShard (e.g. FSDP only) and redistribute."
                     if side == "load"
@@ -343,15 +339,15 @@ def _per_rank_problems(families, md_items, layouts, failures, strict: bool):
             handled.add(fqn)
             out.append(
                 Problem(
-                    fqn,
-                    "per_rank_bytes",
-                    (),
-                    None,
-                    "silent",
-                    f"{fqn}: the checkpoint holds per-rank entries {family} from {saved_n} ranks but the "
+                    fqn=fqn,
+                    kind="per_rank_bytes",
+                    ranks=(),
+                    region=None,
+                    severity="silent",
+                    message=f"{fqn}: the checkpoint holds per-rank entries {family} from {saved_n} ranks but the "
                     f"target requests only {want_n} of them (one per rank of the new world); rank {r}'s "
                     "state is loaded by nobody and torch says nothing.",
-                    "Re-split the per-rank state for the new world size before loading (or load the old "
+                    fix="Re-split the per-rank state for the new world size before loading (or load the old "
                     "keys explicitly and merge them); save such state under rank-independent keys.",
                 )
             )
@@ -363,15 +359,15 @@ def _per_rank_problems(families, md_items, layouts, failures, strict: bool):
             text = failures.get(fqn, (None, None))[1] or missing_key_message(fqn)
             out.append(
                 Problem(
-                    fqn,
-                    "per_rank_bytes",
-                    _entry_ranks(layouts[fqn]),
-                    None,
-                    "error" if strict else "warning",
-                    f"{fqn}: the target asks for per-rank entry {fqn} but the checkpoint was saved by "
+                    fqn=fqn,
+                    kind="per_rank_bytes",
+                    ranks=layouts[fqn].key_ranks(),
+                    region=None,
+                    severity="error" if strict else "warning",
+                    message=f"{fqn}: the target asks for per-rank entry {fqn} but the checkpoint was saved by "
                     f"{saved_n} ranks and has only {family} (rank {r} did not exist at save time)"
                     + (f"; torch raises: {text}" if strict else "; allow_partial_load skips it."),
-                    "Give the new ranks state derived from the saved ranks (re-split it), or load the "
+                    fix="Give the new ranks state derived from the saved ranks (re-split it), or load the "
                     "per-rank entries with allow_partial_load=True and initialise the new ranks' state.",
                 )
             )
@@ -406,7 +402,7 @@ def find_problems(load_result, *, torch_version: str | None = None) -> list[Prob
     items = md.state_dict_metadata
     failures = _failures(load_result)
     # an entry no rank's state dict holds is not requested at all (torch never sees it)
-    layouts = {f: lay for f, lay in layouts.items() if _entry_ranks(lay)}
+    layouts = {f: lay for f, lay in layouts.items() if lay.key_ranks()}
     families = _rank_families(
         [k for k, v in items.items() if isinstance(v, BytesStorageMetadata)], list(layouts)
     )
@@ -418,13 +414,13 @@ def find_problems(load_result, *, torch_version: str | None = None) -> list[Prob
             continue
         saved = items.get(fqn)
         # where torch raises, the ranks it raises on; otherwise every rank holding the key
-        ranks, text = failures.get(fqn, (_entry_ranks(layout), None))
+        ranks, text = failures.get(fqn, (layout.key_ranks(), None))
         # torch's order of checks: missing key, size (tensor metadata only), then the chunk list
         # (a non-tensor value or a Partial DTensor raise there).
         if saved is None:
             out.append(_missing(fqn, ranks, text, items, load_result))
             continue
-        if layout.per_rank_values and len(_entry_ranks(layout)) > 1:
+        if layout.per_rank_values and len(layout.key_ranks()) > 1:
             out.append(_one_copy_for_all(fqn, layout, md))
         elif isinstance(saved, TensorStorageMetadata):
             out.extend(
@@ -435,29 +431,29 @@ def find_problems(load_result, *, torch_version: str | None = None) -> list[Prob
         elif not layout.is_bytes:
             out.append(
                 Problem(
-                    fqn,
-                    "shape_mismatch",
-                    ranks,
-                    None,
-                    "silent",
-                    f"{fqn}: the checkpoint saved a non-tensor (BytesStorageMetadata) but the target holds "
+                    fqn=fqn,
+                    kind="shape_mismatch",
+                    ranks=ranks,
+                    region=None,
+                    severity="silent",
+                    message=f"{fqn}: the checkpoint saved a non-tensor (BytesStorageMetadata) but the target holds "
                     f"a {layout.kind} of shape {layout.shape} (a tensor in place); torch replaces the state "
                     "dict entry with the unpickled object and never writes the tensor.",
-                    "Check that the key names the same thing on both sides.",
+                    fix="Check that the key names the same thing on both sides.",
                 )
             )
     for fqn in items:
         if fqn not in layouts and fqn not in handled:
             out.append(
                 Problem(
-                    fqn,
-                    "unexpected_key",
-                    (),
-                    None,
-                    "warning",
-                    f"{fqn}: the checkpoint holds {_describe_saved(items[fqn])} that no rank requests "
+                    fqn=fqn,
+                    kind="unexpected_key",
+                    ranks=(),
+                    region=None,
+                    severity="warning",
+                    message=f"{fqn}: the checkpoint holds {_describe_saved(items[fqn])} that no rank requests "
                     "(loads ignore unrequested keys); it is not loaded.",
-                    "Add it to the state dict passed to dcp.load if it is needed (or rename a key that "
+                    fix="Add it to the state dict passed to dcp.load if it is needed (or rename a key that "
                     "changed).",
                 )
             )
@@ -469,22 +465,22 @@ def find_problems(load_result, *, torch_version: str | None = None) -> list[Prob
 def _one_copy_for_all(fqn, layout, md) -> Problem:
     """A target whose plain tensor / bytes value differs per rank: the checkpoint holds one copy
     (save-time dedup kept one rank's), and every rank loads that same copy."""
-    holders = _entry_ranks(layout)
+    holders = layout.key_ranks()
     storage = md.storage_data if isinstance(md.storage_data, Mapping) else {}
     info = storage.get(
         MetadataIndex(fqn) if layout.is_bytes else MetadataIndex(fqn, (0,) * len(layout.shape))
     )
     src = f" ({info.relative_path})" if info is not None else ""
     return Problem(
-        fqn,
-        "dedup_loss",
-        holders,
-        None,
-        "silent",
-        f"{fqn}: the target holds a different value on each of {ranks_text(holders)} but the "
+        fqn=fqn,
+        kind="dedup_loss",
+        ranks=holders,
+        region=None,
+        severity="silent",
+        message=f"{fqn}: the target holds a different value on each of {ranks_text(holders)} but the "
         f"checkpoint has one copy{src} (dcp.save keeps one rank's copy of a plain tensor or bytes "
         "entry); every rank loads that copy, so per-rank values are not restored.",
-        "Save per-rank state under per-rank keys (e.g. suffix the rank) or as a DTensor / "
+        fix="Save per-rank state under per-rank keys (e.g. suffix the rank) or as a DTensor / "
         "ShardedTensor.",
     )
 
@@ -512,29 +508,29 @@ def _missing(fqn, ranks, text, items, result) -> Problem:
     if not getattr(result, "allow_partial_load", False):
         text = text or missing_key_message(fqn)
         return Problem(
-            fqn,
-            "missing_key",
-            ranks,
-            None,
-            "error",
-            f"{fqn}: the checkpoint lacks this key, requested by {ranks_text(ranks)} "
+            fqn=fqn,
+            kind="missing_key",
+            ranks=ranks,
+            region=None,
+            severity="error",
+            message=f"{fqn}: the checkpoint lacks this key, requested by {ranks_text(ranks)} "
             f"(every requested key must be saved); torch raises: {text}",
-            "Rename the key to the saved name (prefixes such as 'model.' or '_orig_mod.' "
+            fix="Rename the key to the saved name (prefixes such as 'model.' or '_orig_mod.' "
             "differ often), drop it from the state dict, or load with "
             f"allow_partial_load=True.{hint}",
         )
     # allow_partial_load: no error, no warning from torch; the entry keeps whatever it held
     # (torch.empty garbage for a meta-device target, None for values _init_state_dict dropped)
     return Problem(
-        fqn,
-        "missing_key",
-        ranks,
-        None,
-        "silent",
-        f"{fqn}: the checkpoint lacks this key, requested by {ranks_text(ranks)} "
+        fqn=fqn,
+        kind="missing_key",
+        ranks=ranks,
+        region=None,
+        severity="silent",
+        message=f"{fqn}: the checkpoint lacks this key, requested by {ranks_text(ranks)} "
         "(allow_partial_load skips it without a word); it keeps its current value, "
         "uninitialised memory for a meta-device target.",
-        f"Initialise it yourself or rename it to the saved key.{hint}",
+        fix=f"Initialise it yourself or rename it to the saved key.{hint}",
     )
 
 
@@ -545,15 +541,15 @@ def _tensor_problems(
     if layout.is_bytes:
         return [
             Problem(
-                fqn,
-                "shape_mismatch",
-                ranks,
-                None,
-                "error",
-                f"{fqn}: the checkpoint saved a tensor of {torch_size_text(saved.size)} but the target holds "
+                fqn=fqn,
+                kind="shape_mismatch",
+                ranks=ranks,
+                region=None,
+                severity="error",
+                message=f"{fqn}: the checkpoint saved a tensor of {torch_size_text(saved.size)} but the target holds "
                 f"a non-tensor value (not a Tensor, DTensor or ShardedTensor); torch raises: "
                 + (text or invalid_metadata_message(fqn)),
-                "Pass a tensor of the saved size (a value that _init_state_dict turned into None is a "
+                fix="Pass a tensor of the saved size (a value that _init_state_dict turned into None is a "
                 "common cause), or drop the key.",
             )
         ]
@@ -568,45 +564,46 @@ def _tensor_problems(
         )
         return [
             Problem(
-                fqn,
-                "shape_mismatch",
-                ranks,
-                None,
-                "error" if raises else "silent",
-                f"{fqn}: saved size {list(saved.size)} differs from the target's {list(layout.shape)} "
-                "(global sizes must match; DCP reshards chunks, not shapes); " + consequence,
-                "Build the target with the checkpoint's config (vocab padding, hidden sizes), pass the "
+                fqn=fqn,
+                kind="shape_mismatch",
+                ranks=ranks,
+                region=None,
+                severity="error" if raises else "silent",
+                message=f"{fqn}: saved size {list(saved.size)} differs from the target's "
+                f"{list(layout.shape)} (global sizes must match; DCP reshards chunks, not shapes); "
+                + consequence,
+                fix="Build the target with the checkpoint's config (vocab padding, hidden sizes), pass the "
                 "global DTensor rather than a local shard, or convert the checkpoint.",
             )
         ]
     if layout.has_partial:
         return [
             Problem(
-                fqn,
-                "partial",
-                ranks,
-                None,
-                "error",
-                f"{fqn}: the target DTensor has a Partial placement [{format_placements(layout.placements)}]"
+                fqn=fqn,
+                kind="partial",
+                ranks=ranks,
+                region=None,
+                severity="error",
+                message=f"{fqn}: the target DTensor has a Partial placement [{format_placements(layout.placements)}]"
                 f" (DCP loads only Shard / Replicate); torch raises the unrelated message: "
                 + (text or invalid_metadata_message(fqn))
                 + " (_create_read_items swallows the Partial error and re-raises this).",
-                "Redistribute the target to Replicate() / Shard() placements before dcp.load.",
+                fix="Redistribute the target to Replicate() / Shard() placements before dcp.load.",
             )
         ]
     out = []
     if saved.properties.dtype != layout.dtype:
         out.append(
             Problem(
-                fqn,
-                "dtype_mismatch",
-                tuple(r for r in ranks if layout.chunks(r)),
-                None,
-                "silent",
-                f"{fqn}: saved dtype {saved.properties.dtype} differs from the target's {layout.dtype} "
+                fqn=fqn,
+                kind="dtype_mismatch",
+                ranks=tuple(r for r in ranks if layout.chunks(r)),
+                region=None,
+                severity="silent",
+                message=f"{fqn}: saved dtype {saved.properties.dtype} differs from the target's {layout.dtype} "
                 f"(torch copy_()s without a check, so values are cast {saved.properties.dtype} -> "
                 f"{layout.dtype} silently).",
-                "Load into the saved dtype and convert explicitly if the cast is intended.",
+                fix="Load into the saved dtype and convert explicitly if the cast is intended.",
             )
         )
     cov = coverage(tuple(saved.size), saved.chunks)
@@ -690,14 +687,14 @@ def find_save_problems(save_result) -> list[Problem]:
         if layout.has_partial:
             out.append(
                 Problem(
-                    fqn,
-                    "partial",
-                    failed.get(fqn, ranks),
-                    None,
-                    "error",
-                    f"{fqn}: placements [{format_placements(layout.placements)}] include Partial (a "
+                    fqn=fqn,
+                    kind="partial",
+                    ranks=failed.get(fqn, ranks),
+                    region=None,
+                    severity="error",
+                    message=f"{fqn}: placements [{format_placements(layout.placements)}] include Partial (a "
                     f"pending reduction DCP cannot save); torch raises ValueError: {PARTIAL_MESSAGE}",
-                    "Redistribute to Replicate() or Shard() (e.g. dtensor.redistribute(mesh, "
+                    fix="Redistribute to Replicate() or Shard() (e.g. dtensor.redistribute(mesh, "
                     "[Replicate()])) before saving.",
                 )
             )
@@ -721,16 +718,16 @@ def find_save_problems(save_result) -> list[Problem]:
             lost = tuple(r for r in ranks if r != kept)
             out.append(
                 Problem(
-                    fqn,
-                    "dedup_loss",
-                    lost,
-                    None,
-                    "silent",
-                    f"{fqn}: {ranks_text(ranks)} each hold their own value of this "
+                    fqn=fqn,
+                    kind="dedup_loss",
+                    ranks=lost,
+                    region=None,
+                    severity="silent",
+                    message=f"{fqn}: {ranks_text(ranks)} each hold their own value of this "
                     f"{'non-tensor entry' if layout.is_bytes else 'plain tensor'} but DCP dedups by "
                     f"(fqn, offset) and writes only rank {kept}'s copy (dedup_save_plans); "
                     f"the values of {ranks_text(lost)} are lost and every rank loads rank {kept}'s.",
-                    "Give each rank's value its own key (e.g. f'{fqn}.rank{r}') or make it a DTensor "
+                    fix="Give each rank's value its own key (e.g. f'{fqn}.rank{r}') or make it a DTensor "
                     "sharded over the ranks.",
                 )
             )
@@ -767,15 +764,15 @@ def _saved_chunk_problems(
         outside = [i for i, c in enumerate(saved.chunks) if not c.within(saved.size)]
         out.append(
             Problem(
-                fqn,
-                "shape_mismatch",
-                tuple(sorted({writers[i] for i in outside if i < len(writers)})),
-                None,
-                "error",
-                f"{fqn}: saved chunks {list_text([str(saved.chunks[i]) for i in outside], 4)} reach past "
+                fqn=fqn,
+                kind="shape_mismatch",
+                ranks=tuple(sorted({writers[i] for i in outside if i < len(writers)})),
+                region=None,
+                severity="error",
+                message=f"{fqn}: saved chunks {list_text([str(saved.chunks[i]) for i in outside], 4)} reach past "
                 f"the tensor's size {list(saved.size)} (every chunk inside the tensor); torch raises: "
                 + quote(by_kind["out of bounds chunk"]),
-                "Check the local shapes against the global one (a ShardedTensor's shard metadata, a "
+                fix="Check the local shapes against the global one (a ShardedTensor's shard metadata, a "
                 "DTensor built with from_local and a wrong shape).",
             )
         )
@@ -789,29 +786,29 @@ def _saved_chunk_problems(
     if fill and not holes:
         holes = [
             Problem(
-                fqn,
-                "uncovered",
-                (),
-                None,
-                "error",
-                f"{fqn}: the saved chunks' volumes do not add up to the tensor's "
+                fqn=fqn,
+                kind="uncovered",
+                ranks=(),
+                region=None,
+                severity="error",
+                message=f"{fqn}: the saved chunks' volumes do not add up to the tensor's "
                 f"{math.prod(saved.size)} elements although they leave no hole (chunks past "
                 f"the end or overlapping count twice); torch raises: {quote(fill)}",
-                "Make every element belong to exactly one chunk inside the tensor.",
+                fix="Make every element belong to exactly one chunk inside the tensor.",
             )
         ]
     if over and not overlaps:
         overlaps = [
             Problem(
-                fqn,
-                "overlap",
-                (),
-                None,
-                "error",
-                f"{fqn}: torch's overlap predicate counts a zero-size chunk strictly "
+                fqn=fqn,
+                kind="overlap",
+                ranks=(),
+                region=None,
+                severity="error",
+                message=f"{fqn}: torch's overlap predicate counts a zero-size chunk strictly "
                 "inside another as overlapping (no data overlaps); torch raises: "
                 f"{quote(over)}",
-                "Drop the zero-size chunk or move it to the end of the dim (DTensor "
+                fix="Drop the zero-size chunk or move it to the end of the dim (DTensor "
                 "puts empty shards at offset = dim size).",
             )
         ]

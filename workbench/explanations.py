@@ -58,7 +58,7 @@ _MDI = (
     r"MetadataIndex\(fqn='(?P<fqn>[^']*)', offset=(?:torch\.Size\(\[(?P<offset>[^\]]*)\]\)|"
     r"None), index=(?P<index>\w+)\)"
 )
-_PATTERNS = [
+_MESSAGE_PATTERNS = [
     (
         "checkpoint_exception",
         re.compile(r"CheckpointException ranks:dict_keys\(\[(?P<ranks>[^\]]*)\]\)"),
@@ -166,7 +166,7 @@ def explain(
     tv = resolve_torch_version(torch_version)
     text = str(text)
     metadata, target = _explain_inputs(metadata, target)
-    for name, rx in _PATTERNS:
+    for name, rx in _MESSAGE_PATTERNS:
         m = rx.search(text)
         if m:
             e = _EXPLAINERS[name](m, text, metadata, target or {})
@@ -181,9 +181,9 @@ def explain(
                 )
             return replace(e, torch_version=tv)
     return Explanation(
-        "unknown",
-        "This is not one of the DCP error messages the workbench knows.",
-        ("Paste the last line of the traceback (the exception message).",),
+        pattern="unknown",
+        cause="This is not one of the DCP error messages the workbench knows.",
+        what_to_check=("Paste the last line of the traceback (the exception message).",),
         text=text,
         torch_version=tv,
     )
@@ -208,16 +208,18 @@ def _x_checkpoint_exception(m, text, md, target):
         for k, e in seen.items()
     )
     return Explanation(
-        "checkpoint_exception",
-        f"dcp.save / dcp.load failed on {ranks_text(ranks)} ({parts or 'no traceback given'}). "
+        pattern="checkpoint_exception",
+        cause=f"dcp.save / dcp.load failed on {ranks_text(ranks)} ({parts or 'no traceback given'}). "
         "CheckpointException derives from BaseException, so 'except Exception' does not catch it; "
         "errors of the global step are reported by rank 0 and re-raised on every rank.",
-        ("Read the inner error of the lowest failing rank first; the others usually repeat it.",),
-        inner[0].fqn if len(inner) == 1 else None,
-        {"ranks": ranks},
-        ranks,
-        inner,
-        text,
+        what_to_check=(
+            "Read the inner error of the lowest failing rank first; the others usually repeat it.",
+        ),
+        fqn=inner[0].fqn if len(inner) == 1 else None,
+        numbers={"ranks": ranks},
+        ranks=ranks,
+        inner=inner,
+        text=text,
     )
 
 
@@ -265,13 +267,13 @@ def _x_validate(m, text, md, target):
             "workbench.plan_save(..., torch_version=...) to list them."
         )
     return Explanation(
-        "validate_global_plan",
-        f"The coordinator's _validate_global_plan rejected the save plan ({len(found)} error(s) on "
+        pattern="validate_global_plan",
+        cause=f"The coordinator's _validate_global_plan rejected the save plan ({len(found)} error(s) on "
         f"{list_text(fqns, 4)}): every tensor's saved chunks must lie inside it, not overlap, and "
         "(with more than one rank) fill it exactly. Nothing was written.",
-        tuple(checks),
-        fqns[0] if len(fqns) == 1 else None,
-        {"errors": found, "truncated": truncated},
+        what_to_check=tuple(checks),
+        fqn=fqns[0] if len(fqns) == 1 else None,
+        numbers={"errors": found, "truncated": truncated},
         text=text,
     )
 
@@ -307,12 +309,12 @@ def _x_missing(m, text, md, target):
         "their current values)."
     )
     return Explanation(
-        "missing_key",
-        "A key of the state dict passed to dcp.load is not in the "
+        pattern="missing_key",
+        cause="A key of the state dict passed to dcp.load is not in the "
         "checkpoint (strict loading requires every requested key).",
-        tuple(checks),
-        fqn,
-        numbers,
+        what_to_check=tuple(checks),
+        fqn=fqn,
+        numbers=numbers,
         text=text,
     )
 
@@ -386,13 +388,13 @@ def _x_size(m, text, md, target):
                 "from another checkpoint."
             )
     return Explanation(
-        "size_mismatch",
-        f"The checkpoint's global size {list(saved)} differs from the "
+        pattern="size_mismatch",
+        cause=f"The checkpoint's global size {list(saved)} differs from the "
         f"size {list(current)} of the value passed to dcp.load (DCP reshards chunks of "
         "one global shape; it cannot change the shape).",
-        tuple(checks),
-        fqn,
-        numbers,
+        what_to_check=tuple(checks),
+        fqn=fqn,
+        numbers=numbers,
         text=text,
     )
 
@@ -416,14 +418,14 @@ def _x_read_size(m, text, md, target):
             f"whose ranks {list_text(lay.misdescribed_ranks)} are misdescribed.",
         )
     return Explanation(
-        "read_size_mismatch",
-        f"While reading saved chunk at offset {list(offset or ())}, the narrowed "
+        pattern="read_size_mismatch",
+        cause=f"While reading saved chunk at offset {list(offset or ())}, the narrowed "
         "destination "
         f"has size {list(dst)} but the saved slice has size {list(src)} (the reader "
         "asserts they match before copy_).",
-        tuple(checks),
-        fqn,
-        {"dst": dst, "src": src, "offset": offset},
+        what_to_check=tuple(checks),
+        fqn=fqn,
+        numbers={"dst": dst, "src": src, "offset": offset},
         text=text,
     )
 
@@ -431,12 +433,12 @@ def _x_read_size(m, text, md, target):
 def _x_partial(m, text, md, target):
     fqns = [f for f, lay in target.items() if lay.has_partial]
     return Explanation(
-        "partial",
-        "A DTensor with a Partial placement (a pending sum / reduction) "
+        pattern="partial",
+        cause="A DTensor with a Partial placement (a pending sum / reduction) "
         "was saved; DCP saves only Shard / Replicate placements.",
-        ("Redistribute it to Replicate() or Shard() before dcp.save.",)
+        what_to_check=("Redistribute it to Replicate() or Shard() before dcp.save.",)
         + ((f"Partial entries in the target: {list_text(fqns, 5)}.",) if fqns else ()),
-        fqns[0] if len(fqns) == 1 else None,
+        fqn=fqns[0] if len(fqns) == 1 else None,
         text=text,
     )
 
@@ -461,27 +463,27 @@ def _x_invalid(m, text, md, target):
             "error; redistribute it to Replicate / Shard.",
         ]
     return Explanation(
-        "invalid_metadata",
-        "The checkpoint has a tensor under this key, but the value "
+        pattern="invalid_metadata",
+        cause="The checkpoint has a tensor under this key, but the value "
         "to load into cannot take tensor chunks.",
-        tuple(checks),
-        fqn,
-        {"found": m["found"].strip()},
+        what_to_check=tuple(checks),
+        fqn=fqn,
+        numbers={"found": m["found"].strip()},
         text=text,
     )
 
 
 def _x_unsupported(m, text, md, target):
     return Explanation(
-        "unsupported_type",
-        f"_create_chunk_list got a {m['type'].strip()} where it needs "
+        pattern="unsupported_type",
+        cause=f"_create_chunk_list got a {m['type'].strip()} where it needs "
         "a Tensor, DTensor or ShardedTensor.",
-        (
+        what_to_check=(
             "Pass tensors for tensor keys of the checkpoint; wrap other state in a "
             "Stateful object or save it under another key.",
         ),
-        None,
-        {"type": m["type"].strip()},
+        fqn=None,
+        numbers={"type": m["type"].strip()},
         text=text,
     )
 
@@ -500,13 +502,13 @@ def _x_storage(m, text, md, target):
             f"{list_text([list(k.offset) if k.offset is not None else None for k in have], 6)}."
         )
     return Explanation(
-        "missing_storage",
-        f"The reader looked up the saved chunk of {fqn} at offset "
+        pattern="missing_storage",
+        cause=f"The reader looked up the saved chunk of {fqn} at offset "
         f"{list(offset) if offset is not None else None} in storage_data and found "
         "nothing (KeyError).",
-        tuple(checks),
-        fqn,
-        {"offset": offset},
+        what_to_check=tuple(checks),
+        fqn=fqn,
+        numbers={"offset": offset},
         text=text,
     )
 

@@ -204,21 +204,21 @@ def load_io(res) -> LoadIO:
         known = file_writers >= 0
         np.add.at(bytes_written, file_writers[known], per_file[order][known])
     return LoadIO(
-        np.bincount(pr, minlength=ws),
-        n_reads,
-        needed,
-        read,
-        amp,
-        files_t,
-        file_writers,
-        readers,
-        _sum_by(pf, pc, nf),
-        _sum_by(pf, pb, nf),
-        pr,
-        pf,
-        pc,
-        pb,
-        bytes_written,
+        files_opened=np.bincount(pr, minlength=ws),
+        reads=n_reads,
+        bytes_needed=needed,
+        bytes_read=read,
+        amplification=amp,
+        files=files_t,
+        file_writers=file_writers,
+        readers=readers,
+        file_reads=_sum_by(pf, pc, nf),
+        file_bytes_read=_sum_by(pf, pb, nf),
+        pair_rank=pr,
+        pair_file=pf,
+        pair_reads=pc,
+        pair_bytes=pb,
+        bytes_written=bytes_written,
     )
 
 

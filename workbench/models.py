@@ -25,7 +25,6 @@ from .sharding import (
     Layout,
     Replicate,
     Shard,
-    StridedShard,
     bytes_layout,
     dtensor_layout,
     fsdp2_tp_layout,
@@ -300,10 +299,10 @@ RECIPES: dict[str, str] = {
     "hsdp": "FSDP2 with a replicate dim: [Replicate(), Shard(0)] on mesh (replicas, dp)",
     "tp": "parallelize_module colwise / rowwise by module pattern: [Shard(d)] on mesh (tp,); "
     "parameters outside the plan stay plain tensors",
-    "fsdp_tp": "FSDP2 + TP on mesh (dp, tp): [_StridedShard(0, tp), Shard(0)] for TP dim-0 params "
+    "fsdp2+tp": "FSDP2 + TP on mesh (dp, tp): [_StridedShard(0, tp), Shard(0)] for TP dim-0 params "
     "(FSDP2's real rows: torch.chunk of the TP-local rows over dp), "
     "[Shard(0), Shard(d)] otherwise, [Shard(0), Replicate()] for TP-replicated ones",
-    "hsdp_tp": "as fsdp_tp with a leading Replicate() on mesh (replicas, dp, tp)",
+    "hsdp+tp": "as fsdp2+tp with a leading Replicate() on mesh (replicas, dp, tp)",
 }
 # Each recipe's mesh dims by name, in mesh order (the names the CLI's target specs use).
 MESH_DIMS: dict[str, tuple[str, ...]] = {
@@ -311,8 +310,8 @@ MESH_DIMS: dict[str, tuple[str, ...]] = {
     "fsdp": ("dp",),
     "hsdp": ("replicate", "dp"),
     "tp": ("tp",),
-    "fsdp_tp": ("dp", "tp"),
-    "hsdp_tp": ("replicate", "dp", "tp"),
+    "fsdp2+tp": ("dp", "tp"),
+    "hsdp+tp": ("replicate", "dp", "tp"),
 }
 
 
@@ -325,12 +324,11 @@ def _placements(recipe, mesh, tp_dim):
     tp = Replicate() if tp_dim is None else Shard(tp_dim)
     if recipe == "tp":
         return (tp,)
-    # _fsdp_param._init_sharding_spec_dtensor: split_factor = TP shards on FSDP's dim 0. A
-    # TP-replicated parameter is really a DTensor on the DP sub-mesh only ([Shard(0)]); on the full
-    # mesh [Shard(0), Replicate()] gives every rank the same chunk, so DCP plans are identical.
-    tp_size = mesh[-1]
-    dp = StridedShard(0, tp_size) if tp_dim == 0 and tp_size > 1 else Shard(0)
-    return (dp, tp) if recipe == "fsdp_tp" else (Replicate(), dp, tp)
+    # FSDP2 + TP: parameters TP shards on dim 0 never get here (apply_recipe gives them
+    # fsdp2_tp_layout's real rows); FSDP2 shards the others' dim 0 plainly. A TP-replicated
+    # parameter is really a DTensor on the DP sub-mesh only ([Shard(0)]); on the full mesh
+    # [Shard(0), Replicate()] gives every rank the same chunk, so DCP plans are identical.
+    return (Shard(0), tp) if recipe == "fsdp2+tp" else (Replicate(), Shard(0), tp)
 
 
 def apply_recipe(
@@ -381,7 +379,7 @@ def apply_recipe(
         plan = TP_PLANS.get(name, {})
     else:
         plan = tp_plan
-    # DP coordinate of every rank: the flattened mesh dims other than tp (dp for fsdp / fsdp_tp,
+    # DP coordinate of every rank: the flattened mesh dims other than tp (dp for fsdp / fsdp2+tp,
     # (replicate, dp) for hsdp*, the whole world for replicate, none: rank 0 for tp).
     dp_dims = sum(d != "tp" for d in MESH_DIMS[recipe])
     out: dict[str, Layout] = {}
@@ -400,7 +398,7 @@ def apply_recipe(
         param = _param_name(fqn)
         tp_dim = (
             _tp_shard_dim(param, len(shape), plan)
-            if recipe in ("tp", "fsdp_tp", "hsdp_tp")
+            if recipe in ("tp", "fsdp2+tp", "hsdp+tp")
             else None
         )
         if recipe == "tp" and tp_dim is None:

@@ -37,7 +37,7 @@ from .records import (
     storage_data_of,
     tensor_entries,
 )
-from .sharding import Layout, chunk_holders, mesh_coordinate
+from .sharding import Layout, check_load_rank, chunk_holders, mesh_coordinate
 from .sources import as_record
 
 __all__ = [
@@ -107,6 +107,12 @@ class Picture:
 
     def of_kind(self, kind: str) -> list[Tile]:
         return [t for t in self.tiles if t.kind == kind]
+
+
+def box_fields(rect: tuple[int, int, int, int]) -> dict[str, int]:
+    """A view rectangle ``(x, y, w, h)`` as `Tile` fields."""
+    x, y, w, h = rect
+    return {"x": x, "y": y, "w": w, "h": h}
 
 
 def _listing(what: str, items: Sequence[str]) -> str:
@@ -339,19 +345,19 @@ def _layout_picture(b: _Boxes, view: _View, max_labels: int, writers: bool) -> P
         text = (f"{lab}\n{c}" if long else lab) if label else None
         tiles.append(
             Tile(
-                x,
-                y,
-                w,
-                h,
-                "chunk",
-                color,
-                "#ffffff",
-                1.0,
-                "//" if mis else None,
-                "solid",
-                width,
-                text,
-                tuple(ranks),
+                x=x,
+                y=y,
+                w=w,
+                h=h,
+                kind="chunk",
+                face=color,
+                edge="#ffffff",
+                alpha=1.0,
+                hatch="//" if mis else None,
+                linestyle="solid",
+                linewidth=width,
+                label=text,
+                ranks=tuple(ranks),
             )
         )
     slab = view.slab_name()
@@ -359,14 +365,14 @@ def _layout_picture(b: _Boxes, view: _View, max_labels: int, writers: bool) -> P
     if writers and any(not r for r in b.ranks):
         legend += (("writer unknown", UNKNOWN_COLOR, UNKNOWN_COLOR, None),)
     return Picture(
-        tuple(tiles),
-        view.width,
-        view.height,
-        b.title + (f" ({slab})" if slab else ""),
-        view.xlabel,
-        view.ylabel,
-        b.notes,
-        legend,
+        tiles=tuple(tiles),
+        width=view.width,
+        height=view.height,
+        title=b.title + (f" ({slab})" if slab else ""),
+        xlabel=view.xlabel,
+        ylabel=view.ylabel,
+        notes=b.notes,
+        legend=legend,
     )
 
 
@@ -456,7 +462,7 @@ def _wanted(target, fqn: str, tsm: TensorStorageMetadata, rank: int):
     load result or a Layout (read items then computed with `create_read_items_for_chunk_list`)."""
     if isinstance(target, Layout):
         layout = target
-        _check_rank(rank, layout.world_size, fqn)
+        check_load_rank(rank, layout.world_size, fqn)
         return layout, create_read_items_for_chunk_list(fqn, tsm, layout.chunks(rank)), ()
     layouts = getattr(target, "layouts", None)
     if not isinstance(layouts, Mapping) or fqn not in layouts:
@@ -467,7 +473,7 @@ def _wanted(target, fqn: str, tsm: TensorStorageMetadata, rank: int):
             "Pass plan_load(...)'s result or the key's Layout.",
         )
     layout = layouts[fqn]
-    _check_rank(rank, len(target.plans), fqn)
+    check_load_rank(rank, len(target.plans), fqn)
     items = [it for it in target.plans[rank].items if it.dest_index.fqn == fqn]
     # what torch raises on this entry (the picture shows holes and misdescription itself)
     notes = tuple(
@@ -476,17 +482,6 @@ def _wanted(target, fqn: str, tsm: TensorStorageMetadata, rank: int):
         if name == fqn and rank in ranks
     )
     return layout, items, notes
-
-
-def _check_rank(rank: int, world: int, fqn: str) -> None:
-    if not 0 <= rank < world:
-        raise PlanError(
-            fqn,
-            f"rank {rank} is not in the load world of {world} ranks",
-            f"0 <= rank < {world}",
-            "Pick a rank of the load world.",
-            rank=rank,
-        )
 
 
 _LAYERS: dict = {}  # key -> (the objects whose ids are in the key, value); see _layer
@@ -521,17 +516,17 @@ def _saved_layer(
         color = rank_color(w[0]) if w else UNKNOWN_COLOR
         tiles.append(
             Tile(
-                *rect,
-                "saved",
-                color,
-                color,
-                0.22,
-                None,
-                "solid",
-                edge,
-                lab if label else None,
-                w,
-                "corner",
+                **box_fields(rect),
+                kind="saved",
+                face=color,
+                edge=color,
+                alpha=0.22,
+                hatch=None,
+                linestyle="solid",
+                linewidth=edge,
+                label=lab if label else None,
+                ranks=w,
+                label_at="corner",
             )
         )
     return saved, tuple(tiles)
@@ -542,7 +537,18 @@ def _wanted_layer(layout: Layout, view: _View) -> tuple[tuple[Tile, ...], ...]:
     # solid hairlines: dashes cost Agg several times more for thousands of boxes
     return tuple(
         tuple(
-            Tile(*rect, "wanted", None, WANTED_COLOR, 1.0, None, "solid", 0.5, None, (r,))
+            Tile(
+                **box_fields(rect),
+                kind="wanted",
+                face=None,
+                edge=WANTED_COLOR,
+                alpha=1.0,
+                hatch=None,
+                linestyle="solid",
+                linewidth=0.5,
+                label=None,
+                ranks=(r,),
+            )
             for rect in map(view.rect, cs)
             if rect
         )
@@ -584,15 +590,7 @@ def reshard_data(
     mine = list(layout.chunks(rank))
     # a destination of another rank cannot share the grid; torch raises on it anyway
     same_rank = layout.ndim == len(tsm.size)
-    shape = tuple(max(a, b) for a, b in zip(tsm.size, layout.shape)) if same_rank else tsm.size
-    if at is None and len(shape) > 2:
-        first = next((c for c in mine if not c.is_empty), None) if same_rank else None
-        at = {d: (first.offsets[d] if first else 0) for d in range(len(shape))}
-    view = _View(shape, dims, None, fqn)
-    if at is not None:
-        view = _View(shape, dims, {d: at[d] for d in view.others if d in at}, fqn)
-    if zoom and same_rank:
-        view.zoom_to(mine)
+    view = _reshard_view(tsm, layout, mine, same_rank, dims, at, zoom, fqn)
     # the saved chunks and the other ranks' chunks do not depend on the rank: computed once for
     # a widget stepping through the ranks of one checkpoint and layout
     seen = (view.shape, view.row, view.col, tuple(view.at.items()), view.window)
@@ -602,7 +600,6 @@ def reshard_data(
         ("saved", fqn, len(storage or ()), seen, max_labels),
         lambda: _saved_layer(tsm, md, fqn, view, max_labels),
     )
-    files = saved.files
     tiles = list(saved_tiles)
     if same_rank:
         for r, ts in enumerate(
@@ -610,109 +607,39 @@ def reshard_data(
         ):
             if r != rank:
                 tiles.extend(ts)
-    label_reads = len(items) <= max_labels
-    with_file = len(items) <= 16
-    sources = set()
-    for k, item in enumerate(items, 1):
-        si = item.storage_index.index
-        sources.add(si)
-        w = saved.ranks[si]
-        color = rank_color(w[0]) if w else HIGHLIGHT_COLOR
-        rect = view.rect(item.dest_chunk)
-        if rect:
-            text = f"{k}\u2190#{si}"
-            if with_file and files[si]:
-                text += f"\n{files[si]}"
-            tiles.append(
-                Tile(
-                    *rect,
-                    "read",
-                    color,
-                    "#000000",
-                    0.85,
-                    None,
-                    "solid",
-                    1.0,
-                    text if label_reads else None,
-                    (rank,),
-                )
-            )
+    read_tiles, sources = _read_tiles(items, saved, view, rank, max_labels)
+    tiles += read_tiles
     drawn = mine if same_rank else []
     # holes matter only for a load that happens: where torch raises, nothing is loaded at all
     loads = not problem_notes and layout.shape == tuple(tsm.size)
     holes = [h for c in drawn if loads and not c.is_empty for h in uncovered(c, tsm.chunks)]
-    for h in holes:
-        rect = view.rect(h)
-        if rect:
-            tiles.append(
-                Tile(
-                    *rect,
-                    "uncovered",
-                    None,
-                    UNCOVERED_COLOR,
-                    1.0,
-                    "xx",
-                    "solid",
-                    1.2,
-                    None,
-                    (rank,),
-                )
-            )
+    tiles += [
+        _outline(rect, "uncovered", UNCOVERED_COLOR, rank, hatch="xx", linewidth=1.2)
+        for rect in map(view.rect, holes)
+        if rect
+    ]
     misdescribed = same_rank and rank in layout.misdescribed_ranks
-    held_text = ""
+    held = layout.held_indices(rank) if misdescribed else None
     if misdescribed:
-        held = layout.held_indices(rank)
-        box = mine[0]
-        per_dim = []
-        for d in (view.row, view.col):
-            if d is None:
-                per_dim.append([(0, 1)])  # a strip's one row
-            else:
-                per_dim.append(
-                    index_runs(held[d]) if d in held else [(box.offsets[d], box.ends[d])]
-                )
-        for (y0, y1), (x0, x1) in product(*per_dim):
-            tiles.append(
-                Tile(
-                    x0,
-                    y0,
-                    x1 - x0,
-                    y1 - y0,
-                    "held",
-                    None,
-                    HELD_COLOR,
-                    1.0,
-                    "//",
-                    "solid",
-                    1.5,
-                    None,
-                    (rank,),
-                )
-            )
-        held_text = format_held(held)
-    for c in drawn:
-        rect = view.rect(c)
-        if rect:
-            tiles.append(
-                Tile(
-                    *rect,
-                    "target",
-                    None,
-                    "#000000",
-                    1.0,
-                    None,
-                    "dashed" if misdescribed else "solid",
-                    2.2,
-                    None,
-                    (rank,),
-                )
-            )
+        tiles += _held_tiles(held, mine[0], view, rank)
+    tiles += [
+        _outline(
+            rect,
+            "target",
+            "#000000",
+            rank,
+            linestyle="dashed" if misdescribed else "solid",
+            linewidth=2.2,
+        )
+        for rect in map(view.rect, drawn)
+        if rect
+    ]
     notes = [
         f"rank {rank} wants " + (", ".join(str(c) for c in mine) or "nothing"),
         f"{len(items)} read items from {len(sources)} saved chunks"
         + (
-            f" in {len({files[s] for s in sources})} files"
-            if sources and all(files[s] for s in sources)
+            f" in {len({saved.files[s] for s in sources})} files"
+            if sources and all(saved.files[s] for s in sources)
             else ""
         ),
     ]
@@ -726,14 +653,95 @@ def reshard_data(
         notes.append(_listing("uncovered, stale after load", [str(h) for h in holes]))
     if misdescribed:
         notes.append(
-            f"DCP reads the box {mine[0]} but rank {rank} holds {held_text}: wrong values, no error"
+            f"DCP reads the box {mine[0]} but rank {rank} holds {format_held(held)}: "
+            "wrong values, no error"
         )
     notes += problem_notes
+    slab = view.slab_name()
+    return Picture(
+        tiles=tuple(tiles),
+        width=view.width,
+        height=view.height,
+        title=f"{fqn}: rank {rank}'s reads" + (f" ({slab})" if slab else ""),
+        xlabel=view.xlabel,
+        ylabel=view.ylabel,
+        notes=tuple(notes),
+        legend=_reshard_legend(saved.ranks, rank, bool(holes), misdescribed),
+        window=view.window,
+    )
+
+
+def _reshard_view(tsm, layout, mine, same_rank: bool, dims, at, zoom: bool, fqn) -> _View:
+    """The grid of a reshard picture: the larger of the saved and wanted shapes, the other dims
+    fixed at ``at`` (default: the rank's first chunk's first index), zoomed on the rank's chunks."""
+    shape = tuple(max(a, b) for a, b in zip(tsm.size, layout.shape)) if same_rank else tsm.size
+    if at is None and len(shape) > 2:
+        first = next((c for c in mine if not c.is_empty), None) if same_rank else None
+        at = {d: (first.offsets[d] if first else 0) for d in range(len(shape))}
+    view = _View(shape, dims, None, fqn)
+    if at is not None:
+        view = _View(shape, dims, {d: at[d] for d in view.others if d in at}, fqn)
+    if zoom and same_rank:
+        view.zoom_to(mine)
+    return view
+
+
+def _outline(rect, kind: str, edge: str, rank: int, **style) -> Tile:
+    """An unfilled tile of the load rank (holes, held rows, its own boxes)."""
+    return Tile(**box_fields(rect), kind=kind, face=None, edge=edge, ranks=(rank,), **style)
+
+
+def _read_tiles(items, saved, view: _View, rank: int, max_labels: int) -> tuple[list, set]:
+    """The rank's read items in their source writer's colour, numbered in DCP's order (1-based,
+    ``k<-#i`` and the file when there are few), and the saved chunks they read from."""
+    label_reads = len(items) <= max_labels
+    with_file = len(items) <= 16
+    tiles, sources = [], set()
+    for k, item in enumerate(items, 1):
+        si = item.storage_index.index
+        sources.add(si)
+        w = saved.ranks[si]
+        rect = view.rect(item.dest_chunk)
+        if not rect:
+            continue
+        text = f"{k}\u2190#{si}"
+        if with_file and saved.files[si]:
+            text += f"\n{saved.files[si]}"
+        tiles.append(
+            Tile(
+                **box_fields(rect),
+                kind="read",
+                face=rank_color(w[0]) if w else HIGHLIGHT_COLOR,
+                edge="#000000",
+                alpha=0.85,
+                linewidth=1.0,
+                label=text if label_reads else None,
+                ranks=(rank,),
+            )
+        )
+    return tiles, sources
+
+
+def _held_tiles(held: dict, box: Chunk, view: _View, rank: int) -> list[Tile]:
+    """The rows (and columns) a misdescribed rank really holds, one tile per run."""
+    per_dim = []
+    for d in (view.row, view.col):
+        if d is None:
+            per_dim.append([(0, 1)])  # a strip's one row
+        else:
+            per_dim.append(index_runs(held[d]) if d in held else [(box.offsets[d], box.ends[d])])
+    return [
+        _outline((x0, y0, x1 - x0, y1 - y0), "held", HELD_COLOR, rank, hatch="//", linewidth=1.5)
+        for (y0, y1), (x0, x1) in product(*per_dim)
+    ]
+
+
+def _reshard_legend(writer_ranks, rank: int, holes: bool, misdescribed: bool) -> tuple:
     legend = (
-        _rank_legend(saved.ranks, "writer r")
+        _rank_legend(writer_ranks, "writer r")
         + (
             (("saved, writer unknown", UNKNOWN_COLOR, UNKNOWN_COLOR, None),)
-            if any(not w for w in saved.ranks)
+            if any(not w for w in writer_ranks)
             else ()
         )
         + (
@@ -745,19 +753,7 @@ def reshard_data(
         legend += (("uncovered", None, UNCOVERED_COLOR, "xx"),)
     if misdescribed:
         legend += (("data really held", None, HELD_COLOR, "//"),)
-    slab = view.slab_name()
-    title = f"{fqn}: rank {rank}'s reads" + (f" ({slab})" if slab else "")
-    return Picture(
-        tuple(tiles),
-        view.width,
-        view.height,
-        title,
-        view.xlabel,
-        view.ylabel,
-        tuple(notes),
-        legend,
-        view.window,
-    )
+    return legend
 
 
 # ----------------------------------------------------------------------------- mesh
@@ -807,19 +803,19 @@ def mesh_data(source, *, max_labels: int = 256) -> Picture:
         hatch = ".." if is_empty else "//" if r in mis else None
         tiles.append(
             Tile(
-                x,
-                y,
-                1,
-                1,
-                "cell",
-                color,
-                color if is_empty else "#ffffff",
-                0.3 if is_empty else 1.0,
-                hatch,
-                "solid",
-                1.0,
-                label,
-                (r,),
+                x=x,
+                y=y,
+                w=1,
+                h=1,
+                kind="cell",
+                face=color,
+                edge=color if is_empty else "#ffffff",
+                alpha=0.3 if is_empty else 1.0,
+                hatch=hatch,
+                linestyle="solid",
+                linewidth=1.0,
+                label=label,
+                ranks=(r,),
             )
         )
     notes = []
@@ -839,7 +835,13 @@ def mesh_data(source, *, max_labels: int = 256) -> Picture:
         else ""
     )
     return Picture(
-        tuple(tiles), cols, rows, title, f"mesh dim {max(len(mesh) - 1, 0)}", ylabel, tuple(notes)
+        tiles=tuple(tiles),
+        width=cols,
+        height=rows,
+        title=title,
+        xlabel=f"mesh dim {max(len(mesh) - 1, 0)}",
+        ylabel=ylabel,
+        notes=tuple(notes),
     )
 
 
@@ -861,10 +863,10 @@ def traffic_data(load_result) -> TrafficData:
     """The rank-by-file byte matrix of a load result, from ``load_result.io`` (its ``traffic``)."""
     io = load_result.io
     return TrafficData(
-        tuple(range(io.traffic.shape[0])),
-        tuple(io.files),
-        tuple(None if w < 0 else w for w in io.file_writers.tolist()),
-        io.traffic,
+        ranks=tuple(range(io.traffic.shape[0])),
+        files=tuple(io.files),
+        writers=tuple(None if w < 0 else w for w in io.file_writers.tolist()),
+        matrix=io.traffic,
     )
 
 
@@ -888,12 +890,12 @@ def bytes_per_rank_data(result) -> BarsData:
         values = np.asarray(result.bytes_written, dtype=np.float64)
         ranks = tuple(range(len(values)))
         return BarsData(
-            ranks,
-            values,
-            tuple(rank_color(r) for r in ranks),
-            None,
-            "bytes written",
-            f"save: bytes written per rank ({values.sum():.0f} total)",
+            ranks=ranks,
+            values=values,
+            colors=tuple(rank_color(r) for r in ranks),
+            reference=None,
+            ylabel="bytes written",
+            title=f"save: bytes written per rank ({values.sum():.0f} total)",
         )
     if not hasattr(result, "io"):
         raise PlanError(
@@ -907,10 +909,10 @@ def bytes_per_rank_data(result) -> BarsData:
     values = io.bytes_read.astype(np.float64)
     ranks = tuple(range(len(values)))
     return BarsData(
-        ranks,
-        values,
-        tuple(rank_color(r) for r in ranks),
-        io.bytes_needed.astype(np.float64),
-        "bytes",
-        f"load: bytes loaded per rank (tick: bytes needed), {values.sum():.0f} total",
+        ranks=ranks,
+        values=values,
+        colors=tuple(rank_color(r) for r in ranks),
+        reference=io.bytes_needed.astype(np.float64),
+        ylabel="bytes",
+        title=f"load: bytes loaded per rank (tick: bytes needed), {values.sum():.0f} total",
     )

@@ -142,11 +142,11 @@ class _Pattern:
     unshared_before: np.ndarray
 
 
-_PATTERNS: weakref.WeakKeyDictionary[Layout, _Pattern] = weakref.WeakKeyDictionary()
+_PATTERN_CACHE: weakref.WeakKeyDictionary[Layout, _Pattern] = weakref.WeakKeyDictionary()
 
 
 def _pattern(layout: Layout) -> _Pattern:
-    pat = _PATTERNS.get(layout)
+    pat = _PATTERN_CACHE.get(layout)
     if pat is not None:
         return pat
     ws = layout.world_size
@@ -184,25 +184,25 @@ def _pattern(layout: Layout) -> _Pattern:
     key_rank = rank[first]
     unshared = ~shared
     pat = _Pattern(
-        rank,
-        np.array(pos, dtype=np.int64),
-        offsets,
-        sizes,
-        tuple(chunks),
-        np.searchsorted(rank, np.arange(ws + 1)),
-        np.unique(rank),
-        key,
-        first,
-        key_rank,
-        shared,
-        holders,
-        np.bincount(key_rank[unshared], minlength=ws),
-        np.concatenate([[0], np.cumsum(unshared)]),
+        rank=rank,
+        pos=np.array(pos, dtype=np.int64),
+        offsets=offsets,
+        sizes=sizes,
+        chunks=tuple(chunks),
+        starts=np.searchsorted(rank, np.arange(ws + 1)),
+        holder_ranks=np.unique(rank),
+        key=key,
+        key_first=first,
+        key_rank=key_rank,
+        key_shared=shared,
+        key_holders=holders,
+        unshared_cnt=np.bincount(key_rank[unshared], minlength=ws),
+        unshared_before=np.concatenate([[0], np.cumsum(unshared)]),
     )
     for a in vars(pat).values():
         if isinstance(a, np.ndarray):
             a.setflags(write=False)
-    _PATTERNS[layout] = pat
+    _PATTERN_CACHE[layout] = pat
     return pat
 
 
@@ -520,7 +520,34 @@ def _ro(*arrays):
 def _empty_block(fqn: str, kind: str, nd: int, ws: int) -> ReadBlock:
     z = np.zeros(0, np.int64)
     zz = np.zeros((0, nd), np.int64)
-    return ReadBlock(fqn, kind, z, z, z, zz, zz, zz, np.zeros(ws + 1, np.int64))
+    return ReadBlock(
+        fqn=fqn,
+        kind=kind,
+        rank=z,
+        local_idx=z,
+        saved_idx=z,
+        dest_offsets=zz,
+        storage_offsets=zz,
+        lengths=zz,
+        starts=np.zeros(ws + 1, np.int64),
+    )
+
+
+def _tensor_block(fqn: str, cols: tuple) -> ReadBlock:
+    """A tensor's block from `_read_columns`' arrays (rank, local_idx, saved_idx, dest_offsets,
+    storage_offsets, lengths, starts)."""
+    rank, local_idx, saved_idx, dest_offsets, storage_offsets, lengths, starts = cols
+    return ReadBlock(
+        fqn=fqn,
+        kind="tensor",
+        rank=rank,
+        local_idx=local_idx,
+        saved_idx=saved_idx,
+        dest_offsets=dest_offsets,
+        storage_offsets=storage_offsets,
+        lengths=lengths,
+        starts=starts,
+    )
 
 
 def _bytes_block(fqn: str, ranks: np.ndarray, ws: int) -> ReadBlock:
@@ -528,15 +555,15 @@ def _bytes_block(fqn: str, ranks: np.ndarray, ws: int) -> ReadBlock:
     z = np.zeros((n, 1), np.int64)
     cols = _ro(ranks.astype(np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64), z)
     return ReadBlock(
-        fqn,
-        "bytes",
-        cols[0],
-        cols[1],
-        cols[2],
-        z,
-        z,
-        z,
-        np.searchsorted(cols[0], np.arange(ws + 1)),
+        fqn=fqn,
+        kind="bytes",
+        rank=cols[0],
+        local_idx=cols[1],
+        saved_idx=cols[2],
+        dest_offsets=z,
+        storage_offsets=z,
+        lengths=z,
+        starts=np.searchsorted(cols[0], np.arange(ws + 1)),
     )
 
 
@@ -656,9 +683,7 @@ def _scalar_read_columns(fqn, md, lay: Layout, ranks: np.ndarray, ws: int, torch
 
 
 def _key_ranks(lay: Layout, pat: _Pattern) -> np.ndarray:
-    """Ranks whose state dict holds the key: every rank for a DTensor (ranks outside the mesh
-    still hold the object) or a ShardedTensor (possibly with no local shard); the holders for a
-    plain tensor or a bytes value."""
+    """`Layout.key_ranks` as an array (the holders come from the layout's cached pattern)."""
     if lay.kind in ("dtensor", "sharded"):
         return np.arange(lay.world_size, dtype=np.int64)
     return pat.holder_ranks
@@ -811,7 +836,7 @@ def plan_load(
             if sig not in cache:
                 cols = cache[sig] = _read_columns(s_off, s_size, pat, ws, nested)
         if cols is not None:
-            blocks[fqn] = ReadBlock(fqn, "tensor", *cols)
+            blocks[fqn] = _tensor_block(fqn, cols)
     return LoadPlanResult(
         metadata=metadata,
         layouts=dict(layouts),

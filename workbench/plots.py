@@ -307,7 +307,28 @@ def draw_picture(
     the output's pixel grid instead (`picture_png`, for widgets: several times faster for
     thousands of tiles, the same pixels up to outline widths; vector output keeps paths)."""
     ax = _new_axes(ax)
-    tiles = picture.tiles
+    box = _draw_tiles(ax, picture.tiles, raster)
+    _draw_labels(ax, picture.tiles)
+    _set_frame(ax, picture, box, aspect, edge_ticks)
+    if legend and picture.legend:
+        _draw_legend(ax, picture.legend)
+    if notes and picture.notes:  # under the x label, where a legend never sits
+        ax.annotate(
+            "\n".join(picture.notes),
+            (0.0, 0.0),
+            xycoords="axes fraction",
+            xytext=(0, -34),
+            textcoords="offset points",
+            ha="left",
+            va="top",
+            fontsize=7,
+        )
+    return ax
+
+
+def _draw_tiles(ax, tiles, raster: bool) -> np.ndarray:
+    """The tiles as collections (or raster images) in drawing order; returns their boxes as an
+    (n, 4) array of ``x0, y0, x1, y1``."""
     # the tiles as columns in C-level passes (thousands of tiles: per-tile Python is the cost)
     fields = ("x", "y", "w", "h", "face", "alpha", "edge", "hatch", "linewidth", "linestyle")
     x, y, w, h, face, alpha, edge, *line = (
@@ -342,11 +363,16 @@ def draw_picture(
                     zorder=zorder,
                 ),
                 autolim=False,
-            )  # the limits are the tensor's, set below
+            )  # the limits are the tensor's, set by _set_frame
+    return box
+
+
+def _draw_labels(ax, tiles) -> None:
+    """One text per labelled tile, in black or white by its background."""
     labelled = [t for t in tiles if t.label]
     size = 8 if len(labelled) <= 16 else 6
     for t in labelled:
-        bg = t.face if t.face and t.alpha >= 0.5 else "#ffffff"
+        color = text_color(t.face if t.face and t.alpha >= 0.5 else "#ffffff")
         if t.label_at == "corner":
             ax.annotate(
                 t.label,
@@ -356,7 +382,7 @@ def draw_picture(
                 ha="left",
                 va="top",
                 fontsize=size,
-                color=text_color(bg),
+                color=color,
                 annotation_clip=True,
                 clip_on=True,
                 zorder=3,
@@ -369,10 +395,14 @@ def draw_picture(
                 ha="center",
                 va="center",
                 fontsize=size,
-                color=text_color(bg),
+                color=color,
                 clip_on=True,
                 zorder=3,
             )
+
+
+def _set_frame(ax, picture: Picture, box: np.ndarray, aspect, edge_ticks: bool) -> None:
+    """Limits (the tensor's, row 0 at the top), aspect, ticks, labels and title."""
     x0, y0, x1, y1 = picture.window or (0, 0, picture.width, picture.height)
     x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)  # a zero-size dim still gets a (blank) frame
     ax.set_xlim(x0, x1)
@@ -403,36 +433,27 @@ def draw_picture(
     # y given: matplotlib then skips placing the title above top ticks (there are none), which
     # costs a tick layout of its own on every draw
     ax.set_title(picture.title, fontsize=9, y=1.0)
-    if legend and picture.legend:
-        handles = [
-            Patch(
-                facecolor=to_rgba(face, 0.6) if face else "none",
-                edgecolor=edge,
-                hatch=hatch,
-                label=label,
-            )
-            for label, face, edge, hatch in picture.legend
-        ]
-        ax.legend(
-            handles=handles,
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            fontsize=7,
-            frameon=False,
-            borderaxespad=0.0,
+
+
+def _draw_legend(ax, legend) -> None:
+    """The legend beside the Axes: ``(label, face, edge, hatch)`` entries as patches."""
+    handles = [
+        Patch(
+            facecolor=to_rgba(face, 0.6) if face else "none",
+            edgecolor=edge,
+            hatch=hatch,
+            label=label,
         )
-    if notes and picture.notes:  # under the x label, where a legend never sits
-        ax.annotate(
-            "\n".join(picture.notes),
-            (0.0, 0.0),
-            xycoords="axes fraction",
-            xytext=(0, -34),
-            textcoords="offset points",
-            ha="left",
-            va="top",
-            fontsize=7,
-        )
-    return ax
+        for label, face, edge, hatch in legend
+    ]
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        fontsize=7,
+        frameon=False,
+        borderaxespad=0.0,
+    )
 
 
 def picture_png(

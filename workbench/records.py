@@ -113,7 +113,7 @@ def _size(v, what: str = "size", fqn: str | None = None) -> tuple[int, ...]:
     return as_ints(v, what, fqn)
 
 
-def _properties(p) -> TensorProperties:
+def _as_properties(p) -> TensorProperties:
     """A workbench TensorProperties from ours, a dtype name, or torch's TensorProperties."""
     if isinstance(p, TensorProperties):
         return p
@@ -192,7 +192,7 @@ class TensorStorageMetadata:
                 "sizes >= 0",
                 size=self.size,
             )
-        self.properties = _properties(self.properties)
+        self.properties = _as_properties(self.properties)
         self.chunks = [as_chunk(c) for c in self.chunks]
 
     @property
@@ -267,7 +267,7 @@ class TensorWriteData:
         if type(self.chunk) is not Chunk:
             object.__setattr__(self, "chunk", as_chunk(self.chunk))
         if type(self.properties) is not TensorProperties:
-            object.__setattr__(self, "properties", _properties(self.properties))
+            object.__setattr__(self, "properties", _as_properties(self.properties))
         if type(self.size) is not tuple:
             object.__setattr__(self, "size", _size(self.size))
 

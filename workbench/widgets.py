@@ -28,6 +28,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Any
@@ -39,7 +40,14 @@ from IPython.display import HTML, Image
 from .colors import HIGHLIGHT_COLOR
 from .errors import LayoutError, MetadataError, PlacementError, PlanError, WorkbenchError
 from .records import DTYPE_SIZES, Metadata, TensorStorageMetadata, canonical_dtype
-from .sharding import Layout, Placement, dtensor_layout, format_placements, parse_placements
+from .sharding import (
+    Layout,
+    Placement,
+    check_load_rank,
+    dtensor_layout,
+    format_placements,
+    parse_placements,
+)
 from .versions import SUPPORTED_TORCH_VERSIONS, default_torch_version, resolve_torch_version
 
 __all__ = [
@@ -270,13 +278,13 @@ def explore_reshard(
     from .tables import problems_table, read_items_table
 
     spec = ReshardSpec(
-        parse_ints(shape, "shape"),
-        parse_ints(save_mesh, "save mesh", error=PlacementError, example="4, 2"),
-        parse_placements(save_placements),
-        parse_ints(load_mesh, "load mesh", error=PlacementError, example="4, 2"),
-        parse_placements(load_placements),
-        canonical_dtype(dtype, FQN),
-        resolve_torch_version(torch_version),
+        shape=parse_ints(shape, "shape"),
+        save_mesh=parse_ints(save_mesh, "save mesh", error=PlacementError, example="4, 2"),
+        save_placements=parse_placements(save_placements),
+        load_mesh=parse_ints(load_mesh, "load mesh", error=PlacementError, example="4, 2"),
+        load_placements=parse_placements(load_placements),
+        dtype=canonical_dtype(dtype, FQN),
+        torch_version=resolve_torch_version(torch_version),
     )
     dims = parse_ints(dims, "dims to draw", example="0, 1")
     for what, mesh in (("save", spec.save_mesh), ("load", spec.load_mesh)):
@@ -370,6 +378,15 @@ class _Explorer:
         self.message = _css(W.HTML(value=""), "wb-message")
         self._muted = False
 
+    @contextmanager
+    def _quiet(self):
+        """Set several controls without a redraw per control (the caller refreshes once)."""
+        self._muted = True
+        try:
+            yield
+        finally:
+            self._muted = False
+
     def _observe(self, *controls: W.Widget) -> None:
         for c in controls:
             c.observe(self._on_change, names="value")
@@ -404,19 +421,6 @@ class _Explorer:
 
     def _repr_mimebundle_(self, **kw):
         return self.widget._repr_mimebundle_(**kw)
-
-
-def _check_rank(rank: int, world: int) -> int:
-    """A constructor's ``rank`` argument, checked against the load world."""
-    if not 0 <= rank < world:
-        raise PlanError(
-            None,
-            f"load rank {rank} is not in the load world of {world} ranks",
-            f"0 <= rank < {world}",
-            "Pick a rank of the load world.",
-            rank=rank,
-        )
-    return rank
 
 
 def _set_options(dropdown: W.Dropdown, options: list, value) -> None:
@@ -497,17 +501,14 @@ class ReshardExplorer(_Explorer):
             self.dims,
         )
         self._apply_classic(classic, rank)
-        _check_rank(rank, len(self.rank.options))
+        check_load_rank(rank, len(self.rank.options), what="load rank")
 
     def _apply_classic(self, label: str, rank: int) -> None:
         """Fill every control from a classic reshard, then redraw once."""
-        self._muted = True
-        try:
+        with self._quiet():
             for name, value in _classic(label).items():
                 getattr(self, name).value = value
             self._fit_rank_options(rank)
-        finally:
-            self._muted = False
         self.refresh()
 
     def _fit_rank_options(self, rank: int) -> None:
@@ -522,11 +523,8 @@ class ReshardExplorer(_Explorer):
 
     def _on_change(self, change=None) -> None:
         if change is not None and change["owner"] is self.load_mesh and not self._muted:
-            self._muted = True
-            try:
+            with self._quiet():
                 self._fit_rank_options(self.rank.value)
-            finally:
-                self._muted = False
         super()._on_change(change)
 
     def _compute(self) -> ReshardResult:
@@ -583,7 +581,7 @@ def _target_layouts(target) -> dict[str, Layout]:
         "<target>",
         f"target {target!r} is not understood",
         "a dict {fqn: Layout} or a tuple (preset, recipe, mesh_shape)",
-        "Pass e.g. ('llama', 'fsdp_tp', (2, 2)).",
+        "Pass e.g. ('llama', 'fsdp2+tp', (2, 2)).",
         target=target,
     )
 
@@ -777,7 +775,12 @@ class CheckpointExplorer(_Explorer):
             ),
             "wb-tensor",
         )
-        self.rank = _dropdown(list(range(world)), _check_rank(rank, world), "load rank", "wb-rank")
+        self.rank = _dropdown(
+            list(range(world)),
+            check_load_rank(rank, world, what="load rank"),
+            "load rank",
+            "wb-rank",
+        )
         self.dims = _text("0, 1", "dims to draw", "wb-dims")
         self.picture = _css(W.Output(), "wb-picture")
         self.chunks = _css(W.Output(), "wb-chunks")
@@ -840,12 +843,9 @@ class CheckpointExplorer(_Explorer):
             return
         self.plan = plan
         world, rank = plan.load.world_size, self.rank.value
-        self._muted = True
-        try:
+        with self._quiet():
             self.rank.options = list(range(world))  # resets the value to the first option
             self.rank.value = min(rank, world - 1)
-        finally:
-            self._muted = False
         self._show_plan()
         self.refresh()
 
@@ -867,13 +867,10 @@ class CheckpointExplorer(_Explorer):
         options = [
             (f"{k}  ({_count(counts[k], 'problem')})" if counts.get(k) else k, k) for k in r.fqns
         ]
-        self._muted = True
-        try:
+        with self._quiet():
             if list(self.tensor.options) != options:
                 self.tensor.options = options
             self.tensor.value = r.fqn
-        finally:
-            self._muted = False
         self.picture.outputs = (
             (_mime(Image(data=r.png, format="png")),)
             if r.png
@@ -987,7 +984,7 @@ class ReadOrderStepper(_Explorer):
         self._dims = dims
         self.rank = _dropdown(
             list(range(self.load.world_size)),
-            _check_rank(rank, self.load.world_size),
+            check_load_rank(rank, self.load.world_size, what="load rank"),
             "load rank",
             "wb-rank",
         )
@@ -1025,12 +1022,9 @@ class ReadOrderStepper(_Explorer):
 
     def _on_rank(self, _change=None) -> None:
         """A new rank: its items, starting at the first."""
-        self._muted = True
-        try:
+        with self._quiet():
             self.step.value = 0
             self.step.max = max(self._n_items() - 1, 0)
-        finally:
-            self._muted = False
         self.refresh()
 
     def _move(self, delta: int) -> None:

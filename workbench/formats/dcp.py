@@ -314,7 +314,7 @@ def _is(obj, module, name):
     return type(obj) is _CLASSES[(module, name)]
 
 
-def _properties(p, fqn):
+def _read_properties(p, fqn):
     _expect(
         _is(p, _DCP, "TensorProperties"), f"{fqn}: properties {p!r:.60} are not TensorProperties"
     )
@@ -359,7 +359,7 @@ def _storage_metadata(fqn, md):
             f"size {list(size)}",
         )
         out.append(Chunk(off, siz))
-    return TensorStorageMetadata(_properties(md.field("properties"), fqn), size, out)
+    return TensorStorageMetadata(_read_properties(md.field("properties"), fqn), size, out)
 
 
 def _index(k):
@@ -385,7 +385,7 @@ def _storage_info(v):
     return StorageInfo(path, off, length, None if td is None else tuple(td))
 
 
-def _plain(obj, memo: dict):
+def _plain_data(obj, memo: dict):
     """Plain data of planner_data / checkpoint ids: containers rebuilt, torch constants by name.
     ``memo`` keeps the pickle's sharing (a memoised list referenced a million times stays one
     list, so a small file cannot blow up) and its cycles."""
@@ -400,12 +400,12 @@ def _plain(obj, memo: dict):
     if type(obj) is dict:
         out = memo[id(obj)] = {}
         for k, v in obj.items():
-            out[_plain(k, memo)] = _plain(v, memo)
+            out[_plain_data(k, memo)] = _plain_data(v, memo)
     elif type(obj) is list:
         out = memo[id(obj)] = []
-        out.extend(_plain(v, memo) for v in obj)
+        out.extend(_plain_data(v, memo) for v in obj)
     else:
-        out = memo[id(obj)] = type(obj)(_plain(v, memo) for v in obj)
+        out = memo[id(obj)] = type(obj)(_plain_data(v, memo) for v in obj)
     return out
 
 
@@ -430,13 +430,13 @@ def _convert(raw) -> Metadata:
     else:
         _expect(_is(sm, _DCP, "StorageMeta"), f"storage_meta {sm!r:.60} is not a StorageMeta")
         meta = StorageMeta(
-            _plain(sm.field("checkpoint_id"), {}),
+            _plain_data(sm.field("checkpoint_id"), {}),
             sm.field("save_id"),
             sm.field("load_id"),
-            _plain(sm.field("modules") or [], {}),
+            _plain_data(sm.field("modules") or [], {}),
         )
     return Metadata(
-        state, _plain(raw.field("planner_data"), {}), storage, meta, raw.field("version")
+        state, _plain_data(raw.field("planner_data"), {}), storage, meta, raw.field("version")
     )
 
 

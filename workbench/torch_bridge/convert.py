@@ -267,7 +267,7 @@ def from_torch(obj):
     return obj
 
 
-def _world_size(default: int) -> int:
+def _process_group_size(default: int) -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else default
@@ -286,7 +286,7 @@ def layout_from_torch(obj) -> Layout:
         ranks = [int(r) for r in obj.device_mesh.mesh.flatten().tolist()]  # global, row-major
         # the process group's world; without one, an extra rank stands for "outside the mesh"
         # when this rank has no coordinate
-        ws = _world_size(max(ranks) + 1 + (obj.device_mesh.get_coordinate() is None))
+        ws = _process_group_size(max(ranks) + 1 + (obj.device_mesh.get_coordinate() is None))
         return dtensor_layout(
             tuple(obj.shape),
             mesh,
@@ -302,10 +302,10 @@ def layout_from_torch(obj) -> Layout:
             per.setdefault(s.placement.rank(), []).append(
                 Chunk(tuple(s.shard_offsets), tuple(s.shard_sizes))
             )
-        ws = max(_world_size(1), max(per, default=0) + 1)
+        ws = max(_process_group_size(1), max(per, default=0) + 1)
         # (md's dtype: ShardedTensor.dtype warns that ShardedTensor is deprecated)
         return sharded_layout(tuple(md.size), per, str(md.tensor_properties.dtype), ws)
-    return tensor_layout(tuple(obj.shape), _world_size(1), str(obj.dtype))
+    return tensor_layout(tuple(obj.shape), _process_group_size(1), str(obj.dtype))
 
 
 def local_tensor_from_torch(obj):
@@ -339,7 +339,7 @@ def local_tensor_from_torch(obj):
         )
         rc = list(layout.rank_chunks)
         rc[rank] = local
-        layout = Layout("sharded", layout.shape, layout.dtype, layout.world_size, tuple(rc))
+        layout = sharded_layout(layout.shape, rc, layout.dtype, layout.world_size)
         tp = obj.metadata().tensor_properties
         props = TensorProperties(
             tp.dtype, tp.layout, tp.requires_grad, tp.memory_format, tp.pin_memory

@@ -108,7 +108,7 @@ def _quiet():
         planner_log.setLevel(level)
 
 
-def _check(layouts: Mapping[str, Layout]) -> int:
+def _world_of(layouts: Mapping[str, Layout]) -> int:
     sizes = {lay.world_size for lay in layouts.values()}
     if len(sizes) != 1:
         raise PlanError(
@@ -159,7 +159,7 @@ def torch_save_plans(
 
     from .convert import from_torch
 
-    ws = _check(layouts)
+    ws = _world_of(layouts)
     local, rank_errors = [], []
     for r in _ranks(ws, len(layouts), "torch save plans", progress):
         with _fake_rank(r, ws):
@@ -198,7 +198,7 @@ def torch_load_plans(
 
     from .convert import from_torch, to_torch
 
-    ws = _check(layouts)
+    ws = _world_of(layouts)
     tmd = to_torch(metadata) if isinstance(metadata, Metadata) else metadata
     plans, errors = [], []
     for r in _ranks(ws, len(layouts), "torch load plans", progress):
@@ -338,7 +338,7 @@ def verify_with_torch(
     if metadata is None:
         res = plan_save(layouts, save_to_lowest_rank, torch_version=installed_torch_version())
         diff = _compare_save(res, layouts, save_to_lowest_rank, progress)
-        checked.append(f"save plans of {len(layouts)} entries on {_check(layouts)} ranks")
+        checked.append(f"save plans of {len(layouts)} entries on {_world_of(layouts)} ranks")
         if diff:
             return Verification(False, checked, diff)
         if res.failures or res.errors:
@@ -346,5 +346,5 @@ def verify_with_torch(
         metadata = res.metadata
         layouts = load_layouts or layouts
     diff = _compare_load(metadata, layouts, allow_partial_load, progress)
-    checked.append(f"load plans of {len(layouts)} entries on {_check(layouts)} ranks")
+    checked.append(f"load plans of {len(layouts)} entries on {_world_of(layouts)} ranks")
     return Verification(diff is None, checked, diff)

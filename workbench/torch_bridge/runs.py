@@ -63,7 +63,6 @@ __all__ = [
 ]
 
 MAX_WORLD_SIZE = 8
-_FLOATS = {"float64", "float32", "float16", "bfloat16"}
 
 
 # ----------------------------------------------------------------------------- steps and results

@@ -477,3 +477,20 @@ def test_readme_versions_example_runs():
     files = tuple(f"__{w}_0.distcp" for w in (0, 2, 1, 3))
     assert ns["load"].torch_version == "2.10"
     assert ns["changes"] == [(r, ("w",), files) for r in range(4)]
+
+
+def test_pytorch_own_cases_in_the_recordings():
+    """PyTorch's own test cases lead the recorded inputs (test_planner's validation cases,
+    test_dedup_tensors' case): each version's answers, and the workbench's, on them."""
+    assert cases()["validate"][1]["md"]["param"]["chunks"] == [[[0], [2]], [[1], [2]]]
+    for v in SUPPORTED_TORCH_VERSIONS:
+        four, overlap = recorded(v)["validate"][:2]
+        assert four["logged"] == []
+        (msg,) = overlap["logged"]
+        first = msg.split("ChunkStorageMetadata")[1]
+        # pairwise (<= 2.9) prints [0:2] first, the sweep (2.10+) the later-starting [1:3]
+        assert ("offsets=torch.Size([0])" in first) is (version_key(v) <= (2, 9)), v
+        assert recorded(v)["save"][0]["dedup"] == [
+            [["tensor_0", [0], None], ["r0", [0], None]],
+            [["r1", [0], None]],
+        ]

@@ -237,7 +237,27 @@ def _save_plans(rng, nranks):
 
 
 def save_cases(rng) -> list:
-    cases = []
+    # test_dedup_tensors.py: tensor_0 [0:4] saved as a SHARD by both ranks + each rank's own
+    # r<rank> [0:10]
+    def own(r):
+        return {
+            "fqn": f"r{r}",
+            "type": "TENSOR",
+            "offset": [0],
+            "chunk": [[0], [10]],
+            "size": [10],
+            "esize": 4,
+        }
+
+    t0 = {
+        "fqn": "tensor_0",
+        "type": "SHARD",
+        "offset": [0],
+        "chunk": [[0], [4]],
+        "size": [4],
+        "esize": 4,
+    }
+    cases = [{"plans": [[t0, own(0)], [t0, own(1)]], "lowest": False}]
     for i in range(60):
         nranks = rng.choice([1, 2, 3, 4, 9, 12])
         cases.append({"plans": _save_plans(rng, nranks), "lowest": i % 4 == 0})
@@ -245,7 +265,11 @@ def save_cases(rng) -> list:
 
 
 def validate_cases(rng) -> list:
-    cases = []
+    # test_planner.py TestValidateGlobalPlan: four [i:i+1] chunks of 4; [0:2] and [1:3] of 4
+    cases = [
+        {"md": {"param": {"size": [4], "chunks": [[[i], [1]] for i in range(4)]}}, "nplans": 1},
+        {"md": {"param": {"size": [4], "chunks": [[[0], [2]], [[1], [2]]]}}, "nplans": 1},
+    ]
     for i in range(60):
         md = {}
         for k in range(rng.randint(1, 3)):

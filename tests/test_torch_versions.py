@@ -332,6 +332,10 @@ def test_bridge_names_the_torch_it_needs(monkeypatch):
     from workbench.torch_bridge.fake_pg import torch_save_plans
 
     monkeypatch.setattr(versions, "installed_torch_version", lambda: "2.4")
+    from workbench.torch_bridge.convert import placement_to_torch
+
+    with pytest.raises(WorkbenchError, match=r"placement_to_torch .* needs torch 2.5 or newer"):
+        placement_to_torch("S(0)")
     with pytest.raises(
         WorkbenchError,
         match=r"torch_save_plans .* needs torch 2.5 or newer; the installed torch is 2.4",
@@ -494,3 +498,29 @@ def test_pytorch_own_cases_in_the_recordings():
             [["tensor_0", [0], None], ["r0", [0], None]],
             [["r1", [0], None]],
         ]
+
+
+@pytest.mark.parametrize(
+    "v", [p.parent.name.removeprefix("torch-") for p in sorted(DATA.glob("torch-*/fake_pg.json"))]
+)
+def test_whole_plans_equal_that_torchs_own_planners_on_real_dtensors(v):
+    """Recorded by that torch in its own runtime (its DefaultSavePlanner / DefaultLoadPlanner on
+    meta DTensors under its fake process group: its DTensor maths included)."""
+    rec = json.loads((DATA / f"torch-{v}" / "fake_pg.json").read_text())
+    assert rec["torch"].startswith(v + ".")
+    for case, got in zip(cases()["whole"], rec["whole"], strict=True):
+        save = plan_save(layouts(case, "save"), torch_version=v)
+        assert [plan_rows(p) for p in save.plans] == got["plans"]
+        assert {
+            k: [[list(c.offsets), list(c.sizes)] for c in e.chunks]
+            for k, e in save.metadata.state_dict_metadata.items()
+            if hasattr(e, "chunks")
+        } == got["chunks"]
+        assert save.errors == got["errors"]
+        load = plan_load(save.metadata, layouts(case, "load"), torch_version=v)
+        assert [rows(p.items) for p in load.plans] == got["loads"]
+
+
+def test_fake_pg_recordings_cover_old_versions():
+    have = {p.parent.name for p in DATA.glob("torch-*/fake_pg.json")}
+    assert {"torch-2.7", "torch-2.9", "torch-2.13"} <= have

@@ -47,7 +47,10 @@ Behaviours measured by diffing the versions' sources (2.4.1, 2.5.1, 2.6.0, 2.7.1
 Real checkpoints: ``--venv PYTHON`` (repeatable) names the python of a throw-away venv outside the
 repository where one torch version is installed (``python3 -m venv /tmp/venv-torch-2.4.1 &&
 /tmp/venv-torch-2.4.1/bin/pip install torch==2.4.1``); that version's real ``dcp.save`` (one
-process, no process group) writes a tiny checkpoint to ``tests/data/torch-<X.Y>/ckpt/``.
+process, no process group) writes a tiny checkpoint to ``tests/data/torch-<X.Y>/ckpt/``, and
+(2.5+) its own ``DefaultSavePlanner`` / ``DefaultLoadPlanner`` on real meta DTensors under its
+``fake`` process group plan the whole-model cases (``tests/data/torch-<X.Y>/fake_pg.json``): that
+version's DTensor maths and planners end to end, in its own runtime.
 
 Outputs: ``tests/data/torch-cases.json`` (the inputs, the same for every version) and
 ``tests/data/torch-<X.Y>/planner.json`` (what that version computed, case by case, in order).
@@ -73,6 +76,10 @@ MODULES = ("protocol", "resharding", "planner_helpers", "_dedup_save_plans", "de
 
 
 # ----------------------------------------------------------------------------- loading a version
+def version_key(v: str) -> tuple[int, int]:
+    return tuple(int(x) for x in v.split(".")[:2])
+
+
 def version_of(wheel: Path) -> str:
     m = re.match(r"torch-(\d+)\.(\d+)\.", wheel.name)
     if not m:
@@ -654,6 +661,72 @@ print(json.dumps({"torch": torch.__version__}))
 """
 
 
+# Run by the venv's own python with this repository on PYTHONPATH: that torch's DefaultSavePlanner
+# and DefaultLoadPlanner on real (meta) DTensors under its fake process group
+# (workbench.torch_bridge.fake_pg), for the whole-model cases: its own DTensor maths included.
+_FAKE_PG_SCRIPT = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import torch
+from workbench.sharding import bytes_layout, dtensor_layout, tensor_layout
+from workbench.torch_bridge.fake_pg import torch_load_plans, torch_save_plans
+
+def layout(spec, ws):
+    if spec[0] == "dtensor":
+        return dtensor_layout(tuple(spec[1]), tuple(spec[2]), spec[3], world_size=ws)
+    if spec[0] == "tensor":
+        return tensor_layout(tuple(spec[1]), ws)
+    return bytes_layout(ws)
+
+def rows(plan):
+    return [[it.index.fqn, None if it.index.offset is None else list(it.index.offset),
+             it.index.index] for it in plan.items]
+
+def reads(plan):
+    return [[it.type.name[0], it.dest_index.fqn, it.dest_index.index, it.storage_index.index,
+             list(it.dest_offsets), list(it.storage_offsets), list(it.lengths)]
+            for it in plan.items]
+
+out = []
+for case in json.load(open(sys.argv[1]))["whole"]:
+    ws = case["world_size"]
+    save = {f: layout(s, ws) for f, s in case["save"].items()}
+    load = {f: layout(s, ws) for f, s in case["load"].items()}
+    t = torch_save_plans(save, progress=False)
+    lp = torch_load_plans(t.metadata, load, progress=False)
+    out.append({
+        "plans": [rows(p) for p in t.plans],
+        "chunks": {k: [[list(c.offsets), list(c.sizes)] for c in v.chunks]
+                   for k, v in t.metadata.state_dict_metadata.items() if hasattr(v, "chunks")},
+        "errors": list(t.errors),
+        "loads": [reads(p) for p in lp.plans],
+    })
+print(json.dumps({"torch": torch.__version__, "whole": out}))
+"""
+
+
+def record_fake_pg(python: Path) -> str:
+    """The venv torch's own planners on real DTensors (fake process group) for the whole cases,
+    into tests/data/torch-<X.Y>/fake_pg.json (torch 2.5+: the bridge needs DTensor's package)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [str(python), "-c", _FAKE_PG_SCRIPT, str(DATA / "torch-cases.json")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+        env=env,
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    v = ".".join(got["torch"].split("+")[0].split(".")[:2])
+    _dump(got, DATA / f"torch-{v}" / "fake_pg.json")
+    print(f"{v}: fake-PG plans of torch {got['torch']} recorded")
+    return v
+
+
 def write_checkpoint(python: Path) -> str:
     """A tiny real checkpoint written by the venv's torch into tests/data/torch-<X.Y>/ckpt/."""
     import shutil
@@ -686,7 +759,9 @@ def main(argv=None) -> int:
     )
     args = ap.parse_args(argv)
     for python in args.venv:
-        write_checkpoint(python)
+        v = write_checkpoint(python)
+        if version_key(v) >= (2, 5):
+            record_fake_pg(python)
     if not args.wheels:
         return 0
     import torch

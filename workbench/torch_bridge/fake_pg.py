@@ -95,6 +95,30 @@ def _fake_rank(rank: int, world_size: int):
 
 
 @contextmanager
+def _logged():
+    """The messages ``default_planner``'s logger emits inside the block (even when quieted)."""
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    planner_log = logging.getLogger("torch.distributed.checkpoint.default_planner")
+    handler = Keep(level=logging.WARNING)
+    level, propagate = planner_log.level, planner_log.propagate
+    # kept here, printed nowhere
+    planner_log.setLevel(logging.WARNING)
+    planner_log.propagate = False
+    planner_log.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        planner_log.removeHandler(handler)
+        planner_log.setLevel(level)
+        planner_log.propagate = propagate
+
+
+@contextmanager
 def _quiet():
     """torch warns about the fake group's device and logs validation failures; both expected."""
     planner_log = logging.getLogger("torch.distributed.checkpoint.default_planner")
@@ -174,11 +198,16 @@ def torch_save_plans(
     if any(rank_errors):
         return TorchSavePlans([from_torch(p) for p in local], [], None, [], rank_errors)
     # DefaultSavePlanner._create_global_plan, step by step so the validation strings are kept
-    global_plan, md = create_default_global_save_plan(dedup_save_plans(local, save_to_lowest_rank))
+    # a copy: torch 2.4 - 2.7's dedup_save_plans replaces the plans inside the list it is given
+    global_plan, md = create_default_global_save_plan(
+        dedup_save_plans(list(local), save_to_lowest_rank)
+    )
     merged = dict(ChainMap(*[p.planner_data for p in global_plan]))
     md = dataclasses.replace(md, planner_data=merged)
-    with _quiet():
+    with _quiet(), _logged() as logged:
         errors = _validate_global_plan(global_plan, md)
+    if isinstance(errors, bool):  # torch 2.4 - 2.11 return a bool and log their findings
+        errors = list(logged)
     return TorchSavePlans(
         from_torch(local), from_torch(global_plan), from_torch(md), errors, rank_errors
     )

@@ -42,7 +42,8 @@ Behaviours measured by diffing the versions' sources (2.4.1, 2.5.1, 2.6.0, 2.7.1
 - 2.14: ``CheckpointableTensor`` protocol (``protocol.py``); the size check uses its
   ``global_shape``.
 - DTensor's ``compute_local_shape_and_global_offset`` changed in 2.5, 2.6, 2.7, 2.8, 2.10, 2.11
-  and 2.12 (``_StridedShard`` support, empty-shard offsets); not recorded here (see README).
+  and 2.12 (``_StridedShard`` support, empty-shard offsets); the workbench keeps 2.13's maths, and
+  the ``--venv`` fake-PG recordings check it against older torch on the whole-model cases.
 
 Real checkpoints: ``--venv PYTHON`` (repeatable) names the python of a throw-away venv outside the
 repository where one torch version is installed (``python3 -m venv /tmp/venv-torch-2.4.1 &&

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 
 from .errors import (
+    CaptureError,
     ChunkError,
     DtypeError,
     LayoutError,
@@ -153,10 +154,13 @@ _LAZY = {
     # torch_bridge (imports torch inside functions only)
     "load_metadata": "formats",
     "verify_with_torch": "torch_bridge",
+    "capture": "torch_bridge.capture",
+    "CapturedTarget": "torch_bridge.capture",
 }
 
 __all__ = [
     "WorkbenchError",
+    "CaptureError",
     "ChunkError",
     "DtypeError",
     "LayoutError",

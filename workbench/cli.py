@@ -1,5 +1,6 @@
 """The ``workbench`` command: inspect a DCP checkpoint, plan a reshard onto a target and gate a
-training job on it, explain a torch error string, write an HTML report, open the tour notebook.
+training job on it, capture the target (or the checkpoint) of the user's own training code,
+explain a torch error string, write an HTML report, open the tour notebook.
 
 Exit status: 0 fine; 1 ``plan`` found a problem that makes torch raise or load wrong values;
 2 bad input (a missing checkpoint, an unreadable ``.metadata``, a bad target spec), reported as
@@ -31,7 +32,7 @@ from pathlib import Path
 from .errors import PlanError, WorkbenchError
 from .formatting import format_ranks
 
-__all__ = ["main", "build_parser", "parse_target", "TARGET_HELP"]
+__all__ = ["main", "build_parser", "parse_target", "target_json", "TARGET_HELP"]
 
 TARGET_HELP = """\
 A target is what the checkpoint will be loaded into, in one of two forms:
@@ -60,6 +61,10 @@ A target is what the checkpoint will be loaded into, in one of two forms:
             a non-tensor entry (an int, a dict, a BytesIO...)
       Plain tensors and bytes may add "ranks": [0, 2] (held by those ranks only) and
       "per_rank_values": true (each rank holds its own values, e.g. an RNG state).
+      A DTensor may add "data_held": {"4": {"0": [[6, 7]]}}: per rank, per dim, the global
+      indices it really holds as [start, stop) runs when they are not what its placements say
+      (FSDP2 + TP's rows; `workbench capture` writes it). {"shape": ..., "chunks": {"0":
+      [[[0, 0], [4, 8]]], ...}} is a ShardedTensor: per rank, its [offsets, sizes] chunks.
       The world size is the largest mesh (or an entry's "world_size", or its largest rank or
       mesh rank + 1)."""
 
@@ -81,6 +86,8 @@ _ENTRY_KEYS = {
     "bytes",
     "ranks",
     "per_rank_values",
+    "data_held",
+    "chunks",
 }
 
 
@@ -152,8 +159,68 @@ def _list_presets() -> str:
     return "\n".join(lines)
 
 
+def _runs(indices) -> list[list[int]]:
+    """Indices as [start, stop) runs of consecutive values (FSDP2 rows are one run a dim)."""
+    out: list[list[int]] = []
+    for i in indices:
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return out
+
+
+def _from_runs(runs) -> list[int]:
+    return [i for start, stop in runs for i in range(int(start), int(stop))]
+
+
+def target_json(layouts) -> dict:
+    """``{fqn: Layout}`` (e.g. `workbench.capture`'s) as the JSON ``workbench plan --target``
+    reads back into equal layouts (`TARGET_HELP`)."""
+    from .sharding import format_placements
+
+    out = {}
+    for fqn, lay in layouts.items():
+        if lay.kind == "bytes":
+            e: dict = {"bytes": True}
+        else:
+            e = {"shape": list(lay.shape), "dtype": lay.dtype}
+        if lay.kind == "dtensor":
+            e["mesh"] = list(lay.mesh_shape)
+            e["placements"] = format_placements(lay.placements)
+            if lay.mesh_ranks is not None:
+                e["mesh_ranks"] = list(lay.mesh_ranks)
+            if lay.data_held is not None:
+                e["data_held"] = {
+                    str(r): {str(d): _runs(idx) for d, idx in sorted(dims.items())}
+                    for r, dims in enumerate(lay.data_held)
+                    if dims is not None
+                }
+        elif lay.kind == "sharded":
+            e["chunks"] = {
+                str(r): [[list(c.offsets), list(c.sizes)] for c in cs]
+                for r, cs in enumerate(lay.rank_chunks)
+                if cs
+            }
+        else:
+            holders = lay.holders()
+            if len(holders) != lay.world_size:
+                e["ranks"] = holders
+            if lay.per_rank_values:
+                e["per_rank_values"] = True
+        e["world_size"] = lay.world_size
+        out[fqn] = e
+    return out
+
+
 def _json_target(path: Path) -> dict:
-    from .sharding import bytes_layout, dtensor_layout, tensor_layout
+    from .sharding import (
+        bytes_layout,
+        dtensor_layout,
+        sharded_layout,
+        tensor_layout,
+        with_data_held,
+    )
 
     if not path.is_file():
         raise PlanError(
@@ -200,6 +267,14 @@ def _json_target(path: Path) -> dict:
                 "Add the missing one.",
                 path=str(path),
             )
+        if ("data_held" in e and "mesh" not in e) or ("chunks" in e and "mesh" in e):
+            raise PlanError(
+                fqn,
+                "target entry gives data_held without a mesh, or chunks with one",
+                "data_held on a DTensor entry, chunks on a ShardedTensor entry",
+                "See `workbench plan --help`.",
+                path=str(path),
+            )
         if "mesh_ranks" in e and "mesh" not in e:
             raise PlanError(
                 fqn,
@@ -215,6 +290,7 @@ def _json_target(path: Path) -> dict:
                 int(e.get("world_size", 1)),
                 max(e.get("ranks") or [0]) + 1,
                 max(e.get("mesh_ranks") or [0]) + 1,
+                max((int(r) for r in e.get("chunks") or {}), default=0) + 1,
             )
             for e in doc.values()
         )
@@ -233,13 +309,26 @@ def _json_target(path: Path) -> dict:
                     mesh_ranks=e.get("mesh_ranks"),
                     fqn=fqn,
                 )
+                if "data_held" in e:
+                    held = {
+                        int(r): {int(d): _from_runs(v) for d, v in dims.items()}
+                        for r, dims in e["data_held"].items()
+                    }
+                    out[fqn] = with_data_held(out[fqn], held, fqn=fqn)
+            elif "chunks" in e:
+                chunks = {
+                    int(r): [(tuple(o), tuple(z)) for o, z in cs] for r, cs in e["chunks"].items()
+                }
+                out[fqn] = sharded_layout(
+                    e["shape"], chunks, e.get("dtype", "float32"), world, fqn=fqn
+                )
             else:
                 out[fqn] = tensor_layout(
                     e["shape"], world, e.get("dtype", "float32"), fqn=fqn, **holders
                 )
     except WorkbenchError:
         raise
-    except (TypeError, ValueError) as e:  # a string where a list of ints belongs, and the like
+    except (TypeError, ValueError, AttributeError) as e:  # a string for a list of ints, ...
         raise PlanError(
             "<target>",
             f"target file {str(path)!r} has a malformed value ({e})",
@@ -581,6 +670,63 @@ def _cmd_report(args) -> int:
     return OK
 
 
+def _cmd_capture(args) -> int:
+    from .torch_bridge.capture import capture
+
+    ranks = None
+    if args.ranks:
+        ranks = "all" if args.ranks == "all" else _ints(args.ranks, "--ranks")
+    target = capture(
+        args.build, args.world_size, ranks=ranks, time_limit=args.time_limit, progress=False
+    )
+    if args.save:
+        doc, status = _save_side(target)
+    else:
+        doc, status = target_json(target), OK
+    text = json.dumps(doc, indent=1 if args.save else None)
+    if args.output in (None, "-"):
+        print(text)
+        return status
+    Path(args.output).write_text(text + "\n")
+    print(
+        f"{target.describe()}; wrote {'the save side' if args.save else 'the target'} to "
+        f"{args.output}"
+    )
+    return status
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise PlanError(
+            "<input>", f"{what} {text!r} is not a list of ranks", "e.g. 0,5 or all"
+        ) from None
+
+
+def _save_side(target) -> tuple[dict, int]:
+    """What the captured program's ``dcp.save`` writes (`plan_save` on its layouts), as
+    ``workbench inspect --json`` prints a checkpoint, plus the save's validation errors and
+    problems; status 1 when torch's save would raise or lose data."""
+    from .diagnosis import find_save_problems
+    from .planning import plan_save
+    from .report import describe_checkpoint
+
+    save = plan_save(target)
+    problems = find_save_problems(save)
+    bad = bool(save.errors) or any(p.blocking for p in problems)
+    doc = {
+        "build": target.build,
+        "world_size": target.world_size,
+        "ok": not bad,
+        **describe_checkpoint(save.metadata),
+        "bytes_written": [int(b) for b in save.bytes_written],
+        "validation_errors": list(save.errors),
+        "problems": [problem_dict(p) for p in problems],
+    }
+    return doc, FOUND_PROBLEMS if bad else OK
+
+
 def _cmd_lab(args) -> int:
     tour = Path(__file__).resolve().parent.parent / "notebooks" / "00_tour.ipynb"
     if not tour.is_file():
@@ -705,6 +851,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", "-o", default="report.html", help="output file (report.html)")
     s.add_argument("--torch", metavar="X.Y", help="the torch version whose semantics to use")
     s.set_defaults(run=_cmd_report)
+
+    s = sub.add_parser(
+        "capture",
+        formatter_class=fmt,
+        help="the target (or checkpoint) your own training code makes",
+        description="Run your own build() (model + parallelize, optionally returning "
+        "(model, optimizer)) as ranks of a WORLD_SIZE-rank job under torch's fake process "
+        "group, on the CPU, and write the target it asks of a checkpoint as the JSON that "
+        "`workbench plan --target` reads. With --save: the checkpoint it would write instead "
+        "(every chunk's writer rank and file, as `workbench inspect --json` prints a "
+        "checkpoint, plus torch's save validation and the save problems; exit 1 when that "
+        "save would raise or lose data).",
+    )
+    s.add_argument("build", help="MODULE:FUNCTION, e.g. train:build (imported from the cwd)")
+    s.add_argument("--world-size", "-n", type=int, required=True, help="ranks of the job")
+    s.add_argument("--output", "-o", help="output file (default: print the JSON)")
+    s.add_argument("--save", action="store_true", help="write the save side instead")
+    s.add_argument("--ranks", help="more ranks to run and check, e.g. 0,5, or all")
+    s.add_argument("--time-limit", type=float, default=120.0, help="seconds per rank (default 120)")
+    s.set_defaults(run=_cmd_capture)
 
     s = sub.add_parser(
         "lab",

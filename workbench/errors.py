@@ -16,6 +16,7 @@ __all__ = [
     "MetadataError",
     "UnsafeCheckpointError",
     "DtypeError",
+    "CaptureError",
 ]
 
 
@@ -65,3 +66,8 @@ class UnsafeCheckpointError(MetadataError):
 
 class DtypeError(WorkbenchError):
     """An unknown dtype name."""
+
+
+class CaptureError(WorkbenchError):
+    """A user's ``build()`` could not be captured: it raised, hung, needs a GPU or real data, or
+    gave something DCP cannot save. ``fqn`` names the function; ``rank`` the rank it failed on."""

@@ -738,6 +738,8 @@ class CheckpointExplorer(_Explorer):
     def __init__(self, source, target=None, *, rank: int = 0, only_problems: bool = False):
         super().__init__()
         self._source = source
+        # a captured target (workbench.capture) names the build() it came from
+        self._target_name = getattr(target, "build", None) if isinstance(target, Mapping) else None
         self.plan = plan_checkpoint(source, target)
         world = self.plan.load.world_size if self.plan.load is not None else 1
         # A (preset, recipe, mesh) target can be changed in place: another recipe or mesh re-plans
@@ -825,6 +827,11 @@ class CheckpointExplorer(_Explorer):
             f"<b>{html.escape(self.plan.source)}</b>: "
             f"{_count(len(self.plan.metadata.state_dict_metadata), 'saved key')}, "
             f"{_count(len(self.plan.problems), 'problem')}"
+            + (
+                f" (target captured from <code>{html.escape(self._target_name)}</code>)"
+                if self._target_name
+                else ""
+            )
         )
         if self.plan.io is not None:
             self.io.outputs = (_mime(_styled(self.plan.io, self.plan.io.columns)),)
@@ -842,6 +849,7 @@ class CheckpointExplorer(_Explorer):
             _message(self.message, err)
             return
         self.plan = plan
+        self._target_name = None
         world, rank = plan.load.world_size, self.rank.value
         with self._quiet():
             self.rank.options = list(range(world))  # resets the value to the first option

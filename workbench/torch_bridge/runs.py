@@ -182,6 +182,8 @@ def _loaded(fqn, layout, rank, value, saved_dtype):
 
 
 def _run_step(step, rank, meshes):
+    if hasattr(step, "run_on"):  # a step that brings its own program (program_runs.ProgramStep)
+        return step.run_on(rank)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
@@ -253,7 +255,8 @@ def run_steps(
     timeout: float = 30.0,
 ) -> list:
     """Run ``steps`` in order on ``world_size`` fresh processes over gloo; returns one result per
-    step (`SaveRun` / `LoadRun`). Raises RuntimeError when a rank crashes or the launch exceeds
+    step (`SaveRun` / `LoadRun`; a step with a ``run_on(rank)`` method, e.g.
+    `program_runs.ProgramStep`, gives the tuple of its ranks' results). Raises RuntimeError when a rank crashes or the launch exceeds
     ``time_limit`` seconds (stragglers are killed first: no process outlives the call)."""
     require_torch("real dcp.save / dcp.load runs (workbench.torch_bridge.runs)")
     import multiprocessing as mp
@@ -266,7 +269,7 @@ def run_steps(
             "Real runs are small by design; plan larger worlds with plan_save.",
         )
     for s in steps:
-        for fqn, lay in s.layouts.items():
+        for fqn, lay in getattr(s, "layouts", {}).items():
             if lay.world_size != world_size:
                 raise PlanError(
                     fqn,
@@ -274,7 +277,10 @@ def run_steps(
                     "one world size per run",
                     "Build the layouts with world_size equal to the run's.",
                 )
-    steps = [replace(s, path=str(Path(s.path).resolve())) for s in steps]
+    steps = [
+        replace(s, path=str(Path(s.path).resolve())) if isinstance(s, (SaveStep, LoadStep)) else s
+        for s in steps
+    ]
     ctx = mp.get_context("spawn")
     out_dir = tempfile.mkdtemp(prefix="wb_run_")
     procs = []
@@ -320,8 +326,10 @@ def run_steps(
         got = [per_rank[r][i] for r in range(world_size)]
         if isinstance(s, SaveStep):
             out.append(SaveRun(s.path, world_size, tuple(got)))
-        else:
+        elif isinstance(s, LoadStep):
             out.append(LoadRun(s.path, world_size, tuple(got), s.fill))
+        else:  # a step with its own program: its per-rank results as they are
+            out.append(tuple(got))
     return out
 
 

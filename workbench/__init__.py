@@ -1,4 +1,4 @@
-"""DCP Reshard Workbench: recompute, draw and diagnose how torch.distributed.checkpoint (2.13)
+"""DCP Reshard Workbench: recompute, draw and diagnose how torch.distributed.checkpoint (2.4-2.14)
 reshards a checkpoint, for every rank at once, without a process group and without the tensors.
 
 ``import workbench`` imports neither torch, matplotlib nor ipywidgets. Names of the later layers
@@ -121,6 +121,19 @@ _LAZY = {
         )
     },
     **{n: "explanations" for n in ("explain", "Explanation")},
+    # versions.py, version_compare.py: which torch's DCP semantics, and what an upgrade changes
+    **{
+        n: "versions"
+        for n in (
+            "SUPPORTED_TORCH_VERSIONS",
+            "default_torch_version",
+            "resolve_torch_version",
+            "semantics",
+            "TorchSemantics",
+        )
+    },
+    **{n: "version_compare" for n in ("compare_versions", "VersionComparison")},
+    "infer_writer_versions": "formats.dcp",
     "chunk_holders": "sharding",
     # models.py: presets and parallelism recipes
     **{

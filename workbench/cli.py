@@ -397,6 +397,7 @@ def _cmd_inspect(args) -> int:
     ckpt = _open(args.checkpoint)
     info = describe_checkpoint(ckpt.metadata)
     problems = find_checkpoint_problems(ckpt.metadata)  # holes / overlaps, whatever the target
+    written_by = writer_versions(args.checkpoint, ckpt.format)
     if args.json:
         _json_out(
             {
@@ -404,6 +405,14 @@ def _cmd_inspect(args) -> int:
                 "format": ckpt.format,
                 "facts": ckpt.facts(),
                 "format_records": _format_records(ckpt),
+                "written_by": None
+                if written_by is None
+                else {
+                    "low": written_by.low,
+                    "high": written_by.high,
+                    "text": str(written_by),
+                    "evidence": list(written_by.evidence),
+                },
                 **info,
                 "damage": [p.message for p in ckpt.problems()],
                 "problems": [problem_dict(p) for p in problems],
@@ -423,6 +432,8 @@ def _cmd_inspect(args) -> int:
         for e in info["entries"]
     ]
     print("  ".join(f"{k}: {v}" for k, v in ckpt.facts().items()))
+    if written_by is not None:
+        print(f"written by {written_by} ({'; '.join(written_by.evidence)})")
     _table(
         f"{args.checkpoint}: {len(rows)} entries",
         ["fqn", "kind", "shape", "dtype", "chunks", "writers", "bytes"],
@@ -522,12 +533,64 @@ def _cmd_check(args) -> int:
     return FOUND_PROBLEMS if blocking else OK
 
 
+def torch_versions(spec: str | None) -> list[str]:
+    """``--torch`` values: ``"2.10"`` or ``"2.10,2.13"`` (None: the default version)."""
+    from .versions import resolve_torch_version
+
+    if spec is None:
+        return [resolve_torch_version(None)]
+    return [resolve_torch_version(v.strip()) for v in spec.split(",") if v.strip()] or [
+        resolve_torch_version(spec)
+    ]
+
+
+def _one_version(spec: str | None) -> str:
+    versions = torch_versions(spec)
+    if len(versions) > 1:
+        raise PlanError(
+            "<--torch>",
+            f"{spec!r} names {len(versions)} versions",
+            "one version here",
+            "Compare versions with `workbench plan --torch A,B`.",
+        )
+    return versions[0]
+
+
+def _version_header(v: str) -> str:
+    from .versions import installed_torch_version
+
+    installed = installed_torch_version()
+    note = f"installed torch {installed}" if installed else "no torch installed"
+    return f"DCP semantics of torch {v} ({note})"
+
+
+def writer_versions(checkpoint: str, fmt: str = "dcp"):
+    """`formats.dcp.infer_writer_versions` of a checkpoint directory's ``.metadata`` (Megatron's
+    with its extra records allowed); None for a format without a pickled metadata (HF)."""
+    from .formats.dcp import infer_writer_versions, metadata_path
+    from .formats.megatron import MEGATRON_GLOBALS
+
+    if fmt == "hf":
+        return None
+    p = metadata_path(checkpoint)
+    extra = MEGATRON_GLOBALS if fmt == "megatron" else None
+    return infer_writer_versions(p.read_bytes(), str(p), extra)
+
+
 def _cmd_plan(args) -> int:
     from .planning import plan_load
 
+    versions = torch_versions(args.torch)
+    if len(versions) > 1:
+        return _cmd_compare_versions(args, versions)
     ckpt = _open(args.checkpoint)
     layouts = parse_target(args.target)
-    result = plan_load(ckpt.metadata, layouts, allow_partial_load=args.allow_partial_load)
+    result = plan_load(
+        ckpt.metadata,
+        layouts,
+        allow_partial_load=args.allow_partial_load,
+        torch_version=versions[0],
+    )
     problems = list(result.problems)
     blocking = [p for p in problems if p.blocking]
     # a missing or short data file makes torch's reader raise mid-load, for the keys it holds
@@ -540,6 +603,7 @@ def _cmd_plan(args) -> int:
             {
                 "checkpoint": args.checkpoint,
                 "target": args.target,
+                "torch_version": result.torch_version,
                 "ok": ok,
                 "world_size": result.world_size,
                 "problems": [problem_dict(p) for p in problems],
@@ -549,6 +613,7 @@ def _cmd_plan(args) -> int:
             }
         )
     else:
+        print(_version_header(result.torch_version))
         if problems:
             # blocking problems first; a wrong preset can give one problem per key
             shown = sorted(problems, key=lambda p: not p.blocking)[:MAX_ROWS]
@@ -570,6 +635,54 @@ def _cmd_plan(args) -> int:
         )
         print("OK" if ok else "BLOCKED: this load would raise or load wrong values")
     return OK if ok else FOUND_PROBLEMS
+
+
+def _cmd_compare_versions(args, versions: list[str]) -> int:
+    from .version_compare import compare_versions
+
+    ckpt = _open(args.checkpoint)
+    layouts = parse_target(args.target)
+    cmp = compare_versions(
+        ckpt.metadata, layouts, versions, allow_partial_load=args.allow_partial_load
+    )
+    blocked = {v: any(p.blocking for p in r.problems) for v, r in cmp.results.items()}
+    if args.json:
+        _json_out(
+            {
+                "checkpoint": args.checkpoint,
+                "target": args.target,
+                "torch_versions": list(cmp.versions),
+                "blocked": blocked,
+                "changes": [dataclasses.asdict(c) for c in cmp.changed()],
+            }
+        )
+    else:
+        print(f"DCP semantics of torch {', '.join(cmp.versions)} compared with {cmp.versions[0]}")
+        rows = [
+            [
+                c.version,
+                c.rank,
+                ", ".join(c.reordered),
+                ", ".join(c.changed),
+                "; ".join(c.appearing),
+                "; ".join(c.vanishing),
+                "" if c.files_before == c.files_after else " ".join(c.files_after),
+            ]
+            for c in cmp.changed()
+        ]
+        if rows:
+            _table(
+                f"{len(rows)} (version, rank) pairs change",
+                ["torch", "rank", "read order", "reads", "problems +", "problems -", "files now"],
+                rows[:MAX_ROWS],
+            )
+            if len(rows) > MAX_ROWS:
+                print(f"... {len(rows) - MAX_ROWS} more (--json lists all)")
+        else:
+            print("no rank's reads, problems or files change")
+        for v, b in blocked.items():
+            print(f"torch {v}: " + ("BLOCKED" if b else "OK"))
+    return FOUND_PROBLEMS if any(blocked.values()) else OK
 
 
 def io_summary(result) -> dict:
@@ -599,7 +712,9 @@ def _cmd_explain(args) -> int:
 
     metadata = _open(args.checkpoint).metadata if args.checkpoint else None
     target = parse_target(args.target) if args.target else None
-    exp = explain(args.text, metadata=metadata, target=target)
+    exp = explain(
+        args.text, metadata=metadata, target=target, torch_version=_one_version(args.torch)
+    )
     if args.json:
         _json_out(explanation_dict(exp))
     else:
@@ -638,6 +753,7 @@ def _cmd_report(args) -> int:
         facts=ckpt.facts(),
         file_problems=find_file_problems(ckpt),
         format_tables=format_tables(ckpt),
+        torch_version=_one_version(args.torch),
     )
     print(f"wrote {out}")
     return OK
@@ -748,8 +864,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="workbench",
         formatter_class=fmt,
-        description="See and debug how PyTorch Distributed Checkpoint (torch 2.13) reshards a "
-        "checkpoint, for every rank at once, without a process group.",
+        description="See and debug how PyTorch Distributed Checkpoint (torch 2.4 to 2.14) reshards "
+        "a checkpoint, for every rank at once, without a process group.",
         epilog="exit status: 0 ok, 1 `plan` / `check` found a blocking problem, 2 bad input\n\n"
         + TARGET_HELP,
     )
@@ -806,6 +922,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="as dcp.load(planner=DefaultLoadPlanner(allow_partial_load=True))",
     )
+    s.add_argument(
+        "--torch",
+        metavar="X.Y[,X.Y...]",
+        help="the torch version whose DCP semantics to use (2.4 ... 2.14; default: the installed "
+        "torch if supported, else the newest); several compare the versions rank by rank",
+    )
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.add_argument("--list-presets", action=_ListPresets, help="list presets and recipes, exit")
     s.set_defaults(run=_cmd_plan)
@@ -820,6 +942,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("text", help="the error text, quoted")
     s.add_argument("--checkpoint", "-c", help="checkpoint directory the error came from")
     s.add_argument("--target", "-t", metavar="SPEC", help="the target being loaded into")
+    s.add_argument("--torch", metavar="X.Y", help="the torch version that raised it")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(run=_cmd_explain)
 
@@ -835,6 +958,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="checkpoint directory")
     s.add_argument("--target", "-t", metavar="SPEC", help="optional target (see below)")
     s.add_argument("--output", "-o", default="report.html", help="output file (report.html)")
+    s.add_argument("--torch", metavar="X.Y", help="the torch version whose semantics to use")
     s.set_defaults(run=_cmd_report)
 
     s = sub.add_parser(

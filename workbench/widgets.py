@@ -48,6 +48,7 @@ from .sharding import (
     format_placements,
     parse_placements,
 )
+from .versions import SUPPORTED_TORCH_VERSIONS, default_torch_version, resolve_torch_version
 
 __all__ = [
     "CLASSIC_RESHARDS",
@@ -157,6 +158,7 @@ class ReshardSpec:
     load_mesh: tuple[int, ...]
     load_placements: tuple[Placement, ...]
     dtype: str = "float32"
+    torch_version: str = "2.13"  # whose DCP semantics plan it
 
     def describe(self) -> str:
         return (
@@ -234,7 +236,12 @@ def _reshard_plans(spec: ReshardSpec):
     from .planning import plan_load, plan_save
 
     save = plan_save(
-        {FQN: dtensor_layout(spec.shape, spec.save_mesh, spec.save_placements, spec.dtype, fqn=FQN)}
+        {
+            FQN: dtensor_layout(
+                spec.shape, spec.save_mesh, spec.save_placements, spec.dtype, fqn=FQN
+            )
+        },
+        torch_version=spec.torch_version,
     )
     load = plan_load(
         save.metadata,
@@ -243,6 +250,7 @@ def _reshard_plans(spec: ReshardSpec):
                 spec.shape, spec.load_mesh, spec.load_placements, spec.dtype, fqn=FQN
             )
         },
+        torch_version=spec.torch_version,
     )
     return save, load, tuple(find_save_problems(save)) + tuple(load.problems)
 
@@ -257,23 +265,26 @@ def explore_reshard(
     dtype: str = "float32",
     rank: int = 0,
     dims="0, 1",
+    torch_version: str | None = None,
 ) -> ReshardResult:
     """Plan a one-tensor reshard (``plan_save`` then ``plan_load``, every rank) and show it from
     load rank ``rank``: the `ReshardExplorer`'s function.
 
     Text arguments are parsed as the controls type them (``"16, 12"``, ``"S(0), R"``); bad input
-    raises a `WorkbenchError` subclass in the house form.
+    raises a `WorkbenchError` subclass in the house form. ``torch_version``: whose DCP semantics
+    plan it (default `versions.default_torch_version`).
     """
     from .picture_data import reshard_data
     from .tables import problems_table, read_items_table
 
     spec = ReshardSpec(
-        parse_ints(shape, "shape"),
-        parse_ints(save_mesh, "save mesh", error=PlacementError, example="4, 2"),
-        parse_placements(save_placements),
-        parse_ints(load_mesh, "load mesh", error=PlacementError, example="4, 2"),
-        parse_placements(load_placements),
-        canonical_dtype(dtype, FQN),
+        shape=parse_ints(shape, "shape"),
+        save_mesh=parse_ints(save_mesh, "save mesh", error=PlacementError, example="4, 2"),
+        save_placements=parse_placements(save_placements),
+        load_mesh=parse_ints(load_mesh, "load mesh", error=PlacementError, example="4, 2"),
+        load_placements=parse_placements(load_placements),
+        dtype=canonical_dtype(dtype, FQN),
+        torch_version=resolve_torch_version(torch_version),
     )
     dims = parse_ints(dims, "dims to draw", example="0, 1")
     for what, mesh in (("save", spec.save_mesh), ("load", spec.load_mesh)):
@@ -424,7 +435,8 @@ class ReshardExplorer(_Explorer):
     placements (typed like ``S(0), R``), the load rank and the dims to draw, and a dropdown of
     classic reshards to start from.
 
-    Shows the overlay of saved and wanted chunks with the rank's read items lit
+    A ``torch`` dropdown picks whose DCP semantics plan it (2.4 ... 2.14; read order and
+    checks follow the version). Shows the overlay of saved and wanted chunks with the rank's read items lit
     (``picture_data.reshard_data``), the rank's read-item table and the problems table.
     ``ReshardExplorer()`` opens on a classic reshard; ``.result`` is the last `ReshardResult`.
     """
@@ -437,6 +449,9 @@ class ReshardExplorer(_Explorer):
         )
         self.shape = _text("", "shape", "wb-shape")
         self.dtype = _dropdown(DTYPES, "float32", "dtype", "wb-dtype")
+        self.torch_version = _dropdown(
+            list(SUPPORTED_TORCH_VERSIONS), default_torch_version(), "torch", "wb-torch"
+        )
         self.save_mesh = _text("", "save mesh", "wb-save-mesh")
         self.save_placements = _text("", "save placements", "wb-save-placements")
         self.load_mesh = _text("", "load mesh", "wb-load-mesh")
@@ -449,6 +464,7 @@ class ReshardExplorer(_Explorer):
         controls = W.VBox(
             [
                 self.classic,
+                self.torch_version,
                 self.shape,
                 self.dtype,
                 self.save_mesh,
@@ -474,6 +490,7 @@ class ReshardExplorer(_Explorer):
         )
         self.classic.observe(lambda ch: self._apply_classic(ch["new"], 0), names="value")
         self._observe(
+            self.torch_version,
             self.shape,
             self.dtype,
             self.save_mesh,
@@ -520,6 +537,7 @@ class ReshardExplorer(_Explorer):
             dtype=self.dtype.value,
             rank=self.rank.value,
             dims=self.dims.value,
+            torch_version=self.torch_version.value,
         )
 
     def _show(self, r: ReshardResult) -> None:

@@ -17,6 +17,7 @@ import io
 import os
 import pathlib
 import pickle
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MetadataError, UnsafeCheckpointError, WorkbenchError
@@ -37,6 +38,8 @@ __all__ = [
     "metadata_path",
     "read_metadata_bytes",
     "ALLOWED_GLOBALS",
+    "WriterVersions",
+    "infer_writer_versions",
 ]
 
 _DCP = "torch.distributed.checkpoint.metadata"
@@ -569,3 +572,136 @@ def dcp_class(module: str, name: str) -> type:
 
 
 DCP_METADATA = _DCP
+
+
+# ----------------------------------------------------------------------------- other versions
+# Globals other torch / Python versions pickle in a .metadata (added to the allow-list above):
+# Python 3.13 moved pathlib's classes to pathlib._local; torch <= 2.2 pickled TensorProperties
+# and its memory-format enum from the ShardedTensor package.
+_SHARD_MD = "torch.distributed._shard.sharded_tensor.metadata"
+ALLOWED_GLOBALS.update(
+    {
+        **{
+            ("pathlib._local", n): ALLOWED_GLOBALS[("pathlib", n)]
+            for n in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")
+        },
+        (_SHARD_MD, "TensorProperties"): _CLASSES[(_DCP, "TensorProperties")],
+        (_SHARD_MD, "MEM_FORMAT_ENCODING"): _Reducer(
+            f"{_SHARD_MD}.MEM_FORMAT_ENCODING", _mem_format_encoding
+        ),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterVersions:
+    """Which torch versions could have written a ``.metadata``: ``low`` / ``high`` bounds
+    (``"2.4"``; ``high`` None = up to the newest; ``low`` ``"2.2"`` with ``high`` ``"2.2"`` means
+    2.2 or older), the ``evidence`` for each bound and the ``python`` note (3.13+ when its pickle
+    names ``pathlib._local``)."""
+
+    low: str
+    high: str | None
+    evidence: tuple[str, ...]
+    python: str | None = None
+
+    def __str__(self) -> str:
+        if self.high == "2.2":
+            rng = "torch 2.2 or older"
+        elif self.high is None:
+            rng = f"torch {self.low} or newer"
+        elif self.low == self.high:
+            rng = f"torch {self.low}"
+        else:
+            rng = f"torch {self.low} to {self.high}"
+        return rng + (f" (Python {self.python})" if self.python else "")
+
+
+class _RecordingUnpickler(_AllowListUnpickler):
+    """The allow-list unpickler, noting which globals the pickle names."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.names: set[tuple[str, str]] = set()
+
+    def find_class(self, module, name):
+        self.names.add((module, name))
+        return super().find_class(module, name)
+
+
+def _state_keys(obj) -> set:
+    st = getattr(obj, "state", None)
+    return set(st) if isinstance(st, dict) else set()
+
+
+def infer_writer_versions(
+    data: bytes, source: str = "<bytes>", extra_globals=None
+) -> WriterVersions:
+    """The torch versions that write a ``.metadata`` like ``data`` (read with the allow-list
+    unpickler: nothing is executed), from the globals and record fields present:
+    ``TensorProperties`` from ``torch.distributed._shard`` (<= 2.2) or from
+    ``torch.distributed.checkpoint.metadata`` (2.3+); ``Metadata.storage_meta`` (2.4+);
+    ``StorageMeta.modules`` (2.7+); a ``_StorageInfo.transform_descriptors`` (2.7+, pickled only
+    when set); ``Metadata.version`` (2.9+). 2.9 to 2.14 write the same schema."""
+    un = _RecordingUnpickler(io.BytesIO(data))
+    if extra_globals:  # a format's own records (Megatron's), as read_metadata_bytes takes them
+        un.extra_globals = dict(extra_globals)
+    try:
+        raw = un.load()
+    except UnsafeCheckpointError as e:
+        raise type(e)(source, e.what, e.expectation, e.fix, **e.facts) from None
+    except Exception as e:  # noqa: BLE001 - a damaged pickle: read_metadata_bytes words it
+        raise MetadataError(
+            source, f"the metadata cannot be read: {type(e).__name__}: {e}", "a DCP .metadata"
+        ) from None
+    if not isinstance(raw, _CLASSES[(_DCP, "Metadata")]):  # subclasses too (MCoreMetadata)
+        raise MetadataError(source, "the pickle holds no DCP Metadata", "a DCP .metadata")
+    low, high, why = (2, 3), None, []
+
+    def at_least(v, reason):
+        nonlocal low
+        why.append(reason)
+        low = max(low, v)
+
+    def at_most(v, reason):
+        nonlocal high
+        why.append(reason)
+        high = v if high is None else min(high, v)
+
+    if (_SHARD_MD, "TensorProperties") in un.names:
+        low = (2, 0)
+        at_most((2, 2), "TensorProperties pickled from torch.distributed._shard (torch <= 2.2)")
+    elif (_DCP, "TensorProperties") in un.names:
+        at_least((2, 3), "TensorProperties from torch.distributed.checkpoint.metadata (2.3+)")
+    keys = _state_keys(raw)
+    if "storage_meta" in keys:
+        at_least((2, 4), "Metadata.storage_meta (2.4+)")
+    else:
+        at_most((2, 3), "no Metadata.storage_meta (before 2.4)")
+    sm = raw.field("storage_meta")
+    if sm is not None and _is(sm, _DCP, "StorageMeta"):
+        if "modules" in _state_keys(sm):
+            at_least((2, 7), "StorageMeta.modules (2.7+)")
+        else:
+            at_most((2, 6), "StorageMeta without modules (before 2.7)")
+    sd = raw.field("storage_data")
+    if isinstance(sd, dict) and any("transform_descriptors" in _state_keys(v) for v in sd.values()):
+        at_least((2, 7), "_StorageInfo.transform_descriptors (2.7+)")
+    if "version" in keys:
+        at_least((2, 9), "Metadata.version (2.9+)")
+    elif "storage_meta" in keys:
+        at_most((2, 8), "no Metadata.version (before 2.9)")
+    python = "3.13+" if any(m == "pathlib._local" for m, _ in un.names) else None
+    if high is not None and high < low:  # contradicting fields: not one torch's writer
+        raise MetadataError(
+            source,
+            f"its fields contradict each other ({'; '.join(why)})",
+            "a .metadata written by one torch version",
+            "It was edited or written by another tool.",
+        )
+    return WriterVersions(
+        f"{low[0]}.{low[1]}",
+        None if high is None else f"{high[0]}.{high[1]}",
+        tuple(why),
+        python,
+    )

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import PlanError
 from ..sharding import Layout, bytes_layout, dtensor_layout, tensor_layout
+from ..versions import require_torch
 from .materialize import (
     Meshes,
     bytes_value,
@@ -316,6 +317,7 @@ def run_steps(
     step (`SaveRun` / `LoadRun`; a step with a ``run_on(rank)`` method, e.g.
     `program_runs.ProgramStep` or a `CallStep`, gives the tuple of its ranks' results). Raises RuntimeError when a rank crashes or the launch exceeds
     ``time_limit`` seconds (stragglers are killed first: no process outlives the call)."""
+    require_torch("real dcp.save / dcp.load runs (workbench.torch_bridge.runs)")
     import multiprocessing as mp
 
     if not 1 <= world_size <= MAX_WORLD_SIZE:

@@ -65,7 +65,7 @@ def load_placements(shape, spec):
 
 def clear_caches():
     sharding._dtensor_layout.cache_clear()
-    planning._PATTERNS.clear()
+    planning._PATTERN_CACHE.clear()
     gc.collect()
 
 

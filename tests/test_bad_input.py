@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 
 import workbench as wb
 from workbench import LocalTensor
@@ -112,9 +113,6 @@ def test_absent_value_for_direct_write_items():
 
 
 # ----------------------------------------------------------------------------- torch's errors
-import torch
-
-
 def assert_torch_text(ei, torch_exc: BaseException, fqn: str | None):
     e = ei.value
     assert isinstance(e, WorkbenchError)

@@ -3,8 +3,6 @@ metadata and layouts. Expected regions are worked out by hand (intervals in the 
 painting boolean grids with numpy; torch's messages are the ones planning records (checked
 against torch in test_planning) and the real runs in test_diagnosis_real."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -41,7 +39,21 @@ def test_problem_record_is_checked_and_normalised():
         Problem("w", "holes", (), None, "silent", "m", "f")
     with pytest.raises(wb.WorkbenchError, match="severity .fatal. is unknown"):
         Problem("w", "overlap", (), None, "fatal", "m", "f")
-    assert len(KINDS) == 10
+    assert KINDS[:10] == (
+        "missing_key",
+        "unexpected_key",
+        "shape_mismatch",
+        "dtype_mismatch",
+        "uncovered",
+        "overlap",
+        "strided_misdescribed",
+        "dedup_loss",
+        "per_rank_bytes",
+        "partial",
+    )
+    assert {"missing_file", "unlisted_chunk", "truncated_file"} <= set(KINDS)
+    assert {"no_metadata", "stray_file", "bad_item", "hf_lost_chunk"} <= set(KINDS)
+    assert len(set(KINDS)) == len(KINDS)
 
 
 def test_clean_reshard_has_no_problems():
@@ -276,11 +288,8 @@ def test_reference_model_at_1024_ranks_takes_the_cheap_path(monkeypatch):
         raise AssertionError("exact holes computed for a tensor whose chunks tile it")
 
     monkeypatch.setattr(diagnosis, "uncovered", no_exact)
-    t = time.perf_counter()
+    # its time is measured by benchmarks/bench_plans.py (find_problems, 1024 -> 1024 ranks)
     assert find_problems(res) == []
-    elapsed = time.perf_counter() - t
-    print(f"find_problems on 723 tensors x 1024 ranks: {elapsed:.2f} s")
-    assert elapsed < 5  # ~0.3 s here; generous for a shared 2-core box
 
 
 def test_cheap_path_agrees_with_painting():

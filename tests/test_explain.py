@@ -3,9 +3,12 @@ function that raises it (or formatted from torch's own objects exactly as torch 
 explained with and without metadata / target layouts."""
 
 import pytest
+import torch
+from support import house_form
 
 import workbench as wb
 from workbench.explanations import Explanation, explain
+from workbench.torch_bridge.convert import to_torch
 
 
 def _raised(fn, *args):
@@ -233,3 +236,29 @@ def test_missing_storage_key_as_repr_or_bare_key():
     for text in (repr(KeyError(idx)), str(KeyError(idx))):
         e = explain(text)
         assert (e.pattern, e.fqn, e.numbers["offset"]) == ("missing_storage", "w", (4, 0)), text
+
+
+# ----------------------------------------------------------------------------- torch inputs
+def test_explain_and_verify_with_torch():
+    md = wb.plan_save({"w": wb.dtensor_layout((8, 6), (2,), "S(0)")}).metadata
+    text = "Size mismatch between saved torch.Size([8, 6]) and current: torch.Size([8, 4]) for w"
+    ex = wb.explain(text)
+    assert isinstance(ex, wb.Explanation) and str(ex)
+    ex2 = wb.explain(text, metadata=md, target={"w": wb.dtensor_layout((8, 4), (2,), "S(0)")})
+    assert "w" in str(ex2)
+    v = wb.verify_with_torch({"w": wb.dtensor_layout((8, 6), (2,), "S(0)")})
+    assert v.equal, str(v)
+
+
+def test_explain_takes_torch_metadata_and_a_real_state_dict():
+    md = wb.plan_save({"w": wb.dtensor_layout((8, 6), (2,), "S(0)")}).metadata
+    text = "Size mismatch between saved torch.Size([8, 6]) and current: torch.Size([8, 4]) for w"
+    want = wb.explain(text, md, {"w": wb.tensor_layout((8, 4), 1), "step": wb.bytes_layout(1)})
+    got = wb.explain(text, to_torch(md), {"w": torch.empty(8, 4, device="meta"), "step": 3})
+    assert got == want and got.fqn == "w"
+    with pytest.raises(wb.MetadataError) as e:
+        wb.explain(text, metadata="/some/checkpoint")
+    assert "load_metadata" in house_form(e.value)
+    with pytest.raises(wb.PlanError) as e:
+        wb.explain(text, md, target=5)
+    house_form(e.value)

@@ -148,7 +148,9 @@ def test_a_difference_is_reported(monkeypatch):
     import workbench.planning as planning
 
     real = planning.plan_save
-    monkeypatch.setattr(planning, "plan_save", lambda lay, lowest=False: real(lay, True))
+    monkeypatch.setattr(
+        planning, "plan_save", lambda lay, lowest=False, **kw: real(lay, True, **kw)
+    )
     v = verify_with_torch(SAVES["set-order tie-break"])
     assert not v.equal and not v
     assert v.difference.startswith("final save plan rank 3")

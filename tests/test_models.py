@@ -5,6 +5,8 @@ fake process group."""
 import math
 
 import pytest
+import torch
+from support import house_form
 
 import workbench as wb
 from workbench.errors import LayoutError, PlanError
@@ -154,7 +156,9 @@ def test_recipe_layouts_and_errors():
     assert hs["dataloader.dp_rank_1"].holders() == [1]  # flattened (replica, shard) index 1
     assert hs["model.norm.weight"].world_size == 6
     assert set(RECIPES) == {"replicate", "fsdp", "hsdp", "tp", "fsdp2+tp", "hsdp+tp"}
-    with pytest.raises(LayoutError, match=r"mesh shape \(4,\) has 1 dims \(2 for recipe 'fsdp2\+tp'"):
+    with pytest.raises(
+        LayoutError, match=r"mesh shape \(4,\) has 1 dims \(2 for recipe 'fsdp2\+tp'"
+    ):
         apply_recipe(sd, "fsdp2+tp", 4)
     with pytest.raises(PlanError, match="unknown recipe 'zero3'"):
         apply_recipe(sd, "zero3", 4)
@@ -288,3 +292,20 @@ def test_gpt2_preset_matches_a_nanogpt_style_module():
     with torch.device("meta"):
         m = GPT()
     assert list(state_dict_from_module(m).items()) == list(model_state_dict("gpt2", "tiny").items())
+
+
+# ----------------------------------------------------------------------------- torch modules
+def test_state_dict_from_module_takes_a_module_or_its_state_dict():
+    with torch.device("meta"):
+        m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    want = {
+        "0.weight": ((4, 3), "float32"),
+        "0.bias": ((4,), "float32"),
+        "1.weight": ((4,), "float32"),
+        "1.bias": ((4,), "float32"),
+    }
+    assert wb.state_dict_from_module(m) == want
+    assert wb.state_dict_from_module(m.state_dict()) == want
+    with pytest.raises(wb.PlanError) as e:
+        wb.state_dict_from_module(5)
+    house_form(e.value)

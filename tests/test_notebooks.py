@@ -22,6 +22,8 @@ def test_every_expected_notebook_exists():
         "04_whole_model.ipynb",
         "05_debug_failing_reshard.ipynb",
         "06_strided_shard_hazard.ipynb",
+        "07_checkpoint_formats.ipynb",
+        "08_your_model.ipynb",
     }
     assert expected <= names, sorted(expected - names)
 

@@ -4,40 +4,52 @@ inputs, item by item and in order (index hints included, which ``==`` ignores)."
 from __future__ import annotations
 
 import logging
+import math
 import random
 
 import pytest
 import torch
-import torch.distributed.checkpoint.default_planner as TD  # noqa: E402
-import torch.distributed.checkpoint.planner_helpers as TH  # noqa: E402
+import torch.distributed.checkpoint.default_planner as TD
+import torch.distributed.checkpoint.planner_helpers as TH
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans as torch_dedup  # noqa: E402
+from support import fake_rank, read_key, write_key
+from support import metadata_key as md_key
+from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans as torch_dedup
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
 
-from workbench import planner_helpers as H  # noqa: E402
-from workbench.errors import PlanError  # noqa: E402
-from workbench.geometry import Chunk  # noqa: E402
+from workbench import planner_helpers as H
+from workbench.errors import PlanError, WorkbenchError
+from workbench.geometry import Chunk
 from workbench.records import (
     BytesStorageMetadata,
     Metadata,
     MetadataIndex,
-    SavePlan,  # noqa: E402
+    SavePlan,
     TensorProperties,
     TensorStorageMetadata,
     TensorWriteData,
     WriteItem,
     WriteItemType,
 )
-from workbench.torch_bridge.convert import from_torch, to_torch  # noqa: E402
+from workbench.sharding import (
+    Partial,
+    Replicate,
+    Shard,
+    StridedShard,
+    bytes_layout,
+    dtensor_layout,
+    tensor_layout,
+)
+from workbench.torch_bridge.convert import from_torch, placement_to_torch, to_torch
 
 # torch's validator logs every error at WARNING; the strings are what we compare.
 logging.getLogger("torch.distributed.checkpoint.default_planner").setLevel(logging.ERROR)
 
 
 # ----------------------------------------------------------------------------- comparison keys
-# canonical forms of records (workbench or torch): one definition, in test_planning
-from test_planning import metadata_key as md_key  # noqa: E402
-from test_planning import read_key, write_key
+# canonical forms of records (workbench or torch): one definition, in support.py
 
 
 def plans_key(plans):
@@ -322,38 +334,6 @@ def test_merge_and_contains_usable_match_torch(cached, delta):
 
 
 # ----------------------------------------------------------------------------- one-rank state dicts
-import contextlib  # noqa: E402
-import math  # noqa: E402
-
-import torch.distributed as dist  # noqa: E402
-from torch.distributed.device_mesh import DeviceMesh  # noqa: E402
-from torch.distributed.tensor import DTensor  # noqa: E402
-from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402
-
-from workbench.errors import WorkbenchError  # noqa: E402
-from workbench.sharding import (
-    Partial,
-    Replicate,
-    Shard,
-    StridedShard,
-    bytes_layout,  # noqa: E402
-    dtensor_layout,
-    tensor_layout,
-)
-from workbench.torch_bridge.convert import placement_to_torch  # noqa: E402
-
-
-@contextlib.contextmanager
-def fake_rank(rank, world_size):
-    """torch's ``fake`` process group as rank ``rank``: DTensors and DCP's planners run as that
-    rank would, with no other process."""
-    dist.init_process_group("fake", rank=rank, world_size=world_size, store=FakeStore())
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 def torch_value(lt: H.LocalTensor):
     """The real torch object a LocalTensor stands for, built under the fake group of its rank."""
     L = lt.layout
@@ -480,13 +460,13 @@ def test_one_rank_save_and_load_plans_match_torch(case):
         )
         for strict in (True, False):
             same_outcome(
-                lambda: H.create_default_local_load_plan(ours_sd, md, strict),
-                lambda: TD.create_default_local_load_plan(torch_sd, t_md, strict),
+                lambda strict=strict: H.create_default_local_load_plan(ours_sd, md, strict),
+                lambda strict=strict: TD.create_default_local_load_plan(torch_sd, t_md, strict),
                 rkeys,
             )
             same_outcome(
-                lambda: H.create_default_local_load_plan(torch_sd, t_md, strict),
-                lambda: TD.create_default_local_load_plan(torch_sd, t_md, strict),
+                lambda strict=strict: H.create_default_local_load_plan(torch_sd, t_md, strict),
+                lambda strict=strict: TD.create_default_local_load_plan(torch_sd, t_md, strict),
                 rkeys,
             )
         if ours_sd["w"].in_mesh:
@@ -503,8 +483,10 @@ def test_one_rank_save_and_load_plans_match_torch(case):
             for fqn, smd in md.state_dict_metadata.items():
                 if fqn in ours_sd:
                     same_outcome(
-                        lambda: H.create_read_items(fqn, smd, ours_sd[fqn]),
-                        lambda: TH._create_read_items(fqn, to_torch(smd), torch_sd[fqn]),
+                        lambda fqn=fqn, smd=smd: H.create_read_items(fqn, smd, ours_sd[fqn]),
+                        lambda fqn=fqn, smd=smd: TH._create_read_items(
+                            fqn, to_torch(smd), torch_sd[fqn]
+                        ),
                         lambda items: [read_key(i) for i in items],
                     )
 
@@ -635,7 +617,7 @@ def test_sharded_tensor_plans_match_torch(ws, spr, size, ws2, spr2, size2, data)
                 TH._create_default_metadata_only_plan(theirs)
             )
             same_outcome(
-                lambda: H.create_default_local_load_plan(sd, md),
+                lambda sd=sd: H.create_default_local_load_plan(sd, md),
                 lambda: TD.create_default_local_load_plan(theirs, t_saved_md),
                 lambda p: [read_key(i) for i in p.items],
             )

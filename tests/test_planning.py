@@ -1,17 +1,24 @@
 """Whole-state-dict plans (workbench.planning): worked examples, invariants, and parity with the
 scalar mirrors in workbench.planner_helpers run rank by rank. Parity with torch itself is in
-test_planning_vs_torch.py, which reuses the strategies defined here."""
+test_planning_vs_torch.py; the strategies and comparison keys are in support.py."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import (
+    crowded_state_dicts,
+    expected_per_rank,
+    helpers_load,
+    helpers_save,
+    metadata_key,
+    save_and_load,
+    state_dicts,
+    write_key,
+)
 
-from workbench import LocalTensor
 from workbench import planner_helpers as ph
 from workbench.errors import MetadataError, PlanError
 from workbench.formats.dcp_files import writer_of_file
@@ -26,237 +33,11 @@ from workbench.records import (
     TensorStorageMetadata,
 )
 from workbench.sharding import (
-    Partial,
-    Replicate,
-    Shard,
-    StridedShard,
     bytes_layout,
     dtensor_layout,
     sharded_layout,
     tensor_layout,
 )
-
-DTYPES = ["float32", "bfloat16", "int64"]
-
-
-# ----------------------------------------------------------------------------- strategies
-# mostly non-empty dims (so that reshards read something), zero-size ones now and then
-shapes = st.lists(st.one_of(st.integers(1, 8), st.integers(0, 8)), min_size=0, max_size=4).map(
-    tuple
-)
-
-
-@st.composite
-def meshes(draw, world):
-    ndim = draw(st.integers(1, 3))
-    while True:
-        mesh = tuple(draw(st.integers(1, 4)) for _ in range(ndim))
-        if math.prod(mesh) <= world:
-            return mesh
-        ndim = max(1, ndim - 1)
-
-
-@st.composite
-def placements_for(draw, shape, mesh, partial=False):
-    out = []
-    for _ in mesh:
-        opts = ["R"]
-        if shape:
-            opts += ["S", "S", "SS"]
-        if partial:
-            opts.append("P")
-        kind = draw(st.sampled_from(opts))
-        if kind == "R":
-            out.append(Replicate())
-        elif kind == "P":
-            out.append(Partial())
-        elif kind == "S":
-            out.append(Shard(draw(st.integers(0, len(shape) - 1))))
-        else:
-            out.append(StridedShard(draw(st.integers(0, len(shape) - 1)), draw(st.integers(1, 3))))
-    return tuple(out)
-
-
-@st.composite
-def boxes_in(draw, shape, max_n=2, outside=False):
-    """Up to max_n boxes inside ``shape`` (zero-size ones included); with ``outside`` a box may
-    poke out of the tensor (malformed ShardedTensor metadata)."""
-    out = []
-    for _ in range(draw(st.integers(0, max_n))):
-        offs, sizes = [], []
-        for d in shape:
-            o = draw(st.integers(0, d))
-            s = draw(st.integers(0, d - o + (1 if outside else 0)))
-            offs.append(o)
-            sizes.append(s)
-        out.append(Chunk(tuple(offs), tuple(sizes)))
-    return out
-
-
-@st.composite
-def layouts(
-    draw,
-    shape,
-    world,
-    kinds=("dtensor", "dtensor", "dtensor", "tensor", "bytes", "sharded"),
-    partial=False,
-):
-    kind = draw(st.sampled_from(kinds))
-    dtype = draw(st.sampled_from(DTYPES))
-    if kind == "dtensor":
-        mesh = draw(meshes(world))
-        return dtensor_layout(
-            shape, mesh, draw(placements_for(shape, mesh, partial)), dtype, world_size=world
-        )
-    if kind == "tensor":
-        ranks = draw(st.one_of(st.none(), st.sets(st.integers(0, world - 1), min_size=1)))
-        return tensor_layout(shape, world, dtype, ranks=ranks)
-    if kind == "bytes":
-        ranks = draw(st.one_of(st.none(), st.sets(st.integers(0, world - 1), min_size=1)))
-        return bytes_layout(world, ranks=ranks)
-    outside = draw(st.integers(0, 3)) == 0  # now and then malformed: out-of-bounds chunks
-    per_rank = [draw(boxes_in(shape, outside=outside)) for _ in range(world)]
-    return sharded_layout(shape, per_rank, dtype, world)
-
-
-@st.composite
-def state_dicts(draw, max_world=12, partial=False):
-    world = draw(st.integers(1, max_world))
-    n = draw(st.integers(1, 4))
-    out = {}
-    for i in range(n):
-        out[f"m{i}.w"] = draw(layouts(draw(shapes), world, partial=partial))
-    return out
-
-
-@st.composite
-def crowded_state_dicts(draw, max_world=20):
-    """Many shared dedup keys mixed with one-holder keys: ShardedTensor-like entries whose ranks
-    pick up to 3 chunks from a pool of 4 offsets, plus plain tensors and bytes on some ranks."""
-    world = draw(st.integers(2, max_world))
-    out = {}
-    for i in range(draw(st.integers(1, 5))):
-        kind = draw(st.sampled_from(["sharded", "sharded", "sharded", "tensor", "bytes"]))
-        if kind == "sharded":
-            pool = [
-                Chunk((o,), (s,))
-                for o, s in zip(
-                    draw(st.lists(st.integers(0, 9), min_size=4, max_size=4, unique=True)),
-                    draw(st.lists(st.integers(0, 3), min_size=4, max_size=4)),
-                )
-            ]
-            per_rank = [draw(st.lists(st.sampled_from(pool), max_size=3)) for _ in range(world)]
-            out[f"s{i}"] = sharded_layout((12,), per_rank, draw(st.sampled_from(DTYPES)), world)
-        else:
-            out[f"s{i}"] = draw(layouts((3,), world, kinds=(kind,)))
-    return out
-
-
-@st.composite
-def save_and_load(draw, max_world=12):
-    """A state dict to save and one to load on another world size: same fqns mostly with new
-    layouts; sometimes a new shape, a new kind, a dropped key or an extra key."""
-    saved = draw(state_dicts(max_world))
-    world = draw(st.integers(1, max_world))
-    load = {}
-    for fqn, lay in saved.items():
-        action = draw(st.sampled_from(["same"] * 12 + ["reshape", "drop", "kind"]))
-        if action == "drop":
-            continue
-        shape = lay.shape if lay.kind != "bytes" else draw(shapes)
-        if action == "reshape":
-            shape = draw(shapes)
-        kinds = ("dtensor", "dtensor", "tensor", "sharded") if lay.kind != "bytes" else ("bytes",)
-        if action == "kind":
-            kinds = ("dtensor", "tensor", "bytes", "sharded")
-        load[fqn] = draw(layouts(shape, world, kinds=kinds, partial=True))
-    if draw(st.integers(0, 4)) == 0:
-        load["extra.w"] = draw(layouts(draw(shapes), world))
-    if not load:
-        load["extra.w"] = draw(layouts(draw(shapes), world))
-    return saved, load, draw(st.booleans()), draw(st.booleans())
-
-
-# ----------------------------------------------------------------------------- canonical forms
-def write_key(item):
-    """A write item as plain data (workbench or torch record)."""
-    td = item.tensor_data
-    off = None if item.index.offset is None else tuple(item.index.offset)
-    chunk = None if td is None else (tuple(td.chunk.offsets), tuple(td.chunk.sizes))
-    size = None if td is None else tuple(td.size)
-    dtype = None if td is None else str(td.properties.dtype).replace("torch.", "")
-    return (item.type.name, item.index.fqn, off, item.index.index, chunk, size, dtype)
-
-
-def read_key(item):
-    def idx(i):
-        return (i.fqn, None if i.offset is None else tuple(i.offset), i.index)
-
-    return (
-        item.type.name,
-        idx(item.dest_index),
-        tuple(item.dest_offsets),
-        idx(item.storage_index),
-        tuple(item.storage_offsets),
-        tuple(item.lengths),
-    )
-
-
-def metadata_key(md):
-    out = []
-    for fqn, m in md.state_dict_metadata.items():
-        if type(m).__name__ == "BytesStorageMetadata":
-            out.append((fqn, "bytes"))
-        else:
-            out.append(
-                (
-                    fqn,
-                    tuple(m.size),
-                    str(m.properties.dtype).replace("torch.", ""),
-                    [(tuple(c.offsets), tuple(c.sizes)) for c in m.chunks],
-                )
-            )
-    return out
-
-
-# ----------------------------------------------------------------------------- helpers' reference
-def helpers_save(sd, save_to_lowest_rank=False):
-    """plan_save recomputed with the scalar mirrors, rank by rank."""
-    world = next(iter(sd.values())).world_size
-    local = [
-        ph.create_default_local_save_plan({f: LocalTensor(l, r) for f, l in sd.items()}, r == 0)
-        for r in range(world)
-    ]
-    plans, md = ph.create_default_global_save_plan(ph.dedup_save_plans(local, save_to_lowest_rank))
-    return local, plans, md, ph.validate_global_plan(plans, md)
-
-
-def helpers_load(md, sd, strict):
-    """Per rank: the scalar mirror's read items, or its error message."""
-    world = next(iter(sd.values())).world_size
-    out = []
-    for r in range(world):
-        try:
-            out.append(
-                [
-                    read_key(i)
-                    for i in ph.create_default_local_load_plan(
-                        {f: LocalTensor(l, r) for f, l in sd.items()}, md, strict
-                    ).items
-                ]
-            )
-        except PlanError as e:
-            out.append(e.torch_message)
-    return out
-
-
-def expected_per_rank(res):
-    """What a torch rank would report: its items, or the first failure that names it."""
-    out = []
-    for r in range(res.world_size):
-        fail = next((msg for _, ranks, msg in res.failures if r in ranks), None)
-        out.append(fail if fail is not None else [read_key(i) for i in res.plans[r].items])
-    return out
 
 
 # ----------------------------------------------------------------------------- worked examples

@@ -8,193 +8,55 @@ item / chunk per local shard), then torch's ``create_default_local_save_plan``,
 ``dedup_save_plans``, ``create_default_global_save_plan``, ``_validate_global_plan`` and, on the
 metadata torch itself produced, ``create_default_local_load_plan`` per rank of the load world.
 Helper level: ``create_read_items_for_chunk_list`` on random explicit chunk lists.
-The torch state dicts are built here, independently of workbench.torch_bridge.
+The torch state dicts are built in support.py, independently of workbench.torch_bridge.
 """
 
 from __future__ import annotations
 
 import io
-from contextlib import contextmanager
 
 import pytest
 import torch  # installed in .venv; the package itself never needs it
-import torch.distributed as dist  # noqa: E402
 from hypothesis import event, given
 from hypothesis import strategies as st
-from test_planning import (
+from support import (
     boxes_in,
     crowded_state_dicts,
-    expected_per_rank,
+    fake_rank,
     metadata_key,
+    ours_load,
     read_key,
+    real_dtensor,
     save_and_load,
-    shapes,  # noqa: E402
+    shapes,
     state_dicts,
+    torch_load,
+    torch_save,
+    torch_state_dict,
     write_key,
 )
-from torch.distributed.checkpoint import metadata as tmeta  # noqa: E402
-from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans  # noqa: E402
-from torch.distributed.checkpoint.default_planner import (  # noqa: E402
-    _validate_global_plan,
-    create_default_global_save_plan,
-    create_default_local_load_plan,
+from torch.distributed.checkpoint import default_planner as TDP
+from torch.distributed.checkpoint import metadata as tmeta
+from torch.distributed.checkpoint.default_planner import (
     create_default_local_save_plan,
 )
-from torch.distributed.checkpoint.planner import WriteItem, WriteItemType  # noqa: E402
-from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list  # noqa: E402
-from torch.distributed.device_mesh import DeviceMesh  # noqa: E402
-from torch.distributed.tensor import DTensor  # noqa: E402
-from torch.distributed.tensor._utils import compute_local_shape_and_global_offset  # noqa: E402
-from torch.distributed.tensor.placement_types import (
-    Partial as TPartial,  # noqa: E402
-)
-from torch.distributed.tensor.placement_types import (
-    Replicate as TReplicate,
-)
-from torch.distributed.tensor.placement_types import (
-    Shard as TShard,
-)
-from torch.distributed.tensor.placement_types import (
-    _StridedShard,
-)
-from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+from torch.distributed.tensor import placement_types as TPL
 
-from workbench import planner_helpers as ph  # noqa: E402
-from workbench.planning import plan_load, plan_save  # noqa: E402
-from workbench.records import Metadata, TensorStorageMetadata  # noqa: E402
+import workbench as wb
+from workbench import planner_helpers as ph
+from workbench.planning import plan_load, plan_save
+from workbench.records import Metadata, TensorStorageMetadata
 from workbench.sharding import (
-    Partial,
-    Replicate,
-    Shard,
     bytes_layout,
-    dtensor_layout,  # noqa: E402
+    dtensor_layout,
     sharded_layout,
     tensor_layout,
 )
+from workbench.torch_bridge.convert import from_torch, to_torch
 
 
-# ----------------------------------------------------------------------------- torch side
-@contextmanager
-def fake_rank(rank, world):
-    dist.init_process_group("fake", rank=rank, world_size=world, store=FakeStore())
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def torch_placement(p):
-    if isinstance(p, Shard):
-        return TShard(p.dim)
-    if isinstance(p, Replicate):
-        return TReplicate()
-    if isinstance(p, Partial):
-        return TPartial()
-    return _StridedShard(p.dim, split_factor=p.split_factor)
-
-
-class ShardedStandIn:
-    """What a ShardedTensor gives DCP: SHARD write items and chunks for its local shards
-    (torch's ``_create_write_item_for_shard`` / ``_chunk_for_shard``) and the global ``size()``."""
-
-    def __init__(self, shape, chunks, dtype):
-        self._shape, self._chunks = torch.Size(shape), chunks
-        self._props = tmeta.TensorProperties(dtype=dtype)
-
-    def size(self):
-        return self._shape
-
-    def __create_chunk_list__(self):
-        return [
-            tmeta.ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes))
-            for c in self._chunks
-        ]
-
-    def __create_write_items__(self, fqn, obj):
-        from torch.distributed.checkpoint.planner import TensorWriteData
-
-        return [
-            WriteItem(
-                index=tmeta.MetadataIndex(fqn, torch.Size(c.offsets)),
-                type=WriteItemType.SHARD,
-                tensor_data=TensorWriteData(chunk=c, properties=self._props, size=self._shape),
-            )
-            for c in self.__create_chunk_list__()
-        ]
-
-
-def torch_value(lay, rank, meshes):
-    """Rank ``rank``'s value for a layout, or None when the key is absent from its state dict."""
-    dtype = getattr(torch, lay.dtype)
-    if lay.kind == "bytes":
-        return io.BytesIO(b"value") if lay.rank_chunks[rank] else None
-    if lay.kind == "tensor":
-        return torch.empty(lay.shape, dtype=dtype, device="meta") if lay.rank_chunks[rank] else None
-    if lay.kind == "sharded":
-        return ShardedStandIn(lay.shape, lay.rank_chunks[rank], dtype)
-    mesh = meshes.get(lay.mesh_shape)
-    if mesh is None:
-        n = 1
-        for m in lay.mesh_shape:
-            n *= m
-        mesh = meshes[lay.mesh_shape] = DeviceMesh("cpu", torch.arange(n).reshape(lay.mesh_shape))
-    pl = [torch_placement(p) for p in lay.placements]
-    # from_local treats an empty shape as "not given" and infers it from the local tensor, so a
-    # 0-d DTensor needs a 0-d local tensor even on a rank outside the mesh
-    local = (0,) if lay.shape else ()
-    if mesh.get_coordinate() is not None:
-        local, _ = compute_local_shape_and_global_offset(lay.shape, mesh, pl)
-    stride = [1] * len(lay.shape)
-    for d in range(len(lay.shape) - 2, -1, -1):
-        stride[d] = stride[d + 1] * max(lay.shape[d + 1], 1)
-    return DTensor.from_local(
-        torch.empty(local, dtype=dtype, device="meta"),
-        mesh,
-        pl,
-        run_check=False,
-        shape=torch.Size(lay.shape),
-        stride=tuple(stride),
-    )
-
-
-def torch_state_dict(layouts, rank):
-    meshes = {}
-    sd = {}
-    for fqn, lay in layouts.items():
-        v = torch_value(lay, rank, meshes)
-        if v is not None:
-            sd[fqn] = v
-    return sd
-
-
-def torch_save(layouts, lowest):
-    world = next(iter(layouts.values())).world_size
-    local = []
-    for r in range(world):
-        with fake_rank(r, world):
-            local.append(create_default_local_save_plan(torch_state_dict(layouts, r), r == 0))
-    plans, md = create_default_global_save_plan(dedup_save_plans(local, lowest))
-    return local, plans, md, _validate_global_plan(plans, md)
-
-
-def torch_load(md, layouts, strict):
-    """Per rank: torch's read items as plain data, or the text of what it raised."""
-    world = next(iter(layouts.values())).world_size
-    out = []
-    for r in range(world):
-        with fake_rank(r, world):
-            try:
-                plan = create_default_local_load_plan(torch_state_dict(layouts, r), md, strict)
-                out.append([read_key(i) for i in plan.items])
-            except (RuntimeError, ValueError) as e:
-                out.append(str(e))
-    return out
-
-
-# what each torch rank reports (its items or its first failure), as test_planning computes it
-ours_load = expected_per_rank
-
-
+# ----------------------------------------------------------------------------- harness
 def check_save(layouts, lowest):
     res = plan_save(layouts, save_to_lowest_rank=lowest)
     local, plans, md, errors = torch_save(layouts, lowest)
@@ -339,3 +201,46 @@ def test_read_items_for_chunk_lists_match_torch(case):
         read_key(i)
         for i in ph.create_read_items_for_chunk_list("w", md.state_dict_metadata["w"], local)
     ]
+
+
+# ----------------------------------------------------------------------------- top-level layouts and plans
+def test_layouts_and_plan_save_attributes():
+    save = {
+        "w": wb.dtensor_layout((8, 6), (2,), ["S(0)"]),
+        "b": wb.tensor_layout((6,), 2),
+        "step": wb.bytes_layout(2),
+    }
+    assert save["w"].chunks(1) == (wb.Chunk((4, 0), (4, 6)),)
+    assert wb.dtensor_layout((8, 6), (2,), "S(0)").rank_chunks == save["w"].rank_chunks
+    assert (
+        wb.dtensor_layout((8, 6), [2], [TPL.Shard(0)], dtype="float32").rank_chunks
+        == save["w"].rank_chunks
+    )
+    assert wb.tensor_layout((6,), 2, dtype="bfloat16").dtype == "bfloat16"
+    assert wb.tensor_layout((6,), 2, torch.bfloat16).dtype == "bfloat16"
+    res = wb.plan_save(save, save_to_lowest_rank=False)
+    assert len(res.local_plans) == len(res.plans) == 2
+    assert all(isinstance(p, wb.SavePlan) for p in res.plans)
+    assert isinstance(res.metadata, wb.Metadata) and res.errors == []
+    assert list(res.metadata.state_dict_metadata) == ["w", "b", "step"]
+    # equal to the workbench's own helpers applied to the local plans
+    plans, md = wb.create_default_global_save_plan(wb.dedup_save_plans(res.local_plans))
+    assert list(res.plans) == plans
+    assert res.metadata.state_dict_metadata == md.state_dict_metadata
+
+
+def test_plan_load_items_equal_torch_under_fake_group():
+    save = {"w": wb.dtensor_layout((8, 6), (2,), "S(0)"), "step": wb.bytes_layout(2)}
+    md = wb.plan_save(save).metadata
+    load = {"w": wb.dtensor_layout((8, 6), (2,), "S(1)"), "step": wb.bytes_layout(2)}
+    res = wb.plan_load(md, load)
+    tmd = to_torch(md)
+    for rank in range(2):
+        with fake_rank(rank, 2):
+            sd = {"w": real_dtensor((8, 6), (2,), [TPL.Shard(1)]), "step": 0}
+            want = TDP.create_default_local_load_plan(sd, tmd, True)
+        assert list(res.plans[rank].items) == [from_torch(i) for i in want.items]
+        assert [(i.dest_index.index, i.storage_index.index) for i in res.plans[rank].items] == [
+            (i.dest_index.index, i.storage_index.index) for i in want.items
+        ]
+    assert res.problems == []

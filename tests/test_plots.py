@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage, imread
+from support import tsm
 
 import workbench as wb
 from workbench import picture_data, plots
@@ -51,8 +52,6 @@ from workbench.records import (
     Metadata,
     MetadataIndex,
     StorageInfo,
-    TensorProperties,
-    TensorStorageMetadata,
 )
 
 
@@ -62,10 +61,6 @@ def rects(tiles):
 
 def drawn_paths(ax) -> int:
     return sum(len(c.get_paths()) for c in ax.collections if isinstance(c, PolyCollection))
-
-
-def tsm(size, chunks, dtype="float32"):
-    return TensorStorageMetadata(TensorProperties(dtype), size, [Chunk(o, s) for o, s in chunks])
 
 
 # ----------------------------------------------------------------------------- colours
@@ -547,3 +542,17 @@ def test_reshard_layers_are_computed_once_and_never_stale():
         (0, 0, 1, 4096)
     ]
     assert len(picture_data._LAYERS) <= picture_data._LAYERS_KEPT
+
+
+# ----------------------------------------------------------------------------- torch inputs
+def test_pictures_accept_torch_metadata():
+    from workbench import plots
+    from workbench.torch_bridge import to_torch
+
+    save = wb.plan_save({"w": wb.dtensor_layout((8, 4), (2,), "S(0)")})
+    tmd = to_torch(save.metadata)
+    ours = plots.layout_data(save.metadata, fqn="w")
+    theirs = plots.layout_data(tmd, fqn="w")
+    assert theirs == ours and len([t for t in ours.tiles if t.kind == "chunk"]) == 2
+    pic = plots.reshard_data(tmd, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1)
+    assert pic == plots.reshard_data(save.metadata, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1)

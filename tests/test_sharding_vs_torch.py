@@ -10,27 +10,40 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist  # noqa: E402
+import torch.distributed as dist
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from torch.distributed._local_tensor import LocalTensorMode  # noqa: E402
-from torch.distributed.device_mesh import DeviceMesh  # noqa: E402
-from torch.distributed.tensor import distribute_tensor  # noqa: E402
-from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset  # noqa: E402
-from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402
+from support import NESTED, T
+from torch.distributed._local_tensor import LocalTensorMode
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import distribute_tensor
+from torch.distributed.tensor import placement_types as TPL
+from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
+from torch.testing._internal.distributed.fake_pg import FakeStore
 
-from workbench.errors import PlacementError  # noqa: E402
+import workbench as wb
+from workbench.errors import (
+    LayoutError,
+    PlacementError,
+)
 from workbench.sharding import (
     Partial,
     Replicate,
     Shard,
     StridedShard,
-    box_matches_data,  # noqa: E402
+    box_matches_data,
+    bytes_layout,
     dtensor_layout,
     held_indices,
     local_shape_and_offset,
+    sharded_layout,
 )
-from workbench.torch_bridge.convert import placement_from_torch, placement_to_torch  # noqa: E402
+from workbench.torch_bridge.convert import (
+    from_torch,
+    placement_from_torch,
+    placement_to_torch,
+    to_torch,
+)
 
 
 @st.composite
@@ -229,3 +242,170 @@ def test_negative_dim_alias_misdescribes_the_box(fake_group):
     # [1:2, 0:1] for rank 1 and the layout, built like the DTensor, matches its data
     assert dtensor_layout(shape, mesh, pl).misdescribed_ranks == ()
     assert dtensor_layout(shape, mesh, pl).rank_chunks[1][0].offsets == (1, 0)
+
+
+# ----------------------------------------------------------------------------- placements
+@pytest.mark.parametrize(
+    "spec,obj,torch_obj",
+    [
+        ("S(0)", wb.Shard(0), TPL.Shard(0)),
+        ("R", wb.Replicate(), TPL.Replicate()),
+        ("SS(0,2)", wb.StridedShard(0, 2), TPL._StridedShard(0, split_factor=2)),
+        ("P", wb.Partial(), TPL.Partial()),
+    ],
+)
+def test_placements_parse_print_and_match_torch(spec, obj, torch_obj):
+    assert wb.parse_placement(spec) == obj
+    assert str(obj) == spec
+    assert wb.parse_placement(str(obj)) == obj
+    # torch's own printed forms parse too, and a torch placement converts to the same record
+    assert wb.parse_placement(repr(torch_obj)) == obj
+    assert wb.parse_placement(str(torch_obj)) == obj
+    assert repr(obj) == repr(torch_obj)
+    assert from_torch(torch_obj) == obj
+    assert to_torch(obj) == torch_obj
+
+
+def test_placement_fields_use_torch_names():
+    assert wb.Shard(1).dim == TPL.Shard(1).dim
+    ss = wb.StridedShard(dim=1, split_factor=3)
+    assert (ss.dim, ss.split_factor) == (1, 3)
+    assert wb.Partial().reduce_op == TPL.Partial().reduce_op == "sum"
+
+
+# ----------------------------------------------------------------------------- torch placements
+SHARD_CASES = [
+    ((8, 6), (2,), ["S(0)"]),
+    ((7, 5), (4,), ["S(0)"]),  # uneven: 2, 2, 2, 1
+    ((3,), (8,), ["S(0)"]),  # empty shards
+    ((13, 2), (4, 2), ["S(0)", "S(0)"]),
+    ((12, 4), (2, 2), ["SS(0,2)", "S(0)"]),
+    ((10, 9), (2, 3), ["S(1)", "S(0)"]),
+    ((9, 4), (3, 2), ["R", "S(1)"]),
+    ((16,), (2, 2), ["SS(0,2)", "S(0)"]),
+    ((5, 6), (2,), ["S(-1)"]),
+]
+
+
+def _coords(mesh_shape):
+    return [
+        tuple(int(c) for c in torch.unravel_index(torch.tensor(r), mesh_shape))
+        for r in range(math.prod(mesh_shape))
+    ]
+
+
+@pytest.mark.parametrize("shape,mesh,specs", SHARD_CASES)
+@pytest.mark.parametrize("form", ["workbench", "spec", "torch"])
+def test_local_shape_and_offset_equals_torch(shape, mesh, specs, form):
+    torch_pl = [T(wb.parse_placement(s)) for s in specs]
+    given = {"workbench": [wb.parse_placement(s) for s in specs], "spec": specs, "torch": torch_pl}[
+        form
+    ]
+    for coord in _coords(mesh):
+        got = wb.local_shape_and_offset(shape, mesh, coord, given)
+        want = _compute_local_shape_and_global_offset(shape, mesh, list(coord), torch_pl)
+        assert got == (tuple(want[0]), tuple(want[1])), (coord, got, want)
+        assert type(got) is tuple and all(type(x) is tuple for x in got)
+
+
+def test_local_shape_and_offset_accepts_torch_size_and_tuples():
+    got = wb.local_shape_and_offset(torch.Size([8, 6]), torch.Size([2]), (1,), (TPL.Shard(0),))
+    assert got == ((4, 6), (4, 0))
+
+
+def _torch_held(shape, mesh, coord, torch_pl):
+    """Independently: split index tensors with torch's own placements, the way distribute_tensor
+    shards a full tensor mesh dim by mesh dim."""
+    idx = {d: torch.arange(shape[d]) for d in range(len(shape))}
+    for m, p in enumerate(torch_pl):
+        if isinstance(p, (TPL.Shard, TPL._StridedShard)):
+            d = p.dim % len(shape)
+            # the same placement on dim 0 of the 1-d index tensor of dim d
+            p1 = (
+                TPL.Shard(0)
+                if type(p) is TPL.Shard
+                else TPL._StridedShard(0, split_factor=p.split_factor)
+            )
+            pieces, _ = p1._split_tensor(idx[d], mesh[m], with_padding=False)
+            idx[d] = pieces[coord[m]]
+    sharded = {
+        p.dim % len(shape) for p in torch_pl if isinstance(p, (TPL.Shard, TPL._StridedShard))
+    }
+    return {d: idx[d].tolist() for d in sorted(sharded)}
+
+
+@pytest.mark.parametrize("shape,mesh,specs", SHARD_CASES)
+def test_held_indices_match_torch_split(shape, mesh, specs):
+    torch_pl = [T(wb.parse_placement(s)) for s in specs]
+    for coord in _coords(mesh):
+        got = wb.held_indices(shape, mesh, coord, specs)
+        assert isinstance(got, dict) and all(type(v) is list for v in got.values())
+        assert got == _torch_held(shape, mesh, coord, torch_pl), coord
+        # torch placements are accepted as well
+        assert wb.held_indices(shape, mesh, coord, torch_pl) == got
+
+
+@st.composite
+def sharding_case(draw):
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.integers(0, 12)) for _ in range(ndim))
+    mesh = tuple(draw(st.integers(1, 4)) for _ in range(draw(st.integers(1, 3))))
+    pl = []
+    for _ in mesh:
+        kind = draw(st.sampled_from(["S", "SS", "R", "P"]))
+        d = draw(st.integers(0, ndim - 1))
+        pl.append(
+            {
+                "S": TPL.Shard(d),
+                "R": TPL.Replicate(),
+                "P": TPL.Partial(),
+                "SS": TPL._StridedShard(d, split_factor=draw(st.integers(1, 3))),
+            }[kind]
+        )
+    return shape, mesh, pl
+
+
+@settings(max_examples=80)
+@given(sharding_case())
+def test_random_torch_placements_local_shape_offset_and_held(case):
+    shape, mesh, torch_pl = case
+    for coord in _coords(mesh):
+        want = _compute_local_shape_and_global_offset(shape, mesh, list(coord), torch_pl)
+        assert wb.local_shape_and_offset(shape, mesh, coord, torch_pl) == (
+            tuple(want[0]),
+            tuple(want[1]),
+        )
+        assert wb.held_indices(shape, mesh, coord, torch_pl) == _torch_held(
+            shape, mesh, coord, torch_pl
+        )
+
+
+# ----------------------------------------------------------------------------- nested uneven shards
+@pytest.mark.parametrize("pl", NESTED, ids=lambda pl: ",".join(map(str, pl)))
+def test_nested_uneven_local_shapes_match_torch_exhaustively(pl):
+    # every row count 0..40 on meshes (a, b), a, b in {1, 2, 3, 5, 8}, every coordinate
+    tpl = [placement_to_torch(p) for p in pl]
+    for rows, m0, m1 in itertools.product(range(41), [1, 2, 3, 5, 8], [1, 2, 3, 5, 8]):
+        for c in itertools.product(range(m0), range(m1)):
+            want = _compute_local_shape_and_global_offset((rows, 2), (m0, m1), list(c), tpl)
+            assert local_shape_and_offset((rows, 2), (m0, m1), c, pl) == (
+                tuple(want[0]),
+                tuple(want[1]),
+            )
+
+
+# ----------------------------------------------------------------------------- bad layouts
+def test_layouts_refuse_ranks_outside_the_world():
+    c = ((0,), (2,))
+    with pytest.raises(LayoutError, match="lists 3 ranks for a world of 2"):
+        sharded_layout((4,), [[c], [c], [c]], world_size=2)
+    with pytest.raises(LayoutError, match=r"ranks \[0, 5\] are not all in a world of 3"):
+        sharded_layout((4,), {0: [c], 5: [c]}, world_size=3)
+    with pytest.raises(LayoutError, match=r"ranks \[-1\]"):
+        sharded_layout((4,), {-1: [c]})
+    with pytest.raises(LayoutError, match="world size 0 is below 1"):
+        sharded_layout((4,), [], world_size=0)
+    with pytest.raises(LayoutError, match=r"ranks \[5\] are not all in a world of 2"):
+        bytes_layout(2, ranks=[5])
+    with pytest.raises(LayoutError, match="world size 0"):
+        bytes_layout(0)

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import fake_rank, house_form, real_dtensor, tsm
+from torch.distributed.tensor import placement_types as TPL
 
 import workbench as wb
 from workbench.diagnosis import Problem
@@ -22,8 +24,6 @@ from workbench.records import (
     Metadata,
     MetadataIndex,
     StorageInfo,
-    TensorProperties,
-    TensorStorageMetadata,
 )
 from workbench.tables import (
     checkpoint_chunks_table,
@@ -37,6 +37,7 @@ from workbench.tables import (
     style_by_rank,
     write_items_table,
 )
+from workbench.torch_bridge.convert import to_torch
 
 
 def frame(schema: dict, rows: list[tuple]) -> pd.DataFrame:
@@ -139,10 +140,6 @@ FILE_IO = {
     "reads": "int64",
     "bytes_read": "int64",
 }
-
-
-def tsm(size, chunks, dtype="float32"):
-    return TensorStorageMetadata(TensorProperties(dtype), size, [Chunk(o, s) for o, s in chunks])
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -741,3 +738,38 @@ def test_chunk_holders_and_chunk_storage():
         StorageInfo("__1_0.distcp", 1200, 480)
     ]
     assert chunk_storage({}, "w", md.state_dict_metadata["w"]) == [None, None]
+
+
+# ----------------------------------------------------------------------------- torch inputs
+def test_layout_table_of_a_real_dtensor_and_bad_paths():
+    from workbench import tables
+
+    with fake_rank(0, 4):
+        dt = real_dtensor((7, 6), (2, 2), [TPL.Shard(0), TPL.Shard(1)])
+        got = tables.layout_chunks_table(dt)
+    want = tables.layout_chunks_table(wb.dtensor_layout((7, 6), (2, 2), "S(0), S(1)"))
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(got, want)
+    with pytest.raises(wb.LayoutError) as e:
+        tables.layout_chunks_table("S(0)")
+    house_form(e.value)
+    with pytest.raises(wb.MetadataError) as e:
+        wb.load_metadata(123)
+    assert "123" in house_form(e.value)
+
+
+def test_checkpoint_table_takes_torch_metadata():
+    import pandas as pd
+
+    from workbench import tables
+
+    md = wb.plan_save(
+        {"w": wb.dtensor_layout((8, 6), (2,), "S(0)"), "s": wb.bytes_layout(2)}
+    ).metadata
+    pd.testing.assert_frame_equal(
+        tables.checkpoint_chunks_table(to_torch(md)), tables.checkpoint_chunks_table(md)
+    )
+    pd.testing.assert_frame_equal(
+        tables.checkpoint_chunks_table(to_torch(md), "w"), tables.checkpoint_chunks_table(md, "w")
+    )

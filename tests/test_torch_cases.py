@@ -417,11 +417,14 @@ def test_dedup_charges_whole_tensor_bytes():
     # Keys in first-appearance order: w@0 -> rank 0 (load 256), p -> rank 1 (load 160),
     # q -> least loaded = rank 1 (160 < 256). Charging chunk bytes (128) would pick rank 0.
     ws = 2
-    sd = lambda r: {
-        "w": LocalTensor(dtensor_layout((64,), (2,), "S(0)"), r),  # noqa: E731
-        "p": LocalTensor(tensor_layout((40,), ws), r),
-        "q": LocalTensor(tensor_layout((1,), ws), r),
-    }
+
+    def sd(r):
+        return {
+            "w": LocalTensor(dtensor_layout((64,), (2,), "S(0)"), r),
+            "p": LocalTensor(tensor_layout((40,), ws), r),
+            "q": LocalTensor(tensor_layout((1,), ws), r),
+        }
+
     plans = [H.create_default_local_save_plan(sd(r), r == 0) for r in range(ws)]
     out = H.dedup_save_plans(plans)
     assert [[i.index.fqn for i in p.items] for p in out] == [["w"], ["w", "p", "q"]]

@@ -1,4 +1,4 @@
-"""DCP Reshard Workbench: recompute, draw and diagnose how torch.distributed.checkpoint (2.13)
+"""DCP Reshard Workbench: recompute, draw and diagnose how torch.distributed.checkpoint (2.4-2.14)
 reshards a checkpoint, for every rank at once, without a process group and without the tensors.
 
 ``import workbench`` imports neither torch, matplotlib nor ipywidgets. Names of the later layers
@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 
 from .errors import (
+    CaptureError,
     ChunkError,
     DtypeError,
     LayoutError,
@@ -120,6 +121,19 @@ _LAZY = {
         )
     },
     **{n: "explanations" for n in ("explain", "Explanation")},
+    # versions.py, version_compare.py: which torch's DCP semantics, and what an upgrade changes
+    **{
+        n: "versions"
+        for n in (
+            "SUPPORTED_TORCH_VERSIONS",
+            "default_torch_version",
+            "resolve_torch_version",
+            "semantics",
+            "TorchSemantics",
+        )
+    },
+    **{n: "version_compare" for n in ("compare_versions", "VersionComparison")},
+    "infer_writer_versions": "formats.dcp",
     "chunk_holders": "sharding",
     # models.py: presets and parallelism recipes
     **{
@@ -136,14 +150,22 @@ _LAZY = {
         )
     },
     # checkpoint.py: a real checkpoint directory (no torch)
-    **{n: "checkpoint" for n in ("open_checkpoint", "Checkpoint", "SavedChunk")},
-    # torch_bridge (imports torch inside functions only)
+    **{
+        n: "checkpoint"
+        for n in ("open_checkpoint", "Checkpoint", "SavedChunk", "find_file_problems")
+    },
+    # formats: every checkpoint format's reader (no torch)
     "load_metadata": "formats",
+    "detect_format": "formats",
+    # torch_bridge (imports torch inside functions only)
     "verify_with_torch": "torch_bridge",
+    "capture": "torch_bridge.capture",
+    "CapturedTarget": "torch_bridge.capture",
 }
 
 __all__ = [
     "WorkbenchError",
+    "CaptureError",
     "ChunkError",
     "DtypeError",
     "LayoutError",
@@ -217,6 +239,7 @@ _SUBMODULES = frozenset(
         "candidates",
         "formatting",
         "picture_data",
+        "hf_plans",
     }
 )
 

@@ -1,23 +1,35 @@
-"""What a real DCP checkpoint directory holds: every key, its chunks, and for every saved chunk
-the data file, byte range and writer rank, with the files' sizes on disk.
+"""What a real checkpoint directory holds: every key, its chunks, and for every saved chunk
+the data file, byte range and writer rank, with the files' sizes on disk, for every format
+`workbench.formats` reads (plain DCP, Megatron-Core torch_dist, DCP's HF safetensors).
 
-Reads ``.metadata`` only through the allow-list reader (`workbench.formats.dcp`), so a
-checkpoint from a stranger is inspected without running anything and without torch. A data file
-that is missing or shorter than a chunk's byte range is reported, never crashed on (torch's
-reader fails on it mid-load).
+Reads metadata only through the formats' readers (allow-list unpickler, safetensors headers), so
+a checkpoint from a stranger is inspected without running anything and without torch. A data
+file that is missing or shorter than a chunk's byte range is reported, never crashed on (torch's
+reader fails on it mid-load). `find_file_problems` answers "are the files all there" as
+`diagnosis.Problem` records, optionally reading every chunk's bytes.
+
+Imports formats and diagnosis (and tqdm for the deep check's progress bar); never torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from .diagnosis import Problem
-from .formats import load_metadata, metadata_path
+from .diagnosis import Problem, find_checkpoint_problems
+from .errors import MetadataError
+from .formats import read_checkpoint
 from .formats.dcp_files import writer_of_file
+from .formats.distcp import describe_item, expected_storage_bytes
+from .formats.hf_safetensors import INDEX_NAME
+from .formats.megatron import model_metadata as megatron_model_metadata
 from .geometry import Chunk
 from .records import BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo
 
-__all__ = ["SavedChunk", "Checkpoint", "open_checkpoint"]
+__all__ = ["SavedChunk", "Checkpoint", "open_checkpoint", "find_file_problems", "COMPANION_FILES"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +67,28 @@ class Checkpoint:
     metadata: Metadata
     chunks: tuple[SavedChunk, ...]
     file_sizes: dict[str, int | None]  # every data file the metadata names -> size or None
+    format: str = "dcp"  # "dcp", "megatron" or "hf" (formats.FORMATS)
+    # what the format records beyond DCP's Metadata: formats.megatron.MegatronInfo,
+    # formats.hf_safetensors.HfInfo, or None for plain DCP
+    format_info: Any = None
+
+    @property
+    def model_metadata(self) -> Metadata:
+        """The metadata in the model's shapes: for Megatron tensors saved with
+        ``flattened_range``, the model-shaped tensor with one chunk per box of each stored piece
+        (`formats.megatron.model_metadata`); otherwise ``metadata`` itself. Pictures use it; DCP's
+        planners see ``metadata`` (what is stored)."""
+        if self.format == "megatron" and self.format_info.flattened:
+            return megatron_model_metadata(self.metadata, self.format_info)
+        return self.metadata
+
+    def facts(self) -> dict[str, Any]:
+        """The format and what it records of itself (Megatron's metadata.json, the HF index...),
+        for tables, the CLI and the report."""
+        if self.format_info is None:
+            md = self.metadata
+            return {"format": "dcp", "version": md.version}
+        return self.format_info.facts()
 
     @property
     def keys(self) -> list[str]:
@@ -88,58 +122,18 @@ class Checkpoint:
 
     def problems(self) -> list[Problem]:
         """`Problem`s (severity ``error``: torch's reader raises mid-load) for missing data files
-        (fqn: the file), chunks without a storage entry and byte ranges past their file's end."""
-        out = [
-            Problem(
-                fqn=f,
-                kind="missing_file",
-                ranks=(),
-                region=None,
-                severity="error",
-                message=f"{f}: data file is missing from {self.path} (an existing file named by "
-                ".metadata). Copy every __<rank>_<n>.distcp of the checkpoint.",
-                fix="Copy the file from where the checkpoint was written.",
-            )
-            for f in self.missing_files
-        ]
-        out += [
-            Problem(
-                fqn=c.fqn,
-                kind="unlisted_chunk",
-                ranks=(),
-                region=c.chunk,
-                severity="error",
-                message=f"{c.fqn}: chunk #{c.position} {c.chunk} has no storage entry (every "
-                "chunk listed in storage_data). torch's reader raises KeyError on it.",
-                fix="Re-save the checkpoint; its .metadata is incomplete.",
-            )
-            for c in self.unlisted_chunks
-        ]
-        out += [
-            Problem(
-                fqn=c.fqn,
-                kind="truncated_file",
-                ranks=(),
-                region=c.chunk,
-                severity="error",
-                message=f"{c.fqn}: chunk #{c.position} reads bytes {c.storage.offset}:"
-                f"{c.storage.offset + c.storage.length} of {c.file} ({c.file_size} bytes on "
-                "disk) (a range inside the file). Re-copy the file.",
-                fix="Re-copy the file.",
-            )
-            for c in self.truncated_chunks
-        ]
-        return out
+        and byte ranges past their file's end (fqn: the file; ranks: its writers) and chunks
+        without a storage entry (fqn: the entry)."""
+        return _damage(self)
 
 
 def open_checkpoint(path, rank: int | None = None) -> Checkpoint:
-    """Open a DCP checkpoint directory (``.metadata`` + ``__<rank>_<n>.distcp``) safely: the
-    metadata via the allow-list reader, each chunk's storage entry (``storage_data[MetadataIndex(
-    fqn, chunk.offsets)]``, as ``FileSystemReader.read_data`` looks it up) and the data files'
-    sizes on disk."""
-    mpath = metadata_path(path, rank)
-    directory = mpath.parent
-    md = load_metadata(mpath)
+    """Open a checkpoint directory of any supported format (plain DCP ``.metadata`` +
+    ``__<rank>_<n>.distcp``, Megatron-Core torch_dist, DCP's HF safetensors) safely: the
+    metadata via the format's reader, each chunk's storage entry (``storage_data[MetadataIndex(
+    fqn, chunk.offsets)]``, as torch's readers look it up) and the data files' sizes on disk."""
+    read = read_checkpoint(path, rank)
+    directory, md = read.directory, read.metadata
     storage = md.storage_data or {}
     sizes = {}
     for info in storage.values():
@@ -156,12 +150,409 @@ def open_checkpoint(path, rank: int | None = None) -> Checkpoint:
             info = storage.get(key)
             chunks.append(
                 SavedChunk(
-                    fqn,
-                    pos,
-                    chunk,
-                    info,
-                    None if info is None else writer_of_file(info.relative_path),
-                    None if info is None else sizes[info.relative_path],
+                    fqn=fqn,
+                    position=pos,
+                    chunk=chunk,
+                    storage=info,
+                    writer_rank=None if info is None else writer_of_file(info.relative_path),
+                    file_size=None if info is None else sizes[info.relative_path],
                 )
             )
-    return Checkpoint(str(directory), md, tuple(chunks), sizes)
+    return Checkpoint(
+        path=str(directory),
+        metadata=md,
+        chunks=tuple(chunks),
+        file_sizes=sizes,
+        format=read.format,
+        format_info=read.info,
+    )
+
+
+# ----------------------------------------------------------------------------- are the files all there
+# Files a checkpoint directory holds besides the data files its metadata names.
+COMPANION_FILES = {
+    "dcp": {".metadata"},
+    "megatron": {".metadata", "metadata.json", "common.pt"},
+    "hf": {INDEX_NAME},
+}
+_LIST = 8
+_SHARD_NUMBER = re.compile(r"^shard-(\d+)-")
+_RANK_METADATA = re.compile(r"^__\d+\.metadata$")  # read_metadata(rank=r)'s per-rank files
+
+
+def _names(items) -> str:
+    items = list(items)
+    return ", ".join(map(str, items[:_LIST])) + (
+        f", ... ({len(items)} in all)" if len(items) > _LIST else ""
+    )
+
+
+def _problem(fqn, kind, ranks, region, severity, message, fix):
+    return Problem(
+        fqn=fqn,
+        kind=kind,
+        ranks=tuple(r for r in ranks if r is not None),
+        region=region,
+        severity=severity,
+        message=message,
+        fix=fix,
+    )
+
+
+def _damage(ck: Checkpoint) -> list[Problem]:
+    out = []
+    by_file: dict[str, list[SavedChunk]] = {}
+    for c in ck.chunks:
+        if c.storage is not None:
+            by_file.setdefault(c.file, []).append(c)
+    for f in ck.missing_files:
+        cs = by_file.get(f, [])
+        out.append(
+            _problem(
+                f,
+                "missing_file",
+                {c.writer_rank for c in cs},
+                None,
+                "error",
+                f"{f}: data file is missing from {ck.path} "
+                f"({len(cs)} saved items: {_names(dict.fromkeys(c.fqn for c in cs))}) (every "
+                "file the metadata names exists). torch's reader fails on the first read from it.",
+                "Copy every data file of the checkpoint, or re-save.",
+            )
+        )
+    for f, cs in by_file.items():
+        size = ck.file_sizes.get(f)
+        short = [c for c in cs if c.truncated]
+        if size is None or not short:
+            continue
+        end = max(c.storage.offset + c.storage.length for c in short)
+        out.append(
+            _problem(
+                f,
+                "truncated_file",
+                {c.writer_rank for c in short},
+                None,
+                "error",
+                f"{f}: {len(short)} saved items "
+                f"({_names(f'{c.fqn} #{c.position}' for c in short)}) reach byte {end} of {f} "
+                f"({size} bytes on disk) (every byte range inside its file). The copy or the "
+                "save was cut short.",
+                "Re-copy the file, or re-save.",
+            )
+        )
+    for c in ck.unlisted_chunks:
+        out.append(
+            _problem(
+                c.fqn,
+                "unlisted_chunk",
+                (),
+                c.chunk,
+                "error",
+                f"{c.fqn}: chunk #{c.position} {c.chunk} has no storage entry (every chunk "
+                "listed in storage_data). torch's reader raises KeyError(MetadataIndex(...)).",
+                "The metadata was edited or merged; re-save the checkpoint.",
+            )
+        )
+    return out
+
+
+def _duplicates(ck: Checkpoint) -> list:
+    out = []
+    for fqn, entry in ck.metadata.state_dict_metadata.items():
+        if isinstance(entry, BytesStorageMetadata):
+            continue
+        seen: dict = {}
+        for i, c in enumerate(entry.chunks):
+            seen.setdefault(c.offsets, []).append((i, c))
+        for off, cs in seen.items():
+            if len(cs) < 2:
+                continue
+            out.append(
+                _problem(
+                    fqn,
+                    "duplicate_chunk",
+                    (),
+                    cs[0][1],
+                    "silent",
+                    f"{fqn}: chunks {_names(f'#{i} {c}' for i, c in cs)} share the offsets "
+                    f"{list(off)} (one chunk per offset): storage_data keeps one entry per "
+                    "(fqn, offset), so only one of them is ever read.",
+                    "The checkpoint was merged from several saves or written twice; re-save it.",
+                )
+            )
+    return out
+
+
+def _hf_index_problems(ck: Checkpoint) -> list:
+    info = ck.format_info
+    out = []
+    wm = getattr(info, "weight_map", None) or {}
+    present = {h.file for h in info.headers}
+    held = {(h.file, fqn) for h in info.headers for fqn in h.tensors}
+    absent: dict[str, list[str]] = {}
+    for fqn, f in wm.items():
+        if f not in present:
+            absent.setdefault(f, []).append(fqn)
+        elif (f, fqn) not in held:
+            out.append(
+                _problem(
+                    fqn,
+                    "unlisted_chunk",
+                    (),
+                    None,
+                    "error",
+                    f"{fqn}: {INDEX_NAME} maps it to {f}, whose header does not hold it (the "
+                    "index matches the files).",
+                    "Re-copy the checkpoint or regenerate its index.",
+                )
+            )
+    for f, fqns in absent.items():
+        out.append(
+            _problem(
+                f,
+                "missing_file",
+                (0,),
+                None,
+                "error",
+                f"{f}: named by {INDEX_NAME} for {len(fqns)} weights ({_names(fqns)}) but missing "
+                f"from {ck.path} (every indexed file exists). torch's HF reader ignores the "
+                "index: the weights are simply absent and a load raises Missing key.",
+                "Copy every model-*.safetensors file of the checkpoint.",
+            )
+        )
+    # save_distributed names files shard-<rank+1>-...: a gap is a missing writer's file
+    ranks = sorted(int(m[1]) for h in info.headers if (m := _SHARD_NUMBER.match(h.file)))
+    if ranks:
+        gaps = sorted(set(range(1, ranks[-1] + 1)) - set(ranks))
+        for g in gaps:
+            out.append(
+                _problem(
+                    f"shard-{g:05d}-*",
+                    "missing_file",
+                    (g - 1,),
+                    None,
+                    "silent",
+                    f"shard-{g:05d}-*: rank {g - 1}'s safetensors file is missing between "
+                    f"{_names(f'shard-{r:05d}' for r in ranks)} (one file per writing rank). "
+                    "torch's HF reader reads what is there: that rank's chunks become holes "
+                    "without an error (a missing LAST file shrinks tensors instead, which no file "
+                    "can reveal: check the world size of the save).",
+                    "Copy every shard-*.safetensors file of the checkpoint.",
+                )
+            )
+    return out
+
+
+def _hf_hole(p: Problem) -> Problem:
+    """A hole in the files of HuggingFaceStorageWriter(save_distributed=True) has two known
+    causes; say both."""
+    return dataclasses.replace(
+        p,
+        fix="Either a rank held several chunks of this tensor (a ShardedTensor with several "
+        "local shards: torch 2.13's HuggingFaceStorageWriter keeps only its last one, see "
+        "plan_save(layouts, storage='hf')), or a shard file is missing. Re-save with "
+        "FileSystemWriter or one chunk per rank.",
+    )
+
+
+def _strays(ck: Checkpoint) -> list:
+    d = Path(ck.path)
+    named = set(ck.file_sizes) | COMPANION_FILES.get(ck.format, set())
+    out = []
+    for p in sorted(d.iterdir()):
+        if p.is_dir() or p.name in named or _RANK_METADATA.match(p.name):
+            continue
+        if ck.format == "hf" and p.name.endswith(".safetensors"):
+            continue
+        what = (
+            "a metadata write that did not finish (torch writes .metadata.tmp then renames it)"
+            if p.name.endswith(".metadata.tmp")
+            else "a file the metadata does not name"
+        )
+        out.append(
+            _problem(
+                p.name,
+                "stray_file",
+                (),
+                None,
+                "warning",
+                f"{p.name}: {what} ({p.stat().st_size} bytes in {ck.path}) (only files the "
+                "metadata names). torch never reads it.",
+                "Remove it, or check that it does not belong to another save of this directory.",
+            )
+        )
+    return out
+
+
+def _megatron_problems(ck: Checkpoint) -> list:
+    info = ck.format_info
+    out = []
+    if info.metadata_json is None:
+        out.append(
+            _problem(
+                "metadata.json",
+                "no_metadata",
+                (),
+                None,
+                "error",
+                "metadata.json: " + "; ".join(info.notes or ("missing",)) + " (Megatron's "
+                "backend record, written when the save finished). dist_checkpointing.load "
+                "cannot pick a backend without it.",
+                "Wait for the save to finish, or re-copy the checkpoint.",
+            )
+        )
+    if info.common_error:
+        out.append(
+            _problem(
+                "common.pt",
+                "unread_file",
+                (),
+                None,
+                "warning",
+                f"common.pt: not read ({info.common_error})",
+                "Inspect it only if you trust its author: torch.load(weights_only=False) runs "
+                "its pickle.",
+            )
+        )
+    return out
+
+
+def _deep_problems(ck: Checkpoint, progress: bool) -> list:
+    # tqdm.auto picks a notebook widget or a terminal bar: loaded only when a deep check runs
+    from tqdm.auto import tqdm
+
+    d = Path(ck.path)
+    todo = [
+        c for c in ck.chunks if c.storage is not None and not c.file_missing and not c.truncated
+    ]
+    # file by file, in byte order: sequential reads and one open file at a time
+    todo.sort(key=lambda c: (c.file, c.storage.offset))
+    out = []
+    f, name = None, None
+    try:
+        for c in tqdm(todo, desc="reading chunks", unit="chunk", disable=not progress):
+            entry = ck.metadata.state_dict_metadata[c.fqn]
+            if c.file != name:
+                if f is not None:
+                    f.close()
+                f, name = open(d / c.file, "rb"), c.file
+            f.seek(c.storage.offset)
+            blob = f.read(c.storage.length)
+            if ck.format == "hf":
+                continue  # safetensors: the range is the raw elements (sizes checked on read)
+            tensor = c.chunk is not None
+            got = describe_item(blob, tensor)
+            want = None
+            if got.error is None and tensor:
+                dtype = entry.properties.dtype
+                need = expected_storage_bytes(dtype, c.chunk.sizes)
+                numel = c.chunk.volume
+                got_numel = None if got.shape is None else _prod(got.shape)
+                if got.dtype != dtype:
+                    want = f"dtype {got.dtype} (the metadata says {dtype})"
+                elif got_numel != numel:
+                    want = (
+                        f"{got_numel} elements of shape {list(got.shape)} (the chunk has {numel})"
+                    )
+                elif got.storage_bytes is None or got.storage_bytes < need:
+                    want = f"{got.storage_bytes} bytes of elements (the chunk needs {need})"
+            msg = got.error or want
+            if msg:
+                out.append(
+                    _problem(
+                        c.fqn,
+                        "bad_item",
+                        (c.writer_rank,),
+                        c.chunk,
+                        "error",
+                        f"{c.fqn}: chunk #{c.position} {c.chunk if tensor else '(bytes)'} at "
+                        f"{c.file} bytes {c.storage.offset}:{c.storage.offset + c.storage.length} "
+                        f"holds {msg} (a torch.save archive of the chunk). torch's reader fails "
+                        "or reads wrong elements there.",
+                        "Re-copy the file, or re-save.",
+                    )
+                )
+    finally:
+        if f is not None:
+            f.close()
+    if ck.format == "hf":
+        out += _safetensors_layout_problems(ck)
+    return out
+
+
+def _safetensors_layout_problems(ck: Checkpoint) -> list:
+    """safetensors' own rule: a file's tensors tile its data region exactly (no gap, no
+    overlap, nothing after the last one)."""
+    out = []
+    for h in ck.format_info.headers:
+        ranges = sorted(r for _, _, r in h.tensors.values())
+        pos = 8 + h.header_length
+        for b, e in ranges + [(h.file_size, h.file_size)]:
+            if b != pos:
+                out.append(
+                    _problem(
+                        h.file,
+                        "bad_item",
+                        (writer_of_file(h.file),),
+                        None,
+                        "error",
+                        f"{h.file}: the tensors' data_offsets leave bytes {min(b, pos)}:"
+                        f"{max(b, pos)} {'unclaimed' if b > pos else 'claimed twice'} (the "
+                        "tensors tile the data region, as the safetensors library checks). "
+                        "safetensors refuses the file.",
+                        "Re-copy the file, or re-save.",
+                    )
+                )
+                break
+            pos = e
+    return out
+
+
+def _prod(v) -> int:
+    n = 1
+    for x in v:
+        n *= x
+    return n
+
+
+def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -> list:
+    """Whether a checkpoint's files are all there, as `diagnosis.Problem` records: no metadata
+    beside data files (an interrupted or asynchronous save), data files missing or shorter than
+    the byte ranges the metadata names, chunks without a storage entry, duplicate chunks, holes
+    and overlaps of the saved chunks (`find_checkpoint_problems`), stray files, and per format
+    Megatron's ``metadata.json`` / ``common.pt`` and the HF index and shard numbering. With
+    ``deep``, every chunk's bytes are read (``progress``: a tqdm bar) and a ``.distcp`` item's
+    ``torch.save`` archive is checked (CRCs, dtype, element count; read with an allow-list, a
+    bytes item's pickle never unpickled). ``checkpoint``: a path or a `Checkpoint`."""
+    if not isinstance(checkpoint, Checkpoint):
+        try:
+            checkpoint = open_checkpoint(checkpoint)
+        except MetadataError as e:
+            if getattr(e, "reason", None) != "no_metadata":
+                raise
+            return [
+                _problem(
+                    e.fqn,
+                    "no_metadata",
+                    (),
+                    None,
+                    "error",
+                    f"{e.what} ({e.expectation}).",
+                    e.fix,
+                )
+            ]
+    ck = checkpoint
+    out = ck.problems()
+    if ck.format == "megatron":
+        out += _megatron_problems(ck)
+    if ck.format == "hf":
+        out += _hf_index_problems(ck)
+    out += _duplicates(ck)
+    saved = find_checkpoint_problems(ck.metadata)
+    if ck.format == "hf" and ck.format_info.layout == "distributed":
+        saved = [_hf_hole(p) if p.kind == "uncovered" else p for p in saved]
+    out += saved
+    out += _strays(ck)
+    if deep:
+        out += _deep_problems(ck, progress)
+    return out

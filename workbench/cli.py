@@ -1,5 +1,6 @@
 """The ``workbench`` command: inspect a DCP checkpoint, plan a reshard onto a target and gate a
-training job on it, explain a torch error string, write an HTML report, open the tour notebook.
+training job on it, capture the target (or the checkpoint) of the user's own training code,
+explain a torch error string, write an HTML report, open the tour notebook.
 
 Exit status: 0 fine; 1 ``plan`` found a problem that makes torch raise or load wrong values;
 2 bad input (a missing checkpoint, an unreadable ``.metadata``, a bad target spec), reported as
@@ -31,7 +32,7 @@ from .errors import PlanError, WorkbenchError
 from .formats.limits import brief
 from .formatting import format_ranks
 
-__all__ = ["main", "build_parser", "parse_target", "TARGET_HELP"]
+__all__ = ["main", "build_parser", "parse_target", "target_json", "TARGET_HELP"]
 
 TARGET_HELP = """\
 A target is what the checkpoint will be loaded into, in one of two forms:
@@ -60,6 +61,10 @@ A target is what the checkpoint will be loaded into, in one of two forms:
             a non-tensor entry (an int, a dict, a BytesIO...)
       Plain tensors and bytes may add "ranks": [0, 2] (held by those ranks only) and
       "per_rank_values": true (each rank holds its own values, e.g. an RNG state).
+      A DTensor may add "data_held": {"4": {"0": [[6, 7]]}}: per rank, per dim, the global
+      indices it really holds as [start, stop) runs when they are not what its placements say
+      (FSDP2 + TP's rows; `workbench capture` writes it). {"shape": ..., "chunks": {"0":
+      [[[0, 0], [4, 8]]], ...}} is a ShardedTensor: per rank, its [offsets, sizes] chunks.
       The world size is the largest mesh (or an entry's "world_size", or its largest rank or
       mesh rank + 1)."""
 
@@ -81,6 +86,8 @@ _ENTRY_KEYS = {
     "bytes",
     "ranks",
     "per_rank_values",
+    "data_held",
+    "chunks",
 }
 
 
@@ -157,6 +164,66 @@ def _list_presets() -> str:
 MAX_TARGET_WORLD = 1 << 16
 
 
+def _runs(indices) -> list[list[int]]:
+    """Indices as [start, stop) runs of consecutive values (FSDP2 rows are one run a dim)."""
+    out: list[list[int]] = []
+    for i in indices:
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return out
+
+
+def _from_runs(runs) -> list[int]:
+    from .sharding import MAX_STRIDED_POSITIONS
+
+    bounds = [(int(start), int(stop)) for start, stop in runs]
+    # a JSON target's runs are counted before they are expanded (no [0, 10**100) lists)
+    if sum(max(stop - start, 0) for start, stop in bounds) > MAX_STRIDED_POSITIONS:
+        raise ValueError(f"data_held runs hold more than {MAX_STRIDED_POSITIONS:,} indices")
+    return [i for start, stop in bounds for i in range(start, stop)]
+
+
+def target_json(layouts) -> dict:
+    """``{fqn: Layout}`` (e.g. `workbench.capture`'s) as the JSON ``workbench plan --target``
+    reads back into equal layouts (`TARGET_HELP`)."""
+    from .sharding import format_placements
+
+    out = {}
+    for fqn, lay in layouts.items():
+        if lay.kind == "bytes":
+            e: dict = {"bytes": True}
+        else:
+            e = {"shape": list(lay.shape), "dtype": lay.dtype}
+        if lay.kind == "dtensor":
+            e["mesh"] = list(lay.mesh_shape)
+            e["placements"] = format_placements(lay.placements)
+            if lay.mesh_ranks is not None:
+                e["mesh_ranks"] = list(lay.mesh_ranks)
+            if lay.data_held is not None:
+                e["data_held"] = {
+                    str(r): {str(d): _runs(idx) for d, idx in sorted(dims.items())}
+                    for r, dims in enumerate(lay.data_held)
+                    if dims is not None
+                }
+        elif lay.kind == "sharded":
+            e["chunks"] = {
+                str(r): [[list(c.offsets), list(c.sizes)] for c in cs]
+                for r, cs in enumerate(lay.rank_chunks)
+                if cs
+            }
+        else:
+            holders = lay.holders()
+            if len(holders) != lay.world_size:
+                e["ranks"] = holders
+            if lay.per_rank_values:
+                e["per_rank_values"] = True
+        e["world_size"] = lay.world_size
+        out[fqn] = e
+    return out
+
+
 def _json_target(path: Path) -> dict:
     if not path.is_file():
         raise PlanError(
@@ -196,7 +263,13 @@ def json_target(data, path: str = "<target>") -> dict:
     `workbench plan --help`), read within `formats.limits.read_json`'s bounds and
     `MAX_TARGET_WORLD` ranks: a `WorkbenchError` for anything else."""
     from .formats.limits import read_json
-    from .sharding import bytes_layout, dtensor_layout, tensor_layout
+    from .sharding import (
+        bytes_layout,
+        dtensor_layout,
+        sharded_layout,
+        tensor_layout,
+        with_data_held,
+    )
 
     try:
         doc = read_json(data, path, error=PlanError)
@@ -235,6 +308,14 @@ def json_target(data, path: str = "<target>") -> dict:
                 "Add the missing one.",
                 path=path,
             )
+        if ("data_held" in e and "mesh" not in e) or ("chunks" in e and "mesh" in e):
+            raise PlanError(
+                fqn,
+                "target entry gives data_held without a mesh, or chunks with one",
+                "data_held on a DTensor entry, chunks on a ShardedTensor entry",
+                "See `workbench plan --help`.",
+                path=path,
+            )
         if "mesh_ranks" in e and "mesh" not in e:
             raise PlanError(
                 fqn,
@@ -267,6 +348,7 @@ def json_target(data, path: str = "<target>") -> dict:
                 int(e.get("world_size", 1)),
                 max(e.get("ranks") or [0]) + 1,
                 max(e.get("mesh_ranks") or [0]) + 1,
+                max((int(r) for r in e.get("chunks") or {}), default=0) + 1,
             )
             for e in doc.values()
         )
@@ -293,13 +375,26 @@ def json_target(data, path: str = "<target>") -> dict:
                     mesh_ranks=e.get("mesh_ranks"),
                     fqn=fqn,
                 )
+                if "data_held" in e:
+                    held = {
+                        int(r): {int(d): _from_runs(v) for d, v in dims.items()}
+                        for r, dims in e["data_held"].items()
+                    }
+                    out[fqn] = with_data_held(out[fqn], held, fqn=fqn)
+            elif "chunks" in e:
+                chunks = {
+                    int(r): [(tuple(o), tuple(z)) for o, z in cs] for r, cs in e["chunks"].items()
+                }
+                out[fqn] = sharded_layout(
+                    e["shape"], chunks, e.get("dtype", "float32"), world, fqn=fqn
+                )
             else:
                 out[fqn] = tensor_layout(
                     e["shape"], world, e.get("dtype", "float32"), fqn=fqn, **holders
                 )
     except WorkbenchError:
         raise
-    except (TypeError, ValueError, OverflowError) as e:  # "4" or 1e999 where an int belongs
+    except (TypeError, ValueError, AttributeError, OverflowError) as e:  # "4" or 1e999 for an int
         raise PlanError(
             "<target>",
             f"target file {path!r} has a malformed value ({brief(str(e), 120)})",
@@ -376,10 +471,22 @@ def _cmd_inspect(args) -> int:
     ckpt = _open(args.checkpoint)
     info = describe_checkpoint(ckpt.metadata)
     problems = find_checkpoint_problems(ckpt.metadata)  # holes / overlaps, whatever the target
+    written_by = writer_versions(args.checkpoint, ckpt.format)
     if args.json:
         _json_out(
             {
                 "checkpoint": args.checkpoint,
+                "format": ckpt.format,
+                "facts": ckpt.facts(),
+                "format_records": _format_records(ckpt),
+                "written_by": None
+                if written_by is None
+                else {
+                    "low": written_by.low,
+                    "high": written_by.high,
+                    "text": str(written_by),
+                    "evidence": list(written_by.evidence),
+                },
                 **info,
                 "damage": [p.message for p in ckpt.problems()],
                 "problems": [problem_dict(p) for p in problems],
@@ -398,11 +505,15 @@ def _cmd_inspect(args) -> int:
         ]
         for e in info["entries"]
     ]
+    print("  ".join(f"{k}: {v}" for k, v in ckpt.facts().items()))
+    if written_by is not None:
+        print(f"written by {written_by} ({'; '.join(written_by.evidence)})")
     _table(
         f"{args.checkpoint}: {len(rows)} entries",
         ["fqn", "kind", "shape", "dtype", "chunks", "writers", "bytes"],
         rows,
     )
+    _format_tables(ckpt)
     if args.chunks:
         rows = [
             [e["fqn"], c["region"] or "", c["writer"], c["file"], c["offset"], c["length"]]
@@ -426,12 +537,134 @@ def _cmd_inspect(args) -> int:
     return OK
 
 
+def _format_records(ckpt) -> dict:
+    """What the format records beyond the chunks, as JSON-able data (Megatron: who held each
+    chunk per all_local_plans, flattened tensors' model boxes, sharded objects)."""
+    info = ckpt.format_info
+    if ckpt.format != "megatron":
+        return {}
+    return {
+        "held": {
+            fqn: {
+                "bytes" if off is None else ",".join(map(str, off)): list(ranks)
+                for off, ranks in info.held(fqn).items()
+            }
+            for fqn in ckpt.keys
+        }
+        if info.local_plans is not None
+        else None,
+        "flattened": {
+            ft.fqn: {
+                "shape": list(ft.shape),
+                "stored_size": list(ft.stored_size),
+                "pieces": [
+                    {
+                        "stored": str(p.stored),
+                        "flat_range": [p.start, p.stop],
+                        "boxes": [str(b) for b in p.boxes],
+                    }
+                    for p in ft.pieces
+                ],
+            }
+            for ft in info.flattened.values()
+        },
+        "objects": {k: [o.fqn for o in v] for k, v in info.objects.items()},
+    }
+
+
+def _format_tables(ckpt) -> None:
+    """The format's own records (`tables.format_tables`)."""
+    from .tables import format_tables
+
+    for title, df in format_tables(ckpt).items():
+        _table(title, list(df.columns), df.astype(str).values.tolist())
+
+
+def _cmd_check(args) -> int:
+    from .checkpoint import find_file_problems
+
+    problems = find_file_problems(args.checkpoint, deep=args.deep, progress=not args.json)
+    blocking = [p for p in problems if p.blocking]
+    if args.json:
+        _json_out(
+            {
+                "checkpoint": args.checkpoint,
+                "deep": args.deep,
+                "ok": not blocking,
+                "problems": [problem_dict(p) for p in problems],
+            }
+        )
+        return FOUND_PROBLEMS if blocking else OK
+    if problems:
+        _table(
+            f"{args.checkpoint}: {len(problems)} problems",
+            ["severity", "kind", "item", "message"],
+            [[p.severity, p.kind, p.fqn, p.message + " " + p.fix] for p in problems],
+        )
+    else:
+        what = "every chunk's bytes read and checked" if args.deep else "sizes checked"
+        print(f"{args.checkpoint}: every file is there ({what})")
+    return FOUND_PROBLEMS if blocking else OK
+
+
+def torch_versions(spec: str | None) -> list[str]:
+    """``--torch`` values: ``"2.10"`` or ``"2.10,2.13"`` (None: the default version)."""
+    from .versions import resolve_torch_version
+
+    if spec is None:
+        return [resolve_torch_version(None)]
+    return [resolve_torch_version(v.strip()) for v in spec.split(",") if v.strip()] or [
+        resolve_torch_version(spec)
+    ]
+
+
+def _one_version(spec: str | None) -> str:
+    versions = torch_versions(spec)
+    if len(versions) > 1:
+        raise PlanError(
+            "<--torch>",
+            f"{spec!r} names {len(versions)} versions",
+            "one version here",
+            "Compare versions with `workbench plan --torch A,B`.",
+        )
+    return versions[0]
+
+
+def _version_header(v: str) -> str:
+    from .versions import installed_torch_version
+
+    installed = installed_torch_version()
+    note = f"installed torch {installed}" if installed else "no torch installed"
+    return f"DCP semantics of torch {v} ({note})"
+
+
+def writer_versions(checkpoint: str, fmt: str = "dcp"):
+    """`formats.dcp.infer_writer_versions` of a checkpoint directory's ``.metadata`` (Megatron's
+    with its extra records allowed); None for a format without a pickled metadata (HF)."""
+    from .formats.dcp import infer_writer_versions, metadata_path
+    from .formats.megatron import MEGATRON_GLOBALS
+
+    if fmt == "hf":
+        return None
+    p = metadata_path(checkpoint)
+    extra = MEGATRON_GLOBALS if fmt == "megatron" else None
+    return infer_writer_versions(p.read_bytes(), str(p), extra)
+
+
 def _cmd_plan(args) -> int:
     from .planning import plan_load
 
+    versions = torch_versions(args.torch)
+    if len(versions) > 1:
+        return _cmd_compare_versions(args, versions)
     ckpt = _open(args.checkpoint)
     layouts = parse_target(args.target)
-    result = plan_load(ckpt.metadata, layouts, allow_partial_load=args.allow_partial_load)
+    result = plan_load(
+        ckpt.metadata,
+        layouts,
+        allow_partial_load=args.allow_partial_load,
+        torch_version=versions[0],
+    )
     problems = list(result.problems)
     blocking = [p for p in problems if p.blocking]
     # a missing or short data file makes torch's reader raise mid-load, for the keys it holds
@@ -444,6 +677,7 @@ def _cmd_plan(args) -> int:
             {
                 "checkpoint": args.checkpoint,
                 "target": args.target,
+                "torch_version": result.torch_version,
                 "ok": ok,
                 "world_size": result.world_size,
                 "problems": [problem_dict(p) for p in problems],
@@ -453,6 +687,7 @@ def _cmd_plan(args) -> int:
             }
         )
     else:
+        print(_version_header(result.torch_version))
         if problems:
             # blocking problems first; a wrong preset can give one problem per key
             shown = sorted(problems, key=lambda p: not p.blocking)[:MAX_ROWS]
@@ -474,6 +709,54 @@ def _cmd_plan(args) -> int:
         )
         print("OK" if ok else "BLOCKED: this load would raise or load wrong values")
     return OK if ok else FOUND_PROBLEMS
+
+
+def _cmd_compare_versions(args, versions: list[str]) -> int:
+    from .version_compare import compare_versions
+
+    ckpt = _open(args.checkpoint)
+    layouts = parse_target(args.target)
+    cmp = compare_versions(
+        ckpt.metadata, layouts, versions, allow_partial_load=args.allow_partial_load
+    )
+    blocked = {v: any(p.blocking for p in r.problems) for v, r in cmp.results.items()}
+    if args.json:
+        _json_out(
+            {
+                "checkpoint": args.checkpoint,
+                "target": args.target,
+                "torch_versions": list(cmp.versions),
+                "blocked": blocked,
+                "changes": [dataclasses.asdict(c) for c in cmp.changed()],
+            }
+        )
+    else:
+        print(f"DCP semantics of torch {', '.join(cmp.versions)} compared with {cmp.versions[0]}")
+        rows = [
+            [
+                c.version,
+                c.rank,
+                ", ".join(c.reordered),
+                ", ".join(c.changed),
+                "; ".join(c.appearing),
+                "; ".join(c.vanishing),
+                "" if c.files_before == c.files_after else " ".join(c.files_after),
+            ]
+            for c in cmp.changed()
+        ]
+        if rows:
+            _table(
+                f"{len(rows)} (version, rank) pairs change",
+                ["torch", "rank", "read order", "reads", "problems +", "problems -", "files now"],
+                rows[:MAX_ROWS],
+            )
+            if len(rows) > MAX_ROWS:
+                print(f"... {len(rows) - MAX_ROWS} more (--json lists all)")
+        else:
+            print("no rank's reads, problems or files change")
+        for v, b in blocked.items():
+            print(f"torch {v}: " + ("BLOCKED" if b else "OK"))
+    return FOUND_PROBLEMS if any(blocked.values()) else OK
 
 
 def io_summary(result) -> dict:
@@ -503,7 +786,9 @@ def _cmd_explain(args) -> int:
 
     metadata = _open(args.checkpoint).metadata if args.checkpoint else None
     target = parse_target(args.target) if args.target else None
-    exp = explain(args.text, metadata=metadata, target=target)
+    exp = explain(
+        args.text, metadata=metadata, target=target, torch_version=_one_version(args.torch)
+    )
     if args.json:
         _json_out(explanation_dict(exp))
     else:
@@ -529,6 +814,9 @@ def _cmd_report(args) -> int:
 
     ckpt = _open(args.checkpoint)
     layouts = parse_target(args.target) if args.target else None
+    from .checkpoint import find_file_problems
+    from .tables import format_tables
+
     out = write_report(
         args.output,
         ckpt.metadata,
@@ -536,9 +824,70 @@ def _cmd_report(args) -> int:
         checkpoint=args.checkpoint,
         target=args.target,
         damage=[p.message for p in ckpt.problems()],
+        facts=ckpt.facts(),
+        file_problems=find_file_problems(ckpt),
+        format_tables=format_tables(ckpt),
+        torch_version=_one_version(args.torch),
     )
     print(f"wrote {out}")
     return OK
+
+
+def _cmd_capture(args) -> int:
+    from .torch_bridge.capture import capture
+
+    ranks = None
+    if args.ranks:
+        ranks = "all" if args.ranks == "all" else _ints(args.ranks, "--ranks")
+    target = capture(
+        args.build, args.world_size, ranks=ranks, time_limit=args.time_limit, progress=False
+    )
+    if args.save:
+        doc, status = _save_side(target)
+    else:
+        doc, status = target_json(target), OK
+    text = json.dumps(doc, indent=1 if args.save else None)
+    if args.output in (None, "-"):
+        print(text)
+        return status
+    Path(args.output).write_text(text + "\n")
+    print(
+        f"{target.describe()}; wrote {'the save side' if args.save else 'the target'} to "
+        f"{args.output}"
+    )
+    return status
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise PlanError(
+            "<input>", f"{what} {text!r} is not a list of ranks", "e.g. 0,5 or all"
+        ) from None
+
+
+def _save_side(target) -> tuple[dict, int]:
+    """What the captured program's ``dcp.save`` writes (`plan_save` on its layouts), as
+    ``workbench inspect --json`` prints a checkpoint, plus the save's validation errors and
+    problems; status 1 when torch's save would raise or lose data."""
+    from .diagnosis import find_save_problems
+    from .planning import plan_save
+    from .report import describe_checkpoint
+
+    save = plan_save(target)
+    problems = find_save_problems(save)
+    bad = bool(save.errors) or any(p.blocking for p in problems)
+    doc = {
+        "build": target.build,
+        "world_size": target.world_size,
+        "ok": not bad,
+        **describe_checkpoint(save.metadata),
+        "bytes_written": [int(b) for b in save.bytes_written],
+        "validation_errors": list(save.errors),
+        "problems": [problem_dict(p) for p in problems],
+    }
+    return doc, FOUND_PROBLEMS if bad else OK
 
 
 def _cmd_lab(args) -> int:
@@ -589,9 +938,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="workbench",
         formatter_class=fmt,
-        description="See and debug how PyTorch Distributed Checkpoint (torch 2.13) reshards a "
-        "checkpoint, for every rank at once, without a process group.",
-        epilog="exit status: 0 ok, 1 `plan` found a blocking problem, 2 bad input\n\n"
+        description="See and debug how PyTorch Distributed Checkpoint (torch 2.4 to 2.14) reshards "
+        "a checkpoint, for every rank at once, without a process group.",
+        epilog="exit status: 0 ok, 1 `plan` / `check` found a blocking problem, 2 bad input\n\n"
         + TARGET_HELP,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -600,15 +949,35 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         formatter_class=fmt,
         help="what a checkpoint holds",
-        description="Every entry of a DCP checkpoint: shape, dtype, chunks, the file "
-        "and byte range of each chunk and its writer rank. Reads only "
-        ".metadata, with an allow-list unpickler: safe on a stranger's "
-        "checkpoint.",
+        description="Every entry of a checkpoint (plain DCP, Megatron-Core torch_dist or DCP's "
+        "HuggingFace safetensors; the format is recognised): shape, dtype, chunks, the file "
+        "and byte range of each chunk and its writer rank, and what the format records of "
+        "itself. Reads only metadata (an allow-list unpickler, safetensors headers): safe on a "
+        "stranger's checkpoint.",
     )
-    s.add_argument("checkpoint", help="checkpoint directory (.metadata + __<rank>_<n>.distcp)")
+    s.add_argument(
+        "checkpoint",
+        help="checkpoint directory (.metadata + __<rank>_<n>.distcp, Megatron, or *.safetensors)",
+    )
     s.add_argument("--chunks", action="store_true", help="also list every chunk")
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.set_defaults(run=_cmd_inspect)
+
+    s = sub.add_parser(
+        "check",
+        formatter_class=fmt,
+        help="are the checkpoint's files all there",
+        description="Check that every file the metadata names exists and holds every byte "
+        "range it names; report a missing .metadata (an interrupted or asynchronous save), stray "
+        "files, duplicate or overlapping chunks, and each format's own records (Megatron's "
+        "metadata.json and common.pt, the HF index). --deep also reads every chunk's bytes and "
+        "checks its element count and dtype (never unpickling beyond an allow-list). Exit "
+        "status 1 when torch would fail or load wrong values.",
+    )
+    s.add_argument("checkpoint", help="checkpoint directory (any supported format)")
+    s.add_argument("--deep", action="store_true", help="read and check every chunk's bytes")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(run=_cmd_check)
 
     s = sub.add_parser(
         "plan",
@@ -627,6 +996,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="as dcp.load(planner=DefaultLoadPlanner(allow_partial_load=True))",
     )
+    s.add_argument(
+        "--torch",
+        metavar="X.Y[,X.Y...]",
+        help="the torch version whose DCP semantics to use (2.4 ... 2.14; default: the installed "
+        "torch if supported, else the newest); several compare the versions rank by rank",
+    )
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.add_argument("--list-presets", action=_ListPresets, help="list presets and recipes, exit")
     s.set_defaults(run=_cmd_plan)
@@ -641,6 +1016,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("text", help="the error text, quoted")
     s.add_argument("--checkpoint", "-c", help="checkpoint directory the error came from")
     s.add_argument("--target", "-t", metavar="SPEC", help="the target being loaded into")
+    s.add_argument("--torch", metavar="X.Y", help="the torch version that raised it")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(run=_cmd_explain)
 
@@ -656,7 +1032,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="checkpoint directory")
     s.add_argument("--target", "-t", metavar="SPEC", help="optional target (see below)")
     s.add_argument("--output", "-o", default="report.html", help="output file (report.html)")
+    s.add_argument("--torch", metavar="X.Y", help="the torch version whose semantics to use")
     s.set_defaults(run=_cmd_report)
+
+    s = sub.add_parser(
+        "capture",
+        formatter_class=fmt,
+        help="the target (or checkpoint) your own training code makes",
+        description="Run your own build() (model + parallelize, optionally returning "
+        "(model, optimizer)) as ranks of a WORLD_SIZE-rank job under torch's fake process "
+        "group, on the CPU, and write the target it asks of a checkpoint as the JSON that "
+        "`workbench plan --target` reads. With --save: the checkpoint it would write instead "
+        "(every chunk's writer rank and file, as `workbench inspect --json` prints a "
+        "checkpoint, plus torch's save validation and the save problems; exit 1 when that "
+        "save would raise or lose data).",
+    )
+    s.add_argument("build", help="MODULE:FUNCTION, e.g. train:build (imported from the cwd)")
+    s.add_argument("--world-size", "-n", type=int, required=True, help="ranks of the job")
+    s.add_argument("--output", "-o", help="output file (default: print the JSON)")
+    s.add_argument("--save", action="store_true", help="write the save side instead")
+    s.add_argument("--ranks", help="more ranks to run and check, e.g. 0,5, or all")
+    s.add_argument("--time-limit", type=float, default=120.0, help="seconds per rank (default 120)")
+    s.set_defaults(run=_cmd_capture)
 
     s = sub.add_parser(
         "lab",

@@ -44,6 +44,7 @@ from .planner_helpers import (
 from .records import BytesStorageMetadata, MetadataIndex, TensorStorageMetadata
 from .sharding import chunk_holders, format_placements
 from .sources import as_record
+from .versions import resolve_torch_version, semantics
 
 __all__ = [
     "Problem",
@@ -67,10 +68,17 @@ KINDS = (
     "dedup_loss",
     "per_rank_bytes",
     "partial",
-    # a checkpoint's files (checkpoint.Checkpoint.problems): torch's reader raises mid-load
+    # a checkpoint's files (checkpoint.Checkpoint.problems, checkpoint.find_file_problems) and
+    # storage-specific save problems (plan_save(storage="hf"))
     "missing_file",
     "unlisted_chunk",
     "truncated_file",
+    "no_metadata",
+    "duplicate_chunk",
+    "bad_item",
+    "stray_file",
+    "unread_file",
+    "hf_lost_chunk",
 )
 SEVERITIES = ("error", "silent", "warning")
 # severities that make a load raise or load wrong values: a job guarded by a plan must stop
@@ -416,14 +424,21 @@ def _failures(result) -> dict[str, tuple[tuple[int, ...], str]]:
     return out
 
 
-def find_problems(load_result) -> list[Problem]:
+def find_problems(load_result, *, torch_version: str | None = None) -> list[Problem]:
     """Problems of a whole load plan (``planning.plan_load``'s result), sorted by fqn (target order,
-    then checkpoint-only keys) and kind.
+    then checkpoint-only keys) and kind, under the plan's torch version; a different
+    ``torch_version`` re-plans the same load with that version first (e.g. a size mismatch is an
+    ``error`` from 2.6, ``silent`` before: torch 2.4 / 2.5 read the chunks into the wrong shape).
 
     Reads ``.metadata``, ``.layouts`` (the target) and ``.failures`` (torch's messages for entries
     torch raises on); mirrors ``create_default_local_load_plan`` and the reader's silent paths
     (dcp-semantics sections 3-5, 8).
     """
+    if torch_version is not None and resolve_torch_version(torch_version) != getattr(
+        load_result, "torch_version", None
+    ):
+        load_result = load_result.replan(torch_version)  # diagnosis never imports planning
+    tv = getattr(load_result, "torch_version", "2.13")
     md = load_result.metadata
     layouts: Mapping[str, Any] = load_result.layouts
     items = md.state_dict_metadata
@@ -452,7 +467,7 @@ def find_problems(load_result) -> list[Problem]:
         elif isinstance(saved, TensorStorageMetadata):
             out.extend(
                 _tensor_problems(
-                    fqn, layout, saved, ranks, text, lambda fqn=fqn: load_result.reads(fqn)
+                    fqn, layout, saved, ranks, text, lambda fqn=fqn: load_result.reads(fqn), tv
                 )
             )
         elif not layout.is_bytes:
@@ -577,7 +592,7 @@ def _missing(fqn, ranks, text, items, result) -> Problem:
 
 
 def _tensor_problems(
-    fqn, layout, saved: TensorStorageMetadata, ranks, text, reads
+    fqn, layout, saved: TensorStorageMetadata, ranks, text, reads, tv: str = "2.13"
 ) -> list[Problem]:
     # reads: a callable giving the fqn's ReadBlock, built only for a misdescribed layout
     if layout.is_bytes:
@@ -596,16 +611,24 @@ def _tensor_problems(
             )
         ]
     if tuple(saved.size) != tuple(layout.shape):
+        raises = semantics(tv).size_mismatch_raises
+        consequence = (
+            "torch raises: " + (text or size_mismatch_message(fqn, saved.size, layout.shape))
+            if raises
+            else f"torch {tv} has no size check (it raises from 2.6 on): it reads the saved "
+            "chunks into the target's boxes as if the shapes matched, so the values land in the "
+            "wrong places (or the read asserts on mismatched sizes)."
+        )
         return [
             Problem(
                 fqn=fqn,
                 kind="shape_mismatch",
                 ranks=ranks,
                 region=None,
-                severity="error",
-                message=f"{fqn}: saved size {list(saved.size)} differs from the target's {list(layout.shape)} "
-                "(global sizes must match; DCP reshards chunks, not shapes); torch raises: "
-                + (text or size_mismatch_message(fqn, saved.size, layout.shape)),
+                severity="error" if raises else "silent",
+                message=f"{fqn}: saved size {list(saved.size)} differs from the target's "
+                f"{list(layout.shape)} (global sizes must match; DCP reshards chunks, not shapes); "
+                + consequence,
                 fix="Build the target with the checkpoint's config (vocab padding, hidden sizes), pass the "
                 "global DTensor rather than a local shard, or convert the checkpoint.",
             )
@@ -685,10 +708,14 @@ def find_checkpoint_problems(metadata) -> list[Problem]:
 
 
 # ----------------------------------------------------------------------------- save side
-def _validation_quote(errs: list[str], all_errs: list[str]) -> str:
+def _validation_quote(errs: list[str], all_errs: list[str], torch_version: str = "2.13") -> str:
     """What torch raises for a key's validation errors: DefaultSavePlanner's exact ValueError text
     (every key's errors joined, cut at 500 characters) when this key's are all of them, else the
-    key's own strings behind an elision."""
+    key's own strings behind an elision. torch 2.4 - 2.11 raise the bare text and only log the
+    strings (as warnings of ``torch.distributed.checkpoint.default_planner``)."""
+    if not semantics(torch_version).validation_returns_errors:
+        logged = "; ".join(" ".join(e.split()) for e in errs)
+        return f"Failed to validate global plan (torch {torch_version} logs: {logged})"
     if list(errs) == list(all_errs):
         summary = "; ".join(errs)
         if len(summary) > 500:
@@ -715,6 +742,7 @@ def find_save_problems(save_result) -> list[Problem]:
         if m:
             errors[m["fqn"]].append(e)
     failed = {f: tuple(r) for f, r, _ in getattr(save_result, "failures", ()) or ()}
+    tv = getattr(save_result, "torch_version", "2.13")
     out = []
     for fqn, layout in layouts.items():
         ranks = tuple(layout.holders())
@@ -743,7 +771,7 @@ def find_save_problems(save_result) -> list[Problem]:
                     layout,
                     "error" if errs else "silent",
                     "save",
-                    _validation_quote(errs, all_errs) if errs else "",
+                    _validation_quote(errs, all_errs, tv) if errs else "",
                 )
             )
             continue
@@ -767,14 +795,47 @@ def find_save_problems(save_result) -> list[Problem]:
             )
         saved = items.get(fqn)
         if isinstance(saved, TensorStorageMetadata) and saved.size:
-            out.extend(_saved_chunk_problems(fqn, saved, errs, writers.get(fqn, []), all_errs))
+            out.extend(_saved_chunk_problems(fqn, saved, errs, writers.get(fqn, []), all_errs, tv))
+    out.extend(_lost_chunk_problems(save_result))
     order = {f: i for i, f in enumerate(layouts)}
     out.sort(key=lambda p: _sort_key(p, order))
     return out
 
 
+def _lost_chunk_problems(save_result) -> list[Problem]:
+    """The chunks a storage writer drops (``plan_save(..., storage="hf")``: several chunks of one
+    fqn on one rank keep only the last), one problem per (fqn, rank)."""
+    by: dict[tuple[str, int], list] = defaultdict(list)
+    for lc in getattr(save_result, "lost", ()) or ():
+        by[(lc.fqn, lc.rank)].append(lc)
+    out = []
+    for (fqn, r), lcs in by.items():
+        lost = ", ".join(str(lc.chunk) for lc in lcs)
+        out.append(
+            Problem(
+                fqn=fqn,
+                kind="hf_lost_chunk",
+                ranks=(r,),
+                region=lcs[0].chunk,
+                severity="silent",
+                message=f"{fqn}: rank {r} holds {len(lcs) + 1} chunks of this tensor but torch's "
+                f"HuggingFaceStorageWriter writes one entry per fqn in rank {r}'s file and keeps "
+                f"the last ({lcs[0].kept}); {lost} {'is' if len(lcs) == 1 else 'are'} lost without "
+                "an error and a load leaves those elements stale.",
+                fix="Save with FileSystemWriter, or hold one chunk per rank (a DTensor rather than "
+                "a ShardedTensor with several local shards).",
+            )
+        )
+    return out
+
+
 def _saved_chunk_problems(
-    fqn, saved: TensorStorageMetadata, errs: list[str], writers: list[int], all_errs: list[str]
+    fqn,
+    saved: TensorStorageMetadata,
+    errs: list[str],
+    writers: list[int],
+    all_errs: list[str],
+    tv: str = "2.13",
 ) -> list[Problem]:
     """Holes, overlaps and out-of-bounds chunks of a planned checkpoint; ``error`` where torch's
     validation (``errs``, its strings for this key) raises. Every validation string is quoted by
@@ -787,7 +848,7 @@ def _saved_chunk_problems(
     out = []
 
     def quote(sub: list[str]) -> str:
-        return _validation_quote(sub, all_errs)
+        return _validation_quote(sub, all_errs, tv)
 
     if by_kind["out of bounds chunk"]:
         outside = [i for i, c in enumerate(saved.chunks) if not c.within(saved.size)]

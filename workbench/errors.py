@@ -17,6 +17,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "DtypeError",
     "InputLimitError",
+    "CaptureError",
 ]
 
 
@@ -71,3 +72,8 @@ class DtypeError(WorkbenchError):
 class InputLimitError(WorkbenchError):
     """An input file exceeds a reader's bounds (size, nesting, declared length, work); the reader
     stopped before allocating or computing beyond them."""
+
+
+class CaptureError(WorkbenchError):
+    """A user's ``build()`` could not be captured: it raised, hung, needs a GPU or real data, or
+    gave something DCP cannot save. ``fqn`` names the function; ``rank`` the rank it failed on."""

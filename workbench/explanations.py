@@ -13,7 +13,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .diagnosis import rank_suffix
@@ -23,6 +23,7 @@ from .planner_helpers import PARTIAL_MESSAGE, VALIDATION_ERROR
 from .records import TensorStorageMetadata
 from .sharding import Layout, LocalTensor, bytes_layout, format_placements
 from .sources import as_record, as_value
+from .versions import resolve_torch_version, semantics
 
 __all__ = ["explain", "Explanation"]
 
@@ -41,6 +42,7 @@ class Explanation:
     ranks: tuple[int, ...] = ()
     inner: tuple[Explanation, ...] = ()
     text: str = ""
+    torch_version: str | None = None
 
     def __str__(self) -> str:
         head = f"{self.fqn}: " if self.fqn else ""
@@ -61,7 +63,11 @@ _MESSAGE_PATTERNS = [
         "checkpoint_exception",
         re.compile(r"CheckpointException ranks:dict_keys\(\[(?P<ranks>[^\]]*)\]\)"),
     ),
-    ("validate_global_plan", re.compile(r"Failed to validate global plan: (?P<body>.*)", re.S)),
+    # 2.12+ append the error strings; 2.4 - 2.11 raise the bare text and log the strings
+    (
+        "validate_global_plan",
+        re.compile(r"Failed to validate global plan(?:: (?P<body>.*))?", re.S),
+    ),
     ("missing_key", re.compile(r"Missing key in checkpoint state_dict: (?P<fqn>.+?)\.?$", re.M)),
     (
         "size_mismatch",
@@ -140,8 +146,16 @@ def _explain_inputs(metadata, target) -> tuple[Any, dict[str, Layout]]:
     return metadata, {f: lay if lay is not None else bytes_layout(ws) for f, lay in layouts.items()}
 
 
-def explain(text: str, metadata=None, target: Mapping[str, Any] | None = None) -> Explanation:
-    """Explain a torch 2.13 DCP error string (or a whole ``CheckpointException`` dump).
+def explain(
+    text: str,
+    metadata=None,
+    target: Mapping[str, Any] | None = None,
+    *,
+    torch_version: str | None = None,
+) -> Explanation:
+    """Explain a torch DCP error string (or a whole ``CheckpointException`` dump) as raised by
+    ``torch_version`` (default `versions.default_torch_version`; kept in ``.torch_version``).
+    A message that version never raises (the size check before 2.6) says so.
 
     With the checkpoint's ``metadata`` and the ``target`` (``{fqn: Layout}``), point at the tensor
     and the numbers: a current size that is the saved size divided by the world size (a local
@@ -149,17 +163,29 @@ def explain(text: str, metadata=None, target: Mapping[str, Any] | None = None) -
     Unknown text gives pattern ``"unknown"``. torch's own ``Metadata`` and a real state dict
     (Tensors, DTensors, ShardedTensors, other values as bytes) are accepted too.
     """
+    tv = resolve_torch_version(torch_version)
     text = str(text)
     metadata, target = _explain_inputs(metadata, target)
     for name, rx in _MESSAGE_PATTERNS:
         m = rx.search(text)
         if m:
-            return _EXPLAINERS[name](m, text, metadata, target or {})
+            e = _EXPLAINERS[name](m, text, metadata, target or {})
+            if name == "size_mismatch" and not semantics(tv).size_mismatch_raises:
+                e = replace(
+                    e,
+                    what_to_check=(
+                        f"torch {tv} never raises this (the size check arrived in 2.6): the "
+                        "job ran a newer torch than assumed.",
+                        *e.what_to_check,
+                    ),
+                )
+            return replace(e, torch_version=tv)
     return Explanation(
         pattern="unknown",
         cause="This is not one of the DCP error messages the workbench knows.",
         what_to_check=("Paste the last line of the traceback (the exception message).",),
         text=text,
+        torch_version=tv,
     )
 
 
@@ -198,7 +224,7 @@ def _x_checkpoint_exception(m, text, md, target):
 
 
 def _x_validate(m, text, md, target):
-    body = m["body"]
+    body = m["body"] or ""
     found = [(k.group("fqn"), k.group("what")) for k in VALIDATION_ERROR.finditer(body)]
     truncated = body.rstrip().endswith("(truncated)")
     fqns = list(dict.fromkeys(f for f, _ in found))
@@ -233,6 +259,12 @@ def _x_validate(m, text, md, target):
         checks.append(
             "The message is truncated at 500 characters: plan the save with "
             "workbench.plan_save to list every error."
+        )
+    if not body:
+        checks.append(
+            "torch 2.4 - 2.11 raise this bare text: the reasons were logged as warnings "
+            "(logger torch.distributed.checkpoint.default_planner); plan the save with "
+            "workbench.plan_save(..., torch_version=...) to list them."
         )
     return Explanation(
         pattern="validate_global_plan",

@@ -44,6 +44,7 @@ from .records import (
 )
 from .sharding import LocalTensor, format_placements
 from .sources import as_record, as_value, torch_tensor_kind
+from .versions import semantics
 
 __all__ = [
     # planner_helpers.py
@@ -338,10 +339,15 @@ def shards_get_overlap_region_wrt_saved_tensor(
     return out
 
 
-def create_read_items_for_chunk_list(fqn: str, checkpoint_md, local_chunks) -> list[ReadItem]:
-    """torch's ``create_read_items_for_chunk_list`` (2.13 sweep line): every overlapping
-    (local, saved) pair, locals by start on the sweep dim (stable), then within a local the saved
-    chunks by ``(end on the sweep dim, index)``.
+def create_read_items_for_chunk_list(
+    fqn: str, checkpoint_md, local_chunks, *, torch_version: str | None = None
+) -> list[ReadItem]:
+    """torch's ``create_read_items_for_chunk_list``: every overlapping (local, saved) pair.
+
+    Order by ``torch_version`` (default `versions.default_torch_version`): through 2.10 the
+    nested loop (locals in list order, then saved chunks in list order); from 2.11 the sweep
+    line: locals by start on the sweep dim (stable), then within a local the saved chunks by
+    ``(end on the sweep dim, index)``.
 
     The sweep dim is the first dim with the largest ``offset + size`` over all local and saved
     chunks (not the tensor's size); 0-d chunks sweep as ``[0, 1)``. Written as torch's loop, not
@@ -373,6 +379,13 @@ def create_read_items_for_chunk_list(fqn: str, checkpoint_md, local_chunks) -> l
             chunk=odd,
             ndim=ndim,
         )
+    if semantics(torch_version).read_item_order == "nested":
+        return [
+            _read_item(fqn, lc, li, sc, si)
+            for li, lc in enumerate(local)
+            for si, sc in enumerate(saved)
+            if boxes_overlap(lc.offsets, lc.sizes, sc.offsets, sc.sizes)
+        ]
     sweep = 0
     if ndim > 1:
         best = 0
@@ -404,20 +417,22 @@ def create_read_items_for_chunk_list(fqn: str, checkpoint_md, local_chunks) -> l
             ptr += 1
         for _, si in active:
             sc = saved[si]
-            if not boxes_overlap(lc.offsets, lc.sizes, sc.offsets, sc.sizes):
-                continue
-            region = shards_get_overlap_region_wrt_saved_tensor(sc, lc)
-            items.append(
-                ReadItem(
-                    LoadItemType.TENSOR,
-                    MetadataIndex(fqn, lc.offsets, li),
-                    tuple(r[2] for r in region),
-                    MetadataIndex(fqn, sc.offsets, si),
-                    tuple(r[1] for r in region),
-                    tuple(r[3] for r in region),
-                )
-            )
+            if boxes_overlap(lc.offsets, lc.sizes, sc.offsets, sc.sizes):
+                items.append(_read_item(fqn, lc, li, sc, si))
     return items
+
+
+def _read_item(fqn: str, lc: Chunk, li: int, sc: Chunk, si: int) -> ReadItem:
+    """The read item of an overlapping (local #li, saved #si) pair (torch's loop body)."""
+    region = shards_get_overlap_region_wrt_saved_tensor(sc, lc)
+    return ReadItem(
+        LoadItemType.TENSOR,
+        MetadataIndex(fqn, lc.offsets, li),
+        tuple(r[2] for r in region),
+        MetadataIndex(fqn, sc.offsets, si),
+        tuple(r[1] for r in region),
+        tuple(r[3] for r in region),
+    )
 
 
 def create_write_items(fqn: str, object: Any) -> list[WriteItem]:  # noqa: A002 (torch's name)
@@ -470,7 +485,9 @@ def create_chunk_list(tensor) -> list[Chunk]:
     return [create_chunk_from_tensor(obj)]
 
 
-def create_read_items(fqn: str, md, obj: Any) -> list[ReadItem]:
+def create_read_items(
+    fqn: str, md, obj: Any, *, torch_version: str | None = None
+) -> list[ReadItem]:
     """torch's ``_create_read_items``: bytes metadata -> one BYTE_IO item (whatever the value);
     tensor metadata -> `create_read_items_for_chunk_list`. As in torch, a value without chunks
     (and a Partial DTensor) reports ``Invalid checkpoint metadata ... expected
@@ -501,7 +518,7 @@ def create_read_items(fqn: str, md, obj: Any) -> list[ReadItem]:
             "The checkpoint holds a tensor here; give a tensor value (not Partial).",
             cause=ex,
         ) from ex
-    return create_read_items_for_chunk_list(fqn, md, local_chunks)
+    return create_read_items_for_chunk_list(fqn, md, local_chunks, torch_version=torch_version)
 
 
 def create_default_metadata_only_plan(state_dict: dict) -> SavePlan:
@@ -639,14 +656,21 @@ def flatten_state_dict(state_dict: dict) -> tuple[dict, dict]:
 
 # ----------------------------------------------------------------------------- dedup
 def dedup_save_plans(
-    all_plans: Sequence[SavePlan], save_to_lowest_rank: bool = False
+    all_plans: Sequence[SavePlan],
+    save_to_lowest_rank: bool = False,
+    *,
+    torch_version: str | None = None,
 ) -> list[SavePlan]:
     """torch's ``_dedup_save_plans.dedup_save_plans``: every key ``(fqn, offset)`` held by several
     plans stays in one. Keys are visited in first-appearance order; the writer is ``min(S)``
     (``save_to_lowest_rank``) or the least-loaded plan, ties broken by ``min`` over a real Python
     ``set`` built in plan order (CPython set order, NOT lowest rank once indices >= 8 collide).
     The winner is charged the GLOBAL tensor's bytes of the last item seen with that key (1 for
-    BYTE_IO or 0 bytes). Plans keep their item order, filtered."""
+    BYTE_IO or 0 bytes). Plans keep their item order, filtered.
+
+    The same in every supported ``torch_version`` (2.8 rewrote it without changing a result;
+    recorded); the argument is checked and kept for symmetry with the other helpers."""
+    semantics(torch_version)
     all_plans = [as_record(p) for p in all_plans]
     where: dict[MetadataIndex, set[int]] = defaultdict(set)
     last_item: dict[MetadataIndex, WriteItem] = {}
@@ -684,13 +708,18 @@ def create_default_local_save_plan(state_dict: dict, is_coordinator: bool) -> Sa
 
 
 def create_default_global_save_plan(
-    all_plans: Sequence[SavePlan], rewrite_index_hints: bool = True
+    all_plans: Sequence[SavePlan],
+    rewrite_index_hints: bool = True,
+    *,
+    torch_version: str | None = None,
 ) -> tuple[list[SavePlan], Metadata]:
     """torch's ``create_default_global_save_plan``: the metadata's chunk list of each fqn is the
     concatenation of its items' chunks in (plan, item) order; ``size`` and ``properties`` come
     from the first item seen; index hints are rewritten to chunk positions. Returns
     ``(plans, metadata)``. A TENSOR / BYTE_IO fqn seen twice raises torch's (inverted) text
-    ``item.index.fqn not in md``."""
+    ``item.index.fqn not in md``. The same result in every supported ``torch_version``
+    (recorded); the argument is checked."""
+    semantics(torch_version)
     md: dict[str, TensorStorageMetadata | BytesStorageMetadata] = {}
     new_plans = []
     for plan in (as_record(p) for p in all_plans):
@@ -755,11 +784,40 @@ def check_box_bounds(outer_box_size: Sequence[int], inner_box) -> bool:
     )
 
 
-def validate_global_plan(global_plan: Sequence[SavePlan], metadata: Metadata) -> list[str]:
-    """torch 2.13's ``_validate_global_plan``: the error strings (empty = valid), exact text and
+# The texts torch 2.4 - 2.11 log (multi-line: the indentation of their source is part of them).
+_OLD_BOUNDS = (
+    "\n"
+    + " " * 24
+    + "key:{key} has out of bounds chunk:\n"
+    + " " * 24
+    + "tensor-size:{size} chunk: {chunk}\n"
+    + " " * 20
+)
+_OLD_FILL = (
+    "\n"
+    + " " * 20
+    + "key:{key} invalid fill tensor-volume:\n"
+    + " " * 20
+    + "{tv} chunks-volume: {cv}\n"
+    + " " * 16
+)
+
+
+def validate_global_plan(
+    global_plan: Sequence[SavePlan], metadata: Metadata, *, torch_version: str | None = None
+) -> list[str]:
+    """torch's ``_validate_global_plan``: the error strings (empty = valid), exact text and
     order. Per tensor key in metadata order (bytes and 0-d skipped): out-of-bounds chunks, then
-    overlaps by sweep line on the first dim of largest global size (current chunk printed first),
-    then, only when there are several plans, a fill check by volume."""
+    overlaps, then the fill check by volume.
+
+    By ``torch_version`` (see `versions.TorchSemantics`): 2.12+ returns these strings; 2.4 - 2.11
+    return a bool and *log* the same findings, in their own (multi-line) texts, which are what is
+    returned here. Overlaps: 2.4 - 2.9 check each chunk against every later one, right after its
+    bounds check (``key:k has overlapping chunks: i j``); 2.10+ sweep on the first dim of largest
+    global size (current chunk printed first). The fill check runs only for several plans from
+    2.9."""
+    sem = semantics(torch_version)
+    old_text = not sem.validation_returns_errors
     metadata = as_record(metadata)
     errors: list[str] = []
     for key, value in metadata.state_dict_metadata.items():
@@ -768,7 +826,7 @@ def validate_global_plan(global_plan: Sequence[SavePlan], metadata: Metadata) ->
         size = value.size
         chunks = value.chunks
         volume = 0
-        for chunk in chunks:
+        for i, chunk in enumerate(chunks):
             if chunk.ndim != len(size):
                 raise ChunkError(
                     key,
@@ -779,47 +837,72 @@ def validate_global_plan(global_plan: Sequence[SavePlan], metadata: Metadata) ->
                     size=size,
                 )
             if not check_box_bounds(size, chunk):
-                errors.append(
-                    f"key:{key} has out of bounds chunk: tensor-size:{torch_size_text(size)} "
-                    f"chunk: {chunk.torch_repr()}"
-                )
-            volume += math.prod(chunk.sizes)
-        if len(chunks) > 1:
-            dims = len(size)
-            sw = max(range(dims), default=0, key=lambda d: size[d])
-            order = sorted(
-                range(len(chunks)), key=lambda i: (chunks[i].offsets[sw], *chunks[i].offsets)
-            )
-            active: list[tuple[int, int]] = []
-            for i in order:
-                cur = chunks[i]
-                start = cur.offsets[sw]
-                cut = bisect_right(active, (start, sys.maxsize))
-                if cut:
-                    del active[:cut]
-                for _, j in active:
-                    other = chunks[j]
-                    if boxes_overlap(cur.offsets, cur.sizes, other.offsets, other.sizes):
-                        errors.append(
-                            f"key:{key} has overlapping chunks: {cur.torch_repr()} "
-                            f"{other.torch_repr()}"
+                if old_text:
+                    errors.append(
+                        _OLD_BOUNDS.format(
+                            key=key, size=torch_size_text(size), chunk=chunk.torch_repr()
                         )
-                insort(active, (start + cur.sizes[sw], i))
+                    )
+                else:
+                    errors.append(
+                        f"key:{key} has out of bounds chunk: tensor-size:{torch_size_text(size)} "
+                        f"chunk: {chunk.torch_repr()}"
+                    )
+            volume += math.prod(chunk.sizes)
+            if sem.validation_overlap == "pairwise":
+                for other in chunks[i + 1 :]:
+                    if boxes_overlap(chunk.offsets, chunk.sizes, other.offsets, other.sizes):
+                        errors.append(_overlap_text(key, chunk, other))
+        if len(chunks) > 1 and sem.validation_overlap == "sweep":
+            errors += _sweep_overlaps(key, size, chunks)
         tensor_volume = math.prod(size)
-        if len(global_plan) > 1 and volume != tensor_volume:
-            errors.append(
-                f"key:{key} invalid fill tensor-volume: {tensor_volume} chunks-volume: {volume}"
-            )
+        if (len(global_plan) > 1 or sem.validation_fill_single_plan) and volume != tensor_volume:
+            if old_text:
+                errors.append(_OLD_FILL.format(key=key, tv=tensor_volume, cv=volume))
+            else:
+                errors.append(
+                    f"key:{key} invalid fill tensor-volume: {tensor_volume} chunks-volume: {volume}"
+                )
+    return errors
+
+
+def _overlap_text(key: str, a: Chunk, b: Chunk) -> str:
+    return f"key:{key} has overlapping chunks: {a.torch_repr()} {b.torch_repr()}"
+
+
+def _sweep_overlaps(key: str, size, chunks) -> list[str]:
+    """2.10+'s overlap check: sweep line on the first dim of largest global size."""
+    errors = []
+    sw = max(range(len(size)), default=0, key=lambda d: size[d])
+    order = sorted(range(len(chunks)), key=lambda i: (chunks[i].offsets[sw], *chunks[i].offsets))
+    active: list[tuple[int, int]] = []
+    for i in order:
+        cur = chunks[i]
+        start = cur.offsets[sw]
+        cut = bisect_right(active, (start, sys.maxsize))
+        if cut:
+            del active[:cut]
+        for _, j in active:
+            other = chunks[j]
+            if boxes_overlap(cur.offsets, cur.sizes, other.offsets, other.sizes):
+                errors.append(_overlap_text(key, cur, other))
+        insort(active, (start + cur.sizes[sw], i))
     return errors
 
 
 def create_default_local_load_plan(
-    state_dict: dict, metadata: Metadata, strict: bool = True
+    state_dict: dict, metadata: Metadata, strict: bool = True, *, torch_version: str | None = None
 ) -> LoadPlan:
     """torch's ``create_default_local_load_plan``: per entry in state-dict order, torch's checks
     and messages (missing key when ``strict``, size mismatch, tensor metadata for a non-tensor,
     Partial), then `create_read_items`. A DTensor whose rank is outside its mesh is checked but
-    reads nothing; absent `LocalTensor` values are skipped. No dtype check, as in torch."""
+    reads nothing; absent `LocalTensor` values are skipped. No dtype check, as in torch.
+
+    ``torch_version`` 2.4 / 2.5 have no size check: the value's chunks are read against the saved
+    ones as they are (a value of another tensor rank is compared dim by dim over the value's dims,
+    as torch's ``_check_shard_metadata_pair_overlap`` does: fewer dims read truncated boxes, more
+    dims raise torch's ``IndexError``)."""
+    sem = semantics(torch_version)
     metadata = as_record(metadata)
     sdm = metadata.state_dict_metadata
     items: list[ReadItem] = []
@@ -839,11 +922,12 @@ def create_default_local_load_plan(
                 )
             continue
         md = sdm[fqn]
-        if (
+        mismatch = (
             isinstance(md, TensorStorageMetadata)
             and _tensor_kind(obj) is not None
             and md.size != obj.size()
-        ):
+        )
+        if mismatch and sem.size_mismatch_raises:
             raise _torch_error(
                 PlanError,
                 fqn,
@@ -856,5 +940,29 @@ def create_default_local_load_plan(
             )
         if _tensor_kind(obj) == "dtensor" and not obj.in_mesh:
             continue
-        items += create_read_items(fqn, md, obj)
+        if mismatch and len(md.size) != len(obj.size()):
+            items += _zip_read_items(fqn, md, create_chunk_list(obj))
+            continue
+        items += create_read_items(fqn, md, obj, torch_version=sem.version)
     return LoadPlan(items)
+
+
+def _zip_read_items(fqn: str, md: TensorStorageMetadata, local: list[Chunk]) -> list[ReadItem]:
+    """torch 2.4 / 2.5's nested loop on chunks of different tensor ranks: the overlap test runs
+    over the LOCAL chunk's dims (an IndexError when a saved chunk has fewer), the region zips."""
+    saved = _chunks(fqn, md.chunks)
+    items = []
+    for li, lc in enumerate(local):
+        for si, sc in enumerate(saved):
+            if lc.ndim > sc.ndim:
+                raise _torch_error(
+                    PlanError,
+                    fqn,
+                    "tuple index out of range",
+                    "IndexError",
+                    f"saved chunk {sc} has fewer dims than the wanted chunk {lc}",
+                    "Load into a tensor of the saved shape.",
+                )
+            if boxes_overlap(lc.offsets, lc.sizes, sc.offsets, sc.sizes):
+                items.append(_read_item(fqn, lc, li, sc, si))
+    return items

@@ -32,8 +32,10 @@ import numpy as np
 from .errors import MetadataError, PlanError
 from .formats.dcp_files import PlannedStorage
 from .geometry import Chunk, box_arrays, candidate_pairs, int64_unsafe, overlap_mask
+from .hf_plans import apply_hf_writer
 from .planner_helpers import (
     PARTIAL_MESSAGE,
+    create_default_local_load_plan,
     create_read_items_for_chunk_list,
     invalid_metadata_message,
     missing_key_message,
@@ -55,8 +57,9 @@ from .records import (
     WriteItem,
     WriteItemType,
 )
-from .sharding import Layout
+from .sharding import Layout, LocalTensor
 from .sources import as_record
+from .versions import semantics
 
 __all__ = [
     "plan_save",
@@ -271,13 +274,42 @@ class SavePlanResult:
     writers: dict[str, list[int]] = field(repr=False)
     bytes_written: np.ndarray = field(repr=False)
     failures: list = field(default_factory=list)
+    torch_version: str = "2.13"
+    storage: str = "fs"  # "fs" (FileSystemWriter) or "hf" (HuggingFaceStorageWriter, hf_plans)
+    lost: tuple = ()  # hf_plans.LostChunk: chunks the storage writer drops
 
 
-def plan_save(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False) -> SavePlanResult:
+def plan_save(
+    layouts: Mapping[str, Layout],
+    save_to_lowest_rank: bool = False,
+    *,
+    torch_version: str | None = None,
+    storage: str = "fs",
+) -> SavePlanResult:
     """Plan ``dcp.save`` of ``layouts`` (``{fqn: Layout}`` in state-dict order) on every rank, as
-    torch 2.13's ``DefaultSavePlanner`` + ``FileSystemWriter`` defaults would: local plans,
-    ``dedup_save_plans(plans, save_to_lowest_rank)`` (load-balanced writer choice with CPython
-    set tie-breaks), ``create_default_global_save_plan``, ``_validate_global_plan``."""
+    ``DefaultSavePlanner`` + ``FileSystemWriter`` defaults of ``torch_version`` (default
+    `versions.default_torch_version`) would: local plans, ``dedup_save_plans(plans,
+    save_to_lowest_rank)`` (load-balanced writer choice with CPython set tie-breaks),
+    ``create_default_global_save_plan``, ``_validate_global_plan`` (whose checks and texts depend
+    on the version; the rest is the same in 2.4 - 2.14).
+    ``storage="hf"``: with torch 2.13's ``HuggingFaceStorageWriter(save_distributed=True)``
+    instead, whose files keep one chunk per fqn and rank (`hf_plans.apply_hf_writer`: ``.lost``,
+    and the metadata its reader will see)."""
+    if storage not in ("fs", "hf"):
+        raise PlanError(
+            None,
+            f"storage {storage!r}",
+            "'fs' (FileSystemWriter) or 'hf' (HuggingFaceStorageWriter)",
+            "Pass storage='fs' or storage='hf'.",
+        )
+    result = _plan_save(layouts, save_to_lowest_rank, torch_version)
+    return apply_hf_writer(result) if storage == "hf" else result
+
+
+def _plan_save(
+    layouts: Mapping[str, Layout], save_to_lowest_rank: bool, torch_version: str | None
+) -> SavePlanResult:
+    sem = semantics(torch_version)
     fqns, lays, ws = _check_layouts(layouts)
     failures = []
     pats: list[_Pattern | None] = []
@@ -343,7 +375,7 @@ def plan_save(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False) 
         return SavePlan(_write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn))
 
     plans = _LazyPlans(ws, final_plan)
-    errors = _validate(sdm, pats, fqns, kept_per_fqn, plans)
+    errors = _validate(sdm, pats, fqns, kept_per_fqn, plans, sem.version)
     return SavePlanResult(
         layouts=dict(layouts),
         world_size=ws,
@@ -354,6 +386,7 @@ def plan_save(layouts: Mapping[str, Layout], save_to_lowest_rank: bool = False) 
         writers=writers,
         bytes_written=bytes_written,
         failures=failures,
+        torch_version=sem.version,
     )
 
 
@@ -431,7 +464,7 @@ def _write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn) -> list[WriteI
     return items
 
 
-def _validate(sdm, pats, fqns, kept_per_fqn, plans) -> list[str]:
+def _validate(sdm, pats, fqns, kept_per_fqn, plans, torch_version: str) -> list[str]:
     """``_validate_global_plan`` strings: vectorised checks find the tensors with any error (cached
     per chunk geometry); the scalar mirror writes their exact strings, in metadata order."""
     pos = {f: i for i, f in enumerate(fqns)}
@@ -442,14 +475,15 @@ def _validate(sdm, pats, fqns, kept_per_fqn, plans) -> list[str]:
             continue
         f = pos[fqn]
         pat, kept = pats[f], kept_per_fqn[f]
-        sig = (id(pat), kept.tobytes(), md.size, len(plans) > 1)
+        check_fill = len(plans) > 1 or semantics(torch_version).validation_fill_single_plan
+        sig = (id(pat), kept.tobytes(), md.size, check_fill)
         bad = verdicts.get(sig)
         if bad is None:
             bad = verdicts[sig] = _has_errors(
-                pat.offsets[kept], pat.sizes[kept], md.size, len(plans) > 1
+                pat.offsets[kept], pat.sizes[kept], md.size, check_fill
             )
         if bad:
-            errors += validate_global_plan(plans, Metadata({fqn: md}))
+            errors += validate_global_plan(plans, Metadata({fqn: md}), torch_version=torch_version)
     return errors
 
 
@@ -554,21 +588,26 @@ def _bytes_block(fqn: str, ranks: np.ndarray, ws: int) -> ReadBlock:
     )
 
 
-def _read_columns(s_off, s_size, pat: _Pattern, ws: int):
+def _read_columns(s_off, s_size, pat: _Pattern, ws: int, nested: bool = False):
     """``create_read_items_for_chunk_list`` for every rank of a load layout at once: every
     overlapping (local, saved) pair, ordered per rank by (local start on the sweep dim, local
     index, saved end on the sweep dim, saved index), the sweep dim being the first dim of largest
-    ``max(offset+size)`` over that rank's local chunks and all saved chunks (torch 2.13)."""
+    ``max(offset+size)`` over that rank's local chunks and all saved chunks (torch 2.11+); with
+    ``nested`` (torch 2.4 - 2.10) by (local index, saved index)."""
     l_off, l_size = pat.offsets, pat.sizes
     nd = l_off.shape[1]
     if len(l_off) == 0 or len(s_off) == 0:
         return None
     if int64_unsafe(l_off, l_size) or int64_unsafe(s_off, s_size):
-        return _exact_read_columns(s_off, s_size, pat, ws)
+        return _exact_read_columns(s_off, s_size, pat, ws, "2.10" if nested else "2.13")
     li, si = candidate_pairs(l_off, l_size, s_off, s_size)
     if nd:
         ok = overlap_mask(l_off[li], l_size[li], s_off[si], s_size[si])
         li, si = li[ok], si[ok]
+    if nested:
+        # pattern entries are numbered in (rank, local index) order: the nested loop's order
+        order = np.lexsort((si, li))
+        return _columns(pat, ws, l_off, l_size, s_off, s_size, li[order], si[order])
     # sweep dim per rank (torch: the first dim of largest max(offset+size) over the rank's local
     # chunks and all saved chunks; 1-d: dim 0; 0-d: bounds (0, 1) everywhere, i.e. no reordering)
     sw_rank = np.zeros(ws, np.int64)
@@ -592,7 +631,11 @@ def _read_columns(s_off, s_size, pat: _Pattern, ws: int):
         order = np.argsort((lpos[li] * span + k_saved) * len(s_off) + si, kind="stable")
     else:
         order = np.lexsort((si, k_saved, lpos[li]))
-    li, si = li[order], si[order]
+    return _columns(pat, ws, l_off, l_size, s_off, s_size, li[order], si[order])
+
+
+def _columns(pat: _Pattern, ws: int, l_off, l_size, s_off, s_size, li, si):
+    """The read-item columns of the ordered overlapping pairs (local entry li, saved chunk si)."""
     rank, local_idx = pat.rank[li], pat.pos[li]
     lo, ls, so, ss = l_off[li], l_size[li], s_off[si], s_size[si]
     lengths = np.minimum(so + ss, lo + ls) - np.maximum(lo, so)
@@ -603,7 +646,7 @@ def _read_columns(s_off, s_size, pat: _Pattern, ws: int):
     return _ro(rank, local_idx, si, dest, storage, lengths, starts)
 
 
-def _exact_read_columns(s_off, s_size, pat: _Pattern, ws: int):
+def _exact_read_columns(s_off, s_size, pat: _Pattern, ws: int, torch_version: str):
     """`_read_columns` from the scalar mirror, rank by rank, in Python ints: for chunks whose
     ends could wrap int64."""
     saved = [Chunk(tuple(o), tuple(s)) for o, s in zip(s_off.tolist(), s_size.tolist())]
@@ -620,12 +663,41 @@ def _exact_read_columns(s_off, s_size, pat: _Pattern, ws: int):
                 it.storage_offsets,
                 it.lengths,
             )
-            for it in create_read_items_for_chunk_list("", md, local)
+            for it in create_read_items_for_chunk_list("", md, local, torch_version=torch_version)
         ]
     nd = s_off.shape[1]
     cols = [np.array([row[i] for row in rows], np.int64).reshape(len(rows), -1) for i in range(6)]
     rank, local_idx, saved_idx = (c.reshape(-1) for c in cols[:3])
     dest, storage, lengths = (c.reshape(len(rows), nd) for c in cols[3:])
+    return _ro(
+        rank, local_idx, saved_idx, dest, storage, lengths, np.searchsorted(rank, np.arange(ws + 1))
+    )
+
+
+def _scalar_read_columns(fqn, md, lay: Layout, ranks: np.ndarray, ws: int, torch_version: str):
+    """Columns from the scalar mirror's ``create_default_local_load_plan``, rank by rank: for the
+    rare plans the columnar path does not model (a size mismatch of another tensor rank, planned
+    by torch < 2.6)."""
+    rows = []
+    for r in ranks.tolist():
+        plan = create_default_local_load_plan(
+            {fqn: LocalTensor(lay, r)}, Metadata({fqn: md}), torch_version=torch_version
+        )
+        rows += [
+            (
+                r,
+                it.dest_index.index,
+                it.storage_index.index,
+                *map(list, (it.dest_offsets, it.storage_offsets, it.lengths)),
+            )
+            for it in plan.items
+        ]
+    if not rows:
+        return None
+    width = len(rows[0][3])
+    cols = [np.array([row[i] for row in rows], np.int64).reshape(len(rows), -1) for i in range(6)]
+    rank, local_idx, saved_idx = (c.reshape(-1) for c in cols[:3])
+    dest, storage, lengths = (c.reshape(len(rows), width) for c in cols[3:])
     return _ro(
         rank, local_idx, saved_idx, dest, storage, lengths, np.searchsorted(rank, np.arange(ws + 1))
     )
@@ -653,6 +725,7 @@ class LoadPlanResult:
     allow_partial_load: bool = False
     blocks: dict = field(default_factory=dict, repr=False)  # fqn -> ReadBlock (fqns with reads)
     saved: dict = field(default_factory=dict, repr=False)  # fqn -> saved chunks' (offs, sizes)
+    torch_version: str = "2.13"
 
     @cached_property
     def plans(self) -> Sequence[LoadPlan]:
@@ -679,6 +752,15 @@ class LoadPlanResult:
             )
         return block
 
+    def replan(self, torch_version: str | None) -> LoadPlanResult:
+        """The same load (metadata, target, ``allow_partial_load``) planned by another torch."""
+        return plan_load(
+            self.metadata,
+            self.layouts,
+            allow_partial_load=self.allow_partial_load,
+            torch_version=torch_version,
+        )
+
     @cached_property
     def problems(self):
         """`diagnosis.find_problems` of this plan, computed on first access."""
@@ -695,15 +777,24 @@ class LoadPlanResult:
 
 
 def plan_load(
-    metadata: Metadata, layouts: Mapping[str, Layout], *, allow_partial_load: bool = False
+    metadata: Metadata,
+    layouts: Mapping[str, Layout],
+    *,
+    allow_partial_load: bool = False,
+    torch_version: str | None = None,
 ) -> LoadPlanResult:
     """Plan ``dcp.load`` of ``layouts`` (``{fqn: Layout}`` in state-dict order, one world size)
-    from a checkpoint's ``metadata`` on every rank, as torch 2.13's ``DefaultLoadPlanner`` would
-    (``create_default_local_load_plan(state_dict, metadata, strict=not allow_partial_load)``).
+    from a checkpoint's ``metadata`` on every rank, as ``DefaultLoadPlanner`` of
+    ``torch_version`` (default `versions.default_torch_version`) would
+    (``create_default_local_load_plan(state_dict, metadata, strict=not allow_partial_load)``):
+    read items in the nested-loop order through 2.10, the sweep order from 2.11.
 
-    Where torch raises on a rank (missing key when strict, size mismatch, tensor metadata for a
-    non-tensor value, a Partial DTensor), the entry gets no read items on any rank and
-    ``(fqn, ranks, message)`` goes to ``.failures``; torch would stop at the first."""
+    Where torch raises on a rank (missing key when strict, size mismatch from 2.6, tensor
+    metadata for a non-tensor value, a Partial DTensor), the entry gets no read items on any rank
+    and ``(fqn, ranks, message)`` goes to ``.failures``; torch would stop at the first. Before
+    2.6 a size mismatch is planned as torch plans it (reads against the wrong shape)."""
+    sem = semantics(torch_version)
+    nested = sem.read_item_order == "nested"
     fqns, lays, ws = _check_layouts(layouts)
     metadata = as_record(metadata)
     sdm = getattr(metadata, "state_dict_metadata", None)
@@ -743,7 +834,7 @@ def plan_load(
         if lay.kind == "bytes":
             failures.append((fqn, tuple(key_ranks.tolist()), invalid_metadata_message(fqn)))
             continue
-        if tuple(md.size) != lay.shape:
+        if tuple(md.size) != lay.shape and sem.size_mismatch_raises:
             failures.append(
                 (fqn, tuple(key_ranks.tolist()), size_mismatch_message(fqn, md.size, lay.shape))
             )
@@ -754,10 +845,17 @@ def plan_load(
                 failures.append((fqn, tuple(in_mesh.tolist()), invalid_metadata_message(fqn)))
             continue
         s_off, s_size = saved[fqn] = box_arrays(md.chunks, md.size, fqn, chunk_cache, MetadataError)
-        sig = (id(pat), s_off.tobytes(), s_size.tobytes(), s_off.shape)
-        cols = cache.get(sig)
-        if sig not in cache:
-            cols = cache[sig] = _read_columns(s_off, s_size, pat, ws)
+        if len(md.size) != lay.ndim:  # torch < 2.6, another tensor rank: its scalar path
+            try:
+                cols = _scalar_read_columns(fqn, md, lay, in_mesh, ws, sem.version)
+            except PlanError as e:
+                failures.append((fqn, tuple(in_mesh.tolist()), getattr(e, "torch_message", str(e))))
+                continue
+        else:
+            sig = (id(pat), s_off.tobytes(), s_size.tobytes(), s_off.shape, nested)
+            cols = cache.get(sig)
+            if sig not in cache:
+                cols = cache[sig] = _read_columns(s_off, s_size, pat, ws, nested)
         if cols is not None:
             blocks[fqn] = _tensor_block(fqn, cols)
     return LoadPlanResult(
@@ -768,6 +866,7 @@ def plan_load(
         allow_partial_load=allow_partial_load,
         blocks=blocks,
         saved=saved,
+        torch_version=sem.version,
     )
 
 

@@ -321,12 +321,24 @@ def build_report(
     target: str | None = None,
     damage: list[str] | None = None,
     max_pictures: int = MAX_PICTURES,
+    torch_version: str | None = None,
+    facts: dict | None = None,
+    file_problems: list | None = None,
+    format_tables: dict | None = None,
 ) -> str:
     """The report as one HTML string: verdict, problems, pictures, I/O, the checkpoint's
     contents, read items. ``layouts`` (``{fqn: Layout}``, the target) is optional: without it the
     report shows what the checkpoint holds. ``damage``: messages about the data files
-    (`checkpoint.Checkpoint.problems`: missing or short files), shown under the verdict."""
+    (`checkpoint.Checkpoint.problems`: missing or short files), shown under the verdict.
+    ``torch_version``: whose DCP semantics plan the load (default
+    `versions.default_torch_version`); the report names it;
+    ``facts``: the format and what it records of itself (`checkpoint.Checkpoint.facts`);
+    ``file_problems``: `checkpoint.find_file_problems` (are the files all there);
+    ``format_tables``: `tables.format_tables` (what the format records beyond the chunks)."""
     from .tables import checkpoint_chunks_table
+    from .versions import semantics
+
+    sem = semantics(torch_version)
 
     chunks = checkpoint_chunks_table(metadata)
     info = describe_checkpoint(metadata, chunks)
@@ -334,7 +346,7 @@ def build_report(
     if layouts is not None:
         from .planning import plan_load
 
-        result = plan_load(metadata, layouts)
+        result = plan_load(metadata, layouts, torch_version=sem.version)
         problems = list(result.problems)
     else:  # no target: the saved chunks' own holes and overlaps
         from .diagnosis import find_checkpoint_problems
@@ -347,13 +359,30 @@ def build_report(
         + "</code>"
         + (" &middot; target <code>" + _e(target) + "</code>" if target else "")
         + f" &middot; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
-        + f" &middot; DCP metadata version {_e(metadata.version)}</p>",
+        + f" &middot; DCP metadata version {_e(metadata.version)}"
+        + f" &middot; semantics of torch {_e(sem.version)}</p>",
         _verdict_html(problems),
     ]
     if damage:
         body.append(
             '<div class="verdict blocked">Damaged checkpoint: torch\'s reader fails on '
             "these files.<ul>" + "".join(f"<li>{_e(m)}</li>" for m in damage) + "</ul></div>"
+        )
+    if facts:
+        body.append(
+            '<table class="facts">'
+            + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.items())
+            + "</table>"
+        )
+    for title, df in (format_tables or {}).items():
+        body += [f"<h3>{_e(title)}</h3>", _frame_html(df)]
+    if file_problems is not None:
+        body += ["<h2>Are the files all there</h2>"]
+        body.append(
+            _problems_html(file_problems)
+            if file_problems
+            else "<p>Every file the metadata names is there and holds every byte range it "
+            "names.</p>"
         )
     if result is not None:
         body += ["<h2>Problems</h2>", _problems_html(problems)]
@@ -374,7 +403,11 @@ def build_report(
         body += [
             "<h2>Read items</h2>",
             "<p>Each rank's read items in DCP's order (state-dict order of keys, then "
-            "torch 2.13's sweep order).</p>",
+            + (
+                f"torch {sem.version}'s "
+                + ("nested-loop" if sem.read_item_order == "nested" else "sweep")
+                + " order).</p>"
+            ),
             _read_items_html(result),
         ]
     title = "DCP reshard report" + (f": {checkpoint}" if checkpoint else "")

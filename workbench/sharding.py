@@ -10,9 +10,10 @@ ShardedTensor-style explicit chunks, or a non-tensor (bytes) entry. Imports geom
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -39,6 +40,8 @@ __all__ = [
     "Layout",
     "dtensor_layout",
     "fsdp2_tp_layout",
+    "with_fsdp2_rows",
+    "with_data_held",
     "tensor_layout",
     "sharded_layout",
     "bytes_layout",
@@ -681,22 +684,109 @@ def fsdp2_tp_layout(
 
 @lru_cache(maxsize=4096)
 def _fsdp2_tp_layout(shape, mesh, pl, dtype, world_size):
-    base = _dtensor_layout(shape, mesh, pl, dtype, world_size, None)
-    dp, tp = mesh[-2:]
-    held: list[dict[int, range] | None] = [None] * world_size
+    return _fsdp2_rows(_dtensor_layout(shape, mesh, pl, dtype, world_size, None), len(mesh) - 2, 0)
+
+
+def with_fsdp2_rows(layout: Layout, dp_mesh_dim: int, shard_dim: int = 0) -> Layout:
+    """``layout`` (a DTensor ``fully_shard`` made) with FSDP2's real data in ``data_held``: the
+    local tensor of the other placements (TP / EP: the placements with mesh dim ``dp_mesh_dim``
+    taken as ``Replicate()``), torch.chunked over mesh dim ``dp_mesh_dim`` on tensor dim
+    ``shard_dim`` (``_fsdp_param._init_sharded_param``'s ``_chunk_with_empty``), right to left,
+    whatever the ``_StridedShard`` placement at ``dp_mesh_dim`` says. `fsdp2_tp_layout` is the
+    common case (dim 0, mesh ``(dp, tp)`` or ``(replicate, dp, tp)``)."""
+    if layout.kind != "dtensor":
+        raise LayoutError(
+            None, f"layout {layout.describe()} is no DTensor", "a DTensor layout", layout=layout
+        )
+    if not 0 <= dp_mesh_dim < len(layout.mesh_shape) or not 0 <= shard_dim < layout.ndim:
+        raise LayoutError(
+            None,
+            f"FSDP mesh dim {dp_mesh_dim} / tensor dim {shard_dim} for {layout.describe()}",
+            "a mesh dim of the layout's mesh and a dim of its tensor",
+            dp_mesh_dim=dp_mesh_dim,
+            shard_dim=shard_dim,
+        )
+    return _fsdp2_rows(layout, dp_mesh_dim, shard_dim)
+
+
+@lru_cache(maxsize=4096)
+def _fsdp2_rows(base: Layout, dp: int, shard_dim: int) -> Layout:
+    # Layouts hash by identity and equal specs share one cached object, so this caches per spec.
+    mesh, shape = base.mesh_shape, base.shape
+    others = tuple(Replicate() if m == dp else p for m, p in enumerate(base.placements))
+    held: list[dict[int, range | list[int]] | None] = [None] * base.world_size
+    for i, r in enumerate(base.mesh_ranks_or_default):
+        coord = tuple(int(c) for c in np.unravel_index(i, mesh))
+        _, _, real = _walk(shape, mesh, coord, others)  # the TP / EP local tensor's indices
+        local = real.get(shard_dim, range(shape[shard_dim]))
+        s, e = _chunk_bounds(len(local), mesh[dp], coord[dp])  # FSDP2's torch.chunk over dp
+        held[r] = {**real, shard_dim: local[s:e]}
+    return _with_held(base, tuple(held))
+
+
+def with_data_held(layout: Layout, held, *, fqn: str | None = None) -> Layout:
+    """``layout`` (a DTensor) whose ranks really hold ``held[r]`` (``{dim: global indices}``, or
+    None to follow the placements; a list with one entry per rank of the world or a dict
+    ``{rank: ...}``) rather than what the placements say; DCP still plans from the placements,
+    and a rank whose box is not its data is misdescribed (see `fsdp2_tp_layout`)."""
+    if layout.kind != "dtensor":
+        raise LayoutError(fqn, f"data held given for a {layout.kind}", "a DTensor layout")
+    ws = layout.world_size
+    per = dict(held) if isinstance(held, Mapping) else dict(enumerate(held))
+    out: list[dict[int, list[int]] | None] = [None] * ws
+    for r, dims in per.items():
+        if dims is None:
+            continue
+        if not (isinstance(r, int) and 0 <= r < ws) or layout.coordinate(r) is None:
+            raise LayoutError(
+                fqn,
+                f"data held names rank {r!r}, outside the mesh at ranks "
+                f"{list(layout.mesh_ranks_or_default)}",
+                "ranks of the DTensor's mesh",
+                "Give data held only for ranks of the mesh.",
+                rank=r,
+            )
+        row = {}
+        for d, idx in dims.items():
+            try:
+                d = operator.index(d)
+                idx = [operator.index(i) for i in idx]
+            except TypeError:
+                raise LayoutError(
+                    fqn,
+                    f"rank {r}'s data held {{{d!r}: {str(idx)[:40]}}} is not dim -> indices",
+                    "{dim: [global indices]}",
+                    rank=r,
+                ) from None
+            if not 0 <= d < layout.ndim or any(not 0 <= i < layout.shape[d] for i in idx):
+                raise LayoutError(
+                    fqn,
+                    f"rank {r}'s data held on dim {d} is not in a tensor of shape {layout.shape}",
+                    "a dim of the tensor and indices in [0, size)",
+                    rank=r,
+                )
+            row[d] = idx
+        out[r] = row
+    return _with_held(layout, tuple(out))
+
+
+def _with_held(base: Layout, held: tuple) -> Layout:
+    """``base`` with ``data_held`` and its misdescribed ranks (a box that is not the data)."""
     bad = []
-    for r in range(math.prod(mesh)):
-        i, j = mesh_coordinate(r, mesh)[-2:]
-        ts, te = _chunk_bounds(shape[0], tp, j)  # TP's Shard(0): the TP-local rows
-        s, e = _chunk_bounds(te - ts, dp, i)  # FSDP2's torch.chunk of them over dp
-        rows = range(ts + s, ts + e)
-        held[r] = {0: rows}
+    for r, rows in enumerate(held):
+        if rows is None or not base.chunks(r):
+            continue
         (box,) = base.chunks(r)
-        empty = box.volume == 0 and len(rows) * math.prod(shape[1:]) == 0
-        # range equality compares the index sequences: another start or another count differs
-        if not empty and rows != range(box.offsets[0], box.offsets[0] + box.sizes[0]):
-            bad.append(r)
-    return replace(base, _misdescribed=tuple(bad), data_held=tuple(held))
+        held_volume = math.prod(len(rows[d]) if d in rows else n for d, n in enumerate(base.shape))
+        if box.volume == 0 and held_volume == 0:
+            continue
+        for d, idx in rows.items():
+            want = range(box.offsets[d], box.offsets[d] + box.sizes[d])
+            # range equality compares the index sequences: another start or count differs
+            if (idx != want) if isinstance(idx, range) else (list(idx) != list(want)):
+                bad.append(r)
+                break
+    return replace(base, _misdescribed=tuple(bad), data_held=held)
 
 
 def _checked_world_size(world_size, fqn) -> int:

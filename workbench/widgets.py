@@ -48,6 +48,7 @@ from .sharding import (
     format_placements,
     parse_placements,
 )
+from .versions import SUPPORTED_TORCH_VERSIONS, default_torch_version, resolve_torch_version
 
 __all__ = [
     "CLASSIC_RESHARDS",
@@ -157,6 +158,7 @@ class ReshardSpec:
     load_mesh: tuple[int, ...]
     load_placements: tuple[Placement, ...]
     dtype: str = "float32"
+    torch_version: str = "2.13"  # whose DCP semantics plan it
 
     def describe(self) -> str:
         return (
@@ -234,7 +236,12 @@ def _reshard_plans(spec: ReshardSpec):
     from .planning import plan_load, plan_save
 
     save = plan_save(
-        {FQN: dtensor_layout(spec.shape, spec.save_mesh, spec.save_placements, spec.dtype, fqn=FQN)}
+        {
+            FQN: dtensor_layout(
+                spec.shape, spec.save_mesh, spec.save_placements, spec.dtype, fqn=FQN
+            )
+        },
+        torch_version=spec.torch_version,
     )
     load = plan_load(
         save.metadata,
@@ -243,6 +250,7 @@ def _reshard_plans(spec: ReshardSpec):
                 spec.shape, spec.load_mesh, spec.load_placements, spec.dtype, fqn=FQN
             )
         },
+        torch_version=spec.torch_version,
     )
     return save, load, tuple(find_save_problems(save)) + tuple(load.problems)
 
@@ -257,23 +265,26 @@ def explore_reshard(
     dtype: str = "float32",
     rank: int = 0,
     dims="0, 1",
+    torch_version: str | None = None,
 ) -> ReshardResult:
     """Plan a one-tensor reshard (``plan_save`` then ``plan_load``, every rank) and show it from
     load rank ``rank``: the `ReshardExplorer`'s function.
 
     Text arguments are parsed as the controls type them (``"16, 12"``, ``"S(0), R"``); bad input
-    raises a `WorkbenchError` subclass in the house form.
+    raises a `WorkbenchError` subclass in the house form. ``torch_version``: whose DCP semantics
+    plan it (default `versions.default_torch_version`).
     """
     from .picture_data import reshard_data
     from .tables import problems_table, read_items_table
 
     spec = ReshardSpec(
-        parse_ints(shape, "shape"),
-        parse_ints(save_mesh, "save mesh", error=PlacementError, example="4, 2"),
-        parse_placements(save_placements),
-        parse_ints(load_mesh, "load mesh", error=PlacementError, example="4, 2"),
-        parse_placements(load_placements),
-        canonical_dtype(dtype, FQN),
+        shape=parse_ints(shape, "shape"),
+        save_mesh=parse_ints(save_mesh, "save mesh", error=PlacementError, example="4, 2"),
+        save_placements=parse_placements(save_placements),
+        load_mesh=parse_ints(load_mesh, "load mesh", error=PlacementError, example="4, 2"),
+        load_placements=parse_placements(load_placements),
+        dtype=canonical_dtype(dtype, FQN),
+        torch_version=resolve_torch_version(torch_version),
     )
     dims = parse_ints(dims, "dims to draw", example="0, 1")
     for what, mesh in (("save", spec.save_mesh), ("load", spec.load_mesh)):
@@ -424,7 +435,8 @@ class ReshardExplorer(_Explorer):
     placements (typed like ``S(0), R``), the load rank and the dims to draw, and a dropdown of
     classic reshards to start from.
 
-    Shows the overlay of saved and wanted chunks with the rank's read items lit
+    A ``torch`` dropdown picks whose DCP semantics plan it (2.4 ... 2.14; read order and
+    checks follow the version). Shows the overlay of saved and wanted chunks with the rank's read items lit
     (``picture_data.reshard_data``), the rank's read-item table and the problems table.
     ``ReshardExplorer()`` opens on a classic reshard; ``.result`` is the last `ReshardResult`.
     """
@@ -437,6 +449,9 @@ class ReshardExplorer(_Explorer):
         )
         self.shape = _text("", "shape", "wb-shape")
         self.dtype = _dropdown(DTYPES, "float32", "dtype", "wb-dtype")
+        self.torch_version = _dropdown(
+            list(SUPPORTED_TORCH_VERSIONS), default_torch_version(), "torch", "wb-torch"
+        )
         self.save_mesh = _text("", "save mesh", "wb-save-mesh")
         self.save_placements = _text("", "save placements", "wb-save-placements")
         self.load_mesh = _text("", "load mesh", "wb-load-mesh")
@@ -449,6 +464,7 @@ class ReshardExplorer(_Explorer):
         controls = W.VBox(
             [
                 self.classic,
+                self.torch_version,
                 self.shape,
                 self.dtype,
                 self.save_mesh,
@@ -474,6 +490,7 @@ class ReshardExplorer(_Explorer):
         )
         self.classic.observe(lambda ch: self._apply_classic(ch["new"], 0), names="value")
         self._observe(
+            self.torch_version,
             self.shape,
             self.dtype,
             self.save_mesh,
@@ -520,6 +537,7 @@ class ReshardExplorer(_Explorer):
             dtype=self.dtype.value,
             rank=self.rank.value,
             dims=self.dims.value,
+            torch_version=self.torch_version.value,
         )
 
     def _show(self, r: ReshardResult) -> None:
@@ -544,6 +562,8 @@ class CheckpointPlan:
     load: Any  # planning.LoadPlanResult | None
     problems: tuple
     io: Any  # DataFrame, tables.io_table (None without a target)
+    format: str = "dcp"  # of a checkpoint directory: "dcp", "megatron" or "hf"
+    facts: dict | None = None  # what the format records of itself (Checkpoint.facts)
 
     @cached_property
     def problem_counts(self) -> Counter:
@@ -572,8 +592,8 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
     """Plan loading ``source`` into ``target`` on every rank: the `CheckpointExplorer`'s one
     expensive step.
 
-    ``source``: a checkpoint directory (read with the allow-list reader
-    ``workbench.formats.load_metadata``, no code run), a `Metadata`, or a save result
+    ``source``: a checkpoint directory of any format (`checkpoint.open_checkpoint`: the
+    allow-list and safetensors-header readers, no code run), a `Metadata`, or a save result
     (``planning.plan_save``). ``target``: ``{fqn: Layout}``, ``(preset, recipe, mesh_shape)``
     (``models.apply_recipe(models.model_state_dict(preset), recipe, mesh_shape)``), or None: a
     save result is then loaded back into its own layouts, a directory is only listed.
@@ -585,11 +605,16 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
 
     save_problems: tuple = ()
     layouts = None
+    fmt, facts = "dcp", None
     if hasattr(source, "metadata") and hasattr(source, "local_plans"):  # a SavePlanResult
         metadata, name, layouts = source.metadata, "save plan", source.layouts
         save_problems = tuple(find_save_problems(source))
-    elif isinstance(source, (str, os.PathLike)):  # read by the allow-list reader, no code run
-        metadata, name = as_metadata(source), str(source)
+    elif isinstance(source, (str, os.PathLike)):  # any format's reader, no code run
+        from .checkpoint import open_checkpoint
+
+        ckpt = open_checkpoint(source)
+        # model shapes: Megatron's flattened_range tensors drawn as the boxes of the model tensor
+        metadata, name, fmt, facts = ckpt.model_metadata, str(source), ckpt.format, ckpt.facts()
     else:
         try:
             metadata, name = as_metadata(source), "metadata"  # torch's or our Metadata
@@ -612,10 +637,19 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
             None,
             save_problems + tuple(find_checkpoint_problems(metadata)),
             None,
+            fmt,
+            facts,
         )
     load = plan_load(metadata, layouts)
     return CheckpointPlan(
-        metadata, name, layouts, load, save_problems + tuple(load.problems), io_table(load)
+        metadata,
+        name,
+        layouts,
+        load,
+        save_problems + tuple(load.problems),
+        io_table(load),
+        fmt,
+        facts,
     )
 
 
@@ -720,6 +754,8 @@ class CheckpointExplorer(_Explorer):
     def __init__(self, source, target=None, *, rank: int = 0, only_problems: bool = False):
         super().__init__()
         self._source = source
+        # a captured target (workbench.capture) names the build() it came from
+        self._target_name = getattr(target, "build", None) if isinstance(target, Mapping) else None
         self.plan = plan_checkpoint(source, target)
         world = self.plan.load.world_size if self.plan.load is not None else 1
         # A (preset, recipe, mesh) target can be changed in place: another recipe or mesh re-plans
@@ -803,10 +839,17 @@ class CheckpointExplorer(_Explorer):
 
     def _show_plan(self) -> None:
         """The parts that change only with the plan: header, I/O table."""
+        fmt = (self.plan.facts or {}).get("format")
         self._header.value = (
-            f"<b>{html.escape(self.plan.source)}</b>: "
-            f"{_count(len(self.plan.metadata.state_dict_metadata), 'saved key')}, "
+            f"<b>{html.escape(self.plan.source)}</b>"
+            + (f" ({html.escape(str(fmt))})" if fmt else "")
+            + f": {_count(len(self.plan.metadata.state_dict_metadata), 'saved key')}, "
             f"{_count(len(self.plan.problems), 'problem')}"
+            + (
+                f" (target captured from <code>{html.escape(self._target_name)}</code>)"
+                if self._target_name
+                else ""
+            )
         )
         if self.plan.io is not None:
             self.io.outputs = (_mime(_styled(self.plan.io, self.plan.io.columns)),)
@@ -824,6 +867,7 @@ class CheckpointExplorer(_Explorer):
             _message(self.message, err)
             return
         self.plan = plan
+        self._target_name = None
         world, rank = plan.load.world_size, self.rank.value
         with self._quiet():
             self.rank.options = list(range(world))  # resets the value to the first option

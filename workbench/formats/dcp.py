@@ -21,6 +21,7 @@ import builtins
 import math
 import os
 import pathlib
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MetadataError, UnsafeCheckpointError, WorkbenchError
@@ -322,9 +323,12 @@ class _AllowListUnpickler(BoundedUnpickler):
     """The bounded unpickler with the allow-list: globals from `ALLOWED_GLOBALS` only, records
     built as stand-ins (NEWOBJ + BUILD), calls only of the allow-listed reducers."""
 
+    # globals a caller adds for its format (e.g. formats/megatron.py's MEGATRON_GLOBALS)
+    extra_globals: dict = {}
+
     def find_class(self, module, name):
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            return self.extra_globals.get((module, name)) or ALLOWED_GLOBALS[(module, name)]
         except (KeyError, TypeError):
             raise UnsafeCheckpointError(
                 None,
@@ -524,7 +528,8 @@ class _Converter:
         return out
 
     def metadata(self, raw) -> Metadata:
-        if not _is(raw, _DCP, "Metadata"):
+        # isinstance: a format's subclass of Metadata (Megatron's MCoreMetadata) reads the same
+        if not isinstance(raw, _CLASSES[(_DCP, "Metadata")]):
             raise _Corrupt(f"the pickle holds {type(raw).__name__}, not a DCP Metadata")
         sdm = raw.field("state_dict_metadata")
         if type(sdm) is not dict:
@@ -559,6 +564,13 @@ class _Converter:
         )
 
 
+_METADATA_FIELDS = (
+    "state_dict_metadata",
+    "planner_data",
+    "storage_data",
+    "storage_meta",
+    "version",
+)
 _MAX_DEPTH = 100  # plain data deeper than this is no torch checkpoint's planner_data
 _STRIDED = _Named("layout", "strided")
 _CONTIGUOUS = _Named("memory_format", "contiguous_format")
@@ -587,8 +599,14 @@ def metadata_path(path, rank: int | None = None) -> pathlib.Path:
     return p
 
 
-def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Metadata:
-    """Unpickle ``.metadata`` bytes with the allow-list and convert them to workbench records."""
+def read_metadata_bytes(
+    data: bytes, source: str = "<bytes>", extra_globals=None, extras: dict | None = None
+) -> Metadata:
+    """Unpickle ``.metadata`` bytes with the allow-list and convert them to workbench records.
+    ``extra_globals``: more ``(module, name) -> stand-in`` entries for formats that pickle more
+    than torch (Megatron-Core); ``extras``, if given, receives the pickled Metadata's other
+    attributes (e.g. ``all_local_plans``), still as stand-ins, for such a format to convert.
+    Memory and time are bounded by the file's size (`formats.unpickler.BoundedUnpickler`)."""
     if not data:
         raise MetadataError(
             source,
@@ -598,7 +616,10 @@ def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Metadata:
         )
     budget = Budget(len(data), source=source)
     try:
-        raw = _AllowListUnpickler(data, budget=budget, source=source).load()
+        unpickler = _AllowListUnpickler(data, budget=budget, source=source)
+        if extra_globals:
+            unpickler.extra_globals = dict(extra_globals)
+        raw = unpickler.load()
     except UnsafeCheckpointError as e:
         raise type(e)(source, e.what, e.expectation, e.fix, **e.facts) from None
     except WorkbenchError as e:
@@ -622,7 +643,11 @@ def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Metadata:
             reason="not a valid pickle",
         ) from None
     try:
-        return _Converter(budget, source).metadata(raw)
+        md = _Converter(budget, source).metadata(raw)
+        if extras is not None and isinstance(raw.state, dict):
+            extras.update((k, v) for k, v in raw.state.items() if k not in _METADATA_FIELDS)
+            extras["__class__"] = type(raw).torch_name
+        return md
     except (_Corrupt, WorkbenchError, RecursionError) as e:
         raise MetadataError(
             source,
@@ -657,3 +682,177 @@ def load_metadata(path, rank: int | None = None) -> Metadata:
             path=str(p),
         ) from None
     return read_metadata_bytes(data, str(p))
+
+
+# ----------------------------------------------------------------------------- for other readers
+# Formats that pickle DCP records plus their own (formats/megatron.py) build their stand-ins and
+# convert their records with these.
+StandIn = _StandIn
+Named = _Named
+Reducer = _Reducer
+CorruptMetadata = _Corrupt
+stand_in = _stand_in
+
+
+def _unmetered() -> _Converter:
+    # records another reader already unpickled within its own budget
+    return _Converter(Budget(0, factor=0, constant=1 << 62), "<metadata>")
+
+
+def convert_properties(p, fqn):
+    return _unmetered().properties(p, fqn)
+
+
+def convert_index(k):
+    return _unmetered().index(k)
+
+
+def convert_ints(v, what):
+    return _unmetered().ints(v, lambda: what)
+
+
+def plain_data(obj, memo: dict):
+    return _unmetered().plain(obj, memo)
+
+
+def dcp_class(module: str, name: str) -> type:
+    """The stand-in class of a DCP record, e.g. ``dcp_class(DCP_METADATA, "Metadata")``."""
+    return _CLASSES[(module, name)]
+
+
+DCP_METADATA = _DCP
+
+
+# ----------------------------------------------------------------------------- other versions
+# Globals other torch / Python versions pickle in a .metadata (added to the allow-list above):
+# Python 3.13 moved pathlib's classes to pathlib._local; torch <= 2.2 pickled TensorProperties
+# and its memory-format enum from the ShardedTensor package.
+_SHARD_MD = "torch.distributed._shard.sharded_tensor.metadata"
+ALLOWED_GLOBALS.update(
+    {
+        **{
+            ("pathlib._local", n): ALLOWED_GLOBALS[("pathlib", n)]
+            for n in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")
+        },
+        (_SHARD_MD, "TensorProperties"): _CLASSES[(_DCP, "TensorProperties")],
+        (_SHARD_MD, "MEM_FORMAT_ENCODING"): _Reducer(
+            f"{_SHARD_MD}.MEM_FORMAT_ENCODING", _mem_format_encoding
+        ),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterVersions:
+    """Which torch versions could have written a ``.metadata``: ``low`` / ``high`` bounds
+    (``"2.4"``; ``high`` None = up to the newest; ``low`` ``"2.2"`` with ``high`` ``"2.2"`` means
+    2.2 or older), the ``evidence`` for each bound and the ``python`` note (3.13+ when its pickle
+    names ``pathlib._local``)."""
+
+    low: str
+    high: str | None
+    evidence: tuple[str, ...]
+    python: str | None = None
+
+    def __str__(self) -> str:
+        if self.high == "2.2":
+            rng = "torch 2.2 or older"
+        elif self.high is None:
+            rng = f"torch {self.low} or newer"
+        elif self.low == self.high:
+            rng = f"torch {self.low}"
+        else:
+            rng = f"torch {self.low} to {self.high}"
+        return rng + (f" (Python {self.python})" if self.python else "")
+
+
+class _RecordingUnpickler(_AllowListUnpickler):
+    """The allow-list unpickler, noting which globals the pickle names."""
+
+    def __init__(self, data, **kw):
+        super().__init__(data, **kw)
+        self.names: set[tuple[str, str]] = set()
+
+    def find_class(self, module, name):
+        self.names.add((module, name))
+        return super().find_class(module, name)
+
+
+def _state_keys(obj) -> set:
+    st = getattr(obj, "state", None)
+    return set(st) if isinstance(st, dict) else set()
+
+
+def infer_writer_versions(
+    data: bytes, source: str = "<bytes>", extra_globals=None
+) -> WriterVersions:
+    """The torch versions that write a ``.metadata`` like ``data`` (read with the allow-list
+    unpickler: nothing is executed), from the globals and record fields present:
+    ``TensorProperties`` from ``torch.distributed._shard`` (<= 2.2) or from
+    ``torch.distributed.checkpoint.metadata`` (2.3+); ``Metadata.storage_meta`` (2.4+);
+    ``StorageMeta.modules`` (2.7+); a ``_StorageInfo.transform_descriptors`` (2.7+, pickled only
+    when set); ``Metadata.version`` (2.9+). 2.9 to 2.14 write the same schema."""
+    un = _RecordingUnpickler(data, source=source)
+    if extra_globals:  # a format's own records (Megatron's), as read_metadata_bytes takes them
+        un.extra_globals = dict(extra_globals)
+    try:
+        raw = un.load()
+    except UnsafeCheckpointError as e:
+        raise type(e)(source, e.what, e.expectation, e.fix, **e.facts) from None
+    except Exception as e:  # noqa: BLE001 - a damaged pickle: read_metadata_bytes words it
+        raise MetadataError(
+            source,
+            f"the metadata cannot be read: {type(e).__name__}: {brief(str(e), 200)}",
+            "a DCP .metadata",
+        ) from None
+    if not isinstance(raw, _CLASSES[(_DCP, "Metadata")]):  # subclasses too (MCoreMetadata)
+        raise MetadataError(source, "the pickle holds no DCP Metadata", "a DCP .metadata")
+    low, high, why = (2, 3), None, []
+
+    def at_least(v, reason):
+        nonlocal low
+        why.append(reason)
+        low = max(low, v)
+
+    def at_most(v, reason):
+        nonlocal high
+        why.append(reason)
+        high = v if high is None else min(high, v)
+
+    if (_SHARD_MD, "TensorProperties") in un.names:
+        low = (2, 0)
+        at_most((2, 2), "TensorProperties pickled from torch.distributed._shard (torch <= 2.2)")
+    elif (_DCP, "TensorProperties") in un.names:
+        at_least((2, 3), "TensorProperties from torch.distributed.checkpoint.metadata (2.3+)")
+    keys = _state_keys(raw)
+    if "storage_meta" in keys:
+        at_least((2, 4), "Metadata.storage_meta (2.4+)")
+    else:
+        at_most((2, 3), "no Metadata.storage_meta (before 2.4)")
+    sm = raw.field("storage_meta")
+    if sm is not None and _is(sm, _DCP, "StorageMeta"):
+        if "modules" in _state_keys(sm):
+            at_least((2, 7), "StorageMeta.modules (2.7+)")
+        else:
+            at_most((2, 6), "StorageMeta without modules (before 2.7)")
+    sd = raw.field("storage_data")
+    if isinstance(sd, dict) and any("transform_descriptors" in _state_keys(v) for v in sd.values()):
+        at_least((2, 7), "_StorageInfo.transform_descriptors (2.7+)")
+    if "version" in keys:
+        at_least((2, 9), "Metadata.version (2.9+)")
+    elif "storage_meta" in keys:
+        at_most((2, 8), "no Metadata.version (before 2.9)")
+    python = "3.13+" if any(m == "pathlib._local" for m, _ in un.names) else None
+    if high is not None and high < low:  # contradicting fields: not one torch's writer
+        raise MetadataError(
+            source,
+            f"its fields contradict each other ({'; '.join(why)})",
+            "a .metadata written by one torch version",
+            "It was edited or written by another tool.",
+        )
+    return WriterVersions(
+        f"{low[0]}.{low[1]}",
+        None if high is None else f"{high[0]}.{high[1]}",
+        tuple(why),
+        python,
+    )

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..records import BytesStorageMetadata, MetadataIndex, StorageInfo
+from .hf_safetensors import hf_writer_of_file
 
 __all__ = ["file_name", "writer_of_file", "PlannedStorage"]
 
@@ -25,9 +26,13 @@ def file_name(rank: int) -> str:
 
 
 def writer_of_file(relative_path: str) -> int | None:
-    """The writer rank encoded in a ``__<rank>_<n>.distcp`` name; None for other names."""
+    """The writer rank encoded in a ``__<rank>_<n>.distcp`` name, or in an HF
+    ``shard-<rank+1>-model-...safetensors`` name (0 for the single writer of ``model-*``
+    files); None for other names."""
     m = _FILE_RE.match(str(relative_path))
-    return int(m[1]) if m else None
+    if m:
+        return int(m[1])
+    return hf_writer_of_file(str(relative_path))
 
 
 class PlannedStorage(Mapping):

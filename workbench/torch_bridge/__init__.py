@@ -3,7 +3,9 @@
 Modules here import torch **inside functions only** (except where noted), so importing this
 package stays cheap: ``convert`` (workbench records <-> torch records and objects), ``fake_pg``
 (torch's own planners for every rank under the ``fake`` process group), ``runs`` (real
-multi-process ``dcp.save`` / ``dcp.load`` over gloo).
+multi-process ``dcp.save`` / ``dcp.load`` over gloo), ``capture`` (a user's own ``build()``
+under the fake process group as a target), ``program_runs`` (that ``build()`` on real gloo
+processes).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ _LAZY = {
         for n in ("to_torch", "from_torch", "layout_from_torch", "local_tensor_from_torch")
     },
     "torch_load_plans": "fake_pg",
+    # (not `capture` itself: the module of that name would shadow it; workbench.capture is it)
+    **{n: "capture" for n in ("CapturedTarget", "run_rank")},
+    **{n: "program_runs" for n in ("ProgramStep", "ProgramRank", "run_program")},
     **{
         n: "runs"
         for n in (

@@ -26,6 +26,7 @@ from ..sharding import (
     sharded_layout,
     tensor_layout,
 )
+from ..versions import require_torch
 
 __all__ = [
     "to_torch",
@@ -64,6 +65,7 @@ def properties_from_torch(p) -> R.TensorProperties:
 
 def placement_to_torch(p):
     """A torch placement from a workbench placement or spec string (``"SS(0,2)"``)."""
+    require_torch("placement_to_torch (torch.distributed.tensor placements)")
     from torch.distributed.tensor.placement_types import (
         Partial as TPartial,
     )
@@ -96,6 +98,13 @@ def _index_to_torch(i: R.MetadataIndex):
     return MetadataIndex(i.fqn, i.offset, i.index)
 
 
+def _since(cls, field_name: str, value) -> tuple:
+    """``(value,)`` when the installed torch's dataclass ``cls`` has the field, else ``()``."""
+    import dataclasses
+
+    return (value,) if field_name in {f.name for f in dataclasses.fields(cls)} else ()
+
+
 def to_torch(record):
     """The torch object for a workbench record (lists, tuples and dicts converted element-wise)."""
     import torch
@@ -122,25 +131,34 @@ def to_torch(record):
         )
     if isinstance(r, R.BytesStorageMetadata):
         return M.BytesStorageMetadata()
+    # fields newer torch added are passed only to a torch that has them (modules and
+    # transform_descriptors from 2.7, Metadata.version from 2.9)
     if isinstance(r, R.StorageMeta):
-        return M.StorageMeta(r.checkpoint_id, r.save_id, r.load_id, list(r.modules))
+        return M.StorageMeta(
+            r.checkpoint_id,
+            r.save_id,
+            r.load_id,
+            *_since(M.StorageMeta, "modules", list(r.modules)),
+        )
     if isinstance(r, R.Metadata):
         return M.Metadata(
             {k: to_torch(v) for k, v in r.state_dict_metadata.items()},
             planner_data=r.planner_data,
             storage_data=None if r.storage_data is None else to_torch(dict(r.storage_data)),
             storage_meta=None if r.storage_meta is None else to_torch(r.storage_meta),
-            version=r.version,
+            **dict(zip(["version"], _since(M.Metadata, "version", r.version))),
         )
     if isinstance(r, R.StorageInfo):
         td = None if r.transform_descriptors is None else list(r.transform_descriptors)
-        return _StorageInfo(r.relative_path, r.offset, r.length, td)
+        return _StorageInfo(
+            r.relative_path, r.offset, r.length, *_since(_StorageInfo, "transform_descriptors", td)
+        )
     if isinstance(r, R.WriteItemType):
         return P.WriteItemType[r.name]
     if isinstance(r, R.LoadItemType):
         return P.LoadItemType[r.name]
     if isinstance(r, R.BytesIOWriteData):
-        return P.BytesIOWriteData(r.nbytes)
+        return P.BytesIOWriteData(r.nbytes)  # raises on a torch without it (never planned there)
     if isinstance(r, R.TensorWriteData):
         return P.TensorWriteData(
             to_torch(r.chunk), properties_to_torch(r.properties), torch.Size(r.size)
@@ -218,23 +236,26 @@ def from_torch(obj):
     if isinstance(obj, M.BytesStorageMetadata):
         return R.BytesStorageMetadata()
     if isinstance(obj, M.StorageMeta):
-        return R.StorageMeta(obj.checkpoint_id, obj.save_id, obj.load_id, list(obj.modules))
+        return R.StorageMeta(
+            obj.checkpoint_id, obj.save_id, obj.load_id, list(getattr(obj, "modules", []))
+        )
     if isinstance(obj, M.Metadata):
         return R.Metadata(
             {k: from_torch(v) for k, v in obj.state_dict_metadata.items()},
             planner_data=obj.planner_data,
             storage_data=None if obj.storage_data is None else from_torch(dict(obj.storage_data)),
             storage_meta=None if obj.storage_meta is None else from_torch(obj.storage_meta),
-            version=obj.version,
+            version=getattr(obj, "version", None),
         )
     if isinstance(obj, _StorageInfo):
-        td = None if obj.transform_descriptors is None else tuple(obj.transform_descriptors)
+        td = getattr(obj, "transform_descriptors", None)
+        td = None if td is None else tuple(td)
         return R.StorageInfo(obj.relative_path, obj.offset, obj.length, td)
     if isinstance(obj, P.WriteItemType):
         return R.WriteItemType[obj.name]
     if isinstance(obj, P.LoadItemType):
         return R.LoadItemType[obj.name]
-    if isinstance(obj, P.BytesIOWriteData):
+    if isinstance(obj, getattr(P, "BytesIOWriteData", ())):  # absent from older torch
         return R.BytesIOWriteData(obj.nbytes)
     if isinstance(obj, P.TensorWriteData):
         return R.TensorWriteData(
@@ -244,7 +265,9 @@ def from_torch(obj):
         return R.WriteItem(
             _idx(obj.index),
             R.WriteItemType[obj.type.name],
-            None if obj.bytes_io_data is None else from_torch(obj.bytes_io_data),
+            None
+            if getattr(obj, "bytes_io_data", None) is None  # field absent before 2.8
+            else from_torch(obj.bytes_io_data),
             None if obj.tensor_data is None else from_torch(obj.tensor_data),
         )
     if isinstance(obj, P.ReadItem):
@@ -277,6 +300,7 @@ def layout_from_torch(obj) -> Layout:
     """Every rank's chunks of a real DTensor (from its mesh shape and placements), ShardedTensor
     (from its global shard metadata) or plain Tensor (whole, on every rank of the default process
     group, or on one rank without one)."""
+    require_torch("layout_from_torch (torch.distributed.tensor.DTensor)")
     from torch.distributed._shard.sharded_tensor import ShardedTensor
     from torch.distributed.tensor import DTensor
 
@@ -311,6 +335,7 @@ def layout_from_torch(obj) -> Layout:
 def local_tensor_from_torch(obj):
     """A real DTensor / ShardedTensor / Tensor as the `LocalTensor` of the current rank, with
     torch's own ``TensorProperties`` (DTensor: of ``to_local()``, ShardedTensor: of its metadata)."""
+    require_torch("local_tensor_from_torch (torch.distributed.tensor.DTensor)")
     import numpy as np
     import torch.distributed as dist
     from torch.distributed._shard.sharded_tensor import ShardedTensor

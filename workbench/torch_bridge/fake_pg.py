@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from ..errors import PlanError
 from ..records import Metadata
 from ..sharding import Layout
+from ..versions import installed_torch_version, require_torch
 from .materialize import Meshes, exception_text, torch_state_dict
 
 __all__ = [
@@ -94,6 +95,30 @@ def _fake_rank(rank: int, world_size: int):
 
 
 @contextmanager
+def _logged():
+    """The messages ``default_planner``'s logger emits inside the block (even when quieted)."""
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    planner_log = logging.getLogger("torch.distributed.checkpoint.default_planner")
+    handler = Keep(level=logging.WARNING)
+    level, propagate = planner_log.level, planner_log.propagate
+    # kept here, printed nowhere
+    planner_log.setLevel(logging.WARNING)
+    planner_log.propagate = False
+    planner_log.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        planner_log.removeHandler(handler)
+        planner_log.setLevel(level)
+        planner_log.propagate = propagate
+
+
+@contextmanager
 def _quiet():
     """torch warns about the fake group's device and logs validation failures; both expected."""
     planner_log = logging.getLogger("torch.distributed.checkpoint.default_planner")
@@ -147,6 +172,8 @@ def torch_save_plans(
     planner data, ``_validate_global_plan``) on the coordinator, as workbench records."""
     from collections import ChainMap
 
+    require_torch("torch_save_plans (torch's planners under the fake process group)")
+
     from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans
     from torch.distributed.checkpoint.default_planner import (
         DefaultSavePlanner,
@@ -171,11 +198,16 @@ def torch_save_plans(
     if any(rank_errors):
         return TorchSavePlans([from_torch(p) for p in local], [], None, [], rank_errors)
     # DefaultSavePlanner._create_global_plan, step by step so the validation strings are kept
-    global_plan, md = create_default_global_save_plan(dedup_save_plans(local, save_to_lowest_rank))
+    # a copy: torch 2.4 - 2.7's dedup_save_plans replaces the plans inside the list it is given
+    global_plan, md = create_default_global_save_plan(
+        dedup_save_plans(list(local), save_to_lowest_rank)
+    )
     merged = dict(ChainMap(*[p.planner_data for p in global_plan]))
     md = dataclasses.replace(md, planner_data=merged)
-    with _quiet():
+    with _quiet(), _logged() as logged:
         errors = _validate_global_plan(global_plan, md)
+    if isinstance(errors, bool):  # torch 2.4 - 2.11 return a bool and log their findings
+        errors = list(logged)
     return TorchSavePlans(
         from_torch(local), from_torch(global_plan), from_torch(md), errors, rank_errors
     )
@@ -190,6 +222,7 @@ def torch_load_plans(
 ) -> TorchLoadPlans:
     """Every rank's ``DefaultLoadPlanner.create_local_plan`` against ``metadata`` (a workbench or
     torch ``Metadata``) under the fake process group, as workbench ``LoadPlan``s."""
+    require_torch("torch_load_plans (torch's planners under the fake process group)")
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
     from .convert import from_torch, to_torch
@@ -291,7 +324,12 @@ def _compare_save(ours, layouts, save_to_lowest_rank, progress=None) -> str | No
 def _compare_load(metadata, layouts, allow_partial_load, progress=None) -> str | None:
     from ..planning import plan_load
 
-    ours = plan_load(metadata, layouts, allow_partial_load=allow_partial_load)
+    ours = plan_load(
+        metadata,
+        layouts,
+        allow_partial_load=allow_partial_load,
+        torch_version=installed_torch_version(),
+    )
     theirs = torch_load_plans(
         metadata, layouts, allow_partial_load=allow_partial_load, progress=progress
     )
@@ -327,7 +365,7 @@ def verify_with_torch(
 
     checked = []
     if metadata is None:
-        res = plan_save(layouts, save_to_lowest_rank)
+        res = plan_save(layouts, save_to_lowest_rank, torch_version=installed_torch_version())
         diff = _compare_save(res, layouts, save_to_lowest_rank, progress)
         checked.append(f"save plans of {len(layouts)} entries on {_world_of(layouts)} ranks")
         if diff:

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import PlanError
 from ..sharding import Layout, bytes_layout, dtensor_layout, tensor_layout
+from ..versions import require_torch
 from .materialize import (
     Meshes,
     bytes_value,
@@ -46,6 +47,8 @@ from .materialize import (
 __all__ = [
     "SaveStep",
     "LoadStep",
+    "CallStep",
+    "STORAGES",
     "SaveRun",
     "LoadRun",
     "RankLoad",
@@ -72,6 +75,7 @@ class SaveStep:
 
     path: str
     layouts: Mapping[str, Layout]
+    storage: str = "fs"  # see STORAGES: which storage writer dcp.save is given
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,31 @@ class LoadStep:
     layouts: Mapping[str, Layout]
     allow_partial_load: bool = False
     fill: float = -1.0
+    storage: str = "fs"  # "fs" (FileSystemReader) or "hf" (HuggingFaceStorageReader)
+
+
+@dataclass(frozen=True)
+class CallStep:
+    """Any other real writer or reader: ``fn(rank, world_size, path, **kwargs)`` runs on every
+    rank inside the initialised gloo group (``fn`` must be importable by the spawned processes);
+    its return value (picklable) is the step's result on that rank."""
+
+    path: str
+    fn: Any
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    layouts: Mapping[str, Layout] = field(default_factory=dict)
+
+    def run_on(self, rank: int):
+        # runs inside a rank of run_steps, whose process group is initialised
+        import torch.distributed as dist
+
+        return self.fn(rank, dist.get_world_size(), self.path, **self.kwargs)
+
+
+# Storage writers a SaveStep can use: torch's FileSystemWriter; its
+# HuggingFaceStorageWriter(save_distributed=True) without / with consolidation; and the
+# single-writer HuggingFaceStorageWriter with an fqn -> file mapping (a plain HF directory).
+STORAGES = ("fs", "hf", "hf_consolidated", "hf_index")
 
 
 @dataclass(frozen=True)
@@ -180,14 +209,44 @@ def _loaded(fqn, layout, rank, value, saved_dtype):
     return value.to(torch.float64).numpy().copy(), want.to(torch.float64).numpy()
 
 
+def _storage_writer(storage: str, path: str, layouts):
+    """The storage writer of a `SaveStep` (None: dcp.save's default FileSystemWriter)."""
+    import torch.distributed.checkpoint as dcp
+
+    if storage == "fs":
+        return None
+    if storage in ("hf", "hf_consolidated"):
+        return dcp.HuggingFaceStorageWriter(
+            path, save_distributed=True, enable_consolidation=storage == "hf_consolidated"
+        )
+    if storage == "hf_index":  # one writer, two model-*.safetensors files and the index
+        return dcp.HuggingFaceStorageWriter(
+            path, fqn_to_index_mapping={fqn: i % 2 + 1 for i, fqn in enumerate(layouts)}
+        )
+    raise PlanError(
+        None,
+        f"unknown storage {storage!r} for a real save",
+        "one of " + ", ".join(STORAGES),
+        "Pick a storage from STORAGES.",
+    )
+
+
 def _run_step(step, rank, meshes):
+    if hasattr(step, "run_on"):  # a step that brings its own program (program_runs.ProgramStep)
+        return step.run_on(rank)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
     failed = (Exception, CheckpointException)  # CheckpointException is a BaseException
     if isinstance(step, SaveStep):
         try:
-            dcp.save(torch_state_dict(step.layouts, rank, meshes), checkpoint_id=step.path)
+            dcp.save(
+                torch_state_dict(step.layouts, rank, meshes),
+                # as users call it: a checkpoint_id would reset the HF writer's path and put
+                # a consolidating writer's shards beside the consolidated files, not in sharded/
+                checkpoint_id=step.path if step.storage == "fs" else None,
+                storage_writer=_storage_writer(step.storage, step.path, step.layouts),
+            )
             return None
         except failed as e:
             return exception_text(e)
@@ -197,6 +256,9 @@ def _run_step(step, rank, meshes):
             sd,
             checkpoint_id=step.path,
             planner=dcp.DefaultLoadPlanner(allow_partial_load=step.allow_partial_load),
+            storage_reader=(
+                dcp.HuggingFaceStorageReader(step.path) if step.storage == "hf" else None
+            ),
         )
     except failed as e:
         return RankLoad(rank, error=exception_text(e))
@@ -245,15 +307,17 @@ def _worker(rank, world_size, port, sock, steps, out_dir, timeout):
 
 
 def run_steps(
-    steps: Sequence[SaveStep | LoadStep],
+    steps: Sequence[SaveStep | LoadStep | CallStep],
     world_size: int,
     *,
     time_limit: float = 90.0,
     timeout: float = 30.0,
 ) -> list:
     """Run ``steps`` in order on ``world_size`` fresh processes over gloo; returns one result per
-    step (`SaveRun` / `LoadRun`). Raises RuntimeError when a rank crashes or the launch exceeds
+    step (`SaveRun` / `LoadRun`; a step with a ``run_on(rank)`` method, e.g.
+    `program_runs.ProgramStep` or a `CallStep`, gives the tuple of its ranks' results). Raises RuntimeError when a rank crashes or the launch exceeds
     ``time_limit`` seconds (stragglers are killed first: no process outlives the call)."""
+    require_torch("real dcp.save / dcp.load runs (workbench.torch_bridge.runs)")
     import multiprocessing as mp
 
     if not 1 <= world_size <= MAX_WORLD_SIZE:
@@ -264,7 +328,7 @@ def run_steps(
             "Real runs are small by design; plan larger worlds with plan_save.",
         )
     for s in steps:
-        for fqn, lay in s.layouts.items():
+        for fqn, lay in getattr(s, "layouts", {}).items():
             if lay.world_size != world_size:
                 raise PlanError(
                     fqn,
@@ -272,9 +336,15 @@ def run_steps(
                     "one world size per run",
                     "Build the layouts with world_size equal to the run's.",
                 )
-    steps = [replace(s, path=str(Path(s.path).resolve())) for s in steps]
+    steps = [
+        replace(s, path=str(Path(s.path).resolve())) if isinstance(s, (SaveStep, LoadStep)) else s
+        for s in steps
+    ]
     ctx = mp.get_context("spawn")
     out_dir = tempfile.mkdtemp(prefix="wb_run_")
+    # Megatron-Core's writer starts worker processes of its own, which a daemonic process may
+    # not: CallStep runs use ordinary processes (the finally below still kills stragglers).
+    daemon = not any(isinstance(s, CallStep) for s in steps)
     procs = []
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -285,7 +355,7 @@ def run_steps(
                 p = ctx.Process(
                     target=_worker,
                     args=(r, world_size, port, sock if r == 0 else None, steps, out_dir, timeout),
-                    daemon=True,
+                    daemon=daemon,
                 )
                 p.start()
                 procs.append(p)
@@ -318,8 +388,10 @@ def run_steps(
         got = [per_rank[r][i] for r in range(world_size)]
         if isinstance(s, SaveStep):
             out.append(SaveRun(s.path, world_size, tuple(got)))
-        else:
+        elif isinstance(s, LoadStep):
             out.append(LoadRun(s.path, world_size, tuple(got), s.fill))
+        else:  # a step with its own program: its per-rank results as they are
+            out.append(tuple(got))
     return out
 
 

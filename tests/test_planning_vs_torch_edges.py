@@ -1,7 +1,7 @@
-"""Red-team of the core's torch parity: the cases the other differential tests' strategies do not
-reach, each compared with the installed torch 2.13 (its planners run per rank under the ``fake``
-process group on state dicts built independently of workbench.torch_bridge, by the harness of
-test_planning_vs_torch).
+"""plan_save / plan_load on the edge cases test_planning_vs_torch's strategies do not reach, each
+compared with the installed torch 2.13 (its planners run per rank under the ``fake``
+process group on state dicts built independently of workbench.torch_bridge, by the harness in
+support.py).
 
 Reached here and not there: negative shard dims (``S(-1)``, ``SS(-2,k)``) alone and aliased with
 their positive spelling; meshes with size-1 dims and dims of 5 and 8; world sizes larger than the
@@ -24,17 +24,28 @@ import itertools
 import math
 
 import pytest
-import torch  # noqa: F401  (installed in .venv; the package itself never needs it)
-from hypothesis import HealthCheck, event, given, settings
+import torch
+from hypothesis import event, given
 from hypothesis import strategies as st
-from test_planning import helpers_load, helpers_save, metadata_key, write_key
-from test_planning_vs_torch import fake_rank, ours_load, torch_load, torch_state_dict
+from support import (
+    DTYPES,
+    NESTED,
+    metadata_key,
+    ours_load,
+    read_key,
+    torch_load,
+    torch_local_save,
+    wide_placements,
+    wide_save_and_load,
+    wide_settings,
+    wide_state_dicts,
+    write_key,
+)
 from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans
 from torch.distributed.checkpoint.default_planner import (
     DefaultSavePlanner,
     _validate_global_plan,
     create_default_global_save_plan,
-    create_default_local_save_plan,
 )
 from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
 
@@ -42,36 +53,18 @@ from workbench.errors import LayoutError
 from workbench.geometry import Chunk
 from workbench.planning import plan_load, plan_save
 from workbench.sharding import (
-    Partial,
-    Replicate,
     Shard,
-    StridedShard,
     bytes_layout,
     dtensor_layout,
     local_shape_and_offset,
     sharded_layout,
     tensor_layout,
 )
-from workbench.torch_bridge.convert import from_torch, placement_to_torch
+from workbench.torch_bridge.convert import placement_to_torch, to_torch
 from workbench.torch_bridge.fake_pg import verify_with_torch
 
-DTYPES = ["float32", "bfloat16", "int64"]
 
-
-# ----------------------------------------------------------------------------- torch side
-def torch_local_save(layouts):
-    """Per rank: torch's local save plan, or the text of the ValueError it raised (Partial)."""
-    world = next(iter(layouts.values())).world_size
-    out = []
-    for r in range(world):
-        with fake_rank(r, world):
-            try:
-                out.append(create_default_local_save_plan(torch_state_dict(layouts, r), r == 0))
-            except ValueError as e:
-                out.append(str(e))
-    return out
-
-
+# ----------------------------------------------------------------------------- harness
 def check_save(layouts, lowest=False):
     """plan_save against torch: per-rank failures when a rank raises, else local plans, final
     plans (index hints included), metadata (key order, chunks) and the validation strings.
@@ -359,26 +352,6 @@ def test_metadata_order_is_first_writer_then_state_dict():
 
 
 # ----------------------------------------------------------------------------- nested uneven shards
-NESTED = (
-    [[Shard(0), Shard(0)]]
-    + [[Shard(0), StridedShard(0, k)] for k in range(1, 6)]
-    + [[StridedShard(0, k), Shard(0)] for k in range(1, 6)]
-)
-
-
-@pytest.mark.parametrize("pl", NESTED, ids=lambda pl: ",".join(map(str, pl)))
-def test_nested_uneven_local_shapes_match_torch_exhaustively(pl):
-    # every row count 0..40 on meshes (a, b), a, b in {1, 2, 3, 5, 8}, every coordinate
-    tpl = [placement_to_torch(p) for p in pl]
-    for rows, m0, m1 in itertools.product(range(41), [1, 2, 3, 5, 8], [1, 2, 3, 5, 8]):
-        for c in itertools.product(range(m0), range(m1)):
-            want = _compute_local_shape_and_global_offset((rows, 2), (m0, m1), list(c), tpl)
-            assert local_shape_and_offset((rows, 2), (m0, m1), c, pl) == (
-                tuple(want[0]),
-                tuple(want[1]),
-            )
-
-
 @pytest.mark.parametrize("pl", NESTED, ids=lambda pl: ",".join(map(str, pl)))
 @pytest.mark.parametrize("rows,mesh", [(13, (3, 2)), (40, (2, 5)), (7, (2, 4))])
 def test_nested_uneven_save_and_load_like_torch(pl, rows, mesh):
@@ -410,119 +383,7 @@ def test_load_across_world_sizes(w_save, w_load):
         )
 
 
-# ----------------------------------------------------------------------------- bad layouts
-def test_layouts_refuse_ranks_outside_the_world():
-    c = ((0,), (2,))
-    with pytest.raises(LayoutError, match="lists 3 ranks for a world of 2"):
-        sharded_layout((4,), [[c], [c], [c]], world_size=2)
-    with pytest.raises(LayoutError, match=r"ranks \[0, 5\] are not all in a world of 3"):
-        sharded_layout((4,), {0: [c], 5: [c]}, world_size=3)
-    with pytest.raises(LayoutError, match=r"ranks \[-1\]"):
-        sharded_layout((4,), {-1: [c]})
-    with pytest.raises(LayoutError, match="world size 0 is below 1"):
-        sharded_layout((4,), [], world_size=0)
-    with pytest.raises(LayoutError, match=r"ranks \[5\] are not all in a world of 2"):
-        bytes_layout(2, ranks=[5])
-    with pytest.raises(LayoutError, match="world size 0"):
-        bytes_layout(0)
-
-
 # ----------------------------------------------------------------------------- random, wider
-@st.composite
-def wide_meshes(draw, world):
-    ndim = draw(st.integers(1, 3))
-    for _ in range(20):
-        mesh = tuple(draw(st.sampled_from([1, 1, 2, 3, 4, 5, 8])) for _ in range(ndim))
-        if math.prod(mesh) <= world:
-            return mesh
-    return (1,)
-
-
-@st.composite
-def wide_placements(draw, shape, mesh, partial):
-    n, out = len(shape), []
-    for _ in mesh:
-        kind = draw(
-            st.sampled_from(["R"] + (["S", "S", "SS"] if n else []) + (["P"] if partial else []))
-        )
-        if kind == "R":
-            out.append(Replicate())
-        elif kind == "P":
-            out.append(Partial())
-        else:
-            d = draw(st.integers(-n, n - 1))  # negative dims too
-            out.append(Shard(d) if kind == "S" else StridedShard(d, draw(st.integers(1, 5))))
-    return tuple(out)
-
-
-@st.composite
-def pooled_sharded(draw, shape, world):
-    """Chunks drawn from a small pool: several per rank, repeats on a rank, one offset with
-    several sizes (dedup key collisions), now and then past the end, empty ones anywhere."""
-    pool = []
-    for _ in range(draw(st.integers(1, 5))):
-        offs = [draw(st.integers(0, d)) for d in shape]
-        for _ in range(draw(st.integers(1, 2))):
-            pool.append(
-                Chunk(
-                    tuple(offs),
-                    tuple(
-                        draw(st.integers(0, d - o + draw(st.sampled_from([0, 0, 0, 1]))))
-                        for o, d in zip(offs, shape)
-                    ),
-                )
-            )
-    per_rank = [draw(st.lists(st.sampled_from(pool), max_size=3)) for _ in range(world)]
-    return sharded_layout(shape, per_rank, draw(st.sampled_from(DTYPES)), world)
-
-
-wide_shapes = st.lists(st.sampled_from([0, 1, 2, 3, 5, 7, 8, 13, 16]), max_size=3).map(tuple)
-
-
-@st.composite
-def wide_layouts(draw, world, partial=False, shape=None):
-    shape = draw(wide_shapes) if shape is None else shape
-    kind = draw(st.sampled_from(["dtensor"] * 4 + ["tensor", "bytes", "sharded"]))
-    dtype = draw(st.sampled_from(DTYPES))
-    if kind == "dtensor":
-        mesh = draw(wide_meshes(world))
-        return dtensor_layout(
-            shape, mesh, draw(wide_placements(shape, mesh, partial)), dtype, world_size=world
-        )
-    ranks = draw(st.one_of(st.none(), st.sets(st.integers(0, world - 1), min_size=1)))
-    if kind == "tensor":
-        return tensor_layout(shape, world, dtype, ranks=ranks)
-    if kind == "bytes":
-        return bytes_layout(world, ranks=ranks)
-    return draw(pooled_sharded(shape, world))
-
-
-@st.composite
-def wide_state_dicts(draw, max_world=24, partial=False):
-    world = draw(st.integers(1, max_world))
-    return {f"k{i}": draw(wide_layouts(world, partial)) for i in range(draw(st.integers(1, 5)))}
-
-
-@st.composite
-def wide_save_and_load(draw, max_world=20):
-    saved = draw(wide_state_dicts(max_world))
-    world = draw(st.integers(1, max_world))
-    load = {}
-    for fqn, lay in saved.items():
-        action = draw(st.sampled_from(["same"] * 8 + ["drop", "any"]))
-        if action == "drop":
-            continue
-        keep_shape = action == "same" and lay.kind != "bytes"
-        load[fqn] = draw(
-            wide_layouts(
-                world, partial=draw(st.integers(0, 5)) == 0, shape=lay.shape if keep_shape else None
-            )
-        )
-    if draw(st.booleans()) or not load:
-        load["extra"] = draw(wide_layouts(world))
-    return saved, load, draw(st.booleans()), draw(st.booleans())
-
-
 @st.composite
 def big_crowded_state_dicts(draw):
     """9..64 ranks: shared dedup keys of ShardedTensor pools, DTensors on wide meshes, plain
@@ -562,10 +423,7 @@ def big_crowded_state_dicts(draw):
     return sd
 
 
-_wide = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-@_wide
+@wide_settings
 @given(wide_state_dicts(partial=True), st.booleans())
 def test_wide_saves_match_torch(layouts, lowest):
     res, md, _ = check_save(layouts, lowest)
@@ -573,7 +431,7 @@ def test_wide_saves_match_torch(layouts, lowest):
     event(f"validation errors: {bool(res.errors)}")
 
 
-@_wide
+@wide_settings
 @given(wide_save_and_load())
 def test_wide_loads_match_torch(case):
     # loads also from metadata that failed validation (what a planner skipping it would write)
@@ -584,27 +442,7 @@ def test_wide_loads_match_torch(case):
         event(f"failures: {bool(ours.failures)}")
 
 
-@_wide
-@given(wide_save_and_load())
-def test_scalar_helpers_match_torch_on_wide_cases(case):
-    saved, load, strict, lowest = case
-    local = torch_local_save(saved)
-    if any(isinstance(p, str) for p in local):
-        return
-    plans, md = create_default_global_save_plan(dedup_save_plans(local, lowest))
-    h_local, h_plans, h_md, h_errors = helpers_save(saved, lowest)
-    assert [[write_key(i) for i in p.items] for p in h_local] == [
-        [write_key(i) for i in p.items] for p in local
-    ]
-    assert [[write_key(i) for i in p.items] for p in h_plans] == [
-        [write_key(i) for i in p.items] for p in plans
-    ]
-    assert metadata_key(h_md) == metadata_key(md)
-    assert h_errors == _validate_global_plan(plans, md)
-    assert helpers_load(from_torch(md), load, strict) == torch_load(md, load, strict)
-
-
-@_wide
+@wide_settings
 @given(big_crowded_state_dicts(), st.booleans())
 def test_big_world_dedup_matches_torch(layouts, lowest):
     check_save(layouts, lowest)
@@ -615,13 +453,11 @@ def test_chunk_ends_past_int64_are_computed_exactly():
     # torch computes offset + size in Python ints; int64 columns wrapped. One chunk
     # [2**62, 2**63) of a (2**62,) tensor is out of bounds for torch; the columnar check saw
     # 2**62 + 2**62 wrap to -2**63 and reported nothing
-    from test_planning import read_key
     from torch.distributed.checkpoint import metadata as tmeta
     from torch.distributed.checkpoint.planner import SavePlan
     from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
     from workbench.records import Metadata, TensorStorageMetadata
-    from workbench.torch_bridge.convert import to_torch
 
     big, top = 2**62, 2**63 - 1
     res = plan_save({"w": sharded_layout((big,), [[((big,), (big,))]], "bool")})

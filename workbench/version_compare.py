@@ -1,0 +1,147 @@
+"""Upgrade questions: what changes for each rank when the same checkpoint is loaded into the same
+target by another torch version (read order, problems appearing or vanishing, files opened).
+
+`compare_versions(metadata, target, ["2.10", "2.13"])` plans the load once per version with
+`planning.plan_load(..., torch_version=v)` and compares every later version with the first.
+
+Imports planning, diagnosis, versions; never torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .errors import PlanError
+from .planning import LoadPlanResult, plan_load
+from .versions import resolve_torch_version
+
+__all__ = ["RankVersionChange", "VersionComparison", "compare_versions"]
+
+
+@dataclass(frozen=True, slots=True)
+class RankVersionChange:
+    """One rank, ``version`` against ``baseline``.
+
+    ``reordered``: fqns whose read items on this rank are the same set in another order;
+    ``changed``: fqns whose read items differ as a set; ``appearing`` / ``vanishing``: problems
+    (``"severity kind fqn"``) of this rank present only in ``version`` / only in ``baseline``;
+    ``files_before`` / ``files_after``: the data files the rank opens, in order of first read
+    (torch's reader groups reads by file in that order)."""
+
+    rank: int
+    baseline: str
+    version: str
+    reordered: tuple[str, ...]
+    changed: tuple[str, ...]
+    appearing: tuple[str, ...]
+    vanishing: tuple[str, ...]
+    files_before: tuple[str, ...]
+    files_after: tuple[str, ...]
+
+    @property
+    def unchanged(self) -> bool:
+        return not (
+            self.reordered
+            or self.changed
+            or self.appearing
+            or self.vanishing
+            or self.files_before != self.files_after
+        )
+
+
+@dataclass(frozen=True)
+class VersionComparison:
+    """``results[v]``: the `LoadPlanResult` of each version; ``changes``: one
+    `RankVersionChange` per (later version, rank), versions in the order given."""
+
+    versions: tuple[str, ...]
+    results: dict = field(repr=False)
+    changes: list
+
+    def of_rank(self, rank: int) -> list[RankVersionChange]:
+        return [c for c in self.changes if c.rank == rank]
+
+    def changed(self) -> list[RankVersionChange]:
+        """The (version, rank) records where something differs."""
+        return [c for c in self.changes if not c.unchanged]
+
+
+def _rank_reads(res: LoadPlanResult, fqn: str, r: int) -> list[tuple]:
+    block = res.reads(fqn)
+    sl = block.of_rank(r)
+    cols = (block.local_idx, block.saved_idx, block.dest_offsets, block.storage_offsets)
+    return list(
+        zip(
+            *(c[sl].tolist() for c in cols),
+            block.lengths[sl].tolist(),
+        )
+    )
+
+
+def _files(res: LoadPlanResult, r: int) -> tuple[str, ...]:
+    storage = res.metadata.storage_data
+    if storage is None:
+        return ()
+    seen: dict[str, None] = {}
+    for it in res.plans[r].items:
+        info = storage.get(it.storage_index) if hasattr(storage, "get") else None
+        if info is not None:
+            seen.setdefault(str(info.relative_path), None)
+    return tuple(seen)
+
+
+def _problems(res: LoadPlanResult, r: int) -> set[str]:
+    # a problem without ranks concerns the checkpoint as a whole: every rank sees it
+    return {f"{p.severity} {p.kind} {p.fqn}" for p in res.problems if not p.ranks or r in p.ranks}
+
+
+def compare_versions(
+    metadata,
+    target: Mapping,
+    versions: Sequence[str],
+    *,
+    allow_partial_load: bool = False,
+) -> VersionComparison:
+    """Plan loading ``metadata`` into ``target`` (``{fqn: Layout}``) with each torch version in
+    ``versions`` (at least two, e.g. ``["2.10", "2.13"]``) and compare each later version with
+    the first, rank by rank."""
+    vs = tuple(resolve_torch_version(v) for v in versions)
+    if len(vs) < 2 or len(set(vs)) != len(vs):
+        raise PlanError(
+            None,
+            f"versions {list(versions)} name {len(set(vs))} distinct torch version(s)",
+            "at least two distinct versions",
+            "Give e.g. ['2.10', '2.13'].",
+        )
+    results = {
+        v: plan_load(metadata, target, allow_partial_load=allow_partial_load, torch_version=v)
+        for v in vs
+    }
+    base = results[vs[0]]
+    fqns = list(base.layouts)
+    changes = []
+    for v in vs[1:]:
+        res = results[v]
+        for r in range(base.world_size):
+            reordered, changed = [], []
+            for fqn in fqns:
+                a, b = _rank_reads(base, fqn, r), _rank_reads(res, fqn, r)
+                if a == b:
+                    continue
+                (reordered if sorted(a) == sorted(b) else changed).append(fqn)
+            pa, pb = _problems(base, r), _problems(res, r)
+            changes.append(
+                RankVersionChange(
+                    rank=r,
+                    baseline=vs[0],
+                    version=v,
+                    reordered=tuple(reordered),
+                    changed=tuple(changed),
+                    appearing=tuple(sorted(pb - pa)),
+                    vanishing=tuple(sorted(pa - pb)),
+                    files_before=_files(base, r),
+                    files_after=_files(res, r),
+                )
+            )
+    return VersionComparison(vs, results, changes)

@@ -688,6 +688,7 @@ def load_metadata(path, rank: int | None = None) -> Metadata:
 # Formats that pickle DCP records plus their own (formats/megatron.py) build their stand-ins and
 # convert their records with these.
 StandIn = _StandIn
+AllowListUnpickler = _AllowListUnpickler
 Named = _Named
 Reducer = _Reducer
 CorruptMetadata = _Corrupt

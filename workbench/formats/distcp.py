@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import io
 import math
-import pickle
 import zipfile
 from dataclasses import dataclass
 
 from ..errors import UnsafeCheckpointError
 from ..records import DTYPE_SIZES
+from .unpickler import BoundedUnpickler, UnpicklingError
 
 __all__ = ["STORAGE_DTYPES", "ItemArchive", "describe_item"]
 
@@ -96,12 +96,24 @@ def _rebuild_tensor_v2(storage, offset, shape, stride, *rest):
     return _TensorRef(storage, offset, shape, stride)
 
 
-class _TensorUnpickler(pickle.Unpickler):
+def _empty_hooks(*a):
+    return {}  # backward hooks: always empty in a saved chunk
+
+
+class _TensorUnpickler(BoundedUnpickler):
+    """torch.save's data.pkl of one tensor, decoded within bounds (`formats.unpickler`): only
+    `_rebuild_tensor_v2`, typed storages and an empty OrderedDict are called."""
+
+    def call(self, func, args):
+        if func is _rebuild_tensor_v2 or func is _empty_hooks or isinstance(func, _StorageType):
+            return func(*args)
+        raise UnpicklingError(f"the tensor archive calls {func!r:.40}")
+
     def find_class(self, module, name):
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
             return _rebuild_tensor_v2
         if (module, name) == ("collections", "OrderedDict"):
-            return lambda *a: {}  # backward hooks: always empty in a saved chunk
+            return _empty_hooks
         if module == "torch" and name in STORAGE_DTYPES:
             return _StorageType(name)
         raise UnsafeCheckpointError(
@@ -131,6 +143,13 @@ def describe_item(blob: bytes, is_tensor: bool) -> ItemArchive:
     shape from ``data.pkl`` and the size of its storage entry."""
     try:
         z = zipfile.ZipFile(io.BytesIO(blob))
+        # torch.save stores entries uncompressed: an entry declaring more bytes than the whole
+        # item is a zip bomb (testzip would inflate it), refused before anything is read
+        big = [i.filename for i in z.infolist() if i.file_size > len(blob)]
+        if big:
+            return ItemArchive(
+                is_tensor, error=f"entry {big[0]} declares more bytes than the item holds"
+            )
         bad = z.testzip()  # reads every entry and checks its CRC
         if bad is not None:
             return ItemArchive(is_tensor, error=f"entry {bad} fails its CRC check")
@@ -140,7 +159,7 @@ def describe_item(blob: bytes, is_tensor: bool) -> ItemArchive:
             return ItemArchive(is_tensor, error=f"{len(pkl)} data.pkl entries in the archive")
         if not is_tensor:
             return ItemArchive(False)
-        ref = _TensorUnpickler(io.BytesIO(z.read(pkl[0]))).load()
+        ref = _TensorUnpickler(z.read(pkl[0]), source="data.pkl").load()
         if not isinstance(ref, _TensorRef):
             return ItemArchive(True, error="data.pkl does not hold one tensor")
         prefix = pkl[0][: -len("data.pkl")]
@@ -155,7 +174,7 @@ def describe_item(blob: bytes, is_tensor: bool) -> ItemArchive:
         )
     except UnsafeCheckpointError as e:
         return ItemArchive(is_tensor, error=e.what)
-    except (zipfile.BadZipFile, ValueError, EOFError, pickle.UnpicklingError, KeyError) as e:
+    except (zipfile.BadZipFile, ValueError, EOFError, UnpicklingError, KeyError) as e:
         return ItemArchive(is_tensor, error=f"not a torch.save archive: {type(e).__name__}: {e}")
 
 

@@ -21,7 +21,6 @@ Must not import torch.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import struct
@@ -39,6 +38,7 @@ from ..records import (
     TensorProperties,
     TensorStorageMetadata,
 )
+from .limits import read_json
 
 __all__ = [
     "HF_DTYPES",
@@ -140,7 +140,7 @@ def read_header(path) -> SafetensorsHeader:
             )
         raw = f.read(n)
     try:
-        header = json.loads(raw)
+        header = read_json(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise _bad(path, f"the header is not valid JSON: {e}", "a JSON object") from None
     if not isinstance(header, dict):
@@ -175,7 +175,7 @@ def read_header(path) -> SafetensorsHeader:
     info = meta.get("DCP_SHARDING_INFO")
     if info is not None:
         try:
-            parsed = json.loads(info)
+            parsed = read_json(info)
         except ValueError as e:
             raise _bad(path, f"DCP_SHARDING_INFO is not valid JSON: {e}", "a JSON object") from None
         offsets = {}
@@ -224,7 +224,7 @@ def _index(directory: Path) -> tuple[dict | None, int | None, list[str]]:
     if p.stat().st_size > MAX_INDEX_BYTES:
         return None, None, [f"{INDEX_NAME} is larger than {MAX_INDEX_BYTES} bytes; not read"]
     try:
-        data = json.loads(p.read_bytes())
+        data = read_json(p.read_bytes())
         wm = data["weight_map"]
         if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
             raise ValueError("weight_map is not {name: file}")

@@ -22,10 +22,7 @@ Must not import torch.
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import pickle
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -45,6 +42,7 @@ from ..records import (
     WriteItemType,
 )
 from . import dcp
+from .limits import read_json
 
 __all__ = [
     "MEGATRON_GLOBALS",
@@ -335,7 +333,9 @@ _COMMON_GLOBALS = {
 }
 
 
-class _CommonUnpickler(pickle.Unpickler):
+class _CommonUnpickler(dcp.AllowListUnpickler):
+    """common.pt's data.pkl within the .metadata reader's bounds, with its own globals."""
+
     def find_class(self, module, name):
         try:
             return _COMMON_GLOBALS[(module, name)]
@@ -401,7 +401,7 @@ def read_common(path, max_bytes: int = 64 << 20) -> Any:
             "Re-copy common.pt.",
         ) from None
     try:
-        raw = _CommonUnpickler(io.BytesIO(data)).load()
+        raw = _CommonUnpickler(data, source="common.pt").load()
     except UnsafeCheckpointError as e:
         raise type(e)(str(path), e.what, e.expectation, e.fix, **e.facts) from None
     except Exception as e:  # noqa: BLE001 - whatever a damaged pickle raises
@@ -430,7 +430,7 @@ def _metadata_json(directory: Path) -> tuple[dict | None, list[str]]:
     if size > MAX_JSON_BYTES:
         return None, [f"metadata.json is {size} bytes (at most {MAX_JSON_BYTES}); not read"]
     try:
-        data = json.loads(p.read_bytes())
+        data = read_json(p.read_bytes())
     except (ValueError, UnicodeDecodeError) as e:
         return None, [f"metadata.json is not valid JSON: {e}"]
     if not isinstance(data, dict):

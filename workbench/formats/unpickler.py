@@ -53,7 +53,35 @@ class UnpicklingError(Exception):
         self.truncated = truncated
 
 
-_MARK = object()  # what MARK pushes on the mark stack (a position of the object stack)
+def _utf8(b: bytes) -> str:
+    return str(b, "utf-8", "surrogatepass")
+
+
+def _ascii(b: bytes) -> str:
+    return b.decode("ascii", "strict")
+
+
+def _long(b: bytes) -> int:
+    return int.from_bytes(b, "little", signed=True)
+
+
+def _same(b: bytes) -> bytes:
+    return b
+
+
+# The rarer length-prefixed opcodes: opcode -> (bytes of the length, name, conversion).
+_COUNTED = {
+    0x58: (4, "BINUNICODE", _utf8),
+    0x8D: (8, "BINUNICODE8", _utf8),
+    0x43: (1, "SHORT_BINBYTES", _same),
+    0x42: (4, "BINBYTES", _same),
+    0x8E: (8, "BINBYTES8", _same),
+    0x96: (8, "BYTEARRAY8", bytearray),
+    0x55: (1, "SHORT_BINSTRING", _ascii),  # a Python 2 str
+    0x54: (4, "BINSTRING", _ascii),
+    0x8B: (4, "LONG4", _long),
+}
+
 
 # protocol-2 compatibility names a Python 2 pickle uses (what pickle's fix_imports maps)
 _OLD_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
@@ -347,47 +375,11 @@ class BoundedUnpickler:
                     pos += 1
                 elif op == 0x2E:  # STOP
                     return top("STOP")
-                elif op == 0x58:  # BINUNICODE
-                    ln, p = counted(4, "BINUNICODE")
-                    append(str(data[p : p + ln], "utf-8", "surrogatepass"))
-                    pos = p + ln
-                elif op == 0x8D:  # BINUNICODE8
-                    ln, p = counted(8, "BINUNICODE8")
-                    append(str(data[p : p + ln], "utf-8", "surrogatepass"))
-                    pos = p + ln
-                elif op == 0x43:  # SHORT_BINBYTES
-                    ln, p = counted(1, "SHORT_BINBYTES")
-                    append(data[p : p + ln])
-                    pos = p + ln
-                elif op == 0x42:  # BINBYTES
-                    ln, p = counted(4, "BINBYTES")
-                    append(data[p : p + ln])
-                    pos = p + ln
-                elif op == 0x8E:  # BINBYTES8
-                    ln, p = counted(8, "BINBYTES8")
-                    append(data[p : p + ln])
-                    pos = p + ln
-                elif op == 0x96:  # BYTEARRAY8
-                    ln, p = counted(8, "BYTEARRAY8")
-                    append(bytearray(data[p : p + ln]))
-                    pos = p + ln
-                elif op == 0x55:  # SHORT_BINSTRING (Python 2 str)
-                    ln, p = counted(1, "SHORT_BINSTRING")
-                    append(data[p : p + ln].decode("ascii", "strict"))
-                    pos = p + ln
-                elif op == 0x54:  # BINSTRING
-                    need(4)
-                    if _unpack_i(data, pos)[0] < 0:
-                        raise UnpicklingError("BINSTRING with a negative length")
-                    ln, p = counted(4, "BINSTRING")
-                    append(data[p : p + ln].decode("ascii", "strict"))
-                    pos = p + ln
-                elif op == 0x8B:  # LONG4
-                    need(4)
-                    if _unpack_i(data, pos)[0] < 0:
-                        raise UnpicklingError("LONG4 with a negative length")
-                    ln, p = counted(4, "LONG4")
-                    append(int.from_bytes(data[p : p + ln], "little", signed=True))
+                elif op in _COUNTED:  # a length-prefixed string, bytes or long
+                    width, name, convert = _COUNTED[op]
+                    # (a negative signed length reads as a huge unsigned one: refused as such)
+                    ln, p = counted(width, name)
+                    append(convert(data[p : p + ln]))
                     pos = p + ln
                 elif op == 0x47:  # BINFLOAT
                     need(8)

@@ -90,7 +90,8 @@ _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 class Problem:
     """One thing wrong with a save or a load, for one state-dict entry.
 
-    ``ranks``: the ranks affected (that raise, that read wrong values, whose copy is lost);
+    ``ranks``: the ranks affected (that raise, that read wrong values, whose copy is lost); for
+    the kinds about a checkpoint's files (no load target), the writer ranks of the files concerned;
     ``region``: the box concerned (a hole, an overlap, a misdescribed rank's box) or None;
     ``message``: house form with the numbers (torch's own text quoted where torch raises);
     ``fix``: what to do.

@@ -21,3 +21,15 @@ def _no_pyplot_leaks():
         leaked = plt.get_fignums()
         plt.close("all")
         assert leaked == [], f"test left pyplot figures open: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dtensor_caches():
+    # DTensor's sharding-propagation caches key on specs, not on the process group's rank: a test
+    # that ran a build as rank r under the fake group in this worker would hand its meshes to the
+    # next test's rank 0 (seen under xdist). Cleared after every test that loaded DTensor.
+    yield
+    if "torch.distributed.tensor" in sys.modules:
+        from workbench.torch_bridge.capture import fresh_dtensor_caches
+
+        fresh_dtensor_caches()

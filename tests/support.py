@@ -45,7 +45,7 @@ from torch.distributed.tensor.placement_types import _StridedShard
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
 import workbench as wb
-from workbench import LocalTensor
+from workbench import RankValue
 from workbench import planner_helpers as ph
 from workbench.errors import PlanError
 from workbench.geometry import Chunk
@@ -357,7 +357,7 @@ def helpers_save(sd, save_to_lowest_rank=False):
     """plan_save recomputed with the scalar mirrors, rank by rank."""
     world = next(iter(sd.values())).world_size
     local = [
-        ph.create_default_local_save_plan({f: LocalTensor(lay, r) for f, lay in sd.items()}, r == 0)
+        ph.create_default_local_save_plan({f: RankValue(lay, r) for f, lay in sd.items()}, r == 0)
         for r in range(world)
     ]
     plans, md = ph.create_default_global_save_plan(ph.dedup_save_plans(local, save_to_lowest_rank))
@@ -374,7 +374,7 @@ def helpers_load(md, sd, strict):
                 [
                     read_key(i)
                     for i in ph.create_default_local_load_plan(
-                        {f: LocalTensor(lay, r) for f, lay in sd.items()}, md, strict
+                        {f: RankValue(lay, r) for f, lay in sd.items()}, md, strict
                     ).items
                 ]
             )

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench import LocalTensor
+from workbench import RankValue
 from workbench import planner_helpers as H
 from workbench.errors import ChunkError, LayoutError, PlacementError, PlanError, WorkbenchError
 from workbench.geometry import Chunk
@@ -89,7 +89,7 @@ def test_sharded_chunk_of_the_wrong_rank():
 # ----------------------------------------------------------------------------- one-rank values
 def test_local_tensor_rank_outside_the_world():
     with pytest.raises(PlanError, match=r"rank 4 is outside the layout's world of 4 ranks"):
-        LocalTensor(tensor_layout((2,), 4), 4)
+        RankValue(tensor_layout((2,), 4), 4)
 
 
 def test_bare_layout_in_a_state_dict():
@@ -99,14 +99,14 @@ def test_bare_layout_in_a_state_dict():
 
 def test_rank_outside_the_mesh_for_direct_chunk_calls():
     # torch would record a malformed chunk (offsets (), sizes (0,)); its planners skip the rank
-    lt = LocalTensor(dtensor_layout((4,), (2,), "S(0)", world_size=3), 2)
+    lt = RankValue(dtensor_layout((4,), (2,), "S(0)", world_size=3), 2)
     with pytest.raises(PlanError, match=r"^w: rank 2 is not in the DTensor's mesh of shape \(2,\)"):
         H.create_write_items("w", lt)
     assert H.create_default_local_save_plan({"w": lt}, True).items == []
 
 
 def test_absent_value_for_direct_write_items():
-    lt = LocalTensor(tensor_layout((4,), 2, ranks=[0]), 1)
+    lt = RankValue(tensor_layout((4,), 2, ranks=[0]), 1)
     with pytest.raises(PlanError, match=r"^w: rank 1 does not hold this tensor"):
         H.create_write_items("w", lt)
     assert H.create_default_local_save_plan({"w": lt}, True).items == []
@@ -123,7 +123,7 @@ def assert_torch_text(ei, torch_exc: BaseException, fqn: str | None):
 
 
 def test_partial_dtensor_in_a_checkpoint():
-    lt = LocalTensor(dtensor_layout((4,), (2,), "P"), 0)
+    lt = RankValue(dtensor_layout((4,), (2,), "P"), 0)
     with pytest.raises(PlanError) as ei:
         H.create_write_items("w", lt)
     torch_text = (
@@ -141,9 +141,9 @@ def test_missing_key_size_mismatch_and_invalid_metadata():
 
     md = _md("w", (2, 2))
     cases = [
-        ({"v": LocalTensor(tensor_layout((2, 2), 1), 0)}, {"v": torch.zeros(2, 2)}, "v"),
-        ({"w": LocalTensor(tensor_layout((2, 3), 1), 0)}, {"w": torch.zeros(2, 3)}, "w"),
-        ({"w": LocalTensor(bytes_layout(1), 0)}, {"w": 5}, "w"),
+        ({"v": RankValue(tensor_layout((2, 2), 1), 0)}, {"v": torch.zeros(2, 2)}, "v"),
+        ({"w": RankValue(tensor_layout((2, 3), 1), 0)}, {"w": torch.zeros(2, 3)}, "w"),
+        ({"w": RankValue(bytes_layout(1), 0)}, {"w": 5}, "w"),
         ({"w": 5}, {"w": 5}, "w"),
     ]
     for ours, theirs, fqn in cases:

@@ -334,8 +334,8 @@ def test_merge_and_contains_usable_match_torch(cached, delta):
 
 
 # ----------------------------------------------------------------------------- one-rank state dicts
-def torch_value(lt: H.LocalTensor):
-    """The real torch object a LocalTensor stands for, built under the fake group of its rank."""
+def torch_value(lt: H.RankValue):
+    """The real torch object a RankValue stands for, built under the fake group of its rank."""
     L = lt.layout
     if L.kind == "bytes":
         return 7
@@ -415,7 +415,7 @@ def saved_metadata(saved: dict) -> Metadata:
     ws = max(L.world_size for L in saved.values())
     plans = [
         H.create_default_local_save_plan(
-            {k: H.LocalTensor(L, r) for k, L in saved.items() if r < L.world_size}, r == 0
+            {k: H.RankValue(L, r) for k, L in saved.items() if r < L.world_size}, r == 0
         )
         for r in range(ws)
     ]
@@ -440,7 +440,7 @@ def same_outcome(ours_fn, torch_fn, key):
 def test_one_rank_save_and_load_plans_match_torch(case):
     want, rank, saved = case
     md = saved_metadata(saved)
-    ours_sd = {k: H.LocalTensor(L, rank) for k, L in want.items()}
+    ours_sd = {k: H.RankValue(L, rank) for k, L in want.items()}
     ws = want["w"].world_size
     with fake_rank(rank, ws):
         torch_sd = {k: torch_value(v) for k, v in ours_sd.items()}
@@ -498,7 +498,7 @@ def test_one_rank_cases_reach_every_torch_outcome():
     saved = {"w": dtensor_layout((4, 4), (2,), "S(1)")}
     md = saved_metadata(saved)
     with fake_rank(1, ws):
-        lt = H.LocalTensor(w, 1)
+        lt = H.RankValue(w, 1)
         t = torch_value(lt)
         assert (
             same_outcome(
@@ -515,9 +515,9 @@ def test_one_rank_cases_reach_every_torch_outcome():
         )
         big = dtensor_layout((4, 5), (2,), "S(0)", world_size=ws)
         assert "Size mismatch" in same_outcome(
-            lambda: H.create_default_local_load_plan({"w": H.LocalTensor(big, 1)}, md),
+            lambda: H.create_default_local_load_plan({"w": H.RankValue(big, 1)}, md),
             lambda: TD.create_default_local_load_plan(
-                {"w": torch_value(H.LocalTensor(big, 1))}, to_torch(md)
+                {"w": torch_value(H.RankValue(big, 1))}, to_torch(md)
             ),
             None,
         )
@@ -526,7 +526,7 @@ def test_one_rank_cases_reach_every_torch_outcome():
             lambda: TD.create_default_local_load_plan({"w": 3}, to_torch(md)),
             None,
         )
-        part = H.LocalTensor(dtensor_layout((4, 4), (2,), "P", world_size=ws), 1)
+        part = H.RankValue(dtensor_layout((4, 4), (2,), "P", world_size=ws), 1)
         assert "partial placements" in same_outcome(
             lambda: H.create_default_local_save_plan({"w": part}, True),
             lambda: TD.create_default_local_save_plan({"w": torch_value(part)}, True),
@@ -577,7 +577,7 @@ def sharded_local(rank, world_size, shards_per_rank, shard_size):
         ]
         for r in range(world_size)
     }
-    return H.LocalTensor(
+    return H.RankValue(
         sharded_layout((shard_size * world_size * shards_per_rank,), per, "float32", world_size),
         rank,
     )
@@ -630,7 +630,7 @@ def test_sharded_tensor_plans_match_torch(ws, spr, size, ws2, spr2, size2, data)
 def test_item_constructors_match_torch(shape, a, b, c):
     shape = tuple(shape)
     t = torch.zeros(shape)
-    lt = H.LocalTensor(tensor_layout(shape, 1), 0)
+    lt = H.RankValue(tensor_layout(shape, 1), 0)
     assert H.create_chunk_from_tensor(lt) == from_torch(TH._create_chunk_from_tensor(t))
     assert H.create_chunk_from_tensor(t) == from_torch(TH._create_chunk_from_tensor(t))
     assert write_key(H.create_write_item_for_tensor("w", lt)) == write_key(
@@ -662,16 +662,16 @@ def test_iterate_state_dict_dispatches_like_torch():
     with fake_rank(0, 2):
         L = dtensor_layout((4,), (2,), "S(0)")
         torch_sd = {
-            "d": torch_value(H.LocalTensor(L, 0)),
+            "d": torch_value(H.RankValue(L, 0)),
             "s": torch_sharded_tensor(0, 2, 1, 2),
             "t": torch.zeros(1),
             "n": [1, (2.0, None)],
             "x": {3},
         }
         ours_sd = {
-            "d": H.LocalTensor(L, 0),
+            "d": H.RankValue(L, 0),
             "s": sharded_local(0, 2, 1, 2),
-            "t": H.LocalTensor(tensor_layout((1,), 2), 0),
+            "t": H.RankValue(tensor_layout((1,), 2), 0),
             "n": [1, (2.0, None)],
             "x": {3},
         }
@@ -719,11 +719,11 @@ def whole_state_dicts(draw):
 @given(whole_state_dicts(), st.booleans())
 def test_whole_save_matches_torch(layouts, lowest):
     """Every rank's local plan from real DTensors under the fake group, then torch's dedup,
-    global plan and validation, against the same steps on LocalTensors."""
+    global plan and validation, against the same steps on RankValues."""
     ws = next(iter(layouts.values())).world_size
     ours = [
         H.create_default_local_save_plan(
-            {k: H.LocalTensor(L, r) for k, L in layouts.items()}, r == 0
+            {k: H.RankValue(L, r) for k, L in layouts.items()}, r == 0
         )
         for r in range(ws)
     ]
@@ -732,7 +732,7 @@ def test_whole_save_matches_torch(layouts, lowest):
         with fake_rank(r, ws):
             theirs.append(
                 TD.create_default_local_save_plan(
-                    {k: torch_value(H.LocalTensor(L, r)) for k, L in layouts.items()}, r == 0
+                    {k: torch_value(H.RankValue(L, r)) for k, L in layouts.items()}, r == 0
                 )
             )
     assert plans_key(ours) == plans_key(theirs)

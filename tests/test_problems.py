@@ -41,5 +41,5 @@ def test_partial_in_a_checkpoint_is_reported():
     probs = wb.find_save_problems(res)
     assert any(p.kind == "partial" and p.fqn == "w" for p in probs)
     with pytest.raises(wb.WorkbenchError) as e:
-        wb.create_write_items("w", wb.LocalTensor(save["w"], 0))
+        wb.create_write_items("w", wb.RankValue(save["w"], 0))
     assert "partial placements" in house_form(e.value, "w")

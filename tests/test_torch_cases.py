@@ -15,7 +15,7 @@ import logging
 import pytest
 import torch
 
-from workbench import LocalTensor
+from workbench import RankValue
 from workbench import planner_helpers as H
 from workbench.geometry import Chunk
 from workbench.records import (
@@ -53,9 +53,9 @@ def st_layout(world_size, shards_per_rank=1, shard_size=8):
 def planner_state_dict(rank, world_size=4):
     # {"tensor": torch.rand(10), "value": [1, 2, 3], "st": create_sharded_tensor(rank, 4, 1)}
     return {
-        "tensor": LocalTensor(tensor_layout((10,), world_size), rank),
+        "tensor": RankValue(tensor_layout((10,), world_size), rank),
         "value": [1, 2, 3],
-        "st": LocalTensor(st_layout(world_size), rank),
+        "st": RankValue(st_layout(world_size), rank),
     }
 
 
@@ -148,7 +148,7 @@ def test_local_load_plan():
 
 def test_load_with_resharding():
     def sd(rank, world):
-        return {"st": LocalTensor(st_layout(world, shard_size=128 // world), rank)}
+        return {"st": RankValue(st_layout(world, shard_size=128 // world), rank)}
 
     world8_md = H.create_default_local_metadata(sd(1, 8))  # all 8 shards [16k, 16k+16)
     world4_md = H.create_default_local_metadata(sd(1, 4))  # all 4 shards [32k, 32k+32)
@@ -168,9 +168,9 @@ def test_load_with_resharding():
 
 def test_load_with_world_size_diff_by_one():
     # saved on 4 ranks: [0:30] [30:60] [60:90] [90:120]; rank 1 of 3 wants [40:80]
-    world4_md = H.create_default_local_metadata({"st": LocalTensor(st_layout(4, shard_size=30), 1)})
+    world4_md = H.create_default_local_metadata({"st": RankValue(st_layout(4, shard_size=30), 1)})
     items = H.create_default_local_load_plan(
-        {"st": LocalTensor(st_layout(3, shard_size=40), 1)}, world4_md
+        {"st": RankValue(st_layout(3, shard_size=40), 1)}, world4_md
     ).items
     low, high = items
     # [30, 60] to load [40, 60]
@@ -258,11 +258,11 @@ def test_validate_global_plan_cases():
 def test_dedup_shards():
     # each rank: tensor_0 [0:4] (as SHARD, 16 bytes) + its own r{rank} [0:10].
     def plan(second):
-        a = H.create_write_item_for_tensor("tensor_0", LocalTensor(tensor_layout((4,), 1), 0))
+        a = H.create_write_item_for_tensor("tensor_0", RankValue(tensor_layout((4,), 1), 0))
         import dataclasses
 
         a = dataclasses.replace(a, type=WriteItemType.SHARD)
-        b = H.create_write_item_for_tensor(second, LocalTensor(tensor_layout((10,), 1), 0))
+        b = H.create_write_item_for_tensor(second, RankValue(tensor_layout((10,), 1), 0))
         return SavePlan([a, b])
 
     d0, d1 = H.dedup_save_plans([plan("r0"), plan("r1")])
@@ -401,7 +401,7 @@ def test_dedup_writers_follow_python_set_order():
     # balancing ties are broken by min() over a set: {8+k, k} iterates in hash-table order,
     # which is not ascending once the set holds indices >= 8.
     L = dtensor_layout((16,), (2, 8), "R, S(0)")
-    plans = [H.create_default_local_save_plan({"w": LocalTensor(L, r)}, r == 0) for r in range(16)]
+    plans = [H.create_default_local_save_plan({"w": RankValue(L, r)}, r == 0) for r in range(16)]
     assert _writers(H.dedup_save_plans(plans)) == [0, 1, 2, 4, 6, 11, 13, 15]
     assert _writers(H.dedup_save_plans(plans, save_to_lowest_rank=True)) == list(range(8))
     from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans as torch_dedup
@@ -420,9 +420,9 @@ def test_dedup_charges_whole_tensor_bytes():
 
     def sd(r):
         return {
-            "w": LocalTensor(dtensor_layout((64,), (2,), "S(0)"), r),
-            "p": LocalTensor(tensor_layout((40,), ws), r),
-            "q": LocalTensor(tensor_layout((1,), ws), r),
+            "w": RankValue(dtensor_layout((64,), (2,), "S(0)"), r),
+            "p": RankValue(tensor_layout((40,), ws), r),
+            "q": RankValue(tensor_layout((1,), ws), r),
         }
 
     plans = [H.create_default_local_save_plan(sd(r), r == 0) for r in range(ws)]
@@ -445,7 +445,7 @@ def test_zero_size_dtensor_shards_collapse_to_one_chunk():
     assert L.chunks(7) == (Chunk((13, 0), (0, 2)),)
     # (2,) on 4 ranks [S(0)]: ranks 2 and 3 are empty at offset 2 (one key): one zero-size chunk
     L = dtensor_layout((2,), (4,), "S(0)")
-    plans = [H.create_default_local_save_plan({"w": LocalTensor(L, r)}, r == 0) for r in range(4)]
+    plans = [H.create_default_local_save_plan({"w": RankValue(L, r)}, r == 0) for r in range(4)]
     final, md = H.create_default_global_save_plan(H.dedup_save_plans(plans))
     assert md.state_dict_metadata["w"].chunks == [
         Chunk((0,), (1,)),
@@ -518,7 +518,7 @@ def test_strided_save_fails_validation_like_torch():
     # (8,) on 2 ranks [SS(0,2)]: rank 0 holds 0,1,4,5 but records [0:4]; rank 1 holds 2,3,6,7
     # and records [2:6]: the boxes overlap, which validation reports (world size 2)
     L = dtensor_layout((8,), (2,), "SS(0,2)")
-    plans = [H.create_default_local_save_plan({"w": LocalTensor(L, r)}, r == 0) for r in range(2)]
+    plans = [H.create_default_local_save_plan({"w": RankValue(L, r)}, r == 0) for r in range(2)]
     final, md = H.create_default_global_save_plan(H.dedup_save_plans(plans))
     assert H.validate_global_plan(final, md) == [
         "key:w has overlapping chunks: "
@@ -528,7 +528,7 @@ def test_strided_save_fails_validation_like_torch():
 
 
 def test_flatten_state_dict_examples():
-    t = LocalTensor(tensor_layout((2,), 1), 0)
+    t = RankValue(tensor_layout((2,), 1), 0)
     flat, mapping = H.flatten_state_dict(
         {"model": {"w": t, "layers": [t, {"b": t}]}, "step": 3, "cfg": [1, 2], "pair": (t, t)}
     )
@@ -549,7 +549,7 @@ def test_iterate_state_dict_replaces_unknown_types_with_none():
     class Cfg:
         pass
 
-    t = LocalTensor(tensor_layout((2,), 1), 0)
+    t = RankValue(tensor_layout((2,), 1), 0)
     sd = {"a": t, "extra_set": {1, 2}, "extra_obj": Cfg(), "n": [1, (2, "x")], "io": None}
     assert H.init_state_dict(sd) is None
     assert sd == {"a": t, "extra_set": None, "extra_obj": None, "n": [1, (2, "x")], "io": None}

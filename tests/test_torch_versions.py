@@ -26,7 +26,7 @@ from workbench.records import (
     WriteItem,
     WriteItemType,
 )
-from workbench.sharding import LocalTensor, bytes_layout, dtensor_layout, tensor_layout
+from workbench.sharding import RankValue, bytes_layout, dtensor_layout, tensor_layout
 from workbench.versions import SUPPORTED_TORCH_VERSIONS, semantics, version_key
 
 DATA = Path(__file__).parent / "data"
@@ -156,7 +156,7 @@ def test_validate_global_plan(v):
 def sd_value(spec):
     if spec == "bytes":
         return [1, 2]
-    return LocalTensor(tensor_layout(tuple(spec), 1), 0)
+    return RankValue(tensor_layout(tuple(spec), 1), 0)
 
 
 @VERSIONS
@@ -232,7 +232,7 @@ def test_size_mismatch_severity_follows_the_recorded_behaviour():
         # where torch plans reads against the wrong shape, so do we, rank by rank
         if not torch_raised:
             one = H.create_default_local_load_plan(
-                {"a": LocalTensor(target["a"], 0)}, md, torch_version=v
+                {"a": RankValue(target["a"], 0)}, md, torch_version=v
             )
             assert rows(res.plans[0].items) == rows(one.items) == recorded(v)["load"][3][:2]
 

@@ -42,7 +42,7 @@ from .records import (
 )
 from .sharding import (
     Layout,
-    LocalTensor,
+    RankValue,
     Partial,
     Placement,
     Replicate,
@@ -196,7 +196,7 @@ __all__ = [
     "WriteItem",
     "WriteItemType",
     "Layout",
-    "LocalTensor",
+    "RankValue",
     "Partial",
     "Placement",
     "Replicate",

@@ -21,7 +21,7 @@ from .errors import MetadataError, PlanError
 from .formatting import list_text, ranks_text
 from .planner_helpers import PARTIAL_MESSAGE, VALIDATION_ERROR
 from .records import TensorStorageMetadata
-from .sharding import Layout, LocalTensor, bytes_layout, format_placements
+from .sharding import Layout, RankValue, bytes_layout, format_placements
 from .sources import as_record, as_value
 from .versions import resolve_torch_version, semantics
 
@@ -140,7 +140,7 @@ def _explain_inputs(metadata, target) -> tuple[Any, dict[str, Layout]]:
     for fqn, v in target.items():
         if not isinstance(v, Layout):
             v = as_value(v)
-            v = v.layout if isinstance(v, LocalTensor) else None
+            v = v.layout if isinstance(v, RankValue) else None
         layouts[fqn] = v
     ws = next((lay.world_size for lay in layouts.values() if lay is not None), 1)
     return metadata, {f: lay if lay is not None else bytes_layout(ws) for f, lay in layouts.items()}

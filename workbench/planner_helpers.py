@@ -8,7 +8,7 @@ ShardedTensor, ``ChunkStorageMetadata``, ``Metadata``, ``SavePlan`` ...): those 
 ``torch_bridge.convert``, which imports torch only when such an object is passed. Results are
 always workbench records.
 
-The "value on one rank" that torch's state-dict helpers take is a `LocalTensor(layout, rank)`:
+The "value on one rank" that torch's state-dict helpers take is a `RankValue(layout, rank)`:
 a `Layout` as one rank sees it. Where torch raises, these raise a `WorkbenchError` subclass whose
 message contains torch's exact text (also kept as ``.torch_message`` / ``.torch_type``).
 
@@ -42,7 +42,7 @@ from .records import (
     WriteItem,
     WriteItemType,
 )
-from .sharding import LocalTensor, format_placements
+from .sharding import RankValue, format_placements
 from .sources import as_record, as_value, torch_tensor_kind
 from .versions import semantics
 
@@ -117,7 +117,7 @@ def _chunks(fqn: str, chunks) -> list[Chunk]:
 
 
 def _tensor_kind(obj) -> str | None:
-    return obj.kind if isinstance(obj, LocalTensor) and obj.kind != "bytes" else None
+    return obj.kind if isinstance(obj, RankValue) and obj.kind != "bytes" else None
 
 
 def torch_size_text(shape) -> str:
@@ -148,7 +148,7 @@ def invalid_metadata_message(fqn: str) -> str:
     return f"Invalid checkpoint metadata for {fqn}, expected BytesStorageMetadata but found {_TSM_CLASS}"
 
 
-def _check_partial(fqn: str, t: LocalTensor) -> None:
+def _check_partial(fqn: str, t: RankValue) -> None:
     """torch's ``DTensor._raise_if_contains_partial_placements``."""
     if t.layout.has_partial:
         raise _torch_error(
@@ -162,7 +162,7 @@ def _check_partial(fqn: str, t: LocalTensor) -> None:
         )
 
 
-def _check_in_mesh(fqn: str, t: LocalTensor) -> None:
+def _check_in_mesh(fqn: str, t: RankValue) -> None:
     """The workbench refuses a rank outside the DTensor's mesh where torch would record a
     malformed ``offsets=(), sizes=(0,)`` chunk (torch's local planners skip such ranks)."""
     if not t.in_mesh:
@@ -529,7 +529,7 @@ def create_default_metadata_only_plan(state_dict: dict) -> SavePlan:
     for fqn, obj in state_dict.items():
         obj = as_value(obj)
         kind = _tensor_kind(obj)
-        if isinstance(obj, LocalTensor) and obj.absent:
+        if isinstance(obj, RankValue) and obj.absent:
             continue
         if kind == "dtensor":
             items.append(create_write_items_for_dtensor(fqn, obj))
@@ -550,13 +550,13 @@ def create_default_metadata_only_plan(state_dict: dict) -> SavePlan:
 def iterate_state_dict(
     iter_object: Any, dtensor_func: Callable, sharded_tensor_func: Callable, tensor_func: Callable
 ):
-    """torch's ``_iterate_state_dict``: DTensor / ShardedTensor / Tensor values (LocalTensors by
+    """torch's ``_iterate_state_dict``: DTensor / ShardedTensor / Tensor values (RankValues by
     kind, or real torch tensors) go through their function; int, float, str, bytes, BytesIO, None
-    and bytes LocalTensors come back unchanged; dicts are rewritten IN PLACE; lists and tuples
+    and bytes RankValues come back unchanged; dicts are rewritten IN PLACE; lists and tuples
     come back new; every other type becomes None (torch's hazard: a set or a custom object is
     replaced by None before loading)."""
     funcs = {"dtensor": dtensor_func, "sharded": sharded_tensor_func, "tensor": tensor_func}
-    if isinstance(iter_object, LocalTensor):
+    if isinstance(iter_object, RankValue):
         fn = funcs.get(iter_object.kind)
         return iter_object if fn is None else fn(iter_object)
     kind = torch_tensor_kind(iter_object)
@@ -695,11 +695,11 @@ def dedup_save_plans(
 def create_default_local_save_plan(state_dict: dict, is_coordinator: bool) -> SavePlan:
     """torch's ``create_default_local_save_plan``: every rank plans every entry in state-dict
     order (``is_coordinator`` is ignored, as in torch); a DTensor whose rank is outside its mesh
-    contributes nothing; absent `LocalTensor` values are skipped."""
+    contributes nothing; absent `RankValue` values are skipped."""
     items: list[WriteItem] = []
     for fqn, obj in state_dict.items():
         obj = as_value(obj)
-        if isinstance(obj, LocalTensor) and (
+        if isinstance(obj, RankValue) and (
             obj.absent or (obj.kind == "dtensor" and not obj.in_mesh)
         ):
             continue
@@ -896,7 +896,7 @@ def create_default_local_load_plan(
     """torch's ``create_default_local_load_plan``: per entry in state-dict order, torch's checks
     and messages (missing key when ``strict``, size mismatch, tensor metadata for a non-tensor,
     Partial), then `create_read_items`. A DTensor whose rank is outside its mesh is checked but
-    reads nothing; absent `LocalTensor` values are skipped. No dtype check, as in torch.
+    reads nothing; absent `RankValue` values are skipped. No dtype check, as in torch.
 
     ``torch_version`` 2.4 / 2.5 have no size check: the value's chunks are read against the saved
     ones as they are (a value of another tensor rank is compared dim by dim over the value's dims,
@@ -908,7 +908,7 @@ def create_default_local_load_plan(
     items: list[ReadItem] = []
     for fqn, obj in state_dict.items():
         obj = as_value(obj)
-        if isinstance(obj, LocalTensor) and obj.absent:
+        if isinstance(obj, RankValue) and obj.absent:
             continue
         if fqn not in sdm:
             if strict:

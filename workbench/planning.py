@@ -57,7 +57,7 @@ from .records import (
     WriteItem,
     WriteItemType,
 )
-from .sharding import Layout, LocalTensor
+from .sharding import Layout, RankValue
 from .sources import as_record
 from .versions import semantics
 
@@ -681,7 +681,7 @@ def _scalar_read_columns(fqn, md, lay: Layout, ranks: np.ndarray, ws: int, torch
     rows = []
     for r in ranks.tolist():
         plan = create_default_local_load_plan(
-            {fqn: LocalTensor(lay, r)}, Metadata({fqn: md}), torch_version=torch_version
+            {fqn: RankValue(lay, r)}, Metadata({fqn: md}), torch_version=torch_version
         )
         rows += [
             (

@@ -921,7 +921,7 @@ def bytes_layout(
 
 # ----------------------------------------------------------------------------- one rank's value
 @dataclass(frozen=True, slots=True)
-class LocalTensor:
+class RankValue:
     """One state-dict value as rank ``rank`` sees it: a `Layout` plus the rank.
 
     A ``"dtensor"`` layout is a DTensor (its one chunk; no chunk outside the mesh), ``"sharded"`` a
@@ -940,7 +940,7 @@ class LocalTensor:
         if not isinstance(self.layout, Layout):
             raise PlanError(
                 None,
-                f"LocalTensor got {type(self.layout).__name__} instead of a Layout",
+                f"RankValue got {type(self.layout).__name__} instead of a Layout",
                 "a workbench Layout",
                 "Build one with dtensor_layout / tensor_layout / sharded_layout / bytes_layout.",
             )

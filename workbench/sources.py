@@ -57,7 +57,7 @@ def _holds_torch(obj) -> bool:
 
 def torch_tensor_kind(obj) -> str | None:
     """``"dtensor"``, ``"sharded"`` or ``"tensor"`` for a real DTensor, ShardedTensor or plain
-    Tensor, else None (a `LocalTensor` carries its ``kind`` itself)."""
+    Tensor, else None (a `RankValue` carries its ``kind`` itself)."""
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(obj, torch.Tensor):
         return None
@@ -74,7 +74,7 @@ def torch_tensor_kind(obj) -> str | None:
 
 def as_value(obj):
     """One rank's state-dict value: a real Tensor / DTensor / ShardedTensor becomes a
-    `LocalTensor`; a bare `Layout` is refused (it is every rank's, not one rank's); anything
+    `RankValue`; a bare `Layout` is refused (it is every rank's, not one rank's); anything
     else unchanged."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(obj, torch.Tensor):
@@ -85,8 +85,8 @@ def as_value(obj):
         raise PlanError(
             None,
             f"a bare Layout ({obj.describe()}) is not one rank's value",
-            "LocalTensor(layout, rank) in a one-rank state dict",
-            "Wrap it: LocalTensor(layout, rank), or plan every rank with workbench.plan_save.",
+            "RankValue(layout, rank) in a one-rank state dict",
+            "Wrap it: RankValue(layout, rank), or plan every rank with workbench.plan_save.",
         )
     return obj
 

@@ -6,7 +6,7 @@
 ``BytesIOWriteData``, ``TensorWriteData``, ``WriteItem``, ``ReadItem``, ``SavePlan``, ``LoadPlan``,
 the item-type enums, placements (``Shard`` / ``_StridedShard`` / ``Replicate`` / ``Partial``) and
 lists, tuples and dicts of those. `layout_from_torch` / `local_tensor_from_torch` describe a real
-DTensor, ShardedTensor or Tensor as a workbench `Layout` / `LocalTensor`.
+DTensor, ShardedTensor or Tensor as a workbench `Layout` / `RankValue`.
 
 Lazy imports: torch is imported inside functions only.
 """
@@ -201,7 +201,7 @@ def _idx(i) -> R.MetadataIndex:
 
 def from_torch(obj):
     """The workbench record for a torch record, placement or tensor (a Tensor / DTensor /
-    ShardedTensor becomes a `LocalTensor`); lists, tuples and dicts element-wise; anything else
+    ShardedTensor becomes a `RankValue`); lists, tuples and dicts element-wise; anything else
     unchanged."""
     if isinstance(obj, list):
         return [from_torch(x) for x in obj]
@@ -333,7 +333,7 @@ def layout_from_torch(obj) -> Layout:
 
 
 def local_tensor_from_torch(obj):
-    """A real DTensor / ShardedTensor / Tensor as the `LocalTensor` of the current rank, with
+    """A real DTensor / ShardedTensor / Tensor as the `RankValue` of the current rank, with
     torch's own ``TensorProperties`` (DTensor: of ``to_local()``, ShardedTensor: of its metadata)."""
     require_torch("local_tensor_from_torch (torch.distributed.tensor.DTensor)")
     import numpy as np
@@ -342,7 +342,7 @@ def local_tensor_from_torch(obj):
     from torch.distributed.checkpoint.metadata import TensorProperties
     from torch.distributed.tensor import DTensor
 
-    from ..sharding import LocalTensor
+    from ..sharding import RankValue
 
     layout = layout_from_torch(obj)
     if isinstance(obj, DTensor):
@@ -372,4 +372,4 @@ def local_tensor_from_torch(obj):
     else:
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         props = TensorProperties.create_from_tensor(obj)
-    return LocalTensor(layout, rank, properties_from_torch(props))
+    return RankValue(layout, rank, properties_from_torch(props))

@@ -14,7 +14,8 @@ import pytest
 from workbench import load_metadata
 from workbench.cli import main
 from workbench.planning import plan_load
-from workbench.report import build_report, describe_checkpoint, human_bytes, write_report
+from workbench.formatting import format_bytes
+from workbench.report import build_report, describe_checkpoint, write_report
 
 
 @pytest.fixture(scope="module")
@@ -124,12 +125,19 @@ def test_describe_checkpoint_matches_the_metadata(scenarios):
     assert {f["file"]: f["bytes"] for f in info["files"]} == on_disk
 
 
-def test_human_bytes():
-    assert [human_bytes(n) for n in (0, 1023, 1536, 3 * 2**30, None)] == [
+def test_format_bytes():
+    # binary units, at most three significant digits, never an exponent
+    cases = (0, 1023, 1024, 1536, 5632, 3 * 2**30, 2**20 - 1, 1128840839168, 17.6e9, None)
+    assert [format_bytes(n) for n in cases] == [
         "0 B",
         "1023 B",
+        "1 KiB",
         "1.5 KiB",
-        "3.0 GiB",
+        "5.5 KiB",
+        "3 GiB",
+        "1024 KiB",
+        "1.03 TiB",
+        "16.4 GiB",
         "unknown",
     ]
 

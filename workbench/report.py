@@ -18,6 +18,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .formatting import format_bytes
 from .records import TensorStorageMetadata
 
 __all__ = [
@@ -25,7 +26,6 @@ __all__ = [
     "write_report",
     "figure_data_uri",
     "describe_checkpoint",
-    "human_bytes",
     "shape_text",
 ]
 
@@ -114,18 +114,6 @@ def describe_checkpoint(metadata, chunks=None) -> dict:
         files.values(), key=lambda f: (f["writer"] is None, f["writer"] or 0, str(f["file"]))
     )
     return {"version": metadata.version, "entries": entries, "files": order}
-
-
-def human_bytes(n) -> str:
-    """``1536`` -> ``"1.5 KiB"``; None -> ``"unknown"``."""
-    if n is None:
-        return "unknown"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def shape_text(shape) -> str:
@@ -284,7 +272,7 @@ def _checkpoint_html(layouts, chunks, info) -> list[str]:
                 "shape": shape_text(e["shape"]),
                 "dtype": e["dtype"] or "",
                 "chunks": len(e["chunks"]),
-                "bytes": human_bytes(e["nbytes"]),
+                "bytes": format_bytes(e["nbytes"]),
                 **(
                     {}
                     if layouts is None
@@ -303,7 +291,7 @@ def _checkpoint_html(layouts, chunks, info) -> list[str]:
         f"<p>{len(info['entries'])} entries ({len(tensors)} tensors, "
         f"{len(info['entries']) - len(tensors)} other), "
         f"{sum(len(e['chunks']) for e in tensors)} saved chunks, "
-        f"{human_bytes(sum(e['nbytes'] for e in tensors))} of tensor data in "
+        f"{format_bytes(sum(e['nbytes'] for e in tensors))} of tensor data in "
         f"{len(info['files'])} file(s) written by {len(writers)} rank(s).</p>",
         _frame_html(summary, max_rows=400),
         "<h3>Saved chunks</h3>",

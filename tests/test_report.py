@@ -13,8 +13,8 @@ import pytest
 
 from workbench import load_metadata
 from workbench.cli import main
-from workbench.planning import plan_load
 from workbench.formatting import format_bytes
+from workbench.planning import plan_load
 from workbench.report import build_report, describe_checkpoint, write_report
 
 

@@ -75,9 +75,10 @@ WANTED_COLOR = "#555555"
 # widest glyphs most labels hold, and a line of text takes 1.2 em; padding keeps a label off
 # its tile's edge.
 CHAR_EM = 0.64
-WIDE_EM = 0.84  # "\u2190", "#", "%", "M", "W", "m", "w" (DejaVu Sans: 1716/2048 em and less)
-WIDE_CHARS = frozenset("\u2190#%MWmw")
+WIDE_EM = 0.87  # "\u2190", "#", "w" and capitals (DejaVu Sans: 1716/2048 em and less)
+FULL_EM = 1.0  # "W", "M", "m", "%", "@" and anything past Latin (CJK keys, emoji)
 LINE_EM = 1.2
+DESCENT_EM = 0.15
 LABEL_PAD_PX = 2.0
 # Which labels are placed first (greedy, by priority): the load rank's reads, then its own
 # boxes, then the chunks of the picture, the saved chunks last.
@@ -157,13 +158,23 @@ class LabelBox:
     h: float
 
 
+def _advance(c: str) -> float:
+    """An upper bound of a glyph's advance in DejaVu Sans, in em."""
+    if c == "\u2190" or c == "#" or c == "w" or "A" <= c <= "Z" and c not in "MW":
+        return WIDE_EM
+    if c in "WMm%@" or c > "\u024f":
+        return FULL_EM
+    return CHAR_EM
+
+
 def label_size(text: str, font_px: float) -> tuple[float, float]:
-    """``(width, height)`` in pixels a label of ``text`` takes at ``font_px``, estimated from
-    DejaVu Sans's advances (digits `CHAR_EM`, arrows, ``#`` and capitals `WIDE_EM`); the
-    drawing measures with the renderer's own metrics instead (`place_labels`' ``measure``)."""
+    """``(width, height)`` in pixels a label of ``text`` takes at ``font_px``, an upper bound
+    from DejaVu Sans's advances (`CHAR_EM`, `WIDE_EM`, `FULL_EM`); the drawing measures with
+    the renderer's own metrics instead (`place_labels`' ``measure``)."""
     lines = text.split("\n")
-    widest = max(sum(WIDE_EM if c in WIDE_CHARS else CHAR_EM for c in line) for line in lines)
-    return widest * font_px, len(lines) * LINE_EM * font_px
+    widest = max(sum(map(_advance, line)) for line in lines)
+    # matplotlib adds the last line's descent below the lines' spacing
+    return widest * font_px, (len(lines) * LINE_EM + DESCENT_EM) * font_px
 
 
 def place_labels(

@@ -43,11 +43,11 @@ from .picture_data import (
     Tile,
     TrafficData,
     bytes_per_rank_data,
-    place_labels,
     layout_data,
     layout_panels,
     layout_slabs,
     mesh_data,
+    place_labels,
     reshard_data,
     traffic_data,
 )
@@ -218,9 +218,7 @@ def plot_bytes_per_rank(result, ax=None):
             ],
             axis=1,
         )
-        ax.add_collection(
-            PolyCollection(verts, facecolors=color, edgecolors="none", label=label)
-        )
+        ax.add_collection(PolyCollection(verts, facecolors=color, edgecolors="none", label=label))
     ax.set_xlim(-0.6, len(x) - 0.4)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     # headroom for the legend above the bars, which are often all of one height

@@ -42,9 +42,9 @@ from .records import (
 )
 from .sharding import (
     Layout,
+    RankValue,
     Partial,
     Placement,
-    RankValue,
     Replicate,
     Shard,
     StridedShard,

@@ -11,7 +11,6 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from support import tsm
 
-import workbench as wb
 from workbench.colors import MAX_CATEGORICAL_RANKS, rank_scale_color
 from workbench.geometry import boxes_overlap
 from workbench.picture_data import (
@@ -25,6 +24,7 @@ from workbench.picture_data import (
 from workbench.planning import plan_load, plan_save
 from workbench.plots import plot_bytes_per_rank, plot_layout, plot_reshard, plot_traffic
 from workbench.records import Metadata, MetadataIndex, StorageInfo
+from workbench.sharding import dtensor_layout
 
 O_PROJ = "model.layers.0.self_attn.o_proj.weight"
 
@@ -32,9 +32,9 @@ O_PROJ = "model.layers.0.self_attn.o_proj.weight"
 @pytest.fixture(scope="module")
 def o_proj():
     """The 70B reference's o_proj alone: 8192 x 8192 bf16, S(0) on 64 -> [S(0), S(1)] on 8x8."""
-    save = plan_save({O_PROJ: wb.dtensor_layout((8192, 8192), (64,), "S(0)", "bfloat16")})
+    save = plan_save({O_PROJ: dtensor_layout((8192, 8192), (64,), "S(0)", "bfloat16")})
     load = plan_load(
-        save.metadata, {O_PROJ: wb.dtensor_layout((8192, 8192), (8, 8), "S(0), S(1)", "bfloat16")}
+        save.metadata, {O_PROJ: dtensor_layout((8192, 8192), (8, 8), "S(0), S(1)", "bfloat16")}
     )
     return save, load
 
@@ -84,7 +84,7 @@ def test_label_boxes_of_o_proj_rank_9_never_overlap_full_view_and_zoomed(o_proj)
 
 
 def test_label_boxes_of_a_4096_chunk_tensor_never_overlap():
-    layout = wb.dtensor_layout((4096, 4096), (64, 64), "S(0), S(1)")
+    layout = dtensor_layout((4096, 4096), (64, 64), "S(0), S(1)")
     pic = layout_data(layout, max_labels=4096)
     assert len(pic.tiles) == 4096 and all(t.label for t in pic.tiles)
     full = place_labels(pic, 600, 600)  # tiles of 9 px: no label fits
@@ -153,14 +153,14 @@ def test_drawn_o_proj_rank_9_has_no_overlapping_text(o_proj, zoom):
 
 
 def test_up_to_18_ranks_get_a_legend_more_a_rank_scale():
-    few = layout_data(wb.dtensor_layout((36, 4), (MAX_CATEGORICAL_RANKS,), "S(0)"))
+    few = layout_data(dtensor_layout((36, 4), (MAX_CATEGORICAL_RANKS,), "S(0)"))
     assert few.scale is None and len(few.legend) == MAX_CATEGORICAL_RANKS
-    many = layout_data(wb.dtensor_layout((38, 4), (19,), "S(0)"))
+    many = layout_data(dtensor_layout((38, 4), (19,), "S(0)"))
     assert many.scale is not None and many.scale.n == 19 and many.legend == ()
     assert [t.face for t in many.tiles] == [rank_scale_color(r, 19) for r in range(19)]
     assert many.scale.label == "rank (continuous scale, 19 ranks)"
     assert rank_scale_color(0, 19) == "#440154" and rank_scale_color(18, 19) == "#fde725"
-    ax = plot_layout(wb.dtensor_layout((38, 4), (19,), "S(0)"))
+    ax = plot_layout(dtensor_layout((38, 4), (19,), "S(0)"))
     assert ax.get_legend() is None and ax.child_axes[0].get_ylabel().startswith("rank\n")
 
 

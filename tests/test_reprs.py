@@ -10,10 +10,10 @@ from html.parser import HTMLParser
 import pytest
 from IPython.lib.pretty import pretty
 
-import workbench as wb
 from workbench.diagnosis import Problems, find_checkpoint_problems, find_problems
 from workbench.planning import plan_load, plan_save
 from workbench.reprs import MAX_PROBLEM_ROWS, html_table, svg_bars
+from workbench.sharding import dtensor_layout
 from workbench.version_compare import compare_versions
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -75,9 +75,9 @@ def assert_inert(parsed: Parsed):
 @pytest.fixture(scope="module")
 def o_proj():
     fqn = "model.layers.0.self_attn.o_proj.weight"
-    save = plan_save({fqn: wb.dtensor_layout((8192, 8192), (64,), "S(0)", "bfloat16")})
+    save = plan_save({fqn: dtensor_layout((8192, 8192), (64,), "S(0)", "bfloat16")})
     load = plan_load(
-        save.metadata, {fqn: wb.dtensor_layout((8192, 8192), (8, 8), "S(0), S(1)", "bfloat16")}
+        save.metadata, {fqn: dtensor_layout((8192, 8192), (8, 8), "S(0), S(1)", "bfloat16")}
     )
     return save, load
 
@@ -106,7 +106,7 @@ def test_load_result_shows_verdict_counts_and_bytes_per_rank(o_proj):
 
 
 def test_svg_groups_thousands_of_ranks_by_pixel_column():
-    save = plan_save({"w": wb.dtensor_layout((4096, 8), (4096,), "S(0)")})
+    save = plan_save({"w": dtensor_layout((4096, 8), (4096,), "S(0)")})
     from workbench.picture_data import bytes_per_rank_data
 
     svg = svg_bars(bytes_per_rank_data(save), width=400)
@@ -118,13 +118,13 @@ def _hostile_plans():
     # the checkpoint lacks
     save = plan_save(
         {
-            HOSTILE: wb.dtensor_layout((8, 4), (2,), "S(0)"),
-            SCRIPT: wb.dtensor_layout((4,), (2,), "R"),
+            HOSTILE: dtensor_layout((8, 4), (2,), "S(0)"),
+            SCRIPT: dtensor_layout((4,), (2,), "R"),
         }
     )
     target = {
-        HOSTILE: wb.dtensor_layout((8, 6), (2,), "S(0)"),
-        f"{SCRIPT}.extra": wb.dtensor_layout((4,), (2,), "R"),
+        HOSTILE: dtensor_layout((8, 6), (2,), "S(0)"),
+        f"{SCRIPT}.extra": dtensor_layout((4,), (2,), "R"),
     }
     return save, target
 
@@ -162,8 +162,8 @@ def test_problem_lists_are_lists_that_show_a_table_and_escape_keys():
 
 
 def test_long_problem_lists_show_the_first_rows_and_say_so():
-    layouts = {f"k{i}": wb.dtensor_layout((4,), (2,), "S(0)") for i in range(30)}
-    saved = plan_save({"w": wb.dtensor_layout((4,), (2,), "S(0)")}).metadata
+    layouts = {f"k{i}": dtensor_layout((4,), (2,), "S(0)") for i in range(30)}
+    saved = plan_save({"w": dtensor_layout((4,), (2,), "S(0)")}).metadata
     load = plan_load(saved, layouts, allow_partial_load=False)
     page = Parsed(load.problems._repr_html_())
     assert page.names().count("tr") == MAX_PROBLEM_ROWS + 1
@@ -172,7 +172,7 @@ def test_long_problem_lists_show_the_first_rows_and_say_so():
 
 
 def test_save_result_with_torch_failures_escapes_them():
-    save = plan_save({HOSTILE: wb.dtensor_layout((4, 4), (2,), "P")})
+    save = plan_save({HOSTILE: dtensor_layout((4, 4), (2,), "P")})
     page = Parsed(save._repr_html_())
     assert_inert(page)
     assert HOSTILE in page.cells() and "r0-1" in page.cells()
@@ -194,7 +194,7 @@ def test_captured_target_lists_its_entries():
     from workbench.torch_bridge.capture import CapturedTarget
 
     target = CapturedTarget(
-        {HOSTILE: wb.dtensor_layout((8, 4), (2,), "S(0)")},
+        {HOSTILE: dtensor_layout((8, 4), (2,), "S(0)")},
         build=SCRIPT,
         world_size=2,
         ranks_run=(0,),

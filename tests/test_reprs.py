@@ -30,8 +30,7 @@ ALLOWED = {
     "title",
     "rect",
     "line",
-    "text",
-    "tspan",
+    "span",
 }
 
 
@@ -89,20 +88,22 @@ def test_load_result_shows_verdict_counts_and_bytes_per_rank(o_proj):
     assert page.text.startswith("LoadPlanResult: 64 ranks, torch 2.13 semantics OK")
     # each rank loads its 8 saved row blocks (2 MiB each) whole and keeps 1/8 of each
     assert (
-        "1 entries · 512 read items · 64 of 64 files read · 1 GiB loaded for 128 MiB needed (8.0x)"
+        "1 entry · 512 read items · 64 of 64 files read · 1 GiB loaded for 128 MiB needed (8.0x)"
         in page.text
     )
     # one bar per rank per quantity, the title naming both quantities in human units
     assert page.names().count("rect") == 128
     assert "load: 1 GiB loaded, 128 MiB needed, 8.0x what is needed" in page.text
     assert repr(load) == (
-        "LoadPlanResult(1 entries, world_size=64, 0 failures, allow_partial_load=False, "
+        "LoadPlanResult(entries=1, world_size=64, failures=0, allow_partial_load=False, "
         "torch_version='2.13')"
     )
     page = Parsed(save._repr_html_())
     assert_inert(page)
     assert "128 MiB written by 64 of 64 ranks" in page.text
-    assert repr(save).startswith("SavePlanResult(1 entries, world_size=64, 134217728 bytes")
+    assert repr(save).startswith(
+        "SavePlanResult(entries=1, world_size=64, bytes_written=134217728,"
+    )
 
 
 def test_svg_groups_thousands_of_ranks_by_pixel_column():
@@ -187,7 +188,7 @@ def test_version_comparison_shows_what_changes():
     # 2.5 plans the size mismatch as a silent read; 2.13 raises: problems change on both ranks
     assert "2.5 -> 2.13" in page.cells()
     assert any(HOSTILE in c for c in page.cells())
-    assert repr(comp).startswith("VersionComparison(versions=('2.5', '2.13'), 2 of 2")
+    assert repr(comp).startswith("VersionComparison(versions=('2.5', '2.13'), changed=2 of 2")
 
 
 def test_captured_target_lists_its_entries():
@@ -203,7 +204,7 @@ def test_captured_target_lists_its_entries():
     )
     page = Parsed(target._repr_html_())
     assert_inert(page)
-    assert page.text.startswith("CapturedTarget: 1 entries build " + SCRIPT)
+    assert page.text.startswith("CapturedTarget: 1 entry build " + SCRIPT)
     assert HOSTILE in page.cells()
 
 
@@ -225,7 +226,7 @@ def test_checkpoint_shows_entries_files_and_damage(tmp_path):
     assert "missing files: __0_0.distcp" in page.text
     assert "missing_file" in page.cells()
     assert repr(ck) == (
-        f"Checkpoint({str(tmp_path)!r}, format='dcp', 2 entries, 2 chunks, 1 files, 1 missing)"
+        f"Checkpoint({str(tmp_path)!r}, format='dcp', entries=2, chunks=2, files=1, missing_files=1)"
     )
 
 

@@ -130,8 +130,8 @@ class Checkpoint:
         # the chunks of a whole model are thousands of records: the plain text is a summary
         return (
             f"Checkpoint({self.path!r}, format={self.format!r}, "
-            f"{len(self.metadata.state_dict_metadata)} entries, {len(self.chunks)} chunks, "
-            f"{len(self.file_sizes)} files, {len(self.missing_files)} missing)"
+            f"entries={len(self.metadata.state_dict_metadata)}, chunks={len(self.chunks)}, "
+            f"files={len(self.file_sizes)}, missing_files={len(self.missing_files)})"
         )
 
     def _repr_html_(self) -> str:

@@ -64,9 +64,13 @@ __all__ = [
     "traffic_data",
     "bytes_per_rank_data",
     "MAX_PANELS",
+    "MAX_LABELS",
 ]
 
 MAX_PANELS = 16  # small multiples beyond this are left out (and said so in a note)
+# Tiles given a label text, per layer; `place_labels` then draws only those that fit, so this
+# bounds the cost of the text objects, not the clutter (64: an 8 x 8 mesh's chunks)
+MAX_LABELS = 64
 MAX_NOTE_ITEMS = 8  # chunks / regions named in one note line before "... (+n more)"
 UNCOVERED_COLOR = "#d62728"
 HELD_COLOR = "#2ca02c"
@@ -193,8 +197,9 @@ def place_labels(
     Greedy by priority (`LABEL_PRIORITY`: the load rank's reads first, the saved chunks last;
     drawing order within a kind): a label goes at its tile's visible centre (a ``corner`` label
     at its top left), padded by `LABEL_PAD_PX`; when the whole text does not fit inside the
-    visible part of its tile, its first line is tried; a label that still does not fit, or whose
-    box overlaps one already placed, is left out. So no two drawn labels overlap and none spills
+    visible part of its tile, its first line is tried; a label that still does not fit, whose
+    box overlaps one already placed, or that lies on a tile of another kind already labelled
+    (the rank's box under its lit reads), is left out. So no two drawn labels overlap and none spills
     out of its tile, at any size and zoom. ``measure(text)`` gives a label's ``(width,
     height)`` in pixels (default `label_size` at ``font_px``; a renderer's metrics when drawing).
     """
@@ -208,8 +213,19 @@ def place_labels(
     )
     pad = LABEL_PAD_PX
     placed: list[LabelBox] = []
-    cell = 64.0  # a uniform grid of placed boxes: each new box is tested against its neighbours
-    grid: dict[tuple[int, int], list[LabelBox]] = {}
+    # what a new label must not overlap: the labels placed (kind None: any label) and the tiles
+    # they name (their kind: labels of other kinds, e.g. the rank's box behind its lit reads),
+    # in a uniform grid of 64 px cells, so each box is tested against its neighbours only
+    cell = 64.0
+    grid: dict[tuple[int, int], list[tuple[float, float, float, float, str | None]]] = {}
+
+    def cells(x, y, w, h):
+        return [
+            (cx, cy)
+            for cx in range(int(x // cell), int((x + w) // cell) + 1)
+            for cy in range(int(y // cell), int((y + h) // cell) + 1)
+        ]
+
     for i in order:
         t = picture.tiles[i]
         # the tile's visible part, in pixels from the view's top left
@@ -226,18 +242,17 @@ def place_labels(
                 bx, by = left + pad, top + pad
             else:
                 bx, by = (left + right - w) / 2, (top + bottom - h) / 2
-            cells = [
-                (cx, cy)
-                for cx in range(int(bx // cell), int((bx + w) // cell) + 1)
-                for cy in range(int(by // cell), int((by + h) // cell) + 1)
-            ]
-            near = {id(b): b for c in cells for b in grid.get(c, ())}.values()
-            if any(boxes_overlap((bx, by), (w, h), (b.x, b.y), (b.w, b.h)) for b in near):
+            near = {id(o): o for c in cells(bx, by, w, h) for o in grid.get(c, ())}.values()
+            if any(
+                (kind is None or kind != t.kind)
+                and boxes_overlap((bx, by), (w, h), (ox, oy), (ow, oh))
+                for ox, oy, ow, oh, kind in near
+            ):
                 continue
-            box = LabelBox(tile=i, text=text, x=bx, y=by, w=w, h=h)
-            placed.append(box)
-            for c in cells:
-                grid.setdefault(c, []).append(box)
+            placed.append(LabelBox(tile=i, text=text, x=bx, y=by, w=w, h=h))
+            for box in ((bx, by, w, h, None), (left, top, right - left, bottom - top, t.kind)):
+                for c in cells(*box[:4]):
+                    grid.setdefault(c, []).append(box)
             break
     return tuple(placed)
 
@@ -554,7 +569,7 @@ def layout_data(
     *,
     at: dict[int, int] | None = None,
     fqn: str | None = None,
-    max_labels: int = 32,
+    max_labels: int = MAX_LABELS,
 ) -> Picture:
     """Picture data of one tensor's chunks: a `Layout` (coloured by the lowest rank holding each
     box, replicas as one tile listing all their ranks) or a checkpoint entry (a `Metadata` with
@@ -592,7 +607,7 @@ def layout_panels(
     *,
     fqn: str | None = None,
     at=None,
-    max_labels: int = 32,
+    max_labels: int = MAX_LABELS,
     max_panels: int = MAX_PANELS,
 ) -> LayoutPanels:
     """`layout_data` as panels: one picture when the tensor has no other dims or ``at`` fixes
@@ -739,7 +754,7 @@ def reshard_data(
     dims=(0, 1),
     at: dict[int, int] | None = None,
     zoom: bool = False,
-    max_labels: int = 32,
+    max_labels: int = MAX_LABELS,
 ) -> Picture:
     """Picture data of a reshard of ``fqn`` seen from load rank ``rank``.
 

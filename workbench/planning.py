@@ -281,9 +281,9 @@ class SavePlanResult:
     def __repr__(self) -> str:
         # every layout of a whole model is pages of text: the plain text is a summary
         return (
-            f"SavePlanResult({len(self.layouts)} entries, world_size={self.world_size}, "
-            f"{int(np.asarray(self.bytes_written).sum())} bytes written, "
-            f"{len(self.errors)} errors, {len(self.failures)} failures, "
+            f"SavePlanResult(entries={len(self.layouts)}, world_size={self.world_size}, "
+            f"bytes_written={int(np.asarray(self.bytes_written).sum())}, "
+            f"errors={len(self.errors)}, failures={len(self.failures)}, "
             f"torch_version={self.torch_version!r}, storage={self.storage!r})"
         )
 
@@ -793,8 +793,8 @@ class LoadPlanResult:
     def __repr__(self) -> str:
         # torch's messages for a whole model's failures are pages: the plain text counts them
         return (
-            f"LoadPlanResult({len(self.layouts)} entries, world_size={self.world_size}, "
-            f"{len(self.failures)} failures, allow_partial_load={self.allow_partial_load}, "
+            f"LoadPlanResult(entries={len(self.layouts)}, world_size={self.world_size}, "
+            f"failures={len(self.failures)}, allow_partial_load={self.allow_partial_load}, "
             f"torch_version={self.torch_version!r})"
         )
 

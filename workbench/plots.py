@@ -37,6 +37,7 @@ from .colors import RANK_SCALE, text_color
 from .errors import LayoutError
 from .formatting import byte_unit, format_bytes
 from .picture_data import (
+    MAX_LABELS,
     MAX_PANELS,
     BarsData,
     Picture,
@@ -82,7 +83,7 @@ def plot_layout(
     *,
     fqn: str | None = None,
     at=None,
-    max_labels: int = 32,
+    max_labels: int = MAX_LABELS,
     max_panels: int = MAX_PANELS,
 ):
     """Draw every rank's chunk of a `Layout` (or a checkpoint entry, see `layout_data`).
@@ -127,7 +128,7 @@ def plot_reshard(
     dims=(0, 1),
     at=None,
     zoom: bool = False,
-    max_labels: int = 32,
+    max_labels: int = MAX_LABELS,
 ):
     """Draw the saved chunks and the destination chunks of ``fqn`` on one grid, ``rank``'s read
     items lit and numbered in DCP's order (see `reshard_data`); returns the Axes."""

@@ -68,6 +68,11 @@ def _box(title: str, parts: Iterable[str]) -> str:
     return f'<div style="{_STYLE}"><div><b>{title}</b></div>{"".join(parts)}</div>'
 
 
+def _n(count: int, one: str, many: str | None = None) -> str:
+    """``1 entry`` / ``2 entries``."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
+
+
 def _line(*facts: str) -> str:
     return "<div>" + " &middot; ".join(facts) + "</div>"
 
@@ -76,7 +81,7 @@ def _line(*facts: str) -> str:
 def svg_bars(data, *, width: int = 420, height: int = 90) -> str:
     """A small inline SVG of `picture_data.BarsData` (bytes per rank): one bar per rank, the
     second quantity (bytes needed) as a narrower dark bar in front, a title naming both in
-    human units. Past ``width / 2`` ranks, ranks are grouped by pixel column (the largest value
+    human units, and a caption under it (the rank range, the tallest bar, the colours). Past ``width / 2`` ranks, ranks are grouped by pixel column (the largest value
     of each group drawn), so the SVG stays a few hundred elements at 4096 ranks."""
     n = len(data.ranks)
     top = max(
@@ -106,18 +111,19 @@ def svg_bars(data, *, width: int = 420, height: int = 90) -> str:
                 f'width="{max(bar_w * (1 - 2 * inset) - (0.5 if bar_w > 2 else 0), 0.5):.1f}" '
                 f'height="{h:.1f}" fill="{color}"/>'
             )
-    legend = " / ".join(
-        f'<tspan fill="{color}">&#9632;</tspan> {label}' for _, color, _, label in series
+    legend = " ".join(
+        f'<span style="color: {color}">&#9632;</span> {label}' for _, color, _, label in series
     )
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'role="img" style="display: block; margin: 4px 0">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{plot_h + 1}" '
+        f'role="img" style="display: block; margin: 4px 0 0 0">'
         f"<title>{text(data.title)}</title>"
         + "".join(rects)
         + f'<line x1="0" y1="{plot_h}" x2="{width}" y2="{plot_h}" stroke="#999" '
-        'stroke-width="0.5"/>'
-        f'<text x="0" y="{height - 2}" font-size="10" fill="#555">ranks 0-{n - 1}, '
-        f"tallest {text(format_bytes(top))} &#183; {legend}</text></svg>"
+        'stroke-width="0.5"/></svg>'
+        # the caption as HTML under the picture, where it wraps instead of being cut
+        f'<div style="color: #555; font-size: 11px">ranks 0-{n - 1}, tallest '
+        f"{text(format_bytes(top))} &#183; {legend}</div>"
     )
 
 
@@ -189,8 +195,8 @@ def load_result_html(result) -> str:
     parts = [
         _verdict(problems),
         _line(
-            f"{len(result.layouts)} entries",
-            f"{int(io.reads.sum())} read items",
+            _n(len(result.layouts), "entry", "entries"),
+            _n(int(io.reads.sum()), "read item"),
             f"{sum(1 for f in io.files if io.readers[f])} of {len(io.files)} files read",
             f"{text(format_bytes(loaded))} loaded for {text(format_bytes(needed))} needed{ratio}",
         ),
@@ -210,7 +216,7 @@ def save_result_html(result) -> str:
     written = np.asarray(result.bytes_written)
     parts = [
         _line(
-            f"{len(result.layouts)} entries",
+            _n(len(result.layouts), "entry", "entries"),
             f"{len(result.metadata.state_dict_metadata)} in the metadata",
             f"{text(format_bytes(int(written.sum())))} written by "
             f"{int((written > 0).sum())} of {result.world_size} ranks",
@@ -250,8 +256,8 @@ def checkpoint_html(checkpoint) -> str:
     parts = [
         _line(
             f"format {text(checkpoint.format)}",
-            f"{len(md.state_dict_metadata)} entries",
-            f"{len(checkpoint.chunks)} saved chunks",
+            _n(len(md.state_dict_metadata), "entry", "entries"),
+            _n(len(checkpoint.chunks), "saved chunk"),
             f"{len(sizes)} files ({text(format_bytes(on_disk))} on disk)",
             f"{len({w for w in writers if w is not None})} writer ranks",
         )
@@ -376,4 +382,4 @@ def captured_target_html(target) -> str:
     ]
     if len(entries) > MAX_ROWS:
         parts.append(f"<div>first {MAX_ROWS} of {len(entries)} entries</div>")
-    return _box(f"CapturedTarget: {len(entries)} entries", parts)
+    return _box(f"CapturedTarget: {_n(len(entries), 'entry', 'entries')}", parts)

@@ -69,8 +69,8 @@ class VersionComparison:
     def __repr__(self) -> str:
         # one record per (version, rank): the plain text counts the ones that change
         return (
-            f"VersionComparison(versions={self.versions}, {len(self.changed())} of "
-            f"{len(self.changes)} (version, rank) pairs change)"
+            f"VersionComparison(versions={self.versions}, changed={len(self.changed())} of "
+            f"{len(self.changes)} (version, rank) pairs)"
         )
 
     def _repr_html_(self) -> str:

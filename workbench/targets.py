@@ -381,108 +381,10 @@ def json_target(data, path: str = "<target>") -> dict[str, Layout]:
             path=path,
         )
     for fqn, e in doc.items():
-        bad = sorted(set(e) - _ENTRY_KEYS) if isinstance(e, dict) else None
-        if bad is None or bad or not (e.get("bytes") or "shape" in e):
-            raise PlanError(
-                fqn,
-                f"target entry {brief(e, 80)} is not understood"
-                + (f" (unknown keys {bad})" if bad else ""),
-                "{shape, dtype, mesh, placements} or {bytes: true}",
-                "See `workbench plan --help`.",
-                path=path,
-            )
-        if ("mesh" in e) != ("placements" in e):
-            raise PlanError(
-                fqn,
-                "target entry gives one of mesh and placements",
-                "both or neither",
-                "Add the missing one.",
-                path=path,
-            )
-        if ("data_held" in e and "mesh" not in e) or ("chunks" in e and "mesh" in e):
-            raise PlanError(
-                fqn,
-                "target entry gives data_held without a mesh, or chunks with one",
-                "data_held on a DTensor entry, chunks on a ShardedTensor entry",
-                "See `workbench plan --help`.",
-                path=path,
-            )
-        if "mesh_ranks" in e and "mesh" not in e:
-            raise PlanError(
-                fqn,
-                "target entry gives mesh_ranks without a mesh",
-                "mesh_ranks only on a DTensor entry",
-                "Add mesh and placements, or drop mesh_ranks.",
-                path=path,
-            )
+        _check_entry(fqn, e, path)
     try:
-        for fqn, e in doc.items():
-            # rank-sized numbers are bounded before anything is multiplied or allocated by them
-            for key in ("mesh", "ranks", "mesh_ranks", "world_size"):
-                v = e.get(key)
-                vals = v if isinstance(v, list) else [] if v is None else [v]
-                if any(type(x) is not int for x in vals):
-                    raise TypeError(f"{key} {brief(v, 40)} is not an int or a list of ints")
-                if len(vals) > MAX_TARGET_WORLD or any(
-                    not 0 <= x <= MAX_TARGET_WORLD for x in vals
-                ):
-                    raise PlanError(
-                        fqn,
-                        f"target entry's {key} {brief(v, 60)} is out of range",
-                        f"ints from 0 to {MAX_TARGET_WORLD:,} (ranks of one world)",
-                        "See `workbench plan --help`.",
-                        path=path,
-                    )
-        world = max(
-            max(
-                _bounded_prod(e.get("mesh", [1])),
-                int(e.get("world_size", 1)),
-                max(e.get("ranks") or [0]) + 1,
-                max(e.get("mesh_ranks") or [0]) + 1,
-                max((int(r) for r in e.get("chunks") or {}), default=0) + 1,
-            )
-            for e in doc.values()
-        )
-        if not 1 <= world <= MAX_TARGET_WORLD:
-            raise PlanError(
-                "<target>",
-                f"target file {path!r} describes a world of {world:,} ranks",
-                f"1 to {MAX_TARGET_WORLD:,} ranks",
-                "Check mesh, world_size, ranks and mesh_ranks.",
-                path=path,
-            )
-        out = {}
-        for fqn, e in doc.items():
-            holders = dict(ranks=e.get("ranks"), per_rank_values=bool(e.get("per_rank_values")))
-            if e.get("bytes"):
-                out[fqn] = bytes_layout(world, **holders)
-            elif "mesh" in e:
-                out[fqn] = dtensor_layout(
-                    e["shape"],
-                    e["mesh"],
-                    e["placements"],
-                    e.get("dtype", "float32"),
-                    world,
-                    mesh_ranks=e.get("mesh_ranks"),
-                    fqn=fqn,
-                )
-                if "data_held" in e:
-                    held = {
-                        int(r): {int(d): _from_runs(v) for d, v in dims.items()}
-                        for r, dims in e["data_held"].items()
-                    }
-                    out[fqn] = with_data_held(out[fqn], held, fqn=fqn)
-            elif "chunks" in e:
-                chunks = {
-                    int(r): [(tuple(o), tuple(z)) for o, z in cs] for r, cs in e["chunks"].items()
-                }
-                out[fqn] = sharded_layout(
-                    e["shape"], chunks, e.get("dtype", "float32"), world, fqn=fqn
-                )
-            else:
-                out[fqn] = tensor_layout(
-                    e["shape"], world, e.get("dtype", "float32"), fqn=fqn, **holders
-                )
+        world = _target_world(doc, path)
+        return {fqn: _entry_layout(fqn, e, world) for fqn, e in doc.items()}
     except WorkbenchError:
         raise
     except (TypeError, ValueError, AttributeError, OverflowError) as e:  # "4" or 1e999 for an int
@@ -493,4 +395,110 @@ def json_target(data, path: str = "<target>") -> dict[str, Layout]:
             "See `workbench plan --help`.",
             path=path,
         ) from None
-    return out
+
+
+def _check_entry(fqn: str, e, path: str) -> None:
+    """One entry's keys make sense together (values are checked where they are used)."""
+    bad = sorted(set(e) - _ENTRY_KEYS) if isinstance(e, dict) else None
+    if bad is None or bad or not (e.get("bytes") or "shape" in e):
+        raise PlanError(
+            fqn,
+            f"target entry {brief(e, 80)} is not understood"
+            + (f" (unknown keys {bad})" if bad else ""),
+            "{shape, dtype, mesh, placements} or {bytes: true}",
+            "See `workbench plan --help`.",
+            path=path,
+        )
+    if ("mesh" in e) != ("placements" in e):
+        raise PlanError(
+            fqn,
+            "target entry gives one of mesh and placements",
+            "both or neither",
+            "Add the missing one.",
+            path=path,
+        )
+    if ("data_held" in e and "mesh" not in e) or ("chunks" in e and "mesh" in e):
+        raise PlanError(
+            fqn,
+            "target entry gives data_held without a mesh, or chunks with one",
+            "data_held on a DTensor entry, chunks on a ShardedTensor entry",
+            "See `workbench plan --help`.",
+            path=path,
+        )
+    if "mesh_ranks" in e and "mesh" not in e:
+        raise PlanError(
+            fqn,
+            "target entry gives mesh_ranks without a mesh",
+            "mesh_ranks only on a DTensor entry",
+            "Add mesh and placements, or drop mesh_ranks.",
+            path=path,
+        )
+
+
+def _target_world(doc: dict, path: str) -> int:
+    """The world size a target describes: the largest mesh, ``world_size``, rank or mesh rank + 1
+    of its entries; every rank-sized number is bounded before anything is sized by it."""
+    for fqn, e in doc.items():
+        # rank-sized numbers are bounded before anything is multiplied or allocated by them
+        for key in ("mesh", "ranks", "mesh_ranks", "world_size"):
+            v = e.get(key)
+            vals = v if isinstance(v, list) else [] if v is None else [v]
+            if any(type(x) is not int for x in vals):
+                raise TypeError(f"{key} {brief(v, 40)} is not an int or a list of ints")
+            if len(vals) > MAX_TARGET_WORLD or any(not 0 <= x <= MAX_TARGET_WORLD for x in vals):
+                raise PlanError(
+                    fqn,
+                    f"target entry's {key} {brief(v, 60)} is out of range",
+                    f"ints from 0 to {MAX_TARGET_WORLD:,} (ranks of one world)",
+                    "See `workbench plan --help`.",
+                    path=path,
+                )
+    world = max(
+        max(
+            _bounded_prod(e.get("mesh", [1])),
+            int(e.get("world_size", 1)),
+            max(e.get("ranks") or [0]) + 1,
+            max(e.get("mesh_ranks") or [0]) + 1,
+            max((int(r) for r in e.get("chunks") or {}), default=0) + 1,
+        )
+        for e in doc.values()
+    )
+    if not 1 <= world <= MAX_TARGET_WORLD:
+        raise PlanError(
+            "<target>",
+            f"target file {path!r} describes a world of {world:,} ranks",
+            f"1 to {MAX_TARGET_WORLD:,} ranks",
+            "Check mesh, world_size, ranks and mesh_ranks.",
+            path=path,
+        )
+    return world
+
+
+def _entry_layout(fqn: str, e: dict, world: int) -> Layout:
+    """One checked entry as the `Layout` it describes, on ``world`` ranks."""
+
+    holders = dict(ranks=e.get("ranks"), per_rank_values=bool(e.get("per_rank_values")))
+    dtype = e.get("dtype", "float32")
+    if e.get("bytes"):
+        return bytes_layout(world, **holders)
+    if "chunks" in e:
+        chunks = {int(r): [(tuple(o), tuple(z)) for o, z in cs] for r, cs in e["chunks"].items()}
+        return sharded_layout(e["shape"], chunks, dtype, world, fqn=fqn)
+    if "mesh" not in e:
+        return tensor_layout(e["shape"], world, dtype, fqn=fqn, **holders)
+    layout = dtensor_layout(
+        e["shape"],
+        e["mesh"],
+        e["placements"],
+        dtype,
+        world,
+        mesh_ranks=e.get("mesh_ranks"),
+        fqn=fqn,
+    )
+    if "data_held" not in e:
+        return layout
+    held = {
+        int(r): {int(d): _from_runs(v) for d, v in dims.items()}
+        for r, dims in e["data_held"].items()
+    }
+    return with_data_held(layout, held, fqn=fqn)

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 
 from workbench import load_metadata
+from workbench.checkpoint import describe_checkpoint
 from workbench.cli import main
 from workbench.formatting import format_bytes
 from workbench.planning import plan_load
-from workbench.report import build_report, describe_checkpoint, write_report
+from workbench.report import build_report, write_report
 from workbench.sharding import dtensor_layout
 
 

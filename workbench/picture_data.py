@@ -48,6 +48,7 @@ from .sources import as_record
 
 __all__ = [
     "Tile",
+    "box_fields",
     "Picture",
     "RankScale",
     "LabelBox",

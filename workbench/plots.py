@@ -23,6 +23,13 @@ from itertools import repeat
 from operator import attrgetter, ne
 
 import numpy as np
+
+from .errors import missing_extra
+
+try:
+    import matplotlib  # noqa: F401 - the pictures' one optional library, checked once here
+except ImportError as e:
+    raise missing_extra(e, "lab", "workbench.plots") from None
 from matplotlib import colormaps
 from matplotlib.artist import Artist
 from matplotlib.cm import ScalarMappable
@@ -39,14 +46,9 @@ from .formatting import byte_unit, format_bytes
 from .picture_data import (
     MAX_LABELS,
     MAX_PANELS,
-    BarsData,
     Picture,
-    Tile,
-    TrafficData,
     bytes_per_rank_data,
-    layout_data,
     layout_panels,
-    layout_slabs,
     mesh_data,
     place_labels,
     reshard_data,
@@ -54,16 +56,6 @@ from .picture_data import (
 )
 
 __all__ = [
-    "Tile",
-    "Picture",
-    "BarsData",
-    "TrafficData",
-    "layout_data",
-    "layout_slabs",
-    "reshard_data",
-    "mesh_data",
-    "traffic_data",
-    "bytes_per_rank_data",
     "draw_picture",
     "picture_png",
     "plot_layout",

@@ -29,23 +29,25 @@ from workbench.colors import (
 from workbench.errors import LayoutError, MetadataError, PlanError
 from workbench.formatting import format_ranks
 from workbench.geometry import Chunk
-from workbench.planning import plan_load, plan_save
-from workbench.plots import (
-    RASTER_MIN,
+from workbench.picture_data import (
     Picture,
     bytes_per_rank_data,
-    draw_picture,
     layout_data,
     layout_slabs,
     mesh_data,
+    reshard_data,
+    traffic_data,
+)
+from workbench.planning import plan_load, plan_save
+from workbench.plots import (
+    RASTER_MIN,
+    draw_picture,
     picture_png,
     plot_bytes_per_rank,
     plot_layout,
     plot_mesh,
     plot_reshard,
     plot_traffic,
-    reshard_data,
-    traffic_data,
 )
 from workbench.records import (
     BytesStorageMetadata,
@@ -555,13 +557,14 @@ def test_reshard_layers_are_computed_once_and_never_stale():
 
 # ----------------------------------------------------------------------------- torch inputs
 def test_pictures_accept_torch_metadata():
-    from workbench import plots
     from workbench.torch_bridge import to_torch
 
     save = wb.plan_save({"w": wb.dtensor_layout((8, 4), (2,), "S(0)")})
     tmd = to_torch(save.metadata)
-    ours = plots.layout_data(save.metadata, fqn="w")
-    theirs = plots.layout_data(tmd, fqn="w")
+    ours = picture_data.layout_data(save.metadata, fqn="w")
+    theirs = picture_data.layout_data(tmd, fqn="w")
     assert theirs == ours and len([t for t in ours.tiles if t.kind == "chunk"]) == 2
-    pic = plots.reshard_data(tmd, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1)
-    assert pic == plots.reshard_data(save.metadata, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1)
+    pic = picture_data.reshard_data(tmd, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1)
+    assert pic == picture_data.reshard_data(
+        save.metadata, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1
+    )

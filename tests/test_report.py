@@ -164,7 +164,8 @@ def test_cli_report_to_a_missing_directory_is_exit_2(scenarios, tmp_path, capsys
 
 def test_hostile_key_names_are_escaped():
     """Keys come from a stranger's .metadata: a key that is markup must stay text."""
-    from workbench import Chunk, Metadata, TensorProperties, TensorStorageMetadata
+    from workbench.geometry import Chunk
+    from workbench.records import Metadata, TensorProperties, TensorStorageMetadata
 
     evil = '<img src=x onerror="alert(1)">'
     md = Metadata(

@@ -340,7 +340,15 @@ def chunk_scene(
             files.append(name)
         w = writer_of_file(name)
         writers[i] = -1 if w is None else w
-        facts[i] = (fid, info.offset, info.length)
+        facts[i] = (
+            fid,
+            np.nan if info.offset is None else info.offset,
+            np.nan if info.length is None else info.length,
+        )
+    # bytes of a chunk whose storage records no length (a planned save): its elements' bytes
+    missing = np.isnan(facts[:, 2])
+    if missing.any():
+        facts[missing, 2] = np.prod(sizes[missing], axis=1) * tsm.properties.element_size
     n_writers = int(writers.max()) + 1 if len(writers) and writers.max() >= 0 else 0
     keep, rects = _rects(offs, sizes, row, col, at)
     idx = np.flatnonzero(keep)
@@ -385,14 +393,16 @@ def chunk_scene(
                 None,
                 np.concatenate([wo_a, ws_a], axis=1)[keep_w],
             )
-        # the rank's read items, DCP's order
-        items = [it for it in load.plans[rank].items if it.dest_index.fqn == fqn]
-        if items:
-            dc = [it.dest_chunk for it in items]
+        # the rank's read items, numbered by their place in the rank's LoadPlan (the tables'
+        # ``order``, 0-based)
+        pairs = [(k, it) for k, it in enumerate(load.plans[rank].items) if it.dest_index.fqn == fqn]
+        if pairs:
+            dc = [it.dest_chunk for _, it in pairs]
             do, ds = _boxes_of(dc, nd)
             keep_r, rects_r = _rects(do, ds, row, col, at)
-            order = np.flatnonzero(keep_r)
-            src = np.array([it.storage_index.index for it in items], np.int64)[order]
+            kept = np.flatnonzero(keep_r)
+            order = np.array([pairs[j][0] for j in kept.tolist()], np.int64)
+            src = np.array([it.storage_index.index for _, it in pairs], np.int64)[kept]
             first_read = b.add(
                 "read",
                 rects_r,
@@ -402,8 +412,8 @@ def chunk_scene(
                 facts[src],
                 np.concatenate([do, ds], axis=1)[keep_r],
             )
-            for j, (k, s) in enumerate(zip(order.tolist(), src.tolist())):
-                b.label(first_read + j, f"{k}\u2190#{s}", 3)
+            for j, (k, s_) in enumerate(zip(order.tolist(), src.tolist())):
+                b.label(first_read + j, f"{k}\u2190#{s_}", 3)
     if picture is not None:
         for kind in ("uncovered", "held"):
             ts = picture.of_kind(kind)
@@ -439,7 +449,8 @@ def chunk_scene(
         legend["entries"] += [
             ["wanted by other ranks (click: that rank)", None, "#555555", None],
             [f"rank {rank}'s chunk", None, "#000000", None],
-            [f"rank {rank}'s reads", HIGHLIGHT_COLOR, "#000000", None],
+            [f"rank {rank}'s reads (writer's colour)", None, "#000000", None],
+            ["lit read", HIGHLIGHT_COLOR, "#000000", None],
         ]
     notes = list(picture.notes) if picture is not None else []
     if reads is not None and len(reads) > MAX_READ_ROWS:
@@ -680,8 +691,8 @@ def model_scene(data: ModelMapData, *, color_by: str = "problem") -> Scene:
             lines.append(f"{data.problems[i]} problem(s), worst: {data.worst[i]}")
         lines.append("click: open its chunk canvas")
         tips.append(lines)
-        short = k.rsplit(".", 2)
-        b.label(i, ".".join(short[-2:]) if len(short) > 2 else k, int(math.log2(sizes[i] + 1)))
+        parts = [p for p in k.split(".") if p not in ("weight", "bias")] or [k]
+        b.label(i, parts[-1], int(math.log2(sizes[i] + 1)))
     return b.scene(
         dict(
             title=f"the whole model: {len(data.fqns)} entries in {len(names)} groups, "

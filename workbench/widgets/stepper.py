@@ -112,8 +112,9 @@ class ReadOrderStepper(Explorer):
 
     def _on_canvas_highlight(self, change) -> None:
         """A read tile or a table row clicked in the page: the step follows."""
-        if 0 <= change["new"] <= self.step.max and change["new"] != self.step.value:
-            self.step.value = change["new"]
+        orders = getattr(self, "_orders", [])
+        if change["new"] in orders and orders.index(change["new"]) != self.step.value:
+            self.step.value = orders.index(change["new"])
 
     def _on_canvas_rank(self, change) -> None:
         if change["new"] in self.rank.options and change["new"] != self.rank.value:
@@ -145,4 +146,6 @@ class ReadOrderStepper(Explorer):
                 selected_rank=r.rank,
             )
             self._scene_rank = r.rank
-        self.canvas.highlight = r.step if r.n else -1
+        # the canvas numbers reads by their place in the rank's LoadPlan (the table's order)
+        self._orders = [int(o) for o in r.reads["order"]] if r.n else []
+        self.canvas.highlight = self._orders[r.step] if r.n else -1

@@ -731,7 +731,8 @@ class CanvasView {
     const file = () => {
       const f = s.facts[3 * i], off = s.facts[3 * i + 1], len = s.facts[3 * i + 2];
       if (!isFinite(f)) return null;
-      return `file ${m.files[f]}, bytes [${off}, ${off + len}) (${humanBytes(len)})`;
+      const range = isFinite(off) ? `bytes [${off}, ${off + len})` : "offset not recorded";
+      return `file ${m.files[f]}, ${range} (${humanBytes(len)})`;
     };
     const elems = () => { let p = 1; for (let d = 0; d < nd; d++) p *= s.extents[i * 2 * nd + nd + d]; return p; };
     if (kind === "saved") {

@@ -930,6 +930,7 @@ class CanvasView {
         return [c.left + (x0 + x1) / 2, c.top + (y0 + y1) / 2];
       },
       tooltip(i) { return self.tooltipLines(i, []); },
+      meta() { return self.scene ? self.scene.meta : {}; },
       fit() { self.fit(); self.draw(); },
       zoomToRank() { self.zoomToRank(); self.draw(); },
       setView(x0, y0, x1, y1) { self.setView(x0, y0, x1, y1, false); self.draw(); },

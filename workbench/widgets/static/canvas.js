@@ -107,6 +107,7 @@ class Scene {
       const r = mix(c >>> 24), g = mix((c >>> 16) & 255), b = mix((c >>> 8) & 255);
       this.abgr[i] = ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0;
     }
+    this.seam = this.styles.map((st) => st.edge === "#ffffff");
     this.kindCode = {};
     this.styles.forEach((s, k) => (this.kindCode[s.name] = k));
     this.buildIndex();
@@ -443,7 +444,7 @@ class CanvasView {
   }
 
   fillPixels(px, W, H, v, sx, sy, dpr, yflip, collect) {
-    const s = this.scene, B = s.boxes, C = s.abgr, n = s.n;
+    const s = this.scene, B = s.boxes, C = s.abgr, n = s.n, K = s.kinds, seam = s.seam;
     const left = v.x0, top = v.y0, y1v = v.y1;
     const kx = sx * dpr, ky = sy * dpr;
     for (let i = 0; i < n; i++) {
@@ -459,6 +460,9 @@ class CanvasView {
       let ix0 = Math.round(X0), ix1 = Math.round(X1), iy0 = Math.round(Y0), iy1 = Math.round(Y1);
       if (ix1 <= ix0) ix1 = ix0 + 1;
       if (iy1 <= iy0) iy1 = iy0 + 1;
+      // a white seam between neighbouring tiles big enough to show one: drawn by leaving the
+      // last pixel column and row unfilled, no stroke needed
+      if (seam[K[i]]) { if (ix1 - ix0 >= 5) ix1--; if (iy1 - iy0 >= 5) iy1--; }
       if (ix0 < 0) ix0 = 0;
       if (iy0 < 0) iy0 = 0;
       if (ix1 > W) ix1 = W;
@@ -488,7 +492,7 @@ class CanvasView {
       const k = s.kinds[i];
       counted++;
       if (hatchK[k] && w >= 2 && h >= 2) hatches.push(i);
-      if (w >= minpx[k] && h >= minpx[k] && strokes[k].length < 40000) strokes[k].push(i);
+      if (w >= minpx[k] && h >= minpx[k] && !s.seam[k] && strokes[k].length < 20000) strokes[k].push(i);
       if (w >= 12 * dpr && h >= 8 * dpr && visible.length < 50000) visible.push(i);
     });
     ctx.setTransform(1, 0, 0, 1, 0, 0);
@@ -505,7 +509,7 @@ class CanvasView {
       ctx.fillRect(r.x, r.y, r.w, r.h);
     }
     s.styles.forEach((st, k) => {
-      if (!st.edge || !strokes[k].length) return;
+      if (!st.edge || s.seam[k] || !strokes[k].length) return;
       ctx.beginPath();
       for (const i of strokes[k]) {
         const r = this.tileRect(i);

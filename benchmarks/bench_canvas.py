@@ -78,9 +78,15 @@ def frame_times(browser, n_tiles: int, frames: int) -> list[float]:
 
 
 def round_trip(browser, repeats: int) -> list[float]:
+    import os
+    import secrets
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
     import nbformat
-    from test_browser import EXPLORER, _open_and_run_all, _stop, _wait_ready, Server  # noqa: I001
-    import os, secrets, shutil, socket, subprocess, tempfile  # noqa: E401
+    from test_browser import EXPLORER, Server, _open_and_run_all, _stop, _wait_ready
 
     tmp = Path(tempfile.mkdtemp(prefix="wb-bench-"))
     root = tmp / "notebooks"

@@ -722,9 +722,7 @@ def test_whole_save_matches_torch(layouts, lowest):
     global plan and validation, against the same steps on RankValues."""
     ws = next(iter(layouts.values())).world_size
     ours = [
-        H.create_default_local_save_plan(
-            {k: H.RankValue(L, r) for k, L in layouts.items()}, r == 0
-        )
+        H.create_default_local_save_plan({k: H.RankValue(L, r) for k, L in layouts.items()}, r == 0)
         for r in range(ws)
     ]
     theirs = []

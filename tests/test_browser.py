@@ -289,7 +289,7 @@ def test_tour_runs_and_explorer_reacts_to_the_page(lab, page):
         src0 = page.locator(PICTURE).first.get_attribute("data-scene")
         assert src0 and int(src0) >= 1
         reads0 = page.locator(READS).first.inner_text()
-        assert "dest_offsets" in reads0 and "[0:4, 0:4]" in reads0
+        assert "dest_region" in reads0 and "[0:4, 0:4]" in reads0
         assert "strided_misdescribed" in page.locator(PROBLEMS).first.inner_text()
         assert page.locator(MESSAGE).first.inner_text().strip() == ""
         SHOT_DIR.mkdir(parents=True, exist_ok=True)

@@ -223,7 +223,8 @@ def screenshot_on_error(page, name: str):
 
 def _open_and_run_all(page, lab: Server, notebook: str = NOTEBOOK, front: str = "lab") -> None:
     if front == "lab":
-        page.goto(f"{lab.url}/lab/tree/{notebook}?token={lab.token}")
+        # ?reset: a fresh workspace, so no tab of an earlier test (and its kernel) is restored
+        page.goto(f"{lab.url}/lab/tree/{notebook}?token={lab.token}&reset")
         page.wait_for_selector(".jp-NotebookPanel .jp-Cell")
         # The kernel is really connected only when the status bar reads "<kernel> | Idle"; the
         # toolbar's execution indicator says idle before the session exists and a Run All

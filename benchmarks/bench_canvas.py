@@ -69,7 +69,7 @@ def frame_times(browser, n_tiles: int, frames: int) -> list[float]:
 
     page.route(f"{BASE}/**", serve)
     page.goto(f"{BASE}/index.html")
-    page.wait_for_function("window.wbReady === true", timeout=120_000)
+    page.wait_for_function("window.wbReady === true", timeout=600_000)
     ms = page.evaluate(
         "n => document.getElementById('root').__wb.bench(n)", frames
     )  # pans + redraws

@@ -12,6 +12,7 @@
 const M = { left: 70, right: 14, top: 8, bottom: 42 };
 const FONT = "11px sans-serif";
 const LINE = 13;
+const AGGREGATE = 250000; // tiles in view past which a frame copies the aggregated raster
 
 function view(dv, Ctor) {
   if (!dv) return new Ctor(0);
@@ -233,6 +234,7 @@ class CanvasView {
     this.error.textContent = this.model.get("error") || "";
     this.renderTable();
     this.thumb = null;
+    this.agg = null;
     const v = this.model.get("view");
     this.resize();
     if (v && v.length === 4 && this.keepView) this.setView(v[0], v[1], v[2], v[3], false);
@@ -467,14 +469,63 @@ class CanvasView {
       if (iy0 < 0) iy0 = 0;
       if (ix1 > W) ix1 = W;
       if (iy1 > H) iy1 = H;
-      for (let r = iy0; r < iy1; r++) px.fill(c, r * W + ix0, r * W + ix1);
+      if (ix1 - ix0 <= 8) {
+        // a small tile: plain stores beat TypedArray.fill's call overhead
+        for (let r = iy0; r < iy1; r++) for (let p = r * W + ix0, e = r * W + ix1; p < e; p++) px[p] = c;
+      } else {
+        for (let r = iy0; r < iy1; r++) px.fill(c, r * W + ix0, r * W + ix1);
+      }
     }
+  }
+
+  aggregate() {
+    // 10^5+ tiles seen at once: one raster of the whole extent (each pixel the last tile drawn
+    // on it), built once per scene; frames then copy the viewed part of it
+    if (this.agg) return this.agg;
+    const s = this.scene, k = Math.min(2048 / s.width, 2048 / s.height);
+    const w = Math.max(1, Math.round(s.width * k)), h = Math.max(1, Math.round(s.height * k));
+    const c = document.createElement("canvas");
+    c.width = w; c.height = h;
+    const g = c.getContext("2d"), img = g.createImageData(w, h), px = new Uint32Array(img.data.buffer);
+    px.fill(0xffffffff);
+    this.fillPixels(px, w, h, { x0: 0, y0: 0, x1: s.width, y1: s.height }, w / s.width, h / s.height, 1, !!s.meta.yflip, null);
+    g.putImageData(img, 0, 0);
+    this.agg = { canvas: c, kx: w / s.width, ky: h / s.height };
+    return this.agg;
+  }
+
+  drawAggregated() {
+    const s = this.scene, ctx = this.ctx, v = this.view, a = this.aggregate();
+    const x0 = Math.max(v.x0, 0), x1 = Math.min(v.x1, s.width), y0 = Math.max(v.y0, 0), y1 = Math.min(v.y1, s.height);
+    ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
+    ctx.clearRect(0, 0, this.cssW, this.cssH);
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(this.m.left, this.m.top, this.pw, this.ph);
+    if (x1 > x0 && y1 > y0) {
+      ctx.imageSmoothingEnabled = false;
+      const dy0 = s.meta.yflip ? this.toY(y1) : this.toY(y0), dy1 = s.meta.yflip ? this.toY(y0) : this.toY(y1);
+      const sy0 = s.meta.yflip ? (s.height - y1) * a.ky : y0 * a.ky;
+      ctx.drawImage(a.canvas, x0 * a.kx, sy0, (x1 - x0) * a.kx, (y1 - y0) * a.ky,
+        this.toX(x0), dy0, this.toX(x1) - this.toX(x0), dy1 - dy0);
+    }
+    this.placed = [];
+    this.lit = [];
   }
 
   draw() {
     if (!this.scene || !this.view) return;
     const t0 = performance.now();
     const s = this.scene, ctx = this.ctx, dpr = this.dpr, v = this.view;
+    // tiles in view, assuming them spread evenly: past AGGREGATE, draw the aggregated raster
+    const seen = Math.max(0, Math.min(v.x1, s.width) - Math.max(v.x0, 0)) * Math.max(0, Math.min(v.y1, s.height) - Math.max(v.y0, 0));
+    const estimate = s.n * seen / (s.width * s.height);
+    if (s.n > AGGREGATE && estimate > AGGREGATE) {
+      this.drawAggregated();
+      this.drawAxes();
+      this.drawMinimap();
+      this.finish(t0, Math.round(estimate), true);
+      return;
+    }
     const W = Math.max(1, Math.round(this.pw * dpr)), H = Math.max(1, Math.round(this.ph * dpr));
     if (!this.img || this.img.width !== W || this.img.height !== H) {
       this.img = ctx.createImageData(W, H);
@@ -542,15 +593,21 @@ class CanvasView {
     ctx.restore();
     this.drawAxes();
     this.drawMinimap();
+    this.finish(t0, counted, false);
+  }
+
+  finish(t0, counted, aggregated) {
+    const s = this.scene, v = this.view;
     const ms = performance.now() - t0;
     this.frames.push(ms);
     if (this.frames.length > 240) this.frames.shift();
     this.root.dataset.frameMs = ms.toFixed(2);
+    this.root.dataset.aggregated = String(aggregated);
     this.root.dataset.labels = String(this.placed.length);
     this.root.dataset.visibleTiles = String(counted);
     const z = Math.max(s.width / (v.x1 - v.x0), s.height / (v.y1 - v.y0));
     this.status.textContent = s.meta.mode === "chunks"
-      ? `view rows ${Math.max(0, Math.floor(v.y0))}:${Math.min(s.height, Math.ceil(v.y1))}, cols ${Math.max(0, Math.floor(v.x0))}:${Math.min(s.width, Math.ceil(v.x1))}  zoom ${z.toFixed(z < 10 ? 2 : 0)}x  ${counted} of ${s.n} tiles  ${ms.toFixed(1)} ms`
+      ? `view rows ${Math.max(0, Math.floor(v.y0))}:${Math.min(s.height, Math.ceil(v.y1))}, cols ${Math.max(0, Math.floor(v.x0))}:${Math.min(s.width, Math.ceil(v.x1))}  zoom ${z.toFixed(z < 10 ? 2 : 0)}x  ${aggregated ? `~${counted} of ${s.n} tiles, aggregated per pixel (zoom in for tiles)` : `${counted} of ${s.n} tiles`}  ${ms.toFixed(1)} ms`
       : `zoom ${z.toFixed(2)}x  ${ms.toFixed(1)} ms`;
   }
 

@@ -44,7 +44,7 @@ def canvas_page(scene: Scene, *, width: int = 1100, height: int = 560, **traits)
     """The HTML of a page drawing ``scene`` (``traits``: highlight=, selected_rank=, ...)."""
     js = (STATIC / "canvas.js").read_text().replace("export default", "const __canvas =")
     state = dict(
-        meta=scene.meta,
+        meta_json=json.dumps(scene.meta),
         scene_id=1,
         height=height,
         selected_rank=scene.meta.get("rank", -1),

@@ -16,6 +16,7 @@ and traitlets only; the scenes come from `workbench.widgets.scenes`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anywidget
@@ -41,7 +42,9 @@ class ChunkCanvas(anywidget.AnyWidget):
     items = T.Bytes(b"").tag(sync=True)
     facts = T.Bytes(b"").tag(sync=True)
     extents = T.Bytes(b"").tag(sync=True)
-    meta = T.Dict().tag(sync=True)
+    # the scene's JSON part as one string: ipywidgets walks dicts and lists item by item looking
+    # for buffers, which costs more than the drawing for thousands of labels
+    meta_json = T.Unicode("{}").tag(sync=True)
     scene_id = T.Int(0).tag(sync=True)
     keep_view = T.Bool(False).tag(sync=True)
     height = T.Int(480).tag(sync=True)
@@ -66,13 +69,18 @@ class ChunkCanvas(anywidget.AnyWidget):
         with self.hold_sync():
             for name, data in scene.buffers().items():
                 setattr(self, name, data)
-            self.meta = scene.meta
+            self.meta_json = json.dumps(scene.meta, separators=(",", ":"))
             self.keep_view = keep_view
             if selected_rank is not None:
                 self.selected_rank = int(selected_rank)
             self.highlight = -1
             self.error = ""
             self.scene_id += 1
+
+    @property
+    def meta(self) -> dict:
+        """The shown scene's JSON part (``{}`` before the first scene)."""
+        return self.scene.meta if self.scene is not None else {}
 
     def clear(self, message: str) -> None:
         """Show no tiles and ``message`` (escaped: the page sets it as text)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -289,6 +290,50 @@ def _boxes_of(chunks, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+_SAVED_CACHE: OrderedDict = OrderedDict()
+
+
+def _saved_facts(metadata, fqn: str, tsm, nd: int):
+    """(offsets, sizes, file names, facts (file #, byte offset, byte length), writers) of the
+    saved chunks of ``fqn``; the last few kept, keyed by the records' identity (a widget
+    stepping through load ranks looks the 4096 storage entries up once)."""
+    storage = storage_data_of(metadata)
+    key = (id(tsm), id(storage), fqn)
+    hit = _SAVED_CACHE.get(key)
+    if hit is not None and hit[0] is tsm and hit[1] is storage:
+        _SAVED_CACHE.move_to_end(key)
+        return hit[2]
+    offs, sizes = _boxes_of(tsm.chunks, nd)
+    infos = chunk_storage(storage, fqn, tsm)
+    files: list[str] = []
+    file_ids: dict[str, int] = {}
+    facts = np.full((len(infos), 3), np.nan)
+    writers = np.full(len(infos), -1, np.int64)
+    for i, info in enumerate(infos):
+        if info is None:
+            continue
+        name = str(info.relative_path)
+        fid = file_ids.setdefault(name, len(file_ids))
+        if fid == len(files):
+            files.append(name)
+        w = writer_of_file(name)
+        writers[i] = -1 if w is None else w
+        facts[i] = (
+            fid,
+            np.nan if info.offset is None else info.offset,
+            np.nan if info.length is None else info.length,
+        )
+    # bytes of a chunk whose storage records no length (a planned save): its elements' bytes
+    missing = np.isnan(facts[:, 2])
+    if missing.any():
+        facts[missing, 2] = np.prod(sizes[missing], axis=1) * tsm.properties.element_size
+    value = (offs, sizes, files, facts, writers)
+    _SAVED_CACHE[key] = (tsm, storage, value)
+    while len(_SAVED_CACHE) > 8:
+        _SAVED_CACHE.popitem(last=False)
+    return value
+
+
 def chunk_scene(
     metadata,
     fqn: str,
@@ -324,31 +369,8 @@ def chunk_scene(
     height = shape[row] if row is not None else 1
     b = _Builder(nd)
 
-    # saved chunks: writer colour, file and byte range
-    offs, sizes = _boxes_of(tsm.chunks, nd)
-    infos = chunk_storage(storage_data_of(metadata), fqn, tsm)
-    files: list[str] = []
-    file_ids: dict[str, int] = {}
-    facts = np.full((len(infos), 3), np.nan)
-    writers = np.full(len(infos), -1, np.int64)
-    for i, info in enumerate(infos):
-        if info is None:
-            continue
-        name = str(info.relative_path)
-        fid = file_ids.setdefault(name, len(file_ids))
-        if fid == len(files):
-            files.append(name)
-        w = writer_of_file(name)
-        writers[i] = -1 if w is None else w
-        facts[i] = (
-            fid,
-            np.nan if info.offset is None else info.offset,
-            np.nan if info.length is None else info.length,
-        )
-    # bytes of a chunk whose storage records no length (a planned save): its elements' bytes
-    missing = np.isnan(facts[:, 2])
-    if missing.any():
-        facts[missing, 2] = np.prod(sizes[missing], axis=1) * tsm.properties.element_size
+    # saved chunks: writer colour, file and byte range (the same for every load rank: cached)
+    offs, sizes, files, facts, writers = _saved_facts(metadata, fqn, tsm, nd)
     n_writers = int(writers.max()) + 1 if len(writers) and writers.max() >= 0 else 0
     keep, rects = _rects(offs, sizes, row, col, at)
     idx = np.flatnonzero(keep)

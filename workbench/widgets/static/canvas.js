@@ -83,7 +83,7 @@ function hatchPattern(ctx, kind, color) {
 
 class Scene {
   constructor(model) {
-    const meta = model.get("meta") || {};
+    const meta = JSON.parse(model.get("meta_json") || "{}");
     this.meta = meta;
     this.boxes = view(model.get("boxes"), Float64Array);
     this.n = Math.floor(this.boxes.length / 4);
@@ -219,6 +219,7 @@ class CanvasView {
 
   // ------------------------------------------------------------------ data
   load() {
+    this.sceneT0 = performance.now();
     try {
       this.scene = new Scene(this.model);
     } catch (err) {
@@ -439,6 +440,8 @@ class CanvasView {
       this.draw();
       if (this.ack) {
         this.ack = false;
+        // from the scene's arrival to its first frame drawn (decode, index, draw)
+        this.root.dataset.sceneMs = (performance.now() - this.sceneT0).toFixed(2);
         this.model.set("drawn", this.model.get("scene_id"));
         this.model.save_changes();
       }

@@ -16,6 +16,7 @@ import workbench as wb
 from workbench import LayoutError, PlacementError, WorkbenchError
 from workbench.colors import HIGHLIGHT_COLOR
 from workbench.geometry import Chunk
+from workbench.targets import parse_ints
 from workbench.widgets import (
     CLASSIC_RESHARDS,
     DEFAULT_CLASSIC,
@@ -23,7 +24,6 @@ from workbench.widgets import (
     ReadOrderStepper,
     ReshardExplorer,
     explore_reshard,
-    parse_ints,
     plan_checkpoint,
     step_read_order,
 )
@@ -383,8 +383,11 @@ def test_plan_checkpoint_targets(llama_save):
     assert by_name.problems == () and by_name.load.world_size == 4
     with pytest.raises(WorkbenchError, match="source is a int"):
         plan_checkpoint(3)
-    with pytest.raises(WorkbenchError, match=r"target \['llama'\] is not understood"):
+    with pytest.raises(WorkbenchError, match=r"target is a list"):
         plan_checkpoint(llama_save, ["llama"])
+    # the CLI's spec strings work too, parsed by workbench.targets
+    by_spec = plan_checkpoint(llama_save, "llama-tiny:fsdp2+tp:dp=2,tp=2")
+    assert by_spec.load.world_size == 4 and list(by_spec.layouts) == list(layouts)
 
 
 # ----------------------------------------------------------------------------- ReadOrderStepper
@@ -454,6 +457,27 @@ def test_checkpoint_explorer_target_controls_replan():
     assert "target mesh '4, x' is not a list of integers" in html.unescape(ex.message.value)
     assert ex.plan.load.world_size == 8
     ex.mesh.value = "2"  # fsdp2+tp needs a 2-d mesh
-    assert "mesh shape (2,) has 1 dims" in html.unescape(ex.message.value)
+    assert "target mesh (2,) has 1 dims (fsdp2+tp's 2: dp, tp)" in html.unescape(ex.message.value)
     ex.recipe.value = "fsdp"
     assert ex.message.value == "" and ex.plan.load.world_size == 2 and ex.rank.value == 1
+
+
+def test_checkpoint_explorer_target_boxes_show_the_target_planned():
+    from workbench.models import apply_recipe, model_state_dict
+
+    sd = model_state_dict("llama", "tiny")
+    save = wb.plan_save(apply_recipe(sd, "fsdp", (4,)))
+    # a dict target: the recipe and mesh boxes claim nothing
+    ex = CheckpointExplorer(save, apply_recipe(sd, "fsdp2+tp", (2, 2)))
+    assert (ex.preset.value, ex.recipe.value, ex.mesh.value) == ("", None, "")
+    assert ex.plan.load.world_size == 4
+    # a whole spec typed into the preset box, as the CLI takes it: planned, and split into boxes
+    ex.preset.value = "llama-tiny:fsdp2+tp:dp=4,tp=2"
+    assert ex.message.value == "" and ex.plan.load.world_size == 8
+    assert (ex.preset.value, ex.recipe.value, ex.mesh.value) == ("llama-tiny", "fsdp2+tp", "4, 2")
+    assert "llama-tiny:fsdp2+tp:dp=4,tp=2" in ex.header.value
+    # a spec given to the constructor
+    ex2 = CheckpointExplorer(save, "llama-tiny:hsdp:replicate=2,dp=2")
+    assert (ex2.preset.value, ex2.recipe.value, ex2.mesh.value) == ("llama-tiny", "hsdp", "2, 2")
+    ex2.preset.value = "llama-tiny:fsdp:dp=x"
+    assert "mesh dim 'dp=x'" in html.unescape(ex2.message.value) and ex2.plan.load.world_size == 4

@@ -27,7 +27,6 @@ __all__ = [
     "CheckpointPlan",
     "CheckpointResult",
     "StepResult",
-    "parse_ints",
     "explore_reshard",
     "plan_checkpoint",
     "explore_checkpoint",

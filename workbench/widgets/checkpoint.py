@@ -11,13 +11,15 @@ their table, then the tensor's problems, its saved chunks and the I/O per load r
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Mapping
 
 import ipywidgets as W
 
-from ..errors import WorkbenchError
-from ..models import RECIPES
+from ..errors import PlanError, WorkbenchError
+from ..models import MESH_DIMS, RECIPES
 from ..sharding import check_load_rank
+from ..targets import PresetTarget, parse_ints
 from .canvas import ChunkCanvas
 from .controls import (
     Explorer,
@@ -34,12 +36,55 @@ from .explore import (
     PROBLEM_COLUMNS,
     CheckpointResult,
     explore_checkpoint,
-    parse_ints,
     plan_checkpoint,
 )
 from .scenes import chunk_scene
 
-__all__ = ["CheckpointExplorer"]
+__all__ = ["CheckpointExplorer", "target_boxes", "spec_of_boxes"]
+
+
+def target_boxes(target) -> tuple[str, str | None, str]:
+    """What the target boxes (preset, recipe, mesh) show for ``target``: its parts for a preset
+    spec or a ``(preset, recipe, mesh)`` tuple, the path of a JSON file, nothing for a target
+    given as data (the boxes never claim a recipe or mesh that is not planned)."""
+    if isinstance(target, str) and ":" in target and not target.endswith(".json"):
+        target = PresetTarget.parse(target)
+    if isinstance(target, PresetTarget):
+        optim = "+optim" if target.optimizer else ""
+        mesh = ", ".join(str(n) for n in target.mesh_shape)
+        return f"{target.preset}-{target.size}{optim}", target.recipe, mesh
+    if isinstance(target, tuple) and len(target) == 3 and isinstance(target[0], str):
+        preset, recipe, mesh = target
+        mesh = mesh if isinstance(mesh, (tuple, list)) else (mesh,)
+        return preset, recipe, ", ".join(str(m) for m in mesh)
+    if isinstance(target, (str, os.PathLike)):
+        return os.fspath(target), None, ""
+    return "", None, ""
+
+
+def spec_of_boxes(preset: str, recipe: str | None, mesh: str) -> str:
+    """The target spec the boxes say: the preset box's text when it is a whole spec or a JSON
+    file, else ``PRESET:RECIPE:DIM=N,...`` with the recipe's mesh dims (`models.MESH_DIMS`)."""
+    preset = preset.strip()
+    if ":" in preset or preset.endswith(".json"):
+        return preset
+    if not preset or recipe is None:
+        raise PlanError(
+            "<target>",
+            f"target preset {preset!r} with recipe {recipe!r}",
+            "a preset (e.g. llama-tiny) and a recipe, or a whole spec in the preset box",
+            "Type e.g. llama-tiny and pick a recipe, or llama-70b:fsdp2+tp:dp=8,tp=8.",
+        )
+    shape = parse_ints(mesh, "target mesh", error=PlanError, example="2, 2")
+    dims = MESH_DIMS[recipe]
+    if len(shape) != len(dims):
+        raise PlanError(
+            "<target>",
+            f"target mesh {shape} has {len(shape)} dims",
+            f"{recipe}'s {len(dims)}: {', '.join(dims)}",
+            "Type one size per mesh dim, e.g. " + ", ".join("2" for _ in dims) + ".",
+        )
+    return f"{preset}:{recipe}:" + ",".join(f"{d}={n}" for d, n in zip(dims, shape))
 
 
 class CheckpointExplorer(Explorer):
@@ -56,25 +101,18 @@ class CheckpointExplorer(Explorer):
         self._target_name = getattr(target, "build", None) if isinstance(target, Mapping) else None
         self.plan = plan_checkpoint(source, target)
         world = self.plan.load.world_size if self.plan.load is not None else 1
-        # A (preset, recipe, mesh) target can be changed in place: another recipe or mesh re-plans
-        # the whole checkpoint (the expensive step) and redraws.
-
-        preset, recipe, mesh = (
-            target if isinstance(target, tuple) and len(target) == 3 else ("", "fsdp", (1,))
-        )
-        self.preset = text_box(str(preset), "target preset", "wb-target-preset")
-        self.recipe = dropdown(
-            list(RECIPES),
-            recipe if recipe in RECIPES else "fsdp",
-            "target recipe",
-            "wb-target-recipe",
-        )
-        self.mesh = text_box(
-            ", ".join(str(m) for m in (mesh if isinstance(mesh, tuple) else (mesh,))),
-            "target mesh",
-            "wb-target-mesh",
-        )
-        self._header = W.HTML()
+        # The target boxes show the target really planned, and a change re-plans the whole
+        # checkpoint (the expensive step): the preset box takes a preset (with the recipe and
+        # mesh boxes) or a whole spec as the CLI takes it (llama-70b:fsdp2+tp:dp=8,tp=8) or a
+        # JSON file; a target given as data leaves the recipe and mesh boxes empty.
+        preset, recipe, mesh = target_boxes(target)
+        self.preset = text_box(preset, "target preset", "wb-target-preset")
+        self.preset.placeholder = "llama-tiny, or a spec / JSON file"
+        self.recipe = dropdown([None, *RECIPES], recipe, "target recipe", "wb-target-recipe")
+        self.mesh = text_box(mesh, "target mesh", "wb-target-mesh")
+        self.mesh.placeholder = "e.g. 2, 2"
+        self._target_text = str(target) if isinstance(target, (str, PresetTarget)) else None
+        self.header = W.HTML()
         self.filter = text_box("", "filter", "wb-filter")
         self.only_problems = with_class(
             W.Checkbox(value=only_problems, description="only with problems", indent=False),
@@ -104,7 +142,7 @@ class CheckpointExplorer(Explorer):
         self.widget = with_class(
             W.VBox(
                 [
-                    self._header,
+                    self.header,
                     W.HBox([self.preset, self.recipe, self.mesh]),
                     W.HBox(
                         [
@@ -140,7 +178,7 @@ class CheckpointExplorer(Explorer):
     def _show_plan(self) -> None:
         """The parts that change only with the plan: header, I/O table."""
         fmt = (self.plan.facts or {}).get("format")
-        self._header.value = (
+        self.header.value = (
             f"<b>{html.escape(self.plan.source)}</b>"
             + (f" ({html.escape(str(fmt))})" if fmt else "")
             + f": {counted(len(self.plan.metadata.state_dict_metadata), 'saved key')}, "
@@ -148,6 +186,8 @@ class CheckpointExplorer(Explorer):
             + (
                 f" (target captured from <code>{html.escape(self._target_name)}</code>)"
                 if self._target_name
+                else f"; target <code>{html.escape(self._target_text)}</code>"
+                if self._target_text
                 else ""
             )
         )
@@ -156,27 +196,36 @@ class CheckpointExplorer(Explorer):
         else:
             self.io.outputs = (note("no target: nothing is loaded"),)
 
-    def set_target(self, preset: str, recipe: str, mesh) -> None:
-        """Re-plan the checkpoint into ``(preset, recipe, mesh)``; a bad target goes to the message
-        panel and the last plan stays."""
+    def set_target(self, target) -> None:
+        """Re-plan the checkpoint into ``target`` (any form `targets.as_target` takes, e.g.
+        ``"llama-70b:fsdp2+tp:dp=8,tp=8"``); the target boxes then show it. A bad target goes to
+        the message panel and the last plan stays."""
         try:
-            plan = plan_checkpoint(
-                self._source, (preset, recipe, parse_ints(mesh, "target mesh", example="2, 2"))
-            )
+            boxes = target_boxes(target)
+            plan = plan_checkpoint(self._source, target)
         except WorkbenchError as err:
             show_message(self.message, err)
             return
         self.plan = plan
         self._target_name = None
+        self._target_text = str(target) if isinstance(target, (str, PresetTarget)) else None
         world, rank = plan.load.world_size, self.rank.value
         with self.quiet():
+            self.preset.value, self.recipe.value, self.mesh.value = boxes
             self.rank.options = list(range(world))  # resets the value to the first option
             self.rank.value = min(rank, world - 1)
         self._show_plan()
         self.refresh()
 
     def _on_target(self, change=None) -> None:
-        self.set_target(self.preset.value.strip(), self.recipe.value, self.mesh.value)
+        if self.muted:
+            return
+        try:
+            target = spec_of_boxes(self.preset.value, self.recipe.value, self.mesh.value)
+        except WorkbenchError as err:
+            show_message(self.message, err)
+            return
+        self.set_target(target)
 
     def _compute(self) -> CheckpointResult:
         return explore_checkpoint(

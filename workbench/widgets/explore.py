@@ -22,7 +22,6 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Any
@@ -31,12 +30,12 @@ from ..colors import HIGHLIGHT_COLOR
 from ..errors import LayoutError, MetadataError, PlacementError, PlanError
 from ..records import DTYPE_SIZES, Metadata, TensorStorageMetadata, canonical_dtype
 from ..sharding import (
-    Layout,
     Placement,
     dtensor_layout,
     format_placements,
     parse_placements,
 )
+from ..targets import as_target, parse_ints
 from ..versions import resolve_torch_version
 
 __all__ = [
@@ -53,7 +52,6 @@ __all__ = [
     "CheckpointPlan",
     "CheckpointResult",
     "StepResult",
-    "parse_ints",
     "explore_reshard",
     "plan_checkpoint",
     "explore_checkpoint",
@@ -84,25 +82,6 @@ MAX_RANKS = 16384
 
 
 # ----------------------------------------------------------------------------- parsing
-def parse_ints(text, what: str, *, error=LayoutError, example: str = "16, 12") -> tuple[int, ...]:
-    """``"16, 12"`` (or ``"16 12"``, ``"(16, 12)"``, a sequence of ints) -> ``(16, 12)``.
-
-    ``error`` is the `WorkbenchError` subclass raised on bad text (by what the user fixes)."""
-    if not isinstance(text, str):
-        return tuple(int(v) for v in text)
-    body = text.strip().strip("()[]").strip()
-    parts = [p for p in re.split(r"[,\s]+", body) if p] if body else []
-    if not all(re.fullmatch(r"-?\d+", p) for p in parts):
-        raise error(
-            None,
-            f"{what} {text!r} is not a list of integers",
-            f"comma-separated integers like {example!r}",
-            f"Write the {what} as e.g. {example!r}.",
-            text=text,
-        )
-    return tuple(int(p) for p in parts)
-
-
 class _StaticPicture:
     """The static picture of a result, drawn from its ``picture`` data on first use (a fresh
     object-API Figure, dense tiles rasterised, fast PNG compression): ``figure`` and ``png``
@@ -321,32 +300,16 @@ class CheckpointPlan:
         return Counter(p.fqn for p in self.problems)
 
 
-def _target_layouts(target) -> dict[str, Layout]:
-    if isinstance(target, Mapping):
-        return dict(target)
-    if isinstance(target, tuple) and len(target) == 3:
-        from ..models import apply_recipe, model_state_dict
-
-        preset, recipe, mesh = target
-        return apply_recipe(model_state_dict(preset), recipe, mesh)
-    raise PlanError(
-        "<target>",
-        f"target {target!r} is not understood",
-        "a dict {fqn: Layout} or a tuple (preset, recipe, mesh_shape)",
-        "Pass e.g. ('llama', 'fsdp2+tp', (2, 2)).",
-        target=target,
-    )
-
-
 def plan_checkpoint(source, target=None) -> CheckpointPlan:
     """Plan loading ``source`` into ``target`` on every rank: the `CheckpointExplorer`'s one
     expensive step.
 
     ``source``: a checkpoint directory of any format (`checkpoint.open_checkpoint`: the
     allow-list and safetensors-header readers, no code run), a `Metadata`, or a save result
-    (``planning.plan_save``). ``target``: ``{fqn: Layout}``, ``(preset, recipe, mesh_shape)``
-    (``models.apply_recipe(models.model_state_dict(preset), recipe, mesh_shape)``), or None: a
-    save result is then loaded back into its own layouts, a directory is only listed.
+    (``planning.plan_save``). ``target``: any form `targets.as_target` takes (a spec such as
+    ``"llama-70b:fsdp2+tp:dp=8,tp=8"``, a JSON file, ``{fqn: Layout}``, ``(preset, recipe,
+    mesh_shape)``, a state dict), or None: a save result is then loaded back into its own
+    layouts, a directory is only listed.
     """
     from ..diagnosis import find_save_problems
     from ..planning import plan_load
@@ -376,7 +339,7 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
                 "Pass the directory dcp.save wrote.",
             ) from None
     if target is not None:
-        layouts = _target_layouts(target)
+        layouts = as_target(target)  # every target form, parsed as the CLI parses it
     if layouts is None:  # no target: the saved chunks' own holes and overlaps
         from ..diagnosis import find_checkpoint_problems
 

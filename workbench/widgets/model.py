@@ -16,13 +16,13 @@ import ipywidgets as W
 from IPython.display import HTML
 
 from ..sharding import check_load_rank
+from ..targets import parse_ints
 from .canvas import ChunkCanvas
 from .controls import Explorer, dropdown, mime, note, styled, with_class
 from .explore import (
     READ_COLUMNS,
     CheckpointPlan,
     explore_checkpoint,
-    parse_ints,
     plan_checkpoint,
 )
 from .scenes import bytes_scene, chunk_scene, model_map_data, model_scene, traffic_scene

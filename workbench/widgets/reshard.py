@@ -15,6 +15,7 @@ import ipywidgets as W
 
 from ..errors import PlacementError, WorkbenchError
 from ..sharding import check_load_rank
+from ..targets import parse_ints
 from ..versions import SUPPORTED_TORCH_VERSIONS, default_torch_version
 from .canvas import ChunkCanvas
 from .controls import (
@@ -37,7 +38,6 @@ from .explore import (
     ReshardResult,
     classic_controls,
     explore_reshard,
-    parse_ints,
 )
 from .scenes import chunk_scene
 

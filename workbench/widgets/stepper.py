@@ -14,6 +14,7 @@ from dataclasses import replace
 import ipywidgets as W
 
 from ..sharding import check_load_rank
+from ..targets import parse_ints
 from .canvas import ChunkCanvas
 from .controls import Explorer, dropdown, with_class
 from .explore import (
@@ -21,7 +22,6 @@ from .explore import (
     StepResult,
     classic_controls,
     explore_reshard,
-    parse_ints,
     step_read_order,
 )
 from .scenes import chunk_scene

@@ -505,3 +505,70 @@ def test_canvas_hover_click_select_zoom_and_escape(lab, page, front):
         assert XSS_KEYS[0] in hostile.locator(".wb-canvas-title").inner_text()
         page.screenshot(path=str(shots / "7-hostile-keys.png"))
         assert not [e for e in page.console_errors if "widget" in e.lower() or "model" in e.lower()]
+
+
+# ----------------------------------------------------------------------------- labels at scale
+def _standalone(browser, scene, name: str, **traits):
+    """The canvas's ES module on a page of its own (no Jupyter) drawing ``scene``."""
+    from canvas_page import canvas_page
+
+    page = browser.new_page(viewport={"width": 1150, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_content(canvas_page(scene, **traits))
+    page.wait_for_function("window.wbReady === true")
+    page.wait_for_timeout(200)
+    return page, errors
+
+
+@pytest.fixture(scope="module")
+def reference_70b():
+    """The 70B-like reference: FSDP on 64 ranks -> FSDP2 + TP on 8 x 8 (notebook 04's case)."""
+    from workbench.models import apply_recipe, model_state_dict
+    from workbench.planning import plan_load, plan_save
+
+    model = model_state_dict("llama", "70b")
+    saved = plan_save(apply_recipe(model, "fsdp", 64))
+    return saved, plan_load(saved.metadata, apply_recipe(model, "fsdp2+tp", (8, 8)))
+
+
+@pytest.mark.parametrize("case", ["o_proj rank 9", "4096 chunks"])
+def test_canvas_labels_never_overlap_at_full_view_and_zoomed(browser, reference_70b, case):
+    from workbench.picture_data import reshard_data
+    from workbench.planning import plan_load, plan_save
+    from workbench.sharding import dtensor_layout
+    from workbench.tables import read_items_table
+    from workbench.widgets.scenes import chunk_scene
+
+    if case == "o_proj rank 9":
+        saved, load = reference_70b
+        fqn, rank = O_PROJ, 9
+    else:  # (4096, 64) saved S(0) on 4096 ranks, loaded S(0) on 64: rank 9 reads 64 chunks
+        saved = plan_save({"w": dtensor_layout((4096, 64), (4096,), "S(0)")})
+        load = plan_load(saved.metadata, {"w": dtensor_layout((4096, 64), (64,), "S(0)")})
+        fqn, rank = "w", 9
+    reads = read_items_table(load, fqn, rank=rank)
+    scene = chunk_scene(
+        saved.metadata,
+        fqn,
+        load,
+        rank,
+        picture=reshard_data(saved.metadata, load, fqn, rank),
+        reads=reads,
+    )
+    page, errors = _standalone(browser, scene, case)
+    root = "#root"
+    full = _hook(page, root, "wb.state().labels")
+    assert not _labels_overlap(full)
+    page.locator(".wb-canvas-zoom-rank").click()
+    page.wait_for_timeout(300)
+    zoomed = _hook(page, root, "wb.state().labels")
+    assert not _labels_overlap(zoomed) and zoomed != full
+    # zoomed to the rank's region: o_proj's eight reads all labelled; the 4096-chunk tensor's
+    # 64 one-row reads as many as fit, never over each other
+    read_labels = [b for b in zoomed if "\u2190" in b["text"]]
+    assert len(read_labels) == 8 if case == "o_proj rank 9" else read_labels, read_labels
+    SHOT_DIR.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOT_DIR / f"labels-{case.replace(' ', '-')}.png"), full_page=True)
+    assert not errors, errors
+    page.close()

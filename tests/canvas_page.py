@@ -3,7 +3,8 @@
 The page holds the module's source, its CSS and a minimal model (``get`` / ``set`` / ``on`` /
 ``save_changes``, the part of anywidget's model the canvas uses) whose binary traits are the
 scene's columns, decoded from base64 into ArrayBuffers as ipywidgets hands them over. Used by
-`bench_canvas.py` for in-page frame times and for screenshots of large scenes.
+the browser tests that need no Jupyter (labels at model scale) and for screenshots of large
+scenes.
 """
 
 from __future__ import annotations

@@ -345,6 +345,12 @@ def test_tour_runs_and_explorer_reacts_to_the_page(lab, page):
         assert caption.inner_text().startswith("item 1 of 2")
         stepper.locator(".wb-next").click()
         caption.locator("text=item 2 of 2").wait_for()
+        # play DCP's read order: from the first item the Play widget steps to the second
+        stepper.locator(".wb-prev").click()
+        caption.locator("text=item 1 of 2").wait_for()
+        stepper.locator(".wb-play button").first.click()
+        caption.locator("text=item 2 of 2").wait_for(timeout=20_000)
+        page.screenshot(path=str(SHOT_DIR / "tour-stepper-played.png"))
         widget_errors = [
             e for e in page.console_errors if "widget" in e.lower() or "model" in e.lower()
         ]

@@ -156,3 +156,30 @@ def test_untrusted_keys_are_escaped_in_the_checkpoint_explorers_tables():
     assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert ex.canvas.meta["fqn"] == key  # the page sets it as text
     assert Chunk((0, 0), (2, 4)) in save.metadata.state_dict_metadata[key].chunks
+
+
+def test_model_explorer_clicks_open_a_tensor_list_a_cell_and_select_a_rank():
+    from workbench.widgets import ModelExplorer
+
+    model = model_state_dict("llama")
+    save = plan_save(apply_recipe(model, "fsdp", 4))
+    ex = ModelExplorer(save, "llama-tiny:fsdp2+tp:dp=2,tp=2", rank=1)
+    assert ex.result is None and ex.tensor.layout.display == "none"
+    k = ex.data.fqns.index("layers.0.self_attn.o_proj.weight")
+    ex.map.picked = {"index": k, "count": 1}  # what a click on the map sends
+    r = ex.result
+    assert r.fqn == "layers.0.self_attn.o_proj.weight" and r.rank == 1
+    assert ex.tensor.meta["title"].startswith(f"{r.fqn}: rank 1's reads")
+    assert len(ex.tensor.scene.of_kind("read")) == len(r.reads) > 0
+    ex.bytes.selected_rank = 3  # a click on rank 3's bars
+    assert ex.rank.value == 3 and ex.result.rank == 3
+    # a traffic cell: that rank's reads from that file, every one of them
+    cell = 0
+    rank, fidx = ex.traffic.meta["cells"][cell]
+    ex.traffic.picked = {"index": cell, "count": 1}
+    shown = ex.cell.outputs[1]["data"]["text/html"]
+    name = ex.plan.load.io.files[fidx]
+    assert f"load rank {rank}" in ex.cell.outputs[0]["data"]["text/html"]
+    assert shown.count(name) == int(ex.plan.load.io.pair_reads[cell])
+    ex.color_by.value = "read amplification"
+    assert "amplification" in ex.map.meta["title"]

@@ -13,7 +13,6 @@ const M = { left: 70, right: 14, top: 8, bottom: 42 };
 const FONT = "11px sans-serif";
 const LINE = 13;
 const AGGREGATE = 250000; // tiles in view past which a frame copies the aggregated raster
-const AGGREGATE_MIN = 20000; // fewer tiles in view are always drawn one by one
 
 function view(dv, Ctor) {
   if (!dv) return new Ctor(0);
@@ -523,11 +522,7 @@ class CanvasView {
     // tiles in view, assuming them spread evenly: past AGGREGATE, draw the aggregated raster
     const seen = Math.max(0, Math.min(v.x1, s.width) - Math.max(v.x0, 0)) * Math.max(0, Math.min(v.y1, s.height) - Math.max(v.y0, 0));
     const estimate = s.n * seen / (s.width * s.height);
-    // ... or when the tiles in view average under 2 x 2 css px: each is a pixel or two, the
-    // raster shows the same pixels without a loop over the tiles
-    const perTile = (this.pw * this.ph) / Math.max(estimate, 1);
-    const tiny = estimate > AGGREGATE_MIN && perTile < 4;
-    if (!this.forceTiles && ((s.n > AGGREGATE && estimate > AGGREGATE) || tiny)) {
+    if (s.n > AGGREGATE && estimate > AGGREGATE) {
       this.drawAggregated();
       this.drawAxes();
       this.drawMinimap();
@@ -1003,11 +998,9 @@ class CanvasView {
       fit() { self.fit(); self.draw(); },
       zoomToRank() { self.zoomToRank(); self.draw(); },
       setView(x0, y0, x1, y1) { self.setView(x0, y0, x1, y1, false); self.draw(); },
-      bench(frames, tiles = false) {
+      bench(frames) {
         // frames drawn synchronously with a small pan between them; a one-pixel read-back makes
-        // the canvas rasterise what was recorded, so the time includes it. tiles: never use the
-        // aggregated raster (every tile drawn one by one)
-        self.forceTiles = tiles;
+        // the canvas rasterise what was recorded, so the time includes it
         const out = [];
         for (let k = 0; k < frames; k++) {
           self.pan(k % 2 ? 3 : -3, 0);
@@ -1016,7 +1009,6 @@ class CanvasView {
           self.ctx.getImageData(self.m.left + 1, self.m.top + 1, 1, 1);
           out.push(performance.now() - t0);
         }
-        self.forceTiles = false;
         return out;
       },
     };

@@ -38,7 +38,7 @@ from .explore import (
     explore_checkpoint,
     plan_checkpoint,
 )
-from .scenes import chunk_scene
+from .scenes import checkpoint_scene
 
 __all__ = ["CheckpointExplorer", "target_boxes", "spec_of_boxes"]
 
@@ -251,16 +251,7 @@ class CheckpointExplorer(Explorer):
             self.canvas.clear("nothing to draw (not a saved tensor)")
         else:
             self.canvas.set_scene(
-                chunk_scene(
-                    self.plan.metadata,
-                    r.fqn,
-                    self.plan.load if r.reshard else None,
-                    r.rank,
-                    dims=parse_ints(self.dims.value, "dims to draw"),
-                    picture=r.picture,
-                    reads=r.reads if r.reshard else None,
-                    problems=[p for p in self.plan.problems if p.fqn == r.fqn],
-                ),
+                checkpoint_scene(self.plan, r, parse_ints(self.dims.value, "dims to draw")),
                 keep_view=(r.fqn, self.dims.value) == self._shown,
                 selected_rank=r.rank,
             )

@@ -16,7 +16,6 @@ import ipywidgets as W
 from IPython.display import HTML
 
 from ..sharding import check_load_rank
-from ..targets import parse_ints
 from .canvas import ChunkCanvas
 from .controls import Explorer, dropdown, mime, note, styled, with_class
 from .explore import (
@@ -25,7 +24,13 @@ from .explore import (
     explore_checkpoint,
     plan_checkpoint,
 )
-from .scenes import bytes_scene, chunk_scene, model_map_data, model_scene, traffic_scene
+from .scenes import (
+    bytes_scene,
+    checkpoint_scene,
+    model_map_data,
+    model_scene,
+    traffic_scene,
+)
 
 __all__ = ["ModelExplorer", "COLOR_BY"]
 
@@ -122,16 +127,7 @@ class ModelExplorer(Explorer):
             self.tensor.clear(f"{r.fqn}: nothing to draw (not a saved tensor)")
         else:
             self.tensor.set_scene(
-                chunk_scene(
-                    self.plan.metadata,
-                    r.fqn,
-                    self.plan.load if r.reshard else None,
-                    r.rank,
-                    dims=parse_ints("0, 1", "dims to draw"),
-                    picture=r.picture,
-                    reads=r.reads if r.reshard else None,
-                    problems=[p for p in self.plan.problems if p.fqn == r.fqn],
-                ),
+                checkpoint_scene(self.plan, r),
                 selected_rank=r.rank,
             )
         self.tensor.layout.display = ""

@@ -75,20 +75,18 @@ class ReshardExplorer(Explorer):
         self.dims = text_box(dims, "dims to draw", "wb-dims")
         self.canvas = with_class(ChunkCanvas(height=440), "wb-picture")
         self.problems = with_class(W.Output(), "wb-problems")
-        controls = W.VBox(
-            [
-                self.classic,
-                self.torch_version,
-                self.shape,
-                self.dtype,
-                self.save_mesh,
-                self.save_placements,
-                self.load_mesh,
-                self.load_placements,
-                self.rank,
-                self.dims,
-            ]
+        inputs = (
+            self.torch_version,
+            self.shape,
+            self.dtype,
+            self.save_mesh,
+            self.save_placements,
+            self.load_mesh,
+            self.load_placements,
+            self.rank,
+            self.dims,
         )
+        controls = W.VBox([self.classic, *inputs])
         self.widget = with_class(
             W.VBox(
                 [
@@ -101,17 +99,7 @@ class ReshardExplorer(Explorer):
             "wb-reshard",
         )
         self.classic.observe(lambda ch: self._apply_classic(ch["new"], 0), names="value")
-        self.watch(
-            self.torch_version,
-            self.shape,
-            self.dtype,
-            self.save_mesh,
-            self.save_placements,
-            self.load_mesh,
-            self.load_placements,
-            self.rank,
-            self.dims,
-        )
+        self.watch(*inputs)
         self.canvas.observe(self._on_canvas_rank, names="selected_rank")
         self._apply_classic(classic, rank)
         check_load_rank(rank, len(self.rank.options), what="load rank")

@@ -44,6 +44,7 @@ __all__ = [
     "Scene",
     "ModelMapData",
     "chunk_scene",
+    "checkpoint_scene",
     "model_map_data",
     "model_scene",
     "traffic_scene",
@@ -502,6 +503,21 @@ def chunk_scene(
             click="rank",
             mode="chunks",
         )
+    )
+
+
+def checkpoint_scene(plan, result, dims=(0, 1)) -> Scene:
+    """The scene of an `explore.explore_checkpoint` result of ``plan``: the load rank's reads
+    when the result shows a reshard, else the saved chunks alone."""
+    return chunk_scene(
+        plan.metadata,
+        result.fqn,
+        plan.load if result.reshard else None,
+        result.rank,
+        dims=dims,
+        picture=result.picture,
+        reads=result.reads if result.reshard else None,
+        problems=[p for p in plan.problems if p.fqn == result.fqn],
     )
 
 

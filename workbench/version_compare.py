@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .errors import PlanError
 from .planning import LoadPlanResult, plan_load
+from .sources import held_layouts
 from .versions import resolve_torch_version
 
 __all__ = ["RankVersionChange", "VersionComparison", "compare_versions"]
@@ -102,8 +103,10 @@ def compare_versions(
     versions: Sequence[str],
     *,
     allow_partial_load: bool = False,
+    world_size: int | None = None,
 ) -> VersionComparison:
-    """Plan loading ``metadata`` into ``target`` (``{fqn: Layout}``) with each torch version in
+    """Plan loading ``metadata`` into ``target`` (``{fqn: Layout}``, or what a user holds: a state
+    dict, a module, ``(model, optimizer)``; see `sources.held_layouts`) with each torch version in
     ``versions`` (at least two, e.g. ``["2.10", "2.13"]``) and compare each later version with
     the first, rank by rank."""
     vs = tuple(resolve_torch_version(v) for v in versions)
@@ -114,6 +117,7 @@ def compare_versions(
             "at least two distinct versions",
             "Give e.g. ['2.10', '2.13'].",
         )
+    target, _ = held_layouts(target, world_size=world_size, for_load=True)
     results = {
         v: plan_load(metadata, target, allow_partial_load=allow_partial_load, torch_version=v)
         for v in vs

@@ -39,7 +39,7 @@ import dataclasses
 import warnings
 
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
-from torch.distributed.checkpoint.planner import LoadPlan
+from torch.distributed.checkpoint.planner import LoadPlan, SavePlan
 
 from ..diagnosis import find_save_problems
 from ..errors import WorkbenchError
@@ -184,6 +184,21 @@ def _raise(cls, problems, what: str, expectation: str, fix: str):
     )
 
 
+def _check_unexplained(cls, side: str, data_by_rank) -> None:
+    """Raise once when a rank's torch local plan raised and the workbench found no error."""
+    torch_errors = {r: d["error"] for r, d in data_by_rank.items() if d.get("error")}
+    if torch_errors:
+        rank = min(torch_errors)
+        raise cls(
+            None,
+            f"torch's local {side} plan raised on {ranks_text(torch_errors)} "
+            f"(first, rank {rank}: {torch_errors[rank]})",
+            "the workbench's diagnosis explains every torch error",
+            "Please report this checkpoint and state dict to the workbench.",
+            ranks=tuple(sorted(torch_errors)),
+        )
+
+
 def _warn_text(problems, what: str) -> str:
     return f"{what}: {len(problems)} silent problem(s)\n{_problem_lines(problems)}"
 
@@ -228,7 +243,6 @@ class CheckedLoadPlanner(DefaultLoadPlanner):
                 e.expectation,
                 e.fix,
             ) from None
-        torch_errors = {r: d["error"] for r, d in data_by_rank.items() if d["error"]}
         warn = None
         if layouts:
             res = plan_load(
@@ -248,16 +262,7 @@ class CheckedLoadPlanner(DefaultLoadPlanner):
                 )
             if silent:
                 warn = _warn_text(silent, "dcp.load loads wrong values")
-        if torch_errors:  # torch raised where the workbench saw nothing: say so, once
-            rank = min(torch_errors)
-            raise CheckedLoadError(
-                None,
-                f"torch's local load plan raised on {ranks_text(torch_errors)} "
-                f"(first, rank {rank}: {torch_errors[rank]})",
-                "the workbench's diagnosis explains every torch error",
-                "Please report this checkpoint and state dict to the workbench.",
-                ranks=tuple(sorted(torch_errors)),
-            )
+        _check_unexplained(CheckedLoadError, "load", data_by_rank)
         plans = super().create_global_plan(list(plans))
         return [_with_data(p, {"warn": warn}) if warn else p for p in plans]
 
@@ -280,9 +285,12 @@ class CheckedSavePlanner(DefaultSavePlanner):
 
     def create_local_plan(self):
         rank, _ = _rank_and_world()
-        plan = super().create_local_plan()
+        try:
+            plan, error = super().create_local_plan(), None
+        except Exception as e:  # a Partial DTensor: reported by the coordinator with the rest
+            plan, error = SavePlan([]), f"{type(e).__name__}: {e}"
         entries = rank_entries(self.state_dict, digests=True)
-        return _with_data(plan, {"rank": rank, "entries": entries})
+        return _with_data(plan, {"rank": rank, "entries": entries, "error": error})
 
     def create_global_plan(self, all_plans):
         datas, plans = zip(*(_take_data(p) for p in all_plans))
@@ -321,6 +329,7 @@ class CheckedSavePlanner(DefaultSavePlanner):
                 )
             if silent:
                 warn = _warn_text(silent, "dcp.save loses data")
+        _check_unexplained(CheckedSaveError, "save", data_by_rank)
         out = super().create_global_plan(list(plans))
         if warn:
             plans_out, md = out

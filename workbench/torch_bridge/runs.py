@@ -271,9 +271,7 @@ def _run_step(step, rank, meshes):
             )
     except failed as e:
         return RankLoad(rank, error=exception_text(e))
-    said = tuple(
-        str(w.message) for w in caught if w.category.__name__ == "CheckedPlanWarning"
-    )
+    said = tuple(str(w.message) for w in caught if w.category.__name__ == "CheckedPlanWarning")
     saved = _saved_dtypes(step.path)
     vals, exp = {}, {}
     for fqn, lay in step.layouts.items():

@@ -124,22 +124,24 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 def _with_data(plan, data):
-    """``plan`` with our entry added to its ``planner_data`` (a dict, None, or anything else,
-    which is kept under ``"planner_data"``)."""
+    """``plan`` with our entry added to its ``planner_data``: into a copy of the dict that is
+    there (``DefaultSavePlanner``'s flatten mappings stay visible to anyone reading them), or into
+    a new dict beside None or any other value, which `_take_data` puts back exactly."""
     old = plan.planner_data
-    merged = dict(old) if isinstance(old, dict) else ({} if old is None else {"planner_data": old})
-    merged[_KEY] = data
+    merged = dict(old) if isinstance(old, dict) else {}
+    was_dict = isinstance(old, dict)
+    merged[_KEY] = (data, was_dict, None if was_dict else old)
     return dataclasses.replace(plan, planner_data=merged)
 
 
 def _take_data(plan):
-    """(our entry, ``plan`` with its ``planner_data`` as it was before `_with_data`)."""
-    old = plan.planner_data
-    if not isinstance(old, dict) or _KEY not in old:
+    """(our entry or None, ``plan`` with the ``planner_data`` it had before `_with_data`)."""
+    new = plan.planner_data
+    if not isinstance(new, dict) or _KEY not in new:
         return None, plan
-    rest = {k: v for k, v in old.items() if k != _KEY}
-    restored = rest.get("planner_data") if set(rest) == {"planner_data"} else (rest or None)
-    return old[_KEY], dataclasses.replace(plan, planner_data=restored)
+    data, was_dict, old = new[_KEY]
+    restored = {k: v for k, v in new.items() if k != _KEY} if was_dict else old
+    return data, dataclasses.replace(plan, planner_data=restored)
 
 
 def _world_layouts(views: dict, world_size: int) -> dict:

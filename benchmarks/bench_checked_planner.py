@@ -4,13 +4,14 @@ Shard(0) on 64 ranks, loaded [Shard(0), Shard(1)] ([Shard(0), Replicate()] for 1
 8x8 mesh, every rank simulated under torch's ``fake`` process group in this process.
 
 Per rank, both planners run ``set_up_planner`` + ``create_local_plan`` on that rank's real
-DTensors (uninitialised CPU local tensors, as ``dcp.load`` sees them), and the local plan is
-pickled (what DCP's gather sends: the checked plan carries the rank's entries in
+DTensors (uninitialised CPU local tensors, as ``dcp.load`` sees them; built once, in alternating
+order so that the shared machine's drift does not favour one), and the local plan is pickled (what DCP's gather sends: the checked plan carries the rank's entries in
 ``planner_data``); then the coordinator's ``create_global_plan`` on all 64 plans (the checked one
 describes the job, plans the load with the workbench and runs its diagnosis) and every rank's
 ``finish_plan``. Reading data is the same for both and not timed.
 
-Run: ``.venv/bin/python benchmarks/bench_checked_planner.py``. Prints the times of both planners
+Run: ``.venv/bin/python benchmarks/bench_checked_planner.py`` (about 6 minutes: building 64
+ranks' DTensors dominates, and is not timed). Prints the times of both planners
 measured in the same run and the ratio checked / default (target: under 1.5x of the planning,
 which itself is a small part of a load that reads 140 GB).
 """
@@ -66,8 +67,9 @@ def main() -> None:
         dist.init_process_group("fake", store=FakeStore(), rank=r, world_size=SAVE_WORLD)
         try:
             meshes = Meshes()
-            for name, make in (("default", DefaultLoadPlanner), ("checked", CheckedLoadPlanner)):
-                sd = torch_state_dict(target, r, meshes, empty="cpu")
+            sd = torch_state_dict(target, r, meshes, empty="cpu")  # both planners read it
+            order = (("default", DefaultLoadPlanner), ("checked", CheckedLoadPlanner))
+            for name, make in order if r % 2 == 0 else order[::-1]:  # alternate: no drift bias
                 gc.collect()
                 t0 = time.perf_counter()
                 p = make()
@@ -82,7 +84,7 @@ def main() -> None:
                 sizes[name] += len(blob)
                 planners[name].append(p if r == 0 else None)
                 plans[name].append(plan)
-                del sd
+            del sd
         finally:
             dist.destroy_process_group()
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=SAVE_WORLD)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import torch.distributed as dist
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.planner import LoadPlan, SavePlan
 
@@ -116,8 +117,6 @@ def _check_on_silent(on_silent: str) -> str:
 
 
 def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

@@ -43,7 +43,7 @@ from .records import (
     WriteItemType,
 )
 from .sharding import RankValue, format_placements
-from .sources import as_record, as_value, flatten_state_dict, torch_tensor_kind
+from .sources import as_record, as_value, torch_tensor_kind
 from .versions import semantics
 
 __all__ = [
@@ -87,8 +87,6 @@ __all__ = [
     "check_box_overlap",
     "check_box_bounds",
     "validate_global_plan",
-    # _nested_dict.py
-    "flatten_state_dict",
 ]
 
 PARTIAL_MESSAGE = (

@@ -44,22 +44,28 @@ def properties_to_torch(p: R.TensorProperties):
     import torch
     from torch.distributed.checkpoint.metadata import TensorProperties
 
+    # strides only where the installed torch has them (2.15+), so each version pickles its own
+    # TensorProperties state (a 6-tuple from 2.15, a 5-tuple before)
+    extra = {"strides": p.strides} if "strides" in TensorProperties.__dataclass_fields__ else {}
     return TensorProperties(
         dtype=getattr(torch, p.dtype),
         layout=getattr(torch, p.layout),
         requires_grad=p.requires_grad,
         memory_format=getattr(torch, p.memory_format),
         pin_memory=p.pin_memory,
+        **extra,
     )
 
 
 def properties_from_torch(p) -> R.TensorProperties:
+    strides = getattr(p, "strides", None)  # torch 2.15+
     return R.TensorProperties(
         dtype=str(p.dtype),
         layout=str(p.layout),
         requires_grad=bool(p.requires_grad),
         memory_format=str(p.memory_format),
         pin_memory=bool(p.pin_memory),
+        strides=None if strides is None else tuple(int(x) for x in strides),
     )
 
 

@@ -14,6 +14,7 @@ Lazy imports: torch is imported inside functions only.
 from __future__ import annotations
 
 from .. import records as R
+from ..errors import LayoutError
 from ..geometry import Chunk
 from ..sharding import (
     Layout,
@@ -335,7 +336,26 @@ def layout_from_torch(obj) -> Layout:
         ws = max(_process_group_size(1), max(per, default=0) + 1)
         # (md's dtype: ShardedTensor.dtype warns that ShardedTensor is deprecated)
         return sharded_layout(tuple(md.size), per, str(md.tensor_properties.dtype), ws)
+    if all(hasattr(obj, a) for a in CHECKPOINTABLE_FIELDS):
+        # torch 2.14+ saves such a plain tensor as the chunks it names, not as a whole tensor;
+        # only this rank's chunks are known here, so no whole layout can be built from it
+        offsets, sizes = list(obj.global_offsets), list(obj.local_sizes)
+        raise LayoutError(
+            None,
+            f"a CheckpointableTensor (a plain tensor with global_shape "
+            f"{tuple(obj.global_shape)} and {len(offsets)} chunk(s) on this rank) is not "
+            "modelled from one rank's object",
+            "a DTensor, a ShardedTensor or a plain tensor",
+            "Describe it with sharded_layout(global_shape, {rank: [(global_offsets[i], "
+            "local_sizes[i]), ...]}) for every rank: DCP 2.14+ plans it like that (here: "
+            f"{list(zip(offsets, sizes))[:4]}).",
+            kind="CheckpointableTensor",
+        )
     return tensor_layout(tuple(obj.shape), _process_group_size(1), str(obj.dtype))
+
+
+# torch 2.14's protocol.CheckpointableTensor: the attributes that make a plain tensor one
+CHECKPOINTABLE_FIELDS = ("global_shape", "global_offsets", "local_offsets", "local_sizes")
 
 
 def local_tensor_from_torch(obj):

@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -68,6 +69,7 @@ __all__ = [
     "SavePlanResult",
     "LoadPlanResult",
     "ReadBlock",
+    "Failure",
 ]
 
 
@@ -257,6 +259,16 @@ def _props(dtype: str, sizes: tuple[int, ...] | None = None) -> TensorProperties
     return p
 
 
+class Failure(NamedTuple):
+    """An entry torch refuses on some ranks: its ``fqn``, the ``ranks`` that raise and torch's
+    exact ``message``. A named tuple, so ``for fqn, ranks, message in result.failures`` reads
+    the same as the record's fields."""
+
+    fqn: str
+    ranks: tuple[int, ...]
+    message: str
+
+
 # ----------------------------------------------------------------------------- save
 @dataclass(frozen=True, eq=False)
 class SavePlanResult:
@@ -267,7 +279,8 @@ class SavePlanResult:
     ``metadata``: the checkpoint's ``Metadata``; ``errors``: ``_validate_global_plan``'s strings;
     ``writers[fqn]``: the writer rank of each metadata chunk; ``bytes_written[r]``: tensor bytes
     rank r writes (bytes entries count 0: their pickled size is unknown before a real save);
-    ``failures``: ``(fqn, ranks, torch's message)`` for entries torch refuses to save (Partial).
+    ``failures``: a `Failure` (fqn, ranks, torch's message) per entry torch refuses to save
+    (Partial).
     """
 
     layouts: dict
@@ -278,7 +291,7 @@ class SavePlanResult:
     errors: list[str]
     writers: dict[str, list[int]] = field(repr=False)
     bytes_written: np.ndarray = field(repr=False)
-    failures: list = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     torch_version: str = "2.13"
     storage: str = "fs"  # "fs" (FileSystemWriter) or "hf" (HuggingFaceStorageWriter, hf_plans)
     lost: tuple = ()  # hf_plans.LostChunk: chunks the storage writer drops
@@ -325,7 +338,9 @@ def _plan_save(
         pat = _pattern(lay)
         if lay.kind == "dtensor" and lay.has_partial and len(pat.rank):
             # every rank in the mesh raises in __create_write_items__; plan without the entry
-            failures.append((fqn, tuple(pat.holder_ranks.tolist()), PARTIAL_MESSAGE))
+            failures.append(
+                Failure(fqn=fqn, ranks=tuple(pat.holder_ranks.tolist()), message=PARTIAL_MESSAGE)
+            )
             pat = None
         pats.append(pat)
 
@@ -732,13 +747,13 @@ class LoadPlanResult:
     """Every rank's load plan of one state dict against one checkpoint (see `plan_load`).
 
     ``plans[r]``: rank r's ``LoadPlan`` (built on first access); ``reads(fqn)``: one fqn's items
-    over all ranks as columns; ``failures``: ``(fqn, ranks, torch's exact message)`` for entries
+    over all ranks as columns; ``failures``: a `Failure` (fqn, ranks, torch's exact message) per entry
     torch raises on, which get no items; ``problems``: the diagnosis; ``io``: the I/O numbers."""
 
     metadata: Metadata = field(repr=False)
     layouts: dict = field(repr=False)
     world_size: int
-    failures: list
+    failures: list[Failure]
     allow_partial_load: bool = False
     blocks: dict = field(default_factory=dict, repr=False)  # fqn -> ReadBlock (fqns with reads)
     saved: dict = field(default_factory=dict, repr=False)  # fqn -> saved chunks' (offs, sizes)
@@ -837,7 +852,7 @@ def plan_load(
         md = sdm.get(fqn)
         if md is None:
             if not allow_partial_load:
-                failures.append((fqn, tuple(key_ranks.tolist()), missing_key_message(fqn)))
+                failures.append(Failure(fqn, tuple(key_ranks.tolist()), missing_key_message(fqn)))
             continue
         in_mesh = pat.holder_ranks if lay.kind == "dtensor" else key_ranks
         if isinstance(md, BytesStorageMetadata):
@@ -851,24 +866,30 @@ def plan_load(
                 "The checkpoint's metadata is corrupt; re-save it.",
             )
         if lay.kind == "bytes":
-            failures.append((fqn, tuple(key_ranks.tolist()), invalid_metadata_message(fqn)))
+            failures.append(Failure(fqn, tuple(key_ranks.tolist()), invalid_metadata_message(fqn)))
             continue
         if tuple(md.size) != lay.shape and sem.size_mismatch_raises:
             failures.append(
-                (fqn, tuple(key_ranks.tolist()), size_mismatch_message(fqn, md.size, lay.shape))
+                Failure(
+                    fqn, tuple(key_ranks.tolist()), size_mismatch_message(fqn, md.size, lay.shape)
+                )
             )
             continue
         if lay.has_partial:
             # the Partial ValueError is caught in _create_read_items and replaced by this text
             if len(in_mesh):
-                failures.append((fqn, tuple(in_mesh.tolist()), invalid_metadata_message(fqn)))
+                failures.append(
+                    Failure(fqn, tuple(in_mesh.tolist()), invalid_metadata_message(fqn))
+                )
             continue
         s_off, s_size = saved[fqn] = box_arrays(md.chunks, md.size, fqn, chunk_cache, MetadataError)
         if len(md.size) != lay.ndim:  # torch < 2.6, another tensor rank: its scalar path
             try:
                 cols = _scalar_read_columns(fqn, md, lay, in_mesh, ws, sem.version)
             except PlanError as e:
-                failures.append((fqn, tuple(in_mesh.tolist()), getattr(e, "torch_message", str(e))))
+                failures.append(
+                    Failure(fqn, tuple(in_mesh.tolist()), getattr(e, "torch_message", str(e)))
+                )
                 continue
         else:
             sig = (id(pat), s_off.tobytes(), s_size.tobytes(), s_off.shape, nested)

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -26,6 +27,11 @@ from .versions import resolve_torch_version, semantics
 
 __all__ = [
     "Placement",
+    "LayoutKind",
+    "LAYOUT_KINDS",
+    "RankValue",
+    "chunk_holders",
+    "check_load_rank",
     "Shard",
     "Replicate",
     "StridedShard",
@@ -597,6 +603,11 @@ def mesh_coordinate(
 
 
 # ----------------------------------------------------------------------------- layouts
+# What a state-dict value is to DCP (torch's planners branch on exactly these four).
+LayoutKind = Literal["dtensor", "sharded", "tensor", "bytes"]
+LAYOUT_KINDS: tuple[LayoutKind, ...] = get_args(LayoutKind)
+
+
 @dataclass(frozen=True, eq=False)
 class Layout:
     """Every rank's local chunks of one state-dict entry.
@@ -614,7 +625,7 @@ class Layout:
     (`for_torch_version` re-derives them for another; planning does so for its version).
     """
 
-    kind: str
+    kind: LayoutKind
     shape: tuple[int, ...]
     dtype: str
     world_size: int

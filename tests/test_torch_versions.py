@@ -596,7 +596,10 @@ def maths_rows(case, v) -> list | str:
     for coord in itertools.product(*(range(n) for n in case["mesh"])):
         try:
             shape, off = local_shape_and_offset(
-                case["shape"], case["mesh"], coord, as_placements(case["placements"]),
+                case["shape"],
+                case["mesh"],
+                coord,
+                as_placements(case["placements"]),
                 torch_version=v,
             )
             out.append([list(shape), list(off)])
@@ -689,8 +692,9 @@ def test_strided_shard_refused_where_torch_has_none():
         dtensor_layout((13,), (3, 2), "SS(0,2), S(0)", torch_version="2.4")
     # 2.5 - 2.7 refuse a Shard after the strided part ended, as their own code raises
     with pytest.raises(WorkbenchError, match=r"torch 2.6's compute_local_shape_and_global_offset"):
-        local_shape_and_offset((8,), (2, 2, 2), (0, 0, 0), "SS(0,2), S(0), S(0)",
-                               torch_version="2.6")
+        local_shape_and_offset(
+            (8,), (2, 2, 2), (0, 0, 0), "SS(0,2), S(0), S(0)", torch_version="2.6"
+        )
 
 
 # ----------------------------------------------------------------------------- newer torch
@@ -725,7 +729,9 @@ def test_checkpointable_tensor_is_refused_by_name():
     t = torch.zeros(4, 3)
     t.global_shape, t.global_offsets = (8, 3), ((4, 0),)
     t.local_offsets, t.local_sizes = ((0, 0),), ((4, 3),)
-    with pytest.raises(WorkbenchError, match=r"a CheckpointableTensor .* global_shape \(8, 3\)") as e:
+    with pytest.raises(
+        WorkbenchError, match=r"a CheckpointableTensor .* global_shape \(8, 3\)"
+    ) as e:
         layout_from_torch(t)
     assert e.value.kind == "CheckpointableTensor" and "sharded_layout" in e.value.fix
     assert layout_from_torch(torch.zeros(4, 3)).kind == "tensor"

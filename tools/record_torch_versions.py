@@ -187,7 +187,7 @@ class _QuietRegistry(type(sys)):
 
     def __getattr__(self, attr):
         if attr.startswith("register"):
-            return lambda *a, **k: (a[0] if a else None)
+            return lambda *a, **k: a[0] if a else None
         try:
             return getattr(self._mod, attr)
         except AttributeError:

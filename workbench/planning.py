@@ -458,9 +458,7 @@ def _balance(pats, lays, sel_per_fqn, ws) -> None:
         sel_per_fqn[f][k] = w
 
 
-def _write_items(
-    r, fqns, lays, pats, kept_per_fqn, hint_per_fqn, strides=False
-) -> list[WriteItem]:
+def _write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn, strides=False) -> list[WriteItem]:
     """Rank r's write items in state-dict order; with ``kept_per_fqn`` only the deduplicated ones,
     their index hints rewritten to metadata chunk positions; ``strides`` (2.15+): properties carry
     the local tensor's strides."""

@@ -922,7 +922,12 @@ def fsdp2_tp_layout(
     # checks every argument
     base = dtensor_layout(shape, mesh, pl, dtype, world_size, fqn=fqn, torch_version=torch_version)
     return _fsdp2_tp_layout(
-        base.shape, base.mesh_shape, base.placements, base.dtype, base.world_size, base.torch_version
+        base.shape,
+        base.mesh_shape,
+        base.placements,
+        base.dtype,
+        base.world_size,
+        base.torch_version,
     )
 
 

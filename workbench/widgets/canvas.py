@@ -19,10 +19,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import anywidget
-import traitlets as T
-
+from ..errors import missing_extra
 from .scenes import Scene, empty_scene
+
+try:
+    import anywidget
+    import traitlets as T
+except ImportError as e:  # the canvas needs the lab extra; its scenes do not
+    raise missing_extra(e, "lab", "workbench.widgets.ChunkCanvas") from None
 
 __all__ = ["ChunkCanvas", "STATIC"]
 

@@ -17,12 +17,15 @@ import html
 from contextlib import contextmanager
 from typing import Any
 
-import ipywidgets as W
-from IPython.core.interactiveshell import InteractiveShell
-from IPython.display import HTML
-
 from ..colors import HIGHLIGHT_COLOR
-from ..errors import WorkbenchError
+from ..errors import WorkbenchError, missing_extra
+
+try:
+    import ipywidgets as W
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import HTML
+except ImportError as e:  # the explorers need the lab extra; the plain functions do not
+    raise missing_extra(e, "lab", "workbench.widgets") from None
 
 __all__ = [
     "Explorer",

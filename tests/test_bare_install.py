@@ -109,6 +109,7 @@ def test_the_cli_inspects_plans_checks_and_explains_without_the_extras(bare, tmp
         ("workbench.plots", "matplotlib", "lab"),
         ("workbench.widgets.controls", "ipywidgets", "lab"),
         ("workbench.widgets.canvas", "anywidget", "lab"),
+        ("workbench.torch_bridge.checked_planner", "torch", "torch"),
     ],
 )
 def test_a_face_without_its_extra_says_which_to_install_in_one_line(bare, module, library, extra):

@@ -24,6 +24,9 @@ def test_every_expected_notebook_exists():
         "06_strided_shard_hazard.ipynb",
         "07_checkpoint_formats.ipynb",
         "08_your_model.ipynb",
+        "00_glossary.ipynb",
+        "11_worked_example.ipynb",
+        "12_your_job.ipynb",
     }
     assert expected <= names, sorted(expected - names)
 

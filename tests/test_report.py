@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from workbench import load_metadata
+from workbench.checkpoint import describe_checkpoint
 from workbench.cli import main
 from workbench.planning import plan_load
-from workbench.report import build_report, describe_checkpoint, human_bytes, write_report
+from workbench.report import build_report, human_bytes, write_report
 
 
 @pytest.fixture(scope="module")

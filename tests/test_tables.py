@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import fake_rank, house_form, real_dtensor, tsm
+from support import house_form, tsm
 from torch.distributed.tensor import placement_types as TPL
+from torch_support import fake_rank, real_dtensor
 
 import workbench as wb
 from workbench.diagnosis import Problem

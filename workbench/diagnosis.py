@@ -16,7 +16,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -48,6 +48,8 @@ from .versions import resolve_torch_version, semantics
 
 __all__ = [
     "Problem",
+    "Kind",
+    "Severity",
     "KINDS",
     "SEVERITIES",
     "BLOCKING",
@@ -57,7 +59,10 @@ __all__ = [
     "rank_suffix",
 ]
 
-KINDS = (
+# What a problem is about: one of these words, everywhere (tables, CLI, JSON, explain). A
+# Literal, so a type checker catches a misspelt comparison; tests/test_problems.py checks every
+# kind / severity word compared in the package against these tuples.
+Kind = Literal[
     "missing_key",
     "unexpected_key",
     "shape_mismatch",
@@ -79,10 +84,14 @@ KINDS = (
     "stray_file",
     "unread_file",
     "hf_lost_chunk",
-)
-SEVERITIES = ("error", "silent", "warning")
+]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+# error: torch raises; silent: torch loads (or saves) wrong values without a word; warning: works,
+# but costs or risks something
+Severity = Literal["error", "silent", "warning"]
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)
 # severities that make a load raise or load wrong values: a job guarded by a plan must stop
-BLOCKING = ("error", "silent")
+BLOCKING: tuple[Severity, ...] = ("error", "silent")
 _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 
 
@@ -98,10 +107,10 @@ class Problem:
     """
 
     fqn: str
-    kind: str
+    kind: Kind
     ranks: tuple[int, ...]
     region: Chunk | None
-    severity: str
+    severity: Severity
     message: str
     fix: str
 

@@ -42,6 +42,7 @@ from .sources import as_record
 
 __all__ = [
     "Tile",
+    "box_fields",
     "Picture",
     "BarsData",
     "TrafficData",

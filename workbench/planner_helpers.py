@@ -47,6 +47,11 @@ from .sources import as_record, as_value, torch_tensor_kind
 from .versions import semantics
 
 __all__ = [
+    # torch's message texts
+    "torch_size_text",
+    "missing_key_message",
+    "size_mismatch_message",
+    "invalid_metadata_message",
     # planner_helpers.py
     "compare_save_plans",
     "contains_usable_plan",

@@ -23,6 +23,13 @@ from itertools import repeat
 from operator import attrgetter, ne
 
 import numpy as np
+
+from .errors import missing_extra
+
+try:
+    import matplotlib  # noqa: F401 - the pictures' one optional library, checked once here
+except ImportError as e:
+    raise missing_extra(e, "lab", "workbench.plots") from None
 from matplotlib.artist import Artist
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgba
@@ -34,30 +41,15 @@ from .colors import text_color
 from .errors import LayoutError
 from .picture_data import (
     MAX_PANELS,
-    BarsData,
     Picture,
-    Tile,
-    TrafficData,
     bytes_per_rank_data,
-    layout_data,
     layout_panels,
-    layout_slabs,
     mesh_data,
     reshard_data,
     traffic_data,
 )
 
 __all__ = [
-    "Tile",
-    "Picture",
-    "BarsData",
-    "TrafficData",
-    "layout_data",
-    "layout_slabs",
-    "reshard_data",
-    "mesh_data",
-    "traffic_data",
-    "bytes_per_rank_data",
     "draw_picture",
     "picture_png",
     "plot_layout",

@@ -21,6 +21,10 @@ from .geometry import Chunk, as_chunk, as_ints
 
 __all__ = [
     "DTYPE_SIZES",
+    "metadata_of",
+    "tensor_entries",
+    "storage_data_of",
+    "chunk_storage",
     "canonical_dtype",
     "element_size",
     "MetadataIndex",

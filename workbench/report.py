@@ -18,13 +18,13 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .checkpoint import describe_checkpoint
 from .records import TensorStorageMetadata
 
 __all__ = [
     "build_report",
     "write_report",
     "figure_data_uri",
-    "describe_checkpoint",
     "human_bytes",
     "shape_text",
 ]
@@ -59,61 +59,6 @@ def figure_data_uri(picture) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def describe_checkpoint(metadata, chunks=None) -> dict:
-    """JSON-able summary of a checkpoint's `Metadata`: every entry with its chunks (region, file,
-    byte range, writer rank) and every data file, from `tables.checkpoint_chunks_table` (pass it
-    as ``chunks`` when already computed)."""
-    import pandas as pd
-
-    from .tables import checkpoint_chunks_table
-
-    df = checkpoint_chunks_table(metadata) if chunks is None else chunks
-    rows = [
-        {
-            k: (
-                None
-                if not isinstance(v, tuple) and pd.isna(v)
-                else int(v)
-                if k in ("offset", "length", "writer", "chunk", "numel", "bytes")
-                else v
-            )
-            for k, v in r.items()
-        }
-        for r in df.to_dict(orient="records")
-    ]
-    by_fqn: dict[str, list] = {}
-    for r in rows:
-        by_fqn.setdefault(r["fqn"], []).append(r)
-    entries = []
-    for fqn, md in metadata.state_dict_metadata.items():
-        saved = [
-            {k: r[k] for k in ("region", "offsets", "sizes", "file", "offset", "length", "writer")}
-            for r in by_fqn.get(fqn, [])
-        ]
-        tensor = isinstance(md, TensorStorageMetadata)
-        entries.append(
-            {
-                "fqn": fqn,
-                "kind": "tensor" if tensor else "bytes",
-                "shape": list(md.size) if tensor else None,
-                "dtype": md.properties.dtype if tensor else None,
-                "nbytes": md.nbytes if tensor else (saved[0]["length"] if saved else None),
-                "chunks": saved,
-            }
-        )
-    files: dict = {}
-    for r in rows:
-        f = files.setdefault(
-            r["file"], {"file": r["file"], "writer": r["writer"], "items": 0, "bytes": 0}
-        )
-        f["items"] += 1
-        f["bytes"] += r["length"] or 0
-    order = sorted(
-        files.values(), key=lambda f: (f["writer"] is None, f["writer"] or 0, str(f["file"]))
-    )
-    return {"version": metadata.version, "entries": entries, "files": order}
 
 
 def human_bytes(n) -> str:
@@ -341,7 +286,7 @@ def build_report(
     sem = semantics(torch_version)
 
     chunks = checkpoint_chunks_table(metadata)
-    info = describe_checkpoint(metadata, chunks)
+    info = describe_checkpoint(metadata)
     result = problems = None
     if layouts is not None:
         from .planning import plan_load

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -25,6 +26,11 @@ from .records import DTYPE_SIZES, TensorProperties, canonical_dtype
 
 __all__ = [
     "Placement",
+    "LayoutKind",
+    "LAYOUT_KINDS",
+    "RankValue",
+    "chunk_holders",
+    "check_load_rank",
     "Shard",
     "Replicate",
     "StridedShard",
@@ -413,6 +419,11 @@ def mesh_coordinate(
 
 
 # ----------------------------------------------------------------------------- layouts
+# What a state-dict value is to DCP (torch's planners branch on exactly these four).
+LayoutKind = Literal["dtensor", "sharded", "tensor", "bytes"]
+LAYOUT_KINDS: tuple[LayoutKind, ...] = get_args(LayoutKind)
+
+
 @dataclass(frozen=True, eq=False)
 class Layout:
     """Every rank's local chunks of one state-dict entry.
@@ -428,7 +439,7 @@ class Layout:
     (FSDP2 + TP, see `fsdp2_tp_layout`), or None to follow the placements.
     """
 
-    kind: str
+    kind: LayoutKind
     shape: tuple[int, ...]
     dtype: str
     world_size: int

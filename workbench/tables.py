@@ -24,7 +24,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 import numpy as np
-import pandas as pd
+
+from .errors import missing_extra
+
+try:
+    import pandas as pd
+except ImportError as e:  # the planning core needs no pandas; tables say which extra adds it
+    raise missing_extra(e, "lab", "workbench.tables") from None
 
 from .colors import rank_color, text_color
 from .errors import PlanError
@@ -512,54 +518,9 @@ def targets_table(costs) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- styling
 def format_tables(checkpoint) -> dict[str, pd.DataFrame]:
-    """What a checkpoint's format records beyond the chunks, one DataFrame per title (empty
-    for plain DCP and HF). Megatron-Core: ``flattened_range`` tensors (``fqn``, ``stored`` piece,
-    ``model shape``, ``flat range``, ``model boxes``), sharded objects (``key``, ``shards``,
-    ``global shape``) and who held each chunk per ``all_local_plans`` beside who wrote it
-    (``fqn``, ``chunk``, ``held by``, ``written by``)."""
-    info = checkpoint.format_info
-    out: dict[str, pd.DataFrame] = {}
-    if checkpoint.format != "megatron":
-        return out
-    if info.flattened:
-        out["flattened_range tensors (stored flat; model shape from mcore_data)"] = pd.DataFrame(
-            [
-                {
-                    "fqn": ft.fqn,
-                    "stored": str(p.stored),
-                    "model shape": "x".join(map(str, ft.shape)),
-                    "flat range": f"{p.start}:{p.stop} of block {p.block}",
-                    "model boxes": ", ".join(map(str, p.boxes)),
-                }
-                for ft in info.flattened.values()
-                for p in ft.pieces
-            ]
-        )
-    if info.objects:
-        out["sharded objects (bytes entries key/shard_<offsets>_<shape>)"] = pd.DataFrame(
-            [
-                {"key": k, "shards": len(v), "global shape": "x".join(map(str, v[0].shape))}
-                for k, v in info.objects.items()
-            ]
-        )
-    if info.local_plans is not None:
-        rows = []
-        held: dict = {}
-        for c in checkpoint.chunks:  # metadata order, grouped by fqn
-            if c.fqn not in held:
-                held[c.fqn] = info.held(c.fqn)
-            rows.append(
-                {
-                    "fqn": c.fqn,
-                    "chunk": "" if c.chunk is None else str(c.chunk),
-                    "held by": format_ranks(
-                        held[c.fqn].get(None if c.chunk is None else c.chunk.offsets, ())
-                    ),
-                    "written by": c.writer_rank,
-                }
-            )
-        out["who held (all_local_plans) and who wrote"] = pd.DataFrame(rows)
-    return out
+    """What a checkpoint's format records beyond the chunks, one DataFrame per title
+    (`checkpoint.Checkpoint.format_rows`; empty for plain DCP and HF)."""
+    return {title: pd.DataFrame(rows) for title, rows in checkpoint.format_rows().items()}
 
 
 def _rank_css(value) -> str:

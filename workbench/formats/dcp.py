@@ -44,6 +44,19 @@ __all__ = [
     "metadata_path",
     "read_metadata_bytes",
     "ALLOWED_GLOBALS",
+    "AllowListUnpickler",
+    "CorruptMetadata",
+    "Named",
+    "Reducer",
+    "StandIn",
+    "WriterVersions",
+    "convert_index",
+    "convert_ints",
+    "convert_properties",
+    "dcp_class",
+    "infer_writer_versions",
+    "plain_data",
+    "stand_in",
 ]
 
 _DCP = "torch.distributed.checkpoint.metadata"

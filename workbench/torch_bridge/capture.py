@@ -59,7 +59,6 @@ from ..sharding import (
 __all__ = [
     "capture",
     "CapturedTarget",
-    "CaptureError",
     "RankEntry",
     "RankView",
     "FsdpParam",
@@ -67,6 +66,8 @@ __all__ = [
     "state_dict_of",
     "build_name",
     "fresh_dtensor_caches",
+    "check_view",
+    "preload_torch",
 ]
 
 _DIGEST_LIMIT = 1 << 26  # tensors up to 64 MiB are hashed to tell per-rank values apart
@@ -565,7 +566,7 @@ def _error(name: str, rank: int, world_size: int, msg) -> CaptureError:
 _WARM = []  # set once this process has run the warm-up build
 
 
-def _preload() -> None:
+def preload_torch() -> None:
     """Import and warm up in the parent what builds use, so every forked rank has it already:
     torch's first ``fully_shard`` / ``parallelize_module`` / DCP planning in a process costs
     about 1.5 s of lazy imports and registrations, a fork a few milliseconds. The warm-up is a
@@ -847,7 +848,7 @@ def _torch_items(view: RankView) -> list[tuple]:
     ]
 
 
-def _check_view(name, layouts, view: RankView, world_size) -> None:
+def check_view(name, layouts, view: RankView, world_size) -> None:
     """The derived layouts against what torch planned on a run rank, and the data it holds
     against its real local tensors' shapes."""
     want, got = _expected_items(layouts, view), _torch_items(view)
@@ -956,11 +957,11 @@ def capture(
         raise CaptureError(name, f"time limit {time_limit!r}", "seconds > 0", "Pass e.g. 120.")
     workers = workers or max(1, min(2, os.cpu_count() or 1))
     t0 = time.perf_counter()
-    _preload()
+    preload_torch()
     views, rep = _plan_ranks(build, name, ws, extra, float(time_limit), workers, progress)
     layouts = _merge(name, views, rep, ws)
     for v in views.values():
-        _check_view(name, layouts, v, ws)
+        check_view(name, layouts, v, ws)
     return CapturedTarget(
         layouts,
         build=name,

@@ -60,7 +60,6 @@ __all__ = [
     "make_checkpoints",
     "load_scenarios",
     "SCENARIO_KINDS",
-    "global_values",
     "MAX_WORLD_SIZE",
 ]
 

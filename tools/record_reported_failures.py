@@ -2,7 +2,7 @@
 
 Not part of ``make test`` (it spawns gloo processes on 127.0.0.1); run it when a case changes::
 
-    .venv/bin/python tools/record_reported_failures.py
+    .venv/bin/python tools/record_reported_failures.py            # --reparse: messages only
 
 For each case of `CASES` (one per `workbench.explanations.REPORTED_FAILURES` entry): a real
 ``dcp.save`` of the saved layouts by that many processes, then a real ``dcp.load`` into the target
@@ -76,7 +76,8 @@ def layouts(specs: dict, world: int) -> dict:
     return out
 
 
-MISSING = re.compile(r"Missing key in checkpoint state_dict: (\S+?)\.?$", re.M)
+# torch's message line (not the traceback's source line that builds it from {fqn})
+MISSING = re.compile(r"^RuntimeError: Missing key in checkpoint state_dict: (\S+?)\.?$", re.M)
 RANK = re.compile(r"\(RANK (\d+)\)")
 
 
@@ -106,28 +107,39 @@ def record(key: str, case: dict) -> dict:
         shutil.copytree(ckpt, dest / "ckpt")
     import torch
 
-    errors = [r.error for r in loaded.ranks]
-    named_keys: dict[str, list[int]] = {}
-    for text in errors:
-        for k, rs in named(text or "").items():
-            named_keys[k] = sorted(set(named_keys.get(k, [])) | set(rs))
     outcome = {
         "torch": torch.__version__,
         "case": case,
-        "errors": errors,
-        "raised_on": [r.rank for r in loaded.ranks if r.error is not None],
-        "missing_keys": named_keys,
+        "errors": [r.error for r in loaded.ranks],
         "mismatches": [list(m) for m in loaded.mismatches()],
         "never_loaded": sorted(set(case["save"]) - set(case["load"])),
     }
-    (dest / "outcome.json").write_text(json.dumps(outcome, indent=1) + "\n")
+    return write_outcome(key, outcome)
+
+
+def write_outcome(key: str, outcome: dict) -> dict:
+    """``outcome`` with what torch's messages name (``raised_on``: the ranks whose dcp.load
+    raised, every rank since DCP re-raises a planning failure everywhere; ``failing_ranks`` /
+    ``missing_keys``: the ranks and keys its CheckpointException names), written to the case."""
+    named_keys: dict[str, list[int]] = {}
+    for text in outcome["errors"]:
+        for k, rs in named(text or "").items():
+            named_keys[k] = sorted(set(named_keys.get(k, [])) | set(rs))
+    outcome["raised_on"] = [r for r, e in enumerate(outcome["errors"]) if e is not None]
+    outcome["missing_keys"] = named_keys
+    outcome["failing_ranks"] = sorted({r for rs in named_keys.values() for r in rs})
+    (DATA / key / "outcome.json").write_text(json.dumps(outcome, indent=1) + "\n")
     print(f"{key}: raised on {outcome['raised_on']}, names {named_keys}")
     return outcome
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
     for key, case in CASES.items():
-        record(key, case)
+        if "--reparse" in args:  # re-read the stored messages only (no run)
+            write_outcome(key, json.loads((DATA / key / "outcome.json").read_text()))
+        else:
+            record(key, case)
     return 0
 
 

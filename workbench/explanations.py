@@ -68,7 +68,7 @@ REPORTED_FAILURES: tuple[ReportedFailure, ...] = (
         key="pytorch-148252",
         url="https://github.com/pytorch/pytorch/issues/148252",
         title="Can't pass strict=False when loading a distributed checkpoint (missing keys)",
-        error=re.compile(r"Missing key in checkpoint state_dict: (?!dataloader\.dp_rank_)\S+"),
+        error=re.compile(r"Missing key in checkpoint state_dict: (?!dataloader\.dp_rank_)[^\s{]+"),
         diagnosis="the target model has parameters the checkpoint never saved; dcp.load is "
         "strict by default and every rank raises on its first missing key",
         fix="dcp.load(..., planner=DefaultLoadPlanner(allow_partial_load=True)) and initialise "

@@ -25,6 +25,7 @@ def test_every_expected_notebook_exists():
         "07_checkpoint_formats.ipynb",
         "08_your_model.ipynb",
         "09_reported_failures.ipynb",
+        "10_checked_load.ipynb",
     }
     assert expected <= names, sorted(expected - names)
 

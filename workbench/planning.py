@@ -60,7 +60,7 @@ from .records import (
     contiguous_strides,
 )
 from .sharding import Layout, RankValue, for_torch_version
-from .sources import as_record
+from .sources import as_record, held_layouts
 from .versions import semantics
 
 __all__ = [
@@ -303,8 +303,11 @@ def plan_save(
     *,
     torch_version: str | None = None,
     storage: str = "fs",
+    world_size: int | None = None,
 ) -> SavePlanResult:
-    """Plan ``dcp.save`` of ``layouts`` (``{fqn: Layout}`` in state-dict order) on every rank, as
+    """Plan ``dcp.save`` of ``layouts`` (``{fqn: Layout}`` in state-dict order, or what a user
+    holds: ``model.state_dict()``, the nested dict given to ``dcp.save``, a module, ``(model,
+    optimizer)``; see `sources.held_layouts`, whose ``world_size`` this passes) on every rank, as
     ``DefaultSavePlanner`` + ``FileSystemWriter`` defaults of ``torch_version`` (default
     `versions.default_torch_version`) would: local plans, ``dedup_save_plans(plans,
     save_to_lowest_rank)`` (load-balanced writer choice with CPython set tie-breaks),
@@ -320,6 +323,7 @@ def plan_save(
             "'fs' (FileSystemWriter) or 'hf' (HuggingFaceStorageWriter)",
             "Pass storage='fs' or storage='hf'.",
         )
+    layouts, _ = held_layouts(layouts, world_size=world_size)
     result = _plan_save(layouts, save_to_lowest_rank, torch_version)
     return apply_hf_writer(result) if storage == "hf" else result
 
@@ -812,9 +816,11 @@ def plan_load(
     *,
     allow_partial_load: bool = False,
     torch_version: str | None = None,
+    world_size: int | None = None,
 ) -> LoadPlanResult:
-    """Plan ``dcp.load`` of ``layouts`` (``{fqn: Layout}`` in state-dict order, one world size)
-    from a checkpoint's ``metadata`` on every rank, as ``DefaultLoadPlanner`` of
+    """Plan ``dcp.load`` of ``layouts`` (``{fqn: Layout}`` in state-dict order, one world size, or
+    what a user holds: ``model.state_dict()``, the nested dict given to ``dcp.load``, a module,
+    ``(model, optimizer)``; see `sources.held_layouts`, whose ``world_size`` this passes) from a checkpoint's ``metadata`` on every rank, as ``DefaultLoadPlanner`` of
     ``torch_version`` (default `versions.default_torch_version`) would
     (``create_default_local_load_plan(state_dict, metadata, strict=not allow_partial_load)``):
     read items in the nested-loop order through 2.10, the sweep order from 2.11.
@@ -825,6 +831,7 @@ def plan_load(
     2.6 a size mismatch is planned as torch plans it (reads against the wrong shape)."""
     sem = semantics(torch_version)
     nested = sem.read_item_order == "nested"
+    layouts, _ = held_layouts(layouts, world_size=world_size, for_load=True)
     fqns, lays, ws = _check_layouts(layouts)
     lays = [for_torch_version(lay, sem.version, fqn=f) for f, lay in zip(fqns, lays)]
     layouts = dict(zip(fqns, lays))

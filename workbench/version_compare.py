@@ -16,6 +16,7 @@ from .diagnosis import find_save_problems
 from .errors import PlanError
 from .planning import LoadPlanResult, plan_load, plan_save
 from .sharding import Layout
+from .sources import held_layouts
 from .versions import resolve_torch_version
 
 __all__ = ["RankVersionChange", "VersionComparison", "compare_versions"]
@@ -112,8 +113,10 @@ def compare_versions(
     versions: Sequence[str],
     *,
     allow_partial_load: bool = False,
+    world_size: int | None = None,
 ) -> VersionComparison:
-    """Plan loading ``metadata`` into ``target`` (``{fqn: Layout}``) with each torch version in
+    """Plan loading ``metadata`` into ``target`` (``{fqn: Layout}``, or what a user holds: a state
+    dict, a module, ``(model, optimizer)``; see `sources.held_layouts`) with each torch version in
     ``versions`` (at least two, e.g. ``["2.10", "2.13"]``) and compare each later version with
     the first, rank by rank.
 
@@ -128,6 +131,7 @@ def compare_versions(
             "at least two distinct versions",
             "Give e.g. ['2.10', '2.13'].",
         )
+    target, _ = held_layouts(target, world_size=world_size, for_load=True)
     from_layouts = isinstance(metadata, Mapping) and all(
         isinstance(x, Layout) for x in metadata.values()
     )

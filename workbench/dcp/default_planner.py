@@ -1,7 +1,8 @@
 """``torch.distributed.checkpoint.default_planner``'s plan-level functions, with the two
 modules it calls for them: ``_dedup_save_plans.dedup_save_plans`` and
 ``_nested_dict.flatten_state_dict``. Same names minus the underscore, torch 2.13's results and
-message strings. The code is in ``workbench.planner_helpers``."""
+message strings. The code is in ``workbench.planner_helpers`` (``flatten_state_dict``: in
+``workbench.sources``, which takes state dicts in)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from ..planner_helpers import (
     create_default_local_metadata,
     create_default_local_save_plan,
     dedup_save_plans,
-    flatten_state_dict,
     validate_global_plan,
 )
+from ..sources import flatten_state_dict
 
 __all__ = [
     "create_default_local_load_plan",

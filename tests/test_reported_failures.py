@@ -14,7 +14,6 @@ import pytest
 from workbench.explanations import REPORTED_FAILURES, explain
 from workbench.formats import load_metadata
 from workbench.planning import plan_load
-from workbench.sharding import bytes_layout, dtensor_layout, tensor_layout
 
 DATA = Path(__file__).parent / "data" / "reported"
 KEYS = sorted(p.name for p in DATA.iterdir() if (p / "outcome.json").exists())
@@ -24,17 +23,20 @@ def outcome(key: str) -> dict:
     return json.loads((DATA / key / "outcome.json").read_text())
 
 
+def tool():
+    """tools/record_reported_failures.py: its layouts() built the target the real load used."""
+    import importlib.util
+
+    path = DATA.parent.parent.parent / "tools" / "record_reported_failures.py"
+    spec = importlib.util.spec_from_file_location("record_reported_failures", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def layouts(specs: dict, world: int) -> dict:
-    """The target the recording loaded into (the same specs, the same constructors)."""
-    out = {}
-    for fqn, s in specs.items():
-        if s[0] == "dtensor":
-            out[fqn] = dtensor_layout(tuple(s[1]), tuple(s[2]), s[3], world_size=world)
-        elif s[0] == "tensor":
-            out[fqn] = tensor_layout(tuple(s[1]), world)
-        else:
-            out[fqn] = bytes_layout(world, ranks=s[1])
-    return out
+    """The target the recording loaded into: the same specs through the same constructors."""
+    return tool().layouts(specs, world)
 
 
 def test_every_report_is_recorded():

@@ -104,7 +104,12 @@ def test_the_cli_inspects_plans_checks_and_explains_without_the_extras(bare, tmp
 
 @pytest.mark.parametrize(
     ("module", "library", "extra"),
-    [("workbench.tables", "pandas", "lab"), ("workbench.plots", "matplotlib", "lab")],
+    [
+        ("workbench.tables", "pandas", "lab"),
+        ("workbench.plots", "matplotlib", "lab"),
+        ("workbench.widgets.controls", "ipywidgets", "lab"),
+        ("workbench.widgets.canvas", "anywidget", "lab"),
+    ],
 )
 def test_a_face_without_its_extra_says_which_to_install_in_one_line(bare, module, library, extra):
     code, out = _run([str(bare), "-c", f"import {module}"])

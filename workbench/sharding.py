@@ -27,6 +27,7 @@ from .versions import resolve_torch_version, semantics
 
 __all__ = [
     "Placement",
+    "TorchMathsError",
     "LayoutKind",
     "LAYOUT_KINDS",
     "RankValue",

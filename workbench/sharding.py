@@ -388,7 +388,7 @@ def _versioned_box(shape, mesh, coord, pl, version: str, fqn):
         )
     try:
         return _local_shape_and_offset(shape, mesh, coord, pl, sem.dtensor_maths)
-    except _TorchMathsError as e:
+    except TorchMathsError as e:
         raise PlacementError(
             fqn,
             f"torch {version}'s compute_local_shape_and_global_offset raises "
@@ -416,7 +416,7 @@ def _local_shape_and_offset(shape, mesh, coord, pl, maths: str = "2.10"):
 # from each version's ``_utils.py`` / ``placement_types.py`` (the names below are the versions'
 # own) and proved against what each version's own code computed (tools/record_torch_versions.py
 # -> tests/data/torch-<X.Y>/dtensor.json). `versions.TorchSemantics.dtensor_maths` picks one.
-class _TorchMathsError(Exception):
+class TorchMathsError(Exception):
     """What an old version's maths raises for a placement list it refuses (torch's type and
     message), turned into a PlacementError naming the version by the caller."""
 
@@ -460,7 +460,7 @@ def _strided_offsets(local, mesh, coord, pl) -> list[int]:
             continue
         d = p.dim
         if ended[d]:
-            raise _TorchMathsError(
+            raise TorchMathsError(
                 "NotImplementedError",
                 "Strided sharding does not allow Shard() to appear after the strided part has "
                 f"ended. {_torch_str(p)} at idx {m} in {list(pl)} violates this assumption.",
@@ -509,7 +509,7 @@ def _explicit_order_placements(mesh, pl) -> list[tuple[int, Placement]]:
         if not isinstance(p, Shard):
             continue
         if p.dim in ended:
-            raise _TorchMathsError(
+            raise TorchMathsError(
                 "NotImplementedError",
                 "Strided sharding does not allow Shard() to appear after the strided part has "
                 f"ended. {_torch_str(p)} at mesh dim {m} in {list(pl)} violates this "
@@ -522,7 +522,7 @@ def _explicit_order_placements(mesh, pl) -> list[tuple[int, Placement]]:
             while strided:
                 sm, sp = strided.pop()
                 if sp.split_factor != aggregate:
-                    raise _TorchMathsError(
+                    raise TorchMathsError(
                         "RuntimeError",
                         "Can only convert _StridedShard to ordered Shard if "
                         f"split_factor({sp.split_factor}) == aggregate mesh size ({aggregate})",

@@ -35,7 +35,11 @@ COURSE = [p for p in NOTEBOOKS if p.name in COURSE_NAMES]
 
 def test_every_expected_notebook_exists():
     names = {p.name for p in NOTEBOOKS}
-    expected = COURSE_NAMES | {"00_glossary.ipynb", "10_checked_load.ipynb", "09_reported_failures.ipynb"}
+    expected = COURSE_NAMES | {
+        "00_glossary.ipynb",
+        "10_checked_load.ipynb",
+        "09_reported_failures.ipynb",
+    }
     assert expected <= names, sorted(expected - names)
 
 

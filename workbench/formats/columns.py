@@ -122,7 +122,7 @@ class StorageColumns(MutableMapping):
     ``offsets[off_start[i]:off_start[i + 1]]``; ``has_offset`` False for a bytes entry's
     ``MetadataIndex(fqn)``), ``hint`` / ``has_hint`` (the index hint), ``path_id`` (into
     ``paths``), ``offset``, ``length``; ``transforms`` maps a row to its
-    ``transform_descriptors``."""
+    ``transform_descriptors``; ``rows``: `box_rows` already known (skips the dedup)."""
 
     def __init__(
         self,
@@ -140,6 +140,7 @@ class StorageColumns(MutableMapping):
         length,
         transforms: dict | None = None,
         source: str = "<metadata>",
+        rows: tuple | None = None,
     ):
         self.fqns, self.paths = fqns, paths
         self.fqn_id = _readonly(np.asarray(fqn_id, np.int64))
@@ -154,7 +155,16 @@ class StorageColumns(MutableMapping):
         self.transforms = dict(transforms or {})
         self._dict: dict | None = None
         self._lookup: dict[int, dict] = {}
-        self._keys, self._value_row = self._dedup(source)
+        # rows: (first row of each key, row of its value) known already (a cache entry)
+        self._keys, self._value_row = (
+            self._dedup(source) if rows is None else (_readonly(rows[0]), _readonly(rows[1]))
+        )
+
+    @property
+    def box_rows(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(first row of each distinct key in order, the row holding its value), or None once
+        the mapping was edited."""
+        return None if self._dict is not None else (self._keys, self._value_row)
 
     # -- construction -------------------------------------------------------------------
     def _key_matrix(self) -> np.ndarray:

@@ -37,6 +37,7 @@ from ..records import (
     TensorProperties,
     TensorStorageMetadata,
 )
+from . import metadata_cache
 from .columns import ChunkList, StorageColumns, check_chunk_hash_spread
 from .dcp_fast import ChunkRun, FastRun, StorageRun, fast_paths
 from .limits import MAX_INT64, Budget, brief, is_safe_key
@@ -588,8 +589,8 @@ class _Converter:
                 ):
                     lut = np.array([ids.setdefault(f, len(ids)) for f in names], np.int64)
                     cols[name].append(lut[index])
-                cols["ndim"].append(np.full(n, k.ndim, np.int64))
-                offsets.append(k.offsets.reshape(-1))
+                cols["ndim"].append(k.nd)
+                offsets.append(k.offsets[np.arange(3)[None, :] < k.nd[:, None]])
                 cols["hint"].append(k.hint)
                 cols["has_hint"].append(k.has_hint)
                 cols["offset"].append(k.file_offset)
@@ -791,13 +792,18 @@ def read_metadata_bytes(
         ) from None
 
 
-def load_metadata(path, rank: int | None = None) -> Metadata:
+def load_metadata(path, rank: int | None = None, *, cache: bool = True) -> Metadata:
     """The checkpoint's `Metadata` as ``FileSystemReader(path).read_metadata(rank=rank)`` would
     return it, in workbench records, but read with an allow-list unpickler: nothing in the file is
     executed (torch's reader is a bare ``pickle.load``). ``storage_meta.load_id`` is the file's
-    (None for files torch wrote) where torch's reader stamps a fresh one."""
+    (None for files torch wrote) where torch's reader stamps a fresh one.
+
+    Chunks and storage entries are held as columns (`formats.columns`). With ``cache`` (and
+    ``WORKBENCH_NO_CACHE`` unset) the parsed result is kept in the user's cache directory and
+    reused while the file's size, mtime and content hash match (`formats.metadata_cache`)."""
     p = metadata_path(path, rank)
     try:
+        st = p.stat()
         data = p.read_bytes()
     except FileNotFoundError:
         raise MetadataError(
@@ -815,7 +821,14 @@ def load_metadata(path, rank: int | None = None) -> Metadata:
             "Check the path and its permissions.",
             path=str(p),
         ) from None
-    return read_metadata_bytes(data, str(p))
+    if not metadata_cache.cache_enabled(cache) or not data:
+        return read_metadata_bytes(data, str(p))
+    key = metadata_cache.content_key(data, st.st_size, st.st_mtime_ns)
+    md = metadata_cache.load_cached(key)
+    if md is None:
+        md = read_metadata_bytes(data, str(p))
+        metadata_cache.store(key, md, len(data))
+    return md
 
 
 # ----------------------------------------------------------------------------- for other readers

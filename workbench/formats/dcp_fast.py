@@ -28,6 +28,8 @@ Imports numpy, re, the unpickler's `LazyMemo` and limits; no torch.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .limits import Budget
@@ -61,16 +63,16 @@ class ChunkRun(FastRun):
 class StorageRun(FastRun):
     """``count`` consecutive ``storage_data`` entries ``MetadataIndex(fqn, offset, index) ->
     _StorageInfo(relative_path, offset, length)``: ``fqns`` / ``paths`` (``(distinct strings,
-    index of each row's)``), ``offsets`` (count x ndim), ``hint`` / ``has_hint``,
-    ``file_offset``, ``length``."""
+    index of each row's)``), ``offsets`` (count x 3, row i's first ``nd[i]`` used), ``hint`` /
+    ``has_hint``, ``file_offset``, ``length``."""
 
-    __slots__ = ("fqns", "paths", "offsets", "hint", "has_hint", "file_offset", "length")
+    __slots__ = ("fqns", "paths", "offsets", "nd", "hint", "has_hint", "file_offset", "length")
 
-    def __init__(self, fqns, paths, offsets, hint, has_hint, file_offset, length):
-        self.fqns, self.paths, self.offsets = fqns, paths, offsets
+    def __init__(self, fqns, paths, offsets, nd, hint, has_hint, file_offset, length):
+        self.fqns, self.paths, self.offsets, self.nd = fqns, paths, offsets, nd
         self.hint, self.has_hint = hint, has_hint
         self.file_offset, self.length = file_offset, length
-        self.count, self.ndim = offsets.shape
+        self.count, self.ndim = len(offsets), None
 
 
 # ----------------------------------------------------------------------------- record shapes
@@ -103,39 +105,16 @@ def _chunk_grammar(nd: int) -> tuple:
     )
 
 
-def _storage_grammar(nd: int) -> tuple:
-    # MetadataIndex {'fqn', 'index', 'offset'} -> _StorageInfo {'relative_path', 'offset',
-    # 'length'}, in the order torch's dataclasses pickle their fields
-    return (
-        ("get", "cls"),
-        *_NEWOBJ,
-        ("get", "k_fqn"),
-        ("str", "fqn"),
-        ("get", "k_index"),
-        ("int?", "hint"),
-        ("get", "k_offset"),
-        *_size("off", nd),
-        ("lit", b"ub"),
-        ("get", "info_cls"),
-        *_NEWOBJ,
-        ("get", "k_path"),
-        ("str", "path"),
-        ("get", "k_file_offset"),
-        ("int", "file_offset"),
-        ("get", "k_length"),
-        ("int", "length"),
-        ("lit", b"ub"),
-    )
-
-
 class _Shape:
     """One record's exact byte layout: ``length`` bytes whose opcode bytes (``fixed`` columns)
     must equal ``template``; ``fields[name] = (kind, column, width)`` with kind ``uint`` /
     ``int`` (signed) / ``none`` / ``new`` (a new string's bytes) / ``getstr``, or ``("const",
     memo index, width)`` for a GET every row repeats byte for byte (part of the template);
-    ``memo`` entries made per record."""
+    ``memo`` entries made per record. A new string's bytes are not in the layout: its length
+    varies from row to row; ``strings`` lists where each one's bytes are inserted (after its
+    length byte), and a ``new`` field is ``("new", its number, 0)``."""
 
-    __slots__ = ("length", "fixed", "template", "fields", "memo")
+    __slots__ = ("length", "fixed", "template", "fields", "strings", "memo")
 
 
 _INT_OPS = {0x4B: ("uint", 1), 0x4D: ("uint", 2), 0x4A: ("int", 4)}
@@ -148,6 +127,7 @@ def _probe(grammar: tuple, data: bytes, pos: int, memo_base: int) -> _Shape | No
     tpl = bytearray()
     fixed: list[int] = []
     fields: dict = {}
+    strings: list[int] = []
     p = pos
     made = 0
     n = len(data)
@@ -210,10 +190,12 @@ def _probe(grammar: tuple, data: bytes, pos: int, memo_base: int) -> _Shape | No
             else:  # str
                 op = data[p]
                 if op == 0x8C:
-                    w = data[p + 1]
-                    keep(2)
-                    fields[arg] = ("new", len(tpl), w)
-                    free(w)
+                    keep(1)
+                    w = data[p]
+                    free(1)  # its length byte: the string's bytes are not part of the shape
+                    fields[arg] = ("new", len(strings), 0)
+                    strings.append(len(tpl))
+                    p += w
                     if data[p] != 0x94:  # MEMOIZE: the string is a memo entry of the record
                         return None
                     keep(1)
@@ -227,25 +209,90 @@ def _probe(grammar: tuple, data: bytes, pos: int, memo_base: int) -> _Shape | No
     shape.fixed = np.array(fixed, np.int64)
     shape.template = np.frombuffer(bytes(tpl), np.uint8)[shape.fixed]
     shape.fields = fields
+    shape.strings = strings
     shape.memo = memo_base + made
     return shape
 
 
-def _rows(data: bytes, pos: int, shape: _Shape, most: int) -> np.ndarray:
-    """The longest run (at most ``most``) of records of ``shape`` from ``pos``, as a (rows x
-    length) uint8 view: a row belongs when every opcode byte equals the template."""
-    most = min(most, (len(data) - pos) // shape.length)
-    m = np.frombuffer(data, np.uint8, count=most * shape.length, offset=pos)
-    m = m.reshape(most, shape.length)
-    # check rows in growing blocks, so a short run costs little
-    done, block = 0, 16
-    while done < most:
-        upto = min(most, done + block)
-        ok = (m[done:upto, shape.fixed] == shape.template).all(axis=1)
+class _Rows:
+    """Consecutive records of one shape: ``m`` (rows x shape length, the layout's bytes of each
+    row, new strings' bytes left out), ``starts`` (where each row begins), ``lens`` (rows x
+    strings: each new string's length), ``end`` (where the last row ends)."""
+
+    __slots__ = ("m", "starts", "lens", "end")
+
+    def __init__(self, m, starts, lens, end):
+        self.m, self.starts, self.lens, self.end = m, starts, lens, end
+
+    def __len__(self) -> int:
+        return len(self.m)
+
+
+def _rows(data: bytes, arr: np.ndarray, pos: int, shape: _Shape, most: int) -> _Rows:
+    """The longest run (at most ``most``, at least the probed row) of records of ``shape`` from
+    ``pos``: a row belongs when every opcode byte equals the template. Rows are checked in
+    growing blocks, so a short run costs little."""
+    n, size, ins = len(data), shape.length, shape.strings
+    if not ins:  # fixed-length rows: a view
+        most = min(most, (n - pos) // size)
+        m = arr[pos : pos + most * size].reshape(most, size)
+        done, block = 0, 16
+        while done < most:
+            upto = min(most, done + block)
+            ok = (m[done:upto, shape.fixed] == shape.template).all(axis=1)
+            if not ok.all():
+                most = done + int(np.argmin(ok))
+                break
+            done, block = upto, block * 4
+        starts = pos + size * np.arange(most, dtype=np.int64)
+        return _Rows(m[:most], starts, np.zeros((most, 0), np.int64), pos + most * size)
+    # rows of varying length: hop from row to row by the strings' length bytes, then gather each
+    # row's layout bytes and check them
+    cols = np.arange(size, dtype=np.int64)
+    after = [(cols >= c).astype(np.int64) for c in ins]
+    starts: list[int] = []
+    lens: list[list[int]] = []
+    parts = []
+    p, block, done = pos, 16, 0
+    while len(starts) < most:
+        stop = False
+        for _ in range(min(block, most - len(starts))):
+            ls, q = [], p
+            for c in ins:  # the length byte is just before the string's bytes
+                b = q + c - 1
+                if b >= n:
+                    break
+                ls.append(data[b])
+                q += data[b]
+            if len(ls) < len(ins) or p + size + sum(ls) > n:
+                stop = True
+                break
+            starts.append(p)
+            lens.append(ls)
+            p += size + sum(ls)
+        if len(starts) == done:
+            break
+        st = np.array(starts[done:], np.int64)
+        ln = np.array(lens[done:], np.int64).reshape(len(st), len(ins))
+        idx = st[:, None] + cols[None, :]
+        for j, a in enumerate(after):
+            idx += a[None, :] * ln[:, j : j + 1]
+        m = arr[idx]
+        ok = (m[:, shape.fixed] == shape.template).all(axis=1)
         if not ok.all():
-            return m[: done + int(np.argmin(ok))]
-        done, block = upto, block * 4
-    return m
+            cut = int(np.argmin(ok))
+            parts.append(m[:cut])
+            del starts[done + cut :], lens[done + cut :]
+            break
+        parts.append(m)
+        done, block = len(starts), block * 4
+        if stop:
+            break
+    m = np.concatenate(parts) if parts else np.zeros((0, size), np.uint8)
+    st = np.array(starts, np.int64)
+    ln = np.array(lens, np.int64).reshape(len(st), len(ins))
+    end = int(st[-1] + size + ln[-1].sum()) if len(st) else pos
+    return _Rows(m, st, ln, end)
 
 
 def _field(m: np.ndarray, spec) -> np.ndarray | None:
@@ -279,70 +326,129 @@ def _check_gets(shape, names_to_objects: dict, memo) -> bool:
     return True
 
 
-def _made(made: list, i: int):
-    """The new string a run made at memo index ``i`` (None when it made none there)."""
-    for at, names, inv in made:
-        j = int(np.searchsorted(at, i))
-        if j < len(at) and at[j] == i:
-            return names[inv[j]]
-    return None
+# ----------------------------------------------------------------------------- storage entries
+# One storage_data entry, MetadataIndex {'fqn': str, 'index': int | None, 'offset': Size} ->
+# _StorageInfo {'relative_path': str, 'offset': int, 'length': int}, as torch's dataclasses
+# pickle it, for offsets of 1 to 3 dims. The entries vary in their ints' widths, their dims and
+# whether a string is new or memoised from one entry to the next, so they are matched one by one
+# by a regular expression (anchored, one after the other: re's scanner), which captures every
+# field; the fields are then decoded column by column. Every GET is captured and checked.
+_G = rb"(h[\s\S]|j[\s\S]{4})"
+_I = (
+    rb"(K[\s\S]|M[\s\S]{2}|J[\s\S]{4}|\x8a(?:\x00"
+    + b"".join(rb"|\x0%d[\s\S]{%d}" % (k, k) for k in range(1, 9))
+    + rb"))"
+)
+_HINT = _I[:-1] + rb"|N)"
+# a memoised string, or a new one (SHORT_BINUNICODE + MEMOIZE) without the MEMOIZE byte inside
+# (so the match is unambiguous); its length byte is checked against the match afterwards
+_S = rb"(h[\s\S]|j[\s\S]{4}|\x8c[\s\S][^\x94]{0,255}\x94)"
+_OPEN = rb"\)\x81\x94\}\x94\("  # EMPTY_TUPLE NEWOBJ MEMOIZE EMPTY_DICT MEMOIZE MARK
+_SIZE_RX = _G + rb"(?:" + _I + rb"\x85|" + _I + _I + rb"\x86|" + _I * 3 + rb"\x87)\x94\x85\x94R\x94"
+_PAIR = re.compile(
+    _G
+    + _OPEN
+    + _G
+    + _S
+    + _G
+    + _HINT
+    + _G
+    + _SIZE_RX
+    + rb"ub"
+    + _G
+    + _OPEN
+    + _G
+    + _S
+    + _G
+    + _I
+    + _G
+    + _I
+    + rb"ub"
+)
+# group -> (ndim of the alternative, offset dim) of the Size's ints
+_SIZE_COLUMNS = {7: (1, 0), 8: (2, 0), 9: (2, 1), 10: (3, 0), 11: (3, 1), 12: (3, 2)}
 
 
-def _merge_names(parts: list) -> tuple[list, np.ndarray]:
-    """One ``(distinct strings, index)`` of the segments' ones, in order."""
-    if len(parts) == 1:
-        return parts[0]
-    names: list = []
+def _first_byte(col) -> np.ndarray:
+    """The first byte of each token (0 for an empty one: an alternative not taken)."""
+    return np.array(col, "S1").view(np.uint8).reshape(-1) if len(col) else np.zeros(0, np.uint8)
+
+
+def _int_column(col) -> np.ndarray:
+    """int64 values of int tokens (BININT1 / BININT2 / BININT / LONG1 of 0 to 8 bytes); 0 for
+    an empty or NONE token."""
+    t = np.array(col, "S10").view(np.uint8).reshape(len(col), 10)
+    op = t[:, 0]
+    b = np.zeros((len(col), 8), np.uint8)
+    long = op == 0x8A
+    b[:, :8] = np.where(long[:, None], t[:, 2:10], t[:, 1:9])
+    width = np.select(
+        [op == 0x4B, op == 0x4D, op == 0x4A, long], [1, 2, 4, t[:, 1].astype(np.int64)], 0
+    )
+    b[np.arange(8)[None, :] >= width[:, None]] = 0
+    v = b.view("<i8").reshape(-1)
+    signed = (op == 0x4A) | long
+    shift = np.where(signed & (width > 0), 64 - 8 * width, 0).astype(np.int64)
+    return (v << shift) >> shift
+
+
+def _same_get(col, want, memo) -> bool:
+    """Whether every GET token of ``col`` is the same one and fetches ``want`` (or an equal
+    str)."""
+    toks = set(col)
+    if len(toks) != 1:
+        return False
+    (tok,) = toks
+    idx = tok[1] if tok[:1] == b"h" else int.from_bytes(tok[1:5], "little")
+    try:
+        got = memo[idx]
+    except KeyError:
+        return False
+    return got is want or (type(want) is str and type(got) is str and got == want)
+
+
+def _str_column(col, fresh: np.ndarray, at: np.ndarray, run_start: int, memo, made: dict):
+    """A column of string tokens as ``(distinct strings, index of each row's)``: a new string
+    (memo entry ``at[i]``, noted in ``made``) or a GET of a str memoised before it; None when
+    any is not."""
     ids: dict = {}
-    idx = []
-    for seg_names, seg_idx in parts:
-        lut = np.array([ids.setdefault(n, len(ids)) for n in seg_names], np.int64)
-        idx.append(lut[seg_idx])
-    names = list(ids)
-    return names, np.concatenate(idx)
+    index = np.empty(len(col), np.int64)
+    names: list = []
+    fresh_l, at_l = fresh.tolist(), at.tolist()
+    for i, tok in enumerate(col):
+        j = ids.get(tok)
+        if j is None:
+            if tok[0] == 0x8C:
+                if tok[1] != len(tok) - 3:
+                    return None
+                try:
+                    v = str(tok[2:-1], "utf-8", "surrogatepass")
+                except UnicodeDecodeError:
+                    return None
+            else:
+                k = tok[1] if tok[0] == 0x68 else int.from_bytes(tok[1:5], "little")
+                if k >= at_l[i]:
+                    return None  # not memoised yet at this point of the pickle
+                if k >= run_start:
+                    v = made.get(k)
+                else:
+                    try:
+                        v = memo[k]  # (may build a record of an earlier run)
+                    except KeyError:
+                        return None
+                if type(v) is not str:
+                    return None
+            j = ids[tok] = len(names)
+            names.append(v)
+        if fresh_l[i]:
+            made[at_l[i]] = names[j]
+        index[i] = j
+    return names, index
 
 
 def _in_container(stack, marks, kind) -> bool:
     # records of a list (APPENDS) or a dict (SETITEMS), pushed after its MARK
     return bool(marks) and 0 < marks[-1] <= len(stack) and type(stack[marks[-1] - 1]) is kind
-
-
-def _strs(m, shape, name, at: int, row_memo: np.ndarray, run_start: int, memo, made: list):
-    """The str field ``name`` of every row as ``(distinct strings, index of each row's)``: new
-    strings decoded, memoised ones looked up; None when one is not a str made before it. A new
-    string is memo entry ``at`` of its record (noted in ``made``, for later GETs of the run)."""
-    kind, col, w = shape.fields[name]
-    if kind == "new":
-        if w:
-            rows = np.ascontiguousarray(m[:, col : col + w]).view(np.dtype((np.void, w)))
-            uniq, inv = np.unique(rows.reshape(-1), return_inverse=True)
-            blob, count = uniq.tobytes(), len(uniq)
-        else:
-            blob, count, inv = b"", 1, np.zeros(len(m), np.int64)
-        try:
-            names = [str(blob[i * w : i * w + w], "utf-8", "surrogatepass") for i in range(count)]
-        except UnicodeDecodeError:
-            return None
-        inv = inv.reshape(-1)
-        made.append((row_memo + at, names, inv))
-        return names, inv
-    idx = _field(m, shape.fields[name])
-    if (idx >= row_memo).any():  # a GET of what the pickle has not memoised yet
-        return None
-    uniq, inv = np.unique(idx, return_inverse=True)
-    names = []
-    for i in uniq.tolist():
-        if i >= run_start:
-            v = _made(made, i)
-        else:
-            try:
-                v = memo[i]  # (may build a record of an earlier run)
-            except KeyError:
-                return None
-        if type(v) is not str:
-            return None
-        names.append(v)
-    return names, inv.reshape(-1)
 
 
 def fast_paths(*, chunk_cls, index_cls, info_cls, size_fn, budget: Budget) -> dict:
@@ -365,7 +471,7 @@ def fast_paths(*, chunk_cls, index_cls, info_cls, size_fn, budget: Budget) -> di
         return [new(chunk_cls, state), state, off, (off,), off, siz, (siz,), siz]
 
     def storage_entries(run, i, fresh_fqn, fresh_path):
-        off = tuple(run.offsets[i].tolist())
+        off = tuple(run.offsets[i, : run.nd[i]].tolist())
         hint = int(run.hint[i]) if run.has_hint[i] else None
         fqn = run.fqns[0][run.fqns[1][i]]
         path = run.paths[0][run.paths[1][i]]
@@ -405,6 +511,7 @@ def fast_paths(*, chunk_cls, index_cls, info_cls, size_fn, budget: Budget) -> di
         if nd is None:
             return None
         grammar = grammar_of(nd)
+        arr = np.frombuffer(data, np.uint8)
         p, count, segments, ends = pos, 0, [], []
         made: list = []  # (memo indices, names, index) of the run's new strings
         memo_at = nmemo
@@ -412,22 +519,25 @@ def fast_paths(*, chunk_cls, index_cls, info_cls, size_fn, budget: Budget) -> di
             shape = _probe(grammar, data, p, memo_base)
             if shape is None:
                 break
-            m = _rows(data, p, shape, MAX_RUN - count)
-            row_memo = memo_at + shape.memo * np.arange(len(m), dtype=np.int64)
-            got = decode(m, shape, nd, row_memo, nmemo, memo, made)
+            rows = _rows(data, arr, p, shape, MAX_RUN - count)
+            if not len(rows):
+                break
+            row_memo = memo_at + shape.memo * np.arange(len(rows), dtype=np.int64)
+            got = decode(rows, data, shape, nd, row_memo, nmemo, memo, made)
             if got is None:
                 break
             segments.append(got)
-            ends.append(memo_at - nmemo + shape.memo * np.arange(1, len(m) + 1))
-            memo_at += shape.memo * len(m)
-            count += len(m)
-            p += shape.length * len(m)
+            ends.append(memo_at - nmemo + shape.memo * np.arange(1, len(rows) + 1))
+            memo_at += shape.memo * len(rows)
+            count += len(rows)
+            p = rows.end
         if not count:
             return None
         budget.charge(count * (nd + 12), "records")
         return p, segments, np.concatenate(ends), nd
 
-    def decode_chunks(m, shape, nd, row_memo, run_start, memo, made):
+    def decode_chunks(rows, data, shape, nd, row_memo, run_start, memo, made):
+        m = rows.m
         want = {"cls": chunk_cls, "k_offsets": "offsets", "k_sizes": "sizes"}
         want.update({"off_size": size_fn, "siz_size": size_fn})
         if not _check_gets(shape, want, memo):
@@ -451,61 +561,54 @@ def fast_paths(*, chunk_cls, index_cls, info_cls, size_fn, budget: Budget) -> di
         )
         return end, [out], total
 
-    def decode_storage(m, shape, nd, row_memo, run_start, memo, made):
-        want = {
-            "cls": index_cls,
-            "k_fqn": "fqn",
-            "k_index": "index",
-            "k_offset": "offset",
-            "off_size": size_fn,
-            "info_cls": info_cls,
-            "k_path": "relative_path",
-            "k_file_offset": "offset",
-            "k_length": "length",
-        }
-        if not _check_gets(shape, want, memo):
-            return None
-        # memo entries of a pair: MetadataIndex, its dict, [fqn], offset tuple, (tuple,), Size,
-        # _StorageInfo, its dict, [path]
-        fqns = _strs(m, shape, "fqn", 2, row_memo, run_start, memo, made)
-        if fqns is None:
-            return None
-        at = 7 + (shape.fields["fqn"][0] == "new")
-        paths = _strs(m, shape, "path", at, row_memo, run_start, memo, made)
-        if paths is None:
-            return None
-        f = shape.fields
-        off = np.stack([_field(m, f[f"off{i}"]) for i in range(nd)], axis=1)
-        hint = _field(m, f["hint"])
-        has_hint = np.full(len(m), hint is not None)
-        if hint is None:
-            hint = np.zeros(len(m), np.int64)
-        fresh = (f["fqn"][0] == "new", f["path"][0] == "new")
-        return (
-            fqns,
-            paths,
-            off,
-            hint,
-            has_hint,
-            _field(m, f["file_offset"]),
-            _field(m, f["length"]),
-            fresh,
-        )
-
     def storage(data, pos, memo, nmemo, stack, marks):
         if not _in_container(stack, marks, dict):
             return None
-        got = run(data, pos, memo, nmemo, _storage_grammar, 7, decode_storage)
-        if got is None:
+        sc = _PAIR.scanner(data, pos)
+        groups = []
+        end = pos
+        while len(groups) < MAX_RUN:
+            m = sc.match()
+            if m is None:
+                break
+            groups.append(m.groups(b""))  # b"" for an alternative not taken
+            end = m.end()
+        if not groups:
             return None
-        end, segs, ends, nd = got
-        out = StorageRun(
-            _merge_names([s[0] for s in segs]),
-            _merge_names([s[1] for s in segs]),
-            *(np.concatenate([s[i] for s in segs]) for i in range(2, 7)),
+        cols = list(zip(*groups))
+        want = {0: index_cls, 1: "fqn", 3: "index", 5: "offset", 6: size_fn}
+        want.update({13: info_cls, 14: "relative_path", 16: "offset", 18: "length"})
+        for c, obj in want.items():
+            if not _same_get(cols[c], obj, memo):
+                return None
+        n = len(groups)
+        fresh_fqn = _first_byte(cols[2]) == 0x8C
+        fresh_path = _first_byte(cols[15]) == 0x8C
+        per = 7 + fresh_fqn.astype(np.int64) + fresh_path
+        ends = np.cumsum(per)
+        row_memo = nmemo + ends - per
+        made: dict = {}
+        fqns = _str_column(cols[2], fresh_fqn, row_memo + 2, nmemo, memo, made)
+        if fqns is None:
+            return None
+        paths = _str_column(cols[15], fresh_path, row_memo + 7 + fresh_fqn, nmemo, memo, made)
+        if paths is None:
+            return None
+        nd = np.where(_first_byte(cols[7]) > 0, 1, np.where(_first_byte(cols[8]) > 0, 2, 3)).astype(
+            np.int64
         )
-        fresh_fqn = np.concatenate([np.full(len(s[2]), s[7][0]) for s in segs])
-        fresh_path = np.concatenate([np.full(len(s[2]), s[7][1]) for s in segs])
+        offsets = np.zeros((n, 3), np.int64)
+        for c, (d, j) in _SIZE_COLUMNS.items():
+            rows = nd == d
+            if rows.any():
+                offsets[:, j] = np.where(rows, _int_column(cols[c]), offsets[:, j])
+        hint_tok = _first_byte(cols[4])
+        has_hint = hint_tok != ord("N")
+        hint = np.where(has_hint, _int_column(cols[4]), 0)
+        budget.charge(n * 16, "storage records")
+        out = StorageRun(
+            fqns, paths, offsets, nd, hint, has_hint, _int_column(cols[17]), _int_column(cols[19])
+        )
         total = int(ends[-1])
         memo.add_range(
             nmemo,

@@ -345,28 +345,27 @@ _HINT = _I[:-1] + rb"|N)"
 _S = rb"(h[\s\S]|j[\s\S]{4}|\x8c[\s\S][^\x94]{0,255}\x94)"
 _OPEN = rb"\)\x81\x94\}\x94\("  # EMPTY_TUPLE NEWOBJ MEMOIZE EMPTY_DICT MEMOIZE MARK
 _SIZE_RX = _G + rb"(?:" + _I + rb"\x85|" + _I + _I + rb"\x86|" + _I * 3 + rb"\x87)\x94\x85\x94R\x94"
-_PAIR = re.compile(
-    _G
-    + _OPEN
-    + _G
-    + _S
-    + _G
-    + _HINT
-    + _G
-    + _SIZE_RX
-    + rb"ub"
-    + _G
-    + _OPEN
-    + _G
-    + _S
-    + _G
-    + _I
-    + _G
-    + _I
-    + rb"ub"
+_PAIR_RX = (
+    _G + _OPEN + _G + _S + _G + _HINT + _G + _SIZE_RX + rb"ub"  # MetadataIndex
+    + _G + _OPEN + _G + _S + _G + _I + _G + _I + rb"ub"  # _StorageInfo
+)  # fmt: skip
+_PAIR = re.compile(_PAIR_RX)
+# a run of pairs, possessive (no backtracking state kept), without groups
+_PAIR_RUN = re.compile(
+    rb"(?:" + re.sub(rb"(?<!\\)\((?!\?)", b"(?:", _PAIR_RX) + rb"){1,%d}+" % MAX_RUN
 )
 # group -> (ndim of the alternative, offset dim) of the Size's ints
 _SIZE_COLUMNS = {7: (1, 0), 8: (2, 0), 9: (2, 1), 10: (3, 0), 11: (3, 1), 12: (3, 2)}
+
+
+# int opcodes: operand width, whether signed (two's complement), and the shift that
+# sign-extends a w-byte value to 64 bits
+_WIDTH = np.zeros(256, np.int64)
+_WIDTH[[0x4B, 0x4D, 0x4A]] = [1, 2, 4]
+_SIGNED = np.zeros(256, np.int64)
+_SIGNED[[0x4A, 0x8A]] = 1
+_SHIFT = np.array([0] + [64 - 8 * w for w in range(1, 9)], np.int64)
+_BYTE = np.arange(8)
 
 
 def _first_byte(col) -> np.ndarray:
@@ -379,16 +378,16 @@ def _int_column(col) -> np.ndarray:
     an empty or NONE token."""
     t = np.array(col, "S10").view(np.uint8).reshape(len(col), 10)
     op = t[:, 0]
-    b = np.zeros((len(col), 8), np.uint8)
     long = op == 0x8A
-    b[:, :8] = np.where(long[:, None], t[:, 2:10], t[:, 1:9])
-    width = np.select(
-        [op == 0x4B, op == 0x4D, op == 0x4A, long], [1, 2, 4, t[:, 1].astype(np.int64)], 0
-    )
-    b[np.arange(8)[None, :] >= width[:, None]] = 0
+    b = t[:, 1:9].copy()
+    if long.any():
+        b[long] = t[long, 2:10]
+    width = _WIDTH[op]
+    if long.any():
+        width[long] = t[long, 1]
+    b[_BYTE[None, :] >= width[:, None]] = 0
     v = b.view("<i8").reshape(-1)
-    signed = (op == 0x4A) | long
-    shift = np.where(signed & (width > 0), 64 - 8 * width, 0).astype(np.int64)
+    shift = _SHIFT[width] * _SIGNED[op]
     return (v << shift) >> shift
 
 
@@ -407,43 +406,54 @@ def _same_get(col, want, memo) -> bool:
     return got is want or (type(want) is str and type(got) is str and got == want)
 
 
-def _str_column(col, fresh: np.ndarray, at: np.ndarray, run_start: int, memo, made: dict):
+def _str_column(col, fresh: np.ndarray, at: np.ndarray, run_start: int, memo, made: list):
     """A column of string tokens as ``(distinct strings, index of each row's)``: a new string
-    (memo entry ``at[i]``, noted in ``made``) or a GET of a str memoised before it; None when
-    any is not."""
-    ids: dict = {}
-    index = np.empty(len(col), np.int64)
+    (memo entry ``at[i]``; its rows are noted in ``made``) or a GET of a str memoised before it;
+    None when any is not."""
+    lut: dict = {}
     names: list = []
-    fresh_l, at_l = fresh.tolist(), at.tolist()
-    for i, tok in enumerate(col):
-        j = ids.get(tok)
-        if j is None:
-            if tok[0] == 0x8C:
-                if tok[1] != len(tok) - 3:
+    fresh_rows = np.flatnonzero(fresh)
+    fresh_at = at[fresh_rows]
+    for tok in dict.fromkeys(col):  # distinct tokens, in order
+        if tok[0] == 0x8C:
+            if tok[1] != len(tok) - 3:
+                return None
+            try:
+                v = str(tok[2:-1], "utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                return None
+        else:
+            k = tok[1] if tok[0] == 0x68 else int.from_bytes(tok[1:5], "little")
+            if k >= run_start:  # a string of this run: made before the row that refers to it?
+                if k >= int(at[col.index(tok)]):
                     return None
-                try:
-                    v = str(tok[2:-1], "utf-8", "surrogatepass")
-                except UnicodeDecodeError:
-                    return None
+                v = _made(made, k)
+                j = int(np.searchsorted(fresh_at, k))
+                if v is None and j < len(fresh_at) and fresh_at[j] == k:
+                    # a new string of this column, on an earlier row (so already in lut)
+                    v = names[lut[col[int(fresh_rows[j])]]]
             else:
-                k = tok[1] if tok[0] == 0x68 else int.from_bytes(tok[1:5], "little")
-                if k >= at_l[i]:
-                    return None  # not memoised yet at this point of the pickle
-                if k >= run_start:
-                    v = made.get(k)
-                else:
-                    try:
-                        v = memo[k]  # (may build a record of an earlier run)
-                    except KeyError:
-                        return None
-                if type(v) is not str:
+                try:
+                    v = memo[k]  # (may build a record of an earlier run)
+                except KeyError:
                     return None
-            j = ids[tok] = len(names)
-            names.append(v)
-        if fresh_l[i]:
-            made[at_l[i]] = names[j]
-        index[i] = j
+            if type(v) is not str:
+                return None
+        lut[tok] = len(names)
+        names.append(v)
+    index = np.fromiter(map(lut.__getitem__, col), np.int64, len(col))
+    if fresh.any():
+        made.append((at[fresh], names, index[fresh]))
     return names, index
+
+
+def _made(made: list, k: int):
+    """The new string this run made as memo entry ``k`` (None when it made none there)."""
+    for at, names, index in made:
+        j = int(np.searchsorted(at, k))
+        if j < len(at) and at[j] == k:
+            return names[index[j]]
+    return None
 
 
 def _in_container(stack, marks, kind) -> bool:
@@ -564,17 +574,13 @@ def fast_paths(*, chunk_cls, index_cls, info_cls, size_fn, budget: Budget) -> di
     def storage(data, pos, memo, nmemo, stack, marks):
         if not _in_container(stack, marks, dict):
             return None
-        sc = _PAIR.scanner(data, pos)
-        groups = []
-        end = pos
-        while len(groups) < MAX_RUN:
-            m = sc.match()
-            if m is None:
-                break
-            groups.append(m.groups(b""))  # b"" for an alternative not taken
-            end = m.end()
-        if not groups:
+        m = _PAIR_RUN.match(data, pos)
+        if m is None:
             return None
+        end = m.end()
+        # the same expression matched record after record from pos: findall finds exactly
+        # those records (b"" for an alternative not taken)
+        groups = _PAIR.findall(data, pos, end)
         cols = list(zip(*groups))
         want = {0: index_cls, 1: "fqn", 3: "index", 5: "offset", 6: size_fn}
         want.update({13: info_cls, 14: "relative_path", 16: "offset", 18: "length"})
@@ -587,7 +593,7 @@ def fast_paths(*, chunk_cls, index_cls, info_cls, size_fn, budget: Budget) -> di
         per = 7 + fresh_fqn.astype(np.int64) + fresh_path
         ends = np.cumsum(per)
         row_memo = nmemo + ends - per
-        made: dict = {}
+        made: list = []
         fqns = _str_column(cols[2], fresh_fqn, row_memo + 2, nmemo, memo, made)
         if fqns is None:
             return None

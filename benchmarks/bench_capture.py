@@ -36,9 +36,9 @@ def main() -> None:
     import capture_programs as P  # imports torch
 
     import workbench as wb
-    from workbench.torch_bridge.capture import _preload, run_rank
+    from workbench.torch_bridge.capture import preload_torch, run_rank
 
-    _preload()
+    preload_torch()
     print(f"import torch + warm-up: {time.perf_counter() - t0:.1f} s (once per process)")
 
     results = {}

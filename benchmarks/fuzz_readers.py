@@ -1,7 +1,7 @@
 """Mutation fuzzing of the workbench's readers of untrusted files, with fixed seeds.
 
 Readers: the allow-list ``.metadata`` unpickler (`workbench.formats.dcp.read_metadata_bytes`),
-JSON targets (`workbench.cli.json_target`) and safetensors headers
+JSON targets (`workbench.targets.json_target`) and safetensors headers
 (`workbench.formats.limits.read_length_prefixed_json`). Seeds: real files in a corpus directory
 (``*.metadata`` pickles from real gloo ``dcp.save`` runs, ``*.safetensors`` written by the
 ``safetensors`` package, ``*.json`` targets); each case mutates one seed (byte flips, interesting
@@ -45,7 +45,7 @@ def _read_metadata(data: bytes):
 
 
 def _read_target(data: bytes):
-    from workbench.cli import json_target
+    from workbench.targets import json_target
 
     return json_target(data, "<fuzz>")
 

@@ -1,57 +1,30 @@
-"""Test support shared by the test files (conftest.py keeps fixtures only).
+"""Test support without torch (conftest.py keeps fixtures only; the torch side is in
+torch_support.py, so torch-free tests run where torch is not installed):
 
 - hypothesis strategies: layouts and state dicts (``state_dicts``, ``save_and_load``, ...) and
   the wider ones reaching negative dims, big worlds and ShardedTensor chunk pools (``wide_*``);
 - canonical forms of records, workbench's or torch's (``write_key``, ``read_key``,
-  ``metadata_key``) and what each rank reports (``expected_per_rank`` / ``ours_load``);
+  ``metadata_key``) and what each rank reports (``expected_per_rank``);
 - the scalar mirrors of workbench.planner_helpers run rank by rank (``helpers_save``,
   ``helpers_load``);
-- the torch side of the differential tests: torch's planners per rank under the ``fake``
-  process group (``fake_rank``) on torch state dicts built here, independently of
-  workbench.torch_bridge (``torch_state_dict``, ``torch_save``, ``torch_load``);
-- small builders and checks (``real_dtensor``, ``torch_tensor_md``, ``tsm``, ``house_form``).
+- small builders and checks (``tsm``, ``house_form``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-import warnings
 
-import torch
-import torch.distributed as dist
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from torch.distributed.checkpoint import metadata as tmeta
-from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans
-from torch.distributed.checkpoint.default_planner import (
-    _validate_global_plan,
-    create_default_global_save_plan,
-    create_default_local_load_plan,
-    create_default_local_save_plan,
-)
-from torch.distributed.checkpoint.planner import WriteItem, WriteItemType
-from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor._utils import (
-    _compute_local_shape_and_global_offset,
-    compute_local_shape_and_global_offset,
-)
-from torch.distributed.tensor.placement_types import Partial as TPartial
-from torch.distributed.tensor.placement_types import Replicate as TReplicate
-from torch.distributed.tensor.placement_types import Shard as TShard
-from torch.distributed.tensor.placement_types import _StridedShard
-from torch.testing._internal.distributed.fake_pg import FakeStore
 
 import workbench as wb
-from workbench import RankValue
 from workbench import planner_helpers as ph
 from workbench.errors import PlanError
 from workbench.geometry import Chunk
 from workbench.records import TensorProperties, TensorStorageMetadata
 from workbench.sharding import (
     Partial,
+    RankValue,
     Replicate,
     Shard,
     StridedShard,
@@ -60,7 +33,6 @@ from workbench.sharding import (
     sharded_layout,
     tensor_layout,
 )
-from workbench.torch_bridge.convert import to_torch
 
 DTYPES = ["float32", "bfloat16", "int64"]
 
@@ -392,145 +364,6 @@ def expected_per_rank(res):
     return out
 
 
-# ----------------------------------------------------------------------------- torch side
-@contextlib.contextmanager
-def fake_rank(rank, world_size):
-    """torch's ``fake`` process group as rank ``rank``: DTensors and DCP's planners run as that
-    rank would, with no other process (torch's warnings about it silenced)."""
-    dist.init_process_group("fake", rank=rank, world_size=world_size, store=FakeStore())
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        dist.destroy_process_group()
-
-
-def torch_placement(p):
-    if isinstance(p, Shard):
-        return TShard(p.dim)
-    if isinstance(p, Replicate):
-        return TReplicate()
-    if isinstance(p, Partial):
-        return TPartial()
-    return _StridedShard(p.dim, split_factor=p.split_factor)
-
-
-class ShardedStandIn:
-    """What a ShardedTensor gives DCP: SHARD write items and chunks for its local shards
-    (torch's ``_create_write_item_for_shard`` / ``_chunk_for_shard``) and the global ``size()``."""
-
-    def __init__(self, shape, chunks, dtype):
-        self._shape, self._chunks = torch.Size(shape), chunks
-        self._props = tmeta.TensorProperties(dtype=dtype)
-
-    def size(self):
-        return self._shape
-
-    def __create_chunk_list__(self):
-        return [
-            tmeta.ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes))
-            for c in self._chunks
-        ]
-
-    def __create_write_items__(self, fqn, obj):
-        from torch.distributed.checkpoint.planner import TensorWriteData
-
-        return [
-            WriteItem(
-                index=tmeta.MetadataIndex(fqn, torch.Size(c.offsets)),
-                type=WriteItemType.SHARD,
-                tensor_data=TensorWriteData(chunk=c, properties=self._props, size=self._shape),
-            )
-            for c in self.__create_chunk_list__()
-        ]
-
-
-def torch_value(lay, rank, meshes):
-    """Rank ``rank``'s value for a layout, or None when the key is absent from its state dict."""
-    dtype = getattr(torch, lay.dtype)
-    if lay.kind == "bytes":
-        return io.BytesIO(b"value") if lay.rank_chunks[rank] else None
-    if lay.kind == "tensor":
-        return torch.empty(lay.shape, dtype=dtype, device="meta") if lay.rank_chunks[rank] else None
-    if lay.kind == "sharded":
-        return ShardedStandIn(lay.shape, lay.rank_chunks[rank], dtype)
-    mesh = meshes.get(lay.mesh_shape)
-    if mesh is None:
-        n = 1
-        for m in lay.mesh_shape:
-            n *= m
-        mesh = meshes[lay.mesh_shape] = DeviceMesh("cpu", torch.arange(n).reshape(lay.mesh_shape))
-    pl = [torch_placement(p) for p in lay.placements]
-    # from_local treats an empty shape as "not given" and infers it from the local tensor, so a
-    # 0-d DTensor needs a 0-d local tensor even on a rank outside the mesh
-    local = (0,) if lay.shape else ()
-    if mesh.get_coordinate() is not None:
-        local, _ = compute_local_shape_and_global_offset(lay.shape, mesh, pl)
-    stride = [1] * len(lay.shape)
-    for d in range(len(lay.shape) - 2, -1, -1):
-        stride[d] = stride[d + 1] * max(lay.shape[d + 1], 1)
-    return DTensor.from_local(
-        torch.empty(local, dtype=dtype, device="meta"),
-        mesh,
-        pl,
-        run_check=False,
-        shape=torch.Size(lay.shape),
-        stride=tuple(stride),
-    )
-
-
-def torch_state_dict(layouts, rank):
-    meshes = {}
-    sd = {}
-    for fqn, lay in layouts.items():
-        v = torch_value(lay, rank, meshes)
-        if v is not None:
-            sd[fqn] = v
-    return sd
-
-
-def torch_save(layouts, lowest):
-    world = next(iter(layouts.values())).world_size
-    local = []
-    for r in range(world):
-        with fake_rank(r, world):
-            local.append(create_default_local_save_plan(torch_state_dict(layouts, r), r == 0))
-    plans, md = create_default_global_save_plan(dedup_save_plans(local, lowest))
-    return local, plans, md, _validate_global_plan(plans, md)
-
-
-def torch_load(md, layouts, strict):
-    """Per rank: torch's read items as plain data, or the text of what it raised."""
-    world = next(iter(layouts.values())).world_size
-    out = []
-    for r in range(world):
-        with fake_rank(r, world):
-            try:
-                plan = create_default_local_load_plan(torch_state_dict(layouts, r), md, strict)
-                out.append([read_key(i) for i in plan.items])
-            except (RuntimeError, ValueError) as e:
-                out.append(str(e))
-    return out
-
-
-# what each torch rank reports (its items or its first failure), computed from a plan_load result
-ours_load = expected_per_rank
-
-
-def torch_local_save(layouts):
-    """Per rank: torch's local save plan, or the text of the ValueError it raised (Partial)."""
-    world = next(iter(layouts.values())).world_size
-    out = []
-    for r in range(world):
-        with fake_rank(r, world):
-            try:
-                out.append(create_default_local_save_plan(torch_state_dict(layouts, r), r == 0))
-            except ValueError as e:
-                out.append(str(e))
-    return out
-
-
 # ----------------------------------------------------------------------------- builders and checks
 def house_form(err: Exception, fqn: str | None = None) -> str:
     """The message of a WorkbenchError, checked for ``<fqn>: <what> ... (<expectation>).``"""
@@ -540,29 +373,6 @@ def house_form(err: Exception, fqn: str | None = None) -> str:
     assert msg.startswith(f"{head}: "), msg
     assert "(" in msg and ")." in msg, msg
     return msg
-
-
-def real_dtensor(shape, mesh_shape, placements, dtype=torch.float32):
-    """A DTensor of global ``shape`` for the current fake rank (zeros of the local shape)."""
-    mesh = DeviceMesh("cpu", torch.arange(math.prod(mesh_shape)).reshape(mesh_shape))
-    coord = mesh.get_coordinate()
-    local, _ = _compute_local_shape_and_global_offset(shape, mesh_shape, coord, placements)
-    stride = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
-    return DTensor.from_local(
-        torch.zeros(local, dtype=dtype), mesh, placements, shape=shape, stride=stride
-    )
-
-
-def T(p):
-    return to_torch(p)
-
-
-def torch_tensor_md(size, chunks, dtype=torch.float32):
-    return tmeta.TensorStorageMetadata(
-        tmeta.TensorProperties(dtype=dtype),
-        torch.Size(size),
-        [tmeta.ChunkStorageMetadata(torch.Size(o), torch.Size(s)) for o, s in chunks],
-    )
 
 
 def tsm(size, chunks, dtype="float32"):

@@ -68,7 +68,7 @@ def _paths(d, target):
             out[label] = f"error: {e}"
 
     md = wb.load_metadata(d)
-    layouts = wb.cli.json_target(target.read_bytes())
+    layouts = wb.targets.json_target(target.read_bytes())
     run("checkpoint_problems", lambda: wb.find_checkpoint_problems(md))
     res = {}
 
@@ -225,12 +225,12 @@ def test_overlap_regions_are_exact_below_the_bounds():
 def test_json_targets_with_absurd_strided_shards_are_bounded(tmp_path):
     """Found by the fuzzer: a JSON target's _StridedShard with a split factor of 10**9, or over a
     dim of 2**40, looped / materialised positions without end."""
-    layouts = wb.cli.json_target(
+    layouts = wb.targets.json_target(
         b'{"w": {"shape": [8], "mesh": [2], "placements": "SS(0,1000000000)"}}'
     )
     assert layouts["w"].chunks(0) == (Chunk((0,), (8,)),)  # the first piece holds everything
     with pytest.raises(WorkbenchError, match="splits a dim of 1,099,511,627,776 elements"):
-        wb.cli.json_target(
+        wb.targets.json_target(
             b'{"w": {"shape": [1099511627776], "mesh": [2], "placements": "SS(0,2)"}}'
         )
 
@@ -245,4 +245,4 @@ def test_json_targets_with_absurd_strided_shards_are_bounded(tmp_path):
 )
 def test_json_target_numbers_that_are_not_ints(doc):
     with pytest.raises(WorkbenchError, match="malformed value"):
-        wb.cli.json_target(doc)
+        wb.targets.json_target(doc)

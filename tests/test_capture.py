@@ -295,7 +295,8 @@ def _same(a, b):
 
 
 def test_cli_capture_writes_the_target_plan_reads_back(tmp_path, fsdp_tp, capsys):
-    from workbench.cli import main, parse_target
+    from workbench.cli import main
+    from workbench.targets import parse_target
 
     out = tmp_path / "target.json"
     assert main(["capture", "capture_programs:build_fsdp_tp", "-n", "6", "-o", str(out)]) == 0
@@ -308,13 +309,13 @@ def test_cli_capture_writes_the_target_plan_reads_back(tmp_path, fsdp_tp, capsys
 
 
 def test_json_round_trip_of_submeshes_bytes_and_optimizer_state(tmp_path):
-    from workbench.cli import _json_target, target_json
+    from workbench.targets import read_json_target, target_json
 
     for build, world in ((P.build_pipeline, 4), (P.build_moe, 4), (P.build_adamw, 2)):
         t = wb.capture(build, world)
         path = tmp_path / f"{build.__name__}.json"
         path.write_text(json.dumps(target_json(t)))
-        _same(_json_target(path), t)
+        _same(read_json_target(path), t)
 
 
 def test_cli_capture_save_side(tmp_path, capsys):
@@ -366,7 +367,7 @@ def test_a_derivation_torch_disagrees_with_is_refused(fsdp_tp):
     is not the derived one is refused, naming the rank and both items."""
     import dataclasses
 
-    from workbench.torch_bridge.capture import _check_view
+    from workbench.torch_bridge.capture import check_view
 
     view = run_rank(P.build_fsdp_tp, 5, 6)
     i = next(k for k, it in enumerate(view.items) if it.index.fqn == "output.weight")
@@ -376,6 +377,6 @@ def test_a_derivation_torch_disagrees_with_is_refused(fsdp_tp):
         tensor_data=dataclasses.replace(item.tensor_data, chunk=wb.Chunk((0, 0), (1, 16))),
     )
     bad = dataclasses.replace(view, items=view.items[:i] + (moved,) + view.items[i + 1 :])
-    _check_view("b", fsdp_tp, view, 6)  # torch's own items agree
+    check_view("b", fsdp_tp, view, 6)  # torch's own items agree
     with pytest.raises(wb.CaptureError, match=r"rank 5's derived write item \('output.weight'"):
-        _check_view("b", fsdp_tp, bad, 6)
+        check_view("b", fsdp_tp, bad, 6)

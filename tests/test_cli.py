@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from workbench import Replicate, Shard, StridedShard
-from workbench.cli import main, parse_target
+from workbench.cli import main
 from workbench.errors import WorkbenchError
+from workbench.targets import parse_target
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pickle
 
 import torch
-from support import torch_tensor_md
 from torch.distributed.checkpoint import metadata as TM
 from torch.distributed.checkpoint import planner_helpers as TH
+from torch_support import torch_tensor_md
 
 import workbench as wb
 from workbench.torch_bridge.convert import from_torch

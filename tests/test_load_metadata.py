@@ -9,8 +9,9 @@ import pickle
 
 import pytest
 import torch
-from support import house_form, torch_tensor_md
+from support import house_form
 from torch.distributed.checkpoint import metadata as TM
+from torch_support import torch_tensor_md
 
 import workbench as wb
 from workbench.torch_bridge.convert import from_torch

@@ -24,6 +24,7 @@ def test_every_expected_notebook_exists():
         "06_strided_shard_hazard.ipynb",
         "07_checkpoint_formats.ipynb",
         "08_your_model.ipynb",
+        "10_checked_load.ipynb",
     }
     assert expected <= names, sorted(expected - names)
 

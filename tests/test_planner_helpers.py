@@ -13,11 +13,12 @@ import torch.distributed.checkpoint.default_planner as TD
 import torch.distributed.checkpoint.planner_helpers as TH
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import fake_rank, read_key, write_key
 from support import metadata_key as md_key
+from support import read_key, write_key
 from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans as torch_dedup
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
+from torch_support import fake_rank
 
 from workbench import planner_helpers as H
 from workbench.errors import PlanError, WorkbenchError
@@ -722,9 +723,7 @@ def test_whole_save_matches_torch(layouts, lowest):
     global plan and validation, against the same steps on RankValues."""
     ws = next(iter(layouts.values())).world_size
     ours = [
-        H.create_default_local_save_plan(
-            {k: H.RankValue(L, r) for k, L in layouts.items()}, r == 0
-        )
+        H.create_default_local_save_plan({k: H.RankValue(L, r) for k, L in layouts.items()}, r == 0)
         for r in range(ws)
     ]
     theirs = []

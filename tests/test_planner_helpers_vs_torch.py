@@ -16,16 +16,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import (
-    T,
-    fake_rank,
     helpers_load,
     helpers_save,
     house_form,
     metadata_key,
-    real_dtensor,
-    torch_load,
-    torch_local_save,
-    torch_tensor_md,
     wide_save_and_load,
     wide_settings,
     write_key,
@@ -42,6 +36,7 @@ from torch.distributed.checkpoint.default_planner import (
 )
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor import placement_types as TPL
+from torch_support import T, fake_rank, real_dtensor, torch_load, torch_local_save, torch_tensor_md
 
 import workbench as wb
 from workbench.torch_bridge.convert import from_torch, to_torch

@@ -22,17 +22,11 @@ from hypothesis import strategies as st
 from support import (
     boxes_in,
     crowded_state_dicts,
-    fake_rank,
     metadata_key,
-    ours_load,
     read_key,
-    real_dtensor,
     save_and_load,
     shapes,
     state_dicts,
-    torch_load,
-    torch_save,
-    torch_state_dict,
     write_key,
 )
 from torch.distributed.checkpoint import default_planner as TDP
@@ -42,6 +36,14 @@ from torch.distributed.checkpoint.default_planner import (
 )
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 from torch.distributed.tensor import placement_types as TPL
+from torch_support import (
+    fake_rank,
+    ours_load,
+    real_dtensor,
+    torch_load,
+    torch_save,
+    torch_state_dict,
+)
 
 import workbench as wb
 from workbench import planner_helpers as ph

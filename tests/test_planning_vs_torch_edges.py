@@ -31,10 +31,7 @@ from support import (
     DTYPES,
     NESTED,
     metadata_key,
-    ours_load,
     read_key,
-    torch_load,
-    torch_local_save,
     wide_placements,
     wide_save_and_load,
     wide_settings,
@@ -48,6 +45,7 @@ from torch.distributed.checkpoint.default_planner import (
     create_default_global_save_plan,
 )
 from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
+from torch_support import ours_load, torch_load, torch_local_save
 
 from workbench.errors import LayoutError
 from workbench.geometry import Chunk

@@ -15,13 +15,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workbench.cli import _json_target, main
+from workbench.cli import main
 from workbench.errors import LayoutError, PlanError
 from workbench.geometry import Chunk
 from workbench.planning import plan_load, plan_save
 from workbench.plots import mesh_data
 from workbench.sharding import dtensor_layout, mesh_coordinate, tensor_layout
 from workbench.tables import layout_chunks_table
+from workbench.targets import read_json_target
 from workbench.torch_bridge.fake_pg import torch_save_plans, verify_with_torch
 
 
@@ -271,7 +272,7 @@ def test_cli_json_target_takes_mesh_ranks(tmp_path, one_rank_checkpoint, capsys)
             }
         )
     )
-    out = _json_target(f)
+    out = read_json_target(f)
     assert out["s1.w"] is dtensor_layout((8, 4), (2,), "S(0)", world_size=7, mesh_ranks=[4, 6])
     assert out["s0.w"].world_size == 7 and out["s0.w"].holders() == [0, 1]
     # end to end: the saved [0:8] is read by ranks 4 and 6 of a world of 7, one item each
@@ -306,7 +307,7 @@ def test_cli_json_target_refuses_bad_mesh_ranks(
     f = tmp_path / "t.json"
     f.write_text(json.dumps({"w": entry}))
     with pytest.raises(error) as e:
-        _json_target(f)
+        read_json_target(f)
     assert words in str(e.value)
     assert main(["plan", str(one_rank_checkpoint), "--target", str(f)]) == 2
     assert words in capsys.readouterr().err

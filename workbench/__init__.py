@@ -1,127 +1,100 @@
-"""DCP Reshard Workbench: recompute, draw and diagnose how torch.distributed.checkpoint (2.4-2.14)
-reshards a checkpoint, for every rank at once, without a process group and without the tensors.
+"""DCP Reshard Workbench: recompute, draw and diagnose how torch.distributed.checkpoint reshards a
+checkpoint, for every rank at once, without a process group and without the tensors.
 
-``import workbench`` imports neither torch, matplotlib nor ipywidgets. Names of the later layers
-are resolved lazily (PEP 562) so that the import stays cheap; pictures, tables and widgets live in
-the submodules ``workbench.plots``, ``workbench.tables`` and ``workbench.widgets``.
+The top level is the user's vocabulary: plans, layouts and placements, readers, capture,
+diagnosis and the errors. The rest lives in submodules, each with its own ``__all__``:
+``workbench.dcp`` (torch's records and planner helpers under torch's names), ``workbench.targets``,
+``workbench.models`` (presets and recipes), ``workbench.versions``, ``workbench.tables``,
+``workbench.plots``, ``workbench.widgets``, ``workbench.report``, ``workbench.torch_bridge``.
+
+``import workbench`` imports neither torch, pandas, matplotlib nor ipywidgets: every name is
+resolved on first use (PEP 562), from the module whose ``__all__`` lists it
+(tests/test_public_api.py checks both).
 """
 
 from __future__ import annotations
 
 import importlib
 
-from .errors import (
-    CaptureError,
-    ChunkError,
-    DtypeError,
-    LayoutError,
-    MetadataError,
-    PlacementError,
-    PlanError,
-    UnsafeCheckpointError,
-    WorkbenchError,
-)
-from .geometry import Chunk, boxes_overlap, covered_volume, intersect, uncovered, volume
-from .records import (
-    BytesIOWriteData,
-    BytesStorageMetadata,
-    ChunkStorageMetadata,
-    LoadItemType,
-    LoadPlan,
-    Metadata,
-    MetadataIndex,
-    ReadItem,
-    SavePlan,
-    StorageInfo,
-    StorageMeta,
-    TensorProperties,
-    TensorStorageMetadata,
-    TensorWriteData,
-    WriteItem,
-    WriteItemType,
-)
-from .sharding import (
-    Layout,
-    RankValue,
-    Partial,
-    Placement,
-    Replicate,
-    Shard,
-    StridedShard,
-    box_matches_data,
-    bytes_layout,
-    dtensor_layout,
-    fsdp2_tp_layout,
-    held_indices,
-    local_shape_and_offset,
-    mesh_coordinate,
-    parse_placement,
-    parse_placements,
-    sharded_layout,
-    tensor_layout,
-)
-
 __version__ = "0.1.0"
 
-# name -> submodule, imported on first access
-_LAZY = {
-    # planner_helpers.py: torch's planner helpers, mirrored
+# The top level: name -> the submodule whose __all__ lists it (resolved on first access).
+_EXPORTS: dict[str, str] = {
+    # plans
+    "plan_save": "planning",
+    "plan_load": "planning",
+    "compare_targets": "candidates",
+    "compare_versions": "version_compare",
+    # layouts and placements
+    "Chunk": "geometry",
+    "Shard": "sharding",
+    "Replicate": "sharding",
+    "StridedShard": "sharding",
+    "Partial": "sharding",
+    "parse_placement": "sharding",
+    "local_shape_and_offset": "sharding",
+    "held_indices": "sharding",
+    "dtensor_layout": "sharding",
+    "fsdp2_tp_layout": "sharding",
+    "tensor_layout": "sharding",
+    "sharded_layout": "sharding",
+    "bytes_layout": "sharding",
+    # readers
+    "load_metadata": "formats",
+    "open_checkpoint": "checkpoint",
+    # the user's own code as the target, and a checked dcp.load / dcp.save inside the job
+    "capture": "torch_bridge.capture",
+    "CheckedLoadPlanner": "torch_bridge.checked_planner",
+    "CheckedSavePlanner": "torch_bridge.checked_planner",
+    # diagnosis
+    "Problem": "diagnosis",
+    "find_problems": "diagnosis",
+    "find_save_problems": "diagnosis",
+    "find_checkpoint_problems": "diagnosis",
+    "find_file_problems": "checkpoint",
+    "explain": "explanations",
+    # errors
+    "WorkbenchError": "errors",
+    "PlanError": "errors",
+    "LayoutError": "errors",
+    "PlacementError": "errors",
+    "ChunkError": "errors",
+    "DtypeError": "errors",
+    "MetadataError": "errors",
+    "UnsafeCheckpointError": "errors",
+    "CaptureError": "errors",
+}
+
+__all__ = list(_EXPORTS)
+
+# Names that were at the top level before it was cut to the vocabulary above. They still resolve
+# (DESIGN.md's acceptance interface calls e.g. ``workbench.create_read_items_for_chunk_list``), but
+# are not in ``__all__`` or ``dir()``: new code imports them from their module. Every name of
+# ``workbench.dcp.__all__`` resolves the same way (looked up there on first access).
+_MOVED: dict[str, str] = {
     **{
-        n: "planner_helpers"
+        n: "sharding"
         for n in (
-            "create_read_items_for_chunk_list",
-            "create_chunk_list",
-            "create_chunk_from_tensor",
-            "create_chunk_from_dtensor",
-            "chunk_for_shard",
-            "create_write_items",
-            "create_write_item_for_tensor",
-            "create_write_item_for_shard",
-            "create_write_item_for_bytesio",
-            "create_read_item_for_tensor",
-            "create_read_item_for_byteio",
-            "create_read_items",
-            "create_default_metadata_only_plan",
-            "init_state_dict",
-            "iterate_state_dict",
-            "compare_save_plans",
-            "merge_delta_local_plans",
-            "contains_usable_plan",
-            "dedup_save_plans",
-            "create_default_global_save_plan",
-            "validate_global_plan",
-            "create_default_local_save_plan",
-            "create_default_local_load_plan",
-            "flatten_state_dict",
-            "create_default_global_load_plan",
-            "create_default_local_metadata",
+            "Layout",
+            "RankValue",
+            "Placement",
+            "parse_placements",
+            "mesh_coordinate",
+            "box_matches_data",
+            "chunk_holders",
         )
     },
-    # planning.py: whole state dicts for every rank
     **{
-        n: "planning"
-        for n in ("plan_save", "plan_load", "SavePlanResult", "LoadPlanResult", "ReadBlock")
+        n: "geometry"
+        for n in ("boxes_overlap", "covered_volume", "intersect", "uncovered", "volume")
     },
-    # io_cost.py, candidates.py: what a load costs, candidate targets compared
+    **{n: "planning" for n in ("SavePlanResult", "LoadPlanResult", "ReadBlock")},
     **{n: "io_cost" for n in ("LoadIO", "load_io")},
-    **{n: "candidates" for n in ("compare_targets", "TargetCost")},
-    # formats/dcp_files.py: data file names
+    "TargetCost": "candidates",
+    "VersionComparison": "version_compare",
     **{n: "formats.dcp_files" for n in ("file_name", "writer_of_file")},
-    # diagnosis.py, explanations.py
-    **{
-        n: "diagnosis"
-        for n in (
-            "Problem",
-            "find_problems",
-            "find_save_problems",
-            "find_checkpoint_problems",
-            "KINDS",
-            "SEVERITIES",
-            "BLOCKING",
-        )
-    },
-    **{n: "explanations" for n in ("explain", "Explanation")},
-    # versions.py, version_compare.py: which torch's DCP semantics, and what an upgrade changes
+    **{n: "diagnosis" for n in ("KINDS", "SEVERITIES", "BLOCKING")},
+    "Explanation": "explanations",
     **{
         n: "versions"
         for n in (
@@ -132,10 +105,7 @@ _LAZY = {
             "TorchSemantics",
         )
     },
-    **{n: "version_compare" for n in ("compare_versions", "VersionComparison")},
     "infer_writer_versions": "formats.dcp",
-    "chunk_holders": "sharding",
-    # models.py: presets and parallelism recipes
     **{
         n: "models"
         for n in (
@@ -149,97 +119,42 @@ _LAZY = {
             "MESH_DIMS",
         )
     },
-    # checkpoint.py: a real checkpoint directory (no torch)
-    **{
-        n: "checkpoint"
-        for n in ("open_checkpoint", "Checkpoint", "SavedChunk", "find_file_problems")
-    },
-    # formats: every checkpoint format's reader (no torch)
-    "load_metadata": "formats",
+    **{n: "checkpoint" for n in ("Checkpoint", "SavedChunk")},
     "detect_format": "formats",
-    # torch_bridge (imports torch inside functions only)
     "verify_with_torch": "torch_bridge",
-    "capture": "torch_bridge.capture",
     "CapturedTarget": "torch_bridge.capture",
 }
 
-__all__ = [
-    "WorkbenchError",
-    "CaptureError",
-    "ChunkError",
-    "DtypeError",
-    "LayoutError",
-    "MetadataError",
-    "PlacementError",
-    "PlanError",
-    "UnsafeCheckpointError",
-    "Chunk",
-    "boxes_overlap",
-    "covered_volume",
-    "intersect",
-    "uncovered",
-    "volume",
-    "BytesIOWriteData",
-    "BytesStorageMetadata",
-    "ChunkStorageMetadata",
-    "LoadItemType",
-    "LoadPlan",
-    "Metadata",
-    "MetadataIndex",
-    "ReadItem",
-    "SavePlan",
-    "StorageInfo",
-    "StorageMeta",
-    "TensorProperties",
-    "TensorStorageMetadata",
-    "TensorWriteData",
-    "WriteItem",
-    "WriteItemType",
-    "Layout",
-    "RankValue",
-    "Partial",
-    "Placement",
-    "Replicate",
-    "Shard",
-    "StridedShard",
-    "box_matches_data",
-    "bytes_layout",
-    "dtensor_layout",
-    "fsdp2_tp_layout",
-    "held_indices",
-    "local_shape_and_offset",
-    "mesh_coordinate",
-    "parse_placement",
-    "parse_placements",
-    "sharded_layout",
-    "tensor_layout",
-    *_LAZY,
-]
-
-
 _SUBMODULES = frozenset(
     {
-        "plots",
-        "tables",
-        "widgets",
-        "colors",
-        "torch_bridge",
-        "cli",
-        "report",
-        "models",
-        "planning",
-        "planner_helpers",
-        "diagnosis",
-        "checkpoint",
-        "formats",
-        "geometry",
-        "sources",
-        "explanations",
-        "io_cost",
         "candidates",
+        "checkpoint",
+        "cli",
+        "colors",
+        "dcp",
+        "diagnosis",
+        "errors",
+        "explanations",
+        "formats",
         "formatting",
-        "picture_data",
+        "geometry",
         "hf_plans",
+        "io_cost",
+        "models",
+        "picture_data",
+        "planner_helpers",
+        "planning",
+        "plots",
+        "records",
+        "report",
+        "sharding",
+        "sources",
+        "tables",
+        "targets",
+        "torch_bridge",
+        "version_compare",
+        "versions",
+        "widgets",
     }
 )
 
@@ -247,7 +162,9 @@ _SUBMODULES = frozenset(
 def __getattr__(name: str):
     if name in _SUBMODULES:  # `workbench.plots` works after a plain `import workbench`
         return importlib.import_module(f".{name}", __name__)
-    mod = _LAZY.get(name)
+    mod = _EXPORTS.get(name) or _MOVED.get(name)
+    if mod is None and name in importlib.import_module(".dcp", __name__).__all__:
+        mod = "dcp"
     if mod is None:
         raise AttributeError(f"module 'workbench' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{mod}", __name__), name)
@@ -256,4 +173,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_EXPORTS))

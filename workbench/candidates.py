@@ -11,6 +11,7 @@ from .errors import PlanError
 from .planning import LoadPlanResult, plan_load
 from .records import Metadata
 from .sharding import Layout
+from .sources import held_layouts
 
 __all__ = ["compare_targets", "TargetCost"]
 
@@ -43,9 +44,12 @@ def compare_targets(
     *,
     allow_partial_load: bool = False,
     progress: bool | None = None,
+    world_size: int | None = None,
 ) -> list[TargetCost]:
-    """Plan the load of ``metadata`` into every candidate target (``{name: {fqn: Layout}}``) and
-    return their I/O costs in the order given, so the cheaper layout can be picked.
+    """Plan the load of ``metadata`` into every candidate target (``{name: {fqn: Layout}}``, or
+    ``{name: what a user holds}``: a state dict, a module, ``(model, optimizer)``, see
+    `sources.held_layouts`, whose ``world_size`` this passes) and return their I/O costs in the
+    order given, so the cheaper layout can be picked.
 
     ``progress``: a tqdm bar over the candidates (``tqdm.auto``: a widget in a notebook, text in a
     terminal); None shows it when the work is large (over 100k tensor-ranks in all)."""
@@ -56,22 +60,17 @@ def compare_targets(
             "a non-empty dict {name: {fqn: Layout}}",
             "Name each candidate layout, e.g. {'fsdp64': ..., 'fsdp8+tp8': ...}.",
         )
-    items = list(targets.items())
+    items = [
+        (name, held_layouts(t, world_size=world_size, for_load=True)) for name, t in targets.items()
+    ]
     if progress is None:
-        progress = (
-            sum(
-                len(t) * next(iter(t.values())).world_size
-                for _, t in items
-                if isinstance(t, Mapping) and t
-            )
-            > 100_000
-        )
+        progress = sum(len(t) * ws for _, (t, ws) in items) > 100_000
     if progress:
         from tqdm.auto import tqdm  # only when a bar is shown: tqdm.auto loads ipywidgets
 
         items = tqdm(items, desc="planning targets", unit="target")
     out = []
-    for name, layouts in items:
+    for name, (layouts, _) in items:
         res = plan_load(metadata, layouts, allow_partial_load=allow_partial_load)
         io = res.io
         needed, read = int(io.bytes_needed.sum()), int(io.bytes_read.sum())

@@ -19,17 +19,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .diagnosis import Problem, find_checkpoint_problems
+from .diagnosis import Problem, Problems, find_checkpoint_problems
 from .errors import MetadataError
 from .formats import read_checkpoint
 from .formats.dcp_files import writer_of_file
 from .formats.distcp import describe_item, expected_storage_bytes
 from .formats.hf_safetensors import INDEX_NAME
 from .formats.megatron import model_metadata as megatron_model_metadata
+from .formatting import format_ranks
 from .geometry import Chunk
-from .records import BytesStorageMetadata, Metadata, MetadataIndex, StorageInfo
+from .records import (
+    BytesStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    StorageInfo,
+    TensorStorageMetadata,
+    chunk_storage,
+    storage_data_of,
+)
 
-__all__ = ["SavedChunk", "Checkpoint", "open_checkpoint", "find_file_problems", "COMPANION_FILES"]
+__all__ = [
+    "SavedChunk",
+    "Checkpoint",
+    "open_checkpoint",
+    "find_file_problems",
+    "describe_checkpoint",
+    "COMPANION_FILES",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +98,52 @@ class Checkpoint:
             return megatron_model_metadata(self.metadata, self.format_info)
         return self.metadata
 
+    def format_rows(self) -> dict[str, list[dict[str, Any]]]:
+        """What the format records beyond the chunks, as rows per title (none for plain DCP and
+        HF). Megatron-Core: ``flattened_range`` tensors (``fqn``, ``stored`` piece, ``model
+        shape``, ``flat range``, ``model boxes``), sharded objects (``key``, ``shards``, ``global
+        shape``) and who held each chunk per ``all_local_plans`` beside who wrote it (``fqn``,
+        ``chunk``, ``held by``, ``written by``). `tables.format_tables` and the CLI show them."""
+        info = self.format_info
+        out: dict[str, list[dict[str, Any]]] = {}
+        if self.format != "megatron":
+            return out
+        if info.flattened:
+            out["flattened_range tensors (stored flat; model shape from mcore_data)"] = [
+                {
+                    "fqn": ft.fqn,
+                    "stored": str(p.stored),
+                    "model shape": "x".join(map(str, ft.shape)),
+                    "flat range": f"{p.start}:{p.stop} of block {p.block}",
+                    "model boxes": ", ".join(map(str, p.boxes)),
+                }
+                for ft in info.flattened.values()
+                for p in ft.pieces
+            ]
+        if info.objects:
+            out["sharded objects (bytes entries key/shard_<offsets>_<shape>)"] = [
+                {"key": k, "shards": len(v), "global shape": "x".join(map(str, v[0].shape))}
+                for k, v in info.objects.items()
+            ]
+        if info.local_plans is not None:
+            rows = []
+            held: dict = {}
+            for c in self.chunks:  # metadata order, grouped by fqn
+                if c.fqn not in held:
+                    held[c.fqn] = info.held(c.fqn)
+                rows.append(
+                    {
+                        "fqn": c.fqn,
+                        "chunk": "" if c.chunk is None else str(c.chunk),
+                        "held by": format_ranks(
+                            held[c.fqn].get(None if c.chunk is None else c.chunk.offsets, ())
+                        ),
+                        "written by": c.writer_rank,
+                    }
+                )
+            out["who held (all_local_plans) and who wrote"] = rows
+        return out
+
     def facts(self) -> dict[str, Any]:
         """The format and what it records of itself (Megatron's metadata.json, the HF index...),
         for tables, the CLI and the report."""
@@ -120,11 +182,25 @@ class Checkpoint:
         """Writer rank of each of ``fqn``'s chunks, in chunk order."""
         return [c.writer_rank for c in self.chunks_of(fqn)]
 
-    def problems(self) -> list[Problem]:
+    def problems(self) -> Problems:
         """`Problem`s (severity ``error``: torch's reader raises mid-load) for missing data files
         and byte ranges past their file's end (fqn: the file; ranks: its writers) and chunks
         without a storage entry (fqn: the entry)."""
-        return _damage(self)
+        return Problems(_damage(self))
+
+    def __repr__(self) -> str:
+        # the chunks of a whole model are thousands of records: the plain text is a summary
+        return (
+            f"Checkpoint({self.path!r}, format={self.format!r}, "
+            f"entries={len(self.metadata.state_dict_metadata)}, chunks={len(self.chunks)}, "
+            f"files={len(self.file_sizes)}, missing_files={len(self.missing_files)})"
+        )
+
+    def _repr_html_(self) -> str:
+        # the HTML layer sits above the checkpoint; loaded only when a notebook shows one
+        from .reprs import checkpoint_html
+
+        return checkpoint_html(self)
 
 
 def open_checkpoint(path, rank: int | None = None) -> Checkpoint:
@@ -515,7 +591,7 @@ def _prod(v) -> int:
     return n
 
 
-def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -> list:
+def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -> Problems:
     """Whether a checkpoint's files are all there, as `diagnosis.Problem` records: no metadata
     beside data files (an interrupted or asynchronous save), data files missing or shorter than
     the byte ranges the metadata names, chunks without a storage entry, duplicate chunks, holes
@@ -530,17 +606,19 @@ def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -
         except MetadataError as e:
             if getattr(e, "reason", None) != "no_metadata":
                 raise
-            return [
-                _problem(
-                    e.fqn,
-                    "no_metadata",
-                    (),
-                    None,
-                    "error",
-                    f"{e.what} ({e.expectation}).",
-                    e.fix,
-                )
-            ]
+            return Problems(
+                [
+                    _problem(
+                        e.fqn,
+                        "no_metadata",
+                        (),
+                        None,
+                        "error",
+                        f"{e.what} ({e.expectation}).",
+                        e.fix,
+                    )
+                ]
+            )
     ck = checkpoint
     out = ck.problems()
     if ck.format == "megatron":
@@ -556,3 +634,48 @@ def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -
     if deep:
         out += _deep_problems(ck, progress)
     return out
+
+
+def describe_checkpoint(metadata: Metadata) -> dict:
+    """JSON-able summary of a checkpoint's `Metadata` (``workbench inspect --json``, the report):
+    every entry with its chunks (region, offsets, sizes, file, byte range, writer rank) in
+    metadata order, and every data file with its item count and bytes, by writer rank."""
+    storage = storage_data_of(metadata)
+    entries, files = [], {}
+    for fqn, md in metadata.state_dict_metadata.items():
+        tensor = isinstance(md, TensorStorageMetadata)
+        boxes = md.chunks if tensor else [None]
+        saved = []
+        for box, info in zip(boxes, chunk_storage(storage, fqn, md)):
+            path = getattr(info, "relative_path", None)
+            length = getattr(info, "length", None)
+            saved.append(
+                {
+                    "region": None if box is None else str(box),
+                    "offsets": None if box is None else box.offsets,
+                    "sizes": None if box is None else box.sizes,
+                    "file": path,
+                    "offset": getattr(info, "offset", None),
+                    "length": length,
+                    "writer": writer_of_file(path),
+                }
+            )
+            f = files.setdefault(
+                path, {"file": path, "writer": writer_of_file(path), "items": 0, "bytes": 0}
+            )
+            f["items"] += 1
+            f["bytes"] += length or 0
+        entries.append(
+            {
+                "fqn": fqn,
+                "kind": "tensor" if tensor else "bytes",
+                "shape": list(md.size) if tensor else None,
+                "dtype": md.properties.dtype if tensor else None,
+                "nbytes": md.nbytes if tensor else saved[0]["length"],
+                "chunks": saved,
+            }
+        )
+    order = sorted(
+        files.values(), key=lambda f: (f["writer"] is None, f["writer"] or 0, str(f["file"]))
+    )
+    return {"version": metadata.version, "entries": entries, "files": order}

@@ -22,387 +22,20 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 from .errors import PlanError, WorkbenchError
-from .formats.limits import brief
 from .formatting import format_ranks
+from .targets import TARGET_HELP, parse_ints, parse_target, preset_listing, target_json
 
-__all__ = ["main", "build_parser", "parse_target", "target_json", "TARGET_HELP"]
-
-TARGET_HELP = """\
-A target is what the checkpoint will be loaded into, in one of two forms:
-
-  PRESET[-SIZE][+optim]:RECIPE:DIM=N[,DIM=N...]
-      a model preset (workbench.models; SIZE defaults to tiny) parallelised by a recipe on a
-      mesh, e.g.
-        llama-tiny:fsdp:dp=8
-        llama-tiny:fsdp2+tp:dp=2,tp=2
-        llama-70b:hsdp:replicate=2,dp=32
-        gpt2-small+optim:tp:tp=4          (+optim: with AdamW state, as get_state_dict saves it)
-      recipes and their mesh dims, in mesh order: fsdp:dp  hsdp:replicate,dp  tp:tp
-      fsdp2+tp:dp,tp  hsdp+tp:replicate,dp,tp  replicate:world
-      (`workbench plan --list-presets` prints every preset and recipe)
-
-  PATH.json
-      a JSON object {fqn: entry}; an entry is one of
-        {"shape": [64, 32], "dtype": "bfloat16", "mesh": [2, 2], "placements": "S(0), S(1)"}
-            a DTensor on a row-major mesh of ranks 0..prod(mesh)-1 (placements: S(d), R,
-            SS(d,k) for _StridedShard, P for Partial); add "mesh_ranks": [4, 5, 6, 7] for a
-            submesh (e.g. a pipeline stage): the mesh's global ranks in row-major mesh order,
-            as DeviceMesh("cpu", torch.tensor(mesh_ranks).reshape(mesh)) names them
-        {"shape": [64], "dtype": "float32"}
-            a plain tensor held whole by every rank
-        {"bytes": true}
-            a non-tensor entry (an int, a dict, a BytesIO...)
-      Plain tensors and bytes may add "ranks": [0, 2] (held by those ranks only) and
-      "per_rank_values": true (each rank holds its own values, e.g. an RNG state).
-      A DTensor may add "data_held": {"4": {"0": [[6, 7]]}}: per rank, per dim, the global
-      indices it really holds as [start, stop) runs when they are not what its placements say
-      (FSDP2 + TP's rows; `workbench capture` writes it). {"shape": ..., "chunks": {"0":
-      [[[0, 0], [4, 8]]], ...}} is a ShardedTensor: per rank, its [offsets, sizes] chunks.
-      The world size is the largest mesh (or an entry's "world_size", or its largest rank or
-      mesh rank + 1)."""
+__all__ = ["main", "build_parser", "torch_versions"]
 
 # exit status
 OK, FOUND_PROBLEMS, BAD_INPUT = 0, 1, 2
 MAX_ROWS = 40  # problems printed as a table; --json gives all
-
-_TARGET_SPEC = re.compile(
-    r"^(?P<preset>[\w.\-]+?)(?P<optim>\+optim)?:(?P<recipe>[\w.+\-]+)"
-    r"(?::(?P<dims>.*))?$"
-)
-_ENTRY_KEYS = {
-    "shape",
-    "dtype",
-    "mesh",
-    "placements",
-    "mesh_ranks",
-    "world_size",
-    "bytes",
-    "ranks",
-    "per_rank_values",
-    "data_held",
-    "chunks",
-}
-
-
-# ----------------------------------------------------------------------------- targets
-def parse_target(spec: str) -> dict:
-    """``{fqn: Layout}`` for a target spec: ``PRESET[-SIZE][+optim]:RECIPE:DIM=N,...`` (a
-    `workbench.models` preset parallelised by a recipe) or a JSON layout file (`TARGET_HELP`)."""
-    from . import models
-
-    if spec.endswith(".json") or Path(spec).is_file():
-        return _json_target(Path(spec))
-    m = _TARGET_SPEC.match(spec.strip())
-    if m is None:
-        raise PlanError(
-            "<target>",
-            f"target spec {spec!r} is neither PRESET:RECIPE:DIM=N,... nor a JSON file",
-            "e.g. llama-tiny:fsdp2+tp:dp=2,tp=2 or layout.json",
-            "Run `workbench plan --help` for the target syntax.",
-            spec=spec,
-        )
-    preset, _, size = m["preset"].partition("-")
-    recipe = m["recipe"].lower()
-    if recipe not in models.MESH_DIMS:
-        raise PlanError(
-            "<target>",
-            f"recipe {m['recipe']!r} in {spec!r} is unknown",
-            "one of fsdp, hsdp, tp, fsdp2+tp, hsdp+tp, replicate",
-            "Run `workbench plan --list-presets`.",
-            spec=spec,
-        )
-    dims = {}
-    for part in filter(None, (p.strip() for p in (m["dims"] or "").split(","))):
-        name, eq, value = (x.strip() for x in part.partition("="))
-        if not eq or not value.isdigit() or int(value) < 1 or name in dims:
-            raise PlanError(
-                "<target>",
-                f"mesh dim {part!r} in {spec!r} is not NAME=N",
-                "e.g. dp=2,tp=2",
-                "Write each mesh dim once, as name=positive integer.",
-                spec=spec,
-            )
-        dims[name] = int(value)
-    want = models.MESH_DIMS[recipe]
-    if sorted(dims) != sorted(want):
-        raise PlanError(
-            "<target>",
-            f"recipe {m['recipe']} got mesh dims {sorted(dims)} in {spec!r}",
-            f"exactly {', '.join(want)}",
-            f"Write e.g. {m['recipe']}:" + ",".join(f"{d}=2" for d in want) + ".",
-            spec=spec,
-        )
-    sd = models.model_state_dict(preset, size or "tiny", optimizer=bool(m["optim"]))
-    return models.apply_recipe(sd, recipe, tuple(dims[d] for d in want))
-
-
-def _list_presets() -> str:
-    from . import models
-
-    lines = ["presets (PRESET-SIZE):"]
-    lines += [f"  {p}-{size}" for p in models.PRESETS for size in models.SIZES[p]]
-    lines += [
-        "  (append +optim for AdamW state as saved by get_state_dict)",
-        "recipes (mesh dims):",
-    ]
-    lines += [
-        f"  {r}:{','.join(d + '=N' for d in dims)}  {models.RECIPES[r]}"
-        for r, dims in models.MESH_DIMS.items()
-    ]
-    return "\n".join(lines)
-
-
-# Largest world a JSON target may describe: a 30-byte file must not make the planner allocate
-# per-rank tables of billions of ranks (DESIGN: hundreds to thousands of ranks).
-MAX_TARGET_WORLD = 1 << 16
-
-
-def _runs(indices) -> list[list[int]]:
-    """Indices as [start, stop) runs of consecutive values (FSDP2 rows are one run a dim)."""
-    out: list[list[int]] = []
-    for i in indices:
-        if out and out[-1][1] == i:
-            out[-1][1] = i + 1
-        else:
-            out.append([i, i + 1])
-    return out
-
-
-def _from_runs(runs) -> list[int]:
-    from .sharding import MAX_STRIDED_POSITIONS
-
-    bounds = [(int(start), int(stop)) for start, stop in runs]
-    # a JSON target's runs are counted before they are expanded (no [0, 10**100) lists)
-    if sum(max(stop - start, 0) for start, stop in bounds) > MAX_STRIDED_POSITIONS:
-        raise ValueError(f"data_held runs hold more than {MAX_STRIDED_POSITIONS:,} indices")
-    return [i for start, stop in bounds for i in range(start, stop)]
-
-
-def target_json(layouts) -> dict:
-    """``{fqn: Layout}`` (e.g. `workbench.capture`'s) as the JSON ``workbench plan --target``
-    reads back into equal layouts (`TARGET_HELP`)."""
-    from .sharding import format_placements
-
-    out = {}
-    for fqn, lay in layouts.items():
-        if lay.kind == "bytes":
-            e: dict = {"bytes": True}
-        else:
-            e = {"shape": list(lay.shape), "dtype": lay.dtype}
-        if lay.kind == "dtensor":
-            e["mesh"] = list(lay.mesh_shape)
-            e["placements"] = format_placements(lay.placements)
-            if lay.mesh_ranks is not None:
-                e["mesh_ranks"] = list(lay.mesh_ranks)
-            if lay.data_held is not None:
-                e["data_held"] = {
-                    str(r): {str(d): _runs(idx) for d, idx in sorted(dims.items())}
-                    for r, dims in enumerate(lay.data_held)
-                    if dims is not None
-                }
-        elif lay.kind == "sharded":
-            e["chunks"] = {
-                str(r): [[list(c.offsets), list(c.sizes)] for c in cs]
-                for r, cs in enumerate(lay.rank_chunks)
-                if cs
-            }
-        else:
-            holders = lay.holders()
-            if len(holders) != lay.world_size:
-                e["ranks"] = holders
-            if lay.per_rank_values:
-                e["per_rank_values"] = True
-        e["world_size"] = lay.world_size
-        out[fqn] = e
-    return out
-
-
-def _json_target(path: Path) -> dict:
-    if not path.is_file():
-        raise PlanError(
-            "<target>",
-            f"target file {str(path)!r} does not exist",
-            "a readable JSON file",
-            "Check the path.",
-            path=str(path),
-        )
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise PlanError(
-            "<target>",
-            f"target file {str(path)!r} cannot be read ({e})",
-            "a readable JSON file",
-            "Check the path and its permissions.",
-            path=str(path),
-        ) from None
-    return json_target(data, str(path))
-
-
-def _bounded_prod(dims) -> int:
-    """The product of mesh dims, stopping once past `MAX_TARGET_WORLD` (no huge products)."""
-    out = 1
-    for d in dims if isinstance(dims, list) else [dims]:
-        if type(d) is not int:
-            raise TypeError(f"mesh dim {brief(d, 20)} is not an int")
-        out *= d
-        if out > MAX_TARGET_WORLD:
-            return out
-    return out
-
-
-def json_target(data, path: str = "<target>") -> dict:
-    """The layouts ``{fqn: Layout}`` of a JSON target document (bytes or str; the syntax of
-    `workbench plan --help`), read within `formats.limits.read_json`'s bounds and
-    `MAX_TARGET_WORLD` ranks: a `WorkbenchError` for anything else."""
-    from .formats.limits import read_json
-    from .sharding import (
-        bytes_layout,
-        dtensor_layout,
-        sharded_layout,
-        tensor_layout,
-        with_data_held,
-    )
-
-    try:
-        doc = read_json(data, path, error=PlanError)
-    except PlanError as e:
-        raise PlanError(
-            "<target>",
-            f"target file {path!r} is not valid JSON ({e.what})",
-            "a JSON object {fqn: entry}",
-            "Fix the file.",
-            path=path,
-        ) from None
-    if not isinstance(doc, dict) or not doc:
-        raise PlanError(
-            "<target>",
-            f"target file {path!r} holds {type(doc).__name__} {brief(doc, 40)}",
-            "a non-empty JSON object {fqn: entry}",
-            "See `workbench plan --help`.",
-            path=path,
-        )
-    for fqn, e in doc.items():
-        bad = sorted(set(e) - _ENTRY_KEYS) if isinstance(e, dict) else None
-        if bad is None or bad or not (e.get("bytes") or "shape" in e):
-            raise PlanError(
-                fqn,
-                f"target entry {brief(e, 80)} is not understood"
-                + (f" (unknown keys {bad})" if bad else ""),
-                "{shape, dtype, mesh, placements} or {bytes: true}",
-                "See `workbench plan --help`.",
-                path=path,
-            )
-        if ("mesh" in e) != ("placements" in e):
-            raise PlanError(
-                fqn,
-                "target entry gives one of mesh and placements",
-                "both or neither",
-                "Add the missing one.",
-                path=path,
-            )
-        if ("data_held" in e and "mesh" not in e) or ("chunks" in e and "mesh" in e):
-            raise PlanError(
-                fqn,
-                "target entry gives data_held without a mesh, or chunks with one",
-                "data_held on a DTensor entry, chunks on a ShardedTensor entry",
-                "See `workbench plan --help`.",
-                path=path,
-            )
-        if "mesh_ranks" in e and "mesh" not in e:
-            raise PlanError(
-                fqn,
-                "target entry gives mesh_ranks without a mesh",
-                "mesh_ranks only on a DTensor entry",
-                "Add mesh and placements, or drop mesh_ranks.",
-                path=path,
-            )
-    try:
-        for fqn, e in doc.items():
-            # rank-sized numbers are bounded before anything is multiplied or allocated by them
-            for key in ("mesh", "ranks", "mesh_ranks", "world_size"):
-                v = e.get(key)
-                vals = v if isinstance(v, list) else [] if v is None else [v]
-                if any(type(x) is not int for x in vals):
-                    raise TypeError(f"{key} {brief(v, 40)} is not an int or a list of ints")
-                if len(vals) > MAX_TARGET_WORLD or any(
-                    not 0 <= x <= MAX_TARGET_WORLD for x in vals
-                ):
-                    raise PlanError(
-                        fqn,
-                        f"target entry's {key} {brief(v, 60)} is out of range",
-                        f"ints from 0 to {MAX_TARGET_WORLD:,} (ranks of one world)",
-                        "See `workbench plan --help`.",
-                        path=path,
-                    )
-        world = max(
-            max(
-                _bounded_prod(e.get("mesh", [1])),
-                int(e.get("world_size", 1)),
-                max(e.get("ranks") or [0]) + 1,
-                max(e.get("mesh_ranks") or [0]) + 1,
-                max((int(r) for r in e.get("chunks") or {}), default=0) + 1,
-            )
-            for e in doc.values()
-        )
-        if not 1 <= world <= MAX_TARGET_WORLD:
-            raise PlanError(
-                "<target>",
-                f"target file {path!r} describes a world of {world:,} ranks",
-                f"1 to {MAX_TARGET_WORLD:,} ranks",
-                "Check mesh, world_size, ranks and mesh_ranks.",
-                path=path,
-            )
-        out = {}
-        for fqn, e in doc.items():
-            holders = dict(ranks=e.get("ranks"), per_rank_values=bool(e.get("per_rank_values")))
-            if e.get("bytes"):
-                out[fqn] = bytes_layout(world, **holders)
-            elif "mesh" in e:
-                out[fqn] = dtensor_layout(
-                    e["shape"],
-                    e["mesh"],
-                    e["placements"],
-                    e.get("dtype", "float32"),
-                    world,
-                    mesh_ranks=e.get("mesh_ranks"),
-                    fqn=fqn,
-                )
-                if "data_held" in e:
-                    held = {
-                        int(r): {int(d): _from_runs(v) for d, v in dims.items()}
-                        for r, dims in e["data_held"].items()
-                    }
-                    out[fqn] = with_data_held(out[fqn], held, fqn=fqn)
-            elif "chunks" in e:
-                chunks = {
-                    int(r): [(tuple(o), tuple(z)) for o, z in cs] for r, cs in e["chunks"].items()
-                }
-                out[fqn] = sharded_layout(
-                    e["shape"], chunks, e.get("dtype", "float32"), world, fqn=fqn
-                )
-            else:
-                out[fqn] = tensor_layout(
-                    e["shape"], world, e.get("dtype", "float32"), fqn=fqn, **holders
-                )
-    except WorkbenchError:
-        raise
-    except (TypeError, ValueError, AttributeError, OverflowError) as e:  # "4" or 1e999 for an int
-        raise PlanError(
-            "<target>",
-            f"target file {path!r} has a malformed value ({brief(str(e), 120)})",
-            "shape, mesh, ranks, mesh_ranks: lists of ints; world_size: an int",
-            "See `workbench plan --help`.",
-            path=path,
-        ) from None
-    return out
 
 
 # ----------------------------------------------------------------------------- output helpers
@@ -450,7 +83,7 @@ def _json_out(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
-def problem_dict(p) -> dict:
+def _problem_dict(p) -> dict:
     """A `Problem` as plain JSON-able data."""
     return {
         "fqn": p.fqn,
@@ -465,13 +98,15 @@ def problem_dict(p) -> dict:
 
 # ----------------------------------------------------------------------------- commands
 def _cmd_inspect(args) -> int:
+    from .checkpoint import describe_checkpoint
     from .diagnosis import find_checkpoint_problems
-    from .report import describe_checkpoint, human_bytes, shape_text
+    from .formatting import format_bytes
+    from .report import shape_text
 
     ckpt = _open(args.checkpoint)
     info = describe_checkpoint(ckpt.metadata)
     problems = find_checkpoint_problems(ckpt.metadata)  # holes / overlaps, whatever the target
-    written_by = writer_versions(args.checkpoint, ckpt.format)
+    written_by = _writer_versions(args.checkpoint, ckpt.format)
     if args.json:
         _json_out(
             {
@@ -489,7 +124,7 @@ def _cmd_inspect(args) -> int:
                 },
                 **info,
                 "damage": [p.message for p in ckpt.problems()],
-                "problems": [problem_dict(p) for p in problems],
+                "problems": [_problem_dict(p) for p in problems],
             }
         )
         return OK
@@ -501,7 +136,7 @@ def _cmd_inspect(args) -> int:
             e["dtype"] or "",
             len(e["chunks"]),
             format_ranks(c["writer"] for c in e["chunks"] if c["writer"] is not None),
-            "" if e["nbytes"] is None else human_bytes(e["nbytes"]),
+            "" if e["nbytes"] is None else format_bytes(e["nbytes"]),
         ]
         for e in info["entries"]
     ]
@@ -524,7 +159,7 @@ def _cmd_inspect(args) -> int:
     _table(
         "files",
         ["file", "writer", "items", "bytes"],
-        [[f["file"], f["writer"], f["items"], human_bytes(f["bytes"])] for f in info["files"]],
+        [[f["file"], f["writer"], f["items"], format_bytes(f["bytes"])] for f in info["files"]],
     )
     if problems:
         _table(
@@ -573,11 +208,10 @@ def _format_records(ckpt) -> dict:
 
 
 def _format_tables(ckpt) -> None:
-    """The format's own records (`tables.format_tables`)."""
-    from .tables import format_tables
-
-    for title, df in format_tables(ckpt).items():
-        _table(title, list(df.columns), df.astype(str).values.tolist())
+    """The format's own records (`checkpoint.Checkpoint.format_rows`)."""
+    for title, rows in ckpt.format_rows().items():
+        columns = list(rows[0]) if rows else []
+        _table(title, columns, [[str(r[c]) for c in columns] for r in rows])
 
 
 def _cmd_check(args) -> int:
@@ -591,7 +225,7 @@ def _cmd_check(args) -> int:
                 "checkpoint": args.checkpoint,
                 "deep": args.deep,
                 "ok": not blocking,
-                "problems": [problem_dict(p) for p in problems],
+                "problems": [_problem_dict(p) for p in problems],
             }
         )
         return FOUND_PROBLEMS if blocking else OK
@@ -638,7 +272,7 @@ def _version_header(v: str) -> str:
     return f"DCP semantics of torch {v} ({note})"
 
 
-def writer_versions(checkpoint: str, fmt: str = "dcp"):
+def _writer_versions(checkpoint: str, fmt: str = "dcp"):
     """`formats.dcp.infer_writer_versions` of a checkpoint directory's ``.metadata`` (Megatron's
     with its extra records allowed); None for a format without a pickled metadata (HF)."""
     from .formats.dcp import infer_writer_versions, metadata_path
@@ -671,7 +305,7 @@ def _cmd_plan(args) -> int:
     damage = [p.message for p in ckpt.problems()]
     broken = sorted({c.fqn for c in ckpt.damaged_chunks if c.fqn in layouts})
     ok = not blocking and not broken
-    io = io_summary(result)
+    io = _io_summary(result)
     if args.json:
         _json_out(
             {
@@ -680,7 +314,7 @@ def _cmd_plan(args) -> int:
                 "torch_version": result.torch_version,
                 "ok": ok,
                 "world_size": result.world_size,
-                "problems": [problem_dict(p) for p in problems],
+                "problems": [_problem_dict(p) for p in problems],
                 "damage": damage,
                 "damaged_keys": broken,
                 "io": io,
@@ -759,7 +393,7 @@ def _cmd_compare_versions(args, versions: list[str]) -> int:
     return FOUND_PROBLEMS if any(blocked.values()) else OK
 
 
-def io_summary(result) -> dict:
+def _io_summary(result) -> dict:
     """The plan's I/O as a few numbers a script can compare (from ``result.io``,
     `io_cost.LoadIO`, the numbers `tables.io_table` lists per rank)."""
     io = result.io
@@ -775,10 +409,10 @@ def io_summary(result) -> dict:
 
 
 def _io_lines(io: dict):
-    from .report import human_bytes
+    from .formatting import format_bytes
 
     for k, v in io.items():
-        yield k.replace("_", " "), human_bytes(v) if "bytes" in k else v
+        yield k.replace("_", " "), format_bytes(v) if "bytes" in k else v
 
 
 def _cmd_explain(args) -> int:
@@ -790,20 +424,20 @@ def _cmd_explain(args) -> int:
         args.text, metadata=metadata, target=target, torch_version=_one_version(args.torch)
     )
     if args.json:
-        _json_out(explanation_dict(exp))
+        _json_out(_explanation_dict(exp))
     else:
         print(exp)
     return OK
 
 
-def explanation_dict(exp) -> dict:
+def _explanation_dict(exp) -> dict:
     """An `Explanation` (its inner ones included) as plain JSON-able data."""
     return {f.name: _json_value(getattr(exp, f.name)) for f in dataclasses.fields(exp)}
 
 
 def _json_value(v):
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return explanation_dict(v)
+        return _explanation_dict(v)
     if isinstance(v, (list, tuple)):
         return [_json_value(x) for x in v]
     return v if isinstance(v, (str, int, float, bool, type(None), dict)) else str(v)
@@ -838,7 +472,11 @@ def _cmd_capture(args) -> int:
 
     ranks = None
     if args.ranks:
-        ranks = "all" if args.ranks == "all" else _ints(args.ranks, "--ranks")
+        ranks = (
+            "all"
+            if args.ranks == "all"
+            else list(parse_ints(args.ranks, "--ranks", error=PlanError, example="0,5"))
+        )
     target = capture(
         args.build, args.world_size, ranks=ranks, time_limit=args.time_limit, progress=False
     )
@@ -858,22 +496,13 @@ def _cmd_capture(args) -> int:
     return status
 
 
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise PlanError(
-            "<input>", f"{what} {text!r} is not a list of ranks", "e.g. 0,5 or all"
-        ) from None
-
-
 def _save_side(target) -> tuple[dict, int]:
     """What the captured program's ``dcp.save`` writes (`plan_save` on its layouts), as
     ``workbench inspect --json`` prints a checkpoint, plus the save's validation errors and
     problems; status 1 when torch's save would raise or lose data."""
+    from .checkpoint import describe_checkpoint
     from .diagnosis import find_save_problems
     from .planning import plan_save
-    from .report import describe_checkpoint
 
     save = plan_save(target)
     problems = find_save_problems(save)
@@ -885,7 +514,7 @@ def _save_side(target) -> tuple[dict, int]:
         **describe_checkpoint(save.metadata),
         "bytes_written": [int(b) for b in save.bytes_written],
         "validation_errors": list(save.errors),
-        "problems": [problem_dict(p) for p in problems],
+        "problems": [_problem_dict(p) for p in problems],
     }
     return doc, FOUND_PROBLEMS if bad else OK
 
@@ -920,7 +549,7 @@ class _ListPresets(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(_list_presets())
+        print(preset_listing())
         parser.exit()
 
 

@@ -16,7 +16,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from .versions import resolve_torch_version, semantics
 
 __all__ = [
     "Problem",
+    "Problems",
+    "Kind",
+    "Severity",
     "KINDS",
     "SEVERITIES",
     "BLOCKING",
@@ -57,7 +60,10 @@ __all__ = [
     "rank_suffix",
 ]
 
-KINDS = (
+# What a problem is about: one of these words, everywhere (tables, CLI, JSON, explain). A
+# Literal, so a type checker catches a misspelt comparison; tests/test_problems.py checks every
+# kind / severity word compared in the package against these tuples.
+Kind = Literal[
     "missing_key",
     "unexpected_key",
     "shape_mismatch",
@@ -79,10 +85,14 @@ KINDS = (
     "stray_file",
     "unread_file",
     "hf_lost_chunk",
-)
-SEVERITIES = ("error", "silent", "warning")
+]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+# error: torch raises; silent: torch loads (or saves) wrong values without a word; warning: works,
+# but costs or risks something
+Severity = Literal["error", "silent", "warning"]
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)
 # severities that make a load raise or load wrong values: a job guarded by a plan must stop
-BLOCKING = ("error", "silent")
+BLOCKING: tuple[Severity, ...] = ("error", "silent")
 _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 
 
@@ -98,10 +108,10 @@ class Problem:
     """
 
     fqn: str
-    kind: str
+    kind: Kind
     ranks: tuple[int, ...]
     region: Chunk | None
-    severity: str
+    severity: Severity
     message: str
     fix: str
 
@@ -132,6 +142,30 @@ class Problem:
 
     def __str__(self) -> str:
         return f"[{self.severity}] {self.kind}: {self.message} {self.fix}"
+
+
+class Problems(list):
+    """What every ``find_*problems`` returns: a list of `Problem` in every way (equal to a list
+    of the same problems, sliced into lists, ``+=`` keeps it a `Problems`) that shows itself in
+    a notebook: counts by severity and the problems table as HTML (`reprs.problems_html`), one
+    problem per line as IPython's plain text. ``repr`` stays the list's."""
+
+    __slots__ = ()
+
+    def _repr_html_(self) -> str:
+        # the HTML layer sits above the diagnosis; loaded only when a notebook shows the list
+        from .reprs import problems_html
+
+        return problems_html(self)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        if not self:
+            printer.text("Problems([])")
+            return
+        counts = ", ".join(
+            f"{n} {s}" for s in SEVERITIES if (n := sum(p.severity == s for p in self))
+        )
+        printer.text("\n".join([f"{len(self)} problems ({counts})", *map(str, self)]))
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -425,7 +459,7 @@ def _failures(result) -> dict[str, tuple[tuple[int, ...], str]]:
     return out
 
 
-def find_problems(load_result, *, torch_version: str | None = None) -> list[Problem]:
+def find_problems(load_result, *, torch_version: str | None = None) -> Problems:
     """Problems of a whole load plan (``planning.plan_load``'s result), sorted by fqn (target order,
     then checkpoint-only keys) and kind, under the plan's torch version; a different
     ``torch_version`` re-plans the same load with that version first (e.g. a size mismatch is an
@@ -504,7 +538,7 @@ def find_problems(load_result, *, torch_version: str | None = None) -> list[Prob
             )
     order = {f: i for i, f in enumerate(list(layouts) + [k for k in items if k not in layouts])}
     out.sort(key=lambda p: _sort_key(p, order))
-    return out
+    return Problems(out)
 
 
 def _one_copy_for_all(fqn, layout, md) -> Problem:
@@ -680,7 +714,7 @@ def _tensor_problems(
 
 
 # ----------------------------------------------------------------------------- checkpoint alone
-def find_checkpoint_problems(metadata) -> list[Problem]:
+def find_checkpoint_problems(metadata) -> Problems:
     """Problems a checkpoint has whatever the target: per tensor, the regions no saved chunk
     covers and the regions several saved chunks cover (``uncovered`` / ``overlap``, ranks ``()``,
     severity ``silent``: a load requesting them gets stale or last-applied values without an
@@ -705,7 +739,7 @@ def find_checkpoint_problems(metadata) -> list[Problem]:
         live = [c for c in entry.chunks if not c.is_empty]
         out.extend(_hole_problems(fqn, None, live, cov, "silent"))
         out.extend(_overlap_problems(fqn, None, entry.chunks, cov, "silent"))
-    return out
+    return Problems(out)
 
 
 # ----------------------------------------------------------------------------- save side
@@ -725,7 +759,7 @@ def _validation_quote(errs: list[str], all_errs: list[str], torch_version: str =
     return "Failed to validate global plan: ... with, for this key: " + "; ".join(errs)
 
 
-def find_save_problems(save_result) -> list[Problem]:
+def find_save_problems(save_result) -> Problems:
     """Problems of a whole save plan (``planning.plan_save``'s result): Partial placements (save
     raises), ``_StridedShard`` layouts whose boxes are not their data (validation fails: such a
     checkpoint cannot exist), chunks that overlap or leave holes (validation raises when more than
@@ -795,11 +829,55 @@ def find_save_problems(save_result) -> list[Problem]:
                 )
             )
         saved = items.get(fqn)
+        if layout.kind == "dtensor" and isinstance(saved, TensorStorageMetadata):
+            out.extend(_offset_collisions(fqn, layout, saved, writers.get(fqn, []), errs, tv))
         if isinstance(saved, TensorStorageMetadata) and saved.size:
             out.extend(_saved_chunk_problems(fqn, saved, errs, writers.get(fqn, []), all_errs, tv))
     out.extend(_lost_chunk_problems(save_result))
     order = {f: i for i, f in enumerate(layouts)}
     out.sort(key=lambda p: _sort_key(p, order))
+    return Problems(out)
+
+
+def _offset_collisions(fqn, layout, saved, writers, errs, tv) -> list[Problem]:
+    """DTensor chunks of one offset but different sizes: dedup keys on (fqn, offset) and writes
+    one of them, so a real chunk can be dropped for an empty one at the same offset (torch 2.4 -
+    2.7 put an empty shard at its LOCAL dim size, another rank's real start)."""
+    by_offset: dict[tuple, dict] = defaultdict(dict)
+    for r, cs in enumerate(layout.rank_chunks):
+        for c in cs:
+            by_offset[c.offsets].setdefault(c, []).append(r)
+    kept = {c.offsets: (c, w) for c, w in zip(saved.chunks, writers)}
+    out = []
+    for off, variants in by_offset.items():
+        if len(variants) < 2 or off not in kept:
+            continue
+        chunk, writer = kept[off]
+        for c, ranks in variants.items():
+            if c == chunk or c.volume == 0:
+                continue
+            others = sorted(r for v, rs in variants.items() if v != c for r in rs)
+            out.append(
+                Problem(
+                    fqn=fqn,
+                    kind="dedup_loss",
+                    ranks=tuple(ranks),
+                    region=c,
+                    severity="error" if errs else "silent",
+                    message=f"{fqn}: torch {tv}'s compute_local_shape_and_global_offset gives "
+                    f"{ranks_text(ranks)} the chunk {c} and {ranks_text(others)} the chunk "
+                    f"{chunk if chunk.volume else 'of size 0'} at the same offset "
+                    f"{list(off)}; dedup_save_plans keys chunks by (fqn, offset) and writes "
+                    f"rank {writer}'s, so {c} is never written"
+                    + (
+                        f" and the save fails validation ({_validation_quote(errs, errs, tv)})."
+                        if errs
+                        else "."
+                    ),
+                    fix="Use torch 2.8 or newer (empty shards at the dim's end, PyTorch PR "
+                    "150862), or a mesh / placements that shard the dim evenly.",
+                )
+            )
     return out
 
 

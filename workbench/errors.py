@@ -18,7 +18,11 @@ __all__ = [
     "DtypeError",
     "InputLimitError",
     "CaptureError",
+    "MissingExtraError",
+    "missing_extra",
 ]
+
+PACKAGE = "dcp-reshard-workbench"
 
 
 class WorkbenchError(ValueError):
@@ -77,3 +81,23 @@ class InputLimitError(WorkbenchError):
 class CaptureError(WorkbenchError):
     """A user's ``build()`` could not be captured: it raised, hung, needs a GPU or real data, or
     gave something DCP cannot save. ``fqn`` names the function; ``rank`` the rank it failed on."""
+
+
+class MissingExtraError(WorkbenchError, ImportError):
+    """A face of the workbench needs a library that is not installed (the planning core, the
+    readers and the CLI's inspect / plan / check / explain need numpy alone). Also an
+    ``ImportError``, so ``except ImportError`` around an optional feature keeps working."""
+
+
+def missing_extra(error: ImportError, extra: str, feature: str) -> MissingExtraError:
+    """The one-line error for ``feature`` when importing it failed with ``error``: which library
+    is missing and which extra of the package installs it."""
+    library = getattr(error, "name", None) or str(error)
+    return MissingExtraError(
+        feature,
+        f"needs {library}, which is not installed",
+        f"the [{extra}] extra of {PACKAGE}",
+        f"Install it: pip install '{PACKAGE}[{extra}]'",
+        library=library,
+        extra=extra,
+    )

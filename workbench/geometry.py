@@ -20,6 +20,7 @@ from .errors import ChunkError
 
 __all__ = [
     "Chunk",
+    "limited_candidate_pairs",
     "as_chunk",
     "boxes_overlap",
     "intersect",

@@ -24,7 +24,7 @@ import re
 import sys
 from bisect import bisect_right, insort
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import ChunkError, PlanError, WorkbenchError
@@ -47,6 +47,11 @@ from .sources import as_record, as_value, torch_tensor_kind
 from .versions import semantics
 
 __all__ = [
+    # torch's message texts
+    "torch_size_text",
+    "missing_key_message",
+    "size_mismatch_message",
+    "invalid_metadata_message",
     # planner_helpers.py
     "compare_save_plans",
     "contains_usable_plan",
@@ -82,8 +87,6 @@ __all__ = [
     "check_box_overlap",
     "check_box_bounds",
     "validate_global_plan",
-    # _nested_dict.py
-    "flatten_state_dict",
 ]
 
 PARTIAL_MESSAGE = (
@@ -599,59 +602,6 @@ def init_state_dict(state_dict: dict) -> None:
         return value
 
     iterate_state_dict(state_dict, lambda v: v, sharded, lambda v: v)
-
-
-def _is_tensor_leaf(value) -> bool:
-    torch = sys.modules.get("torch")
-    return _tensor_kind(value) is not None or (
-        torch is not None and isinstance(value, torch.Tensor)
-    )
-
-
-def flatten_state_dict(state_dict: dict) -> tuple[dict, dict]:
-    """torch's ``_nested_dict.flatten_state_dict`` (2.4+ traversal): nested mapping keys joined
-    with ``"."``; a list is entered (positions ``.0``, ``.1`` ...) only when it holds a tensor or
-    a non-terminal container, else it is one leaf; tuples are always leaves. Returns
-    ``(flattened, mappings)``; a duplicate key raises torch's ``duplicated flatten key``."""
-    flattened: dict = {}
-    mappings: dict = {}
-
-    def is_terminal(value) -> bool:
-        if isinstance(value, Mapping):
-            return False
-        if not isinstance(value, list):
-            return True
-        for entry in value:
-            if isinstance(entry, (Mapping, list)) and not is_terminal(entry):
-                return False
-            if _is_tensor_leaf(entry):
-                return False
-        return True
-
-    def visit(path, value):
-        if isinstance(value, Mapping):
-            for k, v in value.items():
-                visit(path + (str(k),), v)
-        elif is_terminal(value):
-            new_fqn = ".".join(map(str, path))
-            if new_fqn in flattened:
-                raise _torch_error(
-                    PlanError,
-                    new_fqn,
-                    f"duplicated flatten key {new_fqn}",
-                    "ValueError",
-                    "unique flattened keys",
-                    "Rename one of the entries whose dotted paths collide.",
-                )
-            flattened[new_fqn] = value
-            mappings[new_fqn] = path
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                visit(path + (i,), v)
-
-    for key, value in state_dict.items():
-        visit((str(key),), value)
-    return flattened, mappings
 
 
 # ----------------------------------------------------------------------------- dedup

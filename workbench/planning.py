@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -56,9 +57,10 @@ from .records import (
     TensorWriteData,
     WriteItem,
     WriteItemType,
+    contiguous_strides,
 )
-from .sharding import Layout, RankValue
-from .sources import as_record
+from .sharding import Layout, RankValue, for_torch_version
+from .sources import as_record, held_layouts
 from .versions import semantics
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "SavePlanResult",
     "LoadPlanResult",
     "ReadBlock",
+    "Failure",
 ]
 
 
@@ -242,14 +245,28 @@ class _LazyPlans(Sequence):
         return f"<{self._n} plans, {len(self._cache)} built>"
 
 
-_PROPS: dict[str, TensorProperties] = {}
+_PROPS: dict[tuple, TensorProperties] = {}
 
 
-def _props(dtype: str) -> TensorProperties:
-    p = _PROPS.get(dtype)
+def _props(dtype: str, sizes: tuple[int, ...] | None = None) -> TensorProperties:
+    """The properties of a write item; with ``sizes`` (torch 2.15+) the strides of the
+    contiguous local tensor of those sizes (``TensorProperties.create_from_tensor``)."""
+    key = (dtype, sizes)
+    p = _PROPS.get(key)
     if p is None:
-        p = _PROPS[dtype] = TensorProperties(dtype)
+        strides = None if sizes is None else contiguous_strides(sizes)
+        p = _PROPS[key] = TensorProperties(dtype, strides=strides)
     return p
+
+
+class Failure(NamedTuple):
+    """An entry torch refuses on some ranks: its ``fqn``, the ``ranks`` that raise and torch's
+    exact ``message``. A named tuple, so ``for fqn, ranks, message in result.failures`` reads
+    the same as the record's fields."""
+
+    fqn: str
+    ranks: tuple[int, ...]
+    message: str
 
 
 # ----------------------------------------------------------------------------- save
@@ -262,7 +279,8 @@ class SavePlanResult:
     ``metadata``: the checkpoint's ``Metadata``; ``errors``: ``_validate_global_plan``'s strings;
     ``writers[fqn]``: the writer rank of each metadata chunk; ``bytes_written[r]``: tensor bytes
     rank r writes (bytes entries count 0: their pickled size is unknown before a real save);
-    ``failures``: ``(fqn, ranks, torch's message)`` for entries torch refuses to save (Partial).
+    ``failures``: a `Failure` (fqn, ranks, torch's message) per entry torch refuses to save
+    (Partial).
     """
 
     layouts: dict
@@ -273,10 +291,25 @@ class SavePlanResult:
     errors: list[str]
     writers: dict[str, list[int]] = field(repr=False)
     bytes_written: np.ndarray = field(repr=False)
-    failures: list = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     torch_version: str = "2.13"
     storage: str = "fs"  # "fs" (FileSystemWriter) or "hf" (HuggingFaceStorageWriter, hf_plans)
     lost: tuple = ()  # hf_plans.LostChunk: chunks the storage writer drops
+
+    def __repr__(self) -> str:
+        # every layout of a whole model is pages of text: the plain text is a summary
+        return (
+            f"SavePlanResult(entries={len(self.layouts)}, world_size={self.world_size}, "
+            f"bytes_written={int(np.asarray(self.bytes_written).sum())}, "
+            f"errors={len(self.errors)}, failures={len(self.failures)}, "
+            f"torch_version={self.torch_version!r}, storage={self.storage!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        # the HTML layer sits above planning; loaded only when a notebook shows a result
+        from .reprs import save_result_html
+
+        return save_result_html(self)
 
 
 def plan_save(
@@ -285,8 +318,11 @@ def plan_save(
     *,
     torch_version: str | None = None,
     storage: str = "fs",
+    world_size: int | None = None,
 ) -> SavePlanResult:
-    """Plan ``dcp.save`` of ``layouts`` (``{fqn: Layout}`` in state-dict order) on every rank, as
+    """Plan ``dcp.save`` of ``layouts`` (``{fqn: Layout}`` in state-dict order, or what a user
+    holds: ``model.state_dict()``, the nested dict given to ``dcp.save``, a module, ``(model,
+    optimizer)``; see `sources.held_layouts`, whose ``world_size`` this passes) on every rank, as
     ``DefaultSavePlanner`` + ``FileSystemWriter`` defaults of ``torch_version`` (default
     `versions.default_torch_version`) would: local plans, ``dedup_save_plans(plans,
     save_to_lowest_rank)`` (load-balanced writer choice with CPython set tie-breaks),
@@ -302,6 +338,7 @@ def plan_save(
             "'fs' (FileSystemWriter) or 'hf' (HuggingFaceStorageWriter)",
             "Pass storage='fs' or storage='hf'.",
         )
+    layouts, _ = held_layouts(layouts, world_size=world_size)
     result = _plan_save(layouts, save_to_lowest_rank, torch_version)
     return apply_hf_writer(result) if storage == "hf" else result
 
@@ -311,13 +348,18 @@ def _plan_save(
 ) -> SavePlanResult:
     sem = semantics(torch_version)
     fqns, lays, ws = _check_layouts(layouts)
+    # DTensor boxes as this version's compute_local_shape_and_global_offset makes them
+    lays = [for_torch_version(lay, sem.version, fqn=f) for f, lay in zip(fqns, lays)]
+    layouts = dict(zip(fqns, lays))
     failures = []
     pats: list[_Pattern | None] = []
     for fqn, lay in zip(fqns, lays):
         pat = _pattern(lay)
         if lay.kind == "dtensor" and lay.has_partial and len(pat.rank):
             # every rank in the mesh raises in __create_write_items__; plan without the entry
-            failures.append((fqn, tuple(pat.holder_ranks.tolist()), PARTIAL_MESSAGE))
+            failures.append(
+                Failure(fqn=fqn, ranks=tuple(pat.holder_ranks.tolist()), message=PARTIAL_MESSAGE)
+            )
             pat = None
         pats.append(pat)
 
@@ -359,7 +401,9 @@ def _plan_save(
         if lay.kind == "bytes":
             sdm[fqn] = BytesStorageMetadata()
             continue
-        tsm = sdm[fqn] = TensorStorageMetadata(_props(lay.dtype), lay.shape)
+        # torch keeps the properties of the first write item of the fqn (lowest writer)
+        first = pat.chunks[int(idx[0])].sizes if sem.tensor_strides and len(idx) else None
+        tsm = sdm[fqn] = TensorStorageMetadata(_props(lay.dtype, first), lay.shape)
         # set after construction: __post_init__ would re-normalise every (already Chunk) chunk
         tsm.chunks = (
             list(pat.chunks) if len(idx) == len(kept) else [pat.chunks[i] for i in idx.tolist()]
@@ -368,11 +412,13 @@ def _plan_save(
         np.add.at(bytes_written, w, vol)
     metadata = Metadata(sdm, storage_data=PlannedStorage(sdm, writer_arrays), version="1.0.0")
 
+    strides = sem.tensor_strides
+
     def local_plan(r: int) -> SavePlan:
-        return SavePlan(_write_items(r, fqns, lays, pats, None, None))
+        return SavePlan(_write_items(r, fqns, lays, pats, None, None, strides))
 
     def final_plan(r: int) -> SavePlan:
-        return SavePlan(_write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn))
+        return SavePlan(_write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn, strides))
 
     plans = _LazyPlans(ws, final_plan)
     errors = _validate(sdm, pats, fqns, kept_per_fqn, plans, sem.version)
@@ -431,9 +477,10 @@ def _balance(pats, lays, sel_per_fqn, ws) -> None:
         sel_per_fqn[f][k] = w
 
 
-def _write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn) -> list[WriteItem]:
+def _write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn, strides=False) -> list[WriteItem]:
     """Rank r's write items in state-dict order; with ``kept_per_fqn`` only the deduplicated ones,
-    their index hints rewritten to metadata chunk positions."""
+    their index hints rewritten to metadata chunk positions; ``strides`` (2.15+): properties carry
+    the local tensor's strides."""
     items = []
     for f, (fqn, lay, pat) in enumerate(zip(fqns, lays, pats)):
         if pat is None:
@@ -458,7 +505,9 @@ def _write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn) -> list[WriteI
                 WriteItem(
                     MetadataIndex(fqn, c.offsets, hint),
                     typ,
-                    tensor_data=TensorWriteData(c, props, lay.shape),
+                    tensor_data=TensorWriteData(
+                        c, _props(lay.dtype, c.sizes) if strides else props, lay.shape
+                    ),
                 )
             )
     return items
@@ -715,13 +764,13 @@ class LoadPlanResult:
     """Every rank's load plan of one state dict against one checkpoint (see `plan_load`).
 
     ``plans[r]``: rank r's ``LoadPlan`` (built on first access); ``reads(fqn)``: one fqn's items
-    over all ranks as columns; ``failures``: ``(fqn, ranks, torch's exact message)`` for entries
+    over all ranks as columns; ``failures``: a `Failure` (fqn, ranks, torch's exact message) per entry
     torch raises on, which get no items; ``problems``: the diagnosis; ``io``: the I/O numbers."""
 
     metadata: Metadata = field(repr=False)
     layouts: dict = field(repr=False)
     world_size: int
-    failures: list
+    failures: list[Failure]
     allow_partial_load: bool = False
     blocks: dict = field(default_factory=dict, repr=False)  # fqn -> ReadBlock (fqns with reads)
     saved: dict = field(default_factory=dict, repr=False)  # fqn -> saved chunks' (offs, sizes)
@@ -775,6 +824,20 @@ class LoadPlanResult:
 
         return load_io(self)
 
+    def __repr__(self) -> str:
+        # torch's messages for a whole model's failures are pages: the plain text counts them
+        return (
+            f"LoadPlanResult(entries={len(self.layouts)}, world_size={self.world_size}, "
+            f"failures={len(self.failures)}, allow_partial_load={self.allow_partial_load}, "
+            f"torch_version={self.torch_version!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        # the HTML layer sits above planning; loaded only when a notebook shows a result
+        from .reprs import load_result_html
+
+        return load_result_html(self)
+
 
 def plan_load(
     metadata: Metadata,
@@ -782,9 +845,11 @@ def plan_load(
     *,
     allow_partial_load: bool = False,
     torch_version: str | None = None,
+    world_size: int | None = None,
 ) -> LoadPlanResult:
-    """Plan ``dcp.load`` of ``layouts`` (``{fqn: Layout}`` in state-dict order, one world size)
-    from a checkpoint's ``metadata`` on every rank, as ``DefaultLoadPlanner`` of
+    """Plan ``dcp.load`` of ``layouts`` (``{fqn: Layout}`` in state-dict order, one world size, or
+    what a user holds: ``model.state_dict()``, the nested dict given to ``dcp.load``, a module,
+    ``(model, optimizer)``; see `sources.held_layouts`, whose ``world_size`` this passes) from a checkpoint's ``metadata`` on every rank, as ``DefaultLoadPlanner`` of
     ``torch_version`` (default `versions.default_torch_version`) would
     (``create_default_local_load_plan(state_dict, metadata, strict=not allow_partial_load)``):
     read items in the nested-loop order through 2.10, the sweep order from 2.11.
@@ -795,7 +860,10 @@ def plan_load(
     2.6 a size mismatch is planned as torch plans it (reads against the wrong shape)."""
     sem = semantics(torch_version)
     nested = sem.read_item_order == "nested"
+    layouts, _ = held_layouts(layouts, world_size=world_size, for_load=True)
     fqns, lays, ws = _check_layouts(layouts)
+    lays = [for_torch_version(lay, sem.version, fqn=f) for f, lay in zip(fqns, lays)]
+    layouts = dict(zip(fqns, lays))
     metadata = as_record(metadata)
     sdm = getattr(metadata, "state_dict_metadata", None)
     if not isinstance(sdm, Mapping):
@@ -818,7 +886,7 @@ def plan_load(
         md = sdm.get(fqn)
         if md is None:
             if not allow_partial_load:
-                failures.append((fqn, tuple(key_ranks.tolist()), missing_key_message(fqn)))
+                failures.append(Failure(fqn, tuple(key_ranks.tolist()), missing_key_message(fqn)))
             continue
         in_mesh = pat.holder_ranks if lay.kind == "dtensor" else key_ranks
         if isinstance(md, BytesStorageMetadata):
@@ -832,24 +900,30 @@ def plan_load(
                 "The checkpoint's metadata is corrupt; re-save it.",
             )
         if lay.kind == "bytes":
-            failures.append((fqn, tuple(key_ranks.tolist()), invalid_metadata_message(fqn)))
+            failures.append(Failure(fqn, tuple(key_ranks.tolist()), invalid_metadata_message(fqn)))
             continue
         if tuple(md.size) != lay.shape and sem.size_mismatch_raises:
             failures.append(
-                (fqn, tuple(key_ranks.tolist()), size_mismatch_message(fqn, md.size, lay.shape))
+                Failure(
+                    fqn, tuple(key_ranks.tolist()), size_mismatch_message(fqn, md.size, lay.shape)
+                )
             )
             continue
         if lay.has_partial:
             # the Partial ValueError is caught in _create_read_items and replaced by this text
             if len(in_mesh):
-                failures.append((fqn, tuple(in_mesh.tolist()), invalid_metadata_message(fqn)))
+                failures.append(
+                    Failure(fqn, tuple(in_mesh.tolist()), invalid_metadata_message(fqn))
+                )
             continue
         s_off, s_size = saved[fqn] = box_arrays(md.chunks, md.size, fqn, chunk_cache, MetadataError)
         if len(md.size) != lay.ndim:  # torch < 2.6, another tensor rank: its scalar path
             try:
                 cols = _scalar_read_columns(fqn, md, lay, in_mesh, ws, sem.version)
             except PlanError as e:
-                failures.append((fqn, tuple(in_mesh.tolist()), getattr(e, "torch_message", str(e))))
+                failures.append(
+                    Failure(fqn, tuple(in_mesh.tolist()), getattr(e, "torch_message", str(e)))
+                )
                 continue
         else:
             sig = (id(pat), s_off.tobytes(), s_size.tobytes(), s_off.shape, nested)

@@ -1,8 +1,9 @@
 """The one way in: whatever a user hands over becomes the workbench's records, here and once.
 
 A checkpoint directory, torch's own ``Metadata`` / plans / items, a save result
-(``plan_save(...)``), a `Checkpoint`, real Tensors / DTensors / ShardedTensors or a torch state
-dict: the public entry points and the faces (widgets, CLI, report) pass them through these
+(``plan_save(...)``), a `Checkpoint`, real Tensors / DTensors / ShardedTensors, or what a user
+holds -- ``model.state_dict()``, the nested dict given to ``dcp.save`` / ``dcp.load``, a module,
+``(model, optimizer)`` (`held_layouts`): the public entry points and the faces (widgets, CLI, report) pass them through these
 functions, and everything below works on records only.
 
 Imports the core records and the no-torch readers of ``formats``. The torch bridge's converters
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from .errors import LayoutError, MetadataError, PlanError
 from .formats import load_metadata
 from .records import Metadata
-from .sharding import Layout
+from .sharding import Layout, RankValue, bytes_layout
 
 __all__ = [
     "is_torch_object",
@@ -29,6 +30,8 @@ __all__ = [
     "as_metadata",
     "as_layout",
     "as_layouts",
+    "flatten_state_dict",
+    "held_layouts",
 ]
 
 
@@ -136,3 +139,145 @@ def as_layouts(source) -> dict[str, Layout]:
             "Build layouts with dtensor_layout / tensor_layout, or pass model.state_dict().",
         )
     return {fqn: as_layout(value, fqn) for fqn, value in source.items()}
+
+
+def _is_tensor_leaf(value) -> bool:
+    # a Layout / RankValue stands where a tensor would be (bytes ones where a value would)
+    if isinstance(value, (Layout, RankValue)):
+        return value.kind != "bytes"
+    return torch_tensor_kind(value) is not None
+
+
+def flatten_state_dict(state_dict: dict) -> tuple[dict, dict]:
+    """torch's ``_nested_dict.flatten_state_dict`` (2.4+ traversal, ``_traverse.py``): nested
+    mapping keys joined with ``"."``; a list is entered (positions ``.0``, ``.1`` ...) only when it
+    holds a tensor or a non-terminal container, else it is one leaf; tuples are always leaves.
+    Returns ``(flattened, mappings)``; a duplicate key raises torch's ``duplicated flatten key``.
+    (Here, not in ``planner_helpers``, which re-exports it: taking a state dict in needs it.)"""
+    flattened: dict = {}
+    mappings: dict = {}
+
+    def is_terminal(value) -> bool:
+        if isinstance(value, Mapping):
+            return False
+        if not isinstance(value, list):
+            return True
+        for entry in value:
+            if isinstance(entry, (Mapping, list)) and not is_terminal(entry):
+                return False
+            if _is_tensor_leaf(entry):
+                return False
+        return True
+
+    def visit(path, value):
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                visit(path + (str(k),), v)
+        elif is_terminal(value):
+            new_fqn = ".".join(map(str, path))
+            if new_fqn in flattened:
+                text = f"duplicated flatten key {new_fqn}"
+                raise PlanError(
+                    new_fqn,
+                    text,
+                    "unique flattened keys",
+                    "Rename one of the entries whose dotted paths collide.",
+                    torch_message=text,
+                    torch_type="ValueError",
+                )
+            flattened[new_fqn] = value
+            mappings[new_fqn] = path
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                visit(path + (i,), v)
+
+    for key, value in state_dict.items():
+        visit((str(key),), value)
+    return flattened, mappings
+
+
+def _is_stateful(value) -> bool:
+    """torch's ``isinstance(value, Stateful)``: the runtime-checkable protocol asks for a
+    ``state_dict`` and a ``load_state_dict`` attribute, nothing more."""
+    return hasattr(value, "state_dict") and hasattr(value, "load_state_dict")
+
+
+def _held_error(held, what: str) -> PlanError:
+    return PlanError(
+        "<target>",
+        what,
+        "a dict {fqn: Layout}, a (nested) state dict, a module, (model, optimizer) or a list of "
+        "pipeline-stage modules",
+        "Pass model.state_dict(), the dict you give dcp.save / dcp.load, or layouts built with "
+        "dtensor_layout / tensor_layout.",
+        value_type=type(held),
+    )
+
+
+def held_layouts(
+    held, *, world_size: int | None = None, for_load: bool = False
+) -> tuple[dict[str, Layout], int]:
+    """``({fqn: Layout}, world size)`` for anything a user holds, every rank described:
+
+    - a flat dict ``{fqn: Layout}``: as is (its one world size, checked);
+    - ``model.state_dict()`` or the nested dict given to ``dcp.save`` / ``dcp.load`` (real
+      Tensors / DTensors / ShardedTensors, non-tensor values, Layouts), seen as DCP sees it:
+      top-level ``Stateful`` values replaced by their ``state_dict()``, with ``for_load`` the
+      top-level keys sorted (``dcp.load`` sorts them), flattened by `flatten_state_dict`
+      (torch's ``_nested_dict.flatten_state_dict``: ``"model.layers.0.w"``,
+      ``"optim.param_groups.0.lr"``);
+    - a module (``get_model_state_dict``), ``(model, optimizer)`` (``get_state_dict``, as
+      ``{"model": ..., "optim": ...}``, the way `capture` reads a build) or a list of
+      pipeline-stage modules.
+
+    DTensors give their mesh (and FSDP2's real rows); a plain tensor or a non-tensor value is held
+    by every rank of the world. The world size: ``world_size``, else the Layouts', else the
+    initialised process group's (a state dict built under the fake group as rank r), else the
+    DTensors' meshes; one `PlanError` when a plain tensor or value needs it and nothing says."""
+    if world_size is not None and (
+        isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1
+    ):
+        raise PlanError(
+            None, f"world_size {world_size!r}", "an int >= 1", "Pass the job's number of ranks."
+        )
+    if (
+        isinstance(held, Mapping)
+        and held
+        and all(isinstance(k, str) and isinstance(v, Layout) for k, v in held.items())
+        and world_size in (None, next(iter(held.values())).world_size)
+    ):
+        return dict(held), next(iter(held.values())).world_size
+    modules: list = []
+    if "torch" in sys.modules:
+        from .torch_bridge.held import state_dict_of  # torch is loaded: nothing more to load
+
+        got = state_dict_of(held)
+        if got is None:
+            raise _held_error(held, f"target is a {type(held).__name__}")
+        sd, modules = got
+    elif isinstance(held, Mapping):
+        sd = held
+    else:
+        raise _held_error(held, f"target is a {type(held).__name__}")
+    if not sd:
+        raise _held_error(held, "the state dict is empty")
+    keys = sorted(sd) if for_load else list(sd)
+    sd = {k: sd[k].state_dict() if _is_stateful(sd[k]) else sd[k] for k in keys}
+    if "torch" in sys.modules:
+        # torch objects only: torch is loaded
+        from .torch_bridge.held import flatten_sharded_tensors, rank_layouts
+
+        flat, _ = flatten_state_dict(flatten_sharded_tensors(sd))
+        return rank_layouts(flat, modules, world_size)
+    flat, _ = flatten_state_dict(sd)
+    sizes = {v.world_size for v in flat.values() if isinstance(v, Layout)}
+    ws = world_size or (min(sizes) if sizes else None)
+    if ws is None or sizes - {ws}:
+        raise PlanError(
+            None,
+            f"{len(flat)} value(s) ({', '.join(list(flat)[:3])}) with layouts of world sizes "
+            f"{sorted(sizes)}",
+            "one world size, from world_size= or the layouts",
+            "Pass world_size=N (the job's number of ranks) and build every layout for it.",
+        )
+    return {k: v if isinstance(v, Layout) else bytes_layout(ws) for k, v in flat.items()}, ws

@@ -24,12 +24,18 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 import numpy as np
-import pandas as pd
+
+from .errors import missing_extra
+
+try:
+    import pandas as pd
+except ImportError as e:  # the planning core needs no pandas; tables say which extra adds it
+    raise missing_extra(e, "lab", "workbench.tables") from None
 
 from .colors import rank_color, text_color
 from .errors import PlanError
 from .formats.dcp_files import writer_of_file
-from .formatting import format_held, format_ranks
+from .formatting import format_bytes, format_held, format_ranks
 from .records import (
     DTYPE_SIZES,
     BytesStorageMetadata,
@@ -512,54 +518,9 @@ def targets_table(costs) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- styling
 def format_tables(checkpoint) -> dict[str, pd.DataFrame]:
-    """What a checkpoint's format records beyond the chunks, one DataFrame per title (empty
-    for plain DCP and HF). Megatron-Core: ``flattened_range`` tensors (``fqn``, ``stored`` piece,
-    ``model shape``, ``flat range``, ``model boxes``), sharded objects (``key``, ``shards``,
-    ``global shape``) and who held each chunk per ``all_local_plans`` beside who wrote it
-    (``fqn``, ``chunk``, ``held by``, ``written by``)."""
-    info = checkpoint.format_info
-    out: dict[str, pd.DataFrame] = {}
-    if checkpoint.format != "megatron":
-        return out
-    if info.flattened:
-        out["flattened_range tensors (stored flat; model shape from mcore_data)"] = pd.DataFrame(
-            [
-                {
-                    "fqn": ft.fqn,
-                    "stored": str(p.stored),
-                    "model shape": "x".join(map(str, ft.shape)),
-                    "flat range": f"{p.start}:{p.stop} of block {p.block}",
-                    "model boxes": ", ".join(map(str, p.boxes)),
-                }
-                for ft in info.flattened.values()
-                for p in ft.pieces
-            ]
-        )
-    if info.objects:
-        out["sharded objects (bytes entries key/shard_<offsets>_<shape>)"] = pd.DataFrame(
-            [
-                {"key": k, "shards": len(v), "global shape": "x".join(map(str, v[0].shape))}
-                for k, v in info.objects.items()
-            ]
-        )
-    if info.local_plans is not None:
-        rows = []
-        held: dict = {}
-        for c in checkpoint.chunks:  # metadata order, grouped by fqn
-            if c.fqn not in held:
-                held[c.fqn] = info.held(c.fqn)
-            rows.append(
-                {
-                    "fqn": c.fqn,
-                    "chunk": "" if c.chunk is None else str(c.chunk),
-                    "held by": format_ranks(
-                        held[c.fqn].get(None if c.chunk is None else c.chunk.offsets, ())
-                    ),
-                    "written by": c.writer_rank,
-                }
-            )
-        out["who held (all_local_plans) and who wrote"] = pd.DataFrame(rows)
-    return out
+    """What a checkpoint's format records beyond the chunks, one DataFrame per title
+    (`checkpoint.Checkpoint.format_rows`; empty for plain DCP and HF)."""
+    return {title: pd.DataFrame(rows) for title, rows in checkpoint.format_rows().items()}
 
 
 def _rank_css(value) -> str:
@@ -569,8 +530,31 @@ def _rank_css(value) -> str:
     return f"background-color: {bg}; color: {text_color(bg)}"
 
 
+def _bytes_text(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return format_bytes(value)
+
+
 def style_by_rank(df: pd.DataFrame, columns: Iterable[str] = ("rank", "writer")):
-    """A pandas ``Styler`` of ``df`` whose rank columns (those of ``columns`` present) are
-    coloured with each rank's colour from `workbench.colors`, as in every picture."""
+    """A pandas ``Styler`` of ``df`` for HTML: rank columns (those of ``columns`` present)
+    coloured with each rank's colour from `workbench.colors`, as in every picture; byte counts
+    (columns ``bytes``, ``bytes_*``, ``*_bytes_*``) in human units (`formatting.format_bytes`;
+    the frame keeps the integers); every cell, header and index label HTML-escaped (keys, file
+    names and messages come from a stranger's checkpoint, and the Styler does not escape by
+    default)."""
     subset = [c for c in columns if c in df.columns]
-    return df.style.map(_rank_css, subset=subset)
+    byte_columns = [
+        c
+        for c in df.columns
+        if isinstance(c, str)
+        and (c == "bytes" or c.startswith("bytes_") or "_bytes" in c)
+        and pd.api.types.is_numeric_dtype(df[c])
+    ]
+    return (
+        df.style.map(_rank_css, subset=subset)
+        .format(escape="html")
+        .format(_bytes_text, subset=byte_columns, escape="html")
+        .format_index(escape="html", axis=0)
+        .format_index(escape="html", axis=1)
+    )

@@ -23,7 +23,7 @@ from ..errors import UnsafeCheckpointError
 from ..records import DTYPE_SIZES
 from .unpickler import BoundedUnpickler, UnpicklingError
 
-__all__ = ["STORAGE_DTYPES", "ItemArchive", "describe_item"]
+__all__ = ["STORAGE_DTYPES", "ItemArchive", "describe_item", "expected_storage_bytes"]
 
 # torch.storage._dtype_to_storage_type_map(), inverted (torch 2.13)
 STORAGE_DTYPES = {

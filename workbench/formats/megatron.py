@@ -46,6 +46,7 @@ from .limits import read_json
 
 __all__ = [
     "MEGATRON_GLOBALS",
+    "model_metadata",
     "MegatronInfo",
     "FlattenedTensor",
     "FlatPiece",

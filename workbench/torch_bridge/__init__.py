@@ -38,6 +38,9 @@ _LAZY = {
 }
 
 
+__all__ = list(_LAZY)
+
+
 def __getattr__(name: str):
     mod = _LAZY.get(name)
     if mod is None:

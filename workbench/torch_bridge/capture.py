@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import heapq
 import importlib
 import os
-import pickle
 import signal
 import sys
 import time
@@ -46,77 +44,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import CaptureError, WorkbenchError
-from ..records import WriteItemType, canonical_dtype
-from ..sharding import (
-    Layout,
-    Placement,
-    bytes_layout,
-    dtensor_layout,
-    tensor_layout,
-    with_fsdp2_rows,
-)
+from ..records import WriteItemType
+from .held import FsdpParam, RankEntry, fsdp_params, layout_of_entries, rank_entries
 
 __all__ = [
     "capture",
     "CapturedTarget",
-    "CaptureError",
-    "RankEntry",
     "RankView",
-    "FsdpParam",
     "run_rank",
     "state_dict_of",
     "build_name",
     "fresh_dtensor_caches",
+    "check_view",
+    "preload_torch",
 ]
-
-_DIGEST_LIMIT = 1 << 26  # tensors up to 64 MiB are hashed to tell per-rank values apart
 
 
 # ----------------------------------------------------------------------------- records
-@dataclass(frozen=True, slots=True)
-class RankEntry:
-    """One flattened state-dict entry as one rank holds it. ``kind``: ``dtensor`` / ``tensor`` /
-    ``sharded`` / ``bytes``; DTensor: global ``shape``, ``mesh_shape``, ``mesh_ranks`` (global,
-    row-major), ``placements``, ``local_shape`` (the real local tensor's); ``digest``: a hash of
-    the values (plain tensors off the meta device, bytes entries) to tell per-rank values apart;
-    ``layout``: a ShardedTensor's global layout; ``slices``: every slice of the DTensor mesh's
-    root mesh along the same dims (``mesh["dp"]`` of a ``(dp, ep)`` mesh: one per ep index),
-    the ranks of each in row-major order."""
-
-    fqn: str
-    kind: str
-    shape: tuple[int, ...]
-    dtype: str
-    mesh_shape: tuple[int, ...] | None = None
-    mesh_ranks: tuple[int, ...] | None = None
-    placements: tuple[Placement, ...] | None = None
-    local_shape: tuple[int, ...] | None = None
-    digest: str | None = None
-    layout: Layout | None = None
-    slices: tuple[tuple[int, ...], ...] | None = None
-
-    def spec(self) -> tuple:
-        """What must be equal on every rank holding the entry (not the values, the local part,
-        or which slice of the root mesh the rank's DTensor mesh is)."""
-        if self.kind == "sharded":
-            return (self.kind, self.shape, self.dtype, self.layout.rank_chunks)
-        return (self.kind, self.shape, self.dtype, self.mesh_shape, self.placements)
-
-
-@dataclass(frozen=True, slots=True)
-class FsdpParam:
-    """A parameter ``fully_shard`` manages as a DTensor of other placements (TP, EP): its sharded
-    DTensor's spec, the mesh dim FSDP2 shards over and the tensor dim it shards."""
-
-    shape: tuple[int, ...]
-    mesh_shape: tuple[int, ...]
-    mesh_ranks: tuple[int, ...]
-    placements: tuple[Placement, ...]
-    dp_mesh_dim: int
-    shard_dim: int
-
-    def key(self) -> tuple:
-        return (self.shape, self.mesh_shape, self.placements)
 
 
 @dataclass(frozen=True)
@@ -172,6 +116,12 @@ class CapturedTarget(dict):
     def __repr__(self) -> str:
         return f"CapturedTarget({self.describe()})"
 
+    def _repr_html_(self) -> str:
+        # the HTML layer sits above the torch bridge; loaded only when a notebook shows a target
+        from ..reprs import captured_target_html
+
+        return captured_target_html(self)
+
 
 # ----------------------------------------------------------------------------- one rank (child)
 def build_name(build) -> str:
@@ -200,175 +150,22 @@ def _resolve(build) -> Callable:
     return obj
 
 
-def _dtype(dt) -> str:
-    return canonical_dtype(str(dt))
-
-
-def _digest_tensor(t) -> str | None:
-    import torch
-
-    if t.is_meta or t.numel() * t.element_size() > _DIGEST_LIMIT:
-        return None
-    raw = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-    return hashlib.sha1(raw).hexdigest()
-
-
-def _digest_object(v) -> str:
-    import io
-
-    if isinstance(v, io.BytesIO):
-        raw = v.getvalue()
-    else:
-        try:
-            raw = pickle.dumps(v)
-        except Exception:  # an unpicklable object: torch.save would fail too; compare reprs
-            raw = repr(v).encode()
-    return hashlib.sha1(raw).hexdigest()
-
-
-def _entry(fqn: str, v, slices: dict | None = None) -> RankEntry:
-    import torch
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
-    from torch.distributed.tensor import DTensor
-
-    from ..sharding import as_placement
-    from .convert import layout_from_torch
-
-    if isinstance(v, DTensor):
-        mesh = v.device_mesh
-        return RankEntry(
-            fqn,
-            "dtensor",
-            tuple(v.shape),
-            _dtype(v.dtype),
-            mesh_shape=tuple(mesh.shape),
-            mesh_ranks=_ranks(mesh) if slices is None else _memo(slices, ("r", mesh), _ranks),
-            placements=tuple(as_placement(p) for p in v.placements),
-            local_shape=tuple(v._local_tensor.shape),
-            slices=_slices(mesh) if slices is None else _memo(slices, mesh, _slices),
-        )
-    if isinstance(v, ShardedTensor):
-        lay = layout_from_torch(v)
-        return RankEntry(fqn, "sharded", lay.shape, lay.dtype, layout=lay)
-    if isinstance(v, torch.Tensor):
-        return RankEntry(fqn, "tensor", tuple(v.shape), _dtype(v.dtype), digest=_digest_tensor(v))
-    return RankEntry(fqn, "bytes", (), "uint8", digest=_digest_object(v))
-
-
-def _memo(cache: dict, obj, fn):
-    """``fn(mesh)`` once per mesh object (``obj``: a mesh, or ``(tag, mesh)``)."""
-    mesh = obj[1] if isinstance(obj, tuple) else obj
-    key = (obj[0], id(mesh)) if isinstance(obj, tuple) else id(mesh)
-    if key not in cache:
-        cache[key] = (mesh, fn(mesh))  # the mesh kept alive so its id is not reused
-    return cache[key][1]
-
-
-def _ranks(mesh) -> tuple[int, ...]:
-    return tuple(int(r) for r in mesh.mesh.flatten().tolist())
-
-
-def _slices(mesh) -> tuple[tuple[int, ...], ...]:
-    """Every slice of ``mesh``'s root mesh along ``mesh``'s dims (by name), ``mesh`` among them;
-    just ``mesh`` when it is the root or not a plain slice of it (flattened dims)."""
-    own = tuple(int(r) for r in mesh.mesh.flatten().tolist())
-    get_root = getattr(mesh, "_get_root_mesh", None)
-    root = get_root() if callable(get_root) else None
-    names = mesh.mesh_dim_names
-    root_names = getattr(root, "mesh_dim_names", None)
-    if root is None or root is mesh or not names or not root_names:
-        return (own,)
-    if any(n not in root_names for n in names):
-        return (own,)
-    dims = [root_names.index(n) for n in names]
-    rest = [d for d in range(root.mesh.ndim) if d not in dims]
-    arr = root.mesh.permute(*rest, *dims).reshape(-1, *[root.mesh.shape[d] for d in dims])
-    out = tuple(tuple(int(r) for r in a.flatten().tolist()) for a in arr)
-    return out if own in out else (own,)
-
-
-def _entries(flat) -> tuple[RankEntry, ...]:
-    slices: dict[int, tuple] = {}  # per mesh object: many tensors share a few meshes
-    return tuple(_entry(k, v, slices) for k, v in flat.items())
-
-
-def _fsdp_param(fp, cache: dict) -> FsdpParam | None:
-    """What FSDP2 did to one parameter, from its ``FSDPParam`` (torch 2.13's
-    ``_fsdp_param.py``): only DTensor parameters (TP / EP before FSDP) sharded over one mesh
-    dim; plain parameters' data is what their placements say."""
-    from ..sharding import as_placement
-
-    info = fp.mesh_info
-    if not getattr(fp, "is_dtensor", False) or not hasattr(info, "shard_mesh_size"):
-        return None
-    spmd = tuple(fp._spmd_placements)
-    if getattr(info, "is_spmd_mesh", False):
-        names = info.dp_mesh_dims.shard_names
-        if len(names) != 1:  # several dp dims flattened into one: not modelled
-            return None
-        dp = tuple(fp._spmd_mesh.mesh_dim_names).index(names[0])
-    else:  # (replicate,) + (fsdp, *tp_placements), see _init_sharding_spec_tp
-        dp = len(spmd) - len(fp._unsharded_dtensor_spec.placements) - 1
-    p = fp.sharded_param
-    return FsdpParam(
-        tuple(p.shape),
-        tuple(p.device_mesh.shape),
-        _memo(cache, ("r", p.device_mesh), _ranks),
-        tuple(as_placement(x) for x in p.placements),
-        dp,
-        int(fp.fsdp_placement.dim),
-    )
-
-
-def _fsdp_params(modules) -> tuple[FsdpParam, ...]:
-    out, seen, cache = [], set(), {}
-    for root in modules:
-        for m in root.modules():
-            get = getattr(m, "_get_fsdp_state", None)
-            group = getattr(get(), "_fsdp_param_group", None) if callable(get) else None
-            for fp in getattr(group, "fsdp_params", ()) or ():
-                p = fp.sharded_param  # one spec per (shape, mesh, placements), read once
-                key = (tuple(p.shape), id(p.device_mesh), tuple(p.placements))
-                if key in seen:
-                    continue
-                seen.add(key)
-                spec = _fsdp_param(fp, cache)
-                if spec is not None:
-                    out.append(spec)
-    return tuple(out)
-
-
 def state_dict_of(out, name: str, rank: int):
     """(the state dict given to ``dcp.save``, the modules in it) for what ``build()`` returned."""
-    from torch import nn
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
-    from torch.optim import Optimizer
+    from .held import state_dict_of as held_state_dict
 
-    if isinstance(out, nn.Module):
-        return get_model_state_dict(out), [out]
-    if (
-        isinstance(out, (tuple, list))
-        and len(out) == 2
-        and isinstance(out[0], nn.Module)
-        and isinstance(out[1], Optimizer)
-    ):
-        model_sd, optim_sd = get_state_dict(out[0], out[1])
-        return {"model": model_sd, "optim": optim_sd}, [out[0]]
-    if isinstance(out, (tuple, list)) and out and all(isinstance(m, nn.Module) for m in out):
-        sd = {}
-        for m in out:  # this rank's pipeline stages, as torchtitan's ModelWrapper merges them
-            sd.update(get_model_state_dict(m))
-        return sd, list(out)
-    if isinstance(out, Mapping):
-        return dict(out), [v for v in out.values() if isinstance(v, nn.Module)]
-    raise CaptureError(
-        name,
-        f"returned a {type(out).__name__} on rank {rank}",
-        "an nn.Module, (model, optimizer), a list of pipeline-stage modules, or the state dict "
-        "it gives dcp.save",
-        "Return the parallelised model (and its optimizer).",
-        rank=rank,
-    )
+    got = held_state_dict(out)
+    if got is None:
+        raise CaptureError(
+            name,
+            f"returned a {type(out).__name__} on rank {rank}",
+            "an nn.Module, (model, optimizer), a list of pipeline-stage modules, or the state "
+            "dict it gives dcp.save",
+            "Return the parallelised model (and its optimizer).",
+            rank=rank,
+        )
+    sd, modules = got
+    return dict(sd), modules
 
 
 def fresh_dtensor_caches() -> None:
@@ -446,9 +243,9 @@ def run_rank(build, rank: int, world_size: int) -> RankView:
             )
             with _memoized_chunks():
                 plan = _Phase("dcp.save's local plan", planner.create_local_plan)()
-            entries = _Phase("reading its state dict", _entries)(planner.state_dict)
+            entries = _Phase("reading its state dict", rank_entries)(planner.state_dict)
             return RankView(
-                rank, entries, _fsdp_params(modules), tuple(from_torch(plan.items)), seconds
+                rank, entries, fsdp_params(modules), tuple(from_torch(plan.items)), seconds
             )
     finally:
         dist.destroy_process_group()
@@ -565,7 +362,7 @@ def _error(name: str, rank: int, world_size: int, msg) -> CaptureError:
 _WARM = []  # set once this process has run the warm-up build
 
 
-def _preload() -> None:
+def preload_torch() -> None:
     """Import and warm up in the parent what builds use, so every forked rank has it already:
     torch's first ``fully_shard`` / ``parallelize_module`` / DCP planning in a process costs
     about 1.5 s of lazy imports and registrations, a fork a few milliseconds. The warm-up is a
@@ -757,77 +554,6 @@ def _merged_keys(views: Sequence[RankView]) -> list[str]:
     return order + [k for k in first if k not in placed]
 
 
-def _layout(fqn, entries, holders, world_size, fsdp) -> Layout:
-    first = entries[0]
-    specs = {e.spec() for e in entries}
-    if len(specs) > 1:
-        raise CaptureError(
-            fqn,
-            f"entry differs between ranks: {sorted(map(str, specs))[:2]}",
-            "one global shape, dtype, mesh and placements on every rank holding it",
-            "Check that every rank builds the same model part for this key.",
-        )
-    if first.kind == "dtensor":
-        lay, extra = _dtensor(fqn, entries, holders, world_size)
-        spec = fsdp.get((first.shape, first.mesh_shape, first.placements))
-        if spec is not None:
-            return _with_rows_if_other(lay, spec.dp_mesh_dim + extra, spec.shard_dim)
-        return lay
-    if first.kind == "sharded":
-        return first.layout
-    per_rank = len({e.digest for e in entries if e.digest is not None}) > 1
-    if first.kind == "tensor":
-        return tensor_layout(
-            first.shape, world_size, first.dtype, ranks=holders, per_rank_values=per_rank, fqn=fqn
-        )
-    return bytes_layout(world_size, ranks=holders, per_rank_values=per_rank)
-
-
-@functools.lru_cache(maxsize=4096)
-def _with_rows_if_other(lay: Layout, dp_mesh_dim: int, shard_dim: int) -> Layout:
-    """``lay`` with FSDP2's real rows where they are not what its placements say (layouts are
-    cached per spec and hash by identity: one comparison per spec, not per tensor)."""
-    rows = with_fsdp2_rows(lay, dp_mesh_dim, shard_dim)
-    if any(rows.held_indices(r) != lay.held_indices(r) for r in lay.holders()):
-        return rows
-    return lay
-
-
-def _dtensor(fqn, entries, holders, world_size) -> tuple[Layout, int]:
-    """The layout of a DTensor every holder has with one spec, on the slices of the root mesh
-    that its holders are in: one slice is the DTensor's own mesh (a pipeline stage's submesh
-    stays one); several (FSDP over ``mesh["dp"]`` of a ``(dp, ep)`` mesh: each ep index has its
-    own dp group holding the whole tensor) become one mesh ``(copies, *mesh)`` with a leading
-    ``Replicate()``, whose chunks are exactly each slice's. Returns (layout, mesh dims added)."""
-    first = entries[0]
-    slices = {e.mesh_ranks for e in entries}
-    for e in entries:
-        slices.update(e.slices or ())
-    held = set(holders)
-    used = sorted(s for s in slices if held.intersection(s))
-    stray = sorted(held.difference(r for s in used for r in s))
-    short = sorted(set(r for s in used for r in s) - held)
-    if stray or short:
-        raise CaptureError(
-            fqn,
-            f"DTensor on meshes {used} is held by ranks {sorted(held)}",
-            "every rank of each mesh holding it, and only those",
-            "Pass ranks='all' to run every rank.",
-        )
-    if len(used) == 1:
-        mesh, placements, ranks, extra = first.mesh_shape, first.placements, used[0], 0
-    else:
-        from ..sharding import Replicate
-
-        mesh = (len(used), *first.mesh_shape)
-        placements = (Replicate(), *first.placements)
-        ranks, extra = tuple(r for s in used for r in s), 1
-    lay = dtensor_layout(
-        first.shape, mesh, placements, first.dtype, world_size, mesh_ranks=ranks, fqn=fqn
-    )
-    return lay, extra
-
-
 def _expected_items(layouts, view: RankView) -> list[tuple]:
     out = []
     for fqn in view.keys():
@@ -847,7 +573,7 @@ def _torch_items(view: RankView) -> list[tuple]:
     ]
 
 
-def _check_view(name, layouts, view: RankView, world_size) -> None:
+def check_view(name, layouts, view: RankView, world_size) -> None:
     """The derived layouts against what torch planned on a run rank, and the data it holds
     against its real local tensors' shapes."""
     want, got = _expected_items(layouts, view), _torch_items(view)
@@ -956,11 +682,11 @@ def capture(
         raise CaptureError(name, f"time limit {time_limit!r}", "seconds > 0", "Pass e.g. 120.")
     workers = workers or max(1, min(2, os.cpu_count() or 1))
     t0 = time.perf_counter()
-    _preload()
+    preload_torch()
     views, rep = _plan_ranks(build, name, ws, extra, float(time_limit), workers, progress)
     layouts = _merge(name, views, rep, ws)
     for v in views.values():
-        _check_view(name, layouts, v, ws)
+        check_view(name, layouts, v, ws)
     return CapturedTarget(
         layouts,
         build=name,
@@ -986,7 +712,7 @@ def _merge(name, views: Mapping[int, RankView], rep: Mapping[int, int], ws: int)
         for fqn in _merged_keys(run):
             held = by_fqn[fqn]
             holders = sorted(r for q, _ in held for r in members.get(q, ()))
-            out[fqn] = _layout(fqn, [e for _, e in held], holders, ws, fsdp)
+            out[fqn] = layout_of_entries(fqn, [e for _, e in held], holders, ws, fsdp)
     except WorkbenchError as e:
         if isinstance(e, CaptureError):
             raise

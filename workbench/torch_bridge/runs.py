@@ -60,7 +60,6 @@ __all__ = [
     "make_checkpoints",
     "load_scenarios",
     "SCENARIO_KINDS",
-    "global_values",
     "MAX_WORLD_SIZE",
 ]
 
@@ -76,6 +75,8 @@ class SaveStep:
     path: str
     layouts: Mapping[str, Layout]
     storage: str = "fs"  # see STORAGES: which storage writer dcp.save is given
+    # a picklable planner factory (a class, a functools.partial); None: torch's default
+    planner: Any = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class LoadStep:
     allow_partial_load: bool = False
     fill: float = -1.0
     storage: str = "fs"  # "fs" (FileSystemReader) or "hf" (HuggingFaceStorageReader)
+    # a picklable planner factory taking allow_partial_load=; None: DefaultLoadPlanner
+    planner: Any = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ class RankLoad:
     values: dict[str, Any] = field(default_factory=dict)
     expected: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    warnings: tuple[str, ...] = ()  # the checked planner's CheckedPlanWarning texts
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,7 @@ def _run_step(step, rank, meshes):
         try:
             dcp.save(
                 torch_state_dict(step.layouts, rank, meshes),
+                planner=step.planner() if step.planner is not None else None,
                 # as users call it: a checkpoint_id would reset the HF writer's path and put
                 # a consolidating writer's shards beside the consolidated files, not in sharded/
                 checkpoint_id=step.path if step.storage == "fs" else None,
@@ -251,23 +256,27 @@ def _run_step(step, rank, meshes):
         except failed as e:
             return exception_text(e)
     sd = torch_state_dict(step.layouts, rank, meshes, step.fill)
+    make = step.planner if step.planner is not None else dcp.DefaultLoadPlanner
     try:
-        dcp.load(
-            sd,
-            checkpoint_id=step.path,
-            planner=dcp.DefaultLoadPlanner(allow_partial_load=step.allow_partial_load),
-            storage_reader=(
-                dcp.HuggingFaceStorageReader(step.path) if step.storage == "hf" else None
-            ),
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # kept, and only the checked planner's reported
+            dcp.load(
+                sd,
+                checkpoint_id=step.path,
+                planner=make(allow_partial_load=step.allow_partial_load),
+                storage_reader=(
+                    dcp.HuggingFaceStorageReader(step.path) if step.storage == "hf" else None
+                ),
+            )
     except failed as e:
         return RankLoad(rank, error=exception_text(e))
+    said = tuple(str(w.message) for w in caught if w.category.__name__ == "CheckedPlanWarning")
     saved = _saved_dtypes(step.path)
     vals, exp = {}, {}
     for fqn, lay in step.layouts.items():
         if fqn in sd:
             vals[fqn], exp[fqn] = _loaded(fqn, lay, rank, sd[fqn], saved.get(fqn))
-    return RankLoad(rank, vals, exp)
+    return RankLoad(rank, vals, exp, warnings=said)
 
 
 def _worker(rank, world_size, port, sock, steps, out_dir, timeout):

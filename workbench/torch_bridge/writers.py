@@ -32,7 +32,8 @@ from ..sharding import (
     sharded_layout,
     tensor_layout,
 )
-from .runs import CallStep, SaveStep, global_values, run_steps
+from .materialize import global_values
+from .runs import CallStep, SaveStep, run_steps
 
 __all__ = [
     "megatron_save",

@@ -36,7 +36,7 @@ from .limits import JsonLimits, read_json
 
 __all__ = ["cache_dir", "cache_enabled", "content_key", "load_cached", "store", "FORMAT"]
 
-FORMAT = 1  # bumped when the layout of an entry changes: older entries are then ignored
+FORMAT = 2  # bumped when the layout of an entry changes: older entries are then ignored
 _ENV_OFF = "WORKBENCH_NO_CACHE"
 
 
@@ -184,7 +184,14 @@ def _pack(key: dict, md: Metadata, size_hint: int) -> tuple[dict, str]:
         entries.append(
             [
                 fqn,
-                [p.dtype, p.layout, p.requires_grad, p.memory_format, p.pin_memory],
+                [
+                    p.dtype,
+                    p.layout,
+                    p.requires_grad,
+                    p.memory_format,
+                    p.pin_memory,
+                    None if p.strides is None else list(p.strides),
+                ],
                 list(e.size),
                 len(held[0]),
             ]
@@ -257,9 +264,12 @@ def _unpack(meta: dict, arrays: dict) -> Metadata:
         if entry[1] is None:
             state[fqn] = BytesStorageMetadata()
             continue
-        (dtype, layout, grad, mem, pin), size, n = entry[1], entry[2], entry[3]
+        (dtype, layout, grad, mem, pin, strides), size, n = entry[1], entry[2], entry[3]
         nd = len(size)
-        tsm = TensorStorageMetadata(TensorProperties(dtype, layout, grad, mem, pin), tuple(size))
+        props = TensorProperties(
+            dtype, layout, grad, mem, pin, None if strides is None else tuple(strides)
+        )
+        tsm = TensorStorageMetadata(props, tuple(size))
         tsm.chunks = ChunkList(
             offs[at : at + n * nd].reshape(n, nd), sizes[at : at + n * nd].reshape(n, nd)
         )

@@ -303,3 +303,16 @@ def test_a_damaged_cache_entry_is_a_miss(ckpt, cache_home):
     # an entry whose key does not match the file is never used
     key = metadata_cache.content_key((ckpt / ".metadata").read_bytes(), 1, 2)
     assert metadata_cache.load_cached(key) is None
+
+
+def test_a_cache_entry_keeps_strides(cache_home):
+    # torch 2.15+ pickles TensorProperties.strides: the entry keeps them
+    import dataclasses
+
+    md = dcp.read_metadata_bytes(pickle.dumps(torch_md({"w": ((8, 4), sharded((8, 4), 2))})))
+    w = md.state_dict_metadata["w"]
+    w.properties = dataclasses.replace(w.properties, strides=(4, 1))
+    key = metadata_cache.content_key(b"x", 1, 2)
+    assert metadata_cache.store(key, md, 1000)
+    back = metadata_cache.load_cached(key)
+    assert back == md and back.state_dict_metadata["w"].properties.strides == (4, 1)

@@ -308,8 +308,11 @@ class BoundedUnpickler:
                 if op == 0x94:  # MEMOIZE
                     memo[nmemo] = stack[-1]
                     nmemo += 1
-                elif op == 0x6A:  # LONG_BINGET
-                    v = memo[_unpack_I(data, pos)[0]]
+                elif op == 0x6A or op == 0x68:  # LONG_BINGET, BINGET
+                    if op == 0x68:
+                        v, width = memo[data[pos]], 1
+                    else:
+                        v, width = memo[_unpack_I(data, pos)[0]], 4
                     if type(v) is fast_type and v in fast:
                         got = fast[v](data, pos - 1, memo, nmemo, stack, marks)
                         if got is not None:
@@ -318,18 +321,7 @@ class BoundedUnpickler:
                             nmemo += made
                             continue
                     append(v)
-                    pos += 4
-                elif op == 0x68:  # BINGET
-                    v = memo[data[pos]]
-                    if type(v) is fast_type and v in fast:
-                        got = fast[v](data, pos - 1, memo, nmemo, stack, marks)
-                        if got is not None:
-                            pos, objs, made = got
-                            stack.extend(objs)
-                            nmemo += made
-                            continue
-                    append(v)
-                    pos += 1
+                    pos += width
                 elif op == 0x4D:  # BININT2
                     append(_unpack_H(data, pos)[0])
                     pos += 2

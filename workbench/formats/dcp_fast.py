@@ -4,16 +4,23 @@ A 1024-rank checkpoint's ``.metadata`` is 740,000 ``ChunkStorageMetadata`` recor
 ``MetadataIndex -> _StorageInfo`` pairs, each pickled by torch in one fixed opcode sequence that
 differs only in its ints (and, for storage entries, in whether a string is new or memoised).
 Decoding them one opcode at a time in Python is what made the bounded reader slower than torch's
-C ``pickle.load``. Here a run of such records (at most `MAX_RUN`) is recognised by one compiled
-regular expression of exactly that opcode sequence, its fields are taken out by ``findall`` and
-its ints decoded with numpy, and the unpickler pushes one `ChunkRun` / `StorageRun` in their
-place (`unpickler.BoundedUnpickler.fast_paths`).
+C ``pickle.load``. Here a run of such records (at most `MAX_RUN`) is decoded at once and the
+unpickler pushes one `ChunkRun` / `StorageRun` in its place
+(`unpickler.BoundedUnpickler.fast_paths`):
+
+- chunk records of one tensor differ only in the widths of their ints, a few times per list:
+  the first record's exact byte layout (a `_Shape`: which bytes are opcodes, which operands) is
+  read by `_probe`, and the following records of that layout are checked and decoded as rows
+  of a numpy matrix, layout after layout;
+- storage entries change layout from one entry to the next (dims, int widths, new or memoised
+  strings), so a run of them is found by one possessive regular expression of exactly their
+  opcode sequences, its fields taken out by ``findall`` and decoded column by column.
 
 Why this keeps every bound of the opcode loop:
 
-- the expression matches a fixed, non-nested opcode sequence: every declared length in it is
-  one byte (a short string, checked against what was matched) and every object it builds is a
-  flat tuple of ints or a string; nothing is hashed but strings;
+- layouts and expressions match fixed, non-nested opcode sequences: every declared length in
+  them is one byte (a short string, checked against what was matched) and every object they
+  stand for is a flat tuple of ints or a string; nothing is hashed but strings;
 - the memoised objects a run refers to (its record class, its key strings, ``torch.Size``) are
   checked to be exactly those; anything else and the decoder declines, and the opcode loop reads
   the same bytes as before;

@@ -4,12 +4,16 @@ the HTML escaping of the explorers' tables. The page itself is tested in test_br
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import workbench.widgets as widgets_pkg
+from workbench.formatting import format_bytes
 from workbench.geometry import Chunk
 from workbench.models import apply_recipe, model_state_dict
 from workbench.planning import plan_load, plan_save
@@ -19,7 +23,6 @@ from workbench.widgets.scenes import (
     CATEGORICAL_RANKS,
     bytes_scene,
     chunk_scene,
-    human_bytes,
     model_map_data,
     model_scene,
     rgba,
@@ -77,7 +80,7 @@ def test_n_d_tensor_draws_the_slab_of_the_ranks_chunk():
     assert s.meta["width"] == 8 and s.meta["height"] == 6 and s.meta["ndim"] == 3
 
 
-def test_rank_colours_categorical_up_to_twenty_then_a_scale():
+def test_rank_colours_categorical_up_to_the_palette_then_a_scale():
     def scene(world):
         save = plan_save({"w": dtensor_layout((world * 2, 4), (world,), "S(0)")})
         return chunk_scene(save.metadata, "w")
@@ -86,7 +89,9 @@ def test_rank_colours_categorical_up_to_twenty_then_a_scale():
     assert len(few.meta["legend"]["entries"]) == CATEGORICAL_RANKS
     assert few.meta["legend"]["scale"] is None
     assert many.meta["legend"]["entries"] == []
-    assert "continuous scale, 21 ranks" in many.meta["legend"]["scale"]["label"]
+    assert (
+        f"continuous scale, {CATEGORICAL_RANKS + 1} ranks" in many.meta["legend"]["scale"]["label"]
+    )
     assert len(set(many.fills.tolist())) == CATEGORICAL_RANKS + 1  # still one colour each
 
 
@@ -125,11 +130,20 @@ def test_traffic_and_bytes_scenes_in_human_units():
     assert "e+" not in b.meta["title"] and "1e" not in b.meta["title"]
 
 
-@pytest.mark.parametrize(
-    "n, text", [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (1128840839168, "1.03 TiB")]
-)
-def test_human_bytes(n, text):
-    assert human_bytes(n) == text
+BYTE_CASES = [0, 1023, 1024, 1536, 10 * 2**20 - 1, 1023.99 * 1024, 2**30, 1128840839168, 3 * 2**50]
+
+
+def test_the_canvas_writes_bytes_as_format_bytes_does():
+    """The page's humanBytes is formatting.format_bytes written in JS: the shipped module's own
+    function, run by node, gives the same text for every case."""
+    js = (Path(widgets_pkg.__file__).parent / "static" / "canvas.js").read_text()
+    start = js.index("function humanBytes(n) {")
+    fn = js[start : js.index("\n}\n", start) + 3]
+    script = fn + f"console.log(JSON.stringify({BYTE_CASES!r}.map(humanBytes)));"
+    out = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [format_bytes(n) for n in BYTE_CASES]
+    assert format_bytes(1128840839168) == "1.03 TiB" and format_bytes(1023) == "1023 B"
 
 
 def test_rgba_packs_colour_and_alpha():

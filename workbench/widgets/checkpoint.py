@@ -113,7 +113,6 @@ class CheckpointExplorer(Explorer):
         self.mesh.placeholder = "e.g. 2, 2"
         self._target_text = str(target) if isinstance(target, (str, PresetTarget)) else None
         self.header = W.HTML()
-        self._header = self.header  # the name notebook 08 reads
         self.filter = text_box("", "filter", "wb-filter")
         self.only_problems = with_class(
             W.Checkbox(value=only_problems, description="only with problems", indent=False),

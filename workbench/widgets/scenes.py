@@ -29,8 +29,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..colors import HIGHLIGHT_COLOR, UNKNOWN_COLOR, rank_color
+from ..colors import (
+    HIGHLIGHT_COLOR,
+    MAX_CATEGORICAL_RANKS,
+    RANK_SCALE,
+    UNKNOWN_COLOR,
+    rank_color,
+)
 from ..formats.dcp_files import writer_of_file
+from ..formatting import format_bytes
 from ..records import (
     BytesStorageMetadata,
     TensorStorageMetadata,
@@ -51,11 +58,11 @@ __all__ = [
     "bytes_scene",
     "synthetic_scene",
     "empty_scene",
-    "human_bytes",
     "rgba",
 ]
 
-CATEGORICAL_RANKS = 20
+# as many ranks as the static pictures colour one by one, so both switch to the scale together
+CATEGORICAL_RANKS = MAX_CATEGORICAL_RANKS
 # Per-kind drawing styles, in the order the canvas strokes them: edge colour, line width (css
 # px), dash, hatch, whether hovering picks the tile before others (higher wins), the smallest
 # on-screen size (px) at which the outline is drawn.
@@ -73,18 +80,8 @@ STYLES: dict[str, dict] = {
     "need": dict(edge="#000000", width=0.8, hit=3, minpx=2),
 }
 KIND_CODES = {k: i for i, k in enumerate(STYLES)}
-# Viridis at 9 stops: the continuous scale of ranks (beyond CATEGORICAL_RANKS) and of values.
-SCALE = (
-    "#440154",
-    "#472d7b",
-    "#3b528b",
-    "#2c728e",
-    "#21918c",
-    "#28ae80",
-    "#5ec962",
-    "#addc30",
-    "#fde725",
-)
+# the continuous scale of ranks (beyond CATEGORICAL_RANKS) and of values: the pictures' one
+SCALE = RANK_SCALE
 # Sequential light-to-dark blues: traffic matrix (0 bytes stays white)
 BLUES = ("#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#084594")
 SEVERITY_COLORS = {"error": "#d62728", "silent": "#ff7f0e", "warning": "#bcbd22", None: "#9ecae1"}
@@ -140,18 +137,6 @@ def _rank_legend(n_ranks: int, present: Sequence[int], what: str, unknown: bool)
     if unknown:
         legend["entries"].append([f"{what} unknown", UNKNOWN_COLOR, None, None])
     return legend
-
-
-def human_bytes(n: float) -> str:
-    """``1610612736`` -> ``"1.5 GiB"`` (binary units, 3 significant digits)."""
-    if n is None or not math.isfinite(n):
-        return "?"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n:.3g} PiB"
 
 
 # ----------------------------------------------------------------------------- scene
@@ -719,10 +704,10 @@ def model_scene(data: ModelMapData, *, color_by: str = "problem") -> Scene:
     b.add("tensor", boxes, fills, -1, order)
     tips = []
     for i, k in enumerate(data.fqns):
-        lines = [k, f"layer group {data.groups[i]}", f"saved {human_bytes(data.nbytes[i])}"]
+        lines = [k, f"layer group {data.groups[i]}", f"saved {format_bytes(data.nbytes[i])}"]
         if data.needed[i] > 0:
             lines.append(
-                f"loaded {human_bytes(data.loaded[i])} for {human_bytes(data.needed[i])} needed"
+                f"loaded {format_bytes(data.loaded[i])} for {format_bytes(data.needed[i])} needed"
                 f" ({data.amplification[i]:.2f}x)"
             )
         if data.problems[i]:
@@ -767,7 +752,7 @@ def traffic_scene(load) -> Scene:
     b.add("cell", boxes, fills, pr, np.arange(len(pr)))
     tips = [
         [
-            f"load rank {r} reads {human_bytes(v)} from {io.files[f]}",
+            f"load rank {r} reads {format_bytes(v)} from {io.files[f]}",
             f"in {int(c)} read item(s)",
             "click: list these reads",
         ]
@@ -778,7 +763,7 @@ def traffic_scene(load) -> Scene:
     step_y = max(1, nr // 16)
     return b.scene(
         dict(
-            title=f"rank x file traffic: {human_bytes(float(pb.sum()))} loaded from {nf} files",
+            title=f"rank x file traffic: {format_bytes(float(pb.sum()))} loaded from {nf} files",
             width=max(nf, 1),
             height=max(nr, 1),
             xlabel="file (sorted by writer rank)",
@@ -794,7 +779,7 @@ def traffic_scene(load) -> Scene:
                     "label": "bytes a rank loads from a file (sqrt scale)",
                     "colors": list(BLUES[1:]),
                     "min": "0 B",
-                    "max": human_bytes(top),
+                    "max": format_bytes(top),
                 },
             },
             notes=[],
@@ -832,7 +817,7 @@ def bytes_scene(load) -> Scene:
     )
     tips = [
         [
-            f"load rank {r}: loads {human_bytes(a)}, needs {human_bytes(c)}"
+            f"load rank {r}: loads {format_bytes(a)}, needs {format_bytes(c)}"
             + (f" ({a / c:.2f}x)" if c else ""),
         ]
         for r, a, c in zip(range(n), loaded.tolist(), needed.tolist())
@@ -841,8 +826,8 @@ def bytes_scene(load) -> Scene:
     ratio = f", {total_l / total_n:.2f}x" if total_n else ""
     return b.scene(
         dict(
-            title=f"bytes per load rank: {human_bytes(total_l)} loaded, "
-            f"{human_bytes(total_n)} needed{ratio} (DCP reads whole saved chunks)",
+            title=f"bytes per load rank: {format_bytes(total_l)} loaded, "
+            f"{format_bytes(total_n)} needed{ratio} (DCP reads whole saved chunks)",
             width=max(n, 1),
             height=top * 1.05,
             xlabel="load rank",

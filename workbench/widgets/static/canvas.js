@@ -25,12 +25,18 @@ function view(dv, Ctor) {
 }
 
 function humanBytes(n) {
-  if (n === null || n === undefined || !isFinite(n)) return "?";
-  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-  let u = 0;
-  while (Math.abs(n) >= 1024 && u < units.length - 1) { n /= 1024; u++; }
-  if (u === 0) return `${Math.trunc(n)} B`;
-  return `${Number(n.toPrecision(3))} ${units[u]}`;
+  // workbench.formatting.format_bytes, rule for rule: binary units, 1 to 3 digits before the
+  // point, at most three significant digits, trailing zeros dropped (tests/test_canvas.py)
+  if (n === null || n === undefined || !isFinite(n)) return "unknown";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+  let k = 0;
+  while (k < units.length - 1 && Math.abs(n) >= Math.pow(1024, k + 1)) k++;
+  if (k === 0) return `${Math.trunc(n)} B`;
+  const v = n / Math.pow(1024, k);
+  const digits = Math.abs(v) < 10 ? 2 : Math.abs(v) < 100 ? 1 : 0;
+  let text = v.toFixed(digits);
+  if (text.includes(".")) text = text.replace(/0+$/, "").replace(/\.$/, "");
+  return `${text} ${units[k]}`;
 }
 
 function boxText(ext, i, nd) {

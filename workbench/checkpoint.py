@@ -25,6 +25,7 @@ from .formats import read_checkpoint
 from .formats.dcp_files import writer_of_file
 from .formats.distcp import describe_item, expected_storage_bytes
 from .formats.hf_safetensors import INDEX_NAME
+from .formats.location import Location
 from .formats.megatron import model_metadata as megatron_model_metadata
 from .formatting import format_ranks
 from .geometry import Chunk
@@ -87,6 +88,8 @@ class Checkpoint:
     # what the format records beyond DCP's Metadata: formats.megatron.MegatronInfo,
     # formats.hf_safetensors.HfInfo, or None for plain DCP
     format_info: Any = None
+    # where the files are when ``path`` is an fsspec URL (object storage); None for a local one
+    location: Location | None = None
 
     @property
     def model_metadata(self) -> Metadata:
@@ -203,17 +206,25 @@ class Checkpoint:
         return checkpoint_html(self)
 
 
-def open_checkpoint(path, rank: int | None = None) -> Checkpoint:
+def open_checkpoint(
+    path, rank: int | None = None, *, storage_options: dict | None = None
+) -> Checkpoint:
     """Open a checkpoint directory of any supported format (plain DCP ``.metadata`` +
     ``__<rank>_<n>.distcp``, Megatron-Core torch_dist, DCP's HF safetensors) safely: the
     metadata via the format's reader, each chunk's storage entry (``storage_data[MetadataIndex(
-    fqn, chunk.offsets)]``, as torch's readers look it up) and the data files' sizes on disk."""
-    read = read_checkpoint(path, rank)
+    fqn, chunk.offsets)]``, as torch's readers look it up) and the data files' sizes on disk.
+
+    ``path`` may be an fsspec URL of a plain DCP checkpoint (``s3://bucket/ckpt``...), opened
+    with ``storage_options``: the sizes then come from the listing and no data file is read."""
+    read = read_checkpoint(path, rank, storage_options=storage_options)
     directory, md = read.directory, read.metadata
     storage = md.storage_data or {}
     sizes = {}
     for info in storage.values():
         if info.relative_path not in sizes:
+            if read.files is not None:  # object storage: the listing's sizes
+                sizes[info.relative_path] = read.files.get(info.relative_path)
+                continue
             f = directory / info.relative_path
             sizes[info.relative_path] = f.stat().st_size if f.is_file() else None
     chunks = []
@@ -241,6 +252,7 @@ def open_checkpoint(path, rank: int | None = None) -> Checkpoint:
         file_sizes=sizes,
         format=read.format,
         format_info=read.info,
+        location=read.location,
     )
 
 
@@ -432,27 +444,32 @@ def _hf_hole(p: Problem) -> Problem:
 
 
 def _strays(ck: Checkpoint) -> list:
-    d = Path(ck.path)
+    if ck.location is not None:
+        files = ck.location.list()
+    else:
+        d = Path(ck.path)
+        files = {p.name: p for p in sorted(d.iterdir()) if not p.is_dir()}
     named = set(ck.file_sizes) | COMPANION_FILES.get(ck.format, set())
     out = []
-    for p in sorted(d.iterdir()):
-        if p.is_dir() or p.name in named or _RANK_METADATA.match(p.name):
+    for name, p in files.items():
+        if name in named or _RANK_METADATA.match(name):
             continue
-        if ck.format == "hf" and p.name.endswith(".safetensors"):
+        if ck.format == "hf" and name.endswith(".safetensors"):
             continue
         what = (
             "a metadata write that did not finish (torch writes .metadata.tmp then renames it)"
-            if p.name.endswith(".metadata.tmp")
+            if name.endswith(".metadata.tmp")
             else "a file the metadata does not name"
         )
+        size = p if isinstance(p, int) else p.stat().st_size
         out.append(
             _problem(
-                p.name,
+                name,
                 "stray_file",
                 (),
                 None,
                 "warning",
-                f"{p.name}: {what} ({p.stat().st_size} bytes in {ck.path}) (only files the "
+                f"{name}: {what} ({size} bytes in {ck.path}) (only files the "
                 "metadata names). torch never reads it.",
                 "Remove it, or check that it does not belong to another save of this directory.",
             )
@@ -508,12 +525,15 @@ def _deep_problems(ck: Checkpoint, progress: bool) -> list:
     try:
         for c in tqdm(todo, desc="reading chunks", unit="chunk", disable=not progress):
             entry = ck.metadata.state_dict_metadata[c.fqn]
-            if c.file != name:
-                if f is not None:
-                    f.close()
-                f, name = open(d / c.file, "rb"), c.file
-            f.seek(c.storage.offset)
-            blob = f.read(c.storage.length)
+            if ck.location is not None:  # object storage: one ranged request per chunk
+                blob = ck.location.read_range(c.file, c.storage.offset, c.storage.length)
+            else:
+                if c.file != name:
+                    if f is not None:
+                        f.close()
+                    f, name = open(d / c.file, "rb"), c.file
+                f.seek(c.storage.offset)
+                blob = f.read(c.storage.length)
             if ck.format == "hf":
                 continue  # safetensors: the range is the raw elements (sizes checked on read)
             tensor = c.chunk is not None
@@ -591,7 +611,13 @@ def _prod(v) -> int:
     return n
 
 
-def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -> Problems:
+def find_file_problems(
+    checkpoint,
+    deep: bool = False,
+    progress: bool = False,
+    *,
+    storage_options: dict | None = None,
+) -> Problems:
     """Whether a checkpoint's files are all there, as `diagnosis.Problem` records: no metadata
     beside data files (an interrupted or asynchronous save), data files missing or shorter than
     the byte ranges the metadata names, chunks without a storage entry, duplicate chunks, holes
@@ -599,10 +625,12 @@ def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -
     Megatron's ``metadata.json`` / ``common.pt`` and the HF index and shard numbering. With
     ``deep``, every chunk's bytes are read (``progress``: a tqdm bar) and a ``.distcp`` item's
     ``torch.save`` archive is checked (CRCs, dtype, element count; read with an allow-list, a
-    bytes item's pickle never unpickled). ``checkpoint``: a path or a `Checkpoint`."""
+    bytes item's pickle never unpickled). ``checkpoint``: a path, an fsspec URL (opened with
+    ``storage_options``, see `open_checkpoint`; only ``deep`` reads its data files) or a
+    `Checkpoint`."""
     if not isinstance(checkpoint, Checkpoint):
         try:
-            checkpoint = open_checkpoint(checkpoint)
+            checkpoint = open_checkpoint(checkpoint, storage_options=storage_options)
         except MetadataError as e:
             if getattr(e, "reason", None) != "no_metadata":
                 raise

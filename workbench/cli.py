@@ -39,12 +39,30 @@ MAX_ROWS = 40  # problems printed as a table; --json gives all
 
 
 # ----------------------------------------------------------------------------- output helpers
-def _open(path: str):
+def _open(path: str, args):
     """The checkpoint (`checkpoint.Checkpoint`): metadata read with the allow-list unpickler
-    (never torch's pickle.load), plus the data files' sizes on disk."""
+    (never torch's pickle.load), plus the data files' sizes on disk (or in the listing of an
+    fsspec URL, opened with the ``--storage-option``s)."""
     from .checkpoint import open_checkpoint
 
-    return open_checkpoint(path)
+    return open_checkpoint(path, storage_options=_storage_options(args))
+
+
+def _storage_options(args) -> dict | None:
+    from .formats.location import storage_options_from
+
+    return storage_options_from(getattr(args, "storage_option", None)) or None
+
+
+def _add_storage_option(s) -> None:
+    s.add_argument(
+        "--storage-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an fsspec storage option for a URL checkpoint (s3://, gs://, az://, hf://), "
+        "repeatable; dotted keys nest (client_kwargs.endpoint_url=http://...), values are "
+        "JSON when they parse (anon=true)",
+    )
 
 
 def _print_damage(messages: list[str]) -> None:
@@ -103,10 +121,10 @@ def _cmd_inspect(args) -> int:
     from .formatting import format_bytes
     from .report import shape_text
 
-    ckpt = _open(args.checkpoint)
+    ckpt = _open(args.checkpoint, args)
     info = describe_checkpoint(ckpt.metadata)
     problems = find_checkpoint_problems(ckpt.metadata)  # holes / overlaps, whatever the target
-    written_by = _writer_versions(args.checkpoint, ckpt.format)
+    written_by = _writer_versions(ckpt, args.checkpoint)
     if args.json:
         _json_out(
             {
@@ -217,7 +235,12 @@ def _format_tables(ckpt) -> None:
 def _cmd_check(args) -> int:
     from .checkpoint import find_file_problems
 
-    problems = find_file_problems(args.checkpoint, deep=args.deep, progress=not args.json)
+    problems = find_file_problems(
+        args.checkpoint,
+        deep=args.deep,
+        progress=not args.json,
+        storage_options=_storage_options(args),
+    )
     blocking = [p for p in problems if p.blocking]
     if args.json:
         _json_out(
@@ -273,16 +296,19 @@ def _version_header(v: str) -> str:
     return f"DCP semantics of torch {v} ({note})" + (f"\nnote: {assumed}" if assumed else "")
 
 
-def _writer_versions(checkpoint: str, fmt: str = "dcp"):
-    """`formats.dcp.infer_writer_versions` of a checkpoint directory's ``.metadata`` (Megatron's
-    with its extra records allowed); None for a format without a pickled metadata (HF)."""
+def _writer_versions(ckpt, path: str):
+    """`formats.dcp.infer_writer_versions` of a checkpoint's ``.metadata`` (Megatron's with its
+    extra records allowed); None for a format without a pickled metadata (HF)."""
     from .formats.dcp import infer_writer_versions, metadata_path
     from .formats.megatron import MEGATRON_GLOBALS
 
-    if fmt == "hf":
+    if ckpt.format == "hf":
         return None
-    p = metadata_path(checkpoint)
-    extra = MEGATRON_GLOBALS if fmt == "megatron" else None
+    if ckpt.location is not None:  # object storage: fetched again, it is small
+        where = ckpt.location.url_of(".metadata")
+        return infer_writer_versions(ckpt.location.read_bytes(".metadata"), where)
+    p = metadata_path(path)
+    extra = MEGATRON_GLOBALS if ckpt.format == "megatron" else None
     return infer_writer_versions(p.read_bytes(), str(p), extra)
 
 
@@ -292,7 +318,7 @@ def _cmd_plan(args) -> int:
     versions = torch_versions(args.torch)
     if len(versions) > 1:
         return _cmd_compare_versions(args, versions)
-    ckpt = _open(args.checkpoint)
+    ckpt = _open(args.checkpoint, args)
     layouts = parse_target(args.target)
     result = plan_load(
         ckpt.metadata,
@@ -349,7 +375,7 @@ def _cmd_plan(args) -> int:
 def _cmd_compare_versions(args, versions: list[str]) -> int:
     from .version_compare import compare_versions
 
-    ckpt = _open(args.checkpoint)
+    ckpt = _open(args.checkpoint, args)
     layouts = parse_target(args.target)
     cmp = compare_versions(
         ckpt.metadata, layouts, versions, allow_partial_load=args.allow_partial_load
@@ -419,7 +445,7 @@ def _io_lines(io: dict):
 def _cmd_explain(args) -> int:
     from .explanations import explain
 
-    metadata = _open(args.checkpoint).metadata if args.checkpoint else None
+    metadata = _open(args.checkpoint, args).metadata if args.checkpoint else None
     target = parse_target(args.target) if args.target else None
     exp = explain(
         args.text, metadata=metadata, target=target, torch_version=_one_version(args.torch)
@@ -447,7 +473,7 @@ def _json_value(v):
 def _cmd_report(args) -> int:
     from .report import write_report
 
-    ckpt = _open(args.checkpoint)
+    ckpt = _open(args.checkpoint, args)
     layouts = parse_target(args.target) if args.target else None
     from .checkpoint import find_file_problems
     from .tables import format_tables
@@ -591,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--chunks", action="store_true", help="also list every chunk")
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _add_storage_option(s)
     s.set_defaults(run=_cmd_inspect)
 
     s = sub.add_parser(
@@ -607,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="checkpoint directory (any supported format)")
     s.add_argument("--deep", action="store_true", help="read and check every chunk's bytes")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_storage_option(s)
     s.set_defaults(run=_cmd_check)
 
     s = sub.add_parser(
@@ -634,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.add_argument("--list-presets", action=_ListPresets, help="list presets and recipes, exit")
+    _add_storage_option(s)
     s.set_defaults(run=_cmd_plan)
 
     s = sub.add_parser(
@@ -648,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", "-t", metavar="SPEC", help="the target being loaded into")
     s.add_argument("--torch", metavar="X.Y", help="the torch version that raised it")
     s.add_argument("--json", action="store_true", help="print JSON")
+    _add_storage_option(s)
     s.set_defaults(run=_cmd_explain)
 
     s = sub.add_parser(
@@ -663,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", "-t", metavar="SPEC", help="optional target (see below)")
     s.add_argument("--output", "-o", default="report.html", help="output file (report.html)")
     s.add_argument("--torch", metavar="X.Y", help="the torch version whose semantics to use")
+    _add_storage_option(s)
     s.set_defaults(run=_cmd_report)
 
     s = sub.add_parser(

@@ -41,6 +41,7 @@ from . import metadata_cache
 from .columns import ChunkList, StorageColumns, check_chunk_hash_spread
 from .dcp_fast import ChunkRun, FastRun, StorageRun, fast_paths
 from .limits import MAX_INT64, Budget, brief, is_safe_key
+from .location import Location, is_url, open_location
 from .unpickler import BoundedUnpickler, UnpicklingError
 
 __all__ = [
@@ -807,7 +808,17 @@ def read_metadata_bytes(
         ) from None
 
 
-def load_metadata(path, rank: int | None = None, *, cache: bool = True) -> Metadata:
+def read_remote_metadata(location: Location, rank: int | None = None) -> Metadata:
+    """The `Metadata` of a checkpoint in object storage (`location.Location`): its
+    ``.metadata`` (or ``__<rank>.metadata``) fetched whole and read as `load_metadata` reads a
+    local one. Never cached: the parsed-metadata cache keys local files only."""
+    name = ".metadata" if rank is None else f"__{rank}.metadata"
+    return read_metadata_bytes(location.read_bytes(name), location.url_of(name))
+
+
+def load_metadata(
+    path, rank: int | None = None, *, cache: bool = True, storage_options: dict | None = None
+) -> Metadata:
     """The checkpoint's `Metadata` as ``FileSystemReader(path).read_metadata(rank=rank)`` would
     return it, in workbench records, but read with an allow-list unpickler: nothing in the file is
     executed (torch's reader is a bare ``pickle.load``). ``storage_meta.load_id`` is the file's
@@ -815,7 +826,12 @@ def load_metadata(path, rank: int | None = None, *, cache: bool = True) -> Metad
 
     Chunks and storage entries are held as columns (`formats.columns`). With ``cache`` (and
     ``WORKBENCH_NO_CACHE`` unset) the parsed result is kept in the user's cache directory and
-    reused while the file's size, mtime and content hash match (`formats.metadata_cache`)."""
+    reused while the file's size, mtime and content hash match (`formats.metadata_cache`).
+
+    ``path`` may be an fsspec URL of the checkpoint directory (``s3://bucket/ckpt``...), read
+    with ``storage_options`` (`read_remote_metadata`; not cached)."""
+    if is_url(path):
+        return read_remote_metadata(open_location(path, storage_options), rank)
     p = metadata_path(path, rank)
     try:
         st = p.stat()

@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import MetadataError
 from ..records import Metadata
 from . import dcp, hf_safetensors, megatron
+from .location import Location, is_url, open_location
 
 __all__ = ["FORMATS", "FormatRead", "detect_format", "read_checkpoint", "load_metadata"]
 
@@ -31,10 +32,13 @@ class FormatRead:
     `hf_safetensors.HfInfo` or None (plain DCP)."""
 
     format: str
-    directory: Path
+    directory: Path | str  # the URL for a checkpoint in object storage
     metadata: Metadata
     info: Any = None
     metadata_file: Path | None = None
+    # in object storage: where it is, and its files -> sizes from the listing
+    location: Location | None = None
+    files: dict[str, int] | None = None
 
 
 def _distcp_files(d: Path) -> list[str]:
@@ -60,21 +64,75 @@ def detect_format(path, rank: int | None = None) -> str:
         return "hf"
     data = _distcp_files(p)
     if data:
-        raise MetadataError(
-            str(p),
-            f"{len(data)} data files ({', '.join(data[:4])}{', ...' if len(data) > 4 else ''}) "
-            "but no .metadata",
-            "a .metadata written when the save finished",
-            "The save was interrupted, or is an asynchronous save still running: torch writes "
-            ".metadata last. Wait for it or re-save; the data files alone cannot be loaded.",
-            path=str(p),
-            reason="no_metadata",
-        )
+        raise _no_metadata(str(p), data)
     return "dcp"  # dcp.load_metadata explains what is missing
 
 
-def read_checkpoint(path, rank: int | None = None) -> FormatRead:
-    """Read a checkpoint of any supported format (see `detect_format`)."""
+def _no_metadata(where: str, data: list[str]) -> MetadataError:
+    return MetadataError(
+        where,
+        f"{len(data)} data files ({', '.join(data[:4])}{', ...' if len(data) > 4 else ''}) "
+        "but no .metadata",
+        "a .metadata written when the save finished",
+        "The save was interrupted, or is an asynchronous save still running: torch writes "
+        ".metadata last. Wait for it or re-save; the data files alone cannot be loaded.",
+        path=where,
+        reason="no_metadata",
+    )
+
+
+def _read_remote(url: str, rank: int | None, storage_options: dict | None) -> FormatRead:
+    """A plain DCP checkpoint in object storage: one listing (the files and their sizes) and
+    the ``.metadata`` fetched; no data file is opened."""
+    loc = open_location(url, storage_options)
+    files = loc.list()
+    name = ".metadata" if rank is None else f"__{rank}.metadata"
+    if rank is None and ("metadata.json" in files or "common.pt" in files):
+        fmt = "megatron"
+    elif name not in files and any(f.endswith(hf_safetensors.SUFFIX) for f in files):
+        fmt = "hf"
+    else:
+        fmt = "dcp"
+    if fmt != "dcp":
+        raise MetadataError(
+            url,
+            f"a {fmt} checkpoint in object storage is not read yet",
+            "plain DCP checkpoints (.metadata + __<rank>_<n>.distcp) are read from URLs",
+            "Copy its metadata files (.metadata, metadata.json, the safetensors) to a local "
+            "directory and point at that.",
+            path=url,
+            reason="unsupported_remote",
+        )
+    if name not in files:
+        data = sorted(f for f in files if f.startswith("__") and f.endswith(".distcp"))
+        if data and rank is None:
+            raise _no_metadata(url, data)
+        raise MetadataError(
+            loc.url_of(name),
+            "no such metadata file",
+            "a DCP checkpoint directory holding .metadata (or __<rank>.metadata)",
+            "Point at the directory dcp.save wrote.",
+            path=loc.url_of(name),
+            reason="not_found",
+        )
+    return FormatRead(
+        format="dcp",
+        directory=url,
+        metadata=dcp.read_remote_metadata(loc, rank),
+        location=loc,
+        files=files,
+    )
+
+
+def read_checkpoint(
+    path, rank: int | None = None, *, storage_options: dict | None = None
+) -> FormatRead:
+    """Read a checkpoint of any supported format (see `detect_format`). ``path`` may be an
+    fsspec URL (``s3://``, ``gs://``, ``az://``, ``hf://``, ``file://``) of a plain DCP
+    checkpoint, opened with ``storage_options`` (credentials, endpoint...) as fsspec takes
+    them: only the listing and the ``.metadata`` are fetched."""
+    if is_url(path):
+        return _read_remote(path, rank, storage_options)
     fmt = detect_format(path, rank)
     if fmt == "megatron":
         d = Path(path)
@@ -95,9 +153,12 @@ def read_checkpoint(path, rank: int | None = None) -> FormatRead:
     )
 
 
-def load_metadata(path, rank: int | None = None) -> Metadata:
+def load_metadata(
+    path, rank: int | None = None, *, storage_options: dict | None = None
+) -> Metadata:
     """The checkpoint's `Metadata` whatever its format (see `read_checkpoint`): for plain DCP
     what ``FileSystemReader(path).read_metadata(rank=rank)`` returns, for Megatron the same of
     its ``.metadata``, for HF what ``HuggingFaceStorageReader(path).read_metadata()`` returns;
-    read without running anything from the files."""
-    return read_checkpoint(path, rank).metadata
+    read without running anything from the files. ``path`` may be an fsspec URL, opened with
+    ``storage_options`` (see `read_checkpoint`)."""
+    return read_checkpoint(path, rank, storage_options=storage_options).metadata

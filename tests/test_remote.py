@@ -1,0 +1,258 @@
+"""Checkpoints in object storage: a real S3-compatible server (moto's, started here on
+127.0.0.1) holds a checkpoint written by torch's own ``FsspecWriter``; the workbench reads it
+through fsspec (s3fs) by URL, in Python and on the command line, fetching only the listing and
+the ``.metadata`` (the server's request log proves no data file was read), and turns each remote
+fault into one clear error naming the URL."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import warnings
+
+import pytest
+import torch
+from support import house_form
+
+from workbench.checkpoint import find_file_problems, open_checkpoint
+from workbench.cli import main
+from workbench.errors import MetadataError, MissingExtraError
+from workbench.formats import load_metadata
+from workbench.formats.location import storage_options_from
+from workbench.torch_bridge.convert import from_torch
+
+
+class _Requests(logging.Handler):
+    """The S3 server's own request log (werkzeug logs one line per request it served)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def gets(self) -> list[str]:
+        """Paths of the objects fetched (GET of a key, not of a bucket listing)."""
+        out = []
+        for line in self.lines:
+            m = re.search(r"GET (/[^ ?]+)[^ ]* HTTP", line)  # 206 lines are coloured
+            if m and m.group(1).count("/") >= 2:
+                out.append(m.group(1))
+        return out
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on a free port, dummy credentials, a bucket ``bucket`` with a real
+    checkpoint at ``s3://bucket/ckpt`` written by torch's FsspecWriter; yields the storage
+    options and the request log."""
+    from moto.server import ThreadedMotoServer
+    from torch.distributed.checkpoint import save
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    log = _Requests()
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.addHandler(log)
+    level = werkzeug.level
+    werkzeug.setLevel(logging.INFO)
+    try:
+        options = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}
+        import fsspec
+
+        fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
+        fs.mkdir("bucket")
+        sd = {
+            "w": torch.arange(32.0).reshape(8, 4),
+            "b": torch.arange(4).to(torch.bfloat16),
+            "step": 3,
+        }
+        with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
+            warnings.simplefilter("ignore", UserWarning)
+            save(sd, storage_writer=FsspecWriter("s3://bucket/ckpt", **options), no_dist=True)
+        yield {"options": options, "port": port, "log": log, "fs": fs}
+    finally:
+        werkzeug.removeHandler(log)
+        werkzeug.setLevel(level)
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _torch_metadata(options):
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+    return FsspecReader("s3://bucket/ckpt", **options).read_metadata()
+
+
+def test_load_metadata_equals_torchs_fsspec_reader(s3):
+    ours = load_metadata("s3://bucket/ckpt", storage_options=s3["options"])
+    theirs = from_torch(_torch_metadata(s3["options"]))
+    assert ours.state_dict_metadata == theirs.state_dict_metadata
+    assert dict(ours.storage_data) == dict(theirs.storage_data)
+    assert ours.version == theirs.version
+
+
+def test_open_checkpoint_sizes_from_the_listing_reading_only_the_metadata(s3):
+    fs, log = s3["fs"], s3["log"]
+    listing = {e["name"].rsplit("/", 1)[-1]: e["size"] for e in fs.ls("bucket/ckpt", detail=True)}
+    data = sorted(f for f in listing if f.endswith(".distcp"))
+    assert data and ".metadata" in listing
+    log.lines.clear()
+    ck = open_checkpoint("s3://bucket/ckpt", storage_options=s3["options"])
+    assert ck.path == "s3://bucket/ckpt" and ck.format == "dcp"
+    assert ck.file_sizes == {f: listing[f] for f in data}
+    assert {c.fqn for c in ck.chunks} == {"w", "b", "step"}
+    assert not ck.damaged_chunks
+    # the server served the .metadata and nothing else: not one byte of tensor data
+    assert log.gets() == ["/bucket/ckpt/.metadata"], log.lines
+    assert not find_file_problems(ck)
+    assert log.gets() == ["/bucket/ckpt/.metadata"], log.lines
+
+
+def test_deep_check_reads_the_data_and_finds_a_truncated_file(s3):
+    fs, log, options = s3["fs"], s3["log"], s3["options"]
+    log.lines.clear()
+    assert not find_file_problems("s3://bucket/ckpt", deep=True, storage_options=options)
+    assert any(p.endswith(".distcp") for p in log.gets()), log.lines
+    # a copy whose data file lost its tail: found from the listing's size alone
+    for name in fs.ls("bucket/ckpt"):
+        blob = fs.cat_file(name)
+        if name.endswith(".distcp"):
+            blob = blob[: len(blob) // 2]
+        fs.pipe_file(name.replace("/ckpt/", "/short/"), blob)
+    log.lines.clear()
+    problems = find_file_problems("s3://bucket/short", storage_options=options)
+    assert [p.kind for p in problems] == ["truncated_file"], problems
+    assert problems[0].fqn == "__0_0.distcp" and problems[0].severity == "error"
+    assert log.gets() == ["/bucket/short/.metadata"], log.lines
+
+
+def run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _same_but_the_path(remote: str, local: str, url: str, path) -> None:
+    assert remote == local.replace(str(path), url), (remote, local)
+
+
+def test_cli_inspect_plan_check_with_storage_options(s3, capsys, tmp_path):
+    """Each command over s3:// prints what it prints for a local copy of the same files."""
+    endpoint = s3["options"]["client_kwargs"]["endpoint_url"]
+    opt = ["--storage-option", f"client_kwargs.endpoint_url={endpoint}"]
+    url, local = "s3://bucket/ckpt", tmp_path / "ckpt"
+    s3["fs"].get("bucket/ckpt/", str(local), recursive=True)
+    target = tmp_path / "target.json"
+    target.write_text(
+        json.dumps(
+            {
+                "w": {
+                    "shape": [8, 4],
+                    "dtype": "float32",
+                    "mesh": [2, 2],
+                    "placements": "S(0), S(1)",
+                },
+                "b": {"shape": [4], "dtype": "bfloat16"},
+                "step": {"bytes": True},
+            }
+        )
+    )
+    for argv in (
+        ["inspect", "--json", "--chunks"],
+        ["plan", "--json", "--target", target],
+        ["check", "--json"],
+    ):
+        rc, out, err = run(capsys, argv[0], url, *argv[1:], *opt)
+        rc_local, out_local, _ = run(capsys, argv[0], local, *argv[1:])
+        assert rc == rc_local == 0, (argv, err)
+        _same_but_the_path(out, out_local, url, local)
+    # the tables (their widths follow the path's length)
+    rc, out, err = run(capsys, "inspect", url, *opt)
+    assert rc == 0 and "__0_0.distcp" in out and "bfloat16" in out, err
+    rc, out, err = run(capsys, "plan", url, "--target", target, *opt)
+    assert rc == 0 and "OK" in out, err
+    rc, out, err = run(capsys, "check", url, "--deep", *opt)
+    assert rc == 0 and "every file is there" in out, err
+    rc, out, err = run(capsys, "inspect", url, "--storage-option", "novalue")
+    assert rc == 2 and "--storage-option: 'novalue' is not KEY=VALUE" in err, err
+
+
+def test_storage_option_syntax():
+    assert storage_options_from(
+        ["client_kwargs.endpoint_url=http://h:1", "anon=true", 'config_kwargs.retries={"a": 1}']
+    ) == {
+        "client_kwargs": {"endpoint_url": "http://h:1"},
+        "anon": True,
+        "config_kwargs": {"retries": {"a": 1}},
+    }
+    assert storage_options_from(["k=not json", "n=3"]) == {"k": "not json", "n": 3}
+    for bad in ("x", "=1", "a..b=1"):
+        with pytest.raises(MetadataError) as e:
+            storage_options_from([bad])
+        house_form(e.value, "--storage-option")
+    with pytest.raises(MetadataError, match="already a value"):
+        storage_options_from(["a=1", "a.b=2"])
+
+
+@pytest.mark.parametrize(
+    "url,words,reason",
+    [
+        ("s3://no-such-bucket/ckpt", "no such bucket", "no_bucket"),
+        ("s3://bucket/no-such-key", "no such object", "not_found"),
+    ],
+)
+def test_missing_bucket_or_key_is_one_clear_error(s3, url, words, reason):
+    with pytest.raises(MetadataError) as e:
+        open_checkpoint(url, storage_options=s3["options"])
+    msg = house_form(e.value, url)
+    assert words in msg and e.value.reason == reason, msg
+
+
+def test_a_missing_metadata_beside_data_files_is_an_interrupted_save(s3):
+    fs = s3["fs"]
+    for name in fs.ls("bucket/ckpt"):
+        if name.endswith(".distcp"):
+            fs.pipe_file(name.replace("/ckpt/", "/torn/"), fs.cat_file(name))
+    problems = find_file_problems("s3://bucket/torn", storage_options=s3["options"])
+    assert [p.kind for p in problems] == ["no_metadata"]
+    assert "but no .metadata" in problems[0].message
+
+
+def test_unreachable_endpoint_is_one_clear_error():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = {
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+    }
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    with pytest.raises(MetadataError) as e:
+        load_metadata("s3://bucket/ckpt", storage_options=options)
+    msg = house_form(e.value, "s3://bucket/ckpt")
+    assert "cannot reach the storage endpoint" in msg and e.value.reason == "unreachable", msg
+
+
+def test_without_fsspec_a_url_names_the_remote_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fsspec", None)  # as if fsspec were not installed
+    monkeypatch.setitem(sys.modules, "fsspec.core", None)
+    with pytest.raises(MissingExtraError) as e:
+        load_metadata("s3://bucket/ckpt")
+    assert "[remote]" in str(e.value) and "fsspec" in str(e.value)

@@ -256,3 +256,86 @@ def test_without_fsspec_a_url_names_the_remote_extra(monkeypatch):
     with pytest.raises(MissingExtraError) as e:
         load_metadata("s3://bucket/ckpt")
     assert "[remote]" in str(e.value) and "fsspec" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "code,message,reason",
+    [
+        ("AccessDenied", "Access Denied", "denied"),
+        ("SlowDown", "Please reduce your request rate.", "throttled"),
+        ("ThrottlingException", "Rate exceeded", "throttled"),
+        ("RequestTimeout", "Your socket connection to the server was not read from", "timeout"),
+        ("NoSuchBucket", "The specified bucket does not exist", "no_bucket"),
+        ("NoSuchKey", "The specified key does not exist.", "not_found"),
+    ],
+)
+def test_each_s3_fault_is_named(code, message, reason):
+    """What S3 answers, as s3fs raises it (its own translation of botocore's ClientError)."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    from workbench.formats.location import remote_error
+
+    raised = translate_boto_error(
+        ClientError({"Error": {"Code": code, "Message": message}}, "GetObject")
+    )
+    err = remote_error("s3://bucket/ckpt/.metadata", raised)
+    house_form(err, "s3://bucket/ckpt/.metadata")
+    assert err.reason == reason, (str(err), type(raised))
+
+
+def test_a_read_timeout_is_named():
+    from botocore.exceptions import ReadTimeoutError
+
+    from workbench.formats.location import remote_error
+
+    err = remote_error("s3://b/c", ReadTimeoutError(endpoint_url="http://127.0.0.1:1/b/c"))
+    assert err.reason == "timeout" and "the request timed out" in str(err)
+
+
+def test_safetensors_in_s3_read_by_header_ranges(s3, tmp_path, monkeypatch):
+    """torch's HuggingFaceStorageWriter writes locally (it takes no fsspec URL in 2.13); the
+    files go to the bucket as they are. Reading them there fetches each file's 8-byte length
+    and its header, nothing else, and gives what the local read gives."""
+    import fsspec
+    from torch.distributed.checkpoint import save
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
+
+    local = tmp_path / "hf"
+    sd = {"w": torch.randn(256, 256), "b": torch.arange(1000.0)}  # ~260 KB of tensor data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        save(sd, storage_writer=HuggingFaceStorageWriter(str(local)), no_dist=True)
+    files = sorted(p.name for p in local.iterdir() if p.is_file())
+    assert any(f.endswith(".safetensors") for f in files), files
+    fs = s3["fs"]
+    for name in files:
+        fs.pipe_file(f"bucket/hf/{name}", (local / name).read_bytes())
+    # count the bytes the workbench's filesystem object returns (fsspec's instance cache hands
+    # the same S3FileSystem to the reader)
+    reader_fs = fsspec.filesystem("s3", **s3["options"])
+    fetched: dict[str, int] = {}
+    real_cat = reader_fs.cat_file
+
+    def counting_cat(path, start=None, end=None, **kw):
+        blob = real_cat(path, start=start, end=end, **kw)
+        fetched[path] = fetched.get(path, 0) + len(blob)
+        return blob
+
+    monkeypatch.setattr(reader_fs, "cat_file", counting_cat)
+    url = "s3://bucket/hf"
+    ck = open_checkpoint(url, storage_options=s3["options"])
+    want = open_checkpoint(local)
+    assert ck.format == want.format == "hf"
+    assert ck.metadata.state_dict_metadata == want.metadata.state_dict_metadata
+    assert dict(ck.metadata.storage_data) == dict(want.metadata.storage_data)
+    assert ck.file_sizes == want.file_sizes
+    headers = {h.file: 8 + h.header_length for h in want.format_info.headers}
+    sizes = {f"bucket/hf/{f}": n for f, n in headers.items()}
+    index = {f"bucket/hf/{f}": (local / f).stat().st_size for f in files if f.endswith(".json")}
+    assert fetched == {**sizes, **index}, (fetched, sizes)
+    assert sum(sizes.values()) < 2000 < sum(want.file_sizes.values())
+    # the deep check reads the tensors' bytes (and finds them whole)
+    fetched.clear()
+    assert not find_file_problems(ck, deep=True)
+    assert sum(fetched.values()) >= sum(s for s in want.file_sizes.values()) - sum(headers.values())

@@ -82,8 +82,9 @@ def _no_metadata(where: str, data: list[str]) -> MetadataError:
 
 
 def _read_remote(url: str, rank: int | None, storage_options: dict | None) -> FormatRead:
-    """A plain DCP checkpoint in object storage: one listing (the files and their sizes) and
-    the ``.metadata`` fetched; no data file is opened."""
+    """A plain DCP or HF safetensors checkpoint in object storage: one listing (the files and
+    their sizes), then the ``.metadata`` fetched, or each safetensors header by two ranged
+    reads; no tensor data is read."""
     loc = open_location(url, storage_options)
     files = loc.list()
     name = ".metadata" if rank is None else f"__{rank}.metadata"
@@ -93,13 +94,18 @@ def _read_remote(url: str, rank: int | None, storage_options: dict | None) -> Fo
         fmt = "hf"
     else:
         fmt = "dcp"
+    if fmt == "hf":
+        md, info = hf_safetensors.read_hf(url, location=loc)
+        return FormatRead(
+            format=fmt, directory=url, metadata=md, info=info, location=loc, files=files
+        )
     if fmt != "dcp":
         raise MetadataError(
             url,
             f"a {fmt} checkpoint in object storage is not read yet",
-            "plain DCP checkpoints (.metadata + __<rank>_<n>.distcp) are read from URLs",
-            "Copy its metadata files (.metadata, metadata.json, the safetensors) to a local "
-            "directory and point at that.",
+            "plain DCP and HF safetensors checkpoints are read from URLs",
+            "Copy its .metadata, metadata.json and common.pt to a local directory and point "
+            "at that.",
             path=url,
             reason="unsupported_remote",
         )

@@ -39,6 +39,7 @@ from ..records import (
     TensorStorageMetadata,
 )
 from .limits import read_json
+from .location import Location, local_location
 
 __all__ = [
     "HF_DTYPES",
@@ -122,23 +123,36 @@ def _bad(path, what, expectation, fix="The file is damaged or not a safetensors 
     return MetadataError(str(path), what, expectation, fix, **kw)
 
 
-def read_header(path) -> SafetensorsHeader:
-    """Read and check one safetensors header (never the tensor bytes)."""
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise _bad(path, f"the file is {size} bytes", "at least the 8-byte header length")
-        (n,) = struct.unpack("<Q", head)
-        # checked before reading: a forged length must not make us read (or allocate) more
-        if n > size - 8 or n > MAX_HEADER_BYTES:
-            raise _bad(
-                path,
-                f"the header length is {n} bytes in a file of {size} bytes",
-                f"at most the file size - 8 and at most {MAX_HEADER_BYTES}",
-            )
-        raw = f.read(n)
+def _header_bytes(read, size: int, path) -> tuple[int, bytes]:
+    """The header's length and bytes, by ``read(start, length)``: 8 bytes, then the header."""
+    head = read(0, 8)
+    if len(head) < 8:
+        raise _bad(path, f"the file is {size} bytes", "at least the 8-byte header length")
+    (n,) = struct.unpack("<Q", head)
+    # checked before reading: a forged length must not make us read (or allocate) more
+    if n > size - 8 or n > MAX_HEADER_BYTES:
+        raise _bad(
+            path,
+            f"the header length is {n} bytes in a file of {size} bytes",
+            f"at most the file size - 8 and at most {MAX_HEADER_BYTES}",
+        )
+    return n, read(8, n)
+
+
+def read_header(
+    path, *, location: Location | None = None, size: int | None = None
+) -> SafetensorsHeader:
+    """Read and check one safetensors header (never the tensor bytes). With ``location`` (object
+    storage), ``path`` is the file's name there and ``size`` its size from the listing: two
+    ranged reads, the 8-byte length and the header."""
+    if location is not None:
+        name, path = path, location.url_of(path)
+        n, raw = _header_bytes(lambda s, k: location.read_range(name, s, k), size, path)
+    else:
+        path = Path(path)
+        name, size = path.name, path.stat().st_size
+        with open(path, "rb") as f:
+            n, raw = _header_bytes(lambda s, k: (f.seek(s), f.read(k))[1], size, path)
     try:
         header = read_json(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -194,7 +208,7 @@ def read_header(path) -> SafetensorsHeader:
                 )
             offsets[fqn] = tuple(o)
     return SafetensorsHeader(
-        file=path.name,
+        file=name,
         file_size=size,
         header_length=n,
         tensors=tensors,
@@ -217,14 +231,13 @@ def is_hf(directory) -> bool:
     return d.is_dir() and any(p.suffix == SUFFIX and p.is_file() for p in d.iterdir())
 
 
-def _index(directory: Path) -> tuple[dict | None, int | None, list[str]]:
-    p = directory / INDEX_NAME
-    if not p.is_file():
+def _index(location: Location, files: dict[str, int]) -> tuple[dict | None, int | None, list]:
+    if INDEX_NAME not in files:
         return None, None, []
-    if p.stat().st_size > MAX_INDEX_BYTES:
+    if files[INDEX_NAME] > MAX_INDEX_BYTES:
         return None, None, [f"{INDEX_NAME} is larger than {MAX_INDEX_BYTES} bytes; not read"]
     try:
-        data = read_json(p.read_bytes())
+        data = read_json(location.read_bytes(INDEX_NAME))
         wm = data["weight_map"]
         if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
             raise ValueError("weight_map is not {name: file}")
@@ -234,12 +247,26 @@ def _index(directory: Path) -> tuple[dict | None, int | None, list[str]]:
     return wm, total if type(total) is int else None, []
 
 
-def read_hf(directory) -> tuple[Metadata, HfInfo]:
+def read_hf(directory, location: Location | None = None) -> tuple[Metadata, HfInfo]:
     """The `Metadata` torch's ``HuggingFaceStorageReader(directory).read_metadata()`` builds
-    (same chunks, sizes and order), with byte ranges, and the `HfInfo` of the directory."""
-    directory = Path(directory)
-    # listing order, as torch's reader (FileSystem.ls = Path.iterdir): chunk order follows it
-    files = [p for p in directory.iterdir() if p.name.endswith(SUFFIX) and p.is_file()]
+    (same chunks, sizes and order), with byte ranges, and the `HfInfo` of the directory. With
+    ``location`` (object storage; ``directory`` its URL), the files come from the listing and
+    each header from two ranged reads."""
+    if location is None:
+        location = local_location(directory)
+        directory = Path(directory)
+        # listing order, as torch's reader (FileSystem.ls = Path.iterdir): chunk order follows it
+        files = [p for p in directory.iterdir() if p.name.endswith(SUFFIX) and p.is_file()]
+        headers = [read_header(p) for p in files]
+        listing = {
+            p.name: p.stat().st_size
+            for p in directory.iterdir()
+            if p.name == INDEX_NAME and p.is_file()
+        }
+    else:
+        listing = location.list()  # sorted by name, as fsspec's ls of a bucket lists
+        files = [n for n in listing if n.endswith(SUFFIX)]
+        headers = [read_header(n, location=location, size=listing[n]) for n in files]
     if not files:
         raise MetadataError(
             str(directory),
@@ -249,7 +276,6 @@ def read_hf(directory) -> tuple[Metadata, HfInfo]:
             "its sharded/ subdirectory).",
             path=str(directory),
         )
-    headers = [read_header(p) for p in files]
     sdm: dict[str, TensorStorageMetadata] = {}
     storage: dict[MetadataIndex, StorageInfo] = {}
     for h in headers:
@@ -260,7 +286,7 @@ def read_hf(directory) -> tuple[Metadata, HfInfo]:
             nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
             if e - b != nbytes:
                 raise _bad(
-                    directory / h.file,
+                    location.url_of(h.file),
                     f"{fqn}: data_offsets span {e - b} bytes for shape {list(shape)} {dtype}",
                     f"{nbytes} bytes",
                 )
@@ -282,11 +308,11 @@ def read_hf(directory) -> tuple[Metadata, HfInfo]:
                 entry.chunks.append(chunk)
                 entry.size = tuple(max(a, s + o) for a, s, o in zip(entry.size, shape, off))
             storage[MetadataIndex(fqn, off)] = StorageInfo(h.file, b, e - b)
-    wm, total, notes = _index(directory)
+    wm, total, notes = _index(location, listing)
     names = [h.file for h in headers]
     if any(_SHARD_FILE.match(n) for n in names):
         layout = "distributed"
-    elif (directory / "sharded").is_dir():
+    elif location.is_dir("sharded"):
         layout = "consolidated"
     else:
         layout = "plain"

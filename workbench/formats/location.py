@@ -11,6 +11,7 @@ Must not import torch; fsspec only lazily.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
@@ -74,6 +75,13 @@ class Location:
                 return f.read(length)
         with _faults(self.url_of(name)):
             return self.fs.cat_file(self.path_of(name), start=start, end=start + length)
+
+    def is_dir(self, name: str) -> bool:
+        """Whether ``name`` is a subdirectory."""
+        if self.fs is None:
+            return (Path(self.root) / name).is_dir()
+        with _faults(self.url_of(name)):
+            return bool(self.fs.isdir(self.path_of(name)))
 
     def list(self) -> dict[str, int]:
         """Every file directly in the directory -> its size in bytes (from the listing: no
@@ -154,7 +162,10 @@ def remote_error(url: str, e: BaseException) -> MetadataError:
             "Check the credentials fsspec uses (environment, profile or storage options).",
             "denied",
         )
-    elif "throttl" in low or "slowdown" in low or "toomanyrequests" in low or " 429" in low:
+    elif (
+        getattr(e, "errno", None) == errno.EBUSY  # s3fs's SlowDown / 503
+        or any(w in low for w in ("throttl", "slowdown", "toomanyrequests", "request rate"))
+    ):
         what, fix, reason = "the storage throttled the requests", "Retry later.", "throttled"
     elif isinstance(e, TimeoutError) or "timeout" in low or "timed out" in low:
         what, fix, reason = "the request timed out", "Check the network, or retry.", "timeout"

@@ -20,7 +20,7 @@ from support import house_form
 
 from workbench.checkpoint import find_file_problems, open_checkpoint
 from workbench.cli import main
-from workbench.errors import MetadataError, MissingExtraError
+from workbench.errors import MetadataError, MissingExtraError, WorkbenchError
 from workbench.formats import load_metadata
 from workbench.formats.location import storage_options_from
 from workbench.torch_bridge.convert import from_torch
@@ -339,3 +339,49 @@ def test_safetensors_in_s3_read_by_header_ranges(s3, tmp_path, monkeypatch):
     fetched.clear()
     assert not find_file_problems(ck, deep=True)
     assert sum(fetched.values()) >= sum(s for s in want.file_sizes.values()) - sum(headers.values())
+
+
+# ----------------------------------------------------------------------------- deep checks in parallel
+def test_deep_check_in_parallel_finds_what_one_reader_finds(s3, tmp_path, capsys):
+    """``jobs`` readers (local files and S3 objects) find exactly what one reader finds, in the
+    same order: here the one chunk whose bytes were overwritten."""
+    from torch.distributed.checkpoint import FileSystemWriter, save
+
+    local = tmp_path / "many"
+    sd = {f"layer{i}.w": torch.randn(16, 16) for i in range(6)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        save(sd, storage_writer=FileSystemWriter(str(local), single_file_per_rank=False))
+    data = sorted(local.glob("*.distcp"))
+    assert len(data) == 6  # one file per item
+    blob = bytearray(data[3].read_bytes())
+    blob[len(blob) // 2 : len(blob) // 2 + 64] = bytes(64)  # inside the stored elements
+    data[3].write_bytes(bytes(blob))
+    one = find_file_problems(local, deep=True, jobs=1)
+    assert [p.kind for p in one] == ["bad_item"] and data[3].name in one[0].message, one
+    assert find_file_problems(local, deep=True, jobs=4) == one
+    for f in local.iterdir():
+        s3["fs"].pipe_file(f"bucket/many/{f.name}", f.read_bytes())
+    remote = find_file_problems(
+        "s3://bucket/many", deep=True, jobs=3, storage_options=s3["options"]
+    )
+    assert remote == one
+    rc, out, err = run(capsys, "check", local, "--deep", "--jobs", "3")
+    assert rc == 1 and data[3].name in out, (out, err)
+    with pytest.raises(WorkbenchError) as e:
+        find_file_problems(local, deep=True, jobs=0)
+    house_form(e.value, "jobs")
+
+
+def test_file_url_reads_as_the_local_path(tmp_path):
+    from torch.distributed.checkpoint import save
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        save({"w": torch.arange(12.0).reshape(3, 4)}, checkpoint_id=str(tmp_path / "c"))
+    url = (tmp_path / "c").as_uri()
+    ck, local = open_checkpoint(url), open_checkpoint(tmp_path / "c")
+    assert ck.path == url and ck.location is not None
+    assert ck.metadata.state_dict_metadata == local.metadata.state_dict_metadata
+    assert ck.file_sizes == local.file_sizes
+    assert find_file_problems(url, deep=True) == find_file_problems(local, deep=True) == []

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .diagnosis import Problem, Problems, find_checkpoint_problems
-from .errors import MetadataError
+from .errors import MetadataError, WorkbenchError
 from .formats import read_checkpoint
 from .formats.dcp_files import writer_of_file
 from .formats.distcp import describe_item, expected_storage_bytes
@@ -510,70 +512,101 @@ def _megatron_problems(ck: Checkpoint) -> list:
     return out
 
 
-def _deep_problems(ck: Checkpoint, progress: bool) -> list:
+def _deep_problems(ck: Checkpoint, progress: bool, jobs: int = 1) -> list:
     # tqdm.auto picks a notebook widget or a terminal bar: loaded only when a deep check runs
     from tqdm.auto import tqdm
 
-    d = Path(ck.path)
     todo = [
         c for c in ck.chunks if c.storage is not None and not c.file_missing and not c.truncated
     ]
-    # file by file, in byte order: sequential reads and one open file at a time
+    # file by file, in byte order: sequential reads and one open file at a time per reader
     todo.sort(key=lambda c: (c.file, c.storage.offset))
-    out = []
-    f, name = None, None
-    try:
-        for c in tqdm(todo, desc="reading chunks", unit="chunk", disable=not progress):
-            entry = ck.metadata.state_dict_metadata[c.fqn]
-            if ck.location is not None:  # object storage: one ranged request per chunk
-                blob = ck.location.read_range(c.file, c.storage.offset, c.storage.length)
-            else:
-                if c.file != name:
-                    if f is not None:
-                        f.close()
-                    f, name = open(d / c.file, "rb"), c.file
-                f.seek(c.storage.offset)
-                blob = f.read(c.storage.length)
-            if ck.format == "hf":
-                continue  # safetensors: the range is the raw elements (sizes checked on read)
-            tensor = c.chunk is not None
-            got = describe_item(blob, tensor)
-            want = None
-            if got.error is None and tensor:
-                dtype = entry.properties.dtype
-                need = expected_storage_bytes(dtype, c.chunk.sizes)
-                numel = c.chunk.volume
-                got_numel = None if got.shape is None else _prod(got.shape)
-                if got.dtype != dtype:
-                    want = f"dtype {got.dtype} (the metadata says {dtype})"
-                elif got_numel != numel:
-                    want = (
-                        f"{got_numel} elements of shape {list(got.shape)} (the chunk has {numel})"
-                    )
-                elif got.storage_bytes is None or got.storage_bytes < need:
-                    want = f"{got.storage_bytes} bytes of elements (the chunk needs {need})"
-            msg = got.error or want
-            if msg:
-                out.append(
-                    _problem(
-                        c.fqn,
-                        "bad_item",
-                        (c.writer_rank,),
-                        c.chunk,
-                        "error",
-                        f"{c.fqn}: chunk #{c.position} {c.chunk if tensor else '(bytes)'} at "
-                        f"{c.file} bytes {c.storage.offset}:{c.storage.offset + c.storage.length} "
-                        f"holds {msg} (a torch.save archive of the chunk). torch's reader fails "
-                        "or reads wrong elements there.",
-                        "Re-copy the file, or re-save.",
-                    )
-                )
-    finally:
-        if f is not None:
-            f.close()
+    by_file: dict[str, list[SavedChunk]] = {}
+    for c in todo:
+        by_file.setdefault(c.file, []).append(c)
+    lock = threading.Lock()
+    with tqdm(total=len(todo), desc="reading chunks", unit="chunk", disable=not progress) as bar:
+
+        def one_file(name: str) -> list:
+            out = []
+            with _ChunkReader(ck, name) as read:
+                for c in by_file[name]:
+                    problem = _item_problem(ck, c, read(c))
+                    if problem is not None:
+                        out.append(problem)
+                    with lock:  # one bar for every reader
+                        bar.update(1)
+            return out
+
+        if jobs == 1 or len(by_file) < 2:
+            results = [one_file(name) for name in by_file]
+        else:  # a bounded pool of readers, one file each at a time; results in file order
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                results = list(pool.map(one_file, by_file))
+    out = [p for found in results for p in found]
     if ck.format == "hf":
         out += _safetensors_layout_problems(ck)
     return out
+
+
+class _ChunkReader:
+    """Reads one data file's chunks: a local file opened once and read in byte order, or one
+    ranged request per chunk in object storage."""
+
+    def __init__(self, ck: Checkpoint, name: str):
+        self.ck, self.name, self.f = ck, name, None
+
+    def __enter__(self):
+        if self.ck.location is None:
+            self.f = open(Path(self.ck.path) / self.name, "rb")
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            self.f.close()
+        return False
+
+    def __call__(self, c: SavedChunk) -> bytes:
+        if self.f is None:
+            return self.ck.location.read_range(c.file, c.storage.offset, c.storage.length)
+        self.f.seek(c.storage.offset)
+        return self.f.read(c.storage.length)
+
+
+def _item_problem(ck: Checkpoint, c: SavedChunk, blob: bytes) -> Problem | None:
+    """The ``bad_item`` problem of one chunk's bytes, or None when they hold the chunk."""
+    if ck.format == "hf":
+        return None  # safetensors: the range is the raw elements (sizes checked on read)
+    entry = ck.metadata.state_dict_metadata[c.fqn]
+    tensor = c.chunk is not None
+    got = describe_item(blob, tensor)
+    want = None
+    if got.error is None and tensor:
+        dtype = entry.properties.dtype
+        need = expected_storage_bytes(dtype, c.chunk.sizes)
+        numel = c.chunk.volume
+        got_numel = None if got.shape is None else _prod(got.shape)
+        if got.dtype != dtype:
+            want = f"dtype {got.dtype} (the metadata says {dtype})"
+        elif got_numel != numel:
+            want = f"{got_numel} elements of shape {list(got.shape)} (the chunk has {numel})"
+        elif got.storage_bytes is None or got.storage_bytes < need:
+            want = f"{got.storage_bytes} bytes of elements (the chunk needs {need})"
+    msg = got.error or want
+    if not msg:
+        return None
+    return _problem(
+        c.fqn,
+        "bad_item",
+        (c.writer_rank,),
+        c.chunk,
+        "error",
+        f"{c.fqn}: chunk #{c.position} {c.chunk if tensor else '(bytes)'} at "
+        f"{c.file} bytes {c.storage.offset}:{c.storage.offset + c.storage.length} "
+        f"holds {msg} (a torch.save archive of the chunk). torch's reader fails "
+        "or reads wrong elements there.",
+        "Re-copy the file, or re-save.",
+    )
 
 
 def _safetensors_layout_problems(ck: Checkpoint) -> list:
@@ -617,6 +650,7 @@ def find_file_problems(
     progress: bool = False,
     *,
     storage_options: dict | None = None,
+    jobs: int = 1,
 ) -> Problems:
     """Whether a checkpoint's files are all there, as `diagnosis.Problem` records: no metadata
     beside data files (an interrupted or asynchronous save), data files missing or shorter than
@@ -625,9 +659,17 @@ def find_file_problems(
     Megatron's ``metadata.json`` / ``common.pt`` and the HF index and shard numbering. With
     ``deep``, every chunk's bytes are read (``progress``: a tqdm bar) and a ``.distcp`` item's
     ``torch.save`` archive is checked (CRCs, dtype, element count; read with an allow-list, a
-    bytes item's pickle never unpickled). ``checkpoint``: a path, an fsspec URL (opened with
+    bytes item's pickle never unpickled); ``jobs`` files are read at once by a bounded pool
+    of threads (one progress bar). ``checkpoint``: a path, an fsspec URL (opened with
     ``storage_options``, see `open_checkpoint`; only ``deep`` reads its data files) or a
     `Checkpoint`."""
+    if type(jobs) is not int or jobs < 1:
+        raise WorkbenchError(
+            "jobs",
+            f"{jobs!r} readers",
+            "a whole number >= 1 of data files read at once",
+            "Pass jobs=1 for one file at a time, more to read files in parallel.",
+        )
     if not isinstance(checkpoint, Checkpoint):
         try:
             checkpoint = open_checkpoint(checkpoint, storage_options=storage_options)
@@ -660,7 +702,7 @@ def find_file_problems(
     out += saved
     out += _strays(ck)
     if deep:
-        out += _deep_problems(ck, progress)
+        out += _deep_problems(ck, progress, jobs)
     return out
 
 

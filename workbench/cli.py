@@ -240,6 +240,7 @@ def _cmd_check(args) -> int:
         deep=args.deep,
         progress=not args.json,
         storage_options=_storage_options(args),
+        jobs=args.jobs,
     )
     blocking = [p for p in problems if p.blocking]
     if args.json:
@@ -633,6 +634,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("checkpoint", help="checkpoint directory (any supported format)")
     s.add_argument("--deep", action="store_true", help="read and check every chunk's bytes")
+    s.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --deep, read N data files at once (default 1)",
+    )
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_storage_option(s)
     s.set_defaults(run=_cmd_check)

@@ -293,6 +293,15 @@ def write_key(item):
     return (item.type.name, item.index.fqn, off, item.index.index, chunk, size, dtype)
 
 
+# a JSON target (`workbench plan --target FILE`) for the one-process checkpoint of w (8x4
+# float32), b (4 bfloat16) and step (bytes) that tests/test_cli.py and test_remote.py save
+SMALL_JSON_TARGET = {
+    "w": {"shape": [8, 4], "dtype": "float32", "mesh": [2, 2], "placements": "S(0), S(1)"},
+    "b": {"shape": [4], "dtype": "bfloat16"},
+    "step": {"bytes": True},
+}
+
+
 def read_key(item):
     def idx(i):
         return (i.fqn, None if i.offset is None else tuple(i.offset), i.index)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import SMALL_JSON_TARGET
 
 from workbench import Replicate, Shard, StridedShard
 from workbench.cli import main
@@ -176,20 +177,7 @@ def test_preset_target_with_optimizer_state():
 
 def test_json_target(tmp_path):
     path = tmp_path / "target.json"
-    path.write_text(
-        json.dumps(
-            {
-                "w": {
-                    "shape": [8, 4],
-                    "dtype": "float32",
-                    "mesh": [2, 2],
-                    "placements": "S(0), S(1)",
-                },
-                "b": {"shape": [4], "dtype": "bfloat16"},
-                "step": {"bytes": True},
-            }
-        )
-    )
+    path.write_text(json.dumps(SMALL_JSON_TARGET))
     layouts = parse_target(str(path))
     assert list(layouts) == ["w", "b", "step"]
     assert [str(layouts["w"].chunks(r)[0]) for r in range(4)] == [

@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 import torch
-from support import house_form
+from support import SMALL_JSON_TARGET, house_form
 
 from workbench.checkpoint import find_file_problems, open_checkpoint
 from workbench.cli import main
@@ -159,20 +159,7 @@ def test_cli_inspect_plan_check_with_storage_options(s3, capsys, tmp_path):
     url, local = "s3://bucket/ckpt", tmp_path / "ckpt"
     s3["fs"].get("bucket/ckpt/", str(local), recursive=True)
     target = tmp_path / "target.json"
-    target.write_text(
-        json.dumps(
-            {
-                "w": {
-                    "shape": [8, 4],
-                    "dtype": "float32",
-                    "mesh": [2, 2],
-                    "placements": "S(0), S(1)",
-                },
-                "b": {"shape": [4], "dtype": "bfloat16"},
-                "step": {"bytes": True},
-            }
-        )
-    )
+    target.write_text(json.dumps(SMALL_JSON_TARGET))
     for argv in (
         ["inspect", "--json", "--chunks"],
         ["plan", "--json", "--target", target],

@@ -48,6 +48,7 @@ __all__ = [
     "load_metadata",
     "metadata_path",
     "read_metadata_bytes",
+    "read_remote_metadata",
     "ALLOWED_GLOBALS",
     "AllowListUnpickler",
     "CorruptMetadata",

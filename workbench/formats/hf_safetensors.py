@@ -152,7 +152,8 @@ def read_header(
         path = Path(path)
         name, size = path.name, path.stat().st_size
         with open(path, "rb") as f:
-            n, raw = _header_bytes(lambda s, k: (f.seek(s), f.read(k))[1], size, path)
+            # the two reads are consecutive (0:8, then 8:8+n): the file is read straight on
+            n, raw = _header_bytes(lambda _start, k: f.read(k), size, path)
     try:
         header = read_json(raw)
     except (ValueError, UnicodeDecodeError) as e:

@@ -12,6 +12,7 @@ Must not import torch; fsspec only lazily.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ def open_location(url: str, storage_options: dict | None = None) -> Location:
     (credentials, ``client_kwargs={"endpoint_url": ...}``, ...) as ``fsspec.url_to_fs`` takes
     them. Nothing is read yet."""
     try:
-        import fsspec.core
+        import fsspec.core  # the remote extra: only when a URL is opened
     except ImportError as e:
         raise missing_extra(e, "remote", url) from None
     try:
@@ -196,8 +197,6 @@ def storage_options_from(texts) -> dict:
     make nested dicts (``client_kwargs.endpoint_url=...`` is ``{"client_kwargs":
     {"endpoint_url": ...}}``); a value is parsed as JSON when it is JSON (``true``, ``3``,
     ``{"a": 1}``), else kept as the string."""
-    import json
-
     out: dict = {}
     for text in texts or ():
         key, sep, value = text.partition("=")

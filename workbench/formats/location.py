@@ -47,10 +47,6 @@ class Location:
     root: str
     fs: Any = None
 
-    @property
-    def remote(self) -> bool:
-        return self.fs is not None
-
     def path_of(self, name: str) -> str:
         return (
             f"{self.root.rstrip('/')}/{name}"

@@ -372,3 +372,29 @@ def test_file_url_reads_as_the_local_path(tmp_path):
     assert ck.metadata.state_dict_metadata == local.metadata.state_dict_metadata
     assert ck.file_sizes == local.file_sizes
     assert find_file_problems(url, deep=True) == find_file_problems(local, deep=True) == []
+
+
+@pytest.mark.parametrize("name", ["megatron", "megatron_flat", "hf_consolidated"])
+def test_other_formats_in_s3_read_as_their_local_copy(s3, name):
+    """megatron-core's and torch's HF writer's files (tests/data/checkpoints) in the bucket:
+    the same records, facts and problems as read from the local directory, without one byte of
+    tensor data fetched."""
+    from pathlib import Path
+
+    local = Path(__file__).parent / "data" / "checkpoints" / name
+    fs, log = s3["fs"], s3["log"]
+    for f in local.rglob("*"):  # hf_consolidated has its sharded/ directory
+        if f.is_file():
+            fs.pipe_file(f"bucket/{name}/{f.relative_to(local).as_posix()}", f.read_bytes())
+    log.lines.clear()
+    url = f"s3://bucket/{name}"
+    ck, want = open_checkpoint(url, storage_options=s3["options"]), open_checkpoint(local)
+    assert ck.format == want.format
+    assert ck.metadata.state_dict_metadata == want.metadata.state_dict_metadata
+    assert dict(ck.metadata.storage_data) == dict(want.metadata.storage_data)
+    assert ck.file_sizes == want.file_sizes and ck.facts() == want.facts()
+    assert ck.format_rows() == want.format_rows()
+    fetched = {p.rsplit("/", 1)[-1] for p in log.gets()}
+    assert not any(f.endswith(".distcp") for f in fetched), log.lines
+    got = [(p.kind, p.fqn) for p in find_file_problems(ck)]
+    assert got == [(p.kind, p.fqn) for p in find_file_problems(want)]

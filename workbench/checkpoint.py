@@ -216,8 +216,8 @@ def open_checkpoint(
     metadata via the format's reader, each chunk's storage entry (``storage_data[MetadataIndex(
     fqn, chunk.offsets)]``, as torch's readers look it up) and the data files' sizes on disk.
 
-    ``path`` may be an fsspec URL of a plain DCP checkpoint (``s3://bucket/ckpt``...), opened
-    with ``storage_options``: the sizes then come from the listing and no data file is read."""
+    ``path`` may be an fsspec URL of a checkpoint (``s3://bucket/ckpt``...), opened with
+    ``storage_options``: the sizes then come from the listing and no tensor data is read."""
     read = read_checkpoint(path, rank, storage_options=storage_options)
     directory, md = read.directory, read.metadata
     storage = md.storage_data or {}

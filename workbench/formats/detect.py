@@ -82,9 +82,9 @@ def _no_metadata(where: str, data: list[str]) -> MetadataError:
 
 
 def _read_remote(url: str, rank: int | None, storage_options: dict | None) -> FormatRead:
-    """A plain DCP or HF safetensors checkpoint in object storage: one listing (the files and
-    their sizes), then the ``.metadata`` fetched, or each safetensors header by two ranged
-    reads; no tensor data is read."""
+    """A checkpoint in object storage: one listing (the files and their sizes), then the
+    ``.metadata`` (and Megatron's ``metadata.json``, ``common.pt`` by ranged reads) fetched, or
+    each safetensors header by two ranged reads; no tensor data is read."""
     loc = open_location(url, storage_options)
     files = loc.list()
     name = ".metadata" if rank is None else f"__{rank}.metadata"
@@ -99,15 +99,10 @@ def _read_remote(url: str, rank: int | None, storage_options: dict | None) -> Fo
         return FormatRead(
             format=fmt, directory=url, metadata=md, info=info, location=loc, files=files
         )
-    if fmt != "dcp":
-        raise MetadataError(
-            url,
-            f"a {fmt} checkpoint in object storage is not read yet",
-            "plain DCP and HF safetensors checkpoints are read from URLs",
-            "Copy its .metadata, metadata.json and common.pt to a local directory and point "
-            "at that.",
-            path=url,
-            reason="unsupported_remote",
+    if fmt == "megatron":
+        md, info = megatron.read_megatron(url, location=loc, files=files)
+        return FormatRead(
+            format=fmt, directory=url, metadata=md, info=info, location=loc, files=files
         )
     if name not in files:
         data = sorted(f for f in files if f.startswith("__") and f.endswith(".distcp"))
@@ -134,9 +129,9 @@ def read_checkpoint(
     path, rank: int | None = None, *, storage_options: dict | None = None
 ) -> FormatRead:
     """Read a checkpoint of any supported format (see `detect_format`). ``path`` may be an
-    fsspec URL (``s3://``, ``gs://``, ``az://``, ``hf://``, ``file://``) of a plain DCP
-    checkpoint, opened with ``storage_options`` (credentials, endpoint...) as fsspec takes
-    them: only the listing and the ``.metadata`` are fetched."""
+    fsspec URL (``s3://``, ``gs://``, ``az://``, ``hf://``, ``file://``) of a checkpoint of
+    any of them, opened with ``storage_options`` (credentials, endpoint...) as fsspec takes
+    them: only the listing and the metadata files (safetensors headers) are fetched."""
     if is_url(path):
         return _read_remote(path, rank, storage_options)
     fmt = detect_format(path, rank)

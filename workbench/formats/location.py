@@ -73,6 +73,14 @@ class Location:
         with _faults(self.url_of(name)):
             return self.fs.cat_file(self.path_of(name), start=start, end=start + length)
 
+    def open(self, name: str):
+        """``name`` as a binary file object; remotely each read is a ranged request (for
+        formats that seek, such as a zip's directory at its end)."""
+        if self.fs is None:
+            return open(Path(self.root) / name, "rb")
+        with _faults(self.url_of(name)):
+            return self.fs.open(self.path_of(name), "rb")
+
     def is_dir(self, name: str) -> bool:
         """Whether ``name`` is a subdirectory."""
         if self.fs is None:

@@ -43,6 +43,7 @@ from ..records import (
 )
 from . import dcp
 from .limits import read_json
+from .location import Location, local_location
 
 __all__ = [
     "MEGATRON_GLOBALS",
@@ -370,13 +371,20 @@ def _common_plain(obj, memo):
     return obj
 
 
-def read_common(path, max_bytes: int = 64 << 20) -> Any:
+def read_common(path, max_bytes: int = 64 << 20, *, location: Location | None = None) -> Any:
     """``common.pt``'s state as plain data (an ``argparse.Namespace`` becomes a dict with
     ``"__class__"``), read with an allow-list; raises `UnsafeCheckpointError` / `MetadataError`
-    (nothing is executed)."""
-    path = Path(path)
+    (nothing is executed). With ``location`` (object storage), ``path`` is the file's name
+    there: the archive's directory and ``data.pkl`` are read by ranged requests."""
+    if location is not None:
+        with location.open(path) as f:
+            return _read_common(f, location.url_of(path), max_bytes)
+    return _read_common(Path(path), Path(path), max_bytes)
+
+
+def _read_common(source, path, max_bytes: int) -> Any:
     try:
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(source) as z:
             names = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
             if len(names) != 1:
                 raise MetadataError(
@@ -420,18 +428,17 @@ def is_megatron(directory) -> bool:
     return (d / "metadata.json").is_file() or (d / "common.pt").is_file()
 
 
-def _metadata_json(directory: Path) -> tuple[dict | None, list[str]]:
-    p = directory / "metadata.json"
-    if not p.is_file():
+def _metadata_json(location: Location, files: dict[str, int]) -> tuple[dict | None, list[str]]:
+    if "metadata.json" not in files:
         return None, [
             "metadata.json is missing (Megatron writes it last: the save did not finish or "
             "the file was not copied)"
         ]
-    size = p.stat().st_size
+    size = files["metadata.json"]
     if size > MAX_JSON_BYTES:
         return None, [f"metadata.json is {size} bytes (at most {MAX_JSON_BYTES}); not read"]
     try:
-        data = read_json(p.read_bytes())
+        data = read_json(location.read_bytes("metadata.json"))
     except (ValueError, UnicodeDecodeError) as e:
         return None, [f"metadata.json is not valid JSON: {e}"]
     if not isinstance(data, dict):
@@ -444,21 +451,34 @@ def _metadata_json(directory: Path) -> tuple[dict | None, list[str]]:
     return data, notes
 
 
-def read_megatron(directory) -> tuple[Metadata, MegatronInfo]:
+def read_megatron(
+    directory, location: Location | None = None, files: dict[str, int] | None = None
+) -> tuple[Metadata, MegatronInfo]:
     """The DCP `Metadata` of a Megatron-Core torch_dist checkpoint, as stored (what torch's
-    planners see), and the `MegatronInfo` of what Megatron records beyond it."""
-    directory = Path(directory)
-    mj, notes = _metadata_json(directory)
+    planners see), and the `MegatronInfo` of what Megatron records beyond it. With ``location``
+    (object storage; ``directory`` its URL) and ``files`` (its listing: name -> size), the
+    small files are fetched and ``common.pt`` read by ranged requests."""
+    local = location is None
+    if local:
+        location = local_location(directory)
+        files = {
+            n: p.stat().st_size
+            for n in (".metadata", "metadata.json", "common.pt")
+            if (p := Path(directory) / n).is_file()
+        }
+    mj, notes = _metadata_json(location, files)
     if mj is not None and mj.get("sharded_backend") not in (None, "torch_dist"):
         raise MetadataError(
-            str(directory),
+            location.url,
             f"Megatron sharded_backend {mj.get('sharded_backend')!r}",
             "torch_dist (the DCP-shaped backend)",
             "Only torch_dist checkpoints are DCP checkpoints; convert others with Megatron.",
         )
-    mpath = directory / ".metadata"
+    mpath = location.url_of(".metadata")
     try:
-        data = mpath.read_bytes()
+        if ".metadata" not in files:
+            raise FileNotFoundError(mpath)
+        data = location.read_bytes(".metadata")
     except FileNotFoundError:
         raise MetadataError(
             str(mpath),
@@ -491,9 +511,13 @@ def read_megatron(directory) -> tuple[Metadata, MegatronInfo]:
         if shape is not None and isinstance(entry, TensorStorageMetadata):
             flattened[fqn] = _flattened(fqn, entry, tuple(shape))
     common, common_error = None, None
-    if (directory / "common.pt").is_file():
+    if "common.pt" in files:
         try:
-            common = read_common(directory / "common.pt")
+            common = (
+                read_common(Path(directory) / "common.pt")
+                if local
+                else read_common("common.pt", location=location)
+            )
         except MetadataError as e:  # UnsafeCheckpointError included: reported, not raised
             common_error = str(e)
     cls = extras.get("__class__", "")

@@ -43,12 +43,19 @@ def recorded(v: str) -> dict:
     return json.loads((DATA / f"torch-{v}" / "planner.json").read_text())["cases"]
 
 
+@cache
+def recorded_maths(v: str) -> list:
+    return json.loads((DATA / f"torch-{v}" / "dtensor.json").read_text())["cases"]
+
+
 def test_every_supported_version_is_recorded():
     have = sorted(p.name for p in DATA.glob("torch-2.*") if (p / "planner.json").exists())
     assert have == sorted(f"torch-{v}" for v in SUPPORTED_TORCH_VERSIONS)
+    planner_cases = {k: len(x) for k, x in cases().items() if k != "dtensor"}
     for v in SUPPORTED_TORCH_VERSIONS:
         rec = recorded(v)
-        assert {k: len(x) for k, x in rec.items()} == {k: len(x) for k, x in cases().items()}
+        assert {k: len(x) for k, x in rec.items()} == planner_cases
+        assert len(recorded_maths(v)) == len(cases()["dtensor"])
 
 
 # ----------------------------------------------------------------------------- conversions
@@ -182,19 +189,29 @@ def layout(spec, ws):
     return bytes_layout(ws)
 
 
-def layouts(case, side) -> dict:
+def layouts(case, side, v=None, chunks=None) -> dict:
+    """The case's layouts (built with the installed torch's maths); with ``v``, re-derived for
+    that version, whose own DTensor maths gave ``chunks`` (checked equal here)."""
+    from workbench.sharding import for_torch_version
+
     ws = case["world_size"]
     out = {fqn: layout(spec, ws) for fqn, spec in case[side].items()}
+    if v is not None:
+        out = {fqn: for_torch_version(lay, v) for fqn, lay in out.items()}
     # the chunks torch's functions were given are the ones planned here
     for fqn, lay in out.items():
-        stored = case[f"{side}_chunks"][fqn][2]
+        stored = (chunks or case[f"{side}_chunks"])[fqn][2]
         assert [[[list(c.offsets), list(c.sizes)] for c in cs] for cs in lay.rank_chunks] == stored
     return out
 
 
 @VERSIONS
 def test_whole_plans(v):
-    for case, rec in zip(cases()["whole"], recorded(v)["whole"]):
+    """Whole plans, DTensor boxes included: the chunks each version's own DTensor maths gave
+    (recorded with the case) are the ones plan_save / plan_load derive for that version."""
+    for case, rec in zip(cases()["whole"], recorded(v)["whole"], strict=True):
+        layouts(case, "save", v, rec["save_chunks"])
+        layouts(case, "load", v, rec["load_chunks"])
         save = plan_save(layouts(case, "save"), torch_version=v)
         assert save.torch_version == v
         assert [plan_rows(p) for p in save.plans] == rec["plans"]
@@ -321,9 +338,12 @@ def test_default_and_resolution():
     assert default_torch_version() == installed == "2.13"
     assert resolve_torch_version("2.10.0+cpu") == "2.10"
     assert resolve_torch_version(None) == "2.13"
-    for bad in ("2.3", "banana", "2.15", "", "3"):
+    for bad in ("2.3", "banana", "", "3"):
         with pytest.raises(WorkbenchError, match="not supported"):
             resolve_torch_version(bad)
+    # an unrecorded newer version named explicitly: an error that says how to get it
+    with pytest.raises(WorkbenchError, match=r"'2.16' is newer than every recorded version"):
+        resolve_torch_version("2.16")
     assert plan_save({"t": tensor_layout((2,), 1)}).torch_version == "2.13"
 
 
@@ -343,20 +363,29 @@ def test_bridge_names_the_torch_it_needs(monkeypatch):
         torch_save_plans({"t": tensor_layout((2,), 1)})
 
 
-def test_pyproject_admits_every_supported_torch():
+def test_pyproject_never_caps_torch():
+    """Every torch requirement (dependencies or an extra) admits every supported version and any
+    newer one: installing the package never downgrades a user's torch."""
     import tomllib
     from packaging.requirements import Requirement
 
     project = tomllib.loads((DATA.parent.parent / "pyproject.toml").read_text())["project"]
-    (req,) = [Requirement(d) for d in project["dependencies"] if d.startswith("torch")]
-    for v in SUPPORTED_TORCH_VERSIONS:
-        for patch in ("0", "1", "9"):
-            assert req.specifier.contains(f"{v}.{patch}"), v
-    assert req.specifier.contains("2.13.0+cpu", prereleases=False) or req.specifier.contains(
-        "2.13.0"
-    )
-    for v in ("2.3.1", "2.2.0", "2.15.0", "3.0.0"):
-        assert not req.specifier.contains(v), v
+    reqs = [
+        Requirement(d)
+        for d in [
+            *project.get("dependencies", []),
+            *(d for extra in project.get("optional-dependencies", {}).values() for d in extra),
+        ]
+        if Requirement(d).name == "torch"
+    ]
+    assert reqs
+    for req in reqs:
+        for v in SUPPORTED_TORCH_VERSIONS:
+            for patch in ("0", "1", "9"):
+                assert req.specifier.contains(f"{v}.{patch}"), (req, v)
+        for v in ("2.16.0", "2.20.1", "3.0.0"):
+            assert req.specifier.contains(v), (req, v)
+        assert not req.specifier.contains("2.3.1"), req
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -366,9 +395,14 @@ def test_real_old_checkpoints_are_read_and_dated():
     from workbench.formats.dcp import infer_writer_versions, load_metadata, metadata_path
     from workbench.sharding import dtensor_layout as dl
 
-    expected = {"2.4": ("2.4", "2.6"), "2.7": ("2.7", "2.8"), "2.9": ("2.9", None)}
+    expected = {
+        "2.4": ("2.4", "2.6"),
+        "2.7": ("2.7", "2.8"),
+        "2.9": ("2.9", "2.14"),
+        "2.15": ("2.15", None),
+    }
     found = sorted(DATA.glob("torch-*/ckpt/.metadata"))
-    assert sorted(m.parent.parent.name for m in found) == [f"torch-{v}" for v in expected]
+    assert sorted(m.parent.parent.name for m in found) == sorted(f"torch-{v}" for v in expected)
     for meta in found:
         v = meta.parent.parent.name.removeprefix("torch-")
         rng = infer_writer_versions(metadata_path(meta.parent).read_bytes())
@@ -383,6 +417,12 @@ def test_real_old_checkpoints_are_read_and_dated():
             [(4, 3)],
         )
         assert md.state_dict_metadata["b"].properties.dtype == "int64"
+        # 2.15 pickles the strides of the saved tensors (6-tuples); older versions 5-tuples
+        strides = (3, 1) if v == "2.15" else None
+        assert (w.properties.strides, md.state_dict_metadata["b"].properties.strides) == (
+            strides,
+            None if strides is None else (1,),
+        )
         assert isinstance(md.state_dict_metadata["step"], BytesStorageMetadata)
         target = {
             "w": dl((4, 3), (2,), "S(1)"),
@@ -517,6 +557,12 @@ def test_whole_plans_equal_that_torchs_own_planners_on_real_dtensors(v):
             if hasattr(e, "chunks")
         } == got["chunks"]
         assert save.errors == got["errors"]
+        if "strides" in got:  # recorded since 2.15 appeared: each fqn's TensorProperties.strides
+            assert {
+                k: None if e.properties.strides is None else list(e.properties.strides)
+                for k, e in save.metadata.state_dict_metadata.items()
+                if hasattr(e, "chunks")
+            } == got["strides"]
         load = plan_load(save.metadata, layouts(case, "load"), torch_version=v)
         assert [rows(p.items) for p in load.plans] == got["loads"]
 
@@ -524,3 +570,168 @@ def test_whole_plans_equal_that_torchs_own_planners_on_real_dtensors(v):
 def test_fake_pg_recordings_cover_old_versions():
     have = {p.parent.name for p in DATA.glob("torch-*/fake_pg.json")}
     assert {"torch-2.7", "torch-2.9", "torch-2.13"} <= have
+
+
+# ----------------------------------------------------------------------------- DTensor maths
+def as_placements(spec) -> list:
+    from workbench.sharding import Partial, Replicate, Shard, StridedShard
+
+    make = {
+        "S": lambda p: Shard(p[1]),
+        "SS": lambda p: StridedShard(p[1], p[2]),
+        "R": lambda p: Replicate(),
+        "P": lambda p: Partial(),
+    }
+    return [make[p[0]](p) for p in spec]
+
+
+def maths_rows(case, v) -> list | str:
+    """``local_shape_and_offset(..., torch_version=v)`` for every coordinate of the case, in
+    the recording's form (torch's exception type and message where that torch raises)."""
+    import itertools
+
+    from workbench.sharding import local_shape_and_offset
+
+    out = []
+    for coord in itertools.product(*(range(n) for n in case["mesh"])):
+        try:
+            shape, off = local_shape_and_offset(
+                case["shape"],
+                case["mesh"],
+                coord,
+                as_placements(case["placements"]),
+                torch_version=v,
+            )
+            out.append([list(shape), list(off)])
+        except WorkbenchError as e:
+            if "torch_error" not in e.facts:  # refused before torch's maths: no _StridedShard
+                return "no _StridedShard" if "does not have" in e.what else str(e)
+            out.append({"raise": list(e.torch_error)})
+    return out
+
+
+@VERSIONS
+def test_dtensor_maths_equal_that_versions_own_code(v):
+    """Each version's compute_local_shape_and_global_offset (its wheel's _utils.py and
+    placement_types.py, run by the recording tool) on random shapes, 1-3-d meshes and placements
+    (uneven, empty, nested on one dim, _StridedShard): every coordinate, item by item."""
+    for case, rec in zip(cases()["dtensor"], recorded_maths(v), strict=True):
+        assert maths_rows(case, v) == rec, (v, case)
+
+
+def test_newest_maths_fail_older_versions_recordings():
+    """The check is not vacuous: 2.13's maths disagree with 2.4 - 2.9's recordings (empty-shard
+    offsets, nested shards, _StridedShard), and agree with 2.10+'s."""
+    for v in SUPPORTED_TORCH_VERSIONS:
+        wrong = sum(
+            maths_rows(case, "2.13") != rec
+            for case, rec in zip(cases()["dtensor"], recorded_maths(v))
+            if rec != "no _StridedShard"
+        )
+        assert (wrong > 0) is (version_key(v) <= (2, 9)), (v, wrong)
+    # the (6,) case on (2, 4) [S(0), S(0)]: ranks 3 and 7 are empty at offset 3 through 2.7
+    first = cases()["dtensor"][0]
+    assert (first["shape"], first["mesh"]) == ([6], [2, 4])
+    assert [r[1] for r in recorded_maths("2.6")[0]] == [[0], [1], [2], [3], [3], [4], [5], [3]]
+    assert [r[1] for r in recorded_maths("2.8")[0]] == [[0], [1], [2], [6], [3], [4], [5], [6]]
+
+
+EMPTY_AT_3 = {"w": ["dtensor", [6], [2, 4], "S(0), S(0)"]}
+
+
+def test_empty_shards_colliding_in_2_6_lose_a_chunk():
+    """(6,) on a (2, 4) mesh [S(0), S(0)]: through 2.7 the empty shards of ranks 3 and 7 sit at
+    offset 3, rank 4's [3:4] too; dedup keys on (fqn, offset) and keeps one (recorded: that
+    torch's own dedup and validation). 2.8+ put empty shards at offset 6: nothing is lost."""
+    from workbench.diagnosis import find_save_problems
+
+    (i,) = [i for i, c in enumerate(cases()["whole"]) if c["save"] == EMPTY_AT_3]
+    lay = dtensor_layout((6,), (2, 4), "S(0), S(0)")
+    for v in SUPPORTED_TORCH_VERSIONS:
+        rec = recorded(v)["whole"][i]
+        save = plan_save({"w": lay}, torch_version=v)
+        kept = [w[1] for p in rec["plans"] for w in p]
+        assert [it.index.offset for p in save.plans for it in p.items] == [tuple(o) for o in kept]
+        problems = find_save_problems(save)
+        lost = [p for p in problems if p.kind == "dedup_loss"]
+        if version_key(v) <= (2, 7):
+            # torch's own dedup dropped rank 4's [3:4] and validation then refused the save
+            assert rec["md"]["w"]["chunks"].count([[3], [1]]) == 0
+            assert rec["validate"]["returned"] in (False, []) and rec["validate"]["logged"]
+            (p,) = lost
+            assert p.ranks == (4,) and p.severity == "error" and str(p.region) == "[3:4]"
+            assert f"torch {v}" in p.message and "ranks 3, 7" in p.message
+        else:
+            assert [[3], [1]] in rec["md"]["w"]["chunks"] and not rec["validate"]["logged"]
+            assert lost == [] and save.errors == []
+
+
+def test_compare_versions_shows_the_lost_chunk_as_a_change():
+    """compare_versions from the saved state dict's layouts: the save is planned by each version
+    too, so the dedup loss of 2.6 vanishes in 2.8 (rank 4 named, the problem quoted)."""
+    from workbench.version_compare import compare_versions
+
+    src = {"w": dtensor_layout((6,), (2, 4), "S(0), S(0)")}
+    target = {"w": dtensor_layout((6,), (8,), "R")}
+    cmp = compare_versions(src, target, ["2.6", "2.8"])
+    changed = {c.rank: c for c in cmp.changed()}
+    assert sorted(changed) == list(range(8))
+    # rank 4's chunk is the one dedup drops in 2.6; 2.8 keeps it
+    assert [r for r, c in changed.items() if "error dedup_loss w" in c.vanishing] == [4]
+    # every rank reads the whole tensor: in 2.6 the checkpoint misses [3:4] (the save fails,
+    # the load would read stale rows), in 2.8 not; nothing appears
+    for c in changed.values():
+        assert {"error uncovered w", "silent uncovered w"} <= set(c.vanishing)
+        assert c.appearing == () and c.changed == ("w",)
+
+
+def test_strided_shard_refused_where_torch_has_none():
+    from workbench.sharding import local_shape_and_offset
+
+    with pytest.raises(WorkbenchError, match="torch 2.4 does not have"):
+        dtensor_layout((13,), (3, 2), "SS(0,2), S(0)", torch_version="2.4")
+    # 2.5 - 2.7 refuse a Shard after the strided part ended, as their own code raises
+    with pytest.raises(WorkbenchError, match=r"torch 2.6's compute_local_shape_and_global_offset"):
+        local_shape_and_offset(
+            (8,), (2, 2, 2), (0, 0, 0), "SS(0,2), S(0), S(0)", torch_version="2.6"
+        )
+
+
+# ----------------------------------------------------------------------------- newer torch
+def test_a_newer_installed_torch_is_assumed_the_newest_with_one_warning(monkeypatch):
+    from workbench import versions
+
+    monkeypatch.setattr(versions, "installed_torch_version", lambda: "2.16")
+    monkeypatch.setattr(versions, "_warned_newer", False)
+    note = versions.assumed_version_note()
+    assert note.startswith("torch 2.16 is installed, newer than") and "torch 2.15's" in note
+    with pytest.warns(versions.NewerTorchWarning, match="assumes torch 2.15's DCP semantics"):
+        assert versions.default_torch_version() == "2.15"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process: no second warning
+        assert versions.default_torch_version() == "2.15"
+        assert plan_save({"t": tensor_layout((2,), 1)}).torch_version == "2.15"
+    with pytest.raises(WorkbenchError, match="newer than every recorded version"):
+        plan_save({"t": tensor_layout((2,), 1)}, torch_version="2.16")
+    monkeypatch.setattr(versions, "installed_torch_version", lambda: "2.13")
+    assert versions.assumed_version_note() is None
+
+
+def test_checkpointable_tensor_is_refused_by_name():
+    """torch 2.14's CheckpointableTensor (a plain tensor naming its global chunks) is saved as
+    those chunks, not as a whole tensor: the bridge refuses to take it for a plain tensor."""
+    import torch
+
+    from workbench.torch_bridge.convert import layout_from_torch
+
+    t = torch.zeros(4, 3)
+    t.global_shape, t.global_offsets = (8, 3), ((4, 0),)
+    t.local_offsets, t.local_sizes = ((0, 0),), ((4, 3),)
+    with pytest.raises(
+        WorkbenchError, match=r"a CheckpointableTensor .* global_shape \(8, 3\)"
+    ) as e:
+        layout_from_torch(t)
+    assert e.value.kind == "CheckpointableTensor" and "sharded_layout" in e.value.fix
+    assert layout_from_torch(torch.zeros(4, 3)).kind == "tensor"

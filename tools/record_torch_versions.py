@@ -128,6 +128,257 @@ def live_modules() -> dict:
     return {m: importlib.import_module(f"{PKG}.{m}") for m in MODULES if m != "protocol"}
 
 
+# ----------------------------------------------------------------------------- DTensor maths
+# A version's DTensor offset maths: its ``_utils.py`` (``compute_local_shape_and_global_offset``)
+# and ``placement_types.py`` (``Shard`` / ``_StridedShard`` size and offset rules), executed from
+# the wheel as the modules ``torch.distributed.tensor.<name>`` (``torch.distributed._tensor`` in
+# 2.4) on the installed runtime. Their other imports (collectives, DTensor's API) are bound to the
+# installed torch where it has the name, and to inert stand-ins where it does not: the maths
+# never calls them (an inert stand-in that were called would raise, and the case would record
+# the exception).
+DT_MODULES = ("placement_types", "_utils")
+
+
+class _Inert:
+    """What a name the installed torch lacks is bound to while an older version's DTensor
+    module executes (a type annotation, a collective the maths never reaches)."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _Inert(f"{self._name}.{attr}")
+
+    def __call__(self, *a, **k):
+        raise RuntimeError(f"{self._name} is not available to the recorded maths")
+
+    def __getitem__(self, item):
+        return self
+
+    def __or__(self, other):
+        return self
+
+    __ror__ = __or__
+
+    def __mro_entries__(self, bases):
+        return (object,)
+
+
+class _Lenient(type(sys)):
+    def __init__(self, mod):
+        super().__init__(mod.__name__)
+        self._mod = mod
+
+    def __getattr__(self, attr):
+        try:
+            return getattr(self._mod, attr)
+        except AttributeError:
+            return _Inert(f"{self._mod.__name__}.{attr}")
+
+
+class _QuietRegistry(type(sys)):
+    """The opaque-type registry with every ``register*`` function a no-op."""
+
+    def __init__(self, mod):
+        super().__init__(mod.__name__)
+        self._mod = mod
+
+    def __getattr__(self, attr):
+        if attr.startswith("register"):
+            return lambda *a, **k: a[0] if a else None
+        try:
+            return getattr(self._mod, attr)
+        except AttributeError:
+            return _Inert(f"{self._mod.__name__}.{attr}")
+
+
+def _lenient_import(real):
+    def imp(name, globals=None, locals=None, fromlist=(), level=0):
+        try:
+            mod = real(name, globals, locals, fromlist, level)
+        except ImportError:
+            return _Lenient(type(sys)(name)) if fromlist else _Inert(name)
+        if fromlist and any(f != "*" and not hasattr(mod, f) for f in fromlist):
+            return _Lenient(mod)
+        return mod
+
+    return imp
+
+
+def load_dtensor_version(wheel: Path) -> dict:
+    """The version's ``placement_types`` and ``_utils`` modules, executed from the wheel."""
+    import builtins
+
+    z = zipfile.ZipFile(wheel)
+    names = set(z.namelist())
+    pkg = (
+        "torch.distributed.tensor"
+        if "torch/distributed/tensor/_utils.py" in names
+        else "torch.distributed._tensor"
+    )
+    importlib.import_module(pkg)
+    saved = {m: sys.modules.get(f"{pkg}.{m}") for m in DT_MODULES}
+    # 2.10+ register their placement classes as torch.compile "opaque types" at import (once per
+    # process and name; 2.15 also through register_custom_class): a registry the maths never
+    # consults, so the copies see a module whose register* functions do nothing
+    registry = "torch._library.opaque_object"
+    live_registry = sys.modules.get(registry)
+    if live_registry is not None:
+        quiet = _QuietRegistry(live_registry)
+        sys.modules[registry] = quiet
+        sys.modules["torch._library"].opaque_object = quiet
+    bi = dict(vars(builtins))
+    bi["__import__"] = _lenient_import(builtins.__import__)
+    mods = {}
+    try:
+        for m in DT_MODULES:
+            path = f"{pkg.replace('.', '/')}/{m}.py"
+            spec = importlib.util.spec_from_loader(f"{pkg}.{m}", loader=None)
+            mod = importlib.util.module_from_spec(spec)
+            mod.__package__ = pkg
+            mod.__file__ = f"{wheel.name}!{path}"
+            mod.__dict__["__builtins__"] = bi
+            sys.modules[f"{pkg}.{m}"] = mod
+            exec(compile(z.read(path).decode(), mod.__file__, "exec"), mod.__dict__)
+            mods[m] = mod
+    finally:
+        for m, old in saved.items():
+            if old is None:
+                sys.modules.pop(f"{pkg}.{m}", None)
+            else:
+                sys.modules[f"{pkg}.{m}"] = old
+        if live_registry is not None:
+            sys.modules[registry] = live_registry
+            sys.modules["torch._library"].opaque_object = live_registry
+    return mods
+
+
+def live_dtensor_modules() -> dict:
+    return {m: importlib.import_module(f"torch.distributed.tensor.{m}") for m in DT_MODULES}
+
+
+class _FakeMesh:
+    """What ``compute_local_shape_and_global_offset`` asks of a DeviceMesh, for one coordinate
+    (every version: ``get_coordinate``, ``size``, ``ndim``, ``shape``; 2.8+:
+    ``_is_current_rank_part_of_mesh``, ``_sym_get_coordinate``)."""
+
+    def __init__(self, shape, coord):
+        self.shape = tuple(shape)
+        self.ndim = len(shape)
+        self._coord = list(coord)
+        self.mesh = _Inert("mesh.mesh")
+
+    def get_coordinate(self):
+        return list(self._coord)
+
+    def size(self, mesh_dim=None):
+        import math
+
+        return math.prod(self.shape) if mesh_dim is None else self.shape[mesh_dim]
+
+    def _is_current_rank_part_of_mesh(self):
+        return True
+
+    def _sym_get_coordinate(self, dim):
+        return self._coord[dim]
+
+    @property
+    def device_type(self):
+        return "cpu"
+
+
+def _placements(mods, spec):
+    """``[["S", d], ["SS", d, k], ["R"], ["P"]]`` as the version's own placement objects (None
+    when the version has no ``_StridedShard``)."""
+    pt = mods["placement_types"]
+    out = []
+    for p in spec:
+        if p[0] == "S":
+            out.append(pt.Shard(p[1]))
+        elif p[0] == "SS":
+            if not hasattr(pt, "_StridedShard"):
+                return None
+            out.append(pt._StridedShard(p[1], split_factor=p[2]))
+        elif p[0] == "R":
+            out.append(pt.Replicate())
+        else:
+            out.append(pt.Partial())
+    return out
+
+
+def dtensor_cases(rng) -> list:
+    """Global shapes, meshes (1-3 dims) and placements: uneven and empty shards, nested shards on
+    one dim, _StridedShard (FSDP2 + TP's and others); every coordinate of the mesh is run."""
+    fixed = [
+        ([6], [2, 4], [["S", 0], ["S", 0]]),  # empty shards at another rank's offset (<= 2.7)
+        ([13, 2], [4, 2], [["S", 0], ["S", 0]]),
+        ([2], [2, 4], [["S", 0], ["S", 0]]),  # the docstring's 8-rank example
+        ([8, 4], [2, 4], [["S", 0], ["S", 0]]),
+        ([2, 5], [2, 2], [["S", 1], ["S", 1]]),
+        ([8], [2], [["SS", 0, 2]]),
+        ([18, 2], [4, 2], [["S", 0], ["SS", 0, 2]]),
+        ([13], [3, 2], [["SS", 0, 2], ["S", 0]]),  # FSDP2 + TP, uneven
+        ([16, 4], [2, 2], [["SS", 0, 2], ["S", 0]]),  # FSDP2 + TP, even
+        ([12, 8], [2, 2, 2], [["R"], ["SS", 0, 2], ["S", 0]]),  # HSDP + TP
+        ([7, 3], [3], [["S", 0]]),
+        ([4096, 2], [30], [["S", 0]]),
+        ([5, 0], [2, 2], [["S", 0], ["S", 1]]),
+        ([10], [2, 2, 2], [["S", 0], ["S", 0], ["S", 0]]),
+        ([3, 4], [2], [["P"]]),
+    ]
+    cases = [{"shape": s, "mesh": m, "placements": p} for s, m, p in fixed]
+    for i in range(220):
+        nd = rng.choice([1, 1, 2, 2, 3])
+        shape = [rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 16]) for _ in range(nd)]
+        if i % 9 == 0:
+            shape[0] = 0 if rng.random() < 0.3 else shape[0]
+        else:
+            shape = [max(1, x) for x in shape]
+        mnd = rng.choice([1, 2, 2, 3])
+        mesh = [rng.randint(1, 4) for _ in range(mnd)]
+        pl = []
+        nested = i % 3 == 0
+        for _ in range(mnd):
+            r = rng.random()
+            d = 0 if nested else rng.randrange(nd)
+            if r < 0.15:
+                pl.append(["R"])
+            elif r < 0.7 or i % 2:
+                pl.append(["S", d])
+            else:
+                pl.append(["SS", d, rng.randint(1, 4)])
+        cases.append({"shape": shape, "mesh": mesh, "placements": pl})
+    return cases
+
+
+def _coords(mesh):
+    import itertools
+
+    return [list(c) for c in itertools.product(*(range(n) for n in mesh))]
+
+
+def run_dtensor(mods: dict, cases: list) -> list:
+    """Per case, per coordinate (row-major): ``[local_shape, global_offset]`` or the raise."""
+    fn = mods["_utils"].compute_local_shape_and_global_offset
+    out = []
+    for c in cases:
+        pl = _placements(mods, c["placements"])
+        if pl is None:
+            out.append("no _StridedShard")
+            continue
+        per = []
+        for coord in _coords(c["mesh"]):
+            try:
+                shape, off = fn(c["shape"], _FakeMesh(c["mesh"], coord), pl)
+                per.append([[int(x) for x in shape], [int(x) for x in off]])
+            except Exception as e:  # noqa: BLE001 (recorded)
+                per.append(_raise(e))
+        out.append(per)
+    return out
+
+
 # ----------------------------------------------------------------------------- the cases
 def _chunk(rng, shape, zero_ok=True):
     offs, sizes = [], []
@@ -370,6 +621,12 @@ def whole_cases() -> list:
             },
         },
         {
+            # (6,) on (2, 4) [S(0), S(0)]: through 2.7 the empty shards of ranks 3 and 7 sit at
+            # offset 3, where rank 4's real [3:4] starts, and dedup keeps one of the three
+            "save": {"w": ["dtensor", [6], [2, 4], "S(0), S(0)"]},
+            "load": {"w": ["dtensor", [6], [8], "R"]},
+        },
+        {
             "save": {
                 "l.0.w": ["dtensor", [24, 8], [3, 2], "R, S(0)"],
                 "l.1.w": ["dtensor", [24, 8], [3, 2], "R, S(0)"],
@@ -395,8 +652,24 @@ def _layout(spec, world_size):
     return bytes_layout(world_size)
 
 
-def whole_layout_chunks(case) -> tuple[int, dict, dict]:
-    """World size and ``{side: {fqn: [kind, size, per-rank chunk lists]}}`` of a whole case."""
+def _spec_placements(text: str) -> list:
+    from workbench.sharding import Partial, Shard, StridedShard, parse_placements
+
+    out = []
+    for p in parse_placements(text):
+        if isinstance(p, Shard):
+            out.append(["S", p.dim])
+        elif isinstance(p, StridedShard):
+            out.append(["SS", p.dim, p.split_factor])
+        else:
+            out.append(["P"] if isinstance(p, Partial) else ["R"])
+    return out
+
+
+def whole_layout_chunks(case, dt_mods=None) -> tuple[int, dict, dict]:
+    """World size and ``{side: {fqn: [kind, size, per-rank chunk lists]}}`` of a whole case; the
+    DTensor chunks from ``dt_mods`` (a version's own DTensor maths) when given, else from the
+    workbench's layouts (the installed version's)."""
     import math
 
     ws = max(
@@ -410,6 +683,14 @@ def whole_layout_chunks(case) -> tuple[int, dict, dict]:
         out[side] = {}
         for fqn, spec in case[side].items():
             lay = _layout(spec, ws)
+            if dt_mods is not None and spec[0] == "dtensor":
+                got = run_dtensor(
+                    dt_mods,
+                    [{"shape": spec[1], "mesh": spec[2], "placements": _spec_placements(spec[3])}],
+                )[0]
+                per = [[[off, shape]] for shape, off in got] + [[]] * (ws - len(got))
+                out[side][fqn] = [lay.kind, list(lay.shape), per]
+                continue
             out[side][fqn] = [
                 lay.kind,
                 list(lay.shape) if lay.kind != "bytes" else None,
@@ -553,12 +834,21 @@ def _value(spec):
     return torch.zeros(spec, device="meta")
 
 
-def run(mods: dict, cases: dict) -> dict:
+def run(mods: dict, cases: dict, dt_mods: dict | None = None) -> dict:
+    """The version's planner code on every case; the whole cases' DTensor chunks are the
+    version's own (``dt_mods``), stored with them (``save_chunks`` / ``load_chunks``)."""
     import torch
     from torch.distributed.checkpoint.planner import SavePlan
 
     ph, dd, dp = mods["planner_helpers"], mods["_dedup_save_plans"], mods["default_planner"]
     out: dict = {"read_items": [], "save": [], "validate": [], "load": [], "whole": []}
+    cases = dict(cases)
+    if dt_mods is not None:
+        whole = []
+        for c in cases["whole"]:
+            _, save, load = whole_layout_chunks(c, dt_mods)
+            whole.append({**c, "save_chunks": save, "load_chunks": load})
+        cases["whole"] = whole
     for c in cases["read_items"]:
         md = _tsm({"size": c["shape"], "chunks": c["saved"]})
         try:
@@ -618,6 +908,8 @@ def run(mods: dict, cases: dict) -> dict:
         deduped = dd.dedup_save_plans(plans, False)
         final, md = dp.create_default_global_save_plan(deduped)
         rec = {
+            "save_chunks": c["save_chunks"],
+            "load_chunks": c["load_chunks"],
             "plans": [_plan_items(p) for p in final],
             "md": _md_out(md),
             "validate": _validate(dp, final, md),
@@ -699,6 +991,9 @@ for case in json.load(open(sys.argv[1]))["whole"]:
         "plans": [rows(p) for p in t.plans],
         "chunks": {k: [[list(c.offsets), list(c.sizes)] for c in v.chunks]
                    for k, v in t.metadata.state_dict_metadata.items() if hasattr(v, "chunks")},
+        "strides": {k: (None if getattr(v.properties, "strides", None) is None
+                        else list(v.properties.strides))
+                    for k, v in t.metadata.state_dict_metadata.items() if hasattr(v, "chunks")},
         "errors": list(t.errors),
         "loads": [reads(p) for p in lp.plans],
     })
@@ -758,8 +1053,16 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--venv", action="append", default=[], type=Path, help="python of a venv with a torch"
     )
+    ap.add_argument(
+        "--fake-pg-only",
+        action="store_true",
+        help="with --venv: record the fake-PG plans only (no checkpoint written)",
+    )
     args = ap.parse_args(argv)
     for python in args.venv:
+        if args.fake_pg_only:
+            record_fake_pg(python)
+            continue
         v = write_checkpoint(python)
         if version_key(v) >= (2, 5):
             record_fake_pg(python)
@@ -768,18 +1071,26 @@ def main(argv=None) -> int:
     import torch
 
     cases = make_cases()
+    cases["dtensor"] = dtensor_cases(random.Random(20261207))
     _dump(cases, DATA / "torch-cases.json")
-    live = run(live_modules(), cases)
+    live_dt = live_dtensor_modules()
+    live = run(live_modules(), cases, live_dt)
+    live_maths = run_dtensor(live_dt, cases["dtensor"])
+    installed = ".".join(torch.__version__.split("+")[0].split(".")[:2])
     for wheel in args.wheels:
         v = version_of(wheel)
-        got = run(load_version(wheel), cases)
-        if v == torch.__version__.rsplit(".", 1)[0].split("+")[0] or v == ".".join(
-            torch.__version__.split(".")[:2]
-        ):
+        dt = load_dtensor_version(wheel)
+        got = run(load_version(wheel), cases, dt)
+        maths = run_dtensor(dt, cases["dtensor"])
+        if v == installed:
+            # soundness: the installed version's sources, loaded this way, are the live code
             if json.loads(json.dumps(got)) != json.loads(json.dumps(live)):
                 raise SystemExit(f"{wheel}: sources loaded from the wheel differ from live torch")
+            if json.loads(json.dumps(maths)) != json.loads(json.dumps(live_maths)):
+                raise SystemExit(f"{wheel}: DTensor maths from the wheel differ from live torch")
             print(f"{v}: wheel sources reproduce the live {torch.__version__} outputs")
         _dump({"torch": wheel.name, "cases": got}, DATA / f"torch-{v}" / "planner.json")
+        _dump({"torch": wheel.name, "cases": maths}, DATA / f"torch-{v}" / "dtensor.json")
         print(f"{v}: recorded from {wheel.name}")
     return 0
 

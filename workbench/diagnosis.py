@@ -804,11 +804,55 @@ def find_save_problems(save_result) -> list[Problem]:
                 )
             )
         saved = items.get(fqn)
+        if layout.kind == "dtensor" and isinstance(saved, TensorStorageMetadata):
+            out.extend(_offset_collisions(fqn, layout, saved, writers.get(fqn, []), errs, tv))
         if isinstance(saved, TensorStorageMetadata) and saved.size:
             out.extend(_saved_chunk_problems(fqn, saved, errs, writers.get(fqn, []), all_errs, tv))
     out.extend(_lost_chunk_problems(save_result))
     order = {f: i for i, f in enumerate(layouts)}
     out.sort(key=lambda p: _sort_key(p, order))
+    return out
+
+
+def _offset_collisions(fqn, layout, saved, writers, errs, tv) -> list[Problem]:
+    """DTensor chunks of one offset but different sizes: dedup keys on (fqn, offset) and writes
+    one of them, so a real chunk can be dropped for an empty one at the same offset (torch 2.4 -
+    2.7 put an empty shard at its LOCAL dim size, another rank's real start)."""
+    by_offset: dict[tuple, dict] = defaultdict(dict)
+    for r, cs in enumerate(layout.rank_chunks):
+        for c in cs:
+            by_offset[c.offsets].setdefault(c, []).append(r)
+    kept = {c.offsets: (c, w) for c, w in zip(saved.chunks, writers)}
+    out = []
+    for off, variants in by_offset.items():
+        if len(variants) < 2 or off not in kept:
+            continue
+        chunk, writer = kept[off]
+        for c, ranks in variants.items():
+            if c == chunk or c.volume == 0:
+                continue
+            others = sorted(r for v, rs in variants.items() if v != c for r in rs)
+            out.append(
+                Problem(
+                    fqn=fqn,
+                    kind="dedup_loss",
+                    ranks=tuple(ranks),
+                    region=c,
+                    severity="error" if errs else "silent",
+                    message=f"{fqn}: torch {tv}'s compute_local_shape_and_global_offset gives "
+                    f"{ranks_text(ranks)} the chunk {c} and {ranks_text(others)} the chunk "
+                    f"{chunk if chunk.volume else 'of size 0'} at the same offset "
+                    f"{list(off)}; dedup_save_plans keys chunks by (fqn, offset) and writes "
+                    f"rank {writer}'s, so {c} is never written"
+                    + (
+                        f" and the save fails validation ({_validation_quote(errs, errs, tv)})."
+                        if errs
+                        else "."
+                    ),
+                    fix="Use torch 2.8 or newer (empty shards at the dim's end, PyTorch PR "
+                    "150862), or a mesh / placements that shard the dim evenly.",
+                )
+            )
     return out
 
 

@@ -57,8 +57,9 @@ from .records import (
     TensorWriteData,
     WriteItem,
     WriteItemType,
+    contiguous_strides,
 )
-from .sharding import Layout, RankValue
+from .sharding import Layout, RankValue, for_torch_version
 from .sources import as_record, held_layouts
 from .versions import semantics
 
@@ -244,13 +245,17 @@ class _LazyPlans(Sequence):
         return f"<{self._n} plans, {len(self._cache)} built>"
 
 
-_PROPS: dict[str, TensorProperties] = {}
+_PROPS: dict[tuple, TensorProperties] = {}
 
 
-def _props(dtype: str) -> TensorProperties:
-    p = _PROPS.get(dtype)
+def _props(dtype: str, sizes: tuple[int, ...] | None = None) -> TensorProperties:
+    """The properties of a write item; with ``sizes`` (torch 2.15+) the strides of the
+    contiguous local tensor of those sizes (``TensorProperties.create_from_tensor``)."""
+    key = (dtype, sizes)
+    p = _PROPS.get(key)
     if p is None:
-        p = _PROPS[dtype] = TensorProperties(dtype)
+        strides = None if sizes is None else contiguous_strides(sizes)
+        p = _PROPS[key] = TensorProperties(dtype, strides=strides)
     return p
 
 
@@ -328,6 +333,9 @@ def _plan_save(
 ) -> SavePlanResult:
     sem = semantics(torch_version)
     fqns, lays, ws = _check_layouts(layouts)
+    # DTensor boxes as this version's compute_local_shape_and_global_offset makes them
+    lays = [for_torch_version(lay, sem.version, fqn=f) for f, lay in zip(fqns, lays)]
+    layouts = dict(zip(fqns, lays))
     failures = []
     pats: list[_Pattern | None] = []
     for fqn, lay in zip(fqns, lays):
@@ -378,7 +386,9 @@ def _plan_save(
         if lay.kind == "bytes":
             sdm[fqn] = BytesStorageMetadata()
             continue
-        tsm = sdm[fqn] = TensorStorageMetadata(_props(lay.dtype), lay.shape)
+        # torch keeps the properties of the first write item of the fqn (lowest writer)
+        first = pat.chunks[int(idx[0])].sizes if sem.tensor_strides and len(idx) else None
+        tsm = sdm[fqn] = TensorStorageMetadata(_props(lay.dtype, first), lay.shape)
         # set after construction: __post_init__ would re-normalise every (already Chunk) chunk
         tsm.chunks = (
             list(pat.chunks) if len(idx) == len(kept) else [pat.chunks[i] for i in idx.tolist()]
@@ -387,11 +397,13 @@ def _plan_save(
         np.add.at(bytes_written, w, vol)
     metadata = Metadata(sdm, storage_data=PlannedStorage(sdm, writer_arrays), version="1.0.0")
 
+    strides = sem.tensor_strides
+
     def local_plan(r: int) -> SavePlan:
-        return SavePlan(_write_items(r, fqns, lays, pats, None, None))
+        return SavePlan(_write_items(r, fqns, lays, pats, None, None, strides))
 
     def final_plan(r: int) -> SavePlan:
-        return SavePlan(_write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn))
+        return SavePlan(_write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn, strides))
 
     plans = _LazyPlans(ws, final_plan)
     errors = _validate(sdm, pats, fqns, kept_per_fqn, plans, sem.version)
@@ -450,9 +462,10 @@ def _balance(pats, lays, sel_per_fqn, ws) -> None:
         sel_per_fqn[f][k] = w
 
 
-def _write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn) -> list[WriteItem]:
+def _write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn, strides=False) -> list[WriteItem]:
     """Rank r's write items in state-dict order; with ``kept_per_fqn`` only the deduplicated ones,
-    their index hints rewritten to metadata chunk positions."""
+    their index hints rewritten to metadata chunk positions; ``strides`` (2.15+): properties carry
+    the local tensor's strides."""
     items = []
     for f, (fqn, lay, pat) in enumerate(zip(fqns, lays, pats)):
         if pat is None:
@@ -477,7 +490,9 @@ def _write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn) -> list[WriteI
                 WriteItem(
                     MetadataIndex(fqn, c.offsets, hint),
                     typ,
-                    tensor_data=TensorWriteData(c, props, lay.shape),
+                    tensor_data=TensorWriteData(
+                        c, _props(lay.dtype, c.sizes) if strides else props, lay.shape
+                    ),
                 )
             )
     return items
@@ -818,6 +833,8 @@ def plan_load(
     nested = sem.read_item_order == "nested"
     layouts, _ = held_layouts(layouts, world_size=world_size, for_load=True)
     fqns, lays, ws = _check_layouts(layouts)
+    lays = [for_torch_version(lay, sem.version, fqn=f) for f, lay in zip(fqns, lays)]
+    layouts = dict(zip(fqns, lays))
     metadata = as_record(metadata)
     sdm = getattr(metadata, "state_dict_metadata", None)
     if not isinstance(sdm, Mapping):

@@ -26,6 +26,7 @@ __all__ = [
     "storage_data_of",
     "chunk_storage",
     "canonical_dtype",
+    "contiguous_strides",
     "element_size",
     "MetadataIndex",
     "TensorProperties",
@@ -117,6 +118,17 @@ def _size(v, what: str = "size", fqn: str | None = None) -> tuple[int, ...]:
     return as_ints(v, what, fqn)
 
 
+def contiguous_strides(sizes: Sequence[int]) -> tuple[int, ...]:
+    """The strides torch gives a contiguous tensor of ``sizes``: row-major, a dim of size 0
+    counted as 1 (``(3, 0, 2)`` -> ``(2, 2, 1)``), what 2.15's ``TensorProperties`` records for
+    a local tensor."""
+    out, step = [], 1
+    for n in reversed(tuple(sizes)):
+        out.append(step)
+        step *= max(int(n), 1)
+    return tuple(reversed(out))
+
+
 def _as_properties(p) -> TensorProperties:
     """A workbench TensorProperties from ours, a dtype name, or torch's TensorProperties."""
     if isinstance(p, TensorProperties):
@@ -129,6 +141,7 @@ def _as_properties(p) -> TensorProperties:
         bool(getattr(p, "requires_grad", False)),
         str(getattr(p, "memory_format", "contiguous_format")),
         bool(getattr(p, "pin_memory", False)),
+        getattr(p, "strides", None),
     )
 
 
@@ -153,17 +166,24 @@ class MetadataIndex:
 
 @dataclass(frozen=True, slots=True)
 class TensorProperties:
-    """torch's ``TensorProperties``; ``dtype`` is a canonical name such as ``"bfloat16"``."""
+    """torch's ``TensorProperties``; ``dtype`` is a canonical name such as ``"bfloat16"``.
+
+    ``strides`` (torch 2.15+): the stride of the tensor each write item was made from (a
+    DTensor's local tensor), pickled as the sixth element of the state; None for what torch
+    2.14 and older write (5-tuples, which 2.15 still reads as ``strides=None``)."""
 
     dtype: str = "float32"
     layout: str = "strided"
     requires_grad: bool = False
     memory_format: str = "contiguous_format"
     pin_memory: bool = False
+    strides: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.dtype not in DTYPE_SIZES:
             object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+        if self.strides is not None:
+            object.__setattr__(self, "strides", as_ints(self.strides, "strides"))
         for name in ("layout", "memory_format"):
             v = getattr(self, name)
             if not isinstance(v, str):

@@ -23,9 +23,11 @@ import numpy as np
 from .errors import ChunkError, LayoutError, PlacementError, PlanError
 from .geometry import Chunk, as_chunk, as_ints
 from .records import DTYPE_SIZES, TensorProperties, canonical_dtype
+from .versions import resolve_torch_version, semantics
 
 __all__ = [
     "Placement",
+    "TorchMathsError",
     "LayoutKind",
     "LAYOUT_KINDS",
     "RankValue",
@@ -40,6 +42,7 @@ __all__ = [
     "format_placements",
     "as_placement",
     "local_shape_and_offset",
+    "for_torch_version",
     "held_indices",
     "box_matches_data",
     "mesh_coordinate",
@@ -353,23 +356,199 @@ def local_shape_and_offset(
     placements,
     *,
     fqn: str | None = None,
+    torch_version: str | None = None,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """torch's ``_compute_local_shape_and_global_offset(global_shape, mesh_shape, coordinate,
-    placements)``: the local shape and the global offset DCP records for that mesh coordinate.
+    placements)``: the local shape and the global offset DCP records for that mesh coordinate,
+    as ``torch_version`` computes them (default `versions.default_torch_version`).
 
-    Uneven splits follow torch.chunk; an empty shard has offset == the dim's size; nested
+    2.10+: uneven splits follow torch.chunk; an empty shard has offset == the dim's size; nested
     placements on one dim compose left to right; ``_StridedShard`` records only its first index.
+    2.8, 2.9: ``_StridedShard`` reordered into plain shards, nested offsets replaced-or-added.
+    2.4 - 2.7: the same without the reordering, and an empty shard's offset is the LOCAL dim size
+    (it can equal another rank's real offset: DCP's dedup then keeps one of them).
     """
     shape, mesh, coord, pl = _checked_args(global_shape, mesh_shape, coordinate, placements, fqn)
-    return _local_shape_and_offset(shape, mesh, coord, pl)
+    return _versioned_box(shape, mesh, coord, pl, resolve_torch_version(torch_version), fqn)
 
 
-def _local_shape_and_offset(shape, mesh, coord, pl):
+def _versioned_box(shape, mesh, coord, pl, version: str, fqn):
+    """`_local_shape_and_offset` with ``version``'s maths; what that torch refuses is a
+    PlacementError naming the version and quoting torch."""
+    sem = semantics(version)
+    if not sem.strided_shard and any(isinstance(p, StridedShard) for p in pl):
+        raise PlacementError(
+            fqn,
+            f"placements [{format_placements(pl)}] use _StridedShard, which torch {version} "
+            "does not have",
+            "torch 2.5 or newer for _StridedShard (FSDP2 + TP)",
+            "Plan with torch_version='2.5' or newer, or use Shard placements.",
+            placements=pl,
+            torch_version=version,
+        )
+    try:
+        return _local_shape_and_offset(shape, mesh, coord, pl, sem.dtensor_maths)
+    except TorchMathsError as e:
+        raise PlacementError(
+            fqn,
+            f"torch {version}'s compute_local_shape_and_global_offset raises "
+            f"{e.torch_type}('{e}') for placements [{format_placements(pl)}] on mesh {mesh}",
+            "placements that torch version can checkpoint",
+            "Reorder the placements, or plan with a newer torch_version (2.10+ computes them).",
+            placements=pl,
+            torch_version=version,
+            torch_error=(e.torch_type, str(e)),
+        ) from None
+
+
+def _local_shape_and_offset(shape, mesh, coord, pl, maths: str = "2.10"):
+    if maths != "2.10":
+        return _OLD_MATHS[maths](shape, mesh, coord, pl)
     local, torch_held, _ = _walk(shape, mesh, coord, pl)
     offset = [0] * len(shape)
     for d, idx in torch_held.items():
         offset[d] = idx[0]
     return tuple(local), tuple(offset)
+
+
+# ----------------------------------------------------------------------------- older torch's maths
+# ``compute_local_shape_and_global_offset`` before the index-list walk above, ported line by line
+# from each version's ``_utils.py`` / ``placement_types.py`` (the names below are the versions'
+# own) and proved against what each version's own code computed (tools/record_torch_versions.py
+# -> tests/data/torch-<X.Y>/dtensor.json). `versions.TorchSemantics.dtensor_maths` picks one.
+class TorchMathsError(Exception):
+    """What an old version's maths raises for a placement list it refuses (torch's type and
+    message), turned into a PlacementError naming the version by the caller."""
+
+    def __init__(self, torch_type: str, message: str):
+        super().__init__(message)
+        self.torch_type = torch_type
+
+
+def _torch_str(p: Placement) -> str:
+    """``str()`` of torch's placement (its error messages print it): ``_S(0, 2)`` for a
+    ``_StridedShard``."""
+    return f"_S({p.dim}, {p.split_factor})" if isinstance(p, StridedShard) else str(p)
+
+
+def _shard_size_on_dim(size_on_dim: int, num_chunks: int, rank: int) -> tuple[int, int]:
+    """``Shard._local_shard_size_on_dim(..., return_offset=True)`` (2.4 - 2.7) and
+    ``_local_shard_size_and_offset`` (2.8, 2.9): torch.chunk's piece, and an empty piece's offset
+    is the LOCAL dim size (not the global one)."""
+    if size_on_dim % num_chunks == 0:
+        full = size_on_dim // num_chunks
+        return full, full * rank
+    full = (size_on_dim + num_chunks - 1) // num_chunks
+    start = full * rank
+    if size_on_dim < start:
+        return 0, size_on_dim
+    return min(size_on_dim, start + full) - start, start
+
+
+def _strided_offsets(local, mesh, coord, pl) -> list[int]:
+    """2.5 - 2.7 with a ``_StridedShard``: every offset is ``local size x shard index``, the index
+    from strides over the mesh dims (``split_factor`` says how many pieces the later shards cut)."""
+    n = len(local)
+    stride = [[0] * len(mesh) for _ in range(n)]
+    num_shards = [1] * n
+    for m, p in enumerate(pl):
+        if isinstance(p, (Shard, StridedShard)):
+            num_shards[p.dim] *= mesh[m]
+    seen, ended = [False] * n, [False] * n
+    for m, p in enumerate(pl):
+        if not isinstance(p, (Shard, StridedShard)):
+            continue
+        d = p.dim
+        if ended[d]:
+            raise TorchMathsError(
+                "NotImplementedError",
+                "Strided sharding does not allow Shard() to appear after the strided part has "
+                f"ended. {_torch_str(p)} at idx {m} in {list(pl)} violates this assumption.",
+            )
+        if seen[d]:
+            ended[d] = True
+        if isinstance(p, StridedShard):
+            seen[d] = True
+            stride[d][m] = num_shards[d] // (p.split_factor * mesh[m])
+        else:
+            num_shards[d] //= mesh[m]
+            stride[d][m] = num_shards[d]
+    idx = [sum(x * y for x, y in zip(stride[d], coord)) for d in range(n)]
+    return [x * y for x, y in zip(local, idx)]
+
+
+def _maths_2_4(shape, mesh, coord, pl):
+    """2.4 - 2.7: left to right; an offset on a dim already sharded is replaced when the new
+    local offset is not smaller, else added (so an empty shard's offset, the local dim size, can
+    land on another rank's real start); a ``_StridedShard`` anywhere switches to
+    `_strided_offsets` (2.5+; 2.4 has no ``_StridedShard``)."""
+    local, offset = list(shape), [0] * len(shape)
+    for m, p in enumerate(pl):
+        if isinstance(p, (Shard, StridedShard)):
+            d = p.dim
+            size, off = _shard_size_on_dim(local[d], mesh[m], coord[m])
+            local[d] = size
+            offset[d] = off if offset[d] <= off else offset[d] + off
+    if any(isinstance(p, StridedShard) for p in pl):
+        offset = _strided_offsets(local, mesh, coord, pl)
+    return tuple(local), tuple(offset)
+
+
+def _explicit_order_placements(mesh, pl) -> list[tuple[int, Placement]]:
+    """2.8+'s ``_explicit_order_placements``: each ``_StridedShard`` becomes a ``Shard`` applied
+    after the ``Shard`` of its dim that follows it (its split factor must equal the mesh sizes
+    sharded after it); one never followed by a ``Shard`` of its dim is dropped."""
+    ordered: list[tuple[int, Placement]] = []
+    deferred: dict[int, list[tuple[int, StridedShard]]] = defaultdict(list)
+    ended: set[int] = set()
+    for m, p in enumerate(pl):
+        if isinstance(p, StridedShard):
+            deferred[p.dim].append((m, p))
+            continue
+        ordered.append((m, p))
+        if not isinstance(p, Shard):
+            continue
+        if p.dim in ended:
+            raise TorchMathsError(
+                "NotImplementedError",
+                "Strided sharding does not allow Shard() to appear after the strided part has "
+                f"ended. {_torch_str(p)} at mesh dim {m} in {list(pl)} violates this "
+                "assumption.",
+            )
+        if p.dim in deferred:
+            ended.add(p.dim)
+            strided = deferred.pop(p.dim)
+            aggregate = mesh[m]
+            while strided:
+                sm, sp = strided.pop()
+                if sp.split_factor != aggregate:
+                    raise TorchMathsError(
+                        "RuntimeError",
+                        "Can only convert _StridedShard to ordered Shard if "
+                        f"split_factor({sp.split_factor}) == aggregate mesh size ({aggregate})",
+                    )
+                aggregate *= mesh[sm]
+                ordered.append((sm, Shard(p.dim)))
+    return ordered
+
+
+def _maths_2_8(shape, mesh, coord, pl):
+    """2.8, 2.9: the placements in `_explicit_order_placements`' order, replace-or-add offsets
+    as before, but an empty shard sits at the GLOBAL dim size (PyTorch PR 150862)."""
+    local, offset = list(shape), [0] * len(shape)
+    for m, p in _explicit_order_placements(mesh, pl):
+        if isinstance(p, Shard):
+            d = p.dim
+            size, off = _shard_size_on_dim(local[d], mesh[m], coord[m])
+            local[d] = size
+            if size == 0:
+                offset[d] = shape[d]
+            else:
+                offset[d] = off if offset[d] <= off else offset[d] + off
+    return tuple(local), tuple(offset)
+
+
+_OLD_MATHS = {"2.4": _maths_2_4, "2.8": _maths_2_8}
 
 
 def held_indices(
@@ -394,12 +573,18 @@ def box_matches_data(global_shape, mesh_shape, coordinate, placements, *, fqn=No
     return _matches(shape, mesh, coord, pl)
 
 
-def _matches(shape, mesh, coord, pl) -> bool:
-    local, torch_held, real = _walk(shape, mesh, coord, pl)
-    if any(s == 0 for s in local):
-        return True
-    _, offset = _local_shape_and_offset(shape, mesh, coord, pl)
+def _matches(shape, mesh, coord, pl, box=None) -> bool:
+    """Whether the box (default: the newest maths'; else ``(local, offset)``) is the data."""
+    if box is None:
+        box = _local_shape_and_offset(shape, mesh, coord, pl)
+    local, offset = box
+    _, _, real = _walk(shape, mesh, coord, pl)
+    box_empty, data_empty = 0 in local, any(len(v) == 0 for v in real.values())
+    if box_empty or data_empty:
+        return box_empty and data_empty
     for d, idx in real.items():
+        if len(idx) != local[d]:
+            return False
         if list(idx) != list(range(offset[d], offset[d] + local[d])):
             return False
     return True
@@ -436,7 +621,9 @@ class Layout:
     ranks in row-major mesh order, for a submesh such as a pipeline stage; None means
     ``0..prod(mesh_shape)-1`` (see `mesh_ranks_or_default`). ``data_held`` (DTensor only): per
     rank, ``{dim: global indices}`` it really holds when that is not what the placements say
-    (FSDP2 + TP, see `fsdp2_tp_layout`), or None to follow the placements.
+    (FSDP2 + TP, see `fsdp2_tp_layout`), or None to follow the placements. ``torch_version``
+    (DTensor only): the torch whose ``compute_local_shape_and_global_offset`` made the boxes
+    (`for_torch_version` re-derives them for another; planning does so for its version).
     """
 
     kind: LayoutKind
@@ -450,6 +637,7 @@ class Layout:
     _misdescribed: tuple[int, ...] = field(default=(), repr=False)
     mesh_ranks: tuple[int, ...] | None = None
     data_held: tuple[dict[int, range] | None, ...] | None = field(default=None, repr=False)
+    torch_version: str | None = None
 
     @property
     def ndim(self) -> int:
@@ -544,22 +732,34 @@ def _world(world_size, default, fqn):
     return ws
 
 
+def _named(fqn, build, *args):
+    """``build(*args)`` (cached per spec, not per fqn); a PlacementError it raises names ``fqn``."""
+    try:
+        return build(*args)
+    except PlacementError as e:
+        if fqn is None or e.fqn != "<input>":
+            raise
+        raise PlacementError(fqn, e.what, e.expectation, e.fix, **e.facts) from None
+
+
 @lru_cache(maxsize=4096)
-def _dtensor_layout(shape, mesh, pl, dtype, world_size, mesh_ranks):
+def _dtensor_layout(shape, mesh, pl, dtype, world_size, mesh_ranks, version):
     n = math.prod(mesh)
     at = mesh_ranks or range(n)  # global rank of each row-major mesh position
     chunks: list[tuple[Chunk, ...]] = [()] * world_size
     bad = []
-    # Only _StridedShard can make DCP's box differ from the data (dims are normalised, so no
-    # tensor dim is named twice under two spellings); skip the second walk otherwise.
-    check = any(isinstance(p, StridedShard) for p in pl)
+    # Only _StridedShard can make DCP's box differ from the data with the newest maths (dims are
+    # normalised, so no tensor dim is named twice under two spellings); older maths can also
+    # misplace nested shards, so they are always checked.
+    maths = semantics(version).dtensor_maths
+    check = maths != "2.10" or any(isinstance(p, StridedShard) for p in pl)
     # Shard-only placements factorise per mesh dim; still one walk per rank keeps torch's order
     # of composition exact and costs ~10 us a rank, cached per (shape, mesh, placements).
     for i in range(n):
         coord = tuple(int(c) for c in np.unravel_index(i, mesh)) if mesh else ()
-        local, offset = _local_shape_and_offset(shape, mesh, coord, pl)
-        chunks[at[i]] = (Chunk(offset, local),)
-        if check and not _matches(shape, mesh, coord, pl):
+        box = _versioned_box(shape, mesh, coord, pl, version, None)
+        chunks[at[i]] = (Chunk(box[1], box[0]),)
+        if check and not _matches(shape, mesh, coord, pl, box):
             bad.append(at[i])
     return Layout(
         kind="dtensor",
@@ -572,6 +772,7 @@ def _dtensor_layout(shape, mesh, pl, dtype, world_size, mesh_ranks):
         per_rank_values=False,
         _misdescribed=tuple(sorted(bad)),
         mesh_ranks=mesh_ranks,
+        torch_version=version,
     )
 
 
@@ -633,6 +834,7 @@ def dtensor_layout(
     *,
     mesh_ranks: Sequence[int] | None = None,
     fqn: str | None = None,
+    torch_version: str | None = None,
 ) -> Layout:
     """A DTensor of global ``shape`` on a mesh of global ranks ``mesh_ranks`` in row-major mesh
     order (``DeviceMesh("cpu", torch.tensor(mesh_ranks).reshape(mesh_shape))``; default
@@ -643,7 +845,11 @@ def dtensor_layout(
     Negative shard dims are normalised (``S(-1)`` -> ``S(ndim-1)``), as ``DTensor.from_local``
     and ``distribute_tensor`` do before DCP sees the placements: ``[S(1), S(-1)]`` on a 2-d
     tensor is the nested ``[S(1), S(1)]``, not the raw ``_compute_local_shape_and_global_offset``
-    walk that keys its offsets by the raw dim (see `local_shape_and_offset`)."""
+    walk that keys its offsets by the raw dim (see `local_shape_and_offset`).
+
+    The boxes are ``torch_version``'s (default `versions.default_torch_version`): planning
+    with another ``torch_version`` re-derives them (`for_torch_version`)."""
+    version = resolve_torch_version(torch_version)
     pl = parse_placements(placements)
     ndim = len(_shape(shape, "global shape", fqn))
     pl = tuple(_normalized(p, ndim) for p in pl)
@@ -653,7 +859,33 @@ def dtensor_layout(
     dt = canonical_dtype(dtype, fqn)
     _shape(shape, "shape", fqn, LayoutError, DTYPE_SIZES[dt])
     ranks, ws = _mesh_ranks(mesh_ranks, math.prod(mesh), world_size, fqn)
-    return _dtensor_layout(shape, mesh, pl, dt, ws, ranks)
+    return _named(fqn, _dtensor_layout, shape, mesh, pl, dt, ws, ranks, version)
+
+
+def for_torch_version(layout: Layout, torch_version: str | None, *, fqn=None) -> Layout:
+    """``layout`` with its DTensor boxes as ``torch_version``'s
+    ``compute_local_shape_and_global_offset`` computes them (the same object when they cannot
+    differ: not a DTensor, or the same maths); what FSDP2 really holds (``data_held``) is kept."""
+    version = resolve_torch_version(torch_version)
+    if layout.kind != "dtensor" or layout.torch_version == version:
+        return layout
+    if layout.torch_version is not None and (
+        semantics(layout.torch_version).dtensor_maths == semantics(version).dtensor_maths
+        and semantics(layout.torch_version).strided_shard == semantics(version).strided_shard
+    ):
+        return layout
+    base = _named(
+        fqn,
+        _dtensor_layout,
+        layout.shape,
+        layout.mesh_shape,
+        layout.placements,
+        layout.dtype,
+        layout.world_size,
+        layout.mesh_ranks,
+        version,
+    )
+    return base if layout.data_held is None else _with_held(base, layout.data_held)
 
 
 def fsdp2_tp_layout(
@@ -663,6 +895,7 @@ def fsdp2_tp_layout(
     world_size: int | None = None,
     *,
     fqn: str | None = None,
+    torch_version: str | None = None,
 ) -> Layout:
     """A parameter ``parallelize_module`` shards on dim 0 over the last mesh dim (tp) and
     ``fully_shard`` then shards over the dp dim before it: mesh ``(dp, tp)``, or
@@ -687,15 +920,22 @@ def fsdp2_tp_layout(
         )
     tp = mesh[-1]
     pl = (Replicate(),) * (len(mesh) - 2) + (StridedShard(0, tp) if tp > 1 else Shard(0), Shard(0))
-    base = dtensor_layout(shape, mesh, pl, dtype, world_size, fqn=fqn)  # checks every argument
+    # checks every argument
+    base = dtensor_layout(shape, mesh, pl, dtype, world_size, fqn=fqn, torch_version=torch_version)
     return _fsdp2_tp_layout(
-        base.shape, base.mesh_shape, base.placements, base.dtype, base.world_size
+        base.shape,
+        base.mesh_shape,
+        base.placements,
+        base.dtype,
+        base.world_size,
+        base.torch_version,
     )
 
 
 @lru_cache(maxsize=4096)
-def _fsdp2_tp_layout(shape, mesh, pl, dtype, world_size):
-    return _fsdp2_rows(_dtensor_layout(shape, mesh, pl, dtype, world_size, None), len(mesh) - 2, 0)
+def _fsdp2_tp_layout(shape, mesh, pl, dtype, world_size, version):
+    base = _dtensor_layout(shape, mesh, pl, dtype, world_size, None, version)
+    return _fsdp2_rows(base, len(mesh) - 2, 0)
 
 
 def with_fsdp2_rows(layout: Layout, dp_mesh_dim: int, shard_dim: int = 0) -> Layout:

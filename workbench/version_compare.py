@@ -4,7 +4,7 @@ target by another torch version (read order, problems appearing or vanishing, fi
 `compare_versions(metadata, target, ["2.10", "2.13"])` plans the load once per version with
 `planning.plan_load(..., torch_version=v)` and compares every later version with the first.
 
-Imports planning, diagnosis, versions; never torch.
+Imports planning, diagnosis, sharding, versions; never torch.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .diagnosis import find_save_problems
 from .errors import PlanError
-from .planning import LoadPlanResult, plan_load
+from .planning import LoadPlanResult, plan_load, plan_save
+from .sharding import Layout
 from .sources import held_layouts
 from .versions import resolve_torch_version
 
@@ -97,6 +99,14 @@ def _problems(res: LoadPlanResult, r: int) -> set[str]:
     return {f"{p.severity} {p.kind} {p.fqn}" for p in res.problems if not p.ranks or r in p.ranks}
 
 
+def _save_problems(save, r: int) -> set[str]:
+    return {
+        f"{p.severity} {p.kind} {p.fqn}"
+        for p in find_save_problems(save)
+        if not p.ranks or r in p.ranks
+    }
+
+
 def compare_versions(
     metadata,
     target: Mapping,
@@ -108,7 +118,11 @@ def compare_versions(
     """Plan loading ``metadata`` into ``target`` (``{fqn: Layout}``, or what a user holds: a state
     dict, a module, ``(model, optimizer)``; see `sources.held_layouts`) with each torch version in
     ``versions`` (at least two, e.g. ``["2.10", "2.13"]``) and compare each later version with
-    the first, rank by rank."""
+    the first, rank by rank.
+
+    ``metadata`` may also be the SAVED state dict's layouts (``{fqn: Layout}``): each version
+    then plans the save too (its own DTensor boxes, dedup and validation) and its save problems
+    count among the rank's problems (``results[v].save`` holds that save)."""
     vs = tuple(resolve_torch_version(v) for v in versions)
     if len(vs) < 2 or len(set(vs)) != len(vs):
         raise PlanError(
@@ -118,10 +132,16 @@ def compare_versions(
             "Give e.g. ['2.10', '2.13'].",
         )
     target, _ = held_layouts(target, world_size=world_size, for_load=True)
-    results = {
-        v: plan_load(metadata, target, allow_partial_load=allow_partial_load, torch_version=v)
-        for v in vs
-    }
+    from_layouts = isinstance(metadata, Mapping) and all(
+        isinstance(x, Layout) for x in metadata.values()
+    )
+    results, saves = {}, {}
+    for v in vs:
+        md = metadata
+        if from_layouts:
+            saves[v] = plan_save(metadata, torch_version=v)
+            md = saves[v].metadata
+        results[v] = plan_load(md, target, allow_partial_load=allow_partial_load, torch_version=v)
     base = results[vs[0]]
     fqns = list(base.layouts)
     changes = []
@@ -135,6 +155,9 @@ def compare_versions(
                     continue
                 (reordered if sorted(a) == sorted(b) else changed).append(fqn)
             pa, pb = _problems(base, r), _problems(res, r)
+            if from_layouts:
+                pa |= _save_problems(saves[vs[0]], r)
+                pb |= _save_problems(saves[v], r)
             changes.append(
                 RankVersionChange(
                     rank=r,

@@ -1,6 +1,11 @@
 """Which torch's DCP semantics the workbench computes: the supported versions, the default (the
 torch installed beside the workbench, read WITHOUT importing it) and one frozen record of the
-behaviours that differ between torch 2.4 and 2.14.
+behaviours that differ between torch 2.4 and 2.15.
+
+A torch newer than the newest recorded version is never refused (the package sets no upper bound
+on torch, so installing it never downgrades one): planning assumes the newest recorded semantics
+and says so once per process (`NewerTorchWarning`, `assumed_version_note` for headers). Naming an
+unrecorded version explicitly (``torch_version="2.16"``) is an error: nothing was recorded for it.
 
 Every flag names the torch code that shows it; each was measured by diffing the versions' sources
 and is proved by ``tests/test_torch_versions.py`` against what each version's own code computed
@@ -14,14 +19,18 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import re
+import warnings
 from dataclasses import dataclass
 
 from .errors import WorkbenchError
 
 __all__ = [
+    "NEWEST_TORCH_VERSION",
+    "NewerTorchWarning",
     "SUPPORTED_TORCH_VERSIONS",
     "TorchSemantics",
     "TorchVersionError",
+    "assumed_version_note",
     "default_torch_version",
     "installed_torch_version",
     "require_torch",
@@ -30,11 +39,17 @@ __all__ = [
     "version_key",
 ]
 
-SUPPORTED_TORCH_VERSIONS: tuple[str, ...] = tuple(f"2.{m}" for m in range(4, 15))
+SUPPORTED_TORCH_VERSIONS: tuple[str, ...] = tuple(f"2.{m}" for m in range(4, 16))
+NEWEST_TORCH_VERSION = SUPPORTED_TORCH_VERSIONS[-1]
 
 
 class TorchVersionError(WorkbenchError):
     """A torch version the workbench has no semantics for."""
+
+
+class NewerTorchWarning(UserWarning):
+    """The installed torch is newer than every recorded version: its newest known semantics are
+    assumed (issued once per process)."""
 
 
 def version_key(v: str) -> tuple[int, int]:
@@ -58,10 +73,38 @@ def installed_torch_version() -> str | None:
         return None
 
 
-def default_torch_version() -> str:
-    """The installed torch's version when it is supported, else the newest supported one."""
+def _is_newer(v: str | None) -> bool:
+    return v is not None and version_key(v) > version_key(NEWEST_TORCH_VERSION)
+
+
+def assumed_version_note() -> str | None:
+    """One line for headers and reports when the installed torch is newer than the newest
+    recorded version (the semantics assumed for it), else None."""
     v = installed_torch_version()
-    return v if v in SUPPORTED_TORCH_VERSIONS else SUPPORTED_TORCH_VERSIONS[-1]
+    if not _is_newer(v):
+        return None
+    return (
+        f"torch {v} is installed, newer than the newest version the workbench has recorded: "
+        f"planning assumes torch {NEWEST_TORCH_VERSION}'s DCP semantics (re-record with "
+        "tools/record_torch_versions.py to check them)"
+    )
+
+
+_warned_newer = False
+
+
+def default_torch_version() -> str:
+    """The installed torch's version when it is supported, else the newest supported one. A
+    newer installed torch gets the newest supported semantics and one `NewerTorchWarning` per
+    process naming the version assumed."""
+    global _warned_newer
+    v = installed_torch_version()
+    if v in SUPPORTED_TORCH_VERSIONS:
+        return v
+    if _is_newer(v) and not _warned_newer:
+        _warned_newer = True
+        warnings.warn(assumed_version_note(), NewerTorchWarning, stacklevel=3)
+    return NEWEST_TORCH_VERSION
 
 
 def resolve_torch_version(v: str | None = None) -> str:
@@ -71,11 +114,20 @@ def resolve_torch_version(v: str | None = None) -> str:
         return default_torch_version()
     mm = _major_minor(v) if isinstance(v, str) else None
     if mm not in SUPPORTED_TORCH_VERSIONS:
+        newer = mm is not None and _is_newer(mm)
         raise TorchVersionError(
             None,
-            f"torch version {v!r} is not supported",
-            f"one of {', '.join(SUPPORTED_TORCH_VERSIONS)}",
-            "Give a version from 2.4 to 2.14, e.g. torch_version='2.13' (--torch 2.13).",
+            f"torch version {v!r} is "
+            + ("newer than every recorded version" if newer else "not supported"),
+            f"a recorded version: {', '.join(SUPPORTED_TORCH_VERSIONS)}",
+            (
+                f"Leave torch_version unset to assume {NEWEST_TORCH_VERSION}'s semantics (with a "
+                "warning), or record it with tools/record_torch_versions.py (README, "
+                "'Torch versions')."
+                if newer
+                else f"Give a version from {SUPPORTED_TORCH_VERSIONS[0]} to "
+                f"{NEWEST_TORCH_VERSION}, e.g. torch_version='2.13' (--torch 2.13)."
+            ),
             torch_version=v,
         )
     return mm
@@ -121,6 +173,17 @@ class TorchSemantics:
     checkpointable_tensor
         2.14+: ``protocol.CheckpointableTensor`` (plain tensors carrying ``global_shape`` and
         several chunks per rank); the size check uses their global shape.
+    tensor_strides
+        2.15+: ``TensorProperties.strides`` (the local tensor's stride), pickled as a 6-tuple.
+    strided_shard
+        2.5+: DTensor's ``_StridedShard`` placement exists (FSDP2 + TP).
+    dtensor_maths
+        Which ``compute_local_shape_and_global_offset`` (named by the first version that has
+        it): ``"2.4"`` (2.4 - 2.7: nested offsets replaced-or-added, an empty shard at the LOCAL
+        dim size, ``_StridedShard`` by shard-index strides), ``"2.8"`` (2.8, 2.9:
+        ``_StridedShard`` reordered into plain shards, an empty shard at the global dim size),
+        ``"2.10"`` (2.10+: the held global indices walked left to right, PR #150490 /
+        #168146).
     """
 
     version: str
@@ -135,6 +198,9 @@ class TorchSemantics:
     plan_caching: bool
     init_state_dict_nones: bool
     checkpointable_tensor: bool
+    tensor_strides: bool
+    strided_shard: bool
+    dtensor_maths: str
 
 
 def semantics(torch_version: str | None = None) -> TorchSemantics:
@@ -158,6 +224,9 @@ def _semantics(v: str) -> TorchSemantics:
         plan_caching=minor >= 7,
         init_state_dict_nones=minor >= 5,
         checkpointable_tensor=minor >= 14,
+        tensor_strides=minor >= 15,
+        strided_shard=minor >= 5,
+        dtensor_maths="2.4" if minor <= 7 else "2.8" if minor <= 9 else "2.10",
     )
 
 
@@ -177,8 +246,8 @@ def require_torch(feature: str, minimum: str = BRIDGE_MINIMUM) -> str:
         None,
         f"{feature} needs torch {minimum} or newer; {have}",
         f"torch >= {minimum}",
-        f"Install torch>={minimum},<2.15 for it. Planning needs no torch: "
-        f"plan_save / plan_load(..., torch_version='{v or SUPPORTED_TORCH_VERSIONS[-1]}').",
+        f"Install torch>={minimum} for it. Planning needs no torch: "
+        f"plan_save / plan_load(..., torch_version='{v or NEWEST_TORCH_VERSION}').",
         feature=feature,
         installed=v,
     )

@@ -431,12 +431,14 @@ class _Converter:
                 f"{fqn}: layout / memory format {brief(layout, 40)} {brief(mem, 40)} are not "
                 "torch constants"
             )
+        strides = p.field("strides", 5)  # torch 2.15+ pickles a 6-tuple; 5-tuples: None
         return TensorProperties(
             dtype.name,
             layout.name,
             bool(p.field("requires_grad", 2, False)),
             mem.name,
             bool(p.field("pin_memory", 4, False)),
+            None if strides is None else self.ints(strides, lambda: f"{fqn}: strides"),
         )
 
     def storage_metadata(self, fqn, md):
@@ -797,6 +799,19 @@ def _state_keys(obj) -> set:
     return set(st) if isinstance(st, dict) else set()
 
 
+def _properties_state_widths(sdm) -> set[int]:
+    """The lengths of the ``TensorProperties`` tuple states in a ``state_dict_metadata``."""
+    if not isinstance(sdm, dict):
+        return set()
+    out = set()
+    for md in sdm.values():
+        if _is(md, _DCP, "TensorStorageMetadata"):
+            p = md.field("properties")
+            if _is(p, _DCP, "TensorProperties") and isinstance(p.state, tuple):
+                out.add(len(p.state))
+    return out
+
+
 def infer_writer_versions(
     data: bytes, source: str = "<bytes>", extra_globals=None
 ) -> WriterVersions:
@@ -805,7 +820,8 @@ def infer_writer_versions(
     ``TensorProperties`` from ``torch.distributed._shard`` (<= 2.2) or from
     ``torch.distributed.checkpoint.metadata`` (2.3+); ``Metadata.storage_meta`` (2.4+);
     ``StorageMeta.modules`` (2.7+); a ``_StorageInfo.transform_descriptors`` (2.7+, pickled only
-    when set); ``Metadata.version`` (2.9+). 2.9 to 2.14 write the same schema."""
+    when set); ``Metadata.version`` (2.9+); ``TensorProperties.strides`` (2.15+: a 6-tuple state,
+    5 before). 2.9 to 2.14 write the same schema."""
     un = _RecordingUnpickler(data, source=source)
     if extra_globals:  # a format's own records (Megatron's), as read_metadata_bytes takes them
         un.extra_globals = dict(extra_globals)
@@ -856,6 +872,11 @@ def infer_writer_versions(
         at_least((2, 9), "Metadata.version (2.9+)")
     elif "storage_meta" in keys:
         at_most((2, 8), "no Metadata.version (before 2.9)")
+    widths = _properties_state_widths(raw.field("state_dict_metadata"))
+    if 6 in widths:
+        at_least((2, 15), "TensorProperties pickled with strides, a 6-tuple (2.15+)")
+    if 5 in widths:
+        at_most((2, 14), "TensorProperties pickled as a 5-tuple, without strides (before 2.15)")
     python = "3.13+" if any(m == "pathlib._local" for m, _ in un.names) else None
     if high is not None and high < low:  # contradicting fields: not one torch's writer
         raise MetadataError(

@@ -14,6 +14,7 @@ Lazy imports: torch is imported inside functions only.
 from __future__ import annotations
 
 from .. import records as R
+from ..errors import LayoutError
 from ..geometry import Chunk
 from ..sharding import (
     Layout,
@@ -44,22 +45,28 @@ def properties_to_torch(p: R.TensorProperties):
     import torch
     from torch.distributed.checkpoint.metadata import TensorProperties
 
+    # strides only where the installed torch has them (2.15+), so each version pickles its own
+    # TensorProperties state (a 6-tuple from 2.15, a 5-tuple before)
+    extra = {"strides": p.strides} if "strides" in TensorProperties.__dataclass_fields__ else {}
     return TensorProperties(
         dtype=getattr(torch, p.dtype),
         layout=getattr(torch, p.layout),
         requires_grad=p.requires_grad,
         memory_format=getattr(torch, p.memory_format),
         pin_memory=p.pin_memory,
+        **extra,
     )
 
 
 def properties_from_torch(p) -> R.TensorProperties:
+    strides = getattr(p, "strides", None)  # torch 2.15+
     return R.TensorProperties(
         dtype=str(p.dtype),
         layout=str(p.layout),
         requires_grad=bool(p.requires_grad),
         memory_format=str(p.memory_format),
         pin_memory=bool(p.pin_memory),
+        strides=None if strides is None else tuple(int(x) for x in strides),
     )
 
 
@@ -329,7 +336,26 @@ def layout_from_torch(obj) -> Layout:
         ws = max(_process_group_size(1), max(per, default=0) + 1)
         # (md's dtype: ShardedTensor.dtype warns that ShardedTensor is deprecated)
         return sharded_layout(tuple(md.size), per, str(md.tensor_properties.dtype), ws)
+    if all(hasattr(obj, a) for a in CHECKPOINTABLE_FIELDS):
+        # torch 2.14+ saves such a plain tensor as the chunks it names, not as a whole tensor;
+        # only this rank's chunks are known here, so no whole layout can be built from it
+        offsets, sizes = list(obj.global_offsets), list(obj.local_sizes)
+        raise LayoutError(
+            None,
+            f"a CheckpointableTensor (a plain tensor with global_shape "
+            f"{tuple(obj.global_shape)} and {len(offsets)} chunk(s) on this rank) is not "
+            "modelled from one rank's object",
+            "a DTensor, a ShardedTensor or a plain tensor",
+            "Describe it with sharded_layout(global_shape, {rank: [(global_offsets[i], "
+            "local_sizes[i]), ...]}) for every rank: DCP 2.14+ plans it like that (here: "
+            f"{list(zip(offsets, sizes))[:4]}).",
+            kind="CheckpointableTensor",
+        )
     return tensor_layout(tuple(obj.shape), _process_group_size(1), str(obj.dtype))
+
+
+# torch 2.14's protocol.CheckpointableTensor: the attributes that make a plain tensor one
+CHECKPOINTABLE_FIELDS = ("global_shape", "global_offsets", "local_offsets", "local_sizes")
 
 
 def local_tensor_from_torch(obj):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ..errors import PlanError
 from ..records import Metadata
 from ..sharding import Layout
-from ..versions import installed_torch_version, require_torch
+from ..versions import default_torch_version, require_torch
 from .materialize import Meshes, exception_text, torch_state_dict
 
 __all__ = [
@@ -328,7 +328,7 @@ def _compare_load(metadata, layouts, allow_partial_load, progress=None) -> str |
         metadata,
         layouts,
         allow_partial_load=allow_partial_load,
-        torch_version=installed_torch_version(),
+        torch_version=default_torch_version(),
     )
     theirs = torch_load_plans(
         metadata, layouts, allow_partial_load=allow_partial_load, progress=progress
@@ -365,7 +365,7 @@ def verify_with_torch(
 
     checked = []
     if metadata is None:
-        res = plan_save(layouts, save_to_lowest_rank, torch_version=installed_torch_version())
+        res = plan_save(layouts, save_to_lowest_rank, torch_version=default_torch_version())
         diff = _compare_save(res, layouts, save_to_lowest_rank, progress)
         checked.append(f"save plans of {len(layouts)} entries on {_world_of(layouts)} ranks")
         if diff:

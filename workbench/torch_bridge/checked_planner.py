@@ -25,7 +25,7 @@ chunks, Partial placements).
 
 The hooks used -- ``create_local_plan``, ``create_global_plan``, ``finish_plan`` of
 ``DefaultLoadPlanner`` / ``DefaultSavePlanner`` and the plans' ``planner_data`` field -- exist
-with these signatures in every supported torch (2.4 - 2.14; recorded from the wheels by
+with these signatures in every supported torch (2.4 - 2.15; recorded from the wheels by
 ``tools/record_planner_hooks.py`` into ``tests/data/planner_hooks.json``).
 
 Imports torch at the top (noted exception of the torch bridge: these classes derive from

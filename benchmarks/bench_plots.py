@@ -89,7 +89,7 @@ def naive_layout(layout):
     """The same tiles as one Rectangle patch each (what a plain loop over ax.add_patch costs)."""
 
     def run():
-        pic = plots.layout_data(layout)
+        pic = picture_data.layout_data(layout)
         ax = Figure().add_subplot()
         for t in pic.tiles:
             ax.add_patch(Rectangle((t.x, t.y), t.w, t.h, facecolor=t.face, edgecolor=t.edge))
@@ -106,7 +106,7 @@ def main() -> None:
     save = plan_save({"w": wb.dtensor_layout(shape, (4096,), "S(0)")})
     load = plan_load(save.metadata, {"w": layout})
     rank = next_rank(4096)
-    picture = plots.reshard_data(save, load, "w", rank=0)
+    picture = picture_data.reshard_data(save, load, "w", rank=0)
     rows = [
         ("layout_chunks_table (4096 chunks)", best(lambda: tables.layout_chunks_table(layout))),
         (
@@ -118,16 +118,16 @@ def main() -> None:
             best(lambda: tables.read_items_table(load, "w", rank=0)),
         ),
         ("io_table (4096 ranks)", best(lambda: tables.io_table(load))),
-        ("layout_data (4096 tiles)", best(lambda: plots.layout_data(layout))),
+        ("layout_data (4096 tiles)", best(lambda: picture_data.layout_data(layout))),
         ("plot_layout + Agg draw (4096 tiles)", best(drawn(lambda: plots.plot_layout(layout)))),
         ("same tiles as 4096 Rectangle patches", best(naive_layout(layout), repeat=1)),
         (
             "reshard_data (4096 saved + 4096 wanted), cold",
-            best(cold(lambda: plots.reshard_data(save, load, "w", rank=rank()))),
+            best(cold(lambda: picture_data.reshard_data(save, load, "w", rank=rank()))),
         ),
         (
             "reshard_data, next rank (layers reused)",
-            best(lambda: plots.reshard_data(save, load, "w", rank=rank())),
+            best(lambda: picture_data.reshard_data(save, load, "w", rank=rank())),
         ),
         ("plot_reshard + Agg draw", best(drawn(lambda: plots.plot_reshard(save, load, "w", 0)))),
         (
@@ -142,13 +142,19 @@ def main() -> None:
         ("widget picture: picture_png", best(lambda: plots.picture_png(picture, **WIDGET))),
         (
             "widget redraw before: cold data, paths, default PNG",
-            best(cold(lambda: widget_paths_png(plots.reshard_data(save, load, "w", rank=rank())))),
+            best(
+                cold(
+                    lambda: widget_paths_png(
+                        picture_data.reshard_data(save, load, "w", rank=rank())
+                    )
+                )
+            ),
         ),
         (
             "widget redraw now: next rank, picture_png",
             best(
                 lambda: plots.picture_png(
-                    plots.reshard_data(save, load, "w", rank=rank()), **WIDGET
+                    picture_data.reshard_data(save, load, "w", rank=rank()), **WIDGET
                 )
             ),
         ),

@@ -47,9 +47,10 @@ def _cycle(control, values):
 
 def _parts(spec_texts: dict, rank: int) -> dict[str, float]:
     """The cost of each step of one redraw (plans already cached)."""
-    from workbench import widgets as w
     from workbench.plots import picture_png, reshard_data
     from workbench.tables import read_items_table
+    from workbench.widgets import explore as w
+    from workbench.widgets.controls import mime, styled
 
     r = w.explore_reshard(**spec_texts, rank=rank)
     out = {}
@@ -61,7 +62,7 @@ def _parts(spec_texts: dict, rank: int) -> dict[str, float]:
     t3 = time.perf_counter()  # drawing and PNG encoding are one call in the widget's path
     picture_png(pic, figsize=w.FIGSIZE, dpi=w.DPI, margins=w.MARGINS)
     t4 = time.perf_counter()
-    w._mime(w._styled(reads, w.READ_COLUMNS))
+    mime(styled(reads, w.READ_COLUMNS))
     t5 = time.perf_counter()
     out.update(
         read_table=t1 - t0,
@@ -85,7 +86,7 @@ def _torch_reference(spec_texts: dict, rank: int, repeat: int) -> float | None:
         from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
     except ImportError:
         return None
-    from workbench import widgets as w
+    from workbench.widgets import explore as w
 
     r = w.explore_reshard(**spec_texts, rank=rank)
     md = r.save.metadata.state_dict_metadata[w.FQN]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage, imread
 from support import tsm
@@ -29,23 +29,25 @@ from workbench.colors import (
 from workbench.errors import LayoutError, MetadataError, PlanError
 from workbench.formatting import format_ranks
 from workbench.geometry import Chunk
-from workbench.planning import plan_load, plan_save
-from workbench.plots import (
-    RASTER_MIN,
+from workbench.picture_data import (
     Picture,
     bytes_per_rank_data,
-    draw_picture,
     layout_data,
     layout_slabs,
     mesh_data,
+    reshard_data,
+    traffic_data,
+)
+from workbench.planning import plan_load, plan_save
+from workbench.plots import (
+    RASTER_MIN,
+    draw_picture,
     picture_png,
     plot_bytes_per_rank,
     plot_layout,
     plot_mesh,
     plot_reshard,
     plot_traffic,
-    reshard_data,
-    traffic_data,
 )
 from workbench.records import (
     BytesStorageMetadata,
@@ -197,7 +199,8 @@ def test_reshard_picture_lights_the_ranks_reads_in_dcp_order():
     pic = reshard_data(save, load, "w", rank=1)
     reads = pic.of_kind("read")
     assert rects(reads) == [(0, 4, 3, 2), (0, 6, 3, 2)]
-    assert [t.label for t in reads] == ["1\u2190#2\n__2_0.distcp", "2\u2190#3\n__3_0.distcp"]
+    # numbered 0-based in DCP order, like the read-item table's rows
+    assert [t.label for t in reads] == ["0\u2190#2\n__2_0.distcp", "1\u2190#3\n__3_0.distcp"]
     assert [t.face for t in reads] == [rank_color(2), rank_color(3)]
     assert rects(pic.of_kind("saved")) == [(0, 2 * i, 6, 2) for i in range(4)]
     assert [t.label for t in pic.of_kind("saved")] == [f"#{i} r{i}" for i in range(4)]
@@ -312,11 +315,19 @@ def test_traffic_and_bytes_per_rank_come_from_the_plans_io():
     np.testing.assert_array_equal(bars.values, [96, 96, 96, 96])
     np.testing.assert_array_equal(bars.reference, [48, 48, 48, 48])
     ax = plot_bytes_per_rank(load)
-    assert drawn_paths(ax) == 4
-    assert sum(len(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection)) == 4
+    # loaded and needed are two bar series (the needed bytes were a dashed tick before)
+    assert drawn_paths(ax) == 8
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "loaded (whole saved chunks)",
+        "needed (what the rank keeps)",
+    ]
+    assert ax.get_title() == "load: 384 B loaded, 192 B needed, 2.0x what is needed"
     bars = bytes_per_rank_data(save)
     np.testing.assert_array_equal(bars.values, save.bytes_written)
-    assert bars.reference is None and bars.colors == tuple(rank_colors(4))
+    assert (
+        bars.reference is None
+        and bars.title == "save: 192 B written by 4 ranks (at most 48 B per rank)"
+    )
     with pytest.raises(PlanError, match="neither a save nor a load result"):
         bytes_per_rank_data(object())
 
@@ -546,13 +557,14 @@ def test_reshard_layers_are_computed_once_and_never_stale():
 
 # ----------------------------------------------------------------------------- torch inputs
 def test_pictures_accept_torch_metadata():
-    from workbench import plots
     from workbench.torch_bridge import to_torch
 
     save = wb.plan_save({"w": wb.dtensor_layout((8, 4), (2,), "S(0)")})
     tmd = to_torch(save.metadata)
-    ours = plots.layout_data(save.metadata, fqn="w")
-    theirs = plots.layout_data(tmd, fqn="w")
+    ours = picture_data.layout_data(save.metadata, fqn="w")
+    theirs = picture_data.layout_data(tmd, fqn="w")
     assert theirs == ours and len([t for t in ours.tiles if t.kind == "chunk"]) == 2
-    pic = plots.reshard_data(tmd, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1)
-    assert pic == plots.reshard_data(save.metadata, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1)
+    pic = picture_data.reshard_data(tmd, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1)
+    assert pic == picture_data.reshard_data(
+        save.metadata, wb.dtensor_layout((8, 4), (4,), "S(0)"), "w", 1
+    )

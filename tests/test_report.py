@@ -9,13 +9,16 @@ import html
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from workbench import load_metadata
 from workbench.checkpoint import describe_checkpoint
 from workbench.cli import main
+from workbench.formatting import format_bytes
 from workbench.planning import plan_load
-from workbench.report import build_report, human_bytes, write_report
+from workbench.report import build_report, write_report
+from workbench.sharding import dtensor_layout
 
 
 @pytest.fixture(scope="module")
@@ -125,12 +128,19 @@ def test_describe_checkpoint_matches_the_metadata(scenarios):
     assert {f["file"]: f["bytes"] for f in info["files"]} == on_disk
 
 
-def test_human_bytes():
-    assert [human_bytes(n) for n in (0, 1023, 1536, 3 * 2**30, None)] == [
+def test_format_bytes():
+    # binary units, at most three significant digits, never an exponent
+    cases = (0, 1023, 1024, 1536, 5632, 3 * 2**30, 2**20 - 1, 1128840839168, 17.6e9, None)
+    assert [format_bytes(n) for n in cases] == [
         "0 B",
         "1023 B",
+        "1 KiB",
         "1.5 KiB",
-        "3.0 GiB",
+        "5.5 KiB",
+        "3 GiB",
+        "1024 KiB",
+        "1.03 TiB",
+        "16.4 GiB",
         "unknown",
     ]
 
@@ -154,7 +164,8 @@ def test_cli_report_to_a_missing_directory_is_exit_2(scenarios, tmp_path, capsys
 
 def test_hostile_key_names_are_escaped():
     """Keys come from a stranger's .metadata: a key that is markup must stay text."""
-    from workbench import Chunk, Metadata, TensorProperties, TensorStorageMetadata
+    from workbench.geometry import Chunk
+    from workbench.records import Metadata, TensorProperties, TensorStorageMetadata
 
     evil = '<img src=x onerror="alert(1)">'
     md = Metadata(
@@ -179,3 +190,51 @@ def test_cli_report_shows_a_missing_data_file(scenarios, tmp_path, capsys):
     text = out.read_text(encoding="utf-8")
     _assert_self_contained(text)
     assert "Damaged checkpoint" in text and "__1_0.distcp: data file is missing" in text
+
+
+def test_a_report_with_a_target_keeps_every_untrusted_string_text():
+    """Keys, paths, damage messages, format facts and table titles are a stranger's text: in a
+    report with a target (problems, pictures, I/O and read items), none becomes an element."""
+    from html.parser import HTMLParser
+
+    from workbench.planning import plan_save
+    from workbench.report import report_content
+
+    evil = "<img src=x onerror=alert(1)>"
+    script = "<script>alert(2)</script>"
+    saved = plan_save({evil: dtensor_layout((8, 4), (2,), "S(0)")}).metadata
+    target = {evil: dtensor_layout((8, 4), (4,), "S(1)"), script: dtensor_layout((4,), (4,), "R")}
+    kw = dict(
+        checkpoint=script,
+        target=evil,
+        damage=[f"{evil}: data file is missing"],
+        facts={script: evil},
+        format_tables={script: pd.DataFrame({evil: [script]})},
+        file_problems=[],
+    )
+    content = report_content(saved, target, **kw)
+    assert [p.kind for p in content.problems] == ["missing_key"]
+    assert content.shown_problems == content.problems and content.pictured == (evil,)
+    text = build_report(saved, target, **kw)
+
+    class Elements(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.data = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+
+        def handle_data(self, data):
+            self.data.append(data)
+
+    page = Elements()
+    page.feed(text)
+    tags = [t for t, _ in page.tags]
+    assert "script" not in tags and tags.count("img") == len(content.pictured) + 2
+    for _tag, attrs in page.tags:  # the pictures and the I/O charts: data URIs, no handlers
+        assert not any(a.startswith("on") for a in attrs)
+        assert attrs.get("src", "data:").startswith("data:")
+    joined = "".join(page.data)
+    for s in (evil, script, f"{evil}: data file is missing"):
+        assert s in joined

@@ -720,6 +720,34 @@ def test_style_by_rank_colours_rank_columns_like_the_pictures():
     assert html.count("background-color") == 3  # not the <NA> writer, not numel
 
 
+def test_style_by_rank_escapes_markup_and_writes_bytes_in_human_units():
+    from html.parser import HTMLParser
+
+    evil = "<img src=x onerror=alert(1)>"
+    df = pd.DataFrame(
+        {"fqn": [evil], "<b>col</b>": ["x"], "bytes": pd.array([1536], dtype="Int64")},
+        index=["<i>row</i>"],
+    )
+    html = style_by_rank(df).to_html()
+
+    class Tags(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.data = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+
+        def handle_data(self, data):
+            self.data.append(data.strip())
+
+    parsed = Tags()
+    parsed.feed(html)
+    assert not {"img", "b", "i", "script"} & set(parsed.tags)
+    assert {evil, "<b>col</b>", "<i>row</i>", "1.5 KiB"} <= set(parsed.data)
+    assert df["bytes"].tolist() == [1536]  # the frame keeps the integers
+
+
 def test_checkpoint_table_accepts_an_opened_checkpoint():
     from workbench.checkpoint import Checkpoint
 

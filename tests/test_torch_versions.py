@@ -622,11 +622,10 @@ def test_dtensor_maths_equal_that_versions_own_code(v):
 def test_newest_maths_fail_older_versions_recordings():
     """The check is not vacuous: 2.13's maths disagree with 2.4 - 2.9's recordings (empty-shard
     offsets, nested shards, _StridedShard), and agree with 2.10+'s."""
+    newest = [maths_rows(case, "2.13") for case in cases()["dtensor"]]
     for v in SUPPORTED_TORCH_VERSIONS:
         wrong = sum(
-            maths_rows(case, "2.13") != rec
-            for case, rec in zip(cases()["dtensor"], recorded_maths(v))
-            if rec != "no _StridedShard"
+            ours != rec for ours, rec in zip(newest, recorded_maths(v)) if rec != "no _StridedShard"
         )
         assert (wrong > 0) is (version_key(v) <= (2, 9)), (v, wrong)
     # the (6,) case on (2, 4) [S(0), S(0)]: ranks 3 and 7 are empty at offset 3 through 2.7
@@ -698,25 +697,50 @@ def test_strided_shard_refused_where_torch_has_none():
 
 
 # ----------------------------------------------------------------------------- newer torch
-def test_a_newer_installed_torch_is_assumed_the_newest_with_one_warning(monkeypatch):
-    from workbench import versions
+def test_a_newer_installed_torch_is_assumed_the_newest_with_one_warning():
+    """In a fresh process whose installed torch reads as 2.16: the newest recorded semantics,
+    one NewerTorchWarning naming the version assumed (once per process), the same line for
+    headers, and torch_version="2.16" itself refused."""
+    import subprocess
+    import sys
 
-    monkeypatch.setattr(versions, "installed_torch_version", lambda: "2.16")
-    monkeypatch.setattr(versions, "_warned_newer", False)
-    note = versions.assumed_version_note()
-    assert note.startswith("torch 2.16 is installed, newer than") and "torch 2.15's" in note
-    with pytest.warns(versions.NewerTorchWarning, match="assumes torch 2.15's DCP semantics"):
-        assert versions.default_torch_version() == "2.15"
-    import warnings
+    program = """
+import json, warnings
+import workbench.versions as versions
+versions.installed_torch_version = lambda: "2.16"
+from workbench.errors import WorkbenchError
+from workbench.planning import plan_save
+from workbench.sharding import tensor_layout
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    got = [plan_save({"t": tensor_layout((2,), 1)}).torch_version for _ in range(3)]
+try:
+    plan_save({"t": tensor_layout((2,), 1)}, torch_version="2.16")
+    refused = None
+except WorkbenchError as e:
+    refused = str(e)
+print(json.dumps({"got": got, "warnings": [(w.category.__name__, str(w.message)) for w in caught],
+                  "note": versions.assumed_version_note(), "refused": refused}))
+"""
+    root = str(DATA.parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+        env={**__import__("os").environ, "PYTHONPATH": root},
+        check=True,
+    )
+    rec = json.loads(out.stdout.strip().splitlines()[-1])
+    assert rec["got"] == ["2.15"] * 3
+    assert rec["warnings"] == [["NewerTorchWarning", rec["note"]]]
+    assert rec["note"].startswith("torch 2.16 is installed, newer than")
+    assert "assumes torch 2.15's DCP semantics" in rec["note"]
+    assert "'2.16' is newer than every recorded version" in rec["refused"]
+    from workbench.versions import assumed_version_note
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # once per process: no second warning
-        assert versions.default_torch_version() == "2.15"
-        assert plan_save({"t": tensor_layout((2,), 1)}).torch_version == "2.15"
-    with pytest.raises(WorkbenchError, match="newer than every recorded version"):
-        plan_save({"t": tensor_layout((2,), 1)}, torch_version="2.16")
-    monkeypatch.setattr(versions, "installed_torch_version", lambda: "2.13")
-    assert versions.assumed_version_note() is None
+    assert assumed_version_note() is None  # this process: torch 2.13
 
 
 def test_checkpointable_tensor_is_refused_by_name():

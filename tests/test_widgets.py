@@ -16,6 +16,7 @@ import workbench as wb
 from workbench import LayoutError, PlacementError, WorkbenchError
 from workbench.colors import HIGHLIGHT_COLOR
 from workbench.geometry import Chunk
+from workbench.targets import parse_ints
 from workbench.widgets import (
     CLASSIC_RESHARDS,
     DEFAULT_CLASSIC,
@@ -23,7 +24,6 @@ from workbench.widgets import (
     ReadOrderStepper,
     ReshardExplorer,
     explore_reshard,
-    parse_ints,
     plan_checkpoint,
     step_read_order,
 )
@@ -39,6 +39,12 @@ def _html(out):
     """The HTML (or plain text) an Output widget shows."""
     (rec,) = out.outputs
     return rec["data"].get("text/html", rec["data"]["text/plain"])
+
+
+def _canvas_reads(canvas):
+    """The read-item rows the canvas's table shows, as {column: value} dicts."""
+    cols = canvas.meta["read_columns"]
+    return [dict(zip(cols, row)) for row in canvas.meta["reads"]]
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -72,9 +78,11 @@ def test_default_explorer_shows_a_classic_reshard():
     assert r.png.startswith(PNG) and r.figure.axes
     assert list(ex.rank.options) == list(range(8))
     assert ex.message.value == ""
-    (img,) = ex.picture.outputs
-    assert img["data"]["image/png"]  # base64 text of the PNG
-    assert "<table" in _html(ex.reads) and "[0:2, 0:6]" in _html(ex.reads)
+    # the canvas got the scene: 8 saved chunks, rank 0's reads, its table rows
+    scene = ex.canvas.scene
+    assert len(scene.of_kind("saved")) == 8 and ex.canvas.scene_id >= 1
+    assert [r["dest_region"] for r in _canvas_reads(ex.canvas)] == ["[0:2, 0:6]", "[2:4, 0:6]"]
+    assert len(ex.canvas.boxes) == 8 * 4 * len(scene)  # float64 x, y, w, h per tile, binary
     assert "no problems found" in _html(ex.problems)
     assert r.problems == ()
 
@@ -105,7 +113,7 @@ def test_fsdp_to_fsdp_tp_read_items_worked_by_hand():
 def test_rank_change_redraws_picture_and_table_without_replanning():
     ex = ReshardExplorer("FSDP 8 -> 4")
     first = ex.result
-    png, reads_html = ex.picture.outputs[0]["data"]["image/png"], _html(ex.reads)
+    boxes, reads_before = ex.canvas.boxes, _canvas_reads(ex.canvas)
     ex.rank.value = 2
     second = ex.result
     assert second is not first and second.rank == 2
@@ -114,8 +122,8 @@ def test_rank_change_redraws_picture_and_table_without_replanning():
         ("[8:10, 0:12]", "[8:10, 0:12]", 4),
         ("[10:12, 0:12]", "[10:12, 0:12]", 5),
     ]
-    assert ex.picture.outputs[0]["data"]["image/png"] != png
-    assert _html(ex.reads) != reads_html
+    assert ex.canvas.boxes != boxes and _canvas_reads(ex.canvas) != reads_before
+    assert [r["dest_region"] for r in _canvas_reads(ex.canvas)] == ["[8:10, 0:12]", "[10:12, 0:12]"]
     assert second.save is first.save and second.load is first.load  # plans are cached per spec
 
 
@@ -186,7 +194,7 @@ BAD_INPUTS = [
 )
 def test_bad_input_goes_to_the_message_panel_and_keeps_the_last_result(control, value, expected):
     ex = ReshardExplorer("FSDP -> FSDP+TP")
-    good, outputs = ex.result, (ex.picture.outputs, ex.reads.outputs, ex.problems.outputs)
+    good, outputs = ex.result, (ex.canvas.scene_id, ex.problems.outputs)
     getattr(ex, control).value = value
     if expected is None:
         assert ex.message.value == "" and ex.result is not good
@@ -194,7 +202,7 @@ def test_bad_input_goes_to_the_message_panel_and_keeps_the_last_result(control, 
     assert expected in html.unescape(ex.message.value)
     assert "Traceback" not in ex.message.value
     assert ex.result is good
-    assert (ex.picture.outputs, ex.reads.outputs, ex.problems.outputs) == outputs
+    assert (ex.canvas.scene_id, ex.problems.outputs) == outputs
     # the panel shows exactly the WorkbenchError the plain function raises
     kw = dict(
         shape=ex.shape.value,
@@ -220,7 +228,7 @@ def test_a_bug_is_reported_in_the_panel_and_raised(monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("boom")
 
-    monkeypatch.setattr("workbench.widgets.explore_reshard", broken)
+    monkeypatch.setattr("workbench.widgets.reshard.explore_reshard", broken)
     with pytest.raises(KeyError):
         ex.rank.value = 1
     assert "internal error, please report: KeyError: &#x27;boom&#x27;" in ex.message.value
@@ -375,8 +383,11 @@ def test_plan_checkpoint_targets(llama_save):
     assert by_name.problems == () and by_name.load.world_size == 4
     with pytest.raises(WorkbenchError, match="source is a int"):
         plan_checkpoint(3)
-    with pytest.raises(WorkbenchError, match=r"target \['llama'\] is not understood"):
+    with pytest.raises(WorkbenchError, match=r"target is a list"):
         plan_checkpoint(llama_save, ["llama"])
+    # the CLI's spec strings work too, parsed by workbench.targets
+    by_spec = plan_checkpoint(llama_save, "llama-tiny:fsdp2+tp:dp=2,tp=2")
+    assert by_spec.load.world_size == 4 and list(by_spec.layouts) == list(layouts)
 
 
 # ----------------------------------------------------------------------------- ReadOrderStepper
@@ -401,7 +412,8 @@ def test_stepper_walks_dcp_order_and_lights_one_item():
     assert st.result.step == 0 and st.step.value == 0
     st.step.value = 1
     assert st.result.item == items[1]
-    assert "background-color: #ffd400" in _html(st.reads)
+    # the canvas lights that read: its number is the item's place in the rank's LoadPlan
+    assert st.canvas.highlight == int(st.result.reads["order"].iloc[1])
     st.rank.value = 0  # a new rank starts at its first item
     assert st.result.rank == 0 and st.result.step == 0
 
@@ -445,6 +457,27 @@ def test_checkpoint_explorer_target_controls_replan():
     assert "target mesh '4, x' is not a list of integers" in html.unescape(ex.message.value)
     assert ex.plan.load.world_size == 8
     ex.mesh.value = "2"  # fsdp2+tp needs a 2-d mesh
-    assert "mesh shape (2,) has 1 dims" in html.unescape(ex.message.value)
+    assert "target mesh (2,) has 1 dims (fsdp2+tp's 2: dp, tp)" in html.unescape(ex.message.value)
     ex.recipe.value = "fsdp"
     assert ex.message.value == "" and ex.plan.load.world_size == 2 and ex.rank.value == 1
+
+
+def test_checkpoint_explorer_target_boxes_show_the_target_planned():
+    from workbench.models import apply_recipe, model_state_dict
+
+    sd = model_state_dict("llama", "tiny")
+    save = wb.plan_save(apply_recipe(sd, "fsdp", (4,)))
+    # a dict target: the recipe and mesh boxes claim nothing
+    ex = CheckpointExplorer(save, apply_recipe(sd, "fsdp2+tp", (2, 2)))
+    assert (ex.preset.value, ex.recipe.value, ex.mesh.value) == ("", None, "")
+    assert ex.plan.load.world_size == 4
+    # a whole spec typed into the preset box, as the CLI takes it: planned, and split into boxes
+    ex.preset.value = "llama-tiny:fsdp2+tp:dp=4,tp=2"
+    assert ex.message.value == "" and ex.plan.load.world_size == 8
+    assert (ex.preset.value, ex.recipe.value, ex.mesh.value) == ("llama-tiny", "fsdp2+tp", "4, 2")
+    assert "llama-tiny:fsdp2+tp:dp=4,tp=2" in ex.header.value
+    # a spec given to the constructor
+    ex2 = CheckpointExplorer(save, "llama-tiny:hsdp:replicate=2,dp=2")
+    assert (ex2.preset.value, ex2.recipe.value, ex2.mesh.value) == ("llama-tiny", "hsdp", "2, 2")
+    ex2.preset.value = "llama-tiny:fsdp:dp=x"
+    assert "mesh dim 'dp=x'" in html.unescape(ex2.message.value) and ex2.plan.load.world_size == 4

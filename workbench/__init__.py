@@ -42,8 +42,10 @@ _EXPORTS: dict[str, str] = {
     # readers
     "load_metadata": "formats",
     "open_checkpoint": "checkpoint",
-    # the user's own code as the target
+    # the user's own code as the target, and a checked dcp.load / dcp.save inside the job
     "capture": "torch_bridge.capture",
+    "CheckedLoadPlanner": "torch_bridge.checked_planner",
+    "CheckedSavePlanner": "torch_bridge.checked_planner",
     # diagnosis
     "Problem": "diagnosis",
     "find_problems": "diagnosis",

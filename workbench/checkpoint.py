@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .diagnosis import Problem, find_checkpoint_problems
+from .diagnosis import Problem, Problems, find_checkpoint_problems
 from .errors import MetadataError
 from .formats import read_checkpoint
 from .formats.dcp_files import writer_of_file
@@ -182,11 +182,25 @@ class Checkpoint:
         """Writer rank of each of ``fqn``'s chunks, in chunk order."""
         return [c.writer_rank for c in self.chunks_of(fqn)]
 
-    def problems(self) -> list[Problem]:
+    def problems(self) -> Problems:
         """`Problem`s (severity ``error``: torch's reader raises mid-load) for missing data files
         and byte ranges past their file's end (fqn: the file; ranks: its writers) and chunks
         without a storage entry (fqn: the entry)."""
-        return _damage(self)
+        return Problems(_damage(self))
+
+    def __repr__(self) -> str:
+        # the chunks of a whole model are thousands of records: the plain text is a summary
+        return (
+            f"Checkpoint({self.path!r}, format={self.format!r}, "
+            f"entries={len(self.metadata.state_dict_metadata)}, chunks={len(self.chunks)}, "
+            f"files={len(self.file_sizes)}, missing_files={len(self.missing_files)})"
+        )
+
+    def _repr_html_(self) -> str:
+        # the HTML layer sits above the checkpoint; loaded only when a notebook shows one
+        from .reprs import checkpoint_html
+
+        return checkpoint_html(self)
 
 
 def open_checkpoint(path, rank: int | None = None) -> Checkpoint:
@@ -577,7 +591,7 @@ def _prod(v) -> int:
     return n
 
 
-def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -> list:
+def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -> Problems:
     """Whether a checkpoint's files are all there, as `diagnosis.Problem` records: no metadata
     beside data files (an interrupted or asynchronous save), data files missing or shorter than
     the byte ranges the metadata names, chunks without a storage entry, duplicate chunks, holes
@@ -592,17 +606,19 @@ def find_file_problems(checkpoint, deep: bool = False, progress: bool = False) -
         except MetadataError as e:
             if getattr(e, "reason", None) != "no_metadata":
                 raise
-            return [
-                _problem(
-                    e.fqn,
-                    "no_metadata",
-                    (),
-                    None,
-                    "error",
-                    f"{e.what} ({e.expectation}).",
-                    e.fix,
-                )
-            ]
+            return Problems(
+                [
+                    _problem(
+                        e.fqn,
+                        "no_metadata",
+                        (),
+                        None,
+                        "error",
+                        f"{e.what} ({e.expectation}).",
+                        e.fix,
+                    )
+                ]
+            )
     ck = checkpoint
     out = ck.problems()
     if ck.format == "megatron":

@@ -100,7 +100,8 @@ def _problem_dict(p) -> dict:
 def _cmd_inspect(args) -> int:
     from .checkpoint import describe_checkpoint
     from .diagnosis import find_checkpoint_problems
-    from .report import human_bytes, shape_text
+    from .formatting import format_bytes
+    from .report import shape_text
 
     ckpt = _open(args.checkpoint)
     info = describe_checkpoint(ckpt.metadata)
@@ -135,7 +136,7 @@ def _cmd_inspect(args) -> int:
             e["dtype"] or "",
             len(e["chunks"]),
             format_ranks(c["writer"] for c in e["chunks"] if c["writer"] is not None),
-            "" if e["nbytes"] is None else human_bytes(e["nbytes"]),
+            "" if e["nbytes"] is None else format_bytes(e["nbytes"]),
         ]
         for e in info["entries"]
     ]
@@ -158,7 +159,7 @@ def _cmd_inspect(args) -> int:
     _table(
         "files",
         ["file", "writer", "items", "bytes"],
-        [[f["file"], f["writer"], f["items"], human_bytes(f["bytes"])] for f in info["files"]],
+        [[f["file"], f["writer"], f["items"], format_bytes(f["bytes"])] for f in info["files"]],
     )
     if problems:
         _table(
@@ -408,10 +409,10 @@ def _io_summary(result) -> dict:
 
 
 def _io_lines(io: dict):
-    from .report import human_bytes
+    from .formatting import format_bytes
 
     for k, v in io.items():
-        yield k.replace("_", " "), human_bytes(v) if "bytes" in k else v
+        yield k.replace("_", " "), format_bytes(v) if "bytes" in k else v
 
 
 def _cmd_explain(args) -> int:

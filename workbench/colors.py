@@ -6,7 +6,11 @@ session (or of two sessions) agree without sharing state. The first 18 ranks get
 so neighbouring ranks differ in hue); every further block of 18 ranks reuses the hues with a
 lightness step, a small hue turn and (past six blocks) a saturation step: ranks 0..4095 get 4096
 different colours, and neighbouring ranks always differ in hue. Grey is kept for "writer
-unknown". Pure standard library (``colorsys``): no matplotlib.
+unknown".
+
+Past `MAX_CATEGORICAL_RANKS` ranks in one picture, 64 hues can be told apart only in pairs and a
+legend of 64 swatches says nothing: such pictures colour by `rank_scale_color` instead, a
+continuous scale (viridis) over ``0..n-1`` drawn with a colour bar that names it. Pure standard library (``colorsys``): no matplotlib.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ __all__ = [
     "rank_color",
     "rank_colors",
     "text_color",
+    "MAX_CATEGORICAL_RANKS",
+    "RANK_SCALE",
+    "rank_scale_color",
 ]
 
 # matplotlib's tab20 (hex) minus its greys, dark hues first then their light partners.
@@ -92,3 +99,34 @@ def text_color(background: str) -> str:
 
     r, g, b = (lin(c) for c in _rgb(background))
     return "#000000" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "#ffffff"
+
+
+MAX_CATEGORICAL_RANKS = len(BASE_PALETTE)  # more ranks in one picture: `rank_scale_color`
+# matplotlib's viridis at 0, 1/8, ..., 1 (perceptually uniform, readable in grey and by the
+# colour-blind); linear in RGB between them, as matplotlib's ListedColormap of 9 colours would be
+RANK_SCALE: tuple[str, ...] = (
+    "#440154",
+    "#472d7b",
+    "#3b528b",
+    "#2c728e",
+    "#21918c",
+    "#28ae80",
+    "#5ec962",
+    "#addc30",
+    "#fde725",
+)
+
+
+@lru_cache(maxsize=8192)
+def rank_scale_color(rank: int, n: int) -> str:
+    """Hex colour of ``rank`` on the continuous rank scale of ``n`` ranks (`RANK_SCALE` from rank
+    0 to rank n-1); ``None`` or a negative rank gets `UNKNOWN_COLOR`."""
+    if rank is None or rank < 0:
+        return UNKNOWN_COLOR
+    t = min(max(rank / (n - 1), 0.0), 1.0) if n > 1 else 0.0
+    k, f = divmod(t * (len(RANK_SCALE) - 1), 1.0)
+    k = int(k)
+    if k >= len(RANK_SCALE) - 1:
+        return RANK_SCALE[-1]
+    a, b = _rgb(RANK_SCALE[k]), _rgb(RANK_SCALE[k + 1])
+    return _hex(tuple(x + (y - x) * f for x, y in zip(a, b)))  # type: ignore[arg-type]

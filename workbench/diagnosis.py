@@ -48,6 +48,7 @@ from .versions import resolve_torch_version, semantics
 
 __all__ = [
     "Problem",
+    "Problems",
     "Kind",
     "Severity",
     "KINDS",
@@ -141,6 +142,30 @@ class Problem:
 
     def __str__(self) -> str:
         return f"[{self.severity}] {self.kind}: {self.message} {self.fix}"
+
+
+class Problems(list):
+    """What every ``find_*problems`` returns: a list of `Problem` in every way (equal to a list
+    of the same problems, sliced into lists, ``+=`` keeps it a `Problems`) that shows itself in
+    a notebook: counts by severity and the problems table as HTML (`reprs.problems_html`), one
+    problem per line as IPython's plain text. ``repr`` stays the list's."""
+
+    __slots__ = ()
+
+    def _repr_html_(self) -> str:
+        # the HTML layer sits above the diagnosis; loaded only when a notebook shows the list
+        from .reprs import problems_html
+
+        return problems_html(self)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        if not self:
+            printer.text("Problems([])")
+            return
+        counts = ", ".join(
+            f"{n} {s}" for s in SEVERITIES if (n := sum(p.severity == s for p in self))
+        )
+        printer.text("\n".join([f"{len(self)} problems ({counts})", *map(str, self)]))
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -434,7 +459,7 @@ def _failures(result) -> dict[str, tuple[tuple[int, ...], str]]:
     return out
 
 
-def find_problems(load_result, *, torch_version: str | None = None) -> list[Problem]:
+def find_problems(load_result, *, torch_version: str | None = None) -> Problems:
     """Problems of a whole load plan (``planning.plan_load``'s result), sorted by fqn (target order,
     then checkpoint-only keys) and kind, under the plan's torch version; a different
     ``torch_version`` re-plans the same load with that version first (e.g. a size mismatch is an
@@ -513,7 +538,7 @@ def find_problems(load_result, *, torch_version: str | None = None) -> list[Prob
             )
     order = {f: i for i, f in enumerate(list(layouts) + [k for k in items if k not in layouts])}
     out.sort(key=lambda p: _sort_key(p, order))
-    return out
+    return Problems(out)
 
 
 def _one_copy_for_all(fqn, layout, md) -> Problem:
@@ -689,7 +714,7 @@ def _tensor_problems(
 
 
 # ----------------------------------------------------------------------------- checkpoint alone
-def find_checkpoint_problems(metadata) -> list[Problem]:
+def find_checkpoint_problems(metadata) -> Problems:
     """Problems a checkpoint has whatever the target: per tensor, the regions no saved chunk
     covers and the regions several saved chunks cover (``uncovered`` / ``overlap``, ranks ``()``,
     severity ``silent``: a load requesting them gets stale or last-applied values without an
@@ -714,7 +739,7 @@ def find_checkpoint_problems(metadata) -> list[Problem]:
         live = [c for c in entry.chunks if not c.is_empty]
         out.extend(_hole_problems(fqn, None, live, cov, "silent"))
         out.extend(_overlap_problems(fqn, None, entry.chunks, cov, "silent"))
-    return out
+    return Problems(out)
 
 
 # ----------------------------------------------------------------------------- save side
@@ -734,7 +759,7 @@ def _validation_quote(errs: list[str], all_errs: list[str], torch_version: str =
     return "Failed to validate global plan: ... with, for this key: " + "; ".join(errs)
 
 
-def find_save_problems(save_result) -> list[Problem]:
+def find_save_problems(save_result) -> Problems:
     """Problems of a whole save plan (``planning.plan_save``'s result): Partial placements (save
     raises), ``_StridedShard`` layouts whose boxes are not their data (validation fails: such a
     checkpoint cannot exist), chunks that overlap or leave holes (validation raises when more than
@@ -811,7 +836,7 @@ def find_save_problems(save_result) -> list[Problem]:
     out.extend(_lost_chunk_problems(save_result))
     order = {f: i for i, f in enumerate(layouts)}
     out.sort(key=lambda p: _sort_key(p, order))
-    return out
+    return Problems(out)
 
 
 def _offset_collisions(fqn, layout, saved, writers, errs, tv) -> list[Problem]:

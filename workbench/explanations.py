@@ -25,14 +25,64 @@ from .sharding import Layout, RankValue, bytes_layout, format_placements
 from .sources import as_record, as_value
 from .versions import resolve_torch_version, semantics
 
-__all__ = ["explain", "Explanation"]
+__all__ = ["explain", "Explanation", "ReportedFailure", "REPORTED_FAILURES"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedFailure:
+    """A public report of a reshard failure that the workbench reproduces (real gloo runs,
+    ``tools/record_reported_failures.py`` -> ``tests/data/reported/<key>/``) and predicts from the
+    checkpoint's files and the target (notebook ``09_reported_failures``). ``error`` matches
+    torch's message in the report (None when the failure is silent)."""
+
+    key: str
+    url: str
+    title: str
+    error: re.Pattern | None
+    diagnosis: str
+    fix: str
+
+
+REPORTED_FAILURES: tuple[ReportedFailure, ...] = (
+    ReportedFailure(
+        key="torchtitan-811",
+        url="https://github.com/pytorch/torchtitan/issues/811",
+        title="FSDP checkpoints don't load when run is restarted with greater world size",
+        error=re.compile(r"Missing key in checkpoint state_dict: dataloader\.dp_rank_\d+"),
+        diagnosis="the data loader's state is saved per data-parallel rank "
+        "(dataloader.dp_rank_<r>); the new ranks ask for keys no old rank saved",
+        fix="Exclude the data loader from loading (torchtitan: checkpoint.exclude_from_loading = "
+        "['dataloader']) or keep the data-parallel degree; the model and optimizer reshard.",
+    ),
+    ReportedFailure(
+        key="torchtitan-816",
+        url="https://github.com/pytorch/torchtitan/pull/816",
+        title="dp_degree mismatch during dataloader loading (save dp:4 -> load dp:2)",
+        error=None,
+        diagnosis="loading on fewer data-parallel ranks succeeds without a word: the saved "
+        "dataloader.dp_rank_2 / dp_rank_3 are never read, their data positions are lost",
+        fix="Store the data-parallel degree with the loader state and refuse a mismatch "
+        "(torchtitan's fix), or re-split the loader state yourself.",
+    ),
+    ReportedFailure(
+        key="pytorch-148252",
+        url="https://github.com/pytorch/pytorch/issues/148252",
+        title="Can't pass strict=False when loading a distributed checkpoint (missing keys)",
+        error=re.compile(r"Missing key in checkpoint state_dict: (?!dataloader\.dp_rank_)[^\s{]+"),
+        diagnosis="the target model has parameters the checkpoint never saved; dcp.load is "
+        "strict by default and every rank raises on its first missing key",
+        fix="dcp.load(..., planner=DefaultLoadPlanner(allow_partial_load=True)) and initialise "
+        "the new parameters yourself.",
+    ),
+)
 
 
 @dataclass(frozen=True)
 class Explanation:
     """What a torch DCP error string means: ``pattern`` (which message was recognised), ``cause``,
-    ``what_to_check`` (steps), the ``fqn`` named, the parsed ``numbers``, and for a
-    ``CheckpointException`` dump the failing ``ranks`` and the ``inner`` explanations."""
+    ``what_to_check`` (steps), the ``fqn`` named, the parsed ``numbers``, for a
+    ``CheckpointException`` dump the failing ``ranks`` and the ``inner`` explanations, and the
+    public ``reports`` (`REPORTED_FAILURES`) whose error text this is."""
 
     pattern: str
     cause: str
@@ -43,11 +93,13 @@ class Explanation:
     inner: tuple[Explanation, ...] = ()
     text: str = ""
     torch_version: str | None = None
+    reports: tuple[ReportedFailure, ...] = ()
 
     def __str__(self) -> str:
         head = f"{self.fqn}: " if self.fqn else ""
         lines = [f"{head}{self.cause} [{self.pattern}]"]
         lines += [f"  - {w}" for w in self.what_to_check]
+        lines += [f"  - reported: {r.url} ({r.title}); fix: {r.fix}" for r in self.reports]
         for e in self.inner:
             lines += ["  " + ln for ln in str(e).splitlines()]
         return "\n".join(lines)
@@ -179,7 +231,8 @@ def explain(
                         *e.what_to_check,
                     ),
                 )
-            return replace(e, torch_version=tv)
+            reports = tuple(r for r in REPORTED_FAILURES if r.error and r.error.search(text))
+            return replace(e, torch_version=tv, reports=reports)
     return Explanation(
         pattern="unknown",
         cause="This is not one of the DCP error messages the workbench knows.",

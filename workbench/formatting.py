@@ -7,7 +7,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["index_runs", "format_ranks", "format_held", "ranks_text", "list_text"]
+__all__ = [
+    "index_runs",
+    "format_ranks",
+    "format_held",
+    "ranks_text",
+    "list_text",
+    "BYTE_UNITS",
+    "byte_unit",
+    "format_bytes",
+]
+
+# Binary units: DCP's sizes are element counts times 1, 2, 4 or 8 bytes, and tensor shapes are
+# powers of two more often than not, so 2**k sizes read as round numbers ("16 GiB", not "17.2 GB").
+BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
 
 def index_runs(indices: Iterable[int]) -> list[tuple[int, int]]:
@@ -58,3 +71,34 @@ def list_text(values, limit: int = 8) -> str:
     if len(vs) > limit:
         return "[" + ", ".join(map(str, vs[:limit])) + f", ... ({len(vs)} in all)]"
     return "[" + ", ".join(map(str, vs)) + "]"
+
+
+def byte_unit(n: float) -> tuple[int, str]:
+    """``(factor, name)`` of the binary unit that writes ``n`` bytes with 1 to 3 digits before
+    the point: ``byte_unit(3 * 2**30)`` -> ``(2**30, "GiB")``; an axis scaled by ``1 / factor``
+    gets round ticks and says its unit once, in its label."""
+    n = abs(float(n))
+    k = 0
+    while k < len(BYTE_UNITS) - 1 and n >= 1024 ** (k + 1):
+        k += 1
+    return 1024**k, BYTE_UNITS[k]
+
+
+def format_bytes(n) -> str:
+    """Bytes in binary units, at most three significant digits: ``1536`` -> ``"1.5 KiB"``,
+    ``2**30`` -> ``"1 GiB"``, ``1128840839168`` -> ``"1.03 TiB"``, ``1023`` -> ``"1023 B"``; None ->
+    ``"unknown"`` (a pickled entry's size before a real save). The one byte formatter of the
+    workbench: pictures, tables, the CLI and the report all write bytes with it."""
+    if n is None:
+        return "unknown"
+    factor, unit = byte_unit(n)
+    if factor == 1:
+        return f"{int(n)} B"
+    v = float(n) / factor
+    # three significant digits, trailing zeros dropped; 1023.99 KiB rounds to "1024 KiB", never
+    # to an exponent
+    digits = 2 if abs(v) < 10 else 1 if abs(v) < 100 else 0
+    text = f"{v:.{digits}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} {unit}"

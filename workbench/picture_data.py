@@ -23,11 +23,17 @@ from itertools import product
 
 import numpy as np
 
-from .colors import HIGHLIGHT_COLOR, UNKNOWN_COLOR, rank_color
+from .colors import (
+    HIGHLIGHT_COLOR,
+    MAX_CATEGORICAL_RANKS,
+    UNKNOWN_COLOR,
+    rank_color,
+    rank_scale_color,
+)
 from .errors import LayoutError, MetadataError, PlanError
 from .formats.dcp_files import writer_of_file
-from .formatting import format_held, format_ranks, index_runs
-from .geometry import Chunk, uncovered
+from .formatting import format_bytes, format_held, format_ranks, index_runs
+from .geometry import Chunk, boxes_overlap, limited_candidate_pairs, overlap_mask, uncovered
 from .planner_helpers import create_read_items_for_chunk_list
 from .records import (
     BytesStorageMetadata,
@@ -44,6 +50,10 @@ __all__ = [
     "Tile",
     "box_fields",
     "Picture",
+    "RankScale",
+    "LabelBox",
+    "place_labels",
+    "label_size",
     "BarsData",
     "TrafficData",
     "LayoutPanels",
@@ -55,13 +65,29 @@ __all__ = [
     "traffic_data",
     "bytes_per_rank_data",
     "MAX_PANELS",
+    "MAX_LABELS",
 ]
 
 MAX_PANELS = 16  # small multiples beyond this are left out (and said so in a note)
+# Tiles given a label text, per layer; `place_labels` then draws only those that fit, so this
+# bounds the cost of the text objects, not the clutter (64: an 8 x 8 mesh's chunks)
+MAX_LABELS = 64
 MAX_NOTE_ITEMS = 8  # chunks / regions named in one note line before "... (+n more)"
 UNCOVERED_COLOR = "#d62728"
 HELD_COLOR = "#2ca02c"
 WANTED_COLOR = "#555555"
+# Label boxes in pixels: DejaVu Sans (matplotlib's default) advances digits by 1303/2048 em, the
+# widest glyphs most labels hold, and a line of text takes 1.2 em; padding keeps a label off
+# its tile's edge.
+CHAR_EM = 0.64
+WIDE_EM = 0.87  # "\u2190", "#", "w" and capitals (DejaVu Sans: 1716/2048 em and less)
+FULL_EM = 1.0  # "W", "M", "m", "%", "@" and anything past Latin (CJK keys, emoji)
+LINE_EM = 1.2
+DESCENT_EM = 0.15
+LABEL_PAD_PX = 2.0
+# Which labels are placed first (greedy, by priority): the load rank's reads, then its own
+# boxes, then the chunks of the picture, the saved chunks last.
+LABEL_PRIORITY = {"read": 0, "target": 1, "chunk": 2, "cell": 3, "saved": 4}
 # Chunk tiles get outlines up to this many: past it, seams would hide the tiles (and strokes
 # double Agg's cost); neighbouring ranks' hues differ anyway.
 MAX_OUTLINED = 256
@@ -91,10 +117,21 @@ class Tile:
 
 
 @dataclass(frozen=True, slots=True)
+class RankScale:
+    """Tiles coloured on the continuous rank scale of ranks ``0..n-1``
+    (`colors.rank_scale_color`), to be drawn as a colour bar titled ``label``: the picture has
+    more than `colors.MAX_CATEGORICAL_RANKS` ranks, too many for one legend swatch each."""
+
+    label: str
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
 class Picture:
     """A drawable picture: tiles in drawing order (later on top), the drawn extent, titles, side
-    notes (facts that have no area, e.g. empty shards) and legend entries
-    ``(label, face, edge, hatch)``."""
+    notes (facts that have no area, e.g. empty shards), legend entries
+    ``(label, face, edge, hatch)`` and, past `colors.MAX_CATEGORICAL_RANKS` ranks, the
+    continuous rank ``scale`` the tiles are coloured on (None: categorical rank colours)."""
 
     tiles: tuple[Tile, ...]
     width: int
@@ -105,9 +142,145 @@ class Picture:
     notes: tuple[str, ...] = ()
     legend: tuple[tuple[str, str | None, str, str | None], ...] = ()
     window: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) shown; None: everything
+    scale: RankScale | None = None
 
     def of_kind(self, kind: str) -> list[Tile]:
         return [t for t in self.tiles if t.kind == kind]
+
+
+# ----------------------------------------------------------------------------- labels
+@dataclass(frozen=True, slots=True)
+class LabelBox:
+    """A label placed on a picture: the ``tile`` (index into ``Picture.tiles``) it names, the
+    ``text`` shown (the tile's label, or its first line when only that fits) and its box in
+    pixels from the view's top left corner (``x``, ``y`` its top left, ``w``, ``h``)."""
+
+    tile: int
+    text: str
+    x: float
+    y: float
+    w: float
+    h: float
+
+
+def _advance(c: str) -> float:
+    """An upper bound of a glyph's advance in DejaVu Sans, in em."""
+    if c == "\u2190" or c == "#" or c == "w" or "A" <= c <= "Z" and c not in "MW":
+        return WIDE_EM
+    if c in "WMm%@" or c > "\u024f":
+        return FULL_EM
+    return CHAR_EM
+
+
+def label_size(text: str, font_px: float) -> tuple[float, float]:
+    """``(width, height)`` in pixels a label of ``text`` takes at ``font_px``, an upper bound
+    from DejaVu Sans's advances (`CHAR_EM`, `WIDE_EM`, `FULL_EM`); the drawing measures with
+    the renderer's own metrics instead (`place_labels`' ``measure``)."""
+    lines = text.split("\n")
+    widest = max(sum(map(_advance, line)) for line in lines)
+    # matplotlib adds the last line's descent below the lines' spacing
+    return widest * font_px, (len(lines) * LINE_EM + DESCENT_EM) * font_px
+
+
+def place_labels(
+    picture: Picture,
+    width_px: float,
+    height_px: float,
+    *,
+    font_px: float = 8.0,
+    window: tuple[float, float, float, float] | None = None,
+    measure=None,
+) -> tuple[LabelBox, ...]:
+    """Which labels of ``picture`` are drawn, and where, on a view of ``width_px`` x
+    ``height_px`` pixels showing ``window`` (``(x0, y0, x1, y1)`` in element units; default the
+    picture's window, else all of it).
+
+    Greedy by priority (`LABEL_PRIORITY`: the load rank's reads first, the saved chunks last;
+    drawing order within a kind): a label goes at its tile's visible centre (a ``corner`` label
+    at its top left), padded by `LABEL_PAD_PX`; when the whole text does not fit inside the
+    visible part of its tile, its first line is tried; a label that still does not fit, whose
+    box overlaps one already placed, or that lies on a tile of another kind already labelled
+    (the rank's box under its lit reads), is left out. So no two drawn labels overlap and none spills
+    out of its tile, at any size and zoom. ``measure(text)`` gives a label's ``(width,
+    height)`` in pixels (default `label_size` at ``font_px``; a renderer's metrics when drawing).
+    """
+    measure = measure or (lambda text: label_size(text, font_px))
+    x0, y0, x1, y1 = window or picture.window or (0, 0, picture.width, picture.height)
+    sx = width_px / max(x1 - x0, 1e-12)
+    sy = height_px / max(y1 - y0, 1e-12)
+    order = sorted(
+        (i for i, t in enumerate(picture.tiles) if t.label),
+        key=lambda i: (LABEL_PRIORITY.get(picture.tiles[i].kind, len(LABEL_PRIORITY)), i),
+    )
+    pad = LABEL_PAD_PX
+    placed: list[LabelBox] = []
+    # what a new label must not overlap: the labels placed (kind None: any label) and the tiles
+    # they name (their kind: labels of other kinds, e.g. the rank's box behind its lit reads),
+    # in a uniform grid of 64 px cells, so each box is tested against its neighbours only
+    cell = 64.0
+    grid: dict[tuple[int, int], list[tuple[float, float, float, float, str | None]]] = {}
+
+    def cells(x, y, w, h):
+        return [
+            (cx, cy)
+            for cx in range(int(x // cell), int((x + w) // cell) + 1)
+            for cy in range(int(y // cell), int((y + h) // cell) + 1)
+        ]
+
+    for i in order:
+        t = picture.tiles[i]
+        # the tile's visible part, in pixels from the view's top left
+        left, right = (max(t.x, x0) - x0) * sx, (min(t.x + t.w, x1) - x0) * sx
+        top, bottom = (max(t.y, y0) - y0) * sy, (min(t.y + t.h, y1) - y0) * sy
+        if right - left <= 2 * pad or bottom - top <= 2 * pad:
+            continue
+        first = t.label.split("\n", 1)[0]
+        for text in dict.fromkeys((t.label, first)):
+            w, h = measure(text)
+            if w > right - left - 2 * pad or h > bottom - top - 2 * pad:
+                continue
+            if t.label_at == "corner":
+                bx, by = left + pad, top + pad
+            else:
+                bx, by = (left + right - w) / 2, (top + bottom - h) / 2
+            near = {id(o): o for c in cells(bx, by, w, h) for o in grid.get(c, ())}.values()
+            if any(
+                (kind is None or kind != t.kind)
+                and boxes_overlap((bx, by), (w, h), (ox, oy), (ow, oh))
+                for ox, oy, ow, oh, kind in near
+            ):
+                continue
+            placed.append(LabelBox(tile=i, text=text, x=bx, y=by, w=w, h=h))
+            for box in ((bx, by, w, h, None), (left, top, right - left, bottom - top, t.kind)):
+                for c in cells(*box[:4]):
+                    grid.setdefault(c, []).append(box)
+            break
+    return tuple(placed)
+
+
+# ----------------------------------------------------------------------------- rank colours
+def _painter(ranks, what: str):
+    """``(colour of a rank, RankScale or None)`` for a picture of tiles of ``ranks`` (tuples;
+    the first rank colours a tile): categorical rank colours up to `MAX_CATEGORICAL_RANKS`
+    distinct ranks, else the continuous scale over ``0..max rank``."""
+    distinct = {r[0] for r in ranks if r}
+    if len(distinct) <= MAX_CATEGORICAL_RANKS:
+        return rank_color, None
+    n = max(distinct) + 1
+    scale = RankScale(label=f"{what} (continuous scale, {len(distinct)} ranks)", n=n)
+    return (lambda r: rank_scale_color(r, n)), scale
+
+
+def _overlapping(rects: Sequence[tuple[int, int, int, int]]) -> set[int]:
+    """Indices of the rectangles ``(x, y, w, h)`` that share area with another one (saved
+    chunks of a damaged checkpoint, explicit layouts)."""
+    if len(rects) < 2:
+        return set()
+    a = np.array(rects, dtype=np.int64).reshape(-1, 4)
+    off, size = a[:, :2], a[:, 2:]
+    i, j, _ = limited_candidate_pairs(off, size, off, size, limit=1_000_000)
+    keep = (i != j) & overlap_mask(off[i], size[i], off[j], size[j])
+    return set(i[keep].tolist())
 
 
 def box_fields(rect: tuple[int, int, int, int]) -> dict[str, int]:
@@ -307,8 +480,10 @@ def _boxes(source, fqn: str | None) -> _Boxes:
 
 
 def _rank_legend(ranks, prefix: str = "r") -> tuple:
+    """One swatch per rank colouring a tile, up to `MAX_CATEGORICAL_RANKS` (beyond, the picture
+    has a colour bar instead: `RankScale`)."""
     distinct = sorted({r for rs in ranks for r in rs[:1]})
-    if not distinct or len(distinct) > 16:
+    if not distinct or len(distinct) > MAX_CATEGORICAL_RANKS:
         return ()
     return tuple((f"{prefix}{r}", rank_color(r), rank_color(r), None) for r in distinct)
 
@@ -340,10 +515,15 @@ def _layout_picture(b: _Boxes, view: _View, max_labels: int, writers: bool) -> P
     label = len(rects) <= max_labels
     long = len(rects) <= 16
     width = 0.8 if len(rects) <= MAX_OUTLINED else 0.0
+    paint, scale = _painter([r for _, _, r, _, _ in rects], "writer rank" if writers else "rank")
+    # a chunk sharing area with another is drawn translucent and outlined in its own colour, so
+    # the one drawn later does not hide it
+    overlapping = _overlapping([rect for rect, *_ in rects])
     tiles = []
-    for (x, y, w, h), c, ranks, lab, mis in rects:
-        color = rank_color(ranks[0]) if ranks else UNKNOWN_COLOR
+    for k, ((x, y, w, h), c, ranks, lab, mis) in enumerate(rects):
+        color = paint(ranks[0]) if ranks else UNKNOWN_COLOR
         text = (f"{lab}\n{c}" if long else lab) if label else None
+        over = k in overlapping
         tiles.append(
             Tile(
                 x=x,
@@ -352,19 +532,25 @@ def _layout_picture(b: _Boxes, view: _View, max_labels: int, writers: bool) -> P
                 h=h,
                 kind="chunk",
                 face=color,
-                edge="#ffffff",
-                alpha=1.0,
+                edge=color if over else "#ffffff",
+                alpha=0.45 if over else 1.0,
                 hatch="//" if mis else None,
                 linestyle="solid",
-                linewidth=width,
+                linewidth=1.6 if over else width,
                 label=text,
                 ranks=tuple(ranks),
             )
         )
     slab = view.slab_name()
-    legend = _rank_legend(b.ranks, "writer r" if writers else "r")
+    legend = () if scale else _rank_legend(b.ranks, "writer r" if writers else "r")
     if writers and any(not r for r in b.ranks):
         legend += (("writer unknown", UNKNOWN_COLOR, UNKNOWN_COLOR, None),)
+    notes = b.notes
+    if overlapping:
+        notes += (
+            f"{len(overlapping)} chunks share elements with another: drawn translucent, "
+            "outlined in their colour",
+        )
     return Picture(
         tiles=tuple(tiles),
         width=view.width,
@@ -372,8 +558,9 @@ def _layout_picture(b: _Boxes, view: _View, max_labels: int, writers: bool) -> P
         title=b.title + (f" ({slab})" if slab else ""),
         xlabel=view.xlabel,
         ylabel=view.ylabel,
-        notes=b.notes,
+        notes=notes,
         legend=legend,
+        scale=scale,
     )
 
 
@@ -383,7 +570,7 @@ def layout_data(
     *,
     at: dict[int, int] | None = None,
     fqn: str | None = None,
-    max_labels: int = 32,
+    max_labels: int = MAX_LABELS,
 ) -> Picture:
     """Picture data of one tensor's chunks: a `Layout` (coloured by the lowest rank holding each
     box, replicas as one tile listing all their ranks) or a checkpoint entry (a `Metadata` with
@@ -421,7 +608,7 @@ def layout_panels(
     *,
     fqn: str | None = None,
     at=None,
-    max_labels: int = 32,
+    max_labels: int = MAX_LABELS,
     max_panels: int = MAX_PANELS,
 ) -> LayoutPanels:
     """`layout_data` as panels: one picture when the tensor has no other dims or ``at`` fixes
@@ -505,16 +692,18 @@ def _layer(objs: tuple, params: tuple, make):
 
 def _saved_layer(
     tsm: TensorStorageMetadata, md, fqn: str, view: _View, max_labels: int
-) -> tuple[_Boxes, tuple[Tile, ...]]:
-    """The saved chunks' `_Boxes` and their ``saved`` tiles (see `reshard_data`)."""
+) -> tuple[_Boxes, tuple[Tile, ...], RankScale | None]:
+    """The saved chunks' `_Boxes`, their ``saved`` tiles (see `reshard_data`) and the writers'
+    colour scale (None: categorical writer colours)."""
     saved = _checkpoint_boxes(tsm, md, fqn)
+    paint, scale = _painter(saved.ranks, "writer rank")
     shown = [(view.rect(c), w, lab) for c, w, lab in zip(saved.chunks, saved.ranks, saved.labels)]
     shown = [s for s in shown if s[0]]
     label = len(shown) <= max_labels
     edge = 1.0 if len(shown) <= MAX_OUTLINED else 0.0
     tiles = []
     for rect, w, lab in shown:
-        color = rank_color(w[0]) if w else UNKNOWN_COLOR
+        color = paint(w[0]) if w else UNKNOWN_COLOR
         tiles.append(
             Tile(
                 **box_fields(rect),
@@ -530,7 +719,7 @@ def _saved_layer(
                 label_at="corner",
             )
         )
-    return saved, tuple(tiles)
+    return saved, tuple(tiles), scale
 
 
 def _wanted_layer(layout: Layout, view: _View) -> tuple[tuple[Tile, ...], ...]:
@@ -566,7 +755,7 @@ def reshard_data(
     dims=(0, 1),
     at: dict[int, int] | None = None,
     zoom: bool = False,
-    max_labels: int = 32,
+    max_labels: int = MAX_LABELS,
 ) -> Picture:
     """Picture data of a reshard of ``fqn`` seen from load rank ``rank``.
 
@@ -577,7 +766,7 @@ def reshard_data(
     Tiles in drawing order: ``saved`` (every saved chunk, pale, in its writer's colour, labelled
     ``#i`` and writer), ``wanted`` (other ranks' destination chunks, grey outlines), ``read``
     (the rank's read items in their source writer's colour, labelled ``k<-#i`` in DCP's order,
-    1-based, with the file when known), ``uncovered`` (parts of the rank's chunks no saved chunk
+    0-based like the read-item table, with the file when known), ``uncovered`` (parts of the rank's chunks no saved chunk
     covers, hatched ``xx``: they keep stale values on load), ``held`` (for a ``_StridedShard``
     destination whose box misdescribes its data, the rows it really holds, hatched ``//``) and
     ``target`` (the rank's own chunk boxes, thick outline: for a misdescribed rank, DCP's box).
@@ -596,7 +785,7 @@ def reshard_data(
     # a widget stepping through the ranks of one checkpoint and layout
     seen = (view.shape, view.row, view.col, tuple(view.at.items()), view.window)
     storage = getattr(md, "storage_data", None)
-    saved, saved_tiles = _layer(
+    saved, saved_tiles, scale = _layer(
         (tsm, md, storage, *tsm.chunks),
         ("saved", fqn, len(storage or ()), seen, max_labels),
         lambda: _saved_layer(tsm, md, fqn, view, max_labels),
@@ -608,7 +797,7 @@ def reshard_data(
         ):
             if r != rank:
                 tiles.extend(ts)
-    read_tiles, sources = _read_tiles(items, saved, view, rank, max_labels)
+    read_tiles, sources = _read_tiles(items, saved, view, rank, max_labels, scale)
     tiles += read_tiles
     drawn = mine if same_rank else []
     # holes matter only for a load that happens: where torch raises, nothing is loaded at all
@@ -631,6 +820,8 @@ def reshard_data(
             rank,
             linestyle="dashed" if misdescribed else "solid",
             linewidth=2.2,
+            # placed after the reads' labels: shown where they have no room (a full view)
+            label=f"r{rank}",
         )
         for rect in map(view.rect, drawn)
         if rect
@@ -667,8 +858,9 @@ def reshard_data(
         xlabel=view.xlabel,
         ylabel=view.ylabel,
         notes=tuple(notes),
-        legend=_reshard_legend(saved.ranks, rank, bool(holes), misdescribed),
+        legend=_reshard_legend(saved.ranks, rank, bool(holes), misdescribed, scale),
         window=view.window,
+        scale=scale,
     )
 
 
@@ -692,13 +884,16 @@ def _outline(rect, kind: str, edge: str, rank: int, **style) -> Tile:
     return Tile(**box_fields(rect), kind=kind, face=None, edge=edge, ranks=(rank,), **style)
 
 
-def _read_tiles(items, saved, view: _View, rank: int, max_labels: int) -> tuple[list, set]:
-    """The rank's read items in their source writer's colour, numbered in DCP's order (1-based,
-    ``k<-#i`` and the file when there are few), and the saved chunks they read from."""
+def _read_tiles(
+    items, saved, view: _View, rank: int, max_labels: int, scale: RankScale | None
+) -> tuple[list, set]:
+    """The rank's read items in their source writer's colour, numbered in DCP's order (0-based
+    like the read-item table's rows, ``k<-#i`` and the file when there are few), and the saved
+    chunks they read from."""
     label_reads = len(items) <= max_labels
     with_file = len(items) <= 16
     tiles, sources = [], set()
-    for k, item in enumerate(items, 1):
+    for k, item in enumerate(items):
         si = item.storage_index.index
         sources.add(si)
         w = saved.ranks[si]
@@ -712,7 +907,9 @@ def _read_tiles(items, saved, view: _View, rank: int, max_labels: int) -> tuple[
             Tile(
                 **box_fields(rect),
                 kind="read",
-                face=rank_color(w[0]) if w else HIGHLIGHT_COLOR,
+                face=(rank_scale_color(w[0], scale.n) if scale else rank_color(w[0]))
+                if w
+                else HIGHLIGHT_COLOR,
                 edge="#000000",
                 alpha=0.85,
                 linewidth=1.0,
@@ -737,9 +934,15 @@ def _held_tiles(held: dict, box: Chunk, view: _View, rank: int) -> list[Tile]:
     ]
 
 
-def _reshard_legend(writer_ranks, rank: int, holes: bool, misdescribed: bool) -> tuple:
+def _reshard_legend(
+    writer_ranks, rank: int, holes: bool, misdescribed: bool, scale: RankScale | None
+) -> tuple:
     legend = (
-        _rank_legend(writer_ranks, "writer r")
+        (() if scale else _rank_legend(writer_ranks, "writer r"))
+        + (
+            ("saved chunk #i (pale)", "#e4e4e4", "#bdbdbd", None),
+            (f"rank {rank}'s read k\u2190#i (DCP order)", "#8c8c8c", "#000000", None),
+        )
         + (
             (("saved, writer unknown", UNKNOWN_COLOR, UNKNOWN_COLOR, None),)
             if any(not w for w in writer_ranks)
@@ -871,32 +1074,46 @@ def traffic_data(load_result) -> TrafficData:
     )
 
 
+LOADED_COLOR = "#9ecae1"  # bytes a rank loads: light, the larger quantity behind
+NEEDED_COLOR = "#08519c"  # bytes it needs: dark, in front
+WRITTEN_COLOR = "#3182bd"
+
+
 @dataclass(frozen=True)
 class BarsData:
-    """One bar per rank (``values``, coloured per rank) and an optional reference per rank
-    (``reference``: bytes needed, drawn as a black tick)."""
+    """Bytes per rank: ``values`` (one bar per rank, ``label`` in the legend, ``color``) and an
+    optional second quantity per rank, ``reference`` (bytes needed, ``reference_label``, drawn
+    as a narrower dark bar in front of the first)."""
 
     ranks: tuple[int, ...]
     values: np.ndarray
-    colors: tuple[str, ...]
+    color: str
+    label: str
     reference: np.ndarray | None
+    reference_color: str | None
+    reference_label: str | None
     ylabel: str
     title: str
 
 
 def bytes_per_rank_data(result) -> BarsData:
     """Bytes per rank of a save result (``bytes_written`` after dedup) or of a load result (bytes
-    loaded, with the bytes needed as the reference; from ``load_result.io``)."""
+    loaded, and the bytes needed as the second quantity; from ``load_result.io``). Titles write
+    bytes with `formatting.format_bytes`."""
     if hasattr(result, "bytes_written"):
         values = np.asarray(result.bytes_written, dtype=np.float64)
-        ranks = tuple(range(len(values)))
+        total = values.sum()
         return BarsData(
-            ranks=ranks,
+            ranks=tuple(range(len(values))),
             values=values,
-            colors=tuple(rank_color(r) for r in ranks),
+            color=WRITTEN_COLOR,
+            label="bytes written",
             reference=None,
+            reference_color=None,
+            reference_label=None,
             ylabel="bytes written",
-            title=f"save: bytes written per rank ({values.sum():.0f} total)",
+            title=f"save: {format_bytes(total)} written by {len(values)} ranks "
+            f"(at most {format_bytes(values.max(initial=0))} per rank)",
         )
     if not hasattr(result, "io"):
         raise PlanError(
@@ -908,12 +1125,17 @@ def bytes_per_rank_data(result) -> BarsData:
         )
     io = result.io
     values = io.bytes_read.astype(np.float64)
-    ranks = tuple(range(len(values)))
+    needed = io.bytes_needed.astype(np.float64)
+    loaded, want = values.sum(), needed.sum()
+    ratio = f", {loaded / want:.1f}x what is needed" if want else ""
     return BarsData(
-        ranks=ranks,
+        ranks=tuple(range(len(values))),
         values=values,
-        colors=tuple(rank_color(r) for r in ranks),
-        reference=io.bytes_needed.astype(np.float64),
-        ylabel="bytes",
-        title=f"load: bytes loaded per rank (tick: bytes needed), {values.sum():.0f} total",
+        color=LOADED_COLOR,
+        label="loaded (whole saved chunks)",
+        reference=needed,
+        reference_color=NEEDED_COLOR,
+        reference_label="needed (what the rank keeps)",
+        ylabel="bytes per rank",
+        title=f"load: {format_bytes(loaded)} loaded, {format_bytes(want)} needed{ratio}",
     )

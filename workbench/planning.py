@@ -296,6 +296,21 @@ class SavePlanResult:
     storage: str = "fs"  # "fs" (FileSystemWriter) or "hf" (HuggingFaceStorageWriter, hf_plans)
     lost: tuple = ()  # hf_plans.LostChunk: chunks the storage writer drops
 
+    def __repr__(self) -> str:
+        # every layout of a whole model is pages of text: the plain text is a summary
+        return (
+            f"SavePlanResult(entries={len(self.layouts)}, world_size={self.world_size}, "
+            f"bytes_written={int(np.asarray(self.bytes_written).sum())}, "
+            f"errors={len(self.errors)}, failures={len(self.failures)}, "
+            f"torch_version={self.torch_version!r}, storage={self.storage!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        # the HTML layer sits above planning; loaded only when a notebook shows a result
+        from .reprs import save_result_html
+
+        return save_result_html(self)
+
 
 def plan_save(
     layouts: Mapping[str, Layout],
@@ -808,6 +823,20 @@ class LoadPlanResult:
         from .io_cost import load_io  # io_cost reads this result; it never imports planning
 
         return load_io(self)
+
+    def __repr__(self) -> str:
+        # torch's messages for a whole model's failures are pages: the plain text counts them
+        return (
+            f"LoadPlanResult(entries={len(self.layouts)}, world_size={self.world_size}, "
+            f"failures={len(self.failures)}, allow_partial_load={self.allow_partial_load}, "
+            f"torch_version={self.torch_version!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        # the HTML layer sits above planning; loaded only when a notebook shows a result
+        from .reprs import load_result_html
+
+        return load_result_html(self)
 
 
 def plan_load(

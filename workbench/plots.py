@@ -30,21 +30,27 @@ try:
     import matplotlib  # noqa: F401 - the pictures' one optional library, checked once here
 except ImportError as e:
     raise missing_extra(e, "lab", "workbench.plots") from None
+from matplotlib import colormaps
 from matplotlib.artist import Artist
+from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PolyCollection
-from matplotlib.colors import to_rgba
+from matplotlib.colors import LinearSegmentedColormap, Normalize, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
-from .colors import text_color
+from .colors import RANK_SCALE, text_color
 from .errors import LayoutError
+from .formatting import byte_unit, format_bytes
 from .picture_data import (
+    MAX_LABELS,
     MAX_PANELS,
     Picture,
     bytes_per_rank_data,
     layout_panels,
     mesh_data,
+    place_labels,
     reshard_data,
     traffic_data,
 )
@@ -69,7 +75,7 @@ def plot_layout(
     *,
     fqn: str | None = None,
     at=None,
-    max_labels: int = 32,
+    max_labels: int = MAX_LABELS,
     max_panels: int = MAX_PANELS,
 ):
     """Draw every rank's chunk of a `Layout` (or a checkpoint entry, see `layout_data`).
@@ -114,7 +120,7 @@ def plot_reshard(
     dims=(0, 1),
     at=None,
     zoom: bool = False,
-    max_labels: int = 32,
+    max_labels: int = MAX_LABELS,
 ):
     """Draw the saved chunks and the destination chunks of ``fqn`` on one grid, ``rank``'s read
     items lit and numbered in DCP's order (see `reshard_data`); returns the Axes."""
@@ -141,68 +147,81 @@ def plot_mesh(source, ax=None, *, max_labels: int = 256):
 
 
 def plot_traffic(load_result, ax=None):
-    """Heatmap of `traffic_data`: load ranks down, files across, colour = bytes loaded (blank
+    """Heatmap of `traffic_data`: load ranks down, files across, colour = bytes loaded on a
+    sequential scale from 0 (light to dark blue, in the binary unit of the largest cell; blank
     where a rank reads nothing from a file); returns the Axes."""
     data = traffic_data(load_result)
     ax = _new_axes(ax)
-    shown = np.ma.masked_equal(data.matrix, 0)
+    factor, unit = byte_unit(data.matrix.max(initial=0))
+    shown = np.ma.masked_equal(data.matrix, 0) / factor
     im = ax.imshow(
         shown,
         aspect="auto",
         interpolation="nearest",
-        cmap="viridis",
+        # Blues from its 15% shade: the smallest traffic stays visible against the blank cells
+        cmap=LinearSegmentedColormap.from_list(
+            "traffic", colormaps["Blues"](np.linspace(0.15, 1.0, 256))
+        ),
+        # from 0, so equal cells are not stretched over the whole scale
+        norm=Normalize(0, max(float(shown.max()) if shown.count() else 0.0, 1e-12)),
         extent=(-0.5, len(data.files) - 0.5, len(data.ranks) - 0.5, -0.5),
     )
-    ax.figure.colorbar(im, ax=ax, label="bytes loaded")
+    bar = ax.figure.colorbar(im, ax=ax, label=f"{unit} loaded")
+    bar.formatter.set_useOffset(False)
     if len(data.files) <= 32:
         ax.set_xticks(range(len(data.files)), data.files, rotation=60, ha="right", fontsize=7)
+        ax.set_xlabel("file")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("file (index in LoadPlanResult.io.files: by writer rank, then name)")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("file")
     ax.set_ylabel("load rank")
-    ax.set_title(f"rank-to-file traffic ({len(data.ranks)} ranks, {len(data.files)} files)")
+    ax.set_title(
+        f"rank-to-file traffic: {len(data.ranks)} ranks, {len(data.files)} files, "
+        f"{format_bytes(data.matrix.sum())} loaded",
+        fontsize=9,
+    )
     return ax
 
 
 def plot_bytes_per_rank(result, ax=None):
-    """Bar chart of `bytes_per_rank_data` (one PolyCollection of bars, fast for thousands of
-    ranks); returns the Axes."""
+    """Bar chart of `bytes_per_rank_data`: for a load, bytes loaded (light) and bytes needed
+    (dark, narrower, in front) per rank, two quantities in one legend; for a save, bytes
+    written. The axis is in the binary unit of the largest bar (no offset, no exponent). One
+    PolyCollection per quantity, fast for thousands of ranks; returns the Axes."""
     data = bytes_per_rank_data(result)
     ax = _new_axes(ax)
     x = np.asarray(data.ranks, dtype=np.float64)
-    v = data.values
-    verts = np.stack(
-        [
-            np.column_stack([x - 0.4, np.zeros_like(v)]),
-            np.column_stack([x - 0.4, v]),
-            np.column_stack([x + 0.4, v]),
-            np.column_stack([x + 0.4, np.zeros_like(v)]),
-        ],
-        axis=1,
+    top = max(
+        float(data.values.max(initial=0)),
+        float(data.reference.max(initial=0)) if data.reference is not None else 0.0,
     )
-    ax.add_collection(PolyCollection(verts, facecolors=data.colors, edgecolors="none"))
+    factor, unit = byte_unit(top)
+    series = [(data.values, 0.4, data.color, data.label)]
     if data.reference is not None:
-        ax.hlines(
-            data.reference,
-            x - 0.45,
-            x + 0.45,
-            colors="#000000",
-            linewidths=1.5,
-            label="bytes needed",
+        series.append((data.reference, 0.22, data.reference_color, data.reference_label))
+    for v, half, color, label in series:
+        v = v / factor
+        verts = np.stack(
+            [
+                np.column_stack([x - half, np.zeros_like(v)]),
+                np.column_stack([x - half, v]),
+                np.column_stack([x + half, v]),
+                np.column_stack([x + half, np.zeros_like(v)]),
+            ],
+            axis=1,
         )
+        ax.add_collection(PolyCollection(verts, facecolors=color, edgecolors="none", label=label))
     ax.set_xlim(-0.6, len(x) - 0.4)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(
-        0,
-        max(
-            float(v.max(initial=0)),
-            float(data.reference.max(initial=0)) if data.reference is not None else 0,
-            1.0,
-        )
-        * 1.05,
-    )
+    # headroom for the legend above the bars, which are often all of one height
+    ax.set_ylim(0, max(top / factor, 1.0) * (1.25 if data.reference is not None else 1.05))
+    ax.yaxis.get_major_formatter().set_useOffset(False)
     ax.set_xlabel("rank")
-    ax.set_ylabel(data.ylabel)
+    ax.set_ylabel(f"{data.ylabel} ({unit})")
     ax.set_title(data.title, fontsize=9)
+    if data.reference is not None:
+        ax.legend(loc="upper center", ncols=2, fontsize=7, frameon=False)
     return ax
 
 
@@ -300,10 +319,12 @@ def draw_picture(
     thousands of tiles, the same pixels up to outline widths; vector output keeps paths)."""
     ax = _new_axes(ax)
     box = _draw_tiles(ax, picture.tiles, raster)
-    _draw_labels(ax, picture.tiles)
     _set_frame(ax, picture, box, aspect, edge_ticks)
+    _draw_labels(ax, picture)
     if legend and picture.legend:
         _draw_legend(ax, picture.legend)
+    if legend and picture.scale:
+        _draw_scale(ax, picture.scale)
     if notes and picture.notes:  # under the x label, where a legend never sits
         ax.annotate(
             "\n".join(picture.notes),
@@ -359,38 +380,80 @@ def _draw_tiles(ax, tiles, raster: bool) -> np.ndarray:
     return box
 
 
-def _draw_labels(ax, tiles) -> None:
-    """One text per labelled tile, in black or white by its background."""
-    labelled = [t for t in tiles if t.label]
-    size = 8 if len(labelled) <= 16 else 6
-    for t in labelled:
-        color = text_color(t.face if t.face and t.alpha >= 0.5 else "#ffffff")
-        if t.label_at == "corner":
-            ax.annotate(
-                t.label,
-                (t.x, t.y),
-                xytext=(2, -2),
-                textcoords="offset points",
-                ha="left",
-                va="top",
-                fontsize=size,
-                color=color,
-                annotation_clip=True,
-                clip_on=True,
-                zorder=3,
-            )
+class _LabelPlacer(Artist):
+    """Places a picture's labels when the Axes is drawn, with `picture_data.place_labels` on the
+    Axes' real pixel size, limits (a later ``set_xlim`` zoom included) and the renderer's text
+    metrics: it shows, moves or hides one `Text` per labelled tile (drawn after it, zorder 3), so
+    no two drawn labels overlap and none spills out of its tile. Draws nothing itself."""
+
+    def __init__(self, picture: Picture, texts: dict, fontsize: float):
+        super().__init__()
+        self.picture, self.texts, self.fontsize = picture, texts, fontsize
+        self.set_zorder(2.99)
+
+    def place(self, renderer=None) -> None:
+        ax = self.axes
+        (xa, xb), (ya, yb) = ax.get_xlim(), ax.get_ylim()
+        window = (min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))
+        width, height = ax.bbox.width, ax.bbox.height
+        if renderer is None:  # before any draw: the estimate at the figure's dpi
+            font_px, measure = self.fontsize * ax.figure.dpi / 72, None
         else:
-            ax.text(
-                t.x + t.w / 2,
-                t.y + t.h / 2,
-                t.label,
-                ha="center",
-                va="center",
-                fontsize=size,
-                color=color,
-                clip_on=True,
-                zorder=3,
-            )
+            font_px = renderer.points_to_pixels(self.fontsize)
+            probe = Text(0, 0, "", fontsize=self.fontsize, figure=ax.figure)
+            sizes: dict[str, tuple[float, float]] = {}
+
+            def measure(text):
+                if text not in sizes:
+                    probe.set_text(text)
+                    bb = probe.get_window_extent(renderer)
+                    sizes[text] = (bb.width, bb.height)
+                return sizes[text]
+
+        boxes = place_labels(
+            self.picture, width, height, font_px=font_px, window=window, measure=measure
+        )
+        for t in self.texts.values():
+            t.set_visible(False)
+        sx = width / max(window[2] - window[0], 1e-12)
+        sy = height / max(window[3] - window[1], 1e-12)
+        for b in boxes:  # box centres back to data units (row 0 at the top)
+            t = self.texts[b.tile]
+            t.set_text(b.text)
+            t.set_position((window[0] + (b.x + b.w / 2) / sx, window[1] + (b.y + b.h / 2) / sy))
+            t.set_visible(True)
+
+    def draw(self, renderer):
+        if self.get_visible():
+            self.place(renderer)
+
+
+def _draw_labels(ax, picture: Picture) -> None:
+    """One text per labelled tile, in black or white by its background, placed (shown or
+    hidden) by a `_LabelPlacer` at every draw; placed once now on the Axes' current size, so the
+    Axes' texts say what a draw at this size shows."""
+    texts = {}
+    n = sum(1 for t in picture.tiles if t.label)
+    size = 8 if n <= 16 else 6
+    for i, t in enumerate(picture.tiles):
+        if not t.label:
+            continue
+        color = text_color(t.face if t.face and t.alpha >= 0.5 else "#ffffff")
+        texts[i] = ax.text(
+            t.x + t.w / 2,
+            t.y + t.h / 2,
+            t.label,
+            ha="center",
+            va="center",
+            fontsize=size,
+            color=color,
+            clip_on=True,
+            zorder=3,
+        )
+    if texts:
+        placer = _LabelPlacer(picture, texts, size)
+        ax.add_artist(placer)
+        placer.place()
 
 
 def _set_frame(ax, picture: Picture, box: np.ndarray, aspect, edge_ticks: bool) -> None:
@@ -446,6 +509,21 @@ def _draw_legend(ax, legend) -> None:
         frameon=False,
         borderaxespad=0.0,
     )
+
+
+def _draw_scale(ax, scale) -> None:
+    """The continuous rank scale (`picture_data.RankScale`) as a colour bar right of the Axes,
+    under the legend, titled with what it shows."""
+    cax = ax.inset_axes([1.04, 0.0, 0.035, 0.5])
+    mappable = ScalarMappable(
+        norm=Normalize(0, max(scale.n - 1, 1)),
+        cmap=LinearSegmentedColormap.from_list("rank scale", RANK_SCALE),
+    )
+    bar = ax.figure.colorbar(mappable, cax=cax)
+    bar.ax.yaxis.set_major_locator(MaxNLocator(5, integer=True))
+    bar.ax.tick_params(labelsize=7)
+    label, _, rest = scale.label.partition(" (")
+    bar.set_label(label + ("\n(" + rest if rest else ""), fontsize=7)
 
 
 def picture_png(

@@ -15,17 +15,23 @@ import base64
 import html
 import io
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import describe_checkpoint
+from .formatting import format_bytes
 from .records import TensorStorageMetadata
 
 __all__ = [
+    "ReportContent",
+    "report_content",
+    "render_report",
     "build_report",
     "write_report",
     "figure_data_uri",
-    "human_bytes",
     "shape_text",
 ]
 
@@ -61,18 +67,6 @@ def figure_data_uri(picture) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def human_bytes(n) -> str:
-    """``1536`` -> ``"1.5 KiB"``; None -> ``"unknown"``."""
-    if n is None:
-        return "unknown"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 def shape_text(shape) -> str:
     """``[64, 32]`` -> ``"64x32"``; a 0-d shape (or a bytes entry's None) -> ``"()"``."""
     return "x".join(map(str, shape or ())) or "()"
@@ -91,8 +85,8 @@ def _frame_html(df, *, max_rows: int | None = None) -> str:
         df = df.head(max_rows)
     else:
         note = ""
-    # escape: keys and paths come from a stranger's checkpoint
-    return style_by_rank(df).format(escape="html").hide(axis="index").to_html() + note
+    # style_by_rank escapes every cell and label: keys and paths come from a stranger's checkpoint
+    return style_by_rank(df).hide(axis="index").to_html() + note
 
 
 def _problems_html(problems) -> str:
@@ -179,11 +173,11 @@ def _verdict_html(problems) -> str:
     )
 
 
-def _pictures_html(metadata, result, problems, limit: int) -> list[str]:
+def _pictures_html(metadata, result, problems, fqns) -> list[str]:
     from . import plots
 
     out = ["<h2>Pictures</h2>"]
-    for fqn in _pick_tensors(metadata, problems or [], limit):
+    for fqn in fqns:
         if result is not None and fqn in result.layouts:
             # the first rank a problem names, else rank 0: its wanted chunk and read items lit
             rank = next((p.ranks[0] for p in problems if p.fqn == fqn and p.ranks), 0)
@@ -229,7 +223,7 @@ def _checkpoint_html(layouts, chunks, info) -> list[str]:
                 "shape": shape_text(e["shape"]),
                 "dtype": e["dtype"] or "",
                 "chunks": len(e["chunks"]),
-                "bytes": human_bytes(e["nbytes"]),
+                "bytes": format_bytes(e["nbytes"]),
                 **(
                     {}
                     if layouts is None
@@ -248,7 +242,7 @@ def _checkpoint_html(layouts, chunks, info) -> list[str]:
         f"<p>{len(info['entries'])} entries ({len(tensors)} tensors, "
         f"{len(info['entries']) - len(tensors)} other), "
         f"{sum(len(e['chunks']) for e in tensors)} saved chunks, "
-        f"{human_bytes(sum(e['nbytes'] for e in tensors))} of tensor data in "
+        f"{format_bytes(sum(e['nbytes'] for e in tensors))} of tensor data in "
         f"{len(info['files'])} file(s) written by {len(writers)} rank(s).</p>",
         _frame_html(summary, max_rows=400),
         "<h3>Saved chunks</h3>",
@@ -258,7 +252,42 @@ def _checkpoint_html(layouts, chunks, info) -> list[str]:
     ]
 
 
-def build_report(
+@dataclass(frozen=True, slots=True)
+class ReportContent:
+    """What the report shows, computed before any HTML is written (`report_content`); `render_report`
+    turns it into the page. ``problems`` is None without a target (the report then shows what the
+    checkpoint holds and ``saved_problems``, the saved chunks' own holes and overlaps)."""
+
+    metadata: Any
+    layouts: Mapping | None
+    checkpoint: str | None
+    target: str | None
+    created: datetime
+    torch_version: str
+    read_item_order: str  # "nested" or "sweep": torch_version's order of read items
+    result: Any  # LoadPlanResult of the target, or None
+    problems: tuple | None
+    saved_problems: tuple
+    damage: tuple[str, ...]
+    facts: Mapping
+    file_problems: tuple | None
+    format_tables: Mapping
+    chunks: Any  # tables.checkpoint_chunks_table
+    info: dict  # describe_checkpoint
+    pictured: tuple[str, ...]  # tensors drawn: those with problems first, then the largest
+
+    @property
+    def title(self) -> str:
+        return "DCP reshard report" + (f": {self.checkpoint}" if self.checkpoint else "")
+
+    @property
+    def shown_problems(self) -> tuple:
+        """The problems the verdict and pictures are about: the load's with a target, else the
+        saved chunks'."""
+        return self.problems if self.problems is not None else self.saved_problems
+
+
+def report_content(
     metadata,
     layouts=None,
     *,
@@ -270,98 +299,135 @@ def build_report(
     facts: dict | None = None,
     file_problems: list | None = None,
     format_tables: dict | None = None,
-) -> str:
-    """The report as one HTML string: verdict, problems, pictures, I/O, the checkpoint's
-    contents, read items. ``layouts`` (``{fqn: Layout}``, the target) is optional: without it the
-    report shows what the checkpoint holds. ``damage``: messages about the data files
-    (`checkpoint.Checkpoint.problems`: missing or short files), shown under the verdict.
-    ``torch_version``: whose DCP semantics plan the load (default
-    `versions.default_torch_version`); the report names it;
-    ``facts``: the format and what it records of itself (`checkpoint.Checkpoint.facts`);
-    ``file_problems``: `checkpoint.find_file_problems` (are the files all there);
-    ``format_tables``: `tables.format_tables` (what the format records beyond the chunks)."""
+) -> ReportContent:
+    """Everything the report shows (see `build_report` for the arguments): the load planned
+    against ``layouts`` and its problems, or the saved chunks' problems without a target; the
+    checkpoint's tables; the tensors to draw."""
+    from .diagnosis import find_checkpoint_problems
+    from .planning import plan_load
     from .tables import checkpoint_chunks_table
     from .versions import semantics
 
     sem = semantics(torch_version)
-
     chunks = checkpoint_chunks_table(metadata)
-    info = describe_checkpoint(metadata)
-    result = problems = None
-    if layouts is not None:
-        from .planning import plan_load
+    result = (
+        plan_load(metadata, layouts, torch_version=sem.version) if layouts is not None else None
+    )
+    problems = tuple(result.problems) if result is not None else None
+    saved_problems = () if result is not None else tuple(find_checkpoint_problems(metadata))
+    return ReportContent(
+        metadata=metadata,
+        layouts=layouts,
+        checkpoint=checkpoint,
+        target=target,
+        created=datetime.now(timezone.utc),
+        torch_version=sem.version,
+        read_item_order=sem.read_item_order,
+        result=result,
+        problems=problems,
+        saved_problems=saved_problems,
+        damage=tuple(damage or ()),
+        facts=dict(facts or {}),
+        file_problems=None if file_problems is None else tuple(file_problems),
+        format_tables=dict(format_tables or {}),
+        chunks=chunks,
+        info=describe_checkpoint(metadata),
+        pictured=tuple(
+            _pick_tensors(
+                metadata, problems if problems is not None else saved_problems, max_pictures
+            )
+        ),
+    )
 
-        result = plan_load(metadata, layouts, torch_version=sem.version)
-        problems = list(result.problems)
-    else:  # no target: the saved chunks' own holes and overlaps
-        from .diagnosis import find_checkpoint_problems
 
-        saved_problems = find_checkpoint_problems(metadata)
-    body = [
+def _header_html(c: ReportContent) -> list[str]:
+    """Title, what was checked against what, the verdict, damage, the format's facts."""
+    out = [
         "<h1>DCP reshard report</h1>",
         '<p class="meta">checkpoint <code>'
-        + _e(checkpoint or "(metadata)")
+        + _e(c.checkpoint or "(metadata)")
         + "</code>"
-        + (" &middot; target <code>" + _e(target) + "</code>" if target else "")
-        + f" &middot; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
-        + f" &middot; DCP metadata version {_e(metadata.version)}"
-        + f" &middot; semantics of torch {_e(sem.version)}</p>",
-        _verdict_html(problems),
+        + (" &middot; target <code>" + _e(c.target) + "</code>" if c.target else "")
+        + f" &middot; {c.created:%Y-%m-%d %H:%M} UTC"
+        + f" &middot; DCP metadata version {_e(c.metadata.version)}"
+        + f" &middot; semantics of torch {_e(c.torch_version)}</p>",
+        _verdict_html(c.problems),
     ]
-    if damage:
-        body.append(
+    if c.damage:
+        out.append(
             '<div class="verdict blocked">Damaged checkpoint: torch\'s reader fails on '
-            "these files.<ul>" + "".join(f"<li>{_e(m)}</li>" for m in damage) + "</ul></div>"
+            "these files.<ul>" + "".join(f"<li>{_e(m)}</li>" for m in c.damage) + "</ul></div>"
         )
-    if facts:
-        body.append(
+    if c.facts:
+        out.append(
             '<table class="facts">'
-            + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.items())
+            + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in c.facts.items())
             + "</table>"
         )
-    for title, df in (format_tables or {}).items():
-        body += [f"<h3>{_e(title)}</h3>", _frame_html(df)]
-    if file_problems is not None:
-        body += ["<h2>Are the files all there</h2>"]
-        body.append(
-            _problems_html(file_problems)
-            if file_problems
+    for title, df in c.format_tables.items():
+        out += [f"<h3>{_e(title)}</h3>", _frame_html(df)]
+    return out
+
+
+def _problem_sections_html(c: ReportContent) -> list[str]:
+    """Are the files all there; the load's problems, or the saved chunks' without a target."""
+    out = []
+    if c.file_problems is not None:
+        out += [
+            "<h2>Are the files all there</h2>",
+            _problems_html(c.file_problems)
+            if c.file_problems
             else "<p>Every file the metadata names is there and holds every byte range it "
-            "names.</p>"
-        )
-    if result is not None:
-        body += ["<h2>Problems</h2>", _problems_html(problems)]
-    elif saved_problems:
-        body += [
+            "names.</p>",
+        ]
+    if c.result is not None:
+        out += ["<h2>Problems</h2>", _problems_html(c.problems)]
+    elif c.saved_problems:
+        out += [
             "<h2>Problems in the saved chunks</h2>",
             "<p>Whatever the target, a load that reads these regions gets stale or "
             "last-applied values without an error.</p>",
-            _problems_html(saved_problems),
+            _problems_html(c.saved_problems),
         ]
-    body += _pictures_html(
-        metadata, result, problems if result is not None else saved_problems, max_pictures
-    )
-    if result is not None:
-        body += _io_html(result)
-    body += _checkpoint_html(layouts, chunks, info)
-    if result is not None:
+    return out
+
+
+def render_report(c: ReportContent) -> str:
+    """The page of a `ReportContent`: one self-contained HTML string (every untrusted string
+    escaped)."""
+    body = _header_html(c) + _problem_sections_html(c)
+    body += _pictures_html(c.metadata, c.result, c.shown_problems, c.pictured)
+    if c.result is not None:
+        body += _io_html(c.result)
+    body += _checkpoint_html(c.layouts, c.chunks, c.info)
+    if c.result is not None:
+        order = "nested-loop" if c.read_item_order == "nested" else "sweep"
         body += [
             "<h2>Read items</h2>",
             "<p>Each rank's read items in DCP's order (state-dict order of keys, then "
-            + (
-                f"torch {sem.version}'s "
-                + ("nested-loop" if sem.read_item_order == "nested" else "sweep")
-                + " order).</p>"
-            ),
-            _read_items_html(result),
+            f"torch {_e(c.torch_version)}'s {order} order).</p>",
+            _read_items_html(c.result),
         ]
-    title = "DCP reshard report" + (f": {checkpoint}" if checkpoint else "")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
+        f"<title>{_e(c.title)}</title><style>{_CSS}</style></head><body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"
     )
+
+
+def build_report(metadata, layouts=None, **kw) -> str:
+    """The report as one HTML string: verdict, problems, pictures, I/O, the checkpoint's
+    contents, read items (`render_report` of `report_content`). ``layouts`` (``{fqn: Layout}``,
+    the target) is optional: without it the report shows what the checkpoint holds. Keywords:
+    ``checkpoint`` / ``target`` (how to name them); ``damage``: messages about the data files
+    (`checkpoint.Checkpoint.problems`: missing or short files), shown under the verdict;
+    ``max_pictures``; ``torch_version``: whose DCP semantics plan the load (default
+    `versions.default_torch_version`), named in the report; ``facts``: the format and what it
+    records of itself (`checkpoint.Checkpoint.facts`); ``file_problems``:
+    `checkpoint.find_file_problems` (are the files all there); ``format_tables``:
+    `tables.format_tables` (what the format records beyond the chunks)."""
+    return render_report(report_content(metadata, layouts, **kw))
 
 
 def write_report(path, metadata, layouts=None, **kw) -> Path:

@@ -35,7 +35,7 @@ except ImportError as e:  # the planning core needs no pandas; tables say which 
 from .colors import rank_color, text_color
 from .errors import PlanError
 from .formats.dcp_files import writer_of_file
-from .formatting import format_held, format_ranks
+from .formatting import format_bytes, format_held, format_ranks
 from .records import (
     DTYPE_SIZES,
     BytesStorageMetadata,
@@ -530,8 +530,31 @@ def _rank_css(value) -> str:
     return f"background-color: {bg}; color: {text_color(bg)}"
 
 
+def _bytes_text(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return format_bytes(value)
+
+
 def style_by_rank(df: pd.DataFrame, columns: Iterable[str] = ("rank", "writer")):
-    """A pandas ``Styler`` of ``df`` whose rank columns (those of ``columns`` present) are
-    coloured with each rank's colour from `workbench.colors`, as in every picture."""
+    """A pandas ``Styler`` of ``df`` for HTML: rank columns (those of ``columns`` present)
+    coloured with each rank's colour from `workbench.colors`, as in every picture; byte counts
+    (columns ``bytes``, ``bytes_*``, ``*_bytes_*``) in human units (`formatting.format_bytes`;
+    the frame keeps the integers); every cell, header and index label HTML-escaped (keys, file
+    names and messages come from a stranger's checkpoint, and the Styler does not escape by
+    default)."""
     subset = [c for c in columns if c in df.columns]
-    return df.style.map(_rank_css, subset=subset)
+    byte_columns = [
+        c
+        for c in df.columns
+        if isinstance(c, str)
+        and (c == "bytes" or c.startswith("bytes_") or "_bytes" in c)
+        and pd.api.types.is_numeric_dtype(df[c])
+    ]
+    return (
+        df.style.map(_rank_css, subset=subset)
+        .format(escape="html")
+        .format(_bytes_text, subset=byte_columns, escape="html")
+        .format_index(escape="html", axis=0)
+        .format_index(escape="html", axis=1)
+    )

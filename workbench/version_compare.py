@@ -69,6 +69,19 @@ class VersionComparison:
         """The (version, rank) records where something differs."""
         return [c for c in self.changes if not c.unchanged]
 
+    def __repr__(self) -> str:
+        # one record per (version, rank): the plain text counts the ones that change
+        return (
+            f"VersionComparison(versions={self.versions}, changed={len(self.changed())} of "
+            f"{len(self.changes)} (version, rank) pairs)"
+        )
+
+    def _repr_html_(self) -> str:
+        # the HTML layer sits above this module; loaded only when a notebook shows a comparison
+        from .reprs import version_comparison_html
+
+        return version_comparison_html(self)
+
 
 def _rank_reads(res: LoadPlanResult, fqn: str, r: int) -> list[tuple]:
     block = res.reads(fqn)

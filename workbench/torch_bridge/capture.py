@@ -116,6 +116,12 @@ class CapturedTarget(dict):
     def __repr__(self) -> str:
         return f"CapturedTarget({self.describe()})"
 
+    def _repr_html_(self) -> str:
+        # the HTML layer sits above the torch bridge; loaded only when a notebook shows a target
+        from ..reprs import captured_target_html
+
+        return captured_target_html(self)
+
 
 # ----------------------------------------------------------------------------- one rank (child)
 def build_name(build) -> str:

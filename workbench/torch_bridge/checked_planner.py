@@ -38,12 +38,15 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
-import torch.distributed as dist
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
-from torch.distributed.checkpoint.planner import LoadPlan, SavePlan
-
 from ..diagnosis import find_save_problems
-from ..errors import WorkbenchError
+from ..errors import WorkbenchError, missing_extra
+
+try:  # these planners ARE torch's planners, subclassed: the module needs torch at import
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+    from torch.distributed.checkpoint.planner import LoadPlan, SavePlan
+except ImportError as e:
+    raise missing_extra(e, "torch", "workbench.CheckedLoadPlanner") from None
 from ..formatting import ranks_text
 from ..planning import plan_load, plan_save
 from .convert import from_torch

@@ -336,7 +336,7 @@ def layout_from_torch(obj) -> Layout:
         ws = max(_process_group_size(1), max(per, default=0) + 1)
         # (md's dtype: ShardedTensor.dtype warns that ShardedTensor is deprecated)
         return sharded_layout(tuple(md.size), per, str(md.tensor_properties.dtype), ws)
-    if all(hasattr(obj, a) for a in CHECKPOINTABLE_FIELDS):
+    if all(hasattr(obj, a) for a in _CHECKPOINTABLE_FIELDS):
         # torch 2.14+ saves such a plain tensor as the chunks it names, not as a whole tensor;
         # only this rank's chunks are known here, so no whole layout can be built from it
         offsets, sizes = list(obj.global_offsets), list(obj.local_sizes)
@@ -355,7 +355,7 @@ def layout_from_torch(obj) -> Layout:
 
 
 # torch 2.14's protocol.CheckpointableTensor: the attributes that make a plain tensor one
-CHECKPOINTABLE_FIELDS = ("global_shape", "global_offsets", "local_offsets", "local_sizes")
+_CHECKPOINTABLE_FIELDS = ("global_shape", "global_offsets", "local_offsets", "local_sizes")
 
 
 def local_tensor_from_torch(obj):

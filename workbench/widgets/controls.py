@@ -1,0 +1,185 @@
+"""The explorers' shared ipywidgets plumbing: controls, output records, the message panel.
+
+`Explorer` is what every explorer shares: the message panel (CSS class ``wb-message``), a mute flag
+so that filling several controls redraws once, and the guarded refresh (a `WorkbenchError` goes
+to the panel as its message, never a traceback, and the last result stays). Outputs are written
+explicitly (``out.outputs = (...)``: one sync message, no flicker) rather than with ``with
+out:``, which captures nothing outside a kernel. Tables go through `styled`, which HTML-escapes
+every cell and index label: keys, file names and messages come from a stranger's checkpoint.
+Every part carries a ``wb-*`` CSS class for the browser tests.
+
+Imports ipywidgets and IPython's display machinery. Lazy imports: tables (pandas) inside `styled`.
+"""
+
+from __future__ import annotations
+
+import html
+from contextlib import contextmanager
+from typing import Any
+
+from ..colors import HIGHLIGHT_COLOR
+from ..errors import WorkbenchError, missing_extra
+
+try:
+    import ipywidgets as W
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import HTML
+except ImportError as e:  # the explorers need the lab extra; the plain functions do not
+    raise missing_extra(e, "lab", "workbench.widgets") from None
+
+__all__ = [
+    "Explorer",
+    "mime",
+    "note",
+    "styled",
+    "counted",
+    "show_message",
+    "with_class",
+    "text_box",
+    "dropdown",
+    "set_options",
+]
+
+
+def mime(obj) -> dict:
+    """An output record for ``Output.outputs`` from any displayable object (no kernel needed)."""
+    data, md = InteractiveShell.instance().display_formatter.format(obj)
+    return {"output_type": "display_data", "data": data, "metadata": md}
+
+
+def note(text: str) -> dict:
+    """An output record of a short italic note (instead of a table with no rows)."""
+    return mime(HTML(f"<i>{html.escape(text)}</i>"))
+
+
+def styled(df, columns, highlight_row: int | None = None):
+    """The shown columns of a table, rank columns in the ranks' colours, one row lit, every cell
+    and label HTML-escaped (pandas' Styler does not escape by default)."""
+    from ..tables import style_by_rank
+
+    styler = style_by_rank(df[[c for c in columns if c in df.columns]].reset_index(drop=True))
+    if highlight_row is not None:
+        styler = styler.apply(
+            lambda row: [
+                f"background-color: {HIGHLIGHT_COLOR}" if row.name == highlight_row else ""
+                for _ in row
+            ],
+            axis=1,
+        )
+    styler = styler.format(escape="html").format_index(escape="html", axis=1)
+    return styler.hide(axis="index").set_properties(**{"text-align": "left"})
+
+
+def counted(n: int, noun: str) -> str:
+    """``3, "problem"`` -> ``"3 problems"``."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def show_message(panel: W.HTML, err: Exception | str | None) -> None:
+    """The message panel shows ``err``'s text (escaped), or nothing."""
+    panel.value = (
+        ""
+        if err is None
+        else (f"<div style='color:#b00020;white-space:pre-wrap'>{html.escape(str(err))}</div>")
+    )
+
+
+def with_class(widget: W.Widget, name: str) -> W.Widget:
+    """``widget`` with the CSS class ``name`` (browser tests select on them)."""
+    widget.add_class(name)
+    return widget
+
+
+def text_box(value: str, description: str, css: str) -> W.Text:
+    """A text control that fires on Enter / blur."""
+    # continuous_update=False: a redraw on Enter / blur, not on every keystroke
+    return with_class(
+        W.Text(
+            value=value,
+            description=description,
+            continuous_update=False,
+            layout=W.Layout(width="17em"),
+            style={"description_width": "8.5em"},
+        ),
+        css,
+    )
+
+
+def dropdown(options, value, description: str, css: str, width: str = "17em") -> W.Dropdown:
+    """A dropdown of the explorers' width."""
+    return with_class(
+        W.Dropdown(
+            options=options,
+            value=value,
+            description=description,
+            layout=W.Layout(width=width),
+            style={"description_width": "8.5em"},
+        ),
+        css,
+    )
+
+
+class Explorer:
+    """What every explorer shares: the message panel, a mute flag so that filling several
+    controls redraws once, and the guarded refresh (a `WorkbenchError` goes to the panel and the
+    last result stays)."""
+
+    result: Any = None
+    widget: W.Widget
+
+    def __init__(self):
+        self.message = with_class(W.HTML(value=""), "wb-message")
+        self.muted = False
+
+    @contextmanager
+    def quiet(self):
+        """Set several controls without a redraw per control (the caller refreshes once)."""
+        self.muted = True
+        try:
+            yield
+        finally:
+            self.muted = False
+
+    def watch(self, *controls: W.Widget) -> None:
+        for c in controls:
+            c.observe(self._on_change, names="value")
+
+    def _on_change(self, change=None) -> None:
+        if not self.muted:
+            self.refresh()
+
+    def refresh(self):
+        """Recompute from the controls and show the result, or the error in the message panel
+        (the outputs and ``.result`` keep the last good result). Returns ``.result``."""
+        try:
+            result = self._compute()
+        except WorkbenchError as err:
+            show_message(self.message, err)
+            return self.result
+        except Exception as err:
+            # a bug, not bad input: say so where the user looks (a browser shows callback
+            # exceptions only in the log console), then let it propagate to the log and to tests
+            show_message(
+                self.message, f"internal error, please report: {type(err).__name__}: {err}"
+            )
+            raise
+        show_message(self.message, None)
+        self.result = result
+        self._show(result)
+        return result
+
+    def _compute(self):
+        raise NotImplementedError
+
+    def _show(self, result) -> None:
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kw):
+        return self.widget._repr_mimebundle_(**kw)
+
+
+def set_options(dropdown: W.Dropdown, options: list, value) -> None:
+    """New options for a dropdown, keeping ``value`` when it is still offered."""
+    if list(dropdown.options) != options:
+        dropdown.options = options
+    dropdown.value = value if value in options else options[0]

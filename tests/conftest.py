@@ -2,6 +2,12 @@ import os
 import sys
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# the parsed-metadata cache (formats.metadata_cache) writes to a directory of this run, never
+# to the user's ~/.cache (subprocesses of the tests inherit it)
+if "XDG_CACHE_HOME" not in os.environ:
+    import tempfile
+
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="wb-test-cache-")
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402

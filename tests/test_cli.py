@@ -17,6 +17,7 @@ import torch
 from workbench import Replicate, Shard, StridedShard
 from workbench.cli import main
 from workbench.errors import WorkbenchError
+from workbench.formats import load_metadata
 from workbench.targets import parse_target
 
 
@@ -471,3 +472,27 @@ def test_damaged_checkpoint_blocks_plan_as_a_real_load_fails(real, tmp_path, cap
         world_size=2,
     )
     assert all(run.errors for run in loads), [run.errors for run in loads]
+
+
+def test_a_newer_installed_torch_is_named_in_the_plan_header_and_the_report(
+    tmp_path, monkeypatch, capsys
+):
+    """A torch newer than the newest recorded version: the CLI header and the report say which
+    version's semantics are assumed (versions.assumed_version_note), in one line."""
+    import workbench.versions as versions
+    from workbench.report import write_report
+
+    monkeypatch.setattr(versions, "installed_torch_version", lambda: "2.16")
+    ckpt = Path(__file__).parent / "data" / "torch-2.9" / "ckpt"
+    target = tmp_path / "t.json"
+    target.write_text(
+        '{"w": {"shape": [4, 3], "dtype": "float32"}, "b": {"shape": [2], "dtype": "int64"},'
+        ' "step": {"bytes": true}}'
+    )
+    with pytest.warns(versions.NewerTorchWarning):
+        assert main(["plan", str(ckpt), "--target", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert f"DCP semantics of torch {versions.NEWEST_TORCH_VERSION} (installed torch 2.16)" in out
+    assert "note: torch 2.16 is installed, newer than" in out
+    page = write_report(tmp_path / "r.html", load_metadata(ckpt), parse_target(str(target)))
+    assert "torch 2.16 is installed, newer than" in Path(page).read_text()

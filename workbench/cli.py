@@ -265,11 +265,12 @@ def _one_version(spec: str | None) -> str:
 
 
 def _version_header(v: str) -> str:
-    from .versions import installed_torch_version
+    from .versions import assumed_version_note, installed_torch_version
 
     installed = installed_torch_version()
     note = f"installed torch {installed}" if installed else "no torch installed"
-    return f"DCP semantics of torch {v} ({note})"
+    assumed = assumed_version_note()  # a newer torch than recorded: say which semantics we assume
+    return f"DCP semantics of torch {v} ({note})" + (f"\nnote: {assumed}" if assumed else "")
 
 
 def _writer_versions(checkpoint: str, fmt: str = "dcp"):

@@ -525,6 +525,9 @@ def box_arrays(
     ``cache`` the arrays are shared by every call whose list holds the same chunk objects (a
     planned save reuses one layout's chunks for all fqns with that layout): converted once."""
     ndim = len(shape)
+    held = getattr(chunks, "box_arrays", None)  # a reader's columns (formats.columns.ChunkList)
+    if held is not None and held[0].shape[1] == ndim:
+        return held
     sig = tuple(map(id, chunks))
     hit = cache.get(sig) if cache is not None else None
     if hit is not None and ndim == hit[0].shape[1]:

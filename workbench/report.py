@@ -265,6 +265,7 @@ class ReportContent:
     created: datetime
     torch_version: str
     read_item_order: str  # "nested" or "sweep": torch_version's order of read items
+    assumed_version: str | None  # versions.assumed_version_note(): a newer torch than recorded
     result: Any  # LoadPlanResult of the target, or None
     problems: tuple | None
     saved_problems: tuple
@@ -306,7 +307,7 @@ def report_content(
     from .diagnosis import find_checkpoint_problems
     from .planning import plan_load
     from .tables import checkpoint_chunks_table
-    from .versions import semantics
+    from .versions import assumed_version_note, semantics
 
     sem = semantics(torch_version)
     chunks = checkpoint_chunks_table(metadata)
@@ -323,6 +324,7 @@ def report_content(
         created=datetime.now(timezone.utc),
         torch_version=sem.version,
         read_item_order=sem.read_item_order,
+        assumed_version=assumed_version_note() if torch_version is None else None,
         result=result,
         problems=problems,
         saved_problems=saved_problems,
@@ -350,7 +352,8 @@ def _header_html(c: ReportContent) -> list[str]:
         + (" &middot; target <code>" + _e(c.target) + "</code>" if c.target else "")
         + f" &middot; {c.created:%Y-%m-%d %H:%M} UTC"
         + f" &middot; DCP metadata version {_e(c.metadata.version)}"
-        + f" &middot; semantics of torch {_e(c.torch_version)}</p>",
+        + f" &middot; semantics of torch {_e(c.torch_version)}</p>"
+        + (f'<p class="note">{_e(c.assumed_version)}</p>' if c.assumed_version else ""),
         _verdict_html(c.problems),
     ]
     if c.damage:

@@ -24,8 +24,9 @@ import pathlib
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..errors import MetadataError, UnsafeCheckpointError, WorkbenchError
-from ..geometry import Chunk
 from ..records import (
     DTYPE_SIZES,
     BytesStorageMetadata,
@@ -36,7 +37,10 @@ from ..records import (
     TensorProperties,
     TensorStorageMetadata,
 )
-from .limits import MAX_INT64, Budget, brief, check_hash_spread, is_safe_key
+from . import metadata_cache
+from .columns import ChunkList, StorageColumns, check_chunk_hash_spread
+from .dcp_fast import ChunkRun, FastRun, StorageRun, fast_paths
+from .limits import MAX_INT64, Budget, brief, is_safe_key
 from .unpickler import BoundedUnpickler, UnpicklingError
 
 __all__ = [
@@ -386,7 +390,18 @@ class _AllowListUnpickler(BoundedUnpickler):
         raise UnpicklingError(f"BUILD of {brief(obj, 60)}: not a DCP record")
 
     def safe_key(self, obj):
-        return isinstance(obj, (_StandIn, _Named))
+        return isinstance(obj, (_StandIn, _Named, FastRun))
+
+    def use_fast_paths(self) -> None:
+        """Decode the runs of chunk records and storage entries at once (`formats.dcp_fast`)."""
+        self.fast_type = _StandInMeta
+        self.fast_paths = fast_paths(
+            chunk_cls=_CLASSES[(_DCP, "ChunkStorageMetadata")],
+            index_cls=_CLASSES[(_DCP, "MetadataIndex")],
+            info_cls=_CLASSES[(_FS, "_StorageInfo")],
+            size_fn=ALLOWED_GLOBALS[("torch", "Size")],
+            budget=self.budget,
+        )
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -463,26 +478,82 @@ class _Converter:
                 f"{fqn}: size {brief(list(size))} holds more elements than a torch tensor can "
                 f"(at most 2**63 - 1 bytes of {props.dtype})"
             )
-        out = []
+        offsets, sizes = self.chunk_columns(fqn, chunks, size, props, most)
+        tsm = TensorStorageMetadata(props, size)
+        # set after construction: __post_init__ would build a Chunk per row
+        tsm.chunks = ChunkList(offsets, sizes)
+        return tsm
+
+    def chunk_columns(self, fqn, chunks, size, props, most):
+        """A chunks list (stand-ins and `ChunkRun`s) as checked (n, ndim) offsets and sizes."""
         ndim = len(size)
-        for i, c in enumerate(chunks):
+        pieces: list[tuple[np.ndarray, np.ndarray]] = []
+        offs: list = []
+        sizs: list = []
+
+        def flush():
+            if offs:
+                pieces.append(
+                    (
+                        np.array(offs, np.int64).reshape(len(offs), ndim),
+                        np.array(sizs, np.int64).reshape(len(sizs), ndim),
+                    )
+                )
+                offs.clear()
+                sizs.clear()
+
+        i = 0
+        for c in chunks:
+            if type(c) is ChunkRun:
+                if c.ndim != ndim:
+                    raise _Corrupt(
+                        f"{fqn}: chunk #{i} offsets {brief(c.offsets[0].tolist())} sizes "
+                        f"{brief(c.sizes[0].tolist())} do not fit a tensor of size "
+                        f"{brief(list(size))}"
+                    )
+                flush()
+                pieces.append((c.offsets, c.sizes))
+                i += c.count
+                continue
             if not _is(c, _DCP, "ChunkStorageMetadata"):
                 raise _Corrupt(f"{fqn}: chunk #{i} is {brief(c, 60)}")
             off = self.ints(c.field("offsets"), lambda i=i: f"{fqn}: chunk #{i} offsets")
             siz = self.ints(c.field("sizes"), lambda i=i: f"{fqn}: chunk #{i} sizes")
-            if not (len(off) == len(siz) == ndim and all(s >= 0 for s in siz)):
+            if not (len(off) == len(siz) == ndim):
                 raise _Corrupt(
                     f"{fqn}: chunk #{i} offsets {brief(list(off))} sizes {brief(list(siz))} do "
                     f"not fit a tensor of size {brief(list(size))}"
                 )
-            if math.prod(siz) > most:
-                raise _Corrupt(
-                    f"{fqn}: chunk #{i} sizes {brief(list(siz))} hold more elements than a "
-                    "torch tensor can (at most 2**63 - 1 bytes)"
-                )
-            out.append(Chunk(off, siz))
-        check_hash_spread(out, f"chunks of {fqn}", self.source)
-        return TensorStorageMetadata(props, size, out)
+            offs.append(off)
+            sizs.append(siz)
+            i += 1
+        flush()
+        if len(pieces) == 1:
+            offsets, sizes = pieces[0]
+        elif pieces:
+            offsets = np.concatenate([p[0] for p in pieces])
+            sizes = np.concatenate([p[1] for p in pieces])
+        else:
+            offsets = sizes = np.zeros((0, ndim), np.int64)
+        # checked on the columns: sizes >= 0, elements within a torch tensor's 2**63 - 1 bytes
+        bad = np.flatnonzero((sizes < 0).any(axis=1)) if ndim else ()
+        if len(bad):
+            j = int(bad[0])
+            raise _Corrupt(
+                f"{fqn}: chunk #{j} offsets {brief(offsets[j].tolist())} sizes "
+                f"{brief(sizes[j].tolist())} do not fit a tensor of size {brief(list(size))}"
+            )
+        if ndim:
+            with np.errstate(over="ignore"):
+                rough = np.prod(sizes.astype(np.float64), axis=1)
+            for j in np.flatnonzero(rough > most / 2).tolist():  # exact where it could exceed
+                if math.prod(sizes[j].tolist()) > most:
+                    raise _Corrupt(
+                        f"{fqn}: chunk #{j} sizes {brief(sizes[j].tolist())} hold more elements "
+                        "than a torch tensor can (at most 2**63 - 1 bytes)"
+                    )
+        check_chunk_hash_spread(offsets, sizes, f"chunks of {fqn}", self.source)
+        return offsets, sizes
 
     def index(self, k):
         if not _is(k, _DCP, "MetadataIndex"):
@@ -514,6 +585,68 @@ class _Converter:
             td = tuple(td)
         return StorageInfo(path, off, length, td)
 
+    def storage_columns(self, sd: dict) -> StorageColumns:
+        """``storage_data`` (stand-in pairs and `StorageRun`s) as `StorageColumns`."""
+        fqn_ids: dict[str, int] = {}
+        path_ids: dict[str, int] = {}
+        cols: dict[str, list] = {k: [] for k in _STORAGE_COLUMNS}
+        offsets: list = []
+        transforms = {}
+        row = 0
+        for k, v in sd.items():
+            if type(k) is StorageRun:
+                if v is not None:
+                    raise _Corrupt(f"storage_data value {brief(v, 60)} of decoded entries")
+                n = k.count
+                for name, ids, (names, index) in (
+                    ("fqn_id", fqn_ids, k.fqns),
+                    ("path_id", path_ids, k.paths),
+                ):
+                    lut = np.array([ids.setdefault(f, len(ids)) for f in names], np.int64)
+                    cols[name].append(lut[index])
+                cols["ndim"].append(k.nd)
+                offsets.append(k.offsets[np.arange(3)[None, :] < k.nd[:, None]])
+                cols["hint"].append(k.hint)
+                cols["has_hint"].append(k.has_hint)
+                cols["offset"].append(k.file_offset)
+                cols["length"].append(k.length)
+                row += n
+                continue
+            key, info = self.index(k), self.storage_info(v)
+            for value, what in ((info.offset, "offset"), (info.length, "length")):
+                if not -MAX_INT64 - 1 <= value <= MAX_INT64:
+                    raise _Corrupt(f"{key.fqn}: _StorageInfo {what} {brief(value)} leaves int64")
+            if key.index is not None and not -MAX_INT64 - 1 <= key.index <= MAX_INT64:
+                raise _Corrupt(f"{key.fqn}: MetadataIndex index {brief(key.index)} leaves int64")
+            cols["fqn_id"].append([fqn_ids.setdefault(key.fqn, len(fqn_ids))])
+            cols["path_id"].append([path_ids.setdefault(info.relative_path, len(path_ids))])
+            cols["ndim"].append([-1 if key.offset is None else len(key.offset)])
+            offsets.append(np.array(key.offset or (), np.int64))
+            cols["hint"].append([0 if key.index is None else key.index])
+            cols["has_hint"].append([key.index is not None])
+            cols["offset"].append([info.offset])
+            cols["length"].append([info.length])
+            if info.transform_descriptors is not None:
+                transforms[row] = info.transform_descriptors
+            row += 1
+        arrays = {
+            k: np.concatenate([np.asarray(p, bool if k == "has_hint" else np.int64) for p in v])
+            if v
+            else np.zeros(0, bool if k == "has_hint" else np.int64)
+            for k, v in cols.items()
+        }
+        nd = arrays.pop("ndim")
+        return StorageColumns(
+            fqns=list(fqn_ids),
+            paths=list(path_ids),
+            off_start=np.concatenate([[0], np.cumsum(np.maximum(nd, 0))]),
+            offsets=np.concatenate(offsets) if offsets else np.zeros(0, np.int64),
+            has_offset=nd >= 0,
+            transforms=transforms,
+            source=self.source,
+            **arrays,
+        )
+
     def plain(self, obj, memo: dict, depth: int = 0):
         """Plain data of planner_data / checkpoint ids: containers rebuilt, torch constants by
         name. ``memo`` keeps the pickle's sharing (a memoised list referenced a million times
@@ -522,6 +655,8 @@ class _Converter:
             return obj.name
         if isinstance(obj, _StandIn):
             raise _Corrupt(f"a {obj.torch_name} record inside plain data")
+        if isinstance(obj, FastRun):
+            raise _Corrupt(f"DCP records ({obj!r}) inside plain data")
         if type(obj) not in (dict, list, tuple, set, frozenset):
             return obj
         if id(obj) in memo:
@@ -559,9 +694,7 @@ class _Converter:
         if sd is not None:
             if type(sd) is not dict:
                 raise _Corrupt("storage_data is not a dict")
-            keys = [self.index(k) for k in sd]
-            check_hash_spread(keys, "storage_data keys", self.source)
-            storage = {k: self.storage_info(v) for k, v in zip(keys, sd.values())}
+            storage = self.storage_columns(sd)
         sm = raw.field("storage_meta")
         if sm is None:  # FileSystemReader.read_metadata fills in an empty StorageMeta
             meta = StorageMeta()
@@ -586,6 +719,7 @@ _METADATA_FIELDS = (
     "storage_meta",
     "version",
 )
+_STORAGE_COLUMNS = ("fqn_id", "path_id", "ndim", "hint", "has_hint", "offset", "length")
 _MAX_DEPTH = 100  # plain data deeper than this is no torch checkpoint's planner_data
 _STRIDED = _Named("layout", "strided")
 _CONTIGUOUS = _Named("memory_format", "contiguous_format")
@@ -632,6 +766,7 @@ def read_metadata_bytes(
     budget = Budget(len(data), source=source)
     try:
         unpickler = _AllowListUnpickler(data, budget=budget, source=source)
+        unpickler.use_fast_paths()
         if extra_globals:
             unpickler.extra_globals = dict(extra_globals)
         raw = unpickler.load()
@@ -672,13 +807,18 @@ def read_metadata_bytes(
         ) from None
 
 
-def load_metadata(path, rank: int | None = None) -> Metadata:
+def load_metadata(path, rank: int | None = None, *, cache: bool = True) -> Metadata:
     """The checkpoint's `Metadata` as ``FileSystemReader(path).read_metadata(rank=rank)`` would
     return it, in workbench records, but read with an allow-list unpickler: nothing in the file is
     executed (torch's reader is a bare ``pickle.load``). ``storage_meta.load_id`` is the file's
-    (None for files torch wrote) where torch's reader stamps a fresh one."""
+    (None for files torch wrote) where torch's reader stamps a fresh one.
+
+    Chunks and storage entries are held as columns (`formats.columns`). With ``cache`` (and
+    ``WORKBENCH_NO_CACHE`` unset) the parsed result is kept in the user's cache directory and
+    reused while the file's size, mtime and content hash match (`formats.metadata_cache`)."""
     p = metadata_path(path, rank)
     try:
+        st = p.stat()
         data = p.read_bytes()
     except FileNotFoundError:
         raise MetadataError(
@@ -696,7 +836,14 @@ def load_metadata(path, rank: int | None = None) -> Metadata:
             "Check the path and its permissions.",
             path=str(p),
         ) from None
-    return read_metadata_bytes(data, str(p))
+    if not metadata_cache.cache_enabled(cache) or not data:
+        return read_metadata_bytes(data, str(p))
+    key = metadata_cache.content_key(data, st.st_size, st.st_mtime_ns)
+    md = metadata_cache.load_cached(key)
+    if md is None:
+        md = read_metadata_bytes(data, str(p))
+        metadata_cache.store(key, md, len(data))
+    return md
 
 
 # ----------------------------------------------------------------------------- for other readers

@@ -21,6 +21,13 @@ So memory is a small multiple of the input (every object on the stack or in the 
 by an opcode of the input) and time is linear in it. The caller supplies ``find_class`` (the
 allow-list) and the hooks; nothing is imported or called that they do not return.
 
+A caller may also give ``fast_paths``: decoders of runs of records that repeat by the hundred
+thousand (a ``.metadata``'s chunks, `formats.dcp_fast`). When a ``GET`` fetches one of their
+classes, the decoder may consume the whole run at once and push one object in its place; the
+memo entries the run would have made are registered with `LazyMemo` and built only if the
+pickle refers back to one. A decoder declines (returns None) whatever it does not recognise
+exactly, and the loop below then reads the same bytes one opcode at a time.
+
 Imports the standard library, ``workbench.errors`` and ``formats.limits`` only.
 """
 
@@ -28,12 +35,13 @@ from __future__ import annotations
 
 import codecs
 import struct
+from bisect import bisect_right
 from typing import Any
 
 from ..errors import WorkbenchError
 from .limits import Budget, brief, is_safe_key
 
-__all__ = ["BoundedUnpickler", "UnpicklingError", "MAX_LINE"]
+__all__ = ["BoundedUnpickler", "UnpicklingError", "LazyMemo", "MAX_LINE"]
 
 # Longest line of a protocol-0 text opcode (an int, a float, a module or class name, a string).
 MAX_LINE = 1 << 16
@@ -83,6 +91,37 @@ _COUNTED = {
 }
 
 
+class LazyMemo(dict):
+    """The unpickler's memo (index -> object). Ranges of indices a fast path consumed are
+    registered with `add_range` and built by their ``build(index)`` (which stores the objects
+    of the record it belongs to with `dict.__setitem__` and returns the one asked for) on the
+    first reference; a plain dict otherwise."""
+
+    __slots__ = ("starts", "ranges")
+
+    def __init__(self):
+        super().__init__()
+        self.starts: list[int] = []
+        self.ranges: list[tuple[int, int, object]] = []
+
+    def add_range(self, start: int, stop: int, build) -> None:
+        self.starts.append(start)
+        self.ranges.append((start, stop, build))
+
+    def __missing__(self, idx):
+        if self.starts and type(idx) is int:
+            i = bisect_right(self.starts, idx) - 1
+            if i >= 0:
+                start, stop, build = self.ranges[i]
+                if idx < stop:
+                    return build(idx)
+        raise KeyError(idx)
+
+
+class _NoFastPath:
+    """No memo object has this type: the loop's fast-path test is one ``is`` when none is set."""
+
+
 # protocol-2 compatibility names a Python 2 pickle uses (what pickle's fix_imports maps)
 _OLD_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
@@ -98,7 +137,14 @@ class BoundedUnpickler:
     - ``safe_key(obj)``: whether a non-plain object (an identity-hashed record) may be a key.
 
     ``budget`` is charged for copies and calls; ``load()`` returns the unpickled object.
+
+    ``fast_paths`` maps a memoised object (a record class) to ``decode(data, pos, memo, nmemo,
+    stack, marks)``, tried when a ``GET`` at ``pos`` fetches that object and its type is
+    ``fast_type``; it returns None or ``(end, objects to push, memo entries made)``.
     """
+
+    fast_paths: dict = {}
+    fast_type: type = _NoFastPath
 
     def __init__(self, data: bytes, *, budget: Budget | None = None, source: str = "<pickle>"):
         self.data = bytes(data)
@@ -148,8 +194,10 @@ class BoundedUnpickler:
         pos = 0
         stack: list = []
         marks: list = []
-        memo: dict = {}
+        memo = LazyMemo()
         nmemo = 0
+        fast = self.fast_paths
+        fast_type = self.fast_type
         append = stack.append
         source = self.source
         check_key = self._check_key
@@ -193,14 +241,16 @@ class BoundedUnpickler:
             return items
 
         def put(idx):
-            # memo keys stay exactly 0 .. len(memo) - 1 (so nmemo == len(memo) after every op)
-            if type(idx) is not int or idx < 0 or idx > len(memo):
+            # memo keys stay within 0 .. nmemo - 1 (nmemo: entries made so far, fast runs'
+            # unbuilt ones included), so a PUT can grow the memo by one entry at most
+            if type(idx) is not int or idx < 0 or idx > nmemo:
                 raise UnpicklingError(
-                    f"memo index {idx!r:.30} beyond the {len(memo)} objects memoised so far"
+                    f"memo index {idx!r:.30} beyond the {nmemo} objects memoised so far"
                 )
             if not stack:
                 raise UnpicklingError("PUT on an empty stack")
             memo[idx] = stack[-1]
+            return max(nmemo, idx + 1)
 
         def get(idx):
             try:
@@ -258,12 +308,20 @@ class BoundedUnpickler:
                 if op == 0x94:  # MEMOIZE
                     memo[nmemo] = stack[-1]
                     nmemo += 1
-                elif op == 0x6A:  # LONG_BINGET
-                    append(memo[_unpack_I(data, pos)[0]])
-                    pos += 4
-                elif op == 0x68:  # BINGET
-                    append(memo[data[pos]])
-                    pos += 1
+                elif op == 0x6A or op == 0x68:  # LONG_BINGET, BINGET
+                    if op == 0x68:
+                        v, width = memo[data[pos]], 1
+                    else:
+                        v, width = memo[_unpack_I(data, pos)[0]], 4
+                    if type(v) is fast_type and v in fast:
+                        got = fast[v](data, pos - 1, memo, nmemo, stack, marks)
+                        if got is not None:
+                            pos, objs, made = got
+                            stack.extend(objs)
+                            nmemo += made
+                            continue
+                    append(v)
+                    pos += width
                 elif op == 0x4D:  # BININT2
                     append(_unpack_H(data, pos)[0])
                     pos += 2
@@ -359,13 +417,11 @@ class BoundedUnpickler:
                     append(find(mod, nm))
                 elif op == 0x71:  # BINPUT
                     need(1)
-                    put(data[pos])
-                    nmemo = len(memo)
+                    nmemo = put(data[pos])
                     pos += 1
                 elif op == 0x72:  # LONG_BINPUT
                     need(4)
-                    put(_unpack_I(data, pos)[0])
-                    nmemo = len(memo)
+                    nmemo = put(_unpack_I(data, pos)[0])
                     pos += 4
                 elif op == 0x80:  # PROTO
                     need(1)
@@ -453,8 +509,7 @@ class BoundedUnpickler:
                     append(call(items[0], tuple(items[1:])))
                 elif op == 0x70:  # PUT (text)
                     text, pos = line()
-                    put(as_int(text, "PUT index"))
-                    nmemo = len(memo)
+                    nmemo = put(as_int(text, "PUT index"))
                 elif op == 0x67:  # GET (text)
                     text, pos = line()
                     get(as_int(text, "GET index"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench import RankValue
+from workbench import dcp
 from workbench import planner_helpers as H
 from workbench.errors import ChunkError, LayoutError, PlacementError, PlanError, WorkbenchError
 from workbench.geometry import Chunk
@@ -24,6 +24,7 @@ from workbench.records import (
     WriteItemType,
 )
 from workbench.sharding import (
+    RankValue,
     bytes_layout,
     dtensor_layout,
     local_shape_and_offset,
@@ -192,7 +193,7 @@ def test_duplicated_flatten_key():
     with pytest.raises(ValueError) as te:
         flatten_state_dict(sd)
     with pytest.raises(PlanError) as ei:
-        H.flatten_state_dict(sd)
+        dcp.flatten_state_dict(sd)
     assert_torch_text(ei, te.value, "a.b")
 
 

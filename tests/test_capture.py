@@ -357,7 +357,7 @@ def test_checkpoint_explorer_takes_a_captured_target(fsdp_tp):
     save = wb.plan_save(P.fsdp_checkpoint_layouts(fsdp_tp, 4))
     ex = CheckpointExplorer(save.metadata, target=fsdp_tp, rank=4)
     assert ex.plan.layouts is not None and ex.plan.load.world_size == 6
-    assert "capture_programs.build_fsdp_tp" in ex._header.value
+    assert "capture_programs.build_fsdp_tp" in ex.header.value
     kinds = {(p.fqn, p.kind) for p in ex.plan.problems}
     assert ("tok_embeddings.weight", "strided_misdescribed") in kinds
 

@@ -16,11 +16,12 @@ from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from workbench.errors import WorkbenchError
 from workbench.planning import plan_save
-from workbench.sharding import bytes_layout, dtensor_layout, tensor_layout
+from workbench.sharding import bytes_layout, dtensor_layout, sharded_layout, tensor_layout
 from workbench.torch_bridge.checked_planner import (
     CheckedLoadError,
     CheckedLoadPlanner,
     CheckedPlanWarning,
+    CheckedSaveError,
     CheckedSavePlanner,
     checked_error,
 )
@@ -151,3 +152,22 @@ def test_bad_options_and_foreign_exceptions():
     err = CheckedLoadError("w", "what", "expectation", "fix", problems=())
     wrapped = CheckpointException("plan", {0: (err, None)})
     assert checked_error(wrapped) is err and checked_error(ValueError("x")) is None
+
+
+def test_the_checked_save_reports_chunks_the_hf_writer_drops():
+    # rank 0 holds two chunks of "s": HuggingFaceStorageWriter keeps one chunk per fqn and rank
+    layouts = {
+        "s": sharded_layout((6,), [[((0,), (2,)), ((2,), (2,))], [((4,), (2,))]], world_size=2)
+    }
+    planners, local = [], []
+    for r in range(2):
+        _fake(r, 2)
+        try:
+            p = CheckedSavePlanner(storage="hf")
+            p.set_up_planner(torch_state_dict(layouts, r, Meshes()), is_coordinator=r == 0)
+            local.append(p.create_local_plan())
+            planners.append(p)
+        finally:
+            dist.destroy_process_group()
+    with pytest.raises(CheckedSaveError, match=r"\[silent\] hf_lost_chunk s on rank 0"):
+        planners[0].create_global_plan(local)

@@ -678,7 +678,7 @@ def test_checkpoint_explorer_opens_other_formats(name):
 
     ex = CheckpointExplorer(str(DATA / name))
     assert ex.plan.format == ("megatron" if name.startswith("megatron") else "hf")
-    assert ex.plan.facts["format"] in ex._header.value
+    assert ex.plan.facts["format"] in ex.header.value
     assert ex.result.fqn == next(iter(load_metadata(DATA / name).state_dict_metadata))
     assert ex.result.chunks is not None and len(ex.result.chunks) >= 1
 

@@ -15,7 +15,7 @@ import logging
 import pytest
 import torch
 
-from workbench import RankValue
+from workbench import dcp
 from workbench import planner_helpers as H
 from workbench.geometry import Chunk
 from workbench.records import (
@@ -29,6 +29,7 @@ from workbench.records import (
     WriteItemType,
 )
 from workbench.sharding import (
+    RankValue,
     Shard,
     StridedShard,
     dtensor_layout,
@@ -529,7 +530,7 @@ def test_strided_save_fails_validation_like_torch():
 
 def test_flatten_state_dict_examples():
     t = RankValue(tensor_layout((2,), 1), 0)
-    flat, mapping = H.flatten_state_dict(
+    flat, mapping = dcp.flatten_state_dict(
         {"model": {"w": t, "layers": [t, {"b": t}]}, "step": 3, "cfg": [1, 2], "pair": (t, t)}
     )
     assert list(flat) == ["model.w", "model.layers.0", "model.layers.1.b", "step", "cfg", "pair"]

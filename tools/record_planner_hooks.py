@@ -103,9 +103,7 @@ def _planner_calls(fn: ast.AST) -> list[str]:
 def _flow(tree: ast.Module, fn_name: str) -> dict:
     """How ``fn_name`` drives the planner: the local and global step's planner calls (the
     functions handed to ``reduce_scatter``), the calls after it, and the collective used."""
-    fn = next(
-        n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == fn_name
-    )
+    fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == fn_name)
     inner = {n.name: n for n in ast.walk(fn) if isinstance(n, ast.FunctionDef) and n is not fn}
     out = {"reduce_scatter": False, "local_step": [], "global_step": [], "after": []}
     for node in ast.walk(fn):

@@ -168,7 +168,8 @@ def __getattr__(name: str):
     if mod is None:
         raise AttributeError(f"module 'workbench' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
+    if name in _EXPORTS:  # cached: the face; a moved name stays out of globals() and dir()
+        globals()[name] = value
     return value
 
 

@@ -29,7 +29,6 @@ __all__ = [
     "as_value",
     "as_metadata",
     "as_layout",
-    "as_layouts",
     "flatten_state_dict",
     "held_layouts",
 ]
@@ -126,19 +125,6 @@ def as_layout(obj, fqn: str | None = None) -> Layout:
         "Build one with dtensor_layout / tensor_layout / sharded_layout / bytes_layout.",
         value_type=type(obj),
     )
-
-
-def as_layouts(source) -> dict[str, Layout]:
-    """``{fqn: Layout}`` from a dict of layouts (returned as is) or a torch state dict of real
-    Tensors / DTensors / ShardedTensors (each described for every rank)."""
-    if not isinstance(source, Mapping):
-        raise PlanError(
-            "<target>",
-            f"target is a {type(source).__name__}",
-            "a dict {fqn: Layout} or a state dict of real tensors",
-            "Build layouts with dtensor_layout / tensor_layout, or pass model.state_dict().",
-        )
-    return {fqn: as_layout(value, fqn) for fqn, value in source.items()}
 
 
 def _is_tensor_leaf(value) -> bool:

@@ -8,7 +8,8 @@ same layouts everywhere. The forms:
   preset parallelised by a recipe on a named mesh);
 - a JSON file or document (`json_target`, the syntax of `TARGET_HELP`; `target_json` writes it);
 - ``{fqn: Layout}`` (as is) and ``(preset, recipe, mesh_shape)``;
-- what users hold (a state dict of real tensors, a captured target), through `sources`.
+- what users hold (``model.state_dict()``, the nested dict given to ``dcp.load``, a module,
+  ``(model, optimizer)``, a captured target), through `sources.held_layouts`.
 
 JSON targets come from strangers: they are read within `formats.limits.read_json`'s bounds and
 describe at most `MAX_TARGET_WORLD` ranks before anything is sized by them.
@@ -38,7 +39,7 @@ from .sharding import (
     tensor_layout,
     with_data_held,
 )
-from .sources import as_layouts
+from .sources import held_layouts
 
 __all__ = [
     "TARGET_HELP",
@@ -226,10 +227,12 @@ def parse_target(spec: str | os.PathLike) -> dict[str, Layout]:
     return PresetTarget.parse(text).layouts()
 
 
-def as_target(target) -> dict[str, Layout]:
+def as_target(target, *, world_size: int | None = None) -> dict[str, Layout]:
     """``{fqn: Layout}`` for any target form: a spec string or path (`parse_target`), a
-    `PresetTarget`, ``(preset, recipe, mesh_shape)``, ``{fqn: Layout}`` or a state dict of real
-    tensors (`sources.as_layouts`)."""
+    `PresetTarget`, ``(preset, recipe, mesh_shape)``, or what a user holds: ``{fqn: Layout}``,
+    ``model.state_dict()``, the nested dict given to ``dcp.load``, a module, ``(model,
+    optimizer)`` (`sources.held_layouts`, as ``dcp.load`` sees it; ``world_size`` for plain
+    tensors when no DTensor or process group says)."""
     if isinstance(target, (str, os.PathLike)):
         return parse_target(target)
     if isinstance(target, PresetTarget):
@@ -237,15 +240,7 @@ def as_target(target) -> dict[str, Layout]:
     if isinstance(target, tuple) and len(target) == 3 and isinstance(target[0], str):
         preset, recipe, mesh = target
         return models.apply_recipe(models.model_state_dict(preset), recipe, tuple(mesh))
-    if isinstance(target, Mapping):
-        return as_layouts(target)
-    raise PlanError(
-        "<target>",
-        f"target is a {type(target).__name__}",
-        "a spec like 'llama-tiny:fsdp2+tp:dp=2,tp=2', a JSON file, (preset, recipe, mesh_shape), "
-        "a dict {fqn: Layout} or a state dict",
-        "See `workbench plan --help` for the target forms.",
-    )
+    return held_layouts(target, world_size=world_size, for_load=True)[0]
 
 
 def parse_ints(text, what: str, *, error=LayoutError, example: str = "16, 12") -> tuple[int, ...]:

@@ -25,7 +25,7 @@ chunks, Partial placements).
 
 The hooks used -- ``create_local_plan``, ``create_global_plan``, ``finish_plan`` of
 ``DefaultLoadPlanner`` / ``DefaultSavePlanner`` and the plans' ``planner_data`` field -- exist
-with these signatures in every supported torch (2.4 - 2.14; recorded from the wheels by
+with these signatures in every supported torch (2.4 - 2.15; recorded from the wheels by
 ``tools/record_planner_hooks.py`` into ``tests/data/planner_hooks.json``).
 
 Imports torch at the top (noted exception of the torch bridge: these classes derive from
@@ -212,6 +212,53 @@ def _finish_warnings(data) -> None:
         warnings.warn(data["warn"], CheckedPlanWarning, stacklevel=3)
 
 
+def _local_plan(planner, make_plan, empty, digests: bool):
+    """``make_plan()`` (torch's local plan) with this rank's entries in its ``planner_data``; when
+    torch raises, an empty plan carrying the error, for the coordinator to report with the rest."""
+    rank, _ = _rank_and_world()
+    try:
+        plan, error = make_plan(), None
+    except Exception as e:  # reported by the coordinator with every rank's problems
+        plan, error = empty, f"{type(e).__name__}: {e}"
+    entries = rank_entries(planner.state_dict, digests=digests)
+    return _with_data(plan, {"rank": rank, "entries": entries, "error": error})
+
+
+def _the_job(cls, plans):
+    """(every rank's data, the plans as torch made them, ``{fqn: Layout}`` of the whole job)."""
+    datas, plans = zip(*(_take_data(p) for p in plans))
+    data_by_rank = {d["rank"]: d for d in datas if d is not None}
+    _, ws = _rank_and_world()
+    ws = max(ws, len(plans), max(data_by_rank, default=-1) + 1)
+    try:
+        layouts = _world_layouts({r: d["entries"] for r, d in data_by_rank.items()}, ws)
+    except WorkbenchError as e:  # ranks disagree on an entry's shape, dtype or mesh
+        raise cls(
+            e.fqn,
+            f"the ranks' state dicts do not describe one job: {e.what}",
+            e.expectation,
+            e.fix,
+        ) from None
+    return data_by_rank, list(plans), layouts
+
+
+def _judge(cls, problems, on_silent: str, side: str, what: str, expectation: str) -> str | None:
+    """Raise `cls` on errors (and silent problems with ``on_silent="raise"``); the warning text
+    for silent problems otherwise (None when there are none)."""
+    errors = [p for p in problems if p.severity == "error"]
+    silent = [p for p in problems if p.severity == "silent"]
+    if errors or (silent and on_silent == "raise"):
+        _raise(
+            cls,
+            errors + (silent if on_silent == "raise" else []),
+            what,
+            expectation,
+            f"Fix the {side}'s state dict or checkpoint as each line says; on_silent='warn' goes "
+            "on despite silent problems.",
+        )
+    return _warn_text(silent, what) if silent else None
+
+
 class CheckedLoadPlanner(DefaultLoadPlanner):
     """``DefaultLoadPlanner`` that checks the whole job's load before any data is read:
     ``dcp.load(sd, checkpoint_id=path, planner=CheckedLoadPlanner())``. Arguments: those of
@@ -224,50 +271,25 @@ class CheckedLoadPlanner(DefaultLoadPlanner):
         self.on_silent = _check_on_silent(on_silent)
 
     def create_local_plan(self):
-        rank, _ = _rank_and_world()
-        try:
-            plan, error = super().create_local_plan(), None
-        except Exception as e:  # reported by the coordinator with every rank's problems
-            plan, error = LoadPlan([]), f"{type(e).__name__}: {e}"
-        entries = rank_entries(self.state_dict, digests=False)
-        return _with_data(plan, {"rank": rank, "entries": entries, "error": error})
+        return _local_plan(self, super().create_local_plan, LoadPlan([]), digests=False)
 
     def create_global_plan(self, global_plan):
-        datas, plans = zip(*(_take_data(p) for p in global_plan))
-        data_by_rank = {d["rank"]: d for d in datas if d is not None}
-        _, ws = _rank_and_world()
-        ws = max(ws, len(global_plan), max(data_by_rank, default=-1) + 1)
-        views = {r: d["entries"] for r, d in data_by_rank.items()}
-        try:
-            layouts = _world_layouts(views, ws)
-        except WorkbenchError as e:  # ranks disagree on an entry's shape, dtype or mesh
-            raise CheckedLoadError(
-                e.fqn,
-                f"the ranks' state dicts do not describe one job: {e.what}",
-                e.expectation,
-                e.fix,
-            ) from None
+        data_by_rank, plans, layouts = _the_job(CheckedLoadError, global_plan)
         warn = None
         if layouts:
             res = plan_load(
                 from_torch(self.metadata), layouts, allow_partial_load=self.allow_partial_load
             )
-            problems = res.problems
-            errors = [p for p in problems if p.severity == "error"]
-            silent = [p for p in problems if p.severity == "silent"]
-            if errors or (silent and self.on_silent == "raise"):
-                _raise(
-                    CheckedLoadError,
-                    errors + (silent if self.on_silent == "raise" else []),
-                    "dcp.load would fail or load wrong values (checked before reading)",
-                    "a load torch completes with the saved values in every element",
-                    "Fix the target or the checkpoint as each line says; "
-                    "on_silent='warn' loads despite silent problems.",
-                )
-            if silent:
-                warn = _warn_text(silent, "dcp.load loads wrong values")
+            warn = _judge(
+                CheckedLoadError,
+                res.problems,
+                self.on_silent,
+                "load",
+                "dcp.load would fail or load wrong values (checked before reading)",
+                "a load torch completes with the saved values in every element",
+            )
         _check_unexplained(CheckedLoadError, "load", data_by_rank)
-        plans = super().create_global_plan(list(plans))
+        plans = super().create_global_plan(plans)
         return [_with_data(p, {"warn": warn}) if warn else p for p in plans]
 
     def finish_plan(self, new_plan):
@@ -288,53 +310,25 @@ class CheckedSavePlanner(DefaultSavePlanner):
         self.storage = storage
 
     def create_local_plan(self):
-        rank, _ = _rank_and_world()
-        try:
-            plan, error = super().create_local_plan(), None
-        except Exception as e:  # a Partial DTensor: reported by the coordinator with the rest
-            plan, error = SavePlan([]), f"{type(e).__name__}: {e}"
-        entries = rank_entries(self.state_dict, digests=True)
-        return _with_data(plan, {"rank": rank, "entries": entries, "error": error})
+        # digests: per-rank values of plain tensors and bytes entries are what dedup loses
+        return _local_plan(self, super().create_local_plan, SavePlan([]), digests=True)
 
     def create_global_plan(self, all_plans):
-        datas, plans = zip(*(_take_data(p) for p in all_plans))
-        data_by_rank = {d["rank"]: d for d in datas if d is not None}
-        _, ws = _rank_and_world()
-        ws = max(ws, len(all_plans), max(data_by_rank, default=-1) + 1)
-        views = {r: d["entries"] for r, d in data_by_rank.items()}
+        data_by_rank, plans, layouts = _the_job(CheckedSaveError, all_plans)
         warn = None
-        if views:
-            try:
-                layouts = _world_layouts(views, ws)
-            except WorkbenchError as e:
-                raise CheckedSaveError(
-                    e.fqn,
-                    f"the ranks' state dicts do not describe one job: {e.what}",
-                    e.expectation,
-                    e.fix,
-                ) from None
-            res = plan_save(
-                layouts,
-                self.dedup_save_to_lowest_rank,
-                storage=self.storage,
+        if layouts:
+            res = plan_save(layouts, self.dedup_save_to_lowest_rank, storage=self.storage)
+            warn = _judge(
+                CheckedSaveError,
+                find_save_problems(res),
+                self.on_silent,
+                "save",
+                "dcp.save would fail, lose data or write what cannot be loaded as saved "
+                "(checked before writing)",
+                "every rank's data saved once and readable",
             )
-            problems = find_save_problems(res)
-            errors = [p for p in problems if p.severity == "error"]
-            silent = [p for p in problems if p.severity == "silent"]
-            if errors or (silent and self.on_silent == "raise"):
-                _raise(
-                    CheckedSaveError,
-                    errors + (silent if self.on_silent == "raise" else []),
-                    "dcp.save would fail, lose data or write what cannot be loaded as saved "
-                    "(checked before writing)",
-                    "every rank's data saved once and readable",
-                    "Fix the state dict as each line says; on_silent='warn' saves despite "
-                    "silent problems.",
-                )
-            if silent:
-                warn = _warn_text(silent, "dcp.save loses data")
         _check_unexplained(CheckedSaveError, "save", data_by_rank)
-        out = super().create_global_plan(list(plans))
+        out = super().create_global_plan(plans)
         if warn:
             plans_out, md = out
             return [_with_data(p, {"warn": warn}) for p in plans_out], md

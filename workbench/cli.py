@@ -395,15 +395,7 @@ def _cmd_compare_versions(args, versions: list[str]) -> int:
     else:
         print(f"DCP semantics of torch {', '.join(cmp.versions)} compared with {cmp.versions[0]}")
         rows = [
-            [
-                c.version,
-                c.rank,
-                ", ".join(c.reordered),
-                ", ".join(c.changed),
-                "; ".join(c.appearing),
-                "; ".join(c.vanishing),
-                "" if c.files_before == c.files_after else " ".join(c.files_after),
-            ]
+            [*c.row(), "" if c.files_before == c.files_after else " ".join(c.files_after)]
             for c in cmp.changed()
         ]
         if rows:

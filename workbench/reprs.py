@@ -348,17 +348,7 @@ def version_comparison_html(comparison) -> str:
         parts.append(
             html_table(
                 ("version", "rank", "reordered", "changed", "appearing", "vanishing"),
-                (
-                    (
-                        c.version,
-                        c.rank,
-                        ", ".join(c.reordered),
-                        ", ".join(c.changed),
-                        "; ".join(c.appearing),
-                        "; ".join(c.vanishing),
-                    )
-                    for c in changed
-                ),
+                (c.row() for c in changed),
             )
         )
     title = "VersionComparison: torch " + " vs ".join(text(v) for v in comparison.versions)

@@ -42,6 +42,18 @@ class RankVersionChange:
     files_before: tuple[str, ...]
     files_after: tuple[str, ...]
 
+    def row(self) -> tuple:
+        """The change as one table row, the same in the CLI and the HTML summary: version, rank,
+        reordered and changed fqns, problems appearing and vanishing."""
+        return (
+            self.version,
+            self.rank,
+            ", ".join(self.reordered),
+            ", ".join(self.changed),
+            "; ".join(self.appearing),
+            "; ".join(self.vanishing),
+        )
+
     @property
     def unchanged(self) -> bool:
         return not (

@@ -133,23 +133,34 @@ def load_io(res) -> LoadIO:
     ws = res.world_size
     sdm = res.metadata.state_dict_metadata
     files = _Files(res)
+    # A group is keyed by the files and bytes of the saved chunks its reads touch, not of all its
+    # chunks: a load-balanced save gives every fqn its own writers for the chunks nobody reads
+    # (the empty shards of a tensor smaller than the mesh), and keying on those made one group
+    # per fqn (723 x 1M (rank, file) pairs at 16,384 ranks: out of memory).
+    used_of: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     groups: dict = {}
     for fqn, block in res.blocks.items():
         md = sdm[fqn]
         fid, item_bytes = files.columns(fqn, md)
         esize = 0 if block.kind == "bytes" else md.properties.element_size
-        g = (id(block.rank), fid.tobytes(), item_bytes.tobytes(), esize)
+        hit = used_of.get(id(block.saved_idx))
+        if hit is None:
+            si = np.maximum(block.saved_idx, 0)  # a bytes entry's one "chunk"
+            used, local = np.unique(si, return_inverse=True)
+            hit = used_of[id(block.saved_idx)] = (used, local.reshape(-1))
+        used, local = hit
+        fid_u, bytes_u = fid[used], item_bytes[used]
+        g = (id(block.rank), id(block.saved_idx), fid_u.tobytes(), bytes_u.tobytes(), esize)
         if g in groups:
             groups[g][1] += 1
         else:
-            groups[g] = [(block, fid, item_bytes, esize), 1]
+            groups[g] = [(block, local, fid_u, bytes_u, esize), 1]
     n_reads = np.zeros(ws, np.int64)
     needed = np.zeros(ws, np.int64)
     read = np.zeros(ws, np.int64)
     pair_keys, pair_bytes, pair_counts = [], [], []
     stride = ws + 1
-    for (block, fid, item_bytes, esize), mult in groups.values():
-        si = np.maximum(block.saved_idx, 0)  # a bytes entry's one "chunk"
+    for (block, si, fid, item_bytes, esize), mult in groups.values():
         rb = item_bytes[si]
         n_reads += mult * np.bincount(block.rank, minlength=ws)
         if esize:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import NamedTuple
 
@@ -343,6 +343,26 @@ def plan_save(
     return apply_hf_writer(result) if storage == "hf" else result
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _SaveEntry:
+    """One fqn of a save being planned. ``pattern``: its layout's chunks as arrays (None when
+    torch refuses the entry: a Partial DTensor); ``selected[k]``: the writer rank of dedup key k
+    (filled in place by `_balance`); after dedup, per pattern entry, ``kept``: whether it is
+    written and ``hint``: its position in the metadata's chunk list (valid where kept)."""
+
+    fqn: str
+    layout: Layout
+    pattern: _Pattern | None
+    selected: np.ndarray | None
+    kept: np.ndarray | None = None
+    hint: np.ndarray | None = None
+
+    @property
+    def planned(self) -> bool:
+        """Whether the entry has chunks to write (a pattern with at least one entry)."""
+        return self.pattern is not None and len(self.pattern.rank) > 0
+
+
 def _plan_save(
     layouts: Mapping[str, Layout], save_to_lowest_rank: bool, torch_version: str | None
 ) -> SavePlanResult:
@@ -352,7 +372,7 @@ def _plan_save(
     lays = [for_torch_version(lay, sem.version, fqn=f) for f, lay in zip(fqns, lays)]
     layouts = dict(zip(fqns, lays))
     failures = []
-    pats: list[_Pattern | None] = []
+    entries: list[_SaveEntry] = []
     for fqn, lay in zip(fqns, lays):
         pat = _pattern(lay)
         if lay.kind == "dtensor" and lay.has_partial and len(pat.rank):
@@ -361,43 +381,37 @@ def _plan_save(
                 Failure(fqn=fqn, ranks=tuple(pat.holder_ranks.tolist()), message=PARTIAL_MESSAGE)
             )
             pat = None
-        pats.append(pat)
-
-    # -- dedup: one writer per key (fqn, offset) -------------------------------------------
-    sel_per_fqn = []
-    for pat in pats:
-        if pat is None:
-            sel_per_fqn.append(None)
-            continue
-        # a key held by one rank has no choice; a shared key starts at its lowest holder
-        sel_per_fqn.append(pat.key_rank.copy())
-    if not save_to_lowest_rank and any(pat is not None and pat.key_holders for pat in pats):
-        _balance(pats, lays, sel_per_fqn, ws)
+        # -- dedup: one writer per key (fqn, offset); a key held by one rank has no choice, a
+        # shared key starts at its lowest holder
+        entries.append(
+            _SaveEntry(
+                fqn=fqn,
+                layout=lay,
+                pattern=pat,
+                selected=None if pat is None else pat.key_rank.copy(),
+            )
+        )
+    if not save_to_lowest_rank and any(
+        e.pattern is not None and e.pattern.key_holders for e in entries
+    ):
+        _balance(entries, ws)
 
     # -- global plan: metadata in (rank, item) order after dedup ----------------------------
-    kept_per_fqn, first_rank = [], []
-    for pat, sel in zip(pats, sel_per_fqn):
-        if pat is None or len(pat.rank) == 0:
-            kept_per_fqn.append(None)
-            first_rank.append(None)
-            continue
-        kept = pat.rank == sel[pat.key]
-        kept_per_fqn.append(kept)
-        first_rank.append(int(pat.rank[kept][0]))
-    md_order = sorted((r, f) for f, r in enumerate(first_rank) if r is not None)
+    entries = [_deduplicated(e) for e in entries]
+    md_order = sorted(
+        (int(e.pattern.rank[e.kept][0]), f) for f, e in enumerate(entries) if e.planned
+    )
     sdm: dict = {}
     writers: dict[str, list[int]] = {}
     writer_arrays: dict[str, np.ndarray] = {}
-    hint_per_fqn: list[np.ndarray | None] = [None] * len(fqns)
     bytes_written = np.zeros(ws, dtype=np.int64)
     for _, f in md_order:
-        fqn, lay, pat, kept = fqns[f], lays[f], pats[f], kept_per_fqn[f]
-        idx = np.flatnonzero(kept)
+        e = entries[f]
+        fqn, lay, pat = e.fqn, e.layout, e.pattern
+        idx = np.flatnonzero(e.kept)
         w = pat.rank[idx]
         writer_arrays[fqn] = w
         writers[fqn] = w.tolist()
-        hint = np.cumsum(kept) - 1
-        hint_per_fqn[f] = hint
         if lay.kind == "bytes":
             sdm[fqn] = BytesStorageMetadata()
             continue
@@ -406,7 +420,7 @@ def _plan_save(
         tsm = sdm[fqn] = TensorStorageMetadata(_props(lay.dtype, first), lay.shape)
         # set after construction: __post_init__ would re-normalise every (already Chunk) chunk
         tsm.chunks = (
-            list(pat.chunks) if len(idx) == len(kept) else [pat.chunks[i] for i in idx.tolist()]
+            list(pat.chunks) if len(idx) == len(e.kept) else [pat.chunks[i] for i in idx.tolist()]
         )
         vol = np.prod(pat.sizes[idx], axis=1) * DTYPE_SIZES[lay.dtype]
         np.add.at(bytes_written, w, vol)
@@ -415,13 +429,13 @@ def _plan_save(
     strides = sem.tensor_strides
 
     def local_plan(r: int) -> SavePlan:
-        return SavePlan(_write_items(r, fqns, lays, pats, None, None, strides))
+        return SavePlan(_write_items(r, entries, False, strides))
 
     def final_plan(r: int) -> SavePlan:
-        return SavePlan(_write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn, strides))
+        return SavePlan(_write_items(r, entries, True, strides))
 
     plans = _LazyPlans(ws, final_plan)
-    errors = _validate(sdm, pats, fqns, kept_per_fqn, plans, sem.version)
+    errors = _validate(sdm, {e.fqn: e for e in entries}, plans, sem.version)
     return SavePlanResult(
         layouts=dict(layouts),
         world_size=ws,
@@ -436,7 +450,15 @@ def _plan_save(
     )
 
 
-def _balance(pats, lays, sel_per_fqn, ws) -> None:
+def _deduplicated(e: _SaveEntry) -> _SaveEntry:
+    """The entry with ``kept`` (the pattern entries whose rank writes their key) and ``hint``."""
+    if not e.planned:
+        return e
+    kept = e.pattern.rank == e.selected[e.pattern.key]
+    return replace(e, kept=kept, hint=np.cumsum(kept) - 1)
+
+
+def _balance(entries: list[_SaveEntry], ws: int) -> None:
     """torch's load-balanced ``dedup_save_plans`` choice for the shared keys, in place.
 
     torch visits keys in global first-appearance order, (first holder rank r0, fqn position, key
@@ -446,24 +468,24 @@ def _balance(pats, lays, sel_per_fqn, ws) -> None:
     already won, plus, for r0 itself, its one-holder keys visited so far (a prefix sum over fqns).
     Only the shared keys are looped over; each builds the Python ``set`` torch builds (holders
     added in plan order) so that ``min`` breaks ties in CPython's set order."""
-    charge = [lay.nbytes or 1 for lay in lays]
+    charge = [e.layout.nbytes or 1 for e in entries]
     rows = sorted(
-        (int(pat.key_rank[k]), f, k)
-        for f, pat in enumerate(pats)
-        if pat is not None
-        for k in pat.key_holders
+        (int(e.pattern.key_rank[k]), f, k)
+        for f, e in enumerate(entries)
+        if e.pattern is not None
+        for k in e.pattern.key_holders
     )
     r0s = sorted({r for r, _, _ in rows})
     col = {r: j for j, r in enumerate(r0s)}
     r0a = np.array(r0s, dtype=np.int64)
-    before = np.zeros((len(pats) + 1, len(r0s)), dtype=np.int64)
-    for f, pat in enumerate(pats):
-        if pat is not None:
-            before[f + 1] = pat.unshared_cnt[r0a] * charge[f]
+    before = np.zeros((len(entries) + 1, len(r0s)), dtype=np.int64)
+    for f, e in enumerate(entries):
+        if e.pattern is not None:
+            before[f + 1] = e.pattern.unshared_cnt[r0a] * charge[f]
     before = np.cumsum(before, axis=0).tolist()
     won = [0] * ws
     for r0, f, k in rows:
-        pat = pats[f]
+        pat = entries[f].pattern
         first_of_r0 = int(np.searchsorted(pat.key_rank, r0))
         own = (
             before[f][col[r0]]
@@ -474,32 +496,35 @@ def _balance(pats, lays, sel_per_fqn, ws) -> None:
             holders.add(h)
         w = min(holders, key=lambda h: won[h] + (own if h == r0 else 0))
         won[w] += charge[f]
-        sel_per_fqn[f][k] = w
+        entries[f].selected[k] = w
 
 
-def _write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn, strides=False) -> list[WriteItem]:
-    """Rank r's write items in state-dict order; with ``kept_per_fqn`` only the deduplicated ones,
-    their index hints rewritten to metadata chunk positions; ``strides`` (2.15+): properties carry
-    the local tensor's strides."""
+def _write_items(
+    r: int, entries: list[_SaveEntry], deduplicated: bool, strides: bool = False
+) -> list[WriteItem]:
+    """Rank r's write items in state-dict order; ``deduplicated``: only the kept ones, their index
+    hints rewritten to metadata chunk positions; ``strides`` (2.15+): properties carry the local
+    tensor's strides."""
     items = []
-    for f, (fqn, lay, pat) in enumerate(zip(fqns, lays, pats)):
+    for e in entries:
+        fqn, lay, pat = e.fqn, e.layout, e.pattern
         if pat is None:
             continue
-        s, e = int(pat.starts[r]), int(pat.starts[r + 1])
-        if s == e:
+        s, end = int(pat.starts[r]), int(pat.starts[r + 1])
+        if s == end:
             continue
         if lay.kind == "bytes":
-            if kept_per_fqn is None or kept_per_fqn[f][s]:
+            if not deduplicated or e.kept[s]:
                 items.append(WriteItem(MetadataIndex(fqn), WriteItemType.BYTE_IO))
             continue
         typ = WriteItemType.TENSOR if lay.kind == "tensor" else WriteItemType.SHARD
         props = _props(lay.dtype)
-        for i in range(s, e):
+        for i in range(s, end):
             hint = None
-            if kept_per_fqn is not None:
-                if not kept_per_fqn[f][i]:
+            if deduplicated:
+                if not e.kept[i]:
                     continue
-                hint = int(hint_per_fqn[f][i])
+                hint = int(e.hint[i])
             c = pat.chunks[i]
             items.append(
                 WriteItem(
@@ -513,18 +538,17 @@ def _write_items(r, fqns, lays, pats, kept_per_fqn, hint_per_fqn, strides=False)
     return items
 
 
-def _validate(sdm, pats, fqns, kept_per_fqn, plans, torch_version: str) -> list[str]:
+def _validate(sdm, entries: dict[str, _SaveEntry], plans, torch_version: str) -> list[str]:
     """``_validate_global_plan`` strings: vectorised checks find the tensors with any error (cached
     per chunk geometry); the scalar mirror writes their exact strings, in metadata order."""
-    pos = {f: i for i, f in enumerate(fqns)}
     verdicts: dict = {}
     errors: list[str] = []
+    check_fill = len(plans) > 1 or semantics(torch_version).validation_fill_single_plan
     for fqn, md in sdm.items():
         if isinstance(md, BytesStorageMetadata) or len(md.size) == 0:
             continue
-        f = pos[fqn]
-        pat, kept = pats[f], kept_per_fqn[f]
-        check_fill = len(plans) > 1 or semantics(torch_version).validation_fill_single_plan
+        e = entries[fqn]
+        pat, kept = e.pattern, e.kept
         sig = (id(pat), kept.tobytes(), md.size, check_fill)
         bad = verdicts.get(sig)
         if bad is None:

@@ -6,6 +6,7 @@ Imports records and numpy; no torch.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Mapping
 
@@ -57,7 +58,7 @@ class PlannedStorage(Mapping):
         if (
             planned is None
             or len(planned) != len(chunks)
-            or not all(a is b for a, b in zip(planned, chunks))
+            or not all(map(operator.is_, planned, chunks))  # C speed: 16k-rank plans
         ):
             return None
         return self._writers[fqn]

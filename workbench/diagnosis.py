@@ -28,6 +28,7 @@ from .geometry import (
     MAX_OVERLAP_REGIONS,
     Chunk,
     Coverage,
+    box_arrays,
     coverage,
     overlap_mask,
     shares_elements,
@@ -226,10 +227,20 @@ def _hole_problems(
     return out
 
 
-def _coverage_of(fqn, saved: TensorStorageMetadata) -> Coverage:
-    """`geometry.coverage` of a saved tensor; its bounds' errors name the tensor."""
+def _coverage_of(fqn, saved: TensorStorageMetadata, memo: dict | None = None) -> Coverage:
+    """`geometry.coverage` of a saved tensor; its bounds' errors name the tensor. With a
+    ``memo`` (one per plan), tensors with the same chunk geometry (the 80 layers of a model)
+    are checked once."""
     try:
-        return coverage(tuple(saved.size), saved.chunks)
+        if memo is None:
+            return coverage(tuple(saved.size), saved.chunks)
+        size = tuple(saved.size)
+        arrays = box_arrays(saved.chunks, size, fqn, memo.setdefault("boxes", {}))
+        key = (size, arrays[0].tobytes(), arrays[1].tobytes())
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = coverage(size, saved.chunks, arrays)
+        return hit
     except ChunkError as e:
         raise ChunkError(fqn, e.what, e.expectation, e.fix, **e.facts) from None
 
@@ -486,6 +497,7 @@ def find_problems(load_result, *, torch_version: str | None = None) -> Problems:
     out, handled = _per_rank_problems(
         families, items, layouts, failures, not getattr(load_result, "allow_partial_load", False)
     )
+    memo: dict = {}
     for fqn, layout in layouts.items():
         if fqn in handled:
             continue
@@ -502,7 +514,14 @@ def find_problems(load_result, *, torch_version: str | None = None) -> Problems:
         elif isinstance(saved, TensorStorageMetadata):
             out.extend(
                 _tensor_problems(
-                    fqn, layout, saved, ranks, text, lambda fqn=fqn: load_result.reads(fqn), tv
+                    fqn,
+                    layout,
+                    saved,
+                    ranks,
+                    text,
+                    lambda fqn=fqn: load_result.reads(fqn),
+                    tv,
+                    memo,
                 )
             )
         elif not layout.is_bytes:
@@ -627,7 +646,7 @@ def _missing(fqn, ranks, text, items, result) -> Problem:
 
 
 def _tensor_problems(
-    fqn, layout, saved: TensorStorageMetadata, ranks, text, reads, tv: str = "2.13"
+    fqn, layout, saved: TensorStorageMetadata, ranks, text, reads, tv: str = "2.13", memo=None
 ) -> list[Problem]:
     # reads: a callable giving the fqn's ReadBlock, built only for a misdescribed layout
     if layout.is_bytes:
@@ -703,7 +722,7 @@ def _tensor_problems(
                 fix="Load into the saved dtype and convert explicitly if the cast is intended.",
             )
         )
-    cov = _coverage_of(fqn, saved)
+    cov = _coverage_of(fqn, saved, memo)
     if not cov.tiles:
         live = [c for c in saved.chunks if not c.is_empty]
         out.extend(_hole_problems(fqn, layout, live, cov, "silent"))
@@ -730,10 +749,11 @@ def find_checkpoint_problems(metadata) -> Problems:
             "Read it with workbench.load_metadata(path).",
         )
     out = []
+    memo: dict = {}
     for fqn, entry in sdm.items():
         if not isinstance(entry, TensorStorageMetadata):
             continue
-        cov = _coverage_of(fqn, entry)
+        cov = _coverage_of(fqn, entry, memo)
         if cov.tiles:
             continue
         live = [c for c in entry.chunks if not c.is_empty]

@@ -417,8 +417,13 @@ MAX_OVERLAP_PAIRS = 100_000
 MAX_OVERLAP_REGIONS = 256
 
 
-def coverage(size: Sequence[int], chunks: Sequence[Chunk]) -> Coverage:
-    """Coverage of a tensor of ``size`` by ``chunks``.
+def coverage(
+    size: Sequence[int],
+    chunks: Sequence[Chunk],
+    arrays: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Coverage:
+    """Coverage of a tensor of ``size`` by ``chunks`` (``arrays``: their `box_arrays`, when the
+    caller has them).
 
     Fast path (the common case, vectorised): every non-empty chunk is inside the tensor, is
     exactly one cell of the grid of all chunk edges, no two share a cell, and the volumes add up to
@@ -432,8 +437,11 @@ def coverage(size: Sequence[int], chunks: Sequence[Chunk]) -> Coverage:
         return Coverage(True) if chunks else Coverage(False, (Chunk((), ()),))
     if not chunks:
         return Coverage(numel == 0, () if numel == 0 else (Chunk((0,) * len(size), size),))
-    off = np.array([c.offsets for c in chunks], dtype=np.int64)
-    siz = np.array([c.sizes for c in chunks], dtype=np.int64)
+    if arrays is not None:
+        off, siz = arrays
+    else:
+        off = np.array([c.offsets for c in chunks], dtype=np.int64)
+        siz = np.array([c.sizes for c in chunks], dtype=np.int64)
     keep = (siz > 0).all(axis=1)
     off, siz, idx = off[keep], siz[keep], np.flatnonzero(keep)
     end = off + siz

@@ -77,11 +77,28 @@ class _Files:
     def __init__(self, res):
         self.res = res
         self.ids: dict[str, int] = {}
-        self._by_writers: dict = {}
+        self._rank_fid = np.zeros(0, np.int64)
         self._chunk_cache: dict = {}
 
     def _id(self, name: str) -> int:
         return self.ids.setdefault(name, len(self.ids))
+
+    def _writer_ids(self, w: np.ndarray) -> np.ndarray:
+        """The file id of each writer rank in ``w``: a lookup table indexed by rank, so a file
+        name is made once per writer, not once per fqn and writer (16,384 ranks x 723 fqns)."""
+        if not len(w):
+            return np.zeros(0, np.int64)
+        need = int(w.max()) + 1
+        if len(self._rank_fid) < need:
+            grown = np.full(need, -1, np.int64)
+            grown[: len(self._rank_fid)] = self._rank_fid
+            self._rank_fid = grown
+        fid = self._rank_fid[w]
+        if (fid < 0).any():
+            for u in np.unique(w[fid < 0]).tolist():
+                self._rank_fid[u] = self._id(file_name(u))
+            fid = self._rank_fid[w]
+        return fid
 
     def columns(self, fqn: str, md) -> tuple[np.ndarray, np.ndarray]:
         sd = self.res.metadata.storage_data
@@ -103,13 +120,7 @@ class _Files:
             else None
         )
         if w is not None:
-            sig = w.tobytes()
-            fid = self._by_writers.get(sig)
-            if fid is None:
-                uniq, inv = np.unique(w, return_inverse=True)
-                lut = np.array([self._id(file_name(u)) for u in uniq.tolist()], np.int64)
-                fid = self._by_writers[sig] = lut[inv.reshape(-1)]
-            return fid, nbytes
+            return self._writer_ids(w), nbytes
         fid = np.full(len(nbytes), -1, np.int64)
         if sd is None or (not isinstance(sd, PlannedStorage) and not sd):
             return fid, nbytes

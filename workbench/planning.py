@@ -156,11 +156,15 @@ def _pattern(layout: Layout) -> _Pattern:
     ws = layout.world_size
     nd = layout.ndim if layout.kind != "bytes" else 0
     ranks, pos, chunks = [], [], []
+    # equal chunks of several ranks (the empty shards of a tensor smaller than the mesh) become
+    # one object, so the metadata chunk lists of fqns whose writers differ only there hold the
+    # same objects and share one conversion to arrays (geometry.box_arrays caches by identity)
+    same: dict[Chunk, Chunk] = {}
     for r, cs in enumerate(layout.rank_chunks):
         for i, c in enumerate(cs):
             ranks.append(r)
             pos.append(i)
-            chunks.append(c)
+            chunks.append(same.setdefault(c, c))
     n = len(chunks)
     rank = np.array(ranks, dtype=np.int64)
     offsets = np.array([c.offsets for c in chunks], dtype=np.int64).reshape(n, nd)

@@ -274,7 +274,7 @@ def main():
     ap.add_argument(
         "--torch-save-items",
         type=int,
-        default=1_000_000,
+        default=1_500_000,
         help="time torch's dedup + global save plan when the job has at most this many items",
     )
     ap.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)

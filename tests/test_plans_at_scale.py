@@ -1,0 +1,101 @@
+"""Plans of big jobs share work between fqns with the same chunk geometry (io_cost groups reads by
+the files and bytes they touch, diagnosis checks each geometry once, equal chunks of a layout are
+one object). These tests build small jobs where that sharing could go wrong and compare with the
+answer computed item by item from the per-rank records. Timings are in
+benchmarks/bench_scale.py, not here."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workbench.diagnosis import find_checkpoint_problems, find_problems
+from workbench.geometry import Chunk
+from workbench.planning import plan_load, plan_save
+from workbench.records import Metadata, TensorProperties, TensorStorageMetadata
+from workbench.sharding import dtensor_layout
+
+
+def _brute_io(res):
+    """Per rank: reads, bytes needed, bytes read, and the (rank, file) -> bytes traffic, from
+    every rank's ReadItem records and the metadata's storage_data, one item at a time."""
+    sdm, sd = res.metadata.state_dict_metadata, res.metadata.storage_data
+    ws = res.world_size
+    reads, needed, read = np.zeros(ws, int), np.zeros(ws, int), np.zeros(ws, int)
+    traffic: dict[tuple[int, str], int] = {}
+    for r in range(ws):
+        for it in res.plans[r].items:
+            md = sdm[it.storage_index.fqn]
+            esize = md.properties.element_size
+            chunk = md.chunks[it.storage_index.index]
+            info = sd[it.storage_index]
+            nbytes = chunk.volume * esize
+            reads[r] += 1
+            needed[r] += int(np.prod(it.lengths)) * esize
+            read[r] += nbytes
+            key = (r, str(info.relative_path))
+            traffic[key] = traffic.get(key, 0) + nbytes
+    return reads, needed, read, traffic
+
+
+def test_io_of_fqns_whose_writers_differ_only_on_unread_chunks():
+    # 3 rows on 8 ranks: ranks 3..7 hold an empty shard at offset (3, 0), one key shared by five
+    # ranks; the load-balanced dedup gives each fqn another writer for it, and no load reads it
+    saved = {f"w{i}": dtensor_layout((3, 4), (8,), "S(0)", "float32") for i in range(6)}
+    load = {f"w{i}": dtensor_layout((3, 4), (2, 4), "S(0), S(1)", "float32") for i in range(6)}
+    save = plan_save(saved)
+    empty_writers = {tuple(w[3:]) for w in save.writers.values()}
+    assert len(empty_writers) > 1, "the case needs fqns whose empty-shard writers differ"
+    res = plan_load(save.metadata, load)
+    io = res.io
+    reads, needed, read, traffic = _brute_io(res)
+    assert io.reads.tolist() == reads.tolist()
+    assert io.bytes_needed.tolist() == needed.tolist()
+    assert io.bytes_read.tolist() == read.tolist()
+    got = {
+        (int(r), io.files[int(f)]): int(b)
+        for r, f, b in zip(io.pair_rank, io.pair_file, io.pair_bytes)
+    }
+    assert got == traffic
+    assert io.files_opened.tolist() == [
+        len({f for (rr, f) in traffic if rr == r}) for r in range(res.world_size)
+    ]
+    # every file written, read or not (the empty shards' writers' files hold 0 bytes)
+    assert set(io.files) == {str(info.relative_path) for info in res.metadata.storage_data.values()}
+
+
+def test_equal_chunks_of_a_layout_share_one_object_in_the_metadata():
+    save = plan_save({"a": dtensor_layout((2, 4), (6,), "S(0)", "float32")})
+    chunks = save.metadata.state_dict_metadata["a"].chunks
+    assert list(chunks) == [
+        Chunk((0, 0), (1, 4)),
+        Chunk((1, 0), (1, 4)),
+        Chunk((2, 0), (0, 4)),
+    ]
+    lay = save.layouts["a"]
+    # ranks 2..5 hold equal empty chunks; the write item of each names the same object
+    items = [save.local_plans[r].items[0].tensor_data.chunk for r in range(2, 6)]
+    assert all(c is items[0] for c in items) and all(
+        items[r - 2] == lay.chunks(r)[0] for r in range(2, 6)
+    )
+
+
+def test_problems_of_fqns_sharing_a_geometry_are_their_own():
+    # the coverage of one geometry is computed once: a tensor with the same shape but a hole
+    # must still get its own problem, and the complete ones none
+    props = TensorProperties("float32")
+    whole = [Chunk((0, 0), (2, 4)), Chunk((2, 0), (2, 4))]
+    holed = [Chunk((0, 0), (2, 4))]
+    md = Metadata(
+        {
+            "a": TensorStorageMetadata(props, (4, 4), list(whole)),
+            "b": TensorStorageMetadata(props, (4, 4), list(holed)),
+            "c": TensorStorageMetadata(props, (4, 4), list(whole)),
+        }
+    )
+    checkpoint = find_checkpoint_problems(md)
+    assert [(p.fqn, p.kind, p.region) for p in checkpoint] == [
+        ("b", "uncovered", Chunk((2, 0), (2, 4)))
+    ]
+    load = {f: dtensor_layout((4, 4), (2,), "S(0)", "float32") for f in "abc"}
+    problems = find_problems(plan_load(md, load))
+    assert {(p.fqn, p.kind) for p in problems} == {("b", "uncovered")}

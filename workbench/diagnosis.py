@@ -799,8 +799,11 @@ def find_save_problems(save_result) -> Problems:
     failed = {f: tuple(r) for f, r, _ in getattr(save_result, "failures", ()) or ()}
     tv = getattr(save_result, "torch_version", "2.13")
     out = []
+    # per layout object (the 80 layers of a model share a few) and per chunk geometry: computed
+    # once, so 16,384-rank saves are checked in seconds
+    memo: dict = {}
     for fqn, layout in layouts.items():
-        ranks = tuple(layout.holders())
+        ranks = _per_layout(memo, "holders", layout, lambda lay: tuple(lay.holders()))
         if layout.has_partial:
             out.append(
                 Problem(
@@ -850,27 +853,51 @@ def find_save_problems(save_result) -> Problems:
             )
         saved = items.get(fqn)
         if layout.kind == "dtensor" and isinstance(saved, TensorStorageMetadata):
-            out.extend(_offset_collisions(fqn, layout, saved, writers.get(fqn, []), errs, tv))
+            out.extend(_offset_collisions(fqn, layout, saved, writers.get(fqn, []), errs, tv, memo))
         if isinstance(saved, TensorStorageMetadata) and saved.size:
-            out.extend(_saved_chunk_problems(fqn, saved, errs, writers.get(fqn, []), all_errs, tv))
+            out.extend(
+                _saved_chunk_problems(
+                    fqn, saved, errs, writers.get(fqn, []), all_errs, tv, memo=memo
+                )
+            )
     out.extend(_lost_chunk_problems(save_result))
     order = {f: i for i, f in enumerate(layouts)}
     out.sort(key=lambda p: _sort_key(p, order))
     return Problems(out)
 
 
-def _offset_collisions(fqn, layout, saved, writers, errs, tv) -> list[Problem]:
-    """DTensor chunks of one offset but different sizes: dedup keys on (fqn, offset) and writes
-    one of them, so a real chunk can be dropped for an empty one at the same offset (torch 2.4 -
-    2.7 put an empty shard at its LOCAL dim size, another rank's real start)."""
+def _per_layout(memo: dict | None, what: str, layout, compute):
+    """``compute(layout)``, once per layout object with a ``memo`` (which keeps the layout, so
+    its id stays its own)."""
+    if memo is None:
+        return compute(layout)
+    hit = memo.get((what, id(layout)))
+    if hit is None:
+        hit = memo[(what, id(layout))] = (layout, compute(layout))
+    return hit[1]
+
+
+def _colliding_offsets(layout) -> dict[tuple, dict]:
+    """The offsets several different chunks of ``layout`` start at: ``{offset: {chunk:
+    ranks}}``."""
     by_offset: dict[tuple, dict] = defaultdict(dict)
     for r, cs in enumerate(layout.rank_chunks):
         for c in cs:
             by_offset[c.offsets].setdefault(c, []).append(r)
+    return {off: v for off, v in by_offset.items() if len(v) >= 2}
+
+
+def _offset_collisions(fqn, layout, saved, writers, errs, tv, memo=None) -> list[Problem]:
+    """DTensor chunks of one offset but different sizes: dedup keys on (fqn, offset) and writes
+    one of them, so a real chunk can be dropped for an empty one at the same offset (torch 2.4 -
+    2.7 put an empty shard at its LOCAL dim size, another rank's real start)."""
+    by_offset = _per_layout(memo, "collisions", layout, _colliding_offsets)
+    if not by_offset:
+        return []
     kept = {c.offsets: (c, w) for c, w in zip(saved.chunks, writers)}
     out = []
     for off, variants in by_offset.items():
-        if len(variants) < 2 or off not in kept:
+        if off not in kept:
             continue
         chunk, writer = kept[off]
         for c, ranks in variants.items():
@@ -935,6 +962,8 @@ def _saved_chunk_problems(
     writers: list[int],
     all_errs: list[str],
     tv: str = "2.13",
+    *,
+    memo: dict | None = None,
 ) -> list[Problem]:
     """Holes, overlaps and out-of-bounds chunks of a planned checkpoint; ``error`` where torch's
     validation (``errs``, its strings for this key) raises. Every validation string is quoted by
@@ -965,9 +994,9 @@ def _saved_chunk_problems(
                 "DTensor built with from_local and a wrong shape).",
             )
         )
-    cov = _coverage_of(fqn, saved)
+    cov = _coverage_of(fqn, saved, memo)
     fill, over = by_kind["invalid fill"], by_kind["overlapping chunks"]
-    live = [c for c in saved.chunks if not c.is_empty]
+    live = [] if cov.tiles else [c for c in saved.chunks if not c.is_empty]
     holes = _hole_problems(
         fqn, None, live, cov, "error" if fill else "silent", quote(fill) if fill else ""
     )

@@ -33,7 +33,8 @@ class ReportedFailure:
     """A public report of a reshard failure that the workbench reproduces (real gloo runs,
     ``tools/record_reported_failures.py`` -> ``tests/data/reported/<key>/``) and predicts from the
     checkpoint's files and the target (notebook ``09_reported_failures``). ``error`` matches
-    torch's message in the report (None when the failure is silent)."""
+    torch's message in the report (None when the failure is silent); ``torch_version`` is set
+    when only some versions behave so (the version it was reported on and reproduced with)."""
 
     key: str
     url: str
@@ -41,7 +42,11 @@ class ReportedFailure:
     error: re.Pattern | None
     diagnosis: str
     fix: str
+    torch_version: str | None = None
 
+
+# a key of an optimizer's per-parameter state (get_optimizer_state_dict's flattened names)
+_OPTIM_STATE = r"\S*\bstate\.\S+\.(?:step|exp_avg|exp_avg_sq|max_exp_avg_sq)\b"
 
 REPORTED_FAILURES: tuple[ReportedFailure, ...] = (
     ReportedFailure(
@@ -68,11 +73,82 @@ REPORTED_FAILURES: tuple[ReportedFailure, ...] = (
         key="pytorch-148252",
         url="https://github.com/pytorch/pytorch/issues/148252",
         title="Can't pass strict=False when loading a distributed checkpoint (missing keys)",
-        error=re.compile(r"Missing key in checkpoint state_dict: (?!dataloader\.dp_rank_)[^\s{]+"),
+        # any other key: the per-rank and optimizer-state reports above and below are specific
+        error=re.compile(
+            r"Missing key in checkpoint state_dict: (?!dataloader\.dp_rank_)(?!"
+            + _OPTIM_STATE
+            + r")[^\s{]+"
+        ),
         diagnosis="the target model has parameters the checkpoint never saved; dcp.load is "
         "strict by default and every rank raises on its first missing key",
         fix="dcp.load(..., planner=DefaultLoadPlanner(allow_partial_load=True)) and initialise "
         "the new parameters yourself.",
+    ),
+    ReportedFailure(
+        key="nemo-automodel-2779",
+        url="https://github.com/NVIDIA-NeMo/Automodel/pull/2779",
+        title="fix(checkpoint): materialize lazy Adam optimizer state (resume fails on "
+        "optim.state.<param>.step)",
+        error=re.compile(r"Missing key in checkpoint state_dict: " + _OPTIM_STATE),
+        diagnosis="AdamW creates a parameter's state at its first step: a parameter without a "
+        "gradient before the save (frozen, an unused expert, a branch not taken) has no "
+        "optim.state.<param>.* in the checkpoint, and the resumed optimizer, whose state is "
+        "materialised for every parameter, asks for it; each rank raises on its first such key",
+        fix="Materialise the state before saving (NeMo's fix: zero step / exp_avg / exp_avg_sq "
+        "for parameters without state), or load with DefaultLoadPlanner(allow_partial_load=True) "
+        "so those parameters' state starts at zero.",
+    ),
+    ReportedFailure(
+        key="rlinf-655",
+        url="https://github.com/RLinf/RLinf/issues/655",
+        title="Cannot resume from checkpoints (Size mismatch: saved [257152, 2048], current "
+        "[131661824])",
+        error=re.compile(
+            r"Size mismatch between saved torch\.Size\(\[\d+, \d+\]\) and current: "
+            r"torch\.Size\(\[\d+\]\)"
+        ),
+        diagnosis="the checkpoint holds the tensor's global 2-d shape; the state dict given to "
+        "dcp.load holds a flattened local shard (an FSDP1 flat parameter: numel / world size), so "
+        "every rank fails the size check",
+        fix="Give dcp.load the global view: get_model_state_dict / set_model_state_dict "
+        "(torch.distributed.checkpoint.state_dict) or FSDP1's SHARDED_STATE_DICT, never the flat "
+        "local parameter.",
+    ),
+    ReportedFailure(
+        key="pytorch-126604",
+        url="https://github.com/pytorch/pytorch/issues/126604",
+        title="Distributed Checkpoint doesn't verify shapes are correct",
+        error=None,
+        diagnosis="torch 2.4 / 2.5 have no size check: a [8, 4] checkpoint loads into an [8, 3] "
+        "target without a word, each rank getting the saved rows' first 3 columns (the 4th is "
+        "dropped); 2.6 raises 'Size mismatch' (PyTorch PR 141571)",
+        fix="Upgrade to torch 2.6+, or compare the target's sizes with the checkpoint's "
+        "(workbench.plan_load(..., torch_version='2.5') names them) before loading.",
+        torch_version="2.5",
+    ),
+    ReportedFailure(
+        key="pytorch-187138",
+        url="https://github.com/pytorch/pytorch/issues/187138",
+        title="[DCP] load silently casts checkpoint tensors to the template dtype",
+        error=None,
+        diagnosis="dcp.load checks sizes but not dtypes: a float32 checkpoint read into a bfloat16 "
+        "template is copy_()'d and rounded (x.25 -> x for values from 128 on) without a warning",
+        fix="Load into the saved dtype (the checkpoint's TensorProperties.dtype) and cast "
+        "explicitly afterwards if the narrower dtype is intended.",
+    ),
+    ReportedFailure(
+        key="pytorch-150862",
+        url="https://github.com/pytorch/pytorch/pull/150862",
+        title="[DTensor] Fix empty shard global-offset calculation (DCP failed to save)",
+        # 2.4 - 2.11 raise the bare text (the reasons go to the log)
+        error=re.compile(r"Failed to validate global plan(?!:)"),
+        diagnosis="through torch 2.7 an empty DTensor shard's offset was another rank's: a (6,) "
+        "tensor on a (2, 4) mesh [Shard(0), Shard(0)] puts empty ranks 3 and 7 at offset 3, where "
+        "rank 4's real row starts; dedup keys chunks by (fqn, offset), keeps the empty one and "
+        "drops rank 4's, and the global plan fails validation (invalid fill 6 vs 5)",
+        fix="Upgrade to torch 2.8+ (empty shards sit at offset = the dim size), or choose sizes "
+        "divisible by the mesh so no shard is empty.",
+        torch_version="2.6",
     ),
 )
 

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "reported"
 
 # Layout specs: ["dtensor", shape, mesh, placements(, dtype)] / ["tensor", shape(, dtype)] /
-# ["bytes", [ranks]]
+# ["bytes", [ranks]], the last two optionally ending in {"per_rank_values": true}
 CASES = {
     # torchtitan #811: saved by dp_shard=8, resumed with 16; here 2 -> 4 data-parallel ranks
     "torchtitan-811": {
@@ -123,6 +123,23 @@ CASES = {
         "load_world": 2,
         "load": {"w": ["dtensor", [64, 8], [2], "S(0)", "bfloat16"]},
     },
+    # RLinf PR 1570: each rank's RNG state saved under the same keys (torch's generator state,
+    # a uint8 tensor, and numpy's, an object): dcp.save keeps one rank's copy of each and every
+    # rank resumes with that rank's streams
+    "rlinf-1570": {
+        "save_world": 2,
+        "save": {
+            "model.w": ["dtensor", [8, 4], [2], "S(0)"],
+            "rng.torch": ["tensor", [16], "uint8", {"per_rank_values": True}],
+            "rng.numpy": ["bytes", [0, 1], {"per_rank_values": True}],
+        },
+        "load_world": 2,
+        "load": {
+            "model.w": ["dtensor", [8, 4], [2], "S(0)"],
+            "rng.torch": ["tensor", [16], "uint8", {"per_rank_values": True}],
+            "rng.numpy": ["bytes", [0, 1], {"per_rank_values": True}],
+        },
+    },
     # PyTorch PR 150862: through 2.7 an empty DTensor shard sat at another rank's offset and the
     # save's dedup dropped the real chunk there ("DCP failed to save a checkpoint")
     "pytorch-150862": {
@@ -139,12 +156,15 @@ def layouts(specs: dict, world: int) -> dict:
 
     out = {}
     for fqn, s in specs.items():
+        # a trailing {"per_rank_values": true}: each rank holds its own value under the key
+        kw = s[-1] if isinstance(s[-1], dict) else {}
+        s = s[:-1] if kw else s
         if s[0] == "dtensor":
             out[fqn] = dtensor_layout(tuple(s[1]), tuple(s[2]), s[3], *s[4:], world_size=world)
         elif s[0] == "tensor":
-            out[fqn] = tensor_layout(tuple(s[1]), world, *s[2:])
+            out[fqn] = tensor_layout(tuple(s[1]), world, *s[2:], **kw)
         else:
-            out[fqn] = bytes_layout(world, ranks=s[1])
+            out[fqn] = bytes_layout(world, ranks=s[1], **kw)
     return out
 
 
@@ -204,7 +224,11 @@ def _mismatched_values(loaded) -> dict:
     """Per rank and entry whose loaded values differ from the checkpoint's: what it received."""
     bad = {(r, f) for r, f, *_ in loaded.mismatches()}
     return {
-        str(r.rank): {f: v.tolist() for f, v in r.values.items() if (r.rank, f) in bad}
+        str(r.rank): {
+            f: v.tolist() if hasattr(v, "tolist") else v
+            for f, v in r.values.items()
+            if (r.rank, f) in bad
+        }
         for r in loaded.ranks
         if any(rr == r.rank for rr, _ in bad)
     }
@@ -263,7 +287,8 @@ def record(key: str, case: dict, pythons: dict[str, str]) -> None:
     if want != here:
         if want not in pythons:
             raise SystemExit(f"{key} happened on torch {want}: pass --python {want}=PATH")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # torch before 2.6: the libuv TCPStore cannot take runs.py's bound listen socket
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "USE_LIBUV": "0"}
         subprocess.run(
             [pythons[want], __file__, "--only", key, "--keep-dir"],
             check=True,

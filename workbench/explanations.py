@@ -137,6 +137,19 @@ REPORTED_FAILURES: tuple[ReportedFailure, ...] = (
         "explicitly afterwards if the narrower dtype is intended.",
     ),
     ReportedFailure(
+        key="rlinf-1570",
+        url="https://github.com/RLinf/RLinf/pull/1570",
+        title="fix(fsdp): preserve per-rank RNG in DCP checkpoints (each rank's RNG under the "
+        "same keys)",
+        error=None,
+        diagnosis="each rank saves its own RNG state under the same keys (rng.torch, a tensor; "
+        "rng.numpy, an object); dcp.save keeps one rank's copy of each, possibly from different "
+        "ranks, and on resume every rank loads those copies: the other ranks' streams are lost "
+        "without a word",
+        fix="Save per-rank state under per-rank keys (rng.rank<r>.*), or gather it into one "
+        "entry that holds every rank's state (RLinf's fix), and restore the current rank's.",
+    ),
+    ReportedFailure(
         key="pytorch-150862",
         url="https://github.com/pytorch/pytorch/pull/150862",
         title="[DTensor] Fix empty shard global-offset calculation (DCP failed to save)",

@@ -131,7 +131,20 @@ def test_version_specific_reports_change_with_the_upgrade():
 def test_explain_points_to_the_report(report):
     texts = [t for t in outcome(report.key)["errors"] if t]
     assert texts
+    ckpt = DATA / report.key / "ckpt"
+    md = load_metadata(ckpt) if ckpt.exists() else None  # a failed save wrote nothing
     for text in texts:
-        e = explain(text, torch_version=report.torch_version)
+        e = explain(text, md, torch_version=report.torch_version)
         assert [r.key for r in e.reports] == [report.key], e
         assert report.url in str(e)
+
+
+def test_a_report_the_checkpoint_confirms_replaces_the_generic_one():
+    """'Missing key ...: layer.weight.' alone is any missing key (pytorch #148252); with the
+    checkpoint, whose key has torch.compile's '_orig_mod.' segment, it is torchtitan #2622, and
+    the explanation names the saved key."""
+    text = next(t for t in outcome("torchtitan-2622")["errors"] if t)
+    assert [r.key for r in explain(text).reports] == ["pytorch-148252"]
+    e = explain(text, load_metadata(DATA / "torchtitan-2622" / "ckpt"))
+    assert [r.key for r in e.reports] == ["torchtitan-2622"]
+    assert "'layer._orig_mod.weight'" in str(e.inner[0])

@@ -140,6 +140,25 @@ CASES = {
             "rng.numpy": ["bytes", [0, 1], {"per_rank_values": True}],
         },
     },
+    # torchtitan #2622: activation checkpointing wrapped around a compiled block saves
+    # "layer._orig_mod.weight"; the model without activation checkpointing asks for
+    # "layer.weight"
+    "torchtitan-2622": {
+        "save_world": 2,
+        "save": {"layer._orig_mod.weight": ["dtensor", [8, 4], [2], "S(0)"]},
+        "load_world": 2,
+        "load": {"layer.weight": ["dtensor", [8, 4], [2], "S(0)"]},
+    },
+    # transformers PR 48802: FSDP x TP's _StridedShard "produces overlapping checkpoint
+    # metadata, causing failure": FSDP2's [_StridedShard(0, tp), Shard(0)] on dp=3, tp=2 with
+    # 13 rows (not divisible by dp * tp)
+    "transformers-48802": {
+        "side": "save",
+        "save_world": 6,
+        "save": {
+            "model.layers.0.mlp.up_proj.weight": ["dtensor", [13, 4], [3, 2], "SS(0,2), S(0)"]
+        },
+    },
     # PyTorch PR 150862: through 2.7 an empty DTensor shard sat at another rank's offset and the
     # save's dedup dropped the real chunk there ("DCP failed to save a checkpoint")
     "pytorch-150862": {

@@ -33,8 +33,11 @@ class ReportedFailure:
     """A public report of a reshard failure that the workbench reproduces (real gloo runs,
     ``tools/record_reported_failures.py`` -> ``tests/data/reported/<key>/``) and predicts from the
     checkpoint's files and the target (notebook ``09_reported_failures``). ``error`` matches
-    torch's message in the report (None when the failure is silent); ``torch_version`` is set
-    when only some versions behave so (the version it was reported on and reproduced with)."""
+    torch's message in the report (None when the failure is silent); ``saved_key``, when set, a
+    key the checkpoint must hold for the report to apply (the message alone cannot tell it from
+    another cause; `explain` checks it when given the metadata, and prefers such reports);
+    ``torch_version`` is set when only some versions behave so (the version it was reported on
+    and reproduced with)."""
 
     key: str
     url: str
@@ -43,6 +46,7 @@ class ReportedFailure:
     diagnosis: str
     fix: str
     torch_version: str | None = None
+    saved_key: re.Pattern | None = None
 
 
 # a key of an optimizer's per-parameter state (get_optimizer_state_dict's flattened names)
@@ -148,6 +152,32 @@ REPORTED_FAILURES: tuple[ReportedFailure, ...] = (
         "without a word",
         fix="Save per-rank state under per-rank keys (rng.rank<r>.*), or gather it into one "
         "entry that holds every rank's state (RLinf's fix), and restore the current rank's.",
+    ),
+    ReportedFailure(
+        key="torchtitan-2622",
+        url="https://github.com/pytorch/torchtitan/issues/2622",
+        title="DCP loading fails when torch.compile target is nested inside CheckpointWrapper",
+        error=re.compile(r"Missing key in checkpoint state_dict: [^\s{]+"),
+        saved_key=re.compile(r"(?:^|\.)_orig_mod\."),
+        diagnosis="activation checkpointing wrapped around a compiled module makes "
+        "get_model_state_dict keep torch.compile's '_orig_mod.' segment (layer._orig_mod.weight); "
+        "a model without that wrapping asks for layer.weight, which the checkpoint never saved",
+        fix="Apply torch.compile outside activation checkpointing (Compile(AC(module))), or load "
+        "under the saved names (strip or add the '_orig_mod.' segment in the state dict given to "
+        "dcp.load).",
+    ),
+    ReportedFailure(
+        key="transformers-48802",
+        url="https://github.com/huggingface/transformers/pull/48802",
+        title="FSDP x TP Saving / Loading (_StridedShard produces overlapping checkpoint metadata)",
+        # 2.12+ append the reasons to the message
+        error=re.compile(r"Failed to validate global plan: .*has overlapping chunks", re.S),
+        diagnosis="FSDP2 on a tensor-parallel DTensor keeps placements [_StridedShard(0, tp), "
+        "Shard(0)]; with rows not divisible by dp * tp a rank's rows are not one contiguous "
+        "block, DCP records one box per rank anyway, the boxes overlap and the save fails "
+        "validation",
+        fix="Redistribute _StridedShard parameters to plain Shard before saving (transformers' "
+        "fix) or pad the sharded dim to a multiple of dp * tp.",
     ),
     ReportedFailure(
         key="pytorch-150862",
@@ -320,8 +350,7 @@ def explain(
                         *e.what_to_check,
                     ),
                 )
-            reports = tuple(r for r in REPORTED_FAILURES if r.error and r.error.search(text))
-            return replace(e, torch_version=tv, reports=reports)
+            return replace(e, torch_version=tv, reports=_reports(text, metadata))
     return Explanation(
         pattern="unknown",
         cause="This is not one of the DCP error messages the workbench knows.",
@@ -329,6 +358,15 @@ def explain(
         text=text,
         torch_version=tv,
     )
+
+
+def _reports(text: str, metadata) -> tuple[ReportedFailure, ...]:
+    """The reports whose error text this is; a report whose ``saved_key`` the checkpoint's keys
+    confirm is more specific than those matched on the text alone, and replaces them."""
+    keys = list(getattr(metadata, "state_dict_metadata", None) or ())
+    found = [r for r in REPORTED_FAILURES if r.error and r.error.search(text)]
+    confirmed = [r for r in found if r.saved_key and any(r.saved_key.search(k) for k in keys)]
+    return tuple(confirmed or [r for r in found if r.saved_key is None])
 
 
 def _x_checkpoint_exception(m, text, md, target):
@@ -426,11 +464,16 @@ def _x_missing(m, text, md, target):
     saved = list(md.state_dict_metadata) if md is not None else []
     if saved:
         close = difflib.get_close_matches(fqn, saved, n=3, cutoff=0.6)
-        stripped = [k for k in saved if k.endswith(fqn) or fqn.endswith(k)]
+        stripped = [
+            k
+            for k in saved
+            if k.endswith(fqn) or fqn.endswith(k) or _unwrapped(k) == _unwrapped(fqn)
+        ]
         if stripped:
             checks.append(
-                f"A saved key differs only by a prefix: {stripped[0]!r} (wrappers such as "
-                "DDP 'module.', torch.compile '_orig_mod.' or a {'model': ...} nesting)."
+                f"A saved key differs only by a wrapper's segment: {stripped[0]!r} (DDP "
+                "'module.', torch.compile '_orig_mod.', activation checkpointing, or a "
+                "{'model': ...} nesting)."
             )
         elif close:
             checks.append(f"Closest saved keys: {', '.join(map(repr, close))}.")
@@ -458,6 +501,14 @@ def _x_missing(m, text, md, target):
         fqn=fqn,
         numbers=numbers,
         text=text,
+    )
+
+
+def _unwrapped(fqn: str) -> str:
+    """``fqn`` without the segments wrappers insert (torch.compile's ``_orig_mod``, DDP's
+    ``module``, activation checkpointing's ``_checkpoint_wrapped_module``)."""
+    return ".".join(
+        s for s in fqn.split(".") if s not in ("_orig_mod", "module", "_checkpoint_wrapped_module")
     )
 
 

@@ -19,8 +19,12 @@ the reasons); nothing is written, so there is no checkpoint.
 A case with ``"torch": "X.Y"`` happened on that version only: it runs in a throw-away venv
 outside the repository with that torch (``--python X.Y=PATH``; ``python3 -m venv /tmp/venv-X.Y
 && /tmp/venv-X.Y/bin/pip install --no-deps torch-X.Y*.whl`` plus numpy, typing_extensions, sympy,
-networkx, jinja2, fsspec, filelock), this repository on its ``PYTHONPATH``, and again on the
-installed torch into ``outcome-<X.Y>.json`` (how the upgrade changed it).
+networkx, jinja2, fsspec, filelock, tqdm, rich; a CUDA build of torch also needs the
+``nvidia-*-cu12`` packages its METADATA pins, e.g. ``pip install --no-deps --target /tmp/nv124``
+and a ``.pth`` naming that directory in the venv), this repository on its ``PYTHONPATH``
+(``USE_LIBUV=0``: before 2.6 the libuv TCPStore takes no listen socket). The installed torch then
+loads the checkpoint that version wrote (or saves anew where it could not) into
+``outcome-<X.Y>.json``: how the upgrade changed it.
 ``tests/test_reported_failures.py`` predicts every outcome from the files and the target.
 """
 

@@ -471,7 +471,7 @@ def _x_missing(m, text, md, target):
         ]
         if stripped:
             checks.append(
-                f"A saved key differs only by a wrapper's segment: {stripped[0]!r} (DDP "
+                f"A saved key differs only by a prefix or a wrapper's segment: {stripped[0]!r} (DDP "
                 "'module.', torch.compile '_orig_mod.', activation checkpointing, or a "
                 "{'model': ...} nesting)."
             )

@@ -88,9 +88,11 @@ def test_prediction_matches_the_real_run(key, name):
         )
         errors = {p.fqn for p in problems if p.severity == "error"}
         assert errors == set(out["named_keys"])
-        # the coordinator's validation failure is re-raised on every rank
+        # the coordinator's validation failure is re-raised on every rank; a save torch
+        # accepts is clean (nothing silently lost either)
         assert out["raised_on"] == (everyone if errors else [])
-        assert [p for p in problems if p.severity in ("error", "silent")] == [] or errors
+        if not errors:
+            assert [p for p in problems if p.severity == "silent"] == []
         return
     target = layouts(case["load"], case["load_world"])
     res = plan_load(load_metadata(DATA / key / "ckpt"), target, torch_version=tv)

@@ -150,3 +150,15 @@ def test_a_report_the_checkpoint_confirms_replaces_the_generic_one():
     e = explain(text, load_metadata(DATA / "torchtitan-2622" / "ckpt"))
     assert [r.key for r in e.reports] == ["torchtitan-2622"]
     assert "'layer._orig_mod.weight'" in str(e.inner[0])
+
+
+def test_unrequested_optimizer_state_is_silent_only_while_its_optimizer_loads():
+    """KempnerForge PR 115's saved moments are lost silently because the target loads the same
+    optimizer's param_groups; a target that leaves the optimizer out entirely (a fine-tune loading
+    weights only) merely does not ask for them: a warning."""
+    case = outcome("kempnerforge-115")["case"]
+    md = load_metadata(DATA / "kempnerforge-115" / "ckpt")
+    weights_only = {k: v for k, v in case["load"].items() if k.startswith("model.")}
+    res = plan_load(md, layouts(weights_only, 2))
+    sev = {p.fqn: p.severity for p in res.problems if p.fqn.startswith("optimizer.state.")}
+    assert set(sev.values()) == {"warning"} and len(sev) == 3

@@ -127,6 +127,26 @@ CASES = {
         "load_world": 2,
         "load": {"w": ["dtensor", [64, 8], [2], "S(0)", "bfloat16"]},
     },
+    # KempnerForge PR 115: optimizer.state_dict() round-tripped through DCP; on resume the
+    # freshly built AdamW has no state yet, so its state dict requests only param_groups and the
+    # saved moments are dropped without a word
+    "kempnerforge-115": {
+        "save_world": 2,
+        "save": {
+            "model.w": ["dtensor", [8, 4], [2], "S(0)"],
+            "optimizer.state.0.step": ["tensor", []],
+            "optimizer.state.0.exp_avg": ["dtensor", [8, 4], [2], "S(0)"],
+            "optimizer.state.0.exp_avg_sq": ["dtensor", [8, 4], [2], "S(0)"],
+            "optimizer.param_groups.0.lr": ["bytes", [0, 1]],
+            "optimizer.param_groups.0.params.0": ["bytes", [0, 1]],
+        },
+        "load_world": 2,
+        "load": {
+            "model.w": ["dtensor", [8, 4], [2], "S(0)"],
+            "optimizer.param_groups.0.lr": ["bytes", [0, 1]],
+            "optimizer.param_groups.0.params.0": ["bytes", [0, 1]],
+        },
+    },
     # RLinf PR 1570: each rank's RNG state saved under the same keys (torch's generator state,
     # a uint8 tensor, and numpy's, an object): dcp.save keeps one rank's copy of each and every
     # rank resumes with that rank's streams

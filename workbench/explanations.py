@@ -141,6 +141,19 @@ REPORTED_FAILURES: tuple[ReportedFailure, ...] = (
         "explicitly afterwards if the narrower dtype is intended.",
     ),
     ReportedFailure(
+        key="kempnerforge-115",
+        url="https://github.com/KempnerInstitute/KempnerForge/pull/115",
+        title="Fix optimizer momentum reset on checkpoint resume",
+        error=None,
+        diagnosis="optimizer.state_dict() round-tripped through DCP: on resume the optimizer is "
+        "freshly built and has no exp_avg / exp_avg_sq yet (AdamW creates them at the first "
+        "step), so the state dict given to dcp.load asks only for param_groups and the saved "
+        "moments are never read; momentum restarts from zero without a word",
+        fix="Use get_optimizer_state_dict / set_optimizer_state_dict "
+        "(torch.distributed.checkpoint.state_dict): the getter materialises the state in its "
+        "sharded layout, so dcp.load fills it.",
+    ),
+    ReportedFailure(
         key="rlinf-1570",
         url="https://github.com/RLinf/RLinf/pull/1570",
         title="fix(fsdp): preserve per-rank RNG in DCP checkpoints (each rank's RNG under the "

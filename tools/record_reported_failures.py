@@ -184,7 +184,7 @@ CASES = {
         },
     },
     # PyTorch PR 150862: through 2.7 an empty DTensor shard sat at another rank's offset and the
-    # save's dedup dropped the real chunk there ("DCP failed to save a checkpoint")
+    # save's dedup dropped the real chunk there ("This caused DCP to fail to save a checkpoint")
     "pytorch-150862": {
         "torch": "2.6",
         "side": "save",

@@ -79,18 +79,25 @@ def _measure(variant: str, directory: Path, cache_home: Path) -> dict:
 
 
 def _reference(name: str, keep: Path | None) -> Path:
-    import references as R
-
     base = keep or Path(tempfile.mkdtemp(prefix="bench-readers-"))
     directory = base / f"ref-{name}"
     path = directory / ".metadata"
     if not path.exists():
         directory.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        data = R.torch_metadata_bytes(REFERENCES[name][1](R))
-        path.write_bytes(data)
-        print(f"  (built {len(data) / 1e6:.0f} MB in {time.perf_counter() - t:.0f} s)")
+        # in a child: Linux children inherit the parent's peak RSS at fork, so building the
+        # reference here (GBs of torch records) would become every measured variant's peak
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        subprocess.run([sys.executable, __file__, "--build", name, str(path)], env=env, check=True)
+        size = path.stat().st_size
+        print(f"  (built {size / 1e6:.0f} MB in {time.perf_counter() - t:.0f} s)")
     return directory
+
+
+def _build(name: str, path: str) -> None:
+    import references as R
+
+    Path(path).write_bytes(R.torch_metadata_bytes(REFERENCES[name][1](R)))
 
 
 def main() -> None:
@@ -98,9 +105,13 @@ def main() -> None:
     ap.add_argument("--only", choices=sorted(REFERENCES), help="one reference only")
     ap.add_argument("--keep", type=Path, help="directory keeping the reference files")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         _child(*args.child)
+        return
+    if args.build:
+        _build(*args.build)
         return
     for name in [args.only] if args.only else list(REFERENCES):
         print(f"reference: {REFERENCES[name][0]}")

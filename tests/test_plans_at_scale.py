@@ -99,3 +99,24 @@ def test_problems_of_fqns_sharing_a_geometry_are_their_own():
     load = {f: dtensor_layout((4, 4), (2,), "S(0)", "float32") for f in "abc"}
     problems = find_problems(plan_load(md, load))
     assert {(p.fqn, p.kind) for p in problems} == {("b", "uncovered")}
+
+
+def test_traffic_heatmap_of_many_ranks_sums_blocks():
+    # 4100 ranks and files: the heatmap sums blocks of 3 ranks x 3 files (1367 cells a side)
+    # instead of drawing a dense 4100 x 4100 matrix; every byte is still counted
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from workbench.plots import plot_traffic
+
+    n = 4100
+    save = plan_save({"w": dtensor_layout((n, 2), (n,), "S(0)", "float32")})
+    res = plan_load(save.metadata, {"w": dtensor_layout((n, 2), (n,), "S(1)", "float32")})
+    ax = plot_traffic(res)
+    shown = ax.images[0].get_array()
+    assert shown.shape == (1367, 1367)
+    assert "a cell sums 3 ranks x 3 files" in ax.get_title()
+    # cells in bytes (the largest is 48 B): every byte of the rank-file pairs is in the picture
+    assert (
+        float(shown.sum()) == float(res.io.pair_bytes.sum()) == n * 2 * 8
+    )  # each saved row (8 B) read whole by 2 ranks

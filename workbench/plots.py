@@ -146,14 +146,30 @@ def plot_mesh(source, ax=None, *, max_labels: int = 256):
     )
 
 
+# cells a side of the traffic heatmap before blocks of ranks / files are summed
+_TRAFFIC_CELLS = 2048
+
+
 def plot_traffic(load_result, ax=None):
     """Heatmap of `traffic_data`: load ranks down, files across, colour = bytes loaded on a
     sequential scale from 0 (light to dark blue, in the binary unit of the largest cell; blank
-    where a rank reads nothing from a file); returns the Axes."""
-    data = traffic_data(load_result)
+    where a rank reads nothing from a file; past `_TRAFFIC_CELLS` ranks or files a cell sums a
+    block of them); returns the Axes."""
+    io = load_result.io
+    n_ranks, n_files = len(io.reads), len(io.files)
+    # past _TRAFFIC_CELLS a side, cells sum blocks of ranks x files, from the (rank, file) pairs:
+    # the dense matrix of 16,384 ranks x 16,384 files is 2 GB and imshow's copies of it 20 GB
+    kr, kf = max(1, -(-n_ranks // _TRAFFIC_CELLS)), max(1, -(-n_files // _TRAFFIC_CELLS))
+    if kr == 1 and kf == 1:
+        data = traffic_data(load_result)
+        matrix, files = data.matrix, data.files
+    else:
+        matrix = np.zeros((-(-n_ranks // kr), -(-n_files // kf)), np.int64)
+        np.add.at(matrix, (io.pair_rank // kr, io.pair_file // kf), io.pair_bytes)
+        files = io.files
     ax = _new_axes(ax)
-    factor, unit = byte_unit(data.matrix.max(initial=0))
-    shown = np.ma.masked_equal(data.matrix, 0) / factor
+    factor, unit = byte_unit(matrix.max(initial=0))
+    shown = np.ma.masked_equal(matrix, 0) / factor
     im = ax.imshow(
         shown,
         aspect="auto",
@@ -164,21 +180,22 @@ def plot_traffic(load_result, ax=None):
         ),
         # from 0, so equal cells are not stretched over the whole scale
         norm=Normalize(0, max(float(shown.max()) if shown.count() else 0.0, 1e-12)),
-        extent=(-0.5, len(data.files) - 0.5, len(data.ranks) - 0.5, -0.5),
+        extent=(-0.5, n_files - 0.5, n_ranks - 0.5, -0.5),
     )
     bar = ax.figure.colorbar(im, ax=ax, label=f"{unit} loaded")
     bar.formatter.set_useOffset(False)
-    if len(data.files) <= 32:
-        ax.set_xticks(range(len(data.files)), data.files, rotation=60, ha="right", fontsize=7)
+    if n_files <= 32:
+        ax.set_xticks(range(n_files), files, rotation=60, ha="right", fontsize=7)
         ax.set_xlabel("file")
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("file (index in LoadPlanResult.io.files: by writer rank, then name)")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("load rank")
+    binned = f" (a cell sums {kr} ranks x {kf} files)" if kr > 1 or kf > 1 else ""
     ax.set_title(
-        f"rank-to-file traffic: {len(data.ranks)} ranks, {len(data.files)} files, "
-        f"{format_bytes(data.matrix.sum())} loaded",
+        f"rank-to-file traffic: {n_ranks} ranks, {n_files} files, "
+        f"{format_bytes(matrix.sum())} loaded{binned}",
         fontsize=9,
     )
     return ax

@@ -120,3 +120,37 @@ def test_traffic_heatmap_of_many_ranks_sums_blocks():
     assert (
         float(shown.sum()) == float(res.io.pair_bytes.sum()) == n * 2 * 8
     )  # each saved row (8 B) read whole by 2 ranks
+
+
+def test_io_of_a_read_checkpoint_answers_storage_rows_at_once(tmp_path):
+    # a real single-process dcp.save read back by the bounded reader (storage_data held as
+    # columns): load_io looks a tensor's rows up at once; it must agree with the per-chunk
+    # lookups of the same storage_data held as a plain dict
+    import dataclasses
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from workbench.formats.dcp import load_metadata
+    from workbench.io_cost import load_io
+
+    dcp.save(
+        {"a": torch.arange(24.0).reshape(6, 4), "b": torch.ones(5, dtype=torch.bfloat16)},
+        checkpoint_id=str(tmp_path),
+    )
+    md = load_metadata(tmp_path, cache=False)
+    assert getattr(md.storage_data, "box_rows", None) is not None
+    target = {
+        "a": dtensor_layout((6, 4), (2, 2), "S(0), S(1)", "float32"),
+        "b": dtensor_layout((5,), (2, 2), "S(0), R", "bfloat16"),
+    }
+    columns = load_io(plan_load(md, target))
+    plain = dataclasses.replace(md, storage_data=dict(md.storage_data.items()))
+    per_chunk = load_io(plan_load(plain, target))
+    for f in dataclasses.fields(columns):
+        a, b = getattr(columns, f.name), getattr(per_chunk, f.name)
+        if isinstance(a, np.ndarray):
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), f.name
+        else:
+            assert a == b, f.name
+    assert columns.bytes_read.sum() > columns.bytes_needed.sum() > 0

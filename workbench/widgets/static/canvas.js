@@ -12,7 +12,11 @@
 const M = { left: 70, right: 14, top: 8, bottom: 42 };
 const FONT = "11px sans-serif";
 const LINE = 13;
-const AGGREGATE = 250000; // tiles in view past which a frame copies the aggregated raster
+const AGGREGATE = 250000; // tiles in the layer past which it is the scene's aggregated raster
+const LAYER_MARGIN = 0.25; // the layer covers the view and this share of it on each side
+const LAYER_RESCALE = 2; // zooming further than this from the layer's scale re-rasterises at once
+const SETTLE_MS = 120; // the view still this long: re-rasterise at the exact view
+const MAX_OUTLINES = 20000; // outlines per kind in one raster (more are too small to tell apart)
 
 function view(dv, Ctor) {
   if (!dv) return new Ctor(0);
@@ -104,7 +108,6 @@ class Scene {
     this.width = meta.width || 1;
     this.height = meta.height || 1;
     this.labels = meta.labels || [];
-    this.labelOf = new Map(this.labels.map((l) => [l[0], l]));
     // opaque pixel colours (ABGR for the little-endian pixel buffer), alpha mixed over white
     this.abgr = new Uint32Array(this.n);
     for (let i = 0; i < this.n; i++) {
@@ -117,7 +120,67 @@ class Scene {
     this.seam = this.styles.map((st) => st.edge === "#ffffff");
     this.kindCode = {};
     this.styles.forEach((s, k) => (this.kindCode[s.name] = k));
+    // per-kind drawing rules, read by the raster loop, and its reused outline / hatch lists
+    this.minpx = this.styles.map((st) => st.minpx || 3);
+    this.outlined = this.styles.map((st, k) => !!st.edge && !this.seam[k]);
+    this.hatched = this.styles.map((st) => !!st.hatch);
+    this.outlineLists = this.styles.map(() => []);
+    this.hatchLists = this.styles.map(() => []);
+    this.patterns = new Map();
+    // read order -> its tiles, for the lit read
+    this.readTiles = new Map();
+    const readK = this.kindCode.read;
+    for (let i = 0; i < this.n; i++) {
+      if (this.kinds[i] !== readK) continue;
+      const k = this.items[i];
+      if (!this.readTiles.has(k)) this.readTiles.set(k, []);
+      this.readTiles.get(k).push(i);
+    }
+    // the tiles' extent with the scene's [0, width] x [0, height]
+    const e = [0, 0, this.width, this.height], B = this.boxes;
+    for (let i = 0; i < this.n; i++) {
+      const x = B[4 * i], y = B[4 * i + 1];
+      if (x < e[0]) e[0] = x;
+      if (y < e[1]) e[1] = y;
+      if (x + B[4 * i + 2] > e[2]) e[2] = x + B[4 * i + 2];
+      if (y + B[4 * i + 3] > e[3]) e[3] = y + B[4 * i + 3];
+    }
+    this.extent = e;
     this.buildIndex();
+  }
+
+  pattern(ctx, k) {
+    // the hatch of kind k, made once per scene and context
+    let p = this.patterns.get(ctx);
+    if (!p) this.patterns.set(ctx, (p = []));
+    if (!p[k]) p[k] = hatchPattern(ctx, this.styles[k].hatch, this.styles[k].edge);
+    return p[k];
+  }
+
+  tilesIn(x0, y0, x1, y1) {
+    // the tiles that may meet the data rectangle, ascending (drawing order), from the grid:
+    // each tile once (a per-tile stamp), the big ones from their own list
+    const G = this.G, cl = (v) => Math.max(0, Math.min(G - 1, v));
+    const gx0 = cl(Math.floor(x0 / this.cw)), gx1 = cl(Math.floor(x1 / this.cw));
+    const gy0 = cl(Math.floor(y0 / this.ch)), gy1 = cl(Math.floor(y1 / this.ch));
+    if (!this.stamp) { this.stamp = new Uint32Array(this.n); this.gen = 0; this.found = new Int32Array(this.n); }
+    const stamp = this.stamp, out = this.found, start = this.start, cells = this.cells;
+    const gen = ++this.gen;
+    let k = 0;
+    for (let gy = gy0; gy <= gy1; gy++)
+      for (let gx = gx0; gx <= gx1; gx++) {
+        const c = gy * G + gx;
+        for (let j = start[c], e = start[c + 1]; j < e; j++) {
+          const i = cells[j];
+          if (stamp[i] !== gen) { stamp[i] = gen; out[k++] = i; }
+        }
+      }
+    for (const i of this.big) if (stamp[i] !== gen) { stamp[i] = gen; out[k++] = i; }
+    // back into drawing order: a sort for a few, one pass over the stamps for many
+    if (k * Math.log2(k + 2) < this.n) return out.subarray(0, k).sort();
+    k = 0;
+    for (let i = 0, n = this.n; i < n; i++) if (stamp[i] === gen) out[k++] = i;
+    return out.subarray(0, k);
   }
 
   kind(i) { return (this.styles[this.kinds[i]] || {}).name; }
@@ -333,7 +396,7 @@ class CanvasView {
     this.m = axes ? M : { left: 4, right: 4, top: 4, bottom: 4 };
     this.pw = w - this.m.left - this.m.right;
     this.ph = h - this.m.top - this.m.bottom;
-    this.img = null;
+    if (this.layer) this.layer.stale = true;
   }
 
   aspectEqual() {
@@ -437,6 +500,16 @@ class CanvasView {
   }
 
   // ------------------------------------------------------------------ drawing
+  //
+  // Tiles are rasterised into a layer (an offscreen canvas) covering the view plus a margin, at
+  // the view's scale: fills into one pixel buffer, then hatches and outlines as one path per
+  // kind. A frame copies the layer to the screen with one drawImage, offset (pan) or scaled
+  // (zoom), and draws on top what changes with the view: the lit read, the hovered tile, group
+  // frames, labels, axes and the minimap. So a pan or zoom frame costs the same at 10^2 or 10^6
+  // tiles; the layer is re-rasterised when the view leaves it, when zooming has changed the
+  // scale by more than LAYER_RESCALE, and once the view settles (SETTLE_MS after the last move)
+  // at the exact scale. More than AGGREGATE tiles in the layer: the layer is the scene's
+  // aggregated raster (each pixel the last tile drawn on it, built once per scene).
   schedule(ack = false) {
     if (ack) this.ack = true;
     if (this.pending) return;
@@ -454,26 +527,41 @@ class CanvasView {
     });
   }
 
-  fillPixels(px, W, H, v, sx, sy, dpr, yflip, collect) {
-    const s = this.scene, B = s.boxes, C = s.abgr, n = s.n, K = s.kinds, seam = s.seam;
-    const left = v.x0, top = v.y0, y1v = v.y1;
-    const kx = sx * dpr, ky = sy * dpr;
-    for (let i = 0; i < n; i++) {
+  raster(L, ids, outlines, hatches) {
+    // fill the tiles (all, or the ascending ids) into L.px, a W x H pixel buffer whose pixel
+    // (0, 0) is data (L.x0, L.y0) (yflip: (L.x0, L.y1)) at L.kx, L.ky pixels per data unit;
+    // collect per kind the tiles big enough for an outline or a hatch. Returns the number of
+    // tiles meeting the pixel rectangle L.vx0..vx1, L.vy0..vy1 (the view).
+    const s = this.scene, B = s.boxes, C = s.abgr, K = s.kinds, seam = s.seam;
+    const px = L.px, W = L.W, H = L.H, kx = L.kx, ky = L.ky, ox = L.x0, oy = L.y0, oy1 = L.y1, yflip = L.yflip;
+    const minpx = s.minpx, outlined = s.outlined, hatched = s.hatched, dpr = this.dpr;
+    const vx0 = L.vx0, vx1 = L.vx1, vy0 = L.vy0, vy1 = L.vy1;
+    const m = ids ? ids.length : s.n;
+    let seen = 0;
+    for (let j = 0; j < m; j++) {
+      const i = ids ? ids[j] : j;
       const x = B[4 * i], y = B[4 * i + 1], w = B[4 * i + 2], h = B[4 * i + 3];
-      let X0 = (x - left) * kx, X1 = (x + w - left) * kx;
+      const X0 = (x - ox) * kx, X1 = (x + w - ox) * kx;
       if (X1 < 0 || X0 >= W) continue;
-      let Y0, Y1;
-      if (yflip) { Y0 = (y1v - y - h) * ky; Y1 = (y1v - y) * ky; } else { Y0 = (y - top) * ky; Y1 = (y + h - top) * ky; }
+      const Y0 = yflip ? (oy1 - y - h) * ky : (y - oy) * ky;
+      const Y1 = yflip ? (oy1 - y) * ky : (y + h - oy) * ky;
       if (Y1 < 0 || Y0 >= H) continue;
-      if (collect) collect(i, X1 - X0, Y1 - Y0);
+      if (X1 > vx0 && X0 < vx1 && Y1 > vy0 && Y0 < vy1) seen++;
+      const k = K[i];
+      if (outlines) {
+        const lim = minpx[k] * dpr;
+        if (outlined[k] && X1 - X0 >= lim && Y1 - Y0 >= lim && outlines[k].length < MAX_OUTLINES) outlines[k].push(i);
+        if (hatched[k] && X1 - X0 >= 2 && Y1 - Y0 >= 2) hatches[k].push(i);
+      }
       const c = C[i];
       if (!c) continue;
       let ix0 = Math.round(X0), ix1 = Math.round(X1), iy0 = Math.round(Y0), iy1 = Math.round(Y1);
+      // a sub-pixel tile still lights its pixel: 10^6 tiles aggregate instead of vanishing
       if (ix1 <= ix0) ix1 = ix0 + 1;
       if (iy1 <= iy0) iy1 = iy0 + 1;
       // a white seam between neighbouring tiles big enough to show one: drawn by leaving the
       // last pixel column and row unfilled, no stroke needed
-      if (seam[K[i]]) { if (ix1 - ix0 >= 5) ix1--; if (iy1 - iy0 >= 5) iy1--; }
+      if (seam[k]) { if (ix1 - ix0 >= 5) ix1--; if (iy1 - iy0 >= 5) iy1--; }
       if (ix0 < 0) ix0 = 0;
       if (iy0 < 0) iy0 = 0;
       if (ix1 > W) ix1 = W;
@@ -485,124 +573,209 @@ class CanvasView {
         for (let r = iy0; r < iy1; r++) px.fill(c, r * W + ix0, r * W + ix1);
       }
     }
+    return seen;
+  }
+
+  pixelImage(W, H) {
+    // a white W x H raster (ImageData and its pixels as uint32)
+    const img = new ImageData(W, H), px = new Uint32Array(img.data.buffer);
+    px.fill(0xffffffff);
+    return { img, px };
   }
 
   aggregate() {
-    // 10^5+ tiles seen at once: one raster of the whole extent (each pixel the last tile drawn
-    // on it), built once per scene; frames then copy the viewed part of it
+    // the whole extent rasterised once per scene at up to 2048 pixels a side
     if (this.agg) return this.agg;
     const s = this.scene, k = Math.min(2048 / s.width, 2048 / s.height);
-    const w = Math.max(1, Math.round(s.width * k)), h = Math.max(1, Math.round(s.height * k));
+    const W = Math.max(1, Math.round(s.width * k)), H = Math.max(1, Math.round(s.height * k));
+    const { img, px } = this.pixelImage(W, H);
+    this.raster(this.whole(px, W, H), null, null, null);
     const c = document.createElement("canvas");
-    c.width = w; c.height = h;
-    const g = c.getContext("2d"), img = g.createImageData(w, h), px = new Uint32Array(img.data.buffer);
-    px.fill(0xffffffff);
-    this.fillPixels(px, w, h, { x0: 0, y0: 0, x1: s.width, y1: s.height }, w / s.width, h / s.height, 1, !!s.meta.yflip, null);
-    g.putImageData(img, 0, 0);
-    this.agg = { canvas: c, kx: w / s.width, ky: h / s.height };
+    c.width = W; c.height = H;
+    c.getContext("2d").putImageData(img, 0, 0);
+    this.agg = { canvas: c, kx: W / s.width, ky: H / s.height };
     return this.agg;
   }
 
-  drawAggregated() {
-    const s = this.scene, ctx = this.ctx, v = this.view, a = this.aggregate();
-    const x0 = Math.max(v.x0, 0), x1 = Math.min(v.x1, s.width), y0 = Math.max(v.y0, 0), y1 = Math.min(v.y1, s.height);
-    ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
-    ctx.clearRect(0, 0, this.cssW, this.cssH);
-    ctx.fillStyle = "#fff";
-    ctx.fillRect(this.m.left, this.m.top, this.pw, this.ph);
-    if (x1 > x0 && y1 > y0) {
-      ctx.imageSmoothingEnabled = false;
-      const dy0 = s.meta.yflip ? this.toY(y1) : this.toY(y0), dy1 = s.meta.yflip ? this.toY(y0) : this.toY(y1);
-      const sy0 = s.meta.yflip ? (s.height - y1) * a.ky : y0 * a.ky;
-      ctx.drawImage(a.canvas, x0 * a.kx, sy0, (x1 - x0) * a.kx, (y1 - y0) * a.ky,
-        this.toX(x0), dy0, this.toX(x1) - this.toX(x0), dy1 - dy0);
+  whole(px, W, H) {
+    // a W x H raster of the whole extent [0, width] x [0, height]
+    const s = this.scene;
+    return { px, W, H, x0: 0, y0: 0, y1: s.height, kx: W / s.width, ky: H / s.height, yflip: !!s.meta.yflip, vx0: 0, vy0: 0, vx1: W, vy1: H };
+  }
+
+  layerRect() {
+    // the view plus LAYER_MARGIN on each side, cut to the tiles' extent
+    const v = this.view, e = this.scene.extent, mx = (v.x1 - v.x0) * LAYER_MARGIN, my = (v.y1 - v.y0) * LAYER_MARGIN;
+    return [Math.max(v.x0 - mx, e[0]), Math.max(v.y0 - my, e[1]), Math.min(v.x1 + mx, e[2]), Math.min(v.y1 + my, e[3])];
+  }
+
+  rasterise() {
+    // (re)build the layer for the current view and scale
+    const t0 = performance.now();
+    const s = this.scene, dpr = this.dpr, kx = this.sx() * dpr, ky = this.sy() * dpr;
+    let [x0, y0, x1, y1] = this.layerRect();
+    const e = s.extent, area = (e[2] - e[0]) * (e[3] - e[1]) || 1;
+    const share = Math.max(0, x1 - x0) * Math.max(0, y1 - y0) / area;
+    const L = this.layer || (this.layer = { canvas: document.createElement("canvas") });
+    L.scene = s; L.kx = kx; L.ky = ky; L.yflip = !!s.meta.yflip; L.view = { ...this.view };
+    L.hatches = L.outlines = null;
+    if (!(x1 > x0 && y1 > y0)) { Object.assign(L, { empty: true, x0, y0, x1, y1, seen: 0 }); return; }
+    L.empty = false;
+    // whole pixels, so a pan at this scale copies the layer pixel for pixel
+    const W = Math.max(1, Math.ceil((x1 - x0) * kx)), H = Math.max(1, Math.ceil((y1 - y0) * ky));
+    x1 = x0 + W / kx; y1 = y0 + H / ky;
+    const v = this.view;
+    Object.assign(L, { x0, y0, x1, y1, W, H, vx0: (v.x0 - x0) * kx, vx1: (v.x1 - x0) * kx });
+    [L.vy0, L.vy1] = L.yflip ? [(y1 - v.y1) * ky, (y1 - v.y0) * ky] : [(v.y0 - y0) * ky, (v.y1 - y0) * ky];
+    if (s.n > AGGREGATE && s.n * share > AGGREGATE) {
+      // tiles in view, assuming them spread evenly
+      const e = s.extent, seen = Math.max(0, Math.min(v.x1, e[2]) - Math.max(v.x0, e[0])) * Math.max(0, Math.min(v.y1, e[3]) - Math.max(v.y0, e[1]));
+      L.agg = this.aggregate();
+      L.seen = Math.round((s.n * seen) / area);
+      this.rasterMs = performance.now() - t0;
+      return;
     }
-    this.placed = [];
-    this.lit = [];
+    L.agg = null;
+    if (!L.img || L.img.width !== W || L.img.height !== H) {
+      Object.assign(L, this.pixelImage(W, H));
+      L.canvas.width = W; L.canvas.height = H;
+      L.ctx = L.canvas.getContext("2d");
+    } else L.px.fill(0xffffffff);
+    // few tiles of many in the layer: only those the grid index says may meet it (past a
+    // twentieth of the extent, one pass over all the boxes is quicker than the index)
+    const ids = s.n > 20000 && share < 0.05 ? s.tilesIn(x0, y0, x1, y1) : null;
+    const outlines = s.outlineLists, hatches = s.hatchLists;
+    for (const a of outlines) a.length = 0;
+    for (const a of hatches) a.length = 0;
+    L.seen = this.raster(L, ids, outlines, hatches);
+    const g = L.ctx;
+    g.setTransform(1, 0, 0, 1, 0, 0);
+    g.putImageData(L.img, 0, 0);
+    // vectors in css px of the layer, like the frame's
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    const rect = (i) => {
+      const B = s.boxes, x = B[4 * i], y = B[4 * i + 1], w = B[4 * i + 2], h = B[4 * i + 3];
+      const ya = L.yflip ? (y1 - y - h) * ky : (y - y0) * ky;
+      g.rect((x - x0) * kx / dpr, ya / dpr, w * kx / dpr, h * ky / dpr);
+    };
+    s.styles.forEach((st, k) => {
+      if (!hatches[k].length) return;
+      g.beginPath();
+      for (const i of hatches[k]) rect(i);
+      g.fillStyle = s.pattern(g, k);
+      g.fill();
+    });
+    s.styles.forEach((st, k) => {
+      if (!outlines[k].length) return;
+      g.beginPath();
+      for (const i of outlines[k]) rect(i);
+      g.setLineDash(st.dash || []);
+      g.lineWidth = st.width || 1;
+      g.strokeStyle = st.edge;
+      g.stroke();
+    });
+    g.setLineDash([]);
+    this.rasterMs = performance.now() - t0;
+  }
+
+  layerFits() {
+    // the layer still serves this view: same scene and pixel ratio, covers the view's part of
+    // the extent, and zooming has not moved the scale too far from the layer's
+    const L = this.layer, s = this.scene, v = this.view, e = s.extent;
+    if (!L || L.scene !== s || L.dpr !== this.dpr || L.stale) return false;
+    const r = (this.sx() * this.dpr) / L.kx;
+    if (r > LAYER_RESCALE || r < 1 / LAYER_RESCALE) return false;
+    const x0 = Math.max(v.x0, e[0]), x1 = Math.min(v.x1, e[2]), y0 = Math.max(v.y0, e[1]), y1 = Math.min(v.y1, e[3]);
+    if (!(x1 > x0 && y1 > y0)) return true;
+    const tx = 0.5 / L.kx, ty = 0.5 / L.ky;
+    if (L.empty) return false;
+    return x0 >= L.x0 - tx && x1 <= L.x1 + tx && y0 >= L.y0 - ty && y1 <= L.y1 + ty;
+  }
+
+  exact() {
+    // the layer was drawn for this very view (no settle re-raster needed)
+    const L = this.layer, v = this.view;
+    if (!L || L.agg) return true;
+    const r = (this.sx() * this.dpr) / L.kx;
+    if (Math.abs(r - 1) > 1e-9) return false;
+    // recentre once the margin left on a side is below half of it
+    const mx = (v.x1 - v.x0) * LAYER_MARGIN / 2, my = (v.y1 - v.y0) * LAYER_MARGIN / 2, e = this.scene.extent;
+    return (v.x0 - L.x0 >= mx || L.x0 <= e[0]) && (L.x1 - v.x1 >= mx || L.x1 >= e[2])
+      && (v.y0 - L.y0 >= my || L.y0 <= e[1]) && (L.y1 - v.y1 >= my || L.y1 >= e[3]);
+  }
+
+  blit() {
+    // the layer onto the plot area at the current view
+    const L = this.layer, ctx = this.ctx, dpr = this.dpr, m = this.m, v = this.view;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    const px0 = Math.round(m.left * dpr), py0 = Math.round(m.top * dpr);
+    const pw = Math.round(this.pw * dpr), ph = Math.round(this.ph * dpr);
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(px0, py0, pw, ph);
+    if (L.empty) return;
+    const kx = this.sx() * dpr, ky = this.sy() * dpr;
+    let dx = m.left * dpr + (L.x0 - v.x0) * kx;
+    let dy = m.top * dpr + (this.scene.meta.yflip ? (v.y1 - L.y1) * ky : (L.y0 - v.y0) * ky);
+    let dw = (L.x1 - L.x0) * kx, dh = (L.y1 - L.y0) * ky;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(px0, py0, pw, ph);
+    ctx.clip();
+    ctx.imageSmoothingEnabled = false;
+    if (L.agg) {
+      const a = L.agg, s = this.scene;
+      const sy0 = s.meta.yflip ? (s.height - L.y1) * a.ky : L.y0 * a.ky;
+      ctx.drawImage(a.canvas, L.x0 * a.kx, sy0, (L.x1 - L.x0) * a.kx, (L.y1 - L.y0) * a.ky, dx, dy, dw, dh);
+    } else {
+      if (Math.abs(kx / L.kx - 1) < 1e-9 && Math.abs(ky / L.ky - 1) < 1e-9) {
+        // same scale: a whole-pixel copy
+        dx = Math.round(dx); dy = Math.round(dy); dw = L.W; dh = L.H;
+      }
+      ctx.drawImage(L.canvas, dx, dy, dw, dh);
+    }
+    ctx.restore();
   }
 
   draw() {
     if (!this.scene || !this.view) return;
     const t0 = performance.now();
-    const s = this.scene, ctx = this.ctx, dpr = this.dpr, v = this.view;
-    // tiles in view, assuming them spread evenly: past AGGREGATE, draw the aggregated raster
-    const seen = Math.max(0, Math.min(v.x1, s.width) - Math.max(v.x0, 0)) * Math.max(0, Math.min(v.y1, s.height) - Math.max(v.y0, 0));
-    const estimate = s.n * seen / (s.width * s.height);
-    if (s.n > AGGREGATE && estimate > AGGREGATE) {
-      this.drawAggregated();
-      this.drawAxes();
-      this.drawMinimap();
-      this.finish(t0, Math.round(estimate), true);
-      return;
+    const s = this.scene, ctx = this.ctx, dpr = this.dpr;
+    this.rasterMs = 0;
+    if (!this.layerFits()) {
+      this.rasterise();
+      this.layer.dpr = dpr;
+      this.layer.stale = false;
     }
-    const W = Math.max(1, Math.round(this.pw * dpr)), H = Math.max(1, Math.round(this.ph * dpr));
-    if (!this.img || this.img.width !== W || this.img.height !== H) {
-      this.img = ctx.createImageData(W, H);
-      this.px = new Uint32Array(this.img.data.buffer);
+    this.blit();
+    clearTimeout(this.settleTimer);
+    if (!this.exact()) {
+      // zoomed (scaled copy) or near the layer's edge: redraw exactly once the view is still
+      this.settleTimer = setTimeout(() => { if (this.layer) this.layer.stale = true; this.draw(); }, SETTLE_MS);
     }
-    this.px.fill(0xffffffff);
-    const sx = this.sx(), sy = this.sy();
-    const strokes = s.styles.map(() => []);
-    const hatches = [];
-    const minpx = s.styles.map((st) => (st.minpx || 3) * dpr);
-    const hatchK = s.styles.map((st) => !!st.hatch);
-    const visible = [];
-    let counted = 0;
-    this.fillPixels(this.px, W, H, v, sx, sy, dpr, !!s.meta.yflip, (i, w, h) => {
-      const k = s.kinds[i];
-      counted++;
-      if (hatchK[k] && w >= 2 && h >= 2) hatches.push(i);
-      if (w >= minpx[k] && h >= minpx[k] && !s.seam[k] && strokes[k].length < 20000) strokes[k].push(i);
-      if (w >= 12 * dpr && h >= 8 * dpr && visible.length < 50000) visible.push(i);
-    });
-    ctx.setTransform(1, 0, 0, 1, 0, 0);
-    ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
-    ctx.putImageData(this.img, Math.round(this.m.left * dpr), Math.round(this.m.top * dpr));
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.save();
     ctx.beginPath();
     ctx.rect(this.m.left, this.m.top, this.pw, this.ph);
     ctx.clip();
-    for (const i of hatches) {
-      const st = s.styles[s.kinds[i]], r = this.tileRect(i);
-      ctx.fillStyle = hatchPattern(ctx, st.hatch, st.edge);
-      ctx.fillRect(r.x, r.y, r.w, r.h);
-    }
-    s.styles.forEach((st, k) => {
-      if (!st.edge || s.seam[k] || !strokes[k].length) return;
-      ctx.beginPath();
-      for (const i of strokes[k]) {
-        const r = this.tileRect(i);
-        ctx.rect(r.x, r.y, r.w, r.h);
-      }
-      ctx.setLineDash(st.dash || []);
-      ctx.lineWidth = st.width || 1;
-      ctx.strokeStyle = st.edge;
-      ctx.stroke();
-    });
-    ctx.setLineDash([]);
     // the lit read (table row / stepper) and the hovered tile
     const h = this.model.get("highlight");
-    this.lit = [];
-    if (h !== null && h !== undefined && h >= 0) {
-      const readK = s.kindCode.read;
-      for (let i = 0; i < s.n; i++) if (s.kinds[i] === readK && s.items[i] === h) this.lit.push(i);
-      for (const i of this.lit) {
-        const r = this.tileRect(i);
-        ctx.lineWidth = 5; ctx.strokeStyle = "#ffd400"; ctx.strokeRect(r.x, r.y, r.w, r.h);
-        ctx.lineWidth = 1.5; ctx.strokeStyle = "#000"; ctx.strokeRect(r.x, r.y, r.w, r.h);
-      }
+    this.lit = h !== null && h !== undefined && h >= 0 ? s.readTiles.get(h) || [] : [];
+    for (const i of this.lit) {
+      const r = this.tileRect(i);
+      ctx.lineWidth = 5; ctx.strokeStyle = "#ffd400"; ctx.strokeRect(r.x, r.y, r.w, r.h);
+      ctx.lineWidth = 1.5; ctx.strokeStyle = "#000"; ctx.strokeRect(r.x, r.y, r.w, r.h);
     }
     if (this.hover >= 0 && this.hover < s.n) {
       const r = this.tileRect(this.hover);
       ctx.lineWidth = 2; ctx.strokeStyle = "#e6007e"; ctx.strokeRect(r.x, r.y, r.w, r.h);
     }
     this.drawGroups();
-    this.placeLabels(visible);
+    this.placeLabels();
     ctx.restore();
     this.drawAxes();
     this.drawMinimap();
-    this.finish(t0, counted, false);
+    this.finish(t0, this.layer.seen, !!this.layer.agg);
   }
 
   finish(t0, counted, aggregated) {
@@ -611,13 +784,16 @@ class CanvasView {
     this.frames.push(ms);
     if (this.frames.length > 240) this.frames.shift();
     this.root.dataset.frameMs = ms.toFixed(2);
+    this.root.dataset.rasterMs = this.rasterMs.toFixed(2);
     this.root.dataset.aggregated = String(aggregated);
     this.root.dataset.labels = String(this.placed.length);
     this.root.dataset.visibleTiles = String(counted);
     const z = Math.max(s.width / (v.x1 - v.x0), s.height / (v.y1 - v.y0));
-    this.status.textContent = s.meta.mode === "chunks"
+    const text = s.meta.mode === "chunks"
       ? `view rows ${Math.max(0, Math.floor(v.y0))}:${Math.min(s.height, Math.ceil(v.y1))}, cols ${Math.max(0, Math.floor(v.x0))}:${Math.min(s.width, Math.ceil(v.x1))}  zoom ${z.toFixed(z < 10 ? 2 : 0)}x  ${aggregated ? `~${counted} of ${s.n} tiles, aggregated per pixel (zoom in for tiles)` : `${counted} of ${s.n} tiles`}  ${ms.toFixed(1)} ms`
       : `zoom ${z.toFixed(2)}x  ${ms.toFixed(1)} ms`;
+    // a text node written only when it changes: no layout work on frames that keep it
+    if (text !== this.statusText) { this.statusText = text; this.status.textContent = text; }
   }
 
   drawGroups() {
@@ -642,18 +818,18 @@ class CanvasView {
     return w;
   }
 
-  placeLabels(visible) {
+  placeLabels() {
     // greedy by priority (the lit read, then the rank's reads, then saved chunks), only inside
     // the tile's visible part and never over a label already placed
     const s = this.scene, ctx = this.ctx, placed = [];
     this.placed = placed;
-    if (!s.labels.length || !visible.length) return;
+    if (!s.labels.length) return;
     const lit = new Set(this.lit || []);
     const sel = this.model.get("selected_rank");
     const cand = [];
-    for (const i of visible) {
-      const l = s.labelOf.get(i);
-      if (!l) continue;
+    for (const l of s.labels) {
+      const i = l[0];
+      if (!(i >= 0 && i < s.n)) continue;
       const r = this.tileRect(i);
       const x0 = Math.max(r.x, this.m.left), y0 = Math.max(r.y, this.m.top);
       const x1 = Math.min(r.x + r.w, this.m.left + this.pw), y1 = Math.min(r.y + r.h, this.m.top + this.ph);
@@ -764,15 +940,24 @@ class CanvasView {
     if (!this.thumb || this.thumb.width !== w) {
       const c = document.createElement("canvas");
       c.width = w; c.height = h;
-      const g = c.getContext("2d"), img = g.createImageData(w, h), px = new Uint32Array(img.data.buffer);
-      px.fill(0xffffffff);
-      const full = { x0: 0, y0: 0, x1: s.width, y1: s.height };
-      this.fillPixels(px, w, h, full, w / s.width, h / s.height, 1, !!s.meta.yflip, null);
-      g.putImageData(img, 0, 0);
+      if (s.n > AGGREGATE) {
+        // 10^6 tiles: shrink the aggregated raster rather than rasterise them again
+        const g = c.getContext("2d");
+        g.imageSmoothingEnabled = true;
+        g.imageSmoothingQuality = "high";
+        g.drawImage(this.aggregate().canvas, 0, 0, w, h);
+      } else {
+        const { img, px } = this.pixelImage(w, h);
+        this.raster(this.whole(px, w, h), null, null, null);
+        c.getContext("2d").putImageData(img, 0, 0);
+      }
       this.thumb = c;
     }
-    this.mini.width = w; this.mini.height = h;
-    this.mini.style.width = `${w}px`; this.mini.style.height = `${h}px`;
+    if (this.mini.width !== w || this.mini.height !== h) {
+      // (setting a canvas's size, even to the same value, reallocates and clears it)
+      this.mini.width = w; this.mini.height = h;
+      this.mini.style.width = `${w}px`; this.mini.style.height = `${h}px`;
+    }
     this.mini.style.left = `${this.m.left + this.pw - w - 6}px`;
     this.mini.style.top = `${this.m.top + this.ph - h - 6}px`;
     const g = this.mini.getContext("2d");
@@ -1004,17 +1189,31 @@ class CanvasView {
       fit() { self.fit(); self.draw(); },
       zoomToRank() { self.zoomToRank(); self.draw(); },
       setView(x0, y0, x1, y1) { self.setView(x0, y0, x1, y1, false); self.draw(); },
-      bench(frames) {
-        // frames drawn synchronously with a small pan between them; a one-pixel read-back makes
-        // the canvas rasterise what was recorded, so the time includes it
-        const out = [];
+      bench(frames, how = {}) {
+        // [frame ms, of which re-rasterising the layer] per frame of one gesture, drawn
+        // synchronously; a one-pixel read-back makes the canvas rasterise what was recorded, so
+        // the time includes it. how.zoom: start zoomed in this much on the centre (1: fit);
+        // how.pan: [dx, dy] css px per frame, one way, as a drag does; how.wheel: a zoom factor
+        // per frame (in for half the frames, then out); how.raster: re-rasterise every frame
+        // (the first frame's and a settle's cost)
+        clearTimeout(self.settleTimer);
+        self.fit(false);
+        const z = how.zoom || 1, v = self.view, cx = (v.x0 + v.x1) / 2, cy = (v.y0 + v.y1) / 2;
+        const hw = (v.x1 - v.x0) / 2 / z, hh = (v.y1 - v.y0) / 2 / z;
+        self.setView(cx - hw, cy - hh, cx + hw, cy + hh, false);
+        self.draw();
+        const out = [], [dx, dy] = how.pan || [0, 0], f = how.wheel || 1;
         for (let k = 0; k < frames; k++) {
-          self.pan(k % 2 ? 3 : -3, 0);
+          if (how.raster) { self.layer.stale = true; self.pan(k % 2 ? 3 : -3, 0); }
+          else if (f !== 1) self.zoomCenter(k < frames / 2 ? f : 1 / f);
+          else self.pan(dx, dy);
           const t0 = performance.now();
           self.draw();
           self.ctx.getImageData(self.m.left + 1, self.m.top + 1, 1, 1);
-          out.push(performance.now() - t0);
+          out.push([performance.now() - t0, self.rasterMs]);
         }
+        clearTimeout(self.settleTimer);
+        self.fit();
         return out;
       },
     };

@@ -287,8 +287,10 @@ class CanvasView {
   }
 
   // ------------------------------------------------------------------ data
-  load() {
+  load(now = false) {
+    // now: draw before returning (a scene replacing one on the page), else on the next frame
     this.sceneT0 = performance.now();
+    this.root.dataset.sceneAt = this.sceneT0.toFixed(1); // when the scene arrived (page clock)
     try {
       this.scene = new Scene(this.model);
     } catch (err) {
@@ -306,13 +308,25 @@ class CanvasView {
     this.thumb = null;
     this.agg = null;
     const v = this.model.get("view");
-    this.resize();
+    this.resize(this.cssW);
     if (v && v.length === 4 && this.keepView) this.setView(v[0], v[1], v[2], v[3], false);
     else this.fit(false);
     this.keepView = false;
     this.root.dataset.scene = String(this.model.get("scene_id"));
     this.root.dataset.tiles = String(this.scene.n);
-    this.schedule(true);
+    if (!now) { this.schedule(true); return; }
+    // a new scene for a view already on the page: drawn at once rather than on the next
+    // animation frame, which a busy page (JupyterLab re-rendering the outputs that changed
+    // with it) can hold back for tens of ms
+    this.draw();
+    this.acknowledge();
+  }
+
+  acknowledge() {
+    // from the scene's arrival to its first frame drawn (decode, index, draw)
+    this.root.dataset.sceneMs = (performance.now() - this.sceneT0).toFixed(2);
+    this.model.set("drawn", this.model.get("scene_id"));
+    this.model.save_changes();
   }
 
   renderLegend() {
@@ -351,11 +365,20 @@ class CanvasView {
     const body = el("tbody");
     this.rows = [];
     const orderCol = cols.indexOf("order");
+    // byte counts, named as tables.style_by_rank names them
+    const sizes = cols.map((c) => c === "bytes" || c === "length" || c.startsWith("bytes_") || c.includes("_bytes"));
     rows.forEach((r, k) => {
       const tr = el("tr", "wb-canvas-row");
       const order = orderCol >= 0 ? r[orderCol] : k;
       tr.dataset.order = String(order);
-      for (const v of r) tr.appendChild(el("td", "", Array.isArray(v) ? `(${v.join(", ")})` : v === null ? "" : v));
+      r.forEach((v, c) => {
+        if (sizes[c] && typeof v === "number") {
+          // human units (format_bytes's rule), the exact count on hover
+          const td = el("td", "wb-canvas-bytes", humanBytes(v));
+          td.title = `${v} bytes`;
+          tr.appendChild(td);
+        } else tr.appendChild(el("td", "", Array.isArray(v) ? `(${v.join(", ")})` : v === null ? "" : v));
+      });
       tr.addEventListener("click", () => this.setHighlight(order));
       body.appendChild(tr);
       this.rows.push(tr);
@@ -382,16 +405,22 @@ class CanvasView {
   }
 
   // ------------------------------------------------------------------ geometry
-  resize() {
-    const w = Math.max(360, Math.floor(this.root.clientWidth || 800));
+  resize(width) {
+    // width: the root's as last seen (a new scene; the ResizeObserver reports changes), else
+    // read from the page, which forces a layout
+    const w = Math.max(360, Math.floor(width || this.root.clientWidth || 800));
     const h = this.model.get("height") || 480;
-    this.cssW = w;
-    this.cssH = h;
-    this.dpr = window.devicePixelRatio || 1;
-    this.canvas.style.width = `${w}px`;
-    this.canvas.style.height = `${h}px`;
-    this.canvas.width = Math.round(w * this.dpr);
-    this.canvas.height = Math.round(h * this.dpr);
+    const dpr = window.devicePixelRatio || 1;
+    if (w !== this.cssW || h !== this.cssH || dpr !== this.dpr) {
+      // (setting a canvas's size, even to the same value, reallocates and clears it)
+      this.cssW = w;
+      this.cssH = h;
+      this.dpr = dpr;
+      this.canvas.style.width = `${w}px`;
+      this.canvas.style.height = `${h}px`;
+      this.canvas.width = Math.round(w * dpr);
+      this.canvas.height = Math.round(h * dpr);
+    }
     const axes = !this.scene || this.scene.meta.axes !== false;
     this.m = axes ? M : { left: 4, right: 4, top: 4, bottom: 4 };
     this.pw = w - this.m.left - this.m.right;
@@ -519,10 +548,7 @@ class CanvasView {
       this.draw();
       if (this.ack) {
         this.ack = false;
-        // from the scene's arrival to its first frame drawn (decode, index, draw)
-        this.root.dataset.sceneMs = (performance.now() - this.sceneT0).toFixed(2);
-        this.model.set("drawn", this.model.get("scene_id"));
-        this.model.save_changes();
+        this.acknowledge();
       }
     });
   }
@@ -1133,7 +1159,7 @@ class CanvasView {
     this.ro.observe(this.root);
     const m = this.model;
     this.handlers = [
-      ["change:scene_id", () => { this.keepView = !!m.get("keep_view"); this.load(); }],
+      ["change:scene_id", () => { this.keepView = !!m.get("keep_view"); this.load(true); }],
       ["change:highlight", () => { this.markRow(); this.schedule(); }],
       ["change:selected_rank", () => this.schedule()],
       ["change:error", () => { this.error.textContent = m.get("error") || ""; }],

@@ -11,6 +11,7 @@
 
 const M = { left: 70, right: 14, top: 8, bottom: 42 };
 const FONT = "11px sans-serif";
+const GROUP_FONT = "bold 11px sans-serif";
 const LINE = 13;
 const AGGREGATE = 250000; // tiles in the layer past which it is the scene's aggregated raster
 const LAYER_MARGIN = 0.25; // the layer covers the view and this share of it on each side
@@ -828,32 +829,39 @@ class CanvasView {
     const ctx = this.ctx;
     ctx.lineWidth = 2;
     ctx.strokeStyle = "#222";
-    ctx.font = "bold 11px sans-serif";
-    for (const [name, x, y, w, h] of g) {
+    for (const [, x, y, w, h] of g) {
       const xa = this.toX(x), ya = this.toY(y), wa = this.toX(x + w) - xa, ha = this.toY(y + h) - ya;
       ctx.strokeRect(xa, ya, wa, ha);
     }
   }
 
-  measure(text) {
-    let w = this.textWidth.get(text);
+  measure(text, font = FONT) {
+    // the widest line of text in font, remembered across frames and scenes
+    const key = font === FONT ? text : `${font}\u0000${text}`;
+    let w = this.textWidth.get(key);
     if (w === undefined) {
+      this.ctx.font = font;
       w = Math.max(...text.split("\n").map((t) => this.ctx.measureText(t).width));
-      this.textWidth.set(text, w);
+      this.textWidth.set(key, w);
     }
     return w;
   }
 
   placeLabels() {
-    // greedy by priority (the lit read, then the rank's reads, then saved chunks), only inside
-    // the tile's visible part and never over a label already placed
+    // greedy by priority (group names of a model map, the lit read, then the rank's reads,
+    // then saved chunks), only inside the tile's visible part and never over a label already
+    // placed
     const s = this.scene, ctx = this.ctx, placed = [];
     this.placed = placed;
-    if (!s.labels.length) return;
+    const captions = this.groupCaptions();
+    if (!s.labels.length && !captions.length) return;
     const lit = new Set(this.lit || []);
     const sel = this.model.get("selected_rank");
     const cand = [];
+    const named = new Set(captions.map((b) => b.text));
     for (const l of s.labels) {
+      // a group of one tensor named like it: its caption says it already
+      if (named.has(l[1])) continue;
       const i = l[0];
       if (!(i >= 0 && i < s.n)) continue;
       const r = this.tileRect(i);
@@ -875,13 +883,7 @@ class CanvasView {
             if (b.x < o.x + o.w && o.x < b.x + b.w && b.y < o.y + o.h && o.y < b.y + b.h) return true;
       return false;
     };
-    for (const [, , i, text, x0, y0, x1, y1] of cand) {
-      if (placed.length >= 600) break;
-      const lines = text.split("\n");
-      const w = this.measure(text) + 6, h = lines.length * LINE + 2;
-      if (w > x1 - x0 || h > y1 - y0) continue;
-      const b = { x: (x0 + x1) / 2 - w / 2, y: (y0 + y1) / 2 - h / 2, w, h, tile: i, text };
-      if (overlaps(b)) continue;
+    const keep = (b) => {
       placed.push(b);
       for (let gx = Math.floor(b.x / cell); gx <= Math.floor((b.x + b.w) / cell); gx++)
         for (let gy = Math.floor(b.y / cell); gy <= Math.floor((b.y + b.h) / cell); gy++) {
@@ -889,18 +891,46 @@ class CanvasView {
           if (!grid.has(key)) grid.set(key, []);
           grid.get(key).push(b);
         }
+    };
+    for (const b of captions) if (!overlaps(b)) keep(b);
+    for (const [, , i, text, x0, y0, x1, y1] of cand) {
+      if (placed.length >= 600) break;
+      const lines = text.split("\n");
+      const w = this.measure(text) + 6, h = lines.length * LINE + 2;
+      if (w > x1 - x0 || h > y1 - y0) continue;
+      const b = { x: (x0 + x1) / 2 - w / 2, y: (y0 + y1) / 2 - h / 2, w, h, tile: i, text };
+      if (!overlaps(b)) keep(b);
     }
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = "rgba(255,255,255,0.9)";
+    ctx.fillStyle = "#000";
     for (const b of placed) {
+      ctx.font = b.tile < 0 ? GROUP_FONT : FONT;
+      ctx.textAlign = b.tile < 0 ? "left" : "center";
       const lines = b.text.split("\n");
       lines.forEach((t, k) => {
         const y = b.y + 1 + LINE / 2 + k * LINE;
-        ctx.lineWidth = 3;
-        ctx.strokeStyle = "rgba(255,255,255,0.9)";
-        ctx.strokeText(t, b.x + b.w / 2, y);
-        ctx.fillStyle = "#000";
-        ctx.fillText(t, b.x + b.w / 2, y);
+        const x = b.tile < 0 ? b.x + 3 : b.x + b.w / 2;
+        ctx.strokeText(t, x, y);
+        ctx.fillText(t, x, y);
       });
     }
+  }
+
+  groupCaptions() {
+    // each group's name in the top-left corner of its visible part, where it fits (tile -1)
+    const g = this.scene.meta.groups, out = [];
+    if (!g) return out;
+    const m = this.m;
+    for (const [name, x, y, w, h] of g) {
+      const xa = this.toX(x), xb = this.toX(x + w), ya = this.toY(y), yb = this.toY(y + h);
+      const x0 = Math.max(Math.min(xa, xb), m.left), x1 = Math.min(Math.max(xa, xb), m.left + this.pw);
+      const y0 = Math.max(Math.min(ya, yb), m.top), y1 = Math.min(Math.max(ya, yb), m.top + this.ph);
+      const bw = this.measure(name, GROUP_FONT) + 6, bh = LINE + 2;
+      if (bw > x1 - x0 - 4 || 2 * bh > y1 - y0) continue;
+      out.push({ x: x0 + 2, y: y0 + 2, w: bw, h: bh, tile: -1, text: String(name) });
+    }
+    return out;
   }
 
   ticks(lo, hi, pixels, fmt, given) {
@@ -929,10 +959,15 @@ class CanvasView {
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     const xt = this.ticks(Math.max(v.x0, 0), Math.min(v.x1, s.width), this.pw, "", s.meta.xticks);
+    let right = -Infinity; // a tick label is skipped where it would touch the one before
     for (const [t, label] of xt) {
       const x = this.toX(t);
+      const text = label.length > 14 ? label.slice(0, 13) + "\u2026" : label, half = this.measure(text) / 2;
+      if (x - half < right + 8) continue;
+      right = x + half;
+      ctx.font = FONT;
       ctx.beginPath(); ctx.moveTo(x, m.top + this.ph); ctx.lineTo(x, m.top + this.ph + 4); ctx.stroke();
-      ctx.fillText(label.length > 14 ? label.slice(0, 13) + "\u2026" : label, x, m.top + this.ph + 6);
+      ctx.fillText(text, x, m.top + this.ph + 6);
     }
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";

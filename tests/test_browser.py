@@ -581,3 +581,72 @@ def test_canvas_labels_never_overlap_at_full_view_and_zoomed(browser, reference_
     page.screenshot(path=str(SHOT_DIR / f"labels-{case.replace(' ', '-')}.png"), full_page=True)
     assert not errors, errors
     page.close()
+
+
+# ----------------------------------------------------------------------------- frames
+def test_pan_and_zoom_frames_reuse_the_raster_and_settle_to_a_fresh_draw(browser):
+    """Pan and zoom frames copy the tiles' cached raster instead of drawing every tile: a wheel
+    zoom shows a scaled copy, then settles to a fresh raster; a short drag copies it pixel for
+    pixel to where a fresh raster puts the tiles; a long drag re-rasterises only when it leaves
+    the cached margin."""
+    from workbench.widgets.scenes import synthetic_scene
+
+    page, errors = _standalone(browser, synthetic_scene(60, 80), "frames")
+    root = "#root"
+    box = page.locator("#root canvas.wb-canvas-plot").bounding_box()
+    cx, cy = round(box["x"] + box["width"] / 2), round(box["y"] + box["height"] / 2)
+
+    def fresh_draw_matches() -> bool:
+        shown = _hook(page, root, "wb.checksum()")
+        _hook(page, root, "wb.redraw()")
+        return _hook(page, root, "wb.checksum()") == shown
+
+    # the wheel: the frame right after it is a scaled copy (read in the same animation frame,
+    # before the settle timer can run); 400 ms later, one fresh raster
+    r0 = _hook(page, root, "wb.state().rasters")
+    scaled = page.locator(root).evaluate(
+        """(e, xy) => new Promise((done) => {
+            const c = e.querySelector("canvas.wb-canvas-plot");
+            c.dispatchEvent(new WheelEvent("wheel", {deltaY: -200, clientX: xy[0], clientY: xy[1],
+                                                     bubbles: true, cancelable: true}));
+            requestAnimationFrame(() => requestAnimationFrame(() => done(e.__wb.state())));
+        })""",
+        [cx, cy],
+    )
+    assert scaled["rasters"] == r0, scaled
+    page.wait_for_timeout(400)
+    assert _hook(page, root, "wb.state().rasters") == r0 + 1
+    assert fresh_draw_matches()
+
+    # a short drag in whole pixels: copies only, and exactly what a fresh raster draws
+    r1 = _hook(page, root, "wb.state().rasters")
+    v1 = _hook(page, root, "wb.state().view")
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    for k in range(1, 13):
+        page.mouse.move(cx - 5 * k, cy - 2 * k)
+        page.wait_for_timeout(20)
+    page.mouse.up()
+    page.wait_for_timeout(400)
+    st = _hook(page, root, "wb.state()")
+    assert st["view"][0] > v1[0] and st["view"][1] > v1[1], (v1, st["view"])
+    assert st["rasters"] == r1, st
+    assert fresh_draw_matches()
+
+    # closer (a raster of twice the scale at once), then a long drag (12 x 40 px, past the
+    # quarter-view margin): a few re-rasters, not 12
+    page.mouse.wheel(0, -500)
+    page.wait_for_timeout(400)
+    r2 = _hook(page, root, "wb.state().rasters")
+    page.mouse.move(cx + 200, cy)
+    page.mouse.down()
+    for k in range(1, 13):
+        page.mouse.move(cx + 200 - 40 * k, cy)
+        page.wait_for_timeout(20)
+    page.mouse.up()
+    page.wait_for_timeout(400)
+    assert 1 <= _hook(page, root, "wb.state().rasters") - r2 <= 4
+    assert fresh_draw_matches()
+    assert float(page.locator(root).get_attribute("data-frame-ms")) > 0
+    assert not errors, errors
+    page.close()

@@ -630,27 +630,33 @@ class CanvasView {
     return { px, W, H, x0: 0, y0: 0, y1: s.height, kx: W / s.width, ky: H / s.height, yflip: !!s.meta.yflip, vx0: 0, vy0: 0, vx1: W, vy1: H };
   }
 
-  layerRect() {
-    // the view plus LAYER_MARGIN on each side, cut to the tiles' extent
-    const v = this.view, e = this.scene.extent, mx = (v.x1 - v.x0) * LAYER_MARGIN, my = (v.y1 - v.y0) * LAYER_MARGIN;
-    return [Math.max(v.x0 - mx, e[0]), Math.max(v.y0 - my, e[1]), Math.min(v.x1 + mx, e[2]), Math.min(v.y1 + my, e[3])];
+  layerRect(kx, ky) {
+    // the view plus LAYER_MARGIN of it on each side, cut to the tiles' extent, in whole pixels
+    // counted from the view's top-left corner: after a pan by whole pixels the layer's pixels
+    // land exactly where a fresh raster would put them. Returns the data rectangle and W x H.
+    const v = this.view, e = this.scene.extent, yflip = !!this.scene.meta.yflip;
+    const vw = (v.x1 - v.x0) * kx, vh = (v.y1 - v.y0) * ky;
+    const mx = Math.round(vw * LAYER_MARGIN), my = Math.round(vh * LAYER_MARGIN);
+    const a = Math.max(-mx, Math.floor((e[0] - v.x0) * kx)), b = Math.min(Math.ceil(vw) + mx, Math.ceil((e[2] - v.x0) * kx));
+    // rows down from the view's top edge: data y0, or y1 when the y axis points up
+    const top = yflip ? (v.y1 - e[3]) * ky : (e[1] - v.y0) * ky, bottom = yflip ? (v.y1 - e[1]) * ky : (e[3] - v.y0) * ky;
+    const c = Math.max(-my, Math.floor(top)), d = Math.min(Math.ceil(vh) + my, Math.ceil(bottom));
+    const [y0, y1] = yflip ? [v.y1 - d / ky, v.y1 - c / ky] : [v.y0 + c / ky, v.y0 + d / ky];
+    return { x0: v.x0 + a / kx, y0, x1: v.x0 + b / kx, y1, W: b - a, H: d - c };
   }
 
   rasterise() {
     // (re)build the layer for the current view and scale
     const t0 = performance.now();
+    this.rasters = (this.rasters || 0) + 1;
     const s = this.scene, dpr = this.dpr, kx = this.sx() * dpr, ky = this.sy() * dpr;
-    let [x0, y0, x1, y1] = this.layerRect();
+    const { x0, y0, x1, y1, W, H } = this.layerRect(kx, ky);
     const e = s.extent, area = (e[2] - e[0]) * (e[3] - e[1]) || 1;
     const share = Math.max(0, x1 - x0) * Math.max(0, y1 - y0) / area;
     const L = this.layer || (this.layer = { canvas: document.createElement("canvas") });
-    L.scene = s; L.kx = kx; L.ky = ky; L.yflip = !!s.meta.yflip; L.view = { ...this.view };
-    L.hatches = L.outlines = null;
-    if (!(x1 > x0 && y1 > y0)) { Object.assign(L, { empty: true, x0, y0, x1, y1, seen: 0 }); return; }
+    L.scene = s; L.kx = kx; L.ky = ky; L.yflip = !!s.meta.yflip;
+    if (W <= 0 || H <= 0) { Object.assign(L, { empty: true, x0, y0, x1, y1, seen: 0 }); return; }
     L.empty = false;
-    // whole pixels, so a pan at this scale copies the layer pixel for pixel
-    const W = Math.max(1, Math.ceil((x1 - x0) * kx)), H = Math.max(1, Math.ceil((y1 - y0) * ky));
-    x1 = x0 + W / kx; y1 = y0 + H / ky;
     const v = this.view;
     Object.assign(L, { x0, y0, x1, y1, W, H, vx0: (v.x0 - x0) * kx, vx1: (v.x1 - x0) * kx });
     [L.vy0, L.vy1] = L.yflip ? [(y1 - v.y1) * ky, (y1 - v.y0) * ky] : [(v.y0 - y0) * ky, (v.y1 - y0) * ky];
@@ -1229,8 +1235,20 @@ class CanvasView {
           view: v && [v.x0, v.y0, v.x1, v.y1], n: s ? s.n : 0, frameMs: self.frames[self.frames.length - 1],
           labels: self.placed.map((b) => ({ text: b.text, x: b.x, y: b.y, w: b.w, h: b.h, tile: b.tile })),
           selected: self.model.get("selected_rank"), highlight: self.model.get("highlight"),
-          scene: self.model.get("scene_id"), lit: self.lit || [],
+          scene: self.model.get("scene_id"), lit: self.lit || [], rasters: self.rasters,
         };
+      },
+      redraw() {
+        // a frame drawn from a fresh raster of the current view (the layer thrown away)
+        if (self.layer) self.layer.stale = true;
+        self.draw();
+      },
+      checksum() {
+        // of the canvas's pixels: compares two frames without shipping them
+        const c = self.canvas, px = new Uint32Array(self.ctx.getImageData(0, 0, c.width, c.height).data.buffer);
+        let h = 2166136261;
+        for (let i = 0; i < px.length; i++) h = Math.imul(h ^ px[i], 16777619);
+        return h >>> 0;
       },
       toPage: page,
       find(kind, item) {

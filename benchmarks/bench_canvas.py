@@ -104,7 +104,9 @@ def frame_times(browser, n_tiles: int, frames: int, throttle: float = 1) -> dict
             cdp = page.context.new_cdp_session(page)
             cdp.send("Emulation.setCPUThrottlingRate", {"rate": throttle})
         first = float(page.locator("#root").get_attribute("data-scene-ms") or "nan")
-        print(f"scene of {n_tiles:>9,} tiles arrives -> first frame drawn (decode, index, draw): {first:6.1f} ms")
+        print(
+            f"scene of {n_tiles:>9,} tiles arrives -> first frame drawn (decode, index, draw): {first:6.1f} ms"
+        )
         return {
             name: page.evaluate(
                 "([n, how]) => document.getElementById('root').__wb.bench(n, how)", [frames, how]
@@ -170,7 +172,9 @@ def round_trip(browser, repeats: int) -> tuple[list[float], list[float], list[fl
         select = page.locator(f"{EXPLORER} .wb-rank select").first
         # the page's clock when the dropdown changes: with the canvas's data-scene-at, the
         # browser -> kernel -> browser part of the trip
-        select.evaluate("s => s.addEventListener('change', () => { window.wbChanged = performance.now(); }, true)")
+        select.evaluate(
+            "s => s.addEventListener('change', () => { window.wbChanged = performance.now(); }, true)"
+        )
         for k in range(repeats):
             old = page.locator(canvas).first.get_attribute("data-scene")
             t0 = time.perf_counter()

@@ -31,6 +31,8 @@ from pathlib import Path
 import psutil  # ipykernel depends on it
 import pytest
 
+from workbench.formatting import format_bytes
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -455,6 +457,10 @@ def test_canvas_hover_click_select_zoom_and_escape(lab, page, front):
             "load rank 3" in page.locator(f"{reshard} .wb-canvas-reads-caption").first.inner_text()
         )
         assert _hook(page, reshard, "wb.state().selected") == 3
+        # sizes in the table in human units (format_bytes), the exact count on hover
+        size = table.locator("td.wb-canvas-bytes").first
+        exact = size.get_attribute("title")
+        assert exact.endswith(" bytes") and size.inner_text() == format_bytes(int(exact.split()[0]))
         page.screenshot(path=str(shots / "2-click-selects-rank-3.png"))
 
         # 3. click the second table row: that read lights up on the canvas

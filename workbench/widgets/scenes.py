@@ -431,7 +431,9 @@ def chunk_scene(
         # the other ranks' destination chunks: where a click selects that load rank (every
         # rank's, cached per layout and slab, then this rank's left out)
         wanted = _cached(
-            (layout,), ("wanted", row, col, tuple(at.items())), lambda: _wanted(layout, row, col, at)
+            (layout,),
+            ("wanted", row, col, tuple(at.items())),
+            lambda: _wanted(layout, row, col, at),
         )
         others = wanted["ranks"] != rank
         if others.any():

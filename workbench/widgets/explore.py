@@ -188,9 +188,11 @@ class ReshardResult(_StaticPicture):
 
 @lru_cache(maxsize=32)
 def _reshard_plans(spec: ReshardSpec):
-    """(save, load, problems) of a spec, cached: a rank or dims change re-plans nothing."""
+    """(save, load, problems, their table) of a spec, cached: a rank or dims change re-plans
+    nothing."""
     from ..diagnosis import find_save_problems
     from ..planning import plan_load, plan_save
+    from ..tables import problems_table
 
     save = plan_save(
         {
@@ -209,7 +211,8 @@ def _reshard_plans(spec: ReshardSpec):
         },
         torch_version=spec.torch_version,
     )
-    return save, load, tuple(find_save_problems(save)) + tuple(load.problems)
+    problems = tuple(find_save_problems(save)) + tuple(load.problems)
+    return save, load, problems, problems_table(problems)
 
 
 def explore_reshard(
@@ -232,7 +235,7 @@ def explore_reshard(
     plan it (default `versions.default_torch_version`).
     """
     from ..picture_data import reshard_data
-    from ..tables import problems_table, read_items_table
+    from ..tables import read_items_table
 
     spec = ReshardSpec(
         shape=parse_ints(shape, "shape"),
@@ -263,7 +266,7 @@ def explore_reshard(
             "Use a real tensor size.",
             shape=spec.shape,
         )
-    save, load, problems = _reshard_plans(spec)
+    save, load, problems, table = _reshard_plans(spec)
     reads = read_items_table(load, FQN, rank=int(rank))  # raises for a rank outside the world
     picture = reshard_data(save, load, FQN, int(rank), dims=dims)
     return ReshardResult(
@@ -274,7 +277,7 @@ def explore_reshard(
         load,
         reads,
         problems,
-        problems_table(problems),
+        table,
         picture,
     )
 

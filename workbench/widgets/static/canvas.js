@@ -555,12 +555,13 @@ class CanvasView {
   }
 
   raster(L, ids, outlines, hatches) {
-    // fill the tiles (all, or the ascending ids) into L.px, a W x H pixel buffer whose pixel
+    // fill the tiles (all, or the ascending ids) into L.px, a W x H pixel buffer (rows L.stride
+    // apart, default W) whose pixel
     // (0, 0) is data (L.x0, L.y0) (yflip: (L.x0, L.y1)) at L.kx, L.ky pixels per data unit;
     // collect per kind the tiles big enough for an outline or a hatch. Returns the number of
     // tiles meeting the pixel rectangle L.vx0..vx1, L.vy0..vy1 (the view).
     const s = this.scene, B = s.boxes, C = s.abgr, K = s.kinds, seam = s.seam;
-    const px = L.px, W = L.W, H = L.H, kx = L.kx, ky = L.ky, ox = L.x0, oy = L.y0, oy1 = L.y1, yflip = L.yflip;
+    const px = L.px, W = L.W, H = L.H, S = L.stride || L.W, kx = L.kx, ky = L.ky, ox = L.x0, oy = L.y0, oy1 = L.y1, yflip = L.yflip;
     const minpx = s.minpx, outlined = s.outlined, hatched = s.hatched, dpr = this.dpr;
     const vx0 = L.vx0, vx1 = L.vx1, vy0 = L.vy0, vy1 = L.vy1;
     const m = ids ? ids.length : s.n;
@@ -595,9 +596,9 @@ class CanvasView {
       if (iy1 > H) iy1 = H;
       if (ix1 - ix0 <= 8) {
         // a small tile: plain stores beat TypedArray.fill's call overhead
-        for (let r = iy0; r < iy1; r++) for (let p = r * W + ix0, e = r * W + ix1; p < e; p++) px[p] = c;
+        for (let r = iy0; r < iy1; r++) for (let p = r * S + ix0, e = r * S + ix1; p < e; p++) px[p] = c;
       } else {
-        for (let r = iy0; r < iy1; r++) px.fill(c, r * W + ix0, r * W + ix1);
+        for (let r = iy0; r < iy1; r++) px.fill(c, r * S + ix0, r * S + ix1);
       }
     }
     return seen;
@@ -669,11 +670,15 @@ class CanvasView {
       return;
     }
     L.agg = null;
-    if (!L.img || L.img.width !== W || L.img.height !== H) {
-      Object.assign(L, this.pixelImage(W, H));
-      L.canvas.width = W; L.canvas.height = H;
+    if (!L.img || L.img.width < W || L.img.height < H) {
+      // room for a few more pixels than needed: the size changes by a pixel with the view,
+      // and reallocating the buffer and the canvas would cost more than the raster
+      const cw = Math.ceil(W * 1.05) + 8, ch = Math.ceil(H * 1.05) + 8;
+      Object.assign(L, this.pixelImage(cw, ch));
+      L.canvas.width = cw; L.canvas.height = ch;
       L.ctx = L.canvas.getContext("2d");
     } else L.px.fill(0xffffffff);
+    L.stride = L.img.width;
     // few tiles of many in the layer: only those the grid index says may meet it (past a
     // twentieth of the extent, one pass over all the boxes is quicker than the index)
     const ids = s.n > 20000 && share < 0.05 ? s.tilesIn(x0, y0, x1, y1) : null;
@@ -683,7 +688,7 @@ class CanvasView {
     L.seen = this.raster(L, ids, outlines, hatches);
     const g = L.ctx;
     g.setTransform(1, 0, 0, 1, 0, 0);
-    g.putImageData(L.img, 0, 0);
+    g.putImageData(L.img, 0, 0, 0, 0, W, H);
     // vectors in css px of the layer, like the frame's
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
     const rect = (i) => {
@@ -765,7 +770,7 @@ class CanvasView {
         // same scale: a whole-pixel copy
         dx = Math.round(dx); dy = Math.round(dy); dw = L.W; dh = L.H;
       }
-      ctx.drawImage(L.canvas, dx, dy, dw, dh);
+      ctx.drawImage(L.canvas, 0, 0, L.W, L.H, dx, dy, dw, dh);
     }
     ctx.restore();
   }

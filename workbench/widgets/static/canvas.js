@@ -14,6 +14,7 @@ const FONT = "11px sans-serif";
 const GROUP_FONT = "bold 11px sans-serif";
 const LINE = 13;
 const AGGREGATE = 250000; // tiles in the layer past which it is the scene's aggregated raster
+const AGG_PIXELS = 2048; // the aggregated raster's longer side
 const LAYER_MARGIN = 0.25; // the layer covers the view and this share of it on each side
 const LAYER_RESCALE = 2; // zooming further than this from the layer's scale re-rasterises at once
 const SETTLE_MS = 120; // the view still this long: re-rasterise at the exact view
@@ -612,9 +613,9 @@ class CanvasView {
   }
 
   aggregate() {
-    // the whole extent rasterised once per scene at up to 2048 pixels a side
+    // the whole extent rasterised once per scene at up to AGG_PIXELS pixels a side
     if (this.agg) return this.agg;
-    const s = this.scene, k = Math.min(2048 / s.width, 2048 / s.height);
+    const s = this.scene, k = AGG_PIXELS / Math.max(s.width, s.height);
     const W = Math.max(1, Math.round(s.width * k)), H = Math.max(1, Math.round(s.height * k));
     const { img, px } = this.pixelImage(W, H);
     this.raster(this.whole(px, W, H), null, null, null);
@@ -661,7 +662,11 @@ class CanvasView {
     const v = this.view;
     Object.assign(L, { x0, y0, x1, y1, W, H, vx0: (v.x0 - x0) * kx, vx1: (v.x1 - x0) * kx });
     [L.vy0, L.vy1] = L.yflip ? [(y1 - v.y1) * ky, (y1 - v.y0) * ky] : [(v.y0 - y0) * ky, (v.y1 - y0) * ky];
-    if (s.n > AGGREGATE && s.n * share > AGGREGATE) {
+    // the aggregated raster stands in while there are too many tiles to draw one by one, or
+    // while it has at least half the screen's resolution (a tile of it is then at most 2 x 2
+    // pixels: the picture a raster of the tiles would give, for no per-tile work)
+    const ak = AGG_PIXELS / Math.max(s.width, s.height);
+    if (s.n > AGGREGATE && (s.n * share > AGGREGATE || (kx <= 2 * ak && ky <= 2 * ak))) {
       // tiles in view, assuming them spread evenly
       const e = s.extent, seen = Math.max(0, Math.min(v.x1, e[2]) - Math.max(v.x0, e[0])) * Math.max(0, Math.min(v.y1, e[3]) - Math.max(v.y0, e[1]));
       L.agg = this.aggregate();
@@ -1016,7 +1021,7 @@ class CanvasView {
         // 10^6 tiles: shrink the aggregated raster rather than rasterise them again
         const g = c.getContext("2d");
         g.imageSmoothingEnabled = true;
-        g.imageSmoothingQuality = "high";
+        g.imageSmoothingQuality = "low"; // "high" filters all 4M pixels: tens of ms
         g.drawImage(this.aggregate().canvas, 0, 0, w, h);
       } else {
         const { img, px } = this.pixelImage(w, h);

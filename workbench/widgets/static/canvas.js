@@ -1,13 +1,17 @@
 // The workbench's chunk canvas (anywidget ES module, no build step, no network).
 //
 // Draws a scene (workbench/widgets/scenes.py): tiles as binary columns (boxes, fills, kinds,
-// ranks, items, facts, extents) plus a small JSON `meta`. Fills are written into one pixel
-// buffer with TypedArray.fill per row (a sub-pixel tile still lights its pixel, so 10^6 tiles
-// aggregate per pixel instead of vanishing); outlines, hatches and labels are vector strokes
-// drawn only where they are big enough to be seen. Redraws are batched on requestAnimationFrame.
-// Hover and click use a uniform grid over the tiles (O(1) per query at 10^6 tiles).
+// ranks, items, facts, extents) plus a small JSON `meta`. Tiles are rasterised into a cached
+// layer a bit larger than the view: fills written into one pixel buffer with TypedArray.fill
+// per row (a sub-pixel tile still lights its pixel, so 10^6 tiles aggregate per pixel instead
+// of vanishing), outlines and hatches as one path per kind where they are big enough to be
+// seen. Pan and zoom frames copy that layer (see "drawing" below); labels, highlights, axes and
+// the minimap are drawn on top per frame. Redraws are batched on requestAnimationFrame; a new
+// scene draws at once. Hover and click use a uniform grid over the tiles (O(1) per query at
+// 10^6 tiles), which also culls the tiles of a small layer.
 // Every text reaches the page through textContent or canvas fillText, never innerHTML.
-// Test hook: the root element's `__wb` object and its data-frame-ms / data-labels attributes.
+// Test hook: the root element's `__wb` object and its data-frame-ms / data-raster-ms /
+// data-labels / data-scene-ms attributes.
 
 const M = { left: 70, right: 14, top: 8, bottom: 42 };
 const FONT = "11px sans-serif";

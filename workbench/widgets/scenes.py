@@ -467,7 +467,7 @@ def chunk_scene(
     if same_rank and mine:
         mo, ms = _boxes_of(mine, nd)
         keep_t, rects_t = _rects(mo, ms, row, col, at)
-        b.add(
+        first_target = b.add(
             "target",
             rects_t,
             0,
@@ -476,6 +476,10 @@ def chunk_scene(
             None,
             np.concatenate([mo, ms], axis=1)[keep_t],
         )
+        # named where its reads' labels do not fit (a full view of a large tensor): placed
+        # after them, so zoomed in the reads win the room
+        for j in range(int(keep_t.sum())):
+            b.label(first_target + j, f"rank {rank}", 2)
     if reads is not None and len(reads):
         cols = [
             c

@@ -913,13 +913,20 @@ class CanvasView {
         }
     };
     for (const b of captions) if (!overlaps(b)) keep(b);
+    // the rank's own box is named only while none of its reads is (they say it already, and
+    // its name would sit in a gap between theirs)
+    const readK = s.kindCode.read, targetK = s.kindCode.target;
+    let readNamed = false;
     for (const [, , i, text, x0, y0, x1, y1] of cand) {
       if (placed.length >= 600) break;
+      if (readNamed && s.kinds[i] === targetK) continue;
       const lines = text.split("\n");
       const w = this.measure(text) + 6, h = lines.length * LINE + 2;
       if (w > x1 - x0 || h > y1 - y0) continue;
       const b = { x: (x0 + x1) / 2 - w / 2, y: (y0 + y1) / 2 - h / 2, w, h, tile: i, text };
-      if (!overlaps(b)) keep(b);
+      if (overlaps(b)) continue;
+      keep(b);
+      if (s.kinds[i] === readK) readNamed = true;
     }
     ctx.lineWidth = 3;
     ctx.strokeStyle = "rgba(255,255,255,0.9)";

@@ -276,19 +276,35 @@ def _boxes_of(chunks, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-_SAVED_CACHE: OrderedDict = OrderedDict()
+_LAYER_CACHE: OrderedDict = OrderedDict()
+
+
+def _cached(objs: tuple, params: tuple, make):
+    """``make()``, kept for the last few (``objs`` by identity, ``params``) keys: the parts of a
+    chunk scene that do not change with the load rank. Each entry holds its ``objs``, so their
+    ids are not reused while it is kept; the records are not modified once made."""
+    key = (tuple(map(id, objs)), params)
+    hit = _LAYER_CACHE.get(key)
+    if hit is not None:
+        _LAYER_CACHE.move_to_end(key)
+        return hit[1]
+    value = make()
+    _LAYER_CACHE[key] = (objs, value)
+    while len(_LAYER_CACHE) > 16:
+        _LAYER_CACHE.popitem(last=False)
+    return value
 
 
 def _saved_facts(metadata, fqn: str, tsm, nd: int):
     """(offsets, sizes, file names, facts (file #, byte offset, byte length), writers) of the
-    saved chunks of ``fqn``; the last few kept, keyed by the records' identity (a widget
-    stepping through load ranks looks the 4096 storage entries up once)."""
+    saved chunks of ``fqn``, cached on the records (a widget stepping through load ranks looks
+    the 4096 storage entries up once)."""
     storage = storage_data_of(metadata)
-    key = (id(tsm), id(storage), fqn)
-    hit = _SAVED_CACHE.get(key)
-    if hit is not None and hit[0] is tsm and hit[1] is storage:
-        _SAVED_CACHE.move_to_end(key)
-        return hit[2]
+    return _cached((tsm, storage), ("saved facts", fqn), lambda: _read_facts(storage, fqn, tsm, nd))
+
+
+def _read_facts(storage, fqn: str, tsm, nd: int):
+    """`_saved_facts` computed from the storage map."""
     offs, sizes = _boxes_of(tsm.chunks, nd)
     infos = chunk_storage(storage, fqn, tsm)
     files: list[str] = []
@@ -313,30 +329,7 @@ def _saved_facts(metadata, fqn: str, tsm, nd: int):
     missing = np.isnan(facts[:, 2])
     if missing.any():
         facts[missing, 2] = np.prod(sizes[missing], axis=1) * tsm.properties.element_size
-    value = (offs, sizes, files, facts, writers)
-    _SAVED_CACHE[key] = (tsm, storage, value)
-    while len(_SAVED_CACHE) > 8:
-        _SAVED_CACHE.popitem(last=False)
-    return value
-
-
-_LAYER_CACHE: OrderedDict = OrderedDict()
-
-
-def _cached(objs: tuple, params: tuple, make):
-    """``make()``, kept for the last few (``objs`` by identity, ``params``) keys: the layers of a
-    chunk scene that do not change with the load rank. Each entry holds its ``objs``, so their
-    ids are not reused while it is kept; the records are not modified once made."""
-    key = (tuple(map(id, objs)), params)
-    hit = _LAYER_CACHE.get(key)
-    if hit is not None:
-        _LAYER_CACHE.move_to_end(key)
-        return hit[1]
-    value = make()
-    _LAYER_CACHE[key] = (objs, value)
-    while len(_LAYER_CACHE) > 16:
-        _LAYER_CACHE.popitem(last=False)
-    return value
+    return offs, sizes, files, facts, writers
 
 
 def _saved_layer(offs, sizes, facts, writers, n_writers, row, col, at, alpha) -> dict:

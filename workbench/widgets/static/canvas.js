@@ -560,11 +560,11 @@ class CanvasView {
   }
 
   raster(L, ids, outlines, hatches) {
-    // fill the tiles (all, or the ascending ids) into L.px, a W x H pixel buffer (rows L.stride
-    // apart, default W) whose pixel
-    // (0, 0) is data (L.x0, L.y0) (yflip: (L.x0, L.y1)) at L.kx, L.ky pixels per data unit;
-    // collect per kind the tiles big enough for an outline or a hatch. Returns the number of
-    // tiles meeting the pixel rectangle L.vx0..vx1, L.vy0..vy1 (the view).
+    // fill the tiles (all, or the ascending ids) into L.px, a W x H pixel buffer (rows
+    // L.stride apart, default W) whose pixel (0, 0) is data (L.x0, L.y0) (yflip: (L.x0, L.y1))
+    // at L.kx, L.ky pixels per data unit; collect per kind the tiles big enough for an outline
+    // or a hatch. Returns the number of tiles meeting the pixel rectangle L.vx0..vx1,
+    // L.vy0..vy1 (the view).
     const s = this.scene, B = s.boxes, C = s.abgr, K = s.kinds, seam = s.seam;
     const px = L.px, W = L.W, H = L.H, S = L.stride || L.W, kx = L.kx, ky = L.ky, ox = L.x0, oy = L.y0, oy1 = L.y1, yflip = L.yflip;
     const minpx = s.minpx, outlined = s.outlined, hatched = s.hatched, dpr = this.dpr;
@@ -839,7 +839,7 @@ class CanvasView {
     const text = s.meta.mode === "chunks"
       ? `view rows ${Math.max(0, Math.floor(v.y0))}:${Math.min(s.height, Math.ceil(v.y1))}, cols ${Math.max(0, Math.floor(v.x0))}:${Math.min(s.width, Math.ceil(v.x1))}  zoom ${z.toFixed(z < 10 ? 2 : 0)}x  ${aggregated ? `~${counted} of ${s.n} tiles, aggregated per pixel (zoom in for tiles)` : `${counted} of ${s.n} tiles`}  ${ms.toFixed(1)} ms`
       : `zoom ${z.toFixed(2)}x  ${ms.toFixed(1)} ms`;
-    // a text node written only when it changes: no layout work on frames that keep it
+    // written only when it changes (the frame time is rounded to 0.1 ms)
     if (text !== this.statusText) { this.statusText = text; this.status.textContent = text; }
   }
 
@@ -1239,6 +1239,8 @@ class CanvasView {
     for (const [ev, fn] of this.handlers) this.model.off(ev, fn);
     window.removeEventListener("mousemove", this.onMove);
     window.removeEventListener("mouseup", this.onUp);
+    clearTimeout(this.settleTimer);
+    clearTimeout(this.viewTimer);
     this.ro.disconnect();
   }
 

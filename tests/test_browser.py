@@ -659,3 +659,20 @@ def test_pan_and_zoom_frames_reuse_the_raster_and_settle_to_a_fresh_draw(browser
     assert float(page.locator(root).get_attribute("data-frame-ms")) > 0
     assert not errors, errors
     page.close()
+
+    # a view that changes one axis's scale only (bars, no fixed aspect): settles too
+    from workbench.planning import plan_load, plan_save
+    from workbench.sharding import dtensor_layout
+    from workbench.widgets.scenes import bytes_scene
+
+    save = plan_save({"w": dtensor_layout((64, 8), (8,), "S(0)")})
+    load = plan_load(save.metadata, {"w": dtensor_layout((64, 8), (4,), "S(1)")})
+    page, errors = _standalone(browser, bytes_scene(load), "bars")
+    x0, y0, x1, y1 = _hook(page, root, "wb.state().view")
+    r0 = _hook(page, root, "wb.state().rasters")
+    _hook(page, root, "wb.setView(...arg)", [x0, y0, x1, y0 + (y1 - y0) / 1.5])
+    page.wait_for_timeout(400)
+    assert _hook(page, root, "wb.state().rasters") == r0 + 1
+    assert fresh_draw_matches()
+    assert not errors, errors
+    page.close()

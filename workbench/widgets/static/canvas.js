@@ -730,8 +730,8 @@ class CanvasView {
     // the extent, and zooming has not moved the scale too far from the layer's
     const L = this.layer, s = this.scene, v = this.view, e = s.extent;
     if (!L || L.scene !== s || L.dpr !== this.dpr || L.stale) return false;
-    const r = (this.sx() * this.dpr) / L.kx;
-    if (r > LAYER_RESCALE || r < 1 / LAYER_RESCALE) return false;
+    const rx = (this.sx() * this.dpr) / L.kx, ry = (this.sy() * this.dpr) / L.ky;
+    for (const r of [rx, ry]) if (r > LAYER_RESCALE || r < 1 / LAYER_RESCALE) return false;
     const x0 = Math.max(v.x0, e[0]), x1 = Math.min(v.x1, e[2]), y0 = Math.max(v.y0, e[1]), y1 = Math.min(v.y1, e[3]);
     if (!(x1 > x0 && y1 > y0)) return true;
     const tx = 0.5 / L.kx, ty = 0.5 / L.ky;
@@ -743,8 +743,8 @@ class CanvasView {
     // the layer was drawn for this very view (no settle re-raster needed)
     const L = this.layer, v = this.view;
     if (!L || L.agg) return true;
-    const r = (this.sx() * this.dpr) / L.kx;
-    if (Math.abs(r - 1) > 1e-9) return false;
+    const rx = (this.sx() * this.dpr) / L.kx, ry = (this.sy() * this.dpr) / L.ky;
+    if (Math.abs(rx - 1) > 1e-9 || Math.abs(ry - 1) > 1e-9) return false;
     // recentre once the margin left on a side is below half of it
     const mx = (v.x1 - v.x0) * LAYER_MARGIN / 2, my = (v.y1 - v.y0) * LAYER_MARGIN / 2, e = this.scene.extent;
     return (v.x0 - L.x0 >= mx || L.x0 <= e[0]) && (L.x1 - v.x1 >= mx || L.x1 >= e[2])

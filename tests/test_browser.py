@@ -640,6 +640,11 @@ def test_pan_and_zoom_frames_reuse_the_raster_and_settle_to_a_fresh_draw(browser
     st = _hook(page, root, "wb.state()")
     assert st["view"][0] > v1[0] and st["view"][1] > v1[1], (v1, st["view"])
     assert st["rasters"] == r1, st
+    # the status's tile count follows the view once it is still (the 60 x 80 grid of 8 x 8)
+    x0, y0, x1, y1 = st["view"]
+    cols = sum(1 for c in range(80) if 8 * c + 8 > x0 and 8 * c < x1)
+    rows = sum(1 for r in range(60) if 8 * r + 8 > y0 and 8 * r < y1)
+    assert page.locator(root).get_attribute("data-visible-tiles") == str(rows * cols)
     assert fresh_draw_matches()
 
     # closer (a raster of twice the scale at once), then a long drag (12 x 40 px, past the

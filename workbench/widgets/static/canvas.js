@@ -675,6 +675,7 @@ class CanvasView {
       const e = s.extent, seen = Math.max(0, Math.min(v.x1, e[2]) - Math.max(v.x0, e[0])) * Math.max(0, Math.min(v.y1, e[3]) - Math.max(v.y0, e[1]));
       L.agg = this.aggregate();
       L.seen = Math.round((s.n * seen) / area);
+      L.counted = this.viewKey();
       this.rasterMs = performance.now() - t0;
       return;
     }
@@ -695,6 +696,7 @@ class CanvasView {
     for (const a of outlines) a.length = 0;
     for (const a of hatches) a.length = 0;
     L.seen = this.raster(L, ids, outlines, hatches);
+    L.counted = this.viewKey();
     const g = L.ctx;
     g.setTransform(1, 0, 0, 1, 0, 0);
     g.putImageData(L.img, 0, 0, 0, 0, W, H);
@@ -723,6 +725,24 @@ class CanvasView {
     });
     g.setLineDash([]);
     this.rasterMs = performance.now() - t0;
+  }
+
+  viewKey() {
+    const v = this.view;
+    return `${v.x0},${v.y0},${v.x1},${v.y1}`;
+  }
+
+  countInView() {
+    // the tiles meeting the view (the status line's count; an aggregated layer estimates it)
+    const L = this.layer, s = this.scene, v = this.view, B = s.boxes;
+    L.counted = this.viewKey();
+    if (L.agg) return;
+    let seen = 0;
+    for (let i = 0; i < s.n; i++) {
+      const x = B[4 * i], y = B[4 * i + 1];
+      if (x + B[4 * i + 2] > v.x0 && x < v.x1 && y + B[4 * i + 3] > v.y0 && y < v.y1) seen++;
+    }
+    L.seen = seen;
   }
 
   layerFits() {
@@ -796,9 +816,15 @@ class CanvasView {
     }
     this.blit();
     clearTimeout(this.settleTimer);
-    if (!this.exact()) {
-      // zoomed (scaled copy) or near the layer's edge: redraw exactly once the view is still
-      this.settleTimer = setTimeout(() => { if (this.layer) this.layer.stale = true; this.draw(); }, SETTLE_MS);
+    if (!this.exact() || this.layer.counted !== this.viewKey()) {
+      // once the view is still: zoomed (a scaled copy) or near the layer's edge, a fresh
+      // raster; else the tiles in view counted again for the status line
+      this.settleTimer = setTimeout(() => {
+        if (!this.layer || this.layer.scene !== this.scene) return;
+        if (!this.exact()) this.layer.stale = true;
+        else this.countInView();
+        this.draw();
+      }, SETTLE_MS);
     }
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.save();

@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[all,remote,dev]"
+	$(PY) -m pip install -q -e ".[all,remote,cluster,dev]"
 	touch $(STAMP)
 
 # Debian's Chromium for the browser tests (never `playwright install`).

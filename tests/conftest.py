@@ -84,6 +84,12 @@ def s3():
         port = s.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    # moto keeps its buckets per process, not per server: another module's server in this
+    # (xdist) process left its bucket behind
+    import urllib.request
+
+    reset = urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST")
+    urllib.request.urlopen(reset, timeout=30).close()
     log = _Requests()
     werkzeug = logging.getLogger("werkzeug")
     werkzeug.addHandler(log)

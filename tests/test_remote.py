@@ -329,3 +329,46 @@ def test_other_formats_in_s3_read_as_their_local_copy(s3, name):
     assert not any(f.endswith(".distcp") for f in fetched), log.lines
     got = [(p.kind, p.fqn) for p in find_file_problems(ck)]
     assert got == [(p.kind, p.fqn) for p in find_file_problems(want)]
+
+
+# ----------------------------------------------------------------------------- the explorer
+def test_checkpoint_explorer_opens_a_url_with_storage_options(s3, tmp_path):
+    """`CheckpointExplorer` on s3:// (and file://) shows what it shows for a local copy of the
+    same files, its target changes re-plan the URL with the same options, and a fault is the
+    one clear error."""
+    from workbench.widgets.checkpoint import CheckpointExplorer
+
+    url, local = "s3://bucket/ckpt", tmp_path / "ckpt"
+    s3["fs"].get("bucket/ckpt/", str(local), recursive=True)
+    target = tmp_path / "target.json"
+    target.write_text(json.dumps(SMALL_JSON_TARGET))
+    for where, options in ((url, s3["options"]), (local.as_uri(), None)):
+        ex = CheckpointExplorer(where, str(target), rank=3, storage_options=options)
+        want = CheckpointExplorer(local, str(target), rank=3)
+        assert ex.plan.metadata.state_dict_metadata == want.plan.metadata.state_dict_metadata
+        assert ex.plan.facts == want.plan.facts and ex.plan.problems == want.plan.problems
+        assert ex.tensor.options == want.tensor.options and ex.rank.value == 3
+        ex.tensor.value = want.tensor.value = "w"
+        assert ex.result.reads.equals(want.result.reads) and len(ex.result.reads)
+        assert ex.header.value == want.header.value.replace(str(local), where)
+        s3["log"].lines.clear()
+        ex.set_target("llama-tiny:fsdp:dp=2")  # re-planned from the URL, options kept
+        assert ex.message.value == "" and ex.plan.load.world_size == 2
+        assert ex.plan.problems  # llama-tiny's keys are not this checkpoint's
+        # the URL's metadata fetched again (with the options: without them no server answers)
+        assert s3["log"].gets() == (["/bucket/ckpt/.metadata"] if options else []), options
+    with pytest.raises(MetadataError) as e:  # without the endpoint: the fault, named
+        CheckpointExplorer(
+            "s3://bucket/ckpt",
+            storage_options={
+                "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{_closed_port()}"},
+                "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+            },
+        )
+    assert e.value.reason == "unreachable", str(e.value)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -300,9 +300,7 @@ class CheckpointPlan:
         return Counter(p.fqn for p in self.problems)
 
 
-def plan_checkpoint(
-    source, target=None, *, storage_options: dict | None = None
-) -> CheckpointPlan:
+def plan_checkpoint(source, target=None, *, storage_options: dict | None = None) -> CheckpointPlan:
     """Plan loading ``source`` into ``target`` on every rank: the `CheckpointExplorer`'s one
     expensive step.
 

@@ -523,17 +523,29 @@ def find_problems(load_result, *, torch_version: str | None = None) -> Problems:
             )
     for fqn in items:
         if fqn not in layouts and fqn not in handled:
+            opt = _unloaded_optimizer_state(fqn, layouts)
             out.append(
                 Problem(
                     fqn=fqn,
                     kind="unexpected_key",
                     ranks=(),
                     region=None,
-                    severity="warning",
+                    severity="warning" if opt is None else "silent",
                     message=f"{fqn}: the checkpoint holds {_describe_saved(items[fqn])} that no rank requests "
-                    "(loads ignore unrequested keys); it is not loaded.",
+                    + (
+                        "(loads ignore unrequested keys); it is not loaded."
+                        if opt is None
+                        else f"although the target loads the same optimizer ({opt}.param_groups): "
+                        "a freshly built optimizer has no per-parameter state until its first "
+                        "step, so its state dict asks for none and the saved state is dropped "
+                        "without a word."
+                    ),
                     fix="Add it to the state dict passed to dcp.load if it is needed (or rename a key that "
-                    "changed).",
+                    "changed)."
+                    if opt is None
+                    else "Build the optimizer's state dict with "
+                    "torch.distributed.checkpoint.state_dict.get_optimizer_state_dict (it "
+                    "materialises the state) and apply it with set_optimizer_state_dict.",
                 )
             )
     order = {f: i for i, f in enumerate(list(layouts) + [k for k in items if k not in layouts])}
@@ -586,6 +598,19 @@ def _sort_key(p: Problem, order: dict):
         p.ranks,
         p.region.offsets if p.region is not None else (),
     )
+
+
+def _unloaded_optimizer_state(fqn: str, layouts) -> str | None:
+    """The optimizer prefix when ``fqn`` is per-parameter optimizer state
+    (``<prefix>.state.<param>.<name>``, as ``optimizer.state_dict()`` flattens) of an optimizer
+    whose ``param_groups`` the target does load; else None."""
+    head, sep, rest = ("." + fqn).partition(".state.")
+    if not sep or "." not in rest:
+        return None
+    groups = f"{head[1:]}.param_groups." if head else "param_groups."
+    if not any(f.startswith(groups) for f in layouts):
+        return None
+    return head[1:] or "<top level>"
 
 
 def _describe_saved(saved) -> str:

@@ -33,7 +33,11 @@ class ReportedFailure:
     """A public report of a reshard failure that the workbench reproduces (real gloo runs,
     ``tools/record_reported_failures.py`` -> ``tests/data/reported/<key>/``) and predicts from the
     checkpoint's files and the target (notebook ``09_reported_failures``). ``error`` matches
-    torch's message in the report (None when the failure is silent)."""
+    torch's message in the report (None when the failure is silent); ``saved_key``, when set, a
+    key the checkpoint must hold for the report to apply (the message alone cannot tell it from
+    another cause; `explain` checks it when given the metadata, and prefers such reports);
+    ``torch_version`` is set when only some versions behave so (the version it was reported on
+    and reproduced with)."""
 
     key: str
     url: str
@@ -41,7 +45,12 @@ class ReportedFailure:
     error: re.Pattern | None
     diagnosis: str
     fix: str
+    torch_version: str | None = None
+    saved_key: re.Pattern | None = None
 
+
+# a key of an optimizer's per-parameter state (get_optimizer_state_dict's flattened names)
+_OPTIM_STATE = r"\S*\bstate\.\S+\.(?:step|exp_avg|exp_avg_sq|max_exp_avg_sq)\b"
 
 REPORTED_FAILURES: tuple[ReportedFailure, ...] = (
     ReportedFailure(
@@ -68,11 +77,134 @@ REPORTED_FAILURES: tuple[ReportedFailure, ...] = (
         key="pytorch-148252",
         url="https://github.com/pytorch/pytorch/issues/148252",
         title="Can't pass strict=False when loading a distributed checkpoint (missing keys)",
-        error=re.compile(r"Missing key in checkpoint state_dict: (?!dataloader\.dp_rank_)[^\s{]+"),
+        # any other key: the per-rank and optimizer-state reports above and below are specific
+        error=re.compile(
+            r"Missing key in checkpoint state_dict: (?!dataloader\.dp_rank_)(?!"
+            + _OPTIM_STATE
+            + r")[^\s{]+"
+        ),
         diagnosis="the target model has parameters the checkpoint never saved; dcp.load is "
         "strict by default and every rank raises on its first missing key",
         fix="dcp.load(..., planner=DefaultLoadPlanner(allow_partial_load=True)) and initialise "
         "the new parameters yourself.",
+    ),
+    ReportedFailure(
+        key="nemo-automodel-2779",
+        url="https://github.com/NVIDIA-NeMo/Automodel/pull/2779",
+        title="fix(checkpoint): materialize lazy Adam optimizer state (resume fails on "
+        "optim.state.<param>.step)",
+        error=re.compile(r"Missing key in checkpoint state_dict: " + _OPTIM_STATE),
+        diagnosis="AdamW creates a parameter's state at its first step: a parameter without a "
+        "gradient before the save (frozen, an unused expert, a branch not taken) has no "
+        "optim.state.<param>.* in the checkpoint, and the resumed optimizer, whose state is "
+        "materialised for every parameter, asks for it; each rank raises on its first such key",
+        fix="Materialise the state before saving (NeMo's fix: zero step / exp_avg / exp_avg_sq "
+        "for parameters without state), or load with DefaultLoadPlanner(allow_partial_load=True) "
+        "so those parameters' state starts at zero.",
+    ),
+    ReportedFailure(
+        key="rlinf-655",
+        url="https://github.com/RLinf/RLinf/issues/655",
+        title="Cannot resume from checkpoints (Size mismatch: saved [257152, 2048], current "
+        "[131661824])",
+        error=re.compile(
+            r"Size mismatch between saved torch\.Size\(\[\d+, \d+\]\) and current: "
+            r"torch\.Size\(\[\d+\]\)"
+        ),
+        diagnosis="the checkpoint holds the tensor's global 2-d shape; the state dict given to "
+        "dcp.load holds a flattened local shard (an FSDP1 flat parameter: numel / world size), so "
+        "every rank fails the size check",
+        fix="Give dcp.load the global view: get_model_state_dict / set_model_state_dict "
+        "(torch.distributed.checkpoint.state_dict) or FSDP1's SHARDED_STATE_DICT, never the flat "
+        "local parameter.",
+    ),
+    ReportedFailure(
+        key="pytorch-126604",
+        url="https://github.com/pytorch/pytorch/issues/126604",
+        title="Distributed Checkpoint doesn't verify shapes are correct",
+        error=None,
+        diagnosis="torch 2.4 / 2.5 have no size check: a [8, 4] checkpoint loads into an [8, 3] "
+        "target without a word, each rank getting the saved rows' first 3 columns (the 4th is "
+        "dropped); 2.6 raises 'Size mismatch' (PyTorch PR 141571)",
+        fix="Upgrade to torch 2.6+, or compare the target's sizes with the checkpoint's "
+        "(workbench.plan_load(..., torch_version='2.5') names them) before loading.",
+        torch_version="2.5",
+    ),
+    ReportedFailure(
+        key="pytorch-187138",
+        url="https://github.com/pytorch/pytorch/issues/187138",
+        title="[DCP] load silently casts checkpoint tensors to the template dtype",
+        error=None,
+        diagnosis="dcp.load checks sizes but not dtypes: a float32 checkpoint read into a bfloat16 "
+        "template is copy_()'d and rounded (x.25 -> x for values from 128 on) without a warning",
+        fix="Load into the saved dtype (the checkpoint's TensorProperties.dtype) and cast "
+        "explicitly afterwards if the narrower dtype is intended.",
+    ),
+    ReportedFailure(
+        key="kempnerforge-115",
+        url="https://github.com/KempnerInstitute/KempnerForge/pull/115",
+        title="Fix optimizer momentum reset on checkpoint resume",
+        error=None,
+        diagnosis="optimizer.state_dict() round-tripped through DCP: on resume the optimizer is "
+        "freshly built and has no exp_avg / exp_avg_sq yet (AdamW creates them at the first "
+        "step), so the state dict given to dcp.load asks only for param_groups and the saved "
+        "moments are never read; momentum restarts from zero without a word",
+        fix="Use get_optimizer_state_dict / set_optimizer_state_dict "
+        "(torch.distributed.checkpoint.state_dict): the getter materialises the state in its "
+        "sharded layout, so dcp.load fills it.",
+    ),
+    ReportedFailure(
+        key="rlinf-1570",
+        url="https://github.com/RLinf/RLinf/pull/1570",
+        title="fix(fsdp): preserve per-rank RNG in DCP checkpoints (each rank's RNG under the "
+        "same keys)",
+        error=None,
+        diagnosis="each rank saves its own RNG state under the same keys (rng.torch, a tensor; "
+        "rng.numpy, an object); dcp.save keeps one rank's copy of each, possibly from different "
+        "ranks, and on resume every rank loads those copies: the other ranks' streams are lost "
+        "without a word",
+        fix="Save per-rank state under per-rank keys (rng.rank<r>.*), or gather it into one "
+        "entry that holds every rank's state (RLinf's fix), and restore the current rank's.",
+    ),
+    ReportedFailure(
+        key="torchtitan-2622",
+        url="https://github.com/pytorch/torchtitan/issues/2622",
+        title="DCP loading fails when torch.compile target is nested inside CheckpointWrapper",
+        error=re.compile(r"Missing key in checkpoint state_dict: [^\s{]+"),
+        saved_key=re.compile(r"(?:^|\.)_orig_mod\."),
+        diagnosis="activation checkpointing wrapped around a compiled module makes "
+        "get_model_state_dict keep torch.compile's '_orig_mod.' segment (layer._orig_mod.weight); "
+        "a model without that wrapping asks for layer.weight, which the checkpoint never saved",
+        fix="Apply torch.compile outside activation checkpointing (Compile(AC(module))), or load "
+        "under the saved names (strip or add the '_orig_mod.' segment in the state dict given to "
+        "dcp.load).",
+    ),
+    ReportedFailure(
+        key="transformers-48802",
+        url="https://github.com/huggingface/transformers/pull/48802",
+        title="FSDP x TP Saving / Loading (_StridedShard produces overlapping checkpoint metadata)",
+        # 2.12+ append the reasons to the message
+        error=re.compile(r"Failed to validate global plan: .*has overlapping chunks", re.S),
+        diagnosis="FSDP2 on a tensor-parallel DTensor keeps placements [_StridedShard(0, tp), "
+        "Shard(0)]; with rows not divisible by dp * tp a rank's rows are not one contiguous "
+        "block, DCP records one box per rank anyway, the boxes overlap and the save fails "
+        "validation",
+        fix="Redistribute _StridedShard parameters to plain Shard before saving (transformers' "
+        "fix) or pad the sharded dim to a multiple of dp * tp.",
+    ),
+    ReportedFailure(
+        key="pytorch-150862",
+        url="https://github.com/pytorch/pytorch/pull/150862",
+        title="[DTensor] Fix empty shard global-offset calculation (DCP failed to save)",
+        # 2.4 - 2.11 raise the bare text (the reasons go to the log)
+        error=re.compile(r"Failed to validate global plan(?!:)"),
+        diagnosis="through torch 2.7 an empty DTensor shard's offset was another rank's: a (6,) "
+        "tensor on a (2, 4) mesh [Shard(0), Shard(0)] puts empty ranks 3 and 7 at offset 3, where "
+        "rank 4's real row starts; dedup keys chunks by (fqn, offset), keeps the empty one and "
+        "drops rank 4's, and the global plan fails validation (invalid fill 6 vs 5)",
+        fix="Upgrade to torch 2.8+ (empty shards sit at offset = the dim size), or choose sizes "
+        "divisible by the mesh so no shard is empty.",
+        torch_version="2.6",
     ),
 )
 
@@ -231,8 +363,7 @@ def explain(
                         *e.what_to_check,
                     ),
                 )
-            reports = tuple(r for r in REPORTED_FAILURES if r.error and r.error.search(text))
-            return replace(e, torch_version=tv, reports=reports)
+            return replace(e, torch_version=tv, reports=_reports(text, metadata))
     return Explanation(
         pattern="unknown",
         cause="This is not one of the DCP error messages the workbench knows.",
@@ -240,6 +371,15 @@ def explain(
         text=text,
         torch_version=tv,
     )
+
+
+def _reports(text: str, metadata) -> tuple[ReportedFailure, ...]:
+    """The reports whose error text this is; a report whose ``saved_key`` the checkpoint's keys
+    confirm is more specific than those matched on the text alone, and replaces them."""
+    keys = list(getattr(metadata, "state_dict_metadata", None) or ())
+    found = [r for r in REPORTED_FAILURES if r.error and r.error.search(text)]
+    confirmed = [r for r in found if r.saved_key and any(r.saved_key.search(k) for k in keys)]
+    return tuple(confirmed or [r for r in found if r.saved_key is None])
 
 
 def _x_checkpoint_exception(m, text, md, target):
@@ -337,11 +477,16 @@ def _x_missing(m, text, md, target):
     saved = list(md.state_dict_metadata) if md is not None else []
     if saved:
         close = difflib.get_close_matches(fqn, saved, n=3, cutoff=0.6)
-        stripped = [k for k in saved if k.endswith(fqn) or fqn.endswith(k)]
+        stripped = [
+            k
+            for k in saved
+            if k.endswith(fqn) or fqn.endswith(k) or _unwrapped(k) == _unwrapped(fqn)
+        ]
         if stripped:
             checks.append(
-                f"A saved key differs only by a prefix: {stripped[0]!r} (wrappers such as "
-                "DDP 'module.', torch.compile '_orig_mod.' or a {'model': ...} nesting)."
+                f"A saved key differs only by a prefix or a wrapper's segment: {stripped[0]!r} (DDP "
+                "'module.', torch.compile '_orig_mod.', activation checkpointing, or a "
+                "{'model': ...} nesting)."
             )
         elif close:
             checks.append(f"Closest saved keys: {', '.join(map(repr, close))}.")
@@ -369,6 +514,14 @@ def _x_missing(m, text, md, target):
         fqn=fqn,
         numbers=numbers,
         text=text,
+    )
+
+
+def _unwrapped(fqn: str) -> str:
+    """``fqn`` without the segments wrappers insert (torch.compile's ``_orig_mod``, DDP's
+    ``module``, activation checkpointing's ``_checkpoint_wrapped_module``)."""
+    return ".".join(
+        s for s in fqn.split(".") if s not in ("_orig_mod", "module", "_checkpoint_wrapped_module")
     )
 
 

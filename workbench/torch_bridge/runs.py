@@ -301,6 +301,9 @@ def _worker(rank, world_size, port, sock, steps, out_dir, timeout):
             is_master=rank == 0,
             timeout=td,
             master_listen_fd=sock.fileno() if rank == 0 else None,
+            # torch's own switch (USE_LIBUV=0): before 2.6 the libuv store cannot take a
+            # listen fd, and TCPStore itself does not read the variable
+            **({"use_libuv": False} if os.environ.get("USE_LIBUV") == "0" else {}),
         )
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=td)
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import warnings
@@ -109,6 +110,33 @@ def test_cli_inspect_plan_check_with_storage_options(s3, capsys, tmp_path):
     assert rc == 0 and "every file is there" in out, err
     rc, out, err = run(capsys, "inspect", url, "--storage-option", "novalue")
     assert rc == 2 and "--storage-option: 'novalue' is not KEY=VALUE" in err, err
+
+
+def test_cli_report_with_storage_options(s3, capsys, tmp_path):
+    """``report`` over s3:// writes the report of a local copy of the same files; a fault is
+    the one-line error."""
+    endpoint = s3["options"]["client_kwargs"]["endpoint_url"]
+    url, local = "s3://bucket/ckpt", tmp_path / "ckpt"
+    s3["fs"].get("bucket/ckpt/", str(local), recursive=True)
+    pages = []
+    for where, opt in (
+        (url, ["--storage-option", f"client_kwargs.endpoint_url={endpoint}"]),
+        (local, []),
+    ):
+        out = tmp_path / f"{len(pages)}.html"
+        rc, _, err = run(capsys, "report", where, "-o", out, *opt)
+        assert rc == 0, err
+        # pandas' Styler names each table's CSS with a random id
+        pages.append(re.sub(r"T_[0-9a-f]{5}", "T_", out.read_text()))
+    assert "__0_0.distcp" in pages[0] and "s3://bucket/ckpt" in pages[0]
+    _same_but_the_path(pages[0], pages[1], url, local)
+    dead = [
+        f"client_kwargs.endpoint_url=http://127.0.0.1:{_closed_port()}",
+        'config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 1}',
+    ]
+    argv = ["report", url, "-o", tmp_path / "x.html"]
+    rc, _, err = run(capsys, *argv, *(x for o in dead for x in ("--storage-option", o)))
+    assert rc == 2 and "cannot reach the storage endpoint" in err and "Traceback" not in err, err
 
 
 def test_storage_option_syntax():
@@ -303,10 +331,11 @@ def test_file_url_reads_as_the_local_path(tmp_path):
     assert ck.metadata.state_dict_metadata == local.metadata.state_dict_metadata
     assert ck.file_sizes == local.file_sizes
     assert find_file_problems(url, deep=True) == find_file_problems(local, deep=True) == []
+    assert load_metadata(url) == load_metadata(tmp_path / "c")
 
 
 @pytest.mark.parametrize("name", ["megatron", "megatron_flat", "hf_consolidated"])
-def test_other_formats_in_s3_read_as_their_local_copy(s3, name):
+def test_other_formats_in_s3_read_as_their_local_copy(s3, name, capsys):
     """megatron-core's and torch's HF writer's files (tests/data/checkpoints) in the bucket:
     the same records, facts and problems as read from the local directory, without one byte of
     tensor data fetched."""
@@ -329,6 +358,14 @@ def test_other_formats_in_s3_read_as_their_local_copy(s3, name):
     assert not any(f.endswith(".distcp") for f in fetched), log.lines
     got = [(p.kind, p.fqn) for p in find_file_problems(ck)]
     assert got == [(p.kind, p.fqn) for p in find_file_problems(want)]
+    # the command line too: Megatron's .metadata read with its records allowed (writer versions)
+    endpoint = s3["options"]["client_kwargs"]["endpoint_url"]
+    for where in (url, local.as_uri()):
+        opt = ["--storage-option", f"client_kwargs.endpoint_url={endpoint}"]
+        rc, out, err = run(capsys, "inspect", where, "--json", *(opt if where == url else ()))
+        rc_local, out_local, _ = run(capsys, "inspect", local, "--json")
+        assert rc == rc_local == 0, err
+        _same_but_the_path(out, out_local, where, local)
 
 
 # ----------------------------------------------------------------------------- the explorer

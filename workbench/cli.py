@@ -306,11 +306,11 @@ def _writer_versions(ckpt, path: str):
 
     if ckpt.format == "hf":
         return None
+    extra = MEGATRON_GLOBALS if ckpt.format == "megatron" else None
     if ckpt.location is not None:  # object storage: fetched again, it is small
         where = ckpt.location.url_of(".metadata")
-        return infer_writer_versions(ckpt.location.read_bytes(".metadata"), where)
+        return infer_writer_versions(ckpt.location.read_bytes(".metadata"), where, extra)
     p = metadata_path(path)
-    extra = MEGATRON_GLOBALS if ckpt.format == "megatron" else None
     return infer_writer_versions(p.read_bytes(), str(p), extra)
 
 

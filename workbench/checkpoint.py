@@ -13,6 +13,7 @@ Imports formats and diagnosis (and tqdm for the deep check's progress bar); neve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import threading
@@ -538,19 +539,25 @@ def _deep_problems(ck: Checkpoint, progress: bool, jobs: int = 1, dask=None) -> 
         )
         for name, cs in by_file.items()
     ]
-    with tqdm(total=len(todo), desc="reading chunks", unit="chunk", disable=not progress) as bar:
+    with contextlib.ExitStack() as stack:
+        client = None
         if dask is not None:  # the user's Dask cluster: one task per file, results in file order
             # the cluster extra: loaded only when a cluster is asked for
             from .cluster import cluster_client, map_on_cluster
 
-            with cluster_client(dask) as client:
-                results = map_on_cluster(
-                    client,
-                    _check_file,
-                    checks,
-                    [f"{ck.path}: {check.file}" for check in checks],
-                    done=lambda i: bar.update(len(checks[i].chunks)),
-                )
+            # connected (and its workers checked) before the bar starts
+            client = stack.enter_context(cluster_client(dask, _check_file))
+        bar = stack.enter_context(
+            tqdm(total=len(todo), desc="reading chunks", unit="chunk", disable=not progress)
+        )
+        if client is not None:
+            results = map_on_cluster(
+                client,
+                _check_file,
+                checks,
+                [f"{ck.path}: {check.file}" for check in checks],
+                done=lambda i: bar.update(len(checks[i].chunks)),
+            )
         else:
             lock = threading.Lock()
 

@@ -35,12 +35,16 @@ def _distributed():
 
 
 @contextmanager
-def cluster_client(dask) -> Iterator[Any]:
-    """A ``distributed.Client`` for ``dask``: a scheduler address (``tcp://host:8786``; connected
-    here within Dask's ``distributed.comm.timeouts.connect`` and closed on exit) or a
-    ``distributed.Client`` the caller already holds (used as it is, left open)."""
+def cluster_client(dask, function: Callable) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``dask`` ready to run ``function``: a scheduler address
+    (``tcp://host:8786``; connected here within Dask's ``distributed.comm.timeouts.connect`` and
+    closed on exit) or a ``distributed.Client`` the caller already holds (used as it is, left
+    open). The cluster has workers and every one of them can import ``function`` (asked before
+    any task is sent: a task a worker cannot unpickle leaves it unable to talk to the
+    scheduler, and the task waits forever)."""
     distributed = _distributed()
     if isinstance(dask, distributed.Client):
+        _check_workers(dask, function)
         yield dask
         return
     if not isinstance(dask, str) or not dask.strip():
@@ -62,6 +66,7 @@ def cluster_client(dask) -> Iterator[Any]:
             address=dask,
         ) from None
     try:
+        _check_workers(client, function)
         yield client
     finally:
         client.close()
@@ -77,20 +82,12 @@ def map_on_cluster(
     """``[function(task) for task in tasks]`` computed by the cluster's workers (one Dask task
     each, ``pure=False``), in task order; ``done(i)`` is called as task ``i`` completes (a
     progress bar). ``function`` must be a top-level function of an installed module (the workers
-    import it); ``names[i]`` names task ``i`` in errors. The first failure cancels the rest."""
+    import it; ``client`` from `cluster_client`); ``names[i]`` names task ``i`` in errors. The
+    first failure cancels the rest."""
     distributed = _distributed()
-    address = getattr(client, "scheduler", None) and client.scheduler.address
+    address = client.scheduler.address
     if not tasks:
         return []
-    if not client.scheduler_info().get("workers"):
-        raise WorkbenchError(
-            str(address),
-            "the Dask scheduler has no workers",
-            "at least one worker connected to the scheduler",
-            "Start workers (dask worker ADDRESS) and retry.",
-            address=address,
-        )
-    _check_workers(client, function, address)
     futures = client.map(function, tasks, pure=False)
     index = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(tasks)
@@ -107,10 +104,18 @@ def map_on_cluster(
     return results
 
 
-def _check_workers(client, function: Callable, address) -> None:
-    """Every worker can import ``function`` (the same package and version as here), asked
-    before any task is sent: a task a worker cannot unpickle leaves its worker unable to talk
-    to the scheduler, and the task waits forever."""
+def _check_workers(client, function: Callable) -> None:
+    """The cluster has workers and every one can import ``function`` (the same package and
+    version as here)."""
+    address = client.scheduler.address
+    if not client.scheduler_info().get("workers"):
+        raise WorkbenchError(
+            str(address),
+            "the Dask scheduler has no workers",
+            "at least one worker connected to the scheduler",
+            "Start workers (dask worker ADDRESS) and retry.",
+            address=address,
+        )
     module, qualname = function.__module__, function.__qualname__
     by_name = pickle.dumps(function)  # a reference (module and name), as the tasks carry it
 

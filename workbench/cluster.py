@@ -153,6 +153,14 @@ def _task_error(e: BaseException, name: str, address) -> WorkbenchError:
     """One error for a task that raised on a worker: what it raised, naming its item."""
     if isinstance(e, WorkbenchError):  # already names what it read (a remote fault's URL...)
         return e
+    if type(e).__name__ == "KilledWorker":  # Dask gave up after the workers running it died
+        return WorkbenchError(
+            name,
+            f"the Dask workers running its task died: {e}"[:_WORDS],
+            f"workers of {address} that stay up while they read one data file",
+            "Check the workers' logs (a memory limit?), then retry.",
+            address=address,
+        )
     return WorkbenchError(
         name,
         f"a Dask worker failed on it: {type(e).__name__}: {e}"[:_WORDS],

@@ -157,7 +157,7 @@ def _task_error(e: BaseException, name: str, address) -> WorkbenchError:
         return WorkbenchError(
             name,
             f"the Dask workers running its task died: {e}"[:_WORDS],
-            f"workers of {address} that stay up while they read one data file",
+            f"workers of {address} that stay up while they run one task",
             "Check the workers' logs (a memory limit?), then retry.",
             address=address,
         )

@@ -21,6 +21,9 @@ from workbench.checkpoint import find_file_problems, open_checkpoint
 from workbench.cli import main
 from workbench.errors import MissingExtraError, WorkbenchError
 
+# one xdist worker runs the module (make test: --dist loadgroup): the cluster starts once
+pytestmark = pytest.mark.xdist_group("dask-cluster")
+
 
 @pytest.fixture(scope="module")
 def cluster():

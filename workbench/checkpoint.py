@@ -8,7 +8,8 @@ file that is missing or shorter than a chunk's byte range is reported, never cra
 reader fails on it mid-load). `find_file_problems` answers "are the files all there" as
 `diagnosis.Problem` records, optionally reading every chunk's bytes.
 
-Imports formats and diagnosis (and tqdm for the deep check's progress bar); never torch.
+Imports formats and diagnosis (and tqdm for the deep check's progress bar, `cluster` when it
+runs on a Dask cluster); never torch.
 """
 
 from __future__ import annotations
@@ -533,9 +534,7 @@ def _deep_problems(ck: Checkpoint, progress: bool, jobs: int = 1, dask=None) -> 
             format=ck.format,
             file=name,
             chunks=tuple(cs),
-            dtypes=tuple(
-                getattr(getattr(entries[c.fqn], "properties", None), "dtype", None) for c in cs
-            ),
+            dtypes=tuple(None if c.chunk is None else entries[c.fqn].properties.dtype for c in cs),
         )
         for name, cs in by_file.items()
     ]

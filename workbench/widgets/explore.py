@@ -303,7 +303,7 @@ class CheckpointPlan:
         return Counter(p.fqn for p in self.problems)
 
 
-def plan_checkpoint(source, target=None) -> CheckpointPlan:
+def plan_checkpoint(source, target=None, *, storage_options: dict | None = None) -> CheckpointPlan:
     """Plan loading ``source`` into ``target`` on every rank: the `CheckpointExplorer`'s one
     expensive step.
 
@@ -312,7 +312,8 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
     (``planning.plan_save``). ``target``: any form `targets.as_target` takes (a spec such as
     ``"llama-70b:fsdp2+tp:dp=8,tp=8"``, a JSON file, ``{fqn: Layout}``, ``(preset, recipe,
     mesh_shape)``, a state dict), or None: a save result is then loaded back into its own
-    layouts, a directory is only listed.
+    layouts, a directory is only listed. A directory may be an fsspec URL (``s3://``,
+    ``file://``...), opened with ``storage_options`` as `checkpoint.open_checkpoint` opens it.
     """
     from ..diagnosis import find_save_problems
     from ..planning import plan_load
@@ -328,7 +329,7 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
     elif isinstance(source, (str, os.PathLike)):  # any format's reader, no code run
         from ..checkpoint import open_checkpoint
 
-        ckpt = open_checkpoint(source)
+        ckpt = open_checkpoint(source, storage_options=storage_options)
         # model shapes: Megatron's flattened_range tensors drawn as the boxes of the model tensor
         metadata, name, fmt, facts = ckpt.model_metadata, str(source), ckpt.format, ckpt.facts()
     else:

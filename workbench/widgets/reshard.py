@@ -87,7 +87,9 @@ class ReshardExplorer(Explorer):
             self.rank,
             self.dims,
         )
-        controls = W.VBox([self.classic, *inputs])
+        # the column keeps its width ("start from" is wider than the boxes) and the canvas
+        # takes the rest, instead of the canvas sliding over the dropdown
+        controls = W.VBox([self.classic, *inputs], layout=W.Layout(flex="0 0 auto"))
         self.widget = with_class(
             W.VBox(
                 [

@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[all,remote,dev]"
+	$(PY) -m pip install -q -e ".[all,remote,cluster,dev]"
 	touch $(STAMP)
 
 # Debian's Chromium for the browser tests (never `playwright install`).
@@ -25,11 +25,13 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.allow_root=True notebooks/00_tour.ipynb
 
 # ruff (lint + format) first, then the suite on both cores (pytest-xdist; each real run picks
-# its own free port). The layer contracts run inside the suite (tests/test_architecture.py).
+# its own free port; loadgroup keeps a module marked xdist_group, such as the Dask cluster's, on
+# one worker, so its cluster starts once). The layer contracts run inside the suite
+# (tests/test_architecture.py).
 test: $(STAMP) chromium
 	$(VENV)/bin/ruff check workbench tests benchmarks
 	$(VENV)/bin/ruff format --check workbench tests benchmarks
-	WB_REQUIRE_BROWSER=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider -n 2
+	WB_REQUIRE_BROWSER=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_plans.py

@@ -19,7 +19,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "tests" / "data" / "torch-2.9" / "ckpt"  # w 4x3 float32, b (2,) int64, step bytes
-HEAVY = ("torch", "pandas", "matplotlib", "ipywidgets", "jupyterlab", "IPython", "anywidget")
+HEAVY = (
+    "torch",
+    "pandas",
+    "matplotlib",
+    "ipywidgets",
+    "jupyterlab",
+    "IPython",
+    "anywidget",
+    "distributed",
+)
 
 
 def _run(cmd, **kw):
@@ -78,6 +87,9 @@ def test_the_cli_inspects_plans_checks_and_explains_without_the_extras(bare, tmp
     assert code == 0 and "written by torch 2.9 to 2.14" in out, out
     code, out = _run(cli + ["check", str(CKPT)])
     assert code == 0, out
+    code, out = _run(cli + ["check", str(CKPT), "--deep", "--dask", "tcp://127.0.0.1:8786"])
+    assert code == 2 and "pip install 'dcp-reshard-workbench[cluster]'" in out, out
+    assert len(out.strip().splitlines()) == 1 and "Traceback" not in out, out
     target = tmp_path / "target.json"
     target.write_text(
         json.dumps(

@@ -31,6 +31,8 @@ from pathlib import Path
 import psutil  # ipykernel depends on it
 import pytest
 
+from workbench.formatting import format_bytes
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -455,6 +457,10 @@ def test_canvas_hover_click_select_zoom_and_escape(lab, page, front):
             "load rank 3" in page.locator(f"{reshard} .wb-canvas-reads-caption").first.inner_text()
         )
         assert _hook(page, reshard, "wb.state().selected") == 3
+        # sizes in the table in human units (format_bytes), the exact count on hover
+        size = table.locator("td.wb-canvas-bytes").first
+        exact = size.get_attribute("title")
+        assert exact.endswith(" bytes") and size.inner_text() == format_bytes(int(exact.split()[0]))
         page.screenshot(path=str(shots / "2-click-selects-rank-3.png"))
 
         # 3. click the second table row: that read lights up on the canvas
@@ -577,7 +583,101 @@ def test_canvas_labels_never_overlap_at_full_view_and_zoomed(browser, reference_
     # 64 one-row reads as many as fit, never over each other
     read_labels = [b for b in zoomed if "\u2190" in b["text"]]
     assert len(read_labels) == 8 if case == "o_proj rank 9" else read_labels, read_labels
+    if case == "o_proj rank 9":  # the rank's box named at full view, its reads once they fit
+        assert "rank 9" in {b["text"] for b in full}
+        assert "rank 9" not in {b["text"] for b in zoomed}
     SHOT_DIR.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOT_DIR / f"labels-{case.replace(' ', '-')}.png"), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
+# ----------------------------------------------------------------------------- frames
+def test_pan_and_zoom_frames_reuse_the_raster_and_settle_to_a_fresh_draw(browser):
+    """Pan and zoom frames copy the tiles' cached raster instead of drawing every tile: a wheel
+    zoom shows a scaled copy, then settles to a fresh raster; a short drag copies it pixel for
+    pixel to where a fresh raster puts the tiles; a long drag re-rasterises only when it leaves
+    the cached margin."""
+    from workbench.widgets.scenes import synthetic_scene
+
+    page, errors = _standalone(browser, synthetic_scene(60, 80), "frames")
+    root = "#root"
+    box = page.locator("#root canvas.wb-canvas-plot").bounding_box()
+    cx, cy = round(box["x"] + box["width"] / 2), round(box["y"] + box["height"] / 2)
+
+    def fresh_draw_matches() -> bool:
+        shown = _hook(page, root, "wb.checksum()")
+        _hook(page, root, "wb.redraw()")
+        return _hook(page, root, "wb.checksum()") == shown
+
+    # the wheel: the frame right after it is a scaled copy (read in the same animation frame,
+    # before the settle timer can run); 400 ms later, one fresh raster
+    r0 = _hook(page, root, "wb.state().rasters")
+    scaled = page.locator(root).evaluate(
+        """(e, xy) => new Promise((done) => {
+            const c = e.querySelector("canvas.wb-canvas-plot");
+            c.dispatchEvent(new WheelEvent("wheel", {deltaY: -200, clientX: xy[0], clientY: xy[1],
+                                                     bubbles: true, cancelable: true}));
+            requestAnimationFrame(() => requestAnimationFrame(() => done(e.__wb.state())));
+        })""",
+        [cx, cy],
+    )
+    assert scaled["rasters"] == r0, scaled
+    page.wait_for_timeout(400)
+    assert _hook(page, root, "wb.state().rasters") == r0 + 1
+    assert fresh_draw_matches()
+
+    # a short drag in whole pixels: copies only, and exactly what a fresh raster draws
+    r1 = _hook(page, root, "wb.state().rasters")
+    v1 = _hook(page, root, "wb.state().view")
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    for k in range(1, 13):
+        page.mouse.move(cx - 5 * k, cy - 2 * k)
+        page.wait_for_timeout(20)
+    page.mouse.up()
+    page.wait_for_timeout(400)
+    st = _hook(page, root, "wb.state()")
+    assert st["view"][0] > v1[0] and st["view"][1] > v1[1], (v1, st["view"])
+    assert st["rasters"] == r1, st
+    # the status's tile count follows the view once it is still (the 60 x 80 grid of 8 x 8)
+    x0, y0, x1, y1 = st["view"]
+    cols = sum(1 for c in range(80) if 8 * c + 8 > x0 and 8 * c < x1)
+    rows = sum(1 for r in range(60) if 8 * r + 8 > y0 and 8 * r < y1)
+    assert page.locator(root).get_attribute("data-visible-tiles") == str(rows * cols)
+    assert fresh_draw_matches()
+
+    # closer (a raster of twice the scale at once), then a long drag (12 x 40 px, past the
+    # quarter-view margin): a few re-rasters, not 12
+    page.mouse.wheel(0, -500)
+    page.wait_for_timeout(400)
+    r2 = _hook(page, root, "wb.state().rasters")
+    page.mouse.move(cx + 200, cy)
+    page.mouse.down()
+    for k in range(1, 13):
+        page.mouse.move(cx + 200 - 40 * k, cy)
+        page.wait_for_timeout(20)
+    page.mouse.up()
+    page.wait_for_timeout(400)
+    assert 1 <= _hook(page, root, "wb.state().rasters") - r2 <= 4
+    assert fresh_draw_matches()
+    assert float(page.locator(root).get_attribute("data-frame-ms")) > 0
+    assert not errors, errors
+    page.close()
+
+    # a view that changes one axis's scale only (bars, no fixed aspect): settles too
+    from workbench.planning import plan_load, plan_save
+    from workbench.sharding import dtensor_layout
+    from workbench.widgets.scenes import bytes_scene
+
+    save = plan_save({"w": dtensor_layout((64, 8), (8,), "S(0)")})
+    load = plan_load(save.metadata, {"w": dtensor_layout((64, 8), (4,), "S(1)")})
+    page, errors = _standalone(browser, bytes_scene(load), "bars")
+    x0, y0, x1, y1 = _hook(page, root, "wb.state().view")
+    r0 = _hook(page, root, "wb.state().rasters")
+    _hook(page, root, "wb.setView(...arg)", [x0, y0, x1, y0 + (y1 - y0) / 1.5])
+    page.wait_for_timeout(400)
+    assert _hook(page, root, "wb.state().rasters") == r0 + 1
+    assert fresh_draw_matches()
     assert not errors, errors
     page.close()

@@ -172,6 +172,23 @@ def test_untrusted_keys_are_escaped_in_the_checkpoint_explorers_tables():
     assert Chunk((0, 0), (2, 4)) in save.metadata.state_dict_metadata[key].chunks
 
 
+def test_explorer_tables_write_sizes_in_human_units_with_the_exact_count_on_hover():
+    """Every size in an explorer's tables reads like the pictures (format_bytes), with the exact
+    byte count in the cell's title; offsets stay exact."""
+    import re
+
+    from workbench.widgets import CheckpointExplorer
+
+    save = plan_save({"w": dtensor_layout((1024, 512), (4,), "S(0)")})
+    load = plan_load(save.metadata, {"w": dtensor_layout((1024, 512), (2,), "S(1)")})
+    ex = CheckpointExplorer(save, load.layouts)
+    html = ex.chunks.outputs[0]["data"]["text/html"] + ex.io.outputs[0]["data"]["text/html"]
+    shown = re.findall(r'<span title="(\d+) bytes">([^<]*)</span>', html)
+    assert shown and all(text == format_bytes(int(n)) for n, text in shown)
+    assert ("524288", "512 KiB") in shown  # one saved chunk: 256 x 512 float32
+    assert ">524288<" not in html
+
+
 def test_model_explorer_clicks_open_a_tensor_list_a_cell_and_select_a_rank():
     from workbench.widgets import ModelExplorer
 

@@ -4,6 +4,7 @@ widget path (`picture_png`: dense runs painted as images) is checked pixel by pi
 paths Agg draws for the same picture."""
 
 import io
+import math
 import subprocess
 import sys
 
@@ -230,6 +231,48 @@ def test_reshard_picture_hatches_uncovered_regions():
     assert rank0.of_kind("uncovered") == [] and len(rank0.of_kind("read")) == 1
     # the uncovered region matches the diagnosis
     assert [p.region for p in load.problems if p.kind == "uncovered"] == [Chunk((5,), (5,))]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    cols=st.integers(1, 6),
+    dropped=st.sets(st.integers(0, 35), max_size=12),
+    extra=st.lists(
+        st.tuples(st.integers(0, 11), st.integers(0, 11), st.integers(1, 6)), max_size=3
+    ),
+    mesh=st.sampled_from([(2,), (4,), (2, 2)]),
+    rank=st.integers(0, 3),
+)
+def test_reshard_picture_holes_are_geometrys_uncovered_regions(
+    rows, cols, dropped, extra, mesh, rank
+):
+    """The holes drawn for a rank (found from the saved chunks that meet its box) are exactly
+    `geometry.uncovered` of each of its chunks by every saved chunk, whatever is missing or
+    overlapping."""
+    from workbench.geometry import uncovered
+
+    shape = (12, 12)
+    hs, ws = -(-12 // rows), -(-12 // cols)
+    chunks = [
+        ((r * hs, c * ws), (min(hs, 12 - r * hs), min(ws, 12 - c * ws)))
+        for r in range(rows)
+        for c in range(cols)
+        if r * cols + c not in dropped and r * hs < 12 and c * ws < 12
+    ]
+    chunks += [((y, x), (min(n, 12 - y), min(n, 12 - x))) for y, x, n in extra]
+    md = Metadata({"t": tsm(shape, chunks or [((0, 0), (1, 1))])})
+    layout = wb.dtensor_layout(shape, mesh, ", ".join(["S(0)", "S(1)"][: len(mesh)]))
+    rank %= math.prod(mesh)
+    load = plan_load(md, {"t": layout})
+    pic = reshard_data(md, load, "t", rank=rank)
+    saved = md.state_dict_metadata["t"].chunks
+    want = [
+        h for c in load.layouts["t"].chunks(rank) if not c.is_empty for h in uncovered(c, saved)
+    ]
+    assert rects(pic.of_kind("uncovered")) == [
+        (h.offsets[1], h.offsets[0], h.sizes[1], h.sizes[0]) for h in want
+    ]
 
 
 def test_reshard_picture_shows_a_strided_destinations_real_rows():

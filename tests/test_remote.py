@@ -7,7 +7,6 @@ fault into one clear error naming the URL."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import socket
@@ -24,73 +23,6 @@ from workbench.errors import MetadataError, MissingExtraError, WorkbenchError
 from workbench.formats import load_metadata
 from workbench.formats.location import storage_options_from
 from workbench.torch_bridge.convert import from_torch
-
-
-class _Requests(logging.Handler):
-    """The S3 server's own request log (werkzeug logs one line per request it served)."""
-
-    def __init__(self):
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-    def gets(self) -> list[str]:
-        """Paths of the objects fetched (GET of a key, not of a bucket listing)."""
-        out = []
-        for line in self.lines:
-            m = re.search(r"GET (/[^ ?]+)[^ ]* HTTP", line)  # 206 lines are coloured
-            if m and m.group(1).count("/") >= 2:
-                out.append(m.group(1))
-        return out
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on a free port, dummy credentials, a bucket ``bucket`` with a real
-    checkpoint at ``s3://bucket/ckpt`` written by torch's FsspecWriter; yields the storage
-    options and the request log."""
-    from moto.server import ThreadedMotoServer
-    from torch.distributed.checkpoint import save
-    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
-
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    log = _Requests()
-    werkzeug = logging.getLogger("werkzeug")
-    werkzeug.addHandler(log)
-    level = werkzeug.level
-    werkzeug.setLevel(logging.INFO)
-    try:
-        options = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}
-        import fsspec
-
-        fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
-        fs.mkdir("bucket")
-        sd = {
-            "w": torch.arange(32.0).reshape(8, 4),
-            "b": torch.arange(4).to(torch.bfloat16),
-            "step": 3,
-        }
-        with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
-            warnings.simplefilter("ignore", UserWarning)
-            save(sd, storage_writer=FsspecWriter("s3://bucket/ckpt", **options), no_dist=True)
-        yield {"options": options, "port": port, "log": log, "fs": fs}
-    finally:
-        werkzeug.removeHandler(log)
-        werkzeug.setLevel(level)
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _torch_metadata(options):
@@ -178,6 +110,33 @@ def test_cli_inspect_plan_check_with_storage_options(s3, capsys, tmp_path):
     assert rc == 0 and "every file is there" in out, err
     rc, out, err = run(capsys, "inspect", url, "--storage-option", "novalue")
     assert rc == 2 and "--storage-option: 'novalue' is not KEY=VALUE" in err, err
+
+
+def test_cli_report_with_storage_options(s3, capsys, tmp_path):
+    """``report`` over s3:// writes the report of a local copy of the same files; a fault is
+    the one-line error."""
+    endpoint = s3["options"]["client_kwargs"]["endpoint_url"]
+    url, local = "s3://bucket/ckpt", tmp_path / "ckpt"
+    s3["fs"].get("bucket/ckpt/", str(local), recursive=True)
+    pages = []
+    for where, opt in (
+        (url, ["--storage-option", f"client_kwargs.endpoint_url={endpoint}"]),
+        (local, []),
+    ):
+        out = tmp_path / f"{len(pages)}.html"
+        rc, _, err = run(capsys, "report", where, "-o", out, *opt)
+        assert rc == 0, err
+        # pandas' Styler names each table's CSS with a random id
+        pages.append(re.sub(r"T_[0-9a-f]{5}", "T_", out.read_text()))
+    assert "__0_0.distcp" in pages[0] and "s3://bucket/ckpt" in pages[0]
+    _same_but_the_path(pages[0], pages[1], url, local)
+    dead = [
+        f"client_kwargs.endpoint_url=http://127.0.0.1:{_closed_port()}",
+        'config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 1}',
+    ]
+    argv = ["report", url, "-o", tmp_path / "x.html"]
+    rc, _, err = run(capsys, *argv, *(x for o in dead for x in ("--storage-option", o)))
+    assert rc == 2 and "cannot reach the storage endpoint" in err and "Traceback" not in err, err
 
 
 def test_storage_option_syntax():
@@ -372,10 +331,11 @@ def test_file_url_reads_as_the_local_path(tmp_path):
     assert ck.metadata.state_dict_metadata == local.metadata.state_dict_metadata
     assert ck.file_sizes == local.file_sizes
     assert find_file_problems(url, deep=True) == find_file_problems(local, deep=True) == []
+    assert load_metadata(url) == load_metadata(tmp_path / "c")
 
 
 @pytest.mark.parametrize("name", ["megatron", "megatron_flat", "hf_consolidated"])
-def test_other_formats_in_s3_read_as_their_local_copy(s3, name):
+def test_other_formats_in_s3_read_as_their_local_copy(s3, name, capsys):
     """megatron-core's and torch's HF writer's files (tests/data/checkpoints) in the bucket:
     the same records, facts and problems as read from the local directory, without one byte of
     tensor data fetched."""
@@ -398,3 +358,54 @@ def test_other_formats_in_s3_read_as_their_local_copy(s3, name):
     assert not any(f.endswith(".distcp") for f in fetched), log.lines
     got = [(p.kind, p.fqn) for p in find_file_problems(ck)]
     assert got == [(p.kind, p.fqn) for p in find_file_problems(want)]
+    # the command line too: Megatron's .metadata read with its records allowed (writer versions)
+    endpoint = s3["options"]["client_kwargs"]["endpoint_url"]
+    for where in (url, local.as_uri()):
+        opt = ["--storage-option", f"client_kwargs.endpoint_url={endpoint}"]
+        rc, out, err = run(capsys, "inspect", where, "--json", *(opt if where == url else ()))
+        rc_local, out_local, _ = run(capsys, "inspect", local, "--json")
+        assert rc == rc_local == 0, err
+        _same_but_the_path(out, out_local, where, local)
+
+
+# ----------------------------------------------------------------------------- the explorer
+def test_checkpoint_explorer_opens_a_url_with_storage_options(s3, tmp_path):
+    """`CheckpointExplorer` on s3:// (and file://) shows what it shows for a local copy of the
+    same files, its target changes re-plan the URL with the same options, and a fault is the
+    one clear error."""
+    from workbench.widgets.checkpoint import CheckpointExplorer
+
+    url, local = "s3://bucket/ckpt", tmp_path / "ckpt"
+    s3["fs"].get("bucket/ckpt/", str(local), recursive=True)
+    target = tmp_path / "target.json"
+    target.write_text(json.dumps(SMALL_JSON_TARGET))
+    for where, options in ((url, s3["options"]), (local.as_uri(), None)):
+        ex = CheckpointExplorer(where, str(target), rank=3, storage_options=options)
+        want = CheckpointExplorer(local, str(target), rank=3)
+        assert ex.plan.metadata.state_dict_metadata == want.plan.metadata.state_dict_metadata
+        assert ex.plan.facts == want.plan.facts and ex.plan.problems == want.plan.problems
+        assert ex.tensor.options == want.tensor.options and ex.rank.value == 3
+        ex.tensor.value = want.tensor.value = "w"
+        assert ex.result.reads.equals(want.result.reads) and len(ex.result.reads)
+        assert ex.header.value == want.header.value.replace(str(local), where)
+        s3["log"].lines.clear()
+        ex.set_target("llama-tiny:fsdp:dp=2")  # re-planned from the URL, options kept
+        assert ex.message.value == "" and ex.plan.load.world_size == 2
+        assert ex.plan.problems  # llama-tiny's keys are not this checkpoint's
+        # the URL's metadata fetched again (with the options: without them no server answers)
+        assert s3["log"].gets() == (["/bucket/ckpt/.metadata"] if options else []), options
+    with pytest.raises(MetadataError) as e:  # without the endpoint: the fault, named
+        CheckpointExplorer(
+            "s3://bucket/ckpt",
+            storage_options={
+                "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{_closed_port()}"},
+                "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+            },
+        )
+    assert e.value.reason == "unreachable", str(e.value)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installing the workbench must never change the user's torch: install the newest torch the
-# registry serves into a throw-away venv, then `pip install -e <this repository>`, and check that
+# registry serves into a throw-away venv, then `pip install -e "<this repository>[torch]"` (the
+# extra that names torch as a requirement: the base install does not need torch), and check that
 # torch's version is unchanged and that the workbench plans with it (a torch newer than the newest
 # recorded version gets the newest recorded semantics and one warning naming it).
 #
@@ -28,9 +29,9 @@ before="$(version)"
 newest="$("$py" -m pip index versions torch 2>/dev/null | sed -n 's/^torch (\(.*\))$/\1/p')"
 echo "torch before: $before (newest the registry serves: ${newest:-unknown})"
 
-"$py" -m pip install -q -e "$repo"
+"$py" -m pip install -q -e "$repo[torch]"
 after="$(version)"
-echo "torch after pip install -e: $after"
+echo "torch after pip install -e .[torch]: $after"
 if [ "$before" != "$after" ]; then
     echo "FAIL: installing the workbench changed torch $before -> $after" >&2
     exit 1

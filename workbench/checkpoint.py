@@ -8,11 +8,13 @@ file that is missing or shorter than a chunk's byte range is reported, never cra
 reader fails on it mid-load). `find_file_problems` answers "are the files all there" as
 `diagnosis.Problem` records, optionally reading every chunk's bytes.
 
-Imports formats and diagnosis (and tqdm for the deep check's progress bar); never torch.
+Imports formats and diagnosis (and tqdm for the deep check's progress bar, `cluster` when it
+runs on a Dask cluster); never torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import threading
@@ -512,7 +514,7 @@ def _megatron_problems(ck: Checkpoint) -> list:
     return out
 
 
-def _deep_problems(ck: Checkpoint, progress: bool, jobs: int = 1) -> list:
+def _deep_problems(ck: Checkpoint, progress: bool, jobs: int = 1, dask=None) -> list:
     # tqdm.auto picks a notebook widget or a terminal bar: loaded only when a deep check runs
     from tqdm.auto import tqdm
 
@@ -524,28 +526,86 @@ def _deep_problems(ck: Checkpoint, progress: bool, jobs: int = 1) -> list:
     by_file: dict[str, list[SavedChunk]] = {}
     for c in todo:
         by_file.setdefault(c.file, []).append(c)
-    lock = threading.Lock()
-    with tqdm(total=len(todo), desc="reading chunks", unit="chunk", disable=not progress) as bar:
+    entries = ck.metadata.state_dict_metadata
+    checks = [
+        _FileCheck(
+            directory=ck.path,
+            location=ck.location,
+            format=ck.format,
+            file=name,
+            chunks=tuple(cs),
+            dtypes=tuple(None if c.chunk is None else entries[c.fqn].properties.dtype for c in cs),
+        )
+        for name, cs in by_file.items()
+    ]
+    with contextlib.ExitStack() as stack:
+        client = None
+        if dask is not None:  # the user's Dask cluster: one task per file, results in file order
+            # the cluster extra: loaded only when a cluster is asked for
+            from .cluster import cluster_client, map_on_cluster
 
-        def one_file(name: str) -> list:
-            out = []
-            with _ChunkReader(ck, name) as read:
-                for c in by_file[name]:
-                    problem = _item_problem(ck, c, read(c))
-                    if problem is not None:
-                        out.append(problem)
+            # connected (and its workers checked) before the bar starts
+            client = stack.enter_context(cluster_client(dask, _check_file))
+        bar = stack.enter_context(
+            tqdm(total=len(todo), desc="reading chunks", unit="chunk", disable=not progress)
+        )
+        if client is not None:
+            results = map_on_cluster(
+                client,
+                _check_file,
+                checks,
+                [f"{ck.path}: {check.file}" for check in checks],
+                done=lambda i: bar.update(len(checks[i].chunks)),
+            )
+        else:
+            lock = threading.Lock()
+
+            def one_file(check: _FileCheck) -> list:
+                def tick() -> None:
                     with lock:  # one bar for every reader
                         bar.update(1)
-            return out
 
-        if jobs == 1 or len(by_file) < 2:
-            results = [one_file(name) for name in by_file]
-        else:  # a bounded pool of readers, one file each at a time; results in file order
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                results = list(pool.map(one_file, by_file))
+                return _check_file(check, tick)
+
+            if jobs == 1 or len(checks) < 2:
+                results = [one_file(check) for check in checks]
+            else:  # a bounded pool of readers, one file each at a time; results in file order
+                with ThreadPoolExecutor(max_workers=jobs) as pool:
+                    results = list(pool.map(one_file, checks))
     out = [p for found in results for p in found]
     if ck.format == "hf":
         out += _safetensors_layout_problems(ck)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _FileCheck:
+    """One data file's deep check, as a thread or a Dask worker runs it (`_check_file`): where
+    the checkpoint is (``directory``: a local path, which a worker must see at the same path;
+    ``location``: its object storage, whose fsspec filesystem carries the storage options) and
+    the file's chunks in byte order with their entries' dtypes (None for bytes items). Small:
+    never the file's contents."""
+
+    directory: str
+    location: Location | None
+    format: str
+    file: str
+    chunks: tuple[SavedChunk, ...]
+    dtypes: tuple[str | None, ...]
+
+
+def _check_file(check: _FileCheck, tick=None) -> list[Problem]:
+    """The ``bad_item`` problems of one data file, reading its chunks' byte ranges (one open
+    file locally, one ranged request per chunk in object storage); ``tick()`` after each
+    chunk. A top-level function: Dask workers import it by name."""
+    out = []
+    with _ChunkReader(check.directory, check.location, check.file) as read:
+        for c, dtype in zip(check.chunks, check.dtypes):
+            problem = _item_problem(check.format, dtype, c, read(c))
+            if problem is not None:
+                out.append(problem)
+            if tick is not None:
+                tick()
     return out
 
 
@@ -553,12 +613,12 @@ class _ChunkReader:
     """Reads one data file's chunks: a local file opened once and read in byte order, or one
     ranged request per chunk in object storage."""
 
-    def __init__(self, ck: Checkpoint, name: str):
-        self.ck, self.name, self.f = ck, name, None
+    def __init__(self, directory: str, location: Location | None, name: str):
+        self.directory, self.location, self.name, self.f = directory, location, name, None
 
     def __enter__(self):
-        if self.ck.location is None:
-            self.f = open(Path(self.ck.path) / self.name, "rb")
+        if self.location is None:
+            self.f = open(Path(self.directory) / self.name, "rb")
         return self
 
     def __exit__(self, *exc):
@@ -568,21 +628,20 @@ class _ChunkReader:
 
     def __call__(self, c: SavedChunk) -> bytes:
         if self.f is None:
-            return self.ck.location.read_range(c.file, c.storage.offset, c.storage.length)
+            return self.location.read_range(c.file, c.storage.offset, c.storage.length)
         self.f.seek(c.storage.offset)
         return self.f.read(c.storage.length)
 
 
-def _item_problem(ck: Checkpoint, c: SavedChunk, blob: bytes) -> Problem | None:
-    """The ``bad_item`` problem of one chunk's bytes, or None when they hold the chunk."""
-    if ck.format == "hf":
+def _item_problem(fmt: str, dtype: str | None, c: SavedChunk, blob: bytes) -> Problem | None:
+    """The ``bad_item`` problem of one chunk's bytes, or None when they hold the chunk
+    (``dtype``: its entry's, as the metadata says)."""
+    if fmt == "hf":
         return None  # safetensors: the range is the raw elements (sizes checked on read)
-    entry = ck.metadata.state_dict_metadata[c.fqn]
     tensor = c.chunk is not None
     got = describe_item(blob, tensor)
     want = None
     if got.error is None and tensor:
-        dtype = entry.properties.dtype
         need = expected_storage_bytes(dtype, c.chunk.sizes)
         numel = c.chunk.volume
         got_numel = None if got.shape is None else _prod(got.shape)
@@ -651,6 +710,7 @@ def find_file_problems(
     *,
     storage_options: dict | None = None,
     jobs: int = 1,
+    dask=None,
 ) -> Problems:
     """Whether a checkpoint's files are all there, as `diagnosis.Problem` records: no metadata
     beside data files (an interrupted or asynchronous save), data files missing or shorter than
@@ -660,8 +720,12 @@ def find_file_problems(
     ``deep``, every chunk's bytes are read (``progress``: a tqdm bar) and a ``.distcp`` item's
     ``torch.save`` archive is checked (CRCs, dtype, element count; read with an allow-list, a
     bytes item's pickle never unpickled); ``jobs`` files are read at once by a bounded pool
-    of threads (one progress bar). ``checkpoint``: a path, an fsspec URL (opened with
-    ``storage_options``, see `open_checkpoint`; only ``deep`` reads its data files) or a
+    of threads (one progress bar). ``dask``: a Dask scheduler address (``tcp://host:8786``) or
+    a ``distributed.Client`` (the ``cluster`` extra): the files are read by that cluster's
+    workers instead, one task per file, with the same problems in the same order; a worker
+    opens the file itself by the same local path (a filesystem every worker mounts) or fsspec
+    URL, so no tensor data crosses the scheduler. ``checkpoint``: a path, an fsspec URL (opened
+    with ``storage_options``, see `open_checkpoint`; only ``deep`` reads its data files) or a
     `Checkpoint`."""
     if type(jobs) is not int or jobs < 1:
         raise WorkbenchError(
@@ -669,6 +733,13 @@ def find_file_problems(
             f"{jobs!r} readers",
             "a whole number >= 1 of data files read at once",
             "Pass jobs=1 for one file at a time, more to read files in parallel.",
+        )
+    if dask is not None and (not deep or jobs != 1):
+        raise WorkbenchError(
+            "dask",
+            f"a Dask cluster with deep={deep!r}, jobs={jobs!r}",
+            "a cluster reads the data files of a deep check, in place of local readers",
+            "Pass deep=True and leave jobs at 1 (--deep --dask ADDRESS without --jobs).",
         )
     if not isinstance(checkpoint, Checkpoint):
         try:
@@ -702,7 +773,7 @@ def find_file_problems(
     out += saved
     out += _strays(ck)
     if deep:
-        out += _deep_problems(ck, progress, jobs)
+        out += _deep_problems(ck, progress, jobs, dask)
     return out
 
 

@@ -241,6 +241,7 @@ def _cmd_check(args) -> int:
         progress=not args.json,
         storage_options=_storage_options(args),
         jobs=args.jobs,
+        dask=args.dask,
     )
     blocking = [p for p in problems if p.blocking]
     if args.json:
@@ -305,11 +306,11 @@ def _writer_versions(ckpt, path: str):
 
     if ckpt.format == "hf":
         return None
+    extra = MEGATRON_GLOBALS if ckpt.format == "megatron" else None
     if ckpt.location is not None:  # object storage: fetched again, it is small
         where = ckpt.location.url_of(".metadata")
-        return infer_writer_versions(ckpt.location.read_bytes(".metadata"), where)
+        return infer_writer_versions(ckpt.location.read_bytes(".metadata"), where, extra)
     p = metadata_path(path)
-    extra = MEGATRON_GLOBALS if ckpt.format == "megatron" else None
     return infer_writer_versions(p.read_bytes(), str(p), extra)
 
 
@@ -621,8 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
         "range it names; report a missing .metadata (an interrupted or asynchronous save), stray "
         "files, duplicate or overlapping chunks, and each format's own records (Megatron's "
         "metadata.json and common.pt, the HF index). --deep also reads every chunk's bytes and "
-        "checks its element count and dtype (never unpickling beyond an allow-list). Exit "
-        "status 1 when torch would fail or load wrong values.",
+        "checks its element count and dtype (never unpickling beyond an allow-list), on N "
+        "local readers (--jobs) or the workers of a Dask cluster (--dask). Exit status 1 when "
+        "torch would fail or load wrong values.",
     )
     s.add_argument("checkpoint", help="checkpoint directory (any supported format)")
     s.add_argument("--deep", action="store_true", help="read and check every chunk's bytes")
@@ -633,6 +635,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="with --deep, read N data files at once (default 1)",
+    )
+    s.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="with --deep, read the data files on the workers of this running Dask cluster "
+        "(tcp://host:8786; the [cluster] extra, the workbench installed on every worker, the "
+        "checkpoint at the same path or URL for every worker), one task per file",
     )
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_storage_option(s)

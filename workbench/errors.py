@@ -44,6 +44,15 @@ class WorkbenchError(ValueError):
             msg += f" {fix}"
         super().__init__(msg)
 
+    def __reduce__(self):
+        # rebuilt from its parts (not from the one message args holds): an error raised in
+        # another process (a Dask worker, a real run's rank) unpickles as itself
+        return (_rebuild, (type(self), self.fqn, self.what, self.expectation, self.fix, self.facts))
+
+
+def _rebuild(cls, fqn, what, expectation, fix, facts):
+    return cls(fqn, what, expectation, fix, **facts)
+
 
 class ChunkError(WorkbenchError):
     """A chunk (offsets / sizes) is malformed."""

@@ -531,29 +531,30 @@ def _rank_css(value) -> str:
 
 
 def _bytes_text(value) -> str:
+    # human units, the exact count on hover (digits and a unit only: nothing to escape)
     if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return ""
-    return format_bytes(value)
+    return f'<span title="{int(value)} bytes">{format_bytes(value)}</span>'
 
 
 def style_by_rank(df: pd.DataFrame, columns: Iterable[str] = ("rank", "writer")):
     """A pandas ``Styler`` of ``df`` for HTML: rank columns (those of ``columns`` present)
     coloured with each rank's colour from `workbench.colors`, as in every picture; byte counts
-    (columns ``bytes``, ``bytes_*``, ``*_bytes_*``) in human units (`formatting.format_bytes`;
-    the frame keeps the integers); every cell, header and index label HTML-escaped (keys, file
-    names and messages come from a stranger's checkpoint, and the Styler does not escape by
-    default)."""
+    (columns ``bytes``, ``bytes_*``, ``*_bytes_*`` and a byte range's ``length``) in human units (`formatting.format_bytes`,
+    the exact count in the cell's hover title; the frame keeps the integers); missing values
+    blank; every cell, header and index label HTML-escaped (keys, file names and messages come
+    from a stranger's checkpoint, and the Styler does not escape by default)."""
     subset = [c for c in columns if c in df.columns]
     byte_columns = [
         c
         for c in df.columns
         if isinstance(c, str)
-        and (c == "bytes" or c.startswith("bytes_") or "_bytes" in c)
+        and (c in ("bytes", "length") or c.startswith("bytes_") or "_bytes" in c)
         and pd.api.types.is_numeric_dtype(df[c])
     ]
     return (
         df.style.map(_rank_css, subset=subset)
-        .format(escape="html")
+        .format(escape="html", na_rep="")
         .format(_bytes_text, subset=byte_columns, escape="html")
         .format_index(escape="html", axis=0)
         .format_index(escape="html", axis=1)

@@ -66,19 +66,12 @@ _ON_SILENT = ("raise", "warn")
 
 
 class _CheckedError(WorkbenchError):
-    """The house message, then one line per problem (``details``)."""
+    """The house message, then one line per problem (``details``). DCP pickles it to every rank
+    (scatter_object): `WorkbenchError` rebuilds itself from its parts."""
 
     def __str__(self) -> str:
         details = self.facts.get("details")
         return super().__str__() + (f"\n{details}" if details else "")
-
-    def __reduce__(self):
-        # DCP pickles it to every rank (scatter_object); the default rebuilds from args only
-        return _rebuild, (type(self), self.fqn, self.what, self.expectation, self.fix, self.facts)
-
-
-def _rebuild(cls, fqn, what, expectation, fix, facts):
-    return cls(fqn, what, expectation, fix, **facts)
 
 
 class CheckedLoadError(_CheckedError):

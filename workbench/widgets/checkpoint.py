@@ -91,15 +91,25 @@ class CheckpointExplorer(Explorer):
     """Explore a real checkpoint directory (or a whole-model save plan) loaded into a target:
     a filterable list of tensors with their problem counts, the selected tensor's overlay, saved
     chunks, read items and problems, and the I/O summary per rank. See `plan_checkpoint` for
-    ``source`` and ``target``; ``.result`` is the last `CheckpointResult`."""
+    ``source`` and ``target`` (a checkpoint by fsspec URL is opened with ``storage_options``);
+    ``.result`` is the last `CheckpointResult`."""
 
-    def __init__(self, source, target=None, *, rank: int = 0, only_problems: bool = False):
+    def __init__(
+        self,
+        source,
+        target=None,
+        *,
+        rank: int = 0,
+        only_problems: bool = False,
+        storage_options: dict | None = None,
+    ):
         super().__init__()
         self._source = source
+        self._storage_options = storage_options
         self._shown = None  # (fqn, dims) on the canvas: a rank change keeps the zoom
         # a captured target (workbench.capture) names the build() it came from
         self._target_name = getattr(target, "build", None) if isinstance(target, Mapping) else None
-        self.plan = plan_checkpoint(source, target)
+        self.plan = plan_checkpoint(source, target, storage_options=storage_options)
         world = self.plan.load.world_size if self.plan.load is not None else 1
         # The target boxes show the target really planned, and a change re-plans the whole
         # checkpoint (the expensive step): the preset box takes a preset (with the recipe and
@@ -202,7 +212,7 @@ class CheckpointExplorer(Explorer):
         the message panel and the last plan stays."""
         try:
             boxes = target_boxes(target)
-            plan = plan_checkpoint(self._source, target)
+            plan = plan_checkpoint(self._source, target, storage_options=self._storage_options)
         except WorkbenchError as err:
             show_message(self.message, err)
             return

@@ -53,8 +53,9 @@ def note(text: str) -> dict:
 
 
 def styled(df, columns, highlight_row: int | None = None):
-    """The shown columns of a table, rank columns in the ranks' colours, one row lit, every cell
-    and label HTML-escaped (pandas' Styler does not escape by default)."""
+    """The shown columns of a table as `tables.style_by_rank` styles them (rank columns in the
+    ranks' colours, bytes in human units with the exact count on hover, every cell and label
+    HTML-escaped: pandas' Styler does not escape by default), one row lit."""
     from ..tables import style_by_rank
 
     styler = style_by_rank(df[[c for c in columns if c in df.columns]].reset_index(drop=True))
@@ -66,7 +67,7 @@ def styled(df, columns, highlight_row: int | None = None):
             ],
             axis=1,
         )
-    styler = styler.format(escape="html").format_index(escape="html", axis=1)
+    # (no second .format: it would replace style_by_rank's byte formatter)
     return styler.hide(axis="index").set_properties(**{"text-align": "left"})
 
 

@@ -188,9 +188,11 @@ class ReshardResult(_StaticPicture):
 
 @lru_cache(maxsize=32)
 def _reshard_plans(spec: ReshardSpec):
-    """(save, load, problems) of a spec, cached: a rank or dims change re-plans nothing."""
+    """(save, load, problems, their table) of a spec, cached: a rank or dims change re-plans
+    nothing."""
     from ..diagnosis import find_save_problems
     from ..planning import plan_load, plan_save
+    from ..tables import problems_table
 
     save = plan_save(
         {
@@ -209,7 +211,8 @@ def _reshard_plans(spec: ReshardSpec):
         },
         torch_version=spec.torch_version,
     )
-    return save, load, tuple(find_save_problems(save)) + tuple(load.problems)
+    problems = tuple(find_save_problems(save)) + tuple(load.problems)
+    return save, load, problems, problems_table(problems)
 
 
 def explore_reshard(
@@ -232,7 +235,7 @@ def explore_reshard(
     plan it (default `versions.default_torch_version`).
     """
     from ..picture_data import reshard_data
-    from ..tables import problems_table, read_items_table
+    from ..tables import read_items_table
 
     spec = ReshardSpec(
         shape=parse_ints(shape, "shape"),
@@ -263,7 +266,7 @@ def explore_reshard(
             "Use a real tensor size.",
             shape=spec.shape,
         )
-    save, load, problems = _reshard_plans(spec)
+    save, load, problems, table = _reshard_plans(spec)
     reads = read_items_table(load, FQN, rank=int(rank))  # raises for a rank outside the world
     picture = reshard_data(save, load, FQN, int(rank), dims=dims)
     return ReshardResult(
@@ -274,7 +277,7 @@ def explore_reshard(
         load,
         reads,
         problems,
-        problems_table(problems),
+        table,
         picture,
     )
 
@@ -300,7 +303,7 @@ class CheckpointPlan:
         return Counter(p.fqn for p in self.problems)
 
 
-def plan_checkpoint(source, target=None) -> CheckpointPlan:
+def plan_checkpoint(source, target=None, *, storage_options: dict | None = None) -> CheckpointPlan:
     """Plan loading ``source`` into ``target`` on every rank: the `CheckpointExplorer`'s one
     expensive step.
 
@@ -309,7 +312,8 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
     (``planning.plan_save``). ``target``: any form `targets.as_target` takes (a spec such as
     ``"llama-70b:fsdp2+tp:dp=8,tp=8"``, a JSON file, ``{fqn: Layout}``, ``(preset, recipe,
     mesh_shape)``, a state dict), or None: a save result is then loaded back into its own
-    layouts, a directory is only listed.
+    layouts, a directory is only listed. A directory may be an fsspec URL (``s3://``,
+    ``file://``...), opened with ``storage_options`` as `checkpoint.open_checkpoint` opens it.
     """
     from ..diagnosis import find_save_problems
     from ..planning import plan_load
@@ -325,7 +329,7 @@ def plan_checkpoint(source, target=None) -> CheckpointPlan:
     elif isinstance(source, (str, os.PathLike)):  # any format's reader, no code run
         from ..checkpoint import open_checkpoint
 
-        ckpt = open_checkpoint(source)
+        ckpt = open_checkpoint(source, storage_options=storage_options)
         # model shapes: Megatron's flattened_range tensors drawn as the boxes of the model tensor
         metadata, name, fmt, facts = ckpt.model_metadata, str(source), ckpt.format, ckpt.facts()
     else:

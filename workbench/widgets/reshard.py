@@ -58,6 +58,7 @@ class ReshardExplorer(Explorer):
     def __init__(self, classic: str = DEFAULT_CLASSIC, *, rank: int = 0, dims: str = "0, 1"):
         super().__init__()
         self._shown = None  # (spec, dims) on the canvas: a rank change keeps the zoom
+        self._problems_shown = None  # the problems table shown (the same for every rank)
         classic_controls(classic)
         self.classic = dropdown(
             list(CLASSIC_RESHARDS), classic, "start from", "wb-classic", width="24em"
@@ -86,7 +87,9 @@ class ReshardExplorer(Explorer):
             self.rank,
             self.dims,
         )
-        controls = W.VBox([self.classic, *inputs])
+        # the column keeps its width ("start from" is wider than the boxes) and the canvas
+        # takes the rest, instead of the canvas sliding over the dropdown
+        controls = W.VBox([self.classic, *inputs], layout=W.Layout(flex="0 0 auto"))
         self.widget = with_class(
             W.VBox(
                 [
@@ -163,6 +166,9 @@ class ReshardExplorer(Explorer):
             selected_rank=r.rank,
         )
         self._shown = shown
+        if r.problems_table is self._problems_shown:
+            return  # a rank change: same plans, same problems, nothing to re-render
+        self._problems_shown = r.problems_table
         self.problems.outputs = (
             (mime(styled(r.problems_table, PROBLEM_COLUMNS)),)
             if r.problems

@@ -276,19 +276,35 @@ def _boxes_of(chunks, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-_SAVED_CACHE: OrderedDict = OrderedDict()
+_LAYER_CACHE: OrderedDict = OrderedDict()
+
+
+def _cached(objs: tuple, params: tuple, make):
+    """``make()``, kept for the last few (``objs`` by identity, ``params``) keys: the parts of a
+    chunk scene that do not change with the load rank. Each entry holds its ``objs``, so their
+    ids are not reused while it is kept; the records are not modified once made."""
+    key = (tuple(map(id, objs)), params)
+    hit = _LAYER_CACHE.get(key)
+    if hit is not None:
+        _LAYER_CACHE.move_to_end(key)
+        return hit[1]
+    value = make()
+    _LAYER_CACHE[key] = (objs, value)
+    while len(_LAYER_CACHE) > 16:
+        _LAYER_CACHE.popitem(last=False)
+    return value
 
 
 def _saved_facts(metadata, fqn: str, tsm, nd: int):
     """(offsets, sizes, file names, facts (file #, byte offset, byte length), writers) of the
-    saved chunks of ``fqn``; the last few kept, keyed by the records' identity (a widget
-    stepping through load ranks looks the 4096 storage entries up once)."""
+    saved chunks of ``fqn``, cached on the records (a widget stepping through load ranks looks
+    the 4096 storage entries up once)."""
     storage = storage_data_of(metadata)
-    key = (id(tsm), id(storage), fqn)
-    hit = _SAVED_CACHE.get(key)
-    if hit is not None and hit[0] is tsm and hit[1] is storage:
-        _SAVED_CACHE.move_to_end(key)
-        return hit[2]
+    return _cached((tsm, storage), ("saved facts", fqn), lambda: _read_facts(storage, fqn, tsm, nd))
+
+
+def _read_facts(storage, fqn: str, tsm, nd: int):
+    """`_saved_facts` computed from the storage map."""
     offs, sizes = _boxes_of(tsm.chunks, nd)
     infos = chunk_storage(storage, fqn, tsm)
     files: list[str] = []
@@ -313,11 +329,45 @@ def _saved_facts(metadata, fqn: str, tsm, nd: int):
     missing = np.isnan(facts[:, 2])
     if missing.any():
         facts[missing, 2] = np.prod(sizes[missing], axis=1) * tsm.properties.element_size
-    value = (offs, sizes, files, facts, writers)
-    _SAVED_CACHE[key] = (tsm, storage, value)
-    while len(_SAVED_CACHE) > 8:
-        _SAVED_CACHE.popitem(last=False)
-    return value
+    return offs, sizes, files, facts, writers
+
+
+def _saved_layer(offs, sizes, facts, writers, n_writers, row, col, at, alpha) -> dict:
+    """`_Builder.add` keywords of the saved chunks drawn in the slab ``at``."""
+    keep, rects = _rects(offs, sizes, row, col, at)
+    idx = np.flatnonzero(keep)
+    return dict(
+        boxes=rects,
+        fills=_rank_fills(writers[idx], alpha, n_writers),
+        ranks=writers[idx],
+        items=idx,
+        facts=facts[idx],
+        extents=np.concatenate([offs, sizes], axis=1)[keep],
+    )
+
+
+def _saved_labels(idx: np.ndarray, writers: np.ndarray) -> list[list]:
+    """The saved tiles' labels ``#i rW`` (tile j is saved chunk ``idx[j]``), up to 4096 tiles."""
+    if len(idx) > 4096:
+        return []
+    return [
+        [j, f"#{i}" + (f" r{w}" if w >= 0 else ""), 1]
+        for j, (i, w) in enumerate(zip(idx.tolist(), writers[idx].tolist()))
+    ]
+
+
+def _wanted(layout, row, col, at) -> dict:
+    """`_Builder.add` keywords (boxes, ranks, extents) of every load rank's destination chunks
+    drawn in the slab ``at``."""
+    nd = layout.ndim
+    wr = [r for r, cs in enumerate(layout.rank_chunks) for _ in cs]
+    wo, ws = _boxes_of([c for cs in layout.rank_chunks for c in cs], nd)
+    keep, rects = _rects(wo, ws, row, col, at)
+    return dict(
+        boxes=rects,
+        ranks=np.array(wr, np.int64).reshape(-1)[keep],
+        extents=np.concatenate([wo, ws], axis=1)[keep],
+    )
 
 
 def chunk_scene(
@@ -358,49 +408,29 @@ def chunk_scene(
     # saved chunks: writer colour, file and byte range (the same for every load rank: cached)
     offs, sizes, files, facts, writers = _saved_facts(metadata, fqn, tsm, nd)
     n_writers = int(writers.max()) + 1 if len(writers) and writers.max() >= 0 else 0
-    keep, rects = _rects(offs, sizes, row, col, at)
-    idx = np.flatnonzero(keep)
-    ext = np.concatenate([offs, sizes], axis=1)[keep]
     alpha = 0.45 if load is not None else 0.9
-    first_saved = b.add(
-        "saved",
-        rects,
-        _rank_fills(writers[idx], alpha, n_writers),
-        writers[idx],
-        idx,
-        facts[idx],
-        ext,
+    saved = _cached(
+        (tsm, writers),
+        ("saved", row, col, tuple(at.items()), alpha),
+        lambda: _saved_layer(offs, sizes, facts, writers, n_writers, row, col, at, alpha),
     )
-    if len(idx) <= 4096:
-        for j, i in enumerate(idx.tolist()):
-            w = writers[i]
-            b.label(first_saved + j, f"#{i}" + (f" r{w}" if w >= 0 else ""), 1)
+    idx = saved["items"]
+    b.add("saved", **saved)  # the first layer: its tiles' numbers are its labels' own
+    b.labels.extend(_cached((tsm, writers), ("saved labels", row, col, tuple(at.items())),
+                            lambda: _saved_labels(idx, writers)))  # fmt: skip
 
     read_rows: list = []
     if same_rank:
-        # the other ranks' destination chunks: where a click selects that load rank
-        wr, wo, ws = [], [], []
-        for r, cs in enumerate(layout.rank_chunks):
-            if r == rank:
-                continue
-            for c in cs:
-                wr.append(r)
-                wo.append(c.offsets)
-                ws.append(c.sizes)
-        if wr:
-            wo_a = np.array(wo, np.int64).reshape(-1, nd)
-            ws_a = np.array(ws, np.int64).reshape(-1, nd)
-            keep_w, rects_w = _rects(wo_a, ws_a, row, col, at)
-            ranks_w = np.array(wr, np.int64)[keep_w]
-            b.add(
-                "wanted",
-                rects_w,
-                0,
-                ranks_w,
-                -1,
-                None,
-                np.concatenate([wo_a, ws_a], axis=1)[keep_w],
-            )
+        # the other ranks' destination chunks: where a click selects that load rank (every
+        # rank's, cached per layout and slab, then this rank's left out)
+        wanted = _cached(
+            (layout,),
+            ("wanted", row, col, tuple(at.items())),
+            lambda: _wanted(layout, row, col, at),
+        )
+        others = wanted["ranks"] != rank
+        if others.any():
+            b.add("wanted", **{k: v[others] for k, v in wanted.items()}, fills=0, items=-1)
         # the rank's read items, numbered by their place in the rank's LoadPlan (the tables'
         # ``order``, 0-based)
         pairs = [(k, it) for k, it in enumerate(load.plans[rank].items) if it.dest_index.fqn == fqn]
@@ -430,7 +460,7 @@ def chunk_scene(
     if same_rank and mine:
         mo, ms = _boxes_of(mine, nd)
         keep_t, rects_t = _rects(mo, ms, row, col, at)
-        b.add(
+        first_target = b.add(
             "target",
             rects_t,
             0,
@@ -439,6 +469,10 @@ def chunk_scene(
             None,
             np.concatenate([mo, ms], axis=1)[keep_t],
         )
+        # named where its reads' labels do not fit (a full view of a large tensor): placed
+        # after them, so zoomed in the reads win the room
+        for j in range(int(keep_t.sum())):
+            b.label(first_target + j, f"rank {rank}", 2)
     if reads is not None and len(reads):
         cols = [
             c
@@ -450,8 +484,9 @@ def chunk_scene(
             read_rows.append([None if _isnan(v) else _plain(v) for v in rec])
     else:
         cols = []
+    shown_writers = np.unique(writers[idx])
     legend = _rank_legend(
-        n_writers, sorted({int(w) for w in writers[idx] if w >= 0}), "writer", (writers < 0).any()
+        n_writers, shown_writers[shown_writers >= 0].tolist(), "writer", (writers < 0).any()
     )
     if load is not None:
         legend["entries"] += [

@@ -67,7 +67,8 @@ class ReadOrderStepper(Explorer):
             "wb-play",
         )
         W.jslink((self.play, "value"), (self.step, "value"))
-        self.speed = dropdown(list(SPEEDS), "normal", "speed", "wb-speed", width="12em")
+        # room for the longest speed ("fastest") beside the 8.5em description
+        self.speed = dropdown(list(SPEEDS), "normal", "speed", "wb-speed", width="16em")
         self.caption = with_class(W.HTML(), "wb-caption")
         self.canvas = with_class(ChunkCanvas(height=400), "wb-picture")
         self.widget = with_class(

@@ -12,7 +12,7 @@ from workbench.diagnosis import find_checkpoint_problems, find_problems
 from workbench.geometry import Chunk
 from workbench.planning import plan_load, plan_save
 from workbench.records import Metadata, TensorProperties, TensorStorageMetadata
-from workbench.sharding import dtensor_layout
+from workbench.sharding import dtensor_layout, tensor_layout
 
 
 def _brute_io(res):
@@ -154,3 +154,22 @@ def test_io_of_a_read_checkpoint_answers_storage_rows_at_once(tmp_path):
         else:
             assert a == b, f.name
     assert columns.bytes_read.sum() > columns.bytes_needed.sum() > 0
+
+
+def test_load_balanced_dedup_past_int64_loads_matches_the_scalar_helpers():
+    # charges of 2**62 bytes per key: the writers' loads leave int64, so the balance runs on
+    # Python ints as torch does; writers as the scalar mirror of dedup_save_plans chooses them
+    from support import helpers_save, metadata_key, write_key
+
+    sd = {
+        "huge": tensor_layout((2**60,), 3, "float32"),
+        "small": tensor_layout((4,), 3, "float32"),
+        "huge2": tensor_layout((2**60,), 3, "float32"),
+    }
+    res = plan_save(sd)
+    _, plans, md, _ = helpers_save(sd, False)
+    assert [[write_key(i) for i in p.items] for p in res.plans] == [
+        [write_key(i) for i in p.items] for p in plans
+    ]
+    assert metadata_key(res.metadata) == metadata_key(md)
+    assert res.writers == {"huge": [0], "small": [1], "huge2": [2]}

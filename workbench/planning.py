@@ -489,7 +489,16 @@ def _balance(entries: list[_SaveEntry], ws: int) -> None:
         if e.pattern is not None:
             before[f + 1] = e.pattern.unshared_cnt[r0a] * charge[f]
     before = np.cumsum(before, axis=0).tolist()
-    won = [0] * ws
+    # every key is charged once, so no load exceeds the sum of all charges: int64 below 2**62,
+    # else Python ints as torch
+    total = sum(
+        charge[f] * len(e.pattern.key_first) for f, e in enumerate(entries) if e.pattern is not None
+    )
+    won = np.zeros(ws, np.int64) if total < 2**62 else None
+    won_list = [0] * ws
+    # the iteration order of the set torch builds (holders added in plan order), once per
+    # holder list: min() over it keeps the first minimum, and so does argmin over the array
+    set_orders: dict[int, tuple[list, np.ndarray]] = {}
     for r0, f, k in rows:
         pat = entries[f].pattern
         first_of_r0 = int(np.searchsorted(pat.key_rank, r0))
@@ -497,11 +506,25 @@ def _balance(entries: list[_SaveEntry], ws: int) -> None:
             before[f][col[r0]]
             + int(pat.unshared_before[k] - pat.unshared_before[first_of_r0]) * charge[f]
         )
-        holders = set()
-        for h in pat.key_holders[k]:
-            holders.add(h)
-        w = min(holders, key=lambda h: won[h] + (own if h == r0 else 0))
-        won[w] += charge[f]
+        holders = pat.key_holders[k]
+        if won is None:
+            in_order = set()
+            for h in holders:
+                in_order.add(h)
+            w = min(in_order, key=lambda h: won_list[h] + (own if h == r0 else 0))
+            won_list[w] += charge[f]
+        else:
+            hit = set_orders.get(id(holders))
+            if hit is None:
+                in_order = set()
+                for h in holders:
+                    in_order.add(h)
+                hit = set_orders[id(holders)] = (holders, np.fromiter(in_order, np.int64))
+            order = hit[1]
+            load = won[order]
+            load[order == r0] += own
+            w = int(order[int(np.argmin(load))])
+            won[w] += charge[f]
         entries[f].selected[k] = w
 
 

@@ -9,6 +9,7 @@ ShardedTensor-style explicit chunks, or a non-tensor (bytes) entry. Imports geom
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import re
@@ -742,11 +743,12 @@ def _named(fqn, build, *args):
         raise PlacementError(fqn, e.what, e.expectation, e.fix, **e.facts) from None
 
 
-@lru_cache(maxsize=4096)
-def _dtensor_layout(shape, mesh, pl, dtype, world_size, mesh_ranks, version):
-    n = math.prod(mesh)
-    at = mesh_ranks or range(n)  # global rank of each row-major mesh position
-    chunks: list[tuple[Chunk, ...]] = [()] * world_size
+@lru_cache(maxsize=1024)
+def _mesh_boxes(shape, mesh, pl, version) -> tuple[tuple[tuple[Chunk, ...], ...], tuple[int, ...]]:
+    """Each row-major mesh position's chunk and the positions whose box is not their data: one
+    computation per (shape, mesh, placements), whichever global ranks the mesh has (every
+    pipeline stage's layers share it)."""
+    chunks = []
     bad = []
     # Only _StridedShard can make DCP's box differ from the data with the newest maths (dims are
     # normalised, so no tensor dim is named twice under two spellings); older maths can also
@@ -755,12 +757,30 @@ def _dtensor_layout(shape, mesh, pl, dtype, world_size, mesh_ranks, version):
     check = maths != "2.10" or any(isinstance(p, StridedShard) for p in pl)
     # Shard-only placements factorise per mesh dim; still one walk per rank keeps torch's order
     # of composition exact and costs ~10 us a rank, cached per (shape, mesh, placements).
-    for i in range(n):
-        coord = tuple(int(c) for c in np.unravel_index(i, mesh)) if mesh else ()
-        box = _versioned_box(shape, mesh, coord, pl, version, None)
-        chunks[at[i]] = (Chunk(box[1], box[0]),)
+    # product() walks the mesh in row-major order, as np.unravel_index numbers it.
+    for i, coord in enumerate(itertools.product(*map(range, mesh))):
+        if i == 0:  # what this version refuses whatever the coordinate is raised here
+            box = _versioned_box(shape, mesh, coord, pl, version, None)
+        else:
+            try:
+                box = _local_shape_and_offset(shape, mesh, coord, pl, maths)
+            except TorchMathsError:
+                box = _versioned_box(shape, mesh, coord, pl, version, None)  # raises
+        chunks.append((Chunk(box[1], box[0]),))
         if check and not _matches(shape, mesh, coord, pl, box):
-            bad.append(at[i])
+            bad.append(i)
+    return tuple(chunks), tuple(bad)
+
+
+@lru_cache(maxsize=4096)
+def _dtensor_layout(shape, mesh, pl, dtype, world_size, mesh_ranks, version):
+    n = math.prod(mesh)
+    at = mesh_ranks or range(n)  # global rank of each row-major mesh position
+    chunks: list[tuple[Chunk, ...]] = [()] * world_size
+    boxes, bad_at = _mesh_boxes(shape, mesh, pl, version)
+    for i, box in enumerate(boxes):
+        chunks[at[i]] = box
+    bad = [at[i] for i in bad_at]
     return Layout(
         kind="dtensor",
         shape=shape,

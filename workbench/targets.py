@@ -379,7 +379,18 @@ def json_target(data, path: str = "<target>") -> dict[str, Layout]:
         _check_entry(fqn, e, path)
     try:
         world = _target_world(doc, path)
-        return {fqn: _entry_layout(fqn, e, world) for fqn, e in doc.items()}
+        # equal entries (every layer's weights of a stage) are built once and share a Layout
+        built: dict[tuple, Layout] = {}
+        out = {}
+        for fqn, e in doc.items():
+            key = _entry_key(e)
+            lay = built.get(key) if key is not None else None
+            if lay is None:
+                lay = _entry_layout(fqn, e, world)
+                if key is not None:
+                    built[key] = lay
+            out[fqn] = lay
+        return out
     except WorkbenchError:
         raise
     except (TypeError, ValueError, AttributeError, OverflowError) as e:  # "4" or 1e999 for an int
@@ -438,9 +449,12 @@ def _target_world(doc: dict, path: str) -> int:
         for key in ("mesh", "ranks", "mesh_ranks", "world_size"):
             v = e.get(key)
             vals = v if isinstance(v, list) else [] if v is None else [v]
-            if any(type(x) is not int for x in vals):
+            # set / min / max run in C: a 16,384-rank target holds millions of mesh ranks
+            if not set(map(type, vals)) <= {int}:
                 raise TypeError(f"{key} {brief(v, 40)} is not an int or a list of ints")
-            if len(vals) > MAX_TARGET_WORLD or any(not 0 <= x <= MAX_TARGET_WORLD for x in vals):
+            if len(vals) > MAX_TARGET_WORLD or (
+                vals and not 0 <= min(vals) <= max(vals) <= MAX_TARGET_WORLD
+            ):
                 raise PlanError(
                     fqn,
                     f"target entry's {key} {brief(v, 60)} is out of range",
@@ -467,6 +481,28 @@ def _target_world(doc: dict, path: str) -> int:
             path=path,
         )
     return world
+
+
+_PLAIN_KEYS = frozenset(("shape", "dtype", "mesh", "placements", "mesh_ranks", "world_size"))
+
+
+def _entry_key(e: dict) -> tuple | None:
+    """A key equal for entries that build equal layouts: a plain tensor or DTensor entry whose
+    values are ints, lists of ints and strings (exactly: ``true`` is not ``1`` here); None for
+    any other entry, built on its own."""
+    if not e.keys() <= _PLAIN_KEYS:
+        return None
+    key = []
+    for k in sorted(e):
+        v = e[k]
+        if type(v) is list:
+            if not set(map(type, v)) <= {int}:
+                return None
+            v = tuple(v)
+        elif type(v) not in (int, str):
+            return None
+        key.append((k, v))
+    return tuple(key)
 
 
 def _entry_layout(fqn: str, e: dict, world: int) -> Layout:

@@ -24,8 +24,10 @@ Imports the standard library and ``workbench.errors`` only (no torch, no numpy).
 from __future__ import annotations
 
 import json
+import re
 import reprlib
 from dataclasses import dataclass
+from itertools import accumulate
 
 from ..errors import InputLimitError, MetadataError
 
@@ -127,36 +129,32 @@ class JsonLimits:
     max_number_digits: int = 100
 
 
+# A JSON string: its quotes and what they hold, escapes included (the unrolled loop matches in
+# C, linearly); what is left outside strings is the structure, numbers and literals.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}.__getitem__
+# a run of number characters outside strings longer than the digits cap (true / false / null
+# hold one "e" at most, between letters)
+_LONG_NUMBER = "[-+.eE0-9]{%d,}"
+
+
+def _outside_strings(text: str) -> str:
+    """``text`` with its strings removed, cut where an unterminated string starts."""
+    bare = _JSON_STRING.sub("", text)
+    cut = bare.find('"')
+    return bare if cut < 0 else bare[:cut]
+
+
 def json_depth(text: str) -> int:
-    """The deepest ``[`` / ``{`` nesting of a JSON text, strings skipped (linear, no recursion)."""
-    depth = best = 0
-    i, n = 0, len(text)
-    find = text.find
-    while i < n:
-        c = text[i]
-        if c == '"':
-            # skip the string: the next quote not escaped by an odd run of backslashes
-            j = i + 1
-            while True:
-                j = find('"', j)
-                if j < 0:
-                    return best  # unterminated: json.loads reports it
-                k = j - 1
-                while text[k] == "\\":
-                    k -= 1
-                if (j - k) % 2 == 1:
-                    break
-                j += 1
-            i = j + 1
-            continue
-        if c == "[" or c == "{":
-            depth += 1
-            if depth > best:
-                best = depth
-        elif c == "]" or c == "}":
-            depth -= 1
-        i += 1
-    return best
+    """The deepest ``[`` / ``{`` nesting of a JSON text, strings skipped (linear, no recursion;
+    an unterminated string ends the scan, json.loads reports it)."""
+    return _depth(_outside_strings(text))
+
+
+def _depth(bare: str) -> int:
+    brackets = _NOT_BRACKET.sub("", bare).encode("ascii")
+    return max(0, max(accumulate(map(_BRACKET_STEP, brackets)), default=0))
 
 
 def _number(limit: int, source: str, kind):
@@ -197,7 +195,8 @@ def read_json(data, source: str = "<json>", limits: JsonLimits = JsonLimits(), e
             ) from None
     else:
         text = data
-    depth = json_depth(text)
+    bare = _outside_strings(text)
+    depth = _depth(bare)
     if depth > limits.max_depth:
         raise InputLimitError(
             source,
@@ -206,12 +205,19 @@ def read_json(data, source: str = "<json>", limits: JsonLimits = JsonLimits(), e
             "The file is damaged or crafted.",
             depth=depth,
         )
+    # json's own int and float parse numbers in C; the checking parsers (a Python call per
+    # number) only when some number may be too long
+    long_number = re.search(_LONG_NUMBER % (limits.max_number_digits + 1), bare)
+    numbers = (
+        {
+            "parse_int": _number(limits.max_number_digits, source, int),
+            "parse_float": _number(limits.max_number_digits, source, float),
+        }
+        if long_number
+        else {}
+    )
     try:
-        return json.loads(
-            text,
-            parse_int=_number(limits.max_number_digits, source, int),
-            parse_float=_number(limits.max_number_digits, source, float),
-        )
+        return json.loads(text, **numbers)
     except json.JSONDecodeError as e:
         raise error(
             source,

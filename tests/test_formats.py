@@ -778,3 +778,39 @@ def test_format_tables_of_megatron_and_none_for_hf():
         "rng_state"
     ]
     assert format_tables(open_checkpoint(DATA / "hf")) == {}
+
+
+# ----------------------------------------------------------------------------- damage on columns
+def _one_by_one(ck):
+    """Each saved chunk's storage entry, looked up key by key as torch's reader does."""
+    out = []
+    for fqn, entry in ck.metadata.state_dict_metadata.items():
+        offsets = [None] if entry.__class__.__name__ == "BytesStorageMetadata" else None
+        offsets = offsets or [c.offsets for c in entry.chunks]
+        out += [ck.metadata.storage_data.get(wb.dcp.MetadataIndex(fqn, o)) for o in offsets]
+    return out
+
+
+@pytest.mark.parametrize("name", ["megatron", "megatron_015", "megatron_flat"])
+def test_chunk_rows_match_the_lookups_torch_does(name):
+    ck = open_checkpoint(DATA / name)
+    st_ = ck.metadata.storage_data
+    rows = st_.chunk_rows(ck.metadata.state_dict_metadata)
+    got = [(st_.paths[st_.path_id[r]], int(st_.offset[r]), int(st_.length[r])) for r in rows]
+    want = [(i.relative_path, i.offset, i.length) for i in _one_by_one(ck)]
+    assert got == want and ck.damaged_chunks == [] and len(ck.problems()) == 0
+
+
+def test_a_chunk_without_storage_entry_is_found_on_the_columns(tmp_path):
+    import torch.distributed.checkpoint  # noqa: F401 - the pickle's classes
+
+    d = _copy("megatron", tmp_path)
+    md = pickle.loads((d / ".metadata").read_bytes())
+    key = next(k for k in md.storage_data if k.offset is not None)
+    del md.storage_data[key]
+    (d / ".metadata").write_bytes(pickle.dumps(md))
+    ck = open_checkpoint(d)
+    assert type(ck.metadata.storage_data).__name__ == "StorageColumns"
+    assert ck.metadata.storage_data.chunk_rows(ck.metadata.state_dict_metadata).min() == -1
+    assert [(c.fqn, c.chunk.offsets) for c in ck.unlisted_chunks] == [(key.fqn, tuple(key.offset))]
+    assert [p.kind for p in ck.problems()] == ["unlisted_chunk"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .diagnosis import Problem, Problems, find_checkpoint_problems
 from .errors import MetadataError, WorkbenchError
 from .formats import read_checkpoint
+from .formats.columns import StorageColumns
 from .formats.dcp_files import writer_of_file
 from .formats.distcp import describe_item, expected_storage_bytes
 from .formats.hf_safetensors import INDEX_NAME
@@ -82,11 +86,12 @@ class SavedChunk:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint directory: its `Metadata` and every saved chunk in metadata order."""
+    """A checkpoint directory: its `Metadata` and every saved chunk in metadata order
+    (``chunks``, built on first use: a 16,384-rank save lists a million; planning, the damage
+    check and the pictures read the metadata's columns instead)."""
 
     path: str
     metadata: Metadata
-    chunks: tuple[SavedChunk, ...]
     file_sizes: dict[str, int | None]  # every data file the metadata names -> size or None
     format: str = "dcp"  # "dcp", "megatron" or "hf" (formats.FORMATS)
     # what the format records beyond DCP's Metadata: formats.megatron.MegatronInfo,
@@ -159,6 +164,47 @@ class Checkpoint:
             return {"format": "dcp", "version": md.version}
         return self.format_info.facts()
 
+    @functools.cached_property
+    def chunks(self) -> tuple[SavedChunk, ...]:
+        """Every saved item in metadata order, with its storage entry (``storage_data[
+        MetadataIndex(fqn, chunk.offsets)]``, as torch's readers look it up) and its file's size."""
+        md, sizes = self.metadata, self.file_sizes
+        storage = md.storage_data or {}
+        chunks = []
+        for fqn, entry in md.state_dict_metadata.items():
+            if isinstance(entry, BytesStorageMetadata):
+                items = [(0, None, MetadataIndex(fqn))]
+            else:
+                items = [(i, c, MetadataIndex(fqn, c.offsets)) for i, c in enumerate(entry.chunks)]
+            for pos, chunk, key in items:
+                info = storage.get(key)
+                chunks.append(
+                    SavedChunk(
+                        fqn=fqn,
+                        position=pos,
+                        chunk=chunk,
+                        storage=info,
+                        writer_rank=None if info is None else writer_of_file(info.relative_path),
+                        file_size=None if info is None else sizes[info.relative_path],
+                    )
+                )
+        return tuple(chunks)
+
+    @functools.cached_property
+    def _undamaged(self) -> bool:
+        """True when, on the metadata's columns, every data file is there, every chunk has a
+        storage entry and every byte range is inside its file: the damage lists are then empty
+        without a record per chunk (False: look chunk by chunk)."""
+        storage = self.metadata.storage_data
+        if not isinstance(storage, StorageColumns) or self.missing_files:
+            return False
+        rows = storage.chunk_rows(self.metadata.state_dict_metadata)
+        if rows is None or (rows < 0).any():
+            return False
+        size_of = np.array([self.file_sizes.get(p, -1) for p in storage.paths], np.int64)
+        ends = storage.offset[rows] + storage.length[rows]
+        return bool((ends <= size_of[storage.path_id[rows]]).all())
+
     @property
     def keys(self) -> list[str]:
         return list(self.metadata.state_dict_metadata)
@@ -170,16 +216,22 @@ class Checkpoint:
     @property
     def unlisted_chunks(self) -> list[SavedChunk]:
         """Chunks of the metadata without a storage entry."""
+        if self._undamaged:
+            return []
         return [c for c in self.chunks if c.storage is None]
 
     @property
     def truncated_chunks(self) -> list[SavedChunk]:
+        if self._undamaged:
+            return []
         return [c for c in self.chunks if c.truncated]
 
     @property
     def damaged_chunks(self) -> list[SavedChunk]:
         """Chunks torch's reader fails on: data file missing, byte range past its end, or no
         storage entry."""
+        if self._undamaged:
+            return []
         return [c for c in self.chunks if c.file_missing or c.truncated or c.storage is None]
 
     def chunks_of(self, fqn: str) -> list[SavedChunk]:
@@ -193,7 +245,7 @@ class Checkpoint:
         """`Problem`s (severity ``error``: torch's reader raises mid-load) for missing data files
         and byte ranges past their file's end (fqn: the file; ranks: its writers) and chunks
         without a storage entry (fqn: the entry)."""
-        return Problems(_damage(self))
+        return Problems([] if self._undamaged else _damage(self))
 
     def __repr__(self) -> str:
         # the chunks of a whole model are thousands of records: the plain text is a summary
@@ -222,42 +274,31 @@ def open_checkpoint(
     ``storage_options``: the sizes then come from the listing and no tensor data is read."""
     read = read_checkpoint(path, rank, storage_options=storage_options)
     directory, md = read.directory, read.metadata
-    storage = md.storage_data or {}
     sizes = {}
-    for info in storage.values():
-        if info.relative_path not in sizes:
-            if read.files is not None:  # object storage: the listing's sizes
-                sizes[info.relative_path] = read.files.get(info.relative_path)
-                continue
-            f = directory / info.relative_path
-            sizes[info.relative_path] = f.stat().st_size if f.is_file() else None
-    chunks = []
-    for fqn, entry in md.state_dict_metadata.items():
-        if isinstance(entry, BytesStorageMetadata):
-            items = [(0, None, MetadataIndex(fqn))]
-        else:
-            items = [(i, c, MetadataIndex(fqn, c.offsets)) for i, c in enumerate(entry.chunks)]
-        for pos, chunk, key in items:
-            info = storage.get(key)
-            chunks.append(
-                SavedChunk(
-                    fqn=fqn,
-                    position=pos,
-                    chunk=chunk,
-                    storage=info,
-                    writer_rank=None if info is None else writer_of_file(info.relative_path),
-                    file_size=None if info is None else sizes[info.relative_path],
-                )
-            )
+    for name in _data_files(md.storage_data or {}):
+        if read.files is not None:  # object storage: the listing's sizes
+            sizes[name] = read.files.get(name)
+            continue
+        f = directory / name
+        sizes[name] = f.stat().st_size if f.is_file() else None
     return Checkpoint(
         path=str(directory),
         metadata=md,
-        chunks=tuple(chunks),
         file_sizes=sizes,
         format=read.format,
         format_info=read.info,
         location=read.location,
     )
+
+
+def _data_files(storage) -> list[str]:
+    """The files the storage entries name, in order of first use."""
+    rows = getattr(storage, "box_rows", None) if isinstance(storage, StorageColumns) else None
+    if rows is None:
+        return list(dict.fromkeys(info.relative_path for info in storage.values()))
+    ids = storage.path_id[rows[1]]
+    _, first = np.unique(ids, return_index=True)
+    return [storage.paths[i] for i in ids[np.sort(first)].tolist()]
 
 
 # ----------------------------------------------------------------------------- are the files all there

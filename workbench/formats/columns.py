@@ -251,6 +251,61 @@ class StorageColumns(MutableMapping):
         get = look.get
         return np.array([get(tuple(o), -1) for o in offsets.tolist()], np.int64).reshape(-1)
 
+    def chunk_rows(self, entries) -> np.ndarray | None:
+        """The value row of every chunk of ``entries`` (``state_dict_metadata``), in metadata
+        order (a bytes entry: one chunk, ``MetadataIndex(fqn)``), -1 where the mapping holds no
+        key for it: every lookup at once, on the arrays. None when it cannot answer that way
+        (the mapping or a chunk list was edited, or two keys share a row hash): look up one by
+        one then."""
+        if self._dict is not None:
+            return None
+        keys = self._key_matrix()[self._keys]
+        width = keys.shape[1] - 2
+        ids = self._fqn_ids()
+        if len(ids) != len(self.fqns):  # one fqn under two ids: keys split between them
+            return None
+        parts = []
+        for fqn, entry in entries.items():
+            chunks = getattr(entry, "chunks", None)
+            fid = ids.get(fqn, -1)
+            if chunks is None:  # a bytes entry
+                row = np.zeros((1, 2 + width), np.int64)
+                row[0, :2] = fid, -1
+                parts.append(row)
+                continue
+            arrays = getattr(chunks, "box_arrays", None)
+            if arrays is None:
+                return None
+            off = arrays[0]
+            rows = np.zeros((len(off), 2 + max(width, off.shape[1])), np.int64)
+            rows[:, 0] = fid if off.shape[1] <= width else -1  # wider offsets match no key
+            rows[:, 1] = off.shape[1]
+            rows[:, 2 : 2 + off.shape[1]] = off
+            parts.append(rows[:, : 2 + width])
+        if not parts:
+            return np.zeros(0, np.int64)
+        want = np.concatenate(parts)
+        if not len(keys):
+            return np.full(len(want), -1, np.int64)
+        # match by row hash, then compare the rows themselves: exact whatever the hashes
+        have_h = _row_mix(keys)
+        order = np.argsort(have_h)
+        sorted_h = have_h[order]
+        if (sorted_h[1:] == sorted_h[:-1]).any():
+            return None
+        want_h = _row_mix(want)
+        if len(want) == len(keys):  # a save's usual case: one key per chunk, none left over
+            w_order = np.argsort(want_h)
+            if np.array_equal(want_h[w_order], sorted_h):
+                out = np.empty(len(want), np.int64)
+                out[w_order] = self._value_row[order]
+                if (keys[order] == want[w_order]).all():
+                    return out
+        at = np.minimum(np.searchsorted(sorted_h, want_h), len(keys) - 1)
+        cand = order[at]
+        hit = (sorted_h[at] == want_h) & (keys[cand] == want).all(axis=1)
+        return np.where(hit, self._value_row[cand], -1)
+
     # -- Mapping ------------------------------------------------------------------------
     def _materialise(self) -> dict:
         if self._dict is None:
@@ -316,6 +371,17 @@ class _Items(ItemsView):
 
 
 # ----------------------------------------------------------------------------- hashing
+def _row_mix(rows: np.ndarray) -> np.ndarray:
+    """A cheap 64-bit mix of each int64 row (for matching rows that are then compared; not
+    Python's hash)."""
+    acc = np.zeros(len(rows), np.uint64)
+    with np.errstate(over="ignore"):
+        for col in rows.T:
+            acc = (acc ^ col.astype(np.uint64)) * _XXPRIME_1
+            acc ^= acc >> np.uint64(29)
+    return acc
+
+
 _P = (1 << 61) - 1  # CPython's modulus for int hashes (64-bit builds)
 _XXPRIME_1 = np.uint64(11400714785074694791)
 _XXPRIME_2 = np.uint64(14029467366897019727)

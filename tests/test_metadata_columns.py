@@ -242,6 +242,57 @@ def test_storage_columns_keep_dict_semantics():
     assert len(sc) == 3 and sc.box_rows is None
 
 
+_KEY = st.tuples(
+    st.sampled_from(["a", "b", "c"]),
+    st.one_of(st.none(), st.lists(st.integers(-3, 3), min_size=0, max_size=2).map(tuple)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_KEY, max_size=12), st.lists(_KEY, max_size=8))
+def test_rows_of_and_chunk_rows_are_the_dict_lookups(stored, asked):
+    # the vectorised lookups give the row of exactly the value a dict lookup gives, -1 for none
+    # (repeated keys: last value; offsets of another length or fqn: no match)
+    n = len(stored)
+    off = [o for _, o in stored if o]
+    sc = StorageColumns(
+        fqns=["a", "b", "c"],
+        paths=["p"],
+        fqn_id=[["a", "b", "c"].index(f) for f, _ in stored],
+        off_start=np.cumsum([0] + [len(o or ()) for _, o in stored]),
+        offsets=[x for o in off for x in o],
+        has_offset=[o is not None for _, o in stored],
+        hint=[0] * n,
+        has_hint=[False] * n,
+        path_id=[0] * n,
+        offset=list(range(n)),
+        length=[1] * n,
+    )
+    truth = {MetadataIndex(f, o): StorageInfo("p", i, 1) for i, (f, o) in enumerate(stored)}
+
+    def row_of(f, o):
+        info = truth.get(MetadataIndex(f, o))
+        return -1 if info is None else info.offset
+
+    for fqn in "abc":
+        for nd in (0, 1, 2):
+            want = [o for f, o in asked if o is not None and len(o) == nd]
+            got = sc.rows_of(fqn, np.array(want, np.int64).reshape(len(want), nd))
+            assert got.tolist() == [row_of(fqn, o) for o in want]
+    # chunk_rows: every chunk of state_dict_metadata-like entries, in order
+    entries = {}
+    for f, o in asked:
+        if o is not None and len(o) == 1:
+            entries.setdefault(f, []).append(o)
+    metadata = {
+        f: type("E", (), {"chunks": ChunkList(np.array(os_), np.ones((len(os_), 1)))})()
+        for f, os_ in entries.items()
+    }
+    rows = sc.chunk_rows(metadata)
+    if rows is not None:
+        assert rows.tolist() == [row_of(f, o) for f, os_ in entries.items() for o in os_]
+
+
 # ----------------------------------------------------------------------------- cache
 @pytest.fixture
 def cache_home(tmp_path, monkeypatch):

@@ -247,9 +247,44 @@ class StorageColumns(MutableMapping):
         array), -1 where there is none; -1 for every row once the mapping was edited."""
         if self._dict is not None:
             return np.full(len(offsets), -1, np.int64)
-        look = self._fqn_lookup(fqn)
-        get = look.get
-        return np.array([get(tuple(o), -1) for o in offsets.tolist()], np.int64).reshape(-1)
+        offsets = np.asarray(offsets, np.int64)
+        try:
+            fid = self.fqns.index(fqn) if len(self.fqns) < 64 else self._fqn_ids()[fqn]
+        except (ValueError, KeyError):
+            return np.full(len(offsets), -1, np.int64)
+        keys, mixed, fids, value_rows = self._sorted_keys()
+        lo, hi = np.searchsorted(fids, [fid, fid + 1]).tolist()
+        mine, mine_mixed = keys[lo:hi], mixed[lo:hi]
+        width = keys.shape[1] - 2
+        if hi == lo or offsets.shape[1] > width:  # no key of this fqn has that many dims
+            return np.full(len(offsets), -1, np.int64)
+        if (mine_mixed[1:] == mine_mixed[:-1]).any():  # two keys share a mix: one by one
+            get = self._fqn_lookup(fqn).get
+            return np.array([get(tuple(o), -1) for o in offsets.tolist()], np.int64).reshape(-1)
+        want = np.zeros((len(offsets), 1 + width), np.int64)
+        want[:, 0] = offsets.shape[1]
+        want[:, 1 : 1 + offsets.shape[1]] = offsets
+        want_mixed = _row_mix(want)
+        at = np.minimum(np.searchsorted(mine_mixed, want_mixed), hi - lo - 1)
+        # the mix finds the candidate; the rows themselves decide
+        hit = (mine_mixed[at] == want_mixed) & (mine[at, 1:] == want).all(axis=1)
+        return np.where(hit, value_rows[lo + at], -1)
+
+    def _sorted_keys(self):
+        """The distinct keys as rows ``(fqn id, ndim, offsets...)`` sorted by fqn id then by a
+        mix of ``(ndim, offsets)``, with those mixes, fqn ids and value rows (built once)."""
+        got = self.__dict__.get("_sorted")
+        if got is None:
+            keys = self._key_matrix()[self._keys]
+            mixed = _row_mix(keys[:, 1:])
+            order = np.lexsort((mixed, keys[:, 0]))
+            got = self.__dict__["_sorted"] = (
+                keys[order],
+                mixed[order],
+                keys[order, 0],
+                self._value_row[order],
+            )
+        return got
 
     def chunk_rows(self, entries) -> np.ndarray | None:
         """The value row of every chunk of ``entries`` (``state_dict_metadata``), in metadata

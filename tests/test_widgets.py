@@ -481,3 +481,17 @@ def test_checkpoint_explorer_target_boxes_show_the_target_planned():
     assert (ex2.preset.value, ex2.recipe.value, ex2.mesh.value) == ("llama-tiny", "hsdp", "2, 2")
     ex2.preset.value = "llama-tiny:fsdp:dp=x"
     assert "mesh dim 'dp=x'" in html.unescape(ex2.message.value) and ex2.plan.load.world_size == 4
+
+
+def test_a_long_table_shows_its_first_rows_and_says_where_the_rest_are():
+    import pandas as pd
+
+    from workbench.widgets.controls import table_outputs
+
+    df = pd.DataFrame({"rank": range(5), "file": [f"<f{i}>" for i in range(5)]})
+    head, rest = table_outputs(df, ["rank", "file"], "explorer.plan.io", limit=2)
+    shown = head["data"]["text/html"]
+    assert "&lt;f1&gt;" in shown and "&lt;f2&gt;" not in shown  # escaped, cut after 2 rows
+    assert "the first 2 of 5 rows; explorer.plan.io holds them all" in rest["data"]["text/html"]
+    (whole,) = table_outputs(df, ["rank", "file"], "explorer.plan.io", limit=5)
+    assert "&lt;f4&gt;" in whole["data"]["text/html"]

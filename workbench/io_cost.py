@@ -78,6 +78,8 @@ class _Files:
         self.res = res
         self.ids: dict[str, int] = {}
         self._rank_fid = np.zeros(0, np.int64)
+        self._path_fid = np.zeros(0, np.int64)  # by StorageColumns path id
+        self._columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._chunk_cache: dict = {}
 
     def _id(self, name: str) -> int:
@@ -100,7 +102,31 @@ class _Files:
             fid = self._rank_fid[w]
         return fid
 
+    def _path_ids(self, sd, path_id: np.ndarray) -> np.ndarray:
+        """The file id of each of a reader's path ids (``StorageColumns.paths``): a lookup
+        table, so a name is numbered once, not once per fqn and file (2048 files x 1137 fqns);
+        new names numbered in path id order, as one fqn's files are met."""
+        table = self._path_fid
+        if len(table) < len(sd.paths):
+            table = self._path_fid = np.concatenate(
+                [table, np.full(len(sd.paths) - len(table), -1, np.int64)]
+            )
+        fid = table[path_id]
+        if (fid < 0).any():
+            for p in np.unique(path_id[fid < 0]).tolist():
+                table[p] = self._id(str(sd.paths[p]))
+            fid = table[path_id]
+        return fid
+
     def columns(self, fqn: str, md) -> tuple[np.ndarray, np.ndarray]:
+        """(file id, bytes) of each of ``fqn``'s saved chunks (computed once per fqn: the reads
+        and the written files both ask)."""
+        got = self._columns.get(fqn)
+        if got is None:
+            got = self._columns[fqn] = self._compute_columns(fqn, md)
+        return got
+
+    def _compute_columns(self, fqn: str, md) -> tuple[np.ndarray, np.ndarray]:
         sd = self.res.metadata.storage_data
         if isinstance(md, BytesStorageMetadata):
             nbytes = np.zeros(1, np.int64)
@@ -130,9 +156,7 @@ class _Files:
             rows = sd.rows_of(fqn, offs)
             found = rows >= 0
             if found.any():
-                paths, inv = np.unique(sd.path_id[rows[found]], return_inverse=True)
-                ids = [self._id(str(sd.paths[p])) for p in paths.tolist()]
-                fid[found] = np.array(ids, np.int64)[inv.reshape(-1)]
+                fid[found] = self._path_ids(sd, sd.path_id[rows[found]])
                 nbytes = nbytes.copy()
                 nbytes[found] = sd.length[rows[found]]
             return fid, nbytes

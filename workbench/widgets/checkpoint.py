@@ -25,10 +25,9 @@ from .controls import (
     Explorer,
     counted,
     dropdown,
-    mime,
     note,
     show_message,
-    styled,
+    table_outputs,
     text_box,
     with_class,
 )
@@ -202,7 +201,7 @@ class CheckpointExplorer(Explorer):
             )
         )
         if self.plan.io is not None:
-            self.io.outputs = (mime(styled(self.plan.io, self.plan.io.columns)),)
+            self.io.outputs = table_outputs(self.plan.io, self.plan.io.columns, "explorer.plan.io")
         else:
             self.io.outputs = (note("no target: nothing is loaded"),)
 
@@ -266,12 +265,12 @@ class CheckpointExplorer(Explorer):
             )
         self._shown = (r.fqn, self.dims.value)
         self.chunks.outputs = (
-            (mime(styled(r.chunks, r.chunks.columns)),)
+            table_outputs(r.chunks, r.chunks.columns, "explorer.result.chunks")
             if r.chunks is not None
             else (note("not in the checkpoint"),)
         )
         self.problems.outputs = (
-            (mime(styled(r.problems_table, PROBLEM_COLUMNS)),)
+            table_outputs(r.problems_table, PROBLEM_COLUMNS, "explorer.result.problems_table")
             if len(r.problems_table)
             else (note("no problems found"),)
         )

@@ -410,4 +410,9 @@ def chunk_storage(storage_data: Mapping, fqn: str, entry) -> list:
     ``MetadataIndex(fqn, offsets)`` (``MetadataIndex(fqn)`` for bytes)."""
     if isinstance(entry, BytesStorageMetadata):
         return [storage_data.get(MetadataIndex(fqn))]
+    # a reader's columns (formats.columns.StorageColumns) answer a tensor's chunks at once,
+    # without a Chunk and a MetadataIndex per chunk (a million at 16,384 ranks)
+    arrays = getattr(entry.chunks, "box_arrays", None)
+    if arrays is not None and getattr(storage_data, "box_rows", None) is not None:
+        return storage_data.values_at(storage_data.rows_of(fqn, arrays[0]))
     return [storage_data.get(MetadataIndex(fqn, c.offsets)) for c in entry.chunks]

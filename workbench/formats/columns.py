@@ -270,6 +270,16 @@ class StorageColumns(MutableMapping):
         hit = (mine_mixed[at] == want_mixed) & (mine[at, 1:] == want).all(axis=1)
         return np.where(hit, value_rows[lo + at], -1)
 
+    def values_at(self, rows: np.ndarray) -> list:
+        """The ``StorageInfo`` of each value row (`rows_of`'s answer), None where it is -1."""
+        paths, path_id = self.paths, self.path_id[rows].tolist()
+        offset, length = self.offset[rows].tolist(), self.length[rows].tolist()
+        tf = self.transforms
+        return [
+            None if r < 0 else StorageInfo(paths[p], o, n, tf.get(r))
+            for r, p, o, n in zip(rows.tolist(), path_id, offset, length)
+        ]
+
     def _sorted_keys(self):
         """The distinct keys as rows ``(fqn id, ndim, offsets...)`` sorted by fqn id then by a
         mix of ``(ndim, offsets)``, with those mixes, fqn ids and value rows (built once)."""

@@ -27,11 +27,12 @@ lab: $(STAMP)
 # ruff (lint + format) first, then the suite on both cores (pytest-xdist; each real run picks
 # its own free port; loadgroup keeps a module marked xdist_group, such as the Dask cluster's, on
 # one worker, so its cluster starts once). The layer contracts run inside the suite
-# (tests/test_architecture.py).
+# (tests/test_architecture.py). The 15 slowest tests are listed at the end, to keep the suite
+# in budget.
 test: $(STAMP) chromium
 	$(VENV)/bin/ruff check workbench tests benchmarks
 	$(VENV)/bin/ruff format --check workbench tests benchmarks
-	WB_REQUIRE_BROWSER=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
+	WB_REQUIRE_BROWSER=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=15
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_plans.py

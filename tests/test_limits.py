@@ -107,3 +107,21 @@ def test_hash_spread_guard():
     assert len({hash(x) for x in colliding}) == 1
     with pytest.raises(InputLimitError, match="99 distinct offsets share one hash value"):
         check_hash_spread(colliding, "offsets", "f")
+
+
+@pytest.mark.parametrize(
+    "text, refused",
+    [
+        ('["' + "9" * 300 + '", 1]', False),  # digits inside a string are text
+        ('{"k": "\\"' + "[" * 100 + '"}', False),  # so are brackets after an escaped quote
+        ("[1." + "0" * 99 + "e5]", True),  # 103 characters of one float
+        ("[" + "1" * 100 + "]", False),  # exactly the cap
+        ("[true, false, null, " + "1" * 101 + "]", True),
+    ],
+)
+def test_read_json_checks_numbers_and_depth_outside_strings_only(text, refused):
+    if refused:
+        with pytest.raises(InputLimitError, match="a number of"):
+            read_json(text)
+    else:
+        assert read_json(text) == json.loads(text)

@@ -134,9 +134,9 @@ class JsonLimits:
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _BRACKET_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}.__getitem__
-# a run of number characters outside strings longer than the digits cap (true / false / null
-# hold one "e" at most, between letters)
-_LONG_NUMBER = "[-+.eE0-9]{%d,}"
+# number characters outside strings -> "#", anything else -> " ": a number longer than the
+# digits cap is a run of "#" that long (true / false / null hold one "e", between letters)
+_NUMBER_MARKS = bytes(35 if chr(b) in "-+.eE0123456789" else 32 for b in range(256))
 
 
 def _outside_strings(text: str) -> str:
@@ -207,7 +207,8 @@ def read_json(data, source: str = "<json>", limits: JsonLimits = JsonLimits(), e
         )
     # json's own int and float parse numbers in C; the checking parsers (a Python call per
     # number) only when some number may be too long
-    long_number = re.search(_LONG_NUMBER % (limits.max_number_digits + 1), bare)
+    marks = bare.encode("utf-8", "surrogatepass").translate(_NUMBER_MARKS)
+    long_number = b"#" * (limits.max_number_digits + 1) in marks
     numbers = (
         {
             "parse_int": _number(limits.max_number_digits, source, int),

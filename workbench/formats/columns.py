@@ -155,6 +155,7 @@ class StorageColumns(MutableMapping):
         self.transforms = dict(transforms or {})
         self._dict: dict | None = None
         self._lookup: dict[int, dict] = {}
+        self._rows_cache: dict[str, tuple] = {}
         # rows: (first row of each key, row of its value) known already (a cache entry)
         self._keys, self._value_row = (
             self._dedup(source) if rows is None else (_readonly(rows[0]), _readonly(rows[1]))
@@ -247,7 +248,14 @@ class StorageColumns(MutableMapping):
         array), -1 where there is none; -1 for every row once the mapping was edited."""
         if self._dict is not None:
             return np.full(len(offsets), -1, np.int64)
-        offsets = np.asarray(offsets, np.int64)
+        hit = self._rows_cache.get(fqn)
+        if hit is not None and hit[0] is offsets:  # the same chunk arrays asked again
+            return hit[1]
+        rows = _readonly(self._rows_of(fqn, np.asarray(offsets, np.int64)))
+        self._rows_cache[fqn] = (offsets, rows)  # holds the array: its identity stays its own
+        return rows
+
+    def _rows_of(self, fqn: str, offsets: np.ndarray) -> np.ndarray:
         try:
             fid = self.fqns.index(fqn) if len(self.fqns) < 64 else self._fqn_ids()[fqn]
         except (ValueError, KeyError):
@@ -299,57 +307,21 @@ class StorageColumns(MutableMapping):
     def chunk_rows(self, entries) -> np.ndarray | None:
         """The value row of every chunk of ``entries`` (``state_dict_metadata``), in metadata
         order (a bytes entry: one chunk, ``MetadataIndex(fqn)``), -1 where the mapping holds no
-        key for it: every lookup at once, on the arrays. None when it cannot answer that way
-        (the mapping or a chunk list was edited, or two keys share a row hash): look up one by
-        one then."""
+        key for it: a tensor's lookups at once (`rows_of`). None when the mapping or a chunk
+        list was edited: look up one by one then."""
         if self._dict is not None:
-            return None
-        keys = self._key_matrix()[self._keys]
-        width = keys.shape[1] - 2
-        ids = self._fqn_ids()
-        if len(ids) != len(self.fqns):  # one fqn under two ids: keys split between them
             return None
         parts = []
         for fqn, entry in entries.items():
             chunks = getattr(entry, "chunks", None)
-            fid = ids.get(fqn, -1)
             if chunks is None:  # a bytes entry
-                row = np.zeros((1, 2 + width), np.int64)
-                row[0, :2] = fid, -1
-                parts.append(row)
+                parts.append(np.array([self._fqn_lookup(fqn).get(None, -1)], np.int64))
                 continue
             arrays = getattr(chunks, "box_arrays", None)
             if arrays is None:
                 return None
-            off = arrays[0]
-            rows = np.zeros((len(off), 2 + max(width, off.shape[1])), np.int64)
-            rows[:, 0] = fid if off.shape[1] <= width else -1  # wider offsets match no key
-            rows[:, 1] = off.shape[1]
-            rows[:, 2 : 2 + off.shape[1]] = off
-            parts.append(rows[:, : 2 + width])
-        if not parts:
-            return np.zeros(0, np.int64)
-        want = np.concatenate(parts)
-        if not len(keys):
-            return np.full(len(want), -1, np.int64)
-        # match by row hash, then compare the rows themselves: exact whatever the hashes
-        have_h = _row_mix(keys)
-        order = np.argsort(have_h)
-        sorted_h = have_h[order]
-        if (sorted_h[1:] == sorted_h[:-1]).any():
-            return None
-        want_h = _row_mix(want)
-        if len(want) == len(keys):  # a save's usual case: one key per chunk, none left over
-            w_order = np.argsort(want_h)
-            if np.array_equal(want_h[w_order], sorted_h):
-                out = np.empty(len(want), np.int64)
-                out[w_order] = self._value_row[order]
-                if (keys[order] == want[w_order]).all():
-                    return out
-        at = np.minimum(np.searchsorted(sorted_h, want_h), len(keys) - 1)
-        cand = order[at]
-        hit = (sorted_h[at] == want_h) & (keys[cand] == want).all(axis=1)
-        return np.where(hit, self._value_row[cand], -1)
+            parts.append(self.rows_of(fqn, arrays[0]))
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     # -- Mapping ------------------------------------------------------------------------
     def _materialise(self) -> dict:

@@ -8,7 +8,7 @@ file that is missing or shorter than a chunk's byte range is reported, never cra
 reader fails on it mid-load). `find_file_problems` answers "are the files all there" as
 `diagnosis.Problem` records, optionally reading every chunk's bytes.
 
-Imports formats and diagnosis (and tqdm for the deep check's progress bar, `cluster` when it
+Imports formats, diagnosis and numpy (and tqdm for the deep check's progress bar, `cluster` when it
 runs on a Dask cluster); never torch.
 """
 

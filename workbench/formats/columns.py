@@ -10,7 +10,9 @@ gigabyte. The readers keep them as numpy columns instead:
   are. The first mutation (tests and tools edit metadata) turns it into a plain list inside.
 - `StorageColumns`: ``Metadata.storage_data``, the mapping ``MetadataIndex -> StorageInfo`` in
   file order, with dict semantics (a repeated key keeps its first position and its last value);
-  `StorageColumns.rows_of` answers one tensor's chunks at once. Mutable the same way.
+  `StorageColumns.rows_of` answers one tensor's chunks at once (a sorted index of the keys,
+  rows compared exactly), `chunk_rows` every entry's, `values_at` their `StorageInfo`s. Mutable
+  the same way.
 - `check_row_hash_spread`: `limits.check_hash_spread` for boxes held as rows, from CPython's own
   tuple hash computed with numpy (checked against ``hash`` by the tests), so crafted offsets that
   would make the lookups quadratic are refused without building a tuple per row.

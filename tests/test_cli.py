@@ -484,3 +484,13 @@ def test_a_newer_installed_torch_is_named_in_the_plan_header_and_the_report(
     assert "note: torch 2.16 is installed, newer than" in out
     page = write_report(tmp_path / "r.html", load_metadata(ckpt), parse_target(str(target)))
     assert "torch 2.16 is installed, newer than" in Path(page).read_text()
+
+
+def test_the_help_names_every_supported_torch(capsys):
+    """The range in --help follows the recorded versions (it once said 2.14 after 2.15 landed)."""
+    from workbench.versions import NEWEST_TORCH_VERSION, SUPPORTED_TORCH_VERSIONS
+
+    for argv in (["--help"], ["plan", "--help"]):
+        assert main(argv) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"{SUPPORTED_TORCH_VERSIONS[0]} to {NEWEST_TORCH_VERSION}" in text, argv

@@ -30,6 +30,10 @@ from pathlib import Path
 from .errors import PlanError, WorkbenchError
 from .formatting import format_ranks
 from .targets import TARGET_HELP, parse_ints, parse_target, preset_listing, target_json
+from .versions import NEWEST_TORCH_VERSION, SUPPORTED_TORCH_VERSIONS
+
+# the range the help texts name, from the one list of recorded versions
+_TORCH_RANGE = f"{SUPPORTED_TORCH_VERSIONS[0]} to {NEWEST_TORCH_VERSION}"
 
 __all__ = ["main", "build_parser", "torch_versions"]
 
@@ -588,8 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="workbench",
         formatter_class=fmt,
-        description="See and debug how PyTorch Distributed Checkpoint (torch 2.4 to 2.14) reshards "
-        "a checkpoint, for every rank at once, without a process group.",
+        description=f"See and debug how PyTorch Distributed Checkpoint (torch {_TORCH_RANGE}) "
+        "reshards a checkpoint, for every rank at once, without a process group.",
         epilog="exit status: 0 ok, 1 `plan` / `check` found a blocking problem, 2 bad input\n\n"
         + TARGET_HELP,
     )
@@ -667,8 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--torch",
         metavar="X.Y[,X.Y...]",
-        help="the torch version whose DCP semantics to use (2.4 ... 2.14; default: the installed "
-        "torch if supported, else the newest); several compare the versions rank by rank",
+        help=f"the torch version whose DCP semantics to use ({_TORCH_RANGE}; default: the "
+        "installed torch if supported, else the newest); several compare the versions rank by rank",
     )
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.add_argument("--list-presets", action=_ListPresets, help="list presets and recipes, exit")

@@ -333,7 +333,7 @@ def plan_save(
     `versions.default_torch_version`) would: local plans, ``dedup_save_plans(plans,
     save_to_lowest_rank)`` (load-balanced writer choice with CPython set tie-breaks),
     ``create_default_global_save_plan``, ``_validate_global_plan`` (whose checks and texts depend
-    on the version; the rest is the same in 2.4 - 2.14).
+    on the version; the rest is the same in 2.4 - 2.15).
     ``storage="hf"``: with torch 2.13's ``HuggingFaceStorageWriter(save_distributed=True)``
     instead, whose files keep one chunk per fqn and rank (`hf_plans.apply_hf_writer`: ``.lost``,
     and the metadata its reader will see)."""

@@ -49,7 +49,7 @@ class ReshardExplorer(Explorer):
     placements (typed like ``S(0), R``), the load rank and the dims to draw, and a dropdown of
     classic reshards to start from.
 
-    A ``torch`` dropdown picks whose DCP semantics plan it (2.4 ... 2.14; read order and
+    A ``torch`` dropdown picks whose DCP semantics plan it (2.4 ... 2.15; read order and
     checks follow the version). Shows the overlay of saved and wanted chunks with the rank's read items lit
     (``picture_data.reshard_data``), the rank's read-item table and the problems table.
     ``ReshardExplorer()`` opens on a classic reshard; ``.result`` is the last `ReshardResult`.

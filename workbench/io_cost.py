@@ -86,37 +86,33 @@ class _Files:
         return self.ids.setdefault(name, len(self.ids))
 
     def _writer_ids(self, w: np.ndarray) -> np.ndarray:
-        """The file id of each writer rank in ``w``: a lookup table indexed by rank, so a file
-        name is made once per writer, not once per fqn and writer (16,384 ranks x 723 fqns)."""
+        """The file id of each writer rank in ``w``: a file name is made once per writer, not
+        once per fqn and writer (16,384 ranks x 723 fqns)."""
         if not len(w):
             return np.zeros(0, np.int64)
-        need = int(w.max()) + 1
-        if len(self._rank_fid) < need:
-            grown = np.full(need, -1, np.int64)
-            grown[: len(self._rank_fid)] = self._rank_fid
-            self._rank_fid = grown
-        fid = self._rank_fid[w]
-        if (fid < 0).any():
-            for u in np.unique(w[fid < 0]).tolist():
-                self._rank_fid[u] = self._id(file_name(u))
-            fid = self._rank_fid[w]
+        self._rank_fid, fid = self._lookup(self._rank_fid, w, int(w.max()) + 1, file_name)
         return fid
 
     def _path_ids(self, sd, path_id: np.ndarray) -> np.ndarray:
-        """The file id of each of a reader's path ids (``StorageColumns.paths``): a lookup
-        table, so a name is numbered once, not once per fqn and file (2048 files x 1137 fqns);
-        new names numbered in path id order, as one fqn's files are met."""
-        table = self._path_fid
-        if len(table) < len(sd.paths):
-            table = self._path_fid = np.concatenate(
-                [table, np.full(len(sd.paths) - len(table), -1, np.int64)]
-            )
-        fid = table[path_id]
-        if (fid < 0).any():
-            for p in np.unique(path_id[fid < 0]).tolist():
-                table[p] = self._id(str(sd.paths[p]))
-            fid = table[path_id]
+        """The file id of each of a reader's path ids (``StorageColumns.paths``): a name is
+        numbered once, not once per fqn and file (2048 files x 1137 fqns)."""
+        self._path_fid, fid = self._lookup(
+            self._path_fid, path_id, len(sd.paths), lambda p: str(sd.paths[p])
+        )
         return fid
+
+    def _lookup(self, table: np.ndarray, keys: np.ndarray, size: int, name_of):
+        """(the table grown to ``size``, the file id of each key): a lookup table indexed by
+        key (-1: not numbered yet); new names are numbered in key order, as one fqn's files
+        are met."""
+        if len(table) < size:
+            table = np.concatenate([table, np.full(size - len(table), -1, np.int64)])
+        fid = table[keys]
+        if (fid < 0).any():
+            for k in np.unique(keys[fid < 0]).tolist():
+                table[k] = self._id(name_of(k))
+            fid = table[keys]
+        return table, fid
 
     def columns(self, fqn: str, md) -> tuple[np.ndarray, np.ndarray]:
         """(file id, bytes) of each of ``fqn``'s saved chunks (computed once per fqn: the reads

@@ -543,28 +543,35 @@ def find_problems(load_result, *, torch_version: str | None = None) -> Problems:
     for fqn in items:
         if fqn not in layouts and fqn not in handled:
             opt = _unloaded_optimizer_state(fqn, layouts)
+            if opt is None:
+                severity, why = "warning", "(loads ignore unrequested keys); it is not loaded."
+                fix = (
+                    "Add it to the state dict passed to dcp.load if it is needed (or rename a "
+                    "key that changed)."
+                )
+            else:
+                severity = "silent"
+                why = (
+                    f"although the target loads the same optimizer ({opt}.param_groups): a "
+                    "freshly built optimizer has no per-parameter state until its first step, "
+                    "so its state dict asks for none and the saved state is dropped without a "
+                    "word."
+                )
+                fix = (
+                    "Build the optimizer's state dict with "
+                    "torch.distributed.checkpoint.state_dict.get_optimizer_state_dict (it "
+                    "materialises the state) and apply it with set_optimizer_state_dict."
+                )
             out.append(
                 Problem(
                     fqn=fqn,
                     kind="unexpected_key",
                     ranks=(),
                     region=None,
-                    severity="warning" if opt is None else "silent",
-                    message=f"{fqn}: the checkpoint holds {_describe_saved(items[fqn])} that no rank requests "
-                    + (
-                        "(loads ignore unrequested keys); it is not loaded."
-                        if opt is None
-                        else f"although the target loads the same optimizer ({opt}.param_groups): "
-                        "a freshly built optimizer has no per-parameter state until its first "
-                        "step, so its state dict asks for none and the saved state is dropped "
-                        "without a word."
-                    ),
-                    fix="Add it to the state dict passed to dcp.load if it is needed (or rename a key that "
-                    "changed)."
-                    if opt is None
-                    else "Build the optimizer's state dict with "
-                    "torch.distributed.checkpoint.state_dict.get_optimizer_state_dict (it "
-                    "materialises the state) and apply it with set_optimizer_state_dict.",
+                    severity=severity,
+                    message=f"{fqn}: the checkpoint holds {_describe_saved(items[fqn])} that no "
+                    f"rank requests {why}",
+                    fix=fix,
                 )
             )
     order = {f: i for i, f in enumerate(list(layouts) + [k for k in items if k not in layouts])}

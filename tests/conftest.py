@@ -45,6 +45,36 @@ def _fresh_dtensor_caches():
         fresh_dtensor_caches()
 
 
+# ----------------------------------------------------------------------------- real scenarios
+@pytest.fixture(scope="session")
+def scenario_runs(tmp_path_factory):
+    """Every broken-checkpoint kind of `runs.SCENARIO_KINDS` saved by real gloo processes, and
+    what a real dcp.load of each into its load layouts did: ``(scenarios, loads)``, made once per
+    test session. Under xdist the workers share one copy (the first to take the lock makes it in
+    the session's base directory; the others read its pickled results). Tests read the
+    directories and never write into them (copy one to damage it)."""
+    import pickle
+    import shutil
+
+    from filelock import FileLock
+
+    from workbench.torch_bridge.runs import SCENARIO_KINDS, load_scenarios, make_checkpoints
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # this session's directory, above every worker's own
+    root = base / "scenario_runs"
+    with FileLock(str(base / "scenario_runs.lock")):
+        made = base / "scenario_runs.pkl"
+        if made.exists():
+            return pickle.loads(made.read_bytes())
+        shutil.rmtree(root, ignore_errors=True)  # left by a worker that failed half-way
+        scenarios = make_checkpoints(SCENARIO_KINDS, root)
+        out = (scenarios, load_scenarios(scenarios))
+        made.write_bytes(pickle.dumps(out))
+        return out
+
+
 # ----------------------------------------------------------------------------- object storage
 class _Requests(logging.Handler):
     """The S3 server's own request log (werkzeug logs one line per request it served)."""
@@ -119,3 +149,19 @@ def s3():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# ----------------------------------------------------------------------------- xdist scheduling
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup`` (make test), the tests of a module that share a module-scoped
+    fixture (a real gloo run, a server, a capture) form one group: one worker runs them, so the
+    fixture is set up once, not once per worker that received some of them (xdist's plain load
+    scheduling splits a module across workers). xdist sends the largest groups first, so these
+    long units start early instead of ending the run on one worker. An explicit ``xdist_group``
+    mark (the Dask cluster's) is kept."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        defs = item._fixtureinfo.name2fixturedefs
+        if any(d[-1].scope == "module" for d in defs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -253,14 +253,12 @@ def _target_entry(layout) -> dict:
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory):
+def real(tmp_path_factory, scenario_runs):
     """Every broken-checkpoint kind of `runs`, saved by real gloo processes, its JSON target, and
-    what a real dcp.load into that target does."""
-    from workbench.torch_bridge.runs import SCENARIO_KINDS, load_scenarios, make_checkpoints
-
+    what a real dcp.load into that target does (conftest's session-wide ``scenario_runs``; the
+    targets are written in a directory of this module)."""
     root = tmp_path_factory.mktemp("real")
-    scenarios = make_checkpoints(SCENARIO_KINDS, root)
-    loads = load_scenarios(scenarios)
+    scenarios, loads = scenario_runs
     for kind, sc in scenarios.items():
         (root / f"{kind}.json").write_text(
             json.dumps({fqn: _target_entry(lay) for fqn, lay in sc.load_layouts.items()})

@@ -109,15 +109,18 @@ def test_brute_force_against_torch_chunk_and_torch_boxes():
             pl = [_StridedShard(0, split_factor=tp) if tp > 1 else Shard(0), Shard(0)]
             for rows in range(40):
                 g = torch.arange(rows)
+                # rank (i, j) holds piece i of torch.chunk over dp of TP-local piece j
+                held = [
+                    [p.tolist() for p in list(torch.chunk(t, dp)) + [g[:0]] * dp]
+                    for t in list(torch.chunk(g, tp)) + [g[:0]] * tp
+                ]
                 bad = []
                 for r in range(dp * tp):
                     i, j = divmod(r, tp)
-                    tp_local = (list(torch.chunk(g, tp)) + [g[:0]] * tp)[j]
-                    held = (list(torch.chunk(tp_local, dp)) + [g[:0]] * dp)[i].tolist()
                     size, off = _compute_local_shape_and_global_offset(
                         (rows,), (dp, tp), [i, j], pl
                     )
-                    if held != list(range(off[0], off[0] + size[0])):
+                    if held[j][i] != list(range(off[0], off[0] + size[0])):
                         bad.append(r)
                 assert fsdp2_tp_layout((rows,), (dp, tp)).misdescribed_ranks == tuple(bad)
                 if bad:

@@ -1,7 +1,7 @@
 """Real multi-process dcp.save / dcp.load over gloo on 127.0.0.1 (marker ``real``): resharding
 checked element by element, the broken checkpoints showing their failure, `open_checkpoint` on
-real directories, and the launcher's limits. Four launches in all, shared through module-scoped
-fixtures."""
+real directories, and the launcher's limits. One launch of its own (``four``); the scenario
+checkpoints and their real loads come from conftest's session-wide ``scenario_runs``."""
 
 from __future__ import annotations
 
@@ -22,11 +22,8 @@ from workbench import (
 from workbench.checkpoint import open_checkpoint
 from workbench.planning import plan_load, plan_save
 from workbench.torch_bridge.runs import (
-    SCENARIO_KINDS,
     LoadStep,
     SaveStep,
-    load_scenarios,
-    make_checkpoints,
     run_load,
     run_steps,
 )
@@ -52,30 +49,22 @@ LOAD4 = {
 
 
 @pytest.fixture(scope="module")
-def scenarios(tmp_path_factory):
-    return make_checkpoints(SCENARIO_KINDS, tmp_path_factory.mktemp("scenarios"))
+def scenarios(scenario_runs):
+    return scenario_runs[0]
 
 
 @pytest.fixture(scope="module")
-def four(tmp_path_factory, scenarios):
-    """One 4-process launch: a save, a load with new layouts, and the 4-rank scenario loads."""
+def four(tmp_path_factory):
+    """One 4-process launch: a save, then a load with new layouts."""
     path = tmp_path_factory.mktemp("four") / "ck"
-    at4 = [sc for sc in scenarios.values() if sc.load_world_size == 4]
-    save, load, *rest = run_steps(
-        [SaveStep(str(path), SAVE4), LoadStep(str(path), LOAD4)]
-        + [LoadStep(sc.path, sc.load_layouts) for sc in at4],
-        4,
-    )
-    return path, save, load, {sc.kind: run for sc, run in zip(at4, rest)}
+    save, load = run_steps([SaveStep(str(path), SAVE4), LoadStep(str(path), LOAD4)], 4)
+    return path, save, load
 
 
 @pytest.fixture(scope="module")
-def loaded(scenarios, four):
-    """Every scenario loaded: the 2-rank ones in one launch, the 4-rank ones from `four`."""
-    return {
-        **load_scenarios({k: sc for k, sc in scenarios.items() if sc.load_world_size == 2}),
-        **four[3],
-    }
+def loaded(scenario_runs):
+    """Every scenario loaded (conftest's session-wide real runs)."""
+    return scenario_runs[1]
 
 
 def _global(shape, dtype="float32"):
@@ -100,7 +89,7 @@ def test_two_process_reshard_loads_every_element(loaded):
 
 
 def test_four_process_save_and_reshard(four):
-    path, save, load, _ = four
+    path, save, load = four
     assert save.ok, save.errors
     assert load.ok, (load.errors, load.mismatches())
     g = _global((8, 6))
@@ -123,7 +112,7 @@ def test_four_process_save_and_reshard(four):
 
 def test_real_metadata_matches_plan_save(four, scenarios):
     """The planner's metadata and writers equal what real saves wrote."""
-    path, _, _, _ = four
+    path, _, _ = four
     real = open_checkpoint(path)
     planned = plan_save(SAVE4)
     assert {
@@ -212,7 +201,7 @@ def test_scenarios_are_planned_the_same_way(scenarios):
 
 # ----------------------------------------------------------------------------- open_checkpoint
 def test_open_checkpoint_locates_every_chunk(four):
-    path, _, _, _ = four
+    path, _, _ = four
     ck = open_checkpoint(path)
     assert ck.problems() == [] and ck.missing_files == []
     assert set(ck.file_sizes) == {f"__{r}_0.distcp" for r in range(4)}
@@ -231,7 +220,7 @@ def test_open_checkpoint_locates_every_chunk(four):
 
 
 def test_open_checkpoint_reports_missing_and_short_files(four, tmp_path):
-    path, _, _, _ = four
+    path, _, _ = four
     d = tmp_path / "ck"
     shutil.copytree(path, d)
     (d / "__2_0.distcp").unlink()

@@ -22,10 +22,8 @@ from workbench.sharding import dtensor_layout
 
 
 @pytest.fixture(scope="module")
-def scenarios(tmp_path_factory):
-    from workbench.torch_bridge.runs import make_checkpoints
-
-    return make_checkpoints(["fsdp", "hole", "strided"], tmp_path_factory.mktemp("ckpts"))
+def scenarios(scenario_runs):
+    return scenario_runs[0]  # conftest's session-wide real checkpoints; read, never written
 
 
 class _Refs(HTMLParser):

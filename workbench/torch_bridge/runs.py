@@ -1,7 +1,8 @@
 """Real multi-process ``dcp.save`` / ``dcp.load`` runs over gloo on 127.0.0.1, and makers of the
 (broken) checkpoints the tests, notebooks and demos use.
 
-A run spawns ``world_size`` processes (``multiprocessing`` spawn), each builds its state dict from
+A run starts ``world_size`` processes (``multiprocessing`` forkserver, whose server has imported
+torch once: see `_context`; spawn where there is no forkserver), each builds its state dict from
 workbench `Layout`s and executes a list of steps (`SaveStep`, `LoadStep`). Every element of every
 tensor encodes its global index (``value = flat index``, plus 0.25 for floating dtypes so a cast
 to an integer dtype shows, plus ``rank * numel`` for ``per_rank_values``), so a load is checked
@@ -96,7 +97,7 @@ class LoadStep:
 @dataclass(frozen=True)
 class CallStep:
     """Any other real writer or reader: ``fn(rank, world_size, path, **kwargs)`` runs on every
-    rank inside the initialised gloo group (``fn`` must be importable by the spawned processes);
+    rank inside the initialised gloo group (``fn`` must be importable by the rank processes);
     its return value (picklable) is the step's result on that rank."""
 
     path: str
@@ -279,7 +280,11 @@ def _run_step(step, rank, meshes):
     return RankLoad(rank, vals, exp, warnings=said)
 
 
-def _worker(rank, world_size, port, sock, steps, out_dir, timeout):
+def _worker(rank, world_size, port, sock, steps, out_dir, timeout, environ):
+    # the launcher's environment as it is now (a forkserver's children inherit the server's,
+    # taken when it started), then the process rules'
+    os.environ.clear()
+    os.environ.update(environ)
     os.environ.update(
         GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1"
     )
@@ -318,6 +323,33 @@ def _worker(rank, world_size, port, sock, steps, out_dir, timeout):
         out.write_bytes(pickle.dumps(("crash", traceback.format_exc())))
 
 
+# What every rank imports, imported once by the forkserver: each rank of every later run starts
+# as a fork of it, in milliseconds, instead of a fresh interpreter importing torch (seconds of
+# CPU per rank, the bulk of a small run's time on a 2-core machine).
+_PRELOAD = [
+    "torch",
+    "torch.distributed",
+    "torch.distributed.checkpoint",
+    "torch.distributed.tensor",
+    "numpy",
+    "workbench.torch_bridge.runs",
+    "workbench.torch_bridge.materialize",
+]
+
+
+def _context():
+    """The multiprocessing context of the ranks: forkserver preloaded with `_PRELOAD` (the server
+    is a fresh interpreter, so no thread or lock of this process is forked), spawn where the
+    platform has no forkserver. Both give every rank a clean process."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)  # used when this process starts its server, once
+    return ctx
+
+
 def run_steps(
     steps: Sequence[SaveStep | LoadStep | CallStep],
     world_size: int,
@@ -330,7 +362,6 @@ def run_steps(
     `program_runs.ProgramStep` or a `CallStep`, gives the tuple of its ranks' results). Raises RuntimeError when a rank crashes or the launch exceeds
     ``time_limit`` seconds (stragglers are killed first: no process outlives the call)."""
     require_torch("real dcp.save / dcp.load runs (workbench.torch_bridge.runs)")
-    import multiprocessing as mp
 
     if not 1 <= world_size <= MAX_WORLD_SIZE:
         raise PlanError(
@@ -352,7 +383,7 @@ def run_steps(
         replace(s, path=str(Path(s.path).resolve())) if isinstance(s, (SaveStep, LoadStep)) else s
         for s in steps
     ]
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     out_dir = tempfile.mkdtemp(prefix="wb_run_")
     # Megatron-Core's writer starts worker processes of its own, which a daemonic process may
     # not: CallStep runs use ordinary processes (the finally below still kills stragglers).
@@ -366,7 +397,16 @@ def run_steps(
             for r in range(world_size):
                 p = ctx.Process(
                     target=_worker,
-                    args=(r, world_size, port, sock if r == 0 else None, steps, out_dir, timeout),
+                    args=(
+                        r,
+                        world_size,
+                        port,
+                        sock if r == 0 else None,
+                        steps,
+                        out_dir,
+                        timeout,
+                        dict(os.environ),
+                    ),
                     daemon=daemon,
                 )
                 p.start()

@@ -202,15 +202,16 @@ def test_real_load_into_fsdp2_rows_raises_where_the_diagnosis_says(tmp_path):
     from workbench.explanations import explain
     from workbench.torch_bridge import runs
 
-    save = runs.run_save(tmp_path / "ck", {"w": tensor_layout((13, 4), 6)})
+    ck, target = str(tmp_path / "ck"), {"w": fsdp2_tp_layout((13, 4), (3, 2))}
+    save, load = runs.run_steps(  # one launch: the save, then the load
+        [runs.SaveStep(ck, {"w": tensor_layout((13, 4), 6)}), runs.LoadStep(ck, target)], 6
+    )
     assert save.ok, save.errors
-    target = {"w": fsdp2_tp_layout((13, 4), (3, 2))}
-    problems = wb.plan_load(wb.load_metadata(tmp_path / "ck"), target).problems
+    problems = wb.plan_load(wb.load_metadata(ck), target).problems
     assert [(p.kind, p.severity, p.ranks) for p in problems] == [
         ("strided_misdescribed", "error", (4,)),
         ("strided_misdescribed", "silent", (5,)),
     ]
-    load = runs.run_load(tmp_path / "ck", target)
     assert not load.ok
     text = (
         "req MetadataIndex(fqn='w', offset=torch.Size([0, 0]), index=0) mismatch sizes "

@@ -250,6 +250,9 @@ def test_launcher_refuses_bad_worlds(tmp_path):
 
 
 def test_time_limit_kills_every_process(tmp_path):
-    with pytest.raises(RuntimeError, match=r"exceeded 0.2 s; ranks \[0, 1\] were killed"):
-        run_steps([SaveStep(str(tmp_path / "x"), {"t": tensor_layout((2,), 2)})], 2, time_limit=0.2)
+    # 0.05 s: ranks forked from a warm forkserver are quick, but not through gloo and a save
+    with pytest.raises(RuntimeError, match=r"exceeded 0.05 s; ranks \[0, 1\] were killed"):
+        run_steps(
+            [SaveStep(str(tmp_path / "x"), {"t": tensor_layout((2,), 2)})], 2, time_limit=0.05
+        )
     assert multiprocessing.active_children() == []

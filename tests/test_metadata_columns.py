@@ -312,7 +312,7 @@ def ckpt(tmp_path):
 
 def test_second_open_comes_from_the_cache(ckpt, cache_home, monkeypatch):
     first = dcp.load_metadata(ckpt)
-    assert len(list(cache_home.glob("metadata-*.npz"))) == 1
+    assert len(list(cache_home.glob("metadata-*.wbmd"))) == 1
 
     def no_parse(*a, **k):
         raise AssertionError("parsed again")
@@ -326,6 +326,20 @@ def test_second_open_comes_from_the_cache(ckpt, cache_home, monkeypatch):
     assert again.planner_data == first.planner_data and again.storage_meta == first.storage_meta
 
 
+def test_a_cached_open_answers_chunk_rows_without_a_lookup(ckpt, cache_home, monkeypatch):
+    cold = dcp.load_metadata(ckpt, cache=False)
+    want = cold.storage_data.chunk_rows(cold.state_dict_metadata)
+    dcp.load_metadata(ckpt)  # stores the entry with each chunk's row
+    warm = dcp.load_metadata(ckpt)
+
+    def no_lookup(*a, **k):
+        raise AssertionError("looked up again")
+
+    monkeypatch.setattr(StorageColumns, "_rows_of", no_lookup)
+    assert warm.storage_data.chunk_rows(warm.state_dict_metadata).tolist() == want.tolist()
+    assert (want >= 0).all()
+
+
 def test_the_cache_is_ignored_when_the_file_changes_or_is_turned_off(ckpt, cache_home, monkeypatch):
     dcp.load_metadata(ckpt)
     path = ckpt / ".metadata"
@@ -337,19 +351,19 @@ def test_the_cache_is_ignored_when_the_file_changes_or_is_turned_off(ckpt, cache
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert dcp.load_metadata(ckpt) == md
-    n = len(list(cache_home.glob("*.npz")))
+    n = len(list(cache_home.glob("*.wbmd")))
     monkeypatch.setenv("WORKBENCH_NO_CACHE", "1")
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
     assert dcp.load_metadata(ckpt) == md
     monkeypatch.delenv("WORKBENCH_NO_CACHE")
     assert dcp.load_metadata(ckpt, cache=False) == md
-    assert len(list(cache_home.glob("*.npz"))) == n
+    assert len(list(cache_home.glob("*.wbmd"))) == n
 
 
 def test_a_damaged_cache_entry_is_a_miss(ckpt, cache_home):
     md = dcp.load_metadata(ckpt)
-    (entry,) = cache_home.glob("*.npz")
-    entry.write_bytes(b"not an npz")
+    (entry,) = cache_home.glob("*.wbmd")
+    entry.write_bytes(b"not an entry")
     assert dcp.load_metadata(ckpt) == md
     # an entry whose key does not match the file is never used
     key = metadata_cache.content_key((ckpt / ".metadata").read_bytes(), 1, 2)
@@ -367,3 +381,53 @@ def test_a_cache_entry_keeps_strides(cache_home):
     assert metadata_cache.store(key, md, 1000)
     back = metadata_cache.load_cached(key)
     assert back == md and back.state_dict_metadata["w"].properties.strides == (4, 1)
+
+
+def test_a_cold_open_records_the_writer_versions_for_later(ckpt, cache_home, monkeypatch):
+    want = dcp.infer_writer_versions((ckpt / ".metadata").read_bytes())
+    assert want.low == "2.9" and want.evidence  # torch 2.13 pickled it
+    dcp.load_metadata(ckpt)  # the cold open keeps them beside the columns
+
+    def no_parse(*a, **k):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(dcp, "infer_writer_versions", no_parse)
+    assert dcp.load_writer_versions(ckpt) == want
+    # an edited file is a new key: never the recorded answer
+    st = (ckpt / ".metadata").stat()
+    os.utime(ckpt / ".metadata", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="parsed again"):
+        dcp.load_writer_versions(ckpt)
+
+
+def test_the_summary_of_a_checkpoint_is_its_description_counted(tmp_path):
+    from workbench.checkpoint import describe_checkpoint, summarize_checkpoint
+
+    tensors = {
+        "w": ((600, 4), sharded((600, 4), 7)),
+        "b": ((4,), [((0,), (4,), 3)]),
+        "e": ((5, 5), sharded((5, 5), 8, dim=1)),  # some ranks hold empty pieces
+    }
+    md = dcp.read_metadata_bytes(pickle.dumps(torch_md(tensors)))
+    assert isinstance(md.storage_data, StorageColumns)
+
+    def counted(info):
+        return {
+            "version": info["version"],
+            "files": info["files"],
+            "entries": [
+                {
+                    **{k: v for k, v in e.items() if k != "chunks"},
+                    "n_chunks": len(e["chunks"]),
+                    "writers": tuple(sorted({c["writer"] for c in e["chunks"]})),
+                }
+                for e in info["entries"]
+            ],
+        }
+
+    want = counted(describe_checkpoint(md))
+    assert summarize_checkpoint(md) == want
+    assert want["entries"][0]["writers"] == tuple(range(7))
+    # an edited storage mapping is summarised chunk by chunk, to the same answer
+    md.storage_data[MetadataIndex("b", (0,))] = StorageInfo("__3_0.distcp", 0, 16)
+    assert summarize_checkpoint(md) == counted(describe_checkpoint(md))

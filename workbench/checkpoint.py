@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import re
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ __all__ = [
     "open_checkpoint",
     "find_file_problems",
     "describe_checkpoint",
+    "summarize_checkpoint",
     "COMPANION_FILES",
 ]
 
@@ -272,15 +275,24 @@ def open_checkpoint(
 
     ``path`` may be an fsspec URL of a checkpoint (``s3://bucket/ckpt``...), opened with
     ``storage_options``: the sizes then come from the listing and no tensor data is read."""
+    listing = None
+    if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
+        # the directory's sizes are listed while the metadata is read (hashing it releases the
+        # GIL): 16,384 stats take 0.2 s on their own
+        pool = ThreadPoolExecutor(max_workers=1)
+        listing = pool.submit(_listed_sizes, os.fspath(path))
+        pool.shutdown(wait=False)
     read = read_checkpoint(path, rank, storage_options=storage_options)
     directory, md = read.directory, read.metadata
+    listed = listing.result() if listing is not None else {}
     sizes = {}
     for name in _data_files(md.storage_data or {}):
         if read.files is not None:  # object storage: the listing's sizes
             sizes[name] = read.files.get(name)
-            continue
-        f = directory / name
-        sizes[name] = f.stat().st_size if f.is_file() else None
+        elif name in listed:
+            sizes[name] = listed[name]
+        else:  # in a subdirectory, or missing
+            sizes[name] = _file_size(os.path.join(directory, name))
     return Checkpoint(
         path=str(directory),
         metadata=md,
@@ -289,6 +301,28 @@ def open_checkpoint(
         format_info=read.info,
         location=read.location,
     )
+
+
+def _listed_sizes(directory: str) -> dict[str, int]:
+    """``{name: size}`` of the regular files (symlinks followed) directly in ``directory``."""
+    out = {}
+    with os.scandir(directory) as entries:
+        for e in entries:
+            try:
+                if e.is_file():
+                    out[e.name] = e.stat().st_size
+            except OSError:  # gone or unreadable since the listing: looked up again
+                continue
+    return out
+
+
+def _file_size(path: str) -> int | None:
+    """The size of a regular file, None when there is none (one stat: 16,384 files in ~50 ms)."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _data_files(storage) -> list[str]:
@@ -819,6 +853,60 @@ def find_file_problems(
     if deep:
         out += _deep_problems(ck, progress, jobs, dask)
     return out
+
+
+def summarize_checkpoint(metadata: Metadata) -> dict:
+    """`describe_checkpoint` without a record per chunk: every entry's chunk count and writer
+    ranks instead of its chunks (``{"fqn", "kind", "shape", "dtype", "nbytes", "n_chunks",
+    "writers"}``), and the same ``files``. From the metadata's columns at once when it has them
+    (a 16,384-rank checkpoint: 0.2 s, where a dict per chunk takes 20 s and 3 GB)."""
+    sdm = metadata.state_dict_metadata
+    sd = metadata.storage_data
+    rows = sd.chunk_rows(sdm) if isinstance(sd, StorageColumns) else None
+    if rows is None or (rows < 0).any():  # edited or incomplete: chunk by chunk
+        info = describe_checkpoint(metadata)
+        entries = [
+            {
+                **{k: v for k, v in e.items() if k != "chunks"},
+                "n_chunks": len(e["chunks"]),
+                "writers": tuple(
+                    sorted({c["writer"] for c in e["chunks"] if c["writer"] is not None})
+                ),
+            }
+            for e in info["entries"]
+        ]
+        return {"version": info["version"], "entries": entries, "files": info["files"]}
+    path_writer = np.array(
+        [-1 if (w := writer_of_file(p)) is None else w for p in sd.paths], np.int64
+    )
+    path_id, length = sd.path_id[rows], sd.length[rows]
+    entries, at = [], 0
+    for fqn, md in sdm.items():
+        tensor = isinstance(md, TensorStorageMetadata)
+        n = len(md.chunks) if tensor else 1
+        w = np.unique(path_writer[path_id[at : at + n]])
+        entries.append(
+            {
+                "fqn": fqn,
+                "kind": "tensor" if tensor else "bytes",
+                "shape": list(md.size) if tensor else None,
+                "dtype": md.properties.dtype if tensor else None,
+                "nbytes": md.nbytes if tensor else int(length[at]),
+                "n_chunks": n,
+                "writers": tuple(w[w >= 0].tolist()),
+            }
+        )
+        at += n
+    items = np.bincount(path_id, minlength=len(sd.paths))
+    nbytes = np.zeros(len(sd.paths), np.int64)
+    np.add.at(nbytes, path_id, length)
+    files = [
+        {"file": p, "writer": writer_of_file(p), "items": int(items[i]), "bytes": int(nbytes[i])}
+        for i, p in enumerate(sd.paths)
+        if items[i]
+    ]
+    files.sort(key=lambda f: (f["writer"] is None, f["writer"] or 0, str(f["file"])))
+    return {"version": metadata.version, "entries": entries, "files": files}
 
 
 def describe_checkpoint(metadata: Metadata) -> dict:

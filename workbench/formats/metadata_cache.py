@@ -1,8 +1,11 @@
 """A cache of parsed ``.metadata`` files, so reopening a big checkpoint takes a fraction of a second.
 
-A read `Metadata` (its columns: `formats.columns`) is saved as one ``.npz`` file: the numeric
-columns as arrays and everything else (keys, dtypes, sizes, planner data, ...) as a JSON text
-stored in the same file, never a pickle. The entry is named by a BLAKE2b hash of the
+A read `Metadata` (its columns: `formats.columns`) is saved as one ``.wbmd`` file: a JSON
+header (keys, dtypes, sizes, planner data, ... and where each array lies), never a pickle, then
+the numeric columns as raw little-endian arrays, plus what every open computes next from the
+columns alone (the storage row of each chunk). An entry is read through an mmap: the arrays are
+views of the page cache, not copies (an ``.npz`` took 0.3 s to copy and checksum 114 MB at
+16,384 ranks). The entry is named by a SHA-256 hash of the
 ``.metadata``'s bytes and records the file's size and modification time; it is used only when
 all three match the file being opened (the hash is computed from the bytes just read, so an
 edited file never reads a stale entry), and any entry that cannot be read back exactly is
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import pathlib
 import tempfile
@@ -34,9 +38,17 @@ from ..records import (
 from .columns import ChunkList, StorageColumns
 from .limits import JsonLimits, read_json
 
-__all__ = ["cache_dir", "cache_enabled", "content_key", "load_cached", "store", "FORMAT"]
+__all__ = [
+    "cache_dir",
+    "cache_enabled",
+    "content_key",
+    "load_cached",
+    "load_cached_extra",
+    "store",
+    "FORMAT",
+]
 
-FORMAT = 2  # bumped when the layout of an entry changes: older entries are then ignored
+FORMAT = 5  # bumped when the layout of an entry changes: older entries are then ignored
 _ENV_OFF = "WORKBENCH_NO_CACHE"
 
 
@@ -51,18 +63,20 @@ def cache_enabled(cache: bool = True) -> bool:
     return bool(cache) and os.environ.get(_ENV_OFF, "").strip() in ("", "0")
 
 
-def content_key(data: bytes, size: int, mtime_ns: int) -> dict:
-    """What an entry must match: the format, the file's size and mtime, its bytes' hash."""
+def content_key(data, size: int, mtime_ns: int) -> dict:
+    """What an entry must match: the format, the file's size and mtime, its bytes' hash
+    (``data``: bytes or any buffer, e.g. an mmap of the file)."""
+    # SHA-256 runs on the CPU's SHA instructions: 0.11 s for a 157 MB .metadata, half BLAKE2b's
     return {
         "format": FORMAT,
         "size": int(size),
         "mtime_ns": int(mtime_ns),
-        "blake2b": hashlib.blake2b(data, digest_size=20).hexdigest(),
+        "sha256": hashlib.sha256(data).hexdigest(),
     }
 
 
 def _entry(key: dict) -> pathlib.Path:
-    return cache_dir() / f"metadata-{key['blake2b']}.npz"
+    return cache_dir() / f"metadata-{key['sha256']}.wbmd"
 
 
 # ----------------------------------------------------------------------------- plain data
@@ -146,22 +160,23 @@ _STORAGE_ARRAYS = (
 )
 
 
-def store(key: dict, md: Metadata, size_hint: int) -> bool:
-    """Save ``md`` (as `formats.dcp` read it: chunk and storage columns) under ``key``; False
-    (nothing written) when it holds what the entry format cannot keep exactly or the cache
-    directory is not writable."""
+def store(key: dict, md: Metadata, size_hint: int, writer_versions=None) -> bool:
+    """Save ``md`` (as `formats.dcp` read it: chunk and storage columns) under ``key``, with
+    the `formats.dcp.WriterVersions` of the same reading if given; False (nothing written) when
+    it holds what the entry format cannot keep exactly or the cache directory is not
+    writable."""
     try:
-        arrays, text = _pack(key, md, size_hint)
+        arrays, text = _pack(key, md, size_hint, writer_versions)
     except _NotCacheable:
         return False
     path = _entry(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".wbmd")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.frombuffer(text.encode("utf-8"), np.uint8), **arrays)
-            os.replace(tmp, path)  # atomic: a reader never sees half an entry
+                _write_entry(f, text, arrays)
+            os.replace(tmp, path)  # atomic: a reader never sees half an entry (nor a mapped one)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -170,7 +185,7 @@ def store(key: dict, md: Metadata, size_hint: int) -> bool:
     return True
 
 
-def _pack(key: dict, md: Metadata, size_hint: int) -> tuple[dict, str]:
+def _pack(key: dict, md: Metadata, size_hint: int, writer_versions) -> tuple[dict, str]:
     budget = [4 * size_hint + 100_000]
     entries, offs, sizes = [], [], []
     for fqn, e in md.state_dict_metadata.items():
@@ -210,6 +225,11 @@ def _pack(key: dict, md: Metadata, size_hint: int) -> tuple[dict, str]:
         for name in _STORAGE_ARRAYS:
             arrays["sd_" + name] = getattr(sd, name)
         arrays["sd_keys"], arrays["sd_values"] = sd.box_rows
+        # the storage row of each chunk: every open looks all of them up next (0.5 s at 16k ranks)
+        rows = sd.chunk_rows(md.state_dict_metadata)
+        if rows is None:
+            raise _NotCacheable
+        arrays["sd_chunk_rows"] = rows
         storage = {
             "fqns": sd.fqns,
             "paths": sd.paths,
@@ -231,6 +251,14 @@ def _pack(key: dict, md: Metadata, size_hint: int) -> tuple[dict, str]:
                 _encode(sm.modules, budget),
             ],
             "version": _encode(md.version, budget),
+            "writer_versions": None
+            if writer_versions is None
+            else [
+                writer_versions.low,
+                writer_versions.high,
+                list(writer_versions.evidence),
+                writer_versions.python,
+            ],
         }
     )
     return arrays, text
@@ -243,16 +271,68 @@ def load_cached(key: dict) -> Metadata | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = read_json(
-                z["meta"].tobytes(), str(path), JsonLimits(max_bytes=1 << 30, max_depth=256)
-            )
-            if meta.get("key") != key:
-                return None
-            arrays = {k: z[k] for k in z.files if k != "meta"}
+        meta, arrays = _read_entry(path)
+        if meta.get("key") != key:
+            return None
         return _unpack(meta, arrays)
     except Exception:  # noqa: BLE001 - a damaged or foreign entry is a miss, never an error
         return None
+
+
+def load_cached_extra(key: dict, name: str):
+    """What the entry under ``key`` recorded beside the metadata (``"writer_versions"``: [low,
+    high, evidence, python]), or None (no entry, no match, not recorded)."""
+    path = _entry(key)
+    if not path.is_file():
+        return None
+    try:
+        meta, _ = _read_entry(path)
+        return meta.get(name) if meta.get("key") == key else None
+    except Exception:  # noqa: BLE001 - a damaged or foreign entry is a miss, never an error
+        return None
+
+
+# ----------------------------------------------------------------------------- the entry file
+# MAGIC, the header's length (8 bytes, little-endian), the JSON header, then each array's raw
+# bytes at the offset the header names (64-byte aligned).
+_MAGIC = b"WBMDCACH"
+_ALIGN = 64
+
+
+def _write_entry(f, text: str, arrays: dict) -> None:
+    layout, at = {}, 0
+    for name, a in arrays.items():
+        layout[name] = [a.dtype.str, list(a.shape), at]
+        at += -(-a.nbytes // _ALIGN) * _ALIGN
+    head = json.dumps({"header": text, "arrays": layout}).encode("utf-8")
+    start = -(-(len(_MAGIC) + 8 + len(head)) // _ALIGN) * _ALIGN
+    f.write(_MAGIC + len(head).to_bytes(8, "little") + head)
+    f.write(b"\0" * (start - f.tell()))
+    for name, a in arrays.items():
+        f.seek(start + layout[name][2])
+        f.write(np.ascontiguousarray(a).tobytes())
+
+
+def _read_entry(path: pathlib.Path) -> tuple[dict, dict]:
+    """(the header, read-only arrays viewing the mapped file: they keep the mapping alive)."""
+    with open(path, "rb") as f:
+        view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if view[: len(_MAGIC)] != _MAGIC:
+        raise ValueError("not a cache entry")
+    n = int.from_bytes(view[len(_MAGIC) : len(_MAGIC) + 8], "little")
+    limits = JsonLimits(max_bytes=1 << 30, max_depth=256)
+    head = read_json(view[len(_MAGIC) + 8 : len(_MAGIC) + 8 + n], str(path), limits)
+    start = -(-(len(_MAGIC) + 8 + n) // _ALIGN) * _ALIGN
+    arrays = {}
+    for name, (dtype, shape, at) in head["arrays"].items():
+        dt = np.dtype(dtype)
+        if dt.hasobject or dt.kind not in "biu":
+            raise ValueError(f"array {name} of dtype {dtype}")
+        count = int(np.prod(shape, dtype=np.int64))
+        a = np.frombuffer(view, dt, count, start + int(at))  # raises past the file's end
+        arrays[name] = a.reshape(shape)
+    meta = read_json(head["header"], str(path), limits)
+    return meta, arrays
 
 
 def _unpack(meta: dict, arrays: dict) -> Metadata:
@@ -287,6 +367,7 @@ def _unpack(meta: dict, arrays: dict) -> Metadata:
             rows=(arrays["sd_keys"], arrays["sd_values"]),
             **{name: arrays["sd_" + name] for name in _STORAGE_ARRAYS},
         )
+        _prime_rows(storage, state, arrays["sd_chunk_rows"])
     sm = meta["storage_meta"]
     return Metadata(
         state,
@@ -295,3 +376,18 @@ def _unpack(meta: dict, arrays: dict) -> Metadata:
         None if sm is None else StorageMeta(*(_decode(v) for v in sm)),
         _decode(meta["version"]),
     )
+
+
+def _prime_rows(storage: StorageColumns, state: dict, rows: np.ndarray) -> None:
+    """Hand ``storage`` the stored row of each chunk (`StorageColumns.chunk_rows` order: a
+    bytes entry is one row) for the chunk arrays just built."""
+    at = 0
+    for fqn, e in state.items():
+        if isinstance(e, BytesStorageMetadata):
+            at += 1
+            continue
+        offsets = e.chunks.box_arrays[0]
+        storage.prime_rows(fqn, offsets, rows[at : at + len(offsets)])
+        at += len(offsets)
+    if at != len(rows):
+        raise ValueError("chunk rows do not match the entries")

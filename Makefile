@@ -26,7 +26,8 @@ lab: $(STAMP)
 
 # ruff (lint + format) first, then the suite on both cores (pytest-xdist; each real run picks
 # its own free port; loadgroup keeps a module marked xdist_group, such as the Dask cluster's, on
-# one worker, so its cluster starts once). The layer contracts run inside the suite
+# one worker, so its cluster starts once; tests/conftest.py marks every module whose tests share a
+# module fixture, e.g. a real gloo run, the same way). The layer contracts run inside the suite
 # (tests/test_architecture.py). The 15 slowest tests are listed at the end, to keep the suite
 # in budget.
 test: $(STAMP) chromium

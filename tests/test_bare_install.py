@@ -47,9 +47,12 @@ def bare(tmp_path_factory):
     )
     assert code == 0, log
     (wheel,) = (tmp / "wheel").glob("*.whl")
-    venv.create(tmp / "venv", with_pip=True)
+    # no ensurepip in the bare venv: this venv's pip installs into it (pip --python)
+    venv.create(tmp / "venv", with_pip=False)
     py = tmp / "venv" / "bin" / "python"
-    code, log = _run([str(py), "-m", "pip", "install", "-q", str(wheel)])
+    code, log = _run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", str(wheel)]
+    )
     assert code == 0, log
     return py
 

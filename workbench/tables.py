@@ -52,6 +52,8 @@ from .sources import as_layout, as_record
 __all__ = [
     "layout_chunks_table",
     "checkpoint_chunks_table",
+    "checkpoint_entries_table",
+    "checkpoint_files_table",
     "write_items_table",
     "read_items_table",
     "problems_table",
@@ -218,6 +220,132 @@ def checkpoint_chunks_table(metadata, fqn: str | None = None) -> pd.DataFrame:
             cols["bytes"].append(n * esize)
             cols["dtype"].append(dtype)
     return _frame(cols, _CHECKPOINT_SCHEMA)
+
+
+def _saved_items(metadata):
+    """Every saved item of a `Metadata` (each entry's chunks in metadata order; a bytes entry is
+    one item) as columns: (entry number, file number or -1 without a storage entry, stored
+    length or -1 when unknown, the file names). A reader's columns
+    (``formats.columns.StorageColumns``) answer all items at once; other storage (a planned
+    save, edited metadata) one lookup per item."""
+    sdm = metadata.state_dict_metadata
+    storage = storage_data_of(metadata)
+    counts = [1 if isinstance(md, BytesStorageMetadata) else len(md.chunks) for md in sdm.values()]
+    entry = np.repeat(np.arange(len(sdm), dtype=np.int64), counts)
+    rows = (
+        storage.chunk_rows(sdm)
+        if getattr(storage, "box_rows", None) is not None and hasattr(storage, "chunk_rows")
+        else None
+    )
+    if rows is not None:
+        # a million items at 16,384 ranks: no StorageInfo per item
+        known = rows >= 0
+        at = np.where(known, rows, 0)
+        path = np.where(known, storage.path_id[at], -1)
+        length = np.where(known, storage.length[at], -1)
+        return entry, path, length, [str(p) for p in storage.paths]
+    ids: dict[str, int] = {}
+    path, length = [], []
+    for fqn, md in sdm.items():
+        for info in chunk_storage(storage, fqn, md):
+            name = getattr(info, "relative_path", None)
+            n = getattr(info, "length", None)
+            path.append(-1 if name is None else ids.setdefault(str(name), len(ids)))
+            length.append(-1 if n is None else int(n))
+    return entry, np.array(path, np.int64), np.array(length, np.int64), list(ids)
+
+
+def _distinct_per(group: np.ndarray, value: np.ndarray, n: int) -> np.ndarray:
+    """How many distinct ``value`` (ignoring -1) each group of ``0 <= group < n`` holds."""
+    keep = value >= 0
+    width = int(value.max(initial=0)) + 1
+    pairs = np.unique(group[keep] * width + value[keep])
+    return np.bincount(pairs // width, minlength=n)
+
+
+_ENTRIES_SCHEMA = {
+    "fqn": "str",
+    "kind": "str",
+    "shape": "object",
+    "dtype": "str",
+    "chunks": "int64",
+    "bytes": "Int64",
+    "files": "int64",
+    "writers": "int64",
+}
+
+
+def checkpoint_entries_table(metadata) -> pd.DataFrame:
+    """One row per entry of a checkpoint's `Metadata`, in metadata order: what
+    `checkpoint_chunks_table` lists chunk by chunk, summed per entry with numpy (a 16,384-rank
+    checkpoint has a million chunks and a thousand entries). Also accepts anything with a
+    ``.metadata``.
+
+    Columns:
+      ``fqn`` (str); ``kind`` (str, ``"tensor"`` or ``"bytes"``); ``shape`` (tuple; None for
+      bytes); ``dtype`` (str; NaN for bytes); ``chunks`` (int64, saved chunks; 1 for bytes);
+      ``bytes`` (Int64, the tensor's bytes; for bytes entries the stored length, <NA> when
+      unknown); ``files`` (int64, distinct data files holding its chunks); ``writers`` (int64,
+      distinct writer ranks parsed from those files' names).
+    """
+    metadata = as_record(metadata_of(metadata))
+    sdm = metadata.state_dict_metadata
+    entry, path, length, names = _saved_items(metadata)
+    n = len(sdm)
+    writer_of = np.array(
+        [-1 if (w := writer_of_file(p)) is None else w for p in names] + [-1], np.int64
+    )
+    files = _distinct_per(entry, path, n)
+    writers = _distinct_per(entry, writer_of[path], n)  # path -1 -> the trailing -1
+    first = np.concatenate([[0], np.cumsum(np.bincount(entry, minlength=n))[:-1]]).tolist()
+    lengths = length.tolist()
+    cols: dict[str, list] = defaultdict(list)
+    for i, (fqn, md) in enumerate(sdm.items()):
+        tensor = not isinstance(md, BytesStorageMetadata)
+        stored = -1 if tensor else lengths[first[i]]  # a bytes entry is one item
+        cols["fqn"].append(fqn)
+        cols["kind"].append("tensor" if tensor else "bytes")
+        cols["shape"].append(tuple(md.size) if tensor else None)
+        cols["dtype"].append(md.properties.dtype if tensor else None)
+        cols["chunks"].append(len(md.chunks) if tensor else 1)
+        cols["bytes"].append(md.nbytes if tensor else (None if stored < 0 else stored))
+    cols["files"], cols["writers"] = files.tolist(), writers.tolist()
+    return _frame(cols, _ENTRIES_SCHEMA)
+
+
+_FILES_SCHEMA = {"file": "str", "writer": "Int64", "items": "int64", "bytes": "int64"}
+
+
+def checkpoint_files_table(metadata) -> pd.DataFrame:
+    """One row per data file the storage entries of a checkpoint's `Metadata` name, sorted by
+    writer rank (files without one last) then name. Also accepts anything with a ``.metadata``.
+
+    Columns:
+      ``file`` (str, ``storage_data``'s relative path); ``writer`` (Int64, rank parsed from the
+      name, <NA> for other names); ``items`` (int64, saved items stored in it, one per chunk and
+      per bytes entry); ``bytes`` (int64, the sum of their stored lengths, those known).
+    """
+    metadata = as_record(metadata_of(metadata))
+    _, path, length, names = _saved_items(metadata)
+    known = path >= 0
+    items = np.bincount(path[known], minlength=len(names))
+    nbytes = np.zeros(len(names), np.int64)
+    np.add.at(nbytes, path[known & (length >= 0)], length[known & (length >= 0)])
+    used = np.flatnonzero(items).tolist()
+    writers = [writer_of_file(names[i]) for i in used]
+    order = sorted(
+        range(len(used)), key=lambda j: (writers[j] is None, writers[j] or 0, names[used[j]])
+    )
+    rows = [used[j] for j in order]
+    return _frame(
+        {
+            "file": [names[i] for i in rows],
+            "writer": [writers[j] for j in order],
+            "items": items[rows].tolist(),
+            "bytes": nbytes[rows].tolist(),
+        },
+        _FILES_SCHEMA,
+    )
 
 
 # ----------------------------------------------------------------------------- save plans

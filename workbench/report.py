@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .formatting import format_bytes
+from .formatting import format_bytes, format_ranks, ranks_text
 from .records import TensorStorageMetadata
 
 __all__ = [
@@ -40,11 +40,14 @@ __all__ = [
 
 # Tensors drawn one picture each: the ones with problems first, then the largest.
 MAX_PICTURES = 8
+# ... and past MAX_RANK_ROWS ranks: a picture costs some 0.2 s at 16,384 ranks, and the explorer
+# draws any tensor from any rank.
+SCALE_PICTURES = 4
 # Rows of the read-item and saved-chunk tables; a whole-model plan has 100k+ (the I/O table and
 # pictures summarise them).
 MAX_READ_ROWS = 200
 MAX_PROBLEM_ROWS = 500
-MAX_ENTRY_ROWS = 400
+MAX_ENTRY_ROWS = 200
 # Per-rank and per-file tables list every row up to this many; past it, a distribution (min,
 # median, max, total) and the `TOP_ROWS` largest rows.
 MAX_RANK_ROWS = 64
@@ -52,6 +55,9 @@ TOP_ROWS = 20
 # A tensor of more saved chunks than this is drawn zoomed on the pictured rank's chunk (its
 # surroundings, not a thousand slivers).
 ZOOM_CHUNKS = 256
+# Cells a side of the traffic heatmap: about its pixels at the report's resolution, so a cell sums
+# a block of ranks x files rather than being dropped when drawn.
+TRAFFIC_CELLS = 256
 INSPECT_HINT = "<code>workbench inspect CHECKPOINT --json</code> lists every one"
 EXPLORER_HINT = (
     "<code>tables.io_table(plan_load(...))</code> or the explorer "
@@ -148,14 +154,31 @@ def _figure(uri: str, caption: str) -> str:
     )
 
 
-def _pick_tensors(metadata, problems, limit: int) -> list[str]:
-    """Tensors worth a picture: those with problems (in problem order), then the largest."""
+def _pick_tensors(metadata, layouts, problems, limit: int) -> list[str]:
+    """Tensors worth a picture: those with problems (in problem order), then the largest, one
+    per look (shape, dtype, saved chunks and target placements): a model's 126 layers give the
+    same picture 126 times."""
     sdm = metadata.state_dict_metadata
     tensors = [k for k, md in sdm.items() if isinstance(md, TensorStorageMetadata) and md.size]
     names = set(tensors)
     first = dict.fromkeys(p.fqn for p in problems if p.fqn in names)
     rest = sorted((k for k in tensors if k not in first), key=lambda k: -math.prod(sdm[k].size))
-    return [*first, *rest][:limit]
+
+    def look(fqn):
+        md, lay = sdm[fqn], (layouts or {}).get(fqn)
+        placed = None
+        if lay is not None:
+            placed = (lay.kind, lay.mesh_shape, tuple(map(str, lay.placements or ())))
+        return (tuple(md.size), md.properties.dtype, len(md.chunks), placed)
+
+    seen = {look(k) for k in first}
+    for k in rest:
+        if len(first) >= limit:
+            break
+        if look(k) not in seen:
+            seen.add(look(k))
+            first[k] = None
+    return list(first)[:limit]
 
 
 def _read_items_html(result) -> str:
@@ -211,14 +234,22 @@ def _pictured_rank(result, problems, fqn: str) -> int:
 
 def _pictures_html(metadata, result, problems, fqns) -> list[str]:
     from . import plots
+    from .picture_data import reshard_data
 
     out = ["<h2>Pictures</h2>"]
     sdm = metadata.state_dict_metadata
+    drawable = sum(isinstance(md, TensorStorageMetadata) and bool(md.size) for md in sdm.values())
+    if len(fqns) < drawable:
+        out.append(
+            f'<p class="note">{len(fqns)} of {drawable:,} tensors drawn: those with problems '
+            "first, then the largest, one per shape, saved chunks and target placements. The "
+            "explorer (<code>CheckpointExplorer</code>) draws any tensor from any rank.</p>"
+        )
     for fqn in fqns:
         if result is not None and fqn in result.layouts:
             rank = _pictured_rank(result, problems, fqn)
             zoom = len(sdm[fqn].chunks) > ZOOM_CHUNKS and bool(result.layouts[fqn].chunks(rank))
-            pic = plots.plot_reshard(metadata, result, fqn, rank, zoom=zoom)
+            pic = reshard_data(metadata, result, fqn, rank, zoom=zoom)
             caption = (
                 f"{fqn}: saved chunks by writer; rank {rank}'s wanted chunk and its read "
                 "items, numbered in DCP's order"
@@ -228,26 +259,37 @@ def _pictures_html(metadata, result, problems, fqns) -> list[str]:
                     else ""
                 )
             )
+            # the widgets' fast path (dense runs of tiles as images, fixed margins): half the
+            # time of a tight-bbox savefig, and a report at 16,384 ranks draws several
+            _, png = plots.picture_png(pic, figsize=(8.0, 4.2), dpi=80, margins=_PICTURE_MARGINS)
+            uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         else:
-            pic = plots.plot_layout(metadata, fqn=fqn)
+            uri = figure_data_uri(plots.plot_layout(metadata, fqn=fqn))
             caption = f"{fqn}: saved chunks, coloured by writer rank"
-        out.append(_figure(figure_data_uri(pic), caption))
+        out.append(_figure(uri, caption))
     return out
 
 
-def _long_table_html(df, *, by: str, noun: str, hint: str) -> str:
-    """A per-rank or per-file table: every row up to `MAX_RANK_ROWS`; past it, each numeric
-    column's distribution over all rows (min, median, max and, for counts, the total: exact, from
-    the same numbers) and the `TOP_ROWS` rows largest in ``by`` (ties in table order), with how
-    many rows are left out and where to see them."""
+# room on the right for the legend and the writer colour bar, below for the notes
+_PICTURE_MARGINS = dict(left=0.08, right=0.64, top=0.92, bottom=0.25)
+
+
+def _long_table_html(df, *, by: str, noun: str, members: str, hint: str) -> str:
+    """A per-rank or per-file table: every row up to `MAX_RANK_ROWS`. Past it: each numeric
+    column's distribution over all rows (min, lower median, max and, for counts, the total:
+    exact, from the same numbers), then the rows grouped by equal numbers (a 16,384-rank load has
+    a few dozen I/O profiles, not 16,384), the `TOP_ROWS` groups largest in ``by`` first, each
+    with its count and its ranks (``members``: the rank column), and how many are left out and
+    where to see them."""
     import numpy as np
     import pandas as pd
 
     if len(df) <= MAX_RANK_ROWS:
         return _frame_html(df)
-    key = df.columns[0]
     numeric = [
-        c for c in df.columns if c != key and c != "writer" and pd.api.types.is_numeric_dtype(df[c])
+        c
+        for c in df.columns
+        if c not in (df.columns[0], members) and pd.api.types.is_numeric_dtype(df[c])
     ]
     stats: dict[str, list] = {"over all " + noun: ["min", "median", "max", "total"]}
     for c in numeric:
@@ -264,12 +306,20 @@ def _long_table_html(df, *, by: str, noun: str, hint: str) -> str:
     for c in numeric:
         if df[c].dtype.kind in "iu":
             dist[c] = dist[c].astype("Int64")
-    top = df.sort_values(by, ascending=False, kind="stable").head(TOP_ROWS)
+    groups = df.groupby(numeric, sort=False, dropna=False)[members]
+    who = members + "s"  # "ranks", "writers"
+    profiles = groups.agg(
+        **{"count": "size", who: lambda r: ranks_text(r.dropna().astype(int).tolist())}
+    ).reset_index()
+    profiles = profiles[["count", *numeric, who]].sort_values(
+        [by, "count"], ascending=False, kind="stable"
+    )
     return (
-        f"<p>{len(df):,} {noun}: their distribution, then the {len(top)} with the most "
-        f"{_e(by.replace('_', ' '))}.</p>"
+        f"<p>{len(df):,} {noun}: the distribution of each number, then the {noun} with equal "
+        f"numbers as one row ({len(profiles):,} such groups), the most "
+        f"{_e(by.replace('_', ' '))} first.</p>"
         + _frame_html(dist)
-        + _frame_html(top, total=len(df), hint=hint)
+        + _frame_html(profiles, max_rows=TOP_ROWS, hint=hint)
     )
 
 
@@ -294,9 +344,12 @@ def _io_html(result) -> list[str]:
             "bytes each rank loads (whole saved chunks) against the bytes it needs",
         ),
         _figure(
-            figure_data_uri(plots.plot_traffic(result)), "traffic: which rank reads from which file"
+            figure_data_uri(plots.plot_traffic(result, cells=TRAFFIC_CELLS)),
+            "traffic: which rank reads from which file",
         ),
-        _long_table_html(io_table(result), by="bytes_read", noun="ranks", hint=EXPLORER_HINT),
+        _long_table_html(
+            io_table(result), by="bytes_read", noun="ranks", members="rank", hint=EXPLORER_HINT
+        ),
     ]
 
 
@@ -309,7 +362,7 @@ def _checkpoint_html(layouts, entries, files, chunks) -> list[str]:
     shown["dtype"] = shown["dtype"].fillna("")
     if layouts is not None:
         shown["target"] = [
-            layouts[f].describe() if f in layouts else "not requested" for f in shown["fqn"]
+            _target_text(layouts[f]) if f in layouts else "not requested" for f in shown["fqn"]
         ]
     return [
         "<h2>Checkpoint</h2>",
@@ -326,8 +379,18 @@ def _checkpoint_html(layouts, entries, files, chunks) -> list[str]:
             hint=INSPECT_HINT,
         ),
         "<h3>Files</h3>",
-        _long_table_html(files, by="bytes", noun="files", hint=INSPECT_HINT),
+        _long_table_html(files, by="bytes", noun="files", members="writer", hint=INSPECT_HINT),
     ]
+
+
+def _target_text(layout) -> str:
+    """`Layout.describe`, a submesh's ranks as runs (``r4096-6143``): listed one by one they are
+    12 kB a row at 16,384 ranks."""
+    text = layout.describe()
+    ranks = getattr(layout, "mesh_ranks", None)
+    if layout.kind == "dtensor" and ranks is not None:
+        text = text.replace(f" at ranks {list(ranks)}", f" at ranks {format_ranks(ranks)}")
+    return text
 
 
 def _first_chunks(metadata, limit: int):
@@ -393,7 +456,7 @@ def report_content(
     checkpoint: str | None = None,
     target: str | None = None,
     damage: list[str] | None = None,
-    max_pictures: int = MAX_PICTURES,
+    max_pictures: int | None = None,
     torch_version: str | None = None,
     facts: dict | None = None,
     file_problems: list | None = None,
@@ -413,6 +476,10 @@ def report_content(
     )
     problems = tuple(result.problems) if result is not None else None
     saved_problems = () if result is not None else tuple(find_checkpoint_problems(metadata))
+    files = checkpoint_files_table(metadata)
+    if max_pictures is None:
+        world = result.world_size if result is not None else files["writer"].nunique()
+        max_pictures = MAX_PICTURES if world <= MAX_RANK_ROWS else SCALE_PICTURES
     return ReportContent(
         metadata=metadata,
         layouts=layouts,
@@ -430,11 +497,14 @@ def report_content(
         file_problems=None if file_problems is None else tuple(file_problems),
         format_tables=dict(format_tables or {}),
         entries=checkpoint_entries_table(metadata),
-        files=checkpoint_files_table(metadata),
+        files=files,
         chunks=_first_chunks(metadata, MAX_READ_ROWS),
         pictured=tuple(
             _pick_tensors(
-                metadata, problems if problems is not None else saved_problems, max_pictures
+                metadata,
+                layouts,
+                problems if problems is not None else saved_problems,
+                max_pictures,
             )
         ),
     )
@@ -523,7 +593,8 @@ def build_report(metadata, layouts=None, **kw) -> str:
     the target) is optional: without it the report shows what the checkpoint holds. Keywords:
     ``checkpoint`` / ``target`` (how to name them); ``damage``: messages about the data files
     (`checkpoint.Checkpoint.problems`: missing or short files), shown under the verdict;
-    ``max_pictures``; ``torch_version``: whose DCP semantics plan the load (default
+    ``max_pictures`` (default `MAX_PICTURES`, `SCALE_PICTURES` past `MAX_RANK_ROWS` ranks);
+    ``torch_version``: whose DCP semantics plan the load (default
     `versions.default_torch_version`), named in the report; ``facts``: the format and what it
     records of itself (`checkpoint.Checkpoint.facts`); ``file_problems``:
     `checkpoint.find_file_problems` (are the files all there); ``format_tables``:

@@ -259,8 +259,10 @@ def _distinct_per(group: np.ndarray, value: np.ndarray, n: int) -> np.ndarray:
     """How many distinct ``value`` (ignoring -1) each group of ``0 <= group < n`` holds."""
     keep = value >= 0
     width = int(value.max(initial=0)) + 1
-    pairs = np.unique(group[keep] * width + value[keep])
-    return np.bincount(pairs // width, minlength=n)
+    pairs = np.sort(group[keep] * width + value[keep])  # a sort: np.unique hashes, 10x slower here
+    first = np.ones(len(pairs), bool)
+    first[1:] = pairs[1:] != pairs[:-1]
+    return np.bincount(pairs[first] // width, minlength=n)
 
 
 _ENTRIES_SCHEMA = {
@@ -422,6 +424,30 @@ _READ_SCHEMA = {
 }
 
 
+def _storage_lookup(metadata):
+    """``storage_data.get`` for a load plan's ``storage_index``es. A reader's columns answer by
+    the saved chunk's row (``storage_index.index``, checked against its offsets) from the
+    tensor's rows looked up at once (`StorageColumns.rows_of`, cached per fqn): one dict of
+    offset tuples per fqn is 0.5 s for one rank's items at 16,384 ranks."""
+    storage = storage_data_of(metadata)
+    sdm = metadata.state_dict_metadata
+    if getattr(storage, "box_rows", None) is None or not hasattr(storage, "rows_of"):
+        return storage.get
+
+    def get(index):
+        md = sdm.get(index.fqn)
+        arrays = getattr(getattr(md, "chunks", None), "box_arrays", None)
+        i = index.index
+        if arrays is None or i is None or not 0 <= i < len(arrays[0]):
+            return storage.get(index)
+        if tuple(arrays[0][i].tolist()) != tuple(index.offset or ()):
+            return storage.get(index)  # a hint that is not the chunk's position
+        row = storage.rows_of(index.fqn, arrays[0])[i]
+        return storage.values_at(np.array([row]))[0]
+
+    return get
+
+
 def read_items_table(
     load_result, fqn: str | None = None, *, rank: int | None = None
 ) -> pd.DataFrame:
@@ -465,14 +491,14 @@ def read_items_table(
             rank=rank,
         )
     sdm = load_result.metadata.state_dict_metadata
-    storage = storage_data_of(load_result.metadata)
+    storage_of = _storage_lookup(load_result.metadata)
     cols: dict[str, list] = defaultdict(list)
     for r in range(len(plans)) if rank is None else (rank,):
         for i, item in enumerate(plans[r].items):
             name = item.dest_index.fqn
             if fqn is not None and name != fqn:
                 continue
-            info = storage.get(item.storage_index)
+            info = storage_of(item.storage_index)
             path = getattr(info, "relative_path", None)
             if item.type == LoadItemType.TENSOR:
                 md = sdm[item.storage_index.fqn]

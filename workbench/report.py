@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .formatting import format_bytes, format_ranks, ranks_text
+from .formatting import format_bytes, format_ranks
 from .records import TensorStorageMetadata
 
 __all__ = [
@@ -74,7 +74,7 @@ h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bot
 .verdict.none { background: #eef2f7; color: #334; }
 table { border-collapse: collapse; font-size: 12.5px; margin: .6em 0; }
 th, td { border: 1px solid #ddd; padding: 2px 7px; text-align: left; vertical-align: top; }
-th { background: #f5f5f7; }
+th { background: #f5f5f7; } td span[title] { white-space: nowrap; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .92em; } .note { color: #666; font-size: .92em; }
 """
@@ -275,51 +275,21 @@ _PICTURE_MARGINS = dict(left=0.08, right=0.64, top=0.92, bottom=0.25)
 
 
 def _long_table_html(df, *, by: str, noun: str, members: str, hint: str) -> str:
-    """A per-rank or per-file table: every row up to `MAX_RANK_ROWS`. Past it: each numeric
-    column's distribution over all rows (min, lower median, max and, for counts, the total:
-    exact, from the same numbers), then the rows grouped by equal numbers (a 16,384-rank load has
-    a few dozen I/O profiles, not 16,384), the `TOP_ROWS` groups largest in ``by`` first, each
-    with its count and its ranks (``members``: the rank column), and how many are left out and
-    where to see them."""
-    import numpy as np
-    import pandas as pd
+    """A per-rank or per-file table: every row up to `MAX_RANK_ROWS`. Past it: each number's
+    distribution (`tables.distribution_table`), then the rows with equal numbers as one row
+    (`tables.equal_rows_table`: a 16,384-rank load has a few dozen I/O profiles, not 16,384),
+    the `TOP_ROWS` largest in ``by`` first, with how many are left out and where to see them."""
+    from .tables import distribution_table, equal_rows_table
 
     if len(df) <= MAX_RANK_ROWS:
         return _frame_html(df)
-    numeric = [
-        c
-        for c in df.columns
-        if c not in (df.columns[0], members) and pd.api.types.is_numeric_dtype(df[c])
-    ]
-    stats: dict[str, list] = {"over all " + noun: ["min", "median", "max", "total"]}
-    for c in numeric:
-        v = df[c].to_numpy()
-        finite = v[~np.isnan(v)] if v.dtype.kind == "f" else v
-        if not len(finite):
-            stats[c] = [None] * 4
-            continue
-        # the lower median: a value some row really has, exact for integers
-        med = np.quantile(finite, 0.5, method="lower")
-        total = finite.sum() if v.dtype.kind in "iu" else None
-        stats[c] = [finite.min(), med, finite.max(), total]
-    dist = pd.DataFrame(stats)
-    for c in numeric:
-        if df[c].dtype.kind in "iu":
-            dist[c] = dist[c].astype("Int64")
-    groups = df.groupby(numeric, sort=False, dropna=False)[members]
-    who = members + "s"  # "ranks", "writers"
-    profiles = groups.agg(
-        **{"count": "size", who: lambda r: ranks_text(r.dropna().astype(int).tolist())}
-    ).reset_index()
-    profiles = profiles[["count", *numeric, who]].sort_values(
-        [by, "count"], ascending=False, kind="stable"
-    )
+    groups = equal_rows_table(df, members=members, by=by)
     return (
         f"<p>{len(df):,} {noun}: the distribution of each number, then the {noun} with equal "
-        f"numbers as one row ({len(profiles):,} such groups), the most "
+        f"numbers as one row ({len(groups):,} such groups), the most "
         f"{_e(by.replace('_', ' '))} first.</p>"
-        + _frame_html(dist)
-        + _frame_html(profiles, max_rows=TOP_ROWS, hint=hint)
+        + _frame_html(distribution_table(df, exclude=(df.columns[0], members), label=noun))
+        + _frame_html(groups, max_rows=TOP_ROWS, hint=hint)
     )
 
 

@@ -35,7 +35,7 @@ except ImportError as e:  # the planning core needs no pandas; tables say which 
 from .colors import rank_color, text_color
 from .errors import PlanError
 from .formats.dcp_files import writer_of_file
-from .formatting import format_bytes, format_held, format_ranks
+from .formatting import format_bytes, format_held, format_ranks, ranks_text
 from .records import (
     DTYPE_SIZES,
     BytesStorageMetadata,
@@ -60,6 +60,8 @@ __all__ = [
     "io_table",
     "file_io_table",
     "targets_table",
+    "distribution_table",
+    "equal_rows_table",
     "format_tables",
     "style_by_rank",
 ]
@@ -667,6 +669,59 @@ def targets_table(costs) -> pd.DataFrame:
             for name in _TARGETS_SCHEMA
         },
         _TARGETS_SCHEMA,
+    )
+
+
+# ----------------------------------------------------------------------------- summaries
+def _numbers(df: pd.DataFrame, exclude: Iterable[str]) -> list[str]:
+    return [c for c in df.columns if c not in set(exclude) and pd.api.types.is_numeric_dtype(df[c])]
+
+
+def distribution_table(
+    df: pd.DataFrame, *, exclude: Iterable[str] = ("rank", "writer"), label: str = "rows"
+) -> pd.DataFrame:
+    """Each numeric column of ``df`` (but ``exclude``) over all rows: four rows ``min``,
+    ``median`` (the lower median: a value some row has, exact for integers), ``max`` and
+    ``total`` (the sum, for integer columns; <NA> for floats such as an amplification).
+
+    Columns: ``over all <label>`` (str, the statistic), then each summarised column (Int64 for
+    integer columns, float64 otherwise; <NA> / NaN when the column has no value)."""
+    out: dict[str, object] = {f"over all {label}": ["min", "median", "max", "total"]}
+    for c in _numbers(df, exclude):
+        v = df[c].dropna().to_numpy()
+        whole = v.dtype.kind in "iub"
+        if not len(v):
+            values = [None] * 4
+        else:
+            med = np.quantile(v, 0.5, method="lower")
+            values = [v.min(), med, v.max(), v.sum() if whole else None]
+        out[c] = pd.Series(values, dtype="Int64" if whole else "float64")
+    return pd.DataFrame(out)
+
+
+def equal_rows_table(
+    df: pd.DataFrame, *, members: str = "rank", by: str | None = None, limit: int = 8
+) -> pd.DataFrame:
+    """The rows of ``df`` grouped by equal values in every numeric column but ``members`` and
+    the first column (a rank's or a file's name): a 16,384-rank `io_table` is a few dozen
+    profiles. Sorted by ``by`` (descending; default: the last numeric column), then by count.
+
+    Columns: ``count`` (int64, rows in the group); the grouped columns; ``<members>s`` (str, the
+    group's ``members`` values, `formatting.ranks_text` of the first ``limit``)."""
+    keys = _numbers(df, (df.columns[0], members))
+    who = members + "s"
+    if df.empty or not keys:
+        return _frame({}, {"count": "int64", **{k: str(df[k].dtype) for k in keys}, who: "str"})
+    grouped = df.groupby(keys, sort=False, dropna=False)[members]
+    out = grouped.agg(
+        **{
+            "count": "size",
+            who: lambda r: ranks_text(r.dropna().astype(int).tolist(), limit=limit),
+        }
+    ).reset_index()
+    out = out[["count", *keys, who]]
+    return out.sort_values(
+        [by or keys[-1], "count"], ascending=False, kind="stable", ignore_index=True
     )
 
 

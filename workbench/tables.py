@@ -317,7 +317,7 @@ def checkpoint_entries_table(metadata) -> pd.DataFrame:
     return _frame(cols, _ENTRIES_SCHEMA)
 
 
-_FILES_SCHEMA = {"file": "str", "writer": "Int64", "items": "int64", "bytes": "int64"}
+_FILES_SCHEMA = {"file": "str", "writer": "Int64", "items": "int64", "bytes": "Int64"}
 
 
 def checkpoint_files_table(metadata) -> pd.DataFrame:
@@ -327,14 +327,17 @@ def checkpoint_files_table(metadata) -> pd.DataFrame:
     Columns:
       ``file`` (str, ``storage_data``'s relative path); ``writer`` (Int64, rank parsed from the
       name, <NA> for other names); ``items`` (int64, saved items stored in it, one per chunk and
-      per bytes entry); ``bytes`` (int64, the sum of their stored lengths, those known).
+      per bytes entry); ``bytes`` (Int64, the sum of their stored lengths, those known; <NA>
+      when none is, as in a planned save before it runs).
     """
     metadata = as_record(metadata_of(metadata))
     _, path, length, names = _saved_items(metadata)
     known = path >= 0
     items = np.bincount(path[known], minlength=len(names))
+    sized = known & (length >= 0)
     nbytes = np.zeros(len(names), np.int64)
-    np.add.at(nbytes, path[known & (length >= 0)], length[known & (length >= 0)])
+    np.add.at(nbytes, path[sized], length[sized])
+    measured = np.bincount(path[sized], minlength=len(names)) > 0
     used = np.flatnonzero(items).tolist()
     writers = [writer_of_file(names[i]) for i in used]
     order = sorted(
@@ -346,7 +349,7 @@ def checkpoint_files_table(metadata) -> pd.DataFrame:
             "file": [names[i] for i in rows],
             "writer": [writers[j] for j in order],
             "items": items[rows].tolist(),
-            "bytes": nbytes[rows].tolist(),
+            "bytes": [b if m else None for b, m in zip(nbytes[rows].tolist(), measured[rows])],
         },
         _FILES_SCHEMA,
     )

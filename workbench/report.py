@@ -58,8 +58,8 @@ ZOOM_CHUNKS = 256
 # Cells a side of the traffic heatmap: about its pixels at the report's resolution, so a cell sums
 # a block of ranks x files rather than being dropped when drawn.
 TRAFFIC_CELLS = 256
-INSPECT_HINT = "<code>workbench inspect CHECKPOINT --json</code> lists every one"
-EXPLORER_HINT = (
+_INSPECT_HINT = "<code>workbench inspect CHECKPOINT --json</code> lists every one"
+_EXPLORER_HINT = (
     "<code>tables.io_table(plan_load(...))</code> or the explorer "
     "(<code>CheckpointExplorer</code>) shows every rank"
 )
@@ -318,7 +318,7 @@ def _io_html(result) -> list[str]:
             "traffic: which rank reads from which file",
         ),
         _long_table_html(
-            io_table(result), by="bytes_read", noun="ranks", members="rank", hint=EXPLORER_HINT
+            io_table(result), by="bytes_read", noun="ranks", members="rank", hint=_EXPLORER_HINT
         ),
     ]
 
@@ -341,15 +341,15 @@ def _checkpoint_html(layouts, entries, files, chunks) -> list[str]:
         f"{n_chunks:,} saved chunks, "
         f"{format_bytes(int(tensors['bytes'].sum()))} of tensor data in "
         f"{len(files):,} file(s) written by {writers:,} rank(s).</p>",
-        _frame_html(shown, total=len(entries), hint=INSPECT_HINT),
+        _frame_html(shown, total=len(entries), hint=_INSPECT_HINT),
         "<h3>Saved chunks</h3>",
         _frame_html(
             chunks.drop(columns=["offsets", "sizes"]),
             total=int(entries["chunks"].sum()),  # a bytes entry is one row
-            hint=INSPECT_HINT,
+            hint=_INSPECT_HINT,
         ),
         "<h3>Files</h3>",
-        _long_table_html(files, by="bytes", noun="files", members="writer", hint=INSPECT_HINT),
+        _long_table_html(files, by="bytes", noun="files", members="writer", hint=_INSPECT_HINT),
     ]
 
 

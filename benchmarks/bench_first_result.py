@@ -23,6 +23,10 @@ Each measurement runs in a fresh process under an address-space cap (``--cap-gb`
 - ``workbench report DIR --target T.json`` (and the size of the page it writes);
 - torch: ``FileSystemReader(DIR).read_metadata()``.
 
+Python runs as after ``pip install``: with compiled bytecode (kept in a temporary
+``PYTHONPYCACHEPREFIX`` and written by one warm-up import; these machines set
+``PYTHONDONTWRITEBYTECODE=1``, which makes every start compile the package again, ~0.4 s).
+
 Run: ``.venv/bin/python benchmarks/bench_first_result.py [--kinds realistic,flat] [--cap-gb 8]``.
 Building a case's directory takes about a minute (realistic) to several (flat).
 """
@@ -75,15 +79,11 @@ def _capped(cap_gb: float):
     return lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
 
-def first_line(cmd: list[str], cap_gb: float, env: dict | None = None) -> dict:
+def first_line(cmd: list[str], cap_gb: float, env: dict) -> dict:
     """Seconds to a command's first stdout line and to its end."""
     t = time.perf_counter()
     p = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=_capped(cap_gb),
-        env=None if env is None else {**os.environ, **env},
+        cmd, stdout=subprocess.PIPE, text=True, preexec_fn=_capped(cap_gb), env=env
     )
     first = None
     for _ in p.stdout:
@@ -129,6 +129,10 @@ def main() -> None:
     py = sys.executable
     env_cli = [py, "-m", "workbench.cli"]
     with tempfile.TemporaryDirectory(prefix="wb-first-") as tmp:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
+        warm = "import pandas, workbench.cli, workbench.report, workbench.widgets.checkpoint"
+        subprocess.run([py, "-c", warm], check=True, env=env, cwd=ROOT)
         for kind in args.kinds.split(","):
             t = time.perf_counter()
             ckpt, target = build(kind, Path(tmp))
@@ -140,12 +144,13 @@ def main() -> None:
                     text=True,
                     check=True,
                     preexec_fn=_capped(args.cap_gb),
+                    env=env,
                 ).stdout
             )
             plan_cmd = [*env_cli, "plan", str(ckpt), "--target", str(target)]
             # the first open of a directory reads its .metadata cold (then it is cached)
-            cold = first_line(plan_cmd, args.cap_gb, {"WORKBENCH_NO_CACHE": "1"})
-            plan = first_line(plan_cmd, args.cap_gb)
+            cold = first_line(plan_cmd, args.cap_gb, {**env, "WORKBENCH_NO_CACHE": "1"})
+            plan = first_line(plan_cmd, args.cap_gb, env)
             ex = json.loads(
                 subprocess.run(
                     [py, "-c", EXPLORER, str(ckpt), str(target), str(args.rank)],
@@ -154,6 +159,7 @@ def main() -> None:
                     check=True,
                     preexec_fn=_capped(args.cap_gb),
                     cwd=ROOT,
+                    env=env,
                 ).stdout
             )
             report = first_line(
@@ -167,6 +173,7 @@ def main() -> None:
                     str(Path(tmp) / f"{kind}.html"),
                 ],
                 args.cap_gb,
+                env,
             )
             rows = [
                 ("torch read_metadata (reference)", torch_s),

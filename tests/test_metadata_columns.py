@@ -326,6 +326,20 @@ def test_second_open_comes_from_the_cache(ckpt, cache_home, monkeypatch):
     assert again.planner_data == first.planner_data and again.storage_meta == first.storage_meta
 
 
+def test_a_cached_open_answers_chunk_rows_without_a_lookup(ckpt, cache_home, monkeypatch):
+    cold = dcp.load_metadata(ckpt, cache=False)
+    want = cold.storage_data.chunk_rows(cold.state_dict_metadata)
+    dcp.load_metadata(ckpt)  # stores the entry with each chunk's row
+    warm = dcp.load_metadata(ckpt)
+
+    def no_lookup(*a, **k):
+        raise AssertionError("looked up again")
+
+    monkeypatch.setattr(StorageColumns, "_rows_of", no_lookup)
+    assert warm.storage_data.chunk_rows(warm.state_dict_metadata).tolist() == want.tolist()
+    assert (want >= 0).all()
+
+
 def test_the_cache_is_ignored_when_the_file_changes_or_is_turned_off(ckpt, cache_home, monkeypatch):
     dcp.load_metadata(ckpt)
     path = ckpt / ".metadata"

@@ -395,6 +395,33 @@ def test_nested_uneven_local_shapes_match_torch_exhaustively(pl):
             )
 
 
+@settings(max_examples=150)
+@given(sharding_cases())
+def test_dtensor_layout_boxes_match_torch_at_every_mesh_position(case):
+    # dtensor_layout computes Shard-only placements for all positions at once (numpy), the
+    # others rank by rank: both must be torch's box at every coordinate, for the placements a
+    # DTensor holds (negative dims normalised, as DTensor.from_local does)
+    shape, mesh, pl = case
+    lay = dtensor_layout(shape, mesh, pl)
+    for i, coord in enumerate(itertools.product(*map(range, mesh))):
+        local, offset = torch_local(shape, mesh, coord, lay.placements)
+        (chunk,) = lay.rank_chunks[i]
+        assert (chunk.offsets, chunk.sizes) == (offset, local), coord
+
+
+def test_nested_uneven_shard_layout_boxes_match_torch_exhaustively():
+    # two Shards of one dim, the vectorised path's composition: every row count 0..40 on meshes
+    # (a, b), a, b in {1, 2, 3, 5, 8}, every coordinate (empty shards included)
+    pl = [Shard(0), Shard(0)]
+    tpl = [placement_to_torch(p) for p in pl]
+    for rows, m0, m1 in itertools.product(range(41), [1, 2, 3, 5, 8], [1, 2, 3, 5, 8]):
+        lay = dtensor_layout((rows, 2), (m0, m1), pl)
+        for i, c in enumerate(itertools.product(range(m0), range(m1))):
+            want = _compute_local_shape_and_global_offset((rows, 2), (m0, m1), list(c), tpl)
+            (chunk,) = lay.rank_chunks[i]
+            assert (chunk.sizes, chunk.offsets) == (tuple(want[0]), tuple(want[1]))
+
+
 # ----------------------------------------------------------------------------- bad layouts
 def test_layouts_refuse_ranks_outside_the_world():
     c = ((0,), (2,))

@@ -72,3 +72,51 @@ def test_bad_targets_are_one_clear_error():
         as_target("llama-tiny:fsdp2+tp:dp=2")
     with pytest.raises(PlanError, match="target is a int"):
         as_target(3)
+
+
+def test_long_even_rank_lists_are_written_as_runs_and_read_back_equal(tmp_path):
+    # pipeline stage 1 of 2 on a 2 x 8 mesh: mesh ranks 16..31, a run in the JSON
+    stage = wb.dtensor_layout((64, 32), (2, 8), "S(0), S(1)", "bfloat16", mesh_ranks=range(16, 32))
+    strided = wb.dtensor_layout((64,), (8,), "S(0)", world_size=32, mesh_ranks=range(1, 32, 4))
+    short = wb.dtensor_layout((64,), (4,), "S(0)", world_size=32, mesh_ranks=[4, 5, 6, 7])
+    few = wb.tensor_layout((8,), 32, ranks=[0, 2, 4, 6, 8, 10, 12, 14, 16, 31])
+    layouts = {"a": stage, "b": strided, "c": short, "d": few}
+    doc = target_json(layouts)
+    assert doc["a"]["mesh_ranks"] == {"start": 16, "stop": 32, "step": 1}
+    assert doc["b"]["mesh_ranks"] == {"start": 1, "stop": 30, "step": 4}
+    assert doc["c"]["mesh_ranks"] == [4, 5, 6, 7]  # short lists stay lists
+    assert doc["d"]["ranks"] == [0, 2, 4, 6, 8, 10, 12, 14, 16, 31]  # not one step
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    back = read_json_target(path)
+    for fqn, lay in layouts.items():
+        got = back[fqn]
+        assert (got.mesh_ranks, got.rank_chunks, got.world_size) == (
+            lay.mesh_ranks,
+            lay.rank_chunks,
+            lay.world_size,
+        ), fqn
+    # a run and the list it names are one target
+    doc["a"]["mesh_ranks"] = list(range(16, 32))
+    path.write_text(json.dumps(doc))
+    assert read_json_target(path)["a"].rank_chunks == stage.rank_chunks
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        {"start": 4},
+        {"start": 4, "stop": 4},
+        {"start": -1, "stop": 4},
+        {"start": 0, "stop": 8, "step": 0},
+        {"start": 0, "stop": 8, "every": 2},
+        {"start": 0, "stop": 10**12},
+        {"start": "0", "stop": 8},
+    ],
+)
+def test_a_bad_run_of_ranks_is_one_clear_error(tmp_path, run):
+    path = tmp_path / "t.json"
+    entry = {"shape": [8], "mesh": [4], "placements": "S(0)", "mesh_ranks": run}
+    path.write_text(json.dumps({"w": entry}))
+    with pytest.raises(PlanError, match=r"^w: target entry's mesh_ranks .* is not a run of ranks"):
+        read_json_target(path)

@@ -16,7 +16,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Literal, get_args
 
 import numpy as np
@@ -610,6 +610,11 @@ LayoutKind = Literal["dtensor", "sharded", "tensor", "bytes"]
 LAYOUT_KINDS: tuple[LayoutKind, ...] = get_args(LayoutKind)
 
 
+@lru_cache(maxsize=64)
+def _all_ranks(world_size: int) -> tuple[int, ...]:
+    return tuple(range(world_size))
+
+
 @dataclass(frozen=True, eq=False)
 class Layout:
     """Every rank's local chunks of one state-dict entry.
@@ -661,15 +666,21 @@ class Layout:
 
     def holders(self) -> list[int]:
         """Ranks that hold the entry at all."""
-        return [r for r, c in enumerate(self.rank_chunks) if c]
+        return list(self._holders)
+
+    @cached_property
+    def _holders(self) -> tuple[int, ...]:
+        return tuple(r for r, c in enumerate(self.rank_chunks) if c)
 
     def key_ranks(self) -> tuple[int, ...]:
         """Ranks whose state dict carries the key: every rank for a DTensor (ranks outside the
         mesh still hold the object) or a ShardedTensor (possibly with no local shard); the
         holders for a plain tensor or a bytes value."""
+        # asked per fqn several times by the diagnosis: at 16,384 ranks a fresh tuple costs
+        # ~0.4 ms, so every layout of one world shares one tuple (a layout is immutable)
         if self.kind in ("dtensor", "sharded"):
-            return tuple(range(self.world_size))
-        return tuple(self.holders())
+            return _all_ranks(self.world_size)
+        return self._holders
 
     @property
     def mesh_ranks_or_default(self) -> tuple[int, ...] | None:
@@ -677,6 +688,28 @@ class Layout:
         if self.mesh_shape is None:
             return None
         return self.mesh_ranks or tuple(range(math.prod(self.mesh_shape)))
+
+    def mesh_boxes(self) -> tuple[np.ndarray, tuple[Chunk, ...], np.ndarray, np.ndarray] | None:
+        """``(global rank, chunk, offsets, sizes)`` of each row-major mesh position (the chunk
+        objects and n x ndim arrays are shared by every layout of the same shape, mesh and
+        placements), or None unless this is a DTensor layout whose chunks are exactly its
+        placements' boxes, as `dtensor_layout` builds them: planning then sorts them by rank
+        instead of walking every rank's chunk tuple."""
+        if self.kind != "dtensor" or None in (self.mesh_shape, self.placements, self.torch_version):
+            return None
+        try:
+            boxes = _mesh_boxes(self.shape, self.mesh_shape, self.placements, self.torch_version)
+        except (PlacementError, TypeError):  # hand-built placements: no cached boxes
+            return None
+        at, rc = self.mesh_ranks_or_default, self.rank_chunks
+        if (
+            len(at) != len(boxes.chunks)
+            or rc.count(()) != len(rc) - len(at)
+            or any(rc[r] is not c for r, c in zip(at, boxes.chunks))
+        ):
+            return None
+        chunks = tuple(c[0] for c in boxes.chunks)
+        return np.array(at, np.int64), chunks, boxes.offsets, boxes.sizes
 
     def coordinate(self, rank: int) -> tuple[int, ...] | None:
         """Global ``rank``'s mesh coordinate; None outside the mesh (or without one)."""
@@ -744,32 +777,86 @@ def _named(fqn, build, *args):
 
 
 @lru_cache(maxsize=1024)
-def _mesh_boxes(shape, mesh, pl, version) -> tuple[tuple[tuple[Chunk, ...], ...], tuple[int, ...]]:
+def _mesh_boxes(shape, mesh, pl, version) -> _MeshBoxes:
     """Each row-major mesh position's chunk and the positions whose box is not their data: one
     computation per (shape, mesh, placements), whichever global ranks the mesh has (every
-    pipeline stage's layers share it)."""
-    chunks = []
-    bad = []
-    # Only _StridedShard can make DCP's box differ from the data with the newest maths (dims are
-    # normalised, so no tensor dim is named twice under two spellings); older maths can also
-    # misplace nested shards, so they are always checked.
+    pipeline stage's layers share it). Equal boxes are one object."""
     maths = semantics(version).dtensor_maths
-    check = maths != "2.10" or any(isinstance(p, StridedShard) for p in pl)
-    # Shard-only placements factorise per mesh dim; still one walk per rank keeps torch's order
-    # of composition exact and costs ~10 us a rank, cached per (shape, mesh, placements).
-    # product() walks the mesh in row-major order, as np.unravel_index numbers it.
-    for i, coord in enumerate(itertools.product(*map(range, mesh))):
-        if i == 0:  # what this version refuses whatever the coordinate is raised here
-            box = _versioned_box(shape, mesh, coord, pl, version, None)
-        else:
-            try:
-                box = _local_shape_and_offset(shape, mesh, coord, pl, maths)
-            except TorchMathsError:
-                box = _versioned_box(shape, mesh, coord, pl, version, None)  # raises
-        chunks.append((Chunk(box[1], box[0]),))
-        if check and not _matches(shape, mesh, coord, pl, box):
-            bad.append(i)
-    return tuple(chunks), tuple(bad)
+    # what this version refuses whatever the coordinate is raised here
+    first = _versioned_box(shape, mesh, (0,) * len(mesh), pl, version, None)
+    if maths == "2.10" and _shards_only(shape, mesh, pl):
+        offsets, sizes = _shard_boxes(shape, mesh, pl)
+        bad: list[int] = []
+    else:
+        boxes = [first]
+        bad = []
+        # Only _StridedShard can make DCP's box differ from the data with the newest maths (dims
+        # are normalised, so no tensor dim is named twice under two spellings); older maths can
+        # also misplace nested shards, so they are always checked. product() walks the mesh in
+        # row-major order, as np.unravel_index numbers it.
+        check = maths != "2.10" or any(isinstance(p, StridedShard) for p in pl)
+        for i, coord in enumerate(itertools.product(*map(range, mesh))):
+            if i:
+                try:
+                    box = _local_shape_and_offset(shape, mesh, coord, pl, maths)
+                except TorchMathsError:
+                    box = _versioned_box(shape, mesh, coord, pl, version, None)  # raises
+                boxes.append(box)
+            if check and not _matches(shape, mesh, coord, pl, boxes[i]):
+                bad.append(i)
+        nd = len(shape)
+        offsets = np.array([b[1] for b in boxes], np.int64).reshape(-1, nd)
+        sizes = np.array([b[0] for b in boxes], np.int64).reshape(-1, nd)
+    made: dict[tuple, tuple[Chunk]] = {}
+    chunks = []
+    for o, z in zip(offsets.tolist(), sizes.tolist()):
+        key = (*o, *z)
+        c = made.get(key)
+        if c is None:
+            c = made[key] = (Chunk(tuple(o), tuple(z)),)
+        chunks.append(c)
+    offsets.setflags(write=False)
+    sizes.setflags(write=False)
+    return _MeshBoxes(chunks=tuple(chunks), bad=tuple(bad), offsets=offsets, sizes=sizes)
+
+
+@dataclass(frozen=True)
+class _MeshBoxes:
+    chunks: tuple[tuple[Chunk], ...]  # per row-major mesh position
+    bad: tuple[int, ...]  # positions whose box is not their data
+    offsets: np.ndarray  # the chunks' offsets and sizes, n x ndim
+    sizes: np.ndarray
+
+
+def _shards_only(shape, mesh, pl) -> bool:
+    """Placements the vectorised walk computes exactly: plain Shard on non-negative dims (with
+    Replicate / Partial), and sizes whose products stay inside int64."""
+    if any(isinstance(p, StridedShard) or (isinstance(p, Shard) and p.dim < 0) for p in pl):
+        return False
+    return max(shape, default=0) * max(mesh, default=1) < 2**62
+
+
+def _shard_boxes(shape, mesh, pl) -> tuple[np.ndarray, np.ndarray]:
+    """`_walk` (2.10 maths) for every row-major mesh position at once, Shard placements only:
+    (offsets, local sizes), n x ndim. A Shard keeps torch.chunk's piece of the dim's current
+    length (`_chunk_bounds`); nested shards of one dim compose into a contiguous run, so its
+    first index is the previous offset plus the piece's start; an empty piece sets the dim's
+    size to 0 and its offset to the dim's global size, as torch records it."""
+    n = math.prod(mesh)
+    coords = np.indices(mesh, np.int64).reshape(len(mesh), n)
+    local = np.tile(np.array(shape, np.int64), (n, 1)).reshape(n, len(shape))
+    offset = np.zeros_like(local)
+    for m, p in enumerate(pl):
+        if not isinstance(p, Shard):
+            continue
+        d, length, c = p.dim, local[:, p.dim], coords[m]
+        full = -(-length // mesh[m])
+        start = np.minimum(full * c, length)
+        end = np.maximum(np.minimum(full * (c + 1), length), start)
+        empty = end == start
+        offset[:, d] = np.where(empty, shape[d], offset[:, d] + start)
+        local[:, d] = end - start
+    return offset, local
 
 
 @lru_cache(maxsize=4096)
@@ -777,10 +864,10 @@ def _dtensor_layout(shape, mesh, pl, dtype, world_size, mesh_ranks, version):
     n = math.prod(mesh)
     at = mesh_ranks or range(n)  # global rank of each row-major mesh position
     chunks: list[tuple[Chunk, ...]] = [()] * world_size
-    boxes, bad_at = _mesh_boxes(shape, mesh, pl, version)
-    for i, box in enumerate(boxes):
+    boxes = _mesh_boxes(shape, mesh, pl, version)
+    for i, box in enumerate(boxes.chunks):
         chunks[at[i]] = box
-    bad = [at[i] for i in bad_at]
+    bad = [at[i] for i in boxes.bad]
     return Layout(
         kind="dtensor",
         shape=shape,
@@ -821,7 +908,7 @@ def _mesh_ranks(mesh_ranks, n: int, world_size, fqn) -> tuple[tuple[int, ...] | 
             mesh_ranks=ranks,
         )
     ws = _world(world_size, n, fqn) if world_size is not None else max(max(ranks) + 1, n)
-    if any(not 0 <= r < ws for r in ranks):
+    if min(ranks) < 0 or max(ranks) >= ws:
         raise LayoutError(
             fqn,
             f"mesh ranks {list(ranks)} are not all in a world of {ws}",

@@ -257,6 +257,12 @@ class StorageColumns(MutableMapping):
         self._rows_cache[fqn] = (offsets, rows)  # holds the array: its identity stays its own
         return rows
 
+    def prime_rows(self, fqn: str, offsets: np.ndarray, rows: np.ndarray) -> None:
+        """Record `rows_of`'s answer for ``(fqn, offsets)`` computed earlier from these same
+        columns (the parsed-metadata cache stores it): asked with this ``offsets`` array, it is
+        returned without a lookup."""
+        self._rows_cache[fqn] = (offsets, _readonly(np.asarray(rows, np.int64)))
+
     def _rows_of(self, fqn: str, offsets: np.ndarray) -> np.ndarray:
         try:
             fid = self.fqns.index(fqn) if len(self.fqns) < 64 else self._fqn_ids()[fqn]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import mmap
 import os
 import pathlib
 from dataclasses import dataclass
@@ -834,8 +835,16 @@ def load_metadata(
     if is_url(path):
         return read_remote_metadata(open_location(path, storage_options), rank)
     p = metadata_path(path, rank)
+    use_cache = metadata_cache.cache_enabled(cache)
     try:
         st = p.stat()
+        if use_cache and st.st_size:
+            # hashed in place: a cache hit never copies the file into memory
+            with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                key = metadata_cache.content_key(view, st.st_size, st.st_mtime_ns)
+            md = metadata_cache.load_cached(key)
+            if md is not None:
+                return md
         data = p.read_bytes()
     except FileNotFoundError:
         raise MetadataError(
@@ -853,13 +862,11 @@ def load_metadata(
             "Check the path and its permissions.",
             path=str(p),
         ) from None
-    if not metadata_cache.cache_enabled(cache) or not data:
+    if not use_cache or not data:
         return read_metadata_bytes(data, str(p))
-    key = metadata_cache.content_key(data, st.st_size, st.st_mtime_ns)
-    md = metadata_cache.load_cached(key)
-    if md is None:
-        md = read_metadata_bytes(data, str(p))
-        metadata_cache.store(key, md, len(data))
+    key = metadata_cache.content_key(data, st.st_size, st.st_mtime_ns)  # the bytes parsed
+    md = read_metadata_bytes(data, str(p))
+    metadata_cache.store(key, md, len(data))
     return md
 
 

@@ -2,7 +2,8 @@
 
 A read `Metadata` (its columns: `formats.columns`) is saved as one ``.npz`` file: the numeric
 columns as arrays and everything else (keys, dtypes, sizes, planner data, ...) as a JSON text
-stored in the same file, never a pickle. The entry is named by a BLAKE2b hash of the
+stored in the same file, never a pickle, plus what every open computes next from the columns
+alone (the storage row of each chunk). The entry is named by a SHA-256 hash of the
 ``.metadata``'s bytes and records the file's size and modification time; it is used only when
 all three match the file being opened (the hash is computed from the bytes just read, so an
 edited file never reads a stale entry), and any entry that cannot be read back exactly is
@@ -36,7 +37,7 @@ from .limits import JsonLimits, read_json
 
 __all__ = ["cache_dir", "cache_enabled", "content_key", "load_cached", "store", "FORMAT"]
 
-FORMAT = 2  # bumped when the layout of an entry changes: older entries are then ignored
+FORMAT = 3  # bumped when the layout of an entry changes: older entries are then ignored
 _ENV_OFF = "WORKBENCH_NO_CACHE"
 
 
@@ -51,18 +52,20 @@ def cache_enabled(cache: bool = True) -> bool:
     return bool(cache) and os.environ.get(_ENV_OFF, "").strip() in ("", "0")
 
 
-def content_key(data: bytes, size: int, mtime_ns: int) -> dict:
-    """What an entry must match: the format, the file's size and mtime, its bytes' hash."""
+def content_key(data, size: int, mtime_ns: int) -> dict:
+    """What an entry must match: the format, the file's size and mtime, its bytes' hash
+    (``data``: bytes or any buffer, e.g. an mmap of the file)."""
+    # SHA-256 runs on the CPU's SHA instructions: 0.11 s for a 157 MB .metadata, half BLAKE2b's
     return {
         "format": FORMAT,
         "size": int(size),
         "mtime_ns": int(mtime_ns),
-        "blake2b": hashlib.blake2b(data, digest_size=20).hexdigest(),
+        "sha256": hashlib.sha256(data).hexdigest(),
     }
 
 
 def _entry(key: dict) -> pathlib.Path:
-    return cache_dir() / f"metadata-{key['blake2b']}.npz"
+    return cache_dir() / f"metadata-{key['sha256']}.npz"
 
 
 # ----------------------------------------------------------------------------- plain data
@@ -210,6 +213,11 @@ def _pack(key: dict, md: Metadata, size_hint: int) -> tuple[dict, str]:
         for name in _STORAGE_ARRAYS:
             arrays["sd_" + name] = getattr(sd, name)
         arrays["sd_keys"], arrays["sd_values"] = sd.box_rows
+        # the storage row of each chunk: every open looks all of them up next (0.5 s at 16k ranks)
+        rows = sd.chunk_rows(md.state_dict_metadata)
+        if rows is None:
+            raise _NotCacheable
+        arrays["sd_chunk_rows"] = rows
         storage = {
             "fqns": sd.fqns,
             "paths": sd.paths,
@@ -287,6 +295,7 @@ def _unpack(meta: dict, arrays: dict) -> Metadata:
             rows=(arrays["sd_keys"], arrays["sd_values"]),
             **{name: arrays["sd_" + name] for name in _STORAGE_ARRAYS},
         )
+        _prime_rows(storage, state, arrays["sd_chunk_rows"])
     sm = meta["storage_meta"]
     return Metadata(
         state,
@@ -295,3 +304,18 @@ def _unpack(meta: dict, arrays: dict) -> Metadata:
         None if sm is None else StorageMeta(*(_decode(v) for v in sm)),
         _decode(meta["version"]),
     )
+
+
+def _prime_rows(storage: StorageColumns, state: dict, rows: np.ndarray) -> None:
+    """Hand ``storage`` the stored row of each chunk (`StorageColumns.chunk_rows` order: a
+    bytes entry is one row) for the chunk arrays just built."""
+    at = 0
+    for fqn, e in state.items():
+        if isinstance(e, BytesStorageMetadata):
+            at += 1
+            continue
+        offsets = e.chunks.box_arrays[0]
+        storage.prime_rows(fqn, offsets, rows[at : at + len(offsets)])
+        at += len(offsets)
+    if at != len(rows):
+        raise ValueError("chunk rows do not match the entries")

@@ -399,13 +399,22 @@ def _damage(ck: Checkpoint) -> list[Problem]:
     return out
 
 
+def _repeats_a_row(rows: np.ndarray) -> bool:
+    """Whether two rows of an (n, k) array are equal: sorted rows compared with their
+    neighbours (np.unique(axis=0) sorts a void view, 7x slower: 0.8 s for 1137 tensors)."""
+    if len(rows) < 2:
+        return False
+    s = rows[np.lexsort(rows.T[::-1])] if rows.shape[1] else rows
+    return bool((s[1:] == s[:-1]).all(axis=1).any())
+
+
 def _duplicates(ck: Checkpoint) -> list:
     out = []
     for fqn, entry in ck.metadata.state_dict_metadata.items():
         if isinstance(entry, BytesStorageMetadata):
             continue
         arrays = getattr(entry.chunks, "box_arrays", None)
-        if arrays is not None and len(np.unique(arrays[0], axis=0)) == len(arrays[0]):
+        if arrays is not None and not _repeats_a_row(arrays[0]):
             continue  # every offset once, seen on the columns
         seen: dict = {}
         for i, c in enumerate(entry.chunks):
@@ -505,8 +514,11 @@ def _strays(ck: Checkpoint) -> list:
     if ck.location is not None:
         files = ck.location.list()
     else:
-        d = Path(ck.path)
-        files = {p.name: p for p in sorted(d.iterdir()) if not p.is_dir()}
+        # scandir: the entry type without a stat per file, names sorted as strings (sorting
+        # 16,384 Paths and a stat each took 1 s)
+        with os.scandir(ck.path) as it:
+            found = sorted((e.name, e.path) for e in it if not e.is_dir())
+        files = {name: Path(path) for name, path in found}
     named = set(ck.file_sizes) | COMPANION_FILES.get(ck.format, set())
     out = []
     for name, p in files.items():

@@ -85,7 +85,10 @@ def figure_data_uri(picture) -> str:
     `workbench.plots` draws on pyplot-free Figures, so nothing is left open."""
     fig = getattr(picture, "figure", picture)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    # a constrained layout already fits the figure: a tight bbox would draw it twice (0.4 s for
+    # a 16,384-rank chart)
+    tight = None if fig.get_layout_engine() is not None else "tight"
+    fig.savefig(buf, format="png", dpi=80, bbox_inches=tight)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

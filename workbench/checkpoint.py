@@ -517,8 +517,7 @@ def _strays(ck: Checkpoint) -> list:
         # scandir: the entry type without a stat per file, names sorted as strings (sorting
         # 16,384 Paths and a stat each took 1 s)
         with os.scandir(ck.path) as it:
-            found = sorted((e.name, e.path) for e in it if not e.is_dir())
-        files = {name: Path(path) for name, path in found}
+            files = dict(sorted((e.name, e.path) for e in it if not e.is_dir()))
     named = set(ck.file_sizes) | COMPANION_FILES.get(ck.format, set())
     out = []
     for name, p in files.items():
@@ -531,7 +530,7 @@ def _strays(ck: Checkpoint) -> list:
             if name.endswith(".metadata.tmp")
             else "a file the metadata does not name"
         )
-        size = p if isinstance(p, int) else p.stat().st_size
+        size = p if isinstance(p, int) else os.stat(p).st_size
         out.append(
             _problem(
                 name,

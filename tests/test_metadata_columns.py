@@ -312,7 +312,7 @@ def ckpt(tmp_path):
 
 def test_second_open_comes_from_the_cache(ckpt, cache_home, monkeypatch):
     first = dcp.load_metadata(ckpt)
-    assert len(list(cache_home.glob("metadata-*.npz"))) == 1
+    assert len(list(cache_home.glob("metadata-*.wbmd"))) == 1
 
     def no_parse(*a, **k):
         raise AssertionError("parsed again")
@@ -351,19 +351,19 @@ def test_the_cache_is_ignored_when_the_file_changes_or_is_turned_off(ckpt, cache
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert dcp.load_metadata(ckpt) == md
-    n = len(list(cache_home.glob("*.npz")))
+    n = len(list(cache_home.glob("*.wbmd")))
     monkeypatch.setenv("WORKBENCH_NO_CACHE", "1")
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
     assert dcp.load_metadata(ckpt) == md
     monkeypatch.delenv("WORKBENCH_NO_CACHE")
     assert dcp.load_metadata(ckpt, cache=False) == md
-    assert len(list(cache_home.glob("*.npz"))) == n
+    assert len(list(cache_home.glob("*.wbmd"))) == n
 
 
 def test_a_damaged_cache_entry_is_a_miss(ckpt, cache_home):
     md = dcp.load_metadata(ckpt)
-    (entry,) = cache_home.glob("*.npz")
-    entry.write_bytes(b"not an npz")
+    (entry,) = cache_home.glob("*.wbmd")
+    entry.write_bytes(b"not an entry")
     assert dcp.load_metadata(ckpt) == md
     # an entry whose key does not match the file is never used
     key = metadata_cache.content_key((ckpt / ".metadata").read_bytes(), 1, 2)

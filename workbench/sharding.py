@@ -704,12 +704,13 @@ class Layout:
         at, rc = self.mesh_ranks_or_default, self.rank_chunks
         if (
             len(at) != len(boxes.chunks)
+            or len(rc) <= max(at)
             or rc.count(()) != len(rc) - len(at)
-            or any(rc[r] is not c for r, c in zip(at, boxes.chunks))
+            # C-speed: equal tuples at the mesh ranks (the same objects as built compare fast)
+            or (operator.itemgetter(*at)(rc) if len(at) > 1 else (rc[at[0]],)) != boxes.chunks
         ):
             return None
-        chunks = tuple(c[0] for c in boxes.chunks)
-        return np.array(at, np.int64), chunks, boxes.offsets, boxes.sizes
+        return np.array(at, np.int64), boxes.chunk_objects, boxes.offsets, boxes.sizes
 
     def coordinate(self, rank: int) -> tuple[int, ...] | None:
         """Global ``rank``'s mesh coordinate; None outside the mesh (or without one)."""
@@ -817,12 +818,19 @@ def _mesh_boxes(shape, mesh, pl, version) -> _MeshBoxes:
         chunks.append(c)
     offsets.setflags(write=False)
     sizes.setflags(write=False)
-    return _MeshBoxes(chunks=tuple(chunks), bad=tuple(bad), offsets=offsets, sizes=sizes)
+    return _MeshBoxes(
+        chunks=tuple(chunks),
+        chunk_objects=tuple(c[0] for c in chunks),
+        bad=tuple(bad),
+        offsets=offsets,
+        sizes=sizes,
+    )
 
 
 @dataclass(frozen=True)
 class _MeshBoxes:
-    chunks: tuple[tuple[Chunk], ...]  # per row-major mesh position
+    chunks: tuple[tuple[Chunk], ...]  # per row-major mesh position: its rank's chunk tuple
+    chunk_objects: tuple[Chunk, ...]  # the same chunks
     bad: tuple[int, ...]  # positions whose box is not their data
     offsets: np.ndarray  # the chunks' offsets and sizes, n x ndim
     sizes: np.ndarray

@@ -1,9 +1,11 @@
 """A cache of parsed ``.metadata`` files, so reopening a big checkpoint takes a fraction of a second.
 
-A read `Metadata` (its columns: `formats.columns`) is saved as one ``.npz`` file: the numeric
-columns as arrays and everything else (keys, dtypes, sizes, planner data, ...) as a JSON text
-stored in the same file, never a pickle, plus what every open computes next from the columns
-alone (the storage row of each chunk). The entry is named by a SHA-256 hash of the
+A read `Metadata` (its columns: `formats.columns`) is saved as one ``.wbmd`` file: a JSON
+header (keys, dtypes, sizes, planner data, ... and where each array lies), never a pickle, then
+the numeric columns as raw little-endian arrays, plus what every open computes next from the
+columns alone (the storage row of each chunk). An entry is read through an mmap: the arrays are
+views of the page cache, not copies (an ``.npz`` took 0.3 s to copy and checksum 114 MB at
+16,384 ranks). The entry is named by a SHA-256 hash of the
 ``.metadata``'s bytes and records the file's size and modification time; it is used only when
 all three match the file being opened (the hash is computed from the bytes just read, so an
 edited file never reads a stale entry), and any entry that cannot be read back exactly is
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import pathlib
 import tempfile
@@ -37,7 +40,7 @@ from .limits import JsonLimits, read_json
 
 __all__ = ["cache_dir", "cache_enabled", "content_key", "load_cached", "store", "FORMAT"]
 
-FORMAT = 3  # bumped when the layout of an entry changes: older entries are then ignored
+FORMAT = 4  # bumped when the layout of an entry changes: older entries are then ignored
 _ENV_OFF = "WORKBENCH_NO_CACHE"
 
 
@@ -65,7 +68,7 @@ def content_key(data, size: int, mtime_ns: int) -> dict:
 
 
 def _entry(key: dict) -> pathlib.Path:
-    return cache_dir() / f"metadata-{key['sha256']}.npz"
+    return cache_dir() / f"metadata-{key['sha256']}.wbmd"
 
 
 # ----------------------------------------------------------------------------- plain data
@@ -160,11 +163,11 @@ def store(key: dict, md: Metadata, size_hint: int) -> bool:
     path = _entry(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".wbmd")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.frombuffer(text.encode("utf-8"), np.uint8), **arrays)
-            os.replace(tmp, path)  # atomic: a reader never sees half an entry
+                _write_entry(f, text, arrays)
+            os.replace(tmp, path)  # atomic: a reader never sees half an entry (nor a mapped one)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -251,16 +254,55 @@ def load_cached(key: dict) -> Metadata | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = read_json(
-                z["meta"].tobytes(), str(path), JsonLimits(max_bytes=1 << 30, max_depth=256)
-            )
-            if meta.get("key") != key:
-                return None
-            arrays = {k: z[k] for k in z.files if k != "meta"}
+        meta, arrays = _read_entry(path)
+        if meta.get("key") != key:
+            return None
         return _unpack(meta, arrays)
     except Exception:  # noqa: BLE001 - a damaged or foreign entry is a miss, never an error
         return None
+
+
+# ----------------------------------------------------------------------------- the entry file
+# MAGIC, the header's length (8 bytes, little-endian), the JSON header, then each array's raw
+# bytes at the offset the header names (64-byte aligned).
+_MAGIC = b"WBMDCACH"
+_ALIGN = 64
+
+
+def _write_entry(f, text: str, arrays: dict) -> None:
+    layout, at = {}, 0
+    for name, a in arrays.items():
+        layout[name] = [a.dtype.str, list(a.shape), at]
+        at += -(-a.nbytes // _ALIGN) * _ALIGN
+    head = json.dumps({"header": text, "arrays": layout}).encode("utf-8")
+    start = -(-(len(_MAGIC) + 8 + len(head)) // _ALIGN) * _ALIGN
+    f.write(_MAGIC + len(head).to_bytes(8, "little") + head)
+    f.write(b"\0" * (start - f.tell()))
+    for name, a in arrays.items():
+        f.seek(start + layout[name][2])
+        f.write(np.ascontiguousarray(a).tobytes())
+
+
+def _read_entry(path: pathlib.Path) -> tuple[dict, dict]:
+    """(the header, read-only arrays viewing the mapped file: they keep the mapping alive)."""
+    with open(path, "rb") as f:
+        view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if view[: len(_MAGIC)] != _MAGIC:
+        raise ValueError("not a cache entry")
+    n = int.from_bytes(view[len(_MAGIC) : len(_MAGIC) + 8], "little")
+    limits = JsonLimits(max_bytes=1 << 30, max_depth=256)
+    head = read_json(view[len(_MAGIC) + 8 : len(_MAGIC) + 8 + n], str(path), limits)
+    start = -(-(len(_MAGIC) + 8 + n) // _ALIGN) * _ALIGN
+    arrays = {}
+    for name, (dtype, shape, at) in head["arrays"].items():
+        dt = np.dtype(dtype)
+        if dt.hasobject or dt.kind not in "biu":
+            raise ValueError(f"array {name} of dtype {dtype}")
+        count = int(np.prod(shape, dtype=np.int64))
+        a = np.frombuffer(view, dt, count, start + int(at))  # raises past the file's end
+        arrays[name] = a.reshape(shape)
+    meta = read_json(head["header"], str(path), limits)
+    return meta, arrays
 
 
 def _unpack(meta: dict, arrays: dict) -> Metadata:

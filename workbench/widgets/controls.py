@@ -73,9 +73,10 @@ def styled(df, columns, highlight_row: int | None = None):
     return styler.hide(axis="index").set_properties(**{"text-align": "left"})
 
 
-# Rows a panel renders as HTML: pandas' Styler takes ~0.5 ms a row, so a 16,384-rank I/O table
-# was 10 s and megabytes of HTML before the first picture; the DataFrame keeps every row.
-MAX_TABLE_ROWS = 1000
+# Rows a panel renders as HTML: pandas' Styler takes ~1 ms a row, so a 16,384-rank I/O table
+# was 10 s and megabytes of HTML before the first picture (1000 rows: 1.5 s a table); 200 rows
+# fill a panel's scroll many times over and the DataFrame keeps every row.
+MAX_TABLE_ROWS = 200
 
 
 def table_outputs(df, columns, where: str, limit: int = MAX_TABLE_ROWS) -> tuple[dict, ...]:

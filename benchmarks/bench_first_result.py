@@ -14,6 +14,7 @@ pipeline stage's 2048 mesh ranks). Cases (`references.py`):
 
 Each measurement runs in a fresh process under an address-space cap (``--cap-gb``):
 
+- ``workbench inspect DIR``: seconds to its first printed line and to its end;
 - ``workbench plan DIR --target T.json``: seconds to its first printed line and to its end,
   once with the ``.metadata`` read cold (``WORKBENCH_NO_CACHE=1``: a directory's first open)
   and then from the parsed-metadata cache (every later open; building the case warmed it);
@@ -151,6 +152,7 @@ def main() -> None:
             # the first open of a directory reads its .metadata cold (then it is cached)
             cold = first_line(plan_cmd, args.cap_gb, {**env, "WORKBENCH_NO_CACHE": "1"})
             plan = first_line(plan_cmd, args.cap_gb, env)
+            inspect = first_line([*env_cli, "inspect", str(ckpt)], args.cap_gb, env)
             ex = json.loads(
                 subprocess.run(
                     [py, "-c", EXPLORER, str(ckpt), str(target), str(args.rank)],
@@ -180,6 +182,8 @@ def main() -> None:
                 ("workbench plan, .metadata read cold: first line", cold["first"]),
                 ("workbench plan: first line", plan["first"]),
                 ("workbench plan: total", plan["total"]),
+                ("workbench inspect: first line", inspect["first"]),
+                ("workbench inspect: total", inspect["total"]),
                 ("plan_checkpoint", ex["plan_checkpoint"]),
                 ("explorer first scene (plan + tables + picture data)", ex["first_scene"]),
                 ("CheckpointExplorer() (imports and caches warm)", ex["explorer_again"]),

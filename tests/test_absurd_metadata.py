@@ -196,9 +196,9 @@ def test_many_one_row_chunks(tmp_path, capsys):
     out, res = _paths(d, t)
     assert set(out.values()) == {"ok"}, out
     assert res["problems"] == []
-    # the terminal table stops at 500 rows and says so
+    # the terminal table stops at 200 rows and says so
     main(["inspect", str(d), "--chunks"])
-    assert "4,500 more rows" in capsys.readouterr().out
+    assert "4,800 more rows" in capsys.readouterr().out
 
 
 def test_duplicated_storage_indices_and_chunks(tmp_path, capsys):

@@ -381,3 +381,53 @@ def test_a_cache_entry_keeps_strides(cache_home):
     assert metadata_cache.store(key, md, 1000)
     back = metadata_cache.load_cached(key)
     assert back == md and back.state_dict_metadata["w"].properties.strides == (4, 1)
+
+
+def test_a_cold_open_records_the_writer_versions_for_later(ckpt, cache_home, monkeypatch):
+    want = dcp.infer_writer_versions((ckpt / ".metadata").read_bytes())
+    assert want.low == "2.9" and want.evidence  # torch 2.13 pickled it
+    dcp.load_metadata(ckpt)  # the cold open keeps them beside the columns
+
+    def no_parse(*a, **k):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(dcp, "infer_writer_versions", no_parse)
+    assert dcp.load_writer_versions(ckpt) == want
+    # an edited file is a new key: never the recorded answer
+    st = (ckpt / ".metadata").stat()
+    os.utime(ckpt / ".metadata", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="parsed again"):
+        dcp.load_writer_versions(ckpt)
+
+
+def test_the_summary_of_a_checkpoint_is_its_description_counted(tmp_path):
+    from workbench.checkpoint import describe_checkpoint, summarize_checkpoint
+
+    tensors = {
+        "w": ((600, 4), sharded((600, 4), 7)),
+        "b": ((4,), [((0,), (4,), 3)]),
+        "e": ((5, 5), sharded((5, 5), 8, dim=1)),  # some ranks hold empty pieces
+    }
+    md = dcp.read_metadata_bytes(pickle.dumps(torch_md(tensors)))
+    assert isinstance(md.storage_data, StorageColumns)
+
+    def counted(info):
+        return {
+            "version": info["version"],
+            "files": info["files"],
+            "entries": [
+                {
+                    **{k: v for k, v in e.items() if k != "chunks"},
+                    "n_chunks": len(e["chunks"]),
+                    "writers": tuple(sorted({c["writer"] for c in e["chunks"]})),
+                }
+                for e in info["entries"]
+            ],
+        }
+
+    want = counted(describe_checkpoint(md))
+    assert summarize_checkpoint(md) == want
+    assert want["entries"][0]["writers"] == tuple(range(7))
+    # an edited storage mapping is summarised chunk by chunk, to the same answer
+    md.storage_data[MetadataIndex("b", (0,))] = StorageInfo("__3_0.distcp", 0, 16)
+    assert summarize_checkpoint(md) == counted(describe_checkpoint(md))

@@ -37,7 +37,10 @@ def index_runs(indices: Iterable[int]) -> list[tuple[int, int]]:
 
 def format_ranks(ranks) -> str:
     """Ranks as compact ranges: ``(0, 1, 2, 3, 8)`` -> ``"r0-3,8"``; empty -> ``""``."""
-    runs = index_runs(sorted({int(r) for r in ranks}))
+    ranks = sorted({int(r) for r in ranks})
+    if ranks and ranks[-1] - ranks[0] == len(ranks) - 1:  # one run (a stage's 1024 writers)
+        return f"r{ranks[0]}" if len(ranks) == 1 else f"r{ranks[0]}-{ranks[-1]}"
+    runs = index_runs(ranks)
     if not runs:
         return ""
     return "r" + ",".join(str(a) if b == a + 1 else f"{a}-{b - 1}" for a, b in runs)

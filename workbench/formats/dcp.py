@@ -47,6 +47,7 @@ from .unpickler import BoundedUnpickler, UnpicklingError
 
 __all__ = [
     "load_metadata",
+    "load_writer_versions",
     "metadata_path",
     "read_metadata_bytes",
     "read_remote_metadata",
@@ -752,12 +753,18 @@ def metadata_path(path, rank: int | None = None) -> pathlib.Path:
 
 
 def read_metadata_bytes(
-    data: bytes, source: str = "<bytes>", extra_globals=None, extras: dict | None = None
+    data: bytes,
+    source: str = "<bytes>",
+    extra_globals=None,
+    extras: dict | None = None,
+    writer: dict | None = None,
 ) -> Metadata:
     """Unpickle ``.metadata`` bytes with the allow-list and convert them to workbench records.
     ``extra_globals``: more ``(module, name) -> stand-in`` entries for formats that pickle more
     than torch (Megatron-Core); ``extras``, if given, receives the pickled Metadata's other
-    attributes (e.g. ``all_local_plans``), still as stand-ins, for such a format to convert.
+    attributes (e.g. ``all_local_plans``), still as stand-ins, for such a format to convert;
+    ``writer``, if given, receives ``"versions"``: `infer_writer_versions` of the same reading
+    (None when the fields contradict each other).
     Memory and time are bounded by the file's size (`formats.unpickler.BoundedUnpickler`)."""
     if not data:
         raise MetadataError(
@@ -768,7 +775,7 @@ def read_metadata_bytes(
         )
     budget = Budget(len(data), source=source)
     try:
-        unpickler = _AllowListUnpickler(data, budget=budget, source=source)
+        unpickler = _RecordingUnpickler(data, budget=budget, source=source)
         unpickler.use_fast_paths()
         if extra_globals:
             unpickler.extra_globals = dict(extra_globals)
@@ -797,6 +804,11 @@ def read_metadata_bytes(
         ) from None
     try:
         md = _Converter(budget, source).metadata(raw)
+        if writer is not None:
+            try:
+                writer["versions"] = _writer_versions(raw, unpickler.names, source)
+            except MetadataError:
+                writer["versions"] = None
         if extras is not None and isinstance(raw.state, dict):
             extras.update((k, v) for k, v in raw.state.items() if k not in _METADATA_FIELDS)
             extras["__class__"] = type(raw).torch_name
@@ -865,9 +877,24 @@ def load_metadata(
     if not use_cache or not data:
         return read_metadata_bytes(data, str(p))
     key = metadata_cache.content_key(data, st.st_size, st.st_mtime_ns)  # the bytes parsed
-    md = read_metadata_bytes(data, str(p))
-    metadata_cache.store(key, md, len(data))
+    writer: dict = {}
+    md = read_metadata_bytes(data, str(p), writer=writer)
+    metadata_cache.store(key, md, len(data), writer_versions=writer.get("versions"))
     return md
+
+
+def load_writer_versions(path, rank: int | None = None, extra_globals=None) -> WriterVersions:
+    """`infer_writer_versions` of a local checkpoint's ``.metadata``: from the parsed-metadata
+    cache when its entry holds them (a cold open records them), else read from the file."""
+    p = metadata_path(path, rank)
+    if metadata_cache.cache_enabled() and not extra_globals:
+        st = p.stat()
+        with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            key = metadata_cache.content_key(view, st.st_size, st.st_mtime_ns)
+        got = metadata_cache.load_cached_extra(key, "writer_versions")
+        if got is not None:
+            return WriterVersions(got[0], got[1], tuple(got[2]), got[3])
+    return infer_writer_versions(p.read_bytes(), str(p), extra_globals)
 
 
 # ----------------------------------------------------------------------------- for other readers
@@ -994,6 +1021,7 @@ def infer_writer_versions(
     when set); ``Metadata.version`` (2.9+); ``TensorProperties.strides`` (2.15+: a 6-tuple state,
     5 before). 2.9 to 2.14 write the same schema."""
     un = _RecordingUnpickler(data, source=source)
+    un.use_fast_paths()  # runs of chunk / storage records carry no version evidence
     if extra_globals:  # a format's own records (Megatron's), as read_metadata_bytes takes them
         un.extra_globals = dict(extra_globals)
     try:
@@ -1006,6 +1034,11 @@ def infer_writer_versions(
             f"the metadata cannot be read: {type(e).__name__}: {brief(str(e), 200)}",
             "a DCP .metadata",
         ) from None
+    return _writer_versions(raw, un.names, source)
+
+
+def _writer_versions(raw, names: set, source: str) -> WriterVersions:
+    """The `WriterVersions` of an unpickled ``.metadata`` (stand-ins) and the globals it named."""
     if not isinstance(raw, _CLASSES[(_DCP, "Metadata")]):  # subclasses too (MCoreMetadata)
         raise MetadataError(source, "the pickle holds no DCP Metadata", "a DCP .metadata")
     low, high, why = (2, 3), None, []
@@ -1020,10 +1053,10 @@ def infer_writer_versions(
         why.append(reason)
         high = v if high is None else min(high, v)
 
-    if (_SHARD_MD, "TensorProperties") in un.names:
+    if (_SHARD_MD, "TensorProperties") in names:
         low = (2, 0)
         at_most((2, 2), "TensorProperties pickled from torch.distributed._shard (torch <= 2.2)")
-    elif (_DCP, "TensorProperties") in un.names:
+    elif (_DCP, "TensorProperties") in names:
         at_least((2, 3), "TensorProperties from torch.distributed.checkpoint.metadata (2.3+)")
     keys = _state_keys(raw)
     if "storage_meta" in keys:
@@ -1048,7 +1081,7 @@ def infer_writer_versions(
         at_least((2, 15), "TensorProperties pickled with strides, a 6-tuple (2.15+)")
     if 5 in widths:
         at_most((2, 14), "TensorProperties pickled as a 5-tuple, without strides (before 2.15)")
-    python = "3.13+" if any(m == "pathlib._local" for m, _ in un.names) else None
+    python = "3.13+" if any(m == "pathlib._local" for m, _ in names) else None
     if high is not None and high < low:  # contradicting fields: not one torch's writer
         raise MetadataError(
             source,

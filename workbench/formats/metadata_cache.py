@@ -38,9 +38,17 @@ from ..records import (
 from .columns import ChunkList, StorageColumns
 from .limits import JsonLimits, read_json
 
-__all__ = ["cache_dir", "cache_enabled", "content_key", "load_cached", "store", "FORMAT"]
+__all__ = [
+    "cache_dir",
+    "cache_enabled",
+    "content_key",
+    "load_cached",
+    "load_cached_extra",
+    "store",
+    "FORMAT",
+]
 
-FORMAT = 4  # bumped when the layout of an entry changes: older entries are then ignored
+FORMAT = 5  # bumped when the layout of an entry changes: older entries are then ignored
 _ENV_OFF = "WORKBENCH_NO_CACHE"
 
 
@@ -152,12 +160,13 @@ _STORAGE_ARRAYS = (
 )
 
 
-def store(key: dict, md: Metadata, size_hint: int) -> bool:
-    """Save ``md`` (as `formats.dcp` read it: chunk and storage columns) under ``key``; False
-    (nothing written) when it holds what the entry format cannot keep exactly or the cache
-    directory is not writable."""
+def store(key: dict, md: Metadata, size_hint: int, writer_versions=None) -> bool:
+    """Save ``md`` (as `formats.dcp` read it: chunk and storage columns) under ``key``, with
+    the `formats.dcp.WriterVersions` of the same reading if given; False (nothing written) when
+    it holds what the entry format cannot keep exactly or the cache directory is not
+    writable."""
     try:
-        arrays, text = _pack(key, md, size_hint)
+        arrays, text = _pack(key, md, size_hint, writer_versions)
     except _NotCacheable:
         return False
     path = _entry(key)
@@ -176,7 +185,7 @@ def store(key: dict, md: Metadata, size_hint: int) -> bool:
     return True
 
 
-def _pack(key: dict, md: Metadata, size_hint: int) -> tuple[dict, str]:
+def _pack(key: dict, md: Metadata, size_hint: int, writer_versions) -> tuple[dict, str]:
     budget = [4 * size_hint + 100_000]
     entries, offs, sizes = [], [], []
     for fqn, e in md.state_dict_metadata.items():
@@ -242,6 +251,14 @@ def _pack(key: dict, md: Metadata, size_hint: int) -> tuple[dict, str]:
                 _encode(sm.modules, budget),
             ],
             "version": _encode(md.version, budget),
+            "writer_versions": None
+            if writer_versions is None
+            else [
+                writer_versions.low,
+                writer_versions.high,
+                list(writer_versions.evidence),
+                writer_versions.python,
+            ],
         }
     )
     return arrays, text
@@ -258,6 +275,19 @@ def load_cached(key: dict) -> Metadata | None:
         if meta.get("key") != key:
             return None
         return _unpack(meta, arrays)
+    except Exception:  # noqa: BLE001 - a damaged or foreign entry is a miss, never an error
+        return None
+
+
+def load_cached_extra(key: dict, name: str):
+    """What the entry under ``key`` recorded beside the metadata (``"writer_versions"``: [low,
+    high, evidence, python]), or None (no entry, no match, not recorded)."""
+    path = _entry(key)
+    if not path.is_file():
+        return None
+    try:
+        meta, _ = _read_entry(path)
+        return meta.get(name) if meta.get("key") == key else None
     except Exception:  # noqa: BLE001 - a damaged or foreign entry is a miss, never an error
         return None
 

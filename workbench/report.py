@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .formatting import format_bytes, format_ranks
+from .formatting import format_bytes
 from .records import TensorStorageMetadata
 
 __all__ = [
@@ -334,7 +334,7 @@ def _checkpoint_html(layouts, entries, files, chunks) -> list[str]:
     shown["dtype"] = shown["dtype"].fillna("")
     if layouts is not None:
         shown["target"] = [
-            _target_text(layouts[f]) if f in layouts else "not requested" for f in shown["fqn"]
+            layouts[f].describe() if f in layouts else "not requested" for f in shown["fqn"]
         ]
     return [
         "<h2>Checkpoint</h2>",
@@ -353,16 +353,6 @@ def _checkpoint_html(layouts, entries, files, chunks) -> list[str]:
         "<h3>Files</h3>",
         _long_table_html(files, by="bytes", noun="files", members="writer", hint=_INSPECT_HINT),
     ]
-
-
-def _target_text(layout) -> str:
-    """`Layout.describe`, a submesh's ranks as runs (``r4096-6143``): listed one by one they are
-    12 kB a row at 16,384 ranks."""
-    text = layout.describe()
-    ranks = getattr(layout, "mesh_ranks", None)
-    if layout.kind == "dtensor" and ranks is not None:
-        text = text.replace(f" at ranks {list(ranks)}", f" at ranks {format_ranks(ranks)}")
-    return text
 
 
 def _first_chunks(metadata, limit: int):

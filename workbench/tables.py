@@ -32,6 +32,7 @@ try:
 except ImportError as e:  # the planning core needs no pandas; tables say which extra adds it
     raise missing_extra(e, "lab", "workbench.tables") from None
 
+from .checkpoint import saved_item_columns
 from .colors import rank_color, text_color
 from .errors import PlanError
 from .formats.dcp_files import writer_of_file
@@ -224,39 +225,6 @@ def checkpoint_chunks_table(metadata, fqn: str | None = None) -> pd.DataFrame:
     return _frame(cols, _CHECKPOINT_SCHEMA)
 
 
-def _saved_items(metadata):
-    """Every saved item of a `Metadata` (each entry's chunks in metadata order; a bytes entry is
-    one item) as columns: (entry number, file number or -1 without a storage entry, stored
-    length or -1 when unknown, the file names). A reader's columns
-    (``formats.columns.StorageColumns``) answer all items at once; other storage (a planned
-    save, edited metadata) one lookup per item."""
-    sdm = metadata.state_dict_metadata
-    storage = storage_data_of(metadata)
-    counts = [1 if isinstance(md, BytesStorageMetadata) else len(md.chunks) for md in sdm.values()]
-    entry = np.repeat(np.arange(len(sdm), dtype=np.int64), counts)
-    rows = (
-        storage.chunk_rows(sdm)
-        if getattr(storage, "box_rows", None) is not None and hasattr(storage, "chunk_rows")
-        else None
-    )
-    if rows is not None:
-        # a million items at 16,384 ranks: no StorageInfo per item
-        known = rows >= 0
-        at = np.where(known, rows, 0)
-        path = np.where(known, storage.path_id[at], -1)
-        length = np.where(known, storage.length[at], -1)
-        return entry, path, length, [str(p) for p in storage.paths]
-    ids: dict[str, int] = {}
-    path, length = [], []
-    for fqn, md in sdm.items():
-        for info in chunk_storage(storage, fqn, md):
-            name = getattr(info, "relative_path", None)
-            n = getattr(info, "length", None)
-            path.append(-1 if name is None else ids.setdefault(str(name), len(ids)))
-            length.append(-1 if n is None else int(n))
-    return entry, np.array(path, np.int64), np.array(length, np.int64), list(ids)
-
-
 def _distinct_per(group: np.ndarray, value: np.ndarray, n: int) -> np.ndarray:
     """How many distinct ``value`` (ignoring -1) each group of ``0 <= group < n`` holds."""
     keep = value >= 0
@@ -294,7 +262,7 @@ def checkpoint_entries_table(metadata) -> pd.DataFrame:
     """
     metadata = as_record(metadata_of(metadata))
     sdm = metadata.state_dict_metadata
-    entry, path, length, names = _saved_items(metadata)
+    entry, path, length, names = saved_item_columns(metadata)
     n = len(sdm)
     writer_of = np.array(
         [-1 if (w := writer_of_file(p)) is None else w for p in names] + [-1], np.int64
@@ -331,7 +299,7 @@ def checkpoint_files_table(metadata) -> pd.DataFrame:
       when none is, as in a planned save before it runs).
     """
     metadata = as_record(metadata_of(metadata))
-    _, path, length, names = _saved_items(metadata)
+    _, path, length, names = saved_item_columns(metadata)
     known = path >= 0
     items = np.bincount(path[known], minlength=len(names))
     sized = known & (length >= 0)

@@ -21,7 +21,7 @@ Each measurement runs in a fresh process under an address-space cap (``--cap-gb`
 - the explorer: ``plan_checkpoint`` (open, parse the target, plan every rank, problems, I/O
   table), then ``explore_checkpoint`` (the first tensor's tables and picture data for a rank),
   then a ``CheckpointExplorer`` built from scratch in the same process (its first scene);
-- ``workbench report DIR --target T.json``;
+- ``workbench report DIR --target T.json`` (and the size of the page it writes);
 - torch: ``FileSystemReader(DIR).read_metadata()``.
 
 Python runs as after ``pip install``: with compiled bytecode (kept in a temporary
@@ -192,6 +192,9 @@ def main() -> None:
             print(f"{kind} 16,384 ranks (seconds; x = / torch's read_metadata alone)")
             for name, s in rows:
                 print(f"  {name:<55} {s:7.2f}   x{s / torch_s:.2f}")
+            page = Path(tmp) / f"{kind}.html"
+            if page.exists():  # bounded whatever the scale (workbench.report's row caps)
+                print(f"  workbench report: HTML {page.stat().st_size / 1e6:.2f} MB")
             if plan["rc"] not in (0, 1) or report["rc"] != 0:
                 print(f"  exit codes: plan {plan['rc']}, report {report['rc']}")
 

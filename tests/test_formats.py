@@ -396,6 +396,43 @@ def test_check_lists_duplicate_chunks(tmp_path):
     assert ("duplicate_chunk", "decoder.w") in kinds and ("overlap", "decoder.w") in kinds
 
 
+def test_check_lists_duplicate_chunks_of_a_dcp_metadata_read_as_columns(tmp_path):
+    """The columnar reader's chunk arrays are checked for repeated offsets at once (a 2-d and a
+    0-d tensor repeat one; a tensor of distinct offsets does not), with the stray file listed."""
+    import torch
+    from torch.distributed.checkpoint import metadata as tm
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+    def tsm(*boxes):
+        chunks = [tm.ChunkStorageMetadata(torch.Size(o), torch.Size(z)) for o, z in boxes]
+        return tm.TensorStorageMetadata(tm.TensorProperties(dtype=torch.float32), size, chunks)
+
+    size = torch.Size([4, 4])
+    sdm = {
+        "dup": tsm(((0, 0), (2, 4)), ((2, 0), (2, 4)), ((0, 0), (2, 4))),
+        "ok": tsm(((0, 0), (2, 4)), ((2, 0), (2, 4))),
+    }
+    size = torch.Size([])
+    sdm["scalar"] = tsm(((), ()), ((), ()))
+    storage = {
+        tm.MetadataIndex(fqn, c.offsets): _StorageInfo("__0_0.distcp", 0, 4)
+        for fqn, md in sdm.items()
+        for c in md.chunks
+    }
+    (tmp_path / ".metadata").write_bytes(pickle.dumps(tm.Metadata(sdm, storage_data=storage)))
+    (tmp_path / "__0_0.distcp").write_bytes(bytes(8))
+    (tmp_path / "stray.bin").write_bytes(b"x")
+    md = open_checkpoint(tmp_path).metadata
+    assert md.state_dict_metadata["dup"].chunks.box_arrays is not None  # the columns' path
+    kinds = sorted((p.kind, p.fqn) for p in find_file_problems(tmp_path))
+    assert kinds == [
+        ("duplicate_chunk", "dup"),
+        ("duplicate_chunk", "scalar"),
+        ("overlap", "dup"),
+        ("stray_file", "stray.bin"),
+    ], kinds
+
+
 def test_deep_check_finds_a_flipped_byte_torch_loads_silently(tmp_path):
     """One byte of a chunk's elements flipped: sizes still fit, torch's own torch.load of the
     item returns wrong values without an error; the deep check reads every chunk and the

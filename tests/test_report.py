@@ -5,6 +5,7 @@ written by real multi-process gloo ``dcp.save`` runs (``torch_bridge.runs``)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 from html.parser import HTMLParser
 from pathlib import Path
@@ -236,3 +237,109 @@ def test_a_report_with_a_target_keeps_every_untrusted_string_text():
     joined = "".join(page.data)
     for s in (evil, script, f"{evil}: data file is missing"):
         assert s in joined
+
+
+def test_a_report_of_thousands_of_ranks_is_bounded_and_its_sums_are_exact(tmp_path):
+    """A 2048-rank save read as torch wrote it (the benchmark's `torch_metadata_bytes`, through the
+    columnar reader a real directory takes): the page stays the size of a small one, its tables
+    summarise (entries, files and ranks), and every sum equals the chunk-by-chunk answer."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import references
+
+    from workbench.report import (
+        MAX_ENTRY_ROWS,
+        MAX_READ_ROWS,
+        SCALE_PICTURES,
+        TOP_ROWS,
+        render_report,
+        report_content,
+    )
+    from workbench.tables import (
+        checkpoint_chunks_table,
+        distribution_table,
+        equal_rows_table,
+        io_table,
+    )
+
+    ws, mesh = 2048, (32, 64)
+    saved = {f"layers.{i}.w": dtensor_layout((4096 + 640 * i, 96), (ws,), "S(0)") for i in range(3)}
+    saved["norm"] = dtensor_layout((100,), (ws,), "S(0)")  # 1948 empty shards
+    saved |= {f"bias.{i}": dtensor_layout((96,), (ws,), "R") for i in range(4)}  # one chunk each
+    saved = {k: dataclasses.replace(v, dtype="bfloat16") for k, v in saved.items()}
+    target = {
+        k: dtensor_layout(v.shape, mesh, {2: "S(0), S(1)", 1: "S(0), R"}[len(v.shape)], "bfloat16")
+        if k[0] != "b"
+        else dtensor_layout(v.shape, mesh, "R, R", "bfloat16")
+        for k, v in saved.items()
+    }
+    (tmp_path / ".metadata").write_bytes(references.torch_metadata_bytes(saved))
+    md = load_metadata(tmp_path)
+    content = report_content(md, target, checkpoint="big")
+    text = render_report(content)
+
+    # the entries and files tables, summed with numpy, against the per-chunk table
+    chunks = checkpoint_chunks_table(md)
+    per_entry = chunks.groupby("fqn", sort=False).agg(
+        chunks=("fqn", "size"), files=("file", "nunique"), writers=("writer", "nunique")
+    )
+    entries = content.entries.set_index("fqn")
+    assert list(entries.index) == list(md.state_dict_metadata)
+    pd.testing.assert_frame_equal(
+        entries[["chunks", "files", "writers"]], per_entry, check_dtype=False
+    )
+    assert entries["bytes"].tolist() == [e.nbytes for e in md.state_dict_metadata.values()]
+    per_file = (
+        chunks.groupby("file")
+        .agg(writer=("writer", "first"), items=("file", "size"), bytes=("length", "sum"))
+        .reset_index()
+        .sort_values(["writer", "file"], ignore_index=True)
+    )
+    pd.testing.assert_frame_equal(content.files, per_file, check_dtype=False)
+    assert len(content.files) == len(chunks["file"].unique()) > 2000
+
+    # the per-rank summaries against the per-rank table
+    io = io_table(content.result)
+    dist = distribution_table(io, label="ranks").set_index("over all ranks")
+    for c in ("files", "reads", "bytes_needed", "bytes_read"):
+        v = sorted(io[c].tolist())
+        assert dist[c].tolist() == [v[0], v[(len(v) - 1) // 2], v[-1], sum(v)], c
+    groups = equal_rows_table(io, members="rank", by="bytes_read")
+    numbers = ["files", "reads", "bytes_needed", "bytes_read", "amplification"]
+    assert int(groups["count"].sum()) == ws
+    assert set(groups[numbers].itertuples(index=False)) == set(
+        io[numbers].drop_duplicates().itertuples(index=False)
+    )
+    assert groups["bytes_read"].is_monotonic_decreasing
+
+    # the page: bounded, says what it left out, pictures capped
+    pngs = _assert_self_contained(text)
+    assert len(pngs) == len(content.pictured) + 2 and len(content.pictured) <= SCALE_PICTURES
+    rows = text.count("<tr>")
+    assert rows < MAX_ENTRY_ROWS + 2 * MAX_READ_ROWS + 2 * TOP_ROWS + 40, rows
+    assert len(text) < 1_000_000, len(text)
+    shown = html.unescape(text)
+    assert f"first {MAX_READ_ROWS} of {len(chunks):,} rows" in shown
+    assert f"{ws:,} ranks: the distribution of each number" in shown
+    assert f"{len(content.files):,} files: the distribution of each number" in shown
+
+
+def test_a_report_of_many_entries_lists_the_first_and_counts_the_rest():
+    """Past `MAX_ENTRY_ROWS` entries the checkpoint table stops and says how many more there are
+    and where to see them; a planned save's storage (no reader columns) sums the same way."""
+    from workbench.planning import plan_save
+    from workbench.report import MAX_ENTRY_ROWS, report_content
+    from workbench.tables import checkpoint_chunks_table
+
+    n = MAX_ENTRY_ROWS + 7
+    md = plan_save({f"b{i}": dtensor_layout((6,), (3,), "S(0)") for i in range(n)}).metadata
+    content = report_content(md)
+    chunks = checkpoint_chunks_table(md)
+    assert content.entries["chunks"].tolist() == [3] * n
+    assert content.entries["files"].tolist() == content.entries["writers"].tolist() == [3] * n
+    assert content.files["items"].tolist() == chunks.groupby("file").size().tolist() == [n] * 3
+    text = html.unescape(build_report(md))
+    assert f"first {MAX_ENTRY_ROWS} of {n} rows; 7 more: <code>workbench inspect" in text
+    assert content.files["bytes"].isna().all()  # a planned save knows no byte ranges
+    assert f">b{MAX_ENTRY_ROWS - 1}</td>" in text and f">b{MAX_ENTRY_ROWS}</td>" not in text

@@ -43,7 +43,7 @@ def test_two_rank_submesh_of_eight():
     assert lay.mesh_ranks == (4, 6) and lay.mesh_ranks_or_default == (4, 6)
     assert [lay.coordinate(r) for r in range(8)] == [None] * 4 + [(0,), None, (1,), None]
     assert lay.held_indices(6) == {0: [4, 5, 6, 7]} and lay.held_indices(0) == {}
-    assert lay.describe() == "DTensor (8, 4) float32 on mesh (2,) at ranks [4, 6] [S(0)]"
+    assert lay.describe() == "DTensor (8, 4) float32 on mesh (2,) at ranks r4,6 [S(0)]"
     assert mesh_coordinate(6, (2,), (4, 6)) == (1,) and mesh_coordinate(5, (2,), (4, 6)) is None
 
 

@@ -30,6 +30,8 @@ from workbench.tables import (
     checkpoint_chunks_table,
     chunk_holders,
     chunk_storage,
+    distribution_table,
+    equal_rows_table,
     file_io_table,
     io_table,
     layout_chunks_table,
@@ -802,3 +804,37 @@ def test_checkpoint_table_takes_torch_metadata():
     pd.testing.assert_frame_equal(
         tables.checkpoint_chunks_table(to_torch(md), "w"), tables.checkpoint_chunks_table(md, "w")
     )
+
+
+def test_distribution_and_equal_rows_of_a_per_rank_table():
+    # five ranks, two I/O profiles: ranks 0, 2, 4 read 2 items of 8 bytes, ranks 1, 3 one of 4
+    df = pd.DataFrame(
+        {
+            "rank": [0, 1, 2, 3, 4],
+            "reads": [2, 1, 2, 1, 2],
+            "bytes_read": [8, 4, 8, 4, 8],
+            "amplification": [2.0, 1.0, 2.0, 1.0, 2.0],
+        }
+    )
+    want = pd.DataFrame(
+        {
+            "over all ranks": ["min", "median", "max", "total"],
+            "reads": pd.Series([1, 2, 2, 8], dtype="Int64"),
+            "bytes_read": pd.Series([4, 8, 8, 32], dtype="Int64"),
+            "amplification": [1.0, 2.0, 2.0, np.nan],
+        }
+    )
+    pd.testing.assert_frame_equal(distribution_table(df, label="ranks"), want)
+    want = pd.DataFrame(
+        {
+            "count": [3, 2],
+            "reads": [2, 1],
+            "bytes_read": [8, 4],
+            "amplification": [2.0, 1.0],
+            "ranks": ["ranks 0, 2, 4", "ranks 1, 3"],
+        }
+    )
+    got = equal_rows_table(df, members="rank", by="bytes_read")
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    # a lower median is a value some rank has: ranks 0..3 reading 1, 2, 3, 4 items -> 2
+    assert distribution_table(df.head(4).assign(reads=[1, 2, 3, 4]))["reads"][1] == 2

@@ -150,16 +150,17 @@ def plot_mesh(source, ax=None, *, max_labels: int = 256):
 _TRAFFIC_CELLS = 2048
 
 
-def plot_traffic(load_result, ax=None):
+def plot_traffic(load_result, ax=None, *, cells: int = _TRAFFIC_CELLS):
     """Heatmap of `traffic_data`: load ranks down, files across, colour = bytes loaded on a
     sequential scale from 0 (light to dark blue, in the binary unit of the largest cell; blank
-    where a rank reads nothing from a file; past `_TRAFFIC_CELLS` ranks or files a cell sums a
-    block of them); returns the Axes."""
+    where a rank reads nothing from a file; past ``cells`` ranks or files a cell sums a block of
+    them); returns the Axes. A static picture (the report) passes about its pixel count: more
+    cells than pixels are subsampled when drawn, and a sparse diagonal loses dots."""
     io = load_result.io
     n_ranks, n_files = len(io.reads), len(io.files)
-    # past _TRAFFIC_CELLS a side, cells sum blocks of ranks x files, from the (rank, file) pairs:
-    # the dense matrix of 16,384 ranks x 16,384 files is 2 GB and imshow's copies of it 20 GB
-    kr, kf = max(1, -(-n_ranks // _TRAFFIC_CELLS)), max(1, -(-n_files // _TRAFFIC_CELLS))
+    # past `cells` a side, cells sum blocks of ranks x files, from the (rank, file) pairs: the
+    # dense matrix of 16,384 ranks x 16,384 files is 2 GB and imshow's copies of it 20 GB
+    kr, kf = max(1, -(-n_ranks // cells)), max(1, -(-n_files // cells))
     if kr == 1 and kf == 1:
         data = traffic_data(load_result)
         matrix, files = data.matrix, data.files
@@ -201,11 +202,16 @@ def plot_traffic(load_result, ax=None):
     return ax
 
 
+# past this many ranks the bars of `plot_bytes_per_rank` are drawn as one stepped outline a series
+_BAR_RANKS = 1024
+
+
 def plot_bytes_per_rank(result, ax=None):
     """Bar chart of `bytes_per_rank_data`: for a load, bytes loaded (light) and bytes needed
     (dark, narrower, in front) per rank, two quantities in one legend; for a save, bytes
     written. The axis is in the binary unit of the largest bar (no offset, no exponent). One
-    PolyCollection per quantity, fast for thousands of ranks; returns the Axes."""
+    PolyCollection per quantity (past 1024 ranks one stepped outline each, bars being narrower
+    than a pixel), fast for thousands of ranks; returns the Axes."""
     data = bytes_per_rank_data(result)
     ax = _new_axes(ax)
     x = np.asarray(data.ranks, dtype=np.float64)
@@ -219,6 +225,16 @@ def plot_bytes_per_rank(result, ax=None):
         series.append((data.reference, 0.22, data.reference_color, data.reference_label))
     for v, half, color, label in series:
         v = v / factor
+        if len(x) > _BAR_RANKS:
+            # bars narrower than a pixel: each series as one stepped outline (the same picture,
+            # a 16,384-rank chart draws in a tenth of the time of 32,768 rectangles)
+            edges = np.append(x - 0.5, x[-1] + 0.5)
+            step = np.column_stack([np.repeat(edges, 2)[1:-1], np.repeat(v, 2)])
+            outline = np.vstack([[edges[0], 0.0], step, [edges[-1], 0.0]])
+            ax.add_collection(
+                PolyCollection([outline], facecolors=color, edgecolors="none", label=label)
+            )
+            continue
         verts = np.stack(
             [
                 np.column_stack([x - half, np.zeros_like(v)]),

@@ -2,7 +2,11 @@
 
 What a checkpoint holds (every entry, its chunks, files, byte ranges and writer ranks) and, given
 a target, the reshard's verdict, its problems, pictures of the worst tensors, each rank's I/O and
-its read items. Self-contained means: inline CSS, pictures as ``data:image/png;base64`` URIs, no
+its read items. It scales with what a person reads, not with the checkpoint: entries are one row
+each (chunk counts, files and writers summed with numpy), and past `MAX_RANK_ROWS` ranks or files
+the per-rank and per-file tables become a distribution and the largest rows, the saved chunks and
+read items the first rows, each with a note of how many more there are and where to see them; so
+a 16,384-rank checkpoint (a million chunks) gives a page of about the same size as a 64-rank one. Self-contained means: inline CSS, pictures as ``data:image/png;base64`` URIs, no
 script, no external ``src`` or ``href``, so it opens the same offline, in a mail client or
 attached to an issue. Built from the same tables (`workbench.tables`) and pictures
 (`workbench.plots`) as the notebooks; top layer, may import everything. Lazy imports: inside the
@@ -21,7 +25,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import describe_checkpoint
 from .formatting import format_bytes
 from .records import TensorStorageMetadata
 
@@ -37,10 +40,29 @@ __all__ = [
 
 # Tensors drawn one picture each: the ones with problems first, then the largest.
 MAX_PICTURES = 8
+# ... and past MAX_RANK_ROWS ranks: a picture costs some 0.2 s at 16,384 ranks, and the explorer
+# draws any tensor from any rank.
+SCALE_PICTURES = 4
 # Rows of the read-item and saved-chunk tables; a whole-model plan has 100k+ (the I/O table and
 # pictures summarise them).
 MAX_READ_ROWS = 200
 MAX_PROBLEM_ROWS = 500
+MAX_ENTRY_ROWS = 200
+# Per-rank and per-file tables list every row up to this many; past it, a distribution (min,
+# median, max, total) and the `TOP_ROWS` largest rows.
+MAX_RANK_ROWS = 64
+TOP_ROWS = 20
+# A tensor of more saved chunks than this is drawn zoomed on the pictured rank's chunk (its
+# surroundings, not a thousand slivers).
+ZOOM_CHUNKS = 256
+# Cells a side of the traffic heatmap: about its pixels at the report's resolution, so a cell sums
+# a block of ranks x files rather than being dropped when drawn.
+TRAFFIC_CELLS = 256
+_INSPECT_HINT = "<code>workbench inspect CHECKPOINT --json</code> lists every one"
+_EXPLORER_HINT = (
+    "<code>tables.io_table(plan_load(...))</code> or the explorer "
+    "(<code>CheckpointExplorer</code>) shows every rank"
+)
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
@@ -52,18 +74,20 @@ h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bot
 .verdict.none { background: #eef2f7; color: #334; }
 table { border-collapse: collapse; font-size: 12.5px; margin: .6em 0; }
 th, td { border: 1px solid #ddd; padding: 2px 7px; text-align: left; vertical-align: top; }
-th { background: #f5f5f7; }
+th { background: #f5f5f7; } td span[title] { white-space: nowrap; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .92em; } .note { color: #666; font-size: .92em; }
 """
 
 
-def figure_data_uri(picture) -> str:
-    """A matplotlib Figure (or an Axes: its Figure) as a ``data:image/png;base64,...`` URI.
+def figure_data_uri(picture, *, tight: bool = True) -> str:
+    """A matplotlib Figure (or an Axes: its Figure) as a ``data:image/png;base64,...`` URI,
+    cropped to what is drawn (``tight=False``: the whole figure, for a chart whose constrained
+    layout fills it already; the crop draws it twice, 0.4 s for a 16,384-rank chart).
     `workbench.plots` draws on pyplot-free Figures, so nothing is left open."""
     fig = getattr(picture, "figure", picture)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight" if tight else None)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -76,15 +100,24 @@ def _e(text) -> str:
     return html.escape(str(text))
 
 
-def _frame_html(df, *, max_rows: int | None = None) -> str:
-    """A DataFrame as an HTML table, coloured by rank like every picture."""
+def _frame_html(
+    df, *, max_rows: int | None = None, total: int | None = None, hint: str = ""
+) -> str:
+    """A DataFrame as an HTML table, coloured by rank like every picture. Past ``max_rows`` (or
+    when ``total``, the rows ``df`` was cut from, is larger) a note says how many more rows
+    there are and, with ``hint`` (trusted HTML), where to see them."""
     from .tables import style_by_rank
 
+    total = len(df) if total is None else total
     if max_rows is not None and len(df) > max_rows:
-        note = f'<p class="note">first {max_rows} of {len(df)} rows</p>'
         df = df.head(max_rows)
-    else:
-        note = ""
+    note = (
+        f'<p class="note">first {len(df):,} of {total:,} rows; {total - len(df):,} more'
+        + (f": {hint}" if hint else "")
+        + ".</p>"
+        if total > len(df)
+        else ""
+    )
     # style_by_rank escapes every cell and label: keys and paths come from a stranger's checkpoint
     return style_by_rank(df).hide(axis="index").to_html() + note
 
@@ -97,15 +130,16 @@ def _problems_html(problems) -> str:
             "<p>No problems: every rank's wanted chunks are covered by saved chunks, keys, "
             "shapes and dtypes agree.</p>"
         )
-    df = problems_table(problems).drop(columns=["ranks"])
+    # the shown rows only: a wrong target at 16,384 ranks can give one problem per key and rank
+    df = problems_table(list(problems)[:MAX_PROBLEM_ROWS]).drop(columns=["ranks"])
     note = (
-        f'<p class="note">first {MAX_PROBLEM_ROWS} of {len(df)} problems</p>'
-        if len(df) > MAX_PROBLEM_ROWS
+        f'<p class="note">first {MAX_PROBLEM_ROWS} of {len(problems):,} problems; '
+        "<code>workbench plan --json</code> lists all.</p>"
+        if len(problems) > MAX_PROBLEM_ROWS
         else ""
     )
     return (
-        df.head(MAX_PROBLEM_ROWS)
-        .style.format(escape="html")
+        df.style.format(escape="html")
         .hide(axis="index")
         .map(lambda s: f"background-color: {_SEV_BG.get(s, '')}", subset=["severity"])
         .to_html()
@@ -122,14 +156,31 @@ def _figure(uri: str, caption: str) -> str:
     )
 
 
-def _pick_tensors(metadata, problems, limit: int) -> list[str]:
-    """Tensors worth a picture: those with problems (in problem order), then the largest."""
+def _pick_tensors(metadata, layouts, problems, limit: int) -> list[str]:
+    """Tensors worth a picture: those with problems (in problem order), then the largest, one
+    per look (shape, dtype, saved chunks and target placements): a model's 126 layers give the
+    same picture 126 times."""
     sdm = metadata.state_dict_metadata
     tensors = [k for k, md in sdm.items() if isinstance(md, TensorStorageMetadata) and md.size]
     names = set(tensors)
     first = dict.fromkeys(p.fqn for p in problems if p.fqn in names)
     rest = sorted((k for k in tensors if k not in first), key=lambda k: -math.prod(sdm[k].size))
-    return [*first, *rest][:limit]
+
+    def look(fqn):
+        md, lay = sdm[fqn], (layouts or {}).get(fqn)
+        placed = None
+        if lay is not None:
+            placed = (lay.kind, lay.mesh_shape, tuple(map(str, lay.placements or ())))
+        return (tuple(md.size), md.properties.dtype, len(md.chunks), placed)
+
+    seen = {look(k) for k in first}
+    for k in rest:
+        if len(first) >= limit:
+            break
+        if look(k) not in seen:
+            seen.add(look(k))
+            first[k] = None
+    return list(first)[:limit]
 
 
 def _read_items_html(result) -> str:
@@ -150,8 +201,7 @@ def _read_items_html(result) -> str:
     df = pd.concat(parts, ignore_index=True).drop(
         columns=["dest_offsets", "storage_offsets", "lengths"]
     )
-    note = f'<p class="note">first {n} of {total} read items</p>' if n < total else ""
-    return _frame_html(df) + note
+    return _frame_html(df, total=total, hint="the explorer shows any rank's read items")
 
 
 def _verdict_html(problems) -> str:
@@ -173,83 +223,155 @@ def _verdict_html(problems) -> str:
     )
 
 
+def _pictured_rank(result, problems, fqn: str) -> int:
+    """The load rank a reshard picture is seen from: the first rank a problem of ``fqn`` names,
+    else the first rank reading it (at 16,384 ranks rank 0 holds one pipeline stage and reads
+    nothing of the others' tensors), else rank 0."""
+    named = next((p.ranks[0] for p in problems if p.fqn == fqn and p.ranks), None)
+    if named is not None:
+        return named
+    ranks = result.reads(fqn).rank
+    return int(ranks[0]) if len(ranks) else 0
+
+
 def _pictures_html(metadata, result, problems, fqns) -> list[str]:
     from . import plots
+    from .picture_data import reshard_data
 
     out = ["<h2>Pictures</h2>"]
+    sdm = metadata.state_dict_metadata
+    drawable = sum(isinstance(md, TensorStorageMetadata) and bool(md.size) for md in sdm.values())
+    if len(fqns) < drawable:
+        out.append(
+            f'<p class="note">{len(fqns)} of {drawable:,} tensors drawn: those with problems '
+            "first, then the largest, one per shape, saved chunks and target placements. The "
+            "explorer (<code>CheckpointExplorer</code>) draws any tensor from any rank.</p>"
+        )
     for fqn in fqns:
         if result is not None and fqn in result.layouts:
-            # the first rank a problem names, else rank 0: its wanted chunk and read items lit
-            rank = next((p.ranks[0] for p in problems if p.fqn == fqn and p.ranks), 0)
-            pic = plots.plot_reshard(metadata, result, fqn, rank)
+            rank = _pictured_rank(result, problems, fqn)
+            zoom = len(sdm[fqn].chunks) > ZOOM_CHUNKS and bool(result.layouts[fqn].chunks(rank))
+            pic = reshard_data(metadata, result, fqn, rank, zoom=zoom)
             caption = (
                 f"{fqn}: saved chunks by writer; rank {rank}'s wanted chunk and its read "
                 "items, numbered in DCP's order"
+                + (
+                    f" (zoomed on rank {rank}'s chunk: {len(sdm[fqn].chunks):,} saved chunks)"
+                    if zoom
+                    else ""
+                )
             )
+            # the widgets' fast path (dense runs of tiles as images, fixed margins): half the
+            # time of a tight-bbox savefig, and a report at 16,384 ranks draws several
+            _, png = plots.picture_png(pic, figsize=(8.0, 4.2), dpi=80, margins=_PICTURE_MARGINS)
+            uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         else:
-            pic = plots.plot_layout(metadata, fqn=fqn)
+            uri = figure_data_uri(plots.plot_layout(metadata, fqn=fqn))
             caption = f"{fqn}: saved chunks, coloured by writer rank"
-        out.append(_figure(figure_data_uri(pic), caption))
+        out.append(_figure(uri, caption))
     return out
+
+
+# room on the right for the legend and the writer colour bar, below for the notes
+_PICTURE_MARGINS = dict(left=0.08, right=0.64, top=0.92, bottom=0.25)
+
+
+def _long_table_html(df, *, by: str, noun: str, members: str, hint: str) -> str:
+    """A per-rank or per-file table: every row up to `MAX_RANK_ROWS`. Past it: each number's
+    distribution (`tables.distribution_table`), then the rows with equal numbers as one row
+    (`tables.equal_rows_table`: a 16,384-rank load has a few dozen I/O profiles, not 16,384),
+    the `TOP_ROWS` largest in ``by`` first, with how many are left out and where to see them."""
+    from .tables import distribution_table, equal_rows_table
+
+    if len(df) <= MAX_RANK_ROWS:
+        return _frame_html(df)
+    groups = equal_rows_table(df, members=members, by=by)
+    return (
+        f"<p>{len(df):,} {noun}: the distribution of each number, then the {noun} with equal "
+        f"numbers as one row ({len(groups):,} such groups), the most "
+        f"{_e(by.replace('_', ' '))} first.</p>"
+        + _frame_html(distribution_table(df, exclude=(df.columns[0], members), label=noun))
+        + _frame_html(groups, max_rows=TOP_ROWS, hint=hint)
+    )
 
 
 def _io_html(result) -> list[str]:
     from . import plots
     from .tables import io_table
 
+    io = result.io
+    needed, read = int(io.bytes_needed.sum()), int(io.bytes_read.sum())
+    readers = int((io.reads > 0).sum())
+    amp = f", {read / needed:.2f}x what they need" if needed else ""
     return [
         "<h2>I/O per rank</h2>",
+        f"<p>{readers:,} of {result.world_size:,} ranks read: {int(io.reads.sum()):,} read "
+        f"items, {format_bytes(read)} loaded from {sum(1 for f in io.files if io.readers[f]):,} "
+        f"file(s) for {format_bytes(needed)} needed{amp}; the busiest rank loads "
+        f"{format_bytes(int(io.bytes_read.max(initial=0)))} in "
+        f"{int(io.reads.max(initial=0)):,} read items from "
+        f"{int(io.files_opened.max(initial=0)):,} file(s).</p>",
         _figure(
-            figure_data_uri(plots.plot_bytes_per_rank(result)),
+            figure_data_uri(plots.plot_bytes_per_rank(result), tight=False),
             "bytes each rank loads (whole saved chunks) against the bytes it needs",
         ),
         _figure(
-            figure_data_uri(plots.plot_traffic(result)), "traffic: which rank reads from which file"
+            figure_data_uri(plots.plot_traffic(result, cells=TRAFFIC_CELLS), tight=False),
+            "traffic: which rank reads from which file",
         ),
-        _frame_html(io_table(result), max_rows=1024),
+        _long_table_html(
+            io_table(result), by="bytes_read", noun="ranks", members="rank", hint=_EXPLORER_HINT
+        ),
     ]
 
 
-def _checkpoint_html(layouts, chunks, info) -> list[str]:
-    import pandas as pd
-
-    tensors = [e for e in info["entries"] if e["kind"] == "tensor"]
-    writers = {f["writer"] for f in info["files"] if f["writer"] is not None}
-    summary = pd.DataFrame(
-        [
-            {
-                "fqn": e["fqn"],
-                "kind": e["kind"],
-                "shape": shape_text(e["shape"]),
-                "dtype": e["dtype"] or "",
-                "chunks": len(e["chunks"]),
-                "bytes": format_bytes(e["nbytes"]),
-                **(
-                    {}
-                    if layouts is None
-                    else {
-                        "target": (
-                            layouts[e["fqn"]].describe() if e["fqn"] in layouts else "not requested"
-                        )
-                    }
-                ),
-            }
-            for e in info["entries"]
+def _checkpoint_html(layouts, entries, files, chunks) -> list[str]:
+    tensors = entries[entries["kind"] == "tensor"]
+    n_chunks = int(tensors["chunks"].sum())
+    writers = files["writer"].dropna().nunique()
+    shown = entries.head(MAX_ENTRY_ROWS).copy()
+    shown["shape"] = [shape_text(s) for s in shown["shape"]]
+    shown["dtype"] = shown["dtype"].fillna("")
+    if layouts is not None:
+        shown["target"] = [
+            layouts[f].describe() if f in layouts else "not requested" for f in shown["fqn"]
         ]
-    )
     return [
         "<h2>Checkpoint</h2>",
-        f"<p>{len(info['entries'])} entries ({len(tensors)} tensors, "
-        f"{len(info['entries']) - len(tensors)} other), "
-        f"{sum(len(e['chunks']) for e in tensors)} saved chunks, "
-        f"{format_bytes(sum(e['nbytes'] for e in tensors))} of tensor data in "
-        f"{len(info['files'])} file(s) written by {len(writers)} rank(s).</p>",
-        _frame_html(summary, max_rows=400),
+        f"<p>{len(entries):,} entries ({len(tensors):,} tensors, "
+        f"{len(entries) - len(tensors):,} other), "
+        f"{n_chunks:,} saved chunks, "
+        f"{format_bytes(int(tensors['bytes'].sum()))} of tensor data in "
+        f"{len(files):,} file(s) written by {writers:,} rank(s).</p>",
+        _frame_html(shown, total=len(entries), hint=_INSPECT_HINT),
         "<h3>Saved chunks</h3>",
-        _frame_html(chunks.drop(columns=["offsets", "sizes"]), max_rows=MAX_READ_ROWS),
+        _frame_html(
+            chunks.drop(columns=["offsets", "sizes"]),
+            total=int(entries["chunks"].sum()),  # a bytes entry is one row
+            hint=_INSPECT_HINT,
+        ),
         "<h3>Files</h3>",
-        _frame_html(pd.DataFrame(info["files"])),
+        _long_table_html(files, by="bytes", noun="files", members="writer", hint=_INSPECT_HINT),
     ]
+
+
+def _first_chunks(metadata, limit: int):
+    """The first ``limit`` rows of `tables.checkpoint_chunks_table`, built entry by entry: the
+    whole table of a 16,384-rank checkpoint is a million rows (a minute) for 200 shown."""
+    import pandas as pd
+
+    from .tables import checkpoint_chunks_table
+
+    parts, n = [], 0
+    for fqn in metadata.state_dict_metadata:
+        if n >= limit:
+            break
+        df = checkpoint_chunks_table(metadata, fqn).head(limit - n)
+        parts.append(df)
+        n += len(df)
+    return (
+        pd.concat(parts, ignore_index=True) if parts else checkpoint_chunks_table(metadata).head(0)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,8 +395,9 @@ class ReportContent:
     facts: Mapping
     file_problems: tuple | None
     format_tables: Mapping
-    chunks: Any  # tables.checkpoint_chunks_table
-    info: dict  # describe_checkpoint
+    entries: Any  # tables.checkpoint_entries_table: every entry
+    files: Any  # tables.checkpoint_files_table: every data file
+    chunks: Any  # the first MAX_READ_ROWS rows of tables.checkpoint_chunks_table
     pictured: tuple[str, ...]  # tensors drawn: those with problems first, then the largest
 
     @property
@@ -295,7 +418,7 @@ def report_content(
     checkpoint: str | None = None,
     target: str | None = None,
     damage: list[str] | None = None,
-    max_pictures: int = MAX_PICTURES,
+    max_pictures: int | None = None,
     torch_version: str | None = None,
     facts: dict | None = None,
     file_problems: list | None = None,
@@ -306,16 +429,19 @@ def report_content(
     checkpoint's tables; the tensors to draw."""
     from .diagnosis import find_checkpoint_problems
     from .planning import plan_load
-    from .tables import checkpoint_chunks_table
+    from .tables import checkpoint_entries_table, checkpoint_files_table
     from .versions import assumed_version_note, semantics
 
     sem = semantics(torch_version)
-    chunks = checkpoint_chunks_table(metadata)
     result = (
         plan_load(metadata, layouts, torch_version=sem.version) if layouts is not None else None
     )
     problems = tuple(result.problems) if result is not None else None
     saved_problems = () if result is not None else tuple(find_checkpoint_problems(metadata))
+    files = checkpoint_files_table(metadata)
+    if max_pictures is None:
+        world = result.world_size if result is not None else files["writer"].nunique()
+        max_pictures = MAX_PICTURES if world <= MAX_RANK_ROWS else SCALE_PICTURES
     return ReportContent(
         metadata=metadata,
         layouts=layouts,
@@ -332,11 +458,15 @@ def report_content(
         facts=dict(facts or {}),
         file_problems=None if file_problems is None else tuple(file_problems),
         format_tables=dict(format_tables or {}),
-        chunks=chunks,
-        info=describe_checkpoint(metadata),
+        entries=checkpoint_entries_table(metadata),
+        files=files,
+        chunks=_first_chunks(metadata, MAX_READ_ROWS),
         pictured=tuple(
             _pick_tensors(
-                metadata, problems if problems is not None else saved_problems, max_pictures
+                metadata,
+                layouts,
+                problems if problems is not None else saved_problems,
+                max_pictures,
             )
         ),
     )
@@ -402,7 +532,7 @@ def render_report(c: ReportContent) -> str:
     body += _pictures_html(c.metadata, c.result, c.shown_problems, c.pictured)
     if c.result is not None:
         body += _io_html(c.result)
-    body += _checkpoint_html(c.layouts, c.chunks, c.info)
+    body += _checkpoint_html(c.layouts, c.entries, c.files, c.chunks)
     if c.result is not None:
         order = "nested-loop" if c.read_item_order == "nested" else "sweep"
         body += [
@@ -425,7 +555,8 @@ def build_report(metadata, layouts=None, **kw) -> str:
     the target) is optional: without it the report shows what the checkpoint holds. Keywords:
     ``checkpoint`` / ``target`` (how to name them); ``damage``: messages about the data files
     (`checkpoint.Checkpoint.problems`: missing or short files), shown under the verdict;
-    ``max_pictures``; ``torch_version``: whose DCP semantics plan the load (default
+    ``max_pictures`` (default `MAX_PICTURES`, `SCALE_PICTURES` past `MAX_RANK_ROWS` ranks);
+    ``torch_version``: whose DCP semantics plan the load (default
     `versions.default_torch_version`), named in the report; ``facts``: the format and what it
     records of itself (`checkpoint.Checkpoint.facts`); ``file_problems``:
     `checkpoint.find_file_problems` (are the files all there); ``format_tables``:

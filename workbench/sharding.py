@@ -22,6 +22,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from .errors import ChunkError, LayoutError, PlacementError, PlanError
+from .formatting import format_ranks
 from .geometry import Chunk, as_chunk, as_ints
 from .records import DTYPE_SIZES, TensorProperties, canonical_dtype
 from .versions import resolve_torch_version, semantics
@@ -740,7 +741,8 @@ class Layout:
 
     def describe(self) -> str:
         if self.kind == "dtensor":
-            at = f" at ranks {list(self.mesh_ranks)}" if self.mesh_ranks is not None else ""
+            # a stage's ranks as runs: listed one by one they are 12 kB at 16,384 ranks
+            at = f" at ranks {format_ranks(self.mesh_ranks)}" if self.mesh_ranks is not None else ""
             return (
                 f"DTensor {self.shape} {self.dtype} on mesh {self.mesh_shape}{at} "
                 f"[{format_placements(self.placements)}]"

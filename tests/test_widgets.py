@@ -495,3 +495,35 @@ def test_a_long_table_shows_its_first_rows_and_says_where_the_rest_are():
     assert "the first 2 of 5 rows; explorer.plan.io holds them all" in rest["data"]["text/html"]
     (whole,) = table_outputs(df, ["rank", "file"], "explorer.plan.io", limit=5)
     assert "&lt;f4&gt;" in whole["data"]["text/html"]
+
+
+def test_in_a_kernel_the_io_table_follows_the_first_scene():
+    # the cell that builds the explorer ends with the I/O panel saying it is being costed; the
+    # table arrives from the kernel's event loop before the next cell runs
+    from jupyter_client.manager import start_new_kernel
+
+    out: list[str] = []
+
+    def collect(msg) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"].strip())
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        first = (
+            "from workbench.models import apply_recipe, model_state_dict\n"
+            "from workbench.planning import plan_save\n"
+            "from workbench.widgets import CheckpointExplorer\n"
+            "ex = CheckpointExplorer(plan_save(apply_recipe(model_state_dict('llama'), 'fsdp', 4)),"
+            " 'llama-tiny:fsdp2+tp:dp=2,tp=2')\n"
+            "shown = ex.io.outputs[0]['data']['text/html']\n"
+            "costed = ex.plan.io_costed\n"
+        )
+        second = "print(costed, repr(shown), ex.plan.io_costed, '<table' in ex.io.outputs[0]['data']['text/html'])"
+        for code in (first, second):
+            reply = kc.execute_interactive(code, timeout=120, output_hook=collect)
+            assert reply["content"]["status"] == "ok", reply["content"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert out == ["False '<i>costing the reads of 4 ranks</i>' True True"]

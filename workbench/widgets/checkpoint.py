@@ -23,6 +23,7 @@ from ..targets import PresetTarget, parse_ints
 from .canvas import ChunkCanvas
 from .controls import (
     Explorer,
+    after_display,
     counted,
     dropdown,
     note,
@@ -200,10 +201,24 @@ class CheckpointExplorer(Explorer):
                 else ""
             )
         )
-        if self.plan.io is not None:
-            self.io.outputs = table_outputs(self.plan.io, self.plan.io.columns, "explorer.plan.io")
-        else:
+        if self.plan.load is None:
             self.io.outputs = (note("no target: nothing is loaded"),)
+        elif self.plan.io_costed:
+            self._show_io(self.plan)
+        else:
+            # the first scene first: the I/O of every rank is costed once the cell has shown it
+            self.io.outputs = (note(f"costing the reads of {self.plan.load.world_size:,} ranks"),)
+            after_display(self._show_io, self.plan)
+
+    def _show_io(self, plan) -> None:
+        if plan is not self.plan:  # re-planned meanwhile: that plan's table is coming
+            return
+        try:
+            self.io.outputs = table_outputs(plan.io, plan.io.columns, "explorer.plan.io")
+        except Exception as err:  # noqa: BLE001 - a callback's error would only reach a log
+            show_message(
+                self.message, f"internal error, please report: {type(err).__name__}: {err}"
+            )
 
     def set_target(self, target) -> None:
         """Re-plan the checkpoint into ``target`` (any form `targets.as_target` takes, e.g.

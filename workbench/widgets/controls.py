@@ -13,6 +13,7 @@ Imports ipywidgets and IPython's display machinery. Lazy imports: tables (pandas
 
 from __future__ import annotations
 
+import asyncio
 import html
 from contextlib import contextmanager
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "text_box",
     "dropdown",
     "set_options",
+    "after_display",
 ]
 
 
@@ -88,6 +90,18 @@ def table_outputs(df, columns, where: str, limit: int = MAX_TABLE_ROWS) -> tuple
         mime(styled(df.iloc[:limit], columns)),
         note(f"the first {limit:,} of {len(df):,} rows; {where} holds them all"),
     )
+
+
+def after_display(fn, *args) -> None:
+    """Run ``fn(*args)`` once the current cell has finished, when a kernel's event loop runs
+    it (a widget built in the cell is shown first, and parts it fills later arrive as widget
+    updates); at once anywhere else (a script, a test)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        fn(*args)
+        return
+    loop.call_soon(fn, *args)
 
 
 def counted(n: int, noun: str) -> str:

@@ -57,6 +57,7 @@ __all__ = [
     "describe_checkpoint",
     "summarize_checkpoint",
     "saved_item_columns",
+    "file_totals",
     "COMPANION_FILES",
 ]
 
@@ -877,11 +878,7 @@ def saved_item_columns(metadata) -> tuple[np.ndarray, np.ndarray, np.ndarray, li
     storage = storage_data_of(metadata)
     counts = [1 if isinstance(md, BytesStorageMetadata) else len(md.chunks) for md in sdm.values()]
     entry = np.repeat(np.arange(len(sdm), dtype=np.int64), counts)
-    rows = (
-        storage.chunk_rows(sdm)
-        if getattr(storage, "box_rows", None) is not None and hasattr(storage, "chunk_rows")
-        else None
-    )
+    rows = storage.chunk_rows(sdm) if isinstance(storage, StorageColumns) else None
     if rows is not None:
         # a million items at 16,384 ranks: no StorageInfo per item
         known = rows >= 0
@@ -926,18 +923,32 @@ def summarize_checkpoint(metadata: Metadata) -> dict:
                 "writers": tuple(w[w >= 0].tolist()),
             }
         )
+    files = [
+        {"file": name, "writer": writer, "items": items, "bytes": nbytes}
+        for name, writer, items, nbytes, _ in file_totals(path, length, names)
+    ]
+    return {"version": metadata.version, "entries": entries, "files": files}
+
+
+def file_totals(
+    path: np.ndarray, length: np.ndarray, names: list[str]
+) -> list[tuple[str, int | None, int, int, bool]]:
+    """Per data file holding saved items (`saved_item_columns`' ``path``, ``length`` and
+    ``names``), sorted by writer rank (files without one last) then name: (name, writer rank,
+    items, the sum of their known lengths, whether any length is known)."""
     known = path >= 0
     items = np.bincount(path[known], minlength=len(names))
     sized = known & (length >= 0)
     nbytes = np.zeros(len(names), np.int64)
     np.add.at(nbytes, path[sized], length[sized])
-    files = [
-        {"file": p, "writer": writer_of_file(p), "items": int(items[i]), "bytes": int(nbytes[i])}
-        for i, p in enumerate(names)
+    measured = np.bincount(path[sized], minlength=len(names)) > 0
+    out = [
+        (name, writer_of_file(name), int(items[i]), int(nbytes[i]), bool(measured[i]))
+        for i, name in enumerate(names)
         if items[i]
     ]
-    files.sort(key=lambda f: (f["writer"] is None, f["writer"] or 0, str(f["file"])))
-    return {"version": metadata.version, "entries": entries, "files": files}
+    out.sort(key=lambda f: (f[1] is None, f[1] or 0, f[0]))
+    return out
 
 
 def describe_checkpoint(metadata: Metadata) -> dict:

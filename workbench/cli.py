@@ -127,12 +127,10 @@ def _cmd_inspect(args) -> int:
     from .report import shape_text
 
     ckpt = _open(args.checkpoint, args)
-    # every chunk's record only where it is printed (--json, --chunks): 20 s at 16,384 ranks
-    full = args.json or args.chunks
-    info = describe_checkpoint(ckpt.metadata) if full else summarize_checkpoint(ckpt.metadata)
     problems = find_checkpoint_problems(ckpt.metadata)  # holes / overlaps, whatever the target
     written_by = _writer_versions(ckpt, args.checkpoint)
     if args.json:
+        info = describe_checkpoint(ckpt.metadata)  # every chunk's record: 20 s at 16,384 ranks
         _json_out(
             {
                 "checkpoint": args.checkpoint,
@@ -153,18 +151,7 @@ def _cmd_inspect(args) -> int:
             }
         )
         return OK
-    if full:  # the table's columns from the chunk records
-        info = {
-            **info,
-            "entries": [
-                {
-                    **e,
-                    "n_chunks": len(e["chunks"]),
-                    "writers": [c["writer"] for c in e["chunks"] if c["writer"] is not None],
-                }
-                for e in info["entries"]
-            ],
-        }
+    info = summarize_checkpoint(ckpt.metadata)
     rows = [
         [
             e["fqn"],
@@ -189,7 +176,7 @@ def _cmd_inspect(args) -> int:
     if args.chunks:
         rows = [
             [e["fqn"], c["region"] or "", c["writer"], c["file"], c["offset"], c["length"]]
-            for e in info["entries"]
+            for e in describe_checkpoint(ckpt.metadata)["entries"]
             for c in e["chunks"]
         ]
         _table("chunks", ["fqn", "chunk", "writer", "file", "byte offset", "bytes"], rows)

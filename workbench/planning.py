@@ -519,20 +519,14 @@ def _balance(entries: list[_SaveEntry], ws: int) -> None:
             before[f][col[r0]]
             + int(pat.unshared_before[k] - pat.unshared_before[first_of_r0]) * charge[f]
         )
-        holders = pat.key_holders[k]
+        holders = pat.key_holders[k]  # set(holders) adds them in plan order, as torch's loop does
         if won is None:
-            in_order = set()
-            for h in holders:
-                in_order.add(h)
-            w = min(in_order, key=lambda h: won_list[h] + (own if h == r0 else 0))
+            w = min(set(holders), key=lambda h: won_list[h] + (own if h == r0 else 0))
             won_list[w] += charge[f]
         else:
             hit = set_orders.get(id(holders))
             if hit is None:
-                in_order = set()
-                for h in holders:
-                    in_order.add(h)
-                hit = set_orders[id(holders)] = (holders, np.fromiter(in_order, np.int64))
+                hit = set_orders[id(holders)] = (holders, np.fromiter(set(holders), np.int64))
             order = hit[1]
             load = won[order]
             load[order == r0] += own

@@ -32,7 +32,7 @@ try:
 except ImportError as e:  # the planning core needs no pandas; tables say which extra adds it
     raise missing_extra(e, "lab", "workbench.tables") from None
 
-from .checkpoint import saved_item_columns
+from .checkpoint import file_totals, saved_item_columns
 from .colors import rank_color, text_color
 from .errors import PlanError
 from .formats.dcp_files import writer_of_file
@@ -298,26 +298,14 @@ def checkpoint_files_table(metadata) -> pd.DataFrame:
       per bytes entry); ``bytes`` (Int64, the sum of their stored lengths, those known; <NA>
       when none is, as in a planned save before it runs).
     """
-    metadata = as_record(metadata_of(metadata))
-    _, path, length, names = saved_item_columns(metadata)
-    known = path >= 0
-    items = np.bincount(path[known], minlength=len(names))
-    sized = known & (length >= 0)
-    nbytes = np.zeros(len(names), np.int64)
-    np.add.at(nbytes, path[sized], length[sized])
-    measured = np.bincount(path[sized], minlength=len(names)) > 0
-    used = np.flatnonzero(items).tolist()
-    writers = [writer_of_file(names[i]) for i in used]
-    order = sorted(
-        range(len(used)), key=lambda j: (writers[j] is None, writers[j] or 0, names[used[j]])
-    )
-    rows = [used[j] for j in order]
+    _, path, length, names = saved_item_columns(as_record(metadata_of(metadata)))
+    rows = file_totals(path, length, names)
     return _frame(
         {
-            "file": [names[i] for i in rows],
-            "writer": [writers[j] for j in order],
-            "items": items[rows].tolist(),
-            "bytes": [b if m else None for b, m in zip(nbytes[rows].tolist(), measured[rows])],
+            "file": [r[0] for r in rows],
+            "writer": [r[1] for r in rows],
+            "items": [r[2] for r in rows],
+            "bytes": [nbytes if measured else None for *_, nbytes, measured in rows],
         },
         _FILES_SCHEMA,
     )

@@ -851,10 +851,7 @@ def load_metadata(
     try:
         st = p.stat()
         if use_cache and st.st_size:
-            # hashed in place: a cache hit never copies the file into memory
-            with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
-                key = metadata_cache.content_key(view, st.st_size, st.st_mtime_ns)
-            md = metadata_cache.load_cached(key)
+            md = metadata_cache.load_cached(_cache_key(p, st))
             if md is not None:
                 return md
         data = p.read_bytes()
@@ -883,15 +880,20 @@ def load_metadata(
     return md
 
 
+def _cache_key(p: pathlib.Path, st: os.stat_result) -> dict:
+    """The parsed-metadata cache's key of a non-empty local ``.metadata``, hashed in place (an
+    mmap: a cache hit never copies the file into memory)."""
+    with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        return metadata_cache.content_key(view, st.st_size, st.st_mtime_ns)
+
+
 def load_writer_versions(path, rank: int | None = None, extra_globals=None) -> WriterVersions:
     """`infer_writer_versions` of a local checkpoint's ``.metadata``: from the parsed-metadata
     cache when its entry holds them (a cold open records them), else read from the file."""
     p = metadata_path(path, rank)
-    if metadata_cache.cache_enabled() and not extra_globals:
-        st = p.stat()
-        with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            key = metadata_cache.content_key(view, st.st_size, st.st_mtime_ns)
-        got = metadata_cache.load_cached_extra(key, "writer_versions")
+    st = p.stat()
+    if metadata_cache.cache_enabled() and not extra_globals and st.st_size:
+        got = metadata_cache.load_cached_extra(_cache_key(p, st), "writer_versions")
         if got is not None:
             return WriterVersions(got[0], got[1], tuple(got[2]), got[3])
     return infer_writer_versions(p.read_bytes(), str(p), extra_globals)

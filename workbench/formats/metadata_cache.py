@@ -48,7 +48,7 @@ __all__ = [
     "FORMAT",
 ]
 
-FORMAT = 5  # bumped when the layout of an entry changes: older entries are then ignored
+FORMAT = 6  # bumped when the layout of an entry changes: older entries are then ignored
 _ENV_OFF = "WORKBENCH_NO_CACHE"
 
 
@@ -166,7 +166,7 @@ def store(key: dict, md: Metadata, size_hint: int, writer_versions=None) -> bool
     it holds what the entry format cannot keep exactly or the cache directory is not
     writable."""
     try:
-        arrays, text = _pack(key, md, size_hint, writer_versions)
+        arrays, meta = _pack(key, md, size_hint, writer_versions)
     except _NotCacheable:
         return False
     path = _entry(key)
@@ -175,7 +175,7 @@ def store(key: dict, md: Metadata, size_hint: int, writer_versions=None) -> bool
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".wbmd")
         try:
             with os.fdopen(fd, "wb") as f:
-                _write_entry(f, text, arrays)
+                _write_entry(f, meta, arrays)
             os.replace(tmp, path)  # atomic: a reader never sees half an entry (nor a mapped one)
         finally:
             if os.path.exists(tmp):
@@ -185,7 +185,7 @@ def store(key: dict, md: Metadata, size_hint: int, writer_versions=None) -> bool
     return True
 
 
-def _pack(key: dict, md: Metadata, size_hint: int, writer_versions) -> tuple[dict, str]:
+def _pack(key: dict, md: Metadata, size_hint: int, writer_versions) -> tuple[dict, dict]:
     budget = [4 * size_hint + 100_000]
     entries, offs, sizes = [], [], []
     for fqn, e in md.state_dict_metadata.items():
@@ -236,32 +236,30 @@ def _pack(key: dict, md: Metadata, size_hint: int, writer_versions) -> tuple[dic
             "transforms": [[r, _encode(v, budget)] for r, v in sd.transforms.items()],
         }
     sm = md.storage_meta
-    text = json.dumps(
-        {
-            "key": key,
-            "entries": entries,
-            "storage": storage,
-            "planner_data": _encode(md.planner_data, budget),
-            "storage_meta": None
-            if sm is None
-            else [
-                _encode(sm.checkpoint_id, budget),
-                _encode(sm.save_id, budget),
-                _encode(sm.load_id, budget),
-                _encode(sm.modules, budget),
-            ],
-            "version": _encode(md.version, budget),
-            "writer_versions": None
-            if writer_versions is None
-            else [
-                writer_versions.low,
-                writer_versions.high,
-                list(writer_versions.evidence),
-                writer_versions.python,
-            ],
-        }
-    )
-    return arrays, text
+    meta = {
+        "key": key,
+        "entries": entries,
+        "storage": storage,
+        "planner_data": _encode(md.planner_data, budget),
+        "storage_meta": None
+        if sm is None
+        else [
+            _encode(sm.checkpoint_id, budget),
+            _encode(sm.save_id, budget),
+            _encode(sm.load_id, budget),
+            _encode(sm.modules, budget),
+        ],
+        "version": _encode(md.version, budget),
+        "writer_versions": None
+        if writer_versions is None
+        else [
+            writer_versions.low,
+            writer_versions.high,
+            list(writer_versions.evidence),
+            writer_versions.python,
+        ],
+    }
+    return arrays, meta
 
 
 def load_cached(key: dict) -> Metadata | None:
@@ -299,13 +297,17 @@ _MAGIC = b"WBMDCACH"
 _ALIGN = 64
 
 
-def _write_entry(f, text: str, arrays: dict) -> None:
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def _write_entry(f, meta: dict, arrays: dict) -> None:
     layout, at = {}, 0
     for name, a in arrays.items():
         layout[name] = [a.dtype.str, list(a.shape), at]
-        at += -(-a.nbytes // _ALIGN) * _ALIGN
-    head = json.dumps({"header": text, "arrays": layout}).encode("utf-8")
-    start = -(-(len(_MAGIC) + 8 + len(head)) // _ALIGN) * _ALIGN
+        at += _aligned(a.nbytes)
+    head = json.dumps({"meta": meta, "arrays": layout}).encode("utf-8")
+    start = _aligned(len(_MAGIC) + 8 + len(head))
     f.write(_MAGIC + len(head).to_bytes(8, "little") + head)
     f.write(b"\0" * (start - f.tell()))
     for name, a in arrays.items():
@@ -314,15 +316,16 @@ def _write_entry(f, text: str, arrays: dict) -> None:
 
 
 def _read_entry(path: pathlib.Path) -> tuple[dict, dict]:
-    """(the header, read-only arrays viewing the mapped file: they keep the mapping alive)."""
+    """(the metadata's JSON part, read-only arrays viewing the mapped file: they keep the
+    mapping alive)."""
     with open(path, "rb") as f:
         view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     if view[: len(_MAGIC)] != _MAGIC:
         raise ValueError("not a cache entry")
     n = int.from_bytes(view[len(_MAGIC) : len(_MAGIC) + 8], "little")
-    limits = JsonLimits(max_bytes=1 << 30, max_depth=256)
+    limits = JsonLimits(max_bytes=1 << 30, max_depth=258)  # the metadata's 256 in a header
     head = read_json(view[len(_MAGIC) + 8 : len(_MAGIC) + 8 + n], str(path), limits)
-    start = -(-(len(_MAGIC) + 8 + n) // _ALIGN) * _ALIGN
+    start = _aligned(len(_MAGIC) + 8 + n)
     arrays = {}
     for name, (dtype, shape, at) in head["arrays"].items():
         dt = np.dtype(dtype)
@@ -331,8 +334,7 @@ def _read_entry(path: pathlib.Path) -> tuple[dict, dict]:
         count = int(np.prod(shape, dtype=np.int64))
         a = np.frombuffer(view, dt, count, start + int(at))  # raises past the file's end
         arrays[name] = a.reshape(shape)
-    meta = read_json(head["header"], str(path), limits)
-    return meta, arrays
+    return head["meta"], arrays
 
 
 def _unpack(meta: dict, arrays: dict) -> Metadata:

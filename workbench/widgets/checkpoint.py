@@ -27,6 +27,7 @@ from .controls import (
     counted,
     dropdown,
     note,
+    show_bug,
     show_message,
     table_outputs,
     text_box,
@@ -215,10 +216,8 @@ class CheckpointExplorer(Explorer):
             return
         try:
             self.io.outputs = table_outputs(plan.io, plan.io.columns, "explorer.plan.io")
-        except Exception as err:  # noqa: BLE001 - a callback's error would only reach a log
-            show_message(
-                self.message, f"internal error, please report: {type(err).__name__}: {err}"
-            )
+        except Exception as err:  # noqa: BLE001 - from the event loop it would reach a log only
+            show_bug(self.message, err)
 
     def set_target(self, target) -> None:
         """Re-plan the checkpoint into ``target`` (any form `targets.as_target` takes, e.g.

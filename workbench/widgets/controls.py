@@ -37,6 +37,7 @@ __all__ = [
     "MAX_TABLE_ROWS",
     "counted",
     "show_message",
+    "show_bug",
     "with_class",
     "text_box",
     "dropdown",
@@ -118,6 +119,12 @@ def show_message(panel: W.HTML, err: Exception | str | None) -> None:
     )
 
 
+def show_bug(panel: W.HTML, err: Exception) -> None:
+    """The message panel says ``err`` is a bug, not bad input (a browser shows a callback's
+    exception only in the log console)."""
+    show_message(panel, f"internal error, please report: {type(err).__name__}: {err}")
+
+
 def with_class(widget: W.Widget, name: str) -> W.Widget:
     """``widget`` with the CSS class ``name`` (browser tests select on them)."""
     widget.add_class(name)
@@ -191,11 +198,7 @@ class Explorer:
             show_message(self.message, err)
             return self.result
         except Exception as err:
-            # a bug, not bad input: say so where the user looks (a browser shows callback
-            # exceptions only in the log console), then let it propagate to the log and to tests
-            show_message(
-                self.message, f"internal error, please report: {type(err).__name__}: {err}"
-            )
+            show_bug(self.message, err)  # then to the log and to tests
             raise
         show_message(self.message, None)
         self.result = result

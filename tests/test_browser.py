@@ -516,6 +516,13 @@ def test_canvas_hover_click_select_zoom_and_escape(lab, page, front):
         assert XSS_KEYS[0] in hostile.locator(".wb-tensor select").inner_text().replace("\xa0", " ")
         assert XSS_KEYS[0] in hostile.locator(".wb-canvas-title").inner_text()
         page.screenshot(path=str(shots / "7-hostile-keys.png"))
+        # 7. the per-rank I/O table, costed from the kernel's event loop after the first scene,
+        # replaces the "costing" note
+        io = hostile.locator(".wb-io")
+        io.locator("table").wait_for()
+        io.scroll_into_view_if_needed()
+        assert "costing" not in io.inner_text() and "bytes_read" in io.inner_text()
+        page.screenshot(path=str(shots / "8-io-after-first-scene.png"))
         assert not [e for e in page.console_errors if "widget" in e.lower() or "model" in e.lower()]
 
 
